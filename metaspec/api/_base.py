@@ -1,0 +1,211 @@
+"""Building blocks shared by the three resources: base model, URIs, conditions, pod overrides."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "metaspec.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+#: Child objects are named `<cr-name>-g<generation>[-suffix]`; Job names feed the `job-name` label
+#: (63 characters) and pod names, so CR names are kept short enough for every derived name.
+MAX_NAME_LENGTH = 45
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class Model(BaseModel):
+    """Base of every spec/status model: camelCase on the wire, unknown fields refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_default=True,
+        use_enum_values=True,
+    )
+
+    def dump(self) -> dict[str, Any]:
+        """The wire form: camelCase keys, `None` fields left out."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def _check_uri(schemes: tuple[str, ...]):
+    def check(value: str) -> str:
+        match = re.match(r"^([a-z][a-z0-9+.-]*)://", value)
+        scheme = match.group(1) if match else "file"
+        if scheme not in schemes:
+            raise ValueError(
+                f"unsupported URI scheme {scheme!r} in {value!r}: use one of "
+                + ", ".join(f"{s}://" for s in schemes)
+                + (" or a local path" if "file" in schemes else "")
+            )
+        if scheme == "s3" and not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$", value):
+            raise ValueError(f"malformed S3 URI {value!r}: expected s3://<bucket>/<key>")
+        if any(c in value for c in "\n\r\x00"):
+            raise ValueError("URI contains control characters")
+        return value
+
+    return AfterValidator(check)
+
+
+ARTIFACT_SCHEMES = ("s3", "file", "hf")
+DATASET_SCHEMES = (*ARTIFACT_SCHEMES, "builtin")
+
+#: Where a model or artifact lives: `s3://bucket/prefix`, `file:///path` or a path, `hf://org/name`.
+ArtifactUri = Annotated[str, Field(min_length=1, max_length=1024), _check_uri(ARTIFACT_SCHEMES)]
+#: Like ArtifactUri, plus `builtin://<split>` for the dataset bundled with metaspec.
+DatasetUri = Annotated[str, Field(min_length=1, max_length=1024), _check_uri(DATASET_SCHEMES)]
+#: A Kubernetes object name (RFC 1123 label).
+ObjectName = Annotated[str, Field(min_length=1, max_length=253, pattern=NAME_PATTERN)]
+#: A Kubernetes quantity such as `16Gi` or `500m`.
+Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$")]
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    WAITING = "Waiting"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+    READY = "Ready"
+
+
+class Condition(Model):
+    """One status condition, in the shape of KEP-1623 (`metav1.Condition`)."""
+
+    type: str = Field(description="Condition type in CamelCase, e.g. `Ready`, `DependenciesReady`.")
+    status: Literal["True", "False", "Unknown"] = Field(description="`True`, `False` or `Unknown`.")
+    reason: str = Field(description="Machine-readable CamelCase reason for the last transition.")
+    message: str = Field("", description="Human-readable details of the last transition.")
+    last_transition_time: str = Field(description="When the status last changed (RFC 3339).")
+    observed_generation: int | None = Field(
+        None, description="The `.metadata.generation` the condition was set for."
+    )
+
+
+def now() -> str:
+    """The current time in the RFC 3339 form Kubernetes uses."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class SecretRef(Model):
+    name: ObjectName = Field(description="Name of a Secret in the resource's namespace.")
+
+
+class Storage(Model):
+    """Where artifacts are read and written, and the credentials to do it."""
+
+    secret_ref: SecretRef | None = Field(
+        None,
+        description="Secret whose keys (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, optionally "
+        "`AWS_SESSION_TOKEN`) are passed to the pods as environment variables. The operator never "
+        "reads it.",
+    )
+    endpoint: str | None = Field(
+        None,
+        max_length=512,
+        pattern=r"^https?://[^\s]+$",
+        description="S3 endpoint URL for S3-compatible stores (MinIO, SeaweedFS, Ceph); empty for AWS.",
+    )
+    region: str | None = Field(None, max_length=64, description="S3 region, e.g. `us-east-1`.")
+
+
+class Resources(Model):
+    """Compute for each pod."""
+
+    gpus: int = Field(1, ge=0, le=64, description="GPUs per pod, requested as `gpuResourceName` limits.")
+    gpu_resource_name: str = Field(
+        "nvidia.com/gpu", max_length=253, description="Extended resource name of the GPU."
+    )
+    cpu: Quantity | None = Field(None, description="CPU request and limit, e.g. `8`.")
+    memory: Quantity | None = Field(None, description="Memory request and limit, e.g. `64Gi`.")
+    shared_memory: Quantity = Field(
+        "8Gi",
+        description="Size of the in-memory `/dev/shm` (PyTorch data loaders and NCCL need more than 64Mi).",
+    )
+    cache_size: Quantity = Field("100Gi", description="Size limit of the model-cache emptyDir volume.")
+
+
+class PodOverrides(Model):
+    """Scheduling and image settings copied onto every pod the resource creates."""
+
+    image: str | None = Field(
+        None, max_length=512, description="Container image; the operator's default otherwise."
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        None, description="Image pull policy of the container."
+    )
+    image_pull_secrets: list[ObjectName] = Field(
+        default_factory=list, max_length=16, description="Names of Secrets used to pull the image."
+    )
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Pod `nodeSelector`.")
+    tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Pod `tolerations`.")
+    affinity: dict[str, Any] | None = Field(None, description="Pod `affinity`.")
+    priority_class_name: str | None = Field(None, max_length=253, description="Pod `priorityClassName`.")
+    service_account_name: ObjectName | None = Field(None, description="Pod `serviceAccountName`.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Extra pod annotations.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Extra pod labels.")
+
+
+class JobSource(Model):
+    """Reference to another metaspec resource in the same namespace."""
+
+    training_run: ObjectName | None = Field(None, description="Name of a `TrainingRun`.")
+    teacher_generation: ObjectName | None = Field(None, description="Name of a `TeacherGeneration`.")
+
+
+class ObjectMeta(BaseModel):
+    """The part of `metadata` metaspec reads."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, alias_generator=to_camel)
+
+    name: Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)]
+    namespace: str = "default"
+    uid: str | None = None
+    generation: int = 1
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class Status(Model):
+    """Fields every resource reports."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    phase: Phase = Field(Phase.PENDING, description="Coarse lifecycle phase.")
+    message: str = Field("", description="Human-readable reason for the phase.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Latest observations of the resource's state.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    observed_generation: int | None = Field(None, description="Generation the status was computed for.")
+    start_time: str | None = Field(None, description="When the work started (RFC 3339).")
+    completion_time: str | None = Field(None, description="When the work finished (RFC 3339).")
+
+    def condition(self, type_: str) -> Condition | None:
+        return next((c for c in self.conditions if c.type == type_), None)
+
+
+class Resource(BaseModel):
+    """A whole custom resource: `apiVersion`, `kind`, `metadata`, `spec`, `status`."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    plural: ClassVar[str]
+    short_name: ClassVar[str]
+    component: ClassVar[str]
+
+    api_version: Literal["metaspec.dev/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
+    metadata: ObjectMeta
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")

@@ -1,0 +1,197 @@
+"""CustomResourceDefinitions generated from the pydantic models.
+
+Kubernetes wants structural OpenAPI v3.0 schemas: no `$ref`, `nullable` instead of `anyOf [X, null]`,
+boolean `exclusiveMinimum`, no `title`, free-form objects marked `x-kubernetes-preserve-unknown-fields`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from ._base import GROUP, MAX_NAME_LENGTH, VERSION, Resource
+from .generation import TeacherGeneration
+from .serving import SpecServe
+from .training import TrainingRun
+
+#: Spec fields that define *what* is produced; fixed once the work started. The rest (suspend,
+#: scheduling, resources) may change.
+IMMUTABLE_SPEC = {
+    TrainingRun: [
+        "method",
+        "baseModel",
+        "dataset",
+        "evaluation",
+        "lora",
+        "anil",
+        "optimization",
+        "draft",
+        "output",
+    ],
+    TeacherGeneration: ["model", "dataset", "output", "engine", "sampling", "shards", "quality"],
+}
+
+PRINTER_COLUMNS = {
+    TrainingRun: [
+        ("Method", "string", ".spec.method"),
+        ("Phase", "string", ".status.phase"),
+        ("Step", "integer", ".status.progress.step"),
+        ("Total", "integer", ".status.progress.totalSteps"),
+        ("Eval-Loss", "number", ".status.metrics.evalLoss"),
+    ],
+    TeacherGeneration: [
+        ("Engine", "string", ".spec.engine"),
+        ("Phase", "string", ".status.phase"),
+        ("Done", "integer", ".status.stats.examplesDone"),
+        ("Total", "integer", ".status.stats.examplesTotal"),
+        ("Natural-Stop", "number", ".status.stats.naturalStopRate"),
+    ],
+    SpecServe: [
+        ("Policy", "string", ".spec.routing.policy"),
+        ("Phase", "string", ".status.phase"),
+        ("Ready", "integer", ".status.readyReplicas"),
+        ("URL", "string", ".status.url"),
+    ],
+}
+
+
+def _inline(node: Any, defs: dict[str, Any]) -> Any:
+    """Resolve `$ref`s and rewrite JSON Schema 2020-12 idioms into Kubernetes' OpenAPI v3.0 dialect."""
+    if isinstance(node, list):
+        return [_inline(n, defs) for n in node]
+    if not isinstance(node, dict):
+        return node
+    node = dict(node)
+    if "$ref" in node:
+        target = defs[node.pop("$ref").rsplit("/", 1)[-1]]
+        return _inline({**target, **node}, defs)
+    node.pop("title", None)
+    if "anyOf" in node:
+        options = [o for o in node.pop("anyOf") if o.get("type") != "null"]
+        if len(options) != 1:
+            raise ValueError(f"cannot express a union of {len(options)} types structurally: {options}")
+        return _inline({**options[0], **node, "nullable": True}, defs)
+    if "const" in node:
+        node["enum"] = [node.pop("const")]
+    for bound, inclusive in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if bound in node:
+            node[inclusive] = node.pop(bound)
+            node[bound] = True
+    if node.get("default", 0) is None:
+        del node["default"]
+    if node.get("type") == "object" and node.get("additionalProperties") is True:
+        del node["additionalProperties"]
+        node["x-kubernetes-preserve-unknown-fields"] = True
+    if node.get("type") == "object" and "properties" not in node and "additionalProperties" not in node:
+        node["x-kubernetes-preserve-unknown-fields"] = True
+    if "additionalProperties" in node and "properties" in node:
+        # Structural schemas forbid both: free-form extras on a typed object (metrics) are preserved.
+        if node.pop("additionalProperties") is not False:
+            node["x-kubernetes-preserve-unknown-fields"] = True
+    for key in ("properties",):
+        if key in node:
+            node[key] = {k: _inline(v, defs) for k, v in node[key].items()}
+    for key in ("items", "additionalProperties"):
+        if isinstance(node.get(key), dict):
+            node[key] = _inline(node[key], defs)
+    if "type" not in node and "enum" in node:
+        node["type"] = "string"
+    return node
+
+
+def openapi_schema(model: type) -> dict[str, Any]:
+    """The structural schema of a pydantic model."""
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    return _inline(raw, raw.pop("$defs", {}))
+
+
+def _immutability_rule(resource: type[Resource]) -> dict[str, str]:
+    def same(field: str) -> str:
+        new, old = f"self.spec.{field}", f"oldSelf.spec.{field}"
+        return f"(has({new}) ? has({old}) && {new} == {old} : !has({old}))"
+
+    started = "has(oldSelf.status) && has(oldSelf.status.startTime)"
+    fields = " && ".join(same(f) for f in IMMUTABLE_SPEC[resource])
+    return {
+        "rule": f"!({started}) || ({fields})",
+        "message": f"spec is immutable once the {resource.model_fields['kind'].default} has started "
+        f"(fields {', '.join(IMMUTABLE_SPEC[resource])}): create a new resource with a new name "
+        "for a new version; suspend, scheduling and resources may still change",
+    }
+
+
+def crd(resource: type[Resource]) -> dict[str, Any]:
+    """The CustomResourceDefinition of one resource kind."""
+    kind = resource.model_fields["kind"].default
+    spec_schema = openapi_schema(resource.model_fields["spec"].annotation)
+    status_schema = openapi_schema(resource.model_fields["status"].annotation.__args__[0])
+    rules = [
+        {
+            "rule": f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
+            "message": f"metadata.name must be at most {MAX_NAME_LENGTH} characters (child names derive from it)",
+        }
+    ]
+    if resource in IMMUTABLE_SPEC:
+        rules.append(_immutability_rule(resource))
+    schema = {
+        "type": "object",
+        "description": resource.__doc__.strip(),
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec_schema,
+            "status": status_schema,
+        },
+        "x-kubernetes-validations": rules,
+    }
+    subresources: dict[str, Any] = {"status": {}}
+    if resource is SpecServe:
+        subresources["scale"] = {
+            "specReplicasPath": ".spec.replicas",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.selector",
+        }
+    columns = [
+        {"name": name, "type": type_, "jsonPath": path} for name, type_, path in PRINTER_COLUMNS[resource]
+    ]
+    columns.append({"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"})
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{resource.plural}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": resource.plural,
+                "singular": kind.lower(),
+                "shortNames": [resource.short_name],
+                "categories": ["metaspec"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": schema},
+                    "subresources": subresources,
+                    "additionalPrinterColumns": columns,
+                }
+            ],
+        },
+    }
+
+
+def render_all() -> dict[str, str]:
+    """`{file name: YAML}` for every CRD, as written to `crds/`."""
+    header = "# Generated by `metaspec crds` from metaspec/api. Do not edit.\n"
+    return {
+        f"{GROUP}_{cls.plural}.yaml": header
+        + yaml.safe_dump(crd(cls), sort_keys=False, width=120, allow_unicode=True)
+        for cls in (TrainingRun, TeacherGeneration, SpecServe)
+    }

@@ -1,0 +1,144 @@
+"""`TeacherGeneration`: batch generation of teacher outputs, one pod per shard."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from ._base import (
+    ArtifactUri,
+    DatasetUri,
+    Model,
+    ObjectMeta,
+    PodOverrides,
+    Resource,
+    Resources,
+    Status,
+    Storage,
+)
+from .training import ModelSource
+
+#: The seed's fix for runaway teacher outputs: chat-turn markers that end an answer.
+SEED_STOP_STRINGS = ["<|eot_id|>", "<|im_end|>", "<|end_of_text|>", "\nUser:", "\nHuman:"]
+
+
+class Sampling(Model):
+    """Sampling parameters. Defaults are the seed's fix for 84% of greedy outputs hitting the length limit."""
+
+    temperature: float = Field(0.3, ge=0, le=10, description="Softmax temperature; 0 is greedy.")
+    max_tokens: int = Field(512, ge=1, le=131072, description="Maximum new tokens per output.")
+    repetition_penalty: float = Field(
+        1.2, gt=0, le=10, description="CTRL-style repetition penalty; 1 disables."
+    )
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    top_k: int | None = Field(None, ge=1, description="Sample from the k most likely tokens only.")
+    stop: list[str] = Field(
+        default_factory=lambda: list(SEED_STOP_STRINGS),
+        max_length=32,
+        description="Strings that end an output (not included in it). The model's EOS/end-of-turn "
+        "tokens always stop.",
+    )
+    seed: int = Field(0, ge=0, description="Sampling seed; the same seed gives the same outputs.")
+
+
+class GenerationDataset(Model):
+    uri: DatasetUri = Field(description="Prompts: JSONL records `{id, input, domain, difficulty}`.")
+    max_examples: int | None = Field(None, ge=1, description="Use only the first N records.")
+
+
+class GenerationOutput(Model):
+    uri: ArtifactUri = Field(
+        description="Prefix that receives the shard files, `stats.json` and the manifest."
+    )
+
+
+class Quality(Model):
+    min_natural_stop_rate: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="Share of outputs that must end naturally (EOS or stop string) rather than at "
+        "`maxTokens`; below it `QualityCheckPassed` is False.",
+    )
+    fail_on_quality: bool = Field(
+        False, description="Fail the resource (not just the condition) when the quality check fails."
+    )
+
+
+class TeacherGenerationSpec(Model):
+    model: ModelSource = Field(description="The teacher model.")
+    dataset: GenerationDataset = Field(description="Prompts to answer.")
+    output: GenerationOutput = Field(description="Where outputs go.")
+    engine: Literal["vllm", "transformers"] = Field(
+        "vllm", description="`vllm` (production) or `transformers` (fallback, CPU-capable)."
+    )
+    sampling: Sampling = Field(default_factory=Sampling, description="Sampling parameters.")
+    shards: int = Field(
+        1, ge=1, le=1024, description="Indexed Job completions: the input is split in this many shards."
+    )
+    parallelism: int | None = Field(None, ge=1, le=1024, description="Shards running at once (default: all).")
+    tensor_parallel_size: int = Field(1, ge=1, le=64, description="GPUs per vLLM instance.")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM's share of GPU memory.")
+    max_model_len: int | None = Field(None, ge=16, description="vLLM context length (prompt + output).")
+    batch_size: int = Field(
+        16, ge=1, le=4096, description="Prompts per `generate` call (transformers engine)."
+    )
+    dtype: Literal["bfloat16", "float16", "float32", "auto"] = Field("auto", description="Weights dtype.")
+    quality: Quality = Field(default_factory=Quality, description="Quality gate.")
+    storage: Storage = Field(default_factory=Storage, description="S3 endpoint and credentials.")
+    resources: Resources = Field(default_factory=Resources, description="Compute per pod.")
+    pod: PodOverrides = Field(default_factory=PodOverrides, description="Pod scheduling and image overrides.")
+    suspend: bool = Field(False, description="Create the Job suspended, or suspend the running one.")
+    queue_name: str | None = Field(None, max_length=63, description="Kueue LocalQueue name.")
+    backoff_limit: int = Field(3, ge=0, le=100, description="Pod retries per shard for transient failures.")
+    active_deadline_seconds: int | None = Field(None, ge=1, description="Wall-clock limit of the Job.")
+    ttl_seconds_after_finished: int | None = Field(
+        None, ge=0, description="Delete the finished Job after this."
+    )
+
+    @model_validator(mode="after")
+    def _fits(self) -> TeacherGenerationSpec:
+        if self.max_model_len is not None and self.sampling.max_tokens >= self.max_model_len:
+            raise ValueError("`sampling.maxTokens` must be smaller than `maxModelLen` (room for the prompt)")
+        if self.engine == "vllm" and self.tensor_parallel_size > max(self.resources.gpus, 1):
+            raise ValueError("`tensorParallelSize` cannot exceed `resources.gpus`")
+        return self
+
+
+class ShardCounts(Model):
+    total: int = Field(0, description="Shards in the Job.")
+    succeeded: int = Field(0, description="Shards finished.")
+    failed: int = Field(0, description="Shard pods failed (retries included).")
+    active: int = Field(0, description="Shards running.")
+
+
+class GenerationStats(Model):
+    examples_done: int | None = Field(None, description="Outputs written.")
+    examples_total: int | None = Field(None, description="Inputs to answer.")
+    natural_stop_rate: float | None = Field(None, description="Share of outputs ending naturally.")
+    truncated_rate: float | None = Field(None, description="Share of outputs cut at `maxTokens`.")
+    mean_output_tokens: float | None = Field(None, description="Mean generated tokens per output.")
+    examples_per_second: float | None = Field(None, description="Throughput in examples.")
+    tokens_per_second: float | None = Field(None, description="Throughput in generated tokens.")
+
+
+class TeacherGenerationStatus(Status):
+    shards: ShardCounts | None = Field(None, description="Shard counts.")
+    stats: GenerationStats | None = Field(None, description="Generation statistics.")
+    output_uri: str | None = Field(None, description="Prefix holding the outputs once complete.")
+    resolved_model: str | None = Field(None, description="URI the teacher model was resolved to.")
+    job_name: str | None = Field(None, description="The Job running this generation of the spec.")
+
+
+class TeacherGeneration(Resource):
+    """Batch generation of teacher outputs for a dataset, sharded over an Indexed Job."""
+
+    plural: ClassVar[str] = "teachergenerations"
+    short_name: ClassVar[str] = "tg"
+    component: ClassVar[str] = "generator"
+
+    kind: Literal["TeacherGeneration"] = "TeacherGeneration"
+    metadata: ObjectMeta
+    spec: TeacherGenerationSpec
+    status: TeacherGenerationStatus | None = None

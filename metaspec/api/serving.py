@@ -1,0 +1,129 @@
+"""`SpecServe`: the speculative router (target + draft) behind an OpenAI-compatible API."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from ._base import Model, ObjectMeta, PodOverrides, Resource, Resources, Status, Storage
+from .training import ModelSource
+
+
+class Routing(Model):
+    """When to speculate. Every policy keeps the output distribution exact; only speed changes."""
+
+    policy: Literal["first-token", "per-token", "always", "never"] = Field(
+        "first-token",
+        description="`first-token`: speculate for the whole request if the draft's first-token confidence "
+        "≥ threshold, else target only. `per-token`: each round drafts while confidence ≥ threshold. "
+        "`always` / `never`: fixed.",
+    )
+    confidence_threshold: float = Field(
+        0.7, gt=0, le=1, description="Draft max-probability needed to speculate (0 < t ≤ 1)."
+    )
+    max_speculative_tokens: int = Field(5, ge=1, le=64, description="Draft tokens proposed per round (k).")
+
+
+class ServeSampling(Model):
+    """Defaults for requests that leave a parameter out, and the limits every request must respect."""
+
+    temperature: float = Field(0.0, ge=0, le=10, description="Default temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Default nucleus mass.")
+    repetition_penalty: float = Field(1.0, gt=0, le=10, description="Default repetition penalty.")
+    max_tokens: int = Field(256, ge=1, description="Default `max_tokens`.")
+    max_tokens_limit: int = Field(2048, ge=1, description="Largest `max_tokens` a request may ask for.")
+    max_prompt_tokens: int = Field(4096, ge=1, description="Longest prompt accepted, in tokens.")
+    max_concurrency: int = Field(1, ge=1, le=1024, description="Requests decoded at once per replica.")
+    max_queue: int = Field(64, ge=0, le=100000, description="Requests waiting beyond that; more get 429.")
+
+    @model_validator(mode="after")
+    def _limits(self) -> ServeSampling:
+        if self.max_tokens > self.max_tokens_limit:
+            raise ValueError("`maxTokens` exceeds `maxTokensLimit`")
+        return self
+
+
+class ServiceSpec(Model):
+    port: int = Field(8000, ge=1, le=65535, description="Service port.")
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field("ClusterIP", description="Service type.")
+
+
+class RolloutSpec(Model):
+    max_surge: int = Field(0, ge=0, description="Extra pods during a rollout; 0 avoids needing 2× GPUs.")
+    max_unavailable: int = Field(1, ge=0, description="Pods that may be down during a rollout.")
+
+    @model_validator(mode="after")
+    def _progress(self) -> RolloutSpec:
+        if self.max_surge == 0 and self.max_unavailable == 0:
+            raise ValueError("`maxSurge` and `maxUnavailable` cannot both be 0")
+        return self
+
+
+class SpecServeSpec(Model):
+    target: ModelSource = Field(description="The model whose distribution is served.")
+    draft: ModelSource | None = Field(None, description="The draft model; same tokenizer as the target.")
+    routing: Routing = Field(default_factory=Routing, description="Speculation policy.")
+    engine: Literal["metaspec", "vllm"] = Field(
+        "metaspec",
+        description="`metaspec`: our router with confidence routing. `vllm`: vLLM's own draft-model "
+        "speculative decoding (no routing).",
+    )
+    replicas: int = Field(1, ge=0, le=1000, description="Server pods (scale subresource).")
+    service: ServiceSpec = Field(default_factory=ServiceSpec, description="The Service in front of the pods.")
+    sampling: ServeSampling = Field(
+        default_factory=ServeSampling, description="Sampling defaults and limits."
+    )
+    dtype: Literal["bfloat16", "float16", "float32", "auto"] = Field(
+        "auto", description="Weights dtype: `auto` is bfloat16 on GPU, float32 on CPU."
+    )
+    compile: bool = Field(True, description="Static KV cache + `torch.compile` on GPU (no effect on CPU).")
+    served_model_name: str | None = Field(
+        None, max_length=253, description="Model name in the API; the resource name by default."
+    )
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="Rolling update settings.")
+    storage: Storage = Field(default_factory=Storage, description="S3 endpoint and credentials.")
+    resources: Resources = Field(default_factory=Resources, description="Compute per pod.")
+    pod: PodOverrides = Field(default_factory=PodOverrides, description="Pod scheduling and image overrides.")
+    suspend: bool = Field(False, description="Scale to zero while keeping the resource.")
+    queue_name: str | None = Field(None, max_length=63, description="Kueue LocalQueue name.")
+
+    @model_validator(mode="after")
+    def _engine(self) -> SpecServeSpec:
+        if self.engine == "vllm":
+            if self.sampling.repetition_penalty != 1:
+                raise ValueError(
+                    "`sampling.repetitionPenalty` must be 1 with `engine: vllm`: vLLM silently skips "
+                    "speculative decoding for requests with a repetition penalty"
+                )
+            if self.draft is None:
+                raise ValueError("`draft` is required with `engine: vllm`")
+        return self
+
+
+class ServedModel(Model):
+    uri: str = Field(description="Resolved model URI.")
+    digest: str | None = Field(None, description="sha256 of the model's `_manifest.json`.")
+
+
+class SpecServeStatus(Status):
+    replicas: int | None = Field(None, description="Pods of the current Deployment.")
+    ready_replicas: int | None = Field(None, description="Pods ready to serve.")
+    selector: str | None = Field(None, description="Label selector of the pods (scale subresource).")
+    url: str | None = Field(None, description="In-cluster base URL of the OpenAI-compatible API.")
+    target: ServedModel | None = Field(None, description="What is served as the target.")
+    draft: ServedModel | None = Field(None, description="What is served as the draft.")
+    deployment_name: str | None = Field(None, description="The Deployment serving this resource.")
+
+
+class SpecServe(Resource):
+    """A speculative-decoding server (target + draft) with an OpenAI-compatible API."""
+
+    plural: ClassVar[str] = "specserves"
+    short_name: ClassVar[str] = "ss"
+    component: ClassVar[str] = "server"
+
+    kind: Literal["SpecServe"] = "SpecServe"
+    metadata: ObjectMeta
+    spec: SpecServeSpec
+    status: SpecServeStatus | None = None

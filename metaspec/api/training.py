@@ -1,0 +1,314 @@
+"""`TrainingRun`: ANIL-MAML LoRA fine-tuning of a base model, or causal-LM training of a draft."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from ._base import (
+    ArtifactUri,
+    DatasetUri,
+    JobSource,
+    Model,
+    ObjectMeta,
+    PodOverrides,
+    Resource,
+    Resources,
+    Status,
+    Storage,
+)
+
+#: Fields of Hugging Face loaders that load a quantized model; spelled out so the refusal can say why.
+QUANTIZED_KEYS = (
+    "loadIn4bit",
+    "loadIn8bit",
+    "load_in_4bit",
+    "load_in_8bit",
+    "quantization",
+    "quantizationConfig",
+)
+_QUANTIZED_NAME = re.compile(
+    r"(gptq|awq|bnb|bitsandbytes|[-_.](int[48]|[48]bit|nf4|fp4)([-_./]|$)|gguf)", re.I
+)
+QUANTIZED_REASON = (
+    "training on quantized weights breaks after merging (the LoRA delta is learned against the "
+    "dequantization error and the merged model degrades); train on the bf16/fp16/fp32 base and "
+    "quantize only after merging"
+)
+SEED_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class ModelSource(Model):
+    """A model given by URI, or the model produced by a `TrainingRun` of the same namespace."""
+
+    uri: ArtifactUri | None = Field(
+        None, description="Model location: `s3://…`, `file://…`/path, or `hf://org/name` (needs network)."
+    )
+    from_: JobSource | None = Field(
+        None, alias="from", description="Use the model produced by this resource once it has succeeded."
+    )
+    revision: str | None = Field(None, max_length=128, description="Hub revision for `hf://` models.")
+    trust_remote_code: bool = Field(
+        False,
+        description="Allow model repositories to run their own Python code. Off: never trusted implicitly.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSource:
+        if (self.uri is None) == (self.from_ is None):
+            raise ValueError("give exactly one of `uri` or `from`")
+        if self.from_ is not None and (self.from_.training_run is None or self.from_.teacher_generation):
+            raise ValueError("`from` of a model must name a `trainingRun`")
+        return self
+
+
+class BaseModelSource(ModelSource):
+    """The model training starts from. Full-precision weights only."""
+
+    dtype: Literal["bfloat16", "float16", "float32", "auto"] = Field(
+        "auto", description="Training dtype: `auto` is bfloat16 on GPU and float32 on CPU."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_quantized(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in QUANTIZED_KEYS:
+                if key in data:
+                    raise ValueError(f"`{key}`: quantized base models are refused: {QUANTIZED_REASON}")
+            if str(data.get("dtype", "")).lower() in {"int4", "int8", "nf4", "fp4", "fp8", "float8"}:
+                raise ValueError(f"`dtype: {data['dtype']}` is quantized: {QUANTIZED_REASON}")
+            if isinstance(data.get("uri"), str) and _QUANTIZED_NAME.search(data["uri"]):
+                raise ValueError(f"`uri` {data['uri']!r} names a quantized model: {QUANTIZED_REASON}")
+        return data
+
+
+class DatasetSource(Model):
+    """Training data: JSONL records `{id, input, output, domain, difficulty}`."""
+
+    uri: DatasetUri | None = Field(
+        None, description="A JSONL file or a prefix of `*.jsonl` files; `builtin://train` is the bundled set."
+    )
+    from_: JobSource | None = Field(
+        None, alias="from", description="Use the outputs of this `TeacherGeneration` once it has succeeded."
+    )
+    skip_invalid: bool = Field(
+        False, description="Skip invalid lines (and report their count) instead of failing before training."
+    )
+    max_examples: int | None = Field(None, ge=1, description="Use only the first N valid examples.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetSource:
+        if self.uri is not None and self.from_ is not None:
+            raise ValueError("give either `uri` or `from`, not both")
+        if self.uri is None and self.from_ is None:
+            raise ValueError("give one of `uri` or `from`")
+        if self.from_ is not None and (self.from_.teacher_generation is None or self.from_.training_run):
+            raise ValueError("`from` of a dataset must name a `teacherGeneration`")
+        return self
+
+
+class Evaluation(Model):
+    uri: DatasetUri = Field(
+        "builtin://eval", description="Held-out JSONL set for evaluation loss and perplexity."
+    )
+    max_examples: int | None = Field(None, ge=1, description="Evaluate on the first N examples only.")
+    batch_size: int = Field(8, ge=1, le=1024, description="Sequences per evaluation forward pass.")
+
+
+class Lora(Model):
+    r: int = Field(64, ge=1, le=1024, description="LoRA rank.")
+    alpha: float = Field(128, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(SEED_TARGET_MODULES),
+        min_length=1,
+        max_length=64,
+        description="Module names (suffixes) that get LoRA adapters.",
+    )
+
+
+class Anil(Model):
+    """ANIL-MAML (Raghu et al. 2020): the inner loop adapts only the head, the outer loop all LoRA weights."""
+
+    inner_steps: int = Field(2, ge=0, le=100, description="SGD steps on the support loss per task.")
+    inner_lr: float = Field(5e-3, gt=0, le=10, description="Learning rate of the inner (head) SGD steps.")
+    support_size: int = Field(4, ge=1, le=1024, description="Examples per task's support set.")
+    query_size: int = Field(4, ge=1, le=1024, description="Examples per task's query set.")
+    tasks_per_batch: int = Field(
+        1, ge=1, le=1024, description="Tasks whose query losses are averaged per step."
+    )
+    adapt_modules: list[str] = Field(
+        default_factory=lambda: ["lm_head"], min_length=1, description="Modules adapted in the inner loop."
+    )
+    first_order: bool = Field(False, description="Drop second-order terms through the inner loop (FOMAML).")
+    support_mix: str = Field(
+        "3:1",
+        pattern=r"^[0-9]+:[0-9]+$",
+        description="Easy:hard ratio within support and query sets, e.g. `3:1`.",
+    )
+    head_delta_rank: int | None = Field(
+        None,
+        ge=1,
+        description="Adapt a rank-r delta of the head instead of the full head (cheaper for big vocabularies).",
+    )
+
+    @property
+    def mix(self) -> tuple[int, int]:
+        easy, hard = (int(x) for x in self.support_mix.split(":"))
+        return easy, hard
+
+    @field_validator("support_mix")
+    @classmethod
+    def _nonzero_mix(cls, value: str) -> str:
+        if all(int(x) == 0 for x in value.split(":")):
+            raise ValueError("at least one side of the easy:hard mix must be positive")
+        return value
+
+
+class Optimization(Model):
+    outer_lr: float = Field(2e-4, gt=0, le=1, description="AdamW learning rate of the LoRA (outer) update.")
+    epochs: float = Field(1, gt=0, le=1000, description="Passes over the training data.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    batch_size: int = Field(4, ge=1, le=4096, description="Sequences per step (causal-lm).")
+    max_seq_length: int = Field(
+        2048, ge=16, le=1_048_576, description="Tokens per sequence; longer ones are truncated."
+    )
+    gradient_accumulation: int = Field(
+        1, ge=1, le=4096, description="Steps (or task batches) per optimizer update."
+    )
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps with linear warm-up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    scheduler: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="Learning-rate schedule."
+    )
+    early_stopping_patience: int = Field(
+        2, ge=0, description="Evaluations without improvement before stopping; 0 disables early stopping."
+    )
+    eval_steps: int = Field(50, ge=1, description="Evaluate every N optimizer steps.")
+    checkpoint_steps: int = Field(50, ge=1, description="Checkpoint every N optimizer steps.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    seed: int = Field(42, ge=0, description="Seed of sampling, dropout and initialisation.")
+
+
+class Draft(Model):
+    """How a causal-lm draft model is made."""
+
+    init_from: Literal["pretrained", "target"] = Field(
+        "pretrained",
+        description="`pretrained`: fine-tune `baseModel` as it is. `target`: derive the draft from "
+        "`baseModel` (a target model): its embeddings, first `numLayers` layers, final norm and head.",
+    )
+    num_layers: int | None = Field(
+        None, ge=1, le=512, description="Layers kept when deriving from the target."
+    )
+    objective: Literal["next-token", "distill"] = Field(
+        "next-token",
+        description="`next-token`: cross-entropy on teacher text. `distill`: KL to the target's logits "
+        "(needs `initFrom: target`).",
+    )
+    distill_temperature: float = Field(1.0, gt=0, le=100, description="Softmax temperature of `distill`.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Draft:
+        if self.init_from == "target" and self.num_layers is None:
+            raise ValueError("`numLayers` is required with `initFrom: target`")
+        if self.init_from == "pretrained" and self.num_layers is not None:
+            raise ValueError("`numLayers` applies only with `initFrom: target`")
+        if self.objective == "distill" and self.init_from != "target":
+            raise ValueError("`objective: distill` needs `initFrom: target` (the target is the teacher)")
+        return self
+
+
+class TrainingOutput(Model):
+    uri: ArtifactUri = Field(
+        description="Prefix that receives adapter, merged model, checkpoints and metrics."
+    )
+    merge: bool = Field(True, description="Merge the LoRA adapter into the base and save the merged model.")
+    max_merge_degradation: float = Field(
+        0.05,
+        ge=0,
+        description="Fail the run if merged perplexity exceeds LoRA perplexity by more than this share.",
+    )
+
+
+class TrainingRunSpec(Model):
+    method: Literal["anil-maml", "causal-lm"] = Field("anil-maml", description="Training recipe.")
+    base_model: BaseModelSource = Field(description="Model to train. Full precision only.")
+    dataset: DatasetSource = Field(description="Training data.")
+    evaluation: Evaluation = Field(default_factory=Evaluation, description="Held-out evaluation set.")
+    lora: Lora = Field(default_factory=Lora, description="LoRA adapters (anil-maml).")
+    anil: Anil = Field(default_factory=Anil, description="Inner/outer loop settings (anil-maml).")
+    optimization: Optimization = Field(default_factory=Optimization, description="Optimizer and schedule.")
+    draft: Draft = Field(default_factory=Draft, description="Draft construction (causal-lm).")
+    output: TrainingOutput = Field(description="Where artifacts go.")
+    storage: Storage = Field(default_factory=Storage, description="S3 endpoint and credentials.")
+    resources: Resources = Field(default_factory=Resources, description="Compute per pod.")
+    pod: PodOverrides = Field(default_factory=PodOverrides, description="Pod scheduling and image overrides.")
+    suspend: bool = Field(False, description="Create the Job suspended, or suspend the running one.")
+    queue_name: str | None = Field(
+        None, max_length=63, description="Kueue LocalQueue; copied to the `kueue.x-k8s.io/queue-name` label."
+    )
+    backoff_limit: int = Field(3, ge=0, le=100, description="Pod retries for transient failures.")
+    active_deadline_seconds: int | None = Field(None, ge=1, description="Wall-clock limit of the Job.")
+    ttl_seconds_after_finished: int | None = Field(
+        None, ge=0, description="Delete the finished Job after this."
+    )
+
+    @model_validator(mode="after")
+    def _method_fields(self) -> TrainingRunSpec:
+        if self.method == "anil-maml" and self.draft != Draft():
+            raise ValueError("`draft` applies only to `method: causal-lm`")
+        return self
+
+
+class TrainingProgress(Model):
+    step: int = Field(0, description="Optimizer steps done.")
+    total_steps: int | None = Field(None, description="Optimizer steps planned.")
+    epoch: float | None = Field(None, description="Epochs done (fractional).")
+
+
+class TrainingMetrics(Model):
+    model_config = {"extra": "allow"}
+
+    train_loss: float | None = Field(None, description="Latest training (query) loss.")
+    eval_loss: float | None = Field(None, description="Best evaluation loss.")
+    perplexity_base: float | None = Field(None, description="Evaluation perplexity of the base model.")
+    perplexity_lora: float | None = Field(None, description="Evaluation perplexity with the LoRA adapter.")
+    perplexity_merged: float | None = Field(None, description="Evaluation perplexity of the merged model.")
+    merge_degradation: float | None = Field(None, description="(merged − LoRA) / LoRA perplexity.")
+    hard_token_share: float | None = Field(None, description="Share of training tokens from hard examples.")
+    tokens_per_second: float | None = Field(None, description="Training throughput.")
+
+
+class TrainingArtifacts(Model):
+    model: str | None = Field(None, description="The usable model: merged model, or the trained draft.")
+    adapter: str | None = Field(None, description="The LoRA adapter.")
+    metrics: str | None = Field(None, description="`metrics.json`.")
+    last_checkpoint: str | None = Field(None, description="Newest complete checkpoint.")
+    manifest_digest: str | None = Field(None, description="sha256 of the output's `_manifest.json`.")
+
+
+class TrainingRunStatus(Status):
+    progress: TrainingProgress | None = Field(None, description="Training progress.")
+    metrics: TrainingMetrics | None = Field(None, description="Key metrics.")
+    artifacts: TrainingArtifacts | None = Field(None, description="Artifact URIs.")
+    resolved_base_model: str | None = Field(None, description="URI the base model was resolved to.")
+    resolved_dataset: str | None = Field(None, description="URI the dataset was resolved to.")
+    job_name: str | None = Field(None, description="The Job running this generation of the spec.")
+
+
+class TrainingRun(Resource):
+    """A fine-tuning run: ANIL-MAML LoRA on a base model, or causal-LM training of a draft model."""
+
+    plural: ClassVar[str] = "trainingruns"
+    short_name: ClassVar[str] = "tr"
+    component: ClassVar[str] = "trainer"
+
+    kind: Literal["TrainingRun"] = "TrainingRun"
+    metadata: ObjectMeta
+    spec: TrainingRunSpec
+    status: TrainingRunStatus | None = None

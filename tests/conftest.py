@@ -1,0 +1,106 @@
+"""Session-scoped fixtures: a real S3 server, the real small instruct model, tiny random models."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from metaspec.artifacts import S3Store, reset_clients, upload_dir
+from metaspec.local.bundled import bundled_model_dir
+from metaspec.local.s3server import EmbeddedS3
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_BUCKET = "metaspec-test"
+
+
+def _gpu_absent() -> str | None:
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed"
+    return None if torch.cuda.is_available() else "needs a CUDA GPU; none is visible"
+
+
+REQUIREMENTS = {
+    "gpu": _gpu_absent,
+    "cluster": lambda: None if os.environ.get("KUBECONFIG") else "needs a real cluster: set KUBECONFIG",
+    "vllm": lambda: (
+        None if importlib.util.find_spec("vllm") else "needs vLLM (pip install 'metaspec[vllm]' on a GPU)"
+    ),
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reasons = {name: check() for name, check in REQUIREMENTS.items()}
+    for item in items:
+        for name, reason in reasons.items():
+            if reason and item.get_closest_marker(name):
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedS3]:
+    """A real S3 server (SeaweedFS) with enforced credentials; the AWS_* environment points at it."""
+    server = EmbeddedS3(tmp_path_factory.mktemp("s3")).start()
+    saved = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)
+    reset_clients()
+    S3Store().ensure_bucket(TEST_BUCKET)
+    yield server
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    reset_clients()
+
+
+@pytest.fixture
+def s3_prefix(s3: EmbeddedS3, request: pytest.FixtureRequest) -> str:
+    """A fresh `s3://` prefix per test."""
+    return f"s3://{TEST_BUCKET}/{request.node.name.replace('[', '-').replace(']', '')}"
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """SmolLM2-135M-Instruct as float32 safetensors with tokenizer and manifest (converted once, cached)."""
+    return bundled_model_dir()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised 2-layer Llama with SmolLM2's tokenizer and chat template (a file:// artifact)."""
+    return make_tiny_llama(smollm2, tmp_path_factory.mktemp("tiny-llama"), num_layers=2, seed=0)
+
+
+def make_tiny_llama(tokenizer_source: Path, dest: Path, num_layers: int = 2, seed: int = 0) -> Path:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    shutil.rmtree(dest, ignore_errors=True)
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    upload_dir(dest, dest, metadata={"tiny": True})
+    return dest

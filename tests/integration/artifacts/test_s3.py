@@ -1,0 +1,112 @@
+"""Artifacts against a real S3 server (SeaweedFS started by the `s3` fixture)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from metaspec.artifacts import (
+    MANIFEST,
+    AccessDenied,
+    ChecksumMismatch,
+    IncompleteArtifact,
+    NotFound,
+    S3Store,
+    Unreachable,
+    Uri,
+    download_dir,
+    is_complete,
+    materialize,
+    read_manifest,
+    reset_clients,
+    upload_dir,
+    write_bytes,
+)
+
+
+def make_tree(root: Path) -> Path:
+    (root / "sub").mkdir(parents=True)
+    (root / "config.json").write_text('{"a": 1}')
+    (root / "sub" / "weights.bin").write_bytes(os.urandom(300_000))
+    return root
+
+
+def test_directory_round_trip_with_manifest(tmp_path: Path, s3_prefix: str) -> None:
+    src = make_tree(tmp_path / "src")
+    written = upload_dir(src, s3_prefix, metadata={"kind": "test"})
+    assert set(written.files) == {"config.json", "sub/weights.bin"}
+    read = read_manifest(s3_prefix)
+    assert read.digest == written.digest and read.metadata == {"kind": "test"}
+    download_dir(s3_prefix, tmp_path / "dst")
+    for rel in written.files:
+        assert (tmp_path / "dst" / rel).read_bytes() == (src / rel).read_bytes()
+
+
+def test_corrupted_object_is_detected_by_checksum(tmp_path: Path, s3_prefix: str) -> None:
+    upload_dir(make_tree(tmp_path / "src"), s3_prefix)
+    write_bytes(b"tampered", Uri.parse(s3_prefix).join("config.json"))
+    with pytest.raises(ChecksumMismatch, match="config.json"):
+        download_dir(s3_prefix, tmp_path / "dst")
+    assert not (tmp_path / "dst" / "config.json").exists(), "a corrupted file must not be left behind"
+
+
+def test_prefix_without_manifest_is_refused(tmp_path: Path, s3_prefix: str) -> None:
+    src = make_tree(tmp_path / "src")
+    upload_dir(src, s3_prefix)
+    S3Store().delete(Uri.parse(s3_prefix).join(MANIFEST))  # as if the writer died before finishing
+    assert not is_complete(s3_prefix)
+    with pytest.raises(IncompleteArtifact, match="no _manifest.json"):
+        download_dir(s3_prefix, tmp_path / "dst")
+    with pytest.raises(IncompleteArtifact):
+        materialize(s3_prefix, tmp_path / "cache")
+
+
+def test_materialize_caches_by_digest(tmp_path: Path, s3_prefix: str) -> None:
+    src = make_tree(tmp_path / "src")
+    upload_dir(src, s3_prefix)
+    first, manifest = materialize(s3_prefix, tmp_path / "cache")
+    again, _ = materialize(s3_prefix, tmp_path / "cache")
+    assert first == again and manifest.digest[:32] == first.name
+    (src / "config.json").write_text('{"a": 2}')
+    upload_dir(src, s3_prefix)
+    changed, _ = materialize(s3_prefix, tmp_path / "cache")
+    assert changed != first and (changed / "config.json").read_text() == '{"a": 2}'
+
+
+def test_missing_bucket_and_key_are_clear(tmp_path: Path, s3) -> None:
+    with pytest.raises(NotFound, match="bucket 'no-such-bucket' does not exist"):
+        read_manifest_or_bytes("s3://no-such-bucket/x")
+    with pytest.raises(IncompleteArtifact):
+        read_manifest("s3://metaspec-test/never-written")
+
+
+def read_manifest_or_bytes(uri: str) -> None:
+    S3Store().get_bytes(Uri.parse(uri))
+
+
+def test_wrong_credentials_give_a_clear_error(s3, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
+    reset_clients()
+    try:
+        with pytest.raises(AccessDenied, match="AWS_SECRET_ACCESS_KEY"):
+            upload_dir(make_tree(tmp_path / "src"), "s3://metaspec-test/denied")
+    finally:
+        monkeypatch.undo()
+        reset_clients()
+
+
+def test_unreachable_endpoint_is_transient(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # discard port: nothing listens
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    monkeypatch.setenv("METASPEC_S3_MAX_ATTEMPTS", "2")
+    reset_clients()
+    try:
+        with pytest.raises(Unreachable) as caught:
+            read_manifest("s3://metaspec-test/anything")
+        assert caught.value.transient and "127.0.0.1:9" in str(caught.value)
+    finally:
+        monkeypatch.undo()
+        reset_clients()
