@@ -22,9 +22,7 @@ COMPONENTS = {
 def crds(argv: list[str]) -> int:
     from metaspec.api.crd import render_all
 
-    parser = argparse.ArgumentParser(
-        prog="metaspec crds", description="write the CRDs generated from metaspec/api"
-    )
+    parser = argparse.ArgumentParser(prog="metaspec crds", description="write the CRDs generated from metaspec/api")
     parser.add_argument("--out", type=Path, default=Path("crds"), help="directory (default: crds/)")
     parser.add_argument("--check", action="store_true", help="fail if the files on disk differ")
     args = parser.parse_args(argv)

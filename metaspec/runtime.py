@@ -130,9 +130,7 @@ def setup_logging(json_logs: bool | None = None) -> None:
     if json_logs is None:
         json_logs = not sys.stderr.isatty() and os.environ.get("METASPEC_LOG_FORMAT", "json") == "json"
     handler = logging.StreamHandler()
-    handler.setFormatter(
-        _JsonFormatter() if json_logs else logging.Formatter("%(asctime)s %(levelname)s %(message)s")
-    )
+    handler.setFormatter(_JsonFormatter() if json_logs else logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(os.environ.get("METASPEC_LOG_LEVEL", "INFO"))

@@ -29,9 +29,7 @@ def _gpu_absent() -> str | None:
 REQUIREMENTS = {
     "gpu": _gpu_absent,
     "cluster": lambda: None if os.environ.get("KUBECONFIG") else "needs a real cluster: set KUBECONFIG",
-    "vllm": lambda: (
-        None if importlib.util.find_spec("vllm") else "needs vLLM (pip install 'metaspec[vllm]' on a GPU)"
-    ),
+    "vllm": lambda: None if importlib.util.find_spec("vllm") else "needs vLLM (pip install 'metaspec[vllm]' on a GPU)",
 }
 
 

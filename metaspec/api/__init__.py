@@ -44,13 +44,9 @@ def parse_resource(body: dict[str, Any], where: str = "resource") -> Resource:
     """Validate a whole CR (`apiVersion`, `kind`, `metadata`, `spec`) into its model."""
     kind = body.get("kind")
     if kind not in RESOURCES:
-        raise InvalidResource(
-            where, [("kind", f"unknown kind {kind!r}: expected one of {', '.join(RESOURCES)}")]
-        )
+        raise InvalidResource(where, [("kind", f"unknown kind {kind!r}: expected one of {', '.join(RESOURCES)}")])
     if body.get("apiVersion") != API_VERSION:
-        raise InvalidResource(
-            where, [("apiVersion", f"expected {API_VERSION!r}, got {body.get('apiVersion')!r}")]
-        )
+        raise InvalidResource(where, [("apiVersion", f"expected {API_VERSION!r}, got {body.get('apiVersion')!r}")])
     try:
         return RESOURCES[kind].model_validate(body)
     except ValidationError as e:

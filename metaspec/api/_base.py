@@ -86,9 +86,7 @@ class Condition(Model):
     reason: str = Field(description="Machine-readable CamelCase reason for the last transition.")
     message: str = Field("", description="Human-readable details of the last transition.")
     last_transition_time: str = Field(description="When the status last changed (RFC 3339).")
-    observed_generation: int | None = Field(
-        None, description="The `.metadata.generation` the condition was set for."
-    )
+    observed_generation: int | None = Field(None, description="The `.metadata.generation` the condition was set for.")
 
 
 def now() -> str:
@@ -122,9 +120,7 @@ class Resources(Model):
     """Compute for each pod."""
 
     gpus: int = Field(1, ge=0, le=64, description="GPUs per pod, requested as `gpuResourceName` limits.")
-    gpu_resource_name: str = Field(
-        "nvidia.com/gpu", max_length=253, description="Extended resource name of the GPU."
-    )
+    gpu_resource_name: str = Field("nvidia.com/gpu", max_length=253, description="Extended resource name of the GPU.")
     cpu: Quantity | None = Field(None, description="CPU request and limit, e.g. `8`.")
     memory: Quantity | None = Field(None, description="Memory request and limit, e.g. `64Gi`.")
     shared_memory: Quantity = Field(
@@ -137,9 +133,7 @@ class Resources(Model):
 class PodOverrides(Model):
     """Scheduling and image settings copied onto every pod the resource creates."""
 
-    image: str | None = Field(
-        None, max_length=512, description="Container image; the operator's default otherwise."
-    )
+    image: str | None = Field(None, max_length=512, description="Container image; the operator's default otherwise.")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
         None, description="Image pull policy of the container."
     )

@@ -28,16 +28,13 @@ class Sampling(Model):
 
     temperature: float = Field(0.3, ge=0, le=10, description="Softmax temperature; 0 is greedy.")
     max_tokens: int = Field(512, ge=1, le=131072, description="Maximum new tokens per output.")
-    repetition_penalty: float = Field(
-        1.2, gt=0, le=10, description="CTRL-style repetition penalty; 1 disables."
-    )
+    repetition_penalty: float = Field(1.2, gt=0, le=10, description="CTRL-style repetition penalty; 1 disables.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     top_k: int | None = Field(None, ge=1, description="Sample from the k most likely tokens only.")
     stop: list[str] = Field(
         default_factory=lambda: list(SEED_STOP_STRINGS),
         max_length=32,
-        description="Strings that end an output (not included in it). The model's EOS/end-of-turn "
-        "tokens always stop.",
+        description="Strings that end an output (not included in it). The model's EOS/end-of-turn tokens always stop.",
     )
     seed: int = Field(0, ge=0, description="Sampling seed; the same seed gives the same outputs.")
 
@@ -48,9 +45,7 @@ class GenerationDataset(Model):
 
 
 class GenerationOutput(Model):
-    uri: ArtifactUri = Field(
-        description="Prefix that receives the shard files, `stats.json` and the manifest."
-    )
+    uri: ArtifactUri = Field(description="Prefix that receives the shard files, `stats.json` and the manifest.")
 
 
 class Quality(Model):
@@ -81,9 +76,7 @@ class TeacherGenerationSpec(Model):
     tensor_parallel_size: int = Field(1, ge=1, le=64, description="GPUs per vLLM instance.")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM's share of GPU memory.")
     max_model_len: int | None = Field(None, ge=16, description="vLLM context length (prompt + output).")
-    batch_size: int = Field(
-        16, ge=1, le=4096, description="Prompts per `generate` call (transformers engine)."
-    )
+    batch_size: int = Field(16, ge=1, le=4096, description="Prompts per `generate` call (transformers engine).")
     dtype: Literal["bfloat16", "float16", "float32", "auto"] = Field("auto", description="Weights dtype.")
     quality: Quality = Field(default_factory=Quality, description="Quality gate.")
     storage: Storage = Field(default_factory=Storage, description="S3 endpoint and credentials.")
@@ -93,9 +86,7 @@ class TeacherGenerationSpec(Model):
     queue_name: str | None = Field(None, max_length=63, description="Kueue LocalQueue name.")
     backoff_limit: int = Field(3, ge=0, le=100, description="Pod retries per shard for transient failures.")
     active_deadline_seconds: int | None = Field(None, ge=1, description="Wall-clock limit of the Job.")
-    ttl_seconds_after_finished: int | None = Field(
-        None, ge=0, description="Delete the finished Job after this."
-    )
+    ttl_seconds_after_finished: int | None = Field(None, ge=0, description="Delete the finished Job after this.")
 
     @model_validator(mode="after")
     def _fits(self) -> TeacherGenerationSpec:

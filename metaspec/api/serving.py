@@ -71,9 +71,7 @@ class SpecServeSpec(Model):
     )
     replicas: int = Field(1, ge=0, le=1000, description="Server pods (scale subresource).")
     service: ServiceSpec = Field(default_factory=ServiceSpec, description="The Service in front of the pods.")
-    sampling: ServeSampling = Field(
-        default_factory=ServeSampling, description="Sampling defaults and limits."
-    )
+    sampling: ServeSampling = Field(default_factory=ServeSampling, description="Sampling defaults and limits.")
     dtype: Literal["bfloat16", "float16", "float32", "auto"] = Field(
         "auto", description="Weights dtype: `auto` is bfloat16 on GPU, float32 on CPU."
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from ._base import (
     ArtifactUri,
@@ -29,9 +29,7 @@ QUANTIZED_KEYS = (
     "quantization",
     "quantizationConfig",
 )
-_QUANTIZED_NAME = re.compile(
-    r"(gptq|awq|bnb|bitsandbytes|[-_.](int[48]|[48]bit|nf4|fp4)([-_./]|$)|gguf)", re.I
-)
+_QUANTIZED_NAME = re.compile(r"(gptq|awq|bnb|bitsandbytes|[-_.](int[48]|[48]bit|nf4|fp4)([-_./]|$)|gguf)", re.I)
 QUANTIZED_REASON = (
     "training on quantized weights breaks after merging (the LoRA delta is learned against the "
     "dequantization error and the merged model degrades); train on the bf16/fp16/fp32 base and "
@@ -111,9 +109,7 @@ class DatasetSource(Model):
 
 
 class Evaluation(Model):
-    uri: DatasetUri = Field(
-        "builtin://eval", description="Held-out JSONL set for evaluation loss and perplexity."
-    )
+    uri: DatasetUri = Field("builtin://eval", description="Held-out JSONL set for evaluation loss and perplexity.")
     max_examples: int | None = Field(None, ge=1, description="Evaluate on the first N examples only.")
     batch_size: int = Field(8, ge=1, le=1024, description="Sequences per evaluation forward pass.")
 
@@ -137,9 +133,7 @@ class Anil(Model):
     inner_lr: float = Field(5e-3, gt=0, le=10, description="Learning rate of the inner (head) SGD steps.")
     support_size: int = Field(4, ge=1, le=1024, description="Examples per task's support set.")
     query_size: int = Field(4, ge=1, le=1024, description="Examples per task's query set.")
-    tasks_per_batch: int = Field(
-        1, ge=1, le=1024, description="Tasks whose query losses are averaged per step."
-    )
+    tasks_per_batch: int = Field(1, ge=1, le=1024, description="Tasks whose query losses are averaged per step.")
     adapt_modules: list[str] = Field(
         default_factory=lambda: ["lm_head"], min_length=1, description="Modules adapted in the inner loop."
     )
@@ -176,15 +170,11 @@ class Optimization(Model):
     max_seq_length: int = Field(
         2048, ge=16, le=1_048_576, description="Tokens per sequence; longer ones are truncated."
     )
-    gradient_accumulation: int = Field(
-        1, ge=1, le=4096, description="Steps (or task batches) per optimizer update."
-    )
+    gradient_accumulation: int = Field(1, ge=1, le=4096, description="Steps (or task batches) per optimizer update.")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps with linear warm-up.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
-    scheduler: Literal["cosine", "linear", "constant"] = Field(
-        "cosine", description="Learning-rate schedule."
-    )
+    scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate schedule.")
     early_stopping_patience: int = Field(
         2, ge=0, description="Evaluations without improvement before stopping; 0 disables early stopping."
     )
@@ -202,9 +192,7 @@ class Draft(Model):
         description="`pretrained`: fine-tune `baseModel` as it is. `target`: derive the draft from "
         "`baseModel` (a target model): its embeddings, first `numLayers` layers, final norm and head.",
     )
-    num_layers: int | None = Field(
-        None, ge=1, le=512, description="Layers kept when deriving from the target."
-    )
+    num_layers: int | None = Field(None, ge=1, le=512, description="Layers kept when deriving from the target.")
     objective: Literal["next-token", "distill"] = Field(
         "next-token",
         description="`next-token`: cross-entropy on teacher text. `distill`: KL to the target's logits "
@@ -224,9 +212,7 @@ class Draft(Model):
 
 
 class TrainingOutput(Model):
-    uri: ArtifactUri = Field(
-        description="Prefix that receives adapter, merged model, checkpoints and metrics."
-    )
+    uri: ArtifactUri = Field(description="Prefix that receives adapter, merged model, checkpoints and metrics.")
     merge: bool = Field(True, description="Merge the LoRA adapter into the base and save the merged model.")
     max_merge_degradation: float = Field(
         0.05,
@@ -254,9 +240,7 @@ class TrainingRunSpec(Model):
     )
     backoff_limit: int = Field(3, ge=0, le=100, description="Pod retries for transient failures.")
     active_deadline_seconds: int | None = Field(None, ge=1, description="Wall-clock limit of the Job.")
-    ttl_seconds_after_finished: int | None = Field(
-        None, ge=0, description="Delete the finished Job after this."
-    )
+    ttl_seconds_after_finished: int | None = Field(None, ge=0, description="Delete the finished Job after this.")
 
     @model_validator(mode="after")
     def _method_fields(self) -> TrainingRunSpec:
@@ -272,7 +256,7 @@ class TrainingProgress(Model):
 
 
 class TrainingMetrics(Model):
-    model_config = {"extra": "allow"}
+    model_config = ConfigDict(extra="allow")
 
     train_loss: float | None = Field(None, description="Latest training (query) loss.")
     eval_loss: float | None = Field(None, description="Best evaluation loss.")

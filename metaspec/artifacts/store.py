@@ -61,9 +61,11 @@ class LocalStore:
         if dest.resolve() == Path(local).resolve():
             return
         dest.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=dest.parent, prefix=".tmp-", delete=False) as tmp:
-            with open(local, "rb") as src:
-                shutil.copyfileobj(src, tmp)
+        with (
+            tempfile.NamedTemporaryFile(dir=dest.parent, prefix=".tmp-", delete=False) as tmp,
+            open(local, "rb") as src,
+        ):
+            shutil.copyfileobj(src, tmp)
         os.replace(tmp.name, dest)
 
     def get_file(self, uri: Uri, local: Path) -> None:
@@ -146,9 +148,7 @@ class S3Store:
     def list(self, uri: Uri) -> Iterator[tuple[str, int]]:
         prefix = uri.path.rstrip("/") + "/" if uri.path else ""
         with self._errors(uri):
-            for page in self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=uri.bucket, Prefix=prefix
-            ):
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=uri.bucket, Prefix=prefix):
                 for obj in page.get("Contents", []):
                     yield obj["Key"][len(prefix) :], obj["Size"]
 
@@ -201,10 +201,7 @@ class _translate:
                 raise NotFound(f"bucket {self.uri.bucket!r} does not exist at {self.endpoint}") from None
             if code in ("NoSuchKey", "404", "NotFound"):
                 raise NotFound(f"{self.uri} does not exist") from None
-            if (
-                code in ("AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId", "403")
-                or status == 403
-            ):
+            if code in ("AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId", "403") or status == 403:
                 raise AccessDenied(
                     f"S3 refused access to {self.uri} ({code}): check AWS_ACCESS_KEY_ID / "
                     "AWS_SECRET_ACCESS_KEY (spec.storage.secretRef) and the bucket policy"

@@ -27,9 +27,7 @@ class Uri:
             return cls("file", "", str(Path(parsed.netloc + parsed.path).absolute()))
         if parsed.scheme == "hf":
             return cls("hf", "", (parsed.netloc + parsed.path).strip("/"))
-        raise ValueError(
-            f"unsupported URI scheme {parsed.scheme!r} in {text!r}: use s3://, file://, hf:// or a path"
-        )
+        raise ValueError(f"unsupported URI scheme {parsed.scheme!r} in {text!r}: use s3://, file://, hf:// or a path")
 
     @classmethod
     def of(cls, uri: str | Path | Uri) -> Uri:

@@ -43,9 +43,7 @@ def bundled_model_dir(cache: Path | None = None) -> Path:
     folder = gguf_folder()
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
     quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE, dtype=torch.float32)
-    config = LlamaConfig.from_dict(
-        {k: v for k, v in quantized.config.to_dict().items() if k != "quantization_config"}
-    )
+    config = LlamaConfig.from_dict({k: v for k, v in quantized.config.to_dict().items() if k != "quantization_config"})
     model = LlamaForCausalLM(config).to(torch.float32)
     model.load_state_dict(quantized.state_dict())
     model.generation_config = quantized.generation_config

@@ -85,9 +85,7 @@ class EmbeddedS3:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"weed exited with {self.process.returncode}; see {self.data_dir / 'weed.log'}"
-                )
+                raise RuntimeError(f"weed exited with {self.process.returncode}; see {self.data_dir / 'weed.log'}")
             try:
                 urllib.request.urlopen(self.endpoint, timeout=1)
                 return

@@ -47,7 +47,7 @@ def test_directory_round_trip_with_manifest(tmp_path: Path, s3_prefix: str) -> N
 def test_corrupted_object_is_detected_by_checksum(tmp_path: Path, s3_prefix: str) -> None:
     upload_dir(make_tree(tmp_path / "src"), s3_prefix)
     write_bytes(b"tampered", Uri.parse(s3_prefix).join("config.json"))
-    with pytest.raises(ChecksumMismatch, match="config.json"):
+    with pytest.raises(ChecksumMismatch, match=r"config\.json"):
         download_dir(s3_prefix, tmp_path / "dst")
     assert not (tmp_path / "dst" / "config.json").exists(), "a corrupted file must not be left behind"
 
@@ -57,7 +57,7 @@ def test_prefix_without_manifest_is_refused(tmp_path: Path, s3_prefix: str) -> N
     upload_dir(src, s3_prefix)
     S3Store().delete(Uri.parse(s3_prefix).join(MANIFEST))  # as if the writer died before finishing
     assert not is_complete(s3_prefix)
-    with pytest.raises(IncompleteArtifact, match="no _manifest.json"):
+    with pytest.raises(IncompleteArtifact, match=r"no _manifest\.json"):
         download_dir(s3_prefix, tmp_path / "dst")
     with pytest.raises(IncompleteArtifact):
         materialize(s3_prefix, tmp_path / "cache")

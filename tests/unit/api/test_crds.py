@@ -72,12 +72,8 @@ def test_schema_is_structural(kind: str) -> None:
         preserved = node.get("x-kubernetes-preserve-unknown-fields")
         assert "type" in node or preserved, f"{path} has no type"
         if path.startswith(".spec") or path.startswith(".status"):
-            assert path.count(".") == 1 or "description" in node or path.endswith("]"), (
-                f"{path} has no description"
-            )
-        assert not (
-            isinstance(node.get("exclusiveMinimum"), float | int) and node.get("exclusiveMinimum") is not True
-        )
+            assert path.count(".") == 1 or "description" in node or path.endswith("]"), f"{path} has no description"
+        assert not (isinstance(node.get("exclusiveMinimum"), float | int) and node.get("exclusiveMinimum") is not True)
 
 
 @pytest.mark.parametrize("kind", list(RESOURCES))
@@ -148,9 +144,7 @@ def test_invalid_training_runs_name_the_field(overrides: dict, field: str, words
     body = base_training_run(**overrides)
     with pytest.raises(InvalidResource) as caught:
         parse_resource(body)
-    assert any(path.startswith(field) and words in message for path, message in caught.value.errors), (
-        caught.value
-    )
+    assert any(path.startswith(field) and words in message for path, message in caught.value.errors), caught.value
 
 
 def test_invalid_other_kinds_name_the_field() -> None:
