@@ -15,7 +15,7 @@ COMPONENTS = {
     "serve": ("metaspec.server.cli", "run a SpecServe's speculative router: --config FILE"),
     "local": ("metaspec.local.cli", "run pipeline YAML on this machine: local run|status"),
     "report": ("metaspec.local.report", "write a Markdown + PNG report of a local run"),
-    "dataset": ("metaspec.trainer.builtin", "write the built-in dataset as JSONL"),
+    "dataset": ("metaspec.builtin", "write the built-in dataset as JSONL"),
 }
 
 

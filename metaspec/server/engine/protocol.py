@@ -1,0 +1,65 @@
+"""The seam between decoding and HTTP: what the server's HTTP layer may ask of an engine."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request sampling, already validated and defaulted by the HTTP layer."""
+
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass
+class RequestStats:
+    """What one request did; returned in the response's `metaspec` field and fed to /metrics."""
+
+    route: Literal["speculative", "target-only"] = "target-only"
+    proposed_tokens: int = 0
+    accepted_tokens: int = 0
+    rounds: int = 0
+    first_token_confidence: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    time_to_first_token: float | None = None  # seconds
+    decode_seconds: float = 0.0
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        return self.accepted_tokens / self.proposed_tokens if self.proposed_tokens else None
+
+
+@dataclass
+class Delta:
+    """A piece of generated text. The last one of a request has `finish_reason` and `stats` set."""
+
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: Literal["stop", "length"] | None = None
+    stats: RequestStats | None = None
+
+
+class Engine(Protocol):
+    model_name: str
+    tokenizer: object
+
+    def ready(self) -> bool:
+        """True once target and draft are loaded and checked."""
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """Token ids of a plain completion prompt."""
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        """Token ids of a chat conversation with the generation prompt appended (the chat template)."""
+
+    def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[Delta]:
+        """Stream the completion. Cancelling the iterator (client gone) stops decoding promptly."""
