@@ -1,0 +1,1 @@
+"""The Kubernetes operator (kopf): handlers, child-object builders, status mirroring, RBAC."""

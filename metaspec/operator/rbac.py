@@ -1,0 +1,71 @@
+"""The RBAC rules the operator needs: the single source for the Helm chart and the Kustomize base.
+
+Every API call the operator makes (handlers, status mirroring, events, peering) must be granted
+here; `tests/unit/operator/test_rbac.py` checks the builders' kinds and the handlers' verbs against it.
+The operator never reads Secrets: pods get S3 credentials through `secretKeyRef`/`envFrom`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from metaspec.api import GROUP
+
+#: Namespaced permissions (a Role per watched namespace, or a ClusterRole bound cluster-wide).
+_READ = ("get", "list", "watch")
+_CHILD = ("get", "list", "watch", "create", "patch", "update", "delete")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One PolicyRule: API group, resources, verbs."""
+
+    api_group: str
+    resources: tuple[str, ...]
+    verbs: tuple[str, ...]
+    cluster_scoped: bool = False
+
+    def dump(self) -> dict[str, Any]:
+        return {"apiGroups": [self.api_group], "resources": list(self.resources), "verbs": list(self.verbs)}
+
+    def allows(self, api_group: str, resource: str, verb: str) -> bool:
+        return api_group == self.api_group and resource in self.resources and verb in self.verbs
+
+
+RULES: tuple[Rule, ...] = (
+    # The three CRDs: watched, patched (kopf's progress annotations and finalizers), status written.
+    Rule(GROUP, ("trainingruns", "teachergenerations", "specserves"), (*_READ, "patch", "update")),
+    Rule(GROUP, ("trainingruns/status", "teachergenerations/status", "specserves/status"), ("get", "patch", "update")),
+    # Children.
+    Rule("batch", ("jobs",), _CHILD),
+    Rule("apps", ("deployments",), _CHILD),
+    Rule("", ("configmaps", "services"), _CHILD),
+    # Termination-message summaries of finished pods, read into the CR status.
+    Rule("", ("pods",), _READ),
+    # Events on every transition (kopf posts core/v1 events; events.k8s.io for newer tooling).
+    Rule("", ("events",), ("create", "patch")),
+    Rule("events.k8s.io", ("events",), ("create", "patch")),
+    # kopf peering: one active operator among replicas (namespaced and cluster-wide peering objects).
+    Rule("kopf.dev", ("kopfpeerings",), ("get", "list", "watch", "patch")),
+    Rule("kopf.dev", ("clusterkopfpeerings",), ("get", "list", "watch", "patch"), cluster_scoped=True),
+    # kopf's resource discovery watches CRDs to notice the metaspec CRDs appear.
+    Rule("apiextensions.k8s.io", ("customresourcedefinitions",), _READ, cluster_scoped=True),
+    # Watching a namespace list when run with --all-namespaces / namespace patterns.
+    Rule("", ("namespaces",), _READ, cluster_scoped=True),
+)
+
+
+def namespaced_rules() -> list[dict[str, Any]]:
+    """Rules for a Role (one watched namespace)."""
+    return [r.dump() for r in RULES if not r.cluster_scoped]
+
+
+def cluster_rules() -> list[dict[str, Any]]:
+    """Rules for the operator's ClusterRole (all namespaces, and cluster-scoped reads)."""
+    return [r.dump() for r in RULES]
+
+
+def allowed(api_group: str, resource: str, verb: str) -> bool:
+    """Whether the shipped rules grant `verb` on `api_group/resource`."""
+    return any(r.allows(api_group, resource, verb) for r in RULES)
