@@ -1,0 +1,136 @@
+"""ANIL-MAML: the inner loop adapts only the output head, on hidden states computed once.
+
+MAML (Finn et al. 2017, "Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks") adapts
+θ' = θ − α ∇θ L_support(θ) per task and trains θ on L_query(θ'), differentiating through the update.
+ANIL (Raghu et al. 2020, "Rapid Learning or Feature Reuse?") adapts only the head in the inner loop:
+the body's features are reused, so the body runs once on the support set and once on the query set,
+and the inner steps touch only the head.
+
+The head's inner-loop gradient has a closed form for softmax cross-entropy on a linear head:
+∂L/∂W = (softmax(h Wᵀ) − onehot(y))ᵀ h / N. Computing it explicitly (instead of `autograd.grad` with
+`create_graph`) makes the whole inner loop an ordinary forward graph: the outer backward is a single
+first-order backward through it (second order in θ, with no double-backward), and each token chunk
+is checkpointed so no (N, V) tensor outlives its chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor, nn
+
+from .losses import DEFAULT_CHUNK, chunked_cross_entropy, run_chunked, upcast
+
+
+@dataclass(frozen=True)
+class Head:
+    """Fast weights of a linear output head.
+
+    Full head: logits = h Wᵀ and W is adapted. Rank-r delta (`proj` set): logits = h Wᵀ + (h Rᵀ) Uᵀ
+    with R (r, D) a fixed orthonormal projection and U (V, r) adapted from zero, so an inner step costs
+    O(V·r) instead of O(V·D) and the fast weights are r/D the size of the head.
+    """
+
+    weight: Tensor  # (V, D)
+    proj: Tensor | None = None  # (r, D)
+    delta: Tensor | None = None  # (V, r)
+
+    @property
+    def fast(self) -> Tensor:
+        return self.weight if self.delta is None else self.delta
+
+    def with_fast(self, fast: Tensor) -> Head:
+        return replace(self, weight=fast) if self.delta is None else replace(self, delta=fast)
+
+    def features(self, h: Tensor) -> Tensor:
+        """What the fast weights multiply: h (n, D), or h Rᵀ (n, r)."""
+        return h if self.proj is None else h.to(self.proj.dtype) @ self.proj.T
+
+    def logits(self, h: Tensor) -> Tensor:
+        z = h.to(self.weight.dtype) @ self.weight.T  # (n, V)
+        if self.delta is not None:
+            z = upcast(z) + self.features(h).to(self.delta.dtype) @ self.delta.T  # (n, V)
+        return z
+
+
+def output_head(model: nn.Module, delta_rank: int | None = None, seed: int = 0) -> Head:
+    """The initial fast weights: the model's output head (including a LoRA delta on it, if any).
+
+    `model` is the causal LM (not the peft wrapper). The projection of a rank-r delta is drawn from
+    `seed`, so it is the same on every step and after a resume.
+    """
+    head = model.get_output_embeddings()
+    if getattr(head, "bias", None) is not None or getattr(getattr(head, "base_layer", None), "bias", None) is not None:
+        raise ValueError("ANIL needs a bias-free output head; this model's head has a bias")
+    weight = _effective_weight(head)
+    if delta_rank is None:
+        return Head(weight)
+    vocab, dim = weight.shape
+    if delta_rank > dim:
+        raise ValueError(f"head delta rank {delta_rank} exceeds the hidden size {dim}")
+    generator = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(dim, delta_rank, generator=generator, dtype=torch.float64))  # (D, r)
+    dtype = upcast(weight).dtype
+    proj = q.T.to(device=weight.device, dtype=dtype)
+    return Head(weight, proj, torch.zeros(vocab, delta_rank, device=weight.device, dtype=dtype))
+
+
+def _effective_weight(head: nn.Module) -> Tensor:
+    from peft.tuners.lora import LoraLayer
+
+    if isinstance(head, LoraLayer):
+        adapters = [a for a in head.active_adapters if a in head.lora_A]
+        weight = head.base_layer.weight
+        for adapter in adapters:
+            weight = weight + head.get_delta_weight(adapter)
+        return weight
+    return head.weight
+
+
+def _chunk_gradient(head: Head, h: Tensor, y: Tensor) -> Tensor:
+    """Σ over the chunk of ∂CE/∂(fast weights) = (softmax(z) − onehot(y))ᵀ features(h)."""
+    probs = upcast(head.logits(h)).softmax(dim=-1)  # (n, V)
+    error = probs.scatter_add(1, y[:, None], -torch.ones_like(y[:, None], dtype=probs.dtype))  # (n, V)
+    return error.T @ head.features(h).to(probs.dtype)  # (V, D) or (V, r)
+
+
+def head_gradient(head: Head, h: Tensor, y: Tensor, chunk_size: int = DEFAULT_CHUNK) -> Tensor:
+    """∂ mean CE(h, y) / ∂ fast weights, differentiable in `h` and the head. h: (N, D), y: (N,)."""
+    return run_chunked(lambda h_c, y_c: _chunk_gradient(head, h_c, y_c), h, y, chunk_size=chunk_size) / y.numel()
+
+
+def adapt_head(
+    head: Head, h: Tensor, y: Tensor, steps: int, lr: float, first_order: bool, chunk_size: int = DEFAULT_CHUNK
+) -> Head:
+    """`steps` SGD steps on the support loss, touching only the fast weights (never a module's weights).
+
+    Fast weights are fp32 even when the model is bf16: inner updates are ~1e-4 of the weights and
+    would round away in bf16. `first_order` treats each inner gradient as a constant (FOMAML).
+    """
+    for _ in range(steps):
+        grad = head_gradient(head, h, y, chunk_size)
+        if first_order:
+            grad = grad.detach()
+        head = head.with_fast(upcast(head.fast) - lr * grad)
+    return head
+
+
+def task_loss(
+    head: Head,
+    support: tuple[Tensor, Tensor],
+    query: tuple[Tensor, Tensor],
+    steps: int,
+    lr: float,
+    first_order: bool = False,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> Tensor:
+    """Mean query cross-entropy through the head adapted on the support set.
+
+    support, query: (hidden (N, D), labels (N,)) from one body pass each. Backward reaches the body
+    through the query features, and (unless `first_order`) through the support features inside
+    the adapted head.
+    """
+    adapted = adapt_head(head, *support, steps=steps, lr=lr, first_order=first_order, chunk_size=chunk_size)
+    h_q, y_q = query
+    return chunked_cross_entropy(h_q, y_q, adapted.logits, chunk_size) / y_q.numel()

@@ -1,0 +1,189 @@
+"""ANIL-MAML math against an independent reference, and the chunked losses against unchunked ones.
+
+The reference re-runs the WHOLE model with `torch.func.functional_call` at every inner step, takes
+the head gradient with `autograd.grad(create_graph=...)` on full logits, and differentiates the query
+loss by double backward: a different route from the trainer's (body once per set, closed-form
+chunked head gradient, checkpointed chunks). Everything runs in float64, except that Llama's RMSNorm
+computes in float32 whatever the input dtype: the reference's three separate support passes and the
+trainer's single one round differently there, which bounds agreement at ~1e-8 of the gradient scale.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model
+from torch.func import functional_call
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from metaspec.trainer.losses import (
+    IGNORE_INDEX,
+    chunked_cross_entropy,
+    chunked_distillation,
+    select_targets,
+)
+from metaspec.trainer.meta import adapt_head, output_head, task_loss
+
+VOCAB = 53
+
+
+def tiny_lora_model(seed: int = 0, head_lora: bool = False):
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config).double().eval()
+    targets = ["q_proj", "v_proj", "down_proj"] + (["lm_head"] if head_lora else [])
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets))
+    with torch.no_grad():  # LoRA B starts at zero, which would hide most terms of the meta-gradient
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.normal_(0, 0.3)
+    return peft_model
+
+
+def batch(seed: int, rows: int = 3, length: int = 9) -> dict[str, torch.Tensor]:
+    """Right-padded sequences with a masked prompt, like the trainer's collated batches."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, VOCAB, (rows, length), generator=g)
+    mask = torch.ones(rows, length, dtype=torch.long)
+    mask[0, -3:] = 0
+    labels = ids.clone()
+    labels[:, :3] = IGNORE_INDEX
+    labels[mask == 0] = IGNORE_INDEX
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def lora_params(peft_model) -> dict[str, torch.Tensor]:
+    return {n: p for n, p in peft_model.named_parameters() if p.requires_grad}
+
+
+def trainer_route(peft_model, support, query, steps, lr, first_order, rank=None, chunk=4):
+    lm = peft_model.get_base_model()
+    body = lm.base_model
+
+    def features(b):
+        hidden = body(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
+        return select_targets(hidden, b["labels"])
+
+    head = output_head(lm, delta_rank=rank, seed=7)
+    loss = task_loss(head, features(support), features(query), steps, lr, first_order, chunk_size=chunk)
+    params = lora_params(peft_model)
+    return loss, dict(zip(params, torch.autograd.grad(loss, list(params.values())), strict=True))
+
+
+def reference_route(peft_model, support, query, steps, lr, first_order, rank=None):
+    """Whole model per inner step; the head (or W + U R) substituted by name; double backward."""
+    lm = peft_model.get_base_model()
+    head_name = next(n for n, p in peft_model.named_parameters() if p is lm.lm_head.weight)
+    weight = lm.lm_head.weight.detach()
+    params = {n: p.detach().clone().requires_grad_() for n, p in lora_params(peft_model).items()}
+    if rank is None:
+        fast, to_weight = weight.clone().requires_grad_(), lambda f: f
+    else:
+        proj = output_head(lm, delta_rank=rank, seed=7).proj.double()
+        fast = torch.zeros(weight.shape[0], rank, dtype=torch.float64, requires_grad=True)
+        to_weight = lambda f: weight + f @ proj  # noqa: E731
+
+    def loss_with(head_weight, b):
+        out = functional_call(
+            peft_model,
+            {**params, head_name: head_weight},
+            args=(),
+            kwargs={"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]},
+        )
+        logits = out.logits[:, :-1].reshape(-1, VOCAB)
+        return F.cross_entropy(logits, b["labels"][:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
+
+    for _ in range(steps):
+        (grad,) = torch.autograd.grad(loss_with(to_weight(fast), support), fast, create_graph=not first_order)
+        fast = fast - lr * grad
+    loss = loss_with(to_weight(fast), query)
+    return loss, dict(zip(params, torch.autograd.grad(loss, list(params.values())), strict=True))
+
+
+@pytest.mark.parametrize(
+    ("first_order", "rank"), [(False, None), (True, None), (False, 3)], ids=["second-order", "first-order", "delta"]
+)
+def test_meta_gradient_matches_whole_model_reference(first_order: bool, rank: int | None):
+    model = tiny_lora_model()
+    support, query = batch(1), batch(2)
+    loss, grads = trainer_route(model, support, query, steps=3, lr=0.7, first_order=first_order, rank=rank)
+    ref_loss, ref_grads = reference_route(model, support, query, steps=3, lr=0.7, first_order=first_order, rank=rank)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-10, atol=1e-12)
+    for name, grad in grads.items():
+        assert grad.abs().max() > 0, name
+        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_second_order_terms_are_present():
+    """The second-order gradient is not the first-order one: the reference test checks both."""
+    model = tiny_lora_model()
+    support, query = batch(1), batch(2)
+    _, second = trainer_route(model, support, query, steps=2, lr=0.7, first_order=False)
+    _, first = trainer_route(model, support, query, steps=2, lr=0.7, first_order=True)
+    differences = [(second[n] - first[n]).abs().max().item() for n in second]
+    assert max(differences) > 1e-4
+
+
+def test_head_with_lora_starts_from_the_effective_weight():
+    model = tiny_lora_model(head_lora=True)
+    lm = model.get_base_model()
+    h = torch.randn(5, 16, dtype=torch.float64)
+    torch.testing.assert_close(output_head(lm).logits(h), lm.lm_head(h))
+
+
+def test_inner_loop_changes_no_model_weight():
+    model = tiny_lora_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    lm = model.get_base_model()
+    hidden = lm.base_model(input_ids=batch(1)["input_ids"]).last_hidden_state
+    h, y = select_targets(hidden, batch(1)["labels"])
+    head = output_head(lm)
+    adapted = adapt_head(head, h, y, steps=3, lr=1.0, first_order=False, chunk_size=4)
+    assert not torch.equal(adapted.weight, head.weight)
+    assert adapted.weight is not lm.lm_head.weight
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    for key, value in before.items():
+        assert torch.equal(value, after[key]), key
+
+
+def test_chunked_cross_entropy_matches_full_logits_and_gradients():
+    torch.manual_seed(0)
+    h = torch.randn(37, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(29, 8, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 29, (37,))
+    chunked = chunked_cross_entropy(h, y, lambda x: x @ w.T, chunk_size=5)
+    full = F.cross_entropy(h @ w.T, y, reduction="sum")
+    torch.testing.assert_close(chunked, full)
+    torch.testing.assert_close(torch.autograd.grad(chunked, (h, w)), torch.autograd.grad(full, (h, w)))
+
+
+def test_chunked_distillation_matches_full_kl():
+    torch.manual_seed(0)
+    hs = torch.randn(23, 8, dtype=torch.float64, requires_grad=True)
+    ht = torch.randn(23, 6, dtype=torch.float64)
+    ws, wt = torch.randn(31, 8, dtype=torch.float64), torch.randn(31, 6, dtype=torch.float64)
+    temperature = 2.0
+    chunked = chunked_distillation(hs, ht, lambda x: x @ ws.T, lambda x: x @ wt.T, temperature, chunk_size=4)
+    p_teacher = F.softmax(ht @ wt.T / temperature, -1)
+    log_student = F.log_softmax(hs @ ws.T / temperature, -1)
+    full = (p_teacher * (p_teacher.log() - log_student)).sum() * temperature**2
+    torch.testing.assert_close(chunked, full)
+    torch.testing.assert_close(torch.autograd.grad(chunked, hs)[0], torch.autograd.grad(full, hs)[0])
+
+
+def test_select_targets_shifts_and_masks():
+    hidden = torch.arange(2 * 4, dtype=torch.float32).reshape(2, 4, 1)
+    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 5, 6], [IGNORE_INDEX, 7, IGNORE_INDEX, IGNORE_INDEX]])
+    h, y = select_targets(hidden, labels)
+    assert y.tolist() == [5, 6, 7]
+    assert h.squeeze(-1).tolist() == [1.0, 2.0, 4.0]
