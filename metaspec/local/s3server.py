@@ -19,6 +19,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from metaspec.local.processes import die_with_parent
+
 # Services of `weed mini` that listen on a port of their own (gRPC ports are set explicitly too).
 _PORTS = ("master.port", "volume.port", "filer.port", "s3.port", "webdav.port", "admin.port")
 _GRPC = ("master.port.grpc", "volume.port.grpc", "filer.port.grpc", "s3.port.grpc", "admin.port.grpc")
@@ -51,6 +53,8 @@ class EmbeddedS3:
     secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     endpoint: str = ""
     process: subprocess.Popen | None = None
+    #: Have the kernel stop the server when the process that started it dies (even by SIGKILL).
+    die_with_parent: bool = False
 
     def start(self, timeout: float = 60) -> EmbeddedS3:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -77,6 +81,7 @@ class EmbeddedS3:
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
+            preexec_fn=die_with_parent if self.die_with_parent else None,
         )
         self._wait(timeout)
         return self

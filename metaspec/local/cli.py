@@ -1,0 +1,131 @@
+"""`metaspec local run|status|stop`: the embedded default, the same pipeline YAML on one machine."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from metaspec.local.state import load_state, pid_alive
+
+DEFAULT_STATE_DIR = Path(".metaspec")
+
+
+def _state_dir_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE_DIR,
+        help="statuses, logs, embedded S3 data and reports (default: .metaspec)",
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="metaspec local", description="run pipeline YAML on this machine")
+    sub = p.add_subparsers(dest="verb", required=True)
+    run = sub.add_parser("run", help="run every resource of a pipeline file, resuming a previous run")
+    run.add_argument("pipeline", type=Path, help="YAML with TrainingRun / TeacherGeneration / SpecServe resources")
+    _state_dir_arg(run)
+    run.add_argument(
+        "--s3-endpoint", help="use this S3 endpoint (credentials from AWS_* variables) instead of the embedded one"
+    )
+    run.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where components compute: auto (a GPU if visible), cpu, or cuda (default: auto)",
+    )
+    run.add_argument("--report", action="store_true", help="benchmark the served model, then write the report")
+    run.add_argument(
+        "--serve",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep SpecServe servers running until Ctrl-C (default: yes, unless --report)",
+    )
+    status = sub.add_parser("status", help="show the statuses of the last run")
+    _state_dir_arg(status)
+    stop = sub.add_parser("stop", help="stop a running `metaspec local run` (stages checkpoint first)")
+    _state_dir_arg(stop)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    return {"run": run, "status": status, "stop": stop}[args.verb](args)
+
+
+def run(args: argparse.Namespace) -> int:
+    from metaspec.local.runner import LocalRun, PipelineError, RunOptions
+    from metaspec.local.state import StateLocked
+
+    if args.device == "cuda" and not _cuda_visible():
+        print("--device cuda: no CUDA GPU is visible (torch.cuda.is_available() is False)", file=sys.stderr)
+        return 2
+    options = RunOptions(
+        state_dir=args.state_dir,
+        s3_endpoint=args.s3_endpoint,
+        device=args.device,
+        report=args.report,
+        serve=(not args.report) if args.serve is None else args.serve,
+    )
+    try:
+        return LocalRun(args.pipeline, options).run()
+    except PipelineError as e:
+        print(e, file=sys.stderr)
+        return 2
+    except StateLocked as e:
+        print(e, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; `metaspec local run {args.pipeline}` resumes where it stopped", file=sys.stderr)
+        return 130
+
+
+def _cuda_visible() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def status(args: argparse.Namespace) -> int:
+    from metaspec.local.display import render_table
+
+    state = load_state(args.state_dir)
+    console = Console()
+    if not state.resources:
+        console.print(f"no run in {args.state_dir} yet: `metaspec local run PIPELINE.yaml`")
+        return 1
+    running = pid_alive(state.runner_pid)
+    console.print(
+        f"pipeline: {state.pipeline}  ({'running, pid ' + str(state.runner_pid) if running else 'not running'})"
+    )
+    console.print(render_table(state))
+    for r in state.resources.values():
+        if r.log:
+            console.print(f"  {r.key}: log {r.log}", style="dim", highlight=False)
+    if state.report:
+        console.print(f"report: {state.report}")
+    return 0
+
+
+def stop(args: argparse.Namespace, timeout: float = 120) -> int:
+    """SIGTERM the runner: it stops its current stage (which checkpoints) and its servers, then exits."""
+    state = load_state(args.state_dir)
+    pid = state.runner_pid
+    if not pid_alive(pid):
+        print(f"no `metaspec local run` is running on {args.state_dir}")
+        return 0
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if pid_alive(pid):
+        print(f"pid {pid} still running after {timeout:.0f} s", file=sys.stderr)
+        return 1
+    print(f"stopped pid {pid}; `metaspec local run` resumes where it stopped")
+    return 0

@@ -1,0 +1,78 @@
+"""A SpecServe on this machine: `metaspec serve --config FILE --port P` on loopback, ready when its
+`/readyz` answers, and how to call it."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from metaspec.local.processes import Child
+
+READY_TIMEOUT = 600.0  # seconds: loading a model from S3 on a slow disk takes a while
+
+
+def free_port(preferred: int | None = None) -> int:
+    """`preferred` if nothing listens on it, else any free port."""
+    for port in ([preferred] if preferred else []) + [0]:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise RuntimeError("no free TCP port")
+
+
+def start_server(
+    config: Path, log: Path, env: dict[str, str], port: int | None = None, timeout: float = READY_TIMEOUT
+) -> tuple[Child, str]:
+    """Start the router and wait until it is ready; the child and its base URL.
+
+    Raises RuntimeError (with the log's tail) if it exits or is not ready within `timeout`."""
+    port = free_port(port)
+    argv = [sys.executable, "-m", "metaspec.cli", "serve", "--config", str(config), "--port", str(port)]
+    child = Child(argv, log, env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, child, timeout)
+    except BaseException:
+        child.stop(10)
+        raise
+    return child, url
+
+
+def wait_ready(url: str, child: Child, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            raise RuntimeError(f"the server exited with code {child.poll()}:\n{child.tail(12)}")
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the server was not ready within {timeout:.0f} s:\n{child.tail(12)}")
+
+
+def usage_snippet(url: str, model: str) -> str:
+    """How to call a served model: curl and the `openai` client."""
+    return f"""
+Serving {model!r} at {url} (OpenAI-compatible; each response has a `metaspec` field with the route taken)
+
+  curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' \\
+    -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "What is 12 * 7?"}}], "max_tokens": 64}}'
+
+  from openai import OpenAI
+  client = OpenAI(base_url="{url}/v1", api_key="unused")
+  reply = client.chat.completions.create(
+      model="{model}", messages=[{{"role": "user", "content": "What is 12 * 7?"}}], max_tokens=64)
+  print(reply.choices[0].message.content)
+
+  metrics: curl -s {url}/metrics
+"""

@@ -1,0 +1,159 @@
+"""The local executor's pure parts: pipeline loading, state file, progress parsing, status folding."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from metaspec.api import TeacherGeneration, TrainingRun
+from metaspec.local.display import parse_progress_line, render_table
+from metaspec.local.runner import (
+    PipelineError,
+    config_digest,
+    load_pipeline,
+    merge_shard_summaries,
+    status_from_summary,
+)
+from metaspec.local.state import State, StateLock, StateLocked, load_state, save_state
+from metaspec.pipeline import resolve
+
+REPO = Path(__file__).resolve().parents[3]
+
+TRAINING = """
+apiVersion: metaspec.dev/v1alpha1
+kind: TrainingRun
+metadata: {name: base}
+spec:
+  baseModel: {uri: s3://bkt/model}
+  dataset: {uri: builtin://train}
+  output: {uri: s3://bkt/out}
+"""
+GENERATION = """
+apiVersion: metaspec.dev/v1alpha1
+kind: TeacherGeneration
+metadata: {name: teacher}
+spec:
+  model: {from: {trainingRun: base}}
+  dataset: {uri: builtin://prompts}
+  output: {uri: s3://bkt/teacher}
+  engine: transformers
+"""
+
+
+def write(tmp_path: Path, *docs: str) -> Path:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text("---\n".join(docs))
+    return path
+
+
+def test_pipeline_is_ordered_by_references(tmp_path: Path) -> None:
+    resources = load_pipeline(write(tmp_path, GENERATION, TRAINING))
+    assert [r.metadata.name for r in resources] == ["base", "teacher"]
+
+
+@pytest.mark.parametrize("example", ["pipeline.yaml", "pipeline-local.yaml"])
+def test_examples_load(example: str) -> None:
+    kinds = [r.kind for r in load_pipeline(REPO / "examples" / example)]
+    assert sorted(kinds) == ["SpecServe", "TeacherGeneration", "TrainingRun", "TrainingRun"]
+
+
+def test_invalid_resource_names_document_and_field(tmp_path: Path) -> None:
+    bad = TRAINING.replace("uri: s3://bkt/out", "uri: ftp://nope")
+    with pytest.raises(PipelineError, match=r"(?s)document 2 \(TrainingRun base\).*spec\.output\.uri"):
+        load_pipeline(write(tmp_path, GENERATION, bad))
+
+
+def test_duplicates_and_cycles_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(PipelineError, match="defined twice"):
+        load_pipeline(write(tmp_path, TRAINING, TRAINING))
+    # base trains on teacher's outputs while teacher generates with base's model
+    cyclic = TRAINING.replace("dataset: {uri: builtin://train}", "dataset: {from: {teacherGeneration: teacher}}")
+    with pytest.raises(PipelineError, match="cycle"):
+        load_pipeline(write(tmp_path, cyclic, GENERATION))
+
+
+def test_bad_yaml_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("kind: [unclosed")
+    with pytest.raises(PipelineError, match="not valid YAML"):
+        load_pipeline(path)
+    with pytest.raises(PipelineError, match="does not exist"):
+        load_pipeline(tmp_path / "missing.yaml")
+
+
+def test_state_round_trip_and_lock(tmp_path: Path) -> None:
+    state = State(pipeline="p.yaml")
+    r = state.resource("TrainingRun", "base")
+    r.status = {"phase": "Succeeded", "metrics": {"evalLoss": 1.5}}
+    r.config_digest = "abc"
+    save_state(tmp_path, state)
+    again = load_state(tmp_path)
+    assert again.resources["TrainingRun/base"].status["metrics"]["evalLoss"] == 1.5
+    assert again.resources["TrainingRun/base"].config_digest == "abc"
+    assert not list(tmp_path.glob(".*.tmp")), "the atomic write leaves no temporary file"
+    with StateLock(tmp_path), pytest.raises(StateLocked, match="in use"), StateLock(tmp_path):
+        pass
+
+
+def test_progress_from_json_log_lines() -> None:
+    progress: dict = {}
+    line = json.dumps({"msg": "step", "level": "INFO", "step": 7, "totalSteps": 40, "loss": 2.5, "lr": 1e-4})
+    assert parse_progress_line(line, progress)
+    assert (progress["done"], progress["total"], progress["unit"]) == (7, 40, "steps")
+    assert progress["metrics"] == {"loss": 2.5, "lr": 1e-4}
+    parse_progress_line(json.dumps({"msg": "gen", "examples_done": 3, "examples_total": 9}), progress)
+    assert (progress["done"], progress["total"], progress["unit"]) == (3, 9, "examples")
+    assert parse_progress_line("plain text line", progress) and progress["message"] == "plain text line"
+
+
+def test_status_folds_summary_fields_and_keeps_phase(tmp_path: Path) -> None:
+    resource = load_pipeline(write(tmp_path, TRAINING))[0]
+    assert isinstance(resource, TrainingRun)
+    summary = {
+        "phase": "Succeeded",
+        "metrics": {"evalLoss": 1.25, "perplexityMerged": 3.5},
+        "artifacts": {"model": "s3://bkt/out/merged"},
+        "somethingElse": 1,
+    }
+    status = status_from_summary(resource, {"phase": "Running"}, summary)
+    assert status["phase"] == "Running"
+    assert status["metrics"]["evalLoss"] == 1.25 and status["artifacts"]["model"] == "s3://bkt/out/merged"
+    assert "somethingElse" not in status
+
+
+def test_shard_summaries_merge_weighted() -> None:
+    merged = merge_shard_summaries(
+        [
+            {"stats": {"examplesDone": 10, "examplesTotal": 10, "naturalStopRate": 1.0, "examplesPerSecond": 2}},
+            {"stats": {"examplesDone": 30, "examplesTotal": 30, "naturalStopRate": 0.8, "examplesPerSecond": 3}},
+        ]
+    )["stats"]
+    assert merged["examplesDone"] == 40 and merged["examplesTotal"] == 40
+    assert merged["naturalStopRate"] == pytest.approx((10 * 1.0 + 30 * 0.8) / 40)
+    assert merged["examplesPerSecond"] == pytest.approx(40 / (5 + 10))
+
+
+def test_config_digest_follows_inputs(tmp_path: Path) -> None:
+    from metaspec.pipeline import Resolved
+
+    generation = load_pipeline(write(tmp_path, TRAINING, GENERATION))[1]
+    assert isinstance(generation, TeacherGeneration)
+    one = {"spec.model": Resolved("s3://bkt/out/merged", "d1")}
+    two = {"spec.model": Resolved("s3://bkt/out/merged", "d2")}
+    assert config_digest(resolve(generation, one), one) != config_digest(resolve(generation, two), two)
+    assert config_digest(resolve(generation, one), one) == config_digest(resolve(generation, one), one)
+
+
+def test_table_renders_every_resource() -> None:
+    from rich.console import Console
+
+    state = State()
+    state.resource("TrainingRun", "base").status = {"phase": "Running"}
+    state.resource("TrainingRun", "base").progress = {"done": 3, "total": 10, "unit": "steps"}
+    state.resource("SpecServe", "spec").status = {"phase": "Waiting", "message": "TrainingRun 'base' is Running"}
+    console = Console(width=200, record=True)
+    console.print(render_table(state))
+    text = console.export_text()
+    assert "TrainingRun/base" in text and "3/10 steps" in text and "Waiting" in text
