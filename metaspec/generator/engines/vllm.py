@@ -1,0 +1,93 @@
+"""The vLLM engine: the production path (continuous batching, paged attention, tensor parallelism).
+
+vLLM is imported inside `VllmEngine` only, so everything else runs where it is not installed. The
+parameter mapping is in pure functions (`vllm_llm_kwargs`, `vllm_sampling_kwargs`) tested without it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from metaspec.api.generation import Sampling, TeacherGenerationSpec
+from metaspec.records import end_of_turn_ids
+
+from .base import Completion, FinishReason, Prompt
+
+#: Prompts per `LLM.generate` call. vLLM batches continuously inside a call; calls are the units of
+#: progress and of resume, so this bounds the work a restart repeats, at the cost of a short tail of
+#: an emptying batch per call.
+CHUNK_SIZE = 512
+
+
+def vllm_llm_kwargs(spec: TeacherGenerationSpec, model_dir: Path) -> dict[str, Any]:
+    """Arguments of `vllm.LLM` for a TeacherGeneration spec."""
+    kwargs: dict[str, Any] = {
+        "model": str(model_dir),
+        "dtype": spec.dtype,
+        "gpu_memory_utilization": spec.gpu_memory_utilization,
+        "tensor_parallel_size": spec.tensor_parallel_size,
+        "seed": spec.sampling.seed,
+        "trust_remote_code": spec.model.trust_remote_code,
+    }
+    if spec.max_model_len is not None:
+        kwargs["max_model_len"] = spec.max_model_len
+    return kwargs
+
+
+def vllm_sampling_kwargs(sampling: Sampling, tokenizer: Any) -> dict[str, Any]:
+    """Arguments of `vllm.SamplingParams`: exactly the configured sampling, plus the model's stop ids."""
+    return {
+        "temperature": sampling.temperature,
+        "max_tokens": sampling.max_tokens,
+        "repetition_penalty": sampling.repetition_penalty,
+        "top_p": sampling.top_p,
+        "top_k": sampling.top_k if sampling.top_k is not None else -1,  # vLLM's "no top-k"
+        "seed": sampling.seed,
+        "stop": list(sampling.stop),
+        "stop_token_ids": end_of_turn_ids(tokenizer),
+        "include_stop_str_in_output": False,
+    }
+
+
+class VllmEngine:
+    """`vllm.LLM` behind the `Engine` protocol. Each prompt gets its own seeded SamplingParams."""
+
+    def __init__(self, spec: TeacherGenerationSpec, model_dir: Path, model_name: str):
+        from vllm import LLM, SamplingParams, TokensPrompt
+
+        self.model_name = model_name
+        self._sampling_params, self._tokens_prompt = SamplingParams, TokensPrompt
+        self.llm_kwargs = vllm_llm_kwargs(spec, model_dir)
+        self.llm = LLM(**self.llm_kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.sampling = vllm_sampling_kwargs(spec.sampling, self.tokenizer)
+
+    def generation_params(self) -> dict[str, Any]:
+        return {
+            "engine": "vllm",
+            **self.sampling,
+            "per_prompt_seed": "sha256(f'{seed}:{id}')",
+            "dtype": self.llm_kwargs["dtype"],
+            "tensor_parallel_size": self.llm_kwargs["tensor_parallel_size"],
+        }
+
+    def plan(self, prompts: Sequence[Prompt]) -> list[list[Prompt]]:
+        return [list(prompts[i : i + CHUNK_SIZE]) for i in range(0, len(prompts), CHUNK_SIZE)]
+
+    def generate(self, batch: Sequence[Prompt]) -> list[Completion]:
+        started = time.perf_counter()
+        outputs = self.llm.generate(
+            [self._tokens_prompt(prompt_token_ids=p.token_ids) for p in batch],
+            [self._sampling_params(**{**self.sampling, "seed": p.seed}) for p in batch],
+            use_tqdm=False,
+        )
+        share = (time.perf_counter() - started) / len(batch)
+        return [self._completion(p, out.outputs[0], share) for p, out in zip(batch, outputs, strict=True)]
+
+    @staticmethod
+    def _completion(prompt: Prompt, output: Any, time_share: float) -> Completion:
+        reason: FinishReason = "length" if output.finish_reason == "length" else "stop"
+        return Completion(prompt.id, output.text, len(output.token_ids), reason, time_share)

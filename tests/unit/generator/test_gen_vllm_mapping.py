@@ -1,0 +1,74 @@
+"""The vLLM engine's parameter mapping, checked without vLLM: exactly the configured sampling."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from metaspec.api import TeacherGenerationSpec
+from metaspec.api.generation import Sampling
+from metaspec.generator import vllm_llm_kwargs, vllm_sampling_kwargs
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm2: Path):
+    return AutoTokenizer.from_pretrained(smollm2)
+
+
+def test_sampling_params_are_exactly_the_configured_ones(tokenizer) -> None:
+    sampling = Sampling(
+        temperature=0.7, max_tokens=300, repetition_penalty=1.3, top_p=0.85, top_k=40, stop=["\nUser:", "###"], seed=11
+    )
+    assert vllm_sampling_kwargs(sampling, tokenizer) == {
+        "temperature": 0.7,
+        "max_tokens": 300,
+        "repetition_penalty": 1.3,
+        "top_p": 0.85,
+        "top_k": 40,
+        "seed": 11,
+        "stop": ["\nUser:", "###"],
+        "stop_token_ids": [tokenizer.convert_tokens_to_ids("<|im_end|>")],  # SmolLM2: EOS is <|im_end|>
+        "include_stop_str_in_output": False,
+    }
+
+
+def test_seed_defaults_and_no_top_k(tokenizer) -> None:
+    kwargs = vllm_sampling_kwargs(Sampling(), tokenizer)
+    assert kwargs["top_k"] == -1  # vLLM's spelling of "no top-k"
+    assert (kwargs["temperature"], kwargs["repetition_penalty"], kwargs["max_tokens"]) == (0.3, 1.2, 512)
+    assert kwargs["stop"] == ["<|eot_id|>", "<|im_end|>", "<|end_of_text|>", "\nUser:", "\nHuman:"]
+
+
+def test_llm_kwargs_follow_the_spec() -> None:
+    spec = TeacherGenerationSpec.model_validate(
+        {
+            "model": {"uri": "s3://models/llama"},
+            "dataset": {"uri": "builtin://prompts"},
+            "output": {"uri": "s3://out/teacher"},
+            "dtype": "bfloat16",
+            "tensorParallelSize": 2,
+            "gpuMemoryUtilization": 0.8,
+            "maxModelLen": 4096,
+            "sampling": {"seed": 5},
+            "resources": {"gpus": 2},
+        }
+    )
+    assert vllm_llm_kwargs(spec, Path("/cache/llama")) == {
+        "model": "/cache/llama",
+        "dtype": "bfloat16",
+        "gpu_memory_utilization": 0.8,
+        "tensor_parallel_size": 2,
+        "seed": 5,
+        "trust_remote_code": False,
+        "max_model_len": 4096,
+    }
+
+
+def test_vllm_is_imported_only_by_its_engine() -> None:
+    code = "import sys, metaspec.generator, metaspec.generator.cli; print('vllm' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
