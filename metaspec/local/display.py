@@ -70,10 +70,12 @@ def parse_progress_line(line: str, progress: dict[str, Any]) -> bool:
     if body.get("msg"):
         progress["message"] = str(body["msg"])[-200:]
     for done_key, total_key, unit in PROGRESS_KEYS:
-        if isinstance(fields.get(done_key), int | float):
-            progress["done"] = fields.pop(done_key)
-            if isinstance(fields.get(total_key), int | float):
-                progress["total"] = fields.pop(total_key)
+        done, total = fields.pop(done_key, None), fields.pop(total_key, None)
+        if isinstance(done, int | float) or isinstance(total, int | float):
+            if isinstance(done, int | float):
+                progress["done"] = done
+            if isinstance(total, int | float):
+                progress["total"] = total
             progress["unit"] = unit or progress.get("unit", "")
             break
     metrics = progress.setdefault("metrics", {})

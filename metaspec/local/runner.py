@@ -335,6 +335,7 @@ class LocalRun:
         code = 0
         for index in range(n):
             argv = ["generate", "--config", str(config), "--shard-index", str(index), "--num-shards", str(n)]
+            argv += ["--work-dir", str(stage / "work"), "--no-progress", "--device", self.options.device]
             for attempt in range(resource.spec.backoff_limit + 1):
                 code, summary = self._run_component(resource, argv, stage / f"summary-{index}.json")
                 if code in (0, EXIT_PERMANENT, EXIT_QUALITY) or attempt == resource.spec.backoff_limit:
@@ -459,7 +460,12 @@ class LocalRun:
     def _stop_servers(self) -> None:
         for server in self.servers:
             server.child.stop(10)
-            self._set_status(server.resource, phase=Phase.SUCCEEDED.value, message="stopped", readyReplicas=0)
+            self._set_status(
+                server.resource,
+                phase=Phase.SUSPENDED.value,
+                message="stopped with `metaspec local run`; it serves again on the next run",
+                readyReplicas=0,
+            )
             rs = self.state.resource(*pipeline.key(server.resource))
             rs.pid = None
             rs.url = None
@@ -522,29 +528,12 @@ def status_from_summary(resource: Resource, status: dict[str, Any], summary: dic
 
 
 def merge_shard_summaries(summaries: list[dict[str, Any]]) -> dict[str, Any]:
-    """One TeacherGeneration summary from per-shard ones: counts add up, rates weigh by examples,
-    throughput is total work over total time (shards run one after another here)."""
-    if len(summaries) == 1:
-        return summaries[0]
-    merged: dict[str, Any] = {}
-    for s in summaries:
-        merged.update({k: v for k, v in s.items() if k != "stats"})
-    stats = [s.get("stats") or {} for s in summaries]
-    done = [st.get("examplesDone") or 0 for st in stats]
-    total = sum(done)
-    out: dict[str, Any] = {"examplesDone": total}
-    if all(st.get("examplesTotal") is not None for st in stats):
-        out["examplesTotal"] = sum(st["examplesTotal"] for st in stats)
-    for key in ("naturalStopRate", "truncatedRate", "meanOutputTokens"):
-        if total and all(st.get(key) is not None for st in stats):
-            out[key] = sum(st[key] * d for st, d in zip(stats, done, strict=True)) / total
-    if total and all(st.get("examplesPerSecond") for st in stats):
-        seconds = sum(d / st["examplesPerSecond"] for st, d in zip(stats, done, strict=True))
-        out["examplesPerSecond"] = total / seconds
-        if "meanOutputTokens" in out:
-            out["tokensPerSecond"] = out["meanOutputTokens"] * total / seconds
-    merged["stats"] = out
-    return merged
+    """The TeacherGeneration summary of sequentially run shards: the last shard completed the output
+    and judged all of it (`mergedStats`, as in the generator's own protocol), so its verdict counts."""
+    last = dict(summaries[-1]) if summaries else {}
+    if "mergedStats" in last:
+        last["stats"] = last["mergedStats"]
+    return last
 
 
 def _stop_leftovers(state: State) -> None:

@@ -99,6 +99,8 @@ def test_state_round_trip_and_lock(tmp_path: Path) -> None:
 
 def test_progress_from_json_log_lines() -> None:
     progress: dict = {}
+    parse_progress_line(json.dumps({"msg": "training: 40 steps", "total_steps": 40}), progress)
+    assert progress["total"] == 40 and "done" not in progress
     line = json.dumps({"msg": "step", "level": "INFO", "step": 7, "totalSteps": 40, "loss": 2.5, "lr": 1e-4})
     assert parse_progress_line(line, progress)
     assert (progress["done"], progress["total"], progress["unit"]) == (7, 40, "steps")
@@ -123,16 +125,16 @@ def test_status_folds_summary_fields_and_keeps_phase(tmp_path: Path) -> None:
     assert "somethingElse" not in status
 
 
-def test_shard_summaries_merge_weighted() -> None:
-    merged = merge_shard_summaries(
-        [
-            {"stats": {"examplesDone": 10, "examplesTotal": 10, "naturalStopRate": 1.0, "examplesPerSecond": 2}},
-            {"stats": {"examplesDone": 30, "examplesTotal": 30, "naturalStopRate": 0.8, "examplesPerSecond": 3}},
-        ]
-    )["stats"]
-    assert merged["examplesDone"] == 40 and merged["examplesTotal"] == 40
-    assert merged["naturalStopRate"] == pytest.approx((10 * 1.0 + 30 * 0.8) / 40)
-    assert merged["examplesPerSecond"] == pytest.approx(40 / (5 + 10))
+def test_generation_status_takes_the_completing_shards_merged_stats() -> None:
+    shard0 = {"outputUri": "s3://bkt/t", "complete": False, "stats": {"examplesDone": 10}}
+    shard1 = {
+        "outputUri": "s3://bkt/t",
+        "complete": True,
+        "stats": {"examplesDone": 30},
+        "mergedStats": {"examplesDone": 40},
+    }
+    assert merge_shard_summaries([shard0, shard1])["stats"] == {"examplesDone": 40}
+    assert merge_shard_summaries([shard0])["stats"] == {"examplesDone": 10}
 
 
 def test_config_digest_follows_inputs(tmp_path: Path) -> None:
