@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-fast lint format crds demo images clean
+.PHONY: venv test test-fast lint format crds demo images deploy-sync clean
 
 venv: $(STAMP)
 
@@ -38,6 +38,26 @@ crds: venv
 
 demo: venv
 	$(BIN)/metaspec local run examples/pipeline-local.yaml --report
+
+# Container images, one per component (images/<component>/Dockerfile), built from the repository root.
+REGISTRY ?= ghcr.io/metaspec
+VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+REVISION ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+COMPONENTS := operator trainer generator server
+# `docker buildx build` where Buildx is installed (PLATFORMS=linux/amd64,linux/arm64 PUSH=--push for
+# multi-arch), plain `docker build` otherwise.
+DOCKER_BUILD ?= $(shell docker buildx version >/dev/null 2>&1 && echo "docker buildx build $(if $(PLATFORMS),--platform $(PLATFORMS)) $(PUSH)" || echo "docker build")
+
+images:
+	@for c in $(COMPONENTS); do \
+		echo "building $(REGISTRY)/$$c:$(VERSION)"; \
+		$(DOCKER_BUILD) -f images/$$c/Dockerfile -t $(REGISTRY)/$$c:$(VERSION) \
+			--build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) . || exit 1; \
+	done
+
+# The chart's and the Kustomize base's generated files: CRDs, RBAC rules, Argo CD health checks.
+deploy-sync: venv
+	$(BIN)/python deploy/sync.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
