@@ -1,0 +1,311 @@
+"""The OpenAI API subset the router serves, as pydantic models (requests strict, responses plain).
+
+Requests refuse unknown fields so a typo (`max_token`) is a 400 naming the field instead of a silently
+ignored setting. Optional OpenAI fields that clients commonly send are accepted when their value asks for
+nothing we would ignore (`user`, `logprobs: null`, `echo: false`, zero penalties, ...); a value that asks
+for an unsupported feature (`n: 2`, `logprobs: 5`, tools) is refused with the reason.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+MAX_STOP_STRINGS = 4
+
+
+def _listify(value: Any) -> Any:
+    """OpenAI accepts one string or a list of them; normalise so error locations stay plain."""
+    return [value] if isinstance(value, str) else value
+
+
+StopList = Annotated[list[Annotated[str, Field(min_length=1)]], BeforeValidator(_listify)]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class StreamOptions(_Request):
+    include_usage: bool = False
+
+
+class _SamplingRequest(_Request):
+    """Fields shared by completions and chat completions. `None` means "the server's default"."""
+
+    model: str = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    repetition_penalty: float | None = Field(None, gt=0, le=10)  # vLLM's extension, same name
+    n: int | None = None
+    stop: StopList | None = Field(None, max_length=MAX_STOP_STRINGS)
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None  # abuse-tracking id in OpenAI; accepted and ignored
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, value: int | None) -> int | None:
+        if value not in (None, 1):
+            raise ValueError("only n=1 is supported (one choice per request); send several requests instead")
+        return value
+
+    @field_validator("presence_penalty", "frequency_penalty")
+    @classmethod
+    def _no_openai_penalties(cls, value: float | None) -> float | None:
+        if value not in (None, 0):
+            raise ValueError("not supported: use `repetition_penalty` (multiplicative, as in CTRL and vLLM)")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _no_logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value:
+            raise ValueError("not supported: logit bias would change the distribution the draft must match")
+        return value
+
+    @model_validator(mode="after")
+    def _stream_options_need_stream(self) -> _SamplingRequest:
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("`stream_options` is only allowed with `stream: true`")
+        return self
+
+
+class CompletionRequest(_SamplingRequest):
+    """`POST /v1/completions`: a plain text prompt, no chat template."""
+
+    prompt: Annotated[list[str], BeforeValidator(_listify)] = Field(min_length=1, max_length=1)
+    echo: bool = False
+    logprobs: int | None = None
+    best_of: int | None = None
+    suffix: str | None = None
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _text_prompt(cls, value: Any) -> Any:
+        if isinstance(value, list) and value and not isinstance(value[0], str):
+            raise ValueError("token-id prompts are not supported: send the prompt as text")
+        if isinstance(value, list) and len(value) > 1:
+            raise ValueError("only one prompt per request is supported")
+        return value
+
+    @field_validator("echo")
+    @classmethod
+    def _no_echo(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("`echo: true` is not supported")
+        return value
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, value: int | None) -> int | None:
+        if value is not None:
+            raise ValueError("logprobs are not supported")
+        return value
+
+    @field_validator("best_of")
+    @classmethod
+    def _one_best_of(cls, value: int | None) -> int | None:
+        if value not in (None, 1):
+            raise ValueError("only best_of=1 is supported")
+        return value
+
+    @field_validator("suffix")
+    @classmethod
+    def _no_suffix(cls, value: str | None) -> str | None:
+        if value:
+            raise ValueError("`suffix` (insertion) is not supported")
+        return value
+
+    @property
+    def text(self) -> str:
+        return self.prompt[0]
+
+
+class TextPart(_Request):
+    type: Literal["text"]
+    text: str
+
+
+def _content_text(value: Any) -> Any:
+    """Chat content is a string or a list of parts; only text parts can be served by a text model."""
+    if isinstance(value, list):
+        for index, part in enumerate(value):
+            if isinstance(part, dict) and part.get("type") != "text":
+                raise ValueError(f"content part {index} has type {part.get('type')!r}: only text parts are supported")
+        return "".join(part["text"] for part in value if isinstance(part, dict) and isinstance(part.get("text"), str))
+    return value
+
+
+class ChatMessage(_Request):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Annotated[str, BeforeValidator(_content_text)]
+    name: str | None = None  # participant name; the chat template has no place for it
+
+    def template_dict(self) -> dict[str, str]:
+        # `developer` is OpenAI's newer name for the system role; chat templates only know `system`
+        return {"role": "system" if self.role == "developer" else self.role, "content": self.content}
+
+
+class ResponseFormat(_Request):
+    type: Literal["text"]
+
+
+class ChatCompletionRequest(_SamplingRequest):
+    """`POST /v1/chat/completions`: messages rendered with the model's chat template."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Literal["none"] | None = None
+    parallel_tool_calls: bool | None = None
+    store: bool | None = None
+    metadata: dict[str, str] | None = None
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, value: bool | None) -> bool | None:
+        if value:
+            raise ValueError("logprobs are not supported")
+        return value
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _no_top_logprobs(cls, value: int | None) -> int | None:
+        if value:
+            raise ValueError("logprobs are not supported")
+        return value
+
+    @field_validator("tools")
+    @classmethod
+    def _no_tools(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        if value:
+            raise ValueError("tool calling is not supported")
+        return value
+
+    @field_validator("store")
+    @classmethod
+    def _no_store(cls, value: bool | None) -> bool | None:
+        if value:
+            raise ValueError("stored completions are not supported")
+        return value
+
+    @model_validator(mode="after")
+    def _one_max(self) -> ChatCompletionRequest:
+        if self.max_tokens is not None and self.max_completion_tokens is not None:
+            raise ValueError("give `max_tokens` or `max_completion_tokens`, not both")
+        if self.max_completion_tokens is not None:
+            self.max_tokens = self.max_completion_tokens
+        return self
+
+
+# Responses: plain models (no strictness needed); field names are OpenAI's.
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class MetaspecInfo(BaseModel):
+    """What speculation did for this request (the `metaspec` field of every response)."""
+
+    route: Literal["speculative", "target-only"]
+    proposed_tokens: int
+    accepted_tokens: int
+    acceptance_rate: float | None
+    rounds: int
+    first_token_confidence: float | None
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"] | None
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"] | None
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChatDelta
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class _Response(BaseModel):
+    id: str
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    usage: Usage | None = None
+    metaspec: MetaspecInfo | None = None
+
+
+class CompletionResponse(_Response):
+    object: Literal["text_completion"] = "text_completion"
+    choices: list[CompletionChoice]
+
+
+class ChatCompletionResponse(_Response):
+    object: Literal["chat.completion"] = "chat.completion"
+    choices: list[ChatChoice]
+
+
+class ChatCompletionChunk(_Response):
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    choices: list[ChatChunkChoice]
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "metaspec"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+def request_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
