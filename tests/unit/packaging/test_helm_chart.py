@@ -134,7 +134,8 @@ def test_operator_deployment() -> None:
 
 def test_component_images_reach_the_operator_settings() -> None:
     """The env the chart sets is what `OperatorSettings.from_env` reads (names coordinated with settings.py)."""
-    settings_module = pytest.importorskip("metaspec.operator.settings")
+    from metaspec.operator import settings as settings_module
+
     main = container(render(values(components__trainer={"repository": "reg.example/trainer", "tag": "v9"})))
     variables = env(main)
     assert all(name.startswith("METASPEC_") or name == "POD_ID" for name in variables)
@@ -246,3 +247,24 @@ def test_helm_template_matches_the_test_renderer() -> None:
     helm_objects = [d for d in yaml.safe_load_all(result.stdout) if d and d.get("kind") != "CustomResourceDefinition"]
     key = lambda o: (o["kind"], o["metadata"]["name"], o["metadata"].get("namespace", ""))  # noqa: E731
     assert sorted(helm_objects, key=key) == sorted(render(values()), key=key)
+
+
+@pytest.mark.parametrize("watch", [{}, {"watch__allNamespaces": False, "watch__namespaces": ["ml", "research"]}])
+def test_operator_cli_accepts_the_rendered_args(watch: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`metaspec operator` parses the chart's args. Running kopf needs an API server, so `run` is replaced
+    by a recorder (the one stand-in here) and `asyncio.run` by a no-op."""
+    from metaspec.operator import cli
+
+    seen: dict[str, Any] = {}
+
+    def record(memo, namespaces=(), peering=None, mandatory_peering=False, liveness=None, **_):
+        seen.update(namespaces=list(namespaces), peering=peering, liveness=liveness)
+
+    monkeypatch.setattr(cli, "run", record)
+    monkeypatch.setattr(cli.asyncio, "run", lambda _: None)
+    monkeypatch.setattr(cli.kopf, "configure", lambda **_: None)
+    main = container(render(values(**watch, operator__verbose=True)))
+    assert main["args"][0] == "operator"
+    assert cli.main(main["args"][1:]) == 0
+    liveness = f"http://0.0.0.0:{VALUES['operator']['livenessPort']}/healthz"
+    assert seen == {"namespaces": watch.get("watch__namespaces", []), "peering": "metaspec", "liveness": liveness}
