@@ -7,9 +7,11 @@ tokens for the same input.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -75,26 +77,44 @@ def parse_jsonl(
     """Validate JSONL line by line. Invalid lines raise InvalidData (naming line and field) unless
     `skip_invalid`, in which case they are counted in the report. Duplicate ids are always an error
     for the later occurrence (counted as invalid)."""
-    report = LoadReport(source)
-    records: list[Record] = []
-    seen: set[str] = set()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = _parse_line(line, require_output)
-            if record.id in seen:
-                report.duplicate_ids.append(record.id)
-                raise ValueError(f"field `id`: duplicate id {record.id!r}")
-        except ValueError as e:
-            report.invalid.append((number, str(e)))
-            if not skip_invalid:
-                raise InvalidData(f"{source} line {number}: {e}") from None
-            continue
-        seen.add(record.id)
-        records.append(record)
-    report.valid = len(records)
-    return records, report
+    reader = _Reader(LoadReport(source), require_output, skip_invalid)
+    reader.read(lines, source)
+    return reader.records, reader.report
+
+
+class _Reader:
+    """Validates one or several JSONL sources into one record list (ids unique across all of them)."""
+
+    def __init__(self, report: LoadReport, require_output: bool, skip_invalid: bool, limit: int | None = None):
+        self.report, self.require_output, self.skip_invalid, self.limit = report, require_output, skip_invalid, limit
+        self.records: list[Record] = []
+        self.seen: set[str] = set()
+
+    @property
+    def full(self) -> bool:
+        return self.limit is not None and len(self.records) >= self.limit
+
+    def read(self, lines: Iterable[str], source: str) -> None:
+        # With several sources the line numbers are per file, so the report's messages name the file.
+        where = "" if source == self.report.source else f" (in {source})"
+        for number, line in enumerate(lines, start=1):
+            if self.full:
+                break
+            if not line.strip():
+                continue
+            try:
+                record = _parse_line(line, self.require_output)
+                if record.id in self.seen:
+                    self.report.duplicate_ids.append(record.id)
+                    raise ValueError(f"field `id`: duplicate id {record.id!r}")
+            except ValueError as e:
+                self.report.invalid.append((number, f"{e}{where}"))
+                if not self.skip_invalid:
+                    raise InvalidData(f"{source} line {number}: {e}") from None
+                continue
+            self.seen.add(record.id)
+            self.records.append(record)
+        self.report.valid = len(self.records)
 
 
 def _parse_line(line: str, require_output: bool) -> Record:
@@ -113,6 +133,120 @@ def _parse_line(line: str, require_output: bool) -> Record:
     if require_output and not record.output:
         raise ValueError("field `output`: missing or empty (training records need an output)")
     return record
+
+
+BUILTIN_SCHEME = "builtin://"
+
+
+def read_records(
+    uri: str,
+    *,
+    require_output: bool = True,
+    skip_invalid: bool = False,
+    max_examples: int | None = None,
+) -> tuple[list[Record], LoadReport]:
+    """Read and validate the records at `uri`.
+
+    `uri` is `builtin://train|eval|prompts` (the bundled set, `metaspec.builtin`), a local path or
+    `file://` JSONL file, an `s3://` JSONL object, or a directory/prefix artifact: every `*.jsonl` its
+    `_manifest.json` lists, in manifest order, each checked against its size and sha256. A prefix
+    without a complete manifest is refused (`metaspec.artifacts.IncompleteArtifact`): it may still be
+    being written. Ids must be unique across all files. `max_examples` stops after that many valid
+    records. Errors name the source, the line and the field (`InvalidData`).
+    """
+    if max_examples is not None and max_examples < 1:
+        raise ValueError(f"max_examples must be at least 1, got {max_examples}")
+    text = str(uri)
+    if text.startswith(BUILTIN_SCHEME):
+        return _read_builtin(text, require_output, max_examples)
+    reader = _Reader(LoadReport(text), require_output, skip_invalid, max_examples)
+    for source, data in _jsonl_sources(text):
+        if reader.full:
+            break
+        reader.read(_decode(data, source).split("\n"), source)  # not splitlines(): U+2028 is valid inside JSON
+    return reader.records, reader.report
+
+
+def _read_builtin(uri: str, require_output: bool, max_examples: int | None) -> tuple[list[Record], LoadReport]:
+    from metaspec import builtin
+
+    split = uri[len(BUILTIN_SCHEME) :].strip("/")
+    if split not in builtin.SPLITS:
+        raise InvalidData(f"{uri}: no such built-in split; use {', '.join(BUILTIN_SCHEME + s for s in builtin.SPLITS)}")
+    if require_output and split == "prompts":
+        raise InvalidData(f"{uri} holds inputs without outputs (for teacher generation); train on builtin://train")
+    records = builtin.records(split)[:max_examples]
+    return records, LoadReport(uri, valid=len(records))
+
+
+def _jsonl_sources(uri: str) -> Iterator[tuple[str, bytes]]:
+    """`(source, bytes)` of each JSONL file at `uri`, fetched lazily (so `max_examples` stops early)."""
+    from metaspec.artifacts import IncompleteArtifact, NotFound, Uri, read_bytes
+
+    where = Uri.parse(uri)
+    if where.scheme == "file":
+        path = Path(where.path)
+        if path.is_dir():
+            yield from _artifact_sources(where)
+        elif path.is_file():
+            yield str(where), path.read_bytes()
+        else:
+            raise NotFound(f"{where} does not exist")
+    elif where.scheme == "s3":
+        if where.path.endswith(".jsonl"):
+            yield str(where), read_bytes(where)
+            return
+        try:
+            sources = list(_artifact_names(where))
+        except IncompleteArtifact as incomplete:
+            try:  # a single object whose name does not end in .jsonl
+                data = read_bytes(where) if where.path and not where.path.endswith("/") else None
+            except NotFound:
+                data = None
+            if data is None:
+                raise incomplete from None
+            yield str(where), data
+            return
+        yield from _fetch_verified(where, sources)
+    else:
+        raise InvalidData(f"{uri}: datasets are read from builtin://, s3://, file:// or a path, not {where.scheme}://")
+
+
+def _artifact_sources(where: Any) -> Iterator[tuple[str, bytes]]:
+    yield from _fetch_verified(where, list(_artifact_names(where)))
+
+
+def _artifact_names(where: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+    from metaspec.artifacts import read_manifest
+
+    manifest = read_manifest(where)
+    names = [(name, meta) for name, meta in manifest.files.items() if name.endswith(".jsonl")]
+    if not names:
+        raise InvalidData(f"{where}: its _manifest.json lists no .jsonl files")
+    yield from names
+
+
+def _fetch_verified(where: Any, names: list[tuple[str, dict[str, Any]]]) -> Iterator[tuple[str, bytes]]:
+    from metaspec.artifacts import ChecksumMismatch, read_bytes
+
+    for name, meta in names:
+        part = where.join(name)
+        data = read_bytes(part)
+        digest = hashlib.sha256(data).hexdigest()
+        if len(data) != meta.get("size") or digest != meta.get("sha256"):
+            raise ChecksumMismatch(
+                f"{part} does not match {where.join('_manifest.json')} (size {len(data)} vs {meta.get('size')}, "
+                f"sha256 {digest[:12]}…): it was changed after the manifest was written"
+            )
+        yield str(part), data
+
+
+def _decode(data: bytes, source: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise InvalidData(f"{source} line {line}: not UTF-8 text (byte {e.start}: {e.reason})") from None
 
 
 def dump_jsonl(records: Iterable[Record | dict[str, Any]]) -> Iterator[str]:
