@@ -1,0 +1,170 @@
+"""The Deployment of a SpecServe: our speculative router, or vLLM's OpenAI server with a draft model."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from metaspec.api import SpecServe
+from metaspec.operator import labels as L
+from metaspec.operator.builders import pod
+from metaspec.operator.builders.names import child_metadata
+from metaspec.operator.settings import OperatorSettings
+
+PROBE_PERIOD = 10
+MODELS_DIR = f"{pod.CACHE_DIR}/models"
+
+
+def _probe(path: str, period: int = PROBE_PERIOD, failures: int = 3) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "timeoutSeconds": 5,
+        "failureThreshold": failures,
+    }
+
+
+def _probes(settings: OperatorSettings, ready: str, live: str) -> dict[str, Any]:
+    """Liveness and readiness start only after the startup probe passes: loading a model takes minutes."""
+    return {
+        "startupProbe": _probe(live, failures=max(1, settings.startup_seconds // PROBE_PERIOD)),
+        "readinessProbe": _probe(ready, period=5),
+        "livenessProbe": _probe(live),
+    }
+
+
+def _labels(serve: SpecServe, role: str) -> dict[str, str]:
+    labels = {**L.owner_labels(serve.kind, serve.metadata.name, serve.component), L.ROLE: role}
+    if serve.spec.queue_name:
+        labels[L.KUEUE_QUEUE] = serve.spec.queue_name
+    return labels
+
+
+def _annotations(config_hash: str, digests: dict[str, str | None]) -> dict[str, str]:
+    """Pod-template annotations: a changed config or model digest changes the template and rolls the pods."""
+    annotations = {L.CONFIG_HASH: config_hash}
+    for key, label in (("target", L.TARGET_DIGEST), ("draft", L.DRAFT_DIGEST)):
+        if digests.get(key):
+            annotations[label] = str(digests[key])
+    return annotations
+
+
+def _deployment(serve: SpecServe, podspec: dict[str, Any], annotations: dict[str, str]) -> dict[str, Any]:
+    spec = serve.spec
+    labels = _labels(serve, "server")
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": child_metadata(serve, serve.metadata.name, labels),
+        "spec": {
+            "replicas": 0 if spec.suspend else spec.replicas,
+            "selector": {"matchLabels": L.selector(serve.kind, serve.metadata.name)},
+            # maxSurge 0 by default: a rollout replaces pods in place instead of needing twice the GPUs.
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": spec.rollout.max_surge, "maxUnavailable": spec.rollout.max_unavailable},
+            },
+            "revisionHistoryLimit": 3,
+            "template": {"metadata": pod.template_metadata(serve, labels, annotations), "spec": podspec},
+        },
+    }
+
+
+def build_deployment(
+    serve: SpecServe,
+    settings: OperatorSettings,
+    config_map: str,
+    config_hash: str,
+    digests: dict[str, str | None],
+) -> dict[str, Any]:
+    """The `engine: metaspec` Deployment: `metaspec serve --config`, probes on `/readyz` and `/healthz`."""
+    main = pod.container(serve, settings, config_map)
+    main["ports"] = [{"name": "http", "containerPort": serve.spec.service.port, "protocol": "TCP"}]
+    main.update(_probes(settings, ready="/readyz", live="/healthz"))
+    podspec = pod.pod_spec(serve, settings, [main], config_map)
+    return _deployment(serve, podspec, _annotations(config_hash, digests))
+
+
+def vllm_model_arg(uri: str, role: str) -> tuple[str, bool]:
+    """What vLLM is given for a model URI, and whether an init container must fetch it first.
+
+    vLLM reads a local directory or a Hugging Face name; S3 artifacts are pulled (and verified against
+    their manifest) by `metaspec artifacts pull` into the cache volume before vLLM starts.
+    """
+    if uri.startswith("hf://"):
+        return uri.removeprefix("hf://"), False
+    if uri.startswith("file://"):
+        return uri.removeprefix("file://"), False
+    if uri.startswith("s3://"):
+        return f"{MODELS_DIR}/{role}", True
+    return uri, False
+
+
+def vllm_args(serve: SpecServe, target: str, draft: str) -> list[str]:
+    """`vllm serve` arguments: draft-model speculative decoding with `maxSpeculativeTokens` per step."""
+    spec = serve.spec
+    speculative = {"model": draft, "num_speculative_tokens": spec.routing.max_speculative_tokens}
+    args = [
+        "vllm",
+        "serve",
+        target,
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(spec.service.port),
+        "--served-model-name",
+        spec.served_model_name or serve.metadata.name,
+        "--speculative-config",
+        json.dumps(speculative, separators=(",", ":"), sort_keys=True),
+        "--dtype",
+        spec.dtype,
+        "--max-num-seqs",
+        str(spec.sampling.max_concurrency),
+        "--generation-config",
+        "vllm",
+    ]
+    if spec.resources.gpus > 1:
+        args += ["--tensor-parallel-size", str(spec.resources.gpus)]
+    return args
+
+
+def _fetch_container(serve: SpecServe, settings: OperatorSettings, uri: str, dest: str) -> dict[str, Any]:
+    main = pod.container(serve, settings, None)
+    main.update(
+        name=f"fetch-{dest.rsplit('/', 1)[-1]}",
+        image=settings.fetch_image or settings.image("server", serve.spec.pod.image),
+        command=["metaspec", "artifacts", "pull", uri, dest],
+        resources={},
+    )
+    return main
+
+
+def build_vllm_deployment(
+    serve: SpecServe,
+    settings: OperatorSettings,
+    config_map: str,
+    config_hash: str,
+    uris: dict[str, str],
+    digests: dict[str, str | None],
+) -> dict[str, Any]:
+    """The `engine: vllm` Deployment: vLLM's OpenAI server with the draft as its speculative model."""
+    if serve.spec.sampling.repetition_penalty != 1:
+        # vLLM skips speculation for such requests without a word: the speedup would silently vanish.
+        raise ValueError("spec.sampling.repetitionPenalty must be 1 with engine: vllm")
+    init, args = [], {}
+    for role in ("target", "draft"):
+        args[role], fetch = vllm_model_arg(uris[role], role)
+        if fetch:
+            init.append(_fetch_container(serve, settings, uris[role], args[role]))
+    main = pod.container(serve, settings, config_map, read_only_root=False)
+    main.update(
+        image=serve.spec.pod.image or settings.vllm_image,
+        command=vllm_args(serve, args["target"], args["draft"]),
+        ports=[{"name": "http", "containerPort": serve.spec.service.port, "protocol": "TCP"}],
+        **_probes(settings, ready="/health", live="/health"),
+    )
+    main["env"] = [*main["env"], {"name": "VLLM_CACHE_ROOT", "value": f"{pod.CACHE_DIR}/vllm"}]
+    podspec = pod.pod_spec(serve, settings, [main], config_map)
+    if init:
+        podspec["initContainers"] = init
+    return _deployment(serve, podspec, _annotations(config_hash, digests))

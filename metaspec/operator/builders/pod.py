@@ -1,0 +1,169 @@
+"""Pod pieces every child shares: the container contract, volumes, S3 environment, security, scheduling."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from metaspec.api import Resource
+from metaspec.operator.settings import OperatorSettings
+from metaspec.runtime import CONFIG_PATH, TERMINATION_MESSAGE_PATH
+
+CONFIG_DIR, CONFIG_FILE = CONFIG_PATH.rsplit("/", 1)
+CACHE_DIR = "/var/cache/metaspec"
+CONTAINER = "main"
+#: The pod-spec fields `scheduling` may set.
+SCHEDULING_FIELDS = (
+    "nodeSelector",
+    "tolerations",
+    "affinity",
+    "priorityClassName",
+    "serviceAccountName",
+    "imagePullSecrets",
+)
+
+
+def command(component: str) -> list[str]:
+    """`metaspec <component> --config FILE`: the whole contract; never through a shell."""
+    verb = {"trainer": "train", "generator": "generate", "server": "serve"}[component]
+    return ["metaspec", verb, "--config", CONFIG_PATH]
+
+
+def s3_env(resource: Resource) -> list[dict[str, Any]]:
+    """S3 settings as environment: credentials by reference to the Secret (the operator never reads it)."""
+    storage = resource.spec.storage
+    env: list[dict[str, Any]] = []
+    if storage.secret_ref is not None:
+        secret = storage.secret_ref.name
+        for key, optional in (
+            ("AWS_ACCESS_KEY_ID", False),
+            ("AWS_SECRET_ACCESS_KEY", False),
+            ("AWS_SESSION_TOKEN", True),
+        ):
+            ref = {"name": secret, "key": key, **({"optional": True} if optional else {})}
+            env.append({"name": key, "valueFrom": {"secretKeyRef": ref}})
+    if storage.endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": storage.endpoint})
+    if storage.region:
+        env += [
+            {"name": "AWS_REGION", "value": storage.region},
+            {"name": "AWS_DEFAULT_REGION", "value": storage.region},
+        ]
+    return env
+
+
+def runtime_env() -> list[dict[str, Any]]:
+    """Where components keep caches and logs when the root filesystem is read-only."""
+    return [
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "METASPEC_CACHE", "value": CACHE_DIR},
+        {"name": "HF_HOME", "value": f"{CACHE_DIR}/hf"},
+        {"name": "METASPEC_LOG_FORMAT", "value": "json"},
+        {"name": "METASPEC_TERMINATION_MESSAGE_PATH", "value": TERMINATION_MESSAGE_PATH},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+
+
+def volumes(resource: Resource, config_map: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(pod volumes, container mounts): the config, /tmp, the model cache and a RAM-backed /dev/shm."""
+    res = resource.spec.resources
+    vols = [
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "cache", "emptyDir": {"sizeLimit": res.cache_size}},
+        # PyTorch data loaders and NCCL share tensors through /dev/shm; the runtime's default is 64Mi.
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": res.shared_memory}},
+    ]
+    mounts = [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "cache", "mountPath": CACHE_DIR},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+    ]
+    if config_map is not None:
+        vols.insert(0, {"name": "config", "configMap": {"name": config_map}})
+        mounts.insert(0, {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True})
+    return vols, mounts
+
+
+def compute(resource: Resource) -> dict[str, Any]:
+    """Container `resources`: requests equal limits so the pods are predictable (Guaranteed when all set)."""
+    res = resource.spec.resources
+    limits: dict[str, Any] = {}
+    if res.gpus:
+        limits[res.gpu_resource_name] = str(res.gpus)
+    if res.cpu:
+        limits["cpu"] = res.cpu
+    if res.memory:
+        limits["memory"] = res.memory
+    return {"requests": dict(limits), "limits": limits} if limits else {}
+
+
+def container_security(read_only_root: bool = True) -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": read_only_root,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def pod_security(settings: OperatorSettings) -> dict[str, Any]:
+    uid = settings.run_as_user
+    return {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": uid, "fsGroup": uid}
+
+
+def scheduling(resource: Resource) -> dict[str, Any]:
+    """The pod-spec fields a resource's `pod` overrides set, left out when unset."""
+    pod = resource.spec.pod
+    spec: dict[str, Any] = {
+        "nodeSelector": pod.node_selector or None,
+        "tolerations": pod.tolerations or None,
+        "affinity": pod.affinity,
+        "priorityClassName": pod.priority_class_name,
+        "serviceAccountName": pod.service_account_name,
+        "imagePullSecrets": [{"name": n} for n in pod.image_pull_secrets] or None,
+    }
+    return {k: v for k, v in spec.items() if v is not None}
+
+
+def container(
+    resource: Resource, settings: OperatorSettings, config_map: str | None, read_only_root: bool = True
+) -> dict[str, Any]:
+    """The component's container: `metaspec <component> --config`, env, mounts, compute, security."""
+    pod = resource.spec.pod
+    _, mounts = volumes(resource, config_map)
+    return {
+        "name": CONTAINER,
+        "image": settings.image(resource.component, pod.image),
+        "imagePullPolicy": pod.image_pull_policy or settings.image_pull_policy,
+        "command": command(resource.component),
+        "env": runtime_env() + s3_env(resource),
+        "volumeMounts": mounts,
+        "resources": compute(resource),
+        "securityContext": container_security(read_only_root),
+        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
+        # The summary file when the component wrote one, the log tail when it crashed before that.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
+def template_metadata(resource: Resource, labels: dict[str, str], annotations: dict[str, str]) -> dict[str, Any]:
+    pod = resource.spec.pod
+    meta: dict[str, Any] = {"labels": {**pod.labels, **labels}}
+    if pod.annotations or annotations:
+        meta["annotations"] = {**pod.annotations, **annotations}
+    return meta
+
+
+def pod_spec(
+    resource: Resource, settings: OperatorSettings, containers: list[dict[str, Any]], config_map: str | None
+) -> dict[str, Any]:
+    vols, _ = volumes(resource, config_map)
+    return {
+        "containers": containers,
+        "volumes": vols,
+        "securityContext": pod_security(settings),
+        # Components talk only to S3 and, for servers, their clients; no API access is needed.
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        **scheduling(resource),
+    }

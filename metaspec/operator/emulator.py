@@ -1,0 +1,268 @@
+"""The real operator against an in-memory Kubernetes API (kmock's emulator), for tests and benchmarks.
+
+kmock serves discovery, list, watch, create, merge-patch and delete over real HTTP; it runs no
+controllers. `Cluster` adds what the API server itself would do on writes (uid, generation,
+creationTimestamp) and leaves the rest (Job controller, kubelet) to its caller, which plays them by
+patching statuses. The operator runs in a background thread with its own event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import httpx
+import jsonpatch
+import kopf
+from kmock import KubernetesEmulator, KubernetesError, ResourceInfo, Server, action
+
+from metaspec.api import API_VERSION, now
+from metaspec.operator.handlers import Context
+from metaspec.operator.kube import PLURALS, Target
+
+#: (apiVersion/plural, kind, namespaced, subresources) of everything the operator touches.
+RESOURCES = [
+    (f"{API_VERSION}/trainingruns", "TrainingRun", True, {"status"}),
+    (f"{API_VERSION}/teachergenerations", "TeacherGeneration", True, {"status"}),
+    (f"{API_VERSION}/specserves", "SpecServe", True, {"status", "scale"}),
+    ("batch/v1/jobs", "Job", True, {"status"}),
+    ("apps/v1/deployments", "Deployment", True, {"status", "scale"}),
+    ("v1/configmaps", "ConfigMap", True, set()),
+    ("v1/services", "Service", True, {"status"}),
+    ("v1/pods", "Pod", True, {"status"}),
+    ("v1/events", "Event", True, set()),
+    ("v1/namespaces", "Namespace", False, set()),
+    # Without it kopf's resource observer waits forever and never starts watching.
+    ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", False, set()),
+]
+VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
+PLURALS_WITH_EVENTS = {**PLURALS, "Event": ("v1", "events")}
+
+
+class ApiServer(KubernetesEmulator):
+    """kmock's emulator plus the API server's own bookkeeping on writes.
+
+    uid, creationTimestamp and generation on create; a new resourceVersion on every write (kopf
+    guards its JSON patches with a resourceVersion test); generation bumped by spec changes.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._version = 0
+
+    async def _handle(self, request: Any) -> Any:
+        if request.resource is not None and request.action in (action.CREATE, action.UPDATE):
+            self._version += 1
+            version = str(self._version)
+            if request.action == action.CREATE and isinstance(request.data, dict):
+                meta = request.data.setdefault("metadata", {})
+                meta.update(uid=str(uuid.uuid4()), creationTimestamp=now(), generation=1, resourceVersion=version)
+                if "name" not in meta and "generateName" in meta:
+                    meta["name"] = meta["generateName"] + uuid.uuid4().hex[:8]
+            elif isinstance(request.data, list):
+                request.data.append({"op": "replace", "path": "/metadata/resourceVersion", "value": version})
+            elif isinstance(request.data, dict):
+                meta = request.data.setdefault("metadata", {})
+                meta["resourceVersion"] = version
+                if "spec" in request.data and request.subresource is None:
+                    meta["generation"] = self._generation(request) + 1
+        try:
+            return await super()._handle(request)
+        except jsonpatch.JsonPatchTestFailed as e:
+            # The API server answers a failed resourceVersion test with 422, which kopf retries later.
+            raise KubernetesError(status=422, reason="Invalid", message=str(e)) from e
+
+    def _generation(self, request: Any) -> int:
+        key = (request.resource, request.namespace, request.name)
+        if key not in self.objects or self.objects[key].deleted:
+            return 0
+        return dict(self.objects[key]).get("metadata", {}).get("generation", 1)
+
+
+class Cluster:
+    """An emulated API server plus the operator, both on one background event loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.url = ""
+        self.memo: Context | None = None
+        self._thread = threading.Thread(target=self.loop.run_forever, name="emulator", daemon=True)
+        self._stop: asyncio.Event | None = None
+        self._operator: asyncio.Future | None = None
+        self._emulator: Any = None
+        self.http: httpx.Client | None = None
+
+    # ---- lifecycle ----
+
+    def start(self) -> Cluster:
+        self._thread.start()
+        self._call(self._serve())
+        self.http = httpx.Client(base_url=self.url, timeout=30)
+        return self
+
+    async def _serve(self) -> None:
+        emulator = ApiServer()
+        for path, kind, namespaced, subresources in RESOURCES:
+            emulator.resources[path] = ResourceInfo(
+                kind=kind, namespaced=namespaced, verbs=VERBS, subresources=subresources
+            )
+        self._emulator = await emulator.__aenter__()
+        self._server = await Server(emulator).__aenter__()
+        self.url = str(self._server.url).rstrip("/")
+
+    def start_operator(self, timeout: float = 30) -> Context:
+        """Start (or restart) the operator; returns once its watches are established."""
+        from metaspec.operator.cli import run
+
+        self.memo = Context(connection=kopf.ConnectionInfo(server=self.url))
+        self.memo.settings = replace(self.memo.settings, metrics_port=0)
+        ready = threading.Event()
+
+        async def launch() -> None:
+            self._stop = asyncio.Event()
+            self._operator = asyncio.ensure_future(run(self.memo, stop_flag=self._stop, ready_flag=ready))
+
+        self._call(launch())
+        if not ready.wait(timeout):
+            raise TimeoutError("the operator did not become ready")
+        return self.memo
+
+    def stop_operator(self) -> None:
+        if self._operator is None:
+            return
+
+        async def stop() -> None:
+            assert self._stop is not None and self._operator is not None
+            self._stop.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(self._operator, 30)
+
+        self._call(stop())
+        self._operator = None
+
+    def close(self) -> None:
+        self.stop_operator()
+        if self.http is not None:
+            self.http.close()
+
+        async def down() -> None:
+            await self._server.__aexit__(None, None, None)
+            await self._emulator.__aexit__(None, None, None)
+
+        self._call(down())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+    def _call(self, coro: Any, timeout: float = 60) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    # ---- the API, as a client (and the API server's own bookkeeping on writes) ----
+
+    def apply(self, obj: dict[str, Any], namespace: str = "default") -> dict[str, Any]:
+        obj = {**obj, "metadata": {"namespace": namespace, **obj["metadata"]}}
+        return self._json("POST", _path(obj["kind"], namespace), obj)
+
+    def get(self, kind: str, name: str, namespace: str = "default") -> dict[str, Any] | None:
+        assert self.http is not None
+        response = self.http.get(_path(kind, namespace, name))
+        return None if response.status_code == 404 else _ok(response)
+
+    def list(self, kind: str, namespace: str = "default") -> list[dict[str, Any]]:
+        return self._json("GET", _path(kind, namespace)).get("items", [])
+
+    def patch(self, kind: str, name: str, body: dict[str, Any], namespace: str = "default") -> dict[str, Any]:
+        return self._json("PATCH", _path(kind, namespace, name), body)
+
+    def patch_status(self, kind: str, name: str, status: dict[str, Any], namespace: str = "default") -> dict:
+        return self._json("PATCH", _path(kind, namespace, name) + "/status", {"status": status})
+
+    def delete(self, kind: str, name: str, namespace: str = "default") -> None:
+        self._json("DELETE", _path(kind, namespace, name))
+
+    def _json(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        assert self.http is not None
+        headers = {"Content-Type": "application/merge-patch+json"} if method == "PATCH" else {}
+        return _ok(self.http.request(method, path, json=body, headers=headers))
+
+    # ---- playing the controllers ----
+
+    def run_pod(
+        self, job: dict[str, Any], exit_code: int, summary: dict[str, Any] | None, index: int | None = None
+    ) -> dict[str, Any]:
+        """A finished pod of `job` (what the Job controller and kubelet would leave behind)."""
+        meta = job["metadata"]
+        suffix = f"-{index}" if index is not None else ""
+        template = job["spec"]["template"]["metadata"]
+        annotations = {"batch.kubernetes.io/job-completion-index": str(index)} if index is not None else {}
+        message = summary if isinstance(summary, str) else ("" if summary is None else json.dumps(summary))
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": f"{meta['name']}{suffix}-{uuid.uuid4().hex[:5]}",
+                "labels": {**template.get("labels", {}), "batch.kubernetes.io/job-name": meta["name"]},
+                "annotations": annotations,
+            },
+            "spec": job["spec"]["template"]["spec"],
+            "status": {
+                "phase": "Succeeded" if exit_code == 0 else "Failed",
+                "containerStatuses": [
+                    {"name": "main", "state": {"terminated": {"exitCode": exit_code, "message": message}}}
+                ],
+            },
+        }
+        return self.apply(pod, meta["namespace"])
+
+    def finish_job(self, job: dict[str, Any], succeeded: bool, message: str = "") -> dict[str, Any]:
+        """Patch a Job's status to Complete or Failed, as the Job controller would."""
+        meta, completions = job["metadata"], job["spec"].get("completions", 1)
+        condition = {
+            "type": "Complete" if succeeded else "Failed",
+            "status": "True",
+            "reason": "" if succeeded else "PodFailurePolicy",
+            "message": message,
+            "lastTransitionTime": now(),
+        }
+        status = {
+            "startTime": now(),
+            "conditions": [condition],
+            "succeeded": completions if succeeded else 0,
+            "failed": 0 if succeeded else 1,
+        }
+        if succeeded:
+            status["completionTime"] = now()
+        return self.patch_status("Job", meta["name"], status, meta["namespace"])
+
+    def wait_for(self, what: Callable[[], Any], timeout: float = 20, message: str = "") -> Any:
+        """Poll `what` until it returns something truthy."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = what()
+            if result:
+                return result
+            time.sleep(0.05)
+        raise TimeoutError(message or f"timed out after {timeout}s waiting for {what}")
+
+    def phase(self, kind: str, name: str, namespace: str = "default") -> str | None:
+        obj = self.get(kind, name, namespace) or {}
+        return (obj.get("status") or {}).get("phase")
+
+
+def _path(kind: str, namespace: str, name: str | None = None) -> str:
+    if kind in PLURALS:
+        return Target(kind, namespace, name).path()
+    api_version, plural = PLURALS_WITH_EVENTS[kind]
+    return "/".join(p for p in (f"/api/{api_version}", "namespaces", namespace, plural, name) if p)
+
+
+def _ok(response: httpx.Response) -> dict[str, Any]:
+    if response.status_code >= 400:
+        raise RuntimeError(f"{response.request.method} {response.request.url}: {response.status_code} {response.text}")
+    return response.json()

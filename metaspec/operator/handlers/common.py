@@ -1,0 +1,225 @@
+"""What every handler shares: the operator context, indexes, lookups, idempotent children, status writes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from metaspec import pipeline
+from metaspec.api import GROUP, Condition, InvalidResource, Phase, Resource, parse_resource
+from metaspec.operator import labels as L
+from metaspec.operator import metrics
+from metaspec.operator.kube import ApiError, Kube, Target, target_of
+from metaspec.operator.settings import OperatorSettings
+
+log = logging.getLogger(__name__)
+
+PLURALS = {"TrainingRun": "trainingruns", "TeacherGeneration": "teachergenerations", "SpecServe": "specserves"}
+INVALID_SPEC = "InvalidSpec"
+API_REJECTED = "ApiRejected"
+DEPENDENCIES_READY = pipeline.DEPENDENCIES_READY
+
+
+@dataclass
+class Context:
+    """Per-operator state, handed to every handler as kopf's `memo`."""
+
+    settings: OperatorSettings = field(default_factory=OperatorSettings.from_env)
+    kube: Kube = field(default_factory=Kube)
+    connection: kopf.ConnectionInfo | None = None  # fixed credentials (tests); otherwise kopf's login
+
+
+# ---- indexes: every resource parsed once per event; dependents by what they reference ----
+
+
+def _parsed(body: kopf.Body) -> Resource | None:
+    try:
+        return parse_resource(dict(body))
+    except InvalidResource:
+        return None
+
+
+def _index(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[tuple[str, str], Resource | None]:
+    return {(namespace, name): _parsed(body)}
+
+
+def _dependents(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[tuple[str, str, str], tuple[str, str]]:
+    resource = _parsed(body)
+    refs = pipeline.references(resource) if resource is not None else []
+    return {(namespace, ref.kind, ref.name): (body["kind"], name) for ref in refs}
+
+
+trainingruns_idx = kopf.index(GROUP, "trainingruns", id="trainingruns_idx")(_index)
+teachergenerations_idx = kopf.index(GROUP, "teachergenerations", id="teachergenerations_idx")(_index)
+specserves_idx = kopf.index(GROUP, "specserves", id="specserves_idx")(_index)
+for _plural in PLURALS.values():
+    kopf.index(GROUP, _plural, id="dependents_idx")(_dependents)
+
+
+def lookup(indexes: dict[str, Any], namespace: str) -> pipeline.Lookup:
+    """`(kind, name) -> Resource | None` over the operator's indexes of one namespace."""
+
+    def find(kind: str, name: str) -> Resource | None:
+        index = indexes[f"{PLURALS[kind]}_idx"]
+        found = index.get((namespace, name), [])
+        return next(iter(found), None)
+
+    return find
+
+
+# ---- status and events ----
+
+
+def event_ref(resource: Resource) -> dict[str, Any]:
+    """The object reference kopf needs to post an Event about `resource`."""
+    meta = resource.metadata
+    return {
+        "apiVersion": resource.api_version,
+        "kind": resource.kind,
+        "metadata": {"name": meta.name, "namespace": meta.namespace, "uid": meta.uid},
+    }
+
+
+def announce(resource: Resource, old: dict[str, Any], new: dict[str, Any]) -> None:
+    """A Kubernetes Event and a metric for each phase transition."""
+    phase = new.get("phase")
+    if phase == old.get("phase") and new.get("message") == old.get("message"):
+        return
+    metrics.TRANSITIONS.labels(resource.kind, phase).inc()
+    kind = "Warning" if phase == Phase.FAILED else "Normal"
+    reason = next((c["reason"] for c in reversed(new.get("conditions", [])) if c["type"] != "Suspended"), phase)
+    kopf.event(event_ref(resource), type=kind, reason=str(phase), message=f"{reason}: {new.get('message', '')}")
+
+
+def current_status(resource: Resource) -> dict[str, Any]:
+    return resource.status.dump() if resource.status is not None else {}
+
+
+async def write_status(kube: Kube, resource: Resource, new: dict[str, Any]) -> None:
+    """Patch the status of a resource other than the one being handled, when it changed."""
+    old = current_status(resource)
+    if new == old:
+        return
+    meta = resource.metadata
+    await kube.patch(Target(resource.kind, meta.namespace, meta.name, "status"), {"status": _nulls(old, new)})
+    announce(resource, old, new)
+
+
+def _nulls(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """A merge patch from `old` to `new`: keys that disappeared become null."""
+    return {**{k: None for k in old if k not in new}, **new}
+
+
+def apply_status(patch: kopf.Patch, resource: Resource, new: dict[str, Any]) -> None:
+    """Stage the handled resource's new status in kopf's patch (one API call after the handler)."""
+    old = current_status(resource)
+    if new != old:
+        patch.setdefault("status", {}).update(_nulls(old, new))
+        announce(resource, old, new)
+
+
+def with_condition(
+    status: dict[str, Any], resource: Resource, type_: str, value: bool | str, reason: str, msg: str
+) -> dict[str, Any]:
+    """`status` with one condition set (KEP-1623 transition times kept)."""
+    conditions = [Condition.model_validate(c) for c in status.get("conditions", [])]
+    updated = pipeline.set_condition(conditions, type_, value, reason, msg, resource.metadata.generation)
+    return {**status, "conditions": [c.dump() for c in updated]}
+
+
+def without_condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return {**status, "conditions": [c for c in status.get("conditions", []) if c["type"] != type_]}
+
+
+# ---- children ----
+
+
+async def ensure(kube: Kube, owner: Resource, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Create a child, or adopt the existing one of that name (409): never a second copy.
+
+    An existing object with another controller is refused: it is not ours to change.
+    """
+    try:
+        return await kube.create(manifest)
+    except ApiError as e:
+        if e.status != 409:
+            raise
+    existing = await kube.get(target_of(manifest))
+    if existing is None:
+        raise kopf.TemporaryError(f"{manifest['kind']} {manifest['metadata']['name']} vanished while adopting", delay=1)
+    refs = (existing.get("metadata") or {}).get("ownerReferences") or []
+    controller = next((r for r in refs if r.get("controller")), None)
+    if controller is not None and controller.get("uid") != owner.metadata.uid:
+        raise kopf.PermanentError(
+            f"{manifest['kind']} {manifest['metadata']['name']} already exists and is controlled by "
+            f"{controller.get('kind')} {controller.get('name')}: rename this {owner.kind} or delete that object"
+        )
+    existing.setdefault("kind", manifest["kind"])
+    return existing
+
+
+def owner_of(obj: dict[str, Any]) -> tuple[str, str] | None:
+    """(kind, name) of the metaspec resource a child belongs to, from its labels."""
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    kind, name = labels.get(L.KIND), labels.get(L.OWNER)
+    return (kind, name) if kind in PLURALS and name else None
+
+
+# ---- reconcile wrapper ----
+
+
+class Rejected(Exception):
+    """A reconcile that cannot succeed by retrying: the resource fails with this message."""
+
+
+@contextmanager
+def reconciling(kind: str) -> Iterator[None]:
+    """Time a reconcile and sort its errors: API trouble is retried, rejections become `Rejected`."""
+    with metrics.timed(kind):
+        try:
+            yield
+        except ApiError as e:
+            if e.transient or e.status in (401, 403, 404):
+                # 403: RBAC may be fixed by an administrator; 404: a namespace or CRD still appearing.
+                raise kopf.TemporaryError(str(e), delay=60 if e.status == 403 else 2) from e
+            raise Rejected(f"the API server rejected a child object: {e}") from e
+        except kopf.PermanentError as e:
+            raise Rejected(str(e)) from e
+
+
+def failed(status: dict[str, Any], resource: Resource, reason: str, message: str) -> dict[str, Any]:
+    """`status` of a resource that failed for `reason`."""
+    status = {**status, "phase": Phase.FAILED.value, "message": message}
+    status["observedGeneration"] = resource.metadata.generation
+    return with_condition(status, resource, "Failed", True, reason, message)
+
+
+def parse_or_fail(body: kopf.Body, patch: kopf.Patch) -> Resource | None:
+    """The resource, or None after staging a Failed status that names the invalid fields.
+
+    The CRD schema refuses most invalid specs; what remains (cross-field rules) is reported here.
+    """
+    try:
+        return parse_resource(dict(body), where=f"{body.get('kind')} {body['metadata'].get('name')}")
+    except InvalidResource as e:
+        message = str(e)
+    if (body.get("status") or {}).get("message") != message:
+        patch.setdefault("status", {}).update(
+            phase=Phase.FAILED.value, message=message, observedGeneration=body["metadata"].get("generation")
+        )
+        kopf.event(body, type="Warning", reason=INVALID_SPEC, message=message)
+    return None
+
+
+def waiting(resource: Resource, status: dict[str, Any], check: pipeline.DependencyCheck) -> dict[str, Any]:
+    """Waiting on dependencies, or failed because one failed (or a cycle makes it impossible)."""
+    status = with_condition(status, resource, DEPENDENCIES_READY, False, check.reason, check.message)
+    status["observedGeneration"] = resource.metadata.generation
+    if check.failed:
+        return failed(status, resource, check.reason, check.message)
+    return {**status, "phase": Phase.WAITING.value, "message": check.message}

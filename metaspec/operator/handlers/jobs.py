@@ -1,0 +1,149 @@
+"""TrainingRun and TeacherGeneration: wait for dependencies, run a Job, mirror it into the status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from metaspec import pipeline
+from metaspec.api import GROUP, Phase, Resource, TeacherGeneration, TrainingRun, now
+from metaspec.operator import labels as L
+from metaspec.operator import status as S
+from metaspec.operator.builders import build_configmap, build_job, generation_name
+from metaspec.operator.handlers import common as C
+from metaspec.operator.kube import Target
+from metaspec.runtime import EXIT_QUALITY
+
+PLURALS = ("trainingruns", "teachergenerations")
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+
+
+def job_name(resource: Resource) -> str:
+    """The Job of this resource: the one it started (specs are immutable once started), else a new one."""
+    status = resource.status
+    return status.job_name if status is not None and status.job_name else generation_name(resource)
+
+
+def resolved_fields(resource: Resource, resolved: dict[str, pipeline.Resolved]) -> dict[str, str]:
+    """The URIs a run actually uses, for its status."""
+    spec = resource.spec
+
+    def uri(path: str, source: Any) -> str | None:
+        return resolved[path].uri if path in resolved else source.uri
+
+    if isinstance(resource, TrainingRun):
+        return {
+            "resolvedBaseModel": uri("spec.baseModel", spec.base_model),
+            "resolvedDataset": uri("spec.dataset", spec.dataset),
+        }
+    return {"resolvedModel": uri("spec.model", spec.model)}
+
+
+def _finished_fields(
+    resource: Resource, state: S.JobState, pods: list[tuple[dict, dict]], status: dict[str, Any]
+) -> dict[str, Any]:
+    """What the finished pods' summaries add: metrics and artifacts, or the failure's own message."""
+    summaries = [summary for _, summary in pods]
+    if state.phase == Phase.FAILED:
+        status["message"] = S.failure_message(summaries, state.message)
+        if any(s.get("exitCode") == EXIT_QUALITY for s in summaries):
+            status = C.with_condition(
+                status, resource, S.QUALITY_CHECK_PASSED, False, "QualityCheckFailed", status["message"]
+            )
+        return status
+    if isinstance(resource, TrainingRun):
+        ok = S.succeeded_summaries(pods, indexed=False)
+        return {**status, **(S.training_summary_status(ok[0]) if ok else {})}
+    fields, quality = S.generation_summary_status(resource, S.succeeded_summaries(pods, indexed=True))
+    status = {**status, **fields}
+    if quality.passed is not None:
+        reason = "QualityCheckPassed" if quality.passed else "NaturalStopRateTooLow"
+        status = C.with_condition(status, resource, S.QUALITY_CHECK_PASSED, quality.passed, reason, quality.message)
+    return status
+
+
+async def mirror(ctx: C.Context, resource: Resource, job: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+    """The resource's status from its Job (and, once finished, from its pods' summaries)."""
+    state = S.job_state(job)
+    meta = resource.metadata
+    status = {**status, "jobName": job["metadata"]["name"], "observedGeneration": meta.generation}
+    status["startTime"] = status.get("startTime") or state.start_time or now()
+    if isinstance(resource, TeacherGeneration):
+        status["shards"] = state.shards.dump()
+    suspended = state.phase == Phase.SUSPENDED
+    status = C.with_condition(status, resource, S.SUSPENDED, suspended, state.reason, state.message)
+    already_final = status.get("phase") == state.phase.value and state.finished
+    status.update(phase=state.phase.value, message=state.message)
+    if state.finished and not already_final:
+        pods = await ctx.kube.list("Pod", meta.namespace, {JOB_NAME_LABEL: job["metadata"]["name"]})
+        status = _finished_fields(resource, state, S.termination_summaries(pods), status)
+        status["completionTime"] = state.completion_time or now()
+        kind, reason = ("Complete", state.reason) if state.phase == Phase.SUCCEEDED else ("Failed", state.reason)
+        status = C.with_condition(status, resource, kind, True, reason, status["message"])
+    return status
+
+
+async def _apply_suspend(ctx: C.Context, resource: Resource, job: dict[str, Any]) -> dict[str, Any]:
+    """`spec.suspend` is the one change a started Job takes; the rest of its spec is immutable."""
+    want = resource.spec.suspend
+    if bool((job.get("spec") or {}).get("suspend")) == want or S.job_state(job).finished:
+        return job
+    meta = job["metadata"]
+    return await ctx.kube.patch(Target("Job", meta["namespace"], meta["name"]), {"spec": {"suspend": want}})
+
+
+async def reconcile_resource(ctx: C.Context, resource: Resource, find: pipeline.Lookup) -> dict[str, Any]:
+    """Bring one TrainingRun/TeacherGeneration forward; returns its new status."""
+    meta = resource.metadata
+    status = C.current_status(resource)
+    name = job_name(resource)
+    job = await ctx.kube.get(Target("Job", meta.namespace, name))
+    check = pipeline.check_dependencies(resource, find) if job is None else None
+    if check is not None and not check.ready:
+        return C.waiting(resource, status, check)
+    if check is not None:
+        resolved = pipeline.resolve(resource, check.resolved)
+        await C.ensure(ctx.kube, resource, build_configmap(resource, resolved, name))
+        job = await C.ensure(ctx.kube, resource, build_job(resource, ctx.settings, name))
+        status = {**status, **resolved_fields(resource, check.resolved)}
+        status = C.with_condition(status, resource, C.DEPENDENCIES_READY, True, check.reason, check.message)
+    assert job is not None
+    job = await _apply_suspend(ctx, resource, job)
+    return await mirror(ctx, resource, job, status)
+
+
+async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: C.Context, namespace: str, **kwargs: Any) -> None:
+    """create / resume / update / resync: the same level-triggered pass."""
+    resource = C.parse_or_fail(body, patch)
+    if resource is None or pipeline.is_terminal(resource):
+        return
+    try:
+        with C.reconciling(resource.kind):
+            new = await reconcile_resource(memo, resource, C.lookup(kwargs, namespace))
+    except C.Rejected as e:
+        new = C.failed(C.current_status(resource), resource, C.API_REJECTED, str(e))
+    C.apply_status(patch, resource, new)
+
+
+for _plural in PLURALS:
+    kopf.on.create(GROUP, _plural, id="reconcile")(reconcile)
+    kopf.on.resume(GROUP, _plural, id="reconcile")(reconcile)
+    kopf.on.update(GROUP, _plural, id="reconcile")(reconcile)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={L.MANAGED_BY: L.MANAGER})
+async def job_changed(event: kopf.RawEvent, body: kopf.Body, memo: C.Context, namespace: str, **kwargs: Any) -> None:
+    """Mirror a Job's progress into its owner's status as it happens."""
+    owner = C.owner_of(body)
+    if event["type"] == "DELETED" or not body.get("status") or owner is None:
+        return
+    resource = C.lookup(kwargs, namespace)(*owner)
+    if resource is None or pipeline.is_terminal(resource) or job_name(resource) != body["metadata"]["name"]:
+        return
+    try:
+        with C.reconciling(resource.kind):
+            new = await mirror(memo, resource, dict(body), C.current_status(resource))
+    except C.Rejected as e:
+        new = C.failed(C.current_status(resource), resource, C.API_REJECTED, str(e))
+    await C.write_status(memo.kube, resource, new)

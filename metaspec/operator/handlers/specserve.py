@@ -1,0 +1,157 @@
+"""SpecServe: resolve target and draft, run a Deployment + Service, report what is actually served."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from metaspec import pipeline
+from metaspec.api import GROUP, Phase, SpecServe
+from metaspec.operator import labels as L
+from metaspec.operator import status as S
+from metaspec.operator.builders import (
+    build_configmap,
+    build_deployment,
+    build_service,
+    build_vllm_deployment,
+    config_body,
+    config_hash,
+    service_url,
+)
+from metaspec.operator.builders.pod import SCHEDULING_FIELDS
+from metaspec.operator.handlers import common as C
+from metaspec.operator.kube import Target
+
+#: Pod-spec fields a template may stop setting; a merge patch must null them to remove them.
+_OPTIONAL_POD_FIELDS = (*SCHEDULING_FIELDS, "initContainers")
+
+
+def served(resource: SpecServe, resolved: dict[str, pipeline.Resolved]) -> dict[str, Any]:
+    """`status.target` / `status.draft`: the URIs and manifest digests this generation serves."""
+    out: dict[str, Any] = {}
+    for role, source in (("target", resource.spec.target), ("draft", resource.spec.draft)):
+        if source is None:
+            continue
+        found = resolved.get(f"spec.{role}")
+        out[role] = {"uri": found.uri, "digest": found.digest} if found else {"uri": source.uri}
+        out[role] = {k: v for k, v in out[role].items() if v is not None}
+    return out
+
+
+def desired(ctx: C.Context, resource: SpecServe, resolved: SpecServe, digests: dict[str, Any]) -> tuple[dict, dict]:
+    """(ConfigMap, Deployment) for the resolved config; the ConfigMap is named by the config's hash."""
+    digest = config_hash(config_body(resolved))
+    config_map = build_configmap(resource, resolved, f"{resource.metadata.name}-{digest[:10]}")
+    name = config_map["metadata"]["name"]
+    if resource.spec.engine == "vllm":
+        uris = {"target": resolved.spec.target.uri, "draft": resolved.spec.draft.uri}
+        deployment = build_vllm_deployment(resolved, ctx.settings, name, digest, uris, digests)
+    else:
+        deployment = build_deployment(resolved, ctx.settings, name, digest, digests)
+    spec_digest = config_hash(deployment["spec"])
+    deployment["metadata"]["annotations"] = {L.SPEC_HASH: spec_digest}
+    return config_map, deployment
+
+
+async def apply_deployment(ctx: C.Context, resource: SpecServe, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Create the Deployment, or update it when what we want changed (a new template rolls the pods)."""
+    existing = await C.ensure(ctx.kube, resource, manifest)
+    want = manifest["metadata"]["annotations"][L.SPEC_HASH]
+    have = ((existing.get("metadata") or {}).get("annotations") or {}).get(L.SPEC_HASH)
+    if have == want:
+        return existing
+    spec = manifest["spec"]
+    pod_spec = spec["template"]["spec"]
+    # Merge patches keep keys they do not mention: null what this template no longer sets.
+    nulls = {k: None for k in _OPTIONAL_POD_FIELDS if k not in pod_spec}
+    body = {
+        "metadata": {"annotations": {L.SPEC_HASH: want}, "labels": manifest["metadata"]["labels"]},
+        "spec": {**spec, "template": {**spec["template"], "spec": {**pod_spec, **nulls}}},
+    }
+    meta = manifest["metadata"]
+    return await ctx.kube.patch(Target("Deployment", meta["namespace"], meta["name"]), body)
+
+
+def deployment_fields(ctx: C.Context, resource: SpecServe, deployment: dict[str, Any], status: dict) -> dict:
+    """Phase, replicas and conditions from the Deployment."""
+    state = S.deployment_state(deployment)
+    meta = resource.metadata
+    status = {
+        **status,
+        "phase": state.phase.value,
+        "message": state.message,
+        "replicas": state.replicas,
+        "readyReplicas": state.ready_replicas,
+        "selector": ",".join(f"{k}={v}" for k, v in L.selector(resource.kind, meta.name).items()),
+        "url": service_url(resource, ctx.settings.cluster_domain),
+        "deploymentName": deployment["metadata"]["name"],
+        "observedGeneration": meta.generation,
+    }
+    ready = state.phase == Phase.READY
+    status = C.with_condition(status, resource, S.READY, ready, state.reason, state.message)
+    # A server pod turns ready only after loading both models, so readiness vouches for each of them.
+    roles = ["Target"] + (["Draft"] if resource.spec.draft is not None else [])
+    for role in roles:
+        reason = "ModelLoaded" if ready else "ModelNotLoaded"
+        status = C.with_condition(status, resource, f"{role}Ready", ready, reason, state.message)
+    suspended = state.phase == Phase.SUSPENDED
+    reason = "ScaledToZero" if suspended else "Serving"
+    return C.with_condition(status, resource, S.SUSPENDED, suspended, reason, state.message)
+
+
+async def reconcile_serve(ctx: C.Context, resource: SpecServe, find: pipeline.Lookup) -> dict[str, Any]:
+    """Resolve references; (re)apply ConfigMap, Deployment and Service; report."""
+    meta = resource.metadata
+    status = C.current_status(resource)
+    check = pipeline.check_dependencies(resource, find)
+    if not check.ready:
+        status = C.with_condition(status, resource, C.DEPENDENCIES_READY, False, check.reason, check.message)
+        current = await ctx.kube.get(Target("Deployment", meta.namespace, meta.name))
+        if current is not None:
+            # Keep serving what was resolved before: a new reference waits, the old model stays up.
+            return deployment_fields(ctx, resource, current, status)
+        return C.waiting(resource, status, check)
+    resolved = pipeline.resolve(resource, check.resolved)
+    models = served(resource, check.resolved)
+    config_map, manifest = desired(ctx, resource, resolved, {k: v.get("digest") for k, v in models.items()})
+    await C.ensure(ctx.kube, resource, config_map)
+    deployment = await apply_deployment(ctx, resource, manifest)
+    await C.ensure(ctx.kube, resource, build_service(resource))
+    status = {**status, **models}
+    status = C.with_condition(status, resource, C.DEPENDENCIES_READY, True, check.reason, check.message)
+    return deployment_fields(ctx, resource, deployment, status)
+
+
+async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: C.Context, namespace: str, **kwargs: Any) -> None:
+    resource = C.parse_or_fail(body, patch)
+    if resource is None or pipeline.is_terminal(resource):
+        return
+    assert isinstance(resource, SpecServe)
+    try:
+        with C.reconciling(resource.kind):
+            new = await reconcile_serve(memo, resource, C.lookup(kwargs, namespace))
+    except (C.Rejected, ValueError) as e:
+        new = C.failed(C.current_status(resource), resource, C.API_REJECTED, str(e))
+    C.apply_status(patch, resource, new)
+
+
+kopf.on.create(GROUP, "specserves", id="reconcile")(reconcile)
+kopf.on.resume(GROUP, "specserves", id="reconcile")(reconcile)
+kopf.on.update(GROUP, "specserves", id="reconcile")(reconcile)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={L.MANAGED_BY: L.MANAGER})
+async def deployment_changed(
+    event: kopf.RawEvent, body: kopf.Body, memo: C.Context, namespace: str, **kwargs: Any
+) -> None:
+    """Mirror a Deployment's readiness into its SpecServe's status as it happens."""
+    owner = C.owner_of(body)
+    if event["type"] == "DELETED" or not body.get("status") or owner is None or owner[0] != "SpecServe":
+        return
+    resource = C.lookup(kwargs, namespace)(*owner)
+    if not isinstance(resource, SpecServe) or resource.status is None or not resource.status.deployment_name:
+        return
+    with C.reconciling(resource.kind):
+        new = deployment_fields(memo, resource, dict(body), C.current_status(resource))
+        await C.write_status(memo.kube, resource, new)
