@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 import uvicorn
+from fastapi import FastAPI
 
 from metaspec.api.serving import ServeSampling, SpecServeSpec
 from metaspec.server.app import create_app
@@ -44,7 +46,9 @@ class RunningServer:
             time.sleep(0.02)
 
 
-def serve_in_thread(app, host: str = "127.0.0.1") -> tuple[uvicorn.Server, threading.Thread, str]:
+@contextlib.contextmanager
+def _serve_in_thread(app: FastAPI, host: str = "127.0.0.1") -> Iterator[str]:
+    """uvicorn on a free port in a thread; yields the base URL and stops the server afterwards."""
     sock = socket.socket()
     sock.bind((host, 0))
     port = sock.getsockname()[1]
@@ -56,7 +60,29 @@ def serve_in_thread(app, host: str = "127.0.0.1") -> tuple[uvicorn.Server, threa
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.02)
-    return server, thread, f"http://{host}:{port}"
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+@pytest.fixture(scope="session")
+def serve_in_thread() -> Callable[..., contextlib.AbstractContextManager[str]]:
+    return _serve_in_thread
+
+
+def _tiny_spec(target: Path, draft: Path, policy: str = "always") -> SpecServeSpec:
+    return SpecServeSpec.model_validate(
+        {"target": {"uri": str(target)}, "draft": {"uri": str(draft)}, "routing": {"policy": policy}}
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_spec() -> Callable[..., SpecServeSpec]:
+    """SpecServe spec of a target/draft pair given as local artifacts."""
+    return _tiny_spec
 
 
 @pytest.fixture(scope="session")
@@ -65,19 +91,13 @@ def tiny_llama_draft(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory)
     return derive_draft(tiny_llama, tmp_path_factory.mktemp("tiny-draft"), num_layers=1)
 
 
-def tiny_spec(target: Path, draft: Path, policy: str = "always") -> SpecServeSpec:
-    return SpecServeSpec.model_validate(
-        {"target": {"uri": str(target)}, "draft": {"uri": str(draft)}, "routing": {"policy": policy}}
-    )
-
-
 @pytest.fixture(scope="session")
 def router_engine(
     tiny_llama: Path, tiny_llama_draft: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> SpeculativeEngine:
     """The real speculative engine on the tiny pair; `always` so every request takes the speculative path."""
     engine = SpeculativeEngine.from_spec(
-        tiny_spec(tiny_llama, tiny_llama_draft), MODEL, tmp_path_factory.mktemp("cache"), device="cpu"
+        _tiny_spec(tiny_llama, tiny_llama_draft), MODEL, tmp_path_factory.mktemp("cache"), device="cpu"
     )
     engine.load()
     return engine
@@ -86,7 +106,5 @@ def router_engine(
 @pytest.fixture(scope="session")
 def router(router_engine: SpeculativeEngine) -> Iterator[RunningServer]:
     app = create_app(router_engine, ServerSettings(model_name=MODEL, sampling=SAMPLING))
-    uv, thread, url = serve_in_thread(app)
-    yield RunningServer(url, app.state.serving)
-    uv.should_exit = True
-    thread.join(timeout=10)
+    with _serve_in_thread(app) as url:
+        yield RunningServer(url, app.state.serving)

@@ -1,0 +1,100 @@
+"""`metaspec serve --config FILE`: the SpecServe container's entry point.
+
+The HTTP server listens first and the models load in a background thread, so `/healthz` (liveness)
+answers during a long load while `/readyz` stays 503 until both models are loaded and checked. A load
+that fails (unreachable storage, mismatched tokenizers) stops the server with the runtime's exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from metaspec.api import SpecServe
+from metaspec.runtime import CONFIG_PATH, PermanentError, load_config, run_component, setup_logging
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from .engine import SpeculativeEngine
+
+log = logging.getLogger("metaspec.server")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="metaspec serve", description="run a SpecServe's speculative router")
+    parser.add_argument(
+        "--config", type=Path, default=Path(CONFIG_PATH), help=f"SpecServe JSON (default {CONFIG_PATH})"
+    )
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    parser.add_argument("--port", type=int, help="port (default: the resource's spec.service.port)")
+    parser.add_argument(
+        "--work-dir", type=Path, help="model cache directory (default: a temporary directory, removed at exit)"
+    )
+    parser.add_argument("--device", help="torch device, e.g. cuda, cuda:1, cpu (default: cuda when available)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    setup_logging()
+    return run_component("server", lambda: serve(args))
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import create_app
+    from .engine import SpeculativeEngine
+    from .serving import ServerSettings
+
+    resource = load_config(args.config, SpecServe)
+    if resource.spec.engine != "metaspec":
+        raise PermanentError(
+            f"{args.config}: spec.engine is {resource.spec.engine!r}; `metaspec serve` runs the metaspec engine "
+            "only (vLLM's draft-model speculation is served by vLLM's own OpenAI server)"
+        )
+    settings = ServerSettings.from_resource(resource)
+    with tempfile.TemporaryDirectory(prefix="metaspec-serve-") as scratch:
+        cache = args.work_dir or Path(scratch)
+        engine = SpeculativeEngine.from_spec(resource.spec, settings.model_name, cache, device=args.device)
+        app = create_app(engine, settings)
+        port = args.port or resource.spec.service.port
+        server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=port, log_config=None))
+        failure: list[BaseException] = []
+        loader = threading.Thread(target=_load, args=(engine, server, failure), name="metaspec-load", daemon=True)
+        loader.start()
+        _run_until_terminated(server)
+        engine.close()
+    if failure:
+        raise failure[0]
+    return 0
+
+
+def _run_until_terminated(server: uvicorn.Server) -> None:
+    """Serve until SIGTERM/SIGINT. uvicorn shuts down gracefully, then re-raises the signal into the
+    previous handler; a SIGTERM handler of ours makes that a normal return, so the cache is cleaned up
+    and the exit code is 0 (a pod being stopped has not failed)."""
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: log.info("stopped by SIGTERM"))
+    try:
+        server.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _load(engine: SpeculativeEngine, server: uvicorn.Server, failure: list[BaseException]) -> None:
+    """Load the models once the server listens; on failure record the error and stop the server."""
+    while not server.started and not server.should_exit:
+        time.sleep(0.05)
+    try:
+        engine.load()
+        log.info("models loaded: ready to serve %s", engine.model_name)
+    except BaseException as error:
+        failure.append(error)
+        server.should_exit = True

@@ -1,0 +1,79 @@
+"""`/healthz`, `/readyz` while the models load, and the counters `/metrics` exposes after requests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from metaspec.server.app import create_app
+from metaspec.server.engine import SpeculativeEngine
+from metaspec.server.serving import ServerSettings
+
+MODEL = "tiny-spec"
+
+
+def test_readyz_flips_when_the_models_are_loaded(
+    tiny_llama: Path, tiny_llama_draft: Path, tmp_path: Path, serve_in_thread, tiny_spec
+) -> None:
+    engine = SpeculativeEngine.from_spec(tiny_spec(tiny_llama, tiny_llama_draft), "late", tmp_path, device="cpu")
+    with (
+        serve_in_thread(create_app(engine, ServerSettings(model_name="late"))) as url,
+        httpx.Client(base_url=url) as http,
+    ):
+        assert http.get("/healthz").status_code == 200
+        assert http.get("/readyz").status_code == 503
+        early = http.post("/v1/completions", json={"model": "late", "prompt": "Hi", "max_tokens": 2})
+        assert early.status_code == 503 and early.headers["Retry-After"] == "1"
+        assert early.json()["error"]["code"] == "model_loading"
+        engine.load()
+        assert http.get("/readyz").json() == {"ready": True}
+        assert http.post("/v1/completions", json={"model": "late", "prompt": "Hi", "max_tokens": 2}).status_code == 200
+    engine.close()
+
+
+def scrape(router) -> dict[str, float]:
+    """Every sample of /metrics as `name{label=value,...}` -> value."""
+    text = httpx.get(f"{router.url}/metrics").text
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}"] = sample.value
+    return samples
+
+
+def test_metrics_count_requests_tokens_and_speculation(router) -> None:
+    router.wait_idle()
+    before = scrape(router)
+    with router.client() as http:
+        ok = [
+            http.post("/v1/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 5}).json()
+            for _ in range(2)
+        ]
+        chat = http.post("/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]})
+        assert chat.status_code == 200
+        assert http.post("/v1/completions", json={"model": MODEL, "prompt": "Hi", "n": 3}).status_code == 400
+    after = scrape(router)
+
+    def delta(key: str) -> float:
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    answers = [*ok, chat.json()]
+    assert delta("metaspec_requests_total{endpoint=/v1/completions,status=200}") == 2
+    assert delta("metaspec_requests_total{endpoint=/v1/completions,status=400}") == 1
+    assert delta("metaspec_requests_total{endpoint=/v1/chat/completions,status=200}") == 1
+    assert delta("metaspec_prompt_tokens_total{}") == sum(a["usage"]["prompt_tokens"] for a in answers)
+    assert delta("metaspec_completion_tokens_total{}") == sum(a["usage"]["completion_tokens"] for a in answers)
+    assert delta("metaspec_routed_requests_total{route=speculative}") == 3
+    assert delta("metaspec_proposed_tokens_total{}") == sum(a["metaspec"]["proposed_tokens"] for a in answers)
+    assert delta("metaspec_accepted_tokens_total{}") == sum(a["metaspec"]["accepted_tokens"] for a in answers)
+    assert after["metaspec_speculation_rate{}"] == 1.0  # the session engine's policy is `always`
+    assert after["metaspec_acceptance_rate{}"] == pytest.approx(
+        after["metaspec_accepted_tokens_total{}"] / after["metaspec_proposed_tokens_total{}"]
+    )
+    assert delta("metaspec_time_to_first_token_seconds_count{}") == 3
+    assert delta("metaspec_decode_tokens_per_second_count{}") == 3
+    assert after["metaspec_queue_depth{}"] == 0 and after["metaspec_in_flight{}"] == 0
