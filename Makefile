@@ -44,9 +44,9 @@ REGISTRY ?= ghcr.io/metaspec
 VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 REVISION ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 COMPONENTS := operator trainer generator server
-# `docker buildx build` where Buildx is installed (PLATFORMS=linux/amd64,linux/arm64 PUSH=--push for
+# `docker buildx build` where Buildx is installed (loads into the local engine; PLATFORMS=linux/amd64,linux/arm64 PUSH=--push for
 # multi-arch), plain `docker build` otherwise.
-DOCKER_BUILD ?= $(shell docker buildx version >/dev/null 2>&1 && echo "docker buildx build $(if $(PLATFORMS),--platform $(PLATFORMS)) $(PUSH)" || echo "docker build")
+DOCKER_BUILD ?= $(shell docker buildx version >/dev/null 2>&1 && echo "docker buildx build $(if $(PLATFORMS),--platform $(PLATFORMS)) $(or $(PUSH),--load)" || echo "docker build")
 
 images:
 	@for c in $(COMPONENTS); do \
