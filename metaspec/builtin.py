@@ -72,12 +72,22 @@ def _held_out(key: object) -> bool:
     return _digest(key) % 5 == 0
 
 
-def _pick(rng: _Rng, pool: Sequence[T], held: bool, key: Callable[[T], object] = lambda x: x) -> T:
-    """A value of `pool` from its evaluation side (`held`) or its training side: the fifth of the pool
-    (at least one value) with the lowest digests is held out."""
+def _sides(pool: Sequence[T], key: Callable[[T], object] = lambda x: x) -> tuple[list[T], list[T]]:
+    """(training side, evaluation side) of a pool: the fifth of it (at least one value) with the
+    lowest digests is held out for evaluation."""
     ranked = sorted(pool, key=lambda x: _digest(key(x)))
     n_held = max(1, round(len(ranked) / 5))
-    return rng.choice(ranked[:n_held] if held else ranked[n_held:])
+    return ranked[n_held:], ranked[:n_held]
+
+
+def _pick(rng: _Rng, pool: Sequence[T], held: bool, key: Callable[[T], object] = lambda x: x) -> T:
+    """A value from the evaluation side of `pool` (`held`) or from its training side."""
+    return rng.choice(_sides(pool, key)[held])
+
+
+def _pick_many(rng: _Rng, pool: Sequence[T], held: bool, k: int) -> list[T]:
+    """`k` distinct values from one side of `pool`."""
+    return rng.sample(_sides(pool)[held], k)
 
 
 def _draw(rng: _Rng, held: bool, make: Callable[[], T]) -> T:
@@ -279,7 +289,7 @@ def _speed_pairs() -> list[tuple[int, int, int]]:
 
 def _math_round_trip(rng: _Rng, held: bool) -> tuple[str, str]:
     v1, v2, d = _pick(rng, _speed_pairs(), held)
-    place = rng.choice(CITIES)
+    place = _pick(rng, CITIES, held)
     t1, t2 = Fraction(d, v1), Fraction(d, v2)
     mean = Fraction(2 * d) / (t1 + t2)
     question = (
@@ -1085,7 +1095,7 @@ COMPARISONS = (
 
 
 def _compare(rng: _Rng, held: bool) -> tuple[str, str]:
-    a, b, c = rng.sample(NAMES, 3)
+    a, b, c = _pick_many(rng, NAMES, held, 3)
     (more, least, most), asks_least = _draw(rng, held, lambda: ((rng.choice(COMPARISONS), rng.below(2) == 1)))
     question = f"{a} is {more} than {b}, and {b} is {more} than {c}. Who is the {least if asks_least else most}?"
     if asks_least:
@@ -1139,7 +1149,7 @@ def _odd_one_out(rng: _Rng, held: bool) -> tuple[str, str]:
 
 def _race(rng: _Rng, held: bool) -> tuple[str, str]:
     n = rng.int(4, 5)
-    order = _draw(rng, held, lambda: tuple(rng.sample(NAMES, n)))
+    order = _pick_many(rng, NAMES, held, n)
     clues = [f"{order[i]} finished right ahead of {order[i + 1]}" for i in range(n - 1)]
     shown = rng.sample(clues, len(clues))
     names = sorted(order)
@@ -1330,7 +1340,7 @@ def _single_call(rng: _Rng, held: bool) -> tuple[str, str]:
 
 def _two_calls(rng: _Rng, held: bool) -> tuple[str, str]:
     city = _pick(rng, CITIES, held)
-    name = rng.choice(NAMES)
+    name = _pick(rng, NAMES, held)
     email = f"{name.lower()}@example.com"
     iso, spoken = _date(rng)
     kind = rng.choice(("flight_email", "weather_event", "currency_email"))
@@ -1428,7 +1438,7 @@ def _reading_prompt(rng: _Rng, passage: str, question: str) -> str:
 def _library_facts(rng: _Rng, held: bool) -> dict:
     name = _pick(rng, NAMES, held)
     day, club_day = rng.sample(WEEKDAYS[:5], 2)
-    return {"name": name, "job": rng.choice(JOBS), "town": rng.choice(CITIES), "day": day, "club": club_day,
+    return {"name": name, "job": rng.choice(JOBS), "town": _pick(rng, CITIES, held), "day": day, "club": club_day,
             "blocks": rng.int(2, 12), "books": rng.int(2, 5), "open": rng.int(8, 10), "close": rng.int(17, 21)}  # fmt: skip
 
 
@@ -1496,7 +1506,7 @@ def _bakery_facts(rng: _Rng, held: bool) -> dict:
     name = _pick(rng, NAMES, held)
     year = rng.int(1978, 2012)
     return {"name": name, "shop": rng.choice(("Golden Crust", "Morning Loaf", "Hearth & Grain", "Little Oven", "Sunrise")),
-            "town": rng.choice(CITIES), "year": year, "worked": rng.int(3, 15), "job": rng.choice(JOBS),
+            "town": _pick(rng, CITIES, held), "year": year, "worked": rng.int(3, 15), "job": rng.choice(JOBS),
             "loaves": 20 * rng.int(3, 12), "opens": rng.int(5, 8), "pastry": rng.choice(PASTRIES),
             "cafe": year + rng.int(2, 11), "seats": rng.int(8, 30)}  # fmt: skip
 
@@ -1566,7 +1576,7 @@ def _clock(minutes: int) -> str:
 
 def _train_facts(rng: _Rng, held: bool) -> dict:
     name = _pick(rng, NAMES, held)
-    town, town2 = rng.sample(CITIES, 2)
+    town, town2 = _pick_many(rng, CITIES, held, 2)
     depart = 60 * rng.int(6, 16) + 5 * rng.int(0, 11)
     ride, late, walk = 5 * rng.int(4, 30), rng.int(0, 25), rng.int(5, 20)
     meeting = depart + ride + walk + 5 * rng.int(-4, 4)
@@ -1702,7 +1712,7 @@ def _council(rng: _Rng, held: bool) -> tuple[str, dict, str]:
     seats = rng.choice((7, 9, 11))
     yes = rng.int(seats // 2 + 1, seats - 1)
     f = {"town": town, "action": action, "benefit": benefit, "concern": concern, "yes": yes, "no": seats - yes, "day": rng.choice(WEEKDAYS[:5]),
-         "cost": f"{rng.int(2, 40) * 50:,},000 euros", "month": rng.choice(MONTHS), "chair": rng.choice(NAMES)}  # fmt: skip
+         "cost": f"{rng.int(2, 40) * 50:,},000 euros", "month": rng.choice(MONTHS), "chair": _pick(rng, NAMES, held)}  # fmt: skip
     text = (
         f"On {f['day']}, the city council of {town} voted {yes} to {f['no']} to {action}. The project will cost {f['cost']}, "
         f"and work is due to start in {f['month']}. Supporters said the plan would {benefit}. Opponents argued that {concern}. "
@@ -1800,11 +1810,11 @@ def _summary_storm_hard(rng: _Rng, held: bool) -> tuple[str, str]:
 
 def _match(rng: _Rng, held: bool) -> tuple[str, dict, str]:
     town = _pick(rng, CITIES, held)
-    rival = rng.choice([c for c in CITIES if c != town])
+    rival = _draw_other(rng, CITIES, held, town)
     goals = rng.int(1, 3)
     s1 = goals + rng.int(0, 2)
     f = {"team": f"{town} United", "rival": f"{rival} City", "s1": s1, "s2": rng.int(0, s1 - 1), "day": rng.choice(("Saturday", "Sunday", "Wednesday")),
-         "crowd": f"{rng.int(8, 60) * 1000:,}", "player": rng.choice(NAMES), "goals": goals, "minute": rng.int(70, 90), "place": rng.choice(("second", "third", "fourth", "first"))}  # fmt: skip
+         "crowd": f"{rng.int(8, 60) * 1000:,}", "player": _pick(rng, NAMES, held), "goals": goals, "minute": rng.int(70, 90), "place": rng.choice(("second", "third", "fourth", "first"))}  # fmt: skip
     goal_words = {1: "one", 2: "two", 3: "three"}[goals]
     text = (
         f"{f['team']} beat {f['rival']} {f['s1']}–{f['s2']} on {f['day']} in front of {f['crowd']} fans. {f['player']} scored "

@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from metaspec.artifacts import MANIFEST, ChecksumMismatch, IncompleteArtifact, NotFound, Uri, read_bytes, read_manifest
+
 DOMAINS = (
     "math",
     "coding",
@@ -159,8 +161,12 @@ def read_records(
     text = str(uri)
     if text.startswith(BUILTIN_SCHEME):
         return _read_builtin(text, require_output, max_examples)
-    reader = _Reader(LoadReport(text), require_output, skip_invalid, max_examples)
-    for source, data in _jsonl_sources(text):
+    try:
+        where = Uri.parse(text)
+    except ValueError as e:
+        raise InvalidData(str(e)) from None
+    reader = _Reader(LoadReport(str(where)), require_output, skip_invalid, max_examples)
+    for source, data in _jsonl_sources(where):
         if reader.full:
             break
         reader.read(_decode(data, source).split("\n"), source)  # not splitlines(): U+2028 is valid inside JSON
@@ -179,15 +185,12 @@ def _read_builtin(uri: str, require_output: bool, max_examples: int | None) -> t
     return records, LoadReport(uri, valid=len(records))
 
 
-def _jsonl_sources(uri: str) -> Iterator[tuple[str, bytes]]:
-    """`(source, bytes)` of each JSONL file at `uri`, fetched lazily (so `max_examples` stops early)."""
-    from metaspec.artifacts import IncompleteArtifact, NotFound, Uri, read_bytes
-
-    where = Uri.parse(uri)
+def _jsonl_sources(where: Uri) -> Iterator[tuple[str, bytes]]:
+    """`(source, bytes)` of each JSONL file at `where`, fetched lazily (so `max_examples` stops early)."""
     if where.scheme == "file":
         path = Path(where.path)
         if path.is_dir():
-            yield from _artifact_sources(where)
+            yield from _fetch_verified(where, _manifest_jsonl(where))
         elif path.is_file():
             yield str(where), path.read_bytes()
         else:
@@ -197,7 +200,7 @@ def _jsonl_sources(uri: str) -> Iterator[tuple[str, bytes]]:
             yield str(where), read_bytes(where)
             return
         try:
-            sources = list(_artifact_names(where))
+            names = _manifest_jsonl(where)
         except IncompleteArtifact as incomplete:
             try:  # a single object whose name does not end in .jsonl
                 data = read_bytes(where) if where.path and not where.path.endswith("/") else None
@@ -207,35 +210,29 @@ def _jsonl_sources(uri: str) -> Iterator[tuple[str, bytes]]:
                 raise incomplete from None
             yield str(where), data
             return
-        yield from _fetch_verified(where, sources)
+        yield from _fetch_verified(where, names)
     else:
-        raise InvalidData(f"{uri}: datasets are read from builtin://, s3://, file:// or a path, not {where.scheme}://")
+        raise InvalidData(
+            f"{where}: datasets are read from builtin://, s3://, file:// or a path, not {where.scheme}://"
+        )
 
 
-def _artifact_sources(where: Any) -> Iterator[tuple[str, bytes]]:
-    yield from _fetch_verified(where, list(_artifact_names(where)))
-
-
-def _artifact_names(where: Any) -> Iterator[tuple[str, dict[str, Any]]]:
-    from metaspec.artifacts import read_manifest
-
-    manifest = read_manifest(where)
-    names = [(name, meta) for name, meta in manifest.files.items() if name.endswith(".jsonl")]
+def _manifest_jsonl(where: Uri) -> list[tuple[str, dict[str, Any]]]:
+    """The `*.jsonl` files a complete artifact's manifest lists, in its order, with size and sha256."""
+    names = [(name, meta) for name, meta in read_manifest(where).files.items() if name.endswith(".jsonl")]
     if not names:
-        raise InvalidData(f"{where}: its _manifest.json lists no .jsonl files")
-    yield from names
+        raise InvalidData(f"{where}: its {MANIFEST} lists no .jsonl files")
+    return names
 
 
-def _fetch_verified(where: Any, names: list[tuple[str, dict[str, Any]]]) -> Iterator[tuple[str, bytes]]:
-    from metaspec.artifacts import ChecksumMismatch, read_bytes
-
+def _fetch_verified(where: Uri, names: list[tuple[str, dict[str, Any]]]) -> Iterator[tuple[str, bytes]]:
     for name, meta in names:
         part = where.join(name)
         data = read_bytes(part)
         digest = hashlib.sha256(data).hexdigest()
         if len(data) != meta.get("size") or digest != meta.get("sha256"):
             raise ChecksumMismatch(
-                f"{part} does not match {where.join('_manifest.json')} (size {len(data)} vs {meta.get('size')}, "
+                f"{part} does not match {where.join(MANIFEST)} (size {len(data)} vs {meta.get('size')}, "
                 f"sha256 {digest[:12]}…): it was changed after the manifest was written"
             )
         yield str(part), data
