@@ -54,26 +54,28 @@ class Head:
         return z
 
 
-def output_head(model: nn.Module, delta_rank: int | None = None, seed: int = 0) -> Head:
-    """The initial fast weights: the model's output head (including a LoRA delta on it, if any).
+def head_projection(dim: int, rank: int, seed: int = 0) -> Tensor:
+    """The fixed R (r, D) of a rank-r head delta: orthonormal rows drawn from `seed`, so every step and
+    every resumed run uses the same subspace."""
+    if rank > dim:
+        raise ValueError(f"head delta rank {rank} exceeds the hidden size {dim}")
+    generator = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(dim, rank, generator=generator, dtype=torch.float64))  # (D, r)
+    return q.T
 
-    `model` is the causal LM (not the peft wrapper). The projection of a rank-r delta is drawn from
-    `seed`, so it is the same on every step and after a resume.
-    """
+
+def output_head(model: nn.Module, proj: Tensor | None = None) -> Head:
+    """The initial fast weights: the model's output head (including a LoRA delta on it, if any), and
+    with `proj`, a zero rank-r delta. `model` is the causal LM (not the peft wrapper)."""
     head = model.get_output_embeddings()
     if getattr(head, "bias", None) is not None or getattr(getattr(head, "base_layer", None), "bias", None) is not None:
         raise ValueError("ANIL needs a bias-free output head; this model's head has a bias")
     weight = _effective_weight(head)
-    if delta_rank is None:
+    if proj is None:
         return Head(weight)
-    vocab, dim = weight.shape
-    if delta_rank > dim:
-        raise ValueError(f"head delta rank {delta_rank} exceeds the hidden size {dim}")
-    generator = torch.Generator().manual_seed(seed)
-    q, _ = torch.linalg.qr(torch.randn(dim, delta_rank, generator=generator, dtype=torch.float64))  # (D, r)
     dtype = upcast(weight).dtype
-    proj = q.T.to(device=weight.device, dtype=dtype)
-    return Head(weight, proj, torch.zeros(vocab, delta_rank, device=weight.device, dtype=dtype))
+    delta = torch.zeros(weight.shape[0], proj.shape[0], device=weight.device, dtype=dtype)  # (V, r)
+    return Head(weight, proj.to(device=weight.device, dtype=dtype), delta)
 
 
 def _effective_weight(head: nn.Module) -> Tensor:

@@ -23,7 +23,7 @@ from metaspec.trainer.losses import (
     chunked_distillation,
     select_targets,
 )
-from metaspec.trainer.meta import adapt_head, output_head, task_loss
+from metaspec.trainer.meta import adapt_head, head_projection, output_head, task_loss
 
 VOCAB = 53
 
@@ -73,7 +73,7 @@ def trainer_route(peft_model, support, query, steps, lr, first_order, rank=None,
         hidden = body(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
         return select_targets(hidden, b["labels"])
 
-    head = output_head(lm, delta_rank=rank, seed=7)
+    head = output_head(lm, head_projection(16, rank, seed=7) if rank else None)
     loss = task_loss(head, features(support), features(query), steps, lr, first_order, chunk_size=chunk)
     params = lora_params(peft_model)
     return loss, dict(zip(params, torch.autograd.grad(loss, list(params.values())), strict=True))
@@ -88,7 +88,7 @@ def reference_route(peft_model, support, query, steps, lr, first_order, rank=Non
     if rank is None:
         fast, to_weight = weight.clone().requires_grad_(), lambda f: f
     else:
-        proj = output_head(lm, delta_rank=rank, seed=7).proj.double()
+        proj = head_projection(16, rank, seed=7)
         fast = torch.zeros(weight.shape[0], rank, dtype=torch.float64, requires_grad=True)
         to_weight = lambda f: weight + f @ proj  # noqa: E731
 

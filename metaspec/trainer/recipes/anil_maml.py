@@ -1,0 +1,144 @@
+"""ANIL-MAML LoRA fine-tuning (Finn et al. 2017; Raghu et al. 2020).
+
+Per task (one domain's support and query sets): the LoRA model's body runs once on the support set
+and once on the query set; the head's fast weights take `innerSteps` SGD steps on the support loss
+from the cached support hidden states; the query loss through the adapted head is backpropagated into
+every LoRA parameter (`meta.task_loss`). The loop averages `tasksPerBatch` tasks per micro-step and
+`gradientAccumulation` micro-steps per AdamW update. What is saved is the LoRA adapter (and the model
+merged with it): the fast weights live only inside a task and are never written anywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, get_peft_model
+
+from metaspec.runtime import PermanentError
+
+from ..data import Example, TaskSampler, collate
+from ..evaluate import body_of, evaluation_loss, perplexity
+from ..loop import StepStats
+from ..losses import select_targets
+from ..merge import merge_degradation, merge_lora, save_adapter, save_model
+from ..meta import head_projection, output_head, task_loss
+from ..models import load_model
+from .common import Context, body_inputs, load_datasets
+
+
+class AnilMamlRecipe:
+    def __init__(self, ctx: Context):
+        spec = ctx.run.spec
+        self.ctx, self.spec = ctx, spec
+        loaded = load_model(spec.base_model, ctx.cache, ctx.device, ctx.dtype)
+        self.tokenizer = loaded.tokenizer
+        self.pad_id = self.tokenizer.pad_token_id
+        self.data = load_datasets(ctx, self.tokenizer)
+        self._check_adapt_modules(loaded.model)
+        torch.manual_seed(spec.optimization.seed)  # LoRA A initialisation
+        lora = spec.lora
+        config = LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=lora.target_modules,
+            task_type="CAUSAL_LM",
+        )
+        try:
+            self.model = get_peft_model(loaded.model, config)
+        except ValueError as e:
+            raise PermanentError(f"spec.lora.targetModules: {e}") from None
+        self.lm = self.model.get_base_model()
+        if spec.optimization.gradient_checkpointing:
+            self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model.train()
+        anil = spec.anil
+        try:
+            self.sampler = TaskSampler(
+                self.data.train, anil.support_size, anil.query_size, anil.mix, seed=spec.optimization.seed
+            )
+        except ValueError as e:
+            raise PermanentError(f"spec.anil: {e}") from None
+        self._tasks = iter(self.sampler)
+        hidden = self.lm.get_output_embeddings().weight.shape[1]
+        self.proj = (
+            head_projection(hidden, anil.head_delta_rank, spec.optimization.seed) if anil.head_delta_rank else None
+        )
+
+    def _check_adapt_modules(self, model: torch.nn.Module) -> None:
+        head_name = next(n for n, m in model.named_modules() if m is model.get_output_embeddings())
+        if self.spec.anil.adapt_modules != [head_name]:
+            raise PermanentError(
+                f"spec.anil.adaptModules: ANIL adapts only the output head; set it to [{head_name!r}] "
+                f"(got {self.spec.anil.adapt_modules})"
+            )
+
+    @property
+    def units_per_epoch(self) -> int:
+        return len(self.sampler)
+
+    def _next_task(self):
+        task = next(self._tasks, None)
+        if task is None:  # the epoch is over: the sampler has rolled over to the next one
+            self._tasks = iter(self.sampler)
+            task = next(self._tasks)
+        return task
+
+    def _features(self, examples: tuple[Example, ...]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """One body pass: hidden states of the supervised positions (N, D), their labels (N,), tokens."""
+        batch = collate(examples, self.pad_id)
+        inputs = body_inputs(batch, self.ctx.device)
+        hidden = body_of(self.lm)(**inputs).last_hidden_state  # (B, T, D)
+        h, y = select_targets(hidden, batch["labels"])
+        return h, y, int(batch["attention_mask"].sum())
+
+    def train_step(self, scale: float) -> StepStats:
+        anil, per_batch = self.spec.anil, self.spec.anil.tasks_per_batch
+        losses, tokens = [], 0
+        for _ in range(per_batch):
+            task = self._next_task()
+            h_s, y_s, n_s = self._features(task.support)
+            h_q, y_q, n_q = self._features(task.query)
+            head = output_head(self.lm, self.proj)
+            loss = task_loss(head, (h_s, y_s), (h_q, y_q), anil.inner_steps, anil.inner_lr, anil.first_order)
+            (loss * (scale / per_batch)).backward()  # per task: one task's graph in memory at a time
+            losses.append(loss.item())
+            tokens += n_s + n_q
+        return StepStats(sum(losses) / len(losses), tokens)
+
+    def evaluate(self) -> float:
+        """Evaluation loss of the LoRA model as it will be used: no inner adaptation."""
+        return evaluation_loss(self.lm, self.data.evaluation, self.pad_id, self.spec.evaluation.batch_size)
+
+    def sampler_state(self) -> dict[str, Any]:
+        return self.sampler.state_dict()
+
+    def load_sampler_state(self, state: dict[str, Any]) -> None:
+        try:
+            self.sampler.load_state_dict(state)
+        except ValueError as e:
+            raise PermanentError(f"cannot resume: {e}") from None
+        self._tasks = iter(self.sampler)
+
+    def finish(self, out: Path) -> dict[str, Any]:
+        """Adapter, perplexities of base/LoRA/merged, merged model. Returns metrics; fills `out`."""
+        batch_size = self.spec.evaluation.batch_size
+        lora_loss = self.evaluate()
+        with self.model.disable_adapter():
+            base_loss = evaluation_loss(self.lm, self.data.evaluation, self.pad_id, batch_size)
+        save_adapter(self.model, self.tokenizer, out / "adapter")
+        metrics: dict[str, Any] = {"perplexity_base": perplexity(base_loss), "perplexity_lora": perplexity(lora_loss)}
+        if self.spec.output.merge:
+            merged = merge_lora(self.model)
+            merged_loss = evaluation_loss(merged, self.data.evaluation, self.pad_id, batch_size)
+            metrics["perplexity_merged"] = perplexity(merged_loss)
+            metrics["merge_degradation"] = merge_degradation(metrics["perplexity_lora"], metrics["perplexity_merged"])
+            if metrics["merge_degradation"] <= self.spec.output.max_merge_degradation:
+                save_model(merged, self.tokenizer, out / "merged")
+        return metrics
+
+    @property
+    def model_dir(self) -> str | None:
+        return "merged" if self.spec.output.merge else None

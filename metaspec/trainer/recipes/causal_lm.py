@@ -1,0 +1,111 @@
+"""Causal-LM training of a draft model on teacher outputs (input → teacher output, prompt masked).
+
+The draft is either `baseModel` itself, fully fine-tuned (`draft.initFrom: pretrained`), or cut from
+the target given as `baseModel` (`initFrom: target`, `numLayers: N`: the target's embeddings, first
+N layers, final norm and head, so it shares the target's tokenizer by construction). The objective is
+next-token cross-entropy on the teacher text, or `distill`: KL divergence to the target's own
+next-token distribution at `distillTemperature` (Hinton et al. 2015), which trains on every logit the
+target has instead of one sampled token.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data import Example, batches, collate
+from ..evaluate import body_of, evaluation_loss, perplexity
+from ..loop import StepStats
+from ..losses import chunked_cross_entropy, chunked_distillation, select_targets
+from ..merge import save_model
+from ..models import derive_draft, load_model
+from .common import Context, body_inputs, load_datasets
+
+
+class BatchStream:
+    """Batches of `data.batches`, epoch after epoch, with a resumable position."""
+
+    def __init__(self, examples: list[Example], batch_size: int, seed: int):
+        self.examples, self.batch_size, self.seed = examples, batch_size, seed
+        self.epoch, self.index = 0, 0
+        self._epoch_batches = batches(examples, batch_size, seed, 0)
+
+    def __len__(self) -> int:
+        return len(self._epoch_batches)
+
+    def next(self) -> list[Example]:
+        if self.index >= len(self._epoch_batches):
+            self.epoch, self.index = self.epoch + 1, 0
+            self._epoch_batches = batches(self.examples, self.batch_size, self.seed, self.epoch)
+        self.index += 1
+        return self._epoch_batches[self.index - 1]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "index": self.index, "examples": len(self.examples)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.index = state["epoch"], state["index"]
+        self._epoch_batches = batches(self.examples, self.batch_size, self.seed, self.epoch)
+
+
+class CausalLmRecipe:
+    def __init__(self, ctx: Context):
+        spec = ctx.run.spec
+        self.ctx, self.spec = ctx, spec
+        loaded = load_model(spec.base_model, ctx.cache, ctx.device, ctx.dtype)
+        self.tokenizer = loaded.tokenizer
+        self.pad_id = self.tokenizer.pad_token_id
+        self.data = load_datasets(ctx, self.tokenizer)
+        self.teacher: torch.nn.Module | None = None
+        if spec.draft.init_from == "target":
+            self.model = derive_draft(loaded.model, spec.draft.num_layers)
+            if spec.draft.objective == "distill":
+                self.teacher = loaded.model.eval().requires_grad_(False)
+        else:
+            self.model = loaded.model
+        if spec.optimization.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model.train()
+        self.stream = BatchStream(self.data.train, spec.optimization.batch_size, spec.optimization.seed)
+        # Before any checkpoint is loaded: the draft as it starts, for the before/after comparison.
+        self.initial_loss = self.evaluate()
+
+    @property
+    def units_per_epoch(self) -> int:
+        return len(self.stream)
+
+    def train_step(self, scale: float) -> StepStats:
+        batch = collate(self.stream.next(), self.pad_id)
+        inputs = body_inputs(batch, self.ctx.device)
+        hidden = body_of(self.model)(**inputs).last_hidden_state  # (B, T, D)
+        h, y = select_targets(hidden, batch["labels"])
+        head = self.model.get_output_embeddings()
+        if self.teacher is None:
+            loss = chunked_cross_entropy(h, y, head) / y.numel()
+        else:
+            with torch.no_grad():
+                teacher_hidden = body_of(self.teacher)(**inputs).last_hidden_state  # (B, T, D)
+            h_t, _ = select_targets(teacher_hidden, batch["labels"])
+            temperature = self.spec.draft.distill_temperature
+            loss = chunked_distillation(h, h_t, head, self.teacher.get_output_embeddings(), temperature) / y.numel()
+        (loss * scale).backward()
+        return StepStats(loss.item(), int(batch["attention_mask"].sum()))
+
+    def evaluate(self) -> float:
+        """Next-token loss on the evaluation set (whatever the training objective)."""
+        return evaluation_loss(self.model, self.data.evaluation, self.pad_id, self.spec.evaluation.batch_size)
+
+    def sampler_state(self) -> dict[str, Any]:
+        return self.stream.state_dict()
+
+    def load_sampler_state(self, state: dict[str, Any]) -> None:
+        self.stream.load_state_dict(state)
+
+    def finish(self, out: Path) -> dict[str, Any]:
+        """The trained draft under `out/model`; perplexity before and after training."""
+        save_model(self.model, self.tokenizer, out / "model")
+        return {"perplexity_base": perplexity(self.initial_loss), "perplexityModel": perplexity(self.evaluate())}
+
+    model_dir = "model"

@@ -1,0 +1,143 @@
+"""One TrainingRun from configuration to published artifacts.
+
+<output>/checkpoints/step-N/   while training (each with its own manifest)
+<output>/adapter/              LoRA adapter (anil-maml)          ─┐ each a model artifact with
+<output>/merged/               merged model (anil-maml, merge)    │ its own _manifest.json, so a
+<output>/model/                trained draft (causal-lm)         ─┘ later stage can load it by URI
+<output>/metrics.json, history.jsonl
+<output>/_manifest.json        last: the whole output; a run whose manifest exists is complete
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metaspec.api import TrainingRun
+from metaspec.api.training import TrainingArtifacts, TrainingMetrics, TrainingProgress
+from metaspec.artifacts import (
+    MANIFEST,
+    Manifest,
+    Uri,
+    is_complete,
+    read_bytes,
+    read_manifest,
+    upload_dir,
+    upload_file,
+    write_bytes,
+)
+from metaspec.runtime import PermanentError
+
+from .loop import TrainLoop
+from .models import resolve_device, resolve_dtype
+from .progress import Reporter, default_reporter
+from .recipes import RECIPES
+from .recipes.common import Context
+
+log = logging.getLogger(__name__)
+
+
+def train(
+    run: TrainingRun, *, work_dir: Path, device: str | None = None, reporter: Reporter | None = None
+) -> dict[str, Any]:
+    """Train (resuming from the newest complete checkpoint), evaluate, publish; return the summary."""
+    spec = run.spec
+    output = Uri.parse(spec.output.uri)
+    if is_complete(output):
+        log.info("%s is already complete: nothing to do", output)
+        return _finished_summary(output)
+    torch_device = resolve_device(device)
+    dtype = resolve_dtype(spec.base_model.dtype, torch_device)
+    ctx = Context(run, torch_device, dtype, work_dir, reporter or default_reporter())
+    if torch_device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # the fp32 fast weights' matmuls
+    torch.manual_seed(spec.optimization.seed)
+    recipe = RECIPES[spec.method](ctx)
+    loop = TrainLoop(
+        recipe,
+        spec.optimization,
+        output=output,
+        work_dir=work_dir,
+        config=run.model_dump(by_alias=True, exclude_none=True, mode="json"),
+        reporter=ctx.reporter,
+        units_per_step=spec.anil.tasks_per_batch if spec.method == "anil-maml" else 1,
+    )
+    loop.resume()
+    loop.run()
+    staging = work_dir / "output"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    quality = recipe.finish(staging)
+    degradation = quality.get("merge_degradation")
+    merge_failed = degradation is not None and degradation > spec.output.max_merge_degradation
+    model_uri = None if merge_failed or not recipe.model_dir else str(output.join(recipe.model_dir))
+    summary = _summary(run, loop, quality, model_uri, recipe.data.report)
+    _publish(output, staging, summary, loop.history, complete=not merge_failed)
+    ctx.reporter.on_finish(summary["metrics"])
+    if merge_failed:
+        raise PermanentError(
+            f"merging the adapter degraded perplexity by {degradation:.2%} (LoRA {quality['perplexity_lora']:.4f}, "
+            f"merged {quality['perplexity_merged']:.4f}), beyond spec.output.maxMergeDegradation "
+            f"{spec.output.max_merge_degradation:.2%}; the adapter and metrics are saved, the merged model is not"
+        )
+    return summary
+
+
+def _finished_summary(output: Uri) -> dict[str, Any]:
+    summary = json.loads(read_bytes(output.join("metrics.json")))
+    summary["artifacts"]["manifestDigest"] = read_manifest(output).digest
+    return summary
+
+
+def _summary(
+    run: TrainingRun, loop: TrainLoop, quality: dict[str, Any], model_uri: str | None, data: dict[str, Any]
+) -> dict[str, Any]:
+    output = Uri.parse(run.spec.output.uri)
+    metrics = TrainingMetrics(
+        train_loss=loop.history[-1]["loss"] if loop.history else None,
+        eval_loss=loop.state.best_eval_loss,
+        hard_token_share=data["stats"]["hard_token_share"],
+        tokens_per_second=loop.tokens_per_second,
+        **quality,
+    )
+    artifacts = TrainingArtifacts(
+        model=model_uri,
+        adapter=str(output.join("adapter")) if run.spec.method == "anil-maml" else None,
+        metrics=str(output.join("metrics.json")),
+        last_checkpoint=str(loop.last_checkpoint) if loop.last_checkpoint else None,
+    )
+    progress = TrainingProgress(
+        step=loop.state.step,
+        total_steps=loop.total_steps,
+        epoch=loop.history[-1]["epoch"] if loop.history else None,
+    )
+    return {
+        "phase": "Succeeded",
+        "metrics": metrics.dump(),
+        "artifacts": artifacts.dump(),
+        "progress": progress.dump(),
+        "training": {"bestStep": loop.state.best_step, "stoppedEarly": loop.state.stopped_early},
+        "data": {k: data[k] for k in ("source", "valid", "invalid", "contaminated")},
+    }
+
+
+def _publish(
+    output: Uri, staging: Path, summary: dict[str, Any], history: list[dict[str, Any]], complete: bool
+) -> None:
+    """Sub-artifacts first (each with its manifest), then metrics, then, if `complete`, the output's manifest."""
+    for sub in ("adapter", "merged", "model"):
+        if (staging / sub).is_dir():
+            upload_dir(staging / sub, output.join(sub), metadata={"kind": sub})
+    (staging / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    (staging / "metrics.json").write_text(json.dumps(summary, indent=1))
+    for name in ("history.jsonl", "metrics.json"):
+        upload_file(staging / name, output.join(name))
+    if complete:
+        manifest, raw = Manifest.build(staging, metadata={"kind": "training-output"})
+        write_bytes(raw, output.join(MANIFEST))
+        summary["artifacts"]["manifestDigest"] = manifest.digest
