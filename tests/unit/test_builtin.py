@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from metaspec import builtin
+from metaspec.builtin import _base, coding, science
 from metaspec.records import DOMAINS, read_records
 from metaspec.trainer.data import find_contamination, normalize_input
 
@@ -72,12 +73,12 @@ def test_evaluation_uses_held_out_parameter_values() -> None:
     """People, cities and facts of evaluation inputs are ones that training inputs never mention."""
     training = [r.input for r in builtin.records("train") + builtin.records("prompts")]
     evaluation = " ".join(r.input for r in builtin.records("eval"))
-    for pool in (builtin.NAMES, builtin.CITIES):
-        held = builtin._sides(pool)[1]
+    for pool in (_base.NAMES, _base.CITIES):
+        held = _base.sides(pool)[1]
         assert any(re.search(rf"\b{value}\b", evaluation) for value in held)
         for value in held:
             assert not any(re.search(rf"\b{value}\b", text) for text in training), value
-    facts = [q for _, q, _, _ in builtin.SCIENCE_FACTS if q in evaluation]
+    facts = [q for _, q, _, _ in science.SCIENCE_FACTS if q in evaluation]
     assert facts and not any(q in text for q in facts for text in training)
 
 
@@ -113,7 +114,7 @@ def test_output_lengths_suit_cpu_training(smollm2: Path) -> None:
     assert 80 <= sum(hard) / len(hard) <= 250 and min(hard) >= 70 and max(hard) <= 260
 
 
-@pytest.mark.parametrize("function", builtin.FUNCTIONS, ids=lambda f: f[0])
+@pytest.mark.parametrize("function", coding.FUNCTIONS, ids=lambda f: f[0])
 def test_coding_answers_are_correct_code(function: tuple) -> None:
     _, _, _, code, _, checks = function
     namespace: dict = {}
@@ -123,7 +124,7 @@ def test_coding_answers_are_correct_code(function: tuple) -> None:
 
 
 def test_arithmetic_in_answers_is_right() -> None:
-    days = builtin.WEEKDAYS
+    days = _base.WEEKDAYS
     checks = {
         r"(?:What is|Compute|Multiply) (\d+) (?:×|times|by) (\d+)[.?]": lambda m, a: a == f"{int(m[1]) * int(m[2]):,}",
         r"(?:What is|Find|How much is) (\d+)(?:%| percent) of (\d+)[.?]": lambda m, a: (

@@ -1,0 +1,111 @@
+"""The built-in dataset: small, deterministic, generated from templates and parameter pools (no network).
+
+Eight domains (`records.DOMAINS`, one module each), mostly easy examples with short answers and about a
+fifth hard ones with multi-step answers, all in one answer style so that a LoRA can learn it and carry
+it to unseen inputs:
+
+    Answer: <the direct answer>            Answer: <the direct answer>
+    Why: <one or two sentences>            Steps:                      (summaries: "Key points:")
+                                           1. …
+                                           2. …
+
+Splits: `train` (75 per domain), `eval` (12 per domain) built only from held-out parameter values (a
+fifth of every pool, and one parameter combination in five, is reserved for it, so no evaluation input
+and none of its people, places or facts appears in training), and `prompts` (25 inputs per domain, no
+outputs, from the training side) for teacher generation. Every number is computed and every fact
+checked; the same records come out on every machine and Python version (the only randomness is a
+counter-mode SHA-256 stream seeded by split, domain and difficulty).
+
+`metaspec dataset --split train|eval|prompts --out FILE_OR_URI` writes a split as JSONL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from functools import cache
+from typing import Literal
+
+from metaspec.records import DOMAINS, Record, dump_jsonl
+
+from . import coding, common_sense, mathematics, reading, reasoning, science, summarization, tool_use
+from ._base import Generator, Rng
+
+Split = Literal["train", "eval", "prompts"]
+SPLITS: tuple[str, ...] = ("train", "eval", "prompts")
+#: (easy, hard) examples per domain and split
+SIZES: dict[str, tuple[int, int]] = {"train": (58, 17), "eval": (9, 3), "prompts": (19, 6)}
+#: domain -> (easy generators, hard generators)
+GENERATORS: dict[str, tuple[Sequence[Generator], Sequence[Generator]]] = {
+    "math": mathematics.GENERATORS,
+    "coding": coding.GENERATORS,
+    "science": science.GENERATORS,
+    "reasoning": reasoning.GENERATORS,
+    "tool_use": tool_use.GENERATORS,
+    "reading": reading.GENERATORS,
+    "summarization": summarization.GENERATORS,
+    "common_sense": common_sense.GENERATORS,
+}
+assert tuple(GENERATORS) == DOMAINS
+
+__all__ = ["GENERATORS", "SIZES", "SPLITS", "Split", "main", "records"]
+
+
+def records(split: Split) -> list[Record]:
+    """The records of one split, freshly built each call (callers may modify them)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+    return [Record.model_validate(body) for body in _bodies(split)]
+
+
+@cache
+def _bodies(split: str) -> tuple[dict, ...]:
+    bodies: list[dict] = []
+    for domain, (easy, hard) in GENERATORS.items():
+        for difficulty, generators, count in (("easy", easy, SIZES[split][0]), ("hard", hard, SIZES[split][1])):
+            for i, (text, output) in enumerate(_generate(split, domain, difficulty, generators, count), start=1):
+                if split == "prompts":
+                    body = {"id": f"prompt-{domain}-{difficulty}-{i:04d}", "input": text}
+                else:
+                    body = {"id": f"{domain}-{difficulty}-{i:04d}", "input": text, "output": output}
+                bodies.append({**body, "domain": domain, "difficulty": difficulty})
+    return tuple(bodies)
+
+
+def _generate(
+    split: str, domain: str, difficulty: str, generators: Sequence[Generator], count: int
+) -> list[tuple[str, str]]:
+    """`count` examples with distinct inputs, cycling through the generators for variety."""
+    rng = Rng(f"metaspec-builtin/{split}/{domain}/{difficulty}")
+    held = split == "eval"
+    seen: set[str] = set()
+    made: list[tuple[str, str]] = []
+    attempts = 0
+    while len(made) < count:
+        attempts += 1
+        if attempts > 50 * count:
+            raise RuntimeError(f"built-in {split}/{domain}/{difficulty}: only {len(made)} distinct inputs of {count}")
+        text, output = generators[attempts % len(generators)](rng, held)
+        key = " ".join(text.casefold().split())
+        if key not in seen:
+            seen.add(key)
+            made.append((text, output))
+    return made
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`metaspec dataset --split train|eval|prompts [--out FILE_OR_URI]`: write a split as JSONL."""
+    from metaspec.artifacts import write_bytes
+
+    parser = argparse.ArgumentParser(prog="metaspec dataset", description="write the built-in dataset as JSONL")
+    parser.add_argument("--split", choices=SPLITS, default="train", help="which split (default: train)")
+    parser.add_argument("--out", default="-", help="a path, file:// or s3:// URI; '-' (default) for stdout")
+    args = parser.parse_args(argv)
+    data = "".join(dump_jsonl(records(args.split))).encode()
+    if args.out == "-":
+        sys.stdout.buffer.write(data)
+    else:
+        write_bytes(data, args.out)
+        print(f"wrote {len(records(args.split))} {args.split} records to {args.out}", file=sys.stderr)
+    return 0
