@@ -250,21 +250,24 @@ class TaskSampler:
         return sum(math.ceil(len(xs) / need) for xs in self.by_domain.values())
 
     def __iter__(self) -> Iterator[Task]:
-        """The remaining tasks of the current epoch; the epoch advances once they are consumed."""
-        self._roll_over()
-        tasks = self.plan(self.epoch)
-        while self.position < len(tasks):
+        """The remaining tasks of the current epoch; the epoch advances once they are consumed.
+
+        An iterator stops early when the sampler is moved to another epoch (`load_state_dict`)."""
+        self.epoch, self.position = self._normalized()
+        epoch, tasks = self.epoch, self.plan(self.epoch)
+        while self.epoch == epoch and self.position < len(tasks):
             self.position += 1  # before yielding: a checkpoint taken while a task runs resumes after it
             yield tasks[self.position - 1]
-        self._roll_over()
+        if self.epoch == epoch:
+            self.epoch, self.position = self._normalized()
 
-    def _roll_over(self) -> None:
-        if self.position >= len(self):
-            self.epoch, self.position = self.epoch + 1, 0
+    def _normalized(self) -> tuple[int, int]:
+        """(epoch, position) with a finished epoch counted as the start of the next one."""
+        return (self.epoch + 1, 0) if self.position >= len(self) else (self.epoch, self.position)
 
     def state_dict(self) -> dict[str, Any]:
-        self._roll_over()
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "fingerprint": self.fingerprint}
+        epoch, position = self._normalized()
+        return {"epoch": epoch, "position": position, "seed": self.seed, "fingerprint": self.fingerprint}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("fingerprint") != self.fingerprint or state.get("seed") != self.seed:

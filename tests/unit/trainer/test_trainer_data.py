@@ -242,6 +242,19 @@ def test_resume_continues_with_exactly_the_same_next_task() -> None:
     assert resumed.state_dict()["epoch"] == 3 and resumed.state_dict()["position"] == 0
 
 
+def test_a_checkpoint_at_the_end_of_an_epoch_does_not_disturb_the_running_iterator() -> None:
+    sampler = TaskSampler(fake_examples(DATA), 4, 4, seed=5)
+    running = iter(sampler)
+    for _ in range(len(sampler)):
+        next(running)
+    state = sampler.state_dict()  # taken while the iterator is suspended after the last task
+    assert (state["epoch"], state["position"]) == (1, 0)
+    assert next(running, None) is None
+    resumed = TaskSampler(fake_examples(DATA), 4, 4, seed=5)
+    resumed.load_state_dict(state)
+    assert [t.support for t in sampler] == [t.support for t in resumed] == [t.support for t in sampler.plan(1)]
+
+
 def test_state_from_other_data_or_settings_is_refused() -> None:
     state = TaskSampler(fake_examples(DATA), 4, 4, seed=5).state_dict()
     with pytest.raises(ValueError, match="other data or settings"):
