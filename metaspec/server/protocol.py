@@ -43,7 +43,7 @@ class _SamplingRequest(_Request):
     repetition_penalty: float | None = Field(None, gt=0, le=10)  # vLLM's extension, same name
     n: int | None = None
     stop: StopList | None = Field(None, max_length=MAX_STOP_STRINGS)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64)  # what torch.Generator.manual_seed takes
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None  # abuse-tracking id in OpenAI; accepted and ignored
@@ -130,19 +130,19 @@ class CompletionRequest(_SamplingRequest):
         return self.prompt[0]
 
 
-class TextPart(_Request):
-    type: Literal["text"]
-    text: str
-
-
 def _content_text(value: Any) -> Any:
     """Chat content is a string or a list of parts; only text parts can be served by a text model."""
-    if isinstance(value, list):
-        for index, part in enumerate(value):
-            if isinstance(part, dict) and part.get("type") != "text":
-                raise ValueError(f"content part {index} has type {part.get('type')!r}: only text parts are supported")
-        return "".join(part["text"] for part in value if isinstance(part, dict) and isinstance(part.get("text"), str))
-    return value
+    if not isinstance(value, list):
+        return value
+    texts = []
+    for index, part in enumerate(value):
+        kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+        if kind != "text":
+            raise ValueError(f"content part {index} has type {kind!r}: only text parts are supported")
+        if not isinstance(part.get("text"), str):
+            raise ValueError(f"content part {index} is a text part without a `text` string")
+        texts.append(part["text"])
+    return "".join(texts)
 
 
 class ChatMessage(_Request):

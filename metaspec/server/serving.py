@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
@@ -263,6 +263,8 @@ class Serving:
             raise ApiError(
                 400, f"request body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
             ) from None
+        except RecursionError:
+            raise ApiError(400, "request body is nested too deeply") from None
         if not isinstance(body, dict):
             raise ApiError(400, f"request body must be a JSON object, got {type(body).__name__}")
         try:
@@ -350,51 +352,19 @@ class Serving:
         stream = engine.generate(prompt_ids, params)
         try:
             async for delta in stream:
+                if first and delta.text:
+                    self.metrics.ttft.observe(time.monotonic() - arrived)
+                    first = False
                 if delta.finish_reason is not None:
                     if delta.stats is None:
                         raise RuntimeError("the engine finished a generation without its stats")
                     self.metrics.generation(delta.stats, time.monotonic() - arrived)
-                elif first and delta.text:
-                    self.metrics.ttft.observe(time.monotonic() - arrived)
-                    first = False
-                yield delta
-                if delta.finish_reason is not None:
+                    yield delta
                     return
+                yield delta
         finally:
             await _aclose(stream)
         raise RuntimeError("the engine ended a generation without its final delta (finish_reason and stats)")
-
-    async def _completion_events(
-        self, rid: str, pieces: AsyncIterator[Delta], prompt_tokens: int, include_usage: bool
-    ) -> AsyncIterator[str]:
-        model = self.settings.model_name
-
-        def chunk(text: str, finish: Any = None, **extra: Any) -> CompletionResponse:
-            return CompletionResponse(
-                id=rid, model=model, choices=[CompletionChoice(text=text, finish_reason=finish)], **extra
-            )
-
-        async for event in _events(pieces, prompt_tokens, include_usage, chunk):
-            yield event
-
-    async def _chat_events(
-        self, rid: str, pieces: AsyncIterator[Delta], prompt_tokens: int, include_usage: bool
-    ) -> AsyncIterator[str]:
-        model = self.settings.model_name
-
-        def chunk(text: str, finish: Any = None, **extra: Any) -> ChatCompletionChunk:
-            delta = ChatDelta(content=text) if text or finish is None else ChatDelta()
-            return ChatCompletionChunk(
-                id=rid, model=model, choices=[ChatChunkChoice(delta=delta, finish_reason=finish)], **extra
-            )
-
-        yield sse(
-            ChatCompletionChunk(
-                id=rid, model=model, choices=[ChatChunkChoice(delta=ChatDelta(role="assistant", content=""))]
-            )
-        )
-        async for event in _events(pieces, prompt_tokens, include_usage, chunk):
-            yield event
 
 
 async def _events(generation: Generation, form: _Format, prompt_tokens: int, include_usage: bool) -> AsyncIterator[str]:
@@ -428,8 +398,8 @@ async def _collect(pieces: AsyncIterator[Delta]) -> tuple[str, Delta]:
 
 
 def _accounting(last: Delta, prompt_tokens: int) -> dict[str, Any]:
-    """`usage` and `metaspec` of a finished generation."""
-    stats = last.stats or RequestStats()
+    """`usage` and `metaspec` of a finished generation (its last Delta, which `_generate` checked has stats)."""
+    stats = cast(RequestStats, last.stats)
     usage = Usage(
         prompt_tokens=prompt_tokens,
         completion_tokens=stats.completion_tokens,
