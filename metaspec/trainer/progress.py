@@ -29,7 +29,7 @@ class Reporter(Protocol):
 
 
 class LogReporter:
-    """Structured log lines: every `every` steps, and every event."""
+    """Structured log lines: the first step, every `every` steps, evaluations, and every event."""
 
     def __init__(self, every: int = 1):
         self.every = every
@@ -40,7 +40,7 @@ class LogReporter:
         )
 
     def on_step(self, record: dict[str, Any]) -> None:
-        if record["step"] % self.every == 0 or "eval_loss" in record:
+        if record["step"] == 1 or record["step"] % self.every == 0 or "eval_loss" in record:
             text = " ".join(f"{k}={_fmt(v)}" for k, v in record.items())
             log.info("step %s", text, extra={"fields": record})
 
