@@ -61,16 +61,19 @@ def records(split: Split) -> list[Record]:
 
 @cache
 def _bodies(split: str) -> tuple[dict, ...]:
-    bodies: list[dict] = []
-    for domain, (easy, hard) in GENERATORS.items():
+    """Records interleaved so that every prefix (`maxExamples: N`) mixes all domains and both
+    difficulties in the split's proportions: the i-th of n records of a group sorts at (i - ½)/n."""
+    keyed: list[tuple[float, int, str, dict]] = []
+    for rank, (domain, (easy, hard)) in enumerate(GENERATORS.items()):
         for difficulty, generators, count in (("easy", easy, SIZES[split][0]), ("hard", hard, SIZES[split][1])):
             for i, (text, output) in enumerate(_generate(split, domain, difficulty, generators, count), start=1):
                 if split == "prompts":
                     body = {"id": f"prompt-{domain}-{difficulty}-{i:04d}", "input": text}
                 else:
                     body = {"id": f"{domain}-{difficulty}-{i:04d}", "input": text, "output": output}
-                bodies.append({**body, "domain": domain, "difficulty": difficulty})
-    return tuple(bodies)
+                body.update(domain=domain, difficulty=difficulty)
+                keyed.append(((i - 0.5) / count, rank, difficulty, body))
+    return tuple(body for *_, body in sorted(keyed, key=lambda k: k[:3]))
 
 
 def _generate(

@@ -35,6 +35,17 @@ def test_sizes_domains_and_hard_share(split: str) -> None:
 
 
 @pytest.mark.parametrize("split", builtin.SPLITS)
+def test_every_prefix_mixes_domains_and_difficulties(split: str) -> None:
+    """`maxExamples: N` takes the first N records: they must be a small version of the whole split."""
+    records = builtin.records(split)
+    for n in (8, 16, 40, 64):
+        head = records[:n]
+        assert len({r.domain for r in head}) == len(DOMAINS)
+        if n >= 40:
+            assert 0.1 <= sum(r.difficulty == "hard" for r in head) / n <= 0.35
+
+
+@pytest.mark.parametrize("split", builtin.SPLITS)
 def test_ids_are_unique_and_stable_looking(split: str) -> None:
     records = builtin.records(split)
     prefix = "prompt-" if split == "prompts" else ""
