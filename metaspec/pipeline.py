@@ -15,7 +15,19 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from metaspec.api import Condition, Phase, Resource, SpecServe, TeacherGeneration, TrainingRun, now
+from pydantic import ValidationError
+
+from metaspec.api import (
+    Condition,
+    InvalidResource,
+    Phase,
+    Resource,
+    SpecServe,
+    TeacherGeneration,
+    TrainingRun,
+    field_errors,
+    now,
+)
 
 TRAINING_RUN = "TrainingRun"
 TEACHER_GENERATION = "TeacherGeneration"
@@ -233,7 +245,11 @@ def resolve(resource: Resource, resolved: dict[str, Resolved]) -> Resource:
         source = node[path.split(".")[-1]]
         source.pop("from", None)
         source["uri"] = artifact.uri
-    return type(resource).model_validate(body)
+    try:
+        return type(resource).model_validate(body)
+    except ValidationError as e:
+        where = f"{resource.kind} {resource.metadata.name}"
+        raise InvalidResource(f"{where} with its references resolved", field_errors(e)) from None
 
 
 def dependents(resources: Iterable[Resource], kind: str, name: str) -> list[Resource]:

@@ -9,7 +9,6 @@ patching statuses. The operator runs in a background thread with its own event l
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import threading
 import time
@@ -94,8 +93,8 @@ class Cluster:
         self.url = ""
         self.memo: Context | None = None
         self._thread = threading.Thread(target=self.loop.run_forever, name="emulator", daemon=True)
-        self._stop: asyncio.Event | None = None
-        self._operator: asyncio.Future | None = None
+        self._stop: threading.Event | None = None
+        self._operator: threading.Thread | None = None
         self._emulator: Any = None
         self.http: httpx.Client | None = None
 
@@ -118,33 +117,33 @@ class Cluster:
         self.url = str(self._server.url).rstrip("/")
 
     def start_operator(self, timeout: float = 30) -> Context:
-        """Start (or restart) the operator; returns once its watches are established."""
+        """Start (or restart) the operator in its own thread and event loop.
+
+        Its own loop, because kopf cancels every task of its loop that it did not have before it
+        started, which would include the emulator's connection handlers.
+        """
         from metaspec.operator.cli import run
 
         self.memo = Context(connection=kopf.ConnectionInfo(server=self.url))
         self.memo.settings = replace(self.memo.settings, metrics_port=0)
-        ready = threading.Event()
+        ready, stop = threading.Event(), threading.Event()
+        memo = self.memo
 
-        async def launch() -> None:
-            self._stop = asyncio.Event()
-            self._operator = asyncio.ensure_future(run(self.memo, stop_flag=self._stop, ready_flag=ready))
+        def main() -> None:
+            asyncio.run(run(memo, stop_flag=stop, ready_flag=ready))
 
-        self._call(launch())
+        self._stop = stop
+        self._operator = threading.Thread(target=main, name="operator", daemon=True)
+        self._operator.start()
         if not ready.wait(timeout):
             raise TimeoutError("the operator did not become ready")
         return self.memo
 
     def stop_operator(self) -> None:
-        if self._operator is None:
+        if self._operator is None or self._stop is None:
             return
-
-        async def stop() -> None:
-            assert self._stop is not None and self._operator is not None
-            self._stop.set()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(self._operator, 30)
-
-        self._call(stop())
+        self._stop.set()
+        self._operator.join(30)
         self._operator = None
 
     def close(self) -> None:

@@ -127,6 +127,12 @@ class Kube:
             "PATCH", target, "patch", json=body, headers={"Content-Type": "application/merge-patch+json"}
         )
 
+    async def json_patch(self, target: Target, ops: list[dict[str, Any]]) -> dict[str, Any]:
+        """RFC 6902 patch; a `test` op on `/metadata/resourceVersion` makes it a compare-and-swap."""
+        return await self._request(
+            "PATCH", target, "patch", json=ops, headers={"Content-Type": "application/json-patch+json"}
+        )
+
     async def _request(
         self, method: str, target: Target, verb: str, collection: bool = False, **kwargs: Any
     ) -> dict[str, Any]:

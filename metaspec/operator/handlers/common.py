@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,27 +100,60 @@ def current_status(resource: Resource) -> dict[str, Any]:
     return resource.status.dump() if resource.status is not None else {}
 
 
-async def write_status(kube: Kube, resource: Resource, new: dict[str, Any]) -> None:
-    """Patch the status of a resource other than the one being handled, when it changed."""
+class Conflict(Exception):
+    """The resource changed since its status was computed: compute again from the fresh object."""
+
+
+async def commit_status(kube: Kube, resource: Resource, version: str | None, new: dict[str, Any]) -> None:
+    """Replace the status if the resource is still at `version` (compare-and-swap), then announce.
+
+    Status is computed from several sources (the resource, its Job, its dependencies) by several
+    handlers; the version test keeps a stale computation from overwriting a newer one.
+    """
     old = current_status(resource)
     if new == old:
         return
     meta = resource.metadata
-    await kube.patch(Target(resource.kind, meta.namespace, meta.name, "status"), {"status": _nulls(old, new)})
+    ops = [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": version},
+        {"op": "add", "path": "/status", "value": new},
+    ]
+    try:
+        await kube.json_patch(Target(resource.kind, meta.namespace, meta.name, "status"), ops)
+    except ApiError as e:
+        if e.status in (409, 422):
+            raise Conflict(str(e)) from e
+        raise
     announce(resource, old, new)
 
 
-def _nulls(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """A merge patch from `old` to `new`: keys that disappeared become null."""
-    return {**{k: None for k in old if k not in new}, **new}
+Compute = Callable[[Resource], Awaitable[dict[str, Any] | None]]
 
 
-def apply_status(patch: kopf.Patch, resource: Resource, new: dict[str, Any]) -> None:
-    """Stage the handled resource's new status in kopf's patch (one API call after the handler)."""
-    old = current_status(resource)
-    if new != old:
-        patch.setdefault("status", {}).update(_nulls(old, new))
-        announce(resource, old, new)
+async def update_status(kube: Kube, kind: str, namespace: str, name: str, compute: Compute, tries: int = 5) -> None:
+    """Read the resource fresh, compute its new status (None: leave it), commit; again on conflicts."""
+    for _ in range(tries):
+        body = await kube.get(Target(kind, namespace, name))
+        if body is None:
+            return
+        resource = parse_resource(body)
+        new = await compute(resource)
+        if new is None:
+            return
+        try:
+            await commit_status(kube, resource, body["metadata"].get("resourceVersion"), new)
+            return
+        except Conflict:
+            continue
+    raise kopf.TemporaryError(f"{kind} {name} kept changing while its status was written", delay=1)
+
+
+async def commit_handled(kube: Kube, body: kopf.Body, resource: Resource, new: dict[str, Any]) -> None:
+    """Commit the status computed from the body kopf handed over; a conflict retries the handler."""
+    try:
+        await commit_status(kube, resource, body["metadata"].get("resourceVersion"), new)
+    except Conflict as e:
+        raise kopf.TemporaryError("the resource changed meanwhile; reconciling again", delay=0.2) from e
 
 
 def with_condition(
@@ -130,10 +163,6 @@ def with_condition(
     conditions = [Condition.model_validate(c) for c in status.get("conditions", [])]
     updated = pipeline.set_condition(conditions, type_, value, reason, msg, resource.metadata.generation)
     return {**status, "conditions": [c.dump() for c in updated]}
-
-
-def without_condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
-    return {**status, "conditions": [c for c in status.get("conditions", []) if c["type"] != type_]}
 
 
 # ---- children ----

@@ -19,6 +19,7 @@ from metaspec.operator.kube import Target
 
 #: Phases a dependent waits for; anything else changes nothing for it.
 _DECISIVE = {Phase.SUCCEEDED.value, Phase.FAILED.value}
+_NOT_STARTED = {Phase.PENDING.value, Phase.WAITING.value}
 
 
 def waiting_dependents(kwargs: dict[str, Any], namespace: str, kind: str, name: str) -> list[Resource]:
@@ -27,10 +28,7 @@ def waiting_dependents(kwargs: dict[str, Any], namespace: str, kind: str, name: 
     out = []
     for dep_kind, dep_name in kwargs["dependents_idx"].get((namespace, kind, name), []):
         dependent = find(dep_kind, dep_name)
-        if dependent is not None and C.current_status(dependent).get("phase", Phase.PENDING.value) in (
-            Phase.PENDING.value,
-            Phase.WAITING.value,
-        ):
+        if dependent is not None and C.current_status(dependent).get("phase", Phase.PENDING.value) in _NOT_STARTED:
             out.append(dependent)
     return out
 
@@ -43,9 +41,17 @@ async def _poke(ctx: C.Context, dependent: Resource, why: str) -> None:
 
 async def _fail_deleted(ctx: C.Context, dependent: Resource, kind: str, name: str) -> None:
     message = f"{kind} {name!r} was deleted before {dependent.kind} {dependent.metadata.name!r} could use it"
-    status = C.current_status(dependent)
-    status = C.with_condition(status, dependent, C.DEPENDENCIES_READY, False, pipeline.DEPENDENCY_FAILED, message)
-    await C.write_status(ctx.kube, dependent, C.failed(status, dependent, pipeline.DEPENDENCY_FAILED, message))
+    reason = pipeline.DEPENDENCY_FAILED
+
+    async def compute(fresh: Resource) -> dict[str, Any] | None:
+        status = C.current_status(fresh)
+        if status.get("phase", Phase.PENDING.value) not in _NOT_STARTED:
+            return None
+        status = C.with_condition(status, fresh, C.DEPENDENCIES_READY, False, reason, message)
+        return C.failed(status, fresh, reason, message)
+
+    meta = dependent.metadata
+    await C.update_status(ctx.kube, dependent.kind, meta.namespace, meta.name, compute)
 
 
 async def dependency_changed(

@@ -7,7 +7,7 @@ from typing import Any
 import kopf
 
 from metaspec import pipeline
-from metaspec.api import GROUP, Phase, Resource, TeacherGeneration, TrainingRun, now
+from metaspec.api import GROUP, InvalidResource, Phase, Resource, TeacherGeneration, TrainingRun, now
 from metaspec.operator import labels as L
 from metaspec.operator import status as S
 from metaspec.operator.builders import build_configmap, build_job, generation_name
@@ -118,12 +118,12 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: C.Context, namespa
     resource = C.parse_or_fail(body, patch)
     if resource is None or pipeline.is_terminal(resource):
         return
-    try:
-        with C.reconciling(resource.kind):
+    with C.reconciling(resource.kind):
+        try:
             new = await reconcile_resource(memo, resource, C.lookup(kwargs, namespace))
-    except C.Rejected as e:
-        new = C.failed(C.current_status(resource), resource, C.API_REJECTED, str(e))
-    C.apply_status(patch, resource, new)
+        except (C.Rejected, InvalidResource) as e:
+            new = C.failed(C.current_status(resource), resource, C.API_REJECTED, str(e))
+        await C.commit_handled(memo.kube, body, resource, new)
 
 
 for _plural in PLURALS:
@@ -138,12 +138,12 @@ async def job_changed(event: kopf.RawEvent, body: kopf.Body, memo: C.Context, na
     owner = C.owner_of(body)
     if event["type"] == "DELETED" or not body.get("status") or owner is None:
         return
-    resource = C.lookup(kwargs, namespace)(*owner)
-    if resource is None or pipeline.is_terminal(resource) or job_name(resource) != body["metadata"]["name"]:
-        return
-    try:
-        with C.reconciling(resource.kind):
-            new = await mirror(memo, resource, dict(body), C.current_status(resource))
-    except C.Rejected as e:
-        new = C.failed(C.current_status(resource), resource, C.API_REJECTED, str(e))
-    await C.write_status(memo.kube, resource, new)
+    job = dict(body)
+
+    async def compute(resource: Resource) -> dict[str, Any] | None:
+        if pipeline.is_terminal(resource) or job_name(resource) != job["metadata"]["name"]:
+            return None
+        return await mirror(memo, resource, job, C.current_status(resource))
+
+    with C.reconciling(owner[0]):
+        await C.update_status(memo.kube, owner[0], namespace, owner[1], compute)

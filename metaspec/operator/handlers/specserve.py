@@ -7,7 +7,7 @@ from typing import Any
 import kopf
 
 from metaspec import pipeline
-from metaspec.api import GROUP, Phase, SpecServe
+from metaspec.api import GROUP, InvalidResource, Phase, Resource, SpecServe
 from metaspec.operator import labels as L
 from metaspec.operator import status as S
 from metaspec.operator.builders import (
@@ -128,12 +128,12 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: C.Context, namespa
     if resource is None or pipeline.is_terminal(resource):
         return
     assert isinstance(resource, SpecServe)
-    try:
-        with C.reconciling(resource.kind):
+    with C.reconciling(resource.kind):
+        try:
             new = await reconcile_serve(memo, resource, C.lookup(kwargs, namespace))
-    except (C.Rejected, ValueError) as e:
-        new = C.failed(C.current_status(resource), resource, C.API_REJECTED, str(e))
-    C.apply_status(patch, resource, new)
+        except (C.Rejected, InvalidResource, ValueError) as e:
+            new = C.failed(C.current_status(resource), resource, C.API_REJECTED, str(e))
+        await C.commit_handled(memo.kube, body, resource, new)
 
 
 kopf.on.create(GROUP, "specserves", id="reconcile")(reconcile)
@@ -149,9 +149,12 @@ async def deployment_changed(
     owner = C.owner_of(body)
     if event["type"] == "DELETED" or not body.get("status") or owner is None or owner[0] != "SpecServe":
         return
-    resource = C.lookup(kwargs, namespace)(*owner)
-    if not isinstance(resource, SpecServe) or resource.status is None or not resource.status.deployment_name:
-        return
-    with C.reconciling(resource.kind):
-        new = deployment_fields(memo, resource, dict(body), C.current_status(resource))
-        await C.write_status(memo.kube, resource, new)
+    deployment = dict(body)
+
+    async def compute(resource: Resource) -> dict[str, Any] | None:
+        if not isinstance(resource, SpecServe) or pipeline.is_terminal(resource):
+            return None
+        return deployment_fields(memo, resource, deployment, C.current_status(resource))
+
+    with C.reconciling(owner[0]):
+        await C.update_status(memo.kube, owner[0], namespace, owner[1], compute)

@@ -1,0 +1,38 @@
+"""The real kopf operator against kmock's Kubernetes API emulator over HTTP, shared by this directory."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from metaspec.operator.emulator import Cluster
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    """One emulated API server and one operator (all namespaces); each test uses its own namespace."""
+    cluster = Cluster().start()
+    cluster.start_operator()
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture
+def namespace(request: pytest.FixtureRequest) -> str:
+    return request.node.name.replace("_", "-").replace("[", "-").replace("]", "")[:50].strip("-").lower()
+
+
+@pytest.fixture(scope="session")
+def pipeline_docs() -> list[dict]:
+    return list(yaml.safe_load_all((REPO / "examples" / "pipeline.yaml").read_text()))
+
+
+@pytest.fixture
+def docs(pipeline_docs: list[dict]) -> list[dict]:
+    return copy.deepcopy(pipeline_docs)

@@ -1,0 +1,133 @@
+"""Golden manifests for every builder (regenerate: METASPEC_UPDATE_GOLDEN=1), plus the rules they encode."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from metaspec.api import Resource, SpecServe, parse_resource
+from metaspec.operator import labels as L
+from metaspec.operator.builders import (
+    build_configmap,
+    build_deployment,
+    build_job,
+    build_service,
+    build_vllm_deployment,
+    config_hash,
+)
+from metaspec.operator.settings import OperatorSettings
+from metaspec.runtime import EXIT_PERMANENT, EXIT_QUALITY
+
+REPO = Path(__file__).resolve().parents[3]
+GOLDEN = Path(__file__).parent / "golden"
+SETTINGS = OperatorSettings(images={c: f"registry.test/{c}:1.0" for c in ("trainer", "generator", "server")})
+UID = "00000000-0000-0000-0000-000000000001"
+
+
+def example(file: str, name: str | None = None) -> Resource:
+    docs = list(yaml.safe_load_all((REPO / "examples" / file).read_text()))
+    doc = next(d for d in docs if name is None or d["metadata"]["name"] == name)
+    doc["metadata"].update(uid=UID, namespace="ml", generation=2)
+    return parse_resource(doc)
+
+
+def check_golden(name: str, manifest: dict[str, Any]) -> None:
+    path = GOLDEN / f"{name}.yaml"
+    text = yaml.safe_dump(manifest, sort_keys=True)
+    if os.environ.get("METASPEC_UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert path.exists(), f"{path} is missing: run with METASPEC_UPDATE_GOLDEN=1 to create it"
+    assert yaml.safe_load(path.read_text()) == manifest, f"{name} differs from {path} (METASPEC_UPDATE_GOLDEN=1)"
+
+
+def serve_manifests(serve: SpecServe) -> tuple[dict, dict]:
+    digests = {"target": "sha-target", "draft": "sha-draft"}
+    if serve.spec.engine == "vllm":
+        uris = {"target": serve.spec.target.uri, "draft": serve.spec.draft.uri}
+        return build_vllm_deployment(serve, SETTINGS, "cm", "hash", uris, digests), build_service(serve)
+    return build_deployment(serve, SETTINGS, "cm", "hash", digests), build_service(serve)
+
+
+def test_training_job_golden():
+    run = example("pipeline.yaml", "llama-anil")
+    check_golden("training-job", build_job(run, SETTINGS, "llama-anil-g2"))
+    check_golden("training-configmap", build_configmap(run, run, "llama-anil-g2"))
+
+
+def test_generation_job_golden():
+    check_golden("generation-job", build_job(example("teacher-generation.yaml"), SETTINGS, "teacher-v1-g2"))
+
+
+def test_serve_goldens():
+    deployment, service = serve_manifests(example("spec-serve.yaml"))
+    check_golden("serve-deployment", deployment)
+    check_golden("serve-service", service)
+    check_golden("serve-vllm-deployment", serve_manifests(example("spec-serve-vllm.yaml"))[0])
+
+
+def test_job_fails_fast_on_permanent_errors_and_ignores_disruptions():
+    job = build_job(example("pipeline.yaml", "llama-anil"), SETTINGS, "x")
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0]["action"] == "FailJob" and rules[0]["onExitCodes"]["values"] == [EXIT_PERMANENT, EXIT_QUALITY]
+    assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+
+
+def test_container_contract_security_and_credentials():
+    run = example("pipeline.yaml", "llama-anil")
+    pod = build_job(run, SETTINGS, "x")["spec"]["template"]["spec"]
+    main = pod["containers"][0]
+    assert main["command"] == ["metaspec", "train", "--config", "/etc/metaspec/config.json"]
+    assert main["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    security = main["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False and security["capabilities"] == {"drop": ["ALL"]}
+    assert security["readOnlyRootFilesystem"] is True and pod["securityContext"]["runAsNonRoot"] is True
+    env = {e["name"]: e for e in main["env"]}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "s3-credentials",
+        "key": "AWS_SECRET_ACCESS_KEY",
+    }
+    assert all("value" not in env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"))
+    assert main["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"]["medium"] == "Memory"
+
+
+def test_suspend_queue_and_owner_pass_through():
+    doc = yaml.safe_load((REPO / "examples" / "training-run.yaml").read_text())
+    doc["metadata"].update(uid=UID, generation=3)
+    doc["spec"].update(suspend=True, queueName="gpu-queue")
+    job = build_job(parse_resource(doc), SETTINGS, "x")
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"][L.KUEUE_QUEUE] == "gpu-queue"
+    owner = job["metadata"]["ownerReferences"][0]
+    assert owner["uid"] == UID and owner["controller"] is True
+
+
+def test_suspended_serve_scales_to_zero_and_config_hash_rolls_pods():
+    serve = example("spec-serve.yaml")
+    suspended = serve.model_copy(update={"spec": serve.spec.model_copy(update={"suspend": True})})
+    assert serve_manifests(suspended)[0]["spec"]["replicas"] == 0
+    a = build_deployment(serve, SETTINGS, "cm", config_hash({"a": 1}), {})
+    b = build_deployment(serve, SETTINGS, "cm", config_hash({"a": 2}), {})
+    annotations = lambda d: d["spec"]["template"]["metadata"]["annotations"]  # noqa: E731
+    assert annotations(a)[L.CONFIG_HASH] != annotations(b)[L.CONFIG_HASH]
+    assert a["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 0
+
+
+def test_vllm_deployment_fetches_s3_models_and_refuses_repetition_penalty():
+    serve = example("spec-serve-vllm.yaml")
+    deployment, _ = serve_manifests(serve)
+    pod = deployment["spec"]["template"]["spec"]
+    assert [c["command"][:3] for c in pod["initContainers"]] == [["metaspec", "artifacts", "pull"]] * 2
+    args = pod["containers"][0]["command"]
+    assert args[:3] == ["vllm", "serve", "/var/cache/metaspec/models/target"]
+    assert '"num_speculative_tokens":5' in args[args.index("--speculative-config") + 1]
+    penalised = serve.spec.sampling.model_copy(update={"repetition_penalty": 1.2})
+    bad = serve.model_copy(update={"spec": serve.spec.model_copy(update={"sampling": penalised})})
+    with pytest.raises(ValueError, match="repetitionPenalty"):
+        serve_manifests(bad)
