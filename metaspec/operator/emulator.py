@@ -249,9 +249,26 @@ class Cluster:
             time.sleep(0.05)
         raise TimeoutError(message or f"timed out after {timeout}s waiting for {what}")
 
+    def status(self, kind: str, name: str, namespace: str = "default") -> dict[str, Any]:
+        return (self.get(kind, name, namespace) or {}).get("status") or {}
+
     def phase(self, kind: str, name: str, namespace: str = "default") -> str | None:
-        obj = self.get(kind, name, namespace) or {}
-        return (obj.get("status") or {}).get("phase")
+        return self.status(kind, name, namespace).get("phase")
+
+    def condition(self, kind: str, name: str, namespace: str, type_: str) -> dict[str, Any]:
+        return next(c for c in self.status(kind, name, namespace)["conditions"] if c["type"] == type_)
+
+    def wait_phase(self, kind: str, name: str, namespace: str, phase: str, timeout: float = 20) -> dict[str, Any]:
+        """Wait until the resource reaches `phase`; returns its status."""
+        self.wait_for(
+            lambda: self.phase(kind, name, namespace) == phase,
+            timeout,
+            message=f"{kind} {name} to be {phase}, is {self.status(kind, name, namespace)}",
+        )
+        return self.status(kind, name, namespace)
+
+    def wait_get(self, kind: str, name: str, namespace: str = "default") -> dict[str, Any]:
+        return self.wait_for(lambda: self.get(kind, name, namespace), message=f"{kind} {name} to exist")
 
 
 def _path(kind: str, namespace: str, name: str | None = None) -> str:

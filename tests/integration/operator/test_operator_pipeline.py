@@ -18,36 +18,15 @@ DRAFT = "s3://artifacts/llama-draft/model"
 
 
 def config(cluster: Cluster, name: str, ns: str) -> dict[str, Any]:
-    cm = cluster.wait_for(lambda: cluster.get("ConfigMap", name, ns), message=f"ConfigMap {name}")
-    return json.loads(cm["data"]["config.json"])
-
-
-def job(cluster: Cluster, name: str, ns: str) -> dict[str, Any]:
-    return cluster.wait_for(lambda: cluster.get("Job", name, ns), message=f"Job {name}")
+    return json.loads(cluster.wait_get("ConfigMap", name, ns)["data"]["config.json"])
 
 
 def jobs(cluster: Cluster, ns: str) -> list[str]:
     return sorted(j["metadata"]["name"] for j in cluster.list("Job", ns))
 
 
-def status(cluster: Cluster, kind: str, name: str, ns: str) -> dict[str, Any]:
-    return (cluster.get(kind, name, ns) or {}).get("status") or {}
-
-
-def condition(cluster: Cluster, kind: str, name: str, ns: str, type_: str) -> dict[str, Any]:
-    return next(c for c in status(cluster, kind, name, ns)["conditions"] if c["type"] == type_)
-
-
-def wait_phase(cluster: Cluster, kind: str, name: str, ns: str, phase: str) -> dict[str, Any]:
-    cluster.wait_for(
-        lambda: cluster.phase(kind, name, ns) == phase,
-        message=f"{kind} {name} to be {phase}, is {status(cluster, kind, name, ns)}",
-    )
-    return status(cluster, kind, name, ns)
-
-
 def succeed_training(cluster: Cluster, name: str, ns: str, model: str) -> dict[str, Any]:
-    j = job(cluster, f"{name}-g1", ns)
+    j = cluster.wait_get("Job", f"{name}-g1", ns)
     summary = {
         "artifacts": {"model": model, "adapter": f"{model}/../adapter", "manifestDigest": f"sha-{name}"},
         "metrics": {"perplexityBase": 127.84, "perplexityLora": 46.37, "perplexityMerged": 47.18},
@@ -55,7 +34,7 @@ def succeed_training(cluster: Cluster, name: str, ns: str, model: str) -> dict[s
     }
     cluster.run_pod(j, 0, summary)
     cluster.finish_job(j, succeeded=True)
-    return wait_phase(cluster, TR, name, ns, "Succeeded")
+    return cluster.wait_phase(TR, name, ns, "Succeeded")
 
 
 def apply_all(cluster: Cluster, docs: list[dict], ns: str) -> None:
@@ -68,31 +47,31 @@ def test_pipeline_runs_stage_by_stage_with_resolved_uris(cluster: Cluster, docs:
     apply_all(cluster, docs, ns)
 
     # Stage 1 starts alone; everything else waits for it.
-    job(cluster, "llama-anil-g1", ns)
+    cluster.wait_get("Job", "llama-anil-g1", ns)
     assert config(cluster, "llama-anil-g1", ns)["spec"]["baseModel"]["uri"].endswith("Llama-3.1-8B-Instruct")
-    wait_phase(cluster, TG, "llama-teacher", ns, "Waiting")
-    ready = condition(cluster, TG, "llama-teacher", ns, "DependenciesReady")
+    cluster.wait_phase(TG, "llama-teacher", ns, "Waiting")
+    ready = cluster.condition(TG, "llama-teacher", ns, "DependenciesReady")
     assert ready["status"] == "False" and ready["reason"] == "DependencyNotSucceeded"
     assert jobs(cluster, ns) == ["llama-anil-g1"]
 
     anil = succeed_training(cluster, "llama-anil", ns, MERGED)
     assert anil["artifacts"]["model"] == MERGED and anil["metrics"]["perplexityMerged"] == 47.18
-    assert condition(cluster, TR, "llama-anil", ns, "Complete")["status"] == "True"
+    assert cluster.condition(TR, "llama-anil", ns, "Complete")["status"] == "True"
 
     # Stage 2: the teacher reads the merged model; an Indexed Job with one pod per shard.
-    teacher = job(cluster, "llama-teacher-g1", ns)
+    teacher = cluster.wait_get("Job", "llama-teacher-g1", ns)
     assert teacher["spec"]["completionMode"] == "Indexed" and teacher["spec"]["completions"] == 4
     assert config(cluster, "llama-teacher-g1", ns)["spec"]["model"] == {"uri": MERGED, "trustRemoteCode": False}
-    assert wait_phase(cluster, TG, "llama-teacher", ns, "Running")["resolvedModel"] == MERGED
+    assert cluster.wait_phase(TG, "llama-teacher", ns, "Running")["resolvedModel"] == MERGED
     assert cluster.phase(TR, "llama-draft", ns) == "Waiting"
     for shard in range(4):
         stats = {"examplesDone": 10, "examplesTotal": 10, "naturalStopRate": 0.9 + 0.02 * shard}
         cluster.run_pod(teacher, 0, {"outputUri": "s3://artifacts/llama-teacher", "stats": stats}, index=shard)
     cluster.finish_job(teacher, succeeded=True)
-    tg = wait_phase(cluster, TG, "llama-teacher", ns, "Succeeded")
+    tg = cluster.wait_phase(TG, "llama-teacher", ns, "Succeeded")
     assert tg["stats"]["examplesDone"] == 40 and abs(tg["stats"]["naturalStopRate"] - 0.93) < 1e-9
     assert tg["shards"]["succeeded"] == 4
-    assert condition(cluster, TG, "llama-teacher", ns, "QualityCheckPassed")["status"] == "True"
+    assert cluster.condition(TG, "llama-teacher", ns, "QualityCheckPassed")["status"] == "True"
 
     # Stage 3: the draft trains on the teacher's outputs.
     assert config(cluster, "llama-draft-g1", ns)["spec"]["dataset"]["uri"] == "s3://artifacts/llama-teacher"
@@ -106,15 +85,15 @@ def test_pipeline_runs_stage_by_stage_with_resolved_uris(cluster: Cluster, docs:
     assert served["target"]["uri"] == MERGED and served["draft"]["uri"] == DRAFT
     assert cluster.get("Service", "llama-spec", ns)["spec"]["ports"][0]["port"] == 8000
     ss = cluster.wait_for(
-        lambda: status(cluster, SS, "llama-spec", ns).get("draft") and status(cluster, SS, "llama-spec", ns)
+        lambda: cluster.status(SS, "llama-spec", ns).get("draft") and cluster.status(SS, "llama-spec", ns)
     )
     assert ss["target"] == {"uri": MERGED, "digest": "sha-llama-anil"}
     assert ss["draft"] == {"uri": DRAFT, "digest": "sha-llama-draft"}
     ready = {"replicas": 1, "readyReplicas": 1, "updatedReplicas": 1, "observedGeneration": 1}
     cluster.patch_status("Deployment", "llama-spec", ready, ns)
-    ss = wait_phase(cluster, SS, "llama-spec", ns, "Ready")
+    ss = cluster.wait_phase(SS, "llama-spec", ns, "Ready")
     assert ss["url"] == f"http://llama-spec.{ns}.svc.cluster.local:8000/v1"
-    assert condition(cluster, SS, "llama-spec", ns, "DraftReady")["status"] == "True"
+    assert cluster.condition(SS, "llama-spec", ns, "DraftReady")["status"] == "True"
 
     # One Job per stage, and Events recording the transitions.
     assert jobs(cluster, ns) == ["llama-anil-g1", "llama-draft-g1", "llama-teacher-g1"]
@@ -125,16 +104,16 @@ def test_pipeline_runs_stage_by_stage_with_resolved_uris(cluster: Cluster, docs:
 def test_failed_stage_fails_its_dependents(cluster: Cluster, docs: list[dict], namespace: str):
     ns = namespace
     apply_all(cluster, docs, ns)
-    j = job(cluster, "llama-anil-g1", ns)
+    j = cluster.wait_get("Job", "llama-anil-g1", ns)
     failure = {"phase": "Failed", "reason": "PermanentError", "message": "train.jsonl line 3: `output` is missing"}
     cluster.run_pod(j, EXIT_PERMANENT, failure)
     cluster.finish_job(j, succeeded=False, message="Container main for pod failed with exit code 3")
 
-    anil = wait_phase(cluster, TR, "llama-anil", ns, "Failed")
+    anil = cluster.wait_phase(TR, "llama-anil", ns, "Failed")
     assert "line 3" in anil["message"]
     for kind, name in ((TG, "llama-teacher"), (TR, "llama-draft"), (SS, "llama-spec")):
-        failed = wait_phase(cluster, kind, name, ns, "Failed")
-        assert condition(cluster, kind, name, ns, "DependenciesReady")["reason"] == "DependencyFailed", failed
+        failed = cluster.wait_phase(kind, name, ns, "Failed")
+        assert cluster.condition(kind, name, ns, "DependenciesReady")["reason"] == "DependencyFailed", failed
     assert jobs(cluster, ns) == ["llama-anil-g1"]
     assert cluster.get("Deployment", "llama-spec", ns) is None
 
@@ -142,20 +121,20 @@ def test_failed_stage_fails_its_dependents(cluster: Cluster, docs: list[dict], n
 def test_operator_restart_mid_pipeline_converges_without_duplicates(cluster: Cluster, docs: list[dict], namespace: str):
     ns = namespace
     apply_all(cluster, docs, ns)
-    first = job(cluster, "llama-anil-g1", ns)
-    wait_phase(cluster, TG, "llama-teacher", ns, "Waiting")
+    first = cluster.wait_get("Job", "llama-anil-g1", ns)
+    cluster.wait_phase(TG, "llama-teacher", ns, "Waiting")
 
     # The first stage finishes while no operator runs: the restarted one must notice on resume.
     cluster.stop_operator()
     cluster.run_pod(first, 0, {"artifacts": {"model": MERGED}})
     cluster.finish_job(first, succeeded=True)
     cluster.start_operator()
-    wait_phase(cluster, TR, "llama-anil", ns, "Succeeded")
-    job(cluster, "llama-teacher-g1", ns)
+    cluster.wait_phase(TR, "llama-anil", ns, "Succeeded")
+    cluster.wait_get("Job", "llama-teacher-g1", ns)
 
     cluster.stop_operator()
     cluster.start_operator()
-    wait_phase(cluster, TG, "llama-teacher", ns, "Running")
+    cluster.wait_phase(TG, "llama-teacher", ns, "Running")
     assert jobs(cluster, ns) == ["llama-anil-g1", "llama-teacher-g1"]
     config_maps = sorted(c["metadata"]["name"] for c in cluster.list("ConfigMap", ns))
     assert config_maps == ["llama-anil-g1", "llama-teacher-g1"]
