@@ -23,6 +23,8 @@ _RATE_BUCKETS = (1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 200, 300, 500, 1000)
 
 
 class ServerMetrics:
+    """The router's series; `queue_depth` and `in_flight` are read from admission at scrape time."""
+
     def __init__(self, queue_depth: Callable[[], int], in_flight: Callable[[], int]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
@@ -55,8 +57,8 @@ class ServerMetrics:
             registry=r,
         )
         self.tokens_per_second = Histogram(
-            "metaspec_decode_tokens_per_second",
-            "Per request: generated tokens / decoding time.",
+            "metaspec_generation_tokens_per_second",
+            "Per request: generated tokens / generation time (prefill and decoding, queue wait excluded).",
             buckets=_RATE_BUCKETS,
             registry=r,
         )
@@ -80,8 +82,9 @@ class ServerMetrics:
         self.proposed.inc(stats.proposed_tokens)
         self.accepted.inc(stats.accepted_tokens)
         self.request_seconds.observe(request_seconds)
-        if stats.decode_seconds > 0 and stats.completion_tokens:
-            self.tokens_per_second.observe(stats.completion_tokens / stats.decode_seconds)
+        generation_seconds = (stats.time_to_first_token or 0.0) + stats.decode_seconds
+        if generation_seconds > 0 and stats.completion_tokens:
+            self.tokens_per_second.observe(stats.completion_tokens / generation_seconds)
         self._generations[stats.route] += 1
         self._tokens["proposed"] += stats.proposed_tokens
         self._tokens["accepted"] += stats.accepted_tokens

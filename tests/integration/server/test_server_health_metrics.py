@@ -75,5 +75,5 @@ def test_metrics_count_requests_tokens_and_speculation(router) -> None:
         after["metaspec_accepted_tokens_total{}"] / after["metaspec_proposed_tokens_total{}"]
     )
     assert delta("metaspec_time_to_first_token_seconds_count{}") == 3
-    assert delta("metaspec_decode_tokens_per_second_count{}") == 3
+    assert delta("metaspec_generation_tokens_per_second_count{}") == 3
     assert after["metaspec_queue_depth{}"] == 0 and after["metaspec_in_flight{}"] == 0
