@@ -66,7 +66,9 @@ def serve(args: argparse.Namespace) -> int:
         engine = SpeculativeEngine.from_spec(resource.spec, settings.model_name, cache, device=args.device)
         app = create_app(engine, settings)
         port = args.port or resource.spec.service.port
-        server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=port, log_config=None))
+        # in-flight generations get 20 s to finish on SIGTERM: inside Kubernetes' default 30 s grace period
+        config = uvicorn.Config(app, host=args.host, port=port, log_config=None, timeout_graceful_shutdown=20)
+        server = uvicorn.Server(config)
         failure: list[BaseException] = []
         loader = threading.Thread(target=_load, args=(engine, server, failure), name="metaspec-load", daemon=True)
         loader.start()
