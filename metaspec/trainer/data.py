@@ -53,15 +53,11 @@ class Example:
         return len(self.input_ids)
 
 
+@lru_cache(maxsize=16)
 def end_of_turn_id(tokenizer: Any) -> int:
     """The token the chat template writes right after an assistant turn's content (`<|im_end|>` for
     SmolLM2, `<|eot_id|>` for Llama 3); EOS for tokenizers without a template. Found by rendering a
     conversation, so a new template needs no table entry."""
-    return _end_of_turn_id(tokenizer)
-
-
-@lru_cache(maxsize=16)
-def _end_of_turn_id(tokenizer: Any) -> int:
     candidates = end_of_turn_ids(tokenizer)
     if getattr(tokenizer, "chat_template", None):
         conversation = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _SENTINEL}]
@@ -88,20 +84,17 @@ def format_example(tokenizer: Any, record: Record, max_seq_length: int) -> Examp
         raise ValueError(f"max_seq_length must be at least 2, got {max_seq_length}")
     prompt = chat_prompt_ids(tokenizer, record.input)
     target = [*tokenizer(record.output, add_special_tokens=False)["input_ids"], end_of_turn_id(tokenizer)]
-    truncated = prompt_truncated = len(prompt) + len(target) > max_seq_length
-    if truncated:
-        room = max_seq_length - len(prompt)
-        if room < 1:
-            room = max(1, min(len(target), max_seq_length // 2))
-            prompt = prompt[len(prompt) - (max_seq_length - room) :]
-            log.warning(
-                "example %s: the prompt alone exceeds max_seq_length %d; its first tokens were dropped",
-                record.id,
-                max_seq_length,
-            )
-        else:
-            prompt_truncated = False
-        target = target[:room]
+    truncated = len(prompt) + len(target) > max_seq_length
+    prompt_truncated = len(prompt) >= max_seq_length
+    if prompt_truncated:
+        keep = max(1, min(len(target), max_seq_length // 2))
+        prompt = prompt[len(prompt) - (max_seq_length - keep) :]
+        log.warning(
+            "example %s: the prompt alone exceeds max_seq_length %d; its first tokens were dropped",
+            record.id,
+            max_seq_length,
+        )
+    target = target[: max_seq_length - len(prompt)]
     return Example(
         id=record.id,
         domain=record.domain,
