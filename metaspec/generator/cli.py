@@ -85,6 +85,7 @@ def summarize(result: ShardResult, fail_on_quality: bool) -> tuple[dict[str, Any
         "shard": {"index": result.index, "count": result.count},
         "complete": result.merged is not None,
         "qualityCheckPassed": failed is None,
+        "examplesGenerated": result.generated,
         "stats": generation_stats(result.stats),
     }
     if result.merged is not None:

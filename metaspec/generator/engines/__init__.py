@@ -43,7 +43,7 @@ def load_engine(spec: TeacherGenerationSpec, model_dir: Path, model_name: str, d
     from .transformers import TransformersEngine
 
     torch_device = resolve_device(device)
-    return TransformersEngine(
+    return TransformersEngine.load(
         model_dir,
         model_name,
         spec.sampling,

@@ -23,6 +23,8 @@ from transformers import (
     GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
+    StoppingCriteriaList,
+    StopStringCriteria,
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
@@ -66,10 +68,12 @@ class SeededSampler(LogitsProcessor):
         if penalty == 1.0:
             return scores
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (T,)
-        real = (positions[None, :] >= self.pad_lengths.to(input_ids.device)[:, None]).int()  # (B, T)
-        seen = torch.zeros_like(scores, dtype=torch.int32).scatter_reduce_(1, input_ids, real, "amax")  # (B, V)
-        penalized = torch.where(scores < 0, scores * penalty, scores / penalty)
-        return torch.where(seen.bool(), penalized, scores)
+        real = positions[None, :] >= self.pad_lengths.to(input_ids.device)[:, None]  # (B, T)
+        # Padding positions point at the row's last token (always real with left padding), which is
+        # penalised anyway; duplicate indices then scatter identical values.
+        ids = torch.where(real, input_ids, input_ids[:, -1:])  # (B, T)
+        seen = scores.gather(1, ids)  # (B, T)
+        return scores.scatter(1, ids, torch.where(seen < 0, seen * penalty, seen / penalty))
 
     def _draw(self, probs: torch.Tensor) -> torch.Tensor:
         """Inverse-CDF sampling with one uniform per row from that row's own generator."""
@@ -81,10 +85,27 @@ class SeededSampler(LogitsProcessor):
 
 
 class TransformersEngine:
-    """A Hugging Face causal LM behind the `Engine` protocol."""
+    """A Hugging Face causal LM behind the `Engine` protocol. `load` reads one from a directory; the
+    constructor takes a loaded model, so one model can serve several sampling settings."""
 
-    def __init__(
-        self,
+    def __init__(self, model: Any, tokenizer: Any, model_name: str, sampling: Sampling, batch_size: int):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.sampling = sampling
+        self.batch_size = batch_size
+        self.stop_ids = end_of_turn_ids(tokenizer)
+        if not self.stop_ids:
+            raise ValueError(f"{model_name}: the tokenizer has no EOS or end-of-turn token; outputs could not stop")
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+        # Built once: preparing the vocabulary's stop-string tables takes a noticeable fraction of a second.
+        self.stopping = StoppingCriteriaList(
+            [StopStringCriteria(tokenizer, list(sampling.stop))] if sampling.stop else []
+        )
+
+    @classmethod
+    def load(
+        cls,
         model_dir: Path,
         model_name: str,
         sampling: Sampling,
@@ -92,21 +113,10 @@ class TransformersEngine:
         device: torch.device,
         dtype: torch.dtype,
         trust_remote_code: bool = False,
-    ):
-        self.model_name = model_name
-        self.sampling = sampling
-        self.batch_size = batch_size
-        self.device = device
-        self.dtype = dtype
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-        self.model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=dtype, trust_remote_code=trust_remote_code
-        ).to(device)
-        self.model.eval()
-        self.stop_ids = end_of_turn_ids(self.tokenizer)
-        if not self.stop_ids:
-            raise ValueError(f"{model_name}: the tokenizer has no EOS or end-of-turn token; outputs could not stop")
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0]
+    ) -> TransformersEngine:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=trust_remote_code)
+        return cls(model.to(device), tokenizer, model_name, sampling, batch_size)
 
     def generation_params(self) -> dict[str, Any]:
         return {
@@ -120,7 +130,7 @@ class TransformersEngine:
             "stop_token_ids": self.stop_ids,
             "seed": self.sampling.seed,
             "per_prompt_seed": "sha256(f'{seed}:{id}')",
-            "dtype": str(self.dtype).removeprefix("torch."),
+            "dtype": str(self.model.dtype).removeprefix("torch."),
             "batch_size": self.batch_size,
         }
 
@@ -137,11 +147,11 @@ class TransformersEngine:
         attention_mask = torch.tensor([[0] * n + [1] * (width - n) for n in pads])
         with torch.inference_mode():
             output = self.model.generate(
-                input_ids=input_ids.to(self.device),
-                attention_mask=attention_mask.to(self.device),
+                input_ids=input_ids.to(self.model.device),
+                attention_mask=attention_mask.to(self.model.device),
                 generation_config=self._generation_config(),
                 logits_processor=LogitsProcessorList([SeededSampler(self.sampling, [p.seed for p in batch], pads)]),
-                tokenizer=self.tokenizer if self.sampling.stop else None,
+                stopping_criteria=self.stopping,
             )
         generated = output[:, width:].tolist()  # (B, new tokens)
         share = (time.perf_counter() - started) / len(batch)
@@ -155,7 +165,6 @@ class TransformersEngine:
             eos_token_id=self.stop_ids,
             # Finished rows are filled with a stop id, so the first stop id marks where a row ended.
             pad_token_id=self.stop_ids[0],
-            stop_strings=list(self.sampling.stop) or None,
         )
 
     def _completion(self, prompt: Prompt, ids: list[int], time_share: float) -> Completion:
