@@ -59,3 +59,9 @@ def test_bad_line_in_an_object_names_uri_line_and_field(s3_prefix: str) -> None:
     write_bytes(rows.encode(), f"{s3_prefix}/bad.jsonl")
     with pytest.raises(InvalidData, match=rf"{s3_prefix}/bad\.jsonl line 4: field `difficulty`"):
         read_records(f"{s3_prefix}/bad.jsonl")
+
+
+def test_dataset_command_writes_a_split_to_s3(s3_prefix: str) -> None:
+    assert builtin.main(["--split", "prompts", "--out", f"{s3_prefix}/prompts.jsonl"]) == 0
+    records, _ = read_records(f"{s3_prefix}/prompts.jsonl", require_output=False)
+    assert [r.id for r in records] == [r.id for r in builtin.records("prompts")]
