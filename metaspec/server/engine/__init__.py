@@ -1,0 +1,23 @@
+"""The decoding engine: target + draft, speculative sampling, routing policies (pure torch, no HTTP)."""
+
+from .engine import SpeculativeEngine
+from .loader import IncompatibleModel, derive_draft, load_models
+from .protocol import Delta, Engine, RequestStats, SamplingParams
+from .routing import RoutingPolicy
+from .sampling import Processing
+from .speculative import CausalLM, SpeculativeDecoder
+
+__all__ = [
+    "CausalLM",
+    "Delta",
+    "Engine",
+    "IncompatibleModel",
+    "Processing",
+    "RequestStats",
+    "RoutingPolicy",
+    "SamplingParams",
+    "SpeculativeDecoder",
+    "SpeculativeEngine",
+    "derive_draft",
+    "load_models",
+]

@@ -1,0 +1,154 @@
+"""Target and draft models from artifact URIs: verified, safetensors only, one tokenizer.
+
+A model is materialised through `metaspec.artifacts.materialize` (manifest and checksums verified,
+`s3://` cached locally by manifest digest), loaded only from safetensors (pickle checkpoints can run
+code when unpickled, so `.bin`/`.pt` weights are refused), and executes repository code only when its
+`ModelSource.trustRemoteCode` says so. Speculative sampling compares the two models' distributions
+token by token, so the draft's tokenizer must be the target's: same vocabulary, same special tokens.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metaspec.api.serving import SpecServeSpec
+from metaspec.api.training import ModelSource
+from metaspec.artifacts import materialize, upload_dir
+from metaspec.runtime import PermanentError
+
+log = logging.getLogger(__name__)
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+class IncompatibleModel(PermanentError):
+    """A model the server refuses to load; the message names the model and what to do."""
+
+
+@dataclass
+class LoadedModel:
+    role: str  # "target" | "draft"
+    uri: str
+    model: Any  # a transformers PreTrainedModel in eval mode
+    tokenizer: Any
+    digest: str | None  # sha256 of the artifact's manifest: what is actually served
+
+
+def resolve_device(device: str | None = None) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """`auto` is bfloat16 on GPU and float32 on CPU (CPU bf16 matmuls are slow)."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return DTYPES[dtype]
+
+
+def check_safetensors(local: Path, role: str, uri: str) -> None:
+    """Refuse a model whose weights exist only as pickle checkpoints."""
+    if any(local.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in local.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    found = f"only pickle checkpoints ({', '.join(pickles)})" if pickles else "no *.safetensors weights"
+    raise IncompatibleModel(
+        f"{role} model {uri}: {found}. The server loads safetensors only, because unpickling a checkpoint "
+        "can execute arbitrary code; convert it (`model.save_pretrained(dir, safe_serialization=True)`)"
+    )
+
+
+def load_model(
+    source: ModelSource, role: str, cache_dir: Path, device: torch.device, dtype: torch.dtype
+) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    uri = str(source.uri)
+    local, manifest = materialize(uri, cache_dir / role)
+    check_safetensors(local, role, uri)
+    trust = source.trust_remote_code
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(local, trust_remote_code=trust)
+    except (OSError, ValueError) as e:
+        raise IncompatibleModel(f"{role} model {uri} has no usable tokenizer: {e}") from None
+    model = AutoModelForCausalLM.from_pretrained(
+        local, dtype=dtype, use_safetensors=True, trust_remote_code=trust, revision=source.revision
+    )
+    model.to(device).eval()
+    log.info("loaded %s model %s (%s, %s)", role, uri, dtype, device)
+    return LoadedModel(role, uri, model, tokenizer, manifest.digest if manifest else None)
+
+
+def tokenizer_differences(target: Any, draft: Any) -> list[str]:
+    """What differs between two tokenizers, for speculative decoding's purpose (empty: compatible)."""
+    problems = []
+    target_vocab, draft_vocab = target.get_vocab(), draft.get_vocab()
+    if target_vocab != draft_vocab:
+        problems.append(f"vocabulary sizes {len(target_vocab)} vs {len(draft_vocab)}")
+        differing = sorted(t for t in set(target_vocab) | set(draft_vocab) if target_vocab.get(t) != draft_vocab.get(t))
+        shown = ", ".join(f"{t!r}: {target_vocab.get(t)} vs {draft_vocab.get(t)}" for t in differing[:5])
+        problems.append(f"{len(differing)} tokens map to different ids ({shown})")
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
+        if getattr(target, name, None) != getattr(draft, name, None):
+            problems.append(f"{name} {getattr(target, name, None)} vs {getattr(draft, name, None)}")
+    if sorted(target.all_special_tokens) != sorted(draft.all_special_tokens):
+        problems.append(f"special tokens {sorted(target.all_special_tokens)} vs {sorted(draft.all_special_tokens)}")
+    return problems
+
+
+def check_same_tokenizer(target: LoadedModel, draft: LoadedModel) -> None:
+    problems = tokenizer_differences(target.tokenizer, draft.tokenizer)
+    if problems:
+        raise IncompatibleModel(
+            f"draft {draft.uri} does not share the tokenizer of target {target.uri}: {'; '.join(problems)}. "
+            "Speculative decoding compares both models token by token: use a draft trained with the "
+            "target's tokenizer"
+        )
+
+
+def shared_vocab(target: Any, draft: Any | None, tokenizer: Any) -> int:
+    """Logit columns both models score (embedding matrices may be padded beyond the tokenizer)."""
+    sizes = [m.get_output_embeddings().weight.shape[0] for m in (target, draft) if m is not None]
+    vocab = min(sizes)
+    if len(tokenizer) > vocab:
+        raise IncompatibleModel(f"the tokenizer has {len(tokenizer)} tokens but a model scores only {vocab}")
+    return vocab
+
+
+def load_models(spec: SpecServeSpec, cache_dir: Path, device: torch.device) -> tuple[LoadedModel, LoadedModel | None]:
+    """Target and (when the spec has one) draft, checked to share a tokenizer."""
+    dtype = resolve_dtype(spec.dtype, device)
+    target = load_model(spec.target, "target", cache_dir, device, dtype)
+    if spec.draft is None:
+        return target, None
+    draft = load_model(spec.draft, "draft", cache_dir, device, dtype)
+    check_same_tokenizer(target, draft)
+    return target, draft
+
+
+def derive_draft(target_dir: Path, dest: Path, num_layers: int) -> Path:
+    """A draft cut from a Llama-style target: its embeddings, first `num_layers` layers, final norm and
+    head, saved as a safetensors artifact with manifest. Untrained, it agrees with the target on few
+    tokens; it stands in for a trained draft in tests and benchmarks."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32, use_safetensors=True)
+    config = copy.deepcopy(target.config)
+    config.num_hidden_layers = num_layers
+    if getattr(config, "layer_types", None):
+        config.layer_types = config.layer_types[:num_layers]
+    draft = AutoModelForCausalLM.from_config(config)
+    missing, unexpected = draft.load_state_dict(target.state_dict(), strict=False)
+    dropped = tuple(f"model.layers.{i}." for i in range(num_layers, target.config.num_hidden_layers))
+    if missing or any(not k.startswith(dropped) for k in unexpected):
+        raise ValueError(f"cannot cut a draft from {target_dir}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    draft.save_pretrained(dest, safe_serialization=True)
+    AutoTokenizer.from_pretrained(target_dir).save_pretrained(dest)
+    upload_dir(dest, dest, metadata={"derived_from": str(target_dir), "num_layers": num_layers})
+    return dest

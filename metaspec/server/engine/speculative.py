@@ -1,0 +1,277 @@
+"""The speculative decoding loop (batch 1): a draft proposes, the target verifies in one pass.
+
+Speculative sampling (Leviathan et al. 2023, "Fast Inference from Transformers via Speculative
+Decoding", Algorithm 1; Chen et al. 2023, "Accelerating Large Language Model Decoding with
+Speculative Sampling", Algorithm 2): the draft samples x_1..x_J from its distributions q_1..q_J; the
+target computes p_1..p_{J+1} in one forward pass over the proposals; x_i is accepted with probability
+min(1, p_i(x_i) / q_i(x_i)); at the first rejection the token is resampled from
+norm(max(0, p_i − q_i)) and the round ends; if all J are accepted a bonus token is drawn from
+p_{J+1}. Every emitted token is then distributed exactly as under target-only sampling. At
+temperature 0 both distributions are one-hot, and the rule becomes: accept while the draft's argmax
+equals the target's, then emit the target's argmax — the output equals target-only greedy decoding.
+
+Both models keep their KV cache across rounds; a rejection crops the rejected positions. Within a
+round the tokens stay on the device; one host sync per round reads the outcome (plus one per draft
+step under the `per-token` policy, which must look at the draft's confidence to decide).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+
+import torch
+from transformers import DynamicCache, StaticCache
+
+from .protocol import RequestStats
+from .routing import RoutingPolicy
+from .sampling import Processing, confidence, greedy_tokens, probabilities, seen_rows
+
+
+class CausalLM:
+    """A loaded causal LM and how to run it incrementally.
+
+    `vocab`: logits are cut to the first `vocab` entries, so target and draft score the same token
+    set even when one of them pads its embedding matrix. `static_cache_len`: one preallocated
+    `StaticCache` reused by every request (requests are decoded one at a time), which makes the
+    decode step's shapes and addresses fixed; `compile` then wraps the forward in `torch.compile`
+    with CUDA graphs for inputs of at most `compile_max_tokens` tokens (decode and verify steps; the
+    variable-length prefill runs eagerly).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        vocab: int,
+        *,
+        static_cache_len: int | None = None,
+        compile: bool = False,
+        compile_max_tokens: int = 8,
+    ) -> None:
+        self.model = model
+        self.vocab = vocab
+        self.device = next(model.parameters()).device
+        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self._static = StaticCache(config=model.config, max_cache_len=static_cache_len) if static_cache_len else None
+        self._compiled = None
+        if compile:
+            if self._static is None:
+                raise ValueError("torch.compile needs a static cache (static_cache_len)")
+            self._compiled = torch.compile(model.forward, mode="reduce-overhead", dynamic=False, fullgraph=False)
+        self.compile_max_tokens = compile_max_tokens
+
+    @property
+    def max_length(self) -> int:
+        limit = getattr(self.model.config, "max_position_embeddings", None) or 1 << 20
+        return min(limit, self._static.max_cache_len) if self._static is not None else limit
+
+    def session(self) -> Session:
+        if self._static is not None:
+            self._static.reset()
+            return Session(self, self._static)
+        return Session(self, DynamicCache(config=self.model.config))
+
+    def forward(self, ids: torch.Tensor, cache: object, keep: int) -> torch.Tensor:
+        """Logits (keep, V) for the last `keep` positions of `ids` (1, T), appended to `cache`."""
+        compiled = self._compiled is not None and ids.shape[1] <= self.compile_max_tokens
+        if compiled:
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs may be overwritten
+        forward = self._compiled if compiled else self.model
+        out = forward(input_ids=ids, use_cache=True, logits_to_keep=keep, **{self._cache_arg: cache})
+        logits = out.logits[0, -keep:, : self.vocab]  # (keep, V)
+        return logits.clone() if compiled else logits
+
+
+class Session:
+    """One request's KV cache of one model and how many tokens it holds."""
+
+    def __init__(self, lm: CausalLM, cache: object) -> None:
+        self.lm = lm
+        self.cache = cache
+        self.length = 0
+
+    def feed(self, ids: torch.Tensor, keep: int = 1) -> torch.Tensor:
+        logits = self.lm.forward(ids, self.cache, keep)
+        self.length += ids.shape[1]
+        return logits
+
+    def truncate(self, length: int) -> None:
+        """Forget every position from `length` on (rejected proposals)."""
+        if self.length > length:
+            self.cache.crop(length - self.length)  # a negative count removes that many positions
+            self.length = length
+
+
+def residual_distribution(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """norm(max(0, p − q)) per row, the distribution to resample from after a rejection (Leviathan et
+    al. 2023, Algorithm 1). `p`, `q` (J, V). A row with no mass only occurs where p == q, where a
+    rejection has probability 0; it falls back to p so the tensor stays finite."""
+    residual = (p - q).clamp_min(0)  # (J, V)
+    mass = residual.sum(-1, keepdim=True)  # (J, 1)
+    return torch.where(mass > 0, residual / mass.clamp_min(torch.finfo(p.dtype).tiny), p)
+
+
+class SpeculativeDecoder:
+    """Target + optional draft + routing policy: decodes one request at a time."""
+
+    def __init__(self, target: CausalLM, draft: CausalLM | None, routing: RoutingPolicy) -> None:
+        if routing.uses_draft and draft is None:
+            raise ValueError(f"routing policy {routing.policy!r} needs a draft model")
+        self.target = target
+        self.draft = draft
+        self.routing = routing
+
+    @property
+    def max_length(self) -> int:
+        """Longest sequence (prompt + completion) both models can hold."""
+        if self.draft is None or not self.routing.uses_draft:
+            return self.target.max_length
+        return min(self.target.max_length, self.draft.max_length)
+
+    def decode(
+        self,
+        prompt: list[int],
+        proc: Processing,
+        max_new_tokens: int,
+        stats: RequestStats,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[list[int]]:
+        """Yield the tokens emitted by each round until `max_new_tokens` are out (stopping earlier is
+        the caller's: close the iterator). Updates `stats` (route, proposals, rounds) as it goes."""
+        with torch.inference_mode():
+            yield from _Run(self, prompt, proc, stats, generator).rounds(max_new_tokens)
+
+
+class _Run:
+    """The state of one request: emitted tokens, both sessions, the context mask for penalties."""
+
+    def __init__(
+        self,
+        decoder: SpeculativeDecoder,
+        prompt: list[int],
+        proc: Processing,
+        stats: RequestStats,
+        generator: torch.Generator | None,
+    ) -> None:
+        self.routing = decoder.routing
+        self.proc = proc
+        self.stats = stats
+        self.generator = generator
+        self.device = decoder.target.device
+        self.emitted = list(prompt)
+        self.seen: torch.Tensor | None = None  # (V,) bool: tokens in the context, for the penalty
+        if proc.penalized:
+            self.seen = torch.zeros(decoder.target.vocab, dtype=torch.bool, device=self.device)
+            self.seen[self._tensor(prompt)] = True
+        self.target = decoder.target.session()
+        self.draft: Session | None = None
+        self.draft_logits: torch.Tensor | None = None  # (V,) draft's next-token logits, when up to date
+        self.speculate = False
+        if self.routing.uses_draft and decoder.draft is not None:
+            self._route(decoder.draft)
+
+    def _tensor(self, ids: list[int]) -> torch.Tensor:
+        return torch.tensor(ids, dtype=torch.long, device=self.device)
+
+    def _route(self, draft: CausalLM) -> None:
+        """Prefill the draft on the prompt and apply the routing policy to its first-token confidence."""
+        session = draft.session()
+        logits = session.feed(self._tensor(self.emitted)[None])[0]  # (V,)
+        first = confidence(logits).item()
+        self.stats.first_token_confidence = first
+        self.speculate = self.routing.speculate_request(first)
+        if self.speculate:
+            self.draft, self.draft_logits = session, logits
+        self.stats.route = "speculative" if self.speculate else "target-only"
+
+    def rounds(self, max_new_tokens: int) -> Iterator[list[int]]:
+        produced = 0
+        while produced < max_new_tokens:
+            # leave room for the token every round ends with (correction or bonus)
+            k = min(self.routing.max_speculative_tokens, max_new_tokens - produced - 1) if self.speculate else 0
+            proposals, q = self._propose(k)
+            new = self._verify(proposals, q)
+            produced += len(new)
+            yield new
+
+    def _propose(self, k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Draft up to k tokens: (J,) ids and, when sampling, their distributions q (J, V)."""
+        empty = torch.empty(0, dtype=torch.long, device=self.device)
+        if k == 0 or self.draft is None:
+            return empty, None
+        logits = self.draft_logits
+        if logits is None:
+            logits = self.draft.feed(self._tensor(self.emitted[self.draft.length :])[None])[0]
+        self.draft_logits = None
+        seen = self.seen.clone() if self.seen is not None else None
+        tokens: list[torch.Tensor] = []
+        dists: list[torch.Tensor] = []
+        for i in range(k):
+            if self.routing.checks_each_token and confidence(logits).item() < self.routing.threshold:
+                break
+            x, q = self._draw(logits[None], None if seen is None else seen[None])  # (1,), (1, V) | None
+            tokens.append(x)
+            if q is not None:
+                dists.append(q)
+            if seen is not None:
+                seen[x] = True
+            if i < k - 1:
+                logits = self.draft.feed(x.view(1, 1))[0]
+        if not tokens:
+            return empty, None
+        return torch.cat(tokens), (torch.cat(dists) if dists else None)
+
+    def _draw(self, logits: torch.Tensor, seen: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.proc.greedy:
+            return greedy_tokens(logits, seen, self.proc), None
+        q = probabilities(logits, seen, self.proc)  # (1, V)
+        return torch.multinomial(q, 1, generator=self.generator).view(1), q
+
+    def _verify(self, proposals: torch.Tensor, q: torch.Tensor | None) -> list[int]:
+        """Score the pending tokens and the J proposals in one target pass; accept a prefix; emit it plus
+        one target token. J = 0 is a plain target step."""
+        j = proposals.shape[0]
+        base = len(self.emitted)
+        ids = torch.cat([self._tensor(self.emitted[self.target.length :]), proposals])[None]  # (1, m + J)
+        logits = self.target.feed(ids, keep=j + 1)  # (J+1, V)
+        seen = seen_rows(self.seen, proposals, j + 1) if self.seen is not None else None  # (J+1, V)
+        if self.proc.greedy:
+            best = greedy_tokens(logits, seen, self.proc)  # (J+1,)
+            accepted = (best[:j] == proposals).int().cumprod(0).sum()
+            token = best.gather(0, accepted.view(1))
+        else:
+            accepted, token = self._accept(probabilities(logits, seen, self.proc), q, proposals)
+        outcome = torch.cat([accepted.view(1), proposals, token]).tolist()  # the round's one host sync
+        n = outcome[0]
+        new = [*outcome[1 : 1 + n], outcome[-1]]
+        self._advance(base, n, new)
+        self.stats.proposed_tokens += j
+        self.stats.accepted_tokens += n
+        self.stats.rounds += 1
+        return new
+
+    def _accept(
+        self, p: torch.Tensor, q: torch.Tensor | None, proposals: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rejection rule: number of accepted proposals (), and the next token (1,)."""
+        j = proposals.shape[0]
+        if j == 0 or q is None:
+            return torch.zeros((), dtype=torch.long, device=p.device), torch.multinomial(
+                p[-1:], 1, generator=self.generator
+            ).view(1)
+        px = p[:j].gather(1, proposals[:, None]).squeeze(1)  # (J,)
+        qx = q.gather(1, proposals[:, None]).squeeze(1)  # (J,) > 0: each x_i was drawn from q_i
+        u = torch.rand(j, device=p.device, generator=self.generator)
+        accepted = (u * qx < px).int().cumprod(0).sum()  # u < p/q: accept with probability min(1, p/q)
+        rows = torch.cat([residual_distribution(p[:j], q), p[j:]])  # (J+1, V): residuals, then bonus p
+        dist = rows.index_select(0, accepted.view(1))  # (1, V)
+        return accepted, torch.multinomial(dist, 1, generator=self.generator).view(1)
+
+    def _advance(self, base: int, accepted: int, new: list[int]) -> None:
+        """Append the round's tokens; crop both caches back to the accepted prefix."""
+        self.emitted.extend(new)
+        if self.seen is not None:
+            self.seen[self._tensor(new)] = True
+        self.target.truncate(base + accepted)
+        if self.draft is not None:
+            self.draft.truncate(min(self.draft.length, base + accepted))

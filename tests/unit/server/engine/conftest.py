@@ -1,0 +1,51 @@
+"""Tiny random causal LMs with a small vocabulary: cheap enough to sample thousands of completions."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+VOCAB = 8
+
+
+def tiny_lm(seed: int, vocab: int = VOCAB, layers: int = 1) -> LlamaForCausalLM:
+    """A random 1-layer Llama; a large init scale makes its next-token distributions far from uniform,
+    so target and draft differ clearly and a wrong acceptance rule shows up in few samples."""
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        initializer_range=0.6,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_target() -> LlamaForCausalLM:
+    return tiny_lm(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_draft(tiny_target: LlamaForCausalLM) -> LlamaForCausalLM:
+    return perturbed(tiny_target)
+
+
+def perturbed(model: LlamaForCausalLM) -> LlamaForCausalLM:
+    """The model with every weight perturbed (30% of its spread): related enough that about half the
+    proposals are accepted, different enough that rejections, residuals and bonus tokens all occur."""
+    draft = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for weight in draft.parameters():
+            if weight.numel() > 1:
+                weight.add_(torch.randn(weight.shape, generator=generator) * weight.std() * 0.3)
+    return draft

@@ -1,0 +1,91 @@
+"""`SpeculativeEngine` on a tiny random Llama with SmolLM2's tokenizer: streaming, stops, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from metaspec.server.engine import RoutingPolicy, SamplingParams, SpeculativeEngine
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_llama: Path) -> SpeculativeEngine:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    target = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    torch.manual_seed(3)
+    draft = AutoModelForCausalLM.from_config(target.config).eval()
+    return SpeculativeEngine.from_models(target, draft, tokenizer, RoutingPolicy("always", 0.5, 3), "tiny")
+
+
+async def collect(engine: SpeculativeEngine, prompt: list[int], params: SamplingParams):
+    return [delta async for delta in engine.generate(prompt, params)]
+
+
+async def test_streams_text_and_ends_with_stats(engine: SpeculativeEngine) -> None:
+    prompt = engine.encode_chat([{"role": "user", "content": "Hello there"}])
+    deltas = await collect(engine, prompt, SamplingParams(max_tokens=20))
+    final = deltas[-1]
+    assert final.finish_reason in ("stop", "length") and final.stats is not None
+    ids = [t for d in deltas for t in d.token_ids]
+    assert "".join(d.text for d in deltas) == engine.tokenizer.decode(ids, skip_special_tokens=True)
+    stats = final.stats
+    assert stats.route == "speculative" and stats.prompt_tokens == len(prompt)
+    assert stats.completion_tokens == len(ids) + (final.finish_reason == "stop")
+    assert stats.proposed_tokens > 0 and stats.time_to_first_token is not None
+    if final.finish_reason == "length":
+        assert len(ids) == 20
+
+
+async def test_same_seed_same_sample(engine: SpeculativeEngine) -> None:
+    prompt = engine.encode_prompt("Once upon a time")
+    params = SamplingParams(max_tokens=12, temperature=1.0, top_p=0.9, seed=11)
+    first, second = [await collect(engine, prompt, params) for _ in range(2)]
+    assert [d.token_ids for d in first] == [d.token_ids for d in second]
+
+
+async def test_end_of_turn_token_stops_and_is_not_shown(engine: SpeculativeEngine) -> None:
+    prompt = engine.encode_prompt("Once upon a time")
+    free = await collect(engine, prompt, SamplingParams(max_tokens=8))
+    ids = [t for d in free for t in d.token_ids]
+    stop_token = ids[4]
+    saved = engine._stop_ids  # the tiny random model never says <|im_end|>: make one of its tokens the EOS
+    engine._stop_ids = frozenset({stop_token})
+    try:
+        deltas = await collect(engine, prompt, SamplingParams(max_tokens=8))
+    finally:
+        engine._stop_ids = saved
+    got = [t for d in deltas for t in d.token_ids]
+    assert got == ids[: ids.index(stop_token)]
+    assert deltas[-1].finish_reason == "stop"
+
+
+async def test_stop_string(engine: SpeculativeEngine) -> None:
+    prompt = engine.encode_prompt("Once upon a time")
+    free = await collect(engine, prompt, SamplingParams(max_tokens=10))
+    text = "".join(d.text for d in free)
+    stop = text[len(text) // 2 : len(text) // 2 + 3]
+    deltas = await collect(engine, prompt, SamplingParams(max_tokens=10, stop=(stop,)))
+    assert "".join(d.text for d in deltas) == text[: text.index(stop)]
+    assert deltas[-1].finish_reason == "stop"
+
+
+async def test_cancel_stops_decoding_and_the_engine_serves_on(engine: SpeculativeEngine) -> None:
+    prompt = engine.encode_prompt("Count forever")
+    stream = engine.generate(prompt, SamplingParams(max_tokens=500))
+    await anext(stream)
+    await stream.aclose()
+    deltas = await asyncio.wait_for(collect(engine, prompt, SamplingParams(max_tokens=3)), timeout=60)
+    assert deltas[-1].finish_reason is not None
+
+
+@pytest.mark.parametrize(
+    ("prompt", "message"),
+    [([], "empty"), ([10**9], "out of range"), (list(range(5000)), "hold 1024")],
+)
+async def test_bad_requests_raise_value_error(engine: SpeculativeEngine, prompt: list[int], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        await collect(engine, prompt, SamplingParams(max_tokens=4))

@@ -1,0 +1,139 @@
+"""Speculative sampling is exact: completions sampled with speculation follow the target's distribution.
+
+Reference: the exact distribution of the first three tokens under target-only sampling, enumerated with
+transformers' own logits processors (repetition penalty, temperature, top-p). Statistic: a G-test of
+the sampled completions against it (cells with expected count < 5 pooled), rejected at
+ALPHA = 1e-3 — the false-alarm rate of each test. Seeds are fixed, so results are reproducible; a
+deliberately broken rule (no residual resampling after a rejection) must be rejected by the same test.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+
+import pytest
+import torch
+from test_sampling import reference_probs
+
+from metaspec.server.engine import speculative
+from metaspec.server.engine.protocol import RequestStats
+from metaspec.server.engine.routing import RoutingPolicy
+from metaspec.server.engine.sampling import Processing, confidence
+from metaspec.server.engine.speculative import CausalLM, SpeculativeDecoder
+
+ALPHA = 1e-3
+PROMPT = [1, 2, 3]
+LENGTH = 3
+SAMPLES = 1500
+
+
+@torch.inference_mode()
+def exact_distribution(model: torch.nn.Module, proc: Processing) -> dict[tuple[int, ...], float]:
+    """P(x_1..x_LENGTH | PROMPT) under target-only sampling, by enumeration."""
+    vocab = model.config.vocab_size
+    probs: dict[tuple[int, ...], float] = {(): 1.0}
+    for _ in range(LENGTH):
+        nxt = {}
+        for prefix, mass in probs.items():
+            context = torch.tensor(PROMPT + list(prefix))
+            step = reference_probs(model(context[None]).logits[0, -1:], context, proc)[0]
+            for token in range(vocab):
+                nxt[(*prefix, token)] = mass * step[token].item()
+        probs = nxt
+    return probs
+
+
+def sample(decoder: SpeculativeDecoder, proc: Processing, seed: int) -> tuple[Counter, RequestStats]:
+    generator = torch.Generator().manual_seed(seed)
+    counts: Counter = Counter()
+    total = RequestStats()
+    for _ in range(SAMPLES):
+        stats = RequestStats()
+        tokens = [t for chunk in decoder.decode(PROMPT, proc, LENGTH, stats, generator) for t in chunk]
+        counts[tuple(tokens)] += 1
+        total.proposed_tokens += stats.proposed_tokens
+        total.accepted_tokens += stats.accepted_tokens
+        total.rounds += stats.rounds
+    return counts, total
+
+
+def g_test_p_value(counts: Counter, expected: dict[tuple[int, ...], float]) -> float:
+    """p-value of the G-test of `counts` against the distribution `expected`."""
+    n = sum(counts.values())
+    impossible = {k: v for k, v in counts.items() if expected.get(k, 0.0) == 0.0}
+    assert not impossible, f"sampled completions the target can never produce: {impossible}"
+    cells: list[tuple[float, float]] = []  # (observed, expected count)
+    pooled_o = pooled_e = 0.0
+    for key, prob in expected.items():
+        if n * prob < 5:
+            pooled_o, pooled_e = pooled_o + counts.get(key, 0), pooled_e + n * prob
+        else:
+            cells.append((counts.get(key, 0), n * prob))
+    if pooled_e > 0:
+        cells.append((pooled_o, pooled_e))
+    g = 2 * sum(o * torch.log(torch.tensor(o / e)).item() for o, e in cells if o > 0)
+    df = len(cells) - 1
+    return torch.special.gammaincc(torch.tensor(df / 2), torch.tensor(g / 2)).item()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models are pure launch overhead: a second intra-op thread only adds contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+CASES = {
+    "always-t1": (RoutingPolicy("always", 0.5, 2), Processing(1.0)),
+    "per-token-penalty-top-p": (RoutingPolicy("per-token", 0.93, 3), Processing(1.5, 0.95, 1.2)),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_speculative_sampling_matches_target_distribution(
+    case: str, tiny_target, tiny_draft, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    routing, proc = CASES[case]
+    seen: list[float] = []
+    recorded = lambda logits: seen.append(value := confidence(logits)) or value  # noqa: E731
+    monkeypatch.setattr(speculative, "confidence", recorded)
+    decoder = SpeculativeDecoder(CausalLM(tiny_target, 8), CausalLM(tiny_draft, 8), routing)
+    counts, stats = sample(decoder, proc, seed=1234)
+    # every path ran: acceptances, rejections (residuals) and, for per-token, rounds cut short
+    assert 0 < stats.accepted_tokens < stats.proposed_tokens, stats
+    if routing.checks_each_token:
+        below = sum(c < routing.threshold for c in seen)
+        assert 0 < below < len(seen), "per-token should both draft and stop drafting"
+    assert g_test_p_value(counts, exact_distribution(tiny_target, proc)) >= ALPHA
+
+
+def test_a_broken_rule_is_detected(tiny_target, tiny_draft, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resampling from p instead of norm(max(0, p − q)) after a rejection over-weights the draft's
+    tokens; the same statistic must reject it, or the tests above could not fail."""
+    monkeypatch.setattr(speculative, "residual_distribution", lambda p, q: p)
+    routing, proc = CASES["always-t1"]
+    decoder = SpeculativeDecoder(CausalLM(tiny_target, 8), CausalLM(tiny_draft, 8), routing)
+    counts, _ = sample(decoder, proc, seed=1234)
+    assert g_test_p_value(counts, exact_distribution(tiny_target, proc)) < ALPHA
+
+
+def test_target_only_sampling_matches_too(tiny_target) -> None:
+    proc = Processing(1.2, 0.8, 1.5)
+    decoder = SpeculativeDecoder(CausalLM(tiny_target, 8), None, RoutingPolicy("never"))
+    counts, stats = sample(decoder, proc, seed=99)
+    assert stats.proposed_tokens == 0 and stats.rounds == SAMPLES * LENGTH
+    assert g_test_p_value(counts, exact_distribution(tiny_target, proc)) >= ALPHA
+
+
+@pytest.mark.parametrize("policy", ["always", "per-token", "first-token", "never"])
+def test_greedy_equals_target_greedy(policy: str, tiny_target, tiny_draft) -> None:
+    decoder = SpeculativeDecoder(CausalLM(tiny_target, 8), CausalLM(tiny_draft, 8), RoutingPolicy(policy, 0.3, 3))
+    for prompt in itertools.islice(itertools.permutations(range(8), 3), 40):
+        expected = tiny_target.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)
+        stats = RequestStats()
+        got = [t for chunk in decoder.decode(list(prompt), Processing(), 12, stats, None) for t in chunk]
+        expected = expected[0, 3:].tolist()  # `generate` stops at the config's EOS id; the decoder does not
+        assert got[: len(expected)] == expected, (prompt, stats)
