@@ -1,0 +1,39 @@
+"""The causal-LM recipe: a draft cut from the (tiny) target and distilled from its logits."""
+
+from __future__ import annotations
+
+import json
+
+from safetensors.torch import load_file
+from trainer_helpers import training_run, write_dataset
+from transformers import AutoConfig
+
+from metaspec.artifacts import read_manifest
+from metaspec.trainer.progress import LogReporter
+from metaspec.trainer.run import train
+
+
+def test_derived_draft_distilled_from_target(tiny_llama, tmp_path):
+    out = tmp_path / "out"
+    spec = {
+        "method": "causal-lm",
+        "baseModel": {"uri": str(tiny_llama)},
+        "dataset": {"uri": str(write_dataset(tmp_path / "train.jsonl", 4))},
+        "evaluation": {"uri": str(write_dataset(tmp_path / "eval.jsonl", 1, tag="eval", offset=100))},
+        "draft": {"initFrom": "target", "numLayers": 1, "objective": "distill", "distillTemperature": 2.0},
+        "optimization": {"maxSteps": 6, "batchSize": 4, "maxSeqLength": 48, "outerLr": 3e-3, "evalSteps": 3},
+        "output": {"uri": str(out)},
+    }
+    summary = train(training_run(spec), work_dir=tmp_path / "work", device="cpu", reporter=LogReporter())
+
+    assert summary["artifacts"]["model"] == f"file://{out}/model"
+    assert "adapter" not in summary["artifacts"]
+    assert {"perplexityBase", "perplexityModel", "trainLoss", "evalLoss"} <= summary["metrics"].keys()
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert history[-1]["loss"] < history[0]["loss"], [r["loss"] for r in history]
+    assert AutoConfig.from_pretrained(out / "model").num_hidden_layers == 1
+    assert "model/model.safetensors" in read_manifest(out).files
+    target = load_file(tiny_llama / "model.safetensors")
+    draft = load_file(out / "model" / "model.safetensors")
+    assert not any(".layers.1." in k for k in draft)
+    assert set(draft) == {k for k in target if ".layers.1." not in k}
