@@ -91,6 +91,7 @@ def summarize(result: ShardResult, fail_on_quality: bool) -> tuple[dict[str, Any
     if result.merged is not None:
         summary["mergedStats"] = generation_stats(result.merged)
     if failed is None:
+        summary["quality"] = {"passed": True, "message": "natural-stop rate at least quality.minNaturalStopRate"}
         return summary, 0
     summary["reason"] = "QualityCheckFailed"
     summary["message"] = (
@@ -98,6 +99,7 @@ def summarize(result: ShardResult, fail_on_quality: bool) -> tuple[dict[str, Any
         f"{failed['minNaturalStopRate']}: {failed['truncatedRate']:.1%} of outputs hit sampling.maxTokens; "
         "raise maxTokens or repetitionPenalty, or add stop strings"
     )
+    summary["quality"] = {"passed": False, "message": summary["message"]}
     if fail_on_quality:
         summary["phase"] = "Failed"
         return summary, EXIT_PERMANENT

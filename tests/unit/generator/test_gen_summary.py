@@ -1,0 +1,50 @@
+"""The quality gate's exit codes and the termination-message summary the operator reads."""
+
+from __future__ import annotations
+
+import json
+
+from metaspec.generator import ShardResult, compute_stats
+from metaspec.generator.cli import summarize
+from metaspec.runtime import EXIT_PERMANENT, EXIT_QUALITY, TERMINATION_MESSAGE_LIMIT
+
+
+def records(stopped: int, truncated: int) -> list[dict]:
+    def one(i: int, reason: str) -> dict:
+        meta = {"num_tokens_generated": 8, "finish_reason": reason, "generation_time": 0.1}
+        return {"id": str(i), "output": "an answer", "domain": "math", "metadata": meta}
+
+    return [one(i, "stop") for i in range(stopped)] + [one(stopped + i, "length") for i in range(truncated)]
+
+
+def result(shard: tuple[int, int], merged: tuple[int, int] | None = None) -> ShardResult:
+    stats = compute_stats(records(*shard), sum(shard), 0.9)
+    whole = compute_stats(records(*merged), sum(merged), 0.9) if merged else None
+    return ShardResult(1, 2, "s3://b/out", stats, whole, generated=sum(shard))
+
+
+def test_passing_shard() -> None:
+    summary, code = summarize(result((10, 0)), fail_on_quality=False)
+    assert code == 0 and summary["qualityCheckPassed"] is True and summary["quality"]["passed"] is True
+    assert summary["stats"]["naturalStopRate"] == 1.0 and summary["complete"] is False
+    assert summary["outputUri"] == "s3://b/out" and summary["shard"] == {"index": 1, "count": 2}
+
+
+def test_failed_gate_writes_outputs_but_exits_with_the_quality_code() -> None:
+    summary, code = summarize(result((5, 5)), fail_on_quality=False)
+    assert code == EXIT_QUALITY and summary["phase"] == "Succeeded"
+    assert summary["qualityCheckPassed"] is False and summary["reason"] == "QualityCheckFailed"
+    assert "0.500 is below quality.minNaturalStopRate 0.9" in summary["message"]
+    assert summary["quality"] == {"passed": False, "message": summary["message"]}
+
+
+def test_fail_on_quality_is_a_permanent_failure() -> None:
+    summary, code = summarize(result((5, 5)), fail_on_quality=True)
+    assert code == EXIT_PERMANENT and summary["phase"] == "Failed"
+
+
+def test_the_completing_shard_judges_the_whole_output() -> None:
+    summary, code = summarize(result((10, 0), merged=(12, 8)), fail_on_quality=False)
+    assert code == EXIT_QUALITY and summary["complete"] is True
+    assert summary["mergedStats"]["examplesDone"] == 20 and "0.600" in summary["message"]
+    assert len(json.dumps(summary)) < TERMINATION_MESSAGE_LIMIT
