@@ -1,12 +1,16 @@
-"""The quality gate's exit codes and the termination-message summary the operator reads."""
+"""The quality gate's exit codes, the termination-message summary the operator reads, input errors."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
+
+from metaspec.api import TeacherGenerationSpec
 from metaspec.generator import ShardResult, compute_stats
 from metaspec.generator.cli import summarize
-from metaspec.runtime import EXIT_PERMANENT, EXIT_QUALITY, TERMINATION_MESSAGE_LIMIT
+from metaspec.generator.generate import load_inputs
+from metaspec.runtime import EXIT_PERMANENT, EXIT_QUALITY, TERMINATION_MESSAGE_LIMIT, PermanentError
 
 
 def records(stopped: int, truncated: int) -> list[dict]:
@@ -48,3 +52,13 @@ def test_the_completing_shard_judges_the_whole_output() -> None:
     assert code == EXIT_QUALITY and summary["complete"] is True
     assert summary["mergedStats"]["examplesDone"] == 20 and "0.600" in summary["message"]
     assert len(json.dumps(summary)) < TERMINATION_MESSAGE_LIMIT
+
+
+def test_a_bad_dataset_line_is_a_permanent_error_naming_the_line(tmp_path) -> None:
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"id": "a", "input": "hi", "domain": "math", "difficulty": "easy"}\n{"id": "b", "input": ""}\n')
+    spec = TeacherGenerationSpec.model_validate(
+        {"model": {"uri": "/m"}, "dataset": {"uri": str(path)}, "output": {"uri": "/o"}, "engine": "transformers"}
+    )
+    with pytest.raises(PermanentError, match=r"spec.dataset.uri: .*line 2: field `input`"):
+        load_inputs(spec)
