@@ -47,6 +47,12 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="keep SpecServe servers running until Ctrl-C (default: yes, unless --report)",
     )
+    run.add_argument(
+        "--bench-prompts", type=int, default=4, help="--report benchmark: prompts per difficulty (default 4)"
+    )
+    run.add_argument(
+        "--bench-max-tokens", type=int, default=48, help="--report benchmark: tokens per answer (default 48)"
+    )
     status = sub.add_parser("status", help="show the statuses of the last run")
     _state_dir_arg(status)
     stop = sub.add_parser("stop", help="stop a running `metaspec local run` (stages checkpoint first)")
@@ -72,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         report=args.report,
         serve=(not args.report) if args.serve is None else args.serve,
+        bench_prompts=args.bench_prompts,
+        bench_max_tokens=args.bench_max_tokens,
     )
     try:
         return LocalRun(args.pipeline, options).run()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +26,11 @@ MAX_TOKENS = 48
 
 def demo_prompts(per_difficulty: int = PROMPTS_PER_DIFFICULTY) -> list[dict[str, Any]]:
     """The first `per_difficulty` easy and hard records of `builtin://eval`, spread over domains."""
-    from metaspec.builtin import load_split
+    from metaspec.builtin import records
 
     picked: list[dict[str, Any]] = []
     for difficulty in ("easy", "hard"):
-        pool = [r for r in load_split("eval") if r.difficulty == difficulty]
+        pool = [r for r in records("eval") if r.difficulty == difficulty]
         by_domain: dict[str, list[Any]] = {}
         for record in pool:
             by_domain.setdefault(record.domain, []).append(record)
@@ -98,6 +99,7 @@ def run(
     url: str,
     config: Path,
     env: dict[str, str],
+    server_args: Sequence[str] = (),
     per_difficulty: int = PROMPTS_PER_DIFFICULTY,
     max_tokens: int = MAX_TOKENS,
 ) -> dict[str, Any]:
@@ -119,7 +121,7 @@ def run(
             results["policies"][policy] = bench_policy(url, model, prompts, max_tokens)
             continue
         variant = _with_policy(config, policy)
-        child, other = start_server(variant, config.parent / f"bench-{policy}.log", env)
+        child, other = start_server(variant, config.parent / f"bench-{policy}.log", env, server_args)
         try:
             results["policies"][policy] = bench_policy(other, model, prompts, max_tokens)
         finally:

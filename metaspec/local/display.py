@@ -147,7 +147,7 @@ class LiveDisplay:
     """Live table on a terminal; plain lines (phase changes, progress every `every` seconds) elsewhere."""
 
     def __init__(self, console: Console | None = None, every: float = 30):
-        self.console = console or Console()
+        self.console = console or Console(soft_wrap=True)
         self.every = every
         self._live: Live | None = None
         self._seen: dict[str, tuple[str, str]] = {}

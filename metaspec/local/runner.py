@@ -99,6 +99,8 @@ class RunOptions:
     serve: bool = False  # keep SpecServe servers running until interrupted
     report: bool = False  # run the demo benchmark and write the report at the end
     stop_grace: float = 60  # seconds a stage gets to checkpoint after SIGTERM
+    bench_prompts: int = 4  # demo benchmark: prompts per difficulty (easy and hard)
+    bench_max_tokens: int = 48  # demo benchmark: tokens per answer
 
 
 @dataclass
@@ -231,7 +233,7 @@ class LocalRun:
 
     def _execute(self, resource: Resource) -> None:
         rs = self.state.resource(*pipeline.key(resource))
-        check = pipeline.check_dependencies(resource, self._lookup, self.resources)
+        check = pipeline.check_dependencies(resource, self._lookup)
         if not check.ready:
             phase = Phase.FAILED if check.failed else Phase.WAITING
             self._condition(resource, pipeline.DEPENDENCIES_READY, False, check.reason, check.message)
@@ -278,6 +280,7 @@ class LocalRun:
 
     def _stage_env(self, summary: Path) -> dict[str, str]:
         env = {
+            "METASPEC_CACHE": str(self.cache_dir),
             **os.environ,
             **(self.storage.env if self.storage else {}),
             "METASPEC_TERMINATION_MESSAGE_PATH": str(summary),
@@ -287,6 +290,14 @@ class LocalRun:
         if self.options.device == "cpu":
             env["CUDA_VISIBLE_DEVICES"] = ""
         return env
+
+    @property
+    def cache_dir(self) -> Path:
+        """Downloaded models, shared by the stages (keyed by manifest digest, so never stale)."""
+        return Path(os.environ.get("METASPEC_CACHE") or self.state_dir / "cache")
+
+    def _device_args(self) -> list[str]:
+        return [] if self.options.device == "auto" else ["--device", self.options.device]
 
     def _run_component(self, resource: Resource, argv: list[str], summary: Path) -> tuple[int, dict[str, Any]]:
         """Run one component process to its end; returns its exit code and termination summary."""
@@ -320,7 +331,8 @@ class LocalRun:
         stage = self._stage_dir(resource)
         config = _write_config(stage / "config.json", resource)
         for attempt in range(resource.spec.backoff_limit + 1):
-            code, summary = self._run_component(resource, ["train", "--config", str(config)], stage / "summary.json")
+            argv = ["train", "--config", str(config), "--work-dir", str(stage / "work"), *self._device_args()]
+            code, summary = self._run_component(resource, argv, stage / "summary.json")
             if code == 0 or code in (EXIT_PERMANENT, EXIT_QUALITY) or attempt == resource.spec.backoff_limit:
                 break
             self.display.say(f"TrainingRun/{resource.metadata.name}: exit {code}, retrying (resumes from checkpoint)")
@@ -335,7 +347,7 @@ class LocalRun:
         code = 0
         for index in range(n):
             argv = ["generate", "--config", str(config), "--shard-index", str(index), "--num-shards", str(n)]
-            argv += ["--work-dir", str(stage / "work"), "--no-progress", "--device", self.options.device]
+            argv += ["--work-dir", str(stage / "work"), "--no-progress", *self._device_args()]
             for attempt in range(resource.spec.backoff_limit + 1):
                 code, summary = self._run_component(resource, argv, stage / f"summary-{index}.json")
                 if code in (0, EXIT_PERMANENT, EXIT_QUALITY) or attempt == resource.spec.backoff_limit:
@@ -410,7 +422,11 @@ class LocalRun:
         rs.log = str(stage / "log.txt")
         try:
             child, url = start_server(
-                config, Path(rs.log), self._stage_env(stage / "summary.json"), resource.spec.service.port
+                config,
+                Path(rs.log),
+                self._stage_env(stage / "summary.json"),
+                [*self._device_args(), "--work-dir", str(self.cache_dir / "serve")],
+                resource.spec.service.port,
             )
         except RuntimeError as e:
             self._set_status(resource, phase=Phase.FAILED.value, message=str(e), **served)
@@ -435,7 +451,13 @@ class LocalRun:
         if self.servers:
             server = self.servers[0]
             results = demo_bench.run(
-                server.resource, server.url, server.config, self._stage_env(server.config.parent / "bench.json")
+                server.resource,
+                server.url,
+                server.config,
+                self._stage_env(server.config.parent / "bench-summary.json"),
+                [*self._device_args(), "--work-dir", str(self.cache_dir / "serve")],
+                self.options.bench_prompts,
+                self.options.bench_max_tokens,
             )
             path = self.state_dir / "bench" / "demo-bench.json"
             path.parent.mkdir(parents=True, exist_ok=True)

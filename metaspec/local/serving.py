@@ -8,6 +8,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from metaspec.local.processes import Child
@@ -28,13 +29,19 @@ def free_port(preferred: int | None = None) -> int:
 
 
 def start_server(
-    config: Path, log: Path, env: dict[str, str], port: int | None = None, timeout: float = READY_TIMEOUT
+    config: Path,
+    log: Path,
+    env: dict[str, str],
+    extra_args: Sequence[str] = (),
+    port: int | None = None,
+    timeout: float = READY_TIMEOUT,
 ) -> tuple[Child, str]:
-    """Start the router and wait until it is ready; the child and its base URL.
+    """Start the router on loopback and wait until it is ready; the child and its base URL.
 
     Raises RuntimeError (with the log's tail) if it exits or is not ready within `timeout`."""
     port = free_port(port)
-    argv = [sys.executable, "-m", "metaspec.cli", "serve", "--config", str(config), "--port", str(port)]
+    argv = [sys.executable, "-m", "metaspec.cli", "serve", "--config", str(config)]
+    argv += ["--host", "127.0.0.1", "--port", str(port), *extra_args]
     child = Child(argv, log, env)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -102,7 +102,7 @@ def finished_run(tmp_path_factory, tiny_base: str, s3_prefix_module: str, s3, ch
     state_dir = root / "state"
     result = local(
         "run", str(pipeline), "--state-dir", str(state_dir), "--s3-endpoint", s3.endpoint, "--report", "--no-serve",
-        env=child_env,
+        "--bench-prompts", "1", "--bench-max-tokens", "8", env=child_env,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     return state_dir, result.stdout
@@ -186,7 +186,7 @@ spec:
   evaluation: {{uri: builtin://eval, maxExamples: 4}}
   lora: {{r: 4, alpha: 8}}
   anil: {{supportSize: 2, querySize: 2}}
-  optimization: {{maxSteps: 400, maxSeqLength: 96, evalSteps: 400, checkpointSteps: 5, earlyStoppingPatience: 0}}
+  optimization: {{maxSteps: 60, maxSeqLength: 96, evalSteps: 60, checkpointSteps: 5, earlyStoppingPatience: 0}}
   output: {{uri: s3://metaspec/runs/killed}}
 """
 
@@ -205,7 +205,7 @@ def test_killed_run_resumes_from_checkpoint(tmp_path: Path, tiny_llama: Path, ch
         stderr=subprocess.DEVNULL,
     )
     try:
-        trainer_pid = _wait_for_step(state_dir, runner, at_least=12)
+        trainer_pid = _wait_for_step(state_dir, runner, at_least=10)
     finally:
         runner.kill()
         runner.wait()
@@ -220,7 +220,7 @@ def test_killed_run_resumes_from_checkpoint(tmp_path: Path, tiny_llama: Path, ch
     assert r.status["phase"] == "Succeeded" and r.attempts == 2
     second_attempt = Path(r.log).read_text().split("$ ")[-1]
     assert "resum" in second_attempt.lower(), second_attempt[:2000]
-    assert r.status["progress"]["step"] == 400
+    assert r.status["progress"]["step"] == 60
 
 
 def _wait_for_step(state_dir: Path, runner: subprocess.Popen, at_least: int, timeout: float = 300) -> int:
