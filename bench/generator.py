@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import platform
 import sys
 import time
@@ -176,7 +177,7 @@ def report(args: argparse.Namespace, device: torch.device, rows: list[Row], vllm
     header = f"{'mode':<22} {'examples/s':>10} {'tokens/s':>9} {'speedup':>8} {'mismatches':>10} {'seconds':>8}"
     print(
         f"\n{args.prompts} prompts, max {args.max_tokens} new tokens, greedy, {device} "
-        f"({torch.cuda.get_device_name() if device.type == 'cuda' else platform.processor() or 'cpu'}, "
+        f"({torch.cuda.get_device_name() if device.type == 'cuda' else platform.machine()}, "
         f"{torch.get_num_threads()} threads)\n{header}"
     )
     for r in rows:
@@ -191,8 +192,9 @@ def report(args: argparse.Namespace, device: torch.device, rows: list[Row], vllm
     out.parent.mkdir(parents=True, exist_ok=True)
     body = {
         "device": str(device),
-        "device_name": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor(),
+        "device_name": torch.cuda.get_device_name() if device.type == "cuda" else platform.machine(),
         "threads": torch.get_num_threads(),
+        "load_average": os.getloadavg()[0],  # other work on the machine skews CPU timings
         "torch": torch.__version__,
         "prompts": args.prompts,
         "max_tokens": args.max_tokens,
