@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from ._base import Rng, answer_easy, answer_hard, clock, draw, money, pick
+from ._base import Rng, answer_easy, answer_hard, article, clock, draw, money, pick
 
 #: (object, typical mass in grams, how to say it)
 MASSES = (
@@ -69,20 +69,16 @@ def _heavier(rng: Rng, held: bool) -> tuple[str, str]:
     if rng.below(2):
         a, b = b, a
     heavy, light = (a, b) if a[1] > b[1] else (b, a)
-    question = rng.choice(("Which is heavier, a {a} or a {b}?", "Which weighs more: a {a} or a {b}?")).format(
-        a=a[0], b=b[0]
-    )
-    return question, answer_easy(
-        f"A {heavy[0]}", f"A {heavy[0]} weighs {heavy[2]}, while a {light[0]} weighs {light[2]}."
-    )
+    a_, b_, heavy_, light_ = (f"{article(x[0])} {x[0]}" for x in (a, b, heavy, light))
+    question = rng.choice(("Which is heavier, {a} or {b}?", "Which weighs more: {a} or {b}?")).format(a=a_, b=b_)
+    why = f"{heavy_.capitalize()} weighs {heavy[2]}, while {light_} weighs {light[2]}."
+    return question, answer_easy(heavy_.capitalize(), why)
 
 
 def _where(rng: Rng, held: bool) -> tuple[str, str]:
     thing, place, why = pick(rng, PLACES, held, key=lambda p: p[0])
-    question = rng.choice(("Where would you usually find a {t}?", "Where is a {t} most likely to be found?")).format(
-        t=thing
-    )
-    return question, answer_easy(place, why)
+    question = rng.choice(("Where would you usually find {t}?", "Where is {t} most likely to be found?"))
+    return question.format(t=f"{article(thing)} {thing}"), answer_easy(place, why)
 
 
 def _tool_for(rng: Rng, held: bool) -> tuple[str, str]:

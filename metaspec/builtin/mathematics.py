@@ -57,7 +57,7 @@ CONVERSIONS = (  # (big unit, small unit, factor)
 
 
 def _math_convert(rng: Rng, held: bool) -> tuple[str, str]:
-    (big, small, factor), half = draw(rng, held, lambda: (rng.choice(CONVERSIONS), rng.int(2, 19) / 2))
+    (big, small, factor), half = draw(rng, held, lambda: (rng.choice(CONVERSIONS), rng.int(3, 19) / 2))
     amount = num(Fraction(half).limit_denominator(2))
     result = num(Fraction(half).limit_denominator(2) * factor)
     question = rng.choice(("How many {s} are in {x} {b}?", "Convert {x} {b} to {s}.", "{x} {b} is how many {s}?"))

@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
-from ._base import CITIES, NAMES, TOWNS, WEEKDAYS, Rng, answer_easy, answer_hard, clock, pick, pick_many, plural
+from ._base import (
+    CITIES,
+    NAMES,
+    TOWNS,
+    WEEKDAYS,
+    Rng,
+    answer_easy,
+    answer_hard,
+    article,
+    clock,
+    pick,
+    pick_many,
+    plural,
+)
 
 JOBS = (
     "nurse",
@@ -39,7 +52,7 @@ def _library_facts(rng: Rng, held: bool) -> dict:
 
 def _library_passage(f: dict) -> str:
     return (
-        f"{f['name']} works as a {f['job']} in {f['town']}. Every {f['day']}, {f['name']} walks {f['blocks']} blocks to the "
+        f"{f['name']} works as {article(f['job'])} {f['job']} in {f['town']}. Every {f['day']}, {f['name']} walks {f['blocks']} blocks to the "
         f"public library and borrows {f['books']} books. The library opens at {f['open']}:00 and closes at {f['close']}:00. "
         f"Last spring {f['name']} also joined a chess club that meets on {f['club']} evenings at the community centre."
     )
@@ -51,7 +64,7 @@ def _reading_library(rng: Rng, held: bool) -> tuple[str, str]:
     question, answer, why = {
         "job": (
             f"What is {f['name']}'s job?",
-            f"{f['name']} is a {f['job']}.",
+            f"{f['name']} is {article(f['job'])} {f['job']}.",
             f'The first sentence says {f["name"]} "works as a {f["job"]}".',
         ),
         "books": (
@@ -109,7 +122,7 @@ def _bakery_facts(rng: Rng, held: bool) -> dict:
 def _bakery_passage(f: dict) -> str:
     return (
         f"The {f['shop']} bakery in {f['town']} was opened in {f['year']} by {f['name']}, who had worked for {f['worked']} "
-        f"years as a {f['job']} before. It bakes {f['loaves']} loaves of bread every morning and opens at {f['opens']} a.m. "
+        f"years as {article(f['job'])} {f['job']} before. It bakes {f['loaves']} loaves of bread every morning and opens at {f['opens']} a.m. "
         f"On Saturdays it also sells {f['pastry']}, which usually sell out by noon. In {f['cafe']} the bakery added a "
         f"small café with {f['seats']} seats."
     )
@@ -152,12 +165,12 @@ def _reading_bakery_hard(rng: Rng, held: bool) -> tuple[str, str]:
     f = _bakery_facts(rng, held)
     question = (
         f"How many years after opening did the bakery add its café, and how many years had {f['name']} worked before "
-        f"the café opened (counting the years as a {f['job']} and at the bakery)? How many loaves does it bake in a 6-day week?"
+        f"the café opened (counting the years as {article(f['job'])} {f['job']} and at the bakery)? How many loaves does it bake in a 6-day week?"
     )
     gap = f["cafe"] - f["year"]
     steps = [
         f"The bakery opened in {f['year']} and the café was added in {f['cafe']}: {f['cafe']} − {f['year']} = {gap} years.",
-        f"Before opening, {f['name']} worked {f['worked']} years as a {f['job']}.",
+        f"Before opening, {f['name']} worked {f['worked']} years as {article(f['job'])} {f['job']}.",
         f"Total working years until the café opened: {f['worked']} + {gap} = {f['worked'] + gap}.",
         f"Loaves: {f['loaves']} per morning × 6 days = {f['loaves'] * 6}.",
     ]

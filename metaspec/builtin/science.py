@@ -93,7 +93,7 @@ def _physics(rng: Rng, held: bool) -> tuple[str, str]:
         )
     if kind == "ohm":
         return (
-            f"A current of {b} A flows through a {a} Ω resistor. What is the voltage across it?",
+            f"A current of {b} A flows through {article(str(a))} {a} Ω resistor. What is the voltage across it?",
             answer_easy(f"{a * b} V", f"Ohm's law: V = I × R = {b} A × {a} Ω = {a * b} V."),
         )
     if kind == "density":

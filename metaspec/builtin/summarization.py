@@ -54,7 +54,7 @@ def _council(rng: Rng, held: bool) -> tuple[str, dict, str]:
         f"and work is due to start in {f['month']}. Supporters said the plan would {benefit}. Opponents argued that {concern}. "
         f"Council chair {f['chair']} said the plan would be reviewed after one year."
     )
-    summary = f"{town}'s council voted {yes}–{f['no']} to {action}, a {f['cost']} project starting in {f['month']}."
+    summary = f"{town}'s council voted {yes}–{f['no']} to {action}, {article(f['cost'])} {f['cost']} project starting in {f['month']}."
     return text, f, summary
 
 
