@@ -104,7 +104,7 @@ def status(args: argparse.Namespace) -> int:
     from metaspec.local.display import render_table
 
     state = load_state(args.state_dir)
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=240, soft_wrap=True)
     if not state.resources:
         console.print(f"no run in {args.state_dir} yet: `metaspec local run PIPELINE.yaml`")
         return 1

@@ -112,9 +112,12 @@ def _status_numbers(status: dict[str, Any]) -> dict[str, Any]:
 def progress_of(r: ResourceState) -> tuple[float | None, float | None, str]:
     status_progress = r.status.get("progress") or {}
     stats = r.status.get("stats") or {}
-    done = r.progress.get("done", status_progress.get("step", stats.get("examplesDone")))
-    total = r.progress.get("total", status_progress.get("totalSteps", stats.get("examplesTotal")))
-    return done, total, r.progress.get("unit", "steps" if status_progress else "")
+    final = (status_progress.get("step"), status_progress.get("totalSteps"), "steps")
+    if stats:
+        final = (stats.get("examplesDone"), stats.get("examplesTotal"), "examples")
+    if r.phase in ("Succeeded", "Failed") and final[0] is not None:
+        return final  # the whole resource, not the last shard's or attempt's log lines
+    return r.progress.get("done", final[0]), r.progress.get("total", final[1]), r.progress.get("unit", final[2])
 
 
 def render_table(state: State, now: float | None = None) -> Table:

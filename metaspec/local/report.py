@@ -106,9 +106,19 @@ class _Report:
         runs = self.of_kind("TrainingRun")
         if not runs:
             return ""
-        parts = ["## Training", self._metrics_table(runs), self._loss_curves(runs), self._perplexity(runs)]
-        parts.append(self._token_shares(runs))
+        parts = ["## Training", self._metrics_table(runs), self._hard_share(runs)]
+        parts += [self._loss_curves(runs), self._perplexity(runs)]
         return "\n\n".join(p for p in parts if p)
+
+    def _hard_share(self, runs: list[ResourceState]) -> str:
+        shares = [(r.name, self._metrics(r).get("hardTokenShare")) for r in runs]
+        lines = [f"{name}: {_pct(share)}" for name, share in shares if share is not None]
+        if not lines:
+            return ""
+        return (
+            "Hard-token share (share of the loss's target tokens that come from hard examples; a 3:1 easy:hard "
+            "mix by examples can still be mostly hard by tokens): " + "; ".join(lines) + "."
+        )
 
     def _metrics(self, r: ResourceState) -> dict[str, Any]:
         path = self.artifacts(r) / "metrics.json"
@@ -165,27 +175,6 @@ class _Report:
             ax.bar_label(bars, fmt="%.2f")
             ax.set(title=f"{name}: held-out perplexity", ylabel="perplexity")
         return "### Perplexity of base, LoRA and merged model\n\n" + self.save(fig, "perplexity.png")
-
-    def _token_shares(self, runs: list[ResourceState]) -> str:
-        import matplotlib.pyplot as plt
-
-        shares = {r.name: token_shares(self._metrics(r)) for r in runs}
-        shares = {n: s for n, s in shares.items() if s}
-        if not shares:
-            return ""
-        name, share = next(iter(shares.items()))
-        domains = sorted({d for d, _ in share})
-        fig, ax = plt.subplots(figsize=(7, 3.5))
-        bottom = [0.0] * len(domains)
-        for difficulty, color in (("easy", "#7ab"), ("hard", "#d64")):
-            values = [share.get((d, difficulty), 0.0) for d in domains]
-            ax.bar(domains, values, bottom=bottom, label=difficulty, color=color)
-            bottom = [b + v for b, v in zip(bottom, values, strict=True)]
-        ax.set(title=f"{name}: share of training tokens", ylabel="share")
-        ax.tick_params(axis="x", rotation=30)
-        ax.legend()
-        hard = sum(v for (_, d), v in share.items() if d == "hard")
-        return f"### Token shares (hard: {hard:.1%})\n\n" + self.save(fig, "token_shares.png")
 
     def generation(self) -> str:
         runs = self.of_kind("TeacherGeneration")
@@ -304,22 +293,6 @@ def loss_series(history: list[dict[str, Any]]) -> dict[str, list[tuple[float, fl
             if "loss" in k.lower() and isinstance(v, int | float) and not isinstance(v, bool):
                 series.setdefault(k, []).append((step, v))
     return series
-
-
-def token_shares(metrics: dict[str, Any]) -> dict[tuple[str, str], float]:
-    """`{(domain, difficulty): share}` from a metrics dict's token statistics, if it has them."""
-    for key in ("tokenShares", "token_shares"):
-        table = metrics.get(key)
-        if isinstance(table, dict):
-            out = {}
-            for name, value in table.items():
-                if isinstance(value, dict):
-                    out.update({(name, d): float(v) for d, v in value.items()})
-                elif "/" in name:
-                    domain, difficulty = name.split("/", 1)
-                    out[(domain, difficulty)] = float(value)
-            return out
-    return {}
 
 
 def confidence_by_difficulty(bench: dict[str, Any]) -> dict[str, list[float]]:
