@@ -137,3 +137,22 @@ def test_greedy_equals_target_greedy(policy: str, tiny_target, tiny_draft) -> No
         got = [t for chunk in decoder.decode(list(prompt), Processing(), 12, stats, None) for t in chunk]
         expected = expected[0, 3:].tolist()  # `generate` stops at the config's EOS id; the decoder does not
         assert got[: len(expected)] == expected, (prompt, stats)
+
+
+CASES_PROC = (Processing(), Processing(1.0, 0.9, 1.2))
+
+
+def test_static_cache_path_decodes_the_same(tiny_target, tiny_draft) -> None:
+    """The preallocated cache of the compiled CUDA path (run eagerly here): same greedy tokens, same
+    sample for the same seed, across requests that reuse the cache."""
+    routing = RoutingPolicy("always", 0.5, 3)
+    dynamic = SpeculativeDecoder(CausalLM(tiny_target, 8), CausalLM(tiny_draft, 8), routing)
+    static = SpeculativeDecoder(
+        CausalLM(tiny_target, 8, static_cache_len=40), CausalLM(tiny_draft, 8, static_cache_len=40), routing
+    )
+    for prompt, proc in itertools.product(itertools.islice(itertools.permutations(range(8), 3), 6), CASES_PROC):
+        outputs = []
+        for decoder in (dynamic, static):
+            generator = torch.Generator().manual_seed(3)
+            outputs.append([t for c in decoder.decode(list(prompt), proc, 16, RequestStats(), generator) for t in c])
+        assert outputs[0] == outputs[1], (prompt, proc)

@@ -1,0 +1,243 @@
+"""Batch-1 decode speed of speculative serving, side by side on the same prompts and greedy outputs.
+
+Methods: transformers `generate` on the target alone (what a user would run), transformers assisted
+generation with the same draft (`assistant_model=`, constant k), and the metaspec engine under each
+routing policy (`never` = our own target-only path, the baseline for the gain from speculation alone).
+Every method must produce the same greedy tokens; mismatches are counted and reported.
+
+    python bench/server.py                                  # CPU, SmolLM2 target, 4-layer derived draft
+    python bench/server.py --draft s3://bucket/drafts/x     # a trained draft from the pipeline
+    python bench/server.py --device cuda --dtype bfloat16 [--compile]
+    python bench/server.py --device cuda --dtype bfloat16 --arch llama-8b --arch-draft llama-1b  # random init
+
+A derived draft (the target's first layers, untrained) agrees with the target on few tokens: it measures
+the machinery's overhead, not the speedup a trained draft gives. Results: a table on stdout and JSON in
+bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from metaspec.artifacts import materialize
+from metaspec.local.bundled import bundled_model_dir
+from metaspec.records import chat_prompt_ids
+from metaspec.server.engine import RoutingPolicy, SamplingParams, SpeculativeEngine, derive_draft
+
+RESULTS = Path(__file__).parent / "results"
+POLICIES = ("never", "always", "first-token", "per-token")
+PROMPTS = [
+    "What is the capital of France?",
+    "Explain photosynthesis in two sentences.",
+    "Write a Python function that checks whether a number is prime.",
+    "List three tips for staying focused while studying.",
+    "What is 17 times 23? Show your steps.",
+    "Summarize the plot of Romeo and Juliet in a few sentences.",
+    "Why is the sky blue?",
+    "Give me a short recipe for pancakes.",
+    "What are the differences between a list and a tuple in Python?",
+    "Describe the water cycle.",
+    "Translate 'Where is the train station?' into French and German.",
+    "Write a haiku about the ocean.",
+]
+#: random-init architectures (no download): the seed's target and drafts of two sizes
+ARCHS = {
+    "llama-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32),
+    "llama-1b": dict(
+        hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32, tie_word_embeddings=True
+    ),
+    "llama-160m": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
+}
+
+
+def random_llama(name: str, device: str, dtype: torch.dtype) -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=128256,
+        num_key_value_heads=8 if name != "llama-160m" else 4,
+        max_position_embeddings=131072,
+        rope_theta=500000.0,
+        eos_token_id=None,
+        **ARCHS[name],
+    )
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(dtype)
+    return model.eval()
+
+
+def load(uri: str | Path, device: str, dtype: torch.dtype) -> Any:
+    local, _ = materialize(uri, Path(tempfile.gettempdir()) / "metaspec-bench-cache")
+    model = AutoModelForCausalLM.from_pretrained(local, dtype=dtype, use_safetensors=True)
+    return model.to(device).eval()
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_hf(target: Any, prompt: list[int], args: argparse.Namespace, assistant: Any = None) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    if assistant is not None:
+        assistant.generation_config.num_assistant_tokens = args.k
+        assistant.generation_config.num_assistant_tokens_schedule = "constant"
+        assistant.generation_config.assistant_confidence_threshold = 0.0
+        extra["assistant_model"] = assistant
+    if args.compile:
+        extra["cache_implementation"] = "static"
+    ids = torch.tensor([prompt], device=args.device)
+    sync(args.device)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = target.generate(ids, max_new_tokens=args.max_tokens, do_sample=False, **extra)
+    sync(args.device)
+    return {"ids": out[0, len(prompt) :].tolist(), "seconds": time.perf_counter() - start}
+
+
+def run_ours(engine: SpeculativeEngine, prompt: list[int], args: argparse.Namespace) -> dict[str, Any]:
+    sync(args.device)
+    start = time.perf_counter()
+    deltas = list(engine.generate_sync(prompt, SamplingParams(max_tokens=args.max_tokens)))
+    sync(args.device)
+    seconds = time.perf_counter() - start
+    final = deltas[-1]
+    ids = [t for d in deltas for t in d.token_ids]
+    if final.finish_reason == "stop" and final.stats.completion_tokens > len(ids):
+        ids.append(-1)  # the end-of-turn token, left out of the text; matched against `generate`'s below
+    return {"ids": ids, "seconds": seconds, "stats": final.stats}
+
+
+def same(ours: list[int], reference: list[int], stop_ids: set[int]) -> bool:
+    if ours and ours[-1] == -1:
+        return ours[:-1] == reference[:-1] and bool(reference) and reference[-1] in stop_ids
+    return ours == reference
+
+
+def summarize(name: str, runs: list[dict[str, Any]], reference: list[dict[str, Any]], stop_ids: set[int]) -> dict:
+    tokens = sum(len(r["ids"]) for r in runs)
+    seconds = sum(r["seconds"] for r in runs)
+    row: dict[str, Any] = {
+        "method": name,
+        "tokens": tokens,
+        "seconds": round(seconds, 4),
+        "tokens_per_second": round(tokens / seconds, 2),
+        "ms_per_token": round(1000 * seconds / tokens, 2),
+        "mismatches": sum(not same(r["ids"], ref["ids"], stop_ids) for r, ref in zip(runs, reference, strict=True)),
+    }
+    stats = [r["stats"] for r in runs if "stats" in r]
+    if stats:
+        proposed = sum(s.proposed_tokens for s in stats)
+        row["acceptance_rate"] = round(sum(s.accepted_tokens for s in stats) / proposed, 4) if proposed else None
+        row["speculation_rate"] = round(sum(s.route == "speculative" for s in stats) / len(stats), 4)
+        row["tokens_per_round"] = round(sum(s.completion_tokens for s in stats) / sum(s.rounds for s in stats), 3)
+        row["mean_ttft_ms"] = round(1000 * statistics.mean(s.time_to_first_token or 0 for s in stats), 2)
+    return row
+
+
+def models(args: argparse.Namespace, dtype: torch.dtype) -> tuple[Any, Any, Any, str]:
+    tokenizer_dir = bundled_model_dir()
+    if args.arch:
+        target = random_llama(args.arch, args.device, dtype)
+        draft = random_llama(args.arch_draft, args.device, dtype)
+        return target, draft, AutoTokenizer.from_pretrained(tokenizer_dir), f"random {args.arch} + {args.arch_draft}"
+    target_uri = args.target or str(tokenizer_dir)
+    draft_uri = args.draft
+    label = f"draft {draft_uri}"
+    if draft_uri is None:
+        draft_uri = str(Path(tempfile.mkdtemp()) / "derived-draft")
+        derive_draft(Path(materialize(target_uri, Path(tempfile.gettempdir()))[0]), Path(draft_uri), args.draft_layers)
+        label = f"derived draft: first {args.draft_layers} layers of the target, untrained"
+    tokenizer = AutoTokenizer.from_pretrained(materialize(target_uri, Path(tempfile.gettempdir()))[0])
+    return load(target_uri, args.device, dtype), load(draft_uri, args.device, dtype), tokenizer, label
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--target", help="target model URI (default: the bundled SmolLM2-135M-Instruct)")
+    parser.add_argument("--draft", help="draft model URI (default: derived from the target, untrained)")
+    parser.add_argument("--draft-layers", type=int, default=4, help="layers of a derived draft")
+    parser.add_argument("--arch", choices=["llama-8b"], help="random-init target architecture (no download)")
+    parser.add_argument("--arch-draft", default="llama-1b", choices=["llama-1b", "llama-160m"])
+    parser.add_argument("--prompts", type=int, default=6, help=f"prompts to run (≤ {len(PROMPTS)})")
+    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("-k", type=int, default=5, help="maxSpeculativeTokens")
+    parser.add_argument("--threshold", type=float, default=0.7, help="confidenceThreshold")
+    parser.add_argument("--compile", action="store_true", help="static cache + torch.compile (CUDA)")
+    parser.add_argument("--out", type=Path, help="JSON path (default bench/results/server-<device>-<model>.json)")
+    args = parser.parse_args(argv)
+    dtype = getattr(torch, args.dtype)
+    target, draft, tokenizer, label = models(args, dtype)
+    prompts = [chat_prompt_ids(tokenizer, text) for text in PROMPTS[: args.prompts]]
+    engines = {
+        policy: SpeculativeEngine.from_models(
+            target,
+            draft,
+            tokenizer,
+            RoutingPolicy(policy, args.threshold, args.k),
+            static_cache_len=4096 if args.compile else None,
+            compile=args.compile,
+        )
+        for policy in POLICIES
+    }
+    methods = {
+        "hf-generate": lambda p: run_hf(target, p, args),
+        "hf-assisted": lambda p: run_hf(target, p, args, assistant=draft),
+        **{f"ours-{policy}": (lambda p, e=engine: run_ours(e, p, args)) for policy, engine in engines.items()},
+    }
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for name, method in methods.items():
+        method(prompts[0])  # warm-up (and compilation)
+        runs[name] = [method(p) for p in prompts]
+        print(f"  {name}: done", file=sys.stderr)
+    stop_ids = set(engines["never"]._stop_ids)
+    rows = [summarize(name, r, runs["hf-generate"], stop_ids) for name, r in runs.items()]
+    base = {r["method"]: r["tokens_per_second"] for r in rows}
+    for row in rows:
+        row["speedup_vs_hf_generate"] = round(row["tokens_per_second"] / base["hf-generate"], 3)
+        row["speedup_vs_ours_never"] = round(row["tokens_per_second"] / base["ours-never"], 3)
+        row["speedup_vs_hf_assisted"] = round(row["tokens_per_second"] / base["hf-assisted"], 3)
+    report(rows, args, label)
+    result = {
+        "benchmark": "server batch-1 decode",
+        "models": label,
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
+        "settings": {k: str(v) for k, v in vars(args).items()},
+        "torch": torch.__version__,
+        "rows": rows,
+    }
+    out = args.out or RESULTS / f"server-{args.device}-{args.arch or 'smollm2'}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}")
+    return 1 if any(r["mismatches"] for r in rows) else 0
+
+
+def report(rows: list[dict[str, Any]], args: argparse.Namespace, label: str) -> None:
+    print(f"\nbatch-1 greedy decode, {args.device} {args.dtype}, {label}, k={args.k}, threshold={args.threshold}")
+    header = f"{'method':<18}{'tok/s':>9}{'ms/tok':>9}{'×gen':>7}{'×never':>8}{'×assist':>8}{'accept':>8}{'spec':>6}{'tok/rnd':>8}{'mism':>6}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+        print(
+            f"{r['method']:<18}{r['tokens_per_second']:>9.2f}{r['ms_per_token']:>9.2f}"
+            f"{r['speedup_vs_hf_generate']:>7.2f}{r['speedup_vs_ours_never']:>8.2f}{r['speedup_vs_hf_assisted']:>8.2f}"
+            f"{fmt(r.get('acceptance_rate'), '.2f'):>8}{fmt(r.get('speculation_rate'), '.2f'):>6}"
+            f"{fmt(r.get('tokens_per_round'), '.2f'):>8}{r['mismatches']:>6}"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""At temperature 0, every routing policy returns exactly the target's greedy output.
+
+Target: SmolLM2-135M-Instruct; draft: its first 4 layers (untrained, so most proposals are rejected —
+the hard case for exactness: caches are cropped almost every round). Reference: transformers'
+`generate(do_sample=False)` on the target alone.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from metaspec.records import chat_prompt_ids, end_of_turn_ids
+from metaspec.server.engine import RoutingPolicy, SamplingParams, SpeculativeEngine
+
+pytestmark = pytest.mark.slow
+
+MAX_TOKENS = 8
+THRESHOLD = 0.3  # splits these prompts between both first-token routes
+PROMPTS = [
+    "What is the capital of France?",
+    "Name three primary colors.",
+    "What is 12 times 7?",
+    "Translate 'good morning' into Spanish.",
+    "Write a haiku about autumn.",
+    "What does a thermometer measure?",
+    "Give a synonym for 'happy'.",
+    "How many legs does a spider have?",
+    "What is the boiling point of water in Celsius?",
+    "Explain photosynthesis in one sentence.",
+    "Who wrote Romeo and Juliet?",
+    "What is the largest planet in our solar system?",
+    "Write a Python function that adds two numbers.",
+    "What is the square root of 81?",
+    "List two renewable energy sources.",
+    "What is the opposite of 'cold'?",
+    "How many days are in a leap year?",
+    "Summarize: The cat sat on the mat all afternoon.",
+    "What gas do humans exhale?",
+    "Convert 5 kilometers to meters.",
+    "What is the chemical symbol for gold?",
+    "Is a tomato a fruit or a vegetable?",
+    "What is 15% of 200?",
+    "Name a mammal that can fly.",
+    "What language is spoken in Brazil?",
+    "Finish the sentence: The early bird...",
+    "What is the freezing point of water in Fahrenheit?",
+    "How do you reverse a list in Python?",
+    "What is the main ingredient in guacamole?",
+    "Give an example of a prime number greater than 10.",
+    "What causes the seasons on Earth?",
+    "Who painted the Mona Lisa?",
+    "What is the plural of 'mouse'?",
+    "If a train travels 60 km in one hour, how far does it go in 3 hours?",
+    "What organ pumps blood through the body?",
+    "Describe the color blue to someone who cannot see.",
+    "What is the capital of Japan?",
+    "What is an adjective?",
+    "How many minutes are in two hours?",
+    "Recommend a book for a long flight.",
+    "What is the speed of light, roughly?",
+    "Write a short greeting for a birthday card.",
+    "What is 100 divided by 4?",
+    "Why is the sky blue?",
+    "What does CPU stand for?",
+    "Name the four seasons.",
+    "Sort these numbers: 5, 2, 9, 1.",
+    "What is the tallest mountain in the world?",
+    "Tell me a fun fact about octopuses.",
+    "What is the past tense of 'run'?",
+]
+
+
+@pytest.fixture(scope="module")
+def references(smollm2_models) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, target-only greedy completion) per prompt, from transformers' `generate`."""
+    target, _, tokenizer = smollm2_models
+    out = []
+    with torch.inference_mode():
+        for text in PROMPTS:
+            prompt = chat_prompt_ids(tokenizer, text)
+            ids = target.generate(torch.tensor([prompt]), max_new_tokens=MAX_TOKENS, do_sample=False)
+            out.append((prompt, ids[0, len(prompt) :].tolist()))
+    return out
+
+
+def completion(engine: SpeculativeEngine, prompt: list[int]):
+    deltas = list(engine.generate_sync(prompt, SamplingParams(max_tokens=MAX_TOKENS)))
+    ids = [t for d in deltas for t in d.token_ids]
+    return ids, deltas[-1]
+
+
+@pytest.mark.parametrize("policy", ["always", "first-token", "per-token", "never"])
+def test_every_policy_is_target_greedy(policy: str, smollm2_models, references) -> None:
+    target, draft, tokenizer = smollm2_models
+    engine = SpeculativeEngine.from_models(target, draft, tokenizer, RoutingPolicy(policy, THRESHOLD, 4))
+    routes, proposed = set(), 0
+    # `never` decodes exactly like `generate`; a few prompts show it, the full set is for the speculative ones
+    cases = references[:8] if policy == "never" else references
+    for prompt, expected in cases:
+        ids, final = completion(engine, prompt)
+        # the engine leaves the end-of-turn token out of the completion; `generate` keeps it
+        if final.finish_reason == "stop":
+            assert expected[len(ids) :][:1] == expected[-1:] and expected[-1] in end_of_turn_ids(tokenizer)
+        got = ids + expected[-1:] if final.finish_reason == "stop" else ids
+        assert got == expected, (tokenizer.decode(prompt), final.stats)
+        routes.add(final.stats.route)
+        proposed += final.stats.proposed_tokens
+    if policy == "first-token":
+        assert routes == {"speculative", "target-only"}, "the threshold should send prompts both ways"
+    if policy in ("always", "per-token"):
+        assert proposed > 0
