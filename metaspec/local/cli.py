@@ -48,10 +48,10 @@ def parser() -> argparse.ArgumentParser:
         help="keep SpecServe servers running until Ctrl-C (default: yes, unless --report)",
     )
     run.add_argument(
-        "--bench-prompts", type=int, default=4, help="--report benchmark: prompts per difficulty (default 4)"
+        "--bench-prompts", type=int, default=3, help="--report benchmark: prompts per difficulty (default 3)"
     )
     run.add_argument(
-        "--bench-max-tokens", type=int, default=48, help="--report benchmark: tokens per answer (default 48)"
+        "--bench-max-tokens", type=int, default=32, help="--report benchmark: tokens per answer (default 32)"
     )
     status = sub.add_parser("status", help="show the statuses of the last run")
     _state_dir_arg(status)
@@ -121,7 +121,7 @@ def status(args: argparse.Namespace) -> int:
     return 0
 
 
-def stop(args: argparse.Namespace, timeout: float = 120) -> int:
+def stop(args: argparse.Namespace, timeout: float = 240) -> int:
     """SIGTERM the runner: it stops its current stage (which checkpoints) and its servers, then exits."""
     state = load_state(args.state_dir)
     pid = state.runner_pid

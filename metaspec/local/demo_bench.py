@@ -20,8 +20,8 @@ from typing import Any
 from metaspec.api import SpecServe
 
 POLICIES = ("never", "always", "first-token", "per-token")
-PROMPTS_PER_DIFFICULTY = 4
-MAX_TOKENS = 48
+PROMPTS_PER_DIFFICULTY = 3
+MAX_TOKENS = 32
 
 
 def demo_prompts(per_difficulty: int = PROMPTS_PER_DIFFICULTY) -> list[dict[str, Any]]:

@@ -98,9 +98,9 @@ class RunOptions:
     device: str = "auto"  # auto | cpu | cuda
     serve: bool = False  # keep SpecServe servers running until interrupted
     report: bool = False  # run the demo benchmark and write the report at the end
-    stop_grace: float = 60  # seconds a stage gets to checkpoint after SIGTERM
-    bench_prompts: int = 4  # demo benchmark: prompts per difficulty (easy and hard)
-    bench_max_tokens: int = 48  # demo benchmark: tokens per answer
+    stop_grace: float = 120  # seconds a stage gets to checkpoint after SIGTERM
+    bench_prompts: int = 3  # demo benchmark: prompts per difficulty (easy and hard)
+    bench_max_tokens: int = 32  # demo benchmark: tokens per answer
 
 
 @dataclass
