@@ -16,7 +16,7 @@ from metaspec.server.engine import RoutingPolicy, SamplingParams, SpeculativeEng
 pytestmark = pytest.mark.slow
 
 MAX_TOKENS = 8
-THRESHOLD = 0.3  # splits these prompts between both first-token routes
+THRESHOLD = 0.4  # the derived draft's first-token confidence on these prompts spans 0.30–0.58: both routes occur
 PROMPTS = [
     "What is the capital of France?",
     "Name three primary colors.",
