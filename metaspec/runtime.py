@@ -89,8 +89,9 @@ def write_summary(summary: dict[str, Any]) -> None:
 
 def exit_code_for(error: BaseException) -> int:
     from metaspec.artifacts import ArtifactError
+    from metaspec.records import InvalidData
 
-    if isinstance(error, PermanentError | InvalidResource):
+    if isinstance(error, PermanentError | InvalidResource | InvalidData):
         return EXIT_PERMANENT
     if isinstance(error, ArtifactError):
         return EXIT_TRANSIENT if error.transient else EXIT_PERMANENT
