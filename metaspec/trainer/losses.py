@@ -1,8 +1,9 @@
 """Token-chunked losses over a linear output head.
 
 A 128K-vocabulary head turns 8K tokens into 4 GiB of fp32 logits. These losses look at `chunk_size`
-tokens at a time and, when gradients are needed, recompute each chunk's logits in the backward pass
-(activation checkpointing) instead of keeping them, so peak memory is one chunk's logits.
+tokens at a time and, when gradients are needed over several chunks, recompute each chunk's logits in
+the backward pass (activation checkpointing) instead of keeping them, so peak memory is one chunk's
+logits.
 """
 
 from __future__ import annotations
@@ -41,14 +42,15 @@ def select_targets(hidden: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
 def run_chunked(fn: Callable[..., Tensor], *tensors: Tensor, chunk_size: int, total: Tensor | None = None) -> Tensor:
     """Sum `fn(*chunks)` over token chunks of `tensors` (all chunked along dim 0).
 
-    With autograd on, each chunk is checkpointed: only its inputs are saved and its intermediate
-    (n, V) tensors are recomputed during backward.
+    With autograd on and more than one chunk, each chunk is checkpointed: only its inputs are saved
+    and its intermediate (n, V) tensors are recomputed during backward, so memory holds one chunk's
+    at a time. A single chunk is already as small as a chunk gets; recomputing it would only cost time.
     """
     n = tensors[0].shape[0]
-    grad = torch.is_grad_enabled()
+    recompute = torch.is_grad_enabled() and n > chunk_size
     for start in range(0, n, chunk_size):
         chunk = [t[start : start + chunk_size] for t in tensors]
-        part = checkpoint(fn, *chunk, use_reentrant=False, preserve_rng_state=False) if grad else fn(*chunk)
+        part = checkpoint(fn, *chunk, use_reentrant=False, preserve_rng_state=False) if recompute else fn(*chunk)
         total = part if total is None else total + part
     if total is None:
         raise ValueError("no supervised tokens: every label is masked")

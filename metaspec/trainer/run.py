@@ -72,7 +72,7 @@ def train(
     staging = work_dir / "output"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    quality = recipe.finish(staging)
+    quality = recipe.finish(staging, loop.state.best_eval_loss)
     degradation = quality.get("merge_degradation")
     merge_failed = degradation is not None and degradation > spec.output.max_merge_degradation
     model_uri = None if merge_failed or not recipe.model_dir else str(output.join(recipe.model_dir))

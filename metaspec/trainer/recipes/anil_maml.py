@@ -122,10 +122,13 @@ class AnilMamlRecipe:
             raise PermanentError(f"cannot resume: {e}") from None
         self._tasks = iter(self.sampler)
 
-    def finish(self, out: Path) -> dict[str, Any]:
-        """Adapter, perplexities of base/LoRA/merged, merged model. Returns metrics; fills `out`."""
+    def finish(self, out: Path, eval_loss: float | None) -> dict[str, Any]:
+        """Adapter, perplexities of base/LoRA/merged, merged model. Returns metrics; fills `out`.
+
+        `eval_loss` is the loop's evaluation of the weights the model now holds (the best ones).
+        """
         batch_size = self.spec.evaluation.batch_size
-        lora_loss = self.evaluate()
+        lora_loss = self.evaluate() if eval_loss is None else eval_loss
         with self.model.disable_adapter():
             base_loss = evaluation_loss(self.lm, self.data.evaluation, self.pad_id, batch_size)
         save_adapter(self.model, self.tokenizer, out / "adapter")

@@ -103,9 +103,13 @@ class CausalLmRecipe:
     def load_sampler_state(self, state: dict[str, Any]) -> None:
         self.stream.load_state_dict(state)
 
-    def finish(self, out: Path) -> dict[str, Any]:
-        """The trained draft under `out/model`; perplexity before and after training."""
+    def finish(self, out: Path, eval_loss: float | None) -> dict[str, Any]:
+        """The trained draft under `out/model`; perplexity before and after training.
+
+        `eval_loss` is the loop's evaluation of the weights the model now holds (the best ones).
+        """
         save_model(self.model, self.tokenizer, out / "model")
-        return {"perplexity_base": perplexity(self.initial_loss), "perplexityModel": perplexity(self.evaluate())}
+        final = self.evaluate() if eval_loss is None else eval_loss
+        return {"perplexity_base": perplexity(self.initial_loss), "perplexityModel": perplexity(final)}
 
     model_dir = "model"

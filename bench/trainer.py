@@ -1,0 +1,283 @@
+"""ANIL-MAML step vs a plain LoRA SFT step on the same tokens: time, tokens/s, peak memory.
+
+    .venv/bin/python bench/trainer.py                                   # CPU: SmolLM2-135M-Instruct, fp32
+    .venv/bin/python bench/trainer.py --arch llama-3.1-8b --device cuda --dtype bfloat16 --seq 2048
+
+Every variant sees the same `support + query` sequences of `--seq` tokens (10% of each masked as
+prompt) and takes a full optimizer step (forward, backward, AdamW) with LoRA on all seven projections:
+
+    sft          one LoRA step on all support + query sequences as one batch
+    anil         the trainer's ANIL-MAML step: body once per set, `--inner-steps` head steps, second order
+    anil-fo      the same, first order
+    anil-delta   the same with a rank-`--delta-rank` head delta instead of the full head
+    naive        (--naive) MAML done the obvious way: the whole model re-run on the support set for
+                 every inner step, full logits, double backward — what ANIL's design avoids
+
+Variants run interleaved (sft, anil, …, sft, anil, …) and the median step time is reported, with the
+ratio to sft. The goal (issue 3): anil ≤ 1.3× sft. Peak memory is torch's CUDA peak per variant; on
+CPU it is the process's peak RSS so far (monotonic, so only growth is meaningful). Writes
+`bench/results/trainer-<model>-<device>.json`. `--arch` builds a randomly initialised model from the
+architecture's config (no download).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model
+from torch.func import functional_call
+
+from metaspec.trainer.losses import IGNORE_INDEX, chunked_cross_entropy, select_targets
+from metaspec.trainer.meta import head_projection, output_head, task_loss
+
+RESULTS = Path(__file__).parent / "results"
+PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+ARCHS = {
+    "llama-3.1-8b": {
+        "vocab_size": 128256,
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 131072,
+        "rope_theta": 500000.0,
+        "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": False,
+    },
+    "llama-3.2-1b": {
+        "vocab_size": 128256,
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 131072,
+        "rope_theta": 500000.0,
+        "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": True,
+    },
+}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2", help="smollm2 (the bundled model) or a model directory")
+    parser.add_argument("--arch", choices=sorted(ARCHS), help="random init from this architecture instead of --model")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
+    parser.add_argument("--seq", type=int, default=128, help="tokens per sequence")
+    parser.add_argument("--support", type=int, default=4, help="sequences in the support set")
+    parser.add_argument("--query", type=int, default=4, help="sequences in the query set")
+    parser.add_argument("--inner-steps", type=int, default=2)
+    parser.add_argument("--delta-rank", type=int, default=64, help="rank of the anil-delta variant")
+    parser.add_argument("--lora-r", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per variant (after one warm-up)")
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--naive", action="store_true", help="also time the whole-model-per-inner-step MAML")
+    parser.add_argument("--variants", default="sft,anil,anil-fo,anil-delta")
+    parser.add_argument("--out", type=Path)
+    return parser.parse_args(argv)
+
+
+def build_model(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> tuple[torch.nn.Module, str]:
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    if args.arch:
+        config = LlamaConfig(**ARCHS[args.arch])
+        torch.manual_seed(0)
+        with device:
+            model = LlamaForCausalLM(config).to(dtype)
+        name = args.arch
+    else:
+        from metaspec.local.bundled import bundled_model_dir
+
+        path = bundled_model_dir() if args.model == "smollm2" else Path(args.model)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+        name = "smollm2-135m" if args.model == "smollm2" else path.name
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    torch.manual_seed(0)
+    config = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0, target_modules=PROJECTIONS)
+    return get_peft_model(model, config).train(), name
+
+
+def make_batch(rows: int, seq: int, vocab: int, device: torch.device, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (rows, seq), generator=g)
+    labels = ids.clone()
+    labels[:, : seq // 10] = IGNORE_INDEX  # the prompt
+    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device), "labels": labels}
+
+
+def features(lm: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    hidden = lm.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    return select_targets(hidden, batch["labels"])
+
+
+def sft_loss(lm, support, query, args, proj) -> torch.Tensor:
+    both = {k: torch.cat([support[k], query[k]]) for k in support}
+    h, y = features(lm, both)
+    return chunked_cross_entropy(h, y, lm.get_output_embeddings()) / y.numel()
+
+
+def anil_loss(first_order: bool, delta: bool) -> Callable[..., torch.Tensor]:
+    def loss(lm, support, query, args, proj) -> torch.Tensor:
+        head = output_head(lm, proj if delta else None)
+        return task_loss(head, features(lm, support), features(lm, query), args.inner_steps, 5e-3, first_order)
+
+    return loss
+
+
+def naive_loss(lm, support, query, args, proj) -> torch.Tensor:
+    """MAML as first written: the whole model per inner step, `autograd.grad(create_graph=True)`."""
+    name = "lm_head.weight"
+    fast = lm.lm_head.weight
+    for _ in range(args.inner_steps):
+        logits = functional_call(lm, {name: fast}, (support["input_ids"],)).logits  # (B, T, V)
+        loss = F.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(), support["labels"][:, 1:].flatten().to(logits.device)
+        )
+        (grad,) = torch.autograd.grad(loss, fast, create_graph=True)
+        fast = fast - 5e-3 * grad
+    logits = functional_call(lm, {name: fast}, (query["input_ids"],)).logits
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), query["labels"][:, 1:].flatten().to(logits.device))
+
+
+LOSSES = {
+    "sft": sft_loss,
+    "anil": anil_loss(first_order=False, delta=False),
+    "anil-fo": anil_loss(first_order=True, delta=False),
+    "anil-delta": anil_loss(first_order=False, delta=True),
+    "naive": naive_loss,
+}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def time_step(model, optimizer, loss_fn, support, query, args, proj, device) -> float:
+    lm = model.get_base_model()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    sync(device)
+    started = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    loss_fn(lm, support, query, args, proj).backward()
+    optimizer.step()
+    sync(device)
+    return time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    device = torch.device(args.device)
+    dtype = (
+        getattr(torch, args.dtype)
+        if args.dtype != "auto"
+        else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    )
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    model, name = build_model(args, device, dtype)
+    vocab, hidden = model.get_base_model().lm_head.weight.shape
+    support = make_batch(args.support, args.seq, vocab, device, seed=1)
+    query = make_batch(args.query, args.seq, vocab, device, seed=2)
+    proj = head_projection(hidden, args.delta_rank)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    variants = args.variants.split(",") + (["naive"] if args.naive else [])
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    memory: dict[str, float] = {}
+    for round_ in range(args.steps + 1):
+        for variant in variants:
+            seconds = time_step(model, optimizer, LOSSES[variant], support, query, args, proj, device)
+            memory[variant] = max(memory.get(variant, 0.0), peak_memory_gib(device))
+            if round_:  # the first round warms up kernels and allocators
+                times[variant].append(seconds)
+    tokens = (args.support + args.query) * args.seq
+    base = statistics.median(times["sft"]) if "sft" in times else None
+    rows = []
+    for variant in variants:
+        median = statistics.median(times[variant])
+        rows.append(
+            {
+                "variant": variant,
+                "step_seconds": median,
+                "tokens_per_second": tokens / median,
+                "ratio_to_sft": median / base if base else None,
+                "peak_memory_gib": memory[variant],
+                "step_times": times[variant],
+            }
+        )
+    print_table(name, device, dtype, args, rows)
+    write_results(name, device, dtype, args, rows, tokens)
+    return 0
+
+
+def print_table(
+    name: str, device: torch.device, dtype: torch.dtype, args: argparse.Namespace, rows: list[dict]
+) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    memory = "peak GiB (CUDA)" if device.type == "cuda" else "process peak RSS GiB"
+    table = Table(
+        title=f"{name} {dtype} on {device}: {args.support}+{args.query} × {args.seq} tokens, "
+        f"LoRA r{args.lora_r}, {args.inner_steps} inner steps"
+    )
+    for column in ("variant", "step s", "tokens/s", "× sft", memory):
+        table.add_column(column, justify="right")
+    for r in rows:
+        ratio = f"{r['ratio_to_sft']:.2f}" if r["ratio_to_sft"] else "-"
+        table.add_row(
+            r["variant"],
+            f"{r['step_seconds']:.3f}",
+            f"{r['tokens_per_second']:.0f}",
+            ratio,
+            f"{r['peak_memory_gib']:.2f}",
+        )
+    Console().print(table)
+
+
+def write_results(
+    name: str, device: torch.device, dtype: torch.dtype, args: argparse.Namespace, rows: list[dict], tokens: int
+) -> None:
+    out = args.out or RESULTS / f"trainer-{name}-{device.type}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    body: dict[str, Any] = {
+        "model": name,
+        "device": device.type,
+        "device_name": torch.cuda.get_device_name()
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "dtype": str(dtype),
+        "torch": torch.__version__,
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "tokens_per_step": tokens,
+        "results": rows,
+    }
+    out.write_text(json.dumps(body, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
