@@ -93,6 +93,13 @@ class ApiServer(KubernetesEmulator):
             # The API server answers a failed resourceVersion test with 422, which kopf retries later.
             raise KubernetesError(status=422, reason="Invalid", message=str(e)) from e
 
+    def _KubernetesEmulator__get_obj(self, request: Any, strict: bool) -> Any:
+        # kmock scans every stored object to find one by name; a named lookup is a dict lookup.
+        key = (request.resource, request.namespace, request.name)
+        if strict and request.name is not None:
+            return self.objects[key] if key in self.objects else None  # noqa: SIM401 (not a Mapping)
+        return super()._KubernetesEmulator__get_obj(request, strict)  # type: ignore[misc]
+
     def _generation(self, request: Any) -> int:
         key = (request.resource, request.namespace, request.name)
         if key not in self.objects or self.objects[key].deleted:

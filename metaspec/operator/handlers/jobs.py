@@ -98,7 +98,9 @@ async def reconcile_resource(ctx: C.Context, resource: Resource, find: pipeline.
     meta = resource.metadata
     status = C.current_status(resource)
     name = job_name(resource)
-    job = await ctx.kube.get(Target("Job", meta.namespace, name))
+    # A resource without a Job name in its status has not started: create straight away (409 adopts).
+    started = resource.status is not None and resource.status.job_name
+    job = await ctx.kube.get(Target("Job", meta.namespace, name)) if started else None
     check = pipeline.check_dependencies(resource, find) if job is None else None
     if check is not None and not check.ready:
         return C.waiting(resource, status, check)
