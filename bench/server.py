@@ -93,7 +93,7 @@ def run_hf(target: Any, prompt: list[int], args: argparse.Namespace, assistant: 
         assistant.generation_config.num_assistant_tokens_schedule = "constant"
         assistant.generation_config.assistant_confidence_threshold = 0.0
         extra["assistant_model"] = assistant
-    if args.compile:
+    if args.compile and assistant is None:  # transformers' assisted generation refuses a static cache
         extra["cache_implementation"] = "static"
     ids = torch.tensor([prompt], device=args.device)
     sync(args.device)

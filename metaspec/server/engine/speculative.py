@@ -98,7 +98,14 @@ class Session:
     def truncate(self, length: int) -> None:
         """Forget every position from `length` on (rejected proposals)."""
         if self.length > length:
-            self.cache.crop(length - self.length)  # a negative count removes that many positions
+            try:
+                self.cache.crop(length - self.length)  # a negative count removes that many positions
+            except AttributeError:
+                # transformers < 5.2x: static layers cannot crop, and count their length as the
+                # positions holding non-zero keys, so zeroing the tail forgets it.
+                for layer in self.cache.layers:
+                    layer.keys[:, :, length:].zero_()
+                    layer.values[:, :, length:].zero_()
             self.length = length
 
 
