@@ -1,8 +1,10 @@
 """`metaspec generate --config FILE [--shard-index I --num-shards N] [--work-dir DIR] [--device ...]`.
 
-Exit codes (`metaspec.runtime`): 0 done and the quality check passed; `EXIT_QUALITY` outputs written
-but the natural-stop rate is below `quality.minNaturalStopRate`; `EXIT_PERMANENT` bad config or data,
-or a failed quality check with `quality.failOnQuality`; `EXIT_TRANSIENT` storage unreachable.
+Exit codes (`metaspec.runtime`): 0 outputs written — a natural-stop rate below
+`quality.minNaturalStopRate` is reported in the summary (`quality.passed: false`; the operator sets
+`QualityCheckPassed=False`) without failing the Job, so dependents may still use the outputs;
+`EXIT_QUALITY` the same failed check with `quality.failOnQuality` (never retried: the Job fails);
+`EXIT_PERMANENT` bad config or data; `EXIT_TRANSIENT` storage unreachable.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from typing import Any
 from metaspec.api import TeacherGeneration
 from metaspec.runtime import (
     CONFIG_PATH,
-    EXIT_PERMANENT,
     EXIT_QUALITY,
     PermanentError,
     load_config,
@@ -102,5 +103,5 @@ def summarize(result: ShardResult, fail_on_quality: bool) -> tuple[dict[str, Any
     summary["quality"] = {"passed": False, "message": summary["message"]}
     if fail_on_quality:
         summary["phase"] = "Failed"
-        return summary, EXIT_PERMANENT
-    return summary, EXIT_QUALITY
+        return summary, EXIT_QUALITY
+    return summary, 0

@@ -362,16 +362,17 @@ class LocalRun:
         """The status after the component exited, from its exit code and summary (as the operator does)."""
         rs = self.state.resource(*pipeline.key(resource))
         status = status_from_summary(resource, rs.status, summary)
-        quality_failed = code == EXIT_QUALITY and isinstance(resource, TeacherGeneration)
-        if quality_failed:
+        verdict = summary.get("quality") if isinstance(resource, TeacherGeneration) else None
+        quality_failed = code == EXIT_QUALITY or (isinstance(verdict, dict) and verdict.get("passed") is False)
+        if quality_failed and isinstance(resource, TeacherGeneration):
             rs.status = status
-            self._condition(resource, QUALITY_CONDITION, False, "BelowThreshold", summary.get("message", ""))
+            self._condition(resource, QUALITY_CONDITION, False, "NaturalStopRateTooLow", summary.get("message", ""))
             status = rs.status
         elif isinstance(resource, TeacherGeneration) and code == 0:
             rs.status = status
-            self._condition(resource, QUALITY_CONDITION, True, "AboveThreshold")
+            self._condition(resource, QUALITY_CONDITION, True, "QualityCheckPassed")
             status = rs.status
-        succeeded = code == 0 or (quality_failed and not resource.spec.quality.fail_on_quality)
+        succeeded = code == 0
         status["phase"] = (Phase.SUCCEEDED if succeeded else Phase.FAILED).value
         status["completionTime"] = now()
         if not succeeded:

@@ -81,13 +81,14 @@ def test_killed_shard_resumes_without_duplicates_or_gaps(
     assert 2 <= len(partial) < PROMPTS // 2
     shutil.rmtree(work)  # a new pod: the local file is gone, the uploaded partial is all that is left
 
-    assert finish(generate(config, work, summary, "--shard-index", "0")) == EXIT_QUALITY
+    assert finish(generate(config, work, summary, "--shard-index", "0")) == 0
     first = json.loads(summary.read_text())
     assert first["examplesGenerated"] == PROMPTS // 2 - len(partial)
     assert first["complete"] is False and first["stats"]["examplesDone"] == PROMPTS // 2
 
-    # A random tiny model never ends its turn: every output hits maxTokens and the gate fails.
-    assert finish(generate(config, work, summary, "--shard-index", "1")) == EXIT_QUALITY
+    # A random tiny model never ends its turn: every output hits maxTokens and the gate fails; the
+    # outputs are still written and the Job succeeds (no `failOnQuality`), the summary says why.
+    assert finish(generate(config, work, summary, "--shard-index", "1")) == 0
     last = json.loads(summary.read_text())
     assert last["complete"] is True and last["qualityCheckPassed"] is False
     assert last["reason"] == "QualityCheckFailed" and "minNaturalStopRate" in last["message"]
