@@ -264,6 +264,9 @@ class TrainingMetrics(Model):
     perplexity_lora: float | None = Field(None, description="Evaluation perplexity with the LoRA adapter.")
     perplexity_merged: float | None = Field(None, description="Evaluation perplexity of the merged model.")
     merge_degradation: float | None = Field(None, description="(merged − LoRA) / LoRA perplexity.")
+    perplexity_model: float | None = Field(
+        None, description="Evaluation perplexity of the trained model (causal-lm: the draft after training)."
+    )
     hard_token_share: float | None = Field(None, description="Share of training tokens from hard examples.")
     tokens_per_second: float | None = Field(None, description="Training throughput.")
 

@@ -132,6 +132,7 @@ class _Report:
             ("perplexityBase", "perplexity base"),
             ("perplexityLora", "perplexity LoRA"),
             ("perplexityMerged", "perplexity merged"),
+            ("perplexityModel", "perplexity trained"),
             ("mergeDegradation", "merge degradation"),
             ("hardTokenShare", "hard-token share"),
             ("tokensPerSecond", "train tokens/s"),
@@ -163,7 +164,12 @@ class _Report:
     def _perplexity(self, runs: list[ResourceState]) -> str:
         import matplotlib.pyplot as plt
 
-        labels = (("perplexityBase", "base"), ("perplexityLora", "LoRA"), ("perplexityMerged", "merged"))
+        labels = (
+            ("perplexityBase", "base"),
+            ("perplexityLora", "LoRA"),
+            ("perplexityMerged", "merged"),
+            ("perplexityModel", "trained"),
+        )
         found = {r.name: {label: self._metrics(r).get(k) for k, label in labels} for r in runs}
         found = {n: {k: v for k, v in ppl.items() if v is not None} for n, ppl in found.items()}
         found = {n: ppl for n, ppl in found.items() if ppl}
@@ -171,10 +177,12 @@ class _Report:
             return "_Perplexity: no run reported perplexities._"
         fig, axes = plt.subplots(1, len(found), figsize=(4.5 * len(found), 3.5), squeeze=False)
         for ax, (name, ppl) in zip(axes[0], found.items(), strict=True):
-            bars = ax.bar(list(ppl), list(ppl.values()), color=["#999", "#3a7", "#37a"][: len(ppl)])
-            ax.bar_label(bars, fmt="%.2f")
-            ax.set(title=f"{name}: held-out perplexity", ylabel="perplexity")
-        return "### Perplexity of base, LoRA and merged model\n\n" + self.save(fig, "perplexity.png")
+            bars = ax.bar(list(ppl), list(ppl.values()), color=["#999", "#3a7", "#37a", "#c73"][: len(ppl)])
+            ax.bar_label(bars, fmt="%.4g")
+            # an untrained derived draft starts orders of magnitude above where training takes it
+            scale = "log" if max(ppl.values()) > 100 * min(ppl.values()) else "linear"
+            ax.set(title=f"{name}: held-out perplexity", ylabel="perplexity", yscale=scale)
+        return "### Perplexity of base, LoRA, merged and trained models\n\n" + self.save(fig, "perplexity.png")
 
     def generation(self) -> str:
         runs = self.of_kind("TeacherGeneration")
