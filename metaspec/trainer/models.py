@@ -31,21 +31,6 @@ class LoadedModel:
     digest: str | None  # the artifact's manifest digest: which weights exactly
 
 
-def resolve_device(name: str | None) -> torch.device:
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise PermanentError(f"--device {name}: no CUDA GPU is visible in this container")
-    return torch.device(name)
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """`auto`: bf16 on GPU (the method trains in bf16), fp32 on CPU (bf16 matmuls are slow there)."""
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, name)
-
-
 def check_loadable(local_dir: Path, where: str = FIELD) -> dict[str, Any]:
     """The model's config, after refusing what the trainer must not load: quantized weights and
     pickled (`.bin`) checkpoints, which can run arbitrary code when loaded."""

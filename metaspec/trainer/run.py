@@ -31,10 +31,10 @@ from metaspec.artifacts import (
     upload_file,
     write_bytes,
 )
+from metaspec.devices import resolve_device, resolve_dtype
 from metaspec.runtime import PermanentError
 
 from .loop import TrainLoop
-from .models import resolve_device, resolve_dtype
 from .progress import Reporter, default_reporter
 from .recipes import RECIPES
 from .recipes.common import Context

@@ -20,10 +20,11 @@ from typing import Any
 import torch
 
 from metaspec.api.serving import SpecServeSpec
+from metaspec.devices import resolve_device
 from metaspec.records import end_of_turn_ids
 
 from .detokenize import IncrementalDetokenizer, StopStrings
-from .loader import LoadedModel, load_models, resolve_device, shared_vocab
+from .loader import LoadedModel, load_models, shared_vocab
 from .protocol import Delta, RequestStats, SamplingParams
 from .routing import RoutingPolicy
 from .sampling import Processing

@@ -20,12 +20,12 @@ import torch
 from metaspec.api.serving import SpecServeSpec
 from metaspec.api.training import ModelSource
 from metaspec.artifacts import materialize, upload_dir
+from metaspec.devices import resolve_dtype
 from metaspec.runtime import PermanentError
 
 log = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 class IncompatibleModel(PermanentError):
@@ -39,17 +39,6 @@ class LoadedModel:
     model: Any  # a transformers PreTrainedModel in eval mode
     tokenizer: Any
     digest: str | None  # sha256 of the artifact's manifest: what is actually served
-
-
-def resolve_device(device: str | None = None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """`auto` is bfloat16 on GPU and float32 on CPU (CPU bf16 matmuls are slow)."""
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return DTYPES[dtype]
 
 
 def check_safetensors(local: Path, role: str, uri: str) -> None:
