@@ -148,6 +148,12 @@ class Anil(Model):
         ge=1,
         description="Adapt a rank-r delta of the head instead of the full head (cheaper for big vocabularies).",
     )
+    balance: Literal["samples", "tokens"] = Field(
+        "samples",
+        description="How easy and hard examples weigh in each set's loss. `samples`: every target token "
+        "alike, so long hard answers dominate by tokens. `tokens`: examples are weighted so that easy and hard "
+        "target tokens carry `supportMix`'s shares of the loss.",
+    )
 
     @property
     def mix(self) -> tuple[int, int]:

@@ -39,6 +39,14 @@ def select_targets(hidden: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     return h[keep], y[keep]  # (N, D), (N,)
 
 
+def token_weights(labels: Tensor, example_weights: Tensor) -> Tensor:
+    """Each supervised token's weight, its example's, aligned with `select_targets`' tokens.
+
+    labels: (B, T), example_weights: (B,) -> (N,)."""
+    y = labels[:, 1:]  # (B, T-1)
+    return example_weights[:, None].expand_as(y)[y != IGNORE_INDEX]  # (N,)
+
+
 def run_chunked(fn: Callable[..., Tensor], *tensors: Tensor, chunk_size: int, total: Tensor | None = None) -> Tensor:
     """Sum `fn(*chunks)` over token chunks of `tensors` (all chunked along dim 0).
 
@@ -57,13 +65,21 @@ def run_chunked(fn: Callable[..., Tensor], *tensors: Tensor, chunk_size: int, to
     return total
 
 
-def chunked_cross_entropy(h: Tensor, y: Tensor, logits_fn: LogitsFn, chunk_size: int = DEFAULT_CHUNK) -> Tensor:
-    """Sum (not mean) of token cross-entropies, in fp32. h: (N, D), y: (N,)."""
+def chunked_cross_entropy(
+    h: Tensor, y: Tensor, logits_fn: LogitsFn, chunk_size: int = DEFAULT_CHUNK, weights: Tensor | None = None
+) -> Tensor:
+    """Sum (not mean) of token cross-entropies, in fp32, each scaled by its token's weight if
+    `weights` is given. h: (N, D), y: (N,), weights: (N,)."""
 
     def ce_sum(h_c: Tensor, y_c: Tensor) -> Tensor:
         return F.cross_entropy(upcast(logits_fn(h_c)), y_c, reduction="sum")  # logits (n, V)
 
-    return run_chunked(ce_sum, h, y, chunk_size=chunk_size)
+    def weighted_ce_sum(h_c: Tensor, y_c: Tensor, w_c: Tensor) -> Tensor:
+        return (F.cross_entropy(upcast(logits_fn(h_c)), y_c, reduction="none") * w_c).sum()
+
+    if weights is None:
+        return run_chunked(ce_sum, h, y, chunk_size=chunk_size)
+    return run_chunked(weighted_ce_sum, h, y, weights, chunk_size=chunk_size)
 
 
 def chunked_distillation(

@@ -90,28 +90,42 @@ def _effective_weight(head: nn.Module) -> Tensor:
     return head.weight
 
 
-def _chunk_gradient(head: Head, h: Tensor, y: Tensor) -> Tensor:
-    """Σ over the chunk of ∂CE/∂(fast weights) = (softmax(z) − onehot(y))ᵀ features(h)."""
+def _chunk_gradient(head: Head, h: Tensor, y: Tensor, w: Tensor | None = None) -> Tensor:
+    """Σ over the chunk of ∂(w·CE)/∂(fast weights) = (w ⊙ (softmax(z) − onehot(y)))ᵀ features(h)."""
     probs = upcast(head.logits(h)).softmax(dim=-1)  # (n, V)
     error = probs.scatter_add(1, y[:, None], -torch.ones_like(y[:, None], dtype=probs.dtype))  # (n, V)
+    if w is not None:
+        error = error * w[:, None].to(error.dtype)  # (n, V)
     return error.T @ head.features(h).to(probs.dtype)  # (V, D) or (V, r)
 
 
-def head_gradient(head: Head, h: Tensor, y: Tensor, chunk_size: int = DEFAULT_CHUNK) -> Tensor:
-    """∂ mean CE(h, y) / ∂ fast weights, differentiable in `h` and the head. h: (N, D), y: (N,)."""
-    return run_chunked(lambda h_c, y_c: _chunk_gradient(head, h_c, y_c), h, y, chunk_size=chunk_size) / y.numel()
+def head_gradient(
+    head: Head, h: Tensor, y: Tensor, chunk_size: int = DEFAULT_CHUNK, weights: Tensor | None = None
+) -> Tensor:
+    """∂ (Σ w·CE(h, y) / N) / ∂ fast weights (w = 1 without `weights`: the mean CE), differentiable
+    in `h` and the head. h: (N, D), y: (N,), weights: (N,)."""
+    tensors = (h, y) if weights is None else (h, y, weights)
+    return run_chunked(lambda *c: _chunk_gradient(head, *c), *tensors, chunk_size=chunk_size) / y.numel()
 
 
 def adapt_head(
-    head: Head, h: Tensor, y: Tensor, steps: int, lr: float, first_order: bool, chunk_size: int = DEFAULT_CHUNK
+    head: Head,
+    h: Tensor,
+    y: Tensor,
+    steps: int,
+    lr: float,
+    first_order: bool,
+    chunk_size: int = DEFAULT_CHUNK,
+    weights: Tensor | None = None,
 ) -> Head:
-    """`steps` SGD steps on the support loss, touching only the fast weights (never a module's weights).
+    """`steps` SGD steps on the (token-weighted) support loss, touching only the fast weights (never a
+    module's weights).
 
     Fast weights are fp32 even when the model is bf16: inner updates are ~1e-4 of the weights and
     would round away in bf16. `first_order` treats each inner gradient as a constant (FOMAML).
     """
     for _ in range(steps):
-        grad = head_gradient(head, h, y, chunk_size)
+        grad = head_gradient(head, h, y, chunk_size, weights)
         if first_order:
             grad = grad.detach()
         head = head.with_fast(upcast(head.fast) - lr * grad)
@@ -120,8 +134,8 @@ def adapt_head(
 
 def task_loss(
     head: Head,
-    support: tuple[Tensor, Tensor],
-    query: tuple[Tensor, Tensor],
+    support: tuple[Tensor, ...],
+    query: tuple[Tensor, ...],
     steps: int,
     lr: float,
     first_order: bool = False,
@@ -129,10 +143,18 @@ def task_loss(
 ) -> Tensor:
     """Mean query cross-entropy through the head adapted on the support set.
 
-    support, query: (hidden (N, D), labels (N,)) from one body pass each. Backward reaches the body
-    through the query features, and (unless `first_order`) through the support features inside
-    the adapted head.
+    support, query: (hidden (N, D), labels (N,)) from one body pass each, optionally with per-token
+    loss weights (N,) as a third element (`TaskSampler(balance="tokens")`): each set's loss is then
+    Σ w·CE / N. Backward reaches the body through the query features, and (unless `first_order`)
+    through the support features inside the adapted head.
     """
-    adapted = adapt_head(head, *support, steps=steps, lr=lr, first_order=first_order, chunk_size=chunk_size)
-    h_q, y_q = query
-    return chunked_cross_entropy(h_q, y_q, adapted.logits, chunk_size) / y_q.numel()
+    h_s, y_s, *w_s = support
+    adapted = adapt_head(
+        head, h_s, y_s, steps=steps, lr=lr, first_order=first_order, chunk_size=chunk_size, weights=_one(w_s)
+    )
+    h_q, y_q, *w_q = query
+    return chunked_cross_entropy(h_q, y_q, adapted.logits, chunk_size, weights=_one(w_q)) / y_q.numel()
+
+
+def _one(optional: list[Tensor]) -> Tensor | None:
+    return optional[0] if optional else None

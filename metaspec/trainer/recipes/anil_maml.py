@@ -21,7 +21,7 @@ from metaspec.runtime import PermanentError
 from ..data import Example, TaskSampler, collate
 from ..evaluate import body_of, evaluation_loss, perplexity
 from ..loop import StepStats
-from ..losses import select_targets
+from ..losses import select_targets, token_weights
 from ..merge import merge_degradation, merge_lora, save_adapter, save_model
 from ..meta import head_projection, output_head, task_loss
 from ..models import load_model
@@ -57,7 +57,12 @@ class AnilMamlRecipe:
         anil = spec.anil
         try:
             self.sampler = TaskSampler(
-                self.data.train, anil.support_size, anil.query_size, anil.mix, seed=spec.optimization.seed
+                self.data.train,
+                anil.support_size,
+                anil.query_size,
+                anil.mix,
+                seed=spec.optimization.seed,
+                balance=anil.balance,
             )
         except ValueError as e:
             raise PermanentError(f"spec.anil: {e}") from None
@@ -86,23 +91,29 @@ class AnilMamlRecipe:
             task = next(self._tasks)
         return task
 
-    def _features(self, examples: tuple[Example, ...]) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """One body pass: hidden states of the supervised positions (N, D), their labels (N,), tokens."""
-        batch = collate(examples, self.pad_id)
+    def _features(
+        self, examples: tuple[Example, ...], weights: tuple[float, ...]
+    ) -> tuple[tuple[torch.Tensor, ...], int]:
+        """One body pass: (hidden states of the supervised positions (N, D), their labels (N,)[, their
+        loss weights (N,) with `balance: tokens`]) and the tokens processed."""
+        batch = collate(examples, self.pad_id, weights if self.spec.anil.balance == "tokens" else None)
         inputs = body_inputs(batch, self.ctx.device)
         hidden = body_of(self.lm)(**inputs).last_hidden_state  # (B, T, D)
         h, y = select_targets(hidden, batch["labels"])
-        return h, y, int(batch["attention_mask"].sum())
+        tokens = int(batch["attention_mask"].sum())
+        if "example_weights" not in batch:
+            return (h, y), tokens
+        return (h, y, token_weights(batch["labels"], batch["example_weights"]).to(h.device)), tokens
 
     def train_step(self, scale: float) -> StepStats:
         anil, per_batch = self.spec.anil, self.spec.anil.tasks_per_batch
         losses, tokens = [], 0
         for _ in range(per_batch):
             task = self._next_task()
-            h_s, y_s, n_s = self._features(task.support)
-            h_q, y_q, n_q = self._features(task.query)
+            support, n_s = self._features(task.support, task.support_weights)
+            query, n_q = self._features(task.query, task.query_weights)
             head = output_head(self.lm, self.proj)
-            loss = task_loss(head, (h_s, y_s), (h_q, y_q), anil.inner_steps, anil.inner_lr, anil.first_order)
+            loss = task_loss(head, support, query, anil.inner_steps, anil.inner_lr, anil.first_order)
             (loss * (scale / per_batch)).backward()  # per task: one task's graph in memory at a time
             losses.append(loss.item())
             tokens += n_s + n_q

@@ -22,6 +22,7 @@ from metaspec.trainer.losses import (
     chunked_cross_entropy,
     chunked_distillation,
     select_targets,
+    token_weights,
 )
 from metaspec.trainer.meta import adapt_head, head_projection, output_head, task_loss
 
@@ -71,7 +72,8 @@ def trainer_route(peft_model, support, query, steps, lr, first_order, rank=None,
 
     def features(b):
         hidden = body(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
-        return select_targets(hidden, b["labels"])
+        h, y = select_targets(hidden, b["labels"])
+        return (h, y) if "example_weights" not in b else (h, y, token_weights(b["labels"], b["example_weights"]))
 
     head = output_head(lm, head_projection(16, rank, seed=7) if rank else None)
     loss = task_loss(head, features(support), features(query), steps, lr, first_order, chunk_size=chunk)
@@ -100,7 +102,10 @@ def reference_route(peft_model, support, query, steps, lr, first_order, rank=Non
             kwargs={"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]},
         )
         logits = out.logits[:, :-1].reshape(-1, VOCAB)
-        return F.cross_entropy(logits, b["labels"][:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
+        labels = b["labels"][:, 1:]
+        ce = F.cross_entropy(logits, labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none")  # (B·T,)
+        weights = b.get("example_weights", torch.ones(labels.shape[0], dtype=ce.dtype))[:, None].expand_as(labels)
+        return (ce * weights.reshape(-1)).sum() / (labels != IGNORE_INDEX).sum()
 
     for _ in range(steps):
         (grad,) = torch.autograd.grad(loss_with(to_weight(fast), support), fast, create_graph=not first_order)
@@ -120,6 +125,20 @@ def test_meta_gradient_matches_whole_model_reference(first_order: bool, rank: in
     torch.testing.assert_close(loss, ref_loss, rtol=1e-10, atol=1e-12)
     for name, grad in grads.items():
         assert grad.abs().max() > 0, name
+        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_token_weighted_meta_gradient_matches_reference():
+    """`balance: tokens` weights each example's tokens in the support (inner) and query (outer) losses."""
+    model = tiny_lora_model()
+    support = {**batch(1), "example_weights": torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64)}
+    query = {**batch(2), "example_weights": torch.tensor([1.5, 0.25, 1.0], dtype=torch.float64)}
+    loss, grads = trainer_route(model, support, query, steps=2, lr=0.7, first_order=False)
+    ref_loss, ref_grads = reference_route(model, support, query, steps=2, lr=0.7, first_order=False)
+    plain_loss, _ = trainer_route(model, batch(1), batch(2), steps=2, lr=0.7, first_order=False)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-10, atol=1e-12)
+    assert abs(loss.item() - plain_loss.item()) > 1e-3  # the weights change the loss
+    for name, grad in grads.items():
         torch.testing.assert_close(grad, ref_grads[name], rtol=1e-6, atol=1e-7, msg=name)
 
 
