@@ -12,9 +12,24 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 MAX_STOP_STRINGS = 4
+#: Longest stop string. Matching holds back text that could begin one, so its cost per round grows with
+#: this length; real stop sequences (`\n\n`, `</answer>`, `User:`) are far shorter.
+MAX_STOP_CHARS = 256
+#: Smallest nonzero `top_p` / `repetition_penalty`: below it float32 logits overflow or the nucleus is
+#: empty. 1e-6 < 1/vocab for any real vocabulary, so `top_p` at the bound already means "top token only".
+MIN_FACTOR = 1e-6
 
 
 def _listify(value: Any) -> Any:
@@ -22,7 +37,18 @@ def _listify(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
-StopList = Annotated[list[Annotated[str, Field(min_length=1)]], BeforeValidator(_listify)]
+def _unicode(value: str) -> str:
+    """JSON's `\\ud800` escapes can smuggle unpaired UTF-16 surrogates into a str; they are not text and
+    no tokenizer can encode them."""
+    for index, char in enumerate(value):
+        if "\ud800" <= char <= "\udfff":
+            raise ValueError(f"character {index} is an unpaired UTF-16 surrogate (\\u{ord(char):04x}), not text")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
+StopText = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS), AfterValidator(_unicode)]
+StopList = Annotated[list[StopText], BeforeValidator(_listify, json_schema_input_type=StopText | list[StopText])]
 
 
 class _Request(BaseModel):
@@ -38,9 +64,9 @@ class _SamplingRequest(_Request):
 
     model: str = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    repetition_penalty: float | None = Field(None, gt=0, le=10)  # vLLM's extension, same name
+    temperature: float | None = Field(None, ge=0, le=2)  # below GREEDY_BELOW: greedy, as in vLLM
+    top_p: float | None = Field(None, ge=MIN_FACTOR, le=1)
+    repetition_penalty: float | None = Field(None, ge=MIN_FACTOR, le=10)  # vLLM's extension, same name
     n: int | None = None
     stop: StopList | None = Field(None, max_length=MAX_STOP_STRINGS)
     seed: int | None = Field(None, ge=-(2**63), lt=2**64)  # what torch.Generator.manual_seed takes
@@ -72,17 +98,20 @@ class _SamplingRequest(_Request):
             raise ValueError("not supported: logit bias would change the distribution the draft must match")
         return value
 
-    @model_validator(mode="after")
-    def _stream_options_need_stream(self) -> _SamplingRequest:
-        if self.stream_options is not None and not self.stream:
-            raise ValueError("`stream_options` is only allowed with `stream: true`")
-        return self
+    @field_validator("stream_options")
+    @classmethod
+    def _stream_options_need_stream(cls, value: StreamOptions | None, info: ValidationInfo) -> StreamOptions | None:
+        if value is not None and not info.data.get("stream"):
+            raise ValueError("only allowed with `stream: true`")
+        return value
 
 
 class CompletionRequest(_SamplingRequest):
     """`POST /v1/completions`: a plain text prompt, no chat template."""
 
-    prompt: Annotated[list[str], BeforeValidator(_listify)] = Field(min_length=1, max_length=1)
+    prompt: Annotated[list[Text], BeforeValidator(_listify, json_schema_input_type=Text | list[Text])] = Field(
+        min_length=1, max_length=1
+    )
     echo: bool = False
     logprobs: int | None = None
     best_of: int | None = None
@@ -145,9 +174,16 @@ def _content_text(value: Any) -> Any:
     return "".join(texts)
 
 
+class TextPart(_Request):
+    """A content part of a chat message (its schema only: `_content_text` reads the parts)."""
+
+    type: Literal["text"]
+    text: str
+
+
 class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant"]
-    content: Annotated[str, BeforeValidator(_content_text)]
+    content: Annotated[Text, BeforeValidator(_content_text, json_schema_input_type=str | list[TextPart])]
     name: str | None = None  # participant name; the chat template has no place for it
 
     def template_dict(self) -> dict[str, str]:
@@ -201,10 +237,15 @@ class ChatCompletionRequest(_SamplingRequest):
             raise ValueError("stored completions are not supported")
         return value
 
-    @model_validator(mode="after")
-    def _one_max(self) -> ChatCompletionRequest:
-        if self.max_tokens is not None and self.max_completion_tokens is not None:
+    @field_validator("max_completion_tokens")
+    @classmethod
+    def _one_max(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and info.data.get("max_tokens") is not None:
             raise ValueError("give `max_tokens` or `max_completion_tokens`, not both")
+        return value
+
+    @model_validator(mode="after")
+    def _max_from_max_completion_tokens(self) -> ChatCompletionRequest:
         if self.max_completion_tokens is not None:
             self.max_tokens = self.max_completion_tokens
         return self

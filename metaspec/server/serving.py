@@ -63,6 +63,10 @@ class ServerSettings:
     """`Retry-After` on 429/503: short, since a slot frees as soon as one generation ends."""
     max_body_bytes: int = 4 * 1024 * 1024
     """Largest request body read; bounds tokenization work before the prompt-token limit applies."""
+    body_timeout_seconds: float = 30.0
+    """The whole request body must arrive within this time (else 408): a client trickling its body byte by
+    byte would otherwise hold a connection and a coroutine for as long as it likes (uvicorn has no such
+    timeout). Generous for the largest body over a slow link."""
 
     @classmethod
     def from_resource(cls, resource: SpecServe) -> ServerSettings:
@@ -82,9 +86,10 @@ class ApiError(Exception):
         code: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
+        message = _printable(message)
         super().__init__(message)
         self.status = status
-        self.body = ErrorBody(message=message, type=type, param=param, code=code)
+        self.body = ErrorBody(message=message, type=type, param=_printable(param) if param else None, code=code)
         self.headers = headers
 
     def response(self) -> JSONResponse:
@@ -177,6 +182,7 @@ class Serving:
         self.admission = Admission(settings.sampling.max_concurrency, settings.sampling.max_queue)
         self.metrics = ServerMetrics(lambda: self.admission.waiting, lambda: self.admission.in_flight)
         self.created = int(time.time())
+        self._longest_token: int | None = None
 
     def attach(self, engine: Engine) -> None:
         self.engine = engine
@@ -191,7 +197,7 @@ class Serving:
         arrived = time.monotonic()
         body = await self._parse(request, CompletionRequest)
         engine = self._engine_for(body.model)
-        prompt_ids = self._encode("prompt", lambda: engine.encode_prompt(body.text))
+        prompt_ids = await self._encode("prompt", len(body.text), lambda: engine.encode_prompt(body.text))
         params = self._sampling(body, "max_tokens")
         form = _Format(request_id("cmpl"), body.model, chat=False)
         return await self._respond(request, body, form, engine, prompt_ids, params, arrived)
@@ -201,7 +207,8 @@ class Serving:
         body = await self._parse(request, ChatCompletionRequest)
         engine = self._engine_for(body.model)
         messages = [m.template_dict() for m in body.messages]
-        prompt_ids = self._encode("messages", lambda: engine.encode_chat(messages))
+        chars = sum(len(m.content) for m in body.messages)
+        prompt_ids = await self._encode("messages", chars, lambda: engine.encode_chat(messages))
         params = self._sampling(body, "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
         form = _Format(request_id("chatcmpl"), body.model, chat=True)
         return await self._respond(request, body, form, engine, prompt_ids, params, arrived)
@@ -254,7 +261,8 @@ class Serving:
     # validation
 
     async def _parse(self, request: Request, model: type[M]) -> M:
-        raw = await _read_body(request, self.settings.max_body_bytes)
+        _check_content_type(request)
+        raw = await _read_body(request, self.settings.max_body_bytes, self.settings.body_timeout_seconds)
         try:
             body = json.loads(raw)
         except UnicodeDecodeError:
@@ -265,6 +273,8 @@ class Serving:
             ) from None
         except RecursionError:
             raise ApiError(400, "request body is nested too deeply") from None
+        except ValueError as e:  # e.g. an integer literal of more digits than Python converts (4300)
+            raise ApiError(400, f"request body has a value that cannot be read: {e}") from None
         if not isinstance(body, dict):
             raise ApiError(400, f"request body must be a JSON object, got {type(body).__name__}")
         try:
@@ -290,12 +300,24 @@ class Serving:
             )
         return self.engine
 
-    def _encode(self, param: str, encode: Callable[[], list[int]]) -> list[int]:
+    async def _encode(self, param: str, chars: int, encode: Callable[[], list[int]]) -> list[int]:
+        """Token ids of the prompt, refusing one over maxPromptTokens. Tokenizing runs in a thread (the
+        Rust tokenizer releases the GIL) so a long prompt does not stall other requests and probes, and a
+        prompt longer than any `limit`-token text could be is refused before tokenizing at all."""
+        limit = self.settings.sampling.max_prompt_tokens
+        most = limit * self._token_chars()
+        if chars > most:
+            raise ApiError(
+                400,
+                f"`{param}` is {chars} characters long: over {most}, the most that {limit} prompt tokens "
+                f"(maxPromptTokens) can hold with this tokenizer",
+                param=param,
+                code="context_length_exceeded",
+            )
         try:
-            ids = encode()
+            ids = await asyncio.to_thread(encode)
         except Exception as e:  # a chat template may refuse a conversation (e.g. roles must alternate)
             raise ApiError(400, f"cannot build the prompt from `{param}`: {e}", param=param) from None
-        limit = self.settings.sampling.max_prompt_tokens
         if not ids:
             raise ApiError(400, f"`{param}` is empty: nothing to complete", param=param)
         if len(ids) > limit:
@@ -307,6 +329,14 @@ class Serving:
                 code="context_length_exceeded",
             )
         return ids
+
+    def _token_chars(self) -> int:
+        """The most characters one token can stand for: the longest entry of the vocabulary (byte-level
+        BPE spells one byte per symbol and a character is at least one byte; special tokens literally)."""
+        if self._longest_token is None:
+            vocab = cast(Any, self.engine).tokenizer.get_vocab()
+            self._longest_token = max(len(token) for token in vocab)
+        return self._longest_token
 
     def _sampling(self, body: CompletionRequest | ChatCompletionRequest, max_param: str) -> SamplingParams:
         defaults = self.settings.sampling
@@ -320,7 +350,7 @@ class Serving:
             )
         return SamplingParams(
             max_tokens=max_tokens,
-            temperature=_default(body.temperature, defaults.temperature),
+            temperature=_temperature(_default(body.temperature, defaults.temperature)),
             top_p=_default(body.top_p, defaults.top_p),
             repetition_penalty=_default(body.repetition_penalty, defaults.repetition_penalty),
             stop=tuple(body.stop or ()),
@@ -437,17 +467,40 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+def _check_content_type(request: Request) -> None:
+    """JSON bodies only. A missing Content-Type is read as JSON (a bare `curl --data-binary`); any other
+    type is refused, which also keeps browsers' cross-site "simple requests" (`text/plain`, form posts)
+    from starting generations."""
+    given = request.headers.get("content-type")
+    if given is None:
+        return
+    media = given.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise ApiError(
+            415,
+            f"Content-Type {media!r} is not supported: send the body as JSON with `Content-Type: application/json`",
+            param="Content-Type",
+            code="unsupported_media_type",
+        )
+
+
+async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
     too_large = ApiError(413, f"request body exceeds {limit} bytes", code="request_too_large")
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
         raise too_large
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise too_large
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(
+            408, f"request body not received within {timeout:g} s ({size} bytes arrived)", code="request_timeout"
+        ) from None
     return b"".join(chunks)
 
 
@@ -470,6 +523,21 @@ def _validation_error(error: ValidationError) -> ApiError:
 
 def _default(value: float | None, default: float) -> float:
     return default if value is None else value
+
+
+#: Temperatures below this sample greedily, as vLLM does: dividing float32 logits by a subnormal
+#: temperature overflows to inf and the softmax to NaN.
+GREEDY_BELOW = 1e-5
+
+
+def _temperature(value: float) -> float:
+    return 0.0 if value < GREEDY_BELOW else value
+
+
+def _printable(text: str) -> str:
+    """`text` as valid UTF-8: an unpaired surrogate (an unknown field named `"\\ud800"`) is escaped, since
+    an error message that cannot be encoded would cost the client its response."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 async def _aclose(stream: AsyncIterator[Delta]) -> None:

@@ -35,7 +35,7 @@ BAD = [
         "/v1/completions",
         {"model": MODEL, "prompt": "x", "stream_options": {"include_usage": True}},
         400,
-        None,
+        "stream_options",
         "stream",
     ),
     ("/v1/completions", {"model": "gpt-4", "prompt": "x"}, 404, "model", "tiny-spec"),
@@ -66,7 +66,7 @@ BAD = [
         "/v1/chat/completions",
         {"model": MODEL, "messages": CHAT, "max_tokens": 3, "max_completion_tokens": 3},
         400,
-        None,
+        "max_completion_tokens",
         "not both",
     ),
     (

@@ -48,7 +48,7 @@ def test_chat_normalisation() -> None:
         ({"messages": [{"role": "tool", "content": "x"}]}, ("messages", 0, "role"), "Input should be"),
         ({"response_format": {"type": "json_object"}}, ("response_format", "type"), "text"),
         ({"tool_choice": "auto"}, ("tool_choice",), "none"),
-        ({"stream_options": {"include_usage": True}}, (), "stream: true"),
+        ({"stream_options": {"include_usage": True}}, ("stream_options",), "stream: true"),
     ],
 )
 def test_refused(body: dict, location: tuple, words: str) -> None:
