@@ -6,7 +6,10 @@
 #   bench/gpu.sh trainer      ANIL vs SFT step, Llama-3.1-8B architecture (random init), bf16, seq 2048
 #   bench/gpu.sh generator    batched transformers engine vs the one-at-a-time loop, SmolLM2, bf16
 #   bench/gpu.sh server       speculative serving: SmolLM2 + derived draft, and random-init 8B/1B/160M
-#   bench/gpu.sh draft        distil a derived SmolLM2 draft on the GPU, then benchmark serving with it
+#   bench/gpu.sh draft        the target's greedy teacher outputs, drafts of 4 and 8 layers distilled on them,
+#                             serving benchmark with the 4-layer draft (bench/draft.py)
+#   bench/gpu.sh draft-serve  serving benchmark with the 8-layer draft; per-token costs and predicted speedups
+#   bench/gpu.sh costs        draft/target cost ratio and verify cost: random-init Llama-3.1-8B, 1B and 160M drafts
 #
 # Results land in bench/results/ (and are copied to $OUT when set).
 set -euo pipefail
@@ -51,33 +54,18 @@ server)
   $PY bench/server.py --device cuda --dtype bfloat16 --arch llama-8b --arch-draft llama-160m --prompts 4 \
     --max-tokens 64 --out bench/results/server-cuda-llama8b-160m.json
   save ;;
-draft)
-  work=$(mktemp -d)
-  $PY - "$work" <<'EOF'
-import json, sys
-from metaspec.local.bundled import bundled_model_dir
-work = sys.argv[1]
-target = str(bundled_model_dir())
-config = {
-    "apiVersion": "metaspec.dev/v1alpha1", "kind": "TrainingRun", "metadata": {"name": "gpu-draft"},
-    "spec": {
-        "method": "causal-lm",
-        "baseModel": {"uri": target},
-        "draft": {"initFrom": "target", "numLayers": 6, "objective": "distill"},
-        "dataset": {"uri": "builtin://train"},
-        "optimization": {"outerLr": 1e-3, "epochs": 6, "batchSize": 16, "maxSeqLength": 512,
-                         "evalSteps": 100, "checkpointSteps": 1000, "earlyStoppingPatience": 0},
-        "output": {"uri": f"{work}/draft"},
-    },
-}
-open(f"{work}/config.json", "w").write(json.dumps(config))
-EOF
-  METASPEC_TERMINATION_MESSAGE_PATH="$work/summary.json" $PY -m metaspec.cli train --config "$work/config.json" --device cuda
-  cat "$work/summary.json"; echo
-  $PY bench/server.py --device cuda --dtype bfloat16 --draft "$work/draft/model" --prompts 12 --max-tokens 128 \
-    --compile --out bench/results/server-cuda-smollm2-trained-compile.json || true
-  $PY bench/server.py --device cuda --dtype bfloat16 --draft "$work/draft/model" --prompts 12 --max-tokens 128 \
-    --out bench/results/server-cuda-smollm2-trained.json || true
+draft)   # the pipeline's own draft: teacher outputs of the target, distilled drafts, serving benchmarks
+  timeout 560 $PY bench/draft.py --device cuda --layers 4 8 --serve 4 --epochs 12 --work "$HOME/draft-work" || true
+  save ;;
+draft-serve)   # the second draft's serving benchmark, and the costs behind the speedups
+  $PY bench/draft.py --device cuda --layers 8 --work "$HOME/draft-work" || true
+  $PY bench/costs.py --device cuda --dtype bfloat16 --compile --pairs smollm2:4 smollm2:8 \
+    --acceptance smollm2:4=bench/results/draft-cuda-4layers.json smollm2:8=bench/results/draft-cuda-8layers.json \
+    --out bench/results/costs-cuda-smollm2-compile.json
+  save ;;
+costs)   # random-init Llama-3.1-8B with 1B and 160M drafts: cost ratio and verify cost, compiled
+  $PY bench/costs.py --device cuda --dtype bfloat16 --compile --pairs llama-8b:llama-1b llama-8b:llama-160m \
+    --steps 20 --out bench/results/costs-cuda-llama8b-compile.json
   save ;;
 *)
   sed -n '2,12p' "$0"; exit 2 ;;

@@ -10,6 +10,10 @@ Every method must produce the same greedy tokens; mismatches are counted and rep
     python bench/server.py --device cuda --dtype bfloat16 [--compile]
     python bench/server.py --device cuda --dtype bfloat16 --arch llama-8b --arch-draft llama-1b  # random init
 
+Prompts: by default the held-out `builtin://prompts` split, spread over its domains and difficulties —
+the traffic a draft trained by the pipeline on the built-in data is meant for; `--prompt-set general`
+uses a dozen everyday questions outside that distribution instead.
+
 A derived draft (the target's first layers, untrained) agrees with the target on few tokens: it measures
 the machinery's overhead, not the speedup a trained draft gives. Results: a table on stdout and JSON in
 bench/results/.
@@ -31,13 +35,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from metaspec.artifacts import materialize
+from metaspec.builtin import records
 from metaspec.local.bundled import bundled_model_dir
 from metaspec.records import chat_prompt_ids
 from metaspec.server.engine import RoutingPolicy, SamplingParams, SpeculativeEngine, derive_draft
 
 RESULTS = Path(__file__).parent / "results"
 POLICIES = ("never", "always", "first-token", "per-token")
-PROMPTS = [
+GENERAL_PROMPTS = [
     "What is the capital of France?",
     "Explain photosynthesis in two sentences.",
     "Write a Python function that checks whether a number is prime.",
@@ -79,6 +84,14 @@ def load(uri: str | Path, device: str, dtype: torch.dtype) -> Any:
     local, _ = materialize(uri, Path(tempfile.gettempdir()) / "metaspec-bench-cache")
     model = AutoModelForCausalLM.from_pretrained(local, dtype=dtype, use_safetensors=True)
     return model.to(device).eval()
+
+
+def prompt_texts(prompt_set: str, n: int) -> list[str]:
+    """`n` prompts: held-out built-in prompts evenly spread over the split, or the general ones."""
+    if prompt_set == "general":
+        return GENERAL_PROMPTS[:n]
+    held_out = [r.input for r in records("prompts")]
+    return held_out[:: max(1, len(held_out) // n)][:n]
 
 
 def sync(device: str) -> None:
@@ -170,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--draft-layers", type=int, default=4, help="layers of a derived draft")
     parser.add_argument("--arch", choices=["llama-8b"], help="random-init target architecture (no download)")
     parser.add_argument("--arch-draft", default="llama-1b", choices=["llama-1b", "llama-160m"])
-    parser.add_argument("--prompts", type=int, default=6, help=f"prompts to run (≤ {len(PROMPTS)})")
+    parser.add_argument("--prompts", type=int, default=6, help="prompts to run")
+    parser.add_argument("--prompt-set", default="builtin", choices=["builtin", "general"])
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("-k", type=int, default=5, help="maxSpeculativeTokens")
     parser.add_argument("--threshold", type=float, default=0.7, help="confidenceThreshold")
@@ -178,19 +192,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="JSON path (default bench/results/server-<device>-<model>.json)")
     args = parser.parse_args(argv)
     dtype = getattr(torch, args.dtype)
+    if args.compile:  # HF generate's static-cache compilation and ours share the model's forward code
+        torch._dynamo.config.recompile_limit = 32
     target, draft, tokenizer, label = models(args, dtype)
-    prompts = [chat_prompt_ids(tokenizer, text) for text in PROMPTS[: args.prompts]]
-    engines = {
-        policy: SpeculativeEngine.from_models(
-            target,
-            draft,
-            tokenizer,
-            RoutingPolicy(policy, args.threshold, args.k),
-            static_cache_len=4096 if args.compile else None,
-            compile=args.compile,
-        )
-        for policy in POLICIES
-    }
+    prompts = [chat_prompt_ids(tokenizer, text) for text in prompt_texts(args.prompt_set, args.prompts)]
+    # one engine's models (and compiled graphs) decode under every policy: compiling per policy would
+    # measure four compilations and exhaust dynamo's recompile limit for the shared forward code
+    first = SpeculativeEngine.from_models(
+        target,
+        draft,
+        tokenizer,
+        RoutingPolicy(POLICIES[0], args.threshold, args.k),
+        static_cache_len=4096 if args.compile else None,
+        compile=args.compile,
+    )
+    engines = {policy: first.with_routing(RoutingPolicy(policy, args.threshold, args.k)) for policy in POLICIES}
     methods = {
         "hf-generate": lambda p: run_hf(target, p, args),
         "hf-assisted": lambda p: run_hf(target, p, args, assistant=draft),

@@ -71,6 +71,18 @@ class SpeculativeEngine:
         engine._build(target, draft, tokenizer, routing, static_cache_len, compile)
         return engine
 
+    def with_routing(self, routing: RoutingPolicy) -> SpeculativeEngine:
+        """An engine decoding with this one's models (and compiled graphs) under another routing policy
+        with the same `maxSpeculativeTokens`; both must decode from one thread, one request at a time."""
+        assert self.decoder is not None
+        if routing.max_speculative_tokens != self.decoder.routing.max_speculative_tokens:
+            raise ValueError("the compiled verify length is k + 1: keep maxSpeculativeTokens")
+        engine = SpeculativeEngine(self.model_name)
+        engine.tokenizer, engine.served, engine._stop_ids = self.tokenizer, self.served, self._stop_ids
+        engine.decoder = SpeculativeDecoder(self.decoder.target, self.decoder.draft, routing)
+        engine._executor = self._executor
+        return engine
+
     def load(self) -> None:
         """Load and check both models (blocking: call it from a thread in an async server)."""
         if self.decoder is None and self._loader is not None:
@@ -103,7 +115,7 @@ class SpeculativeEngine:
     ) -> None:
         vocab = shared_vocab(target, draft, tokenizer)
         options = {"static_cache_len": static_cache_len, "compile": compile}
-        options["compile_max_tokens"] = routing.max_speculative_tokens + 2  # verify = pending + k proposals
+        options["compile_max_tokens"] = routing.max_speculative_tokens + 1  # verify: 1 pending + k proposals
         draft_lm = CausalLM(draft, vocab, **options) if draft is not None else None
         self.decoder = SpeculativeDecoder(CausalLM(target, vocab, **options), draft_lm, routing)
         self.tokenizer = tokenizer

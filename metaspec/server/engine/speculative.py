@@ -37,6 +37,13 @@ class CausalLM:
     decode step's shapes and addresses fixed; `compile` then wraps the forward in `torch.compile`
     with CUDA graphs for inputs of at most `compile_max_tokens` tokens (decode and verify steps; the
     variable-length prefill runs eagerly).
+
+    A compiled graph is specialised to its input length, and a verify pass scores 1 to k+1 tokens
+    depending on how many the draft proposed: compiling each length recompiles and re-records CUDA
+    graphs round after round. So compiled inputs come in two lengths only: 1 (a decode step) and
+    `compile_max_tokens`, shorter inputs padded at the end. The padding's positions lie after every
+    real token, so the causal mask hides them from the real ones, and the session crops them from the
+    cache right away (the next write overwrites them).
     """
 
     def __init__(
@@ -52,7 +59,11 @@ class CausalLM:
         self.vocab = vocab
         self.device = next(model.parameters()).device
         self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-        self._static = StaticCache(config=model.config, max_cache_len=static_cache_len) if static_cache_len else None
+        self.static_cache_len = static_cache_len
+        self._static = None
+        if static_cache_len:  # room for the padding of a compiled input beyond the last position
+            slack = compile_max_tokens if compile else 0
+            self._static = StaticCache(config=model.config, max_cache_len=static_cache_len + slack)
         self._compiled = None
         if compile:
             if self._static is None:
@@ -63,7 +74,7 @@ class CausalLM:
     @property
     def max_length(self) -> int:
         limit = getattr(self.model.config, "max_position_embeddings", None) or 1 << 20
-        return min(limit, self._static.max_cache_len) if self._static is not None else limit
+        return min(limit, self.static_cache_len) if self.static_cache_len else limit
 
     def session(self) -> Session:
         if self._static is not None:
@@ -71,15 +82,19 @@ class CausalLM:
             return Session(self, self._static)
         return Session(self, DynamicCache(config=self.model.config))
 
-    def forward(self, ids: torch.Tensor, cache: object, keep: int) -> torch.Tensor:
-        """Logits (keep, V) for the last `keep` positions of `ids` (1, T), appended to `cache`."""
-        compiled = self._compiled is not None and ids.shape[1] <= self.compile_max_tokens
-        if compiled:
-            torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs may be overwritten
-        forward = self._compiled if compiled else self.model
-        out = forward(input_ids=ids, use_cache=True, logits_to_keep=keep, **{self._cache_arg: cache})
-        logits = out.logits[0, -keep:, : self.vocab]  # (keep, V)
-        return logits.clone() if compiled else logits
+    def forward(self, ids: torch.Tensor, cache: object, keep: int) -> tuple[torch.Tensor, int]:
+        """Logits (keep, V) for the last `keep` positions of `ids` (1, T), appended to `cache`, and the
+        number of padding positions appended after them (the caller crops them)."""
+        n = ids.shape[1]
+        if self._compiled is None or n > self.compile_max_tokens:
+            out = self.model(input_ids=ids, use_cache=True, logits_to_keep=keep, **{self._cache_arg: cache})
+            return out.logits[0, -keep:, : self.vocab], 0  # (keep, V)
+        length = 1 if n == 1 else self.compile_max_tokens
+        if length > n:
+            ids = torch.cat([ids, ids[:, -1:].expand(1, length - n)], dim=1)  # (1, length)
+        torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs may be overwritten
+        out = self._compiled(input_ids=ids, use_cache=True, logits_to_keep=length, **{self._cache_arg: cache})
+        return out.logits[0, n - keep : n, : self.vocab].clone(), length - n  # (keep, V), outliving the graph
 
 
 class Session:
@@ -91,8 +106,9 @@ class Session:
         self.length = 0
 
     def feed(self, ids: torch.Tensor, keep: int = 1) -> torch.Tensor:
-        logits = self.lm.forward(ids, self.cache, keep)
-        self.length += ids.shape[1]
+        logits, padding = self.lm.forward(ids, self.cache, keep)
+        self.length += ids.shape[1] + padding
+        self.truncate(self.length - padding)
         return logits
 
     def truncate(self, length: int) -> None:

@@ -156,3 +156,33 @@ def test_static_cache_path_decodes_the_same(tiny_target, tiny_draft) -> None:
             generator = torch.Generator().manual_seed(3)
             outputs.append([t for c in decoder.decode(list(prompt), proc, 16, RequestStats(), generator) for t in c])
         assert outputs[0] == outputs[1], (prompt, proc)
+
+
+def test_compiled_inputs_come_in_two_lengths(tiny_target, tiny_draft) -> None:
+    """The compiled path pads every input of up to k+1 tokens to 1 or k+1 tokens (one CUDA graph each),
+    and cropping the padding leaves the output unchanged. The compiled forward is replaced by a spy
+    around the eager one: compiling is what the GPU benchmark measures; here the shapes and the
+    exactness of padding are the point."""
+    routing = RoutingPolicy("always", 0.5, 3)
+    lengths: set[int] = set()
+
+    def compiled(lm: CausalLM) -> CausalLM:
+        def spy(**kwargs):
+            lengths.add(kwargs["input_ids"].shape[1])
+            return lm.model(**kwargs)
+
+        lm._compiled = spy
+        return lm
+
+    options = {"static_cache_len": 40, "compile": True, "compile_max_tokens": routing.max_speculative_tokens + 1}
+    padded = SpeculativeDecoder(
+        compiled(CausalLM(tiny_target, 8, **options)), compiled(CausalLM(tiny_draft, 8, **options)), routing
+    )
+    dynamic = SpeculativeDecoder(CausalLM(tiny_target, 8), CausalLM(tiny_draft, 8), routing)
+    for prompt, proc in itertools.product(itertools.islice(itertools.permutations(range(8), 3), 6), CASES_PROC):
+        outputs = []
+        for decoder in (dynamic, padded):
+            generator = torch.Generator().manual_seed(5)
+            outputs.append([t for c in decoder.decode(list(prompt), proc, 16, RequestStats(), generator) for t in c])
+        assert outputs[0] == outputs[1], (prompt, proc)
+    assert lengths == {1, routing.max_speculative_tokens + 1}

@@ -1,0 +1,208 @@
+"""What speculation can gain, from measured costs: the draft/target cost ratio and the verify cost.
+
+For a target and a draft this times, through the server's own `CausalLM` sessions (static cache, and
+with `--compile` the same CUDA graphs the server uses), at a context of `--context` tokens:
+
+- t_target: one target decode step; t_draft: one draft decode step; c = t_draft / t_target;
+- t_verify: one target pass over k+1 tokens (the verify step); v = t_verify / t_target.
+
+Leviathan et al. 2023 ("Fast Inference from Transformers via Speculative Decoding", eq. 1): with a
+per-token acceptance rate α and k proposals per round, a round emits E = (1 − α^(k+1)) / (1 − α)
+tokens on average, and costs k·t_draft + t_verify. So the predicted speedup over target-only decoding is
+
+    S(α) = E / (k·c + v)
+
+printed for α = 0.1 … 0.9 and for the acceptance rates measured with trained drafts
+(`--acceptance PAIR=FILE.json`: a bench/server.py result of that pair, its `ours-always` row), next to
+the speedup that run measured. Pairs: the real SmolLM2-135M target with drafts cut to N layers (cost
+depends on the architecture only), and randomly initialised Llama-3.1-8B with Llama-3.2-1B and ~160M drafts.
+
+    python bench/costs.py --device cuda --dtype bfloat16 --compile \
+        --acceptance smollm2:4=bench/results/draft-cuda-4layers.json
+    python bench/costs.py --pairs smollm2:4 --steps 5                  # CPU, a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from server import random_llama
+
+from metaspec.local.bundled import bundled_model_dir
+from metaspec.server.engine import CausalLM
+
+RESULTS = Path(__file__).parent / "results"
+ALPHAS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def expected_tokens(alpha: float, k: int) -> float:
+    """E[tokens per round] = (1 − α^(k+1)) / (1 − α) (Leviathan et al. 2023, eq. 1)."""
+    return k + 1.0 if alpha >= 1 else (1 - alpha ** (k + 1)) / (1 - alpha)
+
+
+def predicted_speedup(alpha: float, k: int, c: float, v: float) -> float:
+    return expected_tokens(alpha, k) / (k * c + v)
+
+
+def smollm2_pair(layers: int, device: str, dtype: torch.dtype) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM
+
+    target = AutoModelForCausalLM.from_pretrained(bundled_model_dir(), dtype=dtype, use_safetensors=True)
+    config = target.config.to_dict() | {"num_hidden_layers": layers}
+    config.pop("layer_types", None)
+    draft = type(target)(type(target.config)(**config)).to(dtype)  # timing only: weights do not matter
+    return target.to(device).eval(), draft.to(device).eval()
+
+
+def time_steps(lm: CausalLM, tokens: int, context: int, steps: int) -> float:
+    """Median seconds of one forward over `tokens` new tokens after `context` cached ones."""
+    with torch.inference_mode():
+        session = lm.session()
+        session.feed(torch.randint(0, lm.vocab, (1, context), device=lm.device))
+        new = torch.randint(0, lm.vocab, (1, tokens), device=lm.device)
+        times = []
+        for i in range(steps + 3):  # the first passes compile and record graphs
+            _sync(lm.device)
+            start = time.perf_counter()
+            session.feed(new, keep=tokens)
+            _sync(lm.device)
+            if i >= 3:
+                times.append(time.perf_counter() - start)
+            session.truncate(context)
+    return statistics.median(times)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(name: str, target: Any, draft: Any, args: argparse.Namespace) -> dict[str, Any]:
+    options = {"static_cache_len": args.context + 64, "compile": args.compile, "compile_max_tokens": args.k + 1}
+    vocab = min(target.config.vocab_size, draft.config.vocab_size)
+    target_lm, draft_lm = CausalLM(target, vocab, **options), CausalLM(draft, vocab, **options)
+    t_target = time_steps(target_lm, 1, args.context, args.steps)
+    t_verify = time_steps(target_lm, args.k + 1, args.context, args.steps)
+    t_draft = time_steps(draft_lm, 1, args.context, args.steps)
+    c, v = t_draft / t_target, t_verify / t_target
+    row = {
+        "pair": name,
+        "target_ms": round(1000 * t_target, 3),
+        "draft_ms": round(1000 * t_draft, 3),
+        "verify_ms": round(1000 * t_verify, 3),
+        "c": round(c, 3),
+        "v": round(v, 3),
+        "predicted": {f"{a:.1f}": round(predicted_speedup(a, args.k, c, v), 3) for a in ALPHAS},
+        "break_even_alpha": break_even(args.k, c, v),
+    }
+    print(
+        f"  {name}: target {row['target_ms']} ms, draft {row['draft_ms']} ms, verify {row['verify_ms']} ms",
+        file=sys.stderr,
+    )
+    return row
+
+
+def break_even(k: int, c: float, v: float) -> float | None:
+    """Smallest α (to 0.01) at which speculation with k proposals beats target-only decoding."""
+    return next((a / 100 for a in range(101) if predicted_speedup(a / 100, k, c, v) >= 1), None)
+
+
+def measured_runs(specs: list[str], rows: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
+    """Acceptance and measured speedup of `ours-always` vs `ours-never` in server benchmark results
+    (`PAIR=FILE`), with the speedup predicted from that acceptance and the pair's measured costs."""
+    costs = {r["pair"]: r for r in rows}
+    runs = []
+    for spec in specs:
+        pair, path = spec.split("=", 1)
+        result = json.loads(Path(path).read_text())
+        rows = {r["method"]: r for r in result["rows"]}
+        always = rows["ours-always"]
+        alpha, cost = always["acceptance_rate"], costs.get(pair)
+        runs.append(
+            {
+                "pair": pair,
+                "source": Path(path).name,
+                "models": result["models"],
+                "acceptance": alpha,
+                "measured_speedup": always["speedup_vs_ours_never"],
+                "predicted_speedup": round(predicted_speedup(alpha, k, cost["c"], cost["v"]), 3)
+                if cost and alpha is not None
+                else None,
+            }
+        )
+    return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--compile", action="store_true", help="static cache + torch.compile (CUDA graphs)")
+    parser.add_argument(
+        "--pairs",
+        nargs="+",
+        default=["smollm2:2", "smollm2:4", "smollm2:8", "llama-8b:llama-1b", "llama-8b:llama-160m"],
+        help="target:draft pairs; smollm2:N is SmolLM2 with an N-layer draft",
+    )
+    parser.add_argument("-k", type=int, default=5, help="proposals per round")
+    parser.add_argument("--context", type=int, default=256, help="cached tokens before the timed step")
+    parser.add_argument("--steps", type=int, default=30, help="timed passes per measurement (median)")
+    parser.add_argument("--acceptance", nargs="*", default=[], help="PAIR=FILE: bench/server.py results of a pair")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    if args.compile:
+        torch._dynamo.config.recompile_limit = 64  # every pair compiles the shared Llama forward code anew
+    dtype = getattr(torch, args.dtype)
+    rows = []
+    for pair in args.pairs:
+        target_name, draft_name = pair.split(":")
+        if target_name == "smollm2":
+            target, draft = smollm2_pair(int(draft_name), args.device, dtype)
+        else:
+            target, draft = random_llama(target_name, args.device, dtype), random_llama(draft_name, args.device, dtype)
+        rows.append(measure(pair, target, draft, args))
+        del target, draft
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+    runs = measured_runs(args.acceptance, rows, args.k)
+    report(rows, runs, args)
+    result = {
+        "benchmark": "speculation costs",
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "settings": {k: str(v) for k, v in vars(args).items()},
+        "torch": torch.__version__,
+        "rows": rows,
+        "measured": runs,
+    }
+    out = args.out or RESULTS / f"costs-{args.device}{'-compile' if args.compile else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+def report(rows: list[dict[str, Any]], runs: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    print(f"\nper-token costs, {args.device} {args.dtype}{' compiled' if args.compile else ''}, k={args.k}")
+    print(f"{'pair':<22}{'target ms':>10}{'draft ms':>10}{'c':>7}{'v':>7}{'S(.5)':>7}{'S(.7)':>7}{'S(.9)':>7}{'α*':>6}")
+    for r in rows:
+        p = r["predicted"]
+        print(
+            f"{r['pair']:<22}{r['target_ms']:>10.3f}{r['draft_ms']:>10.3f}{r['c']:>7.3f}{r['v']:>7.3f}"
+            f"{p['0.5']:>7.2f}{p['0.7']:>7.2f}{p['0.9']:>7.2f}{r['break_even_alpha'] or '-':>6}"
+        )
+    for run in runs:
+        print(
+            f"measured {run['pair']} ({run['source']}): α={run['acceptance']}, speedup {run['measured_speedup']}×"
+            f" (predicted {run['predicted_speedup']}×)"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Train drafts the way the pipeline does, then measure them with bench/server.py.
+
+The pipeline's draft (DESIGN.md) learns from teacher outputs: here the target's own greedy completions
+of the built-in training inputs (a `TeacherGeneration`, transformers engine), because greedy serving
+accepts a proposal exactly when it is the target's greedy token. Each draft is a `TrainingRun` with
+`method: causal-lm`, cut from the target (`initFrom: target`, `numLayers: N`) and trained with
+`objective: distill` (KL to the target's logits along those outputs). Both stages run through the real
+`metaspec generate` / `metaspec train` commands with the configs the operator would render; serving is
+then measured on the held-out `builtin://prompts` split.
+
+    python bench/draft.py --device cuda --layers 2 4 8 --work ~/draft-work      # the GPU machine
+    python bench/draft.py --device cpu --layers 2 --examples 16 --max-tokens 32 --epochs 1 --smoke
+
+Results: bench/results/draft-<device>-<N>layers.json (server benchmark per draft) and the stage
+summaries in draft-<device>-training.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from metaspec.local.bundled import bundled_model_dir
+
+RESULTS = Path(__file__).parent / "results"
+API = "metaspec.dev/v1alpha1"
+
+
+def teacher_config(target: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "apiVersion": API,
+        "kind": "TeacherGeneration",
+        "metadata": {"name": "draft-teacher"},
+        "spec": {
+            "model": {"uri": target},
+            "dataset": {"uri": "builtin://train", "maxExamples": args.examples},
+            "output": {"uri": str(out)},
+            "engine": "transformers",
+            "sampling": {"temperature": 0, "maxTokens": args.max_tokens, "repetitionPenalty": 1.0},
+            "batchSize": args.batch_size,
+            "quality": {"minNaturalStopRate": 0},
+        },
+    }
+
+
+def draft_config(target: str, teacher: Path, out: Path, layers: int, args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "apiVersion": API,
+        "kind": "TrainingRun",
+        "metadata": {"name": f"draft-{layers}"},
+        "spec": {
+            "method": "causal-lm",
+            "baseModel": {"uri": target},
+            "draft": {"initFrom": "target", "numLayers": layers, "objective": "distill"},
+            "dataset": {"uri": str(teacher)},
+            "evaluation": {"uri": "builtin://eval"},
+            "optimization": {
+                "outerLr": args.lr,
+                "epochs": args.epochs,
+                "batchSize": 16,
+                "maxSeqLength": 512,
+                "evalSteps": 10_000,
+                "checkpointSteps": 10_000,
+                "earlyStoppingPatience": 0,
+            },
+            "output": {"uri": str(out), "merge": False},
+        },
+    }
+
+
+def run_stage(command: str, config: dict[str, Any], work: Path, device: str) -> dict[str, Any]:
+    """`metaspec <command> --config` in a subprocess; its termination summary and wall time."""
+    name = config["metadata"]["name"]
+    path, summary = work / f"{name}.json", work / f"{name}.summary.json"
+    path.write_text(json.dumps(config))
+    start = time.perf_counter()
+    cmd = [sys.executable, "-m", "metaspec.cli", command, "--config", str(path), "--device", device]
+    if command == "generate":
+        cmd += ["--work-dir", str(work / "generate"), "--no-progress"]
+    subprocess.run(cmd, check=True, env={**os.environ, "METASPEC_TERMINATION_MESSAGE_PATH": str(summary)})
+    return {"stage": name, "seconds": round(time.perf_counter() - start, 1), **json.loads(summary.read_text())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--target", help="target model directory (default: the bundled SmolLM2-135M-Instruct)")
+    parser.add_argument("--layers", type=int, nargs="+", default=[4], help="draft sizes (target layers kept)")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/metaspec-draft-bench"))
+    parser.add_argument("--examples", type=int, default=None, help="training inputs (default: all 600)")
+    parser.add_argument("--max-tokens", type=int, default=256, help="teacher output length limit")
+    parser.add_argument("--batch-size", type=int, default=64, help="teacher generation batch")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=3e-4, help="draft learning rate (full fine-tuning)")
+    parser.add_argument("--serve", type=int, nargs="*", help="draft sizes to benchmark serving with (default: all)")
+    parser.add_argument("--prompts", type=int, default=16, help="held-out prompts served per draft")
+    parser.add_argument("--serve-tokens", type=int, default=128, help="max tokens per served prompt")
+    parser.add_argument("--smoke", action="store_true", help="CPU check of the plumbing: eager, 2 prompts")
+    args = parser.parse_args(argv)
+    target = args.target or str(bundled_model_dir())
+    args.work.mkdir(parents=True, exist_ok=True)
+    teacher = args.work / "teacher"
+    stages = []
+    if not (teacher / "_manifest.json").exists():  # a re-run reuses finished stages
+        stages.append(run_stage("generate", teacher_config(target, teacher, args), args.work, args.device))
+    dtype = "bfloat16" if args.device == "cuda" else "float32"
+    for layers in args.layers:
+        out = args.work / f"draft-{layers}"
+        if not (out / "_manifest.json").exists():
+            stages.append(run_stage("train", draft_config(target, teacher, out, layers, args), args.work, args.device))
+    for layers in args.layers if args.serve is None else args.serve:
+        out = args.work / f"draft-{layers}"
+        serve = [sys.executable, str(Path(__file__).parent / "server.py"), "--device", args.device, "--dtype", dtype]
+        serve += [
+            "--target",
+            target,
+            "--draft",
+            str(out / "model"),
+            "--prompts",
+            str(2 if args.smoke else args.prompts),
+        ]
+        serve += ["--max-tokens", str(16 if args.smoke else args.serve_tokens)]
+        serve += [] if args.smoke or args.device != "cuda" else ["--compile"]
+        serve += ["--out", str(RESULTS / f"draft-{args.device}-{layers}layers.json")]
+        subprocess.run(serve, check=False)  # exits 1 on a bf16 mismatch; the JSON records it
+    if stages:
+        (RESULTS / f"draft-{args.device}-training.json").write_text(json.dumps({"stages": stages}, indent=1) + "\n")
+    for stage in stages:
+        print(json.dumps(stage)[:400])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
