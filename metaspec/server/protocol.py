@@ -40,9 +40,11 @@ def _listify(value: Any) -> Any:
 def _unicode(value: str) -> str:
     """JSON's `\\ud800` escapes can smuggle unpaired UTF-16 surrogates into a str; they are not text and
     no tokenizer can encode them."""
-    for index, char in enumerate(value):
-        if "\ud800" <= char <= "\udfff":
-            raise ValueError(f"character {index} is an unpaired UTF-16 surrogate (\\u{ord(char):04x}), not text")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        code = ord(value[e.start])
+        raise ValueError(f"character {e.start} is an unpaired UTF-16 surrogate (\\u{code:04x}), not text") from None
     return value
 
 

@@ -86,10 +86,9 @@ class ApiError(Exception):
         code: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        message = _printable(message)
         super().__init__(message)
         self.status = status
-        self.body = ErrorBody(message=message, type=type, param=_printable(param) if param else None, code=code)
+        self.body = ErrorBody(message=message, type=type, param=param, code=code)
         self.headers = headers
 
     def response(self) -> JSONResponse:
@@ -516,6 +515,8 @@ def _validation_error(error: ValidationError) -> ApiError:
             message = f"`{param}` is required"
         elif param:
             message = f"`{param}`: {message}"
+        else:  # the body as a whole, e.g. a key that is not text (an unpaired surrogate escape)
+            message = f"request body: {message}"
         messages.append(message)
         params.append(param)
     return ApiError(400, "; ".join(messages), param=params[0])
@@ -532,12 +533,6 @@ GREEDY_BELOW = 1e-5
 
 def _temperature(value: float) -> float:
     return 0.0 if value < GREEDY_BELOW else value
-
-
-def _printable(text: str) -> str:
-    """`text` as valid UTF-8: an unpaired surrogate (an unknown field named `"\\ud800"`) is escaped, since
-    an error message that cannot be encoded would cost the client its response."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 async def _aclose(stream: AsyncIterator[Delta]) -> None:
