@@ -2,20 +2,34 @@
 
 Settings come from the standard AWS environment variables only (`AWS_ACCESS_KEY_ID`,
 `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION`/`AWS_DEFAULT_REGION`, `AWS_ENDPOINT_URL`,
-`AWS_ENDPOINT_URL_S3`), so a pod, a laptop and CI configure it the same way.
+`AWS_ENDPOINT_URL_S3`), so a pod, a laptop and CI configure it the same way. Two metaspec settings tune
+retries: `METASPEC_S3_MAX_ATTEMPTS` (botocore's attempts per request) and `METASPEC_S3_RETRY_SECONDS`
+(how long an unreachable endpoint is retried before the component fails with a transient error).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from .uri import Uri
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Seconds an unreachable S3 endpoint is retried before giving up. botocore's own retries of a
+#: refused connection are over within a second (50 ms base backoff), which would turn an S3 restart
+#: into a failed pod and lose a trainer's steps since its last checkpoint.
+RETRY_SECONDS = 60.0
+#: The longest pause between two attempts: an endpoint that comes back is noticed within this.
+MAX_PAUSE = 8.0
 
 
 class ArtifactError(Exception):
@@ -100,10 +114,11 @@ class LocalStore:
 
 
 class S3Store:
-    """S3 through boto3: multipart and concurrent transfers from boto3's transfer manager,
-    retries with backoff for throttling, 5xx and connection errors from botocore's `standard` mode."""
+    """S3 through boto3: multipart and concurrent transfers from boto3's transfer manager, retries
+    with backoff for throttling, 5xx and connection errors from botocore's `standard` mode, and
+    beyond those, whole operations retried until `retry_seconds` have passed (then `Unreachable`)."""
 
-    def __init__(self, max_attempts: int | None = None):
+    def __init__(self, max_attempts: int | None = None, retry_seconds: float | None = None):
         import boto3
         from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
@@ -124,50 +139,65 @@ class S3Store:
             ),
         )
         self.transfer = TransferConfig(multipart_threshold=64 * 2**20, max_concurrency=8)
+        if retry_seconds is None:
+            retry_seconds = float(os.environ.get("METASPEC_S3_RETRY_SECONDS", RETRY_SECONDS))
+        self.retry_seconds = retry_seconds
 
     def put_file(self, local: Path, uri: Uri) -> None:
-        with self._errors(uri):
-            self.client.upload_file(str(local), uri.bucket, uri.path, Config=self.transfer)
+        self._call(uri, lambda: self.client.upload_file(str(local), uri.bucket, uri.path, Config=self.transfer))
 
     def get_file(self, uri: Uri, local: Path) -> None:
         local = Path(local)
         local.parent.mkdir(parents=True, exist_ok=True)
         tmp = local.with_name(f".tmp-{local.name}")
-        with self._errors(uri):
-            self.client.download_file(uri.bucket, uri.path, str(tmp), Config=self.transfer)
+        self._call(uri, lambda: self.client.download_file(uri.bucket, uri.path, str(tmp), Config=self.transfer))
         os.replace(tmp, local)
 
     def put_bytes(self, data: bytes, uri: Uri) -> None:
-        with self._errors(uri):
-            self.client.put_object(Bucket=uri.bucket, Key=uri.path, Body=data)
+        self._call(uri, lambda: self.client.put_object(Bucket=uri.bucket, Key=uri.path, Body=data))
 
     def get_bytes(self, uri: Uri) -> bytes:
-        with self._errors(uri):
-            return self.client.get_object(Bucket=uri.bucket, Key=uri.path)["Body"].read()
+        return self._call(uri, lambda: self.client.get_object(Bucket=uri.bucket, Key=uri.path)["Body"].read())
 
     def list(self, uri: Uri) -> Iterator[tuple[str, int]]:
         prefix = uri.path.rstrip("/") + "/" if uri.path else ""
-        with self._errors(uri):
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=uri.bucket, Prefix=prefix):
-                for obj in page.get("Contents", []):
-                    yield obj["Key"][len(prefix) :], obj["Size"]
+
+        def listing() -> list[tuple[str, int]]:  # whole, so a retried listing yields nothing twice
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=uri.bucket, Prefix=prefix)
+            return [(obj["Key"][len(prefix) :], obj["Size"]) for page in pages for obj in page.get("Contents", [])]
+
+        yield from self._call(uri, listing)
 
     def delete(self, uri: Uri) -> None:
-        with self._errors(uri):
-            self.client.delete_object(Bucket=uri.bucket, Key=uri.path)
+        self._call(uri, lambda: self.client.delete_object(Bucket=uri.bucket, Key=uri.path))
 
     def ensure_bucket(self, bucket: str) -> None:
         """Create the bucket if it does not exist (embedded default and tests)."""
-        from botocore.exceptions import ClientError
-
+        where = Uri("s3", bucket, "")
         try:
-            self.client.head_bucket(Bucket=bucket)
-        except ClientError:
-            with self._errors(Uri("s3", bucket, "")):
-                self.client.create_bucket(Bucket=bucket)
+            self._call(where, lambda: self.client.head_bucket(Bucket=bucket))
+        except NotFound:
+            self._call(where, lambda: self.client.create_bucket(Bucket=bucket))
 
-    def _errors(self, uri: Uri):
-        return _translate(uri, self.endpoint)
+    def _call(self, uri: Uri, operation: Callable[[], T]) -> T:
+        """Run `operation` with errors translated; retry it while the endpoint is unreachable."""
+        deadline = time.monotonic() + self.retry_seconds
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                with _translate(uri, self.endpoint):
+                    return operation()
+            except Unreachable as error:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Unreachable(
+                        f"{error} (gave up after {attempt} attempts in {self.retry_seconds:g} s; "
+                        "METASPEC_S3_RETRY_SECONDS sets how long to wait)"
+                    ) from None
+                pause = min(MAX_PAUSE, 0.5 * 2 ** (attempt - 1), left)
+                log.warning("%s; retrying in %.1f s (%.0f s left)", error, pause, left)
+                time.sleep(pause)
 
 
 class _translate:
@@ -181,13 +211,15 @@ class _translate:
 
     def __exit__(self, kind, error, tb):
         from boto3.exceptions import S3UploadFailedError
-        from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+        from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadError, NoCredentialsError
+        from botocore.exceptions import ConnectionError as BotoConnectionError
 
         if error is None or isinstance(error, ArtifactError):
             return False
         if isinstance(error, S3UploadFailedError) and isinstance(error.__context__, ClientError):
             error = error.__context__
-        if isinstance(error, EndpointConnectionError | ConnectionError):
+        # Refused or timed-out connections, and connections cut mid-response (the server went away).
+        if isinstance(error, BotoConnectionError | HTTPClientError | IncompleteReadError | ConnectionError):
             raise Unreachable(f"cannot reach S3 endpoint {self.endpoint} for {self.uri}: {error}") from None
         if isinstance(error, NoCredentialsError):
             raise AccessDenied(
@@ -207,7 +239,9 @@ class _translate:
                     "AWS_SECRET_ACCESS_KEY (spec.storage.secretRef) and the bucket policy"
                 ) from None
             if status >= 500 or code in ("SlowDown", "Throttling", "RequestTimeout"):
-                raise Unreachable(f"S3 error {code} for {self.uri} after retries: {error}") from None
+                raise Unreachable(
+                    f"S3 endpoint {self.endpoint} answered {code or status} for {self.uri}: {error}"
+                ) from None
         return False
 
 

@@ -115,7 +115,9 @@ class TransformersEngine:
         trust_remote_code: bool = False,
     ) -> TransformersEngine:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True
+        )
         return cls(model.to(device), tokenizer, model_name, sampling, batch_size)
 
     def generation_params(self) -> dict[str, Any]:

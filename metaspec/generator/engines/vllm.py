@@ -31,6 +31,7 @@ def vllm_llm_kwargs(spec: TeacherGenerationSpec, model_dir: Path) -> dict[str, A
         "tensor_parallel_size": spec.tensor_parallel_size,
         "seed": spec.sampling.seed,
         "trust_remote_code": spec.model.trust_remote_code,
+        "load_format": "safetensors",  # never vLLM's fallback to unpickling *.bin weights
     }
     if spec.max_model_len is not None:
         kwargs["max_model_len"] = spec.max_model_len

@@ -102,6 +102,7 @@ def test_unreachable_endpoint_is_transient(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
     monkeypatch.setenv("METASPEC_S3_MAX_ATTEMPTS", "2")
+    monkeypatch.setenv("METASPEC_S3_RETRY_SECONDS", "0")  # no waiting: the retry window has its own test
     reset_clients()
     try:
         with pytest.raises(Unreachable) as caught:

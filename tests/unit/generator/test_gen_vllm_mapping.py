@@ -64,6 +64,7 @@ def test_llm_kwargs_follow_the_spec() -> None:
         "tensor_parallel_size": 2,
         "seed": 5,
         "trust_remote_code": False,
+        "load_format": "safetensors",
         "max_model_len": 4096,
     }
 
