@@ -1,0 +1,87 @@
+"""The method benchmarks (`bench/method.py`, `teacher.py`, `routing.py`) end to end on tiny random Llamas.
+
+They check that every arm and configuration runs through the real trainer, generator and engine code
+and that the figures the docs quote are computed from what ran (budgets, shares, exactness); the
+figures themselves come from the scripts' real runs, recorded in bench/results/ and docs/method.md.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from conftest import make_tiny_llama
+
+from metaspec.artifacts import is_complete
+
+BENCH = Path(__file__).resolve().parents[3] / "bench"
+
+
+def script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_draft(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_llama(smollm2, tmp_path_factory.mktemp("tiny-draft"), num_layers=1, seed=1)
+
+
+def test_method_arms_share_a_token_budget_and_save_the_merged_model(tiny_llama: Path, tmp_path: Path) -> None:
+    out, merged = tmp_path / "method.json", tmp_path / "merged"
+    arms = "sft,anil,maml@0.1,anil-hard,anil-tokens"
+    argv = ["--smoke", "--model", str(tiny_llama), "--arms", arms, "--out", str(out), "--save-merged", str(merged)]
+    assert script("method").main(argv) == 0
+
+    result = json.loads(out.read_text())
+    rows = {row["name"]: row for row in result["arms"]}
+    assert list(rows) == arms.split(",")
+    budget = result["budget_tokens"]
+    for row in rows.values():
+        assert row["tokens"] > 0 and row["nonfinite_steps"] == 0
+        assert all(math.isfinite(v) for v in row["perplexity"].values()), row
+    assert rows["sft"]["tokens"] == rows["anil"]["tokens"] == rows["maml@0.1"]["tokens"]  # the same task stream
+    assert rows["anil-hard"]["steps"] < rows["anil"]["steps"]  # longer examples: fewer steps for the budget
+    assert abs(rows["anil-hard"]["tokens"] - budget) < abs(rows["anil-hard"]["tokens"] * 2 - budget)
+    assert rows["anil-hard"]["hard_loss_share"] == 1.0
+    assert rows["anil-tokens"]["hard_loss_share"] < rows["anil"]["hard_loss_share"]
+    assert rows["anil"]["perplexity"] != rows["sft"]["perplexity"] != rows["maml@0.1"]["perplexity"]
+    assert set(result["base"]["perplexity"]) == {"overall", "easy", "hard"}
+    assert is_complete(merged) and (merged / "config.json").is_file()
+
+
+def test_teacher_compares_greedy_with_the_seed_configuration(tiny_llama: Path, tmp_path: Path) -> None:
+    out = tmp_path / "teacher.json"
+    assert script("teacher").main(["--smoke", "--model", str(tiny_llama), "--out", str(out)]) == 0
+
+    configs = json.loads(out.read_text())["models"][0]["configurations"]
+    assert list(configs) == ["greedy", "greedy@12", "seed"]
+    assert (
+        configs["seed"]["sampling"].items() >= {"temperature": 0.3, "repetition_penalty": 1.2, "max_tokens": 12}.items()
+    )
+    # a random model never emits its end-of-turn token within a few tokens: every output hits its limit
+    assert configs["greedy"]["maxOutputTokens"] == 24 and configs["greedy@12"]["maxOutputTokens"] == 12
+    assert configs["greedy@12"]["naturalStopRate"] <= configs["greedy"]["naturalStopRate"]
+
+
+def test_routing_measures_every_policy_exactly(tiny_llama: Path, tiny_draft: Path, tmp_path: Path) -> None:
+    out = tmp_path / "routing.json"
+    argv = ["--smoke", "--target", str(tiny_llama), "--draft", str(tiny_draft), "--thresholds", "0.5,0.9"]
+    argv += ["--prompts", "3", "--out", str(out)]
+    assert script("routing").main(argv) == 0
+
+    result = json.loads(out.read_text())
+    rows = {row["policy"]: row for row in result["rows"]}
+    assert len(rows) == 6 and rows["never"]["speculation_rate"] == 0 and rows["always"]["speculation_rate"] == 1
+    assert all(row["mismatches_vs_never"] == 0 for row in rows.values())  # greedy speculation is exact (fp32)
+    for request in result["requests"]:
+        assert request["first_token_confidence"] == pytest.approx(request["first_token_confidence_recomputed"])
+    assert result["confidence"]["first_token_confidence"]["correlation_with_acceptance"]["n"] == 3
