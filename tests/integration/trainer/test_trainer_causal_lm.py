@@ -37,3 +37,32 @@ def test_derived_draft_distilled_from_target(tiny_llama, tmp_path):
     draft = load_file(out / "model" / "model.safetensors")
     assert not any(".layers.1." in k for k in draft)
     assert set(draft) == {k for k in target if ".layers.1." not in k}
+
+
+def test_half_precision_draft_keeps_fp32_master_weights(tiny_llama, tmp_path, monkeypatch):
+    """With `dtype: bfloat16` the draft trains under autocast on fp32 weights (bf16 weights would round
+    small AdamW updates away) and is saved in bf16, the dtype it is served in."""
+    import torch
+
+    from metaspec.trainer.recipes.causal_lm import CausalLmRecipe
+
+    seen = []
+    step = CausalLmRecipe.train_step
+
+    def spy(self, scale):
+        seen.append({p.dtype for p in self.model.parameters()})
+        return step(self, scale)
+
+    monkeypatch.setattr(CausalLmRecipe, "train_step", spy)
+    out = tmp_path / "out"
+    spec = {
+        "method": "causal-lm",
+        "baseModel": {"uri": str(tiny_llama), "dtype": "bfloat16"},
+        "dataset": {"uri": str(write_dataset(tmp_path / "train.jsonl", 4))},
+        "draft": {"initFrom": "target", "numLayers": 1, "objective": "distill"},
+        "optimization": {"maxSteps": 3, "batchSize": 4, "maxSeqLength": 48, "outerLr": 3e-3, "evalSteps": 3},
+        "output": {"uri": str(out)},
+    }
+    train(training_run(spec), work_dir=tmp_path / "work", device="cpu", reporter=LogReporter())
+    assert seen and all(dtypes == {torch.float32} for dtypes in seen)
+    assert {t.dtype for t in load_file(out / "model" / "model.safetensors").values()} == {torch.bfloat16}
