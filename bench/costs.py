@@ -157,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--acceptance", nargs="*", default=[], help="PAIR=FILE: bench/server.py results of a pair")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
+    for spec in args.acceptance:  # before minutes of measuring
+        pair, _, path = spec.partition("=")
+        if pair not in args.pairs or not Path(path).is_file():
+            parser.error(f"--acceptance {spec}: expected PAIR=FILE with PAIR in --pairs and FILE a result file")
     if args.compile:
         torch._dynamo.config.recompile_limit = 64  # every pair compiles the shared Llama forward code anew
     dtype = getattr(torch, args.dtype)
