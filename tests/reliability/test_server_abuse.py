@@ -208,7 +208,7 @@ def test_fuzz_from_the_openapi_schema(
         suppress_health_check=list(HealthCheck),
     )
     def one_case(case: Case) -> None:
-        _cap_tokens(case.body)
+        cap_tokens(case.body, FUZZ_MAX_TOKENS)
         response = case.call(timeout=60)
         statuses.append(response.status_code)
         case.validate_response(response, checks=FUZZ_CHECKS)
@@ -224,15 +224,15 @@ def test_fuzz_from_the_openapi_schema(
     abuse_server.wait_idle()
 
 
-def _cap_tokens(body: object) -> None:
-    """Valid token counts (only) are lowered to FUZZ_MAX_TOKENS: the case stays as valid or invalid as it
-    was, and CI does not spend minutes decoding; bench/reliability_server.py fuzzes without the cap."""
+def cap_tokens(body: object, cap: int) -> None:
+    """Valid token counts (only) are lowered to `cap`: the case stays as valid or invalid as it was, and
+    CI does not spend minutes decoding (bench/reliability_server.py on a GPU fuzzes without the cap)."""
     if not isinstance(body, dict):
         return
     for name in ("max_tokens", "max_completion_tokens"):
         value = body.get(name)
         if type(value) is int and 1 <= value <= SAMPLING["maxTokensLimit"]:
-            body[name] = min(value, FUZZ_MAX_TOKENS)
+            body[name] = min(value, cap)
 
 
 # a hand-written corpus
