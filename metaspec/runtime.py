@@ -29,6 +29,9 @@ EXIT_QUALITY = 4
 EXIT_TRANSIENT = 75  # EX_TEMPFAIL
 
 log = logging.getLogger("metaspec")
+#: Libraries whose DEBUG lines print signed request headers (the access key id, AWS_SESSION_TOKEN):
+#: kept at INFO even when METASPEC_LOG_LEVEL=DEBUG, so credentials never reach a pod's log.
+CREDENTIAL_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
 R = TypeVar("R", bound=Resource)
 
 
@@ -135,6 +138,8 @@ def setup_logging(json_logs: bool | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(os.environ.get("METASPEC_LOG_LEVEL", "INFO"))
+    for name in CREDENTIAL_LOGGERS:
+        logging.getLogger(name).setLevel(max(root.level, logging.INFO))
 
 
 class _JsonFormatter(logging.Formatter):

@@ -42,11 +42,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def load(path: Path) -> Any:
-    """A module by path: the benchmark that shares its trials, the trainer tests' dataset helpers."""
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = sys.modules[path.stem] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """A module by path (once per session): the benchmark that shares its trials, the trainer tests'
+    dataset helpers."""
+    if path.stem not in sys.modules:
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        sys.modules[path.stem] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[path.stem])
+    return sys.modules[path.stem]
 
 
 bench = load(REPO / "bench" / "reliability_jobs.py")
