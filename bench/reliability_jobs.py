@@ -441,7 +441,10 @@ def main(argv: list[str] | None = None) -> int:
     from metaspec.local.s3server import EmbeddedS3
 
     scratch = Path(tempfile.mkdtemp(prefix="metaspec-reliability-"))
-    results: dict[str, Any] = {"command": " ".join(["bench/reliability_jobs.py", *(argv or sys.argv[1:])])}
+    # a run of one kind keeps the other kind's results
+    results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    results.pop("command", None)
+    command = " ".join(["bench/reliability_jobs.py", *(argv or sys.argv[1:])])
     try:
         with EmbeddedS3(scratch / "s3") as s3:
             os.environ.update(s3.env)
@@ -452,12 +455,12 @@ def main(argv: list[str] | None = None) -> int:
             if "trainer" in args.kinds:
                 reference = reference_run(setup, f"s3://{BUCKET}/reference")
                 trials = [trainer_trial(setup, f"s3://{BUCKET}/trainer-{s}", reference, s) for s in seeds]
-                results["trainer"] = {**summarize(trials, "resumes that skipped a complete checkpoint"),
+                results["trainer"] = {**summarize(trials, "resumes that skipped a complete checkpoint"), "command": command,
                                       "runs": [{**asdict(t), "survived": t.survived} for t in trials]}  # fmt: skip
                 _report("trainer killed/resumed", trials)
             if "shards" in args.kinds:
                 trials = [shard_trial(setup, f"s3://{BUCKET}/shards-{s}", s) for s in seeds]
-                results["shards"] = {**summarize(trials, "records missing or duplicated"),
+                results["shards"] = {**summarize(trials, "records missing or duplicated"), "command": command,
                                      "runs": [{**asdict(t), "survived": t.survived} for t in trials]}  # fmt: skip
                 _report("generator shards killed/restarted", trials)
     finally:

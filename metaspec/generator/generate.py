@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from metaspec.api.generation import TeacherGenerationSpec
-from metaspec.artifacts import NotFound, Uri, materialize, write_bytes
+from metaspec.artifacts import NotFound, Uri, materialize, store_for, write_bytes
 from metaspec.records import InvalidData, Record, chat_prompt_ids, read_records
 from metaspec.runtime import PermanentError
 
@@ -60,6 +60,10 @@ def run_shard(spec: TeacherGenerationSpec, index: int, count: int, options: Opti
     records, generated = _finished(final_uri, mine), 0
     if records is None:
         records, generated = _generate(spec, mine, index, count, work_dir, options)
+    else:
+        # An attempt killed between uploading the shard file and deleting its partial left that behind.
+        partial = output.join(partial_file(index, count))
+        store_for(partial).delete(partial)
     stats = compute_stats(records, len(mine), spec.quality.min_natural_stop_rate)
     write_bytes(json.dumps(stats, indent=1, sort_keys=True).encode(), output.join(shard_stats_file(index, count)))
     merged = finalize_if_complete(output, count, len(inputs), spec.quality.min_natural_stop_rate, work_dir)

@@ -31,6 +31,7 @@ from metaspec.artifacts import (
     S3Store,
     Uri,
     download_dir,
+    list_files,
     read_bytes,
     upload_dir,
     upload_file,
@@ -254,6 +255,25 @@ def test_killed_shard_loses_and_duplicates_nothing(setup, s3_prefix):
     assert all(k["killed"] for k in trial.kills), trial.kills
     assert trial.exits == [0]
     assert (trial.missing, trial.duplicated, trial.leftovers) == (0, 0, [])
+
+
+def test_a_partial_left_by_a_kill_after_the_shard_upload_is_removed(setup, s3_prefix, tmp_path):
+    """Found by the benchmark (seed 12): a shard killed after uploading its shard file but before
+    deleting its partial left `.partial/…` behind for good, since the restart saw the shard done."""
+    from metaspec.api import TeacherGeneration
+    from metaspec.generator import Options, run_shard
+
+    out = Uri.of(f"{s3_prefix}/out")
+    spec = TeacherGeneration.model_validate(bench.generator_config(setup, str(out), shards=2, seed=0)).spec
+    options = Options(tmp_path / "work", tmp_path / "cache", device="cpu", upload_every=0, progress=False)
+    run_shard(spec, 1, 2, options)
+    partial = out.join(".partial/shard-00001-of-00002.jsonl")
+    write_bytes(read_bytes(out.join("shard-00001-of-00002.jsonl")), partial)  # the delete that never happened
+
+    again = run_shard(spec, 1, 2, options)
+
+    assert again.generated == 0
+    assert list_files(out.join(".partial")) == []
 
 
 # ---- artifacts without a complete manifest are never consumed ----
