@@ -12,9 +12,11 @@ tokens on average, and costs k·t_draft + t_verify. So the predicted speedup ove
 
     S(α) = E / (k·c + v)
 
-printed for α = 0.1 … 0.9 and for the acceptance rates measured with trained drafts
-(`--acceptance PAIR=FILE.json`: a bench/server.py result of that pair, its `ours-always` row), next to
-the speedup that run measured. Pairs: the real SmolLM2-135M target with drafts cut to N layers (cost
+printed for α = 0.1 … 0.9 and for runs measured with trained drafts (`--acceptance PAIR=FILE.json`: a
+bench/server.py result of that pair, its `ours-always` row), next to the speedup that run measured.
+Leviathan's α is the chance that a proposal is accepted given that the ones before it were; the
+server's acceptance rate (accepted / proposed, every round proposing k) is smaller: with α = 0.5 and
+k = 5 it is 0.19. So a run's α is recovered from its tokens per round, E(α) = tokens per round. Pairs: the real SmolLM2-135M target with drafts cut to N layers (cost
 depends on the architecture only), and randomly initialised Llama-3.1-8B with Llama-3.2-1B and ~160M drafts.
 
     python bench/costs.py --device cuda --dtype bfloat16 --compile \
@@ -45,6 +47,15 @@ ALPHAS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 def expected_tokens(alpha: float, k: int) -> float:
     """E[tokens per round] = (1 − α^(k+1)) / (1 − α) (Leviathan et al. 2023, eq. 1)."""
     return k + 1.0 if alpha >= 1 else (1 - alpha ** (k + 1)) / (1 - alpha)
+
+
+def alpha_from_tokens_per_round(tokens: float, k: int) -> float:
+    """The α whose E(α) (increasing in α) equals a measured mean of tokens per round, by bisection."""
+    low, high = 0.0, 1.0
+    for _ in range(50):
+        mid = (low + high) / 2
+        low, high = (mid, high) if expected_tokens(mid, k) < tokens else (low, mid)
+    return round(low, 3)
 
 
 def predicted_speedup(alpha: float, k: int, c: float, v: float) -> float:
@@ -124,17 +135,16 @@ def measured_runs(specs: list[str], rows: list[dict[str, Any]], k: int) -> list[
         result = json.loads(Path(path).read_text())
         rows = {r["method"]: r for r in result["rows"]}
         always = rows["ours-always"]
-        alpha, cost = always["acceptance_rate"], costs.get(pair)
+        alpha, cost = alpha_from_tokens_per_round(always["tokens_per_round"], k), costs.get(pair)
         runs.append(
             {
                 "pair": pair,
                 "source": Path(path).name,
                 "models": result["models"],
-                "acceptance": alpha,
+                "acceptance_rate": always["acceptance_rate"],
+                "alpha": alpha,
                 "measured_speedup": always["speedup_vs_ours_never"],
-                "predicted_speedup": round(predicted_speedup(alpha, k, cost["c"], cost["v"]), 3)
-                if cost and alpha is not None
-                else None,
+                "predicted_speedup": round(predicted_speedup(alpha, k, cost["c"], cost["v"]), 3) if cost else None,
             }
         )
     return runs
@@ -203,7 +213,8 @@ def report(rows: list[dict[str, Any]], runs: list[dict[str, Any]], args: argpars
         )
     for run in runs:
         print(
-            f"measured {run['pair']} ({run['source']}): α={run['acceptance']}, speedup {run['measured_speedup']}×"
+            f"measured {run['pair']} ({run['source']}): acceptance {run['acceptance_rate']}, α={run['alpha']},"
+            f" speedup {run['measured_speedup']}×"
             f" (predicted {run['predicted_speedup']}×)"
         )
 
