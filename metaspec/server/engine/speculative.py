@@ -22,6 +22,7 @@ from collections.abc import Iterator
 
 import torch
 from transformers import DynamicCache, StaticCache
+from transformers import __version__ as _VERSION
 
 from .protocol import RequestStats
 from .routing import RoutingPolicy
@@ -64,6 +65,9 @@ class CausalLM:
         if static_cache_len:  # room for the padding of a compiled input beyond the last position
             slack = compile_max_tokens if compile else 0
             self._static = StaticCache(config=model.config, max_cache_len=static_cache_len + slack)
+            if not all(hasattr(layer, "crop") for layer in self._static.layers):
+                # older static layers keep a length tensor that nothing can rewind after a rejection
+                raise ValueError(f"a static KV cache needs transformers >= 5.24 (StaticCache.crop): {_VERSION}")
         self._compiled = None
         if compile:
             if self._static is None:
@@ -114,14 +118,7 @@ class Session:
     def truncate(self, length: int) -> None:
         """Forget every position from `length` on (rejected proposals)."""
         if self.length > length:
-            try:
-                self.cache.crop(length - self.length)  # a negative count removes that many positions
-            except AttributeError:
-                # transformers < 5.2x: static layers cannot crop, and count their length as the
-                # positions holding non-zero keys, so zeroing the tail forgets it.
-                for layer in self.cache.layers:
-                    layer.keys[:, :, length:].zero_()
-                    layer.values[:, :, length:].zero_()
+            self.cache.crop(length - self.length)  # a negative count removes that many positions
             self.length = length
 
 
