@@ -66,7 +66,7 @@ class _SamplingRequest(_Request):
 
     model: str = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)  # below GREEDY_BELOW: greedy, as in vLLM
+    temperature: float | None = Field(None, ge=0, le=2)  # below engine.sampling.GREEDY_BELOW: greedy, as in vLLM
     top_p: float | None = Field(None, ge=MIN_FACTOR, le=1)
     repetition_penalty: float | None = Field(None, ge=MIN_FACTOR, le=10)  # vLLM's extension, same name
     n: int | None = None

@@ -349,7 +349,7 @@ class Serving:
             )
         return SamplingParams(
             max_tokens=max_tokens,
-            temperature=_temperature(_default(body.temperature, defaults.temperature)),
+            temperature=_default(body.temperature, defaults.temperature),
             top_p=_default(body.top_p, defaults.top_p),
             repetition_penalty=_default(body.repetition_penalty, defaults.repetition_penalty),
             stop=tuple(body.stop or ()),
@@ -524,15 +524,6 @@ def _validation_error(error: ValidationError) -> ApiError:
 
 def _default(value: float | None, default: float) -> float:
     return default if value is None else value
-
-
-#: Temperatures below this sample greedily, as vLLM does: dividing float32 logits by a subnormal
-#: temperature overflows to inf and the softmax to NaN.
-GREEDY_BELOW = 1e-5
-
-
-def _temperature(value: float) -> float:
-    return 0.0 if value < GREEDY_BELOW else value
 
 
 async def _aclose(stream: AsyncIterator[Delta]) -> None:

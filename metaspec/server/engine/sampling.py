@@ -14,6 +14,10 @@ import torch
 
 from .protocol import SamplingParams
 
+#: Temperatures below this decode greedily, as vLLM does: dividing float32 logits by a subnormal
+#: temperature overflows to inf and the softmax to NaN.
+GREEDY_BELOW = 1e-5
+
 
 @dataclass(frozen=True)
 class Processing:
@@ -29,7 +33,7 @@ class Processing:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < GREEDY_BELOW
 
     @property
     def penalized(self) -> bool:

@@ -62,3 +62,11 @@ def test_residual_is_the_normalised_positive_part() -> None:
     r = residual_distribution(p, q)
     torch.testing.assert_close(r[0], torch.tensor([1.0, 0.0, 0.0]))
     torch.testing.assert_close(r[1], p[1])  # p == q: no residual mass, never sampled; stays finite
+
+
+def test_subnormal_temperatures_decode_greedily() -> None:
+    """Dividing logits by 5e-324 gives inf and a NaN softmax: such temperatures are greedy."""
+    from metaspec.server.engine.sampling import Processing
+
+    assert Processing(temperature=5e-324).greedy and Processing(temperature=1e-6).greedy
+    assert not Processing(temperature=1e-4).greedy
