@@ -122,7 +122,11 @@ def vllm_args(serve: SpecServe, target: str, draft: str) -> list[str]:
         str(spec.sampling.max_concurrency),
         "--generation-config",
         "vllm",
+        "--load-format",  # never unpickle: the metaspec engine refuses pickles too
+        "safetensors",
     ]
+    if spec.target.trust_remote_code:  # the spec's explicit permission, as for the metaspec engine
+        args.append("--trust-remote-code")
     if spec.resources.gpus > 1:
         args += ["--tensor-parallel-size", str(spec.resources.gpus)]
     return args
