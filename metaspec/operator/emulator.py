@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextvars import ContextVar
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,7 +32,7 @@ from kmock import KubernetesEmulator, KubernetesError, ResourceInfo, Server, act
 
 from metaspec.api import API_VERSION, now
 from metaspec.operator.handlers import Context
-from metaspec.operator.kube import PLURALS, Target
+from metaspec.operator.kube import Target
 
 #: (apiVersion/plural, kind, namespaced, subresources) of everything the operator touches.
 RESOURCES = [
@@ -45,19 +52,61 @@ RESOURCES = [
 _HISTORY = 64
 _SERVING: ContextVar[Any] = ContextVar("serving")
 VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
-PLURALS_WITH_EVENTS = {**PLURALS, "Event": ("v1", "events")}
+
+
+#: Header the test side sends (`Cluster.http`): its requests play kubectl and the controllers, never faulted.
+CLIENT_HEADER = "X-Metaspec-Test-Client"
+_REASONS = {409: "Conflict", 422: "Invalid", 429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable"}
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What happens to one API request: delayed, refused before it is applied, or applied with its answer lost.
+
+    `applied=True` with a `status` is the nastiest case for a client: the write took effect, but the
+    client sees an error (a connection cut after the server committed, or a 409 on a retried create).
+    """
+
+    delay: float = 0.0
+    status: int | None = None
+    applied: bool = False
+
+
+#: Decides the fault (or none) for each request the operator makes; may also act (kill the operator).
+FaultPolicy = Callable[[Any], Fault | None]
 
 
 class ApiServer(KubernetesEmulator):
-    """kmock's emulator plus the API server's own bookkeeping on writes.
+    """kmock's emulator plus the API server's own bookkeeping on writes, and fault injection.
 
     uid, creationTimestamp and generation on create; a new resourceVersion on every write (kopf
     guards its JSON patches with a resourceVersion test); generation bumped by spec changes.
+    `faults` (None: none) is asked about every resource request except the test client's own.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._version = 0
+        self.faults: FaultPolicy | None = None
+        self._watches: set[asyncio.Task[Any]] = set()
+
+    def drop_watches(self) -> int:
+        """Cut every open watch stream (as an API server restart or a load balancer would)."""
+        tasks = [t for t in self._watches if not t.done()]
+        for task in tasks:
+            task.cancel()
+        return len(tasks)
+
+    async def _serve_watch(self, request: Any) -> AsyncIterator[Any]:
+        # The stream is written by the request's own task: cancelling it cuts the connection.
+        task = asyncio.current_task()
+        assert task is not None
+        self._watches.add(task)
+        try:
+            async for event in super()._serve_watch(request):
+                yield event
+        finally:
+            self._watches.discard(task)
 
     def __iter__(self) -> Iterator[Any]:
         # kmock picks the reaction for a request by filtering its whole request history for it, which
@@ -72,6 +121,29 @@ class ApiServer(KubernetesEmulator):
     async def _handle(self, request: Any) -> Any:
         _SERVING.set(request)
         del self._requests[:-_HISTORY]  # keep memory flat: nothing reads old requests
+        fault = self._fault(request)
+        if fault is not None and fault.delay:
+            await asyncio.sleep(fault.delay)
+        if fault is not None and fault.status is not None and not fault.applied:
+            raise _injected(fault.status)
+        self._bookkeep(request)
+        try:
+            response = await super()._handle(request)
+        except jsonpatch.JsonPatchTestFailed as e:
+            # The API server answers a failed resourceVersion test with 422, which kopf retries later.
+            raise KubernetesError(status=422, reason="Invalid", message=str(e)) from e
+        if fault is not None and fault.status is not None:
+            raise _injected(fault.status)
+        return response
+
+    def _fault(self, request: Any) -> Fault | None:
+        if self.faults is None or request.resource is None:
+            return None
+        if any(key.lower() == CLIENT_HEADER.lower() for key in request.headers):
+            return None
+        return self.faults(request)
+
+    def _bookkeep(self, request: Any) -> None:
         if request.resource is not None and request.action in (action.CREATE, action.UPDATE):
             self._version += 1
             version = str(self._version)
@@ -87,11 +159,6 @@ class ApiServer(KubernetesEmulator):
                 meta["resourceVersion"] = version
                 if "spec" in request.data and request.subresource is None:
                     meta["generation"] = self._generation(request) + 1
-        try:
-            return await super()._handle(request)
-        except jsonpatch.JsonPatchTestFailed as e:
-            # The API server answers a failed resourceVersion test with 422, which kopf retries later.
-            raise KubernetesError(status=422, reason="Invalid", message=str(e)) from e
 
     def _KubernetesEmulator__get_obj(self, request: Any, strict: bool) -> Any:
         # kmock scans every stored object to find one by name; a named lookup is a dict lookup.
@@ -108,7 +175,11 @@ class ApiServer(KubernetesEmulator):
 
 
 class Cluster:
-    """An emulated API server plus the operator, both on one background event loop."""
+    """An emulated API server plus the operator: in a thread of this process, or as its own process.
+
+    The thread shares this process's event loop machinery and registry (fast, for most tests); the
+    process (`start_operator_process`) is the real `metaspec operator` command, which can be SIGKILLed.
+    """
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
@@ -119,14 +190,21 @@ class Cluster:
         self._operator: threading.Thread | None = None
         self._emulator: Any = None
         self.http: httpx.Client | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+        self._workdir = Path(tempfile.mkdtemp(prefix="metaspec-emulator-"))
 
     # ---- lifecycle ----
 
     def start(self) -> Cluster:
         self._thread.start()
         self._call(self._serve())
-        self.http = httpx.Client(base_url=self.url, timeout=30)
+        self.http = httpx.Client(base_url=self.url, timeout=30, headers={CLIENT_HEADER: "1"})
         return self
+
+    @property
+    def api(self) -> ApiServer:
+        """The emulated API server: its `faults` policy, `drop_watches()`, stored objects."""
+        return self._emulator
 
     async def _serve(self) -> None:
         emulator = ApiServer()
@@ -168,8 +246,33 @@ class Cluster:
         self._operator.join(30)
         self._operator = None
 
+    def start_operator_process(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start `metaspec operator` as a child process (all namespaces), logging to `operator.log`.
+
+        It finds the emulator through a kubeconfig, as it would find a real cluster; it is not waited
+        for: the caller watches the API for its effects.
+        """
+        kubeconfig = self._workdir / "kubeconfig"
+        kubeconfig.write_text(_KUBECONFIG.format(url=self.url))
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "METASPEC_METRICS_PORT": "0", **(env or {})}
+        command = [sys.executable, "-m", "metaspec.cli", "operator", "--standalone", "-A", "--liveness", ""]
+        with (self._workdir / "operator.log").open("ab") as log:
+            self.process = subprocess.Popen([*command, "--log-format", "full"], env=env, stdout=log, stderr=log)
+        return self.process
+
+    def kill_operator_process(self, sig: int = signal.SIGKILL) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(30)
+
+    @property
+    def operator_log(self) -> str:
+        path = self._workdir / "operator.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
     def close(self) -> None:
         self.stop_operator()
+        self.kill_operator_process()
         if self.http is not None:
             self.http.close()
 
@@ -180,6 +283,15 @@ class Cluster:
         self._call(down())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
+        shutil.rmtree(self._workdir, ignore_errors=True)
+
+    def drop_watches(self) -> int:
+        """Cut every open watch stream; returns how many were cut."""
+
+        async def drop() -> int:
+            return self.api.drop_watches()
+
+        return self._call(drop())
 
     def _call(self, coro: Any, timeout: float = 60) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
@@ -293,11 +405,22 @@ class Cluster:
         return self.wait_for(lambda: self.get(kind, name, namespace), message=f"{kind} {name} to exist")
 
 
+_KUBECONFIG = """\
+apiVersion: v1
+kind: Config
+clusters: [{{name: emulator, cluster: {{server: "{url}"}}}}]
+users: [{{name: emulator, user: {{}}}}]
+contexts: [{{name: emulator, context: {{cluster: emulator, user: emulator}}}}]
+current-context: emulator
+"""
+
+
+def _injected(status: int) -> KubernetesError:
+    return KubernetesError(status=status, reason=_REASONS.get(status, "Injected"), message="injected fault")
+
+
 def _path(kind: str, namespace: str, name: str | None = None) -> str:
-    if kind in PLURALS:
-        return Target(kind, namespace, name).path()
-    api_version, plural = PLURALS_WITH_EVENTS[kind]
-    return "/".join(p for p in (f"/api/{api_version}", "namespaces", namespace, plural, name) if p)
+    return Target(kind, namespace, name).path()
 
 
 def _ok(response: httpx.Response) -> dict[str, Any]:

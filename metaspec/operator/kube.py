@@ -30,6 +30,10 @@ PLURALS = {
     "SpecServe": ("metaspec.dev/v1alpha1", "specserves"),
 }
 
+#: Kinds the operator only creates (best effort): Events posted outside kopf's handler context.
+CREATE_ONLY = {"Event": ("v1", "events")}
+_KINDS = {**PLURALS, **CREATE_ONLY}
+
 #: (api group, resource[/subresource], verb) of every call this client made: the RBAC test reads it.
 CALLS: set[tuple[str, str, str]] = set()
 
@@ -59,17 +63,17 @@ class Target:
 
     @property
     def group(self) -> str:
-        api_version = PLURALS[self.kind][0]
+        api_version = _KINDS[self.kind][0]
         return api_version.rsplit("/", 1)[0] if "/" in api_version else ""
 
     def path(self) -> str:
-        api_version, plural = PLURALS[self.kind]
+        api_version, plural = _KINDS[self.kind]
         root = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
         parts = [root, "namespaces", self.namespace, plural, self.name, self.subresource]
         return "/".join(p for p in parts if p)
 
     def resource(self) -> str:
-        plural = PLURALS[self.kind][1]
+        plural = _KINDS[self.kind][1]
         return f"{plural}/{self.subresource}" if self.subresource else plural
 
 

@@ -50,6 +50,11 @@ class OperatorSettings:
     metrics_port: int = 8080
     """Port of the Prometheus `/metrics` endpoint (0 disables it)."""
 
+    resync_seconds: float = 60.0
+    """How often every unfinished resource is reconciled again from its children and dependencies
+    (seconds). kopf's event handlers do not retry: a change they lost to an API error is picked up
+    by the next resync at the latest."""
+
     cluster_domain: str = "cluster.local"
     """DNS domain of the cluster, for the in-cluster URL in a SpecServe's status."""
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -11,7 +13,7 @@ from typing import Any
 import kopf
 
 from metaspec import pipeline
-from metaspec.api import GROUP, Condition, InvalidResource, Phase, Resource, parse_resource
+from metaspec.api import GROUP, Condition, InvalidResource, Phase, Resource, now, parse_resource
 from metaspec.operator import labels as L
 from metaspec.operator import metrics
 from metaspec.operator.kube import ApiError, Kube, Target, target_of
@@ -32,6 +34,7 @@ class Context:
     settings: OperatorSettings = field(default_factory=OperatorSettings.from_env)
     kube: Kube = field(default_factory=Kube)
     connection: kopf.ConnectionInfo | None = None  # fixed credentials (tests); otherwise kopf's login
+    resync: asyncio.Task[None] | None = None  # the periodic resync (handlers/resync.py)
 
 
 # ---- indexes: every resource parsed once per event; dependents by what they reference ----
@@ -85,7 +88,7 @@ def event_ref(resource: Resource) -> dict[str, Any]:
     }
 
 
-def announce(resource: Resource, old: dict[str, Any], new: dict[str, Any]) -> None:
+async def announce(kube: Kube, resource: Resource, old: dict[str, Any], new: dict[str, Any]) -> None:
     """A Kubernetes Event and a metric for each phase transition."""
     phase = new.get("phase")
     if phase == old.get("phase") and new.get("message") == old.get("message"):
@@ -93,7 +96,40 @@ def announce(resource: Resource, old: dict[str, Any], new: dict[str, Any]) -> No
     metrics.TRANSITIONS.labels(resource.kind, phase).inc()
     kind = "Warning" if phase == Phase.FAILED else "Normal"
     reason = next((c["reason"] for c in reversed(new.get("conditions", [])) if c["type"] != "Suspended"), phase)
-    kopf.event(event_ref(resource), type=kind, reason=str(phase), message=f"{reason}: {new.get('message', '')}")
+    message = f"{reason}: {new.get('message', '')}"
+    try:
+        kopf.event(event_ref(resource), type=kind, reason=str(phase), message=message)
+    except LookupError:
+        # Outside kopf's per-object handler context (the resync task) kopf has no event queue.
+        await post_event(kube, resource, kind, str(phase), message)
+
+
+async def post_event(kube: Kube, resource: Resource, type_: str, reason: str, message: str) -> None:
+    """A core/v1 Event about `resource`, posted directly; best effort, as kopf's own posting is."""
+    meta = resource.metadata
+    stamp = now()
+    event = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": f"{meta.name}.{uuid.uuid4().hex[:16]}", "namespace": meta.namespace},
+        "involvedObject": {
+            **event_ref(resource)["metadata"],
+            "apiVersion": resource.api_version,
+            "kind": resource.kind,
+        },
+        "type": type_,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": "metaspec-operator"},
+        "reportingComponent": "metaspec-operator",
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }
+    try:
+        await kube.create(event)
+    except ApiError as e:
+        log.warning("could not post an Event about %s %s: %s", resource.kind, meta.name, e)
 
 
 def current_status(resource: Resource) -> dict[str, Any]:
@@ -124,7 +160,7 @@ async def commit_status(kube: Kube, resource: Resource, version: str | None, new
         if e.status in (409, 422):
             raise Conflict(str(e)) from e
         raise
-    announce(resource, old, new)
+    await announce(kube, resource, old, new)
 
 
 Compute = Callable[[Resource], Awaitable[dict[str, Any] | None]]

@@ -154,6 +154,10 @@ async def deployment_changed(
     async def compute(resource: Resource) -> dict[str, Any] | None:
         if not isinstance(resource, SpecServe) or pipeline.is_terminal(resource):
             return None
+        if resource.status is None or not resource.status.deployment_name:
+            # The reconcile that created it has not recorded what it serves yet; it reports the phase
+            # itself, so `Ready` never shows before `status.target`/`draft` do.
+            return None
         return deployment_fields(memo, resource, deployment, C.current_status(resource))
 
     with C.reconciling(owner[0]):
