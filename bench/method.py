@@ -119,9 +119,9 @@ class FullMamlRecipe(AnilMamlRecipe):
         anil, per_batch = self.spec.anil, self.spec.anil.tasks_per_batch
         params = {n: p for n, p in self.body.named_parameters() if p.requires_grad}
         losses, tokens = [], 0
-        with (
-            nullcontext() if anil.first_order else sdpa_kernel([SDPBackend.MATH])
-        ):  # the fused kernels have no double backward
+        # The fused attention kernels (CPU and CUDA) have no double backward; the math kernel has.
+        attention = nullcontext() if anil.first_order else sdpa_kernel([SDPBackend.MATH])
+        with attention:
             for _ in range(per_batch):
                 task = self._next_task()
                 fast = params
@@ -169,7 +169,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--model", type=Path, help="base model dir (default: the bundled SmolLM2-135M-Instruct)")
     parser.add_argument("--arms", help="comma-separated arm names (default: all; see above)")
     parser.add_argument("--lrs", default=DEFAULT_LRS, help=f"inner learning rates of the sweep ({DEFAULT_LRS})")
-    parser.add_argument("--steps", type=int, help="steps of a full-distribution arm: the token budget (cuda 150)")
+    parser.add_argument("--steps", type=int, help="steps of a full-distribution arm: the token budget (cuda 120)")
     parser.add_argument("--support", type=int, default=4, help="anil.supportSize (SFT: half its batch)")
     parser.add_argument("--query", type=int, default=4, help="anil.querySize")
     parser.add_argument("--inner-steps", type=int, default=2)
@@ -184,7 +184,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.steps = args.steps or 2
         args.support, args.query, args.lora_r, args.seq = 2, 2, 8, 256
         args.eval_examples = args.eval_examples or 16
-    args.steps = args.steps or (150 if args.device == "cuda" else 8)
+    args.steps = args.steps or (120 if args.device == "cuda" else 8)
     return args
 
 

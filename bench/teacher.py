@@ -1,7 +1,7 @@
 """Teacher outputs: do greedy outputs run to the length limit, and does the seed's fixed sampling stop them?
 
     .venv/bin/python bench/teacher.py --smoke                                   # CPU, tiny sizes
-    python bench/teacher.py --device cuda --model /tmp/anil --model BUNDLED     # H100 (≈ 4 min per model)
+    python bench/teacher.py --device cuda --model /tmp/anil                     # H100 (≈ 2–5 min per model)
 
 The seed reports that 84% of greedy teacher outputs (max 1024 new tokens) hit the length limit until
 it switched to temperature 0.3, repetition penalty 1.2 and max 512 tokens. Here both configurations
@@ -13,6 +13,10 @@ generator's own transformers engine (`metaspec.generator`, batched, per-prompt s
     greedy@512   derived, not re-run: greedy decoding is deterministic, so a max-512 run is the same
                  outputs cut at 512 tokens; an output stops naturally at 512 iff it stopped within 512
     seed         temperature 0.3, repetition penalty 1.2, max `--seed-max-tokens` (512)
+    seed-no-penalty  the same without the repetition penalty: separates the penalty's effect. The
+                 penalty (CTRL-style, as in vLLM and transformers) applies to every token already in
+                 the context, the prompt's chat-template end-of-turn tokens included, so it also makes
+                 ending the turn less likely
 
 Both use the generator's default stop strings (the end-of-turn token always stops). Reported per
 configuration: natural-stop rate (end of turn or stop string, not the limit), mean/median/p95 output
@@ -75,6 +79,7 @@ def configurations(args: argparse.Namespace) -> dict[str, Sampling]:
     return {
         "greedy": Sampling(temperature=0.0, repetition_penalty=1.0, max_tokens=args.greedy_max_tokens),
         "seed": Sampling(temperature=0.3, repetition_penalty=1.2, max_tokens=args.seed_max_tokens),
+        "seed-no-penalty": Sampling(temperature=0.3, repetition_penalty=1.0, max_tokens=args.seed_max_tokens),
     }
 
 
@@ -158,13 +163,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
     print(f"\n{args.prompts} built-in prompts, {args.device} {args.dtype}")
-    header = f"{'model':<28}{'config':<12}{'natural stop':>13}{'easy':>7}{'hard':>7}{'mean tok':>9}{'p95':>7}{'loops':>7}{'sec':>7}"
+    header = f"{'model':<28}{'config':<17}{'natural stop':>13}{'easy':>7}{'hard':>7}{'mean tok':>9}{'p95':>7}{'loops':>7}{'sec':>7}"
     print(header)
     for result in results:
         for name, row in result["configurations"].items():
             easy, hard = (_rate(row["byDifficulty"], kind) for kind in ("easy", "hard"))
             print(
-                f"{Path(result['model']).name[:27]:<28}{name:<12}{row['naturalStopRate']:>13.0%}{easy:>7}"
+                f"{Path(result['model']).name[:27]:<28}{name:<17}{row['naturalStopRate']:>13.0%}{easy:>7}"
                 f"{hard:>7}{row['meanOutputTokens']:>9.1f}{row['p95OutputTokens']:>7.0f}{row['loopRate']:>7.0%}"
                 f"{'-' if row['seconds'] is None else format(row['seconds'], '.0f'):>7}"
             )

@@ -38,7 +38,8 @@ def tiny_draft(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_method_arms_share_a_token_budget_and_save_the_merged_model(tiny_llama: Path, tmp_path: Path) -> None:
     out, merged = tmp_path / "method.json", tmp_path / "merged"
     arms = "sft,anil,maml@0.1,anil-hard,anil-tokens"
-    argv = ["--smoke", "--model", str(tiny_llama), "--arms", arms, "--out", str(out), "--save-merged", str(merged)]
+    argv = ["--smoke", "--model", str(tiny_llama), "--arms", arms, "--out", str(out)]
+    argv += ["--save-merged", str(merged)]
     assert script("method").main(argv) == 0
 
     result = json.loads(out.read_text())
@@ -50,7 +51,8 @@ def test_method_arms_share_a_token_budget_and_save_the_merged_model(tiny_llama: 
         assert all(math.isfinite(v) for v in row["perplexity"].values()), row
     assert rows["sft"]["tokens"] == rows["anil"]["tokens"] == rows["maml@0.1"]["tokens"]  # the same task stream
     assert rows["anil-hard"]["steps"] < rows["anil"]["steps"]  # longer examples: fewer steps for the budget
-    assert abs(rows["anil-hard"]["tokens"] - budget) < abs(rows["anil-hard"]["tokens"] * 2 - budget)
+    hard = rows["anil-hard"]
+    assert abs(hard["tokens"] - budget) < hard["tokens"] / hard["steps"]  # within one step of the budget
     assert rows["anil-hard"]["hard_loss_share"] == 1.0
     assert rows["anil-tokens"]["hard_loss_share"] < rows["anil"]["hard_loss_share"]
     assert rows["anil"]["perplexity"] != rows["sft"]["perplexity"] != rows["maml@0.1"]["perplexity"]
@@ -63,7 +65,7 @@ def test_teacher_compares_greedy_with_the_seed_configuration(tiny_llama: Path, t
     assert script("teacher").main(["--smoke", "--model", str(tiny_llama), "--out", str(out)]) == 0
 
     configs = json.loads(out.read_text())["models"][0]["configurations"]
-    assert list(configs) == ["greedy", "greedy@12", "seed"]
+    assert list(configs) == ["greedy", "greedy@12", "seed", "seed-no-penalty"]
     assert (
         configs["seed"]["sampling"].items() >= {"temperature": 0.3, "repetition_penalty": 1.2, "max_tokens": 12}.items()
     )
