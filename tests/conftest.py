@@ -77,6 +77,12 @@ def tiny_llama(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_llama(smollm2, tmp_path_factory.mktemp("tiny-llama"), num_layers=2, seed=0)
 
 
+@pytest.fixture(scope="session")
+def tiny_draft_llama(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised 1-layer Llama with the same tokenizer: a draft for `tiny_llama`."""
+    return make_tiny_llama(smollm2, tmp_path_factory.mktemp("tiny-draft-llama"), num_layers=1, seed=1)
+
+
 def make_tiny_llama(tokenizer_source: Path, dest: Path, num_layers: int = 2, seed: int = 0) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM

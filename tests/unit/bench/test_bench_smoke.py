@@ -15,7 +15,6 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from conftest import make_tiny_llama
 
 from metaspec.artifacts import is_complete
 
@@ -28,11 +27,6 @@ def script(name: str) -> ModuleType:
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture(scope="module")
-def tiny_draft(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_llama(smollm2, tmp_path_factory.mktemp("tiny-draft"), num_layers=1, seed=1)
 
 
 def test_method_arms_share_a_token_budget_and_save_the_merged_model(tiny_llama: Path, tmp_path: Path) -> None:
@@ -74,9 +68,9 @@ def test_teacher_compares_greedy_with_the_seed_configuration(tiny_llama: Path, t
     assert configs["greedy@12"]["naturalStopRate"] <= configs["greedy"]["naturalStopRate"]
 
 
-def test_routing_measures_every_policy_exactly(tiny_llama: Path, tiny_draft: Path, tmp_path: Path) -> None:
+def test_routing_measures_every_policy_exactly(tiny_llama: Path, tiny_draft_llama: Path, tmp_path: Path) -> None:
     out = tmp_path / "routing.json"
-    argv = ["--smoke", "--target", str(tiny_llama), "--draft", str(tiny_draft), "--thresholds", "0.5,0.9"]
+    argv = ["--smoke", "--target", str(tiny_llama), "--draft", str(tiny_draft_llama), "--thresholds", "0.5,0.9"]
     argv += ["--prompts", "3", "--out", str(out)]
     assert script("routing").main(argv) == 0
 
