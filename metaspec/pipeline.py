@@ -206,7 +206,10 @@ def check_dependencies(resource: Resource, lookup: Lookup) -> DependencyCheck:
     check = DependencyCheck()
     cycle = find_cycle(key(resource), lambda node: _edges(resource, lookup, node))
     if cycle:
-        check.note(DEPENDENCY_CYCLE, "reference cycle: " + " -> ".join(f"{k}/{n}" for k, n in cycle), failed=True)
+        # Name the field that starts the cycle, so the user knows which reference to change.
+        first = next(ref for ref in references(resource) if (ref.kind, ref.name) == cycle[1])
+        path = " -> ".join(f"{k}/{n}" for k, n in cycle)
+        check.note(DEPENDENCY_CYCLE, f"reference cycle through {first}: {path}", failed=True)
         return check
     for ref in references(resource):
         _check_one(ref, lookup(ref.kind, ref.name), check)

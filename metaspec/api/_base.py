@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "metaspec.dev"
@@ -18,6 +18,15 @@ API_VERSION = f"{GROUP}/{VERSION}"
 #: (63 characters) and pod names, so CR names are kept short enough for every derived name.
 MAX_NAME_LENGTH = 45
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+#: A SpecServe's name is also its Service's name: a DNS-1035 label, which starts with a letter.
+SERVICE_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+#: Label values (63 characters at most; alphanumerics with `-_.` inside), as the API server checks them.
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+#: Label and annotation keys, extended resource names: `[prefix/]name` (a DNS subdomain prefix).
+QUALIFIED_NAME_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 
 class Model(BaseModel):
@@ -38,7 +47,8 @@ class Model(BaseModel):
 
 def _check_uri(schemes: tuple[str, ...]):
     def check(value: str) -> str:
-        match = re.match(r"^([a-z][a-z0-9+.-]*)://", value)
+        # Any case: `S3://b/k` is a mistyped scheme, not a relative path named `S3:`.
+        match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", value)
         scheme = match.group(1) if match else "file"
         if scheme not in schemes:
             raise ValueError(
@@ -50,6 +60,9 @@ def _check_uri(schemes: tuple[str, ...]):
             raise ValueError(f"malformed S3 URI {value!r}: expected s3://<bucket>/<key>")
         if any(c in value for c in "\n\r\x00"):
             raise ValueError("URI contains control characters")
+        if value.startswith("-"):
+            # Handed to commands as an argument (`vllm serve <model>`), it would read as an option.
+            raise ValueError(f"{value!r} starts with '-': give a path such as ./{value} or file://")
         return value
 
     return AfterValidator(check)
@@ -64,6 +77,8 @@ ArtifactUri = Annotated[str, Field(min_length=1, max_length=1024), _check_uri(AR
 DatasetUri = Annotated[str, Field(min_length=1, max_length=1024), _check_uri(DATASET_SCHEMES)]
 #: A Kubernetes object name (RFC 1123 label).
 ObjectName = Annotated[str, Field(min_length=1, max_length=253, pattern=NAME_PATTERN)]
+#: A label value, e.g. a Kueue queue name copied to a label.
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]
 #: A Kubernetes quantity such as `16Gi` or `500m`.
 Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$")]
 
@@ -113,14 +128,21 @@ class Storage(Model):
         pattern=r"^https?://[^\s]+$",
         description="S3 endpoint URL for S3-compatible stores (MinIO, SeaweedFS, Ceph); empty for AWS.",
     )
-    region: str | None = Field(None, max_length=64, description="S3 region, e.g. `us-east-1`.")
+    region: str | None = Field(
+        None, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$", description="S3 region, e.g. `us-east-1`."
+    )
 
 
 class Resources(Model):
     """Compute for each pod."""
 
     gpus: int = Field(1, ge=0, le=64, description="GPUs per pod, requested as `gpuResourceName` limits.")
-    gpu_resource_name: str = Field("nvidia.com/gpu", max_length=253, description="Extended resource name of the GPU.")
+    gpu_resource_name: str = Field(
+        "nvidia.com/gpu",
+        max_length=253,
+        pattern=QUALIFIED_NAME_PATTERN,
+        description="Extended resource name of the GPU.",
+    )
     cpu: Quantity | None = Field(None, description="CPU request and limit, e.g. `8`.")
     memory: Quantity | None = Field(None, description="Memory request and limit, e.g. `64Gi`.")
     shared_memory: Quantity = Field(
@@ -133,20 +155,33 @@ class Resources(Model):
 class PodOverrides(Model):
     """Scheduling and image settings copied onto every pod the resource creates."""
 
-    image: str | None = Field(None, max_length=512, description="Container image; the operator's default otherwise.")
+    image: str | None = Field(
+        None, max_length=512, pattern=r"^[^\s]+$", description="Container image; the operator's default otherwise."
+    )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
         None, description="Image pull policy of the container."
     )
     image_pull_secrets: list[ObjectName] = Field(
         default_factory=list, max_length=16, description="Names of Secrets used to pull the image."
     )
-    node_selector: dict[str, str] = Field(default_factory=dict, description="Pod `nodeSelector`.")
+    node_selector: dict[str, LabelValue] = Field(default_factory=dict, description="Pod `nodeSelector`.")
     tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Pod `tolerations`.")
     affinity: dict[str, Any] | None = Field(None, description="Pod `affinity`.")
-    priority_class_name: str | None = Field(None, max_length=253, description="Pod `priorityClassName`.")
+    priority_class_name: str | None = Field(
+        None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Pod `priorityClassName`."
+    )
     service_account_name: ObjectName | None = Field(None, description="Pod `serviceAccountName`.")
     annotations: dict[str, str] = Field(default_factory=dict, description="Extra pod annotations.")
-    labels: dict[str, str] = Field(default_factory=dict, description="Extra pod labels.")
+    labels: dict[str, LabelValue] = Field(default_factory=dict, description="Extra pod labels.")
+
+    @field_validator("node_selector", "annotations", "labels")
+    @classmethod
+    def _qualified_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        # Keys the API server would refuse on the child; the CRD schema cannot check map keys.
+        for key in value:
+            if len(key) > 316 or not re.match(QUALIFIED_NAME_PATTERN, key) or len(key.rsplit("/", 1)[-1]) > 63:
+                raise ValueError(f"key {key!r} is not a valid label/annotation key ([prefix/]name, name ≤ 63 chars)")
+        return value
 
 
 class JobSource(Model):

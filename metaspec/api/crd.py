@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from ._base import GROUP, MAX_NAME_LENGTH, VERSION, Resource
+from ._base import GROUP, MAX_NAME_LENGTH, NAME_PATTERN, SERVICE_NAME_PATTERN, VERSION, Resource
 from .generation import TeacherGeneration
 from .serving import SpecServe
 from .training import TrainingRun
@@ -120,17 +120,23 @@ def _immutability_rule(resource: type[Resource]) -> dict[str, str]:
     }
 
 
+def _name_rule(resource: type[Resource]) -> dict[str, str]:
+    """CEL: the API server checks CR names only as DNS subdomains; children need more (see ObjectMeta)."""
+    pattern = SERVICE_NAME_PATTERN if resource is SpecServe else NAME_PATTERN
+    return {
+        "rule": f"self.metadata.name.size() <= {MAX_NAME_LENGTH} && self.metadata.name.matches('{pattern}')",
+        "message": f"metadata.name must be at most {MAX_NAME_LENGTH} characters (child names derive from it), "
+        "lowercase alphanumerics and '-' (no dots: it becomes label values and pod names)"
+        + (", starting with a letter (it names the Service)" if resource is SpecServe else ""),
+    }
+
+
 def crd(resource: type[Resource]) -> dict[str, Any]:
     """The CustomResourceDefinition of one resource kind."""
     kind = resource.model_fields["kind"].default
     spec_schema = openapi_schema(resource.model_fields["spec"].annotation)
     status_schema = openapi_schema(resource.model_fields["status"].annotation.__args__[0])
-    rules = [
-        {
-            "rule": f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
-            "message": f"metadata.name must be at most {MAX_NAME_LENGTH} characters (child names derive from it)",
-        }
-    ]
+    rules = [_name_rule(resource)]
     if resource in IMMUTABLE_SPEC:
         rules.append(_immutability_rule(resource))
     schema = {

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from ._base import (
     ArtifactUri,
     DatasetUri,
+    LabelValue,
     Model,
     ObjectMeta,
     PodOverrides,
@@ -31,7 +32,7 @@ class Sampling(Model):
     repetition_penalty: float = Field(1.2, gt=0, le=10, description="CTRL-style repetition penalty; 1 disables.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     top_k: int | None = Field(None, ge=1, description="Sample from the k most likely tokens only.")
-    stop: list[str] = Field(
+    stop: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
         default_factory=lambda: list(SEED_STOP_STRINGS),
         max_length=32,
         description="Strings that end an output (not included in it). The model's EOS/end-of-turn tokens always stop.",
@@ -83,7 +84,7 @@ class TeacherGenerationSpec(Model):
     resources: Resources = Field(default_factory=Resources, description="Compute per pod.")
     pod: PodOverrides = Field(default_factory=PodOverrides, description="Pod scheduling and image overrides.")
     suspend: bool = Field(False, description="Create the Job suspended, or suspend the running one.")
-    queue_name: str | None = Field(None, max_length=63, description="Kueue LocalQueue name.")
+    queue_name: LabelValue | None = Field(None, description="Kueue LocalQueue name.")
     backoff_limit: int = Field(3, ge=0, le=100, description="Pod retries per shard for transient failures.")
     active_deadline_seconds: int | None = Field(None, ge=1, description="Wall-clock limit of the Job.")
     ttl_seconds_after_finished: int | None = Field(None, ge=0, description="Delete the finished Job after this.")

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from ._base import Model, ObjectMeta, PodOverrides, Resource, Resources, Status, Storage
+from ._base import (
+    MAX_NAME_LENGTH,
+    SERVICE_NAME_PATTERN,
+    LabelValue,
+    Model,
+    ObjectMeta,
+    PodOverrides,
+    Resource,
+    Resources,
+    Status,
+    Storage,
+)
 from .training import ModelSource
 
 
@@ -77,14 +88,18 @@ class SpecServeSpec(Model):
     )
     compile: bool = Field(True, description="Static KV cache + `torch.compile` on GPU (no effect on CPU).")
     served_model_name: str | None = Field(
-        None, max_length=253, description="Model name in the API; the resource name by default."
+        None,
+        max_length=253,
+        # It is a command-line argument of vLLM's server: a leading '-' would read as an option.
+        pattern=r"^[^-\s]\S*$",
+        description="Model name in the API (no spaces, not starting with '-'); the resource name by default.",
     )
     rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="Rolling update settings.")
     storage: Storage = Field(default_factory=Storage, description="S3 endpoint and credentials.")
     resources: Resources = Field(default_factory=Resources, description="Compute per pod.")
     pod: PodOverrides = Field(default_factory=PodOverrides, description="Pod scheduling and image overrides.")
     suspend: bool = Field(False, description="Scale to zero while keeping the resource.")
-    queue_name: str | None = Field(None, max_length=63, description="Kueue LocalQueue name.")
+    queue_name: LabelValue | None = Field(None, description="Kueue LocalQueue name.")
 
     @model_validator(mode="after")
     def _engine(self) -> SpecServeSpec:
@@ -114,6 +129,12 @@ class SpecServeStatus(Status):
     deployment_name: str | None = Field(None, description="The Deployment serving this resource.")
 
 
+class ServeMeta(ObjectMeta):
+    """A SpecServe's name also names its Service, and Service names must start with a letter (DNS-1035)."""
+
+    name: Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern=SERVICE_NAME_PATTERN)]
+
+
 class SpecServe(Resource):
     """A speculative-decoding server (target + draft) with an OpenAI-compatible API."""
 
@@ -122,6 +143,6 @@ class SpecServe(Resource):
     component: ClassVar[str] = "server"
 
     kind: Literal["SpecServe"] = "SpecServe"
-    metadata: ObjectMeta
+    metadata: ServeMeta
     spec: SpecServeSpec
     status: SpecServeStatus | None = None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
@@ -11,6 +11,7 @@ from ._base import (
     ArtifactUri,
     DatasetUri,
     JobSource,
+    LabelValue,
     Model,
     ObjectMeta,
     PodOverrides,
@@ -35,6 +36,8 @@ QUANTIZED_REASON = (
     "dequantization error and the merged model degrades); train on the bf16/fp16/fp32 base and "
     "quantize only after merging"
 )
+#: A module name or suffix (`q_proj`, `model.layers.0.mlp`): no spaces, bounded.
+ModuleName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\s]+$")]
 SEED_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -118,7 +121,7 @@ class Lora(Model):
     r: int = Field(64, ge=1, le=1024, description="LoRA rank.")
     alpha: float = Field(128, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
-    target_modules: list[str] = Field(
+    target_modules: list[ModuleName] = Field(
         default_factory=lambda: list(SEED_TARGET_MODULES),
         min_length=1,
         max_length=64,
@@ -134,7 +137,7 @@ class Anil(Model):
     support_size: int = Field(4, ge=1, le=1024, description="Examples per task's support set.")
     query_size: int = Field(4, ge=1, le=1024, description="Examples per task's query set.")
     tasks_per_batch: int = Field(1, ge=1, le=1024, description="Tasks whose query losses are averaged per step.")
-    adapt_modules: list[str] = Field(
+    adapt_modules: list[ModuleName] = Field(
         default_factory=lambda: ["lm_head"], min_length=1, description="Modules adapted in the inner loop."
     )
     first_order: bool = Field(False, description="Drop second-order terms through the inner loop (FOMAML).")
@@ -241,8 +244,8 @@ class TrainingRunSpec(Model):
     resources: Resources = Field(default_factory=Resources, description="Compute per pod.")
     pod: PodOverrides = Field(default_factory=PodOverrides, description="Pod scheduling and image overrides.")
     suspend: bool = Field(False, description="Create the Job suspended, or suspend the running one.")
-    queue_name: str | None = Field(
-        None, max_length=63, description="Kueue LocalQueue; copied to the `kueue.x-k8s.io/queue-name` label."
+    queue_name: LabelValue | None = Field(
+        None, description="Kueue LocalQueue; copied to the `kueue.x-k8s.io/queue-name` label."
     )
     backoff_limit: int = Field(3, ge=0, le=100, description="Pod retries for transient failures.")
     active_deadline_seconds: int | None = Field(None, ge=1, description="Wall-clock limit of the Job.")
