@@ -12,18 +12,16 @@ the artifact layer itself (tests/integration/artifacts/test_s3.py).
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import re
 import signal
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
+from reliability_helpers import REPO, load
 
 from metaspec.artifacts import (
     MANIFEST,
@@ -38,19 +36,6 @@ from metaspec.artifacts import (
     write_bytes,
 )
 from metaspec.runtime import EXIT_PERMANENT, EXIT_TRANSIENT, exit_code_for
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def load(path: Path) -> Any:
-    """A module by path (once per session): the benchmark that shares its trials, the trainer tests'
-    dataset helpers."""
-    if path.stem not in sys.modules:
-        spec = importlib.util.spec_from_file_location(path.stem, path)
-        sys.modules[path.stem] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[path.stem])
-    return sys.modules[path.stem]
-
 
 bench = load(REPO / "bench" / "reliability_jobs.py")
 trainer_helpers = load(REPO / "tests" / "integration" / "trainer" / "trainer_helpers.py")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ast
 import copy
-import importlib.util
 import json
 import logging
 import pickle
@@ -24,6 +23,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from reliability_helpers import REPO, load
 
 from metaspec.api import parse_resource
 from metaspec.api.training import BaseModelSource, ModelSource
@@ -34,20 +34,9 @@ from metaspec.operator.emulator import Cluster
 from metaspec.operator.settings import OperatorSettings
 from metaspec.runtime import CREDENTIAL_LOGGERS, EXIT_PERMANENT, PermanentError, setup_logging
 
-REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "metaspec"
 sys.path.insert(0, str(REPO / "tests" / "unit" / "packaging"))
 from chart_objects import by_kind, render, values  # noqa: E402
-
-
-def load(path: Path) -> Any:
-    """A module by path (once per session): the job-fault benchmark, the trainer tests' dataset helpers."""
-    if path.stem not in sys.modules:
-        spec = importlib.util.spec_from_file_location(path.stem, path)
-        sys.modules[path.stem] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[path.stem])
-    return sys.modules[path.stem]
-
 
 jobs = load(REPO / "bench" / "reliability_jobs.py")
 trainer_helpers = load(REPO / "tests" / "integration" / "trainer" / "trainer_helpers.py")
