@@ -287,6 +287,10 @@ class LocalRun:
             "METASPEC_LOG_FORMAT": "json",
             "PYTHONUNBUFFERED": "1",
         }
+        if self.storage and self.storage.server:
+            # the embedded server lives and dies with this runner: once it is unreachable the run is
+            # over, and a stage checkpointing on SIGTERM must not wait a minute for it
+            env.setdefault("METASPEC_S3_RETRY_SECONDS", "3")
         if self.options.device == "cpu":
             env["CUDA_VISIBLE_DEVICES"] = ""
         return env
