@@ -10,6 +10,8 @@
 #                             serving benchmark with the 4-layer draft (bench/draft.py)
 #   bench/gpu.sh draft-serve  serving benchmark with the 8-layer draft; per-token costs and predicted speedups
 #   bench/gpu.sh costs        draft/target cost ratio and verify cost: random-init Llama-3.1-8B, 1B and 160M drafts
+#   bench/gpu.sh method       issue 9: method arms, teacher configurations, the ANIL target's draft, routing
+#                             (≈ 15 min: more than one call's 10 minutes; run the four lines in two calls)
 #
 # Results land in bench/results/ (and are copied to $OUT when set).
 set -euo pipefail
@@ -63,10 +65,17 @@ draft-serve)   # the second draft's serving benchmark, and the costs behind the 
     --acceptance smollm2:4=bench/results/draft-cuda-4layers.json smollm2:8=bench/results/draft-cuda-8layers.json \
     --out bench/results/costs-cuda-smollm2-compile.json
   save ;;
+method)   # issue 9 on the GPU: method arms, teacher configurations, the ANIL target's draft and routing
+  W="$HOME/method-work"
+  $PY bench/method.py --device cuda --save-merged "$W/anil"
+  $PY bench/teacher.py --device cuda --model "$W/anil"
+  $PY bench/draft.py --device cuda --target "$W/anil" --layers 4 --serve --epochs 16 --work "$W/draft"
+  $PY bench/routing.py --device cuda --compile --target "$W/anil" --draft "$W/draft/draft-4/model"
+  save ;;
 costs)   # random-init Llama-3.1-8B with 1B and 160M drafts: cost ratio and verify cost, compiled
   $PY bench/costs.py --device cuda --dtype bfloat16 --compile --pairs llama-8b:llama-1b llama-8b:llama-160m \
     --steps 20 --out bench/results/costs-cuda-llama8b-compile.json
   save ;;
 *)
-  sed -n '2,12p' "$0"; exit 2 ;;
+  sed -n '2,16p' "$0"; exit 2 ;;
 esac
