@@ -42,7 +42,7 @@ from metaspec.local.bundled import bundled_model_dir
 from metaspec.server.engine import derive_draft
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests" / "reliability"))
-from test_server_abuse import CORPUS, FUZZ_CHECKS, MODEL, SAMPLING, cap_tokens
+from test_server_abuse import CORPUS, FUZZ_CHECKS, MODEL, SAMPLING, cap_tokens, server_ready
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -90,7 +90,7 @@ def serve(args: argparse.Namespace, scratch: Path) -> Iterator[tuple[str, subpro
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 600
-        while not _ready(url):
+        while not server_ready(url):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"server did not become ready:\n{(scratch / 'server.log').read_text()}")
             time.sleep(0.2)
@@ -99,13 +99,6 @@ def serve(args: argparse.Namespace, scratch: Path) -> Iterator[tuple[str, subpro
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
         log.close()
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def rss_mib(pid: int) -> float:
@@ -261,7 +254,7 @@ def main(argv: list[str]) -> int:
         fuzzed = fuzz(url, args.fuzz_examples, cap)
         rss = memory(url, process.pid, args.rounds)
         loads = [asyncio.run(load_level(url, c, args.seconds, args.max_tokens)) for c in levels]
-        alive = process.poll() is None and _ready(url)
+        alive = process.poll() is None and server_ready(url)
         log = (Path(tmp) / "server.log").read_text()
     result = {
         "device": args.device,

@@ -134,7 +134,7 @@ def abuse_server(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     server = AbuseServer(f"http://127.0.0.1:{port}", process)
     try:
         deadline = time.monotonic() + 120
-        while not _ready(server.url):
+        while not server_ready(server.url):
             assert process.poll() is None, (work / "server.log").read_text()
             assert time.monotonic() < deadline, "server not ready after 120 s"
             time.sleep(0.1)
@@ -147,7 +147,7 @@ def abuse_server(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         log.close()
 
 
-def _ready(url: str) -> bool:
+def server_ready(url: str) -> bool:
     try:
         return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
     except httpx.TransportError:
