@@ -89,25 +89,11 @@ def log_lines(text: str) -> list[dict[str, Any]]:
 def trainer_config(setup: Setup, output: str) -> dict[str, Any]:
     """A TrainingRun on the tiny model: 8 steps at most, a checkpoint after every step, evaluation every
     second step with early stopping (so resumed runs must also restore the best weights and patience)."""
+    from trainer_helpers import tiny_anil_spec  # the trainer tests' run (make_setup puts it on the path)
+
     from metaspec.api import API_VERSION, TrainingRun
 
-    spec = {
-        "method": "anil-maml",
-        "baseModel": {"uri": str(setup.model)},
-        "dataset": {"uri": str(setup.train)},
-        "evaluation": {"uri": str(setup.evaluation), "batchSize": 8},
-        "lora": {"r": 4, "alpha": 8, "targetModules": ["q_proj", "v_proj", "down_proj"]},
-        "anil": {"supportSize": 2, "querySize": 2, "innerSteps": 2, "innerLr": 0.5, "firstOrder": True},
-        "optimization": {
-            "maxSteps": 8,
-            "maxSeqLength": 48,
-            "outerLr": 5e-3,
-            "evalSteps": 2,
-            "checkpointSteps": 1,
-            "warmupRatio": 0.2,
-        },
-        "output": {"uri": output},
-    }
+    spec = tiny_anil_spec(setup.model, setup.train, setup.evaluation, output, maxSteps=8, checkpointSteps=1)
     body = {"apiVersion": API_VERSION, "kind": "TrainingRun", "metadata": {"name": "faults"}, "spec": spec}
     return TrainingRun.model_validate(body).model_dump(by_alias=True, exclude_none=True, mode="json")
 
