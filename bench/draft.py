@@ -98,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64, help="teacher generation batch")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-4, help="draft learning rate (full fine-tuning)")
-    parser.add_argument("--serve", type=int, nargs="*", help="draft sizes to benchmark serving with (default: all)")
+    parser.add_argument(
+        "--serve", type=int, nargs="*", help="draft sizes to benchmark serving with (default: all; bare --serve: none)"
+    )
     parser.add_argument("--prompts", type=int, default=16, help="held-out prompts served per draft")
     parser.add_argument("--serve-tokens", type=int, default=128, help="max tokens per served prompt")
     parser.add_argument("--smoke", action="store_true", help="CPU check of the plumbing: eager, 2 prompts")

@@ -5,10 +5,11 @@ the target given as `baseModel` (`initFrom: target`, `numLayers: N`: the target'
 N layers, final norm and head, so it shares the target's tokenizer by construction). Every weight is
 trained, so they are kept in fp32 and the forward runs under bf16/fp16 autocast (mixed precision,
 Micikevicius et al. 2018): updated in bf16 itself, an AdamW step of lr·1 on a weight of 0.05 is below
-half of bf16's spacing there and rounds away once the learning rate decays, and the draft stops learning. The objective is
-next-token cross-entropy on the teacher text, or `distill`: KL divergence to the target's own
-next-token distribution at `distillTemperature` (Hinton et al. 2015), which trains on every logit the
-target has instead of one sampled token.
+half of bf16's spacing there once the learning rate decays, rounds away, and the draft stops learning.
+
+The objective is next-token cross-entropy on the teacher text, or `distill`: KL divergence to the
+target's own next-token distribution at `distillTemperature` (Hinton et al. 2015), which trains on
+every logit the target has instead of one sampled token.
 """
 
 from __future__ import annotations
