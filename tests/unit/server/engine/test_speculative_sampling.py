@@ -142,6 +142,17 @@ def test_greedy_equals_target_greedy(policy: str, tiny_target, tiny_draft) -> No
 CASES_PROC = (Processing(), Processing(1.0, 0.9, 1.2))
 
 
+def assert_same_outputs(reference: SpeculativeDecoder, other: SpeculativeDecoder, seed: int) -> None:
+    """Both decoders emit the same tokens, greedy and sampled with the same seed, over 6 prompts each
+    (requests that reuse one cache)."""
+    for prompt, proc in itertools.product(itertools.islice(itertools.permutations(range(8), 3), 6), CASES_PROC):
+        outputs = []
+        for decoder in (reference, other):
+            generator = torch.Generator().manual_seed(seed)
+            outputs.append([t for c in decoder.decode(list(prompt), proc, 16, RequestStats(), generator) for t in c])
+        assert outputs[0] == outputs[1], (prompt, proc)
+
+
 def test_static_cache_path_decodes_the_same(tiny_target, tiny_draft) -> None:
     """The preallocated cache of the compiled CUDA path (run eagerly here): same greedy tokens, same
     sample for the same seed, across requests that reuse the cache."""
@@ -150,12 +161,7 @@ def test_static_cache_path_decodes_the_same(tiny_target, tiny_draft) -> None:
     static = SpeculativeDecoder(
         CausalLM(tiny_target, 8, static_cache_len=40), CausalLM(tiny_draft, 8, static_cache_len=40), routing
     )
-    for prompt, proc in itertools.product(itertools.islice(itertools.permutations(range(8), 3), 6), CASES_PROC):
-        outputs = []
-        for decoder in (dynamic, static):
-            generator = torch.Generator().manual_seed(3)
-            outputs.append([t for c in decoder.decode(list(prompt), proc, 16, RequestStats(), generator) for t in c])
-        assert outputs[0] == outputs[1], (prompt, proc)
+    assert_same_outputs(dynamic, static, seed=3)
 
 
 def test_compiled_inputs_come_in_two_lengths(tiny_target, tiny_draft) -> None:
@@ -179,10 +185,5 @@ def test_compiled_inputs_come_in_two_lengths(tiny_target, tiny_draft) -> None:
         compiled(CausalLM(tiny_target, 8, **options)), compiled(CausalLM(tiny_draft, 8, **options)), routing
     )
     dynamic = SpeculativeDecoder(CausalLM(tiny_target, 8), CausalLM(tiny_draft, 8), routing)
-    for prompt, proc in itertools.product(itertools.islice(itertools.permutations(range(8), 3), 6), CASES_PROC):
-        outputs = []
-        for decoder in (dynamic, padded):
-            generator = torch.Generator().manual_seed(5)
-            outputs.append([t for c in decoder.decode(list(prompt), proc, 16, RequestStats(), generator) for t in c])
-        assert outputs[0] == outputs[1], (prompt, proc)
+    assert_same_outputs(dynamic, padded, seed=5)
     assert lengths == {1, routing.max_speculative_tokens + 1}
