@@ -149,7 +149,7 @@ def read_records(
 ) -> tuple[list[Record], LoadReport]:
     """Read and validate the records at `uri`.
 
-    `uri` is `builtin://train|eval|prompts` (the bundled set, `metaspec.builtin`), a local path or
+    `uri` is `builtin://train|eval|prompts|distill` (the bundled set, `metaspec.builtin`), a local path or
     `file://` JSONL file, an `s3://` JSONL object, or a directory/prefix artifact: every `*.jsonl` its
     `_manifest.json` lists, in manifest order, each checked against its size and sha256. A prefix
     without a complete manifest is refused (`metaspec.artifacts.IncompleteArtifact`): it may still be
@@ -179,8 +179,11 @@ def _read_builtin(uri: str, require_output: bool, max_examples: int | None) -> t
     split = uri[len(BUILTIN_SCHEME) :].strip("/")
     if split not in builtin.SPLITS:
         raise InvalidData(f"{uri}: no such built-in split; use {', '.join(BUILTIN_SCHEME + s for s in builtin.SPLITS)}")
-    if require_output and split == "prompts":
-        raise InvalidData(f"{uri} holds inputs without outputs (for teacher generation); train on builtin://train")
+    if require_output and split in builtin.INPUTS_ONLY:
+        raise InvalidData(
+            f"{uri}: the built-in {split} split holds inputs without outputs (for teacher generation); "
+            "train on builtin://train, or on the teacher's outputs for these inputs"
+        )
     records = builtin.records(split)[:max_examples]
     return records, LoadReport(uri, valid=len(records))
 

@@ -9,14 +9,21 @@ it to unseen inputs:
                                            1. …
                                            2. …
 
-Splits: `train` (75 per domain), `eval` (12 per domain) built only from held-out parameter values (a
-fifth of every pool, and one parameter combination in five, is reserved for it, so no evaluation input
-and none of its people, places or facts appears in training), and `prompts` (25 inputs per domain, no
-outputs, from the training side) for teacher generation. Every number is computed and every fact
-checked; the same records come out on every machine and Python version (the only randomness is a
-counter-mode SHA-256 stream seeded by split, domain and difficulty).
+Splits:
 
-`metaspec dataset --split train|eval|prompts --out FILE_OR_URI` writes a split as JSONL.
+- `train` (75 per domain);
+- `eval` (12 per domain), built only from held-out parameter values (a fifth of every pool, and one
+  parameter combination in five, is reserved for it, so no evaluation input and none of its people,
+  places or facts appears in training);
+- `prompts` (25 inputs per domain, no outputs, from the training side) for teacher generation;
+- `distill` (up to 400 easy + 100 hard inputs per domain, no outputs, from the training side) for the
+  teacher outputs a draft is distilled on: as many distinct inputs as the generators make, none of them
+  in `prompts` or `eval` (so serving benchmarks on those stay held out); it may overlap `train`.
+
+Every number is computed and every fact checked; the same records come out on every machine and Python
+version (the only randomness is a counter-mode SHA-256 stream seeded by split, domain and difficulty).
+
+`metaspec dataset --split train|eval|prompts|distill --out FILE_OR_URI` writes a split as JSONL.
 """
 
 from __future__ import annotations
@@ -32,10 +39,14 @@ from metaspec.records import DOMAINS, Record, dump_jsonl
 from . import coding, common_sense, mathematics, reading, reasoning, science, summarization, tool_use
 from ._base import Generator, Rng
 
-Split = Literal["train", "eval", "prompts"]
-SPLITS: tuple[str, ...] = ("train", "eval", "prompts")
-#: (easy, hard) examples per domain and split
-SIZES: dict[str, tuple[int, int]] = {"train": (58, 17), "eval": (9, 3), "prompts": (19, 6)}
+Split = Literal["train", "eval", "prompts", "distill"]
+SPLITS: tuple[str, ...] = ("train", "eval", "prompts", "distill")
+#: split -> id prefix, for the splits that hold inputs without outputs (teacher generation reads them)
+INPUTS_ONLY: dict[str, str] = {"prompts": "prompt-", "distill": "distill-"}
+#: (easy, hard) examples per domain and split; for `distill` an upper bound (`_generate`)
+SIZES: dict[str, tuple[int, int]] = {"train": (58, 17), "eval": (9, 3), "prompts": (19, 6), "distill": (400, 100)}
+#: splits whose inputs `distill` never repeats
+_KEPT_FROM_DISTILL = ("prompts", "eval")
 #: domain -> (easy generators, hard generators)
 GENERATORS: dict[str, tuple[Sequence[Generator], Sequence[Generator]]] = {
     "math": mathematics.GENERATORS,
@@ -49,7 +60,7 @@ GENERATORS: dict[str, tuple[Sequence[Generator], Sequence[Generator]]] = {
 }
 assert tuple(GENERATORS) == DOMAINS
 
-__all__ = ["GENERATORS", "SIZES", "SPLITS", "Split", "main", "records"]
+__all__ = ["GENERATORS", "INPUTS_ONLY", "SIZES", "SPLITS", "Split", "main", "records"]
 
 
 def records(split: Split) -> list[Record]:
@@ -63,42 +74,63 @@ def records(split: Split) -> list[Record]:
 def _bodies(split: str) -> tuple[dict, ...]:
     """Records interleaved so that every prefix (`maxExamples: N`) mixes all domains and both
     difficulties in the split's proportions: the i-th of n records of a group sorts at (i - ½)/n."""
+    excluded = _excluded_keys(split)
     keyed: list[tuple[float, int, str, dict]] = []
     for rank, (domain, (easy, hard)) in enumerate(GENERATORS.items()):
         for difficulty, generators, count in (("easy", easy, SIZES[split][0]), ("hard", hard, SIZES[split][1])):
-            for i, (text, output) in enumerate(_generate(split, domain, difficulty, generators, count), start=1):
-                if split == "prompts":
-                    body = {"id": f"prompt-{domain}-{difficulty}-{i:04d}", "input": text}
+            made = _generate(split, domain, difficulty, generators, count, excluded)
+            for i, (text, output) in enumerate(made, start=1):
+                if split in INPUTS_ONLY:
+                    body = {"id": f"{INPUTS_ONLY[split]}{domain}-{difficulty}-{i:04d}", "input": text}
                 else:
                     body = {"id": f"{domain}-{difficulty}-{i:04d}", "input": text, "output": output}
                 body.update(domain=domain, difficulty=difficulty)
-                keyed.append(((i - 0.5) / count, rank, difficulty, body))
+                keyed.append(((i - 0.5) / len(made), rank, difficulty, body))
     return tuple(body for *_, body in sorted(keyed, key=lambda k: k[:3]))
 
 
+def _excluded_keys(split: str) -> frozenset[str]:
+    """Inputs `split` must not repeat: for `distill`, every input of `prompts` and `eval`."""
+    if split != "distill":
+        return frozenset()
+    return frozenset(_key(body["input"]) for kept in _KEPT_FROM_DISTILL for body in _bodies(kept))
+
+
+def _key(text: str) -> str:
+    """What counts as the same input: case-folded, whitespace collapsed."""
+    return " ".join(text.casefold().split())
+
+
 def _generate(
-    split: str, domain: str, difficulty: str, generators: Sequence[Generator], count: int
+    split: str,
+    domain: str,
+    difficulty: str,
+    generators: Sequence[Generator],
+    count: int,
+    excluded: frozenset[str] = frozenset(),
 ) -> list[tuple[str, str]]:
-    """`count` examples with distinct inputs, cycling through the generators for variety."""
+    """`count` examples with distinct inputs not in `excluded`, cycling through the generators for
+    variety. Some generators make fewer than `distill` asks for (coding/hard about 40): `distill` takes
+    what 50 × `count` attempts give; every other split's size is exact, and falling short raises."""
     rng = Rng(f"metaspec-builtin/{split}/{domain}/{difficulty}")
     held = split == "eval"
-    seen: set[str] = set()
+    seen: set[str] = set(excluded)
     made: list[tuple[str, str]] = []
-    attempts = 0
-    while len(made) < count:
-        attempts += 1
-        if attempts > 50 * count:
-            raise RuntimeError(f"built-in {split}/{domain}/{difficulty}: only {len(made)} distinct inputs of {count}")
-        text, output = generators[attempts % len(generators)](rng, held)
-        key = " ".join(text.casefold().split())
+    for attempt in range(1, 50 * count + 1):
+        text, output = generators[attempt % len(generators)](rng, held)
+        key = _key(text)
         if key not in seen:
             seen.add(key)
             made.append((text, output))
+            if len(made) == count:
+                return made
+    if split != "distill":
+        raise RuntimeError(f"built-in {split}/{domain}/{difficulty}: only {len(made)} distinct inputs of {count}")
     return made
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`metaspec dataset --split train|eval|prompts [--out FILE_OR_URI]`: write a split as JSONL."""
+    """`metaspec dataset --split train|eval|prompts|distill [--out FILE_OR_URI]`: write a split as JSONL."""
     from metaspec.artifacts import write_bytes
 
     parser = argparse.ArgumentParser(prog="metaspec dataset", description="write the built-in dataset as JSONL")

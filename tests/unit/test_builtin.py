@@ -14,7 +14,7 @@ import pytest
 
 from metaspec import builtin
 from metaspec.builtin import _base, coding, science
-from metaspec.records import DOMAINS, read_records
+from metaspec.records import DOMAINS, InvalidData, read_records
 from metaspec.trainer.data import find_contamination, normalize_input
 
 
@@ -24,7 +24,7 @@ def digest(split: str) -> str:
     ).hexdigest()
 
 
-@pytest.mark.parametrize("split", builtin.SPLITS)
+@pytest.mark.parametrize("split", ["train", "eval", "prompts"])
 def test_sizes_domains_and_hard_share(split: str) -> None:
     records = builtin.records(split)
     easy, hard = builtin.SIZES[split]
@@ -32,6 +32,26 @@ def test_sizes_domains_and_hard_share(split: str) -> None:
     assert counts == {(d, k): n for d in DOMAINS for k, n in (("easy", easy), ("hard", hard))}
     assert 0.2 <= sum(r.difficulty == "hard" for r in records) / len(records) <= 0.25
     assert {"train": 600, "eval": 96, "prompts": 200}[split] == len(records)
+
+
+def test_distill_takes_what_the_generators_make_up_to_its_size() -> None:
+    """`distill` is bounded by SIZES, not exact: coding/hard has only a few dozen distinct inputs."""
+    records = builtin.records("distill")
+    easy, hard = builtin.SIZES["distill"]
+    counts = Counter((r.domain, r.difficulty) for r in records)
+    assert set(counts) == {(d, k) for d in DOMAINS for k in ("easy", "hard")}
+    for (domain, difficulty), n in counts.items():
+        assert 30 <= n <= {"easy": easy, "hard": hard}[difficulty], (domain, difficulty, n)
+    assert sum(n == easy for (_, k), n in counts.items() if k == "easy") >= 6
+    assert len(records) >= 2500
+    assert 0.1 <= sum(r.difficulty == "hard" for r in records) / len(records) <= 0.25
+
+
+def test_distill_has_no_outputs_and_never_repeats_a_prompt_or_evaluation_input() -> None:
+    """Serving benchmarks on builtin://prompts and builtin://eval stay held out from a distilled draft."""
+    distill = builtin.records("distill")
+    assert all(r.output is None for r in distill)
+    assert find_contamination(distill, builtin.records("prompts") + builtin.records("eval")) == []
 
 
 @pytest.mark.parametrize("split", builtin.SPLITS)
@@ -48,24 +68,25 @@ def test_every_prefix_mixes_domains_and_difficulties(split: str) -> None:
 @pytest.mark.parametrize("split", builtin.SPLITS)
 def test_ids_are_unique_and_stable_looking(split: str) -> None:
     records = builtin.records(split)
-    prefix = "prompt-" if split == "prompts" else ""
+    prefix = builtin.INPUTS_ONLY.get(split, "")
     assert len({r.id for r in records}) == len(records)
     for r in records:
         assert re.fullmatch(rf"{prefix}{r.domain}-{r.difficulty}-\d{{4}}", r.id), r.id
     assert len({normalize_input(r.input) for r in records}) == len(records), "inputs repeat within a split"
 
 
-def test_same_records_in_a_fresh_interpreter_with_another_hash_seed() -> None:
+@pytest.mark.parametrize("split", ["train", "distill"])
+def test_same_records_in_a_fresh_interpreter_with_another_hash_seed(split: str) -> None:
     code = (
         "import hashlib, json; from metaspec import builtin; "
         "print(hashlib.sha256(''.join(json.dumps(r.model_dump(), sort_keys=True) "
-        "for r in builtin.records('train')).encode()).hexdigest())"
+        f"for r in builtin.records({split!r})).encode()).hexdigest())"
     )
     for seed in ("0", "12345"):
         out = subprocess.run(
             [sys.executable, "-c", code], env={"PYTHONHASHSEED": seed}, capture_output=True, text=True, check=True
         )
-        assert out.stdout.strip() == digest("train")
+        assert out.stdout.strip() == digest(split)
 
 
 def test_records_are_fresh_copies() -> None:
@@ -82,7 +103,7 @@ def test_evaluation_inputs_never_appear_in_training_or_prompts() -> None:
 
 def test_evaluation_uses_held_out_parameter_values() -> None:
     """People, cities and facts of evaluation inputs are ones that training inputs never mention."""
-    training = [r.input for r in builtin.records("train") + builtin.records("prompts")]
+    training = [r.input for split in ("train", "prompts", "distill") for r in builtin.records(split)]
     evaluation = " ".join(r.input for r in builtin.records("eval"))
     for pool in (_base.NAMES, _base.CITIES):
         held = _base.sides(pool)[1]
@@ -176,8 +197,14 @@ def test_tool_calls_are_json_naming_an_offered_tool() -> None:
 
 @pytest.mark.parametrize("split", builtin.SPLITS)
 def test_read_as_a_dataset_uri(split: str) -> None:
-    records, report = read_records(f"builtin://{split}", require_output=split != "prompts")
+    records, report = read_records(f"builtin://{split}", require_output=split not in builtin.INPUTS_ONLY)
     assert report.valid == len(records) == len(builtin.records(split))
+
+
+@pytest.mark.parametrize("split", builtin.INPUTS_ONLY)
+def test_input_only_splits_are_refused_for_training(split: str) -> None:
+    with pytest.raises(InvalidData, match=rf"builtin://{split}: the built-in {split} split holds inputs without"):
+        read_records(f"builtin://{split}")
 
 
 def test_cli_writes_jsonl(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
