@@ -1,8 +1,11 @@
 """Train drafts the way the pipeline does, then measure them with bench/server.py.
 
 The pipeline's draft (DESIGN.md) learns from teacher outputs: here the target's own greedy completions
-of the built-in training inputs (a `TeacherGeneration`, transformers engine), because greedy serving
-accepts a proposal exactly when it is the target's greedy token. Each draft is a `TrainingRun` with
+of built-in inputs (a `TeacherGeneration`, transformers engine), because greedy serving accepts a
+proposal exactly when it is the target's greedy token. The inputs are `--inputs`, by default
+`builtin://distill` (3936 training-side inputs, none of them in `builtin://prompts` or `builtin://eval`);
+the second session's recorded runs used the 600 of `builtin://train` (`--inputs builtin://train`), too
+few: the draft trained on them accepted only about half of its proposals on held-out prompts. Each draft is a `TrainingRun` with
 `method: causal-lm`, cut from the target (`initFrom: target`, `numLayers: N`) and trained with
 `objective: distill` (KL to the target's logits along those outputs). Both stages run through the real
 `metaspec generate` / `metaspec train` commands with the configs the operator would render; serving is
@@ -39,7 +42,7 @@ def teacher_config(target: str, out: Path, args: argparse.Namespace) -> dict[str
         "metadata": {"name": "draft-teacher"},
         "spec": {
             "model": {"uri": target},
-            "dataset": {"uri": "builtin://train", "maxExamples": args.examples},
+            "dataset": {"uri": args.inputs, "maxExamples": args.examples},
             "output": {"uri": str(out)},
             "engine": "transformers",
             "sampling": {"temperature": 0, "maxTokens": args.max_tokens, "repetitionPenalty": 1.0},
@@ -87,13 +90,27 @@ def run_stage(command: str, config: dict[str, Any], work: Path, device: str) -> 
     return {"stage": name, "seconds": round(time.perf_counter() - start, 1), **json.loads(summary.read_text())}
 
 
+def reusable(config: dict[str, Any], out: Path, work: Path) -> bool:
+    """Whether a stage finished earlier in `work` with this same config (a re-run reuses it); a
+    finished stage with another config (other `--inputs`, say) asks for a fresh `--work`."""
+    if not (out / "_manifest.json").exists():
+        return False
+    saved = work / f"{config['metadata']['name']}.json"
+    if not saved.exists() or json.loads(saved.read_text()) != config:
+        sys.exit(f"{out} was made with another config than {saved} would now hold: use a fresh --work")
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--target", help="target model directory (default: the bundled SmolLM2-135M-Instruct)")
     parser.add_argument("--layers", type=int, nargs="+", default=[4], help="draft sizes (target layers kept)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/metaspec-draft-bench"))
-    parser.add_argument("--examples", type=int, default=None, help="training inputs (default: all 600)")
+    parser.add_argument(
+        "--inputs", default="builtin://distill", help="the teacher's inputs: a dataset URI (default: builtin://distill)"
+    )
+    parser.add_argument("--examples", type=int, default=None, help="the first N of --inputs (default: all)")
     parser.add_argument("--max-tokens", type=int, default=256, help="teacher output length limit")
     parser.add_argument("--batch-size", type=int, default=64, help="teacher generation batch")
     parser.add_argument("--epochs", type=int, default=8)
@@ -109,13 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     teacher = args.work / "teacher"
     stages = []
-    if not (teacher / "_manifest.json").exists():  # a re-run reuses finished stages
-        stages.append(run_stage("generate", teacher_config(target, teacher, args), args.work, args.device))
+    if not reusable(config := teacher_config(target, teacher, args), teacher, args.work):
+        stages.append(run_stage("generate", config, args.work, args.device))
     dtype = "bfloat16" if args.device == "cuda" else "float32"
     for layers in args.layers:
         out = args.work / f"draft-{layers}"
-        if not (out / "_manifest.json").exists():
-            stages.append(run_stage("train", draft_config(target, teacher, out, layers, args), args.work, args.device))
+        if not reusable(config := draft_config(target, teacher, out, layers, args), out, args.work):
+            stages.append(run_stage("train", config, args.work, args.device))
     for layers in args.layers if args.serve is None else args.serve:
         out = args.work / f"draft-{layers}"
         serve = [sys.executable, str(Path(__file__).parent / "server.py"), "--device", args.device, "--dtype", dtype]
