@@ -3,12 +3,16 @@
 For a target and a draft this times, through the server's own `CausalLM` sessions (static cache, and
 with `--compile` the same CUDA graphs the server uses), at a context of `--context` tokens:
 
-- t_target: one target decode step; t_draft: one draft decode step; c = t_draft / t_target;
-- t_verify: one target pass over k+1 tokens (the verify step); v = t_verify / t_target.
+- t_target: one target decode step; t_draft: one draft decode step, c_step = t_draft / t_target;
+- t_verify: one target pass over k+1 tokens (the verify step); v = t_verify / t_target;
+- t_round: a whole greedy draft round of k proposals in one call, as the compiled server drafts
+  (`CausalLM.propose`: one CUDA graph); c_round = t_round / (k · t_target), the per-proposal cost the
+  predictions use (`c_step` is that of a draft stepped one call per token).
 
 Leviathan et al. 2023 ("Fast Inference from Transformers via Speculative Decoding", eq. 1): with a
 per-token acceptance rate α and k proposals per round, a round emits E = (1 − α^(k+1)) / (1 − α)
-tokens on average, and costs k·t_draft + t_verify. So the predicted speedup over target-only decoding is
+tokens on average, and costs t_round + t_verify = (k·c + v)·t_target. So the predicted speedup over
+target-only decoding is
 
     S(α) = E / (k·c + v)
 
@@ -16,8 +20,9 @@ printed for α = 0.1 … 0.9 and for runs measured with trained drafts (`--accep
 bench/server.py result of that pair, its `ours-always` row), next to the speedup that run measured.
 Leviathan's α is the chance that a proposal is accepted given that the ones before it were; the
 server's acceptance rate (accepted / proposed, every round proposing k) is smaller: with α = 0.5 and
-k = 5 it is 0.19. So a run's α is recovered from its tokens per round, E(α) = tokens per round. Pairs: the real SmolLM2-135M target with drafts cut to N layers (cost
-depends on the architecture only), and randomly initialised Llama-3.1-8B with Llama-3.2-1B and ~160M drafts.
+k = 5 it is 0.19. So a run's α is recovered from its tokens per round, E(α) = tokens per round.
+Pairs: the real SmolLM2-135M target with drafts cut to N layers (cost depends on the architecture
+only), and randomly initialised Llama-3.1-8B with Llama-3.2-1B and ~160M drafts.
 
     python bench/costs.py --device cuda --dtype bfloat16 --compile \
         --acceptance smollm2:4=bench/results/draft-cuda-4layers.json
@@ -90,6 +95,26 @@ def time_steps(lm: CausalLM, tokens: int, context: int, steps: int) -> float:
     return statistics.median(times)
 
 
+def time_round(lm: CausalLM, k: int, context: int, steps: int) -> float:
+    """Median seconds of one greedy draft round of k proposals (`CausalLM.propose`) after `context`."""
+    with torch.inference_mode():
+        session = lm.session()
+        session.feed(torch.randint(0, lm.vocab, (1, context), device=lm.device))
+        last = torch.randint(0, lm.vocab, (1, 1), device=lm.device)
+        seen = torch.zeros(lm.vocab, dtype=torch.bool, device=lm.device)
+        penalty = torch.tensor(1.0, device=lm.device)
+        times = []
+        for i in range(steps + 3):  # the first calls compile and record the graph
+            _sync(lm.device)
+            start = time.perf_counter()
+            session.propose(last, seen, penalty, k)
+            _sync(lm.device)
+            if i >= 3:
+                times.append(time.perf_counter() - start)
+            session.truncate(context)
+    return statistics.median(times)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -102,19 +127,23 @@ def measure(name: str, target: Any, draft: Any, args: argparse.Namespace) -> dic
     t_target = time_steps(target_lm, 1, args.context, args.steps)
     t_verify = time_steps(target_lm, args.k + 1, args.context, args.steps)
     t_draft = time_steps(draft_lm, 1, args.context, args.steps)
-    c, v = t_draft / t_target, t_verify / t_target
+    t_round = time_round(draft_lm, args.k, args.context, args.steps)
+    c, v = t_round / (args.k * t_target), t_verify / t_target
     row = {
         "pair": name,
         "target_ms": round(1000 * t_target, 3),
         "draft_ms": round(1000 * t_draft, 3),
+        "draft_round_ms": round(1000 * t_round, 3),
         "verify_ms": round(1000 * t_verify, 3),
         "c": round(c, 3),
+        "c_step": round(t_draft / t_target, 3),
         "v": round(v, 3),
         "predicted": {f"{a:.1f}": round(predicted_speedup(a, args.k, c, v), 3) for a in ALPHAS},
         "break_even_alpha": break_even(args.k, c, v),
     }
     print(
-        f"  {name}: target {row['target_ms']} ms, draft {row['draft_ms']} ms, verify {row['verify_ms']} ms",
+        f"  {name}: target {row['target_ms']} ms, draft {row['draft_ms']} ms, draft round {row['draft_round_ms']} ms,"
+        f" verify {row['verify_ms']} ms",
         file=sys.stderr,
     )
     return row
@@ -204,11 +233,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(rows: list[dict[str, Any]], runs: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(f"\nper-token costs, {args.device} {args.dtype}{' compiled' if args.compile else ''}, k={args.k}")
-    print(f"{'pair':<22}{'target ms':>10}{'draft ms':>10}{'c':>7}{'v':>7}{'S(.5)':>7}{'S(.7)':>7}{'S(.9)':>7}{'α*':>6}")
+    header = f"{'pair':<22}{'target ms':>10}{'draft ms':>10}{'round ms':>10}{'c_step':>7}{'c':>7}{'v':>7}"
+    print(f"{header}{'S(.5)':>7}{'S(.7)':>7}{'S(.9)':>7}{'α*':>6}")
     for r in rows:
         p = r["predicted"]
         print(
-            f"{r['pair']:<22}{r['target_ms']:>10.3f}{r['draft_ms']:>10.3f}{r['c']:>7.3f}{r['v']:>7.3f}"
+            f"{r['pair']:<22}{r['target_ms']:>10.3f}{r['draft_ms']:>10.3f}{r['draft_round_ms']:>10.3f}"
+            f"{r['c_step']:>7.3f}{r['c']:>7.3f}{r['v']:>7.3f}"
             f"{p['0.5']:>7.2f}{p['0.7']:>7.2f}{p['0.9']:>7.2f}{r['break_even_alpha'] or '-':>6}"
         )
     for run in runs:

@@ -105,12 +105,16 @@ def decode(engine: SpeculativeEngine, prompt: list[int], max_tokens: int, device
 def run_policies(
     engine: SpeculativeEngine, prompts: list[list[int]], args: argparse.Namespace, device: torch.device
 ) -> dict[str, list[dict[str, Any]]]:
-    runs = {}
-    for policy in policies(args):
-        routed = engine.with_routing(policy)
-        decode(routed, prompts[0], args.max_tokens, device)  # warm-up (and compilation of new shapes)
-        runs[label(policy)] = [decode(routed, p, args.max_tokens, device) for p in prompts]
-        print(f"  {label(policy)}: done", file=sys.stderr, flush=True)
+    """Every policy decodes every prompt. All warm up first (compiling their shapes), then the timed
+    requests interleave the policies prompt by prompt, so no policy is timed on a colder machine."""
+    engines = {label(policy): engine.with_routing(policy) for policy in policies(args)}
+    for routed in engines.values():
+        decode(routed, prompts[0], args.max_tokens, device)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in engines}
+    for i, prompt in enumerate(prompts):
+        for name, routed in engines.items():
+            runs[name].append(decode(routed, prompt, args.max_tokens, device))
+        print(f"  prompt {i + 1}/{len(prompts)}: done", file=sys.stderr, flush=True)
     return runs
 
 

@@ -13,6 +13,11 @@ equals the target's, then emit the target's argmax — the output equals target-
 Both models keep their KV cache across rounds; a rejection crops the rejected positions. Within a
 round the tokens stay on the device; one host sync per round reads the outcome (plus one per draft
 step under the `per-token` policy, which must look at the draft's confidence to decide).
+
+A compiled draft proposes a greedy round in one call instead of one per token (`CausalLM.propose`): k
+draft steps captured in one CUDA graph. On a small target, launching a draft step costs about as much
+as computing it, so this is what makes a draft step cheap. The round then drafts all k tokens, and
+`per-token` routing cuts them at the first unconfident one on the device, with no extra host sync.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from transformers import __version__ as _VERSION
 
 from .protocol import RequestStats
 from .routing import RoutingPolicy
-from .sampling import Processing, confidence, greedy_tokens, probabilities, seen_rows
+from .sampling import Processing, confidence, greedy_tokens, penalize, probabilities, seen_rows
 
 
 class CausalLM:
@@ -45,6 +50,9 @@ class CausalLM:
     `compile_max_tokens`, shorter inputs padded at the end. The padding's positions lie after every
     real token, so the causal mask hides them from the real ones, and the session crops them from the
     cache right away (the next write overwrites them).
+
+    `draft_rounds` (default: when compiled): as a draft, propose a greedy round's tokens in one call
+    (`propose`), compiled into one CUDA graph, instead of one call per token.
     """
 
     def __init__(
@@ -55,24 +63,27 @@ class CausalLM:
         static_cache_len: int | None = None,
         compile: bool = False,
         compile_max_tokens: int = 8,
+        draft_rounds: bool | None = None,
     ) -> None:
         self.model = model
         self.vocab = vocab
         self.device = next(model.parameters()).device
         self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.static_cache_len = static_cache_len
+        self.draft_rounds = compile if draft_rounds is None else draft_rounds
         self._static = None
-        if static_cache_len:  # room for the padding of a compiled input beyond the last position
-            slack = compile_max_tokens if compile else 0
+        if static_cache_len:  # room for padding, or a draft round's proposals, beyond the last position
+            slack = compile_max_tokens if compile or self.draft_rounds else 0
             self._static = StaticCache(config=model.config, max_cache_len=static_cache_len + slack)
             if not all(hasattr(layer, "crop") for layer in self._static.layers):
                 # older static layers keep a length tensor that nothing can rewind after a rejection
                 raise ValueError(f"a static KV cache needs transformers >= 5.24 (StaticCache.crop): {_VERSION}")
-        self._compiled = None
+        self._compiled = self._round = None
         if compile:
             if self._static is None:
                 raise ValueError("torch.compile needs a static cache (static_cache_len)")
             self._compiled = torch.compile(model.forward, mode="reduce-overhead", dynamic=False, fullgraph=False)
+            self._round = torch.compile(self._greedy_round, mode="reduce-overhead", dynamic=False, fullgraph=False)
         self.compile_max_tokens = compile_max_tokens
 
     @property
@@ -100,6 +111,40 @@ class CausalLM:
         out = self._compiled(input_ids=ids, use_cache=True, logits_to_keep=length, **{self._cache_arg: cache})
         return out.logits[0, n - keep : n, : self.vocab].clone(), length - n  # (keep, V), outliving the graph
 
+    def propose(
+        self, cache: object, last: torch.Tensor, seen: torch.Tensor, penalty: torch.Tensor, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A greedy draft round in one call: see `_greedy_round`."""
+        if self._round is None:
+            return self._greedy_round(cache, last, seen, penalty, k)
+        torch.compiler.cudagraph_mark_step_begin()
+        tokens, confidences = self._round(cache, last, seen, penalty, k)
+        return tokens.clone(), confidences.clone()  # outliving the graph
+
+    def _greedy_round(
+        self, cache: object, last: torch.Tensor, seen: torch.Tensor, penalty: torch.Tensor, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """k greedy tokens (k,) following `last` (1, 1), and the raw confidence before each (k,).
+
+        Each token is the argmax after the repetition penalty (`penalty` (), 1 for none) over `seen`
+        (V,) bool, which grows with the proposals, as `greedy_tokens` does. The cache takes `last` and
+        every proposal, k + 1 positions: the last proposal too, so a fully accepted round leaves the
+        draft nothing to catch up on. Pure tensor code with a fixed k, so one CUDA graph captures it.
+        """
+        cache_kwargs = {self._cache_arg: cache}
+        tokens: list[torch.Tensor] = []
+        confidences: list[torch.Tensor] = []
+        x = last
+        for _ in range(k):
+            out = self.model(input_ids=x, use_cache=True, logits_to_keep=1, **cache_kwargs)
+            logits = out.logits[0, -1, : self.vocab].float()  # (V,)
+            confidences.append(confidence(logits))
+            x = penalize(logits, seen, penalty).argmax().view(1, 1)
+            seen = seen.index_fill(0, x.view(1), True)
+            tokens.append(x.view(1))
+        self.model.base_model(input_ids=x, use_cache=True, **cache_kwargs)  # no head: only its KV is needed
+        return torch.cat(tokens), torch.stack(confidences)
+
 
 class Session:
     """One request's KV cache of one model and how many tokens it holds."""
@@ -114,6 +159,14 @@ class Session:
         self.length += ids.shape[1] + padding
         self.truncate(self.length - padding)
         return logits
+
+    def propose(
+        self, last: torch.Tensor, seen: torch.Tensor, penalty: torch.Tensor, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A greedy draft round after `last` (`CausalLM.propose`): the cache grows by k + 1 positions."""
+        proposals = self.lm.propose(self.cache, last, seen, penalty, k)
+        self.length += k + 1
+        return proposals
 
     def truncate(self, length: int) -> None:
         """Forget every position from `length` on (rejected proposals)."""
@@ -187,8 +240,18 @@ class _Run:
         self.draft: Session | None = None
         self.draft_logits: torch.Tensor | None = None  # (V,) draft's next-token logits, when up to date
         self.speculate = False
+        self.whole_rounds = False  # the draft proposes a round in one call (`CausalLM.propose`)
         if self.routing.uses_draft and decoder.draft is not None:
             self._route(decoder.draft)
+        if self.draft is not None and proc.greedy and decoder.draft.draft_rounds:
+            # a round starts from the last emitted token, which the draft has not taken yet
+            self.whole_rounds = True
+            self.draft.truncate(len(self.emitted) - 1)
+            self.draft_logits = None
+            self.penalty = torch.tensor(proc.repetition_penalty, device=self.device)
+            self.round_seen = self.seen  # unpenalized: a mask that stays empty, for the one graph
+            if self.round_seen is None:
+                self.round_seen = torch.zeros(decoder.target.vocab, dtype=torch.bool, device=self.device)
 
     def _tensor(self, ids: list[int]) -> torch.Tensor:
         return torch.tensor(ids, dtype=torch.long, device=self.device)
@@ -209,8 +272,8 @@ class _Run:
         while produced < max_new_tokens:
             # leave room for the token every round ends with (correction or bonus)
             k = min(self.routing.max_speculative_tokens, max_new_tokens - produced - 1) if self.speculate else 0
-            proposals, q = self._propose(k)
-            new = self._verify(proposals, q)
+            propose = self._propose_round if k and self.whole_rounds else self._propose
+            new = self._verify(*propose(k))
             produced += len(new)
             yield new
 
@@ -241,31 +304,53 @@ class _Run:
             return empty, None
         return torch.cat(tokens), (torch.cat(dists) if dists else None)
 
+    def _propose_round(self, k: int) -> tuple[torch.Tensor, None, torch.Tensor]:
+        """Greedy proposals in one draft call: always the full K = maxSpeculativeTokens ids (K,) (one
+        graph), and which of them count (K,) bool: the first k, cut under `per-token` before the first
+        whose confidence is below the threshold. The cut stays on the device, read with the outcome."""
+        assert self.draft is not None
+        behind = self.emitted[self.draft.length : -1]  # only after a round without proposals
+        if behind:
+            self.draft.feed(self._tensor(behind)[None])
+        last = self._tensor(self.emitted[-1:]).view(1, 1)
+        size = self.routing.max_speculative_tokens
+        proposals, confidences = self.draft.propose(last, self.round_seen, self.penalty, size)  # (K,), (K,)
+        counts = torch.arange(size, device=self.device) < k  # (K,)
+        if self.routing.checks_each_token:
+            counts &= confidences >= self.routing.threshold
+        return proposals, None, counts
+
     def _draw(self, logits: torch.Tensor, seen: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.proc.greedy:
             return greedy_tokens(logits, seen, self.proc), None
         q = probabilities(logits, seen, self.proc)  # (1, V)
         return torch.multinomial(q, 1, generator=self.generator).view(1), q
 
-    def _verify(self, proposals: torch.Tensor, q: torch.Tensor | None) -> list[int]:
+    def _verify(self, proposals: torch.Tensor, q: torch.Tensor | None, counts: torch.Tensor | None = None) -> list[int]:
         """Score the pending tokens and the J proposals in one target pass; accept a prefix; emit it plus
-        one target token. J = 0 is a plain target step."""
+        one target token. J = 0 is a plain target step. `counts` (J,) bool (greedy only): proposals
+        from the first False on are not proposed after all."""
         j = proposals.shape[0]
         base = len(self.emitted)
         ids = torch.cat([self._tensor(self.emitted[self.target.length :]), proposals])[None]  # (1, m + J)
         logits = self.target.feed(ids, keep=j + 1)  # (J+1, V)
         seen = seen_rows(self.seen, proposals, j + 1) if self.seen is not None else None  # (J+1, V)
+        proposed = torch.tensor(j, device=self.device)
         if self.proc.greedy:
             best = greedy_tokens(logits, seen, self.proc)  # (J+1,)
-            accepted = (best[:j] == proposals).int().cumprod(0).sum()
+            match = best[:j] == proposals
+            if counts is not None:
+                counts = counts.int().cumprod(0)
+                proposed, match = counts.sum(), match & counts.bool()
+            accepted = match.int().cumprod(0).sum()
             token = best.gather(0, accepted.view(1))
         else:
             accepted, token = self._accept(probabilities(logits, seen, self.proc), q, proposals)
-        outcome = torch.cat([accepted.view(1), proposals, token]).tolist()  # the round's one host sync
-        n = outcome[0]
-        new = [*outcome[1 : 1 + n], outcome[-1]]
+        outcome = torch.cat([accepted.view(1), proposed.view(1), proposals, token]).tolist()  # the one host sync
+        n, proposed = outcome[0], outcome[1]
+        new = [*outcome[2 : 2 + n], outcome[-1]]
         self._advance(base, n, new)
-        self.stats.proposed_tokens += j
+        self.stats.proposed_tokens += proposed
         self.stats.accepted_tokens += n
         self.stats.rounds += 1
         return new

@@ -178,6 +178,7 @@ def test_compiled_inputs_come_in_two_lengths(tiny_target, tiny_draft) -> None:
             return lm.model(**kwargs)
 
         lm._compiled = spy
+        lm._round = lm._greedy_round  # a greedy draft round: one graph of its own, run eagerly here
         return lm
 
     options = {"static_cache_len": 40, "compile": True, "compile_max_tokens": routing.max_speculative_tokens + 1}
@@ -187,3 +188,39 @@ def test_compiled_inputs_come_in_two_lengths(tiny_target, tiny_draft) -> None:
     dynamic = SpeculativeDecoder(CausalLM(tiny_target, 8), CausalLM(tiny_draft, 8), routing)
     assert_same_outputs(dynamic, padded, seed=5)
     assert lengths == {1, routing.max_speculative_tokens + 1}
+
+
+GREEDY_PROCS = (Processing(), Processing(0.0, 1.0, 1.3))  # plain and with a repetition penalty
+
+
+@pytest.mark.parametrize("policy", ["always", "per-token"])
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_whole_draft_rounds_decode_the_same(policy: str, static: bool, tiny_target, tiny_draft) -> None:
+    """A draft round proposed in one call (the compiled path's one CUDA graph, run eagerly here) emits the
+    same greedy tokens and proposes and accepts the same counts as the draft's step-by-step loop: under
+    `per-token` its confidence cut on the device stops where the loop stops. Sampled requests keep the
+    loop, so the seeded samples agree too."""
+    routing = RoutingPolicy(policy, 0.5, 3)
+    options = {"static_cache_len": 40} if static else {}
+    steps = SpeculativeDecoder(CausalLM(tiny_target, 8), CausalLM(tiny_draft, 8), routing)
+    rounds = SpeculativeDecoder(
+        CausalLM(tiny_target, 8, **options), CausalLM(tiny_draft, 8, draft_rounds=True, **options), routing
+    )
+    assert_same_outputs(steps, rounds, seed=11)
+    feeds = Counter()
+    forward = rounds.draft.forward
+    rounds.draft.forward = lambda *args, **kwargs: feeds.update(["feed"]) or forward(*args, **kwargs)
+    totals = []
+    for decoder in (steps, rounds):
+        total = Counter()
+        for prompt, proc in itertools.product(itertools.islice(itertools.permutations(range(8), 3), 8), GREEDY_PROCS):
+            stats = RequestStats()
+            for _ in decoder.decode(list(prompt), proc, 14, stats, None):
+                pass
+            total.update(proposed=stats.proposed_tokens, accepted=stats.accepted_tokens, rounds=stats.rounds)
+        totals.append(total)
+    assert totals[0] == totals[1]
+    assert feeds["feed"] == 16, "a draft fed outside its rounds (the prompt aside) lost track of its cache"
+    assert 0 < totals[1]["accepted"] < totals[1]["proposed"], totals  # rejections and acceptances both occur
+    if policy == "per-token":
+        assert totals[1]["proposed"] < 3 * totals[1]["rounds"], "the confidence cut should shorten some rounds"
