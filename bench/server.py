@@ -189,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-k", type=int, default=5, help="maxSpeculativeTokens")
     parser.add_argument("--threshold", type=float, default=0.7, help="confidenceThreshold")
     parser.add_argument("--compile", action="store_true", help="static cache + torch.compile (CUDA)")
+    parser.add_argument(
+        "--cache-len", type=int, default=1024, help="static cache length (compiled): attention spans all of it"
+    )
     parser.add_argument("--out", type=Path, help="JSON path (default bench/results/server-<device>-<model>.json)")
     args = parser.parse_args(argv)
     dtype = getattr(torch, args.dtype)
@@ -203,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         draft,
         tokenizer,
         RoutingPolicy(POLICIES[0], args.threshold, args.k),
-        static_cache_len=4096 if args.compile else None,
+        static_cache_len=args.cache_len if args.compile else None,
         compile=args.compile,
     )
     engines = {policy: first.with_routing(RoutingPolicy(policy, args.threshold, args.k)) for policy in POLICIES}

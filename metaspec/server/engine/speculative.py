@@ -15,9 +15,9 @@ round the tokens stay on the device; one host sync per round reads the outcome (
 step under the `per-token` policy, which must look at the draft's confidence to decide).
 
 A compiled draft proposes a greedy round in one call instead of one per token (`CausalLM.propose`): k
-draft steps captured in one CUDA graph. On a small target, launching a draft step costs about as much
-as computing it, so this is what makes a draft step cheap. The round then drafts all k tokens, and
-`per-token` routing cuts them at the first unconfident one on the device, with no extra host sync.
+draft steps captured in one CUDA graph, with no host sync between them. `per-token` routing keeps the
+step-by-step loop: its point is to skip the draft steps after an unconfident one, and a round in one
+graph computes them all anyway.
 """
 
 from __future__ import annotations
@@ -113,18 +113,17 @@ class CausalLM:
 
     def propose(
         self, cache: object, last: torch.Tensor, seen: torch.Tensor, penalty: torch.Tensor, k: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> torch.Tensor:
         """A greedy draft round in one call: see `_greedy_round`."""
         if self._round is None:
             return self._greedy_round(cache, last, seen, penalty, k)
         torch.compiler.cudagraph_mark_step_begin()
-        tokens, confidences = self._round(cache, last, seen, penalty, k)
-        return tokens.clone(), confidences.clone()  # outliving the graph
+        return self._round(cache, last, seen, penalty, k).clone()  # outliving the graph
 
     def _greedy_round(
         self, cache: object, last: torch.Tensor, seen: torch.Tensor, penalty: torch.Tensor, k: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """k greedy tokens (k,) following `last` (1, 1), and the raw confidence before each (k,).
+    ) -> torch.Tensor:
+        """k greedy tokens (k,) following `last` (1, 1).
 
         Each token is the argmax after the repetition penalty (`penalty` (), 1 for none) over `seen`
         (V,) bool, which grows with the proposals, as `greedy_tokens` does. The cache takes `last` and
@@ -133,17 +132,15 @@ class CausalLM:
         """
         cache_kwargs = {self._cache_arg: cache}
         tokens: list[torch.Tensor] = []
-        confidences: list[torch.Tensor] = []
         x = last
         for _ in range(k):
             out = self.model(input_ids=x, use_cache=True, logits_to_keep=1, **cache_kwargs)
             logits = out.logits[0, -1, : self.vocab].float()  # (V,)
-            confidences.append(confidence(logits))
             x = penalize(logits, seen, penalty).argmax().view(1, 1)
             seen = seen.index_fill(0, x.view(1), True)
             tokens.append(x.view(1))
         self.model.base_model(input_ids=x, use_cache=True, **cache_kwargs)  # no head: only its KV is needed
-        return torch.cat(tokens), torch.stack(confidences)
+        return torch.cat(tokens)
 
 
 class Session:
@@ -160,9 +157,7 @@ class Session:
         self.truncate(self.length - padding)
         return logits
 
-    def propose(
-        self, last: torch.Tensor, seen: torch.Tensor, penalty: torch.Tensor, k: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def propose(self, last: torch.Tensor, seen: torch.Tensor, penalty: torch.Tensor, k: int) -> torch.Tensor:
         """A greedy draft round after `last` (`CausalLM.propose`): the cache grows by k + 1 positions."""
         proposals = self.lm.propose(self.cache, last, seen, penalty, k)
         self.length += k + 1
@@ -243,7 +238,7 @@ class _Run:
         self.whole_rounds = False  # the draft proposes a round in one call (`CausalLM.propose`)
         if self.routing.uses_draft and decoder.draft is not None:
             self._route(decoder.draft)
-        if self.draft is not None and proc.greedy and decoder.draft.draft_rounds:
+        if self.draft is not None and proc.greedy and decoder.draft.draft_rounds and not self.routing.checks_each_token:
             # a round starts from the last emitted token, which the draft has not taken yet
             self.whole_rounds = True
             self.draft.truncate(len(self.emitted) - 1)
@@ -304,21 +299,16 @@ class _Run:
             return empty, None
         return torch.cat(tokens), (torch.cat(dists) if dists else None)
 
-    def _propose_round(self, k: int) -> tuple[torch.Tensor, None, torch.Tensor]:
-        """Greedy proposals in one draft call: always the full K = maxSpeculativeTokens ids (K,) (one
-        graph), and which of them count (K,) bool: the first k, cut under `per-token` before the first
-        whose confidence is below the threshold. The cut stays on the device, read with the outcome."""
+    def _propose_round(self, k: int) -> tuple[torch.Tensor, None]:
+        """Greedy proposals in one draft call: always K = maxSpeculativeTokens of them (one graph), of
+        which the first k count; the draft's cache takes all K and is cropped like any rejection."""
         assert self.draft is not None
         behind = self.emitted[self.draft.length : -1]  # only after a round without proposals
         if behind:
             self.draft.feed(self._tensor(behind)[None])
         last = self._tensor(self.emitted[-1:]).view(1, 1)
-        size = self.routing.max_speculative_tokens
-        proposals, confidences = self.draft.propose(last, self.round_seen, self.penalty, size)  # (K,), (K,)
-        counts = torch.arange(size, device=self.device) < k  # (K,)
-        if self.routing.checks_each_token:
-            counts &= confidences >= self.routing.threshold
-        return proposals, None, counts
+        proposals = self.draft.propose(last, self.round_seen, self.penalty, self.routing.max_speculative_tokens)
+        return proposals[:k], None
 
     def _draw(self, logits: torch.Tensor, seen: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.proc.greedy:
@@ -326,31 +316,25 @@ class _Run:
         q = probabilities(logits, seen, self.proc)  # (1, V)
         return torch.multinomial(q, 1, generator=self.generator).view(1), q
 
-    def _verify(self, proposals: torch.Tensor, q: torch.Tensor | None, counts: torch.Tensor | None = None) -> list[int]:
+    def _verify(self, proposals: torch.Tensor, q: torch.Tensor | None) -> list[int]:
         """Score the pending tokens and the J proposals in one target pass; accept a prefix; emit it plus
-        one target token. J = 0 is a plain target step. `counts` (J,) bool (greedy only): proposals
-        from the first False on are not proposed after all."""
+        one target token. J = 0 is a plain target step."""
         j = proposals.shape[0]
         base = len(self.emitted)
         ids = torch.cat([self._tensor(self.emitted[self.target.length :]), proposals])[None]  # (1, m + J)
         logits = self.target.feed(ids, keep=j + 1)  # (J+1, V)
         seen = seen_rows(self.seen, proposals, j + 1) if self.seen is not None else None  # (J+1, V)
-        proposed = torch.tensor(j, device=self.device)
         if self.proc.greedy:
             best = greedy_tokens(logits, seen, self.proc)  # (J+1,)
-            match = best[:j] == proposals
-            if counts is not None:
-                counts = counts.int().cumprod(0)
-                proposed, match = counts.sum(), match & counts.bool()
-            accepted = match.int().cumprod(0).sum()
+            accepted = (best[:j] == proposals).int().cumprod(0).sum()
             token = best.gather(0, accepted.view(1))
         else:
             accepted, token = self._accept(probabilities(logits, seen, self.proc), q, proposals)
-        outcome = torch.cat([accepted.view(1), proposed.view(1), proposals, token]).tolist()  # the one host sync
-        n, proposed = outcome[0], outcome[1]
-        new = [*outcome[2 : 2 + n], outcome[-1]]
+        outcome = torch.cat([accepted.view(1), proposals, token]).tolist()  # the round's one host sync
+        n = outcome[0]
+        new = [*outcome[1 : 1 + n], outcome[-1]]
         self._advance(base, n, new)
-        self.stats.proposed_tokens += proposed
+        self.stats.proposed_tokens += j
         self.stats.accepted_tokens += n
         self.stats.rounds += 1
         return new
