@@ -65,6 +65,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("-k", type=int, default=5, help="maxSpeculativeTokens")
     parser.add_argument("--thresholds", default=DEFAULT_THRESHOLDS)
     parser.add_argument("--compile", action="store_true", help="static cache + torch.compile (CUDA only)")
+    parser.add_argument(
+        "--cache-len", type=int, default=1024, help="static cache length (compiled): attention spans all of it"
+    )
     args = parser.parse_args(argv)
     if args.smoke:
         args.prompts, args.max_tokens = args.prompts or 2, args.max_tokens or 8
@@ -253,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         draft,
         tokenizer,
         RoutingPolicy("always", 0.0, args.k),
-        static_cache_len=2048 if compile else None,
+        static_cache_len=args.cache_len if compile else None,
         compile=compile,
     )
     runs = run_policies(engine, prompts, args, device)

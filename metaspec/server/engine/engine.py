@@ -100,6 +100,9 @@ class SpeculativeEngine:
         if compile:
             limits = spec.sampling
             static = limits.max_prompt_tokens + limits.max_tokens_limit + routing.max_speculative_tokens + 1
+            # every attention reads the whole static cache: a verify pass at 6150 positions costs 2.2 steps
+            # on an H100 (docs/benchmarks.md), so tight limits make speculation pay
+            log.info("compile: a static KV cache of %d positions (maxPromptTokens + maxTokensLimit + k + 1)", static)
         elif spec.compile:
             log.info("compile: static cache + torch.compile apply on CUDA only; decoding eagerly on %s", device)
         self._build(target.model, draft.model if draft else None, target.tokenizer, routing, static, compile)
