@@ -133,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         out = args.work / f"draft-{layers}"
         if not reusable(config := draft_config(target, teacher, out, layers, args), out, args.work):
             stages.append(run_stage("train", config, args.work, args.device))
+    if stages:  # before serving, which a time limit may cut short
+        (RESULTS / f"draft-{args.device}-training.json").write_text(json.dumps({"stages": stages}, indent=1) + "\n")
+    for stage in stages:
+        print(json.dumps(stage))
     for layers in args.layers if args.serve is None else args.serve:
         out = args.work / f"draft-{layers}"
         serve = [sys.executable, str(Path(__file__).parent / "server.py"), "--device", args.device, "--dtype", dtype]
@@ -148,10 +152,6 @@ def main(argv: list[str] | None = None) -> int:
         serve += [] if args.smoke or args.device != "cuda" else ["--compile"]
         serve += ["--out", str(RESULTS / f"draft-{args.device}-{layers}layers.json")]
         subprocess.run(serve, check=False)  # exits 1 on a bf16 mismatch; the JSON records it
-    if stages:
-        (RESULTS / f"draft-{args.device}-training.json").write_text(json.dumps({"stages": stages}, indent=1) + "\n")
-    for stage in stages:
-        print(json.dumps(stage)[:400])
     return 0
 
 
