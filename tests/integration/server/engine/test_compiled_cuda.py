@@ -1,0 +1,57 @@
+"""The compiled CUDA path (static caches, CUDA graphs, a draft round in one graph) decodes what the
+eager path decodes: SmolLM2-135M-Instruct and its 4-layer cut, float32 on the GPU, greedy with and
+without a repetition penalty. Skipped without a CUDA GPU (the `gpu` marker): torch.compile's CUDA
+graphs exist only there; the CPU tests run the same round eagerly."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import pytest
+import torch
+
+from metaspec import builtin
+from metaspec.records import chat_prompt_ids
+from metaspec.server.engine.protocol import RequestStats
+from metaspec.server.engine.routing import RoutingPolicy
+from metaspec.server.engine.sampling import Processing
+from metaspec.server.engine.speculative import CausalLM, SpeculativeDecoder
+
+pytestmark = [pytest.mark.gpu, pytest.mark.slow]
+
+K = 4
+TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def cuda_models(smollm2_models):
+    target, draft, tokenizer = smollm2_models
+    vocab = target.config.vocab_size
+    return copy.deepcopy(target).cuda(), copy.deepcopy(draft).cuda(), tokenizer, vocab
+
+
+def decode(decoder: SpeculativeDecoder, prompt: list[int], proc: Processing) -> tuple[list[int], RequestStats]:
+    stats = RequestStats()
+    return [t for chunk in decoder.decode(prompt, proc, TOKENS, stats, None) for t in chunk], stats
+
+
+@pytest.mark.parametrize("policy", ["always", "per-token", "never"])
+def test_compiled_decodes_like_eager(policy: str, cuda_models) -> None:
+    target, draft, tokenizer, vocab = cuda_models
+    torch._dynamo.config.recompile_limit = 64  # each parametrization compiles the shared Llama code anew
+    routing = RoutingPolicy(policy, 0.5, K)
+    eager = SpeculativeDecoder(CausalLM(target, vocab), CausalLM(draft, vocab), routing)
+    options = {"static_cache_len": 512, "compile": True, "compile_max_tokens": K + 1}
+    compiled_draft = CausalLM(draft, vocab, **options)
+    rounds = []
+    propose = compiled_draft.propose
+    compiled_draft.propose = lambda *args: rounds.append(args[-1]) or propose(*args)
+    compiled = SpeculativeDecoder(CausalLM(target, vocab, **options), compiled_draft, routing)
+    prompts = [chat_prompt_ids(tokenizer, r.input) for r in builtin.records("prompts")[:4]]
+    for prompt, proc in itertools.product(prompts, (Processing(), Processing(0.0, 1.0, 1.3))):
+        expected, _ = decode(eager, prompt, proc)
+        got, stats = decode(compiled, prompt, proc)
+        assert got == expected, (policy, proc, stats)
+    # `always` proposes each greedy round in one graph; `per-token` steps, `never` has no draft
+    assert bool(rounds) == (policy == "always") and set(rounds) <= {K}
