@@ -86,7 +86,12 @@ class SpecServeSpec(Model):
     dtype: Literal["bfloat16", "float16", "float32", "auto"] = Field(
         "auto", description="Weights dtype: `auto` is bfloat16 on GPU, float32 on CPU."
     )
-    compile: bool = Field(True, description="Static KV cache + `torch.compile` on GPU (no effect on CPU).")
+    compile: bool = Field(
+        True,
+        description="Static KV cache + `torch.compile` on GPU (no effect on CPU). The cache holds "
+        "`sampling.maxPromptTokens + sampling.maxTokensLimit + k + 1` positions and every attention reads "
+        "all of them: keep those limits tight, or the verify pass eats the speculation's gain.",
+    )
     served_model_name: str | None = Field(
         None,
         max_length=253,
