@@ -36,14 +36,17 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from _common import sync
 from server import random_llama
 
 from metaspec.local.bundled import bundled_model_dir
 from metaspec.server.engine import CausalLM
+from metaspec.server.engine.speculative import Session
 
 RESULTS = Path(__file__).parent / "results"
 ALPHAS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -79,45 +82,33 @@ def smollm2_pair(layers: int, device: str, dtype: torch.dtype) -> tuple[Any, Any
 
 def time_steps(lm: CausalLM, tokens: int, context: int, steps: int) -> float:
     """Median seconds of one forward over `tokens` new tokens after `context` cached ones."""
-    with torch.inference_mode():
-        session = lm.session()
-        session.feed(torch.randint(0, lm.vocab, (1, context), device=lm.device))
-        new = torch.randint(0, lm.vocab, (1, tokens), device=lm.device)
-        times = []
-        for i in range(steps + 3):  # the first passes compile and record graphs
-            _sync(lm.device)
-            start = time.perf_counter()
-            session.feed(new, keep=tokens)
-            _sync(lm.device)
-            if i >= 3:
-                times.append(time.perf_counter() - start)
-            session.truncate(context)
-    return statistics.median(times)
+    new = torch.randint(0, lm.vocab, (1, tokens), device=lm.device)
+    return _median_seconds(lm, context, steps, lambda session: session.feed(new, keep=tokens))
 
 
 def time_round(lm: CausalLM, k: int, context: int, steps: int) -> float:
     """Median seconds of one greedy draft round of k proposals (`CausalLM.propose`) after `context`."""
+    last = torch.randint(0, lm.vocab, (1, 1), device=lm.device)
+    seen = torch.zeros(lm.vocab, dtype=torch.bool, device=lm.device)
+    penalty = torch.tensor(1.0, device=lm.device)
+    return _median_seconds(lm, context, steps, lambda session: session.propose(last, seen, penalty, k))
+
+
+def _median_seconds(lm: CausalLM, context: int, steps: int, call: Callable[[Session], object]) -> float:
+    """Median seconds of `call` on a session holding `context` random tokens, cropped back after each."""
     with torch.inference_mode():
         session = lm.session()
         session.feed(torch.randint(0, lm.vocab, (1, context), device=lm.device))
-        last = torch.randint(0, lm.vocab, (1, 1), device=lm.device)
-        seen = torch.zeros(lm.vocab, dtype=torch.bool, device=lm.device)
-        penalty = torch.tensor(1.0, device=lm.device)
         times = []
-        for i in range(steps + 3):  # the first calls compile and record the graph
-            _sync(lm.device)
+        for i in range(steps + 3):  # the first calls compile and record graphs
+            sync(lm.device)
             start = time.perf_counter()
-            session.propose(last, seen, penalty, k)
-            _sync(lm.device)
+            call(session)
+            sync(lm.device)
             if i >= 3:
                 times.append(time.perf_counter() - start)
             session.truncate(context)
     return statistics.median(times)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def measure(name: str, target: Any, draft: Any, args: argparse.Namespace) -> dict[str, Any]:

@@ -302,10 +302,9 @@ class _Run:
     def _propose_round(self, k: int) -> tuple[torch.Tensor, None]:
         """Greedy proposals in one draft call: always K = maxSpeculativeTokens of them (one graph), of
         which the first k count; the draft's cache takes all K and is cropped like any rejection."""
-        assert self.draft is not None
-        behind = self.emitted[self.draft.length : -1]  # only after a round without proposals
-        if behind:
-            self.draft.feed(self._tensor(behind)[None])
+        # every round leaves the draft holding all but the last emitted token (a round without
+        # proposals, which would not, only ever ends a request)
+        assert self.draft is not None and self.draft.length == len(self.emitted) - 1
         last = self._tensor(self.emitted[-1:]).view(1, 1)
         proposals = self.draft.propose(last, self.round_seen, self.penalty, self.routing.max_speculative_tokens)
         return proposals[:k], None
