@@ -13,6 +13,9 @@ from metaspec.operator.settings import OperatorSettings
 
 PROBE_PERIOD = 10
 MODELS_DIR = f"{pod.CACHE_DIR}/models"
+#: CPU and memory of a fetch init container when the spec sets none: a namespace with a ResourceQuota
+#: (and no LimitRange to fill them in) refuses a container without them.
+FETCH_COMPUTE = {"cpu": "1", "memory": "2Gi"}
 
 
 def _probe(path: str, period: int = PROBE_PERIOD, failures: int = 3) -> dict[str, Any]:
@@ -132,13 +135,24 @@ def vllm_args(serve: SpecServe, target: str, draft: str) -> list[str]:
     return args
 
 
+def fetch_compute(serve: SpecServe) -> dict[str, Any]:
+    """A fetch container's `resources`: the spec's CPU and memory (defaults where unset), never GPUs.
+
+    An init container runs before the main one, so it adds nothing to the pod's request up to the
+    main container's own.
+    """
+    res = serve.spec.resources
+    limits = {"cpu": res.cpu or FETCH_COMPUTE["cpu"], "memory": res.memory or FETCH_COMPUTE["memory"]}
+    return {"requests": dict(limits), "limits": limits}
+
+
 def _fetch_container(serve: SpecServe, settings: OperatorSettings, uri: str, dest: str) -> dict[str, Any]:
     main = pod.container(serve, settings, None)
     main.update(
         name=f"fetch-{dest.rsplit('/', 1)[-1]}",
         image=settings.fetch_image or settings.image("server", serve.spec.pod.image),
         command=["metaspec", "artifacts", "pull", uri, dest],
-        resources={},
+        resources=fetch_compute(serve),
     )
     return main
 

@@ -124,6 +124,11 @@ def test_vllm_deployment_fetches_s3_models_and_refuses_repetition_penalty():
     deployment, _ = serve_manifests(serve)
     pod = deployment["spec"]["template"]["spec"]
     assert [c["command"][:3] for c in pod["initContainers"]] == [["metaspec", "artifacts", "pull"]] * 2
+    for init in pod["initContainers"]:  # a namespace with a ResourceQuota refuses containers without them
+        assert init["resources"] == {
+            "requests": {"cpu": "1", "memory": "48Gi"},
+            "limits": {"cpu": "1", "memory": "48Gi"},
+        }
     args = pod["containers"][0]["command"]
     assert args[:3] == ["vllm", "serve", "/var/cache/metaspec/models/target"]
     assert '"num_speculative_tokens":5' in args[args.index("--speculative-config") + 1]
