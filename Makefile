@@ -26,12 +26,12 @@ test-fast: venv
 	$(BIN)/python -m pytest -q -ra -m "not slow"
 
 lint: venv
-	$(BIN)/ruff check metaspec tests bench
-	$(BIN)/ruff format --check metaspec tests bench
+	$(BIN)/ruff check metaspec metaspec_testing tests bench
+	$(BIN)/ruff format --check metaspec metaspec_testing tests bench
 
 format: venv
-	$(BIN)/ruff check --fix metaspec tests bench
-	$(BIN)/ruff format metaspec tests bench
+	$(BIN)/ruff check --fix metaspec metaspec_testing tests bench
+	$(BIN)/ruff format metaspec metaspec_testing tests bench
 
 crds: venv
 	$(BIN)/metaspec crds --out crds

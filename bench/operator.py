@@ -30,7 +30,7 @@ from pathlib import Path
 import yaml
 
 from metaspec.operator import metrics
-from metaspec.operator.emulator import Cluster
+from metaspec_testing.emulator import Cluster
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "operator.json"

@@ -1,7 +1,7 @@
 """Operator fault trials against the API emulator: SIGKILLs at seeded writes, API errors, cut watches.
 
 Each trial applies the whole pipeline (examples/pipeline.yaml) to a fresh namespace, plays the Job and
-Deployment controllers, and hurts the real `metaspec operator` process (see `metaspec.operator.chaos`):
+Deployment controllers, and hurts the real `metaspec operator` process (see `metaspec_testing.chaos`):
 
 - `kill`: SIGKILL at 3 seeded writes of the operator (the write landed or was lost), then a restart;
 - `errors`: 15% of the operator's requests fail (409/429/500/503, some after being applied), 10% are
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import yaml
 
-from metaspec.operator import chaos
-from metaspec.operator.emulator import Cluster
+from metaspec_testing import chaos
+from metaspec_testing.emulator import Cluster
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "reliability-operator.json"

@@ -39,7 +39,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import Case, GenerationMode
 
 from metaspec.local.bundled import bundled_model_dir
-from metaspec.server.engine import derive_draft
+from metaspec_testing.models import cut_draft
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests" / "reliability"))
 from test_server_abuse import CORPUS, FUZZ_CHECKS, MODEL, SAMPLING, cap_tokens, server_ready
@@ -74,7 +74,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 @contextmanager
 def serve(args: argparse.Namespace, scratch: Path) -> Iterator[tuple[str, subprocess.Popen]]:
     target = args.target or str(bundled_model_dir())
-    draft = args.draft or str(derive_draft(Path(target), scratch / "draft", args.draft_layers))
+    draft = args.draft or str(cut_draft(Path(target), scratch / "draft", args.draft_layers))
     spec = {"target": {"uri": target}, "draft": {"uri": draft}, "servedModelName": MODEL, "sampling": SAMPLING}
     resource = {"apiVersion": "metaspec.dev/v1alpha1", "kind": "SpecServe", "metadata": {"name": "abuse"}}
     (scratch / "config.json").write_text(json.dumps({**resource, "spec": spec}))

@@ -38,7 +38,8 @@ from metaspec.artifacts import materialize
 from metaspec.builtin import records
 from metaspec.local.bundled import bundled_model_dir
 from metaspec.records import chat_prompt_ids
-from metaspec.server.engine import RoutingPolicy, SamplingParams, SpeculativeEngine, derive_draft
+from metaspec.server.engine import RoutingPolicy, SamplingParams, SpeculativeEngine
+from metaspec_testing.models import cut_draft
 
 RESULTS = Path(__file__).parent / "results"
 POLICIES = ("never", "always", "first-token", "per-token")
@@ -168,7 +169,7 @@ def models(args: argparse.Namespace, dtype: torch.dtype) -> tuple[Any, Any, Any,
     label = f"draft {draft_uri}"
     if draft_uri is None:
         draft_uri = str(Path(tempfile.mkdtemp()) / "derived-draft")
-        derive_draft(Path(materialize(target_uri, Path(tempfile.gettempdir()))[0]), Path(draft_uri), args.draft_layers)
+        cut_draft(Path(materialize(target_uri, Path(tempfile.gettempdir()))[0]), Path(draft_uri), args.draft_layers)
         label = f"derived draft: first {args.draft_layers} layers of the target, untrained"
     tokenizer = AutoTokenizer.from_pretrained(materialize(target_uri, Path(tempfile.gettempdir()))[0])
     return load(target_uri, args.device, dtype), load(draft_uri, args.device, dtype), tokenizer, label

@@ -34,8 +34,9 @@ from metaspec.api.serving import ServeSampling, SpecServeSpec
 from metaspec.builtin import records
 from metaspec.local.bundled import bundled_model_dir
 from metaspec.server.app import create_app
-from metaspec.server.engine import SamplingParams, SpeculativeEngine, derive_draft
+from metaspec.server.engine import SamplingParams, SpeculativeEngine
 from metaspec.server.serving import ServerSettings
+from metaspec_testing.models import cut_draft
 
 RESULTS = Path(__file__).parent / "results"
 MODEL = "bench"
@@ -66,7 +67,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def build_engine(args: argparse.Namespace, scratch: Path) -> SpeculativeEngine:
     target = args.target or str(bundled_model_dir())
-    draft = args.draft or str(derive_draft(Path(target), scratch / "draft", args.draft_layers))
+    draft = args.draft or str(cut_draft(Path(target), scratch / "draft", args.draft_layers))
     spec = SpecServeSpec.model_validate(
         {
             "target": {"uri": target},

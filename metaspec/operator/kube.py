@@ -1,8 +1,8 @@
 """A small async Kubernetes REST client for the handlers' own calls, on kopf's connection info.
 
 kopf watches and patches the resources it handles; children (ConfigMaps, Jobs, Deployments, Services),
-pods and other resources' statuses are written here. Every call goes through `_request`, so the RBAC
-test can list exactly which (group, resource, verb) the operator uses (see `CALLS`).
+pods and other resources' statuses are written here. Every call goes through `Kube.request`, so a
+test can wrap it and list exactly which (group, resource, verb) the operator uses.
 """
 
 from __future__ import annotations
@@ -33,9 +33,6 @@ PLURALS = {
 #: Kinds the operator only creates (best effort): Events posted outside kopf's handler context.
 CREATE_ONLY = {"Event": ("v1", "events")}
 _KINDS = {**PLURALS, **CREATE_ONLY}
-
-#: (api group, resource[/subresource], verb) of every call this client made: the RBAC test reads it.
-CALLS: set[tuple[str, str, str]] = set()
 
 
 class ApiError(Exception):
@@ -107,11 +104,11 @@ class Kube:
         self._tmp.clear()
 
     async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
-        return await self._request("POST", target_of(obj), "create", json=obj, collection=True)
+        return await self.request("POST", target_of(obj), "create", json=obj, collection=True)
 
     async def get(self, target: Target) -> dict[str, Any] | None:
         try:
-            return await self._request("GET", target, "get")
+            return await self.request("GET", target, "get")
         except ApiError as e:
             if e.status == 404:
                 return None
@@ -120,27 +117,27 @@ class Kube:
     async def list(self, kind: str, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
         """Objects whose labels include `labels` (also checked here: selectors are a server courtesy)."""
         selector = ",".join(f"{k}={v}" for k, v in labels.items())
-        body = await self._request("GET", Target(kind, namespace), "list", params={"labelSelector": selector})
+        body = await self.request("GET", Target(kind, namespace), "list", params={"labelSelector": selector})
         items = body.get("items") or []
         for item in items:
             item.setdefault("kind", kind)
         return [i for i in items if labels.items() <= ((i.get("metadata") or {}).get("labels") or {}).items()]
 
     async def patch(self, target: Target, body: dict[str, Any]) -> dict[str, Any]:
-        return await self._request(
+        return await self.request(
             "PATCH", target, "patch", json=body, headers={"Content-Type": "application/merge-patch+json"}
         )
 
     async def json_patch(self, target: Target, ops: list[dict[str, Any]]) -> dict[str, Any]:
         """RFC 6902 patch; a `test` op on `/metadata/resourceVersion` makes it a compare-and-swap."""
-        return await self._request(
+        return await self.request(
             "PATCH", target, "patch", json=ops, headers={"Content-Type": "application/json-patch+json"}
         )
 
-    async def _request(
+    async def request(
         self, method: str, target: Target, verb: str, collection: bool = False, **kwargs: Any
     ) -> dict[str, Any]:
-        CALLS.add((target.group, target.resource(), verb))
+        """One API call: `verb` is the RBAC verb it needs; `collection` posts to the kind's collection."""
         path = Target(target.kind, target.namespace).path() if collection else target.path()
         for attempt in (0, 1):
             session = await self._ensure_session()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from metaspec.operator.emulator import Cluster
+from metaspec_testing.emulator import Cluster
 
 REPO = Path(__file__).resolve().parents[2]
 

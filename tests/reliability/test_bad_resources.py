@@ -39,8 +39,8 @@ from metaspec.operator.builders import (
     build_service,
     build_vllm_deployment,
 )
-from metaspec.operator.emulator import Cluster
 from metaspec.operator.settings import OperatorSettings
+from metaspec_testing.emulator import Cluster
 
 REPO = Path(__file__).resolve().parents[2]
 TR, TG, SS = "TrainingRun", "TeacherGeneration", "SpecServe"

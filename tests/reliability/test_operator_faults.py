@@ -1,6 +1,6 @@
 """The real `metaspec operator` process against the API emulator, hurt on purpose.
 
-The emulator has no controllers: `metaspec.operator.chaos.Kubelet` plays the Job controller, kubelets
+The emulator has no controllers: `metaspec_testing.chaos.Kubelet` plays the Job controller, kubelets
 and Deployment controller (pods with component summaries, Jobs Complete, Deployments ready). Faults
 are injected inside the emulated API server (kmock has reactions, but they cannot apply a write and
 then fail its answer, kill the client at a chosen request, or cut open watch streams; the server's
@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from metaspec.operator import chaos
-from metaspec.operator.emulator import Cluster, Fault
+from metaspec_testing import chaos
+from metaspec_testing.emulator import Cluster, Fault
 
 TR, TG = "TrainingRun", "TeacherGeneration"
 

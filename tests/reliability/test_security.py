@@ -30,9 +30,9 @@ from metaspec.api.training import BaseModelSource, ModelSource
 from metaspec.artifacts import upload_dir
 from metaspec.operator import rbac
 from metaspec.operator.builders import build_deployment, build_job, build_vllm_deployment
-from metaspec.operator.emulator import Cluster
 from metaspec.operator.settings import OperatorSettings
 from metaspec.runtime import CREDENTIAL_LOGGERS, EXIT_PERMANENT, PermanentError, setup_logging
+from metaspec_testing.emulator import Cluster
 
 PACKAGE = REPO / "metaspec"
 sys.path.insert(0, str(REPO / "tests" / "unit" / "packaging"))

@@ -36,7 +36,7 @@ from schemathesis.specs.openapi.checks import (
 )
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
-from metaspec.server.engine import derive_draft
+from metaspec_testing.models import cut_draft
 
 MODEL = "abuse"
 #: One decoding at a time and 4 waiting: a burst of 16 must see 429s. Short default generations keep CI
@@ -123,7 +123,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def abuse_server(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AbuseServer]:
     work = tmp_path_factory.mktemp("abuse")
-    draft = derive_draft(tiny_llama, work / "draft", num_layers=1)
+    draft = cut_draft(tiny_llama, work / "draft", num_layers=1)
     port = free_port()
     config = {"spec": {"target": {"uri": str(tiny_llama)}, "draft": {"uri": str(draft)}}, "port": port}
     config["cache"] = str(work / "cache")

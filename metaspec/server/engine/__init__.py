@@ -1,7 +1,7 @@
 """The decoding engine: target + draft, speculative sampling, routing policies (pure torch, no HTTP)."""
 
 from .engine import SpeculativeEngine
-from .loader import IncompatibleModel, derive_draft, load_models
+from .loader import IncompatibleModel, load_models
 from .protocol import Delta, Engine, RequestStats, SamplingParams
 from .routing import RoutingPolicy
 from .sampling import Processing
@@ -18,6 +18,5 @@ __all__ = [
     "SamplingParams",
     "SpeculativeDecoder",
     "SpeculativeEngine",
-    "derive_draft",
     "load_models",
 ]

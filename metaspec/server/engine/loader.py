@@ -9,7 +9,6 @@ token by token, so the draft's tokenizer must be the target's: same vocabulary, 
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 
 from metaspec.api.serving import SpecServeSpec
 from metaspec.api.training import ModelSource
-from metaspec.artifacts import materialize, upload_dir
+from metaspec.artifacts import materialize
 from metaspec.devices import resolve_dtype
 from metaspec.runtime import PermanentError
 
@@ -119,25 +118,3 @@ def load_models(spec: SpecServeSpec, cache_dir: Path, device: torch.device) -> t
     draft = load_model(spec.draft, "draft", cache_dir, device, dtype)
     check_same_tokenizer(target, draft)
     return target, draft
-
-
-def derive_draft(target_dir: Path, dest: Path, num_layers: int) -> Path:
-    """A draft cut from a Llama-style target: its embeddings, first `num_layers` layers, final norm and
-    head, saved as a safetensors artifact with manifest. Untrained, it agrees with the target on few
-    tokens; it stands in for a trained draft in tests and benchmarks."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    target = AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32, use_safetensors=True)
-    config = copy.deepcopy(target.config)
-    config.num_hidden_layers = num_layers
-    if getattr(config, "layer_types", None):
-        config.layer_types = config.layer_types[:num_layers]
-    draft = AutoModelForCausalLM.from_config(config)
-    missing, unexpected = draft.load_state_dict(target.state_dict(), strict=False)
-    dropped = tuple(f"model.layers.{i}." for i in range(num_layers, target.config.num_hidden_layers))
-    if missing or any(not k.startswith(dropped) for k in unexpected):
-        raise ValueError(f"cannot cut a draft from {target_dir}: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    draft.save_pretrained(dest, safe_serialization=True)
-    AutoTokenizer.from_pretrained(target_dir).save_pretrained(dest)
-    upload_dir(dest, dest, metadata={"derived_from": str(target_dir), "num_layers": num_layers})
-    return dest

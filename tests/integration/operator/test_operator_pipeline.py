@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from metaspec.operator.emulator import Cluster
 from metaspec.runtime import EXIT_PERMANENT
+from metaspec_testing.emulator import Cluster
 
 TR, TG, SS = "TrainingRun", "TeacherGeneration", "SpecServe"
 MERGED = "s3://artifacts/llama-anil/merged"

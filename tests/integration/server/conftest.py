@@ -17,8 +17,9 @@ from fastapi import FastAPI
 
 from metaspec.api.serving import ServeSampling, SpecServeSpec
 from metaspec.server.app import create_app
-from metaspec.server.engine import SpeculativeEngine, derive_draft
+from metaspec.server.engine import SpeculativeEngine
 from metaspec.server.serving import ServerSettings, Serving
+from metaspec_testing.models import cut_draft
 
 MODEL = "tiny-spec"
 #: Small limits so the limit tests are cheap; one slot and one waiter so the 429 test needs 3 requests.
@@ -88,7 +89,7 @@ def tiny_spec() -> Callable[..., SpecServeSpec]:
 @pytest.fixture(scope="session")
 def tiny_llama_draft(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny target's first layer, embeddings and head: a derived draft sharing its tokenizer."""
-    return derive_draft(tiny_llama, tmp_path_factory.mktemp("tiny-draft"), num_layers=1)
+    return cut_draft(tiny_llama, tmp_path_factory.mktemp("tiny-draft"), num_layers=1)
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from metaspec.runtime import EXIT_PERMANENT
-from metaspec.server.engine import derive_draft
+from metaspec_testing.models import cut_draft
 
 
 def free_port() -> int:
@@ -60,7 +60,7 @@ def wait_until(process: subprocess.Popen, url: str, timeout: float = 180) -> Non
 @pytest.fixture
 def served(tmp_path: Path, smollm2: Path) -> Iterator[str]:
     """SmolLM2-135M-Instruct with a 4-layer draft cut from it, served by the real CLI."""
-    draft = derive_draft(smollm2, tmp_path / "draft", num_layers=4)
+    draft = cut_draft(smollm2, tmp_path / "draft", num_layers=4)
     spec = {
         "target": {"uri": str(smollm2)},
         "draft": {"uri": str(draft)},

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from metaspec.server.engine import derive_draft
+from metaspec_testing.models import cut_draft
 
 DRAFT_LAYERS = 4
 
@@ -16,7 +16,7 @@ DRAFT_LAYERS = 4
 @pytest.fixture(scope="session")
 def derived_draft(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """SmolLM2's embeddings, first 4 layers, final norm and head: a safetensors artifact with manifest."""
-    return derive_draft(smollm2, tmp_path_factory.mktemp("draft") / "smollm2-4l", DRAFT_LAYERS)
+    return cut_draft(smollm2, tmp_path_factory.mktemp("draft") / "smollm2-4l", DRAFT_LAYERS)
 
 
 @pytest.fixture(scope="session")

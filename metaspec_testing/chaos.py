@@ -23,7 +23,7 @@ from typing import Any
 from kmock import action
 
 from metaspec.operator import labels as L
-from metaspec.operator.emulator import Cluster, Fault
+from metaspec_testing.emulator import Cluster, Fault
 
 TR, TG, SS = "TrainingRun", "TeacherGeneration", "SpecServe"
 #: The phase each kind ends in when all went well.

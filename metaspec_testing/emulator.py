@@ -32,7 +32,7 @@ from kmock import KubernetesEmulator, KubernetesError, ResourceInfo, Server, act
 
 from metaspec.api import API_VERSION, now
 from metaspec.operator.handlers import Context
-from metaspec.operator.kube import Target
+from metaspec.operator.kube import Kube, Target
 
 #: (apiVersion/plural, kind, namespaced, subresources) of everything the operator touches.
 RESOURCES = [
@@ -174,6 +174,20 @@ class ApiServer(KubernetesEmulator):
         return dict(self.objects[key]).get("metadata", {}).get("generation", 1)
 
 
+class RecordingKube(Kube):
+    """The operator's own client, noting the (api group, resource[/subresource], verb) of every call."""
+
+    def __init__(self, calls: set[tuple[str, str, str]]) -> None:
+        super().__init__()
+        self.calls = calls
+
+    async def request(
+        self, method: str, target: Target, verb: str, collection: bool = False, **kwargs: Any
+    ) -> dict[str, Any]:
+        self.calls.add((target.group, target.resource(), verb))
+        return await super().request(method, target, verb, collection, **kwargs)
+
+
 class Cluster:
     """An emulated API server plus the operator: in a thread of this process, or as its own process.
 
@@ -192,6 +206,8 @@ class Cluster:
         self.http: httpx.Client | None = None
         self.process: subprocess.Popen[bytes] | None = None
         self._workdir = Path(tempfile.mkdtemp(prefix="metaspec-emulator-"))
+        #: (api group, resource[/subresource], verb) of every call the in-thread operator made: RBAC tests read it.
+        self.calls: set[tuple[str, str, str]] = set()
 
     # ---- lifecycle ----
 
@@ -224,7 +240,7 @@ class Cluster:
         """
         from metaspec.operator.cli import run
 
-        self.memo = Context(connection=kopf.ConnectionInfo(server=self.url))
+        self.memo = Context(connection=kopf.ConnectionInfo(server=self.url), kube=RecordingKube(self.calls))
         self.memo.settings = replace(self.memo.settings, metrics_port=0)
         ready, stop = threading.Event(), threading.Event()
         memo = self.memo
