@@ -4,6 +4,8 @@
 #   bench/gpu.sh setup        install carried wheels (.whl/) into /tmp/site, join the SmolLM2 GGUF parts
 #                             (.gguf/ or ~/gguf) and convert the model once to safetensors
 #   bench/gpu.sh trainer      ANIL vs SFT step, Llama-3.1-8B architecture (random init), bf16, seq 2048
+#   bench/gpu.sh trainer-opt  the same SFT/ANIL steps without checkpointing, with Liger-Kernel, torch.compile,
+#                             and both (carry the liger-kernel wheel in .whl/)
 #   bench/gpu.sh generator    batched transformers engine vs the one-at-a-time loop, SmolLM2, bf16
 #   bench/gpu.sh server       speculative serving: SmolLM2 + derived draft, and random-init 8B/1B/160M
 #   bench/gpu.sh draft        the target's greedy teacher outputs of builtin://distill, drafts of 4 and 8 layers
@@ -44,6 +46,15 @@ trainer)
     --out bench/results/trainer-llama-3.1-8b-cuda.json
   $PY bench/trainer.py --arch llama-3.1-8b --device cuda --dtype bfloat16 --seq 2048 --gradient-checkpointing \
     --steps 4 --out bench/results/trainer-llama-3.1-8b-cuda-gc.json
+  save ;;
+trainer-opt)
+  T="$PY bench/trainer.py --arch llama-3.1-8b --device cuda --dtype bfloat16 --seq 2048 --support 2 --query 2"
+  T="$T --variants sft,anil --steps 3"
+  $T --gradient-checkpointing --out bench/results/trainer-8b-h200-gc.json
+  $T --out bench/results/trainer-8b-h200-plain.json
+  $T --liger --out bench/results/trainer-8b-h200-liger.json || true
+  $T --compile --out bench/results/trainer-8b-h200-compile.json || true
+  $T --liger --compile --out bench/results/trainer-8b-h200-liger-compile.json || true
   save ;;
 generator)
   $PY bench/generator.py --device cuda --skip-vllm

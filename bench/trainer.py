@@ -14,7 +14,8 @@ prompt) and takes a full optimizer step (forward, backward, AdamW) with LoRA on 
                  every inner step, full logits, double backward — what ANIL's design avoids
 
 Variants run interleaved (sft, anil, …, sft, anil, …) and the median step time is reported, with the
-ratio to sft. The goal (issue 3): anil ≤ 1.3× sft. Peak memory is torch's CUDA peak per variant; on
+ratio to sft. The goal: anil ≤ 1.2× sft with the same optimisations (`--compile`, `--liger`,
+`--gradient-checkpointing` apply to every variant's body alike). Peak memory is torch's CUDA peak per variant; on
 CPU it is the process's peak RSS so far (monotonic, so only growth is meaningful). Writes
 `bench/results/trainer-<model>-<device>.json`. `--arch` builds a randomly initialised model from the
 architecture's config (no download).
@@ -85,6 +86,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--lora-r", type=int, default=64)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per variant (after one warm-up)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each decoder layer (one graph, reused)")
+    parser.add_argument(
+        "--liger",
+        action="store_true",
+        help="Liger-Kernel's fused RMSNorm, RoPE and SwiGLU in the body, and its fused linear cross-entropy for sft",
+    )
     parser.add_argument("--naive", action="store_true", help="also time the whole-model-per-inner-step MAML")
     parser.add_argument("--variants", default="sft,anil,anil-fo,anil-delta")
     parser.add_argument("--out", type=Path)
@@ -94,6 +101,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def build_model(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> tuple[torch.nn.Module, str]:
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
+    if args.liger:  # patches the Llama classes, so it must come before the model is built
+        from liger_kernel.transformers import apply_liger_kernel_to_llama
+
+        apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False)
     if args.arch:
         config = LlamaConfig(**ARCHS[args.arch])
         torch.manual_seed(0)
@@ -110,7 +121,11 @@ def build_model(args: argparse.Namespace, device: torch.device, dtype: torch.dty
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     torch.manual_seed(0)
     config = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0, target_modules=PROJECTIONS)
-    return get_peft_model(model, config).train(), name
+    model = get_peft_model(model, config).train()
+    if args.compile:
+        for layer in model.get_base_model().model.layers:
+            layer.compile()
+    return model, name
 
 
 def make_batch(rows: int, seq: int, vocab: int, device: torch.device, seed: int) -> dict[str, torch.Tensor]:
@@ -122,13 +137,19 @@ def make_batch(rows: int, seq: int, vocab: int, device: torch.device, seed: int)
 
 
 def features(lm: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    hidden = lm.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    hidden = lm.base_model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+    ).last_hidden_state
     return select_targets(hidden, batch["labels"])
 
 
 def sft_loss(lm, support, query, args, proj) -> torch.Tensor:
     both = {k: torch.cat([support[k], query[k]]) for k in support}
     h, y = features(lm, both)
+    if args.liger:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+        return LigerFusedLinearCrossEntropyLoss()(lm.get_output_embeddings().weight, h, y)
     return chunked_cross_entropy(h, y, lm.get_output_embeddings()) / y.numel()
 
 
