@@ -6,6 +6,7 @@ all derived from these models.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pydantic import ValidationError
@@ -15,6 +16,9 @@ from .generation import TeacherGeneration, TeacherGenerationSpec, TeacherGenerat
 from .serving import SpecServe, SpecServeSpec, SpecServeStatus
 from .training import TrainingRun, TrainingRunSpec, TrainingRunStatus
 
+#: JSON bytes of a spec: it is rendered whole into its component's ConfigMap (1 MiB at most, with
+#: the resolved URIs and some indentation added), and a CR beyond this is a mistake, not a pipeline.
+MAX_SPEC_BYTES = 256 * 1024
 RESOURCES: dict[str, type[Resource]] = {
     cls.model_fields["kind"].default: cls for cls in (TrainingRun, TeacherGeneration, SpecServe)
 }
@@ -47,6 +51,9 @@ def parse_resource(body: dict[str, Any], where: str = "resource") -> Resource:
         raise InvalidResource(where, [("kind", f"unknown kind {kind!r}: expected one of {', '.join(RESOURCES)}")])
     if body.get("apiVersion") != API_VERSION:
         raise InvalidResource(where, [("apiVersion", f"expected {API_VERSION!r}, got {body.get('apiVersion')!r}")])
+    size = len(json.dumps(body.get("spec"), default=str))
+    if size > MAX_SPEC_BYTES:
+        raise InvalidResource(where, [("spec", f"{size} bytes of JSON; at most {MAX_SPEC_BYTES} are accepted")])
     try:
         return RESOURCES[kind].model_validate(body)
     except ValidationError as e:

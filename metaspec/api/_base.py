@@ -10,6 +10,8 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
+from metaspec.artifacts.uri import Uri
+
 GROUP = "metaspec.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -60,6 +62,8 @@ def _check_uri(schemes: tuple[str, ...]):
             raise ValueError(f"malformed S3 URI {value!r}: expected s3://<bucket>/<key>")
         if any(c in value for c in "\n\r\x00"):
             raise ValueError("URI contains control characters")
+        if scheme in ARTIFACT_SCHEMES:
+            Uri.parse(value)  # the same rules the components apply: no query, no option, a hub repository
         if value.startswith("-"):
             # Handed to commands as an argument (`vllm serve <model>`), it would read as an option.
             raise ValueError(f"{value!r} starts with '-': give a path such as ./{value} or file://")
@@ -141,7 +145,7 @@ class Resources(Model):
         "nvidia.com/gpu",
         max_length=253,
         pattern=QUALIFIED_NAME_PATTERN,
-        description="Extended resource name of the GPU.",
+        description="Extended resource name of the GPU: `<domain>/<name>` outside `kubernetes.io`.",
     )
     cpu: Quantity | None = Field(None, description="CPU request and limit, e.g. `8`.")
     memory: Quantity | None = Field(None, description="Memory request and limit, e.g. `64Gi`.")
@@ -151,36 +155,17 @@ class Resources(Model):
     )
     cache_size: Quantity = Field("100Gi", description="Size limit of the model-cache emptyDir volume.")
 
-
-class PodOverrides(Model):
-    """Scheduling and image settings copied onto every pod the resource creates."""
-
-    image: str | None = Field(
-        None, max_length=512, pattern=r"^[^\s]+$", description="Container image; the operator's default otherwise."
-    )
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
-        None, description="Image pull policy of the container."
-    )
-    image_pull_secrets: list[ObjectName] = Field(
-        default_factory=list, max_length=16, description="Names of Secrets used to pull the image."
-    )
-    node_selector: dict[str, LabelValue] = Field(default_factory=dict, description="Pod `nodeSelector`.")
-    tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Pod `tolerations`.")
-    affinity: dict[str, Any] | None = Field(None, description="Pod `affinity`.")
-    priority_class_name: str | None = Field(
-        None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Pod `priorityClassName`."
-    )
-    service_account_name: ObjectName | None = Field(None, description="Pod `serviceAccountName`.")
-    annotations: dict[str, str] = Field(default_factory=dict, description="Extra pod annotations.")
-    labels: dict[str, LabelValue] = Field(default_factory=dict, description="Extra pod labels.")
-
-    @field_validator("node_selector", "annotations", "labels")
+    @field_validator("gpu_resource_name")
     @classmethod
-    def _qualified_keys(cls, value: dict[str, str]) -> dict[str, str]:
-        # Keys the API server would refuse on the child; the CRD schema cannot check map keys.
-        for key in value:
-            if len(key) > 316 or not re.match(QUALIFIED_NAME_PATTERN, key) or len(key.rsplit("/", 1)[-1]) > 63:
-                raise ValueError(f"key {key!r} is not a valid label/annotation key ([prefix/]name, name ≤ 63 chars)")
+    def _extended_resource(cls, value: str) -> str:
+        # A core resource here would replace the pod's own limit (`memory` of "1") or drop the GPU
+        # request (`cpu`): Kubernetes' extended resources are exactly the qualified names outside it.
+        domain = value.rpartition("/")[0]
+        if not domain or domain == "kubernetes.io" or domain.endswith(".kubernetes.io"):
+            raise ValueError(
+                f"{value!r} is not an extended resource (`<domain>/<name>` outside kubernetes.io, such as "
+                "nvidia.com/gpu); core resources (cpu, memory, ephemeral-storage, hugepages-*) are refused"
+            )
         return value
 
 

@@ -12,12 +12,12 @@ from ._base import (
     LabelValue,
     Model,
     ObjectMeta,
-    PodOverrides,
     Resource,
     Resources,
     Status,
     Storage,
 )
+from .pod import PodOverrides
 from .training import ModelSource
 
 #: The seed's fix for runaway teacher outputs: chat-turn markers that end an answer.

@@ -14,12 +14,12 @@ from ._base import (
     LabelValue,
     Model,
     ObjectMeta,
-    PodOverrides,
     Resource,
     Resources,
     Status,
     Storage,
 )
+from .pod import PodOverrides
 
 #: Fields of Hugging Face loaders that load a quantized model; spelled out so the refusal can say why.
 QUANTIZED_KEYS = (

@@ -58,6 +58,10 @@ class ChecksumMismatch(ArtifactError):
     pass
 
 
+class UnsafeArtifact(ArtifactError):
+    """A manifest or file name that would reach outside its artifact (absolute, `..`, backslashes)."""
+
+
 class Store(Protocol):
     def put_file(self, local: Path, uri: Uri) -> None: ...
     def get_file(self, uri: Uri, local: Path) -> None: ...

@@ -3,22 +3,58 @@
 `_manifest.json` is written last and lists every file with its size and sha256. A prefix without
 it is incomplete (still being written, or abandoned) and is never read; downloads verify every
 checksum, so a corrupted or replaced object is caught before anything loads it.
+
+Manifest keys are relative POSIX paths that stay inside their artifact: an absolute key, an empty,
+`.` or `..` segment, a backslash or a control character is refused when a manifest is written and
+when one is read (`UnsafeArtifact`), and every local path is resolved and checked to lie under its
+root (so a symbolic link cannot lead out either). A manifest is written by whoever wrote the
+artifact, so its checksums prove nothing about where its files may go.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .store import ChecksumMismatch, IncompleteArtifact, NotFound, store_for
+from .store import ChecksumMismatch, IncompleteArtifact, NotFound, UnsafeArtifact, store_for
 from .uri import Uri
 
 MANIFEST = "_manifest.json"
+log = logging.getLogger(__name__)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def safe_key(rel: str) -> str:
+    """`rel` if it is a relative POSIX path that stays inside its artifact; UnsafeArtifact otherwise."""
+    if (
+        not isinstance(rel, str)
+        or not rel
+        or rel.startswith("/")
+        or "\\" in rel
+        or _CONTROL.search(rel)
+        or any(part in ("", ".", "..") for part in rel.split("/"))
+    ):
+        raise UnsafeArtifact(
+            f"artifact file name {rel!r} is not a plain relative path (absolute, empty, '.' or '..' "
+            "segment, backslash or control character): refused, it could write outside the artifact"
+        )
+    return rel
+
+
+def safe_join(root: Path, rel: str) -> Path:
+    """`root / rel` for a manifest key, after checking that the resolved path stays under `root`."""
+    path = Path(root) / safe_key(rel)
+    if not path.resolve().is_relative_to(Path(root).resolve()):
+        raise UnsafeArtifact(f"{rel!r} leads outside {root} (through a symbolic link): refused")
+    return path
 
 
 def sha256_file(path: Path) -> str:
@@ -37,11 +73,12 @@ class Manifest:
 
     @classmethod
     def build(cls, root: Path, metadata: dict[str, Any] | None = None) -> tuple[Manifest, bytes]:
-        files = {
-            p.relative_to(root).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
-            for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != MANIFEST and not p.name.startswith(".tmp-")
-        }
+        files: dict[str, dict[str, Any]] = {}
+        for path in sorted(root.rglob("*")):
+            if path.is_file() and path.name != MANIFEST and not path.name.startswith(".tmp-"):
+                rel = path.relative_to(root).as_posix()
+                safe_join(root, rel)
+                files[rel] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
         raw = json.dumps({"version": 1, "files": files, "metadata": metadata or {}}, indent=1).encode()
         return cls(files, metadata or {}, hashlib.sha256(raw).hexdigest()), raw
 
@@ -49,11 +86,23 @@ class Manifest:
     def parse(cls, raw: bytes, where: Uri) -> Manifest:
         try:
             body = json.loads(raw)
-            return cls(body["files"], body.get("metadata", {}), hashlib.sha256(raw).hexdigest())
+            files, metadata = body["files"], body.get("metadata", {})
+            if not isinstance(files, dict) or not isinstance(metadata, dict):
+                raise TypeError("`files` and `metadata` must be objects")
+            for meta in files.values():
+                size, digest = meta["size"], meta["sha256"]
+                if type(size) is not int or size < 0 or not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+                    raise TypeError(f"bad entry {meta!r}")
         except (ValueError, KeyError, TypeError) as e:
             raise IncompleteArtifact(
                 f"{where.join(MANIFEST)} is unreadable ({e}); the artifact is incomplete"
             ) from None
+        for rel in files:
+            try:
+                safe_key(rel)
+            except UnsafeArtifact as e:
+                raise UnsafeArtifact(f"{where.join(MANIFEST)}: {e}") from None
+        return cls(files, metadata, hashlib.sha256(raw).hexdigest())
 
 
 def upload_dir(local: Path, uri: str | Path | Uri, metadata: dict[str, Any] | None = None) -> Manifest:
@@ -63,7 +112,7 @@ def upload_dir(local: Path, uri: str | Path | Uri, metadata: dict[str, Any] | No
     manifest, raw = Manifest.build(local, metadata)
     store = store_for(uri)
     for rel in manifest.files:
-        store.put_file(local / rel, uri.join(rel))
+        store.put_file(safe_join(local, rel), uri.join(rel))
     store.put_bytes(raw, uri.join(MANIFEST))
     return manifest
 
@@ -84,7 +133,7 @@ def read_manifest(uri: str | Path | Uri) -> Manifest:
 def is_complete(uri: str | Path | Uri) -> bool:
     try:
         read_manifest(uri)
-    except (IncompleteArtifact, NotFound):
+    except (IncompleteArtifact, NotFound, UnsafeArtifact):
         return False
     return True
 
@@ -96,13 +145,19 @@ def download_dir(uri: str | Path | Uri, local: Path, only: list[str] | None = No
     download to files whose path starts with one of the given prefixes.
     """
     uri = Uri.of(uri)
-    local = Path(local)
     manifest = read_manifest(uri)
+    _fetch(uri, manifest, Path(local), only)
+    return manifest
+
+
+def _fetch(uri: Uri, manifest: Manifest, local: Path, only: list[str] | None = None) -> None:
+    """Make `local` hold `manifest`'s files: each one present and verified, or fetched and verified."""
     store = store_for(uri)
+    local.mkdir(parents=True, exist_ok=True)
     for rel, meta in manifest.files.items():
         if only is not None and not any(rel.startswith(p) for p in only):
             continue
-        dest = local / rel
+        dest = safe_join(local, rel)
         if dest.is_file() and dest.stat().st_size == meta["size"] and sha256_file(dest) == meta["sha256"]:
             continue
         store.get_file(uri.join(rel), dest)
@@ -111,7 +166,6 @@ def download_dir(uri: str | Path | Uri, local: Path, only: list[str] | None = No
         except ChecksumMismatch:
             dest.unlink()
             raise
-    return manifest
 
 
 def _verify(path: Path, meta: dict[str, Any], where: Uri) -> None:
@@ -127,7 +181,7 @@ def verify_local(uri: Uri) -> Manifest:
     """Check a `file://` artifact in place against its manifest."""
     manifest = read_manifest(uri)
     for rel, meta in manifest.files.items():
-        path = Path(uri.path) / rel
+        path = safe_join(Path(uri.path), rel)
         if not path.is_file():
             raise IncompleteArtifact(f"{uri.join(rel)} is listed in the manifest but missing")
         _verify(path, meta, uri.join(rel))
@@ -138,8 +192,10 @@ def materialize(uri: str | Path | Uri, cache_dir: Path) -> tuple[Path, Manifest 
     """A verified local directory holding the artifact at `uri`, and its manifest.
 
     `file://` artifacts are verified in place; `s3://` ones are downloaded into
-    `cache_dir/<manifest digest>` (so a changed artifact never reuses a stale copy); `hf://` ones are
-    fetched with huggingface_hub (needs network; the hub's own checksums apply, no manifest).
+    `cache_dir/<manifest digest>` (so a changed artifact never reuses a stale copy), and a cached copy
+    is verified file by file (size and sha256) on every use: a file changed or lost in the cache is
+    fetched again rather than loaded. `hf://` ones are fetched with huggingface_hub (needs network; the
+    hub's own checksums apply, no manifest).
     """
     uri = Uri.of(uri)
     if uri.scheme == "file":
@@ -150,9 +206,11 @@ def materialize(uri: str | Path | Uri, cache_dir: Path) -> tuple[Path, Manifest 
         return Path(snapshot_download(uri.path, cache_dir=str(cache_dir / "hf"))), None
     manifest = read_manifest(uri)
     dest = Path(cache_dir) / manifest.digest[:32]
-    if not (dest / MANIFEST).is_file():
+    if (dest / MANIFEST).is_file():
+        _fetch(uri, manifest, dest)
+    else:
         partial = dest.with_name(dest.name + ".partial")
-        download_dir(uri, partial)
+        _fetch(uri, manifest, partial)
         (partial / MANIFEST).write_text(json.dumps({"files": manifest.files, "metadata": manifest.metadata}))
         if dest.exists():
             shutil.rmtree(dest)

@@ -1,4 +1,9 @@
-"""Artifact URIs: `s3://bucket/key`, `file:///path` or a plain path, `hf://org/name`."""
+"""Artifact URIs: `s3://bucket/key`, `file:///path` or a plain path, `hf://org/name`.
+
+A URI with a scheme takes no query or fragment: `?` and `#` would be cut off by URL parsing, so two
+different URIs would name one artifact. The part after the scheme may not start with `-` (it reaches
+command lines as a model argument) and a hub URI needs a repository (`hf:///etc` is a path, not one).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,14 @@ class Uri:
         text = str(uri)
         if "://" not in text:
             return cls("file", "", str(Path(text).absolute()))
+        if "?" in text or "#" in text:
+            raise ValueError(
+                f"{text!r} carries a query or fragment ('?' or '#'): artifact URIs take neither "
+                "(they would be cut off, and two URIs would name one artifact)"
+            )
+        rest = text.split("://", 1)[1]
+        if not rest or rest.startswith("-"):
+            raise ValueError(f"{text!r}: nothing after the scheme, or a '-' that would read as an option")
         parsed = urlparse(text)
         if parsed.scheme == "s3":
             if not parsed.netloc:
@@ -26,6 +39,8 @@ class Uri:
         if parsed.scheme == "file":
             return cls("file", "", str(Path(parsed.netloc + parsed.path).absolute()))
         if parsed.scheme == "hf":
+            if not parsed.netloc:
+                raise ValueError(f"malformed hub URI {text!r}: expected hf://<org>/<name>")
             return cls("hf", "", (parsed.netloc + parsed.path).strip("/"))
         raise ValueError(f"unsupported URI scheme {parsed.scheme!r} in {text!r}: use s3://, file://, hf:// or a path")
 

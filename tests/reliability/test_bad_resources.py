@@ -219,6 +219,14 @@ BAD_URIS = [
     "s3:///m",
     "file:///models/m\nrm -rf /",
     "--trust-remote-code",
+    # The part after the scheme reaches vLLM's argv: it must not read as an option or a root path.
+    "hf://--trust-remote-code",
+    "file://--enable-auto-tool-choice",
+    "hf:///etc",
+    # A query or fragment would be cut off: two URIs naming one artifact.
+    "s3://models/m?versionId=1",
+    "s3://models/m#v2",
+    "file:///models/m?x",
 ]
 #: Rules the structural schema cannot express: the models (and so the operator) refuse these.
 MODEL_ONLY = {
@@ -240,6 +248,51 @@ MODEL_ONLY = {
     SS: [
         ("spec.draft", {"from": {"teacherGeneration": "g"}}, MODEL),
         ("spec.pod.nodeSelector", {"$(id)": "x"}, MODEL),
+    ],
+}
+#: Pod settings that would undo what the builders set (security profiles, the Kueue queue, ownership,
+#: the GPU limit) or that the API server would refuse on the child (Kubernetes structure).
+POD = {
+    TR: [
+        ("spec.pod.annotations", {"container.apparmor.security.beta.kubernetes.io/main": "unconfined"}, MODEL),
+        ("spec.pod.annotations", {"seccomp.security.alpha.kubernetes.io/pod": "unconfined"}, MODEL),
+        ("spec.pod.annotations", {"container.seccomp.security.alpha.kubernetes.io/main": "unconfined"}, MODEL),
+        ("spec.pod.annotations", {"io.kubernetes.cri-o.userns-mode": "host"}, MODEL),
+        ("spec.pod.annotations", {"x": "v" * 70_000}, MODEL),
+        ("spec.pod.labels", {"kueue.x-k8s.io/queue-name": "elsewhere"}, MODEL),
+        ("spec.pod.labels", {"metaspec.dev/owner": "someone-else"}, MODEL),
+        ("spec.pod.labels", {"team\n": "a"}, MODEL),
+        ("spec.pod.nodeSelector", {"zone\n": "a"}, MODEL),
+        ("spec.resources.gpuResourceName", "memory", MODEL),
+        ("spec.resources.gpuResourceName", "cpu", MODEL),
+        ("spec.resources.gpuResourceName", "hugepages-2Mi", MODEL),
+        ("spec.resources.gpuResourceName", "kubernetes.io/gpu", MODEL),
+    ],
+    TG: [
+        ("spec.pod.tolerations", [{"key": "gpu", "operator": "Maybe"}]),
+        ("spec.pod.tolerations", [{"key": "gpu", "operator": "Exists", "value": "x"}], MODEL),
+        ("spec.pod.tolerations", [{"operator": "Equal", "value": "x"}], MODEL),
+        ("spec.pod.tolerations", [{"key": "gpu", "tolerationSecond": 5}]),
+        ("spec.pod.affinity", {"nodeAfinity": {}}),
+        ("spec.pod.affinity", {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {}}}),
+        ("spec.pod.affinity", {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{}]}}),
+    ],
+    SS: [
+        (
+            "spec.pod.affinity",
+            {
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "In"}]}]
+                    }
+                }
+            },
+            MODEL,
+        ),
+        (
+            "spec.pod.affinity",
+            {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 500}]}},
+        ),
     ],
 }
 SHELL = ["$(touch /tmp/pwned)", "`id`", "x; rm -rf / #", "a|b&&c>d", "'\"\\", "${IFS}cat${IFS}/etc/passwd"]
@@ -272,6 +325,7 @@ def refused_cases() -> list[Case]:
         ("unknown", UNKNOWN_FIELDS),
         ("name", NAMES),
         ("model", MODEL_ONLY),
+        ("pod", POD),
     ):
         for kind, entries in table.items():
             out += _cases(category, kind, entries)
@@ -289,6 +343,8 @@ def accepted_cases() -> list[Case]:
     for kind, fields in SHELL_FIELDS.items():
         for path, template in fields:
             for i, hostile in enumerate(SHELL):
+                if "://" in str(template) and "#" in hostile:
+                    continue  # a fragment in a URI: refused (BAD_URIS)
                 value = (
                     [t.format(hostile) for t in template] if isinstance(template, list) else template.format(hostile)
                 )
@@ -332,7 +388,7 @@ def schema_errors(body: dict[str, Any]) -> list[str]:
 def test_the_corpus_is_big_and_covers_every_class():
     assert len(REFUSED) + len(ACCEPTED) >= 100
     categories = {c.id.split("-")[0] for c in REFUSED + ACCEPTED}
-    assert categories >= {"type", "range", "huge", "unknown", "name", "uri", "model", "shell"}
+    assert categories >= {"type", "range", "huge", "unknown", "name", "uri", "model", "shell", "pod"}
 
 
 def model_refusal(body: dict[str, Any]) -> list[str] | None:

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from metaspec.api import SpecServe
+from metaspec.artifacts import Uri
 from metaspec.operator import labels as L
 from metaspec.operator.builders import pod
 from metaspec.operator.builders.names import child_metadata
@@ -94,13 +95,11 @@ def vllm_model_arg(uri: str, role: str) -> tuple[str, bool]:
     vLLM reads a local directory or a Hugging Face name; S3 artifacts are pulled (and verified against
     their manifest) by `metaspec artifacts pull` into the cache volume before vLLM starts.
     """
-    if uri.startswith("hf://"):
-        return uri.removeprefix("hf://"), False
-    if uri.startswith("file://"):
-        return uri.removeprefix("file://"), False
-    if uri.startswith("s3://"):
+    scheme = Uri.parse(uri).scheme  # refuses a remainder starting with '-' and a hub URI without a repository
+    if scheme == "s3":
         return f"{MODELS_DIR}/{role}", True
-    return uri, False
+    # A path inside the container, as the spec gives it (relative to vLLM's working directory).
+    return uri.split("://", 1)[-1], False
 
 
 def vllm_args(serve: SpecServe, target: str, draft: str) -> list[str]:
@@ -182,7 +181,5 @@ def build_vllm_deployment(
         **_probes(settings, ready="/health", live="/health"),
     )
     main["env"] = [*main["env"], {"name": "VLLM_CACHE_ROOT", "value": f"{pod.CACHE_DIR}/vllm"}]
-    podspec = pod.pod_spec(serve, settings, [main], config_map)
-    if init:
-        podspec["initContainers"] = init
+    podspec = pod.pod_spec(serve, settings, [main], config_map, init)
     return _deployment(serve, podspec, _annotations(config_hash, digests))

@@ -116,8 +116,8 @@ def scheduling(resource: Resource) -> dict[str, Any]:
     pod = resource.spec.pod
     spec: dict[str, Any] = {
         "nodeSelector": pod.node_selector or None,
-        "tolerations": pod.tolerations or None,
-        "affinity": pod.affinity,
+        "tolerations": [t.dump() for t in pod.tolerations] or None,
+        "affinity": pod.affinity.dump() if pod.affinity else None,
         "priorityClassName": pod.priority_class_name,
         "serviceAccountName": pod.service_account_name,
         "imagePullSecrets": [{"name": n} for n in pod.image_pull_secrets] or None,
@@ -154,12 +154,40 @@ def template_metadata(resource: Resource, labels: dict[str, str], annotations: d
     return meta
 
 
+def kubelet_literal(text: str) -> str:
+    """`text` as the kubelet must pass it on unchanged.
+
+    The kubelet expands `$(NAME)` in a container's command, args and env values from the container's
+    environment, so a spec string such as `$(AWS_SECRET_ACCESS_KEY)` would become the secret; `$$` is
+    its escape for a literal `$`. Applied to every string there, since no builder means an expansion.
+    """
+    return text.replace("$", "$$")
+
+
+def _literal(container: dict[str, Any]) -> dict[str, Any]:
+    out = dict(container)
+    for key in ("command", "args"):
+        if key in out:
+            out[key] = [kubelet_literal(a) for a in out[key]]
+    if "env" in out:
+        out["env"] = [{**e, "value": kubelet_literal(e["value"])} if "value" in e else e for e in out["env"]]
+    return out
+
+
 def pod_spec(
-    resource: Resource, settings: OperatorSettings, containers: list[dict[str, Any]], config_map: str | None
+    resource: Resource,
+    settings: OperatorSettings,
+    containers: list[dict[str, Any]],
+    config_map: str | None,
+    init_containers: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """The pod spec of `containers`; the one place containers enter a pod, so every string the kubelet
+    would expand is escaped here (`kubelet_literal`)."""
     vols, _ = volumes(resource, config_map)
+    init = {"initContainers": [_literal(c) for c in init_containers]} if init_containers else {}
     return {
-        "containers": containers,
+        **init,
+        "containers": [_literal(c) for c in containers],
         "volumes": vols,
         "securityContext": pod_security(settings),
         # Components talk only to S3 and, for servers, their clients; no API access is needed.

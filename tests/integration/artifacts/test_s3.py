@@ -75,6 +75,20 @@ def test_materialize_caches_by_digest(tmp_path: Path, s3_prefix: str) -> None:
     assert changed != first and (changed / "config.json").read_text() == '{"a": 2}'
 
 
+def test_a_cached_copy_is_verified_on_every_use(tmp_path: Path, s3_prefix: str) -> None:
+    """A byte flipped or a file lost in the download cache is found and fetched again, never loaded."""
+    src = make_tree(tmp_path / "src")
+    upload_dir(src, s3_prefix)
+    path, _ = materialize(s3_prefix, tmp_path / "cache")
+    weights = path / "sub" / "weights.bin"
+    weights.write_bytes(bytes([weights.read_bytes()[0] ^ 1]) + weights.read_bytes()[1:])
+    (path / "config.json").unlink()
+    again, _ = materialize(s3_prefix, tmp_path / "cache")
+    assert again == path
+    for rel in ("config.json", "sub/weights.bin"):
+        assert (path / rel).read_bytes() == (src / rel).read_bytes()
+
+
 def test_missing_bucket_and_key_are_clear(tmp_path: Path, s3) -> None:
     with pytest.raises(NotFound, match="bucket 'no-such-bucket' does not exist"):
         read_manifest_or_bytes("s3://no-such-bucket/x")

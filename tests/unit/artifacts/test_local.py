@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
 
-from metaspec.artifacts import ChecksumMismatch, IncompleteArtifact, Uri, materialize, upload_dir
+from metaspec.artifacts import (
+    MANIFEST,
+    ChecksumMismatch,
+    IncompleteArtifact,
+    UnsafeArtifact,
+    Uri,
+    download_dir,
+    is_complete,
+    materialize,
+    upload_dir,
+)
 
 
 @pytest.mark.parametrize(
@@ -45,3 +57,55 @@ def test_local_prefix_without_manifest_is_refused(tmp_path: Path) -> None:
     (tmp_path / "model.safetensors").write_bytes(b"weights")
     with pytest.raises(IncompleteArtifact, match="metaspec artifacts push"):
         materialize(f"file://{tmp_path}", tmp_path / "cache")
+
+
+def _hostile_manifest(root: Path, key: str) -> None:
+    """An artifact whose manifest (written by whoever wrote the artifact) lists `key`."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "x").write_bytes(b"owned")
+    digest = hashlib.sha256(b"owned").hexdigest()
+    (root / MANIFEST).write_text(json.dumps({"version": 1, "files": {key: {"size": 5, "sha256": digest}}}))
+
+
+@pytest.mark.parametrize("key", ["/tmp/evil", "../evil", "a/../../evil", "", "a//b", "./a", "a\\..\\evil", "a\nb"])
+def test_manifest_keys_that_leave_the_artifact_are_refused_on_read(tmp_path: Path, key: str) -> None:
+    source, dest = tmp_path / "src", tmp_path / "dest" / "inner"
+    _hostile_manifest(source, key)
+    for read in (lambda: download_dir(source, dest), lambda: materialize(source, tmp_path / "cache")):
+        with pytest.raises(UnsafeArtifact):
+            read()
+    assert not is_complete(source)
+    assert not (tmp_path / "evil").exists() and not (tmp_path / "dest" / "evil").exists()
+
+
+def test_symlink_out_of_the_artifact_is_refused_on_write_and_read(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("key")
+    art = tmp_path / "art"
+    art.mkdir()
+    (art / "link").symlink_to(secret)
+    with pytest.raises(UnsafeArtifact, match="outside"):
+        upload_dir(art, tmp_path / "uploaded")
+    (art / "link").unlink()
+    (art / "model").write_text("w")
+    upload_dir(art, art)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "model").symlink_to(secret)  # a download would write through it
+    with pytest.raises(UnsafeArtifact, match="outside"):
+        download_dir(art, dest)
+    assert secret.read_text() == "key"
+
+
+def test_backslash_names_are_refused_on_write(tmp_path: Path) -> None:
+    (tmp_path / "a\\b").write_text("x")
+    with pytest.raises(UnsafeArtifact, match="backslash"):
+        upload_dir(tmp_path, tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    "text", ["s3://b/k?versionId=1", "s3://b/k#frag", "hf://--trust-remote-code", "file://--x", "hf:///etc", "hf://"]
+)
+def test_uris_that_would_be_cut_or_read_as_options_are_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        Uri.parse(text)
