@@ -3,6 +3,8 @@
 #
 #   bench/gpu.sh setup        install carried wheels (.whl/) into /tmp/site, join the SmolLM2 GGUF parts
 #                             (.gguf/ or ~/gguf) and convert the model once to safetensors
+#   bench/gpu.sh gpu-tests    every test with the `gpu` marker (modules that need packages the machine lacks are
+#                             reported as collection errors and the rest still run)
 #   bench/gpu.sh trainer      ANIL vs SFT step, Llama-3.1-8B architecture (random init), bf16, seq 2048
 #   bench/gpu.sh trainer-opt  the same SFT/ANIL steps without checkpointing, with Liger-Kernel, torch.compile,
 #                             and both (carry the liger-kernel wheel in .whl/)
@@ -41,6 +43,9 @@ setup)
   fi
   $PY -c "import torch, transformers, peft, pydantic; print(torch.__version__, transformers.__version__, peft.__version__, torch.cuda.get_device_name())"
   ;;
+gpu-tests)
+  $PY -m pytest -q -ra -m gpu -p no:cacheprovider --continue-on-collection-errors tests/unit tests/integration \
+    2>&1 | tee "${OUT:-/tmp/out}/gpu-tests.log" | tail -40 ;;
 trainer)
   $PY bench/trainer.py --arch llama-3.1-8b --device cuda --dtype bfloat16 --seq 2048 --naive --steps 4 \
     --out bench/results/trainer-llama-3.1-8b-cuda.json
