@@ -44,6 +44,7 @@ setup)
   $PY -c "import torch, transformers, peft, pydantic; print(torch.__version__, transformers.__version__, peft.__version__, torch.cuda.get_device_name())"
   ;;
 gpu-tests)
+  mkdir -p "${OUT:-/tmp/out}"
   $PY -m pytest -q -ra -m gpu -p no:cacheprovider --continue-on-collection-errors tests/unit tests/integration \
     2>&1 | tee "${OUT:-/tmp/out}/gpu-tests.log" | tail -40 ;;
 trainer)
