@@ -43,7 +43,7 @@ def crds(argv: list[str]) -> int:
 
 
 def artifacts(argv: list[str]) -> int:
-    from metaspec.artifacts import download_dir, upload_dir
+    from metaspec.artifacts import ArtifactError, download_dir, upload_dir
 
     parser = argparse.ArgumentParser(prog="metaspec artifacts", description="move artifacts with manifests")
     sub = parser.add_subparsers(dest="verb", required=True)
@@ -54,12 +54,16 @@ def artifacts(argv: list[str]) -> int:
     pull.add_argument("uri")
     pull.add_argument("dest", type=Path)
     args = parser.parse_args(argv)
-    if args.verb == "push":
-        manifest = upload_dir(args.src, args.uri)
-        print(f"{args.uri}: {len(manifest.files)} files, manifest sha256 {manifest.digest}")
-    else:
-        manifest = download_dir(args.uri, args.dest)
-        print(f"{args.dest}: {len(manifest.files)} files verified")
+    try:
+        if args.verb == "push":
+            manifest = upload_dir(args.src, args.uri)
+            print(f"{args.uri}: {len(manifest.files)} files, manifest sha256 {manifest.digest}")
+        else:
+            manifest = download_dir(args.uri, args.dest)
+            print(f"{args.dest}: {len(manifest.files)} files verified")
+    except (ArtifactError, ValueError) as e:
+        print(f"metaspec artifacts {args.verb}: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

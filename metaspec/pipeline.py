@@ -11,7 +11,7 @@ Everything here is pure: callers pass a `lookup(kind, name)` over the resources 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +56,25 @@ _SEVERITY = (
 
 Lookup = Callable[[str, str], Resource | None]
 Node = tuple[str, str]  # (kind, name) within one namespace
+
+
+def _uris(value: Any) -> Iterator[str]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "uri" and isinstance(item, str):
+                yield item
+            else:
+                yield from _uris(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _uris(item)
+
+
+def claims(resource: Resource) -> list[str]:
+    """PersistentVolumeClaims named by the spec's `pvc://` URIs, in first-use order (both executors
+    mount them: the operator as read-only volumes, `metaspec local` as host folders)."""
+    uris = _uris(resource.spec.dump())
+    return list(dict.fromkeys(u.removeprefix("pvc://").split("/", 1)[0] for u in uris if u.startswith("pvc://")))
 
 
 @dataclass(frozen=True)

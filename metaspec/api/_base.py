@@ -47,6 +47,11 @@ class Model(BaseModel):
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
+#: A bare `org/name`: how vLLM and KServe users write a Hub model. Read as a relative path it would
+#: fail far from its cause, so model URIs refuse it and name both spellings that are meant.
+_BARE_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+
+
 def _check_uri(schemes: tuple[str, ...]):
     def check(value: str) -> str:
         # Any case: `S3://b/k` is a mistyped scheme, not a relative path named `S3:`.
@@ -60,6 +65,12 @@ def _check_uri(schemes: tuple[str, ...]):
             )
         if scheme == "s3" and not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$", value):
             raise ValueError(f"malformed S3 URI {value!r}: expected s3://<bucket>/<key>")
+        if scheme == "pvc" and not re.match(rf"^pvc://{NAME_PATTERN[1:-1]}(/.*)?$", value):
+            raise ValueError(f"malformed PVC URI {value!r}: expected pvc://<claim>/<path>")
+        if scheme == "pvc" and ".." in value.split("/"):
+            raise ValueError(f"{value!r}: '..' may not leave the claim")
+        if scheme == "hf" and not re.match(r"^hf://[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?(@[^@\s]+)?$", value):
+            raise ValueError(f"malformed Hub URI {value!r}: expected hf://<org>/<name> or hf://<org>/<name>@<revision>")
         if any(c in value for c in "\n\r\x00"):
             raise ValueError("URI contains control characters")
         if scheme in ARTIFACT_SCHEMES:
@@ -72,12 +83,26 @@ def _check_uri(schemes: tuple[str, ...]):
     return AfterValidator(check)
 
 
-ARTIFACT_SCHEMES = ("s3", "file", "hf")
-DATASET_SCHEMES = (*ARTIFACT_SCHEMES, "builtin")
+def _not_bare_hub_id(value: str) -> str:
+    if _BARE_HUB_ID.match(value):
+        raise ValueError(
+            f"{value!r} reads as a Hugging Face model id: write hf://{value} for the Hub, "
+            f"or ./{value} (or file://) for a local folder"
+        )
+    return value
 
-#: Where a model or artifact lives: `s3://bucket/prefix`, `file:///path` or a path, `hf://org/name`.
+
+ARTIFACT_SCHEMES = ("s3", "file")
+MODEL_SCHEMES = ("s3", "file", "hf", "pvc")
+DATASET_SCHEMES = ("s3", "file", "pvc", "builtin")
+
+#: Where an artifact is written: `s3://bucket/prefix`, `file:///path` or a path.
 ArtifactUri = Annotated[str, Field(min_length=1, max_length=1024), _check_uri(ARTIFACT_SCHEMES)]
-#: Like ArtifactUri, plus `builtin://<split>` for the dataset bundled with metaspec.
+#: Where a model is read: `s3://…`, `file:///path` or a path, `hf://org/name[@revision]`, `pvc://claim/path`.
+ModelUri = Annotated[
+    str, Field(min_length=1, max_length=1024), _check_uri(MODEL_SCHEMES), AfterValidator(_not_bare_hub_id)
+]
+#: Where data is read: `s3://…`, `file:///path` or a path, `pvc://claim/path`, `builtin://<split>`.
 DatasetUri = Annotated[str, Field(min_length=1, max_length=1024), _check_uri(DATASET_SCHEMES)]
 #: A Kubernetes object name (RFC 1123 label).
 ObjectName = Annotated[str, Field(min_length=1, max_length=253, pattern=NAME_PATTERN)]
@@ -115,6 +140,15 @@ def now() -> str:
 
 class SecretRef(Model):
     name: ObjectName = Field(description="Name of a Secret in the resource's namespace.")
+
+
+class SecretKeyRef(Model):
+    """One key of a Secret in the resource's namespace."""
+
+    name: ObjectName = Field(description="Name of a Secret in the resource's namespace.")
+    key: str = Field(
+        "HF_TOKEN", min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="Key within the Secret."
+    )
 
 
 class Storage(Model):

@@ -107,6 +107,16 @@ class SpecServeSpec(Model):
     queue_name: LabelValue | None = Field(None, description="Kueue LocalQueue name.")
 
     @model_validator(mode="after")
+    def _one_token(self) -> SpecServeSpec:
+        refs = {(r.name, r.key) for s in (self.target, self.draft) if s and (r := s.hf_token_secret_ref)}
+        if len(refs) > 1:
+            raise ValueError(
+                "`target.hfTokenSecretRef` and `draft.hfTokenSecretRef` differ: a pod has one `HF_TOKEN`; "
+                "give both the same Secret key (one token with access to both models)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _engine(self) -> SpecServeSpec:
         if self.engine == "vllm":
             if self.sampling.repetition_penalty != 1:
@@ -121,7 +131,11 @@ class SpecServeSpec(Model):
 
 class ServedModel(Model):
     uri: str = Field(description="Resolved model URI.")
-    digest: str | None = Field(None, description="sha256 of the model's `_manifest.json`.")
+    digest: str | None = Field(
+        None,
+        description="sha256 of the model's `_manifest.json`; for `hf://` models `hf:<revision>` (a commit when "
+        "the spec pins one).",
+    )
 
 
 class SpecServeStatus(Status):

@@ -13,9 +13,11 @@ from ._base import (
     JobSource,
     LabelValue,
     Model,
+    ModelUri,
     ObjectMeta,
     Resource,
     Resources,
+    SecretKeyRef,
     Status,
     Storage,
 )
@@ -44,13 +46,26 @@ SEED_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_
 class ModelSource(Model):
     """A model given by URI, or the model produced by a `TrainingRun` of the same namespace."""
 
-    uri: ArtifactUri | None = Field(
-        None, description="Model location: `s3://…`, `file://…`/path, or `hf://org/name` (needs network)."
+    uri: ModelUri | None = Field(
+        None,
+        description="Model location: `s3://…`, `file://…`/path, `hf://org/name[@revision]` (the Hub: needs "
+        "network), or `pvc://claim/path` (a PersistentVolumeClaim of the namespace, mounted read-only). A bare "
+        "`org/name` is refused: write `hf://org/name`.",
     )
     from_: JobSource | None = Field(
         None, alias="from", description="Use the model produced by this resource once it has succeeded."
     )
-    revision: str | None = Field(None, max_length=128, description="Hub revision for `hf://` models.")
+    revision: str | None = Field(
+        None,
+        max_length=128,
+        description="Hub revision (branch, tag or commit) of an `hf://` model, for weights and tokenizer alike; "
+        "the same as `hf://org/name@revision`. A commit pins the model exactly.",
+    )
+    hf_token_secret_ref: SecretKeyRef | None = Field(
+        None,
+        description="Secret key (default key `HF_TOKEN`) holding a Hugging Face token, for gated or private "
+        "`hf://` models: passed to the pods as the `HF_TOKEN` environment variable. The operator never reads it.",
+    )
     trust_remote_code: bool = Field(
         False,
         description="Allow model repositories to run their own Python code. Off: never trusted implicitly.",
@@ -62,7 +77,26 @@ class ModelSource(Model):
             raise ValueError("give exactly one of `uri` or `from`")
         if self.from_ is not None and (self.from_.training_run is None or self.from_.teacher_generation):
             raise ValueError("`from` of a model must name a `trainingRun`")
+        hub = self.uri is not None and self.uri.startswith("hf://")
+        if not hub and (self.revision is not None or self.hf_token_secret_ref is not None):
+            raise ValueError("`revision` and `hfTokenSecretRef` apply only to `hf://` models")
+        pinned = self.uri.partition("@")[2] if hub else ""
+        if pinned and self.revision is not None and pinned != self.revision:
+            raise ValueError(f"`uri` names revision {pinned!r} but `revision` is {self.revision!r}: give one")
         return self
+
+    @property
+    def location(self) -> str | None:
+        """The URI with the Hub revision folded in (`hf://org/name@rev`): what components fetch."""
+        if self.uri is None or self.revision is None or "@" in self.uri:
+            return self.uri
+        return f"{self.uri}@{self.revision}"
+
+    @property
+    def hub_digest(self) -> str | None:
+        """`hf:<revision>` for a Hub model with a revision (exact when it is a commit): its served digest."""
+        location = self.location or ""
+        return f"hf:{location.rsplit('@', 1)[1]}" if location.startswith("hf://") and "@" in location else None
 
 
 class BaseModelSource(ModelSource):

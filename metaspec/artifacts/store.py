@@ -72,10 +72,11 @@ class Store(Protocol):
 
 
 class LocalStore:
-    """Files on disk. Writes go to a temporary file and are renamed into place (atomic)."""
+    """Files on disk (`file://`, and `pvc://` claims mounted as folders). Writes go to a temporary file
+    and are renamed into place (atomic)."""
 
     def put_file(self, local: Path, uri: Uri) -> None:
-        dest = Path(uri.path)
+        dest = uri.local
         if dest.resolve() == Path(local).resolve():
             return
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -90,7 +91,7 @@ class LocalStore:
         self.put_file(self._existing(uri), Uri.parse(local))
 
     def put_bytes(self, data: bytes, uri: Uri) -> None:
-        dest = Path(uri.path)
+        dest = uri.local
         dest.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=dest.parent, prefix=".tmp-", delete=False) as tmp:
             tmp.write(data)
@@ -100,18 +101,18 @@ class LocalStore:
         return self._existing(uri).read_bytes()
 
     def list(self, uri: Uri) -> Iterator[tuple[str, int]]:
-        root = Path(uri.path)
+        root = uri.local
         if root.is_dir():
             for path in sorted(root.rglob("*")):
                 if path.is_file() and not path.name.startswith(".tmp-"):
                     yield path.relative_to(root).as_posix(), path.stat().st_size
 
     def delete(self, uri: Uri) -> None:
-        Path(uri.path).unlink(missing_ok=True)
+        uri.local.unlink(missing_ok=True)
 
     @staticmethod
     def _existing(uri: Uri) -> Path:
-        path = Path(uri.path)
+        path = uri.local
         if not path.is_file():
             raise NotFound(f"{uri} does not exist")
         return path
@@ -257,7 +258,7 @@ def _s3() -> S3Store:
 def store_for(uri: Uri) -> Store:
     if uri.scheme == "s3":
         return _s3()
-    if uri.scheme == "file":
+    if uri.scheme in ("file", "pvc"):
         return LocalStore()
     raise ArtifactError(f"{uri}: no object store for scheme {uri.scheme!r}")
 

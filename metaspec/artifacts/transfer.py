@@ -23,7 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .store import ChecksumMismatch, IncompleteArtifact, NotFound, UnsafeArtifact, store_for
+from .store import (
+    AccessDenied,
+    ArtifactError,
+    ChecksumMismatch,
+    IncompleteArtifact,
+    NotFound,
+    Unreachable,
+    UnsafeArtifact,
+    store_for,
+)
 from .uri import Uri
 
 MANIFEST = "_manifest.json"
@@ -106,10 +115,17 @@ class Manifest:
 
 
 def upload_dir(local: Path, uri: str | Path | Uri, metadata: dict[str, Any] | None = None) -> Manifest:
-    """Upload every file under `local`, then the manifest. Returns the manifest written."""
+    """Upload every file under `local`, then the manifest. Returns the manifest written.
+
+    A missing or empty `local` is refused (NotFound): a typo must not publish a complete, empty model.
+    """
     uri = Uri.of(uri)
     local = Path(local)
+    if not local.is_dir():
+        raise NotFound(f"{local} is not a directory: nothing to upload to {uri}")
     manifest, raw = Manifest.build(local, metadata)
+    if not manifest.files:
+        raise NotFound(f"{local} holds no files: nothing to upload to {uri}")
     store = store_for(uri)
     for rel in manifest.files:
         store.put_file(safe_join(local, rel), uri.join(rel))
@@ -181,29 +197,32 @@ def verify_local(uri: Uri) -> Manifest:
     """Check a `file://` artifact in place against its manifest."""
     manifest = read_manifest(uri)
     for rel, meta in manifest.files.items():
-        path = safe_join(Path(uri.path), rel)
+        path = safe_join(uri.local, rel)
         if not path.is_file():
             raise IncompleteArtifact(f"{uri.join(rel)} is listed in the manifest but missing")
         _verify(path, meta, uri.join(rel))
     return manifest
 
 
-def materialize(uri: str | Path | Uri, cache_dir: Path) -> tuple[Path, Manifest | None]:
+def materialize(uri: str | Path | Uri, cache_dir: Path, revision: str | None = None) -> tuple[Path, Manifest | None]:
     """A verified local directory holding the artifact at `uri`, and its manifest.
 
-    `file://` artifacts are verified in place; `s3://` ones are downloaded into
-    `cache_dir/<manifest digest>` (so a changed artifact never reuses a stale copy), and a cached copy
-    is verified file by file (size and sha256) on every use: a file changed or lost in the cache is
-    fetched again rather than loaded. `hf://` ones are fetched with huggingface_hub (needs network; the
-    hub's own checksums apply, no manifest).
+    `file://` artifacts are verified in place; `pvc://` ones are read in place from the mounted claim
+    (verified when they carry a manifest, used as they are otherwise: a claim is the user's own
+    volume); `s3://` ones are downloaded into `cache_dir/<manifest digest>` (so a changed artifact
+    never reuses a stale copy), and a cached copy is verified file by file (size and sha256) on every
+    use: a file changed or lost in the cache is fetched again rather than loaded. `hf://` ones are
+    fetched with huggingface_hub at `revision` (or the URI's `@revision`), with `HF_TOKEN` from the
+    environment for gated models; their manifest lists no files (the Hub's own checksums apply) and
+    its digest is `hf:<commit>`, the exact revision.
     """
     uri = Uri.of(uri)
     if uri.scheme == "file":
-        return Path(uri.path), verify_local(uri)
+        return uri.local, verify_local(uri)
+    if uri.scheme == "pvc":
+        return _in_claim(uri)
     if uri.scheme == "hf":
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(uri.path, cache_dir=str(cache_dir / "hf"))), None
+        return _from_hub(uri, cache_dir / "hf", revision)
     manifest = read_manifest(uri)
     dest = Path(cache_dir) / manifest.digest[:32]
     if (dest / MANIFEST).is_file():
@@ -216,6 +235,39 @@ def materialize(uri: str | Path | Uri, cache_dir: Path) -> tuple[Path, Manifest 
             shutil.rmtree(dest)
         os.replace(partial, dest)
     return dest, manifest
+
+
+def _in_claim(uri: Uri) -> tuple[Path, Manifest | None]:
+    if not uri.local.is_dir():
+        raise NotFound(f"{uri} is not a directory at {uri.local}: is the claim mounted, and the path right?")
+    return uri.local, verify_local(uri) if (uri.local / MANIFEST).is_file() else None
+
+
+def _from_hub(uri: Uri, cache_dir: Path, revision: str | None) -> tuple[Path, Manifest]:
+    """Download (or find in the cache, offline) a Hub snapshot at the requested revision."""
+    from huggingface_hub import errors, snapshot_download
+
+    if uri.revision and revision and uri.revision != revision:
+        raise ValueError(f"{uri} names revision {uri.revision!r} but {revision!r} was asked for")
+    revision = uri.revision or revision
+    try:
+        path = Path(snapshot_download(uri.path, revision=revision, cache_dir=str(cache_dir)))
+    except (errors.GatedRepoError, errors.RepositoryNotFoundError) as e:
+        gated = "gated" if isinstance(e, errors.GatedRepoError) else "not found, or private"
+        raise AccessDenied(
+            f"hf://{uri.path} is {gated}: give a token with access to it (hfTokenSecretRef on the model "
+            "source; HF_TOKEN for `metaspec local`)"
+        ) from None
+    except errors.RevisionNotFoundError:
+        raise NotFound(f"hf://{uri.path} has no revision {revision!r}") from None
+    except errors.LocalEntryNotFoundError:
+        raise Unreachable(
+            f"{uri}: not in the local Hugging Face cache and the Hub cannot be reached (or HF_HUB_OFFLINE is set)"
+        ) from None
+    except errors.HfHubHTTPError as e:
+        raise ArtifactError(f"{uri}: the Hub answered {e}") from None
+    metadata = {"uri": f"hf://{uri.path}", "revision": path.name}
+    return path, Manifest({}, metadata, f"hf:{path.name}")
 
 
 def read_bytes(uri: str | Path | Uri) -> bytes:

@@ -110,7 +110,7 @@ def _generate(
     if not mine:  # more shards than inputs: an empty shard file still marks this shard done
         writer.resume(set(), lambda _: False)
         return writer.finish([]), 0
-    teacher = str(spec.model.uri)
+    teacher = str(spec.model.location)  # with the Hub revision: a different revision is a different teacher
     model_dir, _ = materialize(teacher, options.cache_dir)
     engine = load_engine(spec, model_dir, teacher, options.device)
     params = engine.generation_params()

@@ -53,6 +53,13 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--bench-max-tokens", type=int, default=32, help="--report benchmark: tokens per answer (default 32)"
     )
+    run.add_argument(
+        "--claim",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="read pvc://NAME/… from the host folder DIR, as a pod reads a mounted claim (repeatable)",
+    )
     status = sub.add_parser("status", help="show the statuses of the last run")
     _state_dir_arg(status)
     stop = sub.add_parser("stop", help="stop a running `metaspec local run` (stages checkpoint first)")
@@ -80,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         serve=(not args.report) if args.serve is None else args.serve,
         bench_prompts=args.bench_prompts,
         bench_max_tokens=args.bench_max_tokens,
+        claims=_claims(args.claim),
     )
     try:
         return LocalRun(args.pipeline, options).run()
@@ -92,6 +100,14 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted; `metaspec local run {args.pipeline}` resumes where it stopped", file=sys.stderr)
         return 130
+
+
+def _claims(values: list[str]) -> dict[str, Path]:
+    pairs = [value.partition("=") for value in values]
+    bad = [value for value, (name, eq, folder) in zip(values, pairs, strict=True) if not (name and eq and folder)]
+    if bad:
+        raise SystemExit(f"--claim {bad[0]!r}: expected NAME=DIR")
+    return {name: Path(folder) for name, _, folder in pairs}
 
 
 def _cuda_visible() -> bool:

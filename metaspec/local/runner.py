@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -101,6 +102,7 @@ class RunOptions:
     stop_grace: float = 120  # seconds a stage gets to checkpoint after SIGTERM
     bench_prompts: int = 3  # demo benchmark: prompts per difficulty (easy and hard)
     bench_max_tokens: int = 32  # demo benchmark: tokens per answer
+    claims: dict[str, Path] = field(default_factory=dict)  # `pvc://<claim>/…` read from these host folders
 
 
 @dataclass
@@ -135,6 +137,7 @@ class LocalRun:
         """Run the pipeline; 0 when every resource succeeded (or serves), 1 otherwise."""
         self.resources = load_pipeline(self.pipeline_path)
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        link_claims(self.resources, self.options.claims, self.claims_dir)
         previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
             with StateLock(self.state_dir):
@@ -284,6 +287,7 @@ class LocalRun:
             **os.environ,
             **(self.storage.env if self.storage else {}),
             "METASPEC_TERMINATION_MESSAGE_PATH": str(summary),
+            "METASPEC_PVC_ROOT": str(self.claims_dir),
             "METASPEC_LOG_FORMAT": "json",
             "PYTHONUNBUFFERED": "1",
         }
@@ -294,6 +298,11 @@ class LocalRun:
         if self.options.device == "cpu":
             env["CUDA_VISIBLE_DEVICES"] = ""
         return env
+
+    @property
+    def claims_dir(self) -> Path:
+        """`pvc://` claims as links to host folders (`--claim NAME=DIR`), as pods see mounted claims."""
+        return self.state_dir / "claims"
 
     @property
     def cache_dir(self) -> Path:
@@ -423,7 +432,7 @@ class LocalRun:
         for part in ("target", "draft"):
             source = getattr(resource.spec, part)
             if part not in served and source is not None and source.uri:
-                served[part] = {"uri": source.uri, "digest": _digest(source.uri)}
+                served[part] = {"uri": source.location, "digest": source.hub_digest or _digest(source.uri)}
         rs.log = str(stage / "log.txt")
         try:
             child, url = start_server(
@@ -500,6 +509,23 @@ class LocalRun:
 
 
 # --- pure helpers ----------------------------------------------------------------------------------
+
+
+def link_claims(resources: list[Resource], folders: dict[str, Path], root: Path) -> None:
+    """Link each claim the pipeline names to its host folder under `root`; a claim without one is refused."""
+    needed = {claim: r for r in resources for claim in pipeline.claims(r)}
+    missing = [f"{claim} (used by {r.kind} {r.metadata.name})" for claim, r in needed.items() if claim not in folders]
+    if missing:
+        raise PipelineError(
+            f"no host folder for the claims {', '.join(missing)}: give `--claim NAME=DIR` for each pvc:// claim"
+        )
+    for claim, folder in folders.items():
+        if not Path(folder).is_dir():
+            raise PipelineError(f"--claim {claim}={folder}: {folder} is not a directory")
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    for claim, folder in folders.items():
+        (root / claim).symlink_to(Path(folder).resolve(), target_is_directory=True)
 
 
 def config_digest(rendered: Resource, resolved: dict[str, pipeline.Resolved]) -> str:

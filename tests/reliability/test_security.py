@@ -69,6 +69,15 @@ def component_pods() -> dict[str, dict[str, Any]]:
         ),
         "serve": build_deployment(serve, SETTINGS, "cm", "hash", {}),
         "serve-vllm": build_vllm_deployment(serve_vllm, SETTINGS, "cm", "hash", uris, {}),
+        "training-job-hub-and-claim": build_job(
+            example(
+                "training-run.yaml",
+                baseModel={"uri": "hf://org/base@v1", "hfTokenSecretRef": {"name": "hf-token"}},
+                dataset={"uri": "pvc://datasets/train.jsonl"},
+            ),
+            SETTINGS,
+            "cm",
+        ),
     }
     return {name: m["spec"]["template"]["spec"] for name, m in manifests.items()}
 
@@ -80,7 +89,9 @@ def check_pod(name: str, pod: dict[str, Any]) -> None:
     assert pod_security.get("runAsUser", 1) != 0 and pod_security.get("runAsGroup", 1) != 0, name
     assert not {"hostNetwork", "hostPID", "hostIPC"} & {k for k, v in pod.items() if v}, name
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
-    assert all(set(v) - {"name"} <= {"emptyDir", "configMap"} for v in volumes.values()), (name, volumes)
+    assert all(set(v) - {"name"} <= {"emptyDir", "configMap", "persistentVolumeClaim"} for v in volumes.values())
+    claims = [v["persistentVolumeClaim"] for v in volumes.values() if "persistentVolumeClaim" in v]
+    assert all(claim.get("readOnly") for claim in claims), (name, claims)
     for container in pod["containers"] + pod.get("initContainers", []):
         where = (name, container["name"])
         security = container.get("securityContext", {})
@@ -106,7 +117,8 @@ def test_component_pods_are_unprivileged(name: str) -> None:
     assert pod["automountServiceAccountToken"] is False, "components need no Kubernetes API access"
     for container in pod["containers"] + pod.get("initContainers", []):
         for variable in container.get("env", []):
-            if variable["name"].startswith("AWS_") and variable["name"] not in ("AWS_ENDPOINT_URL", "AWS_REGION"):
+            credential = variable["name"].startswith("AWS_") or variable["name"] == "HF_TOKEN"
+            if credential and variable["name"] not in ("AWS_ENDPOINT_URL", "AWS_REGION"):
                 assert "value" not in variable and "secretKeyRef" in variable["valueFrom"], variable
 
 
@@ -294,15 +306,17 @@ def test_the_remote_code_trap_works(trapped_models, monkeypatch, tmp_path) -> No
 # ---- credentials never surface ----
 
 SESSION_TOKEN = "FwoGZXIvYXdzE-session-token-" + "q" * 40
+HF_TOKEN = "hf_" + "k" * 34
 
 
 def test_credentials_never_reach_logs_summaries_statuses_events_or_configmaps(
     s3, s3_prefix, tiny_llama, tmp_path, caplog
 ) -> None:
     """The trainer (succeeding) and the generator (refused: a session token S3 does not accept) run
-    with DEBUG logs and real credentials in AWS_*; the operator renders both resources with a
-    `secretRef` and mirrors the two real termination summaries into statuses and events. None of the
-    credential values appears in any log line, summary, status, event, ConfigMap or Job."""
+    with DEBUG logs, real credentials in AWS_* and a Hugging Face token in HF_TOKEN; the operator
+    renders both resources with a `secretRef` (and the TrainingRun's Hub base model with an
+    `hfTokenSecretRef`) and mirrors the two real termination summaries into statuses and events. None
+    of the credential values appears in any log line, summary, status, event, ConfigMap or Job."""
     train = trainer_helpers.write_dataset(tmp_path / "train.jsonl", 8)
     evaluation = trainer_helpers.write_dataset(tmp_path / "eval.jsonl", 1, tag="eval", offset=100)
     setup = jobs.Setup(tiny_llama, train, evaluation, jobs.write_prompts(tmp_path / "prompts.jsonl"), tmp_path)
@@ -310,7 +324,7 @@ def test_credentials_never_reach_logs_summaries_statuses_events_or_configmaps(
     body = jobs.trainer_config(setup, f"{s3_prefix}/train")
     body["spec"]["optimization"].update(maxSteps=2, checkpointSteps=1)
     config.write_text(json.dumps(body))
-    debug = {"METASPEC_LOG_LEVEL": "DEBUG"}
+    debug = {"METASPEC_LOG_LEVEL": "DEBUG", "HF_TOKEN": HF_TOKEN}
     trained = jobs.run_trainer(
         config, tmp_path / "train-work", env={**jobs.component_env(tmp_path / "t.json"), **debug}
     )
@@ -324,7 +338,12 @@ def test_credentials_never_reach_logs_summaries_statuses_events_or_configmaps(
     caplog.set_level("DEBUG")
     objects = _operator_objects(trained.summary, refused.summary)
 
-    secrets = {"AWS_SECRET_ACCESS_KEY": s3.secret_key, "AWS_ACCESS_KEY_ID": s3.access_key, "token": SESSION_TOKEN}
+    secrets = {
+        "AWS_SECRET_ACCESS_KEY": s3.secret_key,
+        "AWS_ACCESS_KEY_ID": s3.access_key,
+        "token": SESSION_TOKEN,
+        "HF_TOKEN": HF_TOKEN,
+    }
     places = {
         "trainer log": trained.stderr,
         "trainer summary": json.dumps(trained.summary),
@@ -365,6 +384,8 @@ def _operator_objects(train_summary: dict[str, Any], generation_summary: dict[st
         cluster.start_operator()
         training = yaml.safe_load((REPO / "examples" / "training-run.yaml").read_text())
         generation = yaml.safe_load((REPO / "examples" / "teacher-generation.yaml").read_text())
+        hub = {"uri": "hf://meta-llama/Llama-3.1-8B-Instruct", "hfTokenSecretRef": {"name": "hf-token"}}
+        training["spec"]["baseModel"] = hub
         for doc in (training, generation):
             cluster.apply(doc, ns)
         job = cluster.wait_get("Job", f"{training['metadata']['name']}-g1", ns)

@@ -6,7 +6,9 @@ import json
 from typing import Any
 
 from metaspec.api import SpecServe
+from metaspec.api.training import ModelSource
 from metaspec.artifacts import Uri
+from metaspec.artifacts.uri import PVC_ROOT
 from metaspec.operator import labels as L
 from metaspec.operator.builders import pod
 from metaspec.operator.builders.names import child_metadata
@@ -92,20 +94,31 @@ def build_deployment(
 def vllm_model_arg(uri: str, role: str) -> tuple[str, bool]:
     """What vLLM is given for a model URI, and whether an init container must fetch it first.
 
-    vLLM reads a local directory or a Hugging Face name; S3 artifacts are pulled (and verified against
+    vLLM reads a local directory or a Hugging Face name (its revision goes in its own arguments);
+    `pvc://` models are read where the claim is mounted; S3 artifacts are pulled (and verified against
     their manifest) by `metaspec artifacts pull` into the cache volume before vLLM starts.
     """
-    scheme = Uri.parse(uri).scheme  # refuses a remainder starting with '-' and a hub URI without a repository
-    if scheme == "s3":
+    parsed = Uri.parse(uri)  # refuses a remainder starting with '-' and a hub URI without a repository
+    if parsed.scheme == "s3":
         return f"{MODELS_DIR}/{role}", True
+    if parsed.scheme == "hf":
+        return parsed.path, False
+    if parsed.scheme == "pvc":  # where the pod builders mount the claim, whatever this process's environment
+        return f"{PVC_ROOT}/{parsed.bucket}/{parsed.path}", False
     # A path inside the container, as the spec gives it (relative to vLLM's working directory).
     return uri.split("://", 1)[-1], False
+
+
+def _revision(source: ModelSource | None) -> str | None:
+    return Uri.parse(source.location).revision if source is not None and source.location else None
 
 
 def vllm_args(serve: SpecServe, target: str, draft: str) -> list[str]:
     """`vllm serve` arguments: draft-model speculative decoding with `maxSpeculativeTokens` per step."""
     spec = serve.spec
     speculative = {"model": draft, "num_speculative_tokens": spec.routing.max_speculative_tokens}
+    if revision := _revision(spec.draft):
+        speculative["revision"] = revision
     args = [
         "vllm",
         "serve",
@@ -127,6 +140,9 @@ def vllm_args(serve: SpecServe, target: str, draft: str) -> list[str]:
         "--load-format",  # never unpickle: the metaspec engine refuses pickles too
         "safetensors",
     ]
+    if revision := _revision(spec.target):
+        # `=`: a revision is free text, and a separate argument starting with '-' would read as an option.
+        args += [f"--revision={revision}", f"--tokenizer-revision={revision}"]
     if spec.target.trust_remote_code:  # the spec's explicit permission, as for the metaspec engine
         args.append("--trust-remote-code")
     if spec.resources.gpus > 1:

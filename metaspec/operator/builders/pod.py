@@ -1,11 +1,15 @@
-"""Pod pieces every child shares: the container contract, volumes, S3 environment, security, scheduling."""
+"""Pod pieces every child shares: the container contract, volumes, S3 and Hub credentials, security,
+scheduling."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from metaspec.api import Resource
+from metaspec.api.training import ModelSource
+from metaspec.artifacts.uri import PVC_ROOT
 from metaspec.operator.settings import OperatorSettings
+from metaspec.pipeline import claims
 from metaspec.runtime import CONFIG_PATH, TERMINATION_MESSAGE_PATH
 
 CONFIG_DIR, CONFIG_FILE = CONFIG_PATH.rsplit("/", 1)
@@ -51,6 +55,21 @@ def s3_env(resource: Resource) -> list[dict[str, Any]]:
     return env
 
 
+def model_sources(resource: Resource) -> list[ModelSource]:
+    """The models a resource reads: base model, teacher, or target and draft."""
+    spec = resource.spec
+    found = (getattr(spec, name, None) for name in ("base_model", "model", "target", "draft"))
+    return [source for source in found if isinstance(source, ModelSource)]
+
+
+def hf_env(resource: Resource) -> list[dict[str, Any]]:
+    """`HF_TOKEN` by reference to the Secret named on the model sources (one per pod; the API checks it)."""
+    refs = [s.hf_token_secret_ref for s in model_sources(resource) if s.hf_token_secret_ref is not None]
+    if not refs:
+        return []
+    return [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": refs[0].name, "key": refs[0].key}}}]
+
+
 def runtime_env() -> list[dict[str, Any]]:
     """Where components keep caches and logs when the root filesystem is read-only."""
     return [
@@ -80,6 +99,10 @@ def volumes(resource: Resource, config_map: str | None) -> tuple[list[dict[str, 
     if config_map is not None:
         vols.insert(0, {"name": "config", "configMap": {"name": config_map}})
         mounts.insert(0, {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True})
+    # `pvc://` models and data are read in place: the claim is mounted read-only, nothing is copied.
+    for i, claim in enumerate(claims(resource)):
+        vols.append({"name": f"claim-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        mounts.append({"name": f"claim-{i}", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True})
     return vols, mounts
 
 
@@ -136,7 +159,7 @@ def container(
         "image": settings.image(resource.component, pod.image),
         "imagePullPolicy": pod.image_pull_policy or settings.image_pull_policy,
         "command": command(resource.component),
-        "env": runtime_env() + s3_env(resource),
+        "env": runtime_env() + s3_env(resource) + hf_env(resource),
         "volumeMounts": mounts,
         "resources": compute(resource),
         "securityContext": container_security(read_only_root),

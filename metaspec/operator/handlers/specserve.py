@@ -34,7 +34,11 @@ def served(resource: SpecServe, resolved: dict[str, pipeline.Resolved]) -> dict[
         if source is None:
             continue
         found = resolved.get(f"spec.{role}")
-        out[role] = {"uri": found.uri, "digest": found.digest} if found else {"uri": source.uri}
+        out[role] = (
+            {"uri": found.uri, "digest": found.digest}
+            if found
+            else {"uri": source.location, "digest": source.hub_digest}
+        )
         out[role] = {k: v for k, v in out[role].items() if v is not None}
     return out
 

@@ -57,7 +57,7 @@ def load_model(
 ) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    uri = str(source.uri)
+    uri = str(source.location)
     local, manifest = materialize(uri, cache_dir / role)
     check_safetensors(local, role, uri)
     trust = source.trust_remote_code
@@ -65,9 +65,7 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(local, trust_remote_code=trust)
     except (OSError, ValueError) as e:
         raise IncompatibleModel(f"{role} model {uri} has no usable tokenizer: {e}") from None
-    model = AutoModelForCausalLM.from_pretrained(
-        local, dtype=dtype, use_safetensors=True, trust_remote_code=trust, revision=source.revision
-    )
+    model = AutoModelForCausalLM.from_pretrained(local, dtype=dtype, use_safetensors=True, trust_remote_code=trust)
     model.to(device).eval()
     log.info("loaded %s model %s (%s, %s)", role, uri, dtype, device)
     return LoadedModel(role, uri, model, tokenizer, manifest.digest if manifest else None)

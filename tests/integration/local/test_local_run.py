@@ -1,6 +1,7 @@
-"""`metaspec local run` end to end: a miniature pipeline (a tiny random Llama, tiny step counts) through
-the real components as subprocesses, against a real S3 server, then the report; a second run reuses
-the finished stages; a run killed during training resumes from the trainer's checkpoint."""
+"""`metaspec local run` end to end: a miniature pipeline (a tiny random Llama read from a host folder
+given as a `pvc://` claim, tiny step counts) through the real components as subprocesses, against a
+real S3 server, then the report; a second run reuses the finished stages; a run killed during training
+resumes from the trainer's checkpoint."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from metaspec.artifacts import upload_dir
 from metaspec.local.state import load_state, pid_alive
 
 pytestmark = pytest.mark.timeout(900)
@@ -83,27 +83,23 @@ def child_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def tiny_base(tiny_llama: Path, s3, s3_prefix_module: str) -> str:
-    uri = f"{s3_prefix_module}/models/tiny-llama"
-    upload_dir(tiny_llama, uri)
-    return uri
-
-
-@pytest.fixture(scope="module")
 def s3_prefix_module(s3) -> str:
     return "s3://metaspec-test/local-run"
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, tiny_base: str, s3_prefix_module: str, s3, child_env) -> tuple[Path, str]:
-    """The miniature pipeline run once with --report against the test's S3 server."""
+def finished_run(tmp_path_factory, tiny_llama: Path, s3_prefix_module: str, s3, child_env) -> tuple[Path, str]:
+    """The miniature pipeline run once with --report against the test's S3 server; the base model is
+    read in place from the claim `models`, a host folder (`--claim models=DIR`)."""
     root = tmp_path_factory.mktemp("local-run")
     pipeline = root / "pipeline.yaml"
-    pipeline.write_text(TINY_PIPELINE.format(base=tiny_base, prefix=s3_prefix_module))
+    base = f"pvc://models/{tiny_llama.name}"
+    pipeline.write_text(TINY_PIPELINE.format(base=base, prefix=s3_prefix_module))
     state_dir = root / "state"
     result = local(
         "run", str(pipeline), "--state-dir", str(state_dir), "--s3-endpoint", s3.endpoint, "--report", "--no-serve",
-        "--bench-prompts", "1", "--bench-max-tokens", "8", env={**child_env, **s3.env},
+        "--bench-prompts", "1", "--bench-max-tokens", "8", "--claim", f"models={tiny_llama.parent}",
+        env={**child_env, **s3.env},
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     return state_dir, result.stdout
@@ -119,6 +115,7 @@ def test_every_stage_succeeds_with_real_figures(finished_run: tuple[Path, str]) 
     ]
     anil = status["TrainingRun/tiny-anil"]
     assert anil["metrics"]["perplexityBase"] > 1 and anil["metrics"]["perplexityMerged"] > 1
+    assert anil["resolvedBaseModel"].startswith("pvc://models/")
     assert anil["artifacts"]["model"].startswith("s3://metaspec-test/local-run/tiny-anil")
     teacher = status["TeacherGeneration/tiny-teacher"]
     assert teacher["stats"]["examplesDone"] == 6 and teacher["outputUri"].endswith("tiny-teacher")
@@ -263,3 +260,7 @@ def test_invalid_pipeline_names_the_field(tmp_path: Path, child_env) -> None:
     result = local("run", str(pipeline), "--state-dir", str(tmp_path / "s"), env=child_env, timeout=60)
     assert result.returncode == 2
     assert "spec.optimization.maxSteps" in result.stderr and "document 1 (TrainingRun tiny-anil)" in result.stderr
+    pipeline.write_text(TINY_PIPELINE.format(base="pvc://models/tiny", prefix="s3://metaspec-test/y"))
+    result = local("run", str(pipeline), "--state-dir", str(tmp_path / "s"), env=child_env, timeout=60)
+    assert result.returncode == 2 and "models (used by TrainingRun tiny-anil)" in result.stderr
+    assert "--claim NAME=DIR" in result.stderr

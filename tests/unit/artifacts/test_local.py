@@ -29,11 +29,39 @@ from metaspec.artifacts import (
         ("file:///tmp/x", "file", "", "/tmp/x"),
         ("/tmp/x", "file", "", "/tmp/x"),
         ("hf://HuggingFaceTB/SmolLM2-135M-Instruct", "hf", "", "HuggingFaceTB/SmolLM2-135M-Instruct"),
+        ("hf://org/name@v1.0", "hf", "", "org/name"),
+        ("pvc://models/llama/8b", "pvc", "models", "llama/8b"),
     ],
 )
 def test_uri_parse(text: str, scheme: str, bucket: str, path: str) -> None:
     uri = Uri.parse(text)
     assert (uri.scheme, uri.bucket, uri.path) == (scheme, bucket, path)
+    assert Uri.parse(str(uri)) == uri
+
+
+def test_pvc_artifacts_are_read_in_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A claim is a folder under METASPEC_PVC_ROOT: read where it is, verified when it has a manifest."""
+    monkeypatch.setenv("METASPEC_PVC_ROOT", str(tmp_path / "claims"))
+    model = tmp_path / "claims" / "models" / "tiny"
+    model.mkdir(parents=True)
+    (model / "model.safetensors").write_bytes(b"weights")
+    assert materialize("pvc://models/tiny", tmp_path / "cache") == (model, None)
+    upload_dir(model, model)
+    path, manifest = materialize("pvc://models/tiny", tmp_path / "cache")
+    assert path == model and "model.safetensors" in manifest.files
+    assert not (tmp_path / "cache").exists()  # nothing copied
+    with pytest.raises(ValueError, match="may not leave"):
+        Uri.parse("pvc://models/../etc")
+
+
+def test_push_refuses_a_missing_or_empty_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from metaspec.cli import main
+
+    (tmp_path / "empty").mkdir()
+    for source in (tmp_path / "nonexistent", tmp_path / "empty"):
+        assert main(["artifacts", "push", str(source), f"file://{tmp_path}/out"]) != 0
+        assert str(source) in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_uri_join_and_str() -> None:

@@ -136,3 +136,44 @@ def test_vllm_deployment_fetches_s3_models_and_refuses_repetition_penalty():
     bad = serve.model_copy(update={"spec": serve.spec.model_copy(update={"sampling": penalised})})
     with pytest.raises(ValueError, match="repetitionPenalty"):
         serve_manifests(bad)
+
+
+def hub_serve(engine: str) -> SpecServe:
+    """A SpecServe of a gated Hub target at a revision and a draft on a PersistentVolumeClaim."""
+    doc = yaml.safe_load((REPO / "examples" / "spec-serve-vllm.yaml").read_text())
+    doc["metadata"]["uid"] = UID
+    token = {"name": "hf-token", "key": "token"}
+    doc["spec"].update(
+        engine=engine,
+        target={"uri": "hf://meta-llama/Llama-3.1-8B-Instruct", "revision": "0e9e39f", "hfTokenSecretRef": token},
+        draft={"uri": "pvc://models/llama-draft"},
+    )
+    return parse_resource(doc)
+
+
+@pytest.mark.parametrize("engine", ["metaspec", "vllm"])
+def test_hub_token_and_claims_reach_every_container(engine: str) -> None:
+    """HF_TOKEN by reference to the Secret (never a value), claims mounted read-only, nothing fetched."""
+    serve = hub_serve(engine)
+    pod = serve_manifests(serve)[0]["spec"]["template"]["spec"]
+    assert "initContainers" not in pod  # neither the Hub model nor the claim is copied first
+    main = pod["containers"][0]
+    hf = next(e for e in main["env"] if e["name"] == "HF_TOKEN")
+    assert hf == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}}
+    claim = next(v for v in pod["volumes"] if "persistentVolumeClaim" in v)
+    assert claim["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
+    mount = next(m for m in main["volumeMounts"] if m["name"] == claim["name"])
+    assert mount == {"name": claim["name"], "mountPath": "/mnt/pvc/models", "readOnly": True}
+    if engine == "vllm":
+        args = main["command"]
+        assert args[2] == "meta-llama/Llama-3.1-8B-Instruct"
+        assert "--revision=0e9e39f" in args and "--tokenizer-revision=0e9e39f" in args
+        assert '"model":"/mnt/pvc/models/llama-draft"' in args[args.index("--speculative-config") + 1]
+
+
+def test_training_job_gets_the_hub_token() -> None:
+    doc = yaml.safe_load((REPO / "examples" / "training-run.yaml").read_text())
+    doc["metadata"]["uid"] = UID
+    doc["spec"]["baseModel"] = {"uri": "hf://org/base@v1", "hfTokenSecretRef": {"name": "hf"}}
+    env = build_job(parse_resource(doc), SETTINGS, "x")["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "HF_TOKEN"}}} in env
