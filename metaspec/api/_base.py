@@ -69,7 +69,9 @@ def _check_uri(schemes: tuple[str, ...]):
             raise ValueError(f"malformed PVC URI {value!r}: expected pvc://<claim>/<path>")
         if scheme == "pvc" and ".." in value.split("/"):
             raise ValueError(f"{value!r}: '..' may not leave the claim")
-        if scheme == "hf" and not re.match(r"^hf://[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?(@[^@\s]+)?$", value):
+        if scheme == "hf" and not re.match(
+            r"^hf://[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?(@[A-Za-z0-9_][\w./-]*)?$", value
+        ):
             raise ValueError(f"malformed Hub URI {value!r}: expected hf://<org>/<name> or hf://<org>/<name>@<revision>")
         if any(c in value for c in "\n\r\x00"):
             raise ValueError("URI contains control characters")

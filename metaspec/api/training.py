@@ -58,6 +58,7 @@ class ModelSource(Model):
     revision: str | None = Field(
         None,
         max_length=128,
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_./-]*$",
         description="Hub revision (branch, tag or commit) of an `hf://` model, for weights and tokenizer alike; "
         "the same as `hf://org/name@revision`. A commit pins the model exactly.",
     )
@@ -86,17 +87,23 @@ class ModelSource(Model):
         return self
 
     @property
+    def hub_revision(self) -> str | None:
+        """The Hub revision asked for (`revision`, or `@revision` in the URI); None for other sources."""
+        if self.uri is None or not self.uri.startswith("hf://"):
+            return None
+        return self.revision or self.uri.partition("@")[2] or None
+
+    @property
     def location(self) -> str | None:
         """The URI with the Hub revision folded in (`hf://org/name@rev`): what components fetch."""
-        if self.uri is None or self.revision is None or "@" in self.uri:
+        if self.hub_revision is None or "@" in str(self.uri):
             return self.uri
-        return f"{self.uri}@{self.revision}"
+        return f"{self.uri}@{self.hub_revision}"
 
     @property
     def hub_digest(self) -> str | None:
         """`hf:<revision>` for a Hub model with a revision (exact when it is a commit): its served digest."""
-        location = self.location or ""
-        return f"hf:{location.rsplit('@', 1)[1]}" if location.startswith("hf://") and "@" in location else None
+        return f"hf:{self.hub_revision}" if self.hub_revision else None
 
 
 class BaseModelSource(ModelSource):

@@ -75,13 +75,9 @@ class Case:
     path: str  # the field set, and the field the refusal must name
     value: Any
     why: str | None = None  # None: the CRD schema refuses it; else why only CEL / the models do
-    preset: tuple[tuple[str, Any], ...] = ()  # fields the case needs set first, e.g. an hf:// URI for a revision
 
     def body(self) -> dict[str, Any]:
-        doc = base(self.kind)
-        for path, value in self.preset:
-            doc = put(doc, path, value)
-        return put(doc, self.path, self.value)
+        return put(base(self.kind), self.path, self.value)
 
 
 def _cases(category: str, kind: str, entries: list[tuple]) -> Iterator[Case]:
@@ -306,25 +302,22 @@ SHELL_FIELDS = {
         ("spec.baseModel.uri", "s3://models/{}"),
         ("spec.dataset.uri", "s3://data/{}"),
         ("spec.output.uri", "s3://out/{}"),
-        ("spec.baseModel.revision", "{}", (("spec.baseModel.uri", "hf://org/base"),)),
         ("spec.evaluation.uri", "/data/{}"),
     ],
-    TG: [
-        ("spec.sampling.stop", ["{}"]),
-        ("spec.dataset.uri", "s3://data/{}"),
-        ("spec.model.revision", "{}", (("spec.model.uri", "hf://org/teacher"),)),
-    ],
-    SS: [
-        ("spec.target.uri", "s3://models/{}"),
-        ("spec.draft.uri", "file:///models/{}"),
-        ("spec.target.revision", "{}", (("spec.target.uri", "hf://org/target"),)),
-    ],
+    TG: [("spec.sampling.stop", ["{}"]), ("spec.dataset.uri", "s3://data/{}")],
+    SS: [("spec.target.uri", "s3://models/{}"), ("spec.draft.uri", "file:///models/{}")],
 }
 #: Fields whose pattern refuses shell metacharacters outright (the schema does).
 SHELL_REFUSED = {
-    TR: ["spec.storage.region", "spec.queueName", "spec.pod.priorityClassName", "spec.resources.gpuResourceName"],
-    TG: ["spec.pod.serviceAccountName"],
-    SS: ["spec.pod.image", "spec.servedModelName"],
+    TR: [
+        "spec.storage.region",
+        "spec.queueName",
+        "spec.pod.priorityClassName",
+        "spec.resources.gpuResourceName",
+        "spec.baseModel.revision",
+    ],
+    TG: ["spec.pod.serviceAccountName", "spec.model.revision"],
+    SS: ["spec.pod.image", "spec.servedModelName", "spec.target.revision"],
 }
 
 
@@ -353,14 +346,14 @@ def refused_cases() -> list[Case]:
 def accepted_cases() -> list[Case]:
     out: list[Case] = []
     for kind, fields in SHELL_FIELDS.items():
-        for path, template, *preset in fields:
+        for path, template in fields:
             for i, hostile in enumerate(SHELL):
                 if "://" in str(template) and "#" in hostile:
                     continue  # a fragment in a URI: refused (BAD_URIS)
                 value = (
                     [t.format(hostile) for t in template] if isinstance(template, list) else template.format(hostile)
                 )
-                out.append(Case(f"shell-{kind}-{path}-{i}", kind, path, value, preset=preset[0] if preset else ()))
+                out.append(Case(f"shell-{kind}-{path}-{i}", kind, path, value))
     return out
 
 

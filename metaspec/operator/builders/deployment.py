@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 from metaspec.api import SpecServe
-from metaspec.api.training import ModelSource
 from metaspec.artifacts import Uri
 from metaspec.artifacts.uri import PVC_ROOT
 from metaspec.operator import labels as L
@@ -109,15 +108,11 @@ def vllm_model_arg(uri: str, role: str) -> tuple[str, bool]:
     return uri.split("://", 1)[-1], False
 
 
-def _revision(source: ModelSource | None) -> str | None:
-    return Uri.parse(source.location).revision if source is not None and source.location else None
-
-
 def vllm_args(serve: SpecServe, target: str, draft: str) -> list[str]:
     """`vllm serve` arguments: draft-model speculative decoding with `maxSpeculativeTokens` per step."""
     spec = serve.spec
     speculative = {"model": draft, "num_speculative_tokens": spec.routing.max_speculative_tokens}
-    if revision := _revision(spec.draft):
+    if spec.draft is not None and (revision := spec.draft.hub_revision):
         speculative["revision"] = revision
     args = [
         "vllm",
@@ -140,8 +135,7 @@ def vllm_args(serve: SpecServe, target: str, draft: str) -> list[str]:
         "--load-format",  # never unpickle: the metaspec engine refuses pickles too
         "safetensors",
     ]
-    if revision := _revision(spec.target):
-        # `=`: a revision is free text, and a separate argument starting with '-' would read as an option.
+    if revision := spec.target.hub_revision:
         args += [f"--revision={revision}", f"--tokenizer-revision={revision}"]
     if spec.target.trust_remote_code:  # the spec's explicit permission, as for the metaspec engine
         args.append("--trust-remote-code")
