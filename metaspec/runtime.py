@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -71,17 +73,91 @@ def _references(node: Any, path: str = "spec") -> Iterator[str]:
                 yield from _references(value, f"{path}.{key}")
 
 
+def to_json(body: Any, **options: Any) -> str:
+    """JSON that strict parsers (the API server, Go, JavaScript) read: a non-finite float is `null`.
+
+    `json.dumps` writes NaN and Infinity as bare literals, which are not JSON; every summary, metrics
+    file and statistics file goes through here.
+    """
+    return json.dumps(_finite(body), allow_nan=False, default=str, **options)
+
+
+def _finite(node: Any) -> Any:
+    if isinstance(node, float):
+        return node if math.isfinite(node) else None
+    if isinstance(node, dict):
+        return {k: _finite(v) for k, v in node.items()}
+    if isinstance(node, list | tuple):
+        return [_finite(v) for v in node]
+    return node
+
+
+def _compact(body: Any) -> str:
+    return to_json(body, separators=(",", ":"))
+
+
+def spec_digest(kind: str, spec: dict[str, Any]) -> str:
+    """sha256 of the spec fields that define what a resource produces: those immutable once it has
+    started (`api.crd.IMMUTABLE_SPEC`), except `storage` (where, not what). Wire form, defaults filled."""
+    from metaspec.api import RESOURCES
+    from metaspec.api.crd import IMMUTABLE_SPEC
+
+    defining = {f: spec.get(f) for f in IMMUTABLE_SPEC[RESOURCES[kind]] if f != "storage"}
+    return hashlib.sha256(json.dumps(defining, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def provenance(kind: str, spec: dict[str, Any], inputs: dict[str, str]) -> dict[str, Any]:
+    """What an output was produced from, recorded in its manifest: the spec digest and the manifest
+    digests of the artifacts read (`{field: uri}`; an input without a manifest has none)."""
+    from metaspec.artifacts import ArtifactError, read_manifest
+
+    digests: dict[str, str | None] = {}
+    for field, uri in sorted(inputs.items()):
+        try:
+            digests[field] = read_manifest(uri).digest
+        except (ArtifactError, ValueError):
+            digests[field] = None  # a single file, a hub model, the bundled dataset
+    return {"configDigest": spec_digest(kind, spec), "inputs": digests}
+
+
+def check_provenance(where: str, recorded: dict[str, Any] | None, current: dict[str, Any]) -> None:
+    """Refuse to reuse an output that another config or other inputs produced (PermanentError naming both).
+
+    Outputs written before provenance was recorded carry none and are accepted.
+    """
+    if not recorded:
+        return
+    differences = []
+    if recorded.get("configDigest") != current["configDigest"]:
+        differences.append(f"config digest {str(recorded.get('configDigest'))[:12]} ≠ {current['configDigest'][:12]}")
+    for field, digest in current["inputs"].items():
+        before = (recorded.get("inputs") or {}).get(field)
+        if digest and before and digest != before:
+            differences.append(f"{field} manifest {before[:12]} ≠ {digest[:12]}")
+    if differences:
+        raise PermanentError(
+            f"{where} was produced by another spec or other inputs than this one ({'; '.join(differences)}, "
+            "recorded ≠ now): give the changed resource a new output URI (or a new name), or delete the old "
+            "output to produce it again"
+        )
+
+
 def termination_message_path() -> Path:
     return Path(os.environ.get("METASPEC_TERMINATION_MESSAGE_PATH", TERMINATION_MESSAGE_PATH))
 
 
 def write_summary(summary: dict[str, Any]) -> None:
     """Write the result summary for the operator, trimmed to the termination-message limit."""
-    text = json.dumps(summary, separators=(",", ":"), default=str)
+    text = _compact(summary)
     if len(text.encode()) > TERMINATION_MESSAGE_LIMIT:
-        keep = {k: summary[k] for k in ("phase", "reason", "message", "artifacts") if k in summary}
-        keep["truncated"] = True
-        text = json.dumps(keep, separators=(",", ":"), default=str)[:TERMINATION_MESSAGE_LIMIT]
+        # Whole JSON or nothing: a cut string would not parse. Keep what says why, shortening the message.
+        keep = {k: summary[k] for k in ("phase", "reason", "errorKind", "artifacts") if k in summary}
+        for chars in (3000, 1000, 200, 0):
+            text = _compact({**keep, "message": str(summary.get("message", ""))[:chars], "truncated": True})
+            if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:
+                break
+        else:
+            text = _compact({k: str(summary.get(k, ""))[:200] for k in ("phase", "reason")} | {"truncated": True})
     path = termination_message_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,12 @@ LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 QUALIFIED_NAME_PATTERN = (
     r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 )
+#: Temperatures below this sample greedily (vLLM's threshold): dividing float32 logits by a subnormal
+#: temperature overflows them, the softmax turns NaN and the sampler emits the last token id forever.
+GREEDY_BELOW = 1e-5
+#: The smallest `topP` and repetition penalty: below it the nucleus is empty or the penalised logits
+#: overflow. 1e-6 < 1/vocabulary for any real vocabulary: `topP` at the bound means "top token only".
+MIN_FACTOR = 1e-6
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 

@@ -7,6 +7,8 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from ._base import (
+    GREEDY_BELOW,
+    MIN_FACTOR,
     ArtifactUri,
     DatasetUri,
     LabelValue,
@@ -27,10 +29,14 @@ SEED_STOP_STRINGS = ["<|eot_id|>", "<|im_end|>", "<|end_of_text|>", "\nUser:", "
 class Sampling(Model):
     """Sampling parameters. Defaults are the seed's fix for 84% of greedy outputs hitting the length limit."""
 
-    temperature: float = Field(0.3, ge=0, le=10, description="Softmax temperature; 0 is greedy.")
+    temperature: float = Field(
+        0.3, ge=0, le=10, description=f"Softmax temperature; 0 (and anything below {GREEDY_BELOW:g}) is greedy."
+    )
     max_tokens: int = Field(512, ge=1, le=131072, description="Maximum new tokens per output.")
-    repetition_penalty: float = Field(1.2, gt=0, le=10, description="CTRL-style repetition penalty; 1 disables.")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    repetition_penalty: float = Field(
+        1.2, ge=MIN_FACTOR, le=10, description=f"CTRL-style repetition penalty (at least {MIN_FACTOR:g}); 1 disables."
+    )
+    top_p: float = Field(1.0, ge=MIN_FACTOR, le=1, description=f"Nucleus sampling mass (at least {MIN_FACTOR:g}).")
     top_k: int | None = Field(None, ge=1, description="Sample from the k most likely tokens only.")
     stop: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
         default_factory=lambda: list(SEED_STOP_STRINGS),
@@ -38,6 +44,10 @@ class Sampling(Model):
         description="Strings that end an output (not included in it). The model's EOS/end-of-turn tokens always stop.",
     )
     seed: int = Field(0, ge=0, description="Sampling seed; the same seed gives the same outputs.")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < GREEDY_BELOW
 
 
 class GenerationDataset(Model):

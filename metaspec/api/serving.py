@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from ._base import (
     MAX_NAME_LENGTH,
+    MIN_FACTOR,
     SERVICE_NAME_PATTERN,
     LabelValue,
     Model,
@@ -40,8 +41,12 @@ class ServeSampling(Model):
     """Defaults for requests that leave a parameter out, and the limits every request must respect."""
 
     temperature: float = Field(0.0, ge=0, le=10, description="Default temperature.")
-    top_p: float = Field(1.0, ge=1e-6, le=1, description="Default nucleus mass (at least 1e-6, like a request's).")
-    repetition_penalty: float = Field(1.0, ge=1e-6, le=10, description="Default repetition penalty (at least 1e-6).")
+    top_p: float = Field(
+        1.0, ge=MIN_FACTOR, le=1, description=f"Default nucleus mass (at least {MIN_FACTOR:g}, like a request's)."
+    )
+    repetition_penalty: float = Field(
+        1.0, ge=MIN_FACTOR, le=10, description=f"Default repetition penalty (at least {MIN_FACTOR:g})."
+    )
     max_tokens: int = Field(256, ge=1, description="Default `max_tokens`.")
     max_tokens_limit: int = Field(2048, ge=1, description="Largest `max_tokens` a request may ask for.")
     max_prompt_tokens: int = Field(4096, ge=1, description="Longest prompt accepted, in tokens.")

@@ -160,7 +160,7 @@ class Evaluation(Model):
 
 class Lora(Model):
     r: int = Field(64, ge=1, le=1024, description="LoRA rank.")
-    alpha: float = Field(128, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    alpha: float = Field(128, gt=0, le=4096, description="LoRA scaling numerator (scale = alpha / r).")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
     target_modules: list[ModuleName] = Field(
         default_factory=lambda: list(SEED_TARGET_MODULES),
@@ -222,8 +222,10 @@ class Optimization(Model):
     )
     gradient_accumulation: int = Field(1, ge=1, le=4096, description="Steps (or task batches) per optimizer update.")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps with linear warm-up.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    weight_decay: float = Field(
+        0.0, ge=0, le=1, description="AdamW weight decay (decoupled: each step scales weights by 1 − lr·decay)."
+    )
+    max_grad_norm: float = Field(1.0, gt=0, le=1e6, description="Gradient clipping norm.")
     scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate schedule.")
     early_stopping_patience: int = Field(
         2, ge=0, description="Evaluations without improvement before stopping; 0 disables early stopping."
@@ -248,7 +250,7 @@ class Draft(Model):
         description="`next-token`: cross-entropy on teacher text. `distill`: KL to the target's logits "
         "(needs `initFrom: target`).",
     )
-    distill_temperature: float = Field(1.0, gt=0, le=100, description="Softmax temperature of `distill`.")
+    distill_temperature: float = Field(1.0, ge=0.01, le=100, description="Softmax temperature of `distill`.")
 
     @model_validator(mode="after")
     def _consistent(self) -> Draft:

@@ -26,6 +26,7 @@ from .transfer import (
     sha256_file,
     upload_dir,
     upload_file,
+    verify_artifact,
     write_bytes,
 )
 from .uri import Uri
@@ -55,5 +56,6 @@ __all__ = [
     "store_for",
     "upload_dir",
     "upload_file",
+    "verify_artifact",
     "write_bytes",
 ]

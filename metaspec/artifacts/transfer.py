@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,6 +202,30 @@ def verify_local(uri: Uri) -> Manifest:
         if not path.is_file():
             raise IncompleteArtifact(f"{uri.join(rel)} is listed in the manifest but missing")
         _verify(path, meta, uri.join(rel))
+    return manifest
+
+
+def verify_artifact(uri: str | Path | Uri) -> Manifest:
+    """Check a complete artifact where it lives: every file its manifest lists is present with its size
+    and sha256. Objects are fetched one at a time into a temporary file to be hashed, so this reads the
+    whole artifact: for deciding whether a finished stage's output may be reused, not on every read."""
+    uri = Uri.of(uri)
+    if uri.scheme in ("file", "pvc"):
+        return verify_local(uri)
+    manifest = read_manifest(uri)
+    store = store_for(uri)
+    sizes = dict(store.list(uri))
+    for rel, meta in manifest.files.items():  # sizes first: a lost object is found without reading any
+        if sizes.get(rel) != meta["size"]:
+            raise IncompleteArtifact(
+                f"{uri.join(rel)} is listed in the manifest with {meta['size']} bytes but "
+                + ("missing" if rel not in sizes else f"has {sizes[rel]}")
+            )
+    with tempfile.TemporaryDirectory(prefix="metaspec-verify-") as tmp:
+        scratch = Path(tmp) / "object"
+        for rel, meta in manifest.files.items():
+            store.get_file(uri.join(rel), scratch)
+            _verify(scratch, meta, uri.join(rel))
     return manifest
 
 

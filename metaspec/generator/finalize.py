@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from metaspec.artifacts import MANIFEST, Manifest, Uri, list_files, store_for, write_bytes
-from metaspec.runtime import PermanentError
+from metaspec.runtime import PermanentError, to_json
 
 from .sharding import shard_file, shard_stats_file
 from .stats import compute_stats
@@ -32,7 +32,12 @@ def missing_parts(output: Uri, count: int) -> list[str]:
 
 
 def finalize_if_complete(
-    output: Uri, count: int, examples_total: int, min_natural_stop_rate: float, work_dir: Path
+    output: Uri,
+    count: int,
+    examples_total: int,
+    min_natural_stop_rate: float,
+    work_dir: Path,
+    produced: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Merge and write the manifest when all shards are done; the merged stats, or None if some are not."""
     if missing_parts(output, count):
@@ -48,9 +53,9 @@ def finalize_if_complete(
         records += [json.loads(line) for line in text.splitlines() if line.strip()]
     _check_complete(records, examples_total, output)
     stats = {**compute_stats(records, examples_total, min_natural_stop_rate), "shards": count}
-    (local / STATS_FILE).write_text(json.dumps(stats, indent=1, sort_keys=True) + "\n")
+    (local / STATS_FILE).write_text(to_json(stats, indent=1, sort_keys=True) + "\n")
     store_for(output).put_file(local / STATS_FILE, output.join(STATS_FILE))
-    _, raw = Manifest.build(local, _manifest_metadata(records, count))
+    _, raw = Manifest.build(local, {**_manifest_metadata(records, count), "producedBy": produced})
     write_bytes(raw, output.join(MANIFEST))
     return stats
 

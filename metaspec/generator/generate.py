@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -16,9 +15,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from metaspec.api.generation import TeacherGenerationSpec
-from metaspec.artifacts import NotFound, Uri, materialize, store_for, write_bytes
+from metaspec.artifacts import NotFound, Uri, is_complete, materialize, read_manifest, store_for, write_bytes
 from metaspec.records import InvalidData, Record, chat_prompt_ids, read_records
-from metaspec.runtime import PermanentError
+from metaspec.runtime import PermanentError, check_provenance, provenance, to_json
 
 from .engines import Completion, Engine, Prompt, load_engine, prompt_seed
 from .finalize import finalize_if_complete
@@ -55,6 +54,11 @@ def run_shard(spec: TeacherGenerationSpec, index: int, count: int, options: Opti
     inputs = load_inputs(spec)
     mine = shard_items(inputs, index, count)
     output = Uri.of(spec.output.uri)
+    produced = provenance(
+        "TeacherGeneration", spec.dump(), {"spec.model.uri": spec.model.uri, "spec.dataset.uri": spec.dataset.uri}
+    )
+    if is_complete(output):
+        check_provenance(str(output), read_manifest(output).metadata.get("producedBy"), produced)
     final_uri = output.join(shard_file(index, count))
     work_dir = options.work_dir / hashlib.sha256(str(output).encode()).hexdigest()[:16]
     records, generated = _finished(final_uri, mine), 0
@@ -65,8 +69,8 @@ def run_shard(spec: TeacherGenerationSpec, index: int, count: int, options: Opti
         partial = output.join(partial_file(index, count))
         store_for(partial).delete(partial)
     stats = compute_stats(records, len(mine), spec.quality.min_natural_stop_rate)
-    write_bytes(json.dumps(stats, indent=1, sort_keys=True).encode(), output.join(shard_stats_file(index, count)))
-    merged = finalize_if_complete(output, count, len(inputs), spec.quality.min_natural_stop_rate, work_dir)
+    write_bytes(to_json(stats, indent=1, sort_keys=True).encode(), output.join(shard_stats_file(index, count)))
+    merged = finalize_if_complete(output, count, len(inputs), spec.quality.min_natural_stop_rate, work_dir, produced)
     if merged is not None:
         log.info("all %d shards done: wrote stats.json and the manifest of %s", count, output)
     return ShardResult(index, count, str(output), stats, merged, generated, records)

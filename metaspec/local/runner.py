@@ -36,7 +36,17 @@ from metaspec.api import (
     now,
     parse_resource,
 )
-from metaspec.artifacts import ArtifactError, is_complete, list_files, read_bytes, read_manifest
+from metaspec.artifacts import (
+    MANIFEST,
+    ArtifactError,
+    Uri,
+    is_complete,
+    list_files,
+    read_bytes,
+    read_manifest,
+    store_for,
+    verify_artifact,
+)
 from metaspec.local.display import LiveDisplay, parse_progress_line
 from metaspec.local.processes import Child, terminate_group
 from metaspec.local.state import State, StateLock, load_state, pid_alive, save_state
@@ -270,11 +280,20 @@ class LocalRun:
             self._run_generation(rendered)
 
     def _output_complete(self, resource: Resource) -> bool:
+        """Whether the stage's output is whole: every file present with its size and sha256. One that
+        fails loses its manifest, so that the stage runs again and rewrites what is missing or damaged."""
         artifact = pipeline.artifact_of(self._with_status(resource))
-        try:
-            return artifact is not None and is_complete(artifact.uri)
-        except ArtifactError:
+        if artifact is None:
             return False
+        try:
+            verify_artifact(artifact.uri)
+        except ArtifactError as e:
+            if is_complete(artifact.uri):
+                self.display.say(f"{resource.kind}/{resource.metadata.name}: its output fails verification ({e})")
+                manifest = Uri.of(artifact.uri).join(MANIFEST)
+                store_for(manifest).delete(manifest)
+            return False
+        return True
 
     def _stage_dir(self, resource: Resource) -> Path:
         path = self.state_dir / "stages" / f"{resource.kind.lower()}-{resource.metadata.name}"

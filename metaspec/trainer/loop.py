@@ -7,6 +7,7 @@ time and persistence lives here, so both recipes checkpoint and resume the same 
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import threading
@@ -21,7 +22,7 @@ from torch import nn
 
 from metaspec.api.training import Optimization
 from metaspec.artifacts import Uri
-from metaspec.runtime import TransientError
+from metaspec.runtime import PermanentError, TransientError, check_provenance, spec_digest
 
 from .checkpoint import (
     Checkpoint,
@@ -86,6 +87,11 @@ def lr_lambda(kind: str, warmup: int, total: int):
     return factor
 
 
+class Diverged(PermanentError):
+    """Training produced a non-finite loss, gradient or weight: no retry fixes that, and nothing
+    is checkpointed or published from it (the run fails with reason `Diverged`)."""
+
+
 class TrainLoop:
     def __init__(
         self,
@@ -126,6 +132,12 @@ class TrainLoop:
         checkpoint = latest_checkpoint(self.output, self.cache)
         if checkpoint is None:
             return False
+        saved = json.loads((checkpoint.path / "config.json").read_text())
+        check_provenance(
+            str(checkpoint.uri),
+            {"configDigest": spec_digest(saved["kind"], saved["spec"])},
+            {"configDigest": spec_digest(self.config["kind"], self.config["spec"]), "inputs": {}},
+        )
         self._restore(checkpoint)
         self.reporter.on_event(f"resumed from {checkpoint.uri}", {"step": checkpoint.step})
         return True
@@ -181,8 +193,11 @@ class TrainLoop:
             self.recipe.train_step(1 / self.opt.gradient_accumulation) for _ in range(self.opt.gradient_accumulation)
         ]
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.opt.max_grad_norm)
+        loss = sum(s.loss for s in stats) / len(stats)
         lr = self.scheduler.get_last_lr()[0]
+        self._check_finite(f"loss {loss}, gradient norm {float(grad_norm)}", math.isfinite(loss * float(grad_norm)))
         self.optimizer.step()
+        self._check_finite("the updated weights", bool(torch.stack([p.isfinite().all() for p in self.params]).all()))
         self.scheduler.step()
         self.state.step += 1
         elapsed = time.perf_counter() - started
@@ -191,7 +206,7 @@ class TrainLoop:
         self.state.train_seconds += elapsed
         record: dict[str, Any] = {
             "step": self.state.step,
-            "loss": sum(s.loss for s in stats) / len(stats),
+            "loss": loss,
             "lr": lr,
             "grad_norm": float(grad_norm),
             "tokens": tokens,
@@ -208,8 +223,16 @@ class TrainLoop:
         self.history.append(record)
         self.reporter.on_step(record)
 
+    def _check_finite(self, what: str, finite: bool) -> None:
+        if not finite:
+            raise Diverged(
+                f"training diverged at step {self.state.step + 1}: {what} not finite; nothing is published. "
+                "Lower spec.optimization.outerLr or weightDecay, or spec.lora.alpha (or anil.innerLr)"
+            )
+
     def _evaluate(self) -> float:
         loss = self.recipe.evaluate()
+        self._check_finite(f"evaluation loss {loss}", math.isfinite(loss))
         s = self.state
         if s.best_eval_loss is None or loss < s.best_eval_loss:
             s.best_eval_loss, s.best_step, s.stale_evals = loss, s.step, 0

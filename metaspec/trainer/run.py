@@ -32,7 +32,7 @@ from metaspec.artifacts import (
     write_bytes,
 )
 from metaspec.devices import resolve_device, resolve_dtype
-from metaspec.runtime import PermanentError
+from metaspec.runtime import PermanentError, check_provenance, provenance, to_json
 
 from .loop import TrainLoop
 from .progress import Reporter, default_reporter
@@ -48,8 +48,10 @@ def train(
     """Train (resuming from the newest complete checkpoint), evaluate, publish; return the summary."""
     spec = run.spec
     output = Uri.parse(spec.output.uri)
+    produced = provenance(run.kind, spec.dump(), _inputs(run))
     if is_complete(output):
-        log.info("%s is already complete: nothing to do", output)
+        check_provenance(str(output), read_manifest(output).metadata.get("producedBy"), produced)
+        log.info("%s is already complete (same spec and inputs): nothing to do", output)
         return _finished_summary(output)
     torch_device = resolve_device(device)
     dtype = resolve_dtype(spec.base_model.dtype, torch_device)
@@ -77,7 +79,7 @@ def train(
     merge_failed = degradation is not None and degradation > spec.output.max_merge_degradation
     model_uri = None if merge_failed or not recipe.model_dir else str(output.join(recipe.model_dir))
     summary = _summary(run, loop, quality, model_uri, recipe.data.report)
-    _publish(output, staging, summary, loop.history, complete=not merge_failed)
+    _publish(output, staging, summary, loop.history, complete=not merge_failed, produced=produced)
     ctx.reporter.on_finish(summary["metrics"])
     if merge_failed:
         raise PermanentError(
@@ -86,6 +88,12 @@ def train(
             f"{spec.output.max_merge_degradation:.2%}; the adapter and metrics are saved, the merged model is not"
         )
     return summary
+
+
+def _inputs(run: TrainingRun) -> dict[str, str]:
+    spec = run.spec
+    uris = {"baseModel": spec.base_model.uri, "dataset": spec.dataset.uri, "evaluation": spec.evaluation.uri}
+    return {f"spec.{field}.uri": uri for field, uri in uris.items() if uri}
 
 
 def _finished_summary(output: Uri) -> dict[str, Any]:
@@ -127,17 +135,22 @@ def _summary(
 
 
 def _publish(
-    output: Uri, staging: Path, summary: dict[str, Any], history: list[dict[str, Any]], complete: bool
+    output: Uri,
+    staging: Path,
+    summary: dict[str, Any],
+    history: list[dict[str, Any]],
+    complete: bool,
+    produced: dict[str, Any],
 ) -> None:
     """Sub-artifacts first (each with its manifest), then metrics, then, if `complete`, the output's manifest."""
     for sub in ("adapter", "merged", "model"):
         if (staging / sub).is_dir():
             upload_dir(staging / sub, output.join(sub), metadata={"kind": sub})
-    (staging / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
-    (staging / "metrics.json").write_text(json.dumps(summary, indent=1))
+    (staging / "history.jsonl").write_text("".join(to_json(r) + "\n" for r in history))
+    (staging / "metrics.json").write_text(to_json(summary, indent=1))
     for name in ("history.jsonl", "metrics.json"):
         upload_file(staging / name, output.join(name))
     if complete:
-        manifest, raw = Manifest.build(staging, metadata={"kind": "training-output"})
+        manifest, raw = Manifest.build(staging, metadata={"kind": "training-output", "producedBy": produced})
         write_bytes(raw, output.join(MANIFEST))
         summary["artifacts"]["manifestDigest"] = manifest.digest

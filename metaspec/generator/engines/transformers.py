@@ -42,7 +42,8 @@ class SeededSampler(LogitsProcessor):
     tokens already in the prompt or output are divided by the penalty when positive and multiplied
     when negative. Unlike transformers' own processor it skips left padding, which would otherwise
     penalise the pad token in short rows only. The sampled token is returned as the only finite
-    logit, so `generate`'s greedy step picks exactly it; at temperature 0 no draw is made.
+    logit, so `generate`'s greedy step picks exactly it; when greedy (temperature below GREEDY_BELOW)
+    no draw is made.
     """
 
     def __init__(self, sampling: Sampling, seeds: Sequence[int], pad_lengths: Sequence[int]):
@@ -55,7 +56,7 @@ class SeededSampler(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         scores = self._penalize(input_ids, scores)  # (B, V)
-        if self.sampling.temperature == 0:
+        if self.sampling.greedy:
             return scores
         scores = scores / self.sampling.temperature
         for warper in self.warpers:

@@ -41,7 +41,7 @@ def vllm_llm_kwargs(spec: TeacherGenerationSpec, model_dir: Path) -> dict[str, A
 def vllm_sampling_kwargs(sampling: Sampling, tokenizer: Any) -> dict[str, Any]:
     """Arguments of `vllm.SamplingParams`: exactly the configured sampling, plus the model's stop ids."""
     return {
-        "temperature": sampling.temperature,
+        "temperature": 0.0 if sampling.greedy else sampling.temperature,
         "max_tokens": sampling.max_tokens,
         "repetition_penalty": sampling.repetition_penalty,
         "top_p": sampling.top_p,

@@ -22,6 +22,7 @@ from metaspec.artifacts import (
     read_manifest,
     reset_clients,
     upload_dir,
+    verify_artifact,
     write_bytes,
 )
 
@@ -87,6 +88,18 @@ def test_a_cached_copy_is_verified_on_every_use(tmp_path: Path, s3_prefix: str) 
     assert again == path
     for rel in ("config.json", "sub/weights.bin"):
         assert (path / rel).read_bytes() == (src / rel).read_bytes()
+
+
+def test_verify_artifact_reads_every_object(tmp_path: Path, s3_prefix: str) -> None:
+    """Whether a finished stage's output may be reused: a deleted or changed object fails it."""
+    upload_dir(make_tree(tmp_path / "src"), s3_prefix)
+    assert verify_artifact(s3_prefix).files
+    write_bytes(b"tampered", Uri.parse(s3_prefix).join("config.json"))
+    with pytest.raises(ChecksumMismatch, match=r"config\.json"):
+        verify_artifact(s3_prefix)
+    S3Store().delete(Uri.parse(s3_prefix).join("sub/weights.bin"))
+    with pytest.raises(IncompleteArtifact, match="missing"):
+        verify_artifact(s3_prefix)
 
 
 def test_missing_bucket_and_key_are_clear(tmp_path: Path, s3) -> None:

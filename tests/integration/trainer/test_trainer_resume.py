@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from trainer_helpers import tiny_anil_spec, training_run, write_dataset
 
-from metaspec.runtime import TransientError
+from metaspec.runtime import PermanentError, TransientError
 from metaspec.trainer.progress import LogReporter
 from metaspec.trainer.run import train
 
@@ -114,3 +114,18 @@ def test_a_complete_output_is_not_trained_again(tiny_llama, data, uninterrupted,
     again = train(run, work_dir=tmp_path / "work", device="cpu", reporter=LogReporter())
     assert again["metrics"] == expected["metrics"]
     assert again["artifacts"]["manifestDigest"] == expected["artifacts"]["manifestDigest"]
+
+
+def test_a_changed_spec_is_refused_an_existing_output(tiny_llama, data, uninterrupted, tmp_path):
+    """The output's manifest records the spec digest and input digests that produced it; another spec
+    into the same prefix is refused naming both, instead of being handed the old artifacts."""
+    _, out = uninterrupted
+    recorded = json.loads((out / "_manifest.json").read_text())["metadata"]["producedBy"]
+    assert set(recorded["inputs"]) == {"spec.baseModel.uri", "spec.dataset.uri", "spec.evaluation.uri"}
+    changed = training_run(tiny_anil_spec(tiny_llama, *data, str(out), outerLr=1e-2))
+    with pytest.raises(PermanentError, match=rf"config digest {recorded['configDigest'][:12]} ≠ [0-9a-f]{{12}}"):
+        train(changed, work_dir=tmp_path / "work", device="cpu", reporter=LogReporter())
+    # Scheduling and storage are not what is produced: the same output is still reused.
+    moved = tiny_anil_spec(tiny_llama, *data, str(out))
+    moved["resources"] = {"gpus": 0, "memory": "1Gi"}
+    train(training_run(moved), work_dir=tmp_path / "work", device="cpu", reporter=LogReporter())

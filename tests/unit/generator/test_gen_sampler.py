@@ -83,3 +83,24 @@ def test_finish_reasons_and_token_counts(tokenizer) -> None:
 def test_cut_at_the_earliest_stop_string() -> None:
     assert cut_at_stop("abc\nUser: x ### y", ["###", "\nUser:"]) == ("abc", True)
     assert cut_at_stop("plain", ["###", ""]) == ("plain", False)
+
+
+def test_degenerate_sampling_is_greedy_or_refused() -> None:
+    """A subnormal temperature decodes greedily (as the server and vLLM do) instead of NaN probabilities
+    that make the draw emit the last vocabulary id; penalties and top_p below 1e-6 are refused."""
+    scores = torch.tensor([[0.1, 3.0, -1.0, 0.5]])
+    tiny = Sampling(temperature=1e-300, repetition_penalty=1.0)
+    out = SeededSampler(tiny, [0], [0])(torch.tensor([[0]]), scores.clone())
+    assert torch.equal(out, scores) and out.argmax() == 1
+    from metaspec.generator.engines.vllm import vllm_sampling_kwargs
+
+    class Tokenizer:
+        eos_token_id = 2
+
+        def convert_tokens_to_ids(self, token: str) -> None:
+            return None
+
+    assert vllm_sampling_kwargs(tiny, Tokenizer())["temperature"] == 0.0
+    for field in ("repetition_penalty", "top_p"):
+        with pytest.raises(ValueError, match=field):
+            Sampling(**{field: 1e-300})

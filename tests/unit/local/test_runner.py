@@ -6,11 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from metaspec.api import TeacherGeneration, TrainingRun
+from metaspec.artifacts import MANIFEST, upload_dir
 from metaspec.local.display import parse_progress_line, render_table
 from metaspec.local.runner import (
+    LocalRun,
     PipelineError,
+    RunOptions,
     config_digest,
     load_pipeline,
     merge_shard_summaries,
@@ -159,3 +163,23 @@ def test_table_renders_every_resource() -> None:
     console.print(render_table(state))
     text = console.export_text()
     assert "TrainingRun/base" in text and "3/10 steps" in text and "Waiting" in text
+
+
+def test_a_damaged_stage_output_is_not_reused(tmp_path: Path) -> None:
+    """A finished stage is reused only while its output verifies; a damaged one loses its manifest,
+    so the stage runs again (and rewrites what is missing) instead of every consumer failing."""
+    out = tmp_path / "teacher"
+    out.mkdir()
+    (out / "shard-00000-of-00001.jsonl").write_text('{"id": "a"}\n')
+    upload_dir(out, out)
+    body = yaml.safe_load(
+        GENERATION.replace("s3://bkt/teacher", str(out)).replace("{from: {trainingRun: base}}", "{uri: s3://bkt/m}")
+    )
+    resource = TeacherGeneration.model_validate(body)
+    run = LocalRun(tmp_path / "p.yaml", RunOptions(state_dir=tmp_path / "state"))
+    run.resources = [resource]
+    run.state.resource("TeacherGeneration", "teacher").status = {"phase": "Succeeded", "outputUri": str(out)}
+    assert run._output_complete(resource)
+    (out / "shard-00000-of-00001.jsonl").write_text('{"id": "b"}\n')
+    assert not run._output_complete(resource)
+    assert not (out / MANIFEST).exists()
