@@ -47,7 +47,7 @@ def field_errors(error: ValidationError, prefix: str = "") -> list[tuple[str, st
 def parse_resource(body: dict[str, Any], where: str = "resource") -> Resource:
     """Validate a whole CR (`apiVersion`, `kind`, `metadata`, `spec`) into its model."""
     kind = body.get("kind")
-    if kind not in RESOURCES:
+    if not isinstance(kind, str) or kind not in RESOURCES:
         raise InvalidResource(where, [("kind", f"unknown kind {kind!r}: expected one of {', '.join(RESOURCES)}")])
     if body.get("apiVersion") != API_VERSION:
         raise InvalidResource(where, [("apiVersion", f"expected {API_VERSION!r}, got {body.get('apiVersion')!r}")])

@@ -10,7 +10,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
-from metaspec.artifacts.uri import Uri
+from metaspec.artifacts.uri import Uri, valid_bucket
 
 GROUP = "metaspec.dev"
 VERSION = "v1alpha1"
@@ -69,8 +69,12 @@ def _check_uri(schemes: tuple[str, ...]):
                 + ", ".join(f"{s}://" for s in schemes)
                 + (" or a local path" if "file" in schemes else "")
             )
-        if scheme == "s3" and not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$", value):
-            raise ValueError(f"malformed S3 URI {value!r}: expected s3://<bucket>/<key>")
+        if scheme == "s3" and not valid_bucket(value[5:].split("/", 1)[0]):
+            raise ValueError(
+                f"malformed S3 URI {value!r}: expected s3://<bucket>/<key> with a valid bucket name (3-63 "
+                "lowercase letters, digits, '.' and '-', starting and ending with a letter or digit, no '..', "
+                "not an IP address)"
+            )
         if scheme == "pvc" and not re.match(rf"^pvc://{NAME_PATTERN[1:-1]}(/.*)?$", value):
             raise ValueError(f"malformed PVC URI {value!r}: expected pvc://<claim>/<path>")
         if scheme == "pvc" and ".." in value.split("/"):

@@ -215,7 +215,7 @@ class _translate:
         return self
 
     def __exit__(self, kind, error, tb):
-        from boto3.exceptions import S3UploadFailedError
+        from boto3.exceptions import RetriesExceededError, S3UploadFailedError
         from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadError, NoCredentialsError
         from botocore.exceptions import ConnectionError as BotoConnectionError
 
@@ -223,6 +223,11 @@ class _translate:
             return False
         if isinstance(error, S3UploadFailedError) and isinstance(error.__context__, ClientError):
             error = error.__context__
+        if isinstance(error, RetriesExceededError):  # boto3's transfer manager gave up mid-download
+            raise Unreachable(
+                f"reading {self.uri} from {self.endpoint} failed on every attempt ({error.last_exception}): "
+                "the connection keeps breaking, or the object is damaged in the store"
+            ) from None
         # Refused or timed-out connections, and connections cut mid-response (the server went away).
         if isinstance(error, BotoConnectionError | HTTPClientError | IncompleteReadError | ConnectionError):
             raise Unreachable(f"cannot reach S3 endpoint {self.endpoint} for {self.uri}: {error}") from None
@@ -234,6 +239,8 @@ class _translate:
         if isinstance(error, ClientError):
             code = error.response.get("Error", {}).get("Code", "")
             status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if code == "InvalidBucketName":
+                raise ArtifactError(f"{self.uri}: S3 refuses the bucket name {self.uri.bucket!r}") from None
             if code == "NoSuchBucket":
                 raise NotFound(f"bucket {self.uri.bucket!r} does not exist at {self.endpoint}") from None
             if code in ("NoSuchKey", "404", "NotFound"):

@@ -13,12 +13,26 @@ command lines as a model argument) and a hub URI needs a repository (`hf:///etc`
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 #: Where pods mount PersistentVolumeClaims named by `pvc://` URIs, one folder per claim.
 PVC_ROOT = "/mnt/pvc"
+
+
+def valid_bucket(name: str) -> bool:
+    """S3's bucket naming rules (general purpose buckets)."""
+    return bool(
+        re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", name)
+        and ".." not in name
+        and ".-" not in name
+        and "-." not in name
+        and not re.fullmatch(r"[0-9]+(\.[0-9]+){3}", name)
+        and not name.startswith(("xn--", "sthree-"))
+        and not name.endswith(("-s3alias", "--ol-s3"))
+    )
 
 
 @dataclass(frozen=True)

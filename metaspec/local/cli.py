@@ -11,15 +11,22 @@ from pathlib import Path
 
 from rich.console import Console
 
-from metaspec.local.state import load_state, pid_alive
+from metaspec.local.state import StateError, load_state, pid_alive
 
 DEFAULT_STATE_DIR = Path(".metaspec")
+
+
+def _state_dir(value: str) -> Path:
+    path = Path(value)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value} exists and is not a directory")
+    return path
 
 
 def _state_dir_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state-dir",
-        type=Path,
+        type=_state_dir,
         default=DEFAULT_STATE_DIR,
         help="statuses, logs, embedded S3 data and reports (default: .metaspec)",
     )
@@ -94,8 +101,11 @@ def run(args: argparse.Namespace) -> int:
     except PipelineError as e:
         print(e, file=sys.stderr)
         return 2
-    except StateLocked as e:
+    except (StateLocked, StateError) as e:
         print(e, file=sys.stderr)
+        return 1
+    except OSError as e:  # the state directory cannot be made or written
+        print(f"metaspec local run: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"\ninterrupted; `metaspec local run {args.pipeline}` resumes where it stopped", file=sys.stderr)
@@ -119,8 +129,13 @@ def _cuda_visible() -> bool:
 def status(args: argparse.Namespace) -> int:
     from metaspec.local.display import render_table
 
-    state = load_state(args.state_dir)
-    console = Console() if sys.stdout.isatty() else Console(width=240, soft_wrap=True)
+    try:
+        state = load_state(args.state_dir)
+    except StateError as e:
+        print(e, file=sys.stderr)
+        return 1
+    # No markup: paths, names and messages are user text.
+    console = Console(markup=False) if sys.stdout.isatty() else Console(width=240, soft_wrap=True, markup=False)
     if not state.resources:
         console.print(f"no run in {args.state_dir} yet: `metaspec local run PIPELINE.yaml`")
         return 1
@@ -139,7 +154,11 @@ def status(args: argparse.Namespace) -> int:
 
 def stop(args: argparse.Namespace, timeout: float = 240) -> int:
     """SIGTERM the runner: it stops its current stage (which checkpoints) and its servers, then exits."""
-    state = load_state(args.state_dir)
+    try:
+        state = load_state(args.state_dir)
+    except StateError as e:
+        print(e, file=sys.stderr)
+        return 1
     pid = state.runner_pid
     if not pid_alive(pid):
         print(f"no `metaspec local run` is running on {args.state_dir}")

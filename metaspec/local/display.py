@@ -135,12 +135,12 @@ def render_table(state: State, now: float | None = None) -> Table:
             if finished and total:
                 bar = ProgressBar(total=float(total), completed=float(total), width=24)
         message = r.status.get("message") or r.progress.get("message", "")
-        table.add_row(
-            r.key,
+        table.add_row(  # Text, never str: user text is not read as rich markup
+            Text(r.key),
             Text(r.phase, style=PHASE_STYLE.get(r.phase, "")),
             bar,
-            count,
-            metrics_text(r),
+            Text(count),
+            Text(metrics_text(r)),
             Text(message, style="dim"),
         )
     return table
@@ -150,7 +150,7 @@ class LiveDisplay:
     """Live table on a terminal; plain lines (phase changes, progress every `every` seconds) elsewhere."""
 
     def __init__(self, console: Console | None = None, every: float = 30):
-        self.console = console or Console(soft_wrap=True)
+        self.console = console or Console(soft_wrap=True, markup=False)
         self.every = every
         self._live: Live | None = None
         self._seen: dict[str, tuple[str, str]] = {}
@@ -168,8 +168,9 @@ class LiveDisplay:
             self._live = None
 
     def say(self, text: str) -> None:
-        """A line above the table (or in the log)."""
-        self.console.print(text, highlight=False)
+        """A line above the table (or in the log); user text (paths, names, messages) is printed as it
+        is, never read as rich markup (`[/x]` in a message would raise MarkupError mid-run)."""
+        self.console.print(text, highlight=False, markup=False)
 
     def update(self, state: State) -> None:
         if self._live is not None:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from metaspec.local.state import ResourceState, State, load_state
+from metaspec.local.state import ResourceState, State, StateError, load_state
 
 REPORT_DIR = "report"
 
@@ -28,7 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.state_dir / "state.json").is_file():
         print(f"{args.state_dir} holds no state.json: give the --state-dir of a `metaspec local run`", file=sys.stderr)
         return 2
-    path = write_report(args.state_dir, args.out)
+    try:
+        path = write_report(args.state_dir, args.out)
+    except StateError as e:
+        print(e, file=sys.stderr)
+        return 2
     print(f"report: {path}")
     return 0
 

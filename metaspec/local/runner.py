@@ -47,6 +47,7 @@ from metaspec.artifacts import (
     store_for,
     verify_artifact,
 )
+from metaspec.local import strict_yaml
 from metaspec.local.display import LiveDisplay, parse_progress_line
 from metaspec.local.processes import Child, terminate_group
 from metaspec.local.state import State, StateLock, load_state, pid_alive, save_state
@@ -70,16 +71,26 @@ class PipelineError(ValueError):
 def load_pipeline(path: Path) -> list[Resource]:
     """Every resource of a (multi-document) YAML file, validated by the api models, in file order."""
     try:
-        documents = [d for d in yaml.safe_load_all(Path(path).read_text()) if d is not None]
+        documents = [d for d in strict_yaml.load_all(Path(path).read_text(encoding="utf-8")) if d is not None]
     except FileNotFoundError:
         raise PipelineError(f"{path} does not exist") from None
+    except IsADirectoryError:
+        raise PipelineError(f"{path} is a directory: give the pipeline's YAML file") from None
+    except UnicodeDecodeError as e:
+        raise PipelineError(f"{path} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
+    except OSError as e:
+        raise PipelineError(f"{path} cannot be read: {e.strerror}") from None
     except yaml.YAMLError as e:
         raise PipelineError(f"{path} is not valid YAML: {e}") from None
+    except RecursionError:
+        raise PipelineError(f"{path} is nested too deeply to be a pipeline") from None
     resources: list[Resource] = []
     errors: list[str] = []
     for number, body in enumerate(documents, start=1):
-        name = body.get("metadata", {}).get("name", "?") if isinstance(body, dict) else "?"
-        where = f"{path} document {number} ({body.get('kind', '?') if isinstance(body, dict) else '?'} {name})"
+        meta = body.get("metadata") if isinstance(body, dict) else None
+        name = meta.get("name", "?") if isinstance(meta, dict) else "?"
+        kind = body.get("kind", "?") if isinstance(body, dict) else "?"
+        where = f"{path} document {number} ({kind if isinstance(kind, str) else '?'} {name})"
         if not isinstance(body, dict):
             errors.append(f"{where}: expected a mapping with apiVersion, kind, metadata, spec")
             continue

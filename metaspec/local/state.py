@@ -119,18 +119,40 @@ def _resource_json(r: ResourceState) -> dict[str, Any]:
     }
 
 
+class StateError(ValueError):
+    """A state file that cannot be read; the message says how to start over."""
+
+
 def load_state(state_dir: Path) -> State:
-    """The state of `state_dir`; an empty one if it has none yet."""
+    """The state of `state_dir`; an empty one if it has none yet. StateError when it is unreadable."""
     path = Path(state_dir) / STATE_FILE
     if not path.is_file():
         return State()
     try:
-        body = json.loads(path.read_text())
-    except ValueError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); delete it to start over") from None
-    if body.get("version") != VERSION:
-        raise ValueError(f"{path} has state version {body.get('version')!r}, expected {VERSION}; delete it")
-    return State.from_json(body)
+        body = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(body, dict):
+            raise TypeError("not a JSON object")
+        if body.get("version") != VERSION:
+            raise StateError(f"{path} has state version {body.get('version')!r}, expected {VERSION}; delete it")
+        state = State.from_json(body)
+        _check_types(state)
+    except StateError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:
+        raise StateError(f"{path} is damaged ({type(e).__name__}: {e}); delete it to start over") from None
+    return state
+
+
+def _check_types(state: State) -> None:
+    def integer(value: Any) -> bool:
+        return value is None or (type(value) is int and 0 < value < 2**22)  # a PID (Linux pid_max)
+
+    if not (integer(state.runner_pid) and integer(state.s3_pid)):
+        raise TypeError("runnerPid/s3Pid must be process ids")
+    for key, r in state.resources.items():
+        fields_ok = isinstance(r.kind, str) and isinstance(r.name, str) and type(r.attempts) is int
+        if not (fields_ok and isinstance(r.status, dict) and isinstance(r.progress, dict) and integer(r.pid)):
+            raise TypeError(f"resource {key!r} has fields of the wrong type")
 
 
 def save_state(state_dir: Path, state: State) -> None:

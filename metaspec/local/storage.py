@@ -81,15 +81,17 @@ def open_storage(state_dir: Path, endpoint: str | None = None) -> Iterator[Stora
 
 
 def s3_uris(node: Any) -> Iterator[str]:
-    """Every `s3://` string in a spec (wire form)."""
+    """Every `s3://` URI field of a spec (wire form). URI fields are the ones named `uri` throughout
+    the api; other strings (a stop string `s3://`, an annotation) name no bucket."""
     if isinstance(node, dict):
-        for value in node.values():
-            yield from s3_uris(value)
+        for key, value in node.items():
+            if key == "uri" and isinstance(value, str) and value.startswith("s3://"):
+                yield value
+            else:
+                yield from s3_uris(value)
     elif isinstance(node, list):
         for value in node:
             yield from s3_uris(value)
-    elif isinstance(node, str) and node.startswith("s3://"):
-        yield node
 
 
 def ensure_buckets(resources: list[Resource]) -> None:

@@ -10,10 +10,11 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .engine.protocol import Engine
-from .metrics import CONTENT_TYPE, ServerMetrics
+from .metrics import CLIENT_CLOSED, CONTENT_TYPE, ServerMetrics
 from .protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -53,11 +54,11 @@ def create_app(engine: Engine | None, settings: ServerSettings) -> FastAPI:
     async def models() -> Response:
         return JSONResponse(serving.models().model_dump())
 
-    @app.get("/healthz")
+    @app.api_route("/healthz", methods=["GET", "HEAD"])  # some health checkers send HEAD
     async def healthz() -> Response:
         return JSONResponse({"status": "ok"})
 
-    @app.get("/readyz")
+    @app.api_route("/readyz", methods=["GET", "HEAD"])
     async def readyz() -> Response:
         ready = serving.ready()
         return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
@@ -73,6 +74,12 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> Response:
         return error.response()
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, error: ClientDisconnect) -> Response:
+        # The client left while sending its body: nobody reads an answer, and it is not a server error.
+        log.debug("client disconnected during %s %s", request.method, request.url.path)
+        return Response(status_code=CLIENT_CLOSED)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> Response:

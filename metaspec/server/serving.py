@@ -285,7 +285,7 @@ class Serving:
         if model != self.settings.model_name:
             raise ApiError(
                 404,
-                f"model {model!r} does not exist here; this server serves {self.settings.model_name!r}",
+                f"model {_shown(model)} does not exist here; this server serves {self.settings.model_name!r}",
                 param="model",
                 code="model_not_found",
             )
@@ -481,6 +481,11 @@ def _check_content_type(request: Request) -> None:
             param="Content-Type",
             code="unsupported_media_type",
         )
+
+
+def _shown(text: str, limit: int = 64) -> str:
+    """A client's string as an error message quotes it: never more than `limit` characters of it."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}… ({len(text)} characters)"
 
 
 async def _read_body(request: Request, limit: int, timeout: float) -> bytes:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import time
 from pathlib import Path
 
 import httpx
@@ -77,3 +79,29 @@ def test_metrics_count_requests_tokens_and_speculation(router) -> None:
     assert delta("metaspec_time_to_first_token_seconds_count{}") == 3
     assert delta("metaspec_generation_tokens_per_second_count{}") == 3
     assert after["metaspec_queue_depth{}"] == 0 and after["metaspec_in_flight{}"] == 0
+
+
+def test_head_probes_huge_model_names_and_a_body_cut_short(router, caplog: pytest.LogCaptureFixture) -> None:
+    """HEAD health checks answer 200; a 1 MB model name is not echoed back; a client that leaves while
+    sending its body is a quiet 499, not a 500 logged as an unexpected error."""
+    with router.client() as http:
+        assert http.head("/healthz").status_code == 200
+        assert http.head("/readyz").status_code == 200
+        missing = http.post("/v1/completions", json={"model": "m" * 1_000_000, "prompt": "Hi", "max_tokens": 1})
+        assert missing.status_code == 404 and len(missing.content) < 1000, missing.content[:200]
+    router.wait_idle()
+    before = scrape(router)
+    host, port = router.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as raw:
+        raw.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 1000\r\n\r\n{"model": "'
+        )
+    name = "metaspec_requests_total{{endpoint=/v1/completions,status={}}}"
+    deadline = time.monotonic() + 10
+    while scrape(router).get(name.format(499)) == before.get(name.format(499)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    after = scrape(router)
+    assert after.get(name.format(499), 0) == before.get(name.format(499), 0) + 1
+    assert after.get(name.format(500), 0) == before.get(name.format(500), 0)
+    assert "unexpected error" not in caplog.text
