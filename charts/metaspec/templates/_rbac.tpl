@@ -212,15 +212,6 @@
 
 {{- define "metaspec.rules.clusterScoped" -}}
 - apiGroups:
-  - kopf.dev
-  resources:
-  - clusterkopfpeerings
-  verbs:
-  - get
-  - list
-  - watch
-  - patch
-- apiGroups:
   - apiextensions.k8s.io
   resources:
   - customresourcedefinitions
@@ -228,10 +219,53 @@
   - get
   - list
   - watch
+{{- end -}}
+
+{{- define "metaspec.rules.userEdit" -}}
 - apiGroups:
-  - ''
+  - metaspec.dev
   resources:
-  - namespaces
+  - trainingruns
+  - teachergenerations
+  - specserves
+  verbs:
+  - get
+  - list
+  - watch
+  - create
+  - update
+  - patch
+  - delete
+  - deletecollection
+- apiGroups:
+  - metaspec.dev
+  resources:
+  - trainingruns/status
+  - teachergenerations/status
+  - specserves/status
+  verbs:
+  - get
+  - list
+  - watch
+{{- end -}}
+
+{{- define "metaspec.rules.userView" -}}
+- apiGroups:
+  - metaspec.dev
+  resources:
+  - trainingruns
+  - teachergenerations
+  - specserves
+  verbs:
+  - get
+  - list
+  - watch
+- apiGroups:
+  - metaspec.dev
+  resources:
+  - trainingruns/status
+  - teachergenerations/status
+  - specserves/status
   verbs:
   - get
   - list

