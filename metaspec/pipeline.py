@@ -28,6 +28,14 @@ from metaspec.api import (
     field_errors,
     now,
 )
+from metaspec.api.conditions import (
+    DEPENDENCIES_RESOLVED,
+    DEPENDENCY_CYCLE,
+    DEPENDENCY_FAILED,
+    DEPENDENCY_HAS_NO_ARTIFACT,
+    DEPENDENCY_NOT_FOUND,
+    DEPENDENCY_NOT_SUCCEEDED,
+)
 
 TRAINING_RUN = "TrainingRun"
 TEACHER_GENERATION = "TeacherGeneration"
@@ -35,14 +43,6 @@ TEACHER_GENERATION = "TeacherGeneration"
 #: Resources whose work is over; nothing is reconciled for them until the spec changes.
 TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
 
-#: Condition types and reasons the executors set.
-DEPENDENCIES_READY = "DependenciesReady"
-DEPENDENCY_FAILED = "DependencyFailed"
-DEPENDENCY_CYCLE = "DependencyCycle"
-DEPENDENCY_NOT_FOUND = "DependencyNotFound"
-DEPENDENCY_NOT_SUCCEEDED = "DependencyNotSucceeded"
-DEPENDENCY_HAS_NO_ARTIFACT = "DependencyHasNoArtifact"
-DEPENDENCIES_RESOLVED = "DependenciesResolved"
 
 #: Reasons from least to most severe: the DependenciesReady condition shows the worst one.
 _SEVERITY = (

@@ -80,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from metaspec.local.runner import LocalRun, PipelineError, RunOptions
+    from metaspec.local.context import RunOptions
+    from metaspec.local.loading import PipelineError
+    from metaspec.local.runner import LocalRun
     from metaspec.local.state import StateLocked
 
     if args.device == "cuda" and not _cuda_visible():

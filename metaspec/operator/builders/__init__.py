@@ -1,9 +1,9 @@
 """Pure builders, one module per child kind: a validated (and resolved) resource to a manifest dict."""
 
-from .configmap import build_configmap, config_body
+from .configmap import build_configmap
 from .deployment import build_deployment, build_vllm_deployment
 from .job import build_job
-from .names import config_hash, generation_name, owner_reference
+from .names import generation_name, owner_reference
 from .service import build_service, service_url
 
 __all__ = [
@@ -12,8 +12,6 @@ __all__ = [
     "build_job",
     "build_service",
     "build_vllm_deployment",
-    "config_body",
-    "config_hash",
     "generation_name",
     "owner_reference",
     "service_url",

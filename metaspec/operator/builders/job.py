@@ -9,12 +9,7 @@ from metaspec.operator import labels as L
 from metaspec.operator.builders import pod
 from metaspec.operator.builders.names import child_metadata, generation_name
 from metaspec.operator.settings import OperatorSettings
-from metaspec.runtime import EXIT_PERMANENT, EXIT_QUALITY
-
-#: Exit codes no retry can fix: bad config or data, and a finished run that failed its quality gate
-#: (training's merge check; generation's natural-stop rate, which the generator exits with only when
-#: `quality.failOnQuality` is set, and otherwise reports in its summary with exit code 0).
-FAIL_FAST_CODES = [EXIT_PERMANENT, EXIT_QUALITY]
+from metaspec.status import FAIL_FAST_CODES
 
 
 def pod_failure_policy() -> dict[str, Any]:
@@ -23,7 +18,7 @@ def pod_failure_policy() -> dict[str, Any]:
         "rules": [
             {
                 "action": "FailJob",
-                "onExitCodes": {"containerName": pod.CONTAINER, "operator": "In", "values": FAIL_FAST_CODES},
+                "onExitCodes": {"containerName": pod.CONTAINER, "operator": "In", "values": list(FAIL_FAST_CODES)},
             },
             {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
         ]

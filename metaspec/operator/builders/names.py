@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any
 
 from metaspec.api import Resource
@@ -12,11 +10,6 @@ from metaspec.api import Resource
 def generation_name(resource: Resource) -> str:
     """`<name>-g<generation>`: one Job (and its ConfigMap) per generation of the spec."""
     return f"{resource.metadata.name}-g{resource.metadata.generation}"
-
-
-def config_hash(config: dict[str, Any]) -> str:
-    """sha256 of the canonical config JSON: equal configs give equal names, changed ones roll pods."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def owner_reference(resource: Resource) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 import kopf
 
 from metaspec import pipeline
-from metaspec.api import GROUP, Condition, InvalidResource, Phase, Resource, now, parse_resource
+from metaspec.api import GROUP, InvalidResource, Phase, Resource, conditions, now, parse_resource
 from metaspec.operator import labels as L
 from metaspec.operator import metrics
 from metaspec.operator.kube import ApiError, Kube, Target, target_of
@@ -22,9 +22,6 @@ from metaspec.operator.settings import OperatorSettings
 log = logging.getLogger(__name__)
 
 PLURALS = {"TrainingRun": "trainingruns", "TeacherGeneration": "teachergenerations", "SpecServe": "specserves"}
-INVALID_SPEC = "InvalidSpec"
-API_REJECTED = "ApiRejected"
-DEPENDENCIES_READY = pipeline.DEPENDENCIES_READY
 
 
 @dataclass
@@ -192,15 +189,6 @@ async def commit_handled(kube: Kube, body: kopf.Body, resource: Resource, new: d
         raise kopf.TemporaryError("the resource changed meanwhile; reconciling again", delay=0.2) from e
 
 
-def with_condition(
-    status: dict[str, Any], resource: Resource, type_: str, value: bool | str, reason: str, msg: str
-) -> dict[str, Any]:
-    """`status` with one condition set (KEP-1623 transition times kept)."""
-    conditions = [Condition.model_validate(c) for c in status.get("conditions", [])]
-    updated = pipeline.set_condition(conditions, type_, value, reason, msg, resource.metadata.generation)
-    return {**status, "conditions": [c.dump() for c in updated]}
-
-
 # ---- children ----
 
 
@@ -257,13 +245,6 @@ def reconciling(kind: str) -> Iterator[None]:
             raise Rejected(str(e)) from e
 
 
-def failed(status: dict[str, Any], resource: Resource, reason: str, message: str) -> dict[str, Any]:
-    """`status` of a resource that failed for `reason`."""
-    status = {**status, "phase": Phase.FAILED.value, "message": message}
-    status["observedGeneration"] = resource.metadata.generation
-    return with_condition(status, resource, "Failed", True, reason, message)
-
-
 def parse_or_fail(body: kopf.Body, patch: kopf.Patch) -> Resource | None:
     """The resource, or None after staging a Failed status that names the invalid fields.
 
@@ -277,14 +258,5 @@ def parse_or_fail(body: kopf.Body, patch: kopf.Patch) -> Resource | None:
         patch.setdefault("status", {}).update(
             phase=Phase.FAILED.value, message=message, observedGeneration=body["metadata"].get("generation")
         )
-        kopf.event(body, type="Warning", reason=INVALID_SPEC, message=message)
+        kopf.event(body, type="Warning", reason=conditions.INVALID_SPEC, message=message)
     return None
-
-
-def waiting(resource: Resource, status: dict[str, Any], check: pipeline.DependencyCheck) -> dict[str, Any]:
-    """Waiting on dependencies, or failed because one failed (or a cycle makes it impossible)."""
-    status = with_condition(status, resource, DEPENDENCIES_READY, False, check.reason, check.message)
-    status["observedGeneration"] = resource.metadata.generation
-    if check.failed:
-        return failed(status, resource, check.reason, check.message)
-    return {**status, "phase": Phase.WAITING.value, "message": check.message}

@@ -12,7 +12,8 @@ from typing import Any
 import kopf
 
 from metaspec import pipeline
-from metaspec.api import GROUP, Phase, Resource
+from metaspec import status as R
+from metaspec.api import GROUP, Phase, Resource, conditions
 from metaspec.operator import labels as L
 from metaspec.operator.handlers import common as C
 from metaspec.operator.kube import Target
@@ -47,8 +48,8 @@ async def _fail_deleted(ctx: C.Context, dependent: Resource, kind: str, name: st
         status = C.current_status(fresh)
         if status.get("phase", Phase.PENDING.value) not in _NOT_STARTED:
             return None
-        status = C.with_condition(status, fresh, C.DEPENDENCIES_READY, False, reason, message)
-        return C.failed(status, fresh, reason, message)
+        status = R.with_condition(status, fresh, conditions.DEPENDENCIES_READY, False, reason, message)
+        return R.failed(status, fresh, reason, message)
 
     meta = dependent.metadata
     await C.update_status(ctx.kube, dependent.kind, meta.namespace, meta.name, compute)

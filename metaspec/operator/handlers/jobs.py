@@ -7,13 +7,14 @@ from typing import Any
 import kopf
 
 from metaspec import pipeline
-from metaspec.api import GROUP, InvalidResource, Phase, Resource, TeacherGeneration, TrainingRun, now
+from metaspec import status as R
+from metaspec.api import GROUP, InvalidResource, Resource, TeacherGeneration, conditions
+from metaspec.api.summaries import FailureSummary
 from metaspec.operator import labels as L
 from metaspec.operator import status as S
 from metaspec.operator.builders import build_configmap, build_job, generation_name
 from metaspec.operator.handlers import common as C
 from metaspec.operator.kube import Target
-from metaspec.runtime import EXIT_QUALITY
 
 PLURALS = ("trainingruns", "teachergenerations")
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
@@ -25,63 +26,18 @@ def job_name(resource: Resource) -> str:
     return status.job_name if status is not None and status.job_name else generation_name(resource)
 
 
-def resolved_fields(resource: Resource, resolved: dict[str, pipeline.Resolved]) -> dict[str, str]:
-    """The URIs a run actually uses, for its status."""
-    spec = resource.spec
-
-    def uri(path: str, source: Any) -> str | None:
-        return resolved[path].uri if path in resolved else source.uri
-
-    if isinstance(resource, TrainingRun):
-        return {
-            "resolvedBaseModel": uri("spec.baseModel", spec.base_model),
-            "resolvedDataset": uri("spec.dataset", spec.dataset),
-        }
-    return {"resolvedModel": uri("spec.model", spec.model)}
-
-
-def _finished_fields(
-    resource: Resource, state: S.JobState, pods: list[tuple[dict, dict]], status: dict[str, Any]
-) -> dict[str, Any]:
-    """What the finished pods' summaries add: metrics and artifacts, or the failure's own message."""
-    summaries = [summary for _, summary in pods]
-    if state.phase == Phase.FAILED:
-        status["message"] = S.failure_message(summaries, state.message)
-        if any(s.get("exitCode") == EXIT_QUALITY for s in summaries):
-            status = C.with_condition(
-                status, resource, S.QUALITY_CHECK_PASSED, False, "QualityCheckFailed", status["message"]
-            )
-        return status
-    if isinstance(resource, TrainingRun):
-        ok = S.succeeded_summaries(pods, indexed=False)
-        return {**status, **(S.training_summary_status(ok[0]) if ok else {})}
-    fields, quality = S.generation_summary_status(resource, S.succeeded_summaries(pods, indexed=True))
-    status = {**status, **fields}
-    if quality.passed is not None:
-        reason = "QualityCheckPassed" if quality.passed else "NaturalStopRateTooLow"
-        status = C.with_condition(status, resource, S.QUALITY_CHECK_PASSED, quality.passed, reason, quality.message)
-    return status
-
-
 async def mirror(ctx: C.Context, resource: Resource, job: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
     """The resource's status from its Job (and, once finished, from its pods' summaries)."""
     state = S.job_state(job)
-    meta = resource.metadata
-    status = {**status, "jobName": job["metadata"]["name"], "observedGeneration": meta.generation}
-    status["startTime"] = status.get("startTime") or state.start_time or now()
-    if isinstance(resource, TeacherGeneration):
-        status["shards"] = state.shards.dump()
-    suspended = state.phase == Phase.SUSPENDED
-    status = C.with_condition(status, resource, S.SUSPENDED, suspended, state.reason, state.message)
+    status = {**status, "jobName": job["metadata"]["name"]}
     already_final = status.get("phase") == state.phase.value and state.finished
-    status.update(phase=state.phase.value, message=state.message)
-    if state.finished and not already_final:
-        pods = await ctx.kube.list("Pod", meta.namespace, {JOB_NAME_LABEL: job["metadata"]["name"]})
-        status = _finished_fields(resource, state, S.termination_summaries(pods), status)
-        status["completionTime"] = state.completion_time or now()
-        kind, reason = ("Complete", state.reason) if state.phase == Phase.SUCCEEDED else ("Failed", state.reason)
-        status = C.with_condition(status, resource, kind, True, reason, status["message"])
-    return status
+    if not state.finished or already_final:
+        return R.observe(resource, status, state)
+    pods = await ctx.kube.list("Pod", resource.metadata.namespace, {JOB_NAME_LABEL: job["metadata"]["name"]})
+    summaries = S.termination_summaries(pods)
+    failures = [FailureSummary.read(summary) for _, summary in summaries]
+    results = S.succeeded_summaries(summaries, indexed=isinstance(resource, TeacherGeneration))
+    return R.finish(resource, status, state, failures, results)
 
 
 async def _apply_suspend(ctx: C.Context, resource: Resource, job: dict[str, Any]) -> dict[str, Any]:
@@ -103,13 +59,12 @@ async def reconcile_resource(ctx: C.Context, resource: Resource, find: pipeline.
     job = await ctx.kube.get(Target("Job", meta.namespace, name)) if started else None
     check = pipeline.check_dependencies(resource, find) if job is None else None
     if check is not None and not check.ready:
-        return C.waiting(resource, status, check)
+        return R.waiting(resource, status, check)
     if check is not None:
         resolved = pipeline.resolve(resource, check.resolved)
         await C.ensure(ctx.kube, resource, build_configmap(resource, resolved, name))
         job = await C.ensure(ctx.kube, resource, build_job(resource, ctx.settings, name))
-        status = {**status, **resolved_fields(resource, check.resolved)}
-        status = C.with_condition(status, resource, C.DEPENDENCIES_READY, True, check.reason, check.message)
+        status = R.started(resource, status, check)
     assert job is not None
     job = await _apply_suspend(ctx, resource, job)
     return await mirror(ctx, resource, job, status)
@@ -124,7 +79,7 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: C.Context, namespa
         try:
             new = await reconcile_resource(memo, resource, C.lookup(kwargs, namespace))
         except (C.Rejected, InvalidResource) as e:
-            new = C.failed(C.current_status(resource), resource, C.API_REJECTED, str(e))
+            new = R.failed(C.current_status(resource), resource, conditions.API_REJECTED, str(e))
         await C.commit_handled(memo.kube, body, resource, new)
 
 

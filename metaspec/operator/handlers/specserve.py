@@ -7,7 +7,8 @@ from typing import Any
 import kopf
 
 from metaspec import pipeline
-from metaspec.api import GROUP, InvalidResource, Phase, Resource, SpecServe
+from metaspec import status as R
+from metaspec.api import GROUP, InvalidResource, Resource, SpecServe, conditions
 from metaspec.operator import labels as L
 from metaspec.operator import status as S
 from metaspec.operator.builders import (
@@ -15,8 +16,6 @@ from metaspec.operator.builders import (
     build_deployment,
     build_service,
     build_vllm_deployment,
-    config_body,
-    config_hash,
     service_url,
 )
 from metaspec.operator.builders.pod import SCHEDULING_FIELDS
@@ -27,25 +26,9 @@ from metaspec.operator.kube import Target
 _OPTIONAL_POD_FIELDS = (*SCHEDULING_FIELDS, "initContainers")
 
 
-def served(resource: SpecServe, resolved: dict[str, pipeline.Resolved]) -> dict[str, Any]:
-    """`status.target` / `status.draft`: the URIs and manifest digests this generation serves."""
-    out: dict[str, Any] = {}
-    for role, source in (("target", resource.spec.target), ("draft", resource.spec.draft)):
-        if source is None:
-            continue
-        found = resolved.get(f"spec.{role}")
-        out[role] = (
-            {"uri": found.uri, "digest": found.digest}
-            if found
-            else {"uri": source.location, "digest": source.hub_digest}
-        )
-        out[role] = {k: v for k, v in out[role].items() if v is not None}
-    return out
-
-
 def desired(ctx: C.Context, resource: SpecServe, resolved: SpecServe, digests: dict[str, Any]) -> tuple[dict, dict]:
     """(ConfigMap, Deployment) for the resolved config; the ConfigMap is named by the config's hash."""
-    digest = config_hash(config_body(resolved))
+    digest = R.config_hash(R.render_config(resolved))
     config_map = build_configmap(resource, resolved, f"{resource.metadata.name}-{digest[:10]}")
     name = config_map["metadata"]["name"]
     if resource.spec.engine == "vllm":
@@ -53,7 +36,7 @@ def desired(ctx: C.Context, resource: SpecServe, resolved: SpecServe, digests: d
         deployment = build_vllm_deployment(resolved, ctx.settings, name, digest, uris, digests)
     else:
         deployment = build_deployment(resolved, ctx.settings, name, digest, digests)
-    spec_digest = config_hash(deployment["spec"])
+    spec_digest = R.config_hash(deployment["spec"])
     deployment["metadata"]["annotations"] = {L.SPEC_HASH: spec_digest}
     return config_map, deployment
 
@@ -78,30 +61,15 @@ async def apply_deployment(ctx: C.Context, resource: SpecServe, manifest: dict[s
 
 
 def deployment_fields(ctx: C.Context, resource: SpecServe, deployment: dict[str, Any], status: dict) -> dict:
-    """Phase, replicas and conditions from the Deployment."""
-    state = S.deployment_state(deployment)
+    """Phase, replicas and conditions from the Deployment; where to reach it."""
     meta = resource.metadata
     status = {
         **status,
-        "phase": state.phase.value,
-        "message": state.message,
-        "replicas": state.replicas,
-        "readyReplicas": state.ready_replicas,
         "selector": ",".join(f"{k}={v}" for k, v in L.selector(resource.kind, meta.name).items()),
         "url": service_url(resource, ctx.settings.cluster_domain),
         "deploymentName": deployment["metadata"]["name"],
-        "observedGeneration": meta.generation,
     }
-    ready = state.phase == Phase.READY
-    status = C.with_condition(status, resource, S.READY, ready, state.reason, state.message)
-    # A server pod turns ready only after loading both models, so readiness vouches for each of them.
-    roles = ["Target"] + (["Draft"] if resource.spec.draft is not None else [])
-    for role in roles:
-        reason = "ModelLoaded" if ready else "ModelNotLoaded"
-        status = C.with_condition(status, resource, f"{role}Ready", ready, reason, state.message)
-    suspended = state.phase == Phase.SUSPENDED
-    reason = "ScaledToZero" if suspended else "Serving"
-    return C.with_condition(status, resource, S.SUSPENDED, suspended, reason, state.message)
+    return R.serving_status(resource, status, S.deployment_state(deployment))
 
 
 async def reconcile_serve(ctx: C.Context, resource: SpecServe, find: pipeline.Lookup) -> dict[str, Any]:
@@ -110,20 +78,19 @@ async def reconcile_serve(ctx: C.Context, resource: SpecServe, find: pipeline.Lo
     status = C.current_status(resource)
     check = pipeline.check_dependencies(resource, find)
     if not check.ready:
-        status = C.with_condition(status, resource, C.DEPENDENCIES_READY, False, check.reason, check.message)
+        status = R.with_condition(status, resource, conditions.DEPENDENCIES_READY, False, check.reason, check.message)
         current = await ctx.kube.get(Target("Deployment", meta.namespace, meta.name))
         if current is not None:
             # Keep serving what was resolved before: a new reference waits, the old model stays up.
             return deployment_fields(ctx, resource, current, status)
-        return C.waiting(resource, status, check)
+        return R.waiting(resource, status, check)
     resolved = pipeline.resolve(resource, check.resolved)
-    models = served(resource, check.resolved)
+    models = R.served(resource, check.resolved)
     config_map, manifest = desired(ctx, resource, resolved, {k: v.get("digest") for k, v in models.items()})
     await C.ensure(ctx.kube, resource, config_map)
     deployment = await apply_deployment(ctx, resource, manifest)
     await C.ensure(ctx.kube, resource, build_service(resource))
-    status = {**status, **models}
-    status = C.with_condition(status, resource, C.DEPENDENCIES_READY, True, check.reason, check.message)
+    status = R.started(resource, status, check)
     return deployment_fields(ctx, resource, deployment, status)
 
 
@@ -136,7 +103,7 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: C.Context, namespa
         try:
             new = await reconcile_serve(memo, resource, C.lookup(kwargs, namespace))
         except (C.Rejected, InvalidResource, ValueError) as e:
-            new = C.failed(C.current_status(resource), resource, C.API_REJECTED, str(e))
+            new = R.failed(C.current_status(resource), resource, conditions.API_REJECTED, str(e))
         await C.commit_handled(memo.kube, body, resource, new)
 
 

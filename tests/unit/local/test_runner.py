@@ -1,4 +1,4 @@
-"""The local executor's pure parts: pipeline loading, state file, progress parsing, status folding."""
+"""The local executor's pure parts: pipeline loading, state file, progress parsing, config digests."""
 
 from __future__ import annotations
 
@@ -8,18 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from metaspec.api import TeacherGeneration, TrainingRun
+from metaspec.api import TeacherGeneration
 from metaspec.artifacts import MANIFEST, upload_dir
+from metaspec.local.context import Context, RunOptions
 from metaspec.local.display import parse_progress_line, render_table
-from metaspec.local.runner import (
-    LocalRun,
-    PipelineError,
-    RunOptions,
-    config_digest,
-    load_pipeline,
-    merge_shard_summaries,
-    status_from_summary,
-)
+from metaspec.local.jobs import config_digest, output_complete
+from metaspec.local.loading import PipelineError, load_pipeline
 from metaspec.local.state import State, StateLock, StateLocked, load_state, save_state
 from metaspec.pipeline import resolve
 
@@ -114,33 +108,6 @@ def test_progress_from_json_log_lines() -> None:
     assert parse_progress_line("plain text line", progress) and progress["message"] == "plain text line"
 
 
-def test_status_folds_summary_fields_and_keeps_phase(tmp_path: Path) -> None:
-    resource = load_pipeline(write(tmp_path, TRAINING))[0]
-    assert isinstance(resource, TrainingRun)
-    summary = {
-        "phase": "Succeeded",
-        "metrics": {"evalLoss": 1.25, "perplexityMerged": 3.5},
-        "artifacts": {"model": "s3://bkt/out/merged"},
-        "somethingElse": 1,
-    }
-    status = status_from_summary(resource, {"phase": "Running"}, summary)
-    assert status["phase"] == "Running"
-    assert status["metrics"]["evalLoss"] == 1.25 and status["artifacts"]["model"] == "s3://bkt/out/merged"
-    assert "somethingElse" not in status
-
-
-def test_generation_status_takes_the_completing_shards_merged_stats() -> None:
-    shard0 = {"outputUri": "s3://bkt/t", "complete": False, "stats": {"examplesDone": 10}}
-    shard1 = {
-        "outputUri": "s3://bkt/t",
-        "complete": True,
-        "stats": {"examplesDone": 30},
-        "mergedStats": {"examplesDone": 40},
-    }
-    assert merge_shard_summaries([shard0, shard1])["stats"] == {"examplesDone": 40}
-    assert merge_shard_summaries([shard0])["stats"] == {"examplesDone": 10}
-
-
 def test_config_digest_follows_inputs(tmp_path: Path) -> None:
     from metaspec.pipeline import Resolved
 
@@ -176,10 +143,10 @@ def test_a_damaged_stage_output_is_not_reused(tmp_path: Path) -> None:
         GENERATION.replace("s3://bkt/teacher", str(out)).replace("{from: {trainingRun: base}}", "{uri: s3://bkt/m}")
     )
     resource = TeacherGeneration.model_validate(body)
-    run = LocalRun(tmp_path / "p.yaml", RunOptions(state_dir=tmp_path / "state"))
-    run.resources = [resource]
-    run.state.resource("TeacherGeneration", "teacher").status = {"phase": "Succeeded", "outputUri": str(out)}
-    assert run._output_complete(resource)
+    ctx = Context(RunOptions(state_dir=tmp_path / "state"))
+    ctx.resources = [resource]
+    ctx.state.resource("TeacherGeneration", "teacher").status = {"phase": "Succeeded", "outputUri": str(out)}
+    assert output_complete(ctx, resource)
     (out / "shard-00000-of-00001.jsonl").write_text('{"id": "b"}\n')
-    assert not run._output_complete(resource)
+    assert not output_complete(ctx, resource)
     assert not (out / MANIFEST).exists()

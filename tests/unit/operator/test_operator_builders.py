@@ -17,10 +17,10 @@ from metaspec.operator.builders import (
     build_job,
     build_service,
     build_vllm_deployment,
-    config_hash,
 )
 from metaspec.operator.settings import OperatorSettings
 from metaspec.runtime import EXIT_PERMANENT, EXIT_QUALITY
+from metaspec.status import config_hash
 
 REPO = Path(__file__).resolve().parents[3]
 GOLDEN = Path(__file__).parent / "golden"

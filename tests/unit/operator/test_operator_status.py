@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from metaspec.api import Phase
-from metaspec.api.generation import GenerationStats
 from metaspec.operator import status as S
 
 
@@ -29,36 +28,17 @@ def test_summaries_newest_first_with_log_tail_fallback():
     pods = [pod(1, "Traceback ...\nOSError: disk full", created="2026-01-01T00:01:00Z"), pod(0, '{"a": 1}')]
     summaries = [s for _, s in S.termination_summaries(pods)]
     assert summaries[0]["message"].endswith("disk full") and summaries[0]["exitCode"] == 1
-    assert S.failure_message(summaries, "job failed").endswith("disk full")
 
 
-def test_training_summary_keeps_known_fields_only():
-    summary = {"artifacts": {"model": "s3://b/m", "unknown": 1}, "metrics": {"perplexityMerged": 47.2, "extra": 3}}
-    fields = S.training_summary_status(summary)
-    assert fields["artifacts"] == {"model": "s3://b/m"} and fields["metrics"]["extra"] == 3
-
-
-def test_generation_stats_merge_and_quality_gate():
-    from metaspec.api import parse_resource
-
-    teacher = parse_resource(
-        {
-            "apiVersion": "metaspec.dev/v1alpha1",
-            "kind": "TeacherGeneration",
-            "metadata": {"name": "t"},
-            "spec": {"model": {"uri": "s3://bkt/m"}, "dataset": {"uri": "s3://bkt/p"}, "output": {"uri": "s3://bkt/o"}},
-        }
-    )
-    shards = [
-        pod(0, '{"stats": {"examplesDone": 30, "naturalStopRate": 0.8}}', index=0),
-        pod(0, '{"stats": {"examplesDone": 10, "naturalStopRate": 1.0}}', index=1),
+def test_succeeded_summaries_newest_per_shard_index():
+    pods = [
+        pod(0, '{"n": "old"}', index=1, created="2026-01-01T00:00:00Z"),
+        pod(0, '{"n": "new"}', index=1, created="2026-01-01T00:02:00Z"),
+        pod(1, '{"n": "failed"}', index=0, created="2026-01-01T00:03:00Z"),
+        pod(0, '{"n": "zero"}', index=0),
     ]
-    ok = S.succeeded_summaries(S.termination_summaries(shards), indexed=True)
-    fields, quality = S.generation_summary_status(teacher, ok)
-    assert fields["outputUri"] == "s3://bkt/o" and fields["stats"]["examplesDone"] == 40
-    assert abs(fields["stats"]["naturalStopRate"] - 0.85) < 1e-9
-    assert quality.passed is False and "below the minimum 0.900" in quality.message
-    assert S.merge_generation_stats([]) == GenerationStats()
+    ok = S.succeeded_summaries(S.termination_summaries(pods), indexed=True)
+    assert [s["n"] for s in ok] == ["zero", "new"]
 
 
 def test_deployment_ready_only_when_updated_and_ready():

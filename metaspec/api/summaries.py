@@ -1,0 +1,92 @@
+"""What a component reports when it exits: the JSON summary in its termination message.
+
+The component writes it with `metaspec.runtime.write_summary` (camelCase or snake_case keys); the
+executor that ran it (the operator from the pod's termination message, `metaspec local` from a file)
+reads it into these models and folds it into the resource's status (`metaspec.status`).
+
+A summary is read leniently: unknown keys are ignored (a component may report more than the status
+shows) and an invalid part is dropped with a warning, so one bad number never hides the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ._base import Model
+from .generation import GenerationStats
+from .training import TrainingArtifacts, TrainingMetrics, TrainingProgress
+
+log = logging.getLogger(__name__)
+
+
+def _known_keys(model: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
+    """`data` without the keys `model` does not know (kept all when the model allows extras)."""
+    if model.model_config.get("extra") == "allow":
+        return data
+    names = {f.alias or n for n, f in model.model_fields.items()} | set(model.model_fields)
+    return {k: v for k, v in data.items() if k in names}
+
+
+class Summary(Model):
+    """Base of the summaries: unknown keys ignored, invalid parts dropped by `read`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    @classmethod
+    def read(cls, data: Any) -> Self:
+        """The summary from a component's JSON object; an invalid field is dropped with a warning."""
+        if not isinstance(data, dict):
+            return cls()
+        kept: dict[str, Any] = {}
+        for name, field in cls.model_fields.items():
+            key = next((k for k in (field.alias, name) if k and k in data), None)
+            if key is None:
+                continue
+            value = data[key]
+            nested = next((a for a in getattr(field.annotation, "__args__", ()) if isinstance(a, type)), None)
+            if isinstance(value, dict) and nested is not None and issubclass(nested, BaseModel):
+                value = _known_keys(nested, value)
+            try:
+                cls.model_validate({key: value})
+            except ValidationError as e:
+                log.warning("ignoring an invalid %s in a component summary: %s", key, e)
+                continue
+            kept[key] = value
+        return cls.model_validate(kept)
+
+
+class FailureSummary(Summary):
+    """What any component says about how it ended (`run_component` writes the failure fields)."""
+
+    exit_code: int | None = Field(None, description="The main container's exit code.")
+    reason: str | None = Field(None, description="The error's type, e.g. `PermanentError`.")
+    message: str | None = Field(None, description="The error, or the log tail when no summary was written.")
+    error_kind: str | None = Field(None, description="`permanent`, `transient` or `unexpected`.")
+
+    @property
+    def failed(self) -> bool:
+        return self.exit_code not in (0, None)
+
+
+class TrainingSummary(Summary):
+    """A TrainingRun's result. A dependent starts from `artifacts.model`, so a trainer must report it."""
+
+    artifacts: TrainingArtifacts | None = Field(None, description="Artifact URIs.")
+    metrics: TrainingMetrics | None = Field(None, description="Key metrics.")
+    progress: TrainingProgress | None = Field(None, description="Training progress.")
+
+
+class QualityVerdict(Summary):
+    passed: bool = Field(description="Whether the shard's outputs passed the quality gate.")
+    message: str = Field("", description="Why, in words.")
+
+
+class ShardSummary(Summary):
+    """One TeacherGeneration shard's result."""
+
+    output_uri: str | None = Field(None, description="Prefix the shard wrote to (default: `spec.output.uri`).")
+    stats: GenerationStats | None = Field(None, description="This shard's statistics.")
+    quality: QualityVerdict | None = Field(None, description="The shard's own quality verdict.")
