@@ -27,11 +27,12 @@ import torch
 
 from metaspec.api import TeacherGenerationSpec
 from metaspec.api.generation import Sampling
+from metaspec.datasets import read_records
 from metaspec.devices import resolve_device, resolve_dtype
 from metaspec.generator import Prompt, prompt_seed
 from metaspec.generator.engines.transformers import TransformersEngine, finish
 from metaspec.local.bundled import bundled_model_dir
-from metaspec.records import chat_prompt_ids, end_of_turn_ids, read_records
+from metaspec.prompts import chat_prompt_ids, end_of_turn_ids
 
 RESULTS = Path(__file__).parent / "results"
 

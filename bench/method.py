@@ -58,8 +58,9 @@ from _common import add_common_args, machine, setup, sync, write_result
 
 from metaspec.api import API_VERSION, TrainingRun
 from metaspec.artifacts import Uri, upload_dir
+from metaspec.datasets import read_records
 from metaspec.local.bundled import bundled_model_dir
-from metaspec.records import dump_jsonl, read_records
+from metaspec.records import dump_jsonl
 from metaspec.trainer.data import Example, TaskSampler, collate
 from metaspec.trainer.evaluate import body_of, evaluation_loss, perplexity
 from metaspec.trainer.loop import StepStats, TrainLoop

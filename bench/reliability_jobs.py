@@ -338,7 +338,7 @@ class ShardTrial:
 def shard_trial(setup: Setup, output: str, seed: int, shards: int | None = None) -> ShardTrial:
     """Kill each shard 0–2 times at seeded record counts, restart it, finish all; count the IDs."""
     from metaspec.artifacts import Uri, list_files
-    from metaspec.records import read_records
+    from metaspec.datasets import read_records
 
     rng = random.Random(seed)
     started = time.monotonic()

@@ -46,8 +46,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import add_common_args, machine, setup, sync, write_result
 
+from metaspec.datasets import read_records
 from metaspec.local.bundled import bundled_model_dir
-from metaspec.records import Record, chat_prompt_ids, read_records
+from metaspec.prompts import chat_prompt_ids
+from metaspec.records import Record
 from metaspec.server.engine import RequestStats, RoutingPolicy, SamplingParams, SpeculativeEngine
 
 LABEL = "Answer:"

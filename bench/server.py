@@ -37,7 +37,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from metaspec.artifacts import materialize
 from metaspec.builtin import records
 from metaspec.local.bundled import bundled_model_dir
-from metaspec.records import chat_prompt_ids
+from metaspec.prompts import chat_prompt_ids
 from metaspec.server.engine import RoutingPolicy, SamplingParams, SpeculativeEngine
 from metaspec_testing.models import cut_draft
 

@@ -38,10 +38,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import add_common_args, machine, setup, sync, write_result
 
 from metaspec.api.generation import Sampling
+from metaspec.datasets import read_records
 from metaspec.generator import Completion, Prompt, compute_stats, prompt_seed, record_body
 from metaspec.generator.engines.transformers import TransformersEngine
 from metaspec.local.bundled import bundled_model_dir
-from metaspec.records import Record, chat_prompt_ids, read_records
+from metaspec.prompts import chat_prompt_ids
+from metaspec.records import Record
 
 KEPT_STATS = (
     "naturalStopRate",

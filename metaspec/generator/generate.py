@@ -16,7 +16,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from metaspec.api.generation import TeacherGenerationSpec
 from metaspec.artifacts import NotFound, Uri, is_complete, materialize, read_manifest, store_for, write_bytes
-from metaspec.records import InvalidData, Record, chat_prompt_ids, read_records
+from metaspec.datasets import read_records
+from metaspec.prompts import chat_prompt_ids
+from metaspec.records import InvalidData, Record
 from metaspec.runtime import PermanentError, check_provenance, provenance, to_json
 
 from .engines import Completion, Engine, Prompt, load_engine, prompt_seed

@@ -1,6 +1,6 @@
 """Training data: records -> token examples with the prompt masked, token statistics, ANIL tasks, batches.
 
-- `format_example` renders a record with the base tokenizer's chat template (`records.chat_prompt_ids`,
+- `format_example` renders a record with the base tokenizer's chat template (`prompts.chat_prompt_ids`,
   the same prompt the generator and the server use), appends the template's end-of-turn token to the
   target and masks the prompt from the loss (`IGNORE_INDEX`).
 - `token_stats` counts tokens per domain × difficulty with the real tokenizer: hard examples have long
@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal, Protocol
 
-from metaspec.records import InvalidData, Record, chat_prompt_ids, end_of_turn_ids, read_records
+from metaspec.datasets import read_records
+from metaspec.prompts import chat_prompt_ids, end_of_turn_ids
+from metaspec.records import InvalidData, Record
 
 log = logging.getLogger(__name__)
 

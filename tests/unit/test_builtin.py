@@ -14,7 +14,8 @@ import pytest
 
 from metaspec import builtin
 from metaspec.builtin import _base, coding, science
-from metaspec.records import DOMAINS, InvalidData, read_records
+from metaspec.datasets import read_records
+from metaspec.records import DOMAINS, InvalidData
 from metaspec.trainer.data import find_contamination, normalize_input
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from metaspec.artifacts import ChecksumMismatch, IncompleteArtifact, NotFound, upload_dir
-from metaspec.records import InvalidData, parse_jsonl, read_records
+from metaspec.datasets import parse_jsonl, read_records
+from metaspec.records import InvalidData
 
 
 def line(i: int, **overrides: object) -> str:

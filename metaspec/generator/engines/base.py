@@ -12,7 +12,7 @@ FinishReason = Literal["stop", "length"]
 
 @dataclass(frozen=True)
 class Prompt:
-    """One prompt, already formatted with `metaspec.records.chat_prompt_ids`."""
+    """One prompt, already formatted with `metaspec.prompts.chat_prompt_ids`."""
 
     id: str
     token_ids: list[int]

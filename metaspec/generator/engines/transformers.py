@@ -30,7 +30,7 @@ from transformers import (
 )
 
 from metaspec.api.generation import Sampling
-from metaspec.records import end_of_turn_ids
+from metaspec.prompts import end_of_turn_ids
 
 from .base import Completion, FinishReason, Prompt, cut_at_stop
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from metaspec.api.generation import Sampling, TeacherGenerationSpec
-from metaspec.records import end_of_turn_ids
+from metaspec.prompts import end_of_turn_ids
 
 from .base import Completion, FinishReason, Prompt
 

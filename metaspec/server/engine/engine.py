@@ -21,7 +21,7 @@ import torch
 
 from metaspec.api.serving import SpecServeSpec
 from metaspec.devices import resolve_device
-from metaspec.records import end_of_turn_ids
+from metaspec.prompts import encode_chat, end_of_turn_ids
 
 from .detokenize import IncrementalDetokenizer, StopStrings
 from .loader import LoadedModel, load_models, shared_vocab
@@ -131,8 +131,7 @@ class SpeculativeEngine:
         return list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+        return encode_chat(self.tokenizer, messages)
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[Delta]:
         """Stream the completion. Raises ValueError (before any Delta) for an unusable request."""

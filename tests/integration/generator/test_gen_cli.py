@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from metaspec.artifacts import Uri, read_bytes, read_manifest
-from metaspec.records import read_records
+from metaspec.datasets import read_records
 from metaspec.runtime import EXIT_QUALITY
 
 PROMPTS = 24

@@ -14,9 +14,9 @@ import pytest
 
 from metaspec.api import TeacherGeneration
 from metaspec.artifacts import MANIFEST, Uri, read_bytes, read_manifest
+from metaspec.datasets import read_records
 from metaspec.generator import Options, run_shard
 from metaspec.generator.engines.transformers import TransformersEngine
-from metaspec.records import read_records
 from metaspec.runtime import load_config
 
 SHARDS = 3

@@ -10,9 +10,11 @@ import torch
 
 from metaspec.api import TeacherGeneration
 from metaspec.api.generation import Sampling
+from metaspec.datasets import read_records
 from metaspec.generator import Options, Prompt, ShardResult, prompt_seed, run_shard
 from metaspec.generator.engines.transformers import TransformersEngine
-from metaspec.records import Record, chat_prompt_ids, dump_jsonl, read_records
+from metaspec.prompts import chat_prompt_ids
+from metaspec.records import Record, dump_jsonl
 from metaspec.runtime import load_config
 
 pytestmark = pytest.mark.slow

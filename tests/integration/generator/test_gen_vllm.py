@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from metaspec.api import TeacherGeneration, TeacherGenerationSpec
+from metaspec.datasets import read_records
 from metaspec.generator import Options, Prompt, prompt_seed, run_shard
-from metaspec.records import chat_prompt_ids, read_records
+from metaspec.prompts import chat_prompt_ids
 from metaspec.runtime import load_config
 
 pytestmark = [pytest.mark.vllm, pytest.mark.gpu]

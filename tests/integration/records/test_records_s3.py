@@ -8,7 +8,8 @@ import pytest
 
 from metaspec import builtin
 from metaspec.artifacts import MANIFEST, ChecksumMismatch, IncompleteArtifact, S3Store, Uri, upload_dir, write_bytes
-from metaspec.records import InvalidData, dump_jsonl, read_records
+from metaspec.datasets import read_records
+from metaspec.records import InvalidData, dump_jsonl
 
 
 def shards(root: Path, n: int = 3) -> list[str]:

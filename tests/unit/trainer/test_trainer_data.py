@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from metaspec import builtin
-from metaspec.records import InvalidData, Record, chat_prompt_ids
+from metaspec.prompts import chat_prompt_ids
+from metaspec.records import InvalidData, Record
 from metaspec.trainer.data import (
     IGNORE_INDEX,
     Example,

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from metaspec import builtin
-from metaspec.records import chat_prompt_ids
+from metaspec.prompts import chat_prompt_ids
 from metaspec.server.engine.protocol import RequestStats
 from metaspec.server.engine.routing import RoutingPolicy
 from metaspec.server.engine.sampling import Processing

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metaspec.records import chat_prompt_ids, end_of_turn_ids
+from metaspec.prompts import chat_prompt_ids, end_of_turn_ids
 from metaspec.server.engine import RoutingPolicy, SamplingParams, SpeculativeEngine
 
 pytestmark = pytest.mark.slow

@@ -1,0 +1,38 @@
+"""How a record's input becomes a prompt, and which tokens end a turn: one place for every stage.
+
+The trainer, the generator and the server format prompts here, so they see the same tokens for the
+same input.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def chat_messages(user_input: str, system: str | None = None) -> list[dict[str, str]]:
+    messages = [{"role": "system", "content": system}] if system else []
+    return [*messages, {"role": "user", "content": user_input}]
+
+
+def chat_prompt_ids(tokenizer: Any, user_input: str, system: str | None = None) -> list[int]:
+    """Token ids of the prompt for `user_input`: the tokenizer's chat template with the generation
+    prompt appended, or the raw text when the tokenizer has no template."""
+    if getattr(tokenizer, "chat_template", None):
+        return encode_chat(tokenizer, chat_messages(user_input, system))
+    return list(tokenizer(user_input, add_special_tokens=True)["input_ids"])
+
+
+def encode_chat(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of a conversation through the tokenizer's chat template, ready for the assistant's turn."""
+    encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+
+
+def end_of_turn_ids(tokenizer: Any) -> list[int]:
+    """Ids that end an assistant turn: EOS plus the chat template's end-of-turn tokens."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    for token in ("<|im_end|>", "<|eot_id|>", "<|end_of_turn|>", "<end_of_turn>", "<|end|>"):
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id and token_id >= 0:
+            ids.add(token_id)
+    return sorted(ids)
