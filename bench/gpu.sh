@@ -15,7 +15,7 @@
 #   bench/gpu.sh draft-serve  serving benchmarks with both drafts (bench/server.py through bench/draft.py)
 #   bench/gpu.sh draft-costs  per-token costs and predicted speedups; the routing sweep with the 4-layer draft
 #   bench/gpu.sh costs        draft/target cost ratio and verify cost: random-init Llama-3.1-8B, 1B and 160M drafts
-#   bench/gpu.sh method       issue 9: method arms, teacher configurations, the ANIL target's draft, routing
+#   bench/gpu.sh method       docs/method.md: method arms, teacher configurations, the ANIL target's draft, routing
 #                             (≈ 15 min: more than one call's 10 minutes; run the four lines in two calls)
 #
 # Results land in bench/results/ (and are copied to $OUT when set).
@@ -89,7 +89,7 @@ draft-costs)   # the costs behind the speedups, and the routing sweep
   $PY bench/routing.py --device cuda --compile --draft "$HOME/draft-work/draft-4/model" \
     --out bench/results/routing-cuda.json
   save ;;
-method)   # issue 9 on the GPU: method arms, teacher configurations, the ANIL target's draft and routing
+method)   # docs/method.md on the GPU: method arms, teacher configurations, the ANIL target's draft and routing
   W="$HOME/method-work"
   $PY bench/method.py --device cuda --save-merged "$W/anil"
   $PY bench/teacher.py --device cuda --model "$W/anil"

@@ -144,7 +144,7 @@ RECIPES = {"anil": AnilMamlRecipe, "sft": SftRecipe, "maml": FullMamlRecipe}
 class Arm:
     name: str
     recipe: Literal["anil", "sft", "maml"]
-    experiment: str  # which question of issue 9 the arm answers
+    experiment: str  # which question of docs/method.md the arm answers
     inner_lr: float | None = None  # None: the spec's default
     first_order: bool = False
     data: Literal["all", "hard"] = "all"

@@ -13,7 +13,7 @@ are an upper bound on the operator's cost.
 
     .venv/bin/python bench/operator.py [--n 100 300 1000]
 
-Goal (issue 6): 1000 CRs to Jobs in ≤ 60 s on a 2-core machine, p95 reconcile ≤ 250 ms.
+Goal: 1000 CRs to Jobs in ≤ 60 s on a 2-core machine, p95 reconcile ≤ 250 ms.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Job faults (issue 10, part 3): killed trainers and shards, corrupted checkpoints, S3 outages, and
+"""Job faults: killed trainers and shards, corrupted checkpoints, S3 outages, and
 artifacts without a manifest — against the real `metaspec train`/`metaspec generate` commands, the
 real S3 server and the tiny random Llama.
 

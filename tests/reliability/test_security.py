@@ -1,4 +1,4 @@
-"""Security (issue 10, part 5): unprivileged pods, an operator that cannot read Secrets, safetensors
+"""Security: unprivileged pods, an operator that cannot read Secrets, safetensors
 only, no remote code unless a spec says so, and credentials that never surface.
 
 Covered elsewhere and not repeated: the Dockerfiles' numeric non-root USER

@@ -1,4 +1,4 @@
-"""Server abuse (issue 10, part 4): hostile input, slow and vanishing clients, memory and overload, against
+"""Server abuse: hostile input, slow and vanishing clients, memory and overload, against
 a real router process (tiny random Llama target + its 1-layer derived draft, uvicorn in a subprocess, so
 a crash shows as a dead process and its RSS is its own).
 
