@@ -284,7 +284,6 @@ def run_arm(arm: Arm, args: argparse.Namespace, device: torch.device, dtype: tor
         work_dir=work / arm.name,
         config=run.model_dump(by_alias=True, exclude_none=True, mode="json"),
         reporter=ctx.reporter,
-        units_per_step=run.spec.anil.tasks_per_batch,
     )
     sync(device)
     started = time.perf_counter()

@@ -44,7 +44,12 @@ class StepStats:
 
 
 class Recipe(Protocol):
+    """One training method (`recipes/`): what the loop optimizes and what the run publishes."""
+
     model: nn.Module  # its parameters with requires_grad are what the loop optimizes
+    units_per_step: int  # sampling units one micro-step consumes (anil-maml: tasks per batch), for epochs
+    adapter_dir: str | None  # the output's subdirectory `finish` saves a LoRA adapter in, if any
+    model_dir: str | None  # the output's subdirectory holding the usable model, if `finish` saved one
 
     @property
     def units_per_epoch(self) -> int:
@@ -59,6 +64,9 @@ class Recipe(Protocol):
     def sampler_state(self) -> dict[str, Any]: ...
 
     def load_sampler_state(self, state: dict[str, Any]) -> None: ...
+
+    def finish(self, out: Path, eval_loss: float | None) -> dict[str, Any]:
+        """Save what the run publishes under `out`; the metrics of the result (perplexities)."""
 
 
 @dataclass
@@ -102,7 +110,6 @@ class TrainLoop:
         work_dir: Path,
         config: dict[str, Any],
         reporter: Reporter,
-        units_per_step: int = 1,
     ):
         self.recipe, self.opt, self.output, self.config, self.reporter = recipe, opt, output, config, reporter
         work_dir.mkdir(parents=True, exist_ok=True)
@@ -110,8 +117,8 @@ class TrainLoop:
         self.cache = work_dir / "cache"
         self.best_path = work_dir / "best.safetensors"
         self.params = [p for p in recipe.model.parameters() if p.requires_grad]
-        per_update = units_per_step * opt.gradient_accumulation
-        self.units_per_step = units_per_step
+        per_update = recipe.units_per_step * opt.gradient_accumulation
+        self.units_per_step = recipe.units_per_step
         self.total_steps = opt.max_steps or max(1, math.ceil(opt.epochs * recipe.units_per_epoch / per_update))
         self.optimizer = torch.optim.AdamW(self.params, lr=opt.outer_lr, weight_decay=opt.weight_decay)
         warmup = round(opt.warmup_ratio * self.total_steps)

@@ -67,7 +67,6 @@ def train(
         work_dir=work_dir,
         config=run.model_dump(by_alias=True, exclude_none=True, mode="json"),
         reporter=ctx.reporter,
-        units_per_step=spec.anil.tasks_per_batch if spec.method == "anil-maml" else 1,
     )
     loop.resume()
     loop.run()
@@ -78,7 +77,8 @@ def train(
     degradation = quality.get("merge_degradation")
     merge_failed = degradation is not None and degradation > spec.output.max_merge_degradation
     model_uri = None if merge_failed or not recipe.model_dir else str(output.join(recipe.model_dir))
-    summary = _summary(run, loop, quality, model_uri, recipe.data.report)
+    adapter_uri = str(output.join(recipe.adapter_dir)) if recipe.adapter_dir else None
+    summary = _summary(run, loop, quality, model_uri, adapter_uri, recipe.data.report)
     _publish(output, staging, summary, loop.history, complete=not merge_failed, produced=produced)
     ctx.reporter.on_finish(summary["metrics"])
     if merge_failed:
@@ -103,7 +103,12 @@ def _finished_summary(output: Uri) -> dict[str, Any]:
 
 
 def _summary(
-    run: TrainingRun, loop: TrainLoop, quality: dict[str, Any], model_uri: str | None, data: dict[str, Any]
+    run: TrainingRun,
+    loop: TrainLoop,
+    quality: dict[str, Any],
+    model_uri: str | None,
+    adapter_uri: str | None,
+    data: dict[str, Any],
 ) -> dict[str, Any]:
     output = Uri.parse(run.spec.output.uri)
     metrics = TrainingMetrics(
@@ -115,7 +120,7 @@ def _summary(
     )
     artifacts = TrainingArtifacts(
         model=model_uri,
-        adapter=str(output.join("adapter")) if run.spec.method == "anil-maml" else None,
+        adapter=adapter_uri,
         metrics=str(output.join("metrics.json")),
         last_checkpoint=str(loop.last_checkpoint) if loop.last_checkpoint else None,
     )

@@ -29,9 +29,12 @@ from .common import Context, body_inputs, load_datasets
 
 
 class AnilMamlRecipe:
+    adapter_dir = "adapter"
+
     def __init__(self, ctx: Context):
         spec = ctx.run.spec
         self.ctx, self.spec = ctx, spec
+        self.units_per_step = spec.anil.tasks_per_batch
         loaded = load_model(spec.base_model, ctx.cache, ctx.device, ctx.dtype)
         self.tokenizer = loaded.tokenizer
         self.pad_id = self.tokenizer.pad_token_id
@@ -142,7 +145,7 @@ class AnilMamlRecipe:
         lora_loss = self.evaluate() if eval_loss is None else eval_loss
         with self.model.disable_adapter():
             base_loss = evaluation_loss(self.lm, self.data.evaluation, self.pad_id, batch_size)
-        save_adapter(self.model, self.tokenizer, out / "adapter")
+        save_adapter(self.model, self.tokenizer, out / self.adapter_dir)
         metrics: dict[str, Any] = {"perplexity_base": perplexity(base_loss), "perplexity_lora": perplexity(lora_loss)}
         if self.spec.output.merge:
             merged = merge_lora(self.model)

@@ -55,6 +55,10 @@ class BatchStream:
 
 
 class CausalLmRecipe:
+    units_per_step = 1
+    adapter_dir = None
+    model_dir = "model"
+
     def __init__(self, ctx: Context):
         spec = ctx.run.spec
         self.ctx, self.spec = ctx, spec
@@ -118,8 +122,6 @@ class CausalLmRecipe:
 
         `eval_loss` is the loop's evaluation of the weights the model now holds (the best ones).
         """
-        save_model(self.model.to(self.ctx.dtype), self.tokenizer, out / "model")  # served in the run's dtype
+        save_model(self.model.to(self.ctx.dtype), self.tokenizer, out / self.model_dir)  # served in the run's dtype
         final = self.evaluate() if eval_loss is None else eval_loss
         return {"perplexity_base": perplexity(self.initial_loss), "perplexityModel": perplexity(final)}
-
-    model_dir = "model"

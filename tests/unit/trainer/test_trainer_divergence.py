@@ -22,6 +22,9 @@ from metaspec.trainer.progress import LogReporter
 class Quadratic:
     """A one-weight recipe whose loss, (w·x)², overflows float32 once w·x passes about 1.8e19."""
 
+    units_per_step = 1
+    adapter_dir = model_dir = None
+
     def __init__(self, start: float, x: float, eval_loss: float | None = None):
         self.model = nn.Linear(1, 1, bias=False)
         with torch.no_grad():
