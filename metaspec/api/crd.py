@@ -16,8 +16,11 @@ from .generation import TeacherGeneration
 from .serving import SpecServe
 from .training import TrainingRun
 
-#: Spec fields that define *what* is produced; fixed once the work started. The rest (suspend,
-#: scheduling, resources) may change.
+#: Spec fields fixed once the work started: what is produced (the model, data, method and their
+#: settings; a generation's dtype and context length change its outputs) and where it is stored
+#: (`storage`: a changed endpoint would leave the checkpoints or shards already written behind). The
+#: rest (suspend, scheduling, resources, queue, retries) may change. SpecServe specs stay mutable:
+#: a change rolls the Deployment.
 IMMUTABLE_SPEC = {
     TrainingRun: [
         "method",
@@ -29,8 +32,20 @@ IMMUTABLE_SPEC = {
         "optimization",
         "draft",
         "output",
+        "storage",
     ],
-    TeacherGeneration: ["model", "dataset", "output", "engine", "sampling", "shards", "quality"],
+    TeacherGeneration: [
+        "model",
+        "dataset",
+        "output",
+        "engine",
+        "sampling",
+        "shards",
+        "quality",
+        "dtype",
+        "maxModelLen",
+        "storage",
+    ],
 }
 
 PRINTER_COLUMNS = {

@@ -41,13 +41,40 @@ def check_loadable(local_dir: Path, where: str = FIELD) -> dict[str, Any]:
     if config.get("quantization_config"):
         method = config["quantization_config"].get("quant_method", "unknown")
         raise PermanentError(f"{where}: the model is quantized ({method}): {QUANTIZED_REASON}")
-    if not any(local_dir.glob("*.safetensors")):
+    weights = sorted(local_dir.glob("*.safetensors"))
+    if not weights:
         found = sorted(p.name for p in local_dir.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".gguf"))
         raise PermanentError(
             f"{where}.uri: {local_dir} has no *.safetensors weights (found: {', '.join(found) or 'none'}); "
             "only safetensors are loaded: re-save the model with save_pretrained(safe_serialization=True)"
         )
+    for path in weights:
+        try:
+            quantized = _quantized_tensor(path)
+        except Exception as e:  # safetensors raises its own SafetensorError for a damaged header
+            raise PermanentError(f"{where}.uri: {path.name} is not a readable safetensors file ({e})") from None
+        if quantized:
+            raise PermanentError(f"{where}: the model is quantized ({path.name}: {quantized}): {QUANTIZED_REASON}")
     return config
+
+
+#: Storage types of quantized weights (FP8, 8-bit and packed integers) and the tensors that only
+#: quantized checkpoints carry (GPTQ/AWQ packing and zeros, compressed-tensors and bitsandbytes scales).
+_QUANTIZED_DTYPES = {"F8_E4M3", "F8_E5M2", "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2", "I8", "U8", "I4", "U4"}
+_QUANTIZED_SUFFIXES = (".qweight", ".qzeros", ".g_idx", ".weight_scale", ".weight_packed", ".SCB", ".absmax")
+
+
+def _quantized_tensor(path: Path) -> str | None:
+    """What makes a safetensors file quantized, from its header alone (a model's name proves nothing:
+    `q4_k_m`, `exl2`, `fp8` checkpoints need not say so, and a config may lack `quantization_config`)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+            dtype = f.get_slice(name).get_dtype()
+            if dtype in _QUANTIZED_DTYPES or name.endswith(_QUANTIZED_SUFFIXES):
+                return f"tensor {name} is {dtype}"
+    return None
 
 
 def load_model(

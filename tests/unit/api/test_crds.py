@@ -93,6 +93,8 @@ def test_crd_metadata(kind: str) -> None:
     else:
         immutable = rules[1]
         assert "oldSelf.status.startTime" in immutable["rule"] and "spec.suspend" not in immutable["rule"]
+        fixed = ["storage"] + (["dtype", "maxModelLen"] if kind == "TeacherGeneration" else [])
+        assert all(f"oldSelf.spec.{field}" in immutable["rule"] for field in fixed), immutable["rule"]
 
 
 @pytest.mark.parametrize("where,body", all_examples(), ids=[w for w, _ in all_examples()])

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from metaspec.runtime import PermanentError
@@ -87,3 +88,25 @@ def test_schedule_warms_up_then_decays():
     linear = lr_lambda("linear", warmup=0, total=10)
     assert linear(5) == pytest.approx(0.5)
     assert lr_lambda("constant", warmup=2, total=10)(9) == 1.0
+
+
+@pytest.mark.parametrize(
+    "tensors,found",
+    [
+        ({"model.layers.0.mlp.weight": torch.zeros(2, 2).to(torch.float8_e4m3fn)}, "F8_E4M3"),
+        ({"model.layers.0.mlp.weight": torch.zeros(2, 2, dtype=torch.int8)}, "I8"),
+        ({"model.layers.0.mlp.qweight": torch.zeros(2, 2, dtype=torch.int32)}, "qweight"),
+    ],
+)
+def test_quantized_weights_are_refused_without_a_quantization_config(tmp_path, tensors, found):
+    """FP8, int8 and GPTQ-packed checkpoints whose name and config say nothing are found from the
+    safetensors header; a full-precision one passes."""
+    model = write_config(tmp_path / "m")
+    save_file(tensors, model / "model.safetensors")
+    with pytest.raises(PermanentError, match=rf"spec\.baseModel: the model is quantized .*{found}"):
+        check_loadable(model)
+    save_file({"model.layers.0.mlp.weight": torch.zeros(2, 2, dtype=torch.bfloat16)}, model / "model.safetensors")
+    assert check_loadable(model)["model_type"] == "llama"
+    (model / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(PermanentError, match="not a readable safetensors file"):
+        check_loadable(model)
