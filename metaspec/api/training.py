@@ -216,7 +216,7 @@ class Optimization(Model):
     outer_lr: float = Field(2e-4, gt=0, le=1, description="AdamW learning rate of the LoRA (outer) update.")
     epochs: float = Field(1, gt=0, le=1000, description="Passes over the training data.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
-    batch_size: int = Field(4, ge=1, le=4096, description="Sequences per step (causal-lm).")
+    batch_size: int = Field(4, ge=1, le=4096, description="Sequences per step (lora-sft, causal-lm).")
     max_seq_length: int = Field(
         2048, ge=16, le=1_048_576, description="Tokens per sequence; longer ones are truncated."
     )
@@ -274,11 +274,15 @@ class TrainingOutput(Model):
 
 
 class TrainingRunSpec(Model):
-    method: Literal["anil-maml", "causal-lm"] = Field("anil-maml", description="Training recipe.")
+    method: Literal["anil-maml", "lora-sft", "causal-lm"] = Field(
+        "anil-maml",
+        description="Training recipe: `anil-maml` (LoRA, meta-learned per domain), `lora-sft` (LoRA, plain "
+        "supervised fine-tuning: the baseline), `causal-lm` (full training of a draft model).",
+    )
     base_model: BaseModelSource = Field(description="Model to train. Full precision only.")
     dataset: DatasetSource = Field(description="Training data.")
     evaluation: Evaluation = Field(default_factory=Evaluation, description="Held-out evaluation set.")
-    lora: Lora = Field(default_factory=Lora, description="LoRA adapters (anil-maml).")
+    lora: Lora = Field(default_factory=Lora, description="LoRA adapters (anil-maml, lora-sft).")
     anil: Anil = Field(default_factory=Anil, description="Inner/outer loop settings (anil-maml).")
     optimization: Optimization = Field(default_factory=Optimization, description="Optimizer and schedule.")
     draft: Draft = Field(default_factory=Draft, description="Draft construction (causal-lm).")
@@ -296,8 +300,10 @@ class TrainingRunSpec(Model):
 
     @model_validator(mode="after")
     def _method_fields(self) -> TrainingRunSpec:
-        if self.method == "anil-maml" and self.draft != Draft():
+        if self.method != "causal-lm" and self.draft != Draft():
             raise ValueError("`draft` applies only to `method: causal-lm`")
+        if self.method == "lora-sft" and self.anil != Anil():
+            raise ValueError("`anil` applies only to `method: anil-maml`")
         return self
 
 

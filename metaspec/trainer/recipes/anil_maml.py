@@ -14,18 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, get_peft_model
 
 from metaspec.runtime import PermanentError
 
 from ..data import Example, TaskSampler, collate
-from ..evaluate import body_of, evaluation_loss, perplexity
+from ..evaluate import body_of, evaluation_loss
 from ..loop import StepStats
 from ..losses import select_targets, token_weights
-from ..merge import merge_degradation, merge_lora, save_adapter, save_model
 from ..meta import head_projection, output_head, task_loss
 from ..models import load_model
-from .common import Context, body_inputs, load_datasets
+from .common import Context, apply_lora, body_inputs, finish_lora, load_datasets
 
 
 class AnilMamlRecipe:
@@ -40,19 +38,7 @@ class AnilMamlRecipe:
         self.pad_id = self.tokenizer.pad_token_id
         self.data = load_datasets(ctx, self.tokenizer)
         self._check_adapt_modules(loaded.model)
-        torch.manual_seed(spec.optimization.seed)  # LoRA A initialisation
-        lora = spec.lora
-        config = LoraConfig(
-            r=lora.r,
-            lora_alpha=lora.alpha,
-            lora_dropout=lora.dropout,
-            target_modules=lora.target_modules,
-            task_type="CAUSAL_LM",
-        )
-        try:
-            self.model = get_peft_model(loaded.model, config)
-        except ValueError as e:
-            raise PermanentError(f"spec.lora.targetModules: {e}") from None
+        self.model = apply_lora(loaded.model, spec)
         self.lm = self.model.get_base_model()
         if spec.optimization.gradient_checkpointing:
             self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -141,20 +127,8 @@ class AnilMamlRecipe:
 
         `eval_loss` is the loop's evaluation of the weights the model now holds (the best ones).
         """
-        batch_size = self.spec.evaluation.batch_size
         lora_loss = self.evaluate() if eval_loss is None else eval_loss
-        with self.model.disable_adapter():
-            base_loss = evaluation_loss(self.lm, self.data.evaluation, self.pad_id, batch_size)
-        save_adapter(self.model, self.tokenizer, out / self.adapter_dir)
-        metrics: dict[str, Any] = {"perplexity_base": perplexity(base_loss), "perplexity_lora": perplexity(lora_loss)}
-        if self.spec.output.merge:
-            merged = merge_lora(self.model)
-            merged_loss = evaluation_loss(merged, self.data.evaluation, self.pad_id, batch_size)
-            metrics["perplexity_merged"] = perplexity(merged_loss)
-            metrics["merge_degradation"] = merge_degradation(metrics["perplexity_lora"], metrics["perplexity_merged"])
-            if metrics["merge_degradation"] <= self.spec.output.max_merge_degradation:
-                save_model(merged, self.tokenizer, out / "merged")
-        return metrics
+        return finish_lora(self.model, self.tokenizer, self.data, self.spec, out, lora_loss)
 
     @property
     def model_dir(self) -> str | None:

@@ -19,39 +19,13 @@ from typing import Any
 
 import torch
 
-from ..data import Example, batches, collate
+from ..data import collate
 from ..evaluate import body_of, evaluation_loss, perplexity
 from ..loop import StepStats
 from ..losses import chunked_cross_entropy, chunked_distillation, select_targets
 from ..merge import save_model
 from ..models import derive_draft, load_model
-from .common import Context, body_inputs, load_datasets
-
-
-class BatchStream:
-    """Batches of `data.batches`, epoch after epoch, with a resumable position."""
-
-    def __init__(self, examples: list[Example], batch_size: int, seed: int):
-        self.examples, self.batch_size, self.seed = examples, batch_size, seed
-        self.epoch, self.index = 0, 0
-        self._epoch_batches = batches(examples, batch_size, seed, 0)
-
-    def __len__(self) -> int:
-        return len(self._epoch_batches)
-
-    def next(self) -> list[Example]:
-        if self.index >= len(self._epoch_batches):
-            self.epoch, self.index = self.epoch + 1, 0
-            self._epoch_batches = batches(self.examples, self.batch_size, self.seed, self.epoch)
-        self.index += 1
-        return self._epoch_batches[self.index - 1]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "index": self.index, "examples": len(self.examples)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch, self.index = state["epoch"], state["index"]
-        self._epoch_batches = batches(self.examples, self.batch_size, self.seed, self.epoch)
+from .common import BatchStream, Context, body_inputs, load_datasets
 
 
 class CausalLmRecipe:

@@ -1,4 +1,4 @@
-"""What both recipes need before training: the run's context, its model and its data."""
+"""What the recipes share: the run's context, its data, a resumable batch stream, LoRA and its finish."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ from typing import Any
 import torch
 
 from metaspec.api import TrainingRun
+from metaspec.api.training import TrainingRunSpec
 from metaspec.records import InvalidData
 from metaspec.runtime import PermanentError
 
-from ..data import Example, load_training_data
+from ..data import Example, batches, load_training_data
+from ..evaluate import evaluation_loss, perplexity
+from ..merge import merge_degradation, merge_lora, save_adapter, save_model
 from ..progress import Reporter
 
 
@@ -67,3 +70,68 @@ def load_datasets(ctx: Context, tokenizer: Any) -> Datasets:
 
 def body_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
+
+
+class BatchStream:
+    """Batches of `data.batches`, epoch after epoch, with a resumable position."""
+
+    def __init__(self, examples: list[Example], batch_size: int, seed: int):
+        self.examples, self.batch_size, self.seed = examples, batch_size, seed
+        self.epoch, self.index = 0, 0
+        self._epoch_batches = batches(examples, batch_size, seed, 0)
+
+    def __len__(self) -> int:
+        return len(self._epoch_batches)
+
+    def next(self) -> list[Example]:
+        if self.index >= len(self._epoch_batches):
+            self.epoch, self.index = self.epoch + 1, 0
+            self._epoch_batches = batches(self.examples, self.batch_size, self.seed, self.epoch)
+        self.index += 1
+        return self._epoch_batches[self.index - 1]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "index": self.index, "examples": len(self.examples)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.index = state["epoch"], state["index"]
+        self._epoch_batches = batches(self.examples, self.batch_size, self.seed, self.epoch)
+
+
+def apply_lora(model: torch.nn.Module, spec: TrainingRunSpec) -> Any:
+    """`model` with `spec.lora` adapters (a peft model); only the adapters train."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(spec.optimization.seed)  # LoRA A initialisation
+    lora = spec.lora
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as e:
+        raise PermanentError(f"spec.lora.targetModules: {e}") from None
+
+
+def finish_lora(
+    model: Any, tokenizer: Any, data: Datasets, spec: TrainingRunSpec, out: Path, lora_loss: float
+) -> dict[str, Any]:
+    """Adapter, perplexities of base/LoRA/merged, merged model (when merging degrades within the bound).
+    Returns metrics; fills `out`. `lora_loss` is the evaluation loss of the weights the model now holds."""
+    lm, pad_id, batch_size = model.get_base_model(), tokenizer.pad_token_id, spec.evaluation.batch_size
+    with model.disable_adapter():
+        base_loss = evaluation_loss(lm, data.evaluation, pad_id, batch_size)
+    save_adapter(model, tokenizer, out / "adapter")
+    metrics: dict[str, Any] = {"perplexity_base": perplexity(base_loss), "perplexity_lora": perplexity(lora_loss)}
+    if spec.output.merge:
+        merged = merge_lora(model)
+        merged_loss = evaluation_loss(merged, data.evaluation, pad_id, batch_size)
+        metrics["perplexity_merged"] = perplexity(merged_loss)
+        metrics["merge_degradation"] = merge_degradation(metrics["perplexity_lora"], metrics["perplexity_merged"])
+        if metrics["merge_degradation"] <= spec.output.max_merge_degradation:
+            save_model(merged, tokenizer, out / "merged")
+    return metrics
