@@ -98,11 +98,10 @@ def _compact(body: Any) -> str:
 
 def spec_digest(kind: str, spec: dict[str, Any]) -> str:
     """sha256 of the spec fields that define what a resource produces: those immutable once it has
-    started (`api.crd.IMMUTABLE_SPEC`), except `storage` (where, not what). Wire form, defaults filled."""
+    started (`Resource.immutable_spec`), except `storage` (where, not what). Wire form, defaults filled."""
     from metaspec.api import RESOURCES
-    from metaspec.api.crd import IMMUTABLE_SPEC
 
-    defining = {f: spec.get(f) for f in IMMUTABLE_SPEC[RESOURCES[kind]] if f != "storage"}
+    defining = {f: spec.get(f) for f in RESOURCES[kind].immutable_spec if f != "storage"}
     return hashlib.sha256(json.dumps(defining, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 

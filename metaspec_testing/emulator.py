@@ -30,15 +30,16 @@ import jsonpatch
 import kopf
 from kmock import KubernetesEmulator, KubernetesError, ResourceInfo, Server, action
 
-from metaspec.api import API_VERSION, now
+from metaspec.api import API_VERSION, RESOURCES, SpecServe, now
 from metaspec.operator.handlers import Context
 from metaspec.operator.kube import Kube, Target
 
 #: (apiVersion/plural, kind, namespaced, subresources) of everything the operator touches.
 RESOURCES = [
-    (f"{API_VERSION}/trainingruns", "TrainingRun", True, {"status"}),
-    (f"{API_VERSION}/teachergenerations", "TeacherGeneration", True, {"status"}),
-    (f"{API_VERSION}/specserves", "SpecServe", True, {"status", "scale"}),
+    *(
+        (f"{API_VERSION}/{cls.plural}", kind, True, {"status", "scale"} if cls is SpecServe else {"status"})
+        for kind, cls in RESOURCES.items()
+    ),
     ("batch/v1/jobs", "Job", True, {"status"}),
     ("apps/v1/deployments", "Deployment", True, {"status", "scale"}),
     ("v1/configmaps", "ConfigMap", True, set()),

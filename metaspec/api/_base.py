@@ -263,6 +263,14 @@ class Resource(BaseModel):
     plural: ClassVar[str]
     short_name: ClassVar[str]
     component: ClassVar[str]
+    #: `kubectl get` columns: (name, type, JSON path); the CRD adds Age.
+    printer_columns: ClassVar[tuple[tuple[str, str, str], ...]]
+    #: Spec fields fixed once the work started (a CEL rule in the CRD): what is produced (the model, data,
+    #: method and their settings; a generation's dtype and context length change its outputs) and where
+    #: it is stored (`storage`: a changed endpoint would leave the checkpoints or shards already written
+    #: behind). The rest (suspend, scheduling, resources, queue, retries) may change. SpecServe specs
+    #: stay mutable: a change rolls the Deployment.
+    immutable_spec: ClassVar[tuple[str, ...]] = ()
 
     api_version: Literal["metaspec.dev/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
     metadata: ObjectMeta

@@ -16,61 +16,6 @@ from .generation import TeacherGeneration
 from .serving import SpecServe
 from .training import TrainingRun
 
-#: Spec fields fixed once the work started: what is produced (the model, data, method and their
-#: settings; a generation's dtype and context length change its outputs) and where it is stored
-#: (`storage`: a changed endpoint would leave the checkpoints or shards already written behind). The
-#: rest (suspend, scheduling, resources, queue, retries) may change. SpecServe specs stay mutable:
-#: a change rolls the Deployment.
-IMMUTABLE_SPEC = {
-    TrainingRun: [
-        "method",
-        "baseModel",
-        "dataset",
-        "evaluation",
-        "lora",
-        "anil",
-        "optimization",
-        "draft",
-        "output",
-        "storage",
-    ],
-    TeacherGeneration: [
-        "model",
-        "dataset",
-        "output",
-        "engine",
-        "sampling",
-        "shards",
-        "quality",
-        "dtype",
-        "maxModelLen",
-        "storage",
-    ],
-}
-
-PRINTER_COLUMNS = {
-    TrainingRun: [
-        ("Method", "string", ".spec.method"),
-        ("Phase", "string", ".status.phase"),
-        ("Step", "integer", ".status.progress.step"),
-        ("Total", "integer", ".status.progress.totalSteps"),
-        ("Eval-Loss", "number", ".status.metrics.evalLoss"),
-    ],
-    TeacherGeneration: [
-        ("Engine", "string", ".spec.engine"),
-        ("Phase", "string", ".status.phase"),
-        ("Done", "integer", ".status.stats.examplesDone"),
-        ("Total", "integer", ".status.stats.examplesTotal"),
-        ("Natural-Stop", "number", ".status.stats.naturalStopRate"),
-    ],
-    SpecServe: [
-        ("Policy", "string", ".spec.routing.policy"),
-        ("Phase", "string", ".status.phase"),
-        ("Ready", "integer", ".status.readyReplicas"),
-        ("URL", "string", ".status.url"),
-    ],
-}
-
 
 def _inline(node: Any, defs: dict[str, Any]) -> Any:
     """Resolve `$ref`s and rewrite JSON Schema 2020-12 idioms into Kubernetes' OpenAPI v3.0 dialect."""
@@ -127,11 +72,11 @@ def _immutability_rule(resource: type[Resource]) -> dict[str, str]:
         return f"(has({new}) ? has({old}) && {new} == {old} : !has({old}))"
 
     started = "has(oldSelf.status) && has(oldSelf.status.startTime)"
-    fields = " && ".join(same(f) for f in IMMUTABLE_SPEC[resource])
+    fields = " && ".join(same(f) for f in resource.immutable_spec)
     return {
         "rule": f"!({started}) || ({fields})",
         "message": f"spec is immutable once the {resource.model_fields['kind'].default} has started "
-        f"(fields {', '.join(IMMUTABLE_SPEC[resource])}): create a new resource with a new name "
+        f"(fields {', '.join(resource.immutable_spec)}): create a new resource with a new name "
         "for a new version; suspend, scheduling and resources may still change",
     }
 
@@ -153,7 +98,7 @@ def crd(resource: type[Resource]) -> dict[str, Any]:
     spec_schema = openapi_schema(resource.model_fields["spec"].annotation)
     status_schema = openapi_schema(resource.model_fields["status"].annotation.__args__[0])
     rules = [_name_rule(resource)]
-    if resource in IMMUTABLE_SPEC:
+    if resource.immutable_spec:
         rules.append(_immutability_rule(resource))
     schema = {
         "type": "object",
@@ -175,7 +120,7 @@ def crd(resource: type[Resource]) -> dict[str, Any]:
             "statusReplicasPath": ".status.replicas",
             "labelSelectorPath": ".status.selector",
         }
-    columns = [{"name": name, "type": type_, "jsonPath": path} for name, type_, path in PRINTER_COLUMNS[resource]]
+    columns = [{"name": name, "type": type_, "jsonPath": path} for name, type_, path in resource.printer_columns]
     columns.append({"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"})
     return {
         "apiVersion": "apiextensions.k8s.io/v1",

@@ -139,6 +139,25 @@ class TeacherGeneration(Resource):
     plural: ClassVar[str] = "teachergenerations"
     short_name: ClassVar[str] = "tg"
     component: ClassVar[str] = "generator"
+    printer_columns: ClassVar[tuple[tuple[str, str, str], ...]] = (
+        ("Engine", "string", ".spec.engine"),
+        ("Phase", "string", ".status.phase"),
+        ("Done", "integer", ".status.stats.examplesDone"),
+        ("Total", "integer", ".status.stats.examplesTotal"),
+        ("Natural-Stop", "number", ".status.stats.naturalStopRate"),
+    )
+    immutable_spec: ClassVar[tuple[str, ...]] = (
+        "model",
+        "dataset",
+        "output",
+        "engine",
+        "sampling",
+        "shards",
+        "quality",
+        "dtype",
+        "maxModelLen",
+        "storage",
+    )
 
     kind: Literal["TeacherGeneration"] = "TeacherGeneration"
     metadata: ObjectMeta

@@ -165,6 +165,12 @@ class SpecServe(Resource):
     plural: ClassVar[str] = "specserves"
     short_name: ClassVar[str] = "ss"
     component: ClassVar[str] = "server"
+    printer_columns: ClassVar[tuple[tuple[str, str, str], ...]] = (
+        ("Policy", "string", ".spec.routing.policy"),
+        ("Phase", "string", ".status.phase"),
+        ("Ready", "integer", ".status.readyReplicas"),
+        ("URL", "string", ".status.url"),
+    )
 
     kind: Literal["SpecServe"] = "SpecServe"
     metadata: ServeMeta

@@ -352,6 +352,25 @@ class TrainingRun(Resource):
     plural: ClassVar[str] = "trainingruns"
     short_name: ClassVar[str] = "trun"
     component: ClassVar[str] = "trainer"
+    printer_columns: ClassVar[tuple[tuple[str, str, str], ...]] = (
+        ("Method", "string", ".spec.method"),
+        ("Phase", "string", ".status.phase"),
+        ("Step", "integer", ".status.progress.step"),
+        ("Total", "integer", ".status.progress.totalSteps"),
+        ("Eval-Loss", "number", ".status.metrics.evalLoss"),
+    )
+    immutable_spec: ClassVar[tuple[str, ...]] = (
+        "method",
+        "baseModel",
+        "dataset",
+        "evaluation",
+        "lora",
+        "anil",
+        "optimization",
+        "draft",
+        "output",
+        "storage",
+    )
 
     kind: Literal["TrainingRun"] = "TrainingRun"
     metadata: ObjectMeta

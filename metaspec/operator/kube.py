@@ -18,6 +18,8 @@ from typing import Any
 import aiohttp
 import kopf
 
+from metaspec.api import API_VERSION, RESOURCES
+
 #: kind -> (apiVersion, plural) of everything the operator reads or writes directly.
 PLURALS = {
     "ConfigMap": ("v1", "configmaps"),
@@ -25,9 +27,7 @@ PLURALS = {
     "Pod": ("v1", "pods"),
     "Job": ("batch/v1", "jobs"),
     "Deployment": ("apps/v1", "deployments"),
-    "TrainingRun": ("metaspec.dev/v1alpha1", "trainingruns"),
-    "TeacherGeneration": ("metaspec.dev/v1alpha1", "teachergenerations"),
-    "SpecServe": ("metaspec.dev/v1alpha1", "specserves"),
+    **{kind: (API_VERSION, cls.plural) for kind, cls in RESOURCES.items()},
 }
 
 #: Kinds the operator only creates (best effort): Events posted outside kopf's handler context.

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from metaspec.api import GROUP
+from metaspec.api import GROUP, RESOURCES
 
 #: Namespaced permissions (a Role per watched namespace, or a ClusterRole bound cluster-wide).
 _READ = ("get", "list", "watch")
@@ -35,10 +35,13 @@ class Rule:
         return api_group == self.api_group and resource in self.resources and verb in self.verbs
 
 
+#: The kinds users create; the chart aggregates access to them into Kubernetes' `view`/`edit`/`admin` roles.
+USER_KINDS = tuple(cls.plural for cls in RESOURCES.values())
+
 RULES: tuple[Rule, ...] = (
     # The three CRDs: watched, patched (kopf's progress annotations and finalizers), status written.
-    Rule(GROUP, ("trainingruns", "teachergenerations", "specserves"), (*_READ, "patch", "update")),
-    Rule(GROUP, ("trainingruns/status", "teachergenerations/status", "specserves/status"), ("get", "patch", "update")),
+    Rule(GROUP, USER_KINDS, (*_READ, "patch", "update")),
+    Rule(GROUP, tuple(f"{plural}/status" for plural in USER_KINDS), ("get", "patch", "update")),
     # Children.
     Rule("batch", ("jobs",), _CHILD),
     Rule("apps", ("deployments",), _CHILD),
@@ -82,10 +85,6 @@ def cluster_scoped_rules() -> list[dict[str, Any]]:
 def allowed(api_group: str, resource: str, verb: str) -> bool:
     """Whether the shipped rules grant `verb` on `api_group/resource`."""
     return any(r.allows(api_group, resource, verb) for r in RULES)
-
-
-#: The kinds users create; the chart aggregates access to them into Kubernetes' `view`/`edit`/`admin` roles.
-USER_KINDS = ("trainingruns", "teachergenerations", "specserves")
 
 
 def user_rules(edit: bool) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from typing import Any
 import kopf
 
 from metaspec import pipeline
-from metaspec.api import GROUP, InvalidResource, Phase, Resource, conditions, now, parse_resource
+from metaspec.api import GROUP, RESOURCES, InvalidResource, Phase, Resource, conditions, now, parse_resource
 from metaspec.operator import labels as L
 from metaspec.operator import metrics
 from metaspec.operator.kube import ApiError, Kube, Target, target_of
@@ -21,7 +21,7 @@ from metaspec.operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
 
-PLURALS = {"TrainingRun": "trainingruns", "TeacherGeneration": "teachergenerations", "SpecServe": "specserves"}
+PLURALS = {kind: cls.plural for kind, cls in RESOURCES.items()}
 
 
 @dataclass
@@ -54,10 +54,9 @@ def _dependents(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[tu
     return {(namespace, ref.kind, ref.name): (body["kind"], name) for ref in refs}
 
 
-trainingruns_idx = kopf.index(GROUP, "trainingruns", id="trainingruns_idx")(_index)
-teachergenerations_idx = kopf.index(GROUP, "teachergenerations", id="teachergenerations_idx")(_index)
-specserves_idx = kopf.index(GROUP, "specserves", id="specserves_idx")(_index)
 for _plural in PLURALS.values():
+    # kopf passes an index to handlers as the keyword named by its id: `trainingruns_idx`, ...
+    kopf.index(GROUP, _plural, id=f"{_plural}_idx")(_index)
     kopf.index(GROUP, _plural, id="dependents_idx")(_dependents)
 
 

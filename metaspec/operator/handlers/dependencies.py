@@ -13,7 +13,7 @@ import kopf
 
 from metaspec import pipeline
 from metaspec import status as R
-from metaspec.api import GROUP, Phase, Resource, conditions
+from metaspec.api import GROUP, Phase, Resource, TeacherGeneration, TrainingRun, conditions
 from metaspec.operator import labels as L
 from metaspec.operator.handlers import common as C
 from metaspec.operator.kube import Target
@@ -71,5 +71,5 @@ async def dependency_changed(
                 await _poke(memo, dependent, f"{kind}/{name}={phase}")
 
 
-for _plural in ("trainingruns", "teachergenerations"):
+for _plural in (TrainingRun.plural, TeacherGeneration.plural):
     kopf.on.event(GROUP, _plural, id="dependency_changed")(dependency_changed)

@@ -8,7 +8,7 @@ import kopf
 
 from metaspec import pipeline
 from metaspec import status as R
-from metaspec.api import GROUP, InvalidResource, Resource, TeacherGeneration, conditions
+from metaspec.api import GROUP, InvalidResource, Resource, TeacherGeneration, TrainingRun, conditions
 from metaspec.api.summaries import FailureSummary
 from metaspec.operator import labels as L
 from metaspec.operator import status as S
@@ -16,7 +16,7 @@ from metaspec.operator.builders import build_configmap, build_job, generation_na
 from metaspec.operator.handlers import common as C
 from metaspec.operator.kube import Target
 
-PLURALS = ("trainingruns", "teachergenerations")
+PLURALS = (TrainingRun.plural, TeacherGeneration.plural)
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 
 

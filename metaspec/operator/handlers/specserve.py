@@ -107,9 +107,9 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: C.Context, namespa
         await C.commit_handled(memo.kube, body, resource, new)
 
 
-kopf.on.create(GROUP, "specserves", id="reconcile")(reconcile)
-kopf.on.resume(GROUP, "specserves", id="reconcile")(reconcile)
-kopf.on.update(GROUP, "specserves", id="reconcile")(reconcile)
+kopf.on.create(GROUP, SpecServe.plural, id="reconcile")(reconcile)
+kopf.on.resume(GROUP, SpecServe.plural, id="reconcile")(reconcile)
+kopf.on.update(GROUP, SpecServe.plural, id="reconcile")(reconcile)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={L.MANAGED_BY: L.MANAGER})
