@@ -1,17 +1,20 @@
 """Train drafts the way the pipeline does, then measure them with bench/server.py.
 
-The pipeline's draft (README) learns from teacher outputs: here the target's own greedy completions
+The pipeline's draft (DESIGN.md) learns from teacher outputs: here the target's own greedy completions
 of built-in inputs (a `TeacherGeneration`, transformers engine), because greedy serving accepts a
 proposal exactly when it is the target's greedy token. The inputs are `--inputs`, by default
 `builtin://distill` (3936 training-side inputs, none of them in `builtin://prompts` or `builtin://eval`);
-the 2026-11-25 runs used the 600 of `builtin://train` (`--inputs builtin://train`), too
+the second session's recorded runs used the 600 of `builtin://train` (`--inputs builtin://train`), too
 few: the draft trained on them accepted only about half of its proposals on held-out prompts. Each draft is a `TrainingRun` with
 `method: causal-lm`, cut from the target (`initFrom: target`, `numLayers: N`) and trained with
-`objective: distill` (KL to the target's logits along those outputs). Both stages run through the real
+`objective: distill` (KL to the target's logits along those outputs); an `eagle3` draft is a feature-level
+draft over the target (`draft.architecture: eagle3`), and `@V` limits a draft's head to V tokens
+(`draft.vocabulary`). Both stages run through the real
 `metaspec generate` / `metaspec train` commands with the configs the operator would render; serving is
 then measured on the held-out `builtin://prompts` split.
 
     python bench/draft.py --device cuda --layers 2 4 8 --work ~/draft-work      # the GPU machine
+    python bench/draft.py --device cuda --layers 4 4@8192 eagle3 eagle3@8192     # separate vs feature-level
     python bench/draft.py --device cpu --layers 2 --examples 16 --max-tokens 32 --epochs 1 --smoke
 
 Results: bench/results/draft-<device>-<N>layers.json (server benchmark per draft) and the stage
@@ -52,22 +55,36 @@ def teacher_config(target: str, out: Path, args: argparse.Namespace) -> dict[str
     }
 
 
-def draft_config(target: str, teacher: Path, out: Path, layers: int, args: argparse.Namespace) -> dict[str, Any]:
+def draft_name(spec: str) -> str:
+    """`4` -> draft-4, `4@8192` -> draft-4-v8192, `eagle3@8192` -> draft-eagle3-v8192."""
+    kind, _, vocabulary = spec.partition("@")
+    return f"draft-{kind}" + (f"-v{vocabulary}" if vocabulary else "")
+
+
+def draft_config(target: str, teacher: Path, out: Path, spec: str, args: argparse.Namespace) -> dict[str, Any]:
+    """A draft spec: N (the target's first N layers) or `eagle3`, with `@V` for a V-token draft vocabulary."""
+    kind, _, vocabulary = spec.partition("@")
+    if kind == "eagle3":
+        draft: dict[str, Any] = {"architecture": "eagle3", "objective": "distill", "unroll": args.unroll}
+    else:
+        draft = {"initFrom": "target", "numLayers": int(kind), "objective": "distill"}
+    if vocabulary:
+        draft["vocabulary"] = int(vocabulary)
     return {
         "apiVersion": API,
         "kind": "TrainingRun",
-        "metadata": {"name": f"draft-{layers}"},
+        "metadata": {"name": draft_name(spec)},
         "spec": {
             "method": "causal-lm",
             "baseModel": {"uri": target},
-            "draft": {"initFrom": "target", "numLayers": layers, "objective": "distill"},
+            "draft": draft,
             "dataset": {"uri": str(teacher)},
             "evaluation": {"uri": "builtin://eval"},
             "optimization": {
-                "outerLr": args.lr,
+                "outerLr": args.eagle_lr if kind == "eagle3" else args.lr,
                 "epochs": args.epochs,
                 "batchSize": 16,
-                "maxSeqLength": 512,
+                "maxSeqLength": args.max_seq,
                 "evalSteps": 10_000,
                 "checkpointSteps": 10_000,
                 "earlyStoppingPatience": 0,
@@ -105,7 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--target", help="target model directory (default: the bundled SmolLM2-135M-Instruct)")
-    parser.add_argument("--layers", type=int, nargs="+", default=[4], help="draft sizes (target layers kept)")
+    parser.add_argument(
+        "--layers",
+        nargs="+",
+        default=["4"],
+        help="drafts: N (the target's first N layers) or eagle3 (feature-level), each with @V for a V-token "
+        "draft vocabulary (e.g. 4 4@8192 eagle3 eagle3@8192)",
+    )
     parser.add_argument("--work", type=Path, default=Path("/tmp/metaspec-draft-bench"))
     parser.add_argument(
         "--inputs", default="builtin://distill", help="the teacher's inputs: a dataset URI (default: builtin://distill)"
@@ -115,8 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64, help="teacher generation batch")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-4, help="draft learning rate (full fine-tuning)")
+    parser.add_argument("--eagle-lr", type=float, default=1e-3, help="learning rate of eagle3 drafts")
+    parser.add_argument("--unroll", type=int, default=3, help="eagle3 drafts: training-time-test steps")
+    parser.add_argument("--max-seq", type=int, default=512, help="training sequence length")
     parser.add_argument(
-        "--serve", type=int, nargs="*", help="draft sizes to benchmark serving with (default: all; bare --serve: none)"
+        "--serve",
+        nargs="*",
+        help="drafts (as in --layers) to benchmark serving with (default: all; bare --serve: none)",
     )
     parser.add_argument("--prompts", type=int, default=16, help="held-out prompts served per draft")
     parser.add_argument("--serve-tokens", type=int, default=128, help="max tokens per served prompt")
@@ -129,16 +157,16 @@ def main(argv: list[str] | None = None) -> int:
     if not reusable(config := teacher_config(target, teacher, args), teacher, args.work):
         stages.append(run_stage("generate", config, args.work, args.device))
     dtype = "bfloat16" if args.device == "cuda" else "float32"
-    for layers in args.layers:
-        out = args.work / f"draft-{layers}"
-        if not reusable(config := draft_config(target, teacher, out, layers, args), out, args.work):
+    for spec in args.layers:
+        out = args.work / draft_name(spec)
+        if not reusable(config := draft_config(target, teacher, out, spec, args), out, args.work):
             stages.append(run_stage("train", config, args.work, args.device))
     if stages:  # before serving, which a time limit may cut short
         (RESULTS / f"draft-{args.device}-training.json").write_text(json.dumps({"stages": stages}, indent=1) + "\n")
     for stage in stages:
         print(json.dumps(stage))
-    for layers in args.layers if args.serve is None else args.serve:
-        out = args.work / f"draft-{layers}"
+    for spec in args.layers if args.serve is None else args.serve:
+        out = args.work / draft_name(spec)
         serve = [sys.executable, str(Path(__file__).parent / "server.py"), "--device", args.device, "--dtype", dtype]
         serve += [
             "--target",
@@ -150,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         ]
         serve += ["--max-tokens", str(16 if args.smoke else args.serve_tokens)]
         serve += [] if args.smoke or args.device != "cuda" else ["--compile"]
-        serve += ["--out", str(RESULTS / f"draft-{args.device}-{layers}layers.json")]
+        label = f"{spec}layers" if spec.isdigit() else draft_name(spec).removeprefix("draft-")
+        serve += ["--out", str(RESULTS / f"draft-{args.device}-{label}.json")]
         subprocess.run(serve, check=False)  # exits 1 on a bf16 mismatch; the JSON records it
     return 0
 

@@ -239,6 +239,28 @@ class Optimization(Model):
 class Draft(Model):
     """How a causal-lm draft model is made."""
 
+    architecture: Literal["layers", "eagle3"] = Field(
+        "layers",
+        description="`layers`: a causal LM of its own (see `initFrom`). `eagle3`: a feature-level draft "
+        "(EAGLE-3) over `baseModel`, the target: one decoder layer reading the target's hidden states at "
+        "three depths, fused by a linear layer, trained with the target as teacher; saved in the layout "
+        "vLLM's `method: eagle3` loads.",
+    )
+    vocabulary: int | None = Field(
+        None,
+        ge=16,
+        le=1_048_576,
+        description="Rows of the draft's head: the N most frequent tokens of the training outputs plus the "
+        "special tokens (FR-Spec / EAGLE-3 draft vocabulary). Verification uses the target's full "
+        "distribution, so output is unchanged. Unset: the whole vocabulary.",
+    )
+    unroll: int = Field(
+        3,
+        ge=1,
+        le=8,
+        description="`eagle3`: draft steps unrolled per position in training (EAGLE-3's training-time "
+        "test: steps after the first read the draft's own output features). 1: teacher forcing only.",
+    )
     init_from: Literal["pretrained", "target"] = Field(
         "pretrained",
         description="`pretrained`: fine-tune `baseModel` as it is. `target`: derive the draft from "
@@ -248,12 +270,19 @@ class Draft(Model):
     objective: Literal["next-token", "distill"] = Field(
         "next-token",
         description="`next-token`: cross-entropy on teacher text. `distill`: KL to the target's logits "
-        "(needs `initFrom: target`).",
+        "(needs `initFrom: target` or `architecture: eagle3`).",
     )
     distill_temperature: float = Field(1.0, ge=0.01, le=100, description="Softmax temperature of `distill`.")
 
     @model_validator(mode="after")
     def _consistent(self) -> Draft:
+        if self.architecture == "eagle3":
+            if self.init_from != "pretrained" or self.num_layers is not None:
+                raise ValueError("`architecture: eagle3` is built over `baseModel` (the target): leave out "
+                                 "`initFrom` and `numLayers`")  # fmt: skip
+            return self
+        if self.unroll != 3:
+            raise ValueError("`unroll` applies only to `architecture: eagle3`")
         if self.init_from == "target" and self.num_layers is None:
             raise ValueError("`numLayers` is required with `initFrom: target`")
         if self.init_from == "pretrained" and self.num_layers is not None:
@@ -324,6 +353,11 @@ class TrainingMetrics(Model):
     merge_degradation: float | None = Field(None, description="(merged − LoRA) / LoRA perplexity.")
     perplexity_model: float | None = Field(
         None, description="Evaluation perplexity of the trained model (causal-lm: the draft after training)."
+    )
+    draft_agreement: float | None = Field(
+        None,
+        description="`eagle3`: share of held-out positions where the draft's first proposal is the target's "
+        "greedy token (greedy acceptance of a round's first proposal).",
     )
     hard_token_share: float | None = Field(None, description="Share of training tokens from hard examples.")
     tokens_per_second: float | None = Field(None, description="Training throughput.")

@@ -20,6 +20,7 @@ from metaspec.api.serving import SpecServeSpec
 from metaspec.api.training import ModelSource
 from metaspec.artifacts import materialize
 from metaspec.devices import resolve_dtype
+from metaspec.drafts.vocabulary import DraftFormatError, SubsetHead, load_draft_vocabulary
 from metaspec.runtime import PermanentError
 
 log = logging.getLogger(__name__)
@@ -66,9 +67,21 @@ def load_model(
     except (OSError, ValueError) as e:
         raise IncompatibleModel(f"{role} model {uri} has no usable tokenizer: {e}") from None
     model = AutoModelForCausalLM.from_pretrained(local, dtype=dtype, use_safetensors=True, trust_remote_code=trust)
+    _prune_head(model, local, role, uri)
     model.to(device).eval()
     log.info("loaded %s model %s (%s, %s)", role, uri, dtype, device)
     return LoadedModel(role, uri, model, tokenizer, manifest.digest if manifest else None)
+
+
+def _prune_head(model: Any, local: Path, role: str, uri: str) -> None:
+    """A draft trained with `draft.vocabulary` scores only those rows of its head (`SubsetHead`)."""
+    head = model.get_output_embeddings()
+    try:
+        ids = load_draft_vocabulary(local, head.weight.shape[0])
+    except DraftFormatError as e:
+        raise IncompatibleModel(f"{role} model {uri}: {e}") from None
+    if ids is not None:
+        model.set_output_embeddings(SubsetHead(head, ids, head.weight.shape[0]))
 
 
 def tokenizer_differences(target: Any, draft: Any) -> list[str]:
@@ -100,7 +113,8 @@ def check_same_tokenizer(target: LoadedModel, draft: LoadedModel) -> None:
 
 def shared_vocab(target: Any, draft: Any | None, tokenizer: Any) -> int:
     """Logit columns both models score (embedding matrices may be padded beyond the tokenizer)."""
-    sizes = [m.get_output_embeddings().weight.shape[0] for m in (target, draft) if m is not None]
+    heads = [m.get_output_embeddings() for m in (target, draft) if m is not None]
+    sizes = [getattr(head, "vocab", None) or head.weight.shape[0] for head in heads]  # a `SubsetHead` spreads
     vocab = min(sizes)
     if len(tokenizer) > vocab:
         raise IncompatibleModel(f"the tokenizer has {len(tokenizer)} tokens but a model scores only {vocab}")

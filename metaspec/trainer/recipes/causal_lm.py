@@ -18,14 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn import functional as F
+
+from metaspec.drafts.vocabulary import save_draft_vocabulary
 
 from ..data import collate
 from ..evaluate import body_of, evaluation_loss, perplexity
 from ..loop import StepStats
-from ..losses import chunked_cross_entropy, chunked_distillation, select_targets
+from ..losses import LogitsFn, chunked_cross_entropy, chunked_distillation, select_targets
 from ..merge import save_model
 from ..models import derive_draft, load_model
-from .common import BatchStream, Context, body_inputs, load_datasets
+from .common import BatchStream, Context, body_inputs, load_datasets, training_vocabulary
 
 
 class CausalLmRecipe:
@@ -52,6 +55,8 @@ class CausalLmRecipe:
         if spec.optimization.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model.train()
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        self.vocabulary = training_vocabulary(ctx, self.data.train, self.tokenizer, vocab)
         self.stream = BatchStream(self.data.train, spec.optimization.batch_size, spec.optimization.seed)
         # Before any checkpoint is loaded: the draft as it starts, for the before/after comparison.
         self.initial_loss = self.evaluate()
@@ -72,14 +77,25 @@ class CausalLmRecipe:
         """Mean loss per target token."""
         hidden = body_of(self.model)(**inputs).last_hidden_state  # (B, T, D)
         h, y = select_targets(hidden, labels)
-        head = self.model.get_output_embeddings()
+        head = self._head(self.model)
         if self.teacher is None:
+            if self.vocabulary is not None:  # labels as draft ids; a token outside cannot be learnt
+                draft_ids = torch.searchsorted(self.vocabulary, y)
+                inside = self.vocabulary[draft_ids.clamp_max(self.vocabulary.numel() - 1)] == y
+                return chunked_cross_entropy(h[inside], draft_ids[inside], head) / y.numel()
             return chunked_cross_entropy(h, y, head) / y.numel()
         with torch.no_grad():
             teacher_hidden = body_of(self.teacher)(**inputs).last_hidden_state  # (B, T, D)
         h_t, _ = select_targets(teacher_hidden, labels)
         temperature = self.spec.draft.distill_temperature
-        return chunked_distillation(h, h_t, head, self.teacher.get_output_embeddings(), temperature) / y.numel()
+        return chunked_distillation(h, h_t, head, self._head(self.teacher), temperature) / y.numel()
+
+    def _head(self, model: torch.nn.Module) -> LogitsFn:
+        """The model's output layer, over the draft vocabulary's rows only when there is one."""
+        head = model.get_output_embeddings()
+        if self.vocabulary is None:
+            return head
+        return lambda h: F.linear(h, head.weight[self.vocabulary])
 
     def evaluate(self) -> float:
         """Next-token loss on the evaluation set (whatever the training objective)."""
@@ -97,5 +113,7 @@ class CausalLmRecipe:
         `eval_loss` is the loop's evaluation of the weights the model now holds (the best ones).
         """
         save_model(self.model.to(self.ctx.dtype), self.tokenizer, out / self.model_dir)  # served in the run's dtype
+        if self.vocabulary is not None:
+            save_draft_vocabulary(out / self.model_dir, self.vocabulary)
         final = self.evaluate() if eval_loss is None else eval_loss
         return {"perplexity_base": perplexity(self.initial_loss), "perplexityModel": perplexity(final)}

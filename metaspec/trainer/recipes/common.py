@@ -10,10 +10,12 @@ import torch
 
 from metaspec.api import TrainingRun
 from metaspec.api.training import TrainingRunSpec
+from metaspec.drafts.vocabulary import draft_vocabulary, token_counts
+from metaspec.prompts import end_of_turn_ids
 from metaspec.records import InvalidData
 from metaspec.runtime import PermanentError
 
-from ..data import Example, batches, load_training_data
+from ..data import IGNORE_INDEX, Example, batches, load_training_data
 from ..evaluate import evaluation_loss, perplexity
 from ..merge import merge_degradation, merge_lora, save_adapter, save_model
 from ..progress import Reporter
@@ -135,3 +137,21 @@ def finish_lora(
         if metrics["merge_degradation"] <= spec.output.max_merge_degradation:
             save_model(merged, tokenizer, out / "merged")
     return metrics
+
+
+def training_vocabulary(ctx: Context, train: list[Example], tokenizer: Any, vocab: int) -> torch.Tensor | None:
+    """`spec.draft.vocabulary`: the most frequent tokens of the training outputs plus the special
+    tokens, as ascending target ids; None for the whole vocabulary."""
+    size = ctx.run.spec.draft.vocabulary
+    if not size:
+        return None
+    counts = token_counts(([t for t in ex.labels if t != IGNORE_INDEX] for ex in train), vocab)
+    special = {*tokenizer.all_special_ids, *end_of_turn_ids(tokenizer)}
+    ids = draft_vocabulary(counts, min(size, vocab), special)
+    covered = float(counts[ids].sum() / counts.sum().clamp_min(1))
+    ctx.reporter.on_event(
+        f"draft vocabulary: {ids.numel()} of {vocab} tokens, {covered:.1%} of training output tokens "
+        f"({int((counts > 0).sum())} distinct)",
+        {"draft_vocabulary": ids.numel(), "draft_vocabulary_coverage": covered},
+    )
+    return ids.to(ctx.device)
