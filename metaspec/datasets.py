@@ -1,7 +1,8 @@
-"""Reading datasets: JSONL files and objects, manifest-checked prefixes, and the built-in splits.
+"""Reading datasets: JSONL and Parquet files and objects, manifest-checked prefixes of several shards,
+and the built-in splits.
 
 Every record is validated against `metaspec.records.Record`; errors name the source, the line and the
-field.
+field (a Parquet file's rows are numbered like lines, from 1).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -104,6 +104,9 @@ def _parse_line(line: str, require_output: bool) -> Record:
 
 
 BUILTIN_SCHEME = "builtin://"
+PARQUET = ".parquet"
+#: File names a dataset prefix's manifest is read for.
+DATA_SUFFIXES = (".jsonl", PARQUET)
 
 
 def read_records(
@@ -115,8 +118,9 @@ def read_records(
 ) -> tuple[list[Record], LoadReport]:
     """Read and validate the records at `uri`.
 
-    `uri` is `builtin://train|eval|prompts|distill` (the bundled set, `metaspec.builtin`), a local path or
-    `file://` JSONL file, an `s3://` JSONL object, or a directory/prefix artifact: every `*.jsonl` its
+    `uri` is `builtin://train|eval|prompts|distill` (the bundled set, `metaspec.builtin`), a local path,
+    `file://` or `pvc://` JSONL or Parquet file, an `s3://` JSONL or Parquet object, or a directory/prefix
+    artifact: every `*.jsonl` and `*.parquet` shard its
     `_manifest.json` lists, in manifest order, each checked against its size and sha256. A prefix
     without a complete manifest is refused (`metaspec.artifacts.IncompleteArtifact`): it may still be
     being written. Ids must be unique across all files. `max_examples` stops after that many valid
@@ -132,11 +136,25 @@ def read_records(
     except ValueError as e:
         raise InvalidData(str(e)) from None
     reader = _Reader(LoadReport(str(where)), require_output, skip_invalid, max_examples)
-    for source, data in _jsonl_sources(where):
+    for source, data in _sources(where):
         if reader.full:
             break
-        reader.read(_decode(data, source).split("\n"), source)  # not splitlines(): U+2028 is valid inside JSON
+        reader.read(_lines(data, source), source)
     return reader.records, reader.report
+
+
+def _lines(data: bytes, source: str) -> list[str]:
+    """A file's records as JSON lines: JSONL as it is, a Parquet file's rows one per line."""
+    if not source.endswith(PARQUET):
+        return _decode(data, source).split("\n")  # not splitlines(): U+2028 is valid inside JSON
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+    except (pa.ArrowException, OSError) as e:
+        raise InvalidData(f"{source}: not a readable Parquet file ({e})") from None
+    return [json.dumps(row, ensure_ascii=False, default=str) for row in table.to_pylist()]
 
 
 def _read_builtin(uri: str, require_output: bool, max_examples: int | None) -> tuple[list[Record], LoadReport]:
@@ -152,10 +170,10 @@ def _read_builtin(uri: str, require_output: bool, max_examples: int | None) -> t
     return records, LoadReport(uri, valid=len(records))
 
 
-def _jsonl_sources(where: Uri) -> Iterator[tuple[str, bytes]]:
-    """`(source, bytes)` of each JSONL file at `where`, fetched lazily (so `max_examples` stops early)."""
-    if where.scheme == "file":
-        path = Path(where.path)
+def _sources(where: Uri) -> Iterator[tuple[str, bytes]]:
+    """`(source, bytes)` of each data file at `where`, fetched lazily (so `max_examples` stops early)."""
+    if where.scheme in ("file", "pvc"):
+        path = where.local
         if path.is_dir():
             yield from _fetch_verified(where, _manifest_jsonl(where))
         elif path.is_file():
@@ -163,7 +181,7 @@ def _jsonl_sources(where: Uri) -> Iterator[tuple[str, bytes]]:
         else:
             raise NotFound(f"{where} does not exist")
     elif where.scheme == "s3":
-        if where.path.endswith(".jsonl"):
+        if where.path.endswith(DATA_SUFFIXES):
             yield str(where), read_bytes(where)
             return
         try:
@@ -180,15 +198,16 @@ def _jsonl_sources(where: Uri) -> Iterator[tuple[str, bytes]]:
         yield from _fetch_verified(where, names)
     else:
         raise InvalidData(
-            f"{where}: datasets are read from builtin://, s3://, file:// or a path, not {where.scheme}://"
+            f"{where}: datasets are read from builtin://, s3://, file://, pvc:// or a path, not {where.scheme}://"
         )
 
 
 def _manifest_jsonl(where: Uri) -> list[tuple[str, dict[str, Any]]]:
-    """The `*.jsonl` files a complete artifact's manifest lists, in its order, with size and sha256."""
-    names = [(name, meta) for name, meta in read_manifest(where).files.items() if name.endswith(".jsonl")]
+    """The `*.jsonl` and `*.parquet` files a complete artifact's manifest lists, in its order, with size
+    and sha256."""
+    names = [(name, meta) for name, meta in read_manifest(where).files.items() if name.endswith(DATA_SUFFIXES)]
     if not names:
-        raise InvalidData(f"{where}: its {MANIFEST} lists no .jsonl files")
+        raise InvalidData(f"{where}: its {MANIFEST} lists no .jsonl or .parquet files")
     return names
 
 

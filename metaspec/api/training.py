@@ -131,7 +131,9 @@ class DatasetSource(Model):
     """Training data: JSONL records `{id, input, output, domain, difficulty}`."""
 
     uri: DatasetUri | None = Field(
-        None, description="A JSONL file or a prefix of `*.jsonl` files; `builtin://train` is the bundled set."
+        None,
+        description="A JSONL or Parquet file, or a prefix of `*.jsonl`/`*.parquet` shards (with a manifest); "
+        "`builtin://train` is the bundled set.",
     )
     from_: JobSource | None = Field(
         None, alias="from", description="Use the outputs of this `TeacherGeneration` once it has succeeded."

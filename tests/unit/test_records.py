@@ -137,7 +137,7 @@ def test_manifest_without_jsonl_files_is_invalid_data(tmp_path: Path) -> None:
     root = tmp_path / "model"
     write(root / "config.json", "{}")
     upload_dir(root, root)
-    with pytest.raises(InvalidData, match=r"lists no \.jsonl files"):
+    with pytest.raises(InvalidData, match=r"lists no \.jsonl or \.parquet files"):
         read_records(str(root))
 
 

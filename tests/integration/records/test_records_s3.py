@@ -66,3 +66,40 @@ def test_dataset_command_writes_a_split_to_s3(s3_prefix: str) -> None:
     assert builtin.main(["--split", "prompts", "--out", f"{s3_prefix}/prompts.jsonl"]) == 0
     records, _ = read_records(f"{s3_prefix}/prompts.jsonl", require_output=False)
     assert [r.id for r in records] == [r.id for r in builtin.records("prompts")]
+
+
+def write_parquet(path: Path, rows: list[dict]) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def test_prefix_of_jsonl_and_parquet_shards(tmp_path: Path, s3_prefix: str) -> None:
+    """A prefix mixing JSONL and Parquet shards is read in manifest order; a bad Parquet row is named
+    by its shard and row number, like a JSONL line."""
+    records = [r.model_dump(exclude_none=True) for r in builtin.records("eval")[:6]]
+    root = tmp_path / "mixed"
+    root.mkdir()
+    (root / "part-0.jsonl").write_text("".join(dump_jsonl(records[:3])))
+    write_parquet(root / "part-1.parquet", records[3:])
+    upload_dir(root, s3_prefix)
+    read, report = read_records(s3_prefix)
+    assert [r.id for r in read] == [r["id"] for r in records] and report.valid == 6
+    single, _ = read_records(f"{s3_prefix}/part-1.parquet")
+    assert [r.id for r in single] == [r["id"] for r in records[3:]]
+
+    bad = write_parquet(tmp_path / "bad.parquet", [records[0], {**records[1], "difficulty": "medium"}])
+    with pytest.raises(InvalidData, match=r"bad\.parquet line 2: field `difficulty`"):
+        read_records(str(bad))
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(InvalidData, match="not a readable Parquet file"):
+        read_records(str(tmp_path / "broken.parquet"))
+
+
+def test_pvc_datasets_are_read_from_the_mounted_claim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("METASPEC_PVC_ROOT", str(tmp_path))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "eval.jsonl").write_text("".join(dump_jsonl(builtin.records("eval")[:2])))
+    assert len(read_records("pvc://data/eval.jsonl")[0]) == 2
