@@ -156,8 +156,9 @@ CRD_LABELS = {"app.kubernetes.io/part-of": "metaspec"}
 
 
 class CrdDumper(yaml.SafeDumper):
-    """Writes floats in positional notation (`0.000001`, not `1.0e-06`): tools re-emit the exponent
-    form as `1e-06`, which YAML 1.1 readers take for a string."""
+    """Writes floats in positional notation (`0.000001`, not `1.0e-06`), a number to YAML 1.1 and 1.2
+    readers alike. (kustomize still re-emits small floats as `1e-06`, which YAML 1.1 readers such as
+    PyYAML take for a string: read its output with YAML 1.2's number rules.)"""
 
 
 def _positional_float(dumper: yaml.SafeDumper, value: float) -> yaml.ScalarNode:
