@@ -371,6 +371,11 @@ class TrainingArtifacts(Model):
     metrics: str | None = Field(None, description="`metrics.json`.")
     last_checkpoint: str | None = Field(None, description="Newest complete checkpoint.")
     manifest_digest: str | None = Field(None, description="sha256 of the output's `_manifest.json`.")
+    base_model_digest: str | None = Field(
+        None,
+        description="The base weights trained from: their `_manifest.json` sha256, or `hf:<commit>` for an `hf://` "
+        "model (the exact Hub revision).",
+    )
 
 
 class TrainingRunStatus(Status):

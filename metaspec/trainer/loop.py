@@ -50,6 +50,7 @@ class Recipe(Protocol):
     units_per_step: int  # sampling units one micro-step consumes (anil-maml: tasks per batch), for epochs
     adapter_dir: str | None  # the output's subdirectory `finish` saves a LoRA adapter in, if any
     model_dir: str | None  # the output's subdirectory holding the usable model, if `finish` saved one
+    base_digest: str | None  # which base weights exactly: manifest digest, or `hf:<commit>`
 
     @property
     def units_per_epoch(self) -> int:

@@ -78,7 +78,7 @@ def train(
     merge_failed = degradation is not None and degradation > spec.output.max_merge_degradation
     model_uri = None if merge_failed or not recipe.model_dir else str(output.join(recipe.model_dir))
     adapter_uri = str(output.join(recipe.adapter_dir)) if recipe.adapter_dir else None
-    summary = _summary(run, loop, quality, model_uri, adapter_uri, recipe.data.report)
+    summary = _summary(run, loop, quality, model_uri, adapter_uri, recipe.base_digest, recipe.data.report)
     _publish(output, staging, summary, loop.history, complete=not merge_failed, produced=produced)
     ctx.reporter.on_finish(summary["metrics"])
     if merge_failed:
@@ -108,6 +108,7 @@ def _summary(
     quality: dict[str, Any],
     model_uri: str | None,
     adapter_uri: str | None,
+    base_digest: str | None,
     data: dict[str, Any],
 ) -> dict[str, Any]:
     output = Uri.parse(run.spec.output.uri)
@@ -123,6 +124,7 @@ def _summary(
         adapter=adapter_uri,
         metrics=str(output.join("metrics.json")),
         last_checkpoint=str(loop.last_checkpoint) if loop.last_checkpoint else None,
+        base_model_digest=base_digest,
     )
     progress = TrainingProgress(
         step=loop.state.step,

@@ -34,6 +34,7 @@ class AnilMamlRecipe:
         self.ctx, self.spec = ctx, spec
         self.units_per_step = spec.anil.tasks_per_batch
         loaded = load_model(spec.base_model, ctx.cache, ctx.device, ctx.dtype)
+        self.base_digest = loaded.digest
         self.tokenizer = loaded.tokenizer
         self.pad_id = self.tokenizer.pad_token_id
         self.data = load_datasets(ctx, self.tokenizer)

@@ -51,6 +51,7 @@ class Eagle3Recipe:
         spec = ctx.run.spec
         self.ctx, self.spec = ctx, spec
         loaded = load_model(spec.base_model, ctx.cache, ctx.device, ctx.dtype)
+        self.base_digest = loaded.digest
         self.tokenizer = loaded.tokenizer
         self.pad_id = self.tokenizer.pad_token_id
         self.data = load_datasets(ctx, self.tokenizer)

@@ -32,6 +32,7 @@ def test_lora_sft_trains_merges_and_evaluates(tiny_llama, tmp_path):
 
     assert summary["artifacts"]["model"] == f"file://{out}/merged"
     assert summary["artifacts"]["adapter"] == f"file://{out}/adapter"
+    assert summary["artifacts"]["baseModelDigest"] == read_manifest(tiny_llama).digest
     metrics = summary["metrics"]
     assert metrics["perplexityLora"] < metrics["perplexityBase"]
     assert abs(metrics["mergeDegradation"]) < 1e-3
