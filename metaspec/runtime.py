@@ -82,6 +82,12 @@ def to_json(body: Any, **options: Any) -> str:
     return json.dumps(_finite(body), allow_nan=False, default=str, **options)
 
 
+def from_json(text: str | bytes) -> Any:
+    """Parse JSON as `to_json` writes it: the non-standard NaN and ±Infinity literals read as `null`,
+    so a summary from an older or foreign writer cannot carry them into a status patch."""
+    return json.loads(text, parse_constant=lambda _: None)
+
+
 def _finite(node: Any) -> Any:
     if isinstance(node, float):
         return node if math.isfinite(node) else None

@@ -6,7 +6,6 @@ It is to `metaspec local` what `operator/handlers/common.py` is to the operator.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -21,6 +20,7 @@ from metaspec.local.display import LiveDisplay, parse_progress_line
 from metaspec.local.processes import Child
 from metaspec.local.state import ResourceState, State, save_state
 from metaspec.local.storage import Storage
+from metaspec.runtime import from_json
 
 
 @dataclass
@@ -166,7 +166,7 @@ class Context:
 def read_summary(path: Path, child: Child) -> dict[str, Any]:
     """The summary file a component wrote; the log's tail when it wrote none (it crashed first)."""
     try:
-        body = json.loads(path.read_text())
+        body = from_json(path.read_text())
         return body if isinstance(body, dict) else {}
     except FileNotFoundError:
         return {"message": "the component wrote no summary; last log lines:\n" + child.tail(8)}

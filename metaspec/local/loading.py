@@ -12,6 +12,10 @@ from metaspec.api import InvalidResource, Resource, parse_resource
 from metaspec.local import strict_yaml
 
 
+#: A pipeline file larger than this is refused unread (a few resources are kilobytes; `/dev/zero` is endless).
+MAX_PIPELINE_BYTES = 16 * 2**20
+
+
 class PipelineError(ValueError):
     """A pipeline file that cannot run: bad YAML, invalid resources, duplicate names, cycles."""
 
@@ -19,7 +23,11 @@ class PipelineError(ValueError):
 def load_pipeline(path: Path) -> list[Resource]:
     """Every resource of a (multi-document) YAML file, validated by the api models, in file order."""
     try:
-        documents = [d for d in strict_yaml.load_all(Path(path).read_text(encoding="utf-8")) if d is not None]
+        with open(path, "rb") as f:
+            raw = f.read(MAX_PIPELINE_BYTES + 1)
+        if len(raw) > MAX_PIPELINE_BYTES:
+            raise PipelineError(f"{path} is larger than {MAX_PIPELINE_BYTES} bytes: not a pipeline file")
+        documents = [d for d in strict_yaml.load_all(raw.decode("utf-8")) if d is not None]
     except FileNotFoundError:
         raise PipelineError(f"{path} does not exist") from None
     except IsADirectoryError:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from metaspec.runtime import to_json
+
 STATE_FILE = "state.json"
 LOCK_FILE = "lock"
 VERSION = 1
@@ -160,7 +162,7 @@ def save_state(state_dir: Path, state: State) -> None:
     path = Path(state_dir) / STATE_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(state.to_json(), indent=1, default=str))
+    tmp.write_text(to_json(state.to_json(), indent=1))
     os.replace(tmp, path)
 
 

@@ -7,13 +7,13 @@ its subprocesses. The summaries are in each terminated main container's terminat
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from metaspec.api import Phase
 from metaspec.api import conditions as C
 from metaspec.api.generation import ShardCounts
 from metaspec.operator.builders.pod import CONTAINER
+from metaspec.runtime import from_json
 from metaspec.status import COMPLETE_MESSAGE, RunState, ServingState
 
 
@@ -68,7 +68,7 @@ def termination_summaries(pods: list[dict[str, Any]]) -> list[tuple[dict[str, An
 def _parse_summary(terminated: dict[str, Any]) -> dict[str, Any]:
     text = (terminated.get("message") or "").strip()
     try:
-        summary = json.loads(text) if text else {}
+        summary = from_json(text) if text else {}
     except ValueError:
         summary = {"message": text[-1000:]}
     if not isinstance(summary, dict):

@@ -74,6 +74,15 @@ class ServerSettings:
         return cls(model_name=spec.served_model_name or resource.metadata.name, sampling=spec.sampling)
 
 
+#: Longest error message and `param` sent back: they quote client input, which may be megabytes.
+MAX_MESSAGE_CHARS = 2048
+MAX_PARAM_CHARS = 256
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
 class ApiError(Exception):
     """An error answered in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`."""
 
@@ -86,6 +95,8 @@ class ApiError(Exception):
         code: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
+        # Messages and params quote client input (a model name, an unknown key): bounded, never echoed whole.
+        message, param = _clip(message, MAX_MESSAGE_CHARS), param if param is None else _clip(param, MAX_PARAM_CHARS)
         super().__init__(message)
         self.status = status
         self.body = ErrorBody(message=message, type=type, param=param, code=code)
@@ -285,7 +296,7 @@ class Serving:
         if model != self.settings.model_name:
             raise ApiError(
                 404,
-                f"model {_shown(model)} does not exist here; this server serves {self.settings.model_name!r}",
+                f"model {_clip(model, 64)!r} does not exist here; this server serves {self.settings.model_name!r}",
                 param="model",
                 code="model_not_found",
             )
@@ -481,11 +492,6 @@ def _check_content_type(request: Request) -> None:
             param="Content-Type",
             code="unsupported_media_type",
         )
-
-
-def _shown(text: str, limit: int = 64) -> str:
-    """A client's string as an error message quotes it: never more than `limit` characters of it."""
-    return repr(text) if len(text) <= limit else f"{text[:limit]!r}… ({len(text)} characters)"
 
 
 async def _read_body(request: Request, limit: int, timeout: float) -> bytes:

@@ -78,7 +78,7 @@ class RichReporter:
         self.progress.update(self.task, completed=record["step"], status=status)
 
     def on_event(self, message: str, fields: dict[str, Any]) -> None:
-        self.progress.console.log(message)
+        self.progress.console.log(message, markup=False, highlight=False)  # messages carry URIs: user text
 
     def on_finish(self, metrics: dict[str, Any]) -> None:
         self.progress.stop()

@@ -15,6 +15,7 @@ from metaspec.local.cli import main
 from metaspec.local.display import LiveDisplay, render_table
 from metaspec.local.state import State
 from metaspec.local.storage import s3_uris
+from metaspec.trainer.progress import RichReporter
 
 GOOD = """apiVersion: metaspec.dev/v1alpha1
 kind: TeacherGeneration
@@ -52,6 +53,7 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "metadata a list": (lambda t: pipeline(t, GOOD.replace("metadata: {name: teacher}", "metadata: [a]")), "metadata"),
     "not UTF-8": (lambda t: pipeline(t, GOOD.encode() + b"# \xff\xfe\n"), "not UTF-8"),
     "a directory": (lambda t: ["run", str(t), "--state-dir", str(t / "state")], "is a directory"),
+    "an endless file": (lambda t: ["run", "/dev/zero", "--state-dir", str(t / "state")], "not a pipeline file"),
     "state dir is a file": (
         lambda t: [*pipeline(t, GOOD)[:2], "--state-dir", str(t / "pipeline.yaml")],
         "is not a directory",
@@ -95,6 +97,9 @@ def test_user_text_is_never_rich_markup():
     rs = state.resource("TrainingRun", "r")
     rs.status = {"phase": "Failed", "message": "[/x] closes nothing"}
     console.print(render_table(state))
+    reporter = RichReporter()  # the trainer's terminal progress: its events name checkpoint URIs
+    reporter.progress.console.file = console.file
+    reporter.on_event("resumed from s3://b/[/x]/checkpoints/step-2", {})
 
 
 def test_only_uri_fields_name_buckets():

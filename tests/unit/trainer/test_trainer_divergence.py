@@ -14,6 +14,7 @@ from torch import nn
 
 from metaspec.api.training import Optimization
 from metaspec.artifacts import Uri, list_files
+from metaspec.operator.status import _parse_summary
 from metaspec.runtime import TERMINATION_MESSAGE_LIMIT, exit_code_for, run_component, write_summary
 from metaspec.trainer.loop import Diverged, StepStats, TrainLoop
 from metaspec.trainer.progress import LogReporter
@@ -82,6 +83,9 @@ def test_summaries_are_strict_json(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     write_summary({"phase": "Succeeded", "metrics": {"trainLoss": math.nan, "perplexity": math.inf}})
     body = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
     assert body["metrics"] == {"trainLoss": None, "perplexity": None}
+    # Readers (the operator, metaspec local) take a foreign writer's NaN as null too.
+    foreign = _parse_summary({"message": '{"metrics": {"trainLoss": NaN, "evalLoss": -Infinity}}', "exitCode": 0})
+    assert foreign["metrics"] == {"trainLoss": None, "evalLoss": None}
     # Too long for the termination message: shortened, still whole JSON, reason kept.
     assert run_component("trainer", lambda: (_ for _ in ()).throw(Diverged("é" * 5000))) == 3
     text = path.read_text()
