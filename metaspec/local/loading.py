@@ -11,7 +11,6 @@ from metaspec import pipeline
 from metaspec.api import InvalidResource, Resource, parse_resource
 from metaspec.local import strict_yaml
 
-
 #: A pipeline file larger than this is refused unread (a few resources are kilobytes; `/dev/zero` is endless).
 MAX_PIPELINE_BYTES = 16 * 2**20
 
