@@ -22,9 +22,19 @@ def chat_prompt_ids(tokenizer: Any, user_input: str, system: str | None = None) 
     return list(tokenizer(user_input, add_special_tokens=True)["input_ids"])
 
 
-def encode_chat(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
-    """Token ids of a conversation through the tokenizer's chat template, ready for the assistant's turn."""
-    encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+def encode_chat(
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    *,
+    tools: list[dict[str, Any]] | None = None,
+    template_kwargs: dict[str, Any] | None = None,
+    generation: bool = True,
+) -> list[int]:
+    """Token ids of a conversation through the tokenizer's chat template, ready for the assistant's turn
+    (`generation`); `tools` and `template_kwargs` are the template's variables of those names."""
+    encoded = tokenizer.apply_chat_template(
+        messages, tools=tools, add_generation_prompt=generation, tokenize=True, **(template_kwargs or {})
+    )
     return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
 
 

@@ -15,6 +15,7 @@ from ._base import (
     ObjectMeta,
     Resource,
     Resources,
+    SecretRef,
     Status,
     Storage,
 )
@@ -40,7 +41,14 @@ class Routing(Model):
 class ServeSampling(Model):
     """Defaults for requests that leave a parameter out, and the limits every request must respect."""
 
-    temperature: float = Field(0.0, ge=0, le=10, description="Default temperature.")
+    temperature: float = Field(
+        1.0,
+        ge=0,
+        le=10,
+        description="Temperature of requests that leave it out. 1 by default, OpenAI's own default, so "
+        "clients get the sampling they expect from any OpenAI-compatible server; 0 makes such requests "
+        "greedy. Both engines apply it (vLLM through `--override-generation-config`).",
+    )
     top_p: float = Field(
         1.0, ge=MIN_FACTOR, le=1, description=f"Default nucleus mass (at least {MIN_FACTOR:g}, like a request's)."
     )
@@ -58,6 +66,50 @@ class ServeSampling(Model):
         if self.max_tokens > self.max_tokens_limit:
             raise ValueError("`maxTokens` exceeds `maxTokensLimit`")
         return self
+
+
+#: Environment variables that carry the API keys into the server container: `METASPEC_API_KEY_0`,
+#: `METASPEC_API_KEY_1`, ..., one per entry of `auth.apiKeySecretRef.keys`, set from the Secret.
+API_KEY_ENV = "METASPEC_API_KEY"
+#: vLLM's own variable for its one API key (`engine: vllm`).
+VLLM_API_KEY_ENV = "VLLM_API_KEY"
+SecretKey = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")]
+
+
+class ApiKeySecretRef(SecretRef):
+    keys: list[SecretKey] = Field(
+        default_factory=lambda: ["api-key"],
+        min_length=1,
+        max_length=8,
+        description="Keys of the Secret's data, each holding one API key; any of them is accepted (two "
+        "let a key be rotated without downtime). `engine: vllm` takes exactly one.",
+    )
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ApiKeySecretRef:
+        if len(set(self.keys)) != len(self.keys):
+            raise ValueError("`keys` lists a key twice")
+        return self
+
+    def environment(self) -> list[tuple[str, str]]:
+        """(variable, Secret key) for each API key."""
+        return [(f"{API_KEY_ENV}_{i}", key) for i, key in enumerate(self.keys)]
+
+
+class Auth(Model):
+    """Who may call the API."""
+
+    api_key_secret_ref: ApiKeySecretRef | None = Field(
+        None,
+        description="Secret holding the API keys. When set, every API route (`/v1/*`, `/tokenize`, "
+        "`/detokenize`) needs `Authorization: Bearer KEY`; the probes (`/health`, `/healthz`, `/readyz`) "
+        "and `/version` stay open. Unset: no authentication, so keep `service.type: ClusterIP` (the "
+        "operator warns when a NodePort or LoadBalancer Service exposes an unauthenticated server). "
+        "The operator never reads the Secret.",
+    )
+    protect_metrics: bool = Field(
+        False, description="Require the API key on `/metrics` too (Prometheus then needs the key)."
+    )
 
 
 class ServiceSpec(Model):
@@ -87,6 +139,7 @@ class SpecServeSpec(Model):
     )
     replicas: int = Field(1, ge=0, le=1000, description="Server pods (scale subresource).")
     service: ServiceSpec = Field(default_factory=ServiceSpec, description="The Service in front of the pods.")
+    auth: Auth = Field(default_factory=Auth, description="API keys the server requires.")
     sampling: ServeSampling = Field(default_factory=ServeSampling, description="Sampling defaults and limits.")
     dtype: Literal["bfloat16", "float16", "float32", "auto"] = Field(
         "auto", description="Weights dtype: `auto` is bfloat16 on GPU, float32 on CPU."
@@ -131,6 +184,12 @@ class SpecServeSpec(Model):
                 )
             if self.draft is None:
                 raise ValueError("`draft` is required with `engine: vllm`")
+            ref = self.auth.api_key_secret_ref
+            if ref is not None and len(ref.keys) > 1:
+                raise ValueError(
+                    "`auth.apiKeySecretRef.keys` must list one key with `engine: vllm`: vLLM reads one API key "
+                    f"from {VLLM_API_KEY_ENV}"
+                )
         return self
 
 

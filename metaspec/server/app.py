@@ -1,14 +1,21 @@
-"""The FastAPI app: thin routes over `Serving`, OpenAI-shaped errors, request metrics."""
+"""The FastAPI app: thin typed routes over `Serving`, OpenAI-shaped errors, authentication, request metrics.
+
+The routes declare their request and response models, so `/openapi.json` is FastAPI's own document,
+generated from `protocol`'s models (with this server's model name and token limit filled in).
+"""
 
 from __future__ import annotations
 
+import hmac
 import logging
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -20,54 +27,158 @@ from .protocol import (
     ChatCompletionResponse,
     CompletionRequest,
     CompletionResponse,
+    DetokenizeRequest,
+    DetokenizeResponse,
     ErrorResponse,
+    Health,
+    ModelCard,
     ModelList,
+    Readiness,
+    TokenizeRequest,
+    TokenizeResponse,
+    Version,
+    ignored_fields,
 )
-from .serving import ApiError, ServerSettings, Serving
+from .serving import ApiError, ServerSettings, Serving, read_json, server_version, validation_error
 
 log = logging.getLogger("metaspec.server")
 
 #: Probe and scrape paths: polled constantly, not worth a request series of their own.
-_UNCOUNTED = ("/healthz", "/readyz", "/metrics")
+_UNCOUNTED = ("/health", "/healthz", "/readyz", "/metrics")
+#: Paths open without an API key: the kubelet's probes cannot send one.
+_OPEN = ("/health", "/healthz", "/readyz", "/version")
+#: Most unknown field names listed in the warning header (all are logged).
+_HEADER_FIELDS = 20
+
+#: Every error status a generation request can get, all in OpenAI's error shape.
+_GENERATION_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in {
+        400: "Invalid request; `error.param` and the message name the field.",
+        401: "Missing or wrong API key (`Authorization: Bearer KEY`), when the server has keys.",
+        404: "No such model here.",
+        408: "The request body did not arrive in time.",
+        413: "The request body is too large.",
+        415: "The body is not JSON.",
+        429: "Every decoding slot and queue place is taken; retry after `Retry-After` seconds.",
+        503: "The models are still loading; retry after `Retry-After` seconds.",
+    }.items()
+}
+_STREAM = {200: {"content": {"text/event-stream": {}}, "description": "With `stream: true`: server-sent events."}}
+
+
+class _JsonRoute(APIRoute):
+    """A route whose JSON body is read by `read_json` before FastAPI validates it against the route's
+    model: within the server's size and time limits, JSON media types only, and with errors that say
+    what is wrong with the text; FastAPI then validates what was read. An accepted body's unknown fields
+    are logged and named in a `Warning` header (they are ignored, not refused)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        if self.body_field is None:
+            return handler
+
+        async def read_then_handle(request: Request) -> Response:
+            await read_json(request, request.app.state.serving.settings)
+            return await handler(request)
+
+        return read_then_handle
 
 
 def create_app(engine: Engine | None, settings: ServerSettings) -> FastAPI:
     """The router's app. With `engine=None` it starts unready; `app.state.serving.attach(engine)` makes it
     ready once the models are loaded (the CLI loads them in the background so liveness works meanwhile)."""
     serving = Serving(settings, engine)
-    app = FastAPI(title="metaspec speculative router", docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="metaspec speculative router",
+        version=server_version(),
+        docs_url=None,
+        redoc_url=None,
+        strict_content_type=False,
+    )
+    app.router.route_class = _JsonRoute
     app.state.serving = serving
-    document = openapi_document(settings)
-    app.openapi = lambda: document  # type: ignore[method-assign]
-    app.add_middleware(_RequestMetrics, metrics=serving.metrics)
+    app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
+    if settings.api_keys:
+        app.add_middleware(_Authentication, keys=settings.api_keys, protect_metrics=settings.protect_metrics)
+    app.add_middleware(_RequestMetrics, metrics=serving.metrics)  # outermost: counts the 401s too
     _add_error_handlers(app)
+    _add_routes(app, serving)
+    return app
 
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Response:
-        return await serving.completion(request)
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
-        return await serving.chat(request)
+def _add_routes(app: FastAPI, serving: Serving) -> None:
+    generation = {"responses": {**_GENERATION_ERRORS, **_STREAM}}
 
-    @app.get("/v1/models")
-    async def models() -> Response:
-        return JSONResponse(serving.models().model_dump())
+    @app.post("/v1/completions", response_model=CompletionResponse, summary="Complete a text prompt.", **generation)
+    async def completions(request: Request, body: CompletionRequest) -> Response:
+        return _warn(await serving.completion(request, body), body)
 
-    @app.api_route("/healthz", methods=["GET", "HEAD"])  # some health checkers send HEAD
-    async def healthz() -> Response:
-        return JSONResponse({"status": "ok"})
+    @app.post(
+        "/v1/chat/completions", response_model=ChatCompletionResponse, summary="Answer a conversation.", **generation
+    )
+    async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
+        return _warn(await serving.chat(request, body), body)
 
-    @app.api_route("/readyz", methods=["GET", "HEAD"])
+    @app.get("/v1/models", summary="The served model.")
+    async def models() -> ModelList:
+        return serving.models()
+
+    @app.get("/v1/models/{model}", summary="One model.", responses={404: _GENERATION_ERRORS[404]})
+    async def model(model: str) -> ModelCard:
+        return serving.model(model)
+
+    @app.post("/tokenize", summary="Token ids of a prompt or a conversation.", responses=_GENERATION_ERRORS)
+    async def tokenize(body: TokenizeRequest) -> TokenizeResponse:
+        return await serving.tokenize(body)
+
+    @app.post("/detokenize", summary="Text of token ids.", responses=_GENERATION_ERRORS)
+    async def detokenize(body: DetokenizeRequest) -> DetokenizeResponse:
+        return await serving.detokenize(body)
+
+    # GET and HEAD on the probes: some health checkers send HEAD
+    @app.api_route(
+        "/health",
+        methods=["GET", "HEAD"],
+        summary="200 once both models are loaded, 503 while loading.",
+        responses={503: {"model": Health}},
+    )
+    async def health() -> Response:
+        ready = serving.ready()
+        return JSONResponse(Health(status="ok" if ready else "loading").model_dump(), 200 if ready else 503)
+
+    @app.api_route("/healthz", methods=["GET", "HEAD"], summary="Liveness: the process serves HTTP.")
+    async def healthz() -> Health:
+        return Health(status="ok")
+
+    @app.api_route(
+        "/readyz",
+        methods=["GET", "HEAD"],
+        summary="Readiness: both models loaded.",
+        responses={503: {"model": Readiness}},
+    )
     async def readyz() -> Response:
         ready = serving.ready()
-        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+        return JSONResponse(Readiness(ready=ready).model_dump(), status_code=200 if ready else 503)
 
-    @app.get("/metrics")
+    @app.get("/version", summary="The server's version.")
+    async def version() -> Version:
+        return Version(version=server_version())
+
+    @app.get("/metrics", summary="Prometheus metrics (text exposition format).", response_class=Response)
     async def metrics() -> Response:
         return Response(serving.metrics.render(), media_type=CONTENT_TYPE)
 
-    return app
+
+def _warn(response: Response, body: CompletionRequest | ChatCompletionRequest) -> Response:
+    """Log the request's ignored (unknown) fields and name them in a `Warning` header (code 299)."""
+    ignored = ignored_fields(body)
+    if ignored:
+        log.warning("ignored unknown request fields: %s", ignored)
+        shown = ", ".join(ignored[:_HEADER_FIELDS]) + (", ..." if len(ignored) > _HEADER_FIELDS else "")
+        text = f"ignored unknown fields: {shown}".encode("ascii", "backslashreplace").decode().replace('"', "'")
+        response.headers["Warning"] = f'299 metaspec "{text}"'
+    return response
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -81,6 +192,10 @@ def _add_error_handlers(app: FastAPI) -> None:
         log.debug("client disconnected during %s %s", request.method, request.url.path)
         return Response(status_code=CLIENT_CLOSED)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError) -> Response:
+        return validation_error(error.errors()).response()
+
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> Response:
         message = f"{request.method} {request.url.path}: {error.detail}"
@@ -90,6 +205,35 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def unexpected(request: Request, error: Exception) -> Response:
         log.exception("unexpected error serving %s %s", request.method, request.url.path)
         return ApiError(500, f"internal error: {type(error).__name__}: {error}", type="server_error").response()
+
+
+class _Authentication:
+    """`Authorization: Bearer KEY` on every route but the probes and `/version` (and `/metrics` unless
+    `protect_metrics`), before the body is read. Each key is compared in constant time, and every key
+    is compared, so neither the time nor which key matched tells a caller anything."""
+
+    def __init__(self, app: ASGIApp, keys: tuple[str, ...], protect_metrics: bool) -> None:
+        self.app = app
+        self.keys = [key.encode() for key in keys]
+        self.open = _OPEN if protect_metrics else (*_OPEN, "/metrics")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.open or self._authorized(scope):
+            await self.app(scope, receive, send)
+            return
+        error = ApiError(
+            401,
+            "missing or wrong API key: send `Authorization: Bearer KEY` with a key this server accepts",
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+        await error.response()(scope, receive, send)
+
+    def _authorized(self, scope: Scope) -> bool:
+        given = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, token = given.partition(b" ")
+        matches = [hmac.compare_digest(token.strip(), key) for key in self.keys]
+        return scheme.lower() == b"bearer" and any(matches)
 
 
 class _RequestMetrics:
@@ -117,85 +261,23 @@ class _RequestMetrics:
             self.metrics.request(scope["path"], status)
 
 
-#: Every error status a generation request can get, all in OpenAI's error shape.
-_GENERATION_ERRORS = {
-    "400": "Invalid request; `error.param` and the message name the field.",
-    "404": "No such model here.",
-    "408": "The request body did not arrive in time.",
-    "413": "The request body is too large.",
-    "415": "The body is not JSON.",
-    "429": "Every decoding slot and queue place is taken; retry after `Retry-After` seconds.",
-    "503": "The models are still loading; retry after `Retry-After` seconds.",
-}
-
-
-def openapi_document(settings: ServerSettings) -> dict[str, Any]:
-    """`/openapi.json`: the routes read their bodies themselves (to answer in OpenAI's error shape), so
-    FastAPI cannot derive their schemas; this states them from the protocol models, with this server's
-    model name and token limit filled in, so a schema-driven client or fuzzer sees the real contract."""
-    models: list[type[BaseModel]] = [
-        CompletionRequest,
-        ChatCompletionRequest,
-        CompletionResponse,
-        ChatCompletionResponse,
-        ErrorResponse,
-        ModelList,
-    ]
-    refs, defs = models_json_schema([(m, "validation") for m in models], ref_template="#/components/schemas/{model}")
-    schemas = defs["$defs"]
-    for name in ("CompletionRequest", "ChatCompletionRequest"):
-        _apply_limits(schemas[name], settings)
-    ref = {m.__name__: refs[(m, "validation")] for m in models}
-    paths = {
-        "/v1/completions": {"post": _generation("Complete a text prompt.", ref["CompletionRequest"], ref)},
-        "/v1/chat/completions": {"post": _generation("Answer a chat conversation.", ref["ChatCompletionRequest"], ref)},
-        "/v1/models": {"get": _operation("The served model.", {"200": _json("The model list.", ref["ModelList"])})},
-        "/healthz": {"get": _operation("Liveness.", {"200": _json("Alive.", {"type": "object"})})},
-        "/readyz": {
-            "get": _operation(
-                "Readiness: both models loaded.",
-                {"200": _json("Ready.", {"type": "object"}), "503": _json("Loading.", {"type": "object"})},
-            )
-        },
-        "/metrics": {
-            "get": _operation(
-                "Prometheus metrics.",
-                {
-                    "200": {
-                        "description": "Text exposition format.",
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
-                    }
-                },
-            )
-        },
-    }
-    info = {"title": "metaspec speculative router", "version": "v1"}
-    return {"openapi": "3.1.0", "info": info, "paths": paths, "components": {"schemas": schemas}}
-
-
-def _apply_limits(schema: dict[str, Any], settings: ServerSettings) -> None:
-    properties = schema["properties"]
-    properties["model"]["enum"] = [settings.model_name]
-    for name in ("max_tokens", "max_completion_tokens"):
-        if name in properties:
-            for option in properties[name]["anyOf"]:
-                if option.get("type") == "integer":
-                    option["maximum"] = settings.sampling.max_tokens_limit
-
-
-def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _operation(summary: str, responses: dict[str, Any]) -> dict[str, Any]:
-    return {"summary": summary, "responses": responses}
-
-
-def _generation(summary: str, request: dict[str, Any], ref: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    whole = ref["ChatCompletionResponse" if "Chat" in request["$ref"] else "CompletionResponse"]
-    ok = _json("The completion; with `stream: true`, server-sent events of chunks ending in `[DONE]`.", whole)
-    ok["content"]["text/event-stream"] = {"schema": {"type": "string"}}
-    errors = {status: _json(text, ref["ErrorResponse"]) for status, text in _GENERATION_ERRORS.items()}
-    operation = _operation(summary, {"200": ok, **errors})
-    operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": request}}}
-    return operation
+def _openapi(app: FastAPI, settings: ServerSettings) -> dict[str, Any]:
+    """FastAPI's document of the typed routes, with this server's model name and token limit filled in,
+    so a schema-driven client or fuzzer sees the real contract."""
+    if app.openapi_schema is None:
+        document = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        for operations in document["paths"].values():  # bad bodies are 400s in OpenAI's shape, not 422s
+            for operation in operations.values():
+                operation["responses"].pop("422", None)
+        schemas = document["components"]["schemas"]
+        for name in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(name, None)
+        for name in ("CompletionRequest", "ChatCompletionRequest"):
+            properties = schemas[name]["properties"]
+            properties["model"]["enum"] = [settings.model_name]
+            for field in ("max_tokens", "max_completion_tokens"):
+                for option in properties.get(field, {}).get("anyOf", []):
+                    if option.get("type") == "integer":
+                        option["maximum"] = settings.sampling.max_tokens_limit
+        app.openapi_schema = document
+    return app.openapi_schema

@@ -1,15 +1,21 @@
-"""The OpenAI API subset the router serves, as pydantic models (requests strict, responses plain).
+"""The OpenAI API served here, as pydantic models (requests validated, responses plain).
 
-Requests refuse unknown fields so a typo (`max_token`) is a 400 naming the field instead of a silently
-ignored setting. Optional OpenAI fields that clients commonly send are accepted when their value asks for
-nothing we would ignore (`user`, `logprobs: null`, `echo: false`, zero penalties, ...); a value that asks
-for an unsupported feature (`n: 2`, `logprobs: 5`, tools) is refused with the reason.
+Lenient where clients are, strict where it matters, as vLLM's server is:
+
+- a field this server does not know (`service_tier`, `reasoning_effort`, a vendor extension, a typo) is
+  accepted and ignored; the response says which in a warning header and the server logs it
+  (`ignored_fields`). Clients send many such fields by default, and refusing them breaks them;
+- a field it knows is validated without coercion (`"5"` is not a number, `"yes"` not a boolean; only an
+  integral float such as `64.0` counts as an integer), and a bad value is a 400 naming the field;
+- a value asking for something this server cannot do (structured output, a forced tool call, `echo`) is a
+  400 saying so (`_REFUSED`, one table), never a silent ignore.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -27,14 +33,27 @@ MAX_STOP_STRINGS = 4
 #: Longest stop string. Matching holds back text that could begin one, so its cost per round grows with
 #: this length; real stop sequences (`\n\n`, `</answer>`, `User:`) are far shorter.
 MAX_STOP_CHARS = 256
+MAX_STOP_TOKEN_IDS = 64
 #: Smallest nonzero `top_p` / `repetition_penalty`: below it float32 logits overflow or the nucleus is
 #: empty. 1e-6 < 1/vocab for any real vocabulary, so `top_p` at the bound already means "top token only".
 MIN_FACTOR = 1e-6
+#: Most samples per request (`n`): each is a sequence of its own in the engine.
+MAX_N = 16
+#: Most alternatives per position (`top_logprobs`, completions' `logprobs`), OpenAI's limit.
+MAX_LOGPROBS = 20
 
 
 def _listify(value: Any) -> Any:
     """OpenAI accepts one string or a list of them; normalise so error locations stay plain."""
     return [value] if isinstance(value, str) else value
+
+
+def _integral(value: Any) -> Any:
+    """JSON has one number type and some clients write every number as a float (`max_tokens: 64.0`): an
+    integral float is that integer; anything else is left for the strict integer check to refuse."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def _unicode(value: str) -> str:
@@ -48,13 +67,83 @@ def _unicode(value: str) -> str:
     return value
 
 
+Int = Annotated[int, BeforeValidator(_integral)]
 Text = Annotated[str, AfterValidator(_unicode)]
 StopText = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS), AfterValidator(_unicode)]
 StopList = Annotated[list[StopText], BeforeValidator(_listify, json_schema_input_type=StopText | list[StopText])]
 
+#: Parameters of transformers' `apply_chat_template` (not template variables): the server sets them.
+_TEMPLATE_CALL_PARAMETERS = frozenset(
+    [
+        "conversation",
+        "messages",
+        "tools",
+        "documents",
+        "chat_template",
+        "add_generation_prompt",
+        "continue_final_message",
+        "tokenize",
+        "padding",
+        "truncation",
+        "max_length",
+        "return_tensors",
+        "return_dict",
+        "return_assistant_tokens_mask",
+        "tokenizer_kwargs",
+    ]
+)
+#: Known fields whose values ask for what this server cannot do: field → (refuses(value), why). One table
+#: instead of a validator per field; a value the test does not refuse is served.
+_REFUSED: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "logit_bias": (bool, "`logit_bias` is not supported"),
+    "echo": (bool, "`echo: true` (the prompt repeated in the answer) is not supported"),
+    "best_of": (lambda v: v != 1, "`best_of` above 1 is not supported: ask for `n` samples and rank them yourself"),
+    "suffix": (bool, "`suffix` (insertion between a prompt and a suffix) is not supported"),
+    "store": (bool, "stored completions (`store: true`) are not supported"),
+    "response_format": (
+        lambda v: v.type != "text",
+        "structured output (`response_format` of type `json_object` or `json_schema`) is not supported: "
+        "decoding here is not constrained to a grammar, so the answer could not be guaranteed to match",
+    ),
+    "chat_template_kwargs": (
+        lambda v: bool(set(v) & _TEMPLATE_CALL_PARAMETERS),
+        "`chat_template_kwargs` may only set template variables, not the parameters of the template call ("
+        + ", ".join(sorted(_TEMPLATE_CALL_PARAMETERS))
+        + ")",
+    ),
+    "tool_choice": (
+        lambda v: v not in ("none", "auto"),
+        "`tool_choice` that requires a tool call (`required` or a named function) is not supported: tool "
+        "calls are not parsed out of the answer here; `auto` and `none` are",
+    ),
+}
+
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    """Strict for known fields; unknown ones are kept in `model_extra` (see `ignored_fields`)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    @field_validator(*_REFUSED, check_fields=False)
+    @classmethod
+    def _refuse(cls, value: Any, info: ValidationInfo) -> Any:
+        refuses, why = _REFUSED[str(info.field_name)]
+        if value is not None and refuses(value):
+            raise ValueError(why)
+        return value
+
+
+def ignored_fields(model: BaseModel, prefix: str = "") -> list[str]:
+    """Dotted names of the unknown fields anywhere in a request (`messages.0.audio`), in order."""
+    found = [f"{prefix}{name}" for name in model.model_extra or {}]
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        items = enumerate(value) if isinstance(value, list) else [(None, value)]
+        for index, item in items:
+            if isinstance(item, BaseModel):
+                path = f"{prefix}{name}." + ("" if index is None else f"{index}.")
+                found += ignored_fields(item, path)
+    return found
 
 
 class StreamOptions(_Request):
@@ -65,40 +154,24 @@ class _SamplingRequest(_Request):
     """Fields shared by completions and chat completions. `None` means "the server's default"."""
 
     model: str = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: Int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)  # below engine.sampling.GREEDY_BELOW: greedy, as in vLLM
     top_p: float | None = Field(None, ge=MIN_FACTOR, le=1)
+    top_k: Int | None = Field(None, ge=-1, description="Keep the k most likely tokens; 0 or -1: all (vLLM's).")
+    min_p: float | None = Field(None, ge=0, le=1, description="Drop tokens below min_p × the top probability.")
     repetition_penalty: float | None = Field(None, ge=MIN_FACTOR, le=10)  # vLLM's extension, same name
-    n: int | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    n: Int = Field(1, ge=1, le=MAX_N, description="Independent samples of the same prompt, decoded together.")
     stop: StopList | None = Field(None, max_length=MAX_STOP_STRINGS)
-    seed: int | None = Field(None, ge=-(2**63), lt=2**64)  # what torch.Generator.manual_seed takes
+    stop_token_ids: list[Annotated[Int, Field(ge=0)]] | None = Field(None, max_length=MAX_STOP_TOKEN_IDS)
+    ignore_eos: bool = False
+    min_tokens: Int = Field(0, ge=0, description="Tokens generated before an end or stop token may end it.")
+    seed: Int | None = Field(None, ge=-(2**63), lt=2**64)  # what torch.Generator.manual_seed takes
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None  # abuse-tracking id in OpenAI; accepted and ignored
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
-
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, value: int | None) -> int | None:
-        if value not in (None, 1):
-            raise ValueError("only n=1 is supported (one choice per request); send several requests instead")
-        return value
-
-    @field_validator("presence_penalty", "frequency_penalty")
-    @classmethod
-    def _no_openai_penalties(cls, value: float | None) -> float | None:
-        if value not in (None, 0):
-            raise ValueError("not supported: use `repetition_penalty` (multiplicative, as in CTRL and vLLM)")
-        return value
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _no_logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        if value:
-            raise ValueError("not supported: logit bias would change the distribution the draft must match")
-        return value
 
     @field_validator("stream_options")
     @classmethod
@@ -115,8 +188,8 @@ class CompletionRequest(_SamplingRequest):
         min_length=1, max_length=1
     )
     echo: bool = False
-    logprobs: int | None = None
-    best_of: int | None = None
+    logprobs: Int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    best_of: Int | None = None
     suffix: str | None = None
 
     @field_validator("prompt", mode="before")
@@ -125,40 +198,17 @@ class CompletionRequest(_SamplingRequest):
         if isinstance(value, list) and value and not isinstance(value[0], str):
             raise ValueError("token-id prompts are not supported: send the prompt as text")
         if isinstance(value, list) and len(value) > 1:
-            raise ValueError("only one prompt per request is supported")
-        return value
-
-    @field_validator("echo")
-    @classmethod
-    def _no_echo(cls, value: bool) -> bool:
-        if value:
-            raise ValueError("`echo: true` is not supported")
-        return value
-
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, value: int | None) -> int | None:
-        if value is not None:
-            raise ValueError("logprobs are not supported")
-        return value
-
-    @field_validator("best_of")
-    @classmethod
-    def _one_best_of(cls, value: int | None) -> int | None:
-        if value not in (None, 1):
-            raise ValueError("only best_of=1 is supported")
-        return value
-
-    @field_validator("suffix")
-    @classmethod
-    def _no_suffix(cls, value: str | None) -> str | None:
-        if value:
-            raise ValueError("`suffix` (insertion) is not supported")
+            raise ValueError("only one prompt per request is supported: send one request per prompt")
         return value
 
     @property
     def text(self) -> str:
         return self.prompt[0]
+
+    @property
+    def top_logprob_count(self) -> int | None:
+        """Alternatives per position when log-probabilities are asked for (0: the chosen token only)."""
+        return self.logprobs
 
 
 def _content_text(value: Any) -> Any:
@@ -183,61 +233,89 @@ class TextPart(_Request):
     text: str
 
 
-class ChatMessage(_Request):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: Annotated[Text, BeforeValidator(_content_text, json_schema_input_type=str | list[TextPart])]
-    name: str | None = None  # participant name; the chat template has no place for it
+class FunctionCall(_Request):
+    name: str
+    arguments: str = Field(description="The arguments as a JSON text, as OpenAI sends them.")
 
-    def template_dict(self) -> dict[str, str]:
-        # `developer` is OpenAI's newer name for the system role; chat templates only know `system`
-        return {"role": "system" if self.role == "developer" else self.role, "content": self.content}
+
+class ToolCall(_Request):
+    """A tool call of an earlier assistant turn, given back in the history."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+Content = Annotated[Text, BeforeValidator(_content_text, json_schema_input_type=str | list[TextPart])]
+
+
+class ChatMessage(_Request):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Content | None = Field(None, validate_default=True)
+    name: str | None = None  # participant name; passed to the chat template, which may use it
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+    @field_validator("content", mode="after")
+    @classmethod
+    def _content_unless_assistant(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """Only an assistant turn may have no content (it made tool calls instead)."""
+        role = info.data.get("role")
+        if value is None and role not in (None, "assistant"):
+            raise ValueError(f"`content` is required in a {role} message: a string or a list of text parts")
+        return value
+
+    def template_dict(self) -> dict[str, Any]:
+        """The message as chat templates read it: `developer` is OpenAI's newer name for `system`, which is
+        all templates know; a tool call's arguments stay the JSON text they came as."""
+        message: dict[str, Any] = {
+            "role": "system" if self.role == "developer" else self.role,
+            "content": self.content or "",
+        }
+        for key in ("name", "tool_call_id"):
+            if getattr(self, key) is not None:
+                message[key] = getattr(self, key)
+        if self.tool_calls:
+            message["tool_calls"] = [call.model_dump(exclude_none=True) for call in self.tool_calls]
+        return message
 
 
 class ResponseFormat(_Request):
-    type: Literal["text"]
+    type: Literal["text", "json_object", "json_schema"]
+
+
+class FunctionDefinition(_Request):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class Tool(_Request):
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class NamedToolChoice(_Request):
+    type: Literal["function"] = "function"
+    function: dict[str, Any]
 
 
 class ChatCompletionRequest(_SamplingRequest):
     """`POST /v1/chat/completions`: messages rendered with the model's chat template."""
 
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    logprobs: bool | None = None
-    top_logprobs: int | None = None
+    max_completion_tokens: Int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: Int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     response_format: ResponseFormat | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Literal["none"] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     store: bool | None = None
     metadata: dict[str, str] | None = None
-
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, value: bool | None) -> bool | None:
-        if value:
-            raise ValueError("logprobs are not supported")
-        return value
-
-    @field_validator("top_logprobs")
-    @classmethod
-    def _no_top_logprobs(cls, value: int | None) -> int | None:
-        if value:
-            raise ValueError("logprobs are not supported")
-        return value
-
-    @field_validator("tools")
-    @classmethod
-    def _no_tools(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-        if value:
-            raise ValueError("tool calling is not supported")
-        return value
-
-    @field_validator("store")
-    @classmethod
-    def _no_store(cls, value: bool | None) -> bool | None:
-        if value:
-            raise ValueError("stored completions are not supported")
-        return value
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        None, description="Extra variables for the chat template (vLLM's), e.g. `enable_thinking`."
+    )
 
     @field_validator("max_completion_tokens")
     @classmethod
@@ -246,11 +324,52 @@ class ChatCompletionRequest(_SamplingRequest):
             raise ValueError("give `max_tokens` or `max_completion_tokens`, not both")
         return value
 
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_needs_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value and not info.data.get("logprobs"):
+            raise ValueError("only allowed with `logprobs: true`")
+        return value
+
     @model_validator(mode="after")
     def _max_from_max_completion_tokens(self) -> ChatCompletionRequest:
         if self.max_completion_tokens is not None:
             self.max_tokens = self.max_completion_tokens
         return self
+
+    @property
+    def top_logprob_count(self) -> int | None:
+        """Alternatives per position when log-probabilities are asked for (0: the chosen token only)."""
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    def template_tools(self) -> list[dict[str, Any]] | None:
+        """The tools for the chat template; none when `tool_choice: none` says not to use them."""
+        if not self.tools or self.tool_choice == "none":
+            return None
+        return [tool.model_dump(exclude_none=True) for tool in self.tools]
+
+
+class TokenizeRequest(_Request):
+    """`POST /tokenize` (vLLM's): the token ids of a prompt, or of a conversation with the chat template."""
+
+    model: str | None = None
+    prompt: Text | None = None
+    messages: list[ChatMessage] | None = Field(None, min_length=1)
+    add_special_tokens: bool = True
+    add_generation_prompt: bool = True
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give either `prompt` or `messages`")
+        return self
+
+
+class DetokenizeRequest(_Request):
+    """`POST /detokenize` (vLLM's): the text of token ids."""
+
+    model: str | None = None
+    tokens: list[Annotated[Int, Field(ge=0)]] = Field(max_length=1 << 20)
 
 
 # Responses: plain models (no strictness needed); field names are OpenAI's.
@@ -263,7 +382,8 @@ class Usage(BaseModel):
 
 
 class MetaspecInfo(BaseModel):
-    """What speculation did for this request (the `metaspec` field of every response)."""
+    """What speculation did for this request (the `metaspec` field of every response), summed over its
+    samples when `n` > 1."""
 
     route: Literal["speculative", "target-only"]
     proposed_tokens: int
@@ -273,11 +393,39 @@ class MetaspecInfo(BaseModel):
     first_token_confidence: float | None
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    """A chat choice's log-probabilities, one entry per generated token."""
+
+    content: list[ChatTokenLogprob] | None
+
+
+class CompletionLogprobs(BaseModel):
+    """A completion choice's log-probabilities (the legacy shape): parallel lists, one entry per token."""
+
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[float] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float]] = Field(default_factory=list)
+    text_offset: list[int] = Field(default_factory=list)
+
+
+FinishReason = Literal["stop", "length"]
+
+
 class CompletionChoice(BaseModel):
     index: int = 0
     text: str
-    logprobs: None = None
-    finish_reason: Literal["stop", "length"] | None
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: FinishReason | None
 
 
 class AssistantMessage(BaseModel):
@@ -288,8 +436,8 @@ class AssistantMessage(BaseModel):
 class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
-    logprobs: None = None
-    finish_reason: Literal["stop", "length"] | None
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: FinishReason | None
 
 
 class ChatDelta(BaseModel):
@@ -300,8 +448,8 @@ class ChatDelta(BaseModel):
 class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: ChatDelta
-    logprobs: None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: FinishReason | None = None
 
 
 class _Response(BaseModel):
@@ -332,11 +480,34 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "metaspec"
+    max_model_len: int | None = Field(None, description="Longest prompt + completion, in tokens (vLLM's field).")
 
 
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
+class Health(BaseModel):
+    status: Literal["ok", "loading"]
+
+
+class Readiness(BaseModel):
+    ready: bool
+
+
+class Version(BaseModel):
+    version: str
 
 
 class ErrorBody(BaseModel):

@@ -10,20 +10,24 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from functools import partial
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any, TypeVar, cast
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from metaspec.api import SpecServe
-from metaspec.api.serving import ServeSampling
+from metaspec.api.serving import Auth, ServeSampling
+from metaspec.runtime import PermanentError
 
-from .engine.protocol import Delta, Engine, RequestStats, SamplingParams
+from .engine.protocol import Delta, Engine, RequestStats, SamplingParams, TokenLogprob
 from .limits import Admission, QueueFull, Ticket
 from .metrics import CLIENT_CLOSED, ServerMetrics
 from .protocol import (
@@ -34,14 +38,22 @@ from .protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatDelta,
+    ChatTokenLogprob,
+    ChoiceLogprobs,
     CompletionChoice,
+    CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
+    DetokenizeRequest,
+    DetokenizeResponse,
     ErrorBody,
     ErrorResponse,
     MetaspecInfo,
     ModelCard,
     ModelList,
+    TokenizeRequest,
+    TokenizeResponse,
+    TopLogprob,
     Usage,
     request_id,
 )
@@ -67,11 +79,44 @@ class ServerSettings:
     """The whole request body must arrive within this time (else 408): a client trickling its body byte by
     byte would otherwise hold a connection and a coroutine for as long as it likes (uvicorn has no such
     timeout). Generous for the largest body over a slow link."""
+    api_keys: tuple[str, ...] = ()
+    """Bearer tokens accepted on the API routes; none: no authentication."""
+    protect_metrics: bool = False
+    """Whether `/metrics` needs a key too."""
 
     @classmethod
-    def from_resource(cls, resource: SpecServe) -> ServerSettings:
+    def from_resource(cls, resource: SpecServe, environ: Mapping[str, str] = os.environ) -> ServerSettings:
         spec = resource.spec
-        return cls(model_name=spec.served_model_name or resource.metadata.name, sampling=spec.sampling)
+        return cls(
+            model_name=spec.served_model_name or resource.metadata.name,
+            sampling=spec.sampling,
+            api_keys=api_keys(spec.auth, environ),
+            protect_metrics=spec.auth.protect_metrics,
+        )
+
+
+def api_keys(auth: Auth, environ: Mapping[str, str]) -> tuple[str, ...]:
+    """The API keys `auth` names, from the variables the operator sets from the Secret."""
+    ref = auth.api_key_secret_ref
+    if ref is None:
+        return ()
+    keys = []
+    for variable, key in ref.environment():
+        value = environ.get(variable, "").strip()
+        if not value:
+            raise PermanentError(
+                f"spec.auth.apiKeySecretRef: {variable} (Secret {ref.name!r}, key {key!r}) is unset or empty; "
+                "the server will not start without the API keys it is configured to require"
+            )
+        keys.append(value)
+    return tuple(keys)
+
+
+def server_version() -> str:
+    try:
+        return version("metaspec")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 #: Longest error message and `param` sent back: they quote client input, which may be megabytes.
@@ -111,18 +156,21 @@ class ClientGone(Exception):
 
 
 class Generation:
-    """One admitted request's decoding: its first piece (already produced) and the rest, holding a slot."""
+    """One admitted sample's decoding, holding a slot (or a place in line): its first piece when already
+    produced, and the rest."""
 
-    def __init__(self, first: Delta, rest: AsyncIterator[Delta], ticket: Ticket) -> None:
+    def __init__(self, first: Delta | None, rest: AsyncIterator[Delta], ticket: Ticket) -> None:
         self.first = first
         self._rest = rest
         self._ticket = ticket
 
     async def pieces(self) -> AsyncIterator[Delta]:
-        yield self.first
-        if self.first.finish_reason is None:
-            async for delta in self._rest:
-                yield delta
+        if self.first is not None:
+            yield self.first
+            if self.first.finish_reason is not None:
+                return
+        async for delta in self._rest:
+            yield delta
 
     async def close(self) -> None:
         """Stop decoding (if still going) and free the slot; safe to call more than once."""
@@ -148,34 +196,105 @@ class EventStream(StreamingResponse):
 
 
 @dataclass(frozen=True)
+class Sample:
+    """One finished sample of a request: its text, last piece (finish reason and stats) and logprobs."""
+
+    text: str
+    last: Delta
+    logprobs: list[TokenLogprob]
+
+
+@dataclass(frozen=True)
 class _Format:
     """The OpenAI shapes of one endpoint: whole responses and streaming chunks."""
 
     rid: str
     model: str
     chat: bool
+    tokenizer: Any = None
+    """Spells the tokens of `logprobs`; None when the request asked for none."""
 
-    def whole(self, text: str, last: Delta, accounting: dict[str, Any]) -> BaseModel:
+    def whole(self, samples: list[Sample], accounting: dict[str, Any]) -> BaseModel:
         if self.chat:
-            choice = ChatChoice(message=AssistantMessage(content=text), finish_reason=last.finish_reason)
-            return ChatCompletionResponse(id=self.rid, model=self.model, choices=[choice], **accounting)
-        choice = CompletionChoice(text=text, finish_reason=last.finish_reason)
-        return CompletionResponse(id=self.rid, model=self.model, choices=[choice], **accounting)
+            choices = [
+                ChatChoice(
+                    index=i,
+                    message=AssistantMessage(content=s.text),
+                    logprobs=self._chat_logprobs(s.logprobs),
+                    finish_reason=s.last.finish_reason,
+                )
+                for i, s in enumerate(samples)
+            ]
+            return ChatCompletionResponse(id=self.rid, model=self.model, choices=choices, **accounting)
+        completions = [
+            CompletionChoice(
+                index=i, text=s.text, logprobs=self._text_logprobs(s.logprobs, 0), finish_reason=s.last.finish_reason
+            )
+            for i, s in enumerate(samples)
+        ]
+        return CompletionResponse(id=self.rid, model=self.model, choices=completions, **accounting)
 
-    def chunk(self, text: str, finish: str | None = None, **extra: Any) -> BaseModel:
+    def chunk(self, index: int, delta: Delta, offset: int = 0, **extra: Any) -> BaseModel:
+        """A streamed piece of choice `index`; `offset`: the characters of that choice sent before."""
+        finish = delta.finish_reason
         if self.chat:
-            delta = ChatDelta(content=text) if text or finish is None else ChatDelta()
-            choice = ChatChunkChoice(delta=delta, finish_reason=finish)
+            content = ChatDelta(content=delta.text) if delta.text or finish is None else ChatDelta()
+            choice = ChatChunkChoice(
+                index=index, delta=content, logprobs=self._chat_logprobs(delta.logprobs), finish_reason=finish
+            )
             return ChatCompletionChunk(id=self.rid, model=self.model, choices=[choice], **extra)
-        choice = CompletionChoice(text=text, finish_reason=finish)
-        return CompletionResponse(id=self.rid, model=self.model, choices=[choice], **extra)
+        piece = CompletionChoice(
+            index=index, text=delta.text, logprobs=self._text_logprobs(delta.logprobs, offset), finish_reason=finish
+        )
+        return CompletionResponse(id=self.rid, model=self.model, choices=[piece], **extra)
 
-    def opening(self) -> BaseModel | None:
-        """Chat streams announce the assistant role first, as OpenAI's do."""
+    def usage_chunk(self, accounting: dict[str, Any]) -> dict[str, Any]:
+        """The last chunk of `stream_options.include_usage`: usage, no choices."""
+        cls = ChatCompletionChunk if self.chat else CompletionResponse
+        return cls(id=self.rid, model=self.model, choices=[], **accounting).model_dump()
+
+    def opening(self, n: int) -> list[BaseModel]:
+        """Chat streams announce the assistant role first, once per choice, as OpenAI's do."""
         if not self.chat:
+            return []
+        return [
+            ChatCompletionChunk(
+                id=self.rid,
+                model=self.model,
+                choices=[ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""))],
+            )
+            for i in range(n)
+        ]
+
+    def _spell(self, ids: list[int]) -> list[str]:
+        return list(self.tokenizer.batch_decode([[i] for i in ids], clean_up_tokenization_spaces=False))
+
+    def _chat_logprobs(self, scores: list[TokenLogprob]) -> ChoiceLogprobs | None:
+        if self.tokenizer is None:
             return None
-        choice = ChatChunkChoice(delta=ChatDelta(role="assistant", content=""))
-        return ChatCompletionChunk(id=self.rid, model=self.model, choices=[choice])
+        content = []
+        for score in scores:
+            spelled = self._spell([score.token, *(t for t, _ in score.top)])
+            top = [_top(text, value) for text, (_, value) in zip(spelled[1:], score.top, strict=True)]
+            content.append(ChatTokenLogprob(**_top(spelled[0], score.logprob).model_dump(), top_logprobs=top))
+        return ChoiceLogprobs(content=content)
+
+    def _text_logprobs(self, scores: list[TokenLogprob], offset: int) -> CompletionLogprobs | None:
+        if self.tokenizer is None:
+            return None
+        out = CompletionLogprobs()
+        for score in scores:
+            spelled = self._spell([score.token, *(t for t, _ in score.top)])
+            out.tokens.append(spelled[0])
+            out.token_logprobs.append(score.logprob)
+            out.top_logprobs.append(dict(zip(spelled[1:], (v for _, v in score.top), strict=True)))
+            out.text_offset.append(offset)
+            offset += len(spelled[0])
+        return out
+
+
+def _top(text: str, logprob: float) -> TopLogprob:
+    return TopLogprob(token=text, logprob=logprob, bytes=list(text.encode("utf-8")))
 
 
 def sse(payload: BaseModel | dict[str, Any]) -> str:
@@ -200,28 +319,63 @@ class Serving:
     def ready(self) -> bool:
         return self.engine is not None and self.engine.ready()
 
-    def models(self) -> ModelList:
-        return ModelList(data=[ModelCard(id=self.settings.model_name, created=self.created)])
+    def card(self) -> ModelCard:
+        length = self.engine.max_model_len() if self.engine is not None and self.ready() else None
+        return ModelCard(id=self.settings.model_name, created=self.created, max_model_len=length)
 
-    async def completion(self, request: Request) -> Response:
+    def models(self) -> ModelList:
+        return ModelList(data=[self.card()])
+
+    def model(self, name: str) -> ModelCard:
+        self._check_model(name)
+        return self.card()
+
+    async def completion(self, request: Request, body: CompletionRequest) -> Response:
         arrived = time.monotonic()
-        body = await self._parse(request, CompletionRequest)
         engine = self._engine_for(body.model)
         prompt_ids = await self._encode("prompt", len(body.text), lambda: engine.encode_prompt(body.text))
-        params = self._sampling(body, "max_tokens")
-        form = _Format(request_id("cmpl"), body.model, chat=False)
-        return await self._respond(request, body, form, engine, prompt_ids, params, arrived)
+        form = self._format("cmpl", body, engine, chat=False)
+        return await self._respond(request, body, form, engine, prompt_ids, self._sampling(body, "max_tokens"), arrived)
 
-    async def chat(self, request: Request) -> Response:
+    async def chat(self, request: Request, body: ChatCompletionRequest) -> Response:
         arrived = time.monotonic()
-        body = await self._parse(request, ChatCompletionRequest)
         engine = self._engine_for(body.model)
         messages = [m.template_dict() for m in body.messages]
-        chars = sum(len(m.content) for m in body.messages)
-        prompt_ids = await self._encode("messages", chars, lambda: engine.encode_chat(messages))
+        chars = sum(len(m.content or "") for m in body.messages)
+        tools, kwargs = body.template_tools(), body.chat_template_kwargs
+        prompt_ids = await self._encode("messages", chars, lambda: engine.encode_chat(messages, tools, kwargs))
         params = self._sampling(body, "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
-        form = _Format(request_id("chatcmpl"), body.model, chat=True)
+        form = self._format("chatcmpl", body, engine, chat=True)
         return await self._respond(request, body, form, engine, prompt_ids, params, arrived)
+
+    async def tokenize(self, body: TokenizeRequest) -> TokenizeResponse:
+        engine = self._engine_for(body.model or self.settings.model_name)
+        if body.messages is not None:
+            messages = [m.template_dict() for m in body.messages]
+            encode = partial(engine.encode_chat, messages, add_generation_prompt=body.add_generation_prompt)
+        else:
+            encode = partial(engine.encode_prompt, str(body.prompt), add_special_tokens=body.add_special_tokens)
+        param = "prompt" if body.messages is None else "messages"
+        try:
+            ids = await asyncio.to_thread(encode)
+        except Exception as e:  # a chat template may refuse a conversation
+            raise ApiError(400, f"cannot build the prompt from `{param}`: {e}", param=param) from None
+        return TokenizeResponse(count=len(ids), max_model_len=engine.max_model_len(), tokens=ids)
+
+    async def detokenize(self, body: DetokenizeRequest) -> DetokenizeResponse:
+        engine = self._engine_for(body.model or self.settings.model_name)
+        size = len(cast(Any, engine).tokenizer)
+        bad = [t for t in body.tokens if t >= size]
+        if bad:
+            raise ApiError(400, f"`tokens` has ids outside the vocabulary [0, {size}): {bad[:5]}", param="tokens")
+        text = await asyncio.to_thread(cast(Any, engine).tokenizer.decode, body.tokens)
+        return DetokenizeResponse(prompt=text)
+
+    def _format(
+        self, prefix: str, body: CompletionRequest | ChatCompletionRequest, engine: Engine, chat: bool
+    ) -> _Format:
+        tokenizer = engine.tokenizer if body.top_logprob_count is not None else None
+        return _Format(request_id(prefix), body.model, chat, tokenizer)
 
     async def _respond(
         self,
@@ -233,66 +387,49 @@ class Serving:
         params: SamplingParams,
         arrived: float,
     ) -> Response:
-        generation = await self._start(request, engine, prompt_ids, params, arrived)
-        if generation is None:
+        samples = _samples(params, body.n)
+        generations = await self._start(request, engine, prompt_ids, samples, arrived)
+        if generations is None:
             return Response(status_code=CLIENT_CLOSED)
+        close = partial(_close_all, generations)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return EventStream(_events(generation, form, len(prompt_ids), include_usage), generation.close)
+            return EventStream(_events(generations, form, len(prompt_ids), include_usage), close)
         try:
-            text, last = await _until_disconnect(request, _collect(generation.pieces()))
+            done = await _until_disconnect(request, asyncio.gather(*(_collect(g.pieces()) for g in generations)))
         except ClientGone:
             return Response(status_code=CLIENT_CLOSED)
         finally:
-            await generation.close()
-        return JSONResponse(form.whole(text, last, _accounting(last, len(prompt_ids))).model_dump())
+            await close()
+        accounting = _accounting([s.last for s in done], len(prompt_ids))
+        return JSONResponse(form.whole(list(done), accounting).model_dump())
 
     async def _start(
-        self, request: Request, engine: Engine, prompt_ids: list[int], params: SamplingParams, arrived: float
-    ) -> Generation | None:
-        """Admit the request, then wait for a slot and the first piece of text before any response byte:
-        so a request the engine refuses is still a 400, and a stream's 200 means decoding has begun.
-        None when the client left meanwhile (its place in line, or its decoding, is then given up)."""
-        ticket = self._admit()
-        pieces = self._generate(engine, prompt_ids, params, ticket, arrived)
+        self, request: Request, engine: Engine, prompt_ids: list[int], samples: list[SamplingParams], arrived: float
+    ) -> list[Generation] | None:
+        """Admit the request's samples, then wait for a slot and the first piece of text of each before
+        any response byte: so a request the engine refuses is still a 400, and a stream's 200 means
+        decoding has begun. None when the client left meanwhile (its places in line, or its decoding,
+        are then given up). The samples decode concurrently, as a batch where the engine batches."""
+        tickets = self._admit(len(samples))
+        streams = [self._generate(engine, prompt_ids, p, t, arrived) for p, t in zip(samples, tickets, strict=True)]
+        generations = [Generation(None, stream, ticket) for stream, ticket in zip(streams, tickets, strict=True)]
         try:
-            first = await _until_disconnect(request, anext(pieces))
-        except ClientGone:
-            ticket.release()
-            return None
-        except ValueError as e:  # the engine refuses a request it cannot serve, before decoding
-            ticket.release()
-            raise ApiError(400, f"cannot serve this request: {e}") from None
-        except BaseException:
-            ticket.release()
+            # the samples differ in their seeds only: what the engine refuses, it refuses for the first
+            first = await _until_disconnect(request, anext(streams[0]))
+        except BaseException as error:
+            await _close_all(generations)
+            if isinstance(error, ClientGone):
+                return None
+            if isinstance(error, ValueError):  # the engine refuses a request it cannot serve, before decoding
+                raise ApiError(400, f"cannot serve this request: {error}") from None
             raise
-        return Generation(first, pieces, ticket)
+        generations[0].first = first
+        return generations
 
     # validation
 
-    async def _parse(self, request: Request, model: type[M]) -> M:
-        _check_content_type(request)
-        raw = await _read_body(request, self.settings.max_body_bytes, self.settings.body_timeout_seconds)
-        try:
-            body = json.loads(raw)
-        except UnicodeDecodeError:
-            raise ApiError(400, "request body is not UTF-8 text") from None
-        except json.JSONDecodeError as e:
-            raise ApiError(
-                400, f"request body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
-            ) from None
-        except RecursionError:
-            raise ApiError(400, "request body is nested too deeply") from None
-        except ValueError as e:  # e.g. an integer literal of more digits than Python converts (4300)
-            raise ApiError(400, f"request body has a value that cannot be read: {e}") from None
-        if not isinstance(body, dict):
-            raise ApiError(400, f"request body must be a JSON object, got {type(body).__name__}")
-        try:
-            return model.model_validate(body)
-        except ValidationError as e:
-            raise _validation_error(e) from None
-
-    def _engine_for(self, model: str) -> Engine:
+    def _check_model(self, model: str) -> None:
         if model != self.settings.model_name:
             raise ApiError(
                 404,
@@ -300,10 +437,13 @@ class Serving:
                 param="model",
                 code="model_not_found",
             )
+
+    def _engine_for(self, model: str) -> Engine:
+        self._check_model(model)
         if self.engine is None or not self.engine.ready():
             raise ApiError(
                 503,
-                "the models are still loading; retry when /readyz reports ready",
+                "the models are still loading; retry when /health reports ready",
                 type="server_error",
                 code="model_loading",
                 headers={"Retry-After": str(self.settings.retry_after_seconds)},
@@ -349,6 +489,7 @@ class Serving:
         return self._longest_token
 
     def _sampling(self, body: CompletionRequest | ChatCompletionRequest, max_param: str) -> SamplingParams:
+        """The request's sampling, with the spec's `sampling` for what it leaves out."""
         defaults = self.settings.sampling
         max_tokens = body.max_tokens if body.max_tokens is not None else defaults.max_tokens
         if max_tokens > defaults.max_tokens_limit:
@@ -358,19 +499,44 @@ class Serving:
                 "per request (maxTokensLimit)",
                 param=max_param,
             )
+        if body.min_tokens > max_tokens:
+            raise ApiError(
+                400, f"`min_tokens` ({body.min_tokens}) exceeds `{max_param}` ({max_tokens})", param="min_tokens"
+            )
+        places = defaults.max_concurrency + defaults.max_queue
+        if body.n > places:
+            raise ApiError(
+                400,
+                f"`n` is {body.n}: each sample takes a decoding slot or a queue place, and this server has "
+                f"{places} (maxConcurrency + maxQueue)",
+                param="n",
+            )
         return SamplingParams(
             max_tokens=max_tokens,
             temperature=_default(body.temperature, defaults.temperature),
             top_p=_default(body.top_p, defaults.top_p),
             repetition_penalty=_default(body.repetition_penalty, defaults.repetition_penalty),
+            top_k=max(body.top_k or 0, 0),
+            min_p=body.min_p or 0.0,
+            presence_penalty=body.presence_penalty or 0.0,
+            frequency_penalty=body.frequency_penalty or 0.0,
             stop=tuple(body.stop or ()),
+            stop_token_ids=tuple(body.stop_token_ids or ()),
+            ignore_eos=body.ignore_eos,
+            min_tokens=body.min_tokens,
             seed=body.seed,
+            logprobs=body.top_logprob_count,
         )
 
-    def _admit(self) -> Ticket:
+    def _admit(self, count: int) -> list[Ticket]:
+        """A place for each sample, or none (429)."""
+        tickets: list[Ticket] = []
         try:
-            return self.admission.ticket()
+            for _ in range(count):
+                tickets.append(self.admission.ticket())
         except QueueFull as e:
+            for ticket in tickets:
+                ticket.release()
             raise ApiError(
                 429,
                 f"{e}; retry later",
@@ -378,6 +544,7 @@ class Serving:
                 code="queue_full",
                 headers={"Retry-After": str(self.settings.retry_after_seconds)},
             ) from None
+        return tickets
 
     # generation
 
@@ -399,6 +566,7 @@ class Serving:
                     if delta.stats is None:
                         raise RuntimeError("the engine finished a generation without its stats")
                     self.metrics.generation(delta.stats, time.monotonic() - arrived)
+                    ticket.release()  # decoding is over: the slot is free for the next sequence already
                     yield delta
                     return
                 yield delta
@@ -407,51 +575,101 @@ class Serving:
         raise RuntimeError("the engine ended a generation without its final delta (finish_reason and stats)")
 
 
-async def _events(generation: Generation, form: _Format, prompt_tokens: int, include_usage: bool) -> AsyncIterator[str]:
-    """OpenAI's streaming shape: one chunk per piece, the finish chunk (with `metaspec`), then an optional
-    usage chunk with no choices, then `[DONE]`. An engine failure mid-stream becomes an error event."""
-    opening = form.opening()
-    if opening is not None:
-        yield sse(opening)
+def _samples(params: SamplingParams, n: int) -> list[SamplingParams]:
+    """`n` independent samples: a seeded request seeds sample i with seed + i (mod 2**64), so the whole
+    answer is reproducible and the samples differ."""
+    if params.seed is None:
+        return [params] * n
+    return [params] + [replace(params, seed=(params.seed + i) % (1 << 64)) for i in range(1, n)]
+
+
+async def _close_all(generations: list[Generation]) -> None:
+    for generation in generations:
+        await generation.close()
+
+
+async def _merged(generations: list[Generation]) -> AsyncIterator[tuple[int, Delta]]:
+    """The pieces of every sample as they come, tagged with the sample's index."""
+    queue: asyncio.Queue[tuple[int, Delta | BaseException | None]] = asyncio.Queue()
+
+    async def pump(index: int, generation: Generation) -> None:
+        try:
+            async for delta in generation.pieces():
+                await queue.put((index, delta))
+        except Exception as error:
+            await queue.put((index, error))
+        finally:
+            await queue.put((index, None))
+
+    tasks = [asyncio.ensure_future(pump(i, g)) for i, g in enumerate(generations)]
     try:
-        async for delta in generation.pieces():
-            if delta.finish_reason is None:
-                yield sse(form.chunk(delta.text))
-                continue
-            accounting = _accounting(delta, prompt_tokens)
-            yield sse(form.chunk(delta.text, delta.finish_reason, metaspec=accounting["metaspec"]))
-            if include_usage:
-                yield sse({**form.chunk("", **accounting).model_dump(), "choices": []})
+        running = len(tasks)
+        while running:
+            index, item = await queue.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _events(
+    generations: list[Generation], form: _Format, prompt_tokens: int, include_usage: bool
+) -> AsyncIterator[str]:
+    """OpenAI's streaming shape: chunks of every choice as they come, each choice's finish chunk (the
+    last of them with `metaspec`), then an optional usage chunk with no choices, then `[DONE]`. An engine
+    failure mid-stream becomes an error event."""
+    for opening in form.opening(len(generations)):
+        yield sse(opening)
+    sent = [0] * len(generations)
+    lasts: list[Delta] = []
+    try:
+        async for index, delta in _merged(generations):
+            extra: dict[str, Any] = {}
+            if delta.finish_reason is not None:
+                lasts.append(delta)
+                if len(lasts) == len(generations):
+                    extra["metaspec"] = _accounting(lasts, prompt_tokens)["metaspec"]
+            yield sse(form.chunk(index, delta, sent[index], **extra))
+            sent[index] += len(delta.text)
+        if include_usage:
+            yield sse(form.usage_chunk(_accounting(lasts, prompt_tokens)))
     except Exception as e:
         log.exception("generation failed mid-stream")
         yield sse(ErrorResponse(error=ErrorBody(message=f"generation failed: {e}", type="server_error")))
     yield "data: [DONE]\n\n"
 
 
-async def _collect(pieces: AsyncIterator[Delta]) -> tuple[str, Delta]:
+async def _collect(pieces: AsyncIterator[Delta]) -> Sample:
     text: list[str] = []
+    logprobs: list[TokenLogprob] = []
     async for delta in pieces:
         text.append(delta.text)
+        logprobs += delta.logprobs
         if delta.finish_reason is not None:
-            return "".join(text), delta
+            return Sample("".join(text), delta, logprobs)
     raise RuntimeError("generation ended without a final piece")
 
 
-def _accounting(last: Delta, prompt_tokens: int) -> dict[str, Any]:
-    """`usage` and `metaspec` of a finished generation (its last Delta, which `_generate` checked has stats)."""
-    stats = cast(RequestStats, last.stats)
-    usage = Usage(
-        prompt_tokens=prompt_tokens,
-        completion_tokens=stats.completion_tokens,
-        total_tokens=prompt_tokens + stats.completion_tokens,
-    )
+def _accounting(lasts: list[Delta], prompt_tokens: int) -> dict[str, Any]:
+    """`usage` and `metaspec` of finished samples (their last Deltas, which `_generate` checked have
+    stats): the prompt counts once, completions and speculation add up over the samples."""
+    stats = [cast(RequestStats, last.stats) for last in lasts]
+    completion = sum(s.completion_tokens for s in stats)
+    usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion)
+    proposed, accepted = sum(s.proposed_tokens for s in stats), sum(s.accepted_tokens for s in stats)
     info = MetaspecInfo(
-        route=stats.route,
-        proposed_tokens=stats.proposed_tokens,
-        accepted_tokens=stats.accepted_tokens,
-        acceptance_rate=stats.acceptance_rate,
-        rounds=stats.rounds,
-        first_token_confidence=stats.first_token_confidence,
+        route=stats[0].route,
+        proposed_tokens=proposed,
+        accepted_tokens=accepted,
+        acceptance_rate=accepted / proposed if proposed else None,
+        rounds=sum(s.rounds for s in stats),
+        first_token_confidence=stats[0].first_token_confidence,
     )
     return {"usage": usage, "metaspec": info}
 
@@ -475,6 +693,26 @@ async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
 async def _disconnected(request: Request) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
+
+
+async def read_json(request: Request, settings: ServerSettings) -> None:
+    """Read a request's JSON body within the size and time limits, refusing what is not a JSON object
+    with a message that says why; the parsed body is left where `request.json()` finds it."""
+    _check_content_type(request)
+    raw = await _read_body(request, settings.max_body_bytes, settings.body_timeout_seconds)
+    try:
+        body = json.loads(raw)
+    except UnicodeDecodeError:
+        raise ApiError(400, "request body is not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise ApiError(400, f"request body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply") from None
+    except ValueError as e:  # e.g. an integer literal of more digits than Python converts (4300)
+        raise ApiError(400, f"request body has a value that cannot be read: {e}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, f"request body must be a JSON object, got {type(body).__name__}")
+    request._body, request._json = raw, body  # what Starlette's body() and json() return from now on
 
 
 def _check_content_type(request: Request) -> None:
@@ -514,15 +752,14 @@ async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
     return b"".join(chunks)
 
 
-def _validation_error(error: ValidationError) -> ApiError:
-    """One 400 naming every bad field; `param` is the first one."""
+def validation_error(errors: Sequence[Any]) -> ApiError:
+    """One 400 naming every bad field of a body (FastAPI's or pydantic's error list); `param` is the first."""
     messages, params = [], []
-    for item in error.errors():
-        param = ".".join(str(p) for p in item["loc"]) or None
+    for item in errors:
+        loc = item["loc"][1:] if item["loc"][:1] == ("body",) else item["loc"]
+        param = ".".join(str(p) for p in loc) or None
         message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            message = f"unknown field `{param}`: not part of the API served here"
-        elif item["type"] == "missing":
+        if item["type"] == "missing":
             message = f"`{param}` is required"
         elif param:
             message = f"`{param}`: {message}"

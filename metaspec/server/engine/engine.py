@@ -25,7 +25,7 @@ from metaspec.prompts import encode_chat, end_of_turn_ids
 
 from .detokenize import IncrementalDetokenizer, StopStrings
 from .loader import LoadedModel, load_models, shared_vocab
-from .protocol import Delta, RequestStats, SamplingParams
+from .protocol import Delta, RequestStats, SamplingParams, TokenLogprob
 from .routing import RoutingPolicy
 from .sampling import Processing
 from .speculative import CausalLM, SpeculativeDecoder
@@ -127,11 +127,23 @@ class SpeculativeEngine:
     def ready(self) -> bool:
         return self.decoder is not None
 
-    def encode_prompt(self, prompt: str) -> list[int]:
-        return list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    def encode_prompt(self, prompt: str, add_special_tokens: bool = True) -> list[int]:
+        return list(self.tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"])
 
-    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        return encode_chat(self.tokenizer, messages)
+    def encode_chat(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        template_kwargs: dict[str, Any] | None = None,
+        add_generation_prompt: bool = True,
+    ) -> list[int]:
+        return encode_chat(
+            self.tokenizer, messages, tools=tools, template_kwargs=template_kwargs, generation=add_generation_prompt
+        )
+
+    def max_model_len(self) -> int:
+        assert self.decoder is not None
+        return self.decoder.max_length
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[Delta]:
         """Stream the completion. Raises ValueError (before any Delta) for an unusable request."""
@@ -180,6 +192,8 @@ class SpeculativeEngine:
             )
         if params.temperature < 0 or not 0 < params.top_p <= 1 or params.repetition_penalty <= 0:
             raise ValueError("temperature must be ≥ 0, top_p in (0, 1], repetition_penalty > 0")
+        if not 0 <= params.min_p <= 1 or params.min_tokens < 0 or (params.logprobs or 0) < 0:
+            raise ValueError("min_p must be in [0, 1], min_tokens and logprobs ≥ 0")
 
     def generate_sync(
         self, prompt_ids: list[int], params: SamplingParams, cancel: threading.Event | None = None
@@ -194,24 +208,30 @@ class SpeculativeEngine:
         text = IncrementalDetokenizer(self.tokenizer, prompt_ids)
         stops = StopStrings(params.stop)
         start = time.perf_counter()
-        rounds = self.decoder.decode(prompt_ids, Processing.of(params), budget, stats, self._generator(params))
+        ends = self._end_ids(params)
+        proc = Processing.of(params, tuple(sorted(ends)))
+        logprobs: list[TokenLogprob] = []
+        record = None if params.logprobs is None else (params.logprobs, logprobs)
+        rounds = self.decoder.decode(prompt_ids, proc, budget, stats, self._generator(params), record)
         finish = "length"
         try:
             for tokens in rounds:
                 if stats.time_to_first_token is None:
                     stats.time_to_first_token = time.perf_counter() - start
-                kept, ended = self._until_stop_token(tokens)
+                kept, ended = _until_end(tokens, ends)
                 stats.completion_tokens += len(kept) + ended
                 piece, stopped = stops.add(text.add(kept))
                 if ended and not stopped:
                     tail, stopped = _drain(text, stops)
                     piece += tail
+                scores = logprobs[: len(kept)]  # the round's; an end token's own is not reported
+                logprobs.clear()
                 if ended or stopped:
                     finish = "stop"
-                    yield Delta(piece, kept)
+                    yield Delta(piece, kept, scores)
                     break
                 if piece or kept:
-                    yield Delta(piece, kept)
+                    yield Delta(piece, kept, scores)
                 if cancel is not None and cancel.is_set():
                     return
             else:
@@ -224,12 +244,11 @@ class SpeculativeEngine:
         stats.decode_seconds = time.perf_counter() - start - (stats.time_to_first_token or 0.0)
         yield Delta("", finish_reason=finish, stats=stats)
 
-    def _until_stop_token(self, tokens: list[int]) -> tuple[list[int], int]:
-        """The tokens before the first end-of-turn/EOS token, and 1 if there was one."""
-        for i, token in enumerate(tokens):
-            if token in self._stop_ids:
-                return tokens[:i], 1
-        return tokens, 0
+    def _end_ids(self, params: SamplingParams) -> frozenset[int]:
+        """The tokens that end this request: the model's end-of-turn/EOS tokens (unless `ignore_eos`)
+        and the request's `stop_token_ids`."""
+        own = frozenset() if params.ignore_eos else self._stop_ids
+        return own | frozenset(params.stop_token_ids)
 
     def _generator(self, params: SamplingParams) -> torch.Generator:
         assert self.decoder is not None
@@ -238,6 +257,14 @@ class SpeculativeEngine:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _until_end(tokens: list[int], ends: frozenset[int]) -> tuple[list[int], int]:
+    """The tokens before the first end token, and 1 if there was one."""
+    for i, token in enumerate(tokens):
+        if token in ends:
+            return tokens[:i], 1
+    return tokens, 0
 
 
 def _drain(text: IncrementalDetokenizer, stops: StopStrings) -> tuple[str, bool]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 
 @dataclass(frozen=True)
@@ -15,8 +15,31 @@ class SamplingParams:
     temperature: float = 0.0
     top_p: float = 1.0
     repetition_penalty: float = 1.0
+    top_k: int = 0
+    """0 (or -1): no top-k."""
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    """Tokens that end the completion besides the model's own end tokens (not part of the text)."""
+    ignore_eos: bool = False
+    """Go on past the model's own end-of-turn/EOS tokens (`stop_token_ids` still stop)."""
+    min_tokens: int = 0
+    """No end or stop token is drawn before this many tokens are generated."""
     seed: int | None = None
+    logprobs: int | None = None
+    """Report the target's log-probability of each generated token and of this many alternatives
+    (0: the chosen token only); None: none."""
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """The target model's log-probability of a generated token, and the most likely tokens there."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass
@@ -44,6 +67,8 @@ class Delta:
 
     text: str
     token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    """One per token of `token_ids` when the request asked for log-probabilities."""
     finish_reason: Literal["stop", "length"] | None = None
     stats: RequestStats | None = None
 
@@ -55,11 +80,20 @@ class Engine(Protocol):
     def ready(self) -> bool:
         """True once target and draft are loaded and checked."""
 
-    def encode_prompt(self, prompt: str) -> list[int]:
-        """Token ids of a plain completion prompt."""
+    def encode_prompt(self, prompt: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of a plain completion prompt (with the tokenizer's BOS and such, by default)."""
 
-    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+    def encode_chat(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        template_kwargs: dict[str, Any] | None = None,
+        add_generation_prompt: bool = True,
+    ) -> list[int]:
         """Token ids of a chat conversation with the generation prompt appended (the chat template)."""
+
+    def max_model_len(self) -> int:
+        """Longest prompt + completion the models hold, in tokens."""
 
     def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[Delta]:
         """Stream the completion. Cancelling the iterator (client gone) stops decoding promptly."""

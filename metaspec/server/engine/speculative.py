@@ -29,9 +29,9 @@ import torch
 from transformers import DynamicCache, StaticCache
 from transformers import __version__ as _VERSION
 
-from .protocol import RequestStats
+from .protocol import RequestStats, TokenLogprob
 from .routing import RoutingPolicy
-from .sampling import Processing, confidence, greedy_tokens, penalize, probabilities, seen_rows
+from .sampling import History, Processing, confidence, greedy_tokens, logprobs, penalize, probabilities
 
 
 class CausalLM:
@@ -203,11 +203,19 @@ class SpeculativeDecoder:
         max_new_tokens: int,
         stats: RequestStats,
         generator: torch.Generator | None = None,
+        logprobs: tuple[int, list[TokenLogprob]] | None = None,
     ) -> Iterator[list[int]]:
         """Yield the tokens emitted by each round until `max_new_tokens` are out (stopping earlier is
-        the caller's: close the iterator). Updates `stats` (route, proposals, rounds) as it goes."""
+        the caller's: close the iterator). Updates `stats` (route, proposals, rounds) as it goes.
+
+        `logprobs` (alternatives per position, a list): each round appends the target's log-probability
+        of every token it emits, and the most likely alternatives, to the list. They are exact under
+        speculation with no extra model call: every emitted token is either verified against or sampled
+        from the target's distribution at its position, so the verify pass that decided the round has
+        already scored exactly the emitted positions (the accepted proposals and the correction or bonus
+        token), each given the emitted tokens before it."""
         with torch.inference_mode():
-            yield from _Run(self, prompt, proc, stats, generator).rounds(max_new_tokens)
+            yield from _Run(self, prompt, proc, stats, generator, logprobs).rounds(max_new_tokens)
 
 
 class _Run:
@@ -220,17 +228,16 @@ class _Run:
         proc: Processing,
         stats: RequestStats,
         generator: torch.Generator | None,
+        logprobs: tuple[int, list[TokenLogprob]] | None = None,
     ) -> None:
         self.routing = decoder.routing
+        self.logprobs = logprobs
         self.proc = proc
         self.stats = stats
         self.generator = generator
         self.device = decoder.target.device
         self.emitted = list(prompt)
-        self.seen: torch.Tensor | None = None  # (V,) bool: tokens in the context, for the penalty
-        if proc.penalized:
-            self.seen = torch.zeros(decoder.target.vocab, dtype=torch.bool, device=self.device)
-            self.seen[self._tensor(prompt)] = True
+        self.history = History(proc, decoder.target.vocab, self._tensor(prompt))
         self.target = decoder.target.session()
         self.draft: Session | None = None
         self.draft_logits: torch.Tensor | None = None  # (V,) draft's next-token logits, when up to date
@@ -238,13 +245,16 @@ class _Run:
         self.whole_rounds = False  # the draft proposes a round in one call (`CausalLM.propose`)
         if self.routing.uses_draft and decoder.draft is not None:
             self._route(decoder.draft)
-        if self.draft is not None and proc.greedy and decoder.draft.draft_rounds and not self.routing.checks_each_token:
+        one_graph = proc.greedy and not proc.counted and not proc.min_tokens  # what `_greedy_round` applies
+        if self.draft is not None and one_graph and decoder.draft.draft_rounds and not self.routing.checks_each_token:
             # a round starts from the last emitted token, which the draft has not taken yet
             self.whole_rounds = True
             self.draft.truncate(len(self.emitted) - 1)
             self.draft_logits = None
             self.penalty = torch.tensor(proc.repetition_penalty, device=self.device)
-            self.round_seen = self.seen  # unpenalized: a mask that stays empty, for the one graph
+            self.round_seen = (
+                self.history.seen
+            )  # updated in place as tokens are emitted; unpenalized: a mask that stays empty, for the one graph
             if self.round_seen is None:
                 self.round_seen = torch.zeros(decoder.target.vocab, dtype=torch.bool, device=self.device)
 
@@ -281,18 +291,17 @@ class _Run:
         if logits is None:
             logits = self.draft.feed(self._tensor(self.emitted[self.draft.length :])[None])[0]
         self.draft_logits = None
-        seen = self.seen.clone() if self.seen is not None else None
+        history = self.history.copy()
         tokens: list[torch.Tensor] = []
         dists: list[torch.Tensor] = []
         for i in range(k):
             if self.routing.checks_each_token and confidence(logits).item() < self.routing.threshold:
                 break
-            x, q = self._draw(logits[None], None if seen is None else seen[None])  # (1,), (1, V) | None
+            x, q = self._draw(logits[None], history)  # (1,), (1, V) | None
             tokens.append(x)
             if q is not None:
                 dists.append(q)
-            if seen is not None:
-                seen[x] = True
+            history.extend(x)
             if i < k - 1:
                 logits = self.draft.feed(x.view(1, 1))[0]
         if not tokens:
@@ -309,10 +318,11 @@ class _Run:
         proposals = self.draft.propose(last, self.round_seen, self.penalty, self.routing.max_speculative_tokens)
         return proposals[:k], None
 
-    def _draw(self, logits: torch.Tensor, seen: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _draw(self, logits: torch.Tensor, history: History) -> tuple[torch.Tensor, torch.Tensor | None]:
+        context = history.rows(logits.new_empty(0, dtype=torch.long), 1)
         if self.proc.greedy:
-            return greedy_tokens(logits, seen, self.proc), None
-        q = probabilities(logits, seen, self.proc)  # (1, V)
+            return greedy_tokens(logits, context, self.proc), None
+        q = probabilities(logits, context, self.proc)  # (1, V)
         return torch.multinomial(q, 1, generator=self.generator).view(1), q
 
     def _verify(self, proposals: torch.Tensor, q: torch.Tensor | None) -> list[int]:
@@ -322,16 +332,18 @@ class _Run:
         base = len(self.emitted)
         ids = torch.cat([self._tensor(self.emitted[self.target.length :]), proposals])[None]  # (1, m + J)
         logits = self.target.feed(ids, keep=j + 1)  # (J+1, V)
-        seen = seen_rows(self.seen, proposals, j + 1) if self.seen is not None else None  # (J+1, V)
+        context = self.history.rows(proposals, j + 1)  # (J+1, V) rows
         if self.proc.greedy:
-            best = greedy_tokens(logits, seen, self.proc)  # (J+1,)
+            best = greedy_tokens(logits, context, self.proc)  # (J+1,)
             accepted = (best[:j] == proposals).int().cumprod(0).sum()
             token = best.gather(0, accepted.view(1))
         else:
-            accepted, token = self._accept(probabilities(logits, seen, self.proc), q, proposals)
+            accepted, token = self._accept(probabilities(logits, context, self.proc), q, proposals)
         outcome = torch.cat([accepted.view(1), proposals, token]).tolist()  # the round's one host sync
         n = outcome[0]
         new = [*outcome[1 : 1 + n], outcome[-1]]
+        if self.logprobs is not None:
+            self._record_logprobs(logits[: n + 1], new)
         self._advance(base, n, new)
         self.stats.proposed_tokens += j
         self.stats.accepted_tokens += n
@@ -355,11 +367,19 @@ class _Run:
         dist = rows.index_select(0, accepted.view(1))  # (1, V)
         return accepted, torch.multinomial(dist, 1, generator=self.generator).view(1)
 
+    def _record_logprobs(self, logits: torch.Tensor, new: list[int]) -> None:
+        """The target's log-probabilities at the emitted positions: row i of the verify pass scored
+        position i given the emitted tokens before it. `logits` (n+1, V)."""
+        assert self.logprobs is not None
+        top, sink = self.logprobs
+        chosen, values, ids = logprobs(logits, self._tensor(new), top)
+        for token, value, row_values, row_ids in zip(new, chosen.tolist(), values.tolist(), ids.tolist(), strict=True):
+            sink.append(TokenLogprob(token, value, tuple(zip(row_ids, row_values, strict=True))))
+
     def _advance(self, base: int, accepted: int, new: list[int]) -> None:
         """Append the round's tokens; crop both caches back to the accepted prefix."""
         self.emitted.extend(new)
-        if self.seen is not None:
-            self.seen[self._tensor(new)] = True
+        self.history.extend(new)
         self.target.truncate(base + accepted)
         if self.draft is not None:
             self.draft.truncate(min(self.draft.length, base + accepted))

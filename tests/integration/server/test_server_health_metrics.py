@@ -1,4 +1,4 @@
-"""`/healthz`, `/readyz` while the models load, and the counters `/metrics` exposes after requests."""
+"""`/healthz`, `/readyz`, `/health` while the models load, and the counters `/metrics` exposes after requests."""
 
 from __future__ import annotations
 
@@ -27,11 +27,13 @@ def test_readyz_flips_when_the_models_are_loaded(
     ):
         assert http.get("/healthz").status_code == 200
         assert http.get("/readyz").status_code == 503
+        assert http.get("/health").json() == {"status": "loading"}
         early = http.post("/v1/completions", json={"model": "late", "prompt": "Hi", "max_tokens": 2})
         assert early.status_code == 503 and early.headers["Retry-After"] == "1"
         assert early.json()["error"]["code"] == "model_loading"
         engine.load()
         assert http.get("/readyz").json() == {"ready": True}
+        assert http.get("/health").json() == {"status": "ok"}
         assert http.post("/v1/completions", json={"model": "late", "prompt": "Hi", "max_tokens": 2}).status_code == 200
     engine.close()
 

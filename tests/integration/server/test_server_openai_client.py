@@ -101,3 +101,72 @@ def test_seeded_sampling_is_reproducible(client: openai.OpenAI) -> None:
     kwargs = dict(model=MODEL, prompt="Hello", max_tokens=8, temperature=1.0, top_p=0.9, seed=1234)
     first = client.completions.create(**kwargs).choices[0].text
     assert client.completions.create(**kwargs).choices[0].text == first
+
+
+def test_n_samples_chat_and_streamed(client: openai.OpenAI) -> None:
+    """`n` seeded samples: n choices with their indices, each a sample of its own; streamed, the chunks of
+    the choices interleave and add up to the same texts, and usage counts every sample."""
+    kwargs = dict(model=MODEL, messages=[{"role": "user", "content": "Tell a story."}], max_tokens=6, temperature=1.0)
+    whole = client.chat.completions.create(n=2, seed=7, **kwargs)
+    assert [c.index for c in whole.choices] == [0, 1]
+    texts = [c.message.content for c in whole.choices]
+    assert texts[0] != texts[1]  # seeds 7 and 8: different samples of a random tiny model
+    chunks = list(
+        client.chat.completions.create(n=2, seed=7, stream=True, stream_options={"include_usage": True}, **kwargs)
+    )
+    streamed = ["", ""]
+    for chunk in chunks:
+        for choice in chunk.choices:
+            streamed[choice.index] += choice.delta.content or ""
+    assert streamed == texts
+    assert chunks[-1].usage == whole.usage
+    single = client.chat.completions.create(seed=8, **kwargs)  # sample 1 is seeded seed + 1
+    assert single.choices[0].message.content == texts[1]
+
+
+def test_completion_n(client: openai.OpenAI) -> None:
+    response = client.completions.create(model=MODEL, prompt="Hello", max_tokens=4, n=2, temperature=1.0, seed=1)
+    assert [c.index for c in response.choices] == [0, 1]
+    assert response.usage.completion_tokens <= 8
+
+
+def test_chat_logprobs(client: openai.OpenAI) -> None:
+    response = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=5,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=3,
+    )
+    choice = response.choices[0]
+    content = choice.logprobs.content
+    assert content and "".join(t.token for t in content).strip() and len(content) <= 5
+    for item in content:
+        assert item.logprob <= 0 and len(item.top_logprobs) == 3
+        assert item.top_logprobs[0].logprob >= item.logprob - 1e-5  # greedy picks the most likely token
+        assert item.bytes == list(item.token.encode())
+
+
+def test_completion_logprobs_streamed(client: openai.OpenAI) -> None:
+    kwargs = dict(model=MODEL, prompt="Once upon a time", max_tokens=6, temperature=0, logprobs=2)
+    whole = client.completions.create(**kwargs).choices[0]
+    assert len(whole.logprobs.tokens) == len(whole.logprobs.token_logprobs) == len(whole.logprobs.top_logprobs)
+    assert all(len(top) <= 2 for top in whole.logprobs.top_logprobs)
+    assert whole.logprobs.text_offset[0] == 0
+    pieces = list(client.completions.create(stream=True, **kwargs))
+    tokens = [t for p in pieces if p.choices and p.choices[0].logprobs for t in p.choices[0].logprobs.tokens]
+    assert tokens == whole.logprobs.tokens
+
+
+def test_vllm_sampling_fields_through_extra_body(client: openai.OpenAI) -> None:
+    response = client.completions.create(
+        model=MODEL,
+        prompt="Once upon a time",
+        max_tokens=6,
+        temperature=0.8,
+        presence_penalty=0.5,
+        frequency_penalty=0.5,
+        extra_body={"top_k": 20, "min_p": 0.05, "min_tokens": 6, "ignore_eos": True, "stop_token_ids": [0]},
+    )
+    assert response.usage.completion_tokens == 6 and response.choices[0].finish_reason == "length"

@@ -6,31 +6,30 @@ import pytest
 
 MODEL = "tiny-spec"
 CHAT = [{"role": "user", "content": "Hi"}]
+TOOL = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}}}
 
 # (endpoint, body, status, param, words the message must contain)
 BAD = [
-    ("/v1/completions", {"model": MODEL, "prompt": "x", "max_token": 5}, 400, "max_token", "unknown field"),
     ("/v1/completions", {"model": MODEL}, 400, "prompt", "required"),
     ("/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": 601}, 400, "max_tokens", "maxTokensLimit"),
     ("/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": 0}, 400, "max_tokens", "greater than"),
     ("/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": "5"}, 400, "max_tokens", "integer"),
-    ("/v1/completions", {"model": MODEL, "prompt": "x", "n": 2}, 400, "n", "only n=1"),
+    ("/v1/completions", {"model": MODEL, "prompt": "x", "n": 3}, 400, "n", "maxConcurrency + maxQueue"),
+    ("/v1/completions", {"model": MODEL, "prompt": "x", "n": 0}, 400, "n", "greater than"),
+    ("/v1/completions", {"model": MODEL, "prompt": "x", "echo": True}, 400, "echo", "not supported"),
+    ("/v1/completions", {"model": MODEL, "prompt": "x", "min_tokens": 17}, 400, "min_tokens", "exceeds"),
+    ("/v1/completions", {"model": MODEL, "prompt": "x", "top_k": -3}, 400, "top_k", "greater than"),
+    ("/v1/completions", {"model": MODEL, "prompt": "x", "stop_token_ids": [-1]}, 400, "stop_token_ids.0", "greater"),
     ("/v1/completions", {"model": MODEL, "prompt": "x", "temperature": 2.5}, 400, "temperature", "less than"),
     ("/v1/completions", {"model": MODEL, "prompt": "x", "top_p": 0}, 400, "top_p", "greater than"),
     ("/v1/completions", {"model": MODEL, "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", "at most 4"),
     ("/v1/completions", {"model": MODEL, "prompt": "x", "stop": [""]}, 400, "stop.0", "at least 1"),
-    ("/v1/completions", {"model": MODEL, "prompt": "x", "logprobs": 3}, 400, "logprobs", "not supported"),
+    ("/v1/completions", {"model": MODEL, "prompt": "x", "logprobs": 30}, 400, "logprobs", "less than"),
     ("/v1/completions", {"model": MODEL, "prompt": [1, 2, 3]}, 400, "prompt", "token-id prompts"),
     ("/v1/completions", {"model": MODEL, "prompt": ["a", "b"]}, 400, "prompt", "one prompt"),
     ("/v1/completions", {"model": MODEL, "prompt": ""}, 400, "prompt", "empty"),
     ("/v1/completions", {"model": MODEL, "prompt": "word " * 400}, 400, "prompt", "maxPromptTokens"),
-    (
-        "/v1/completions",
-        {"model": MODEL, "prompt": "x", "frequency_penalty": 0.5},
-        400,
-        "frequency_penalty",
-        "repetition_penalty",
-    ),
+    ("/v1/completions", {"model": MODEL, "prompt": "x", "frequency_penalty": 2.5}, 400, "frequency_penalty", "less"),
     (
         "/v1/completions",
         {"model": MODEL, "prompt": "x", "stream_options": {"include_usage": True}},
@@ -71,10 +70,17 @@ BAD = [
     ),
     (
         "/v1/chat/completions",
-        {"model": MODEL, "messages": CHAT, "tools": [{"type": "function"}]},
+        {"model": MODEL, "messages": CHAT, "tools": [TOOL], "tool_choice": "required"},
         400,
-        "tools",
-        "tool calling",
+        "tool_choice",
+        "not supported",
+    ),
+    (
+        "/v1/chat/completions",
+        {"model": MODEL, "messages": CHAT, "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+        400,
+        "response_format",
+        "structured output",
     ),
     (
         "/v1/chat/completions",
@@ -127,13 +133,15 @@ def test_harmless_openai_fields_are_accepted(router) -> None:
     body = {
         "model": MODEL,
         "messages": [{"role": "developer", "content": [{"type": "text", "text": "Be brief."}]}, *CHAT],
-        "max_tokens": 2,
+        "max_tokens": 2.0,
         "user": "u-1",
         "logprobs": False,
         "presence_penalty": 0,
         "frequency_penalty": 0,
         "logit_bias": {},
         "response_format": {"type": "text"},
+        "tools": [TOOL],
+        "tool_choice": "auto",
         "n": 1,
         "stream": False,
         "seed": 3,
@@ -142,7 +150,16 @@ def test_harmless_openai_fields_are_accepted(router) -> None:
     with router.client() as http:
         response = http.post("/v1/chat/completions", json=body)
     assert response.status_code == 200, response.text
+    assert "Warning" not in response.headers
     assert response.json()["usage"]["completion_tokens"] <= 2
+
+
+def test_unknown_fields_are_ignored_with_a_warning(router) -> None:
+    body = {"model": MODEL, "prompt": "x", "max_token": 5, "max_tokens": 1, "service_tier": "auto", "\u00e9": 1}
+    with router.client() as http:
+        response = http.post("/v1/completions", json=body)
+    assert response.status_code == 200, response.text
+    assert response.headers["Warning"] == '299 metaspec "ignored unknown fields: max_token, service_tier, \\xe9"'
 
 
 def test_unknown_routes_and_methods_use_the_error_shape(router) -> None:

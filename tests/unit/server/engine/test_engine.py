@@ -89,3 +89,42 @@ async def test_cancel_stops_decoding_and_the_engine_serves_on(engine: Speculativ
 async def test_bad_requests_raise_value_error(engine: SpeculativeEngine, prompt: list[int], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         await collect(engine, prompt, SamplingParams(max_tokens=4))
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+async def test_logprobs_are_the_targets_at_the_emitted_positions(engine: SpeculativeEngine, temperature: float) -> None:
+    """Under speculation, greedy or sampled: each reported log-probability (and its alternatives) is the
+    target's log-softmax at that position given the emitted tokens before it, as one plain forward pass
+    over prompt + completion computes them."""
+    prompt = engine.encode_prompt("Once upon a time")
+    params = SamplingParams(max_tokens=12, temperature=temperature, seed=5, logprobs=3)
+    deltas = await collect(engine, prompt, params)
+    ids = [t for d in deltas for t in d.token_ids]
+    scores = [s for d in deltas for s in d.logprobs]
+    assert deltas[-1].stats.proposed_tokens > 0 and [s.token for s in scores] == ids
+    with torch.inference_mode():
+        logits = engine.decoder.target.model(torch.tensor([prompt + ids])).logits[0, len(prompt) - 1 : -1]
+    expected = torch.log_softmax(logits.float(), -1)
+    for position, score in enumerate(scores):
+        assert score.logprob == pytest.approx(expected[position, score.token].item(), abs=1e-4)
+        top = expected[position].topk(3)
+        assert [t for t, _ in score.top] == top.indices.tolist()
+        assert [v for _, v in score.top] == pytest.approx(top.values.tolist(), abs=1e-4)
+
+
+async def test_stop_token_ids_ignore_eos_and_min_tokens(engine: SpeculativeEngine) -> None:
+    prompt = engine.encode_prompt("Once upon a time")
+    free = [t for d in await collect(engine, prompt, SamplingParams(max_tokens=8)) for t in d.token_ids]
+    stop = free[3]
+    cut = await collect(engine, prompt, SamplingParams(max_tokens=8, stop_token_ids=(stop,)))
+    assert [t for d in cut for t in d.token_ids] == free[: free.index(stop)] and cut[-1].finish_reason == "stop"
+    saved = engine._stop_ids
+    engine._stop_ids = frozenset({stop})  # as if the model's own EOS
+    try:
+        ignoring = await collect(engine, prompt, SamplingParams(max_tokens=8, ignore_eos=True))
+        held = await collect(engine, prompt, SamplingParams(max_tokens=8, min_tokens=8))
+    finally:
+        engine._stop_ids = saved
+    assert [t for d in ignoring for t in d.token_ids] == free and ignoring[-1].finish_reason == "length"
+    tokens = [t for d in held for t in d.token_ids]
+    assert len(tokens) == 8 and stop not in tokens  # banned until the 8th token, so never drawn

@@ -4,46 +4,127 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopPLogitsWarper
+from transformers import (
+    MinNewTokensLengthLogitsProcessor,
+    MinPLogitsWarper,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from metaspec.server.engine.sampling import (
+    History,
     Processing,
     greedy_tokens,
+    logprobs,
     probabilities,
     seen_rows,
 )
 from metaspec.server.engine.speculative import residual_distribution
 
 
-def reference_probs(logits: torch.Tensor, context: torch.Tensor, proc: Processing) -> torch.Tensor:
-    """transformers' pipeline: repetition penalty, temperature, top-p, softmax. `logits` (1, V)."""
-    scores = RepetitionPenaltyLogitsProcessor(proc.repetition_penalty)(context[None], logits.clone())
-    scores = TemperatureLogitsWarper(proc.temperature)(context[None], scores)
+def reference_logits(logits: torch.Tensor, prompt: torch.Tensor, generated: torch.Tensor, proc: Processing):
+    """The penalties and the `min_tokens` ban, with transformers' processors where it has them and
+    OpenAI's presence/frequency formula written out. `logits` (1, V)."""
+    context = torch.cat([prompt, generated])[None]
+    scores = RepetitionPenaltyLogitsProcessor(proc.repetition_penalty)(context, logits.clone().float())
+    counts = torch.bincount(generated, minlength=scores.shape[-1]).float()
+    scores = scores - proc.presence_penalty * (counts > 0) - proc.frequency_penalty * counts
+    if proc.min_tokens:
+        ban = MinNewTokensLengthLogitsProcessor(len(prompt), proc.min_tokens, list(proc.end_ids))
+        scores = ban(context, scores)
+    return scores
+
+
+def reference_probs(logits: torch.Tensor, prompt: torch.Tensor, generated: torch.Tensor, proc: Processing):
+    """transformers' pipeline, in the order vLLM applies them: penalties, temperature, min-p, top-k,
+    top-p, softmax. `logits` (1, V)."""
+    context = torch.cat([prompt, generated])[None]
+    scores = TemperatureLogitsWarper(proc.temperature)(context, reference_logits(logits, prompt, generated, proc))
+    if proc.min_p:
+        scores = MinPLogitsWarper(proc.min_p)(context, scores)
+    if proc.top_k:
+        scores = TopKLogitsWarper(proc.top_k)(context, scores)
     if proc.top_p < 1:
-        scores = TopPLogitsWarper(proc.top_p)(context[None], scores)
+        scores = TopPLogitsWarper(proc.top_p)(context, scores)
     return torch.softmax(scores, -1)
 
 
-@pytest.mark.parametrize(
-    "proc",
-    [Processing(1.0), Processing(0.7, 0.9), Processing(1.3, 0.5, 1.4), Processing(0.5, 1.0, 0.8)],
-)
+PROCS = [
+    Processing(1.0),
+    Processing(0.7, 0.9),
+    Processing(1.3, 0.5, 1.4),
+    Processing(0.5, 1.0, 0.8),
+    Processing(1.0, top_k=5),
+    Processing(0.8, 0.9, min_p=0.1, top_k=12),
+    Processing(1.1, presence_penalty=1.5, frequency_penalty=-0.7),
+    Processing(1.0, 0.95, 1.2, min_p=0.05, frequency_penalty=0.4, min_tokens=5, end_ids=(0, 3)),
+]
+
+
+def _contexts(gen: torch.Generator, vocab: int):
+    prompt = torch.randint(0, vocab, (5,), generator=gen)
+    generated = torch.randint(0, vocab, (int(torch.randint(0, 8, (), generator=gen)),), generator=gen)
+    return prompt, generated
+
+
+def _history(proc: Processing, vocab: int, prompt: torch.Tensor, generated: torch.Tensor) -> History:
+    history = History(proc, vocab, prompt)
+    history.extend(generated)
+    return history
+
+
+@pytest.mark.parametrize("proc", PROCS, ids=repr)
 def test_probabilities_match_transformers(proc: Processing) -> None:
     gen = torch.Generator().manual_seed(0)
     for _ in range(20):
         logits = torch.randn(1, 50, generator=gen) * 3
-        context = torch.randint(0, 50, (7,), generator=gen)
-        seen = torch.zeros(50, dtype=torch.bool)
-        seen[context] = True
-        ours = probabilities(logits, seen[None], proc)
-        torch.testing.assert_close(ours, reference_probs(logits, context, proc), atol=1e-6, rtol=1e-5)
+        prompt, generated = _contexts(gen, 50)
+        context = _history(proc, 50, prompt, generated).rows(torch.empty(0, dtype=torch.long), 1)
+        ours = probabilities(logits, context, proc)
+        torch.testing.assert_close(ours, reference_probs(logits, prompt, generated, proc), atol=1e-6, rtol=1e-5)
+        expected = reference_logits(logits, prompt, generated, proc).argmax(-1)
+        assert greedy_tokens(logits, context, proc).tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("proc", PROCS[-2:], ids=repr)
+def test_history_rows_are_the_contexts_of_consecutive_positions(proc: Processing) -> None:
+    """Row i of a verify pass is scored as if the proposals before it had been emitted one by one."""
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, 50, generator=gen) * 3
+    prompt, generated = _contexts(gen, 50)
+    proposals = torch.tensor([7, 7, 0])
+    rows = _history(proc, 50, prompt, generated).rows(proposals, 4)
+    together = probabilities(logits, rows, proc)
+    for i in range(4):
+        one = _history(proc, 50, prompt, torch.cat([generated, proposals[:i]])).rows(proposals[:0], 1)
+        torch.testing.assert_close(together[i : i + 1], probabilities(logits[i : i + 1], one, proc))
+
+
+def test_min_tokens_bans_end_tokens_until_enough_are_generated() -> None:
+    proc = Processing(1.0, min_tokens=2, end_ids=(1,))
+    logits = torch.zeros(3, 4)
+    rows = History(proc, 4, torch.tensor([2])).rows(torch.tensor([3, 3]), 3)
+    assert probabilities(logits, rows, proc)[:, 1].tolist() == [0.0, 0.0, 0.25]
+
+
+def test_logprobs_are_the_raw_log_softmax() -> None:
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 0.0, 3.0]])
+    chosen, values, ids = logprobs(logits, torch.tensor([1, 2]), 2)
+    expected = torch.log_softmax(logits, -1)
+    torch.testing.assert_close(chosen, expected[[0, 1], [1, 2]])
+    assert ids.tolist() == [[0, 1], [2, 0]] or ids.tolist() == [[0, 1], [2, 1]]
+    torch.testing.assert_close(values, expected.topk(2, -1).values)
+    assert logprobs(logits, torch.tensor([1, 2]), 0)[1].shape == (2, 0)
 
 
 def test_greedy_applies_the_penalty() -> None:
     logits = torch.tensor([[2.0, 1.9, -1.0]])
-    seen = torch.tensor([[True, False, False]])
-    assert greedy_tokens(logits, seen, Processing(0.0, 1.0, 1.2)).item() == 1
-    assert greedy_tokens(logits, seen, Processing(0.0)).item() == 0
+    proc = Processing(0.0, 1.0, 1.2)
+    seen = History(proc, 3, torch.tensor([0])).rows(torch.tensor([], dtype=torch.long), 1)
+    assert greedy_tokens(logits, seen, proc).item() == 1
+    assert greedy_tokens(logits, None, Processing(0.0)).item() == 0
 
 
 def test_seen_rows_extend_the_context_one_proposal_at_a_time() -> None:
@@ -66,7 +147,5 @@ def test_residual_is_the_normalised_positive_part() -> None:
 
 def test_subnormal_temperatures_decode_greedily() -> None:
     """Dividing logits by 5e-324 gives inf and a NaN softmax: such temperatures are greedy."""
-    from metaspec.server.engine.sampling import Processing
-
     assert Processing(temperature=5e-324).greedy and Processing(temperature=1e-6).greedy
     assert not Processing(temperature=1e-4).greedy

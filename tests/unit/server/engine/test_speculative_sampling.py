@@ -1,7 +1,8 @@
 """Speculative sampling is exact: completions sampled with speculation follow the target's distribution.
 
 Reference: the exact distribution of the first three tokens under target-only sampling, enumerated with
-transformers' own logits processors (repetition penalty, temperature, top-p). Statistic: a G-test of
+transformers' own logits processors (repetition penalty, `min_tokens`, temperature, min-p, top-k, top-p)
+and OpenAI's presence/frequency penalties written out (`test_sampling.reference_probs`). Statistic: a G-test of
 the sampled completions against it (cells with expected count < 5 pooled), rejected at
 ALPHA = 1e-3 — the false-alarm rate of each test. Seeds are fixed, so results are reproducible; a
 deliberately broken rule (no residual resampling after a rejection) must be rejected by the same test.
@@ -14,7 +15,7 @@ from collections import Counter
 
 import pytest
 import torch
-from test_sampling import reference_probs
+from test_sampling import reference_logits, reference_probs
 
 from metaspec.server.engine import speculative
 from metaspec.server.engine.protocol import RequestStats
@@ -37,7 +38,8 @@ def exact_distribution(model: torch.nn.Module, proc: Processing) -> dict[tuple[i
         nxt = {}
         for prefix, mass in probs.items():
             context = torch.tensor(PROMPT + list(prefix))
-            step = reference_probs(model(context[None]).logits[0, -1:], context, proc)[0]
+            logits = model(context[None]).logits[0, -1:]
+            step = reference_probs(logits, torch.tensor(PROMPT), torch.tensor(prefix, dtype=torch.long), proc)[0]
             for token in range(vocab):
                 nxt[(*prefix, token)] = mass * step[token].item()
         probs = nxt
@@ -89,6 +91,11 @@ def one_thread():
 CASES = {
     "always-t1": (RoutingPolicy("always", 0.5, 2), Processing(1.0)),
     "per-token-penalty-top-p": (RoutingPolicy("per-token", 0.93, 3), Processing(1.5, 0.95, 1.2)),
+    # every other transform a request can ask for, applied to both p and q
+    "always-top-k-min-p-penalties-min-tokens": (
+        RoutingPolicy("always", 0.5, 3),
+        Processing(1.0, top_k=5, min_p=0.02, presence_penalty=0.8, frequency_penalty=0.6, min_tokens=2, end_ids=(0, 5)),
+    ),
 }
 
 
@@ -137,6 +144,25 @@ def test_greedy_equals_target_greedy(policy: str, tiny_target, tiny_draft) -> No
         got = [t for chunk in decoder.decode(list(prompt), Processing(), 12, stats, None) for t in chunk]
         expected = expected[0, 3:].tolist()  # `generate` stops at the config's EOS id; the decoder does not
         assert got[: len(expected)] == expected, (prompt, stats)
+
+
+def test_greedy_with_penalties_equals_the_reference_argmax(tiny_target, tiny_draft) -> None:
+    """Greedy decoding under presence/frequency penalties and `min_tokens` (the step-by-step draft loop,
+    since a round in one graph applies the repetition penalty only) picks the argmax of transformers'
+    pipeline at every position, speculating or not."""
+    proc = Processing(0.0, presence_penalty=1.0, frequency_penalty=0.5, min_tokens=3, end_ids=(2,))
+    for policy in ("always", "never"):
+        draft = CausalLM(tiny_draft, 8, draft_rounds=True) if policy == "always" else None
+        decoder = SpeculativeDecoder(CausalLM(tiny_target, 8), draft, RoutingPolicy(policy, 0.3, 3))
+        for prompt in itertools.islice(itertools.permutations(range(8), 3), 10):
+            got = [t for chunk in decoder.decode(list(prompt), proc, 8, RequestStats(), None) for t in chunk]
+            expected: list[int] = []
+            with torch.inference_mode():
+                for _ in range(8):
+                    logits = tiny_target(torch.tensor([[*prompt, *expected]])).logits[0, -1:]
+                    generated = torch.tensor(expected, dtype=torch.long)
+                    expected.append(reference_logits(logits, torch.tensor(prompt), generated, proc).argmax().item())
+            assert got == expected, (policy, prompt)
 
 
 CASES_PROC = (Processing(), Processing(1.0, 0.9, 1.2))
