@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from metaspec.api import SpecServe
+from metaspec.api.serving import VLLM_API_KEY_ENV, ServeSampling
 from metaspec.artifacts import Uri
 from metaspec.artifacts.uri import PVC_ROOT
 from metaspec.operator import labels as L
@@ -75,6 +76,16 @@ def _deployment(serve: SpecServe, podspec: dict[str, Any], annotations: dict[str
     }
 
 
+def api_key_env(serve: SpecServe) -> list[dict[str, Any]]:
+    """The API keys as environment, by reference to the Secret (the operator never reads it): one variable
+    per key for our server, vLLM's `VLLM_API_KEY` for vLLM (its one key; never on the command line)."""
+    ref = serve.spec.auth.api_key_secret_ref
+    if ref is None:
+        return []
+    pairs = ref.environment() if serve.spec.engine == "metaspec" else [(VLLM_API_KEY_ENV, ref.keys[0])]
+    return [{"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": key}}} for name, key in pairs]
+
+
 def build_deployment(
     serve: SpecServe,
     settings: OperatorSettings,
@@ -84,6 +95,7 @@ def build_deployment(
 ) -> dict[str, Any]:
     """The `engine: metaspec` Deployment: `metaspec serve --config`, probes on `/readyz` and `/healthz`."""
     main = pod.container(serve, settings, config_map)
+    main["env"] = [*main["env"], *api_key_env(serve)]
     main["ports"] = [{"name": "http", "containerPort": serve.spec.service.port, "protocol": "TCP"}]
     main.update(_probes(settings, ready="/readyz", live="/healthz"))
     podspec = pod.pod_spec(serve, settings, [main], config_map)
@@ -106,6 +118,11 @@ def vllm_model_arg(uri: str, role: str) -> tuple[str, bool]:
         return f"{PVC_ROOT}/{parsed.bucket}/{parsed.path}", False
     # A path inside the container, as the spec gives it (relative to vLLM's working directory).
     return uri.split("://", 1)[-1], False
+
+
+def _generation_defaults(sampling: ServeSampling) -> dict[str, float | int]:
+    """vLLM's `--override-generation-config` (`max_new_tokens` is its default `max_tokens`)."""
+    return {"temperature": sampling.temperature, "top_p": sampling.top_p, "max_new_tokens": sampling.max_tokens}
 
 
 def vllm_args(serve: SpecServe, target: str, draft: str) -> list[str]:
@@ -132,6 +149,9 @@ def vllm_args(serve: SpecServe, target: str, draft: str) -> list[str]:
         str(spec.sampling.max_concurrency),
         "--generation-config",
         "vllm",
+        # what a request leaves out, as the metaspec engine fills it in: the spec's sampling defaults
+        "--override-generation-config",
+        json.dumps(_generation_defaults(spec.sampling), separators=(",", ":"), sort_keys=True),
         "--load-format",  # never unpickle: the metaspec engine refuses pickles too
         "safetensors",
     ]
@@ -190,6 +210,6 @@ def build_vllm_deployment(
         ports=[{"name": "http", "containerPort": serve.spec.service.port, "protocol": "TCP"}],
         **_probes(settings, ready="/health", live="/health"),
     )
-    main["env"] = [*main["env"], {"name": "VLLM_CACHE_ROOT", "value": f"{pod.CACHE_DIR}/vllm"}]
+    main["env"] = [*main["env"], {"name": "VLLM_CACHE_ROOT", "value": f"{pod.CACHE_DIR}/vllm"}, *api_key_env(serve)]
     podspec = pod.pod_spec(serve, settings, [main], config_map, init)
     return _deployment(serve, podspec, _annotations(config_hash, digests))

@@ -22,8 +22,29 @@ from metaspec.operator.builders.pod import SCHEDULING_FIELDS
 from metaspec.operator.handlers import common as C
 from metaspec.operator.kube import Target
 
+#: Condition: whether the API needs a key. False with reason `ExposedWithoutAPIKey` (and a Warning
+#: Event) when a NodePort or LoadBalancer Service exposes a server that needs none.
+API_KEY_REQUIRED = "APIKeyRequired"
+EXPOSED_WITHOUT_KEY = "ExposedWithoutAPIKey"
+
 #: Pod-spec fields a template may stop setting; a merge patch must null them to remove them.
 _OPTIONAL_POD_FIELDS = (*SCHEDULING_FIELDS, "initContainers")
+
+
+def api_key_condition(resource: SpecServe) -> tuple[bool, str, str]:
+    """(status, reason, message) of the `APIKeyRequired` condition."""
+    spec = resource.spec
+    ref = spec.auth.api_key_secret_ref
+    if ref is not None:
+        return True, "APIKeyConfigured", f"the API needs a key from Secret {ref.name!r}"
+    if spec.service.type != "ClusterIP":
+        return (
+            False,
+            EXPOSED_WITHOUT_KEY,
+            f"service.type {spec.service.type} exposes the API outside the cluster and it needs no key: anyone "
+            "who reaches it can generate; set spec.auth.apiKeySecretRef",
+        )
+    return False, "NoAPIKey", "the API needs no key; anything that reaches the ClusterIP Service can call it"
 
 
 def desired(ctx: C.Context, resource: SpecServe, resolved: SpecServe, digests: dict[str, Any]) -> tuple[dict, dict]:
@@ -91,6 +112,7 @@ async def reconcile_serve(ctx: C.Context, resource: SpecServe, find: pipeline.Lo
     deployment = await apply_deployment(ctx, resource, manifest)
     await C.ensure(ctx.kube, resource, build_service(resource))
     status = R.started(resource, status, check)
+    status = R.with_condition(status, resource, API_KEY_REQUIRED, *api_key_condition(resource))
     return deployment_fields(ctx, resource, deployment, status)
 
 
@@ -104,6 +126,9 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: C.Context, namespa
             new = await reconcile_serve(memo, resource, C.lookup(kwargs, namespace))
         except (C.Rejected, InvalidResource, ValueError) as e:
             new = R.failed(C.current_status(resource), resource, conditions.API_REJECTED, str(e))
+        _, reason, message = api_key_condition(resource)
+        if reason == EXPOSED_WITHOUT_KEY:
+            kopf.event(body, type="Warning", reason=reason, message=message)
         await C.commit_handled(memo.kube, body, resource, new)
 
 

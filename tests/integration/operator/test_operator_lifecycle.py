@@ -100,3 +100,28 @@ def test_every_api_call_made_is_granted_by_rbac(cluster: Cluster):
     assert cluster.calls, "no API calls were recorded"
     missing = {call for call in cluster.calls if not rbac.allowed(*call)}
     assert not missing, f"not granted by metaspec/operator/rbac.py: {sorted(missing)}"
+
+
+def test_an_exposed_server_without_an_api_key_is_warned_about(cluster: Cluster, namespace: str):
+    """A LoadBalancer in front of a server that needs no key: a False `APIKeyRequired` condition and a
+    Warning Event; naming a Secret of keys turns the condition True."""
+    ns = namespace
+    serve = copy.deepcopy(SERVE)
+    serve["spec"]["service"] = {"type": "LoadBalancer"}
+    cluster.apply(serve, ns)
+    name = serve["metadata"]["name"]
+
+    def condition() -> dict | None:
+        found = [
+            c for c in cluster.status("SpecServe", name, ns).get("conditions", []) if c["type"] == "APIKeyRequired"
+        ]
+        return found[0] if found else None
+
+    exposed = cluster.wait_for(condition, message="the APIKeyRequired condition")
+    assert exposed["status"] == "False" and exposed["reason"] == "ExposedWithoutAPIKey"
+    warned = lambda: [e for e in cluster.list("Event", ns) if e["reason"] == "ExposedWithoutAPIKey"]  # noqa: E731
+    assert cluster.wait_for(warned, message="the Warning Event")[0]["type"] == "Warning"
+    cluster.patch("SpecServe", name, {"spec": {"auth": {"apiKeySecretRef": {"name": "api-keys"}}}}, ns)
+    cluster.wait_for(lambda: condition()["status"] == "True", message="APIKeyRequired to turn True")
+    env = cluster.get("Deployment", name, ns)["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "METASPEC_API_KEY_0", "valueFrom": {"secretKeyRef": {"name": "api-keys", "key": "api-key"}}} in env

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import pytest
 import yaml
 
 from metaspec.api import Resource, SpecServe, parse_resource
+from metaspec.api.serving import Auth
 from metaspec.operator import labels as L
 from metaspec.operator.builders import (
     build_configmap,
@@ -177,3 +179,26 @@ def test_training_job_gets_the_hub_token() -> None:
     doc["spec"]["baseModel"] = {"uri": "hf://org/base@v1", "hfTokenSecretRef": {"name": "hf"}}
     env = build_job(parse_resource(doc), SETTINGS, "x")["spec"]["template"]["spec"]["containers"][0]["env"]
     assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "HF_TOKEN"}}} in env
+
+
+def test_api_keys_reach_both_engines_by_secret_reference_only():
+    """Our server gets one variable per key; vLLM its one `VLLM_API_KEY` (never on the command line)."""
+    auth = {"apiKeySecretRef": {"name": "api-keys", "keys": ["current", "next"]}}
+    serve = example("spec-serve.yaml")
+    serve = serve.model_copy(update={"spec": serve.spec.model_copy(update={"auth": Auth.model_validate(auth)})})
+    env = {e["name"]: e for e in serve_manifests(serve)[0]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["METASPEC_API_KEY_0"]["valueFrom"]["secretKeyRef"] == {"name": "api-keys", "key": "current"}
+    assert env["METASPEC_API_KEY_1"]["valueFrom"]["secretKeyRef"] == {"name": "api-keys", "key": "next"}
+    vllm = example("spec-serve-vllm.yaml")
+    one = Auth.model_validate({"apiKeySecretRef": {"name": "api-keys"}})
+    vllm = vllm.model_copy(update={"spec": vllm.spec.model_copy(update={"auth": one})})
+    main = serve_manifests(vllm)[0]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in main["env"]}
+    assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "api-keys", "key": "api-key"}
+    assert not any("api-key" in arg for arg in main["command"])
+    defaults = json.loads(main["command"][main["command"].index("--override-generation-config") + 1])
+    assert defaults == {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": vllm.spec.sampling.max_tokens}
+    with pytest.raises(ValueError, match="one key with `engine: vllm`"):
+        SpecServe.model_validate(
+            {**vllm.model_dump(by_alias=True), "spec": {**vllm.spec.model_dump(by_alias=True), "auth": auth}}
+        )
