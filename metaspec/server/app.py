@@ -7,6 +7,7 @@ generated from `protocol`'s models (with this server's model name and token limi
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -176,8 +177,8 @@ def _warn(response: Response, body: CompletionRequest | ChatCompletionRequest) -
     if ignored:
         log.warning("ignored unknown request fields: %s", ignored)
         shown = ", ".join(ignored[:_HEADER_FIELDS]) + (", ..." if len(ignored) > _HEADER_FIELDS else "")
-        text = f"ignored unknown fields: {shown}".encode("ascii", "backslashreplace").decode().replace('"', "'")
-        response.headers["Warning"] = f'299 metaspec "{text}"'
+        # a JSON string is a valid quoted-string: printable ASCII, quotes and control characters escaped
+        response.headers["Warning"] = f"299 metaspec {json.dumps(f'ignored unknown fields: {shown}')}"
     return response
 
 

@@ -382,7 +382,7 @@ CORPUS = [
     # empty and malformed conversations, wrong roles
     Abuse("messages-null", _chat(None), 400, "valid list", "messages", CHAT),
     Abuse("messages-object", _chat({"role": "user", "content": "x"}), 400, "valid list", "messages", CHAT),
-    Abuse("message-not-object", _chat(["hello"]), 400, "ChatMessage", "messages.0", CHAT),
+    Abuse("message-not-object", _chat(["hello"]), 400, "valid dictionary", "messages.0", CHAT),
     Abuse("content-empty-parts-is-served", _chat([{"role": "user", "content": []}], max_tokens=1), 200, "", path=CHAT),
     Abuse("content-null", _chat([{"role": "user", "content": None}]), 400, "required", "messages.0.content", CHAT),
     Abuse("assistant-content-null", _chat([*HI, {"role": "assistant", "content": None}, *HI]), 200, "", path=CHAT),
