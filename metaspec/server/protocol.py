@@ -111,6 +111,13 @@ _REFUSED: dict[str, tuple[Callable[[Any], bool], str]] = {
         + ", ".join(sorted(_TEMPLATE_CALL_PARAMETERS))
         + ")",
     ),
+    **{
+        name: (
+            lambda v: v is not None,
+            f"`{name}` (vLLM's constrained decoding) is not supported: decoding here is not constrained to a grammar",
+        )
+        for name in ("structured_outputs", "guided_json", "guided_regex", "guided_choice", "guided_grammar")
+    },
     "tool_choice": (
         lambda v: v not in ("none", "auto"),
         "`tool_choice` that requires a tool call (`required` or a named function) is not supported: tool "
@@ -172,6 +179,12 @@ class _SamplingRequest(_Request):
     stream_options: StreamOptions | None = None
     user: str | None = None  # abuse-tracking id in OpenAI; accepted and ignored
     logit_bias: dict[str, float] | None = None
+    # vLLM's constrained decoding: named here so that asking for it is refused, not silently ignored
+    structured_outputs: Any = None
+    guided_json: Any = None
+    guided_regex: Any = None
+    guided_choice: Any = None
+    guided_grammar: Any = None
 
     @field_validator("stream_options")
     @classmethod
