@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             for concurrency in args.concurrency:
                 for backend, endpoint in (("openai", "/v1/completions"), ("openai-chat", "/v1/chat/completions")):
                     rows.append(run_client(args, url, backend, endpoint, concurrency, Path(scratch)))
+                    print(json.dumps(rows[-1]), flush=True)
         engine.close()
     print(f"{'backend':<12} {'conc':>4} {'req/s':>7} {'tok/s':>7} {'TTFT ms':>8} {'ITL ms':>7} {'p99 ITL':>8}")
     for row in rows:

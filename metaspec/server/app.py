@@ -48,8 +48,9 @@ log = logging.getLogger("metaspec.server")
 _UNCOUNTED = ("/health", "/healthz", "/readyz", "/metrics")
 #: Paths open without an API key: the kubelet's probes cannot send one.
 _OPEN = ("/health", "/healthz", "/readyz", "/version")
-#: Most unknown field names listed in the warning header (all are logged).
+#: Most unknown field names listed in the warning header (all are logged), and characters shown of each.
 _HEADER_FIELDS = 20
+_FIELD_CHARS = 64
 
 #: Every error status a generation request can get, all in OpenAI's error shape.
 _GENERATION_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -173,7 +174,7 @@ def _add_routes(app: FastAPI, serving: Serving) -> None:
 
 def _warn(response: Response, body: CompletionRequest | ChatCompletionRequest) -> Response:
     """Log the request's ignored (unknown) fields and name them in a `Warning` header (code 299)."""
-    ignored = ignored_fields(body)
+    ignored = [name if len(name) <= _FIELD_CHARS else f"{name[:_FIELD_CHARS]}..." for name in ignored_fields(body)]
     if ignored:
         log.warning("ignored unknown request fields: %s", ignored)
         shown = ", ".join(ignored[:_HEADER_FIELDS]) + (", ..." if len(ignored) > _HEADER_FIELDS else "")
