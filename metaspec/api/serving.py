@@ -35,6 +35,14 @@ class Routing(Model):
         0.7, gt=0, le=1, description="Draft max-probability needed to speculate (0 < t ≤ 1)."
     )
     max_speculative_tokens: int = Field(5, ge=1, le=64, description="Draft tokens proposed per round (k).")
+    max_speculative_batch: int | None = Field(
+        None,
+        ge=0,
+        le=1024,
+        description="Speculate only while at most this many sequences decode together; above it every "
+        "sequence decodes target-only (a large batch is compute-bound, where verifying k + 1 tokens per "
+        "sequence costs about k + 1 plain steps). Unset: at any batch size. 0: never.",
+    )
 
 
 class ServeSampling(Model):

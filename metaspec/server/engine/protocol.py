@@ -27,6 +27,9 @@ class RequestStats:
     proposed_tokens: int = 0
     accepted_tokens: int = 0
     rounds: int = 0
+    """Target passes (each emits at least one token)."""
+    speculative_rounds: int = 0
+    """Target passes that verified at least one proposal."""
     first_token_confidence: float | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0

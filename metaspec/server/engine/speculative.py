@@ -179,6 +179,27 @@ def residual_distribution(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return torch.where(mass > 0, residual / mass.clamp_min(torch.finfo(p.dtype).tiny), p)
 
 
+def speculative_accept(
+    p: torch.Tensor, q: torch.Tensor | None, proposals: torch.Tensor, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rejection rule: the number of accepted proposals (), and the next token (1,).
+
+    `p` (J+1, V) the target's distributions at the J proposals and after them, `q` (J, V) the draft's
+    (None when J = 0), `proposals` (J,). Accept x_i with probability min(1, p_i(x_i) / q_i(x_i)); at
+    the first rejection draw from the residual, else the bonus token from p_{J+1}."""
+    j = proposals.shape[0]
+    if j == 0 or q is None:
+        token = torch.multinomial(p[-1:], 1, generator=generator).view(1)
+        return torch.zeros((), dtype=torch.long, device=p.device), token
+    px = p[:j].gather(1, proposals[:, None]).squeeze(1)  # (J,)
+    qx = q.gather(1, proposals[:, None]).squeeze(1)  # (J,) > 0: each x_i was drawn from q_i
+    u = torch.rand(j, device=p.device, generator=generator)
+    accepted = (u * qx < px).int().cumprod(0).sum()  # u < p/q: accept with probability min(1, p/q)
+    rows = torch.cat([residual_distribution(p[:j], q), p[j:]])  # (J+1, V): residuals, then bonus p
+    dist = rows.index_select(0, accepted.view(1))  # (1, V)
+    return accepted, torch.multinomial(dist, 1, generator=generator).view(1)
+
+
 class SpeculativeDecoder:
     """Target + optional draft + routing policy: decodes one request at a time."""
 
@@ -328,7 +349,7 @@ class _Run:
             accepted = (best[:j] == proposals).int().cumprod(0).sum()
             token = best.gather(0, accepted.view(1))
         else:
-            accepted, token = self._accept(probabilities(logits, seen, self.proc), q, proposals)
+            accepted, token = speculative_accept(probabilities(logits, seen, self.proc), q, proposals, self.generator)
         outcome = torch.cat([accepted.view(1), proposals, token]).tolist()  # the round's one host sync
         n = outcome[0]
         new = [*outcome[1 : 1 + n], outcome[-1]]
@@ -336,24 +357,8 @@ class _Run:
         self.stats.proposed_tokens += j
         self.stats.accepted_tokens += n
         self.stats.rounds += 1
+        self.stats.speculative_rounds += j > 0
         return new
-
-    def _accept(
-        self, p: torch.Tensor, q: torch.Tensor | None, proposals: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The rejection rule: number of accepted proposals (), and the next token (1,)."""
-        j = proposals.shape[0]
-        if j == 0 or q is None:
-            return torch.zeros((), dtype=torch.long, device=p.device), torch.multinomial(
-                p[-1:], 1, generator=self.generator
-            ).view(1)
-        px = p[:j].gather(1, proposals[:, None]).squeeze(1)  # (J,)
-        qx = q.gather(1, proposals[:, None]).squeeze(1)  # (J,) > 0: each x_i was drawn from q_i
-        u = torch.rand(j, device=p.device, generator=self.generator)
-        accepted = (u * qx < px).int().cumprod(0).sum()  # u < p/q: accept with probability min(1, p/q)
-        rows = torch.cat([residual_distribution(p[:j], q), p[j:]])  # (J+1, V): residuals, then bonus p
-        dist = rows.index_select(0, accepted.view(1))  # (1, V)
-        return accepted, torch.multinomial(dist, 1, generator=self.generator).view(1)
 
     def _advance(self, base: int, accepted: int, new: list[int]) -> None:
         """Append the round's tokens; crop both caches back to the accepted prefix."""

@@ -84,7 +84,7 @@ async def test_cancel_stops_decoding_and_the_engine_serves_on(engine: Speculativ
 
 @pytest.mark.parametrize(
     ("prompt", "message"),
-    [([], "empty"), ([10**9], "out of range"), (list(range(5000)), "hold 1024")],
+    [([], "empty"), ([10**9], "out of range"), (list(range(5000)), "holds 1020 per sequence")],
 )
 async def test_bad_requests_raise_value_error(engine: SpeculativeEngine, prompt: list[int], message: str) -> None:
     with pytest.raises(ValueError, match=message):
