@@ -9,9 +9,9 @@ acceptance is only each sequence lowering its own cache length (`slots.py`). Row
 sequence's tokens are distributed exactly as under target-only decoding whatever else is in the batch,
 and greedy output equals target-only greedy output (up to float rounding of batched kernels).
 
-A request joins between steps: its prompt is prefilled alone (target and, when routing needs it, draft)
-and its first token sampled from that pass, so its time to first token is one prefill plus the step in
-progress. It leaves when it finishes, is cancelled, or fails (non-finite logits fail that sequence only).
+Requests join between steps: the prompts of those joining are prefilled together (target and, when
+routing needs it, draft) and their first tokens sampled from that pass, so a time to first token is
+one prefill plus the step in progress. It leaves when it finishes, is cancelled, or fails (non-finite logits fail that sequence only).
 """
 
 from __future__ import annotations
@@ -103,31 +103,33 @@ class BatchDecoder:
             lengths.append(self.draft.max_length)
         return min(lengths) - self.routing.max_speculative_tokens - 1
 
-    @property
-    def full(self) -> bool:
-        return len(self.running) >= self.max_batch
-
     # joining and leaving
 
     @torch.inference_mode()
-    def add(self, seq: Sequence) -> None:
-        """Prefill `seq` alone, route it, emit its first token, and let it join the next step."""
-        seq.slot = len(self.running)
-        self.running.append(seq)
-        try:
-            vocab = self.target.vocab
+    def add(self, seqs: list[Sequence]) -> None:
+        """Prefill `seqs` together (one target pass, one draft pass), route them, emit their first tokens;
+        they join the next step."""
+        for seq in seqs:
+            seq.slot = len(self.running)
+            self.running.append(seq)
             if seq.proc.penalized:
-                seq.seen = torch.zeros(vocab, dtype=torch.bool, device=self.target.device)
+                seq.seen = torch.zeros(self.target.vocab, dtype=torch.bool, device=self.target.device)
                 seq.seen[torch.tensor(seq.prompt, device=self.target.device)] = True
+        try:
             if self.draft is not None and self.routing.uses_draft:
-                first = self.draft.admit(seq)
-                seq.stats.first_token_confidence = first
-                seq.speculate = self.routing.speculate_request(first)
+                for seq, first in zip(seqs, self.draft.admit(seqs), strict=True):
+                    seq.stats.first_token_confidence = first
+                    seq.speculate = self.routing.speculate_request(first)
+            logits, _ = self.target.forward([Chunk(seq.slot, 0, seq.prompt) for seq in seqs])
+        except Exception as error:  # nothing to attribute to one request
+            for seq in seqs:
+                self._fail(seq, error)
+            self._drop_finished()
+            return
+        finite = torch.isfinite(logits).all(-1).tolist()
+        for i, seq in enumerate(seqs):
             seq.stats.route = "speculative" if seq.speculate else "target-only"
-            logits, _ = self.target.forward([Chunk(seq.slot, 0, seq.prompt)])
-            self._settle(seq, logits, Proposal())
-        except Exception as error:  # a broken request must not take the engine down
-            self._fail(seq, error)
+            self._settle_safely(seq, logits[i : i + 1], Proposal(), finite[i])
         self._drop_finished()
 
     def _fail(self, seq: Sequence, error: BaseException) -> None:
@@ -177,13 +179,17 @@ class BatchDecoder:
             offsets.append(offsets[-1] + chunk.keep)
         finite = torch.isfinite(logits).all(-1).tolist()  # (N,)
         for seq, proposal, lo, hi in zip(batch, proposals, offsets, offsets[1:], strict=False):
-            try:
-                if not all(finite[lo:hi]):
-                    raise SequenceFailed("the target's logits are not finite for this sequence")
-                self._settle(seq, logits[lo:hi], proposal)
-            except Exception as error:  # this sequence only
-                self._fail(seq, error)
+            self._settle_safely(seq, logits[lo:hi], proposal, all(finite[lo:hi]))
         self._drop_finished()
+
+    def _settle_safely(self, seq: Sequence, logits: torch.Tensor, proposal: Proposal, finite: bool) -> None:
+        """`_settle`, failing this sequence only when its logits are not finite or settling raises."""
+        try:
+            if not finite:
+                raise SequenceFailed("the target's logits are not finite for this sequence")
+            self._settle(seq, logits, proposal)
+        except Exception as error:  # this sequence only
+            self._fail(seq, error)
 
     def _propose(self, batch: list[Sequence]) -> list[Proposal]:
         """Draft proposals for the speculating sequences; none for the others, nor for any when the batch
@@ -246,8 +252,8 @@ class Draft:
     needs_hidden: bool = False
     max_length: int
 
-    def admit(self, seq: Sequence) -> float:
-        """Take in the prompt; return the draft's first-token confidence (for `first-token` routing)."""
+    def admit(self, seqs: list[Sequence]) -> list[float]:
+        """Take in the prompts; return the draft's first-token confidences (for `first-token` routing)."""
         raise NotImplementedError
 
     def propose(self, seqs: list[Sequence], ks: list[int], threshold: float | None) -> list[Proposal]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .batch import Draft, Proposal, Sequence
-from .sampling import confidence, greedy_tokens, probabilities
+from .sampling import greedy_tokens, probabilities
 from .slots import Chunk, SlotModel
 
 
@@ -21,10 +21,11 @@ class ModelDraft(Draft):
         self.lm = lm
         self.max_length = lm.max_length
 
-    def admit(self, seq: Sequence) -> float:
-        logits, _ = self.lm.forward([Chunk(seq.slot, 0, seq.prompt)])
-        seq.draft_length = len(seq.prompt)
-        return confidence(logits[0]).item()
+    def admit(self, seqs: list[Sequence]) -> list[float]:
+        logits, _ = self.lm.forward([Chunk(seq.slot, 0, seq.prompt) for seq in seqs])
+        for seq in seqs:
+            seq.draft_length = len(seq.prompt)
+        return torch.softmax(logits.float(), dim=-1).amax(-1).tolist()
 
     def propose(self, seqs: list[Sequence], ks: list[int], threshold: float | None) -> list[Proposal]:
         logits, _ = self.lm.forward([Chunk(s.slot, s.draft_length, s.tokens[s.draft_length :]) for s in seqs])

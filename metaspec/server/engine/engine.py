@@ -278,16 +278,16 @@ class SpeculativeEngine:
     def _advance(self, active: list[_Request], joining: list[_Request]) -> None:
         """Admit `joining`, run one step (or, sequentially, one whole request), finish who is done."""
         assert self.decoder is not None
-        for request in joining:
-            if request.seq.cancelled:
-                request.finish()
-                continue
-            active.append(request)
-            if self.sequential is not None:
+        for request in [r for r in joining if r.seq.cancelled]:
+            request.finish()
+        joining = [r for r in joining if not r.seq.cancelled]
+        active.extend(joining)
+        if self.sequential is not None:
+            for request in joining:
                 request.decode_alone(self.sequential)
-            else:
-                self.decoder.add(request.seq)
-        if self.sequential is None:
+        else:
+            if joining:
+                self.decoder.add([r.seq for r in joining])
             self.decoder.step()
         for request in [r for r in active if r.seq.slot < 0]:
             active.remove(request)

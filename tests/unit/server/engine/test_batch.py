@@ -57,15 +57,18 @@ def run(dec: BatchDecoder, jobs: list[Job]) -> None:
     waiting = sorted(jobs, key=lambda j: j.arrival)
     step = 0
     while waiting or dec.running:
-        while waiting and waiting[0].arrival <= step and not dec.full:
-            job = waiting.pop(0)
-            generator = torch.Generator().manual_seed(job.seed)
-            job.seq = Sequence(
-                job.prompt, job.proc, job.budget, lambda t, out=job.out: out.extend(t) and False, generator
-            )
-            dec.add(job.seq)
+        joining = []
+        while waiting and waiting[0].arrival <= step and len(dec.running) + len(joining) < dec.max_batch:
+            joining.append(job := waiting.pop(0))
+            job.seq = Sequence(job.prompt, job.proc, job.budget, sink(job), torch.Generator().manual_seed(job.seed))
+        if joining:
+            dec.add([job.seq for job in joining])
         dec.step()
         step += 1
+
+
+def sink(job: Job):
+    return lambda tokens: job.out.extend(tokens) and False
 
 
 def greedy_jobs(penalty: float = 1.0) -> list[Job]:
@@ -167,8 +170,8 @@ def test_a_failing_sequence_fails_alone_and_leaves_its_slot_clean(tiny_target, t
         Job(0, [7, 1, 2], Processing(), 12),
     ]
     for job in jobs:
-        job.seq = Sequence(job.prompt, job.proc, job.budget, lambda t, out=job.out: out.extend(t) and False)
-        dec.add(job.seq)
+        job.seq = Sequence(job.prompt, job.proc, job.budget, sink(job))
+    dec.add([job.seq for job in jobs])
     victim = jobs[1].seq
     assert victim is not None
 
@@ -196,8 +199,8 @@ def test_a_cancelled_sequence_leaves_at_the_next_step(tiny_target, tiny_draft) -
     dec = decoder(tiny_target, tiny_draft, RoutingPolicy("always", 0.5, 3), max_batch=2)
     a, b = Job(0, [1, 2], Processing(), 30), Job(0, [4, 5, 6], Processing(), 12)
     for job in (a, b):
-        job.seq = Sequence(job.prompt, job.proc, job.budget, lambda t, out=job.out: out.extend(t) and False)
-        dec.add(job.seq)
+        job.seq = Sequence(job.prompt, job.proc, job.budget, sink(job))
+    dec.add([a.seq, b.seq])
     dec.step()
     assert a.seq is not None and b.seq is not None
     a.seq.cancelled = True
