@@ -209,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         RoutingPolicy(POLICIES[0], args.threshold, args.k),
         static_cache_len=args.cache_len if args.compile else None,
         compile=args.compile,
+        max_batch=1,  # batch-1 decoding: the sequential decoder (compiled on CUDA)
     )
     engines = {policy: first.with_routing(RoutingPolicy(policy, args.threshold, args.k)) for policy in POLICIES}
     # ours first: transformers' own static-cache compilation of the same forward, run before ours,

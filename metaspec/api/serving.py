@@ -58,7 +58,14 @@ class ServeSampling(Model):
     max_tokens: int = Field(256, ge=1, description="Default `max_tokens`.")
     max_tokens_limit: int = Field(2048, ge=1, description="Largest `max_tokens` a request may ask for.")
     max_prompt_tokens: int = Field(4096, ge=1, description="Longest prompt accepted, in tokens.")
-    max_concurrency: int = Field(1, ge=1, le=1024, description="Requests decoded at once per replica.")
+    max_concurrency: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description="Requests decoded at once per replica: the batch of the metaspec engine's continuous "
+        "batching (1: one request at a time, the path `compile` applies to), `--max-num-seqs` of vLLM. More "
+        "raises throughput until a step is compute-bound, and each sequence holds its KV cache.",
+    )
     max_queue: int = Field(64, ge=0, le=100000, description="Requests waiting beyond that; more get 429.")
 
     @model_validator(mode="after")

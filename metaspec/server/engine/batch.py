@@ -154,13 +154,14 @@ class BatchDecoder:
     # one step
 
     @torch.inference_mode()
-    def step(self) -> None:
-        """One round for every running sequence."""
+    def step(self) -> tuple[int, bool]:
+        """One round for every running sequence: (batch size, whether the draft proposed)."""
         self._drop_finished()
         if not self.running:
-            return
+            return 0, False
         batch = list(self.running)
         proposals = self._propose(batch)
+        speculative = any(p.tokens for p in proposals)
         chunks = [
             Chunk(s.slot, s.target_length, s.tokens[s.target_length :] + p.tokens, keep=len(p.tokens) + 1)
             for s, p in zip(batch, proposals, strict=True)
@@ -171,7 +172,7 @@ class BatchDecoder:
             for seq in batch:
                 self._fail(seq, error)
             self._drop_finished()
-            return
+            return len(batch), speculative
         if hidden is not None and self.draft is not None:
             self.draft.observe(batch, chunks, hidden)
         offsets = [0]
@@ -181,6 +182,7 @@ class BatchDecoder:
         for seq, proposal, lo, hi in zip(batch, proposals, offsets, offsets[1:], strict=False):
             self._settle_safely(seq, logits[lo:hi], proposal, all(finite[lo:hi]))
         self._drop_finished()
+        return len(batch), speculative
 
     def _settle_safely(self, seq: Sequence, logits: torch.Tensor, proposal: Proposal, finite: bool) -> None:
         """`_settle`, failing this sequence only when its logits are not finite or settling raises."""

@@ -4,8 +4,9 @@ Decoding is synchronous torch code in one worker thread, which owns the models a
 loops: let waiting requests join (up to `max_batch` decode together; `batch.py`), run one step for
 the batch, hand each request its new text (`Delta`s posted to the request's event loop or queue).
 A request that is cancelled (the client went away) or finishes leaves at the next step, freeing its
-slot. With `compile` on CUDA and a batch of one, the worker decodes requests one at a time through
-`SpeculativeDecoder` instead (static caches and CUDA graphs, which need one owner and fixed shapes).
+slot. At a batch of one (maxConcurrency 1) the worker decodes requests one at a time through
+`SpeculativeDecoder` instead: the batch-1 path, which `compile` on CUDA runs on static caches and CUDA
+graphs (they need one owner and fixed shapes).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class SpeculativeEngine:
         self._wake = threading.Condition()
         self._worker: threading.Thread | None = None
         self._closed = False
+        self.on_step: Callable[[int, bool], None] | None = None
 
     @classmethod
     def from_spec(
@@ -104,8 +106,14 @@ class SpeculativeEngine:
             routing,
             engine.max_batch,
         )
-        if self.sequential is not None and engine.max_batch == 1:
-            engine.sequential = SpeculativeDecoder(self.sequential.target, self.sequential.draft, routing)
+        if engine.max_batch == 1:
+            if self.sequential is not None:  # its compiled graphs, if any, serve every policy
+                target, draft_lm = self.sequential.target, self.sequential.draft
+            else:
+                lm = self.decoder.target
+                target = CausalLM(lm.model, lm.vocab)
+                draft_lm = CausalLM(draft.lm.model, draft.lm.vocab) if isinstance(draft, ModelDraft) else None
+            engine.sequential = SpeculativeDecoder(target, draft_lm, routing)
         return engine
 
     def load(self) -> None:
@@ -147,7 +155,7 @@ class SpeculativeEngine:
         length = cache_length or static_cache_len or 1 << 20  # SlotModel caps it at max_position_embeddings
         slot_draft = ModelDraft(SlotModel(draft, vocab, length)) if draft is not None else None
         self.decoder = BatchDecoder(SlotModel(target, vocab, length), slot_draft, routing, self.max_batch)
-        if static_cache_len:
+        if self.max_batch == 1:
             options = {"static_cache_len": static_cache_len, "compile": compile}
             options["compile_max_tokens"] = routing.max_speculative_tokens + 1  # verify: 1 pending + k proposals
             draft_lm = CausalLM(draft, vocab, **options) if draft is not None else None
@@ -288,7 +296,9 @@ class SpeculativeEngine:
         else:
             if joining:
                 self.decoder.add([r.seq for r in joining])
-            self.decoder.step()
+            batch, speculative = self.decoder.step()
+            if batch and self.on_step is not None:
+                self.on_step(batch, speculative)
         for request in [r for r in active if r.seq.slot < 0]:
             active.remove(request)
             request.finish()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -54,6 +54,8 @@ class Delta:
 class Engine(Protocol):
     model_name: str
     tokenizer: object
+    on_step: Callable[[int, bool], None] | None
+    """Called after each decoding step with the batch size and whether the draft proposed (metrics)."""
 
     def ready(self) -> bool:
         """True once target and draft are loaded and checked."""

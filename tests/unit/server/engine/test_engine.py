@@ -103,7 +103,9 @@ async def test_concurrent_requests_decode_as_they_would_alone(engine: Speculativ
         await asyncio.sleep(delay)
         return await collect(engine, prompt, sampling)
 
-    together = await asyncio.gather(*(later(0.02 * i, p, s) for i, (p, s) in enumerate(zip(prompts, params))))
+    together = await asyncio.gather(
+        *(later(0.02 * i, p, s) for i, (p, s) in enumerate(zip(prompts, params, strict=True)))
+    )
     for sampling, one, many in zip(params, alone, together, strict=True):
         assert many[-1].finish_reason == one[-1].finish_reason
         if sampling.temperature == 0:
