@@ -115,12 +115,16 @@ class BatchDecoder:
             if seq.proc.penalized:
                 seq.seen = torch.zeros(self.target.vocab, dtype=torch.bool, device=self.target.device)
                 seq.seen[torch.tensor(seq.prompt, device=self.target.device)] = True
+        drafting = self.draft is not None and self.routing.uses_draft
+        chunks = [Chunk(seq.slot, 0, seq.prompt) for seq in seqs]
         try:
-            if self.draft is not None and self.routing.uses_draft:
+            logits, features = self.target.forward(chunks, self.draft.feature_layers if drafting else ())
+            if self.draft is not None and drafting:  # after the target: a feature-level draft reads its pass
+                if features is not None:
+                    self.draft.observe(seqs, chunks, features)
                 for seq, first in zip(seqs, self.draft.admit(seqs), strict=True):
                     seq.stats.first_token_confidence = first
                     seq.speculate = self.routing.speculate_request(first)
-            logits, _ = self.target.forward([Chunk(seq.slot, 0, seq.prompt) for seq in seqs])
         except Exception as error:  # nothing to attribute to one request
             for seq in seqs:
                 self._fail(seq, error)
@@ -167,14 +171,15 @@ class BatchDecoder:
             for s, p in zip(batch, proposals, strict=True)
         ]
         try:
-            logits, hidden = self.target.forward(chunks, hidden=self.draft is not None and self.draft.needs_hidden)
+            layers = self.draft.feature_layers if self.draft is not None and self.routing.uses_draft else ()
+            logits, features = self.target.forward(chunks, layers)
         except Exception as error:  # the pass as a whole failed: nothing to attribute to one sequence
             for seq in batch:
                 self._fail(seq, error)
             self._drop_finished()
             return len(batch), speculative
-        if hidden is not None and self.draft is not None:
-            self.draft.observe(batch, chunks, hidden)
+        if features is not None and self.draft is not None:
+            self.draft.observe(batch, chunks, features)
         offsets = [0]
         for chunk in chunks:
             offsets.append(offsets[-1] + chunk.keep)
@@ -247,11 +252,12 @@ class Draft:
     """What the batch decoder asks of a draft (the seam for new kinds of drafts).
 
     A draft keeps its own per-sequence state, in the sequence's `slot` of whatever cache it holds and in
-    `Sequence.draft_length`. `needs_hidden`: the target's final hidden states of each verified position
-    are handed to `observe` after the verify pass (feature-level drafts condition on them).
+    `Sequence.draft_length`. `feature_layers`: after each target pass (the prefill before `admit`, each
+    verify pass) the inputs of these target layers at every position it scored are handed to `observe`
+    (feature-level drafts condition on them).
     """
 
-    needs_hidden: bool = False
+    feature_layers: tuple[int, ...] = ()
     max_length: int
 
     def admit(self, seqs: list[Sequence]) -> list[float]:
@@ -263,8 +269,9 @@ class Draft:
         the first position where the draft's confidence is below it (read before drawing that token)."""
         raise NotImplementedError
 
-    def observe(self, seqs: list[Sequence], chunks: list[Chunk], hidden: torch.Tensor) -> None:
-        """The target's hidden states (N, E) of the positions the verify pass kept, in chunk order."""
+    def observe(self, seqs: list[Sequence], chunks: list[Chunk], features: torch.Tensor) -> None:
+        """The target's `feature_layers` inputs (Σ len(ids), len(layers)·E) of every position the pass
+        scored, in chunk order."""
 
     def rewind(self, seq: Sequence, length: int) -> None:
         """Positions from `length` on are rejected."""

@@ -26,11 +26,13 @@ import torch
 
 from metaspec.api.serving import SpecServeSpec
 from metaspec.devices import resolve_device
+from metaspec.drafts import Eagle3Draft
 from metaspec.prompts import encode_chat, end_of_turn_ids
 
 from .batch import BatchDecoder, Sequence
 from .detokenize import IncrementalDetokenizer, StopStrings
 from .drafts import ModelDraft
+from .eagle import FeatureDraft, FeatureModel
 from .loader import LoadedModel, load_models, shared_vocab
 from .protocol import Delta, RequestStats, SamplingParams
 from .routing import RoutingPolicy
@@ -97,16 +99,20 @@ class SpeculativeEngine:
             raise ValueError("the compiled verify length is k + 1: keep maxSpeculativeTokens")
         engine = SpeculativeEngine(self.model_name, max_batch or self.max_batch)
         engine.tokenizer, engine.served, engine._stop_ids = self.tokenizer, self.served, self._stop_ids
-        draft = self.decoder.draft
+        target, draft = self.decoder.target, self.decoder.draft
         engine.decoder = BatchDecoder(
-            SlotModel(self.decoder.target.model, self.decoder.target.vocab, self.decoder.target.max_length),
-            ModelDraft(SlotModel(draft.lm.model, draft.lm.vocab, draft.lm.max_length))
+            SlotModel(target.model, target.vocab, target.max_length),
+            _draft(
+                draft.lm.draft if isinstance(draft, FeatureDraft) else draft.lm.model,
+                draft.lm.vocab,
+                draft.lm.max_length,
+            )
             if isinstance(draft, ModelDraft)
             else draft,
             routing,
             engine.max_batch,
         )
-        if engine.max_batch == 1:
+        if engine.max_batch == 1 and not isinstance(draft, FeatureDraft):  # the sequential path drafts tokens
             if self.sequential is not None:  # its compiled graphs, if any, serve every policy
                 target, draft_lm = self.sequential.target, self.sequential.draft
             else:
@@ -153,9 +159,10 @@ class SpeculativeEngine:
         """`cache_length`: positions per sequence in the batch caches (default: the models' own limit)."""
         vocab = shared_vocab(target, draft, tokenizer)
         length = cache_length or static_cache_len or 1 << 20  # SlotModel caps it at max_position_embeddings
-        slot_draft = ModelDraft(SlotModel(draft, vocab, length)) if draft is not None else None
-        self.decoder = BatchDecoder(SlotModel(target, vocab, length), slot_draft, routing, self.max_batch)
-        if self.max_batch == 1:
+        self.decoder = BatchDecoder(
+            SlotModel(target, vocab, length), _draft(draft, vocab, length), routing, self.max_batch
+        )
+        if self.max_batch == 1 and not isinstance(draft, Eagle3Draft):  # the sequential path drafts tokens only
             options = {"static_cache_len": static_cache_len, "compile": compile}
             options["compile_max_tokens"] = routing.max_speculative_tokens + 1  # verify: 1 pending + k proposals
             draft_lm = CausalLM(draft, vocab, **options) if draft is not None else None
@@ -388,6 +395,15 @@ def _until_stop_token(tokens: list[int], stop_ids: frozenset[int]) -> tuple[list
         if token in stop_ids:
             return tokens[:i], 1
     return tokens, 0
+
+
+def _draft(model: Any | None, vocab: int, length: int) -> ModelDraft | None:
+    """The batch decoder's draft for a loaded draft model: a token-level causal LM or an EAGLE-3 draft."""
+    if model is None:
+        return None
+    if isinstance(model, Eagle3Draft):
+        return FeatureDraft(FeatureModel(model, vocab, length))
+    return ModelDraft(SlotModel(model, vocab, length))
 
 
 def _drain(text: IncrementalDetokenizer, stops: StopStrings) -> tuple[str, bool]:

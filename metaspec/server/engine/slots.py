@@ -146,9 +146,10 @@ class SlotModel:
         forward = inspect.signature(model.base_model.forward).parameters
         self._cache_arg = "cache" if "cache" in forward else "past_key_values"
 
-    def forward(self, chunks: list[Chunk], hidden: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (N, V) of every chunk's last `keep` positions, rows in chunk order (N = Σ keep), and the
-        final hidden states (N, E) of those positions when `hidden`."""
+    def forward(self, chunks: list[Chunk], layers: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (N, V) of every chunk's last `keep` positions, rows in chunk order (N = Σ keep), and with
+        `layers` the input of each of those layers (the residual stream) at *every* position of every
+        chunk, concatenated per position: (Σ len(ids), len(layers)·E) in chunk order."""
         length = max(len(c.ids) for c in chunks)
         width = max(c.start + length for c in chunks)
         self.cache.prepare(chunks, width)
@@ -161,9 +162,21 @@ class SlotModel:
         keys = torch.arange(width, device=self.device)
         mask = (keys[None, None, :] <= positions[:, :, None])[:, None]  # (B, 1, T, width): causal per row
         cache = {self._cache_arg: self.cache}
-        out = self.model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **cache)
+        out = self.model.base_model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            output_hidden_states=bool(layers),
+            **cache,
+        )
         rows = torch.tensor([b for b, c in enumerate(chunks) for _ in range(c.keep)], device=self.device)
         cols = torch.tensor([len(c.ids) - c.keep + i for c in chunks for i in range(c.keep)], device=self.device)
         states = out.last_hidden_state[rows, cols]  # (N, E)
         logits = self._head(states)[:, : self.vocab]  # (N, V)
-        return logits, (states if hidden else None)
+        if not layers:
+            return logits, None
+        # hidden_states[i] is the input of layer i (0: the embeddings)
+        valid = torch.arange(length)[None, :] < torch.tensor([len(c.ids) for c in chunks])[:, None]  # (B, T)
+        features = torch.cat([out.hidden_states[i] for i in layers], dim=-1)  # (B, T, len(layers)·E)
+        return logits, features[valid.to(self.device)]
