@@ -41,7 +41,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from metaspec.api.serving import Routing
 from metaspec.builtin import records
-from metaspec.records import chat_prompt_ids
+from metaspec.prompts import chat_prompt_ids
 from metaspec.server.engine import RoutingPolicy, SamplingParams, SpeculativeEngine
 
 POLICIES = {
