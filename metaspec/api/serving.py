@@ -36,6 +36,14 @@ class Routing(Model):
         0.7, gt=0, le=1, description="Draft max-probability needed to speculate (0 < t ≤ 1)."
     )
     max_speculative_tokens: int = Field(5, ge=1, le=64, description="Draft tokens proposed per round (k).")
+    max_speculative_batch: int | None = Field(
+        None,
+        ge=0,
+        le=1024,
+        description="Speculate only while at most this many sequences decode together; above it every "
+        "sequence decodes target-only (a large batch is compute-bound, where verifying k + 1 tokens per "
+        "sequence costs about k + 1 plain steps). Unset: at any batch size. 0: never.",
+    )
 
 
 class ServeSampling(Model):
@@ -58,7 +66,14 @@ class ServeSampling(Model):
     max_tokens: int = Field(256, ge=1, description="Default `max_tokens`.")
     max_tokens_limit: int = Field(2048, ge=1, description="Largest `max_tokens` a request may ask for.")
     max_prompt_tokens: int = Field(4096, ge=1, description="Longest prompt accepted, in tokens.")
-    max_concurrency: int = Field(1, ge=1, le=1024, description="Requests decoded at once per replica.")
+    max_concurrency: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description="Requests decoded at once per replica: the batch of the metaspec engine's continuous "
+        "batching (1: one request at a time, the path `compile` applies to), `--max-num-seqs` of vLLM. More "
+        "raises throughput until a step is compute-bound, and each sequence holds its KV cache.",
+    )
     max_queue: int = Field(64, ge=0, le=100000, description="Requests waiting beyond that; more get 429.")
 
     @model_validator(mode="after")

@@ -20,6 +20,7 @@ from typing import Any
 from metaspec.api import Resource
 from metaspec.artifacts import S3Store, Uri, is_complete, reset_clients, upload_dir
 from metaspec.local.s3server import EmbeddedS3
+from metaspec.pipeline import uri_fields
 
 #: Where `examples/pipeline-local.yaml` finds SmolLM2-135M-Instruct. The runner uploads the bundled
 #: copy (`metaspec.local.bundled`) here before the first stage when a resource references it and it is
@@ -80,18 +81,9 @@ def open_storage(state_dir: Path, endpoint: str | None = None) -> Iterator[Stora
         reset_clients()
 
 
-def s3_uris(node: Any) -> Iterator[str]:
-    """Every `s3://` URI field of a spec (wire form). URI fields are the ones named `uri` throughout
-    the api; other strings (a stop string `s3://`, an annotation) name no bucket."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "uri" and isinstance(value, str) and value.startswith("s3://"):
-                yield value
-            else:
-                yield from s3_uris(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from s3_uris(value)
+def s3_uris(spec: dict[str, Any]) -> Iterator[str]:
+    """Every `s3://` URI field of a spec (wire form)."""
+    return (uri for uri in uri_fields(spec) if uri.startswith("s3://"))
 
 
 def ensure_buckets(resources: list[Resource]) -> None:

@@ -1,7 +1,9 @@
-"""Prometheus metrics of the router, in a registry of its own (one per app, so tests can build several).
+"""Prometheus metrics of the server, in a registry of its own (one per app, so tests can build several).
 
-Counters are the source of truth (`rate()` them in PromQL); the two `*_rate` gauges are the same ratios
-since start, for a glance at `/metrics` without a Prometheus server.
+Every series carries a `model` label (the served model name), so replicas and models aggregate in
+PromQL. Ratios are left to queries over counters, e.g. the acceptance rate
+`rate(metaspec_accepted_tokens_total[5m]) / rate(metaspec_proposed_tokens_total[5m])` and the mean
+acceptance length `1 + rate(metaspec_accepted_tokens_total[5m]) / rate(metaspec_speculation_rounds_total[5m])`.
 """
 
 from __future__ import annotations
@@ -17,80 +19,117 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 ENDPOINTS = ("/v1/completions", "/v1/chat/completions", "/v1/models")
 #: Status for requests whose client went away before the response: nginx's "client closed request".
 CLIENT_CLOSED = 499
+#: Why generations end: the engine's `stop`/`length`, a failure, or the client leaving first.
+FINISH_REASONS = ("stop", "length", "error", "cancelled")
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5)
 _RATE_BUCKETS = (1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 200, 300, 500, 1000)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 class ServerMetrics:
-    """The router's series; `queue_depth` and `in_flight` are read from admission at scrape time."""
+    """The server's series; running and waiting sequences are read from admission at scrape time."""
 
-    def __init__(self, queue_depth: Callable[[], int], in_flight: Callable[[], int]) -> None:
+    def __init__(self, model: str, running: Callable[[], int], waiting: Callable[[], int]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
+        self.model = model
+        r, m = self.registry, ["model"]
         self.requests = Counter(
-            "metaspec_requests", "HTTP requests by endpoint and status code.", ["endpoint", "status"], registry=r
+            "metaspec_requests", "HTTP requests by endpoint and status code.", [*m, "endpoint", "status"], registry=r
         )
-        self.prompt_tokens = Counter("metaspec_prompt_tokens", "Prompt tokens of completed requests.", registry=r)
-        self.completion_tokens = Counter("metaspec_completion_tokens", "Generated tokens.", registry=r)
+        self.prompt_tokens = Counter("metaspec_prompt_tokens", "Prompt tokens of finished generations.", m, registry=r)
+        self.completion_tokens = Counter("metaspec_completion_tokens", "Generated tokens.", m, registry=r)
         self.routed = Counter(
-            "metaspec_routed_requests", "Completed generations by route taken.", ["route"], registry=r
+            "metaspec_routed_requests", "Finished generations by route taken.", [*m, "route"], registry=r
         )
-        self.proposed = Counter("metaspec_proposed_tokens", "Draft tokens proposed to the target.", registry=r)
-        self.accepted = Counter("metaspec_accepted_tokens", "Draft tokens the target accepted.", registry=r)
-        self.speculation_rate = Gauge(
-            "metaspec_speculation_rate", "Share of generations routed speculative, since start.", registry=r
+        self.finished = Counter(
+            "metaspec_finished_requests",
+            "Generations by how they ended: stop (stop token or string), length (token budget), error, "
+            "cancelled (the client left).",
+            [*m, "reason"],
+            registry=r,
         )
-        self.acceptance_rate = Gauge(
-            "metaspec_acceptance_rate", "Accepted / proposed draft tokens, since start.", registry=r
+        self.proposed = Counter("metaspec_proposed_tokens", "Draft tokens proposed to the target.", m, registry=r)
+        self.accepted = Counter("metaspec_accepted_tokens", "Draft tokens the target accepted.", m, registry=r)
+        self.rounds = Counter(
+            "metaspec_speculation_rounds",
+            "Target passes that verified draft tokens; mean acceptance length = 1 + accepted / rounds.",
+            m,
+            registry=r,
+        )
+        self.steps = Counter(
+            "metaspec_decode_steps", "Batched decoding steps, by whether the draft proposed.", [*m, "speculative"],
+            registry=r,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "metaspec_batch_size", "Sequences decoded together per step.", m, buckets=_BATCH_BUCKETS, registry=r
         )
         self.ttft = Histogram(
             "metaspec_time_to_first_token_seconds",
-            "From admission of the request to its first generated text (queue wait included).",
+            "From arrival of the request to its first generated text (queue wait included).",
+            m,
             buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            "metaspec_inter_token_latency_seconds",
+            "Between consecutive generated tokens of a request, as streamed (a round's tokens share its time).",
+            m,
+            buckets=_TOKEN_LATENCY_BUCKETS,
             registry=r,
         )
         self.queue_wait = Histogram(
-            "metaspec_queue_wait_seconds",
-            "Time spent waiting for a decoding slot.",
-            buckets=_LATENCY_BUCKETS,
+            "metaspec_queue_wait_seconds", "Time spent waiting for a decoding slot.", m, buckets=_LATENCY_BUCKETS,
             registry=r,
-        )
+        )  # fmt: skip
         self.tokens_per_second = Histogram(
             "metaspec_generation_tokens_per_second",
             "Per request: generated tokens / generation time (prefill and decoding, queue wait excluded).",
+            m,
             buckets=_RATE_BUCKETS,
             registry=r,
         )
         self.request_seconds = Histogram(
-            "metaspec_request_duration_seconds", "Whole generation requests.", buckets=_LATENCY_BUCKETS, registry=r
+            "metaspec_request_duration_seconds", "Whole generation requests.", m, buckets=_LATENCY_BUCKETS, registry=r
         )
-        Gauge("metaspec_queue_depth", "Requests waiting for a decoding slot.", registry=r).set_function(queue_depth)
-        Gauge("metaspec_in_flight", "Requests decoding now.", registry=r).set_function(in_flight)
-        self._generations = {"speculative": 0, "target-only": 0}
-        self._tokens = {"proposed": 0, "accepted": 0}
+        Gauge("metaspec_running_sequences", "Requests holding a decoding slot.", m, registry=r).labels(
+            model
+        ).set_function(running)
+        Gauge("metaspec_waiting_sequences", "Requests waiting for a decoding slot.", m, registry=r).labels(
+            model
+        ).set_function(waiting)
 
     def request(self, path: str, status: int) -> None:
         endpoint = path if path in ENDPOINTS else "other"
-        self.requests.labels(endpoint=endpoint, status=str(status)).inc()
+        self.requests.labels(self.model, endpoint, str(status)).inc()
+
+    def step(self, batch: int, speculative: bool) -> None:
+        """Account one decoding step (called from the engine's thread; the client library is thread-safe)."""
+        self.batch_size.labels(self.model).observe(batch)
+        self.steps.labels(self.model, str(speculative).lower()).inc()
+
+    def token_latency(self, seconds: float, tokens: int) -> None:
+        """`tokens` arrived `seconds` after the previous ones: each gets an equal share."""
+        for _ in range(tokens):
+            self.itl.labels(self.model).observe(seconds / tokens)
+
+    def end(self, reason: str) -> None:
+        self.finished.labels(self.model, reason).inc()
 
     def generation(self, stats: RequestStats, request_seconds: float) -> None:
         """Account one finished generation."""
-        self.prompt_tokens.inc(stats.prompt_tokens)
-        self.completion_tokens.inc(stats.completion_tokens)
-        self.routed.labels(route=stats.route).inc()
-        self.proposed.inc(stats.proposed_tokens)
-        self.accepted.inc(stats.accepted_tokens)
-        self.request_seconds.observe(request_seconds)
+        m = self.model
+        self.prompt_tokens.labels(m).inc(stats.prompt_tokens)
+        self.completion_tokens.labels(m).inc(stats.completion_tokens)
+        self.routed.labels(m, stats.route).inc()
+        self.proposed.labels(m).inc(stats.proposed_tokens)
+        self.accepted.labels(m).inc(stats.accepted_tokens)
+        self.rounds.labels(m).inc(stats.speculative_rounds)
+        self.request_seconds.labels(m).observe(request_seconds)
         generation_seconds = (stats.time_to_first_token or 0.0) + stats.decode_seconds
         if generation_seconds > 0 and stats.completion_tokens:
-            self.tokens_per_second.observe(stats.completion_tokens / generation_seconds)
-        self._generations[stats.route] += 1
-        self._tokens["proposed"] += stats.proposed_tokens
-        self._tokens["accepted"] += stats.accepted_tokens
-        self.speculation_rate.set(self._generations["speculative"] / sum(self._generations.values()))
-        if self._tokens["proposed"]:
-            self.acceptance_rate.set(self._tokens["accepted"] / self._tokens["proposed"])
+            self.tokens_per_second.labels(m).observe(stats.completion_tokens / generation_seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

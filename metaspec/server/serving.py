@@ -309,12 +309,16 @@ class Serving:
         self.settings = settings
         self.engine = engine
         self.admission = Admission(settings.sampling.max_concurrency, settings.sampling.max_queue)
-        self.metrics = ServerMetrics(lambda: self.admission.waiting, lambda: self.admission.in_flight)
+        running, waiting = (lambda: self.admission.in_flight), (lambda: self.admission.waiting)
+        self.metrics = ServerMetrics(settings.model_name, running, waiting)
         self.created = int(time.time())
         self._longest_token: int | None = None
+        if engine is not None:
+            self.attach(engine)
 
     def attach(self, engine: Engine) -> None:
         self.engine = engine
+        engine.on_step = self.metrics.step
 
     def ready(self) -> bool:
         return self.engine is not None and self.engine.ready()
@@ -554,23 +558,36 @@ class Serving:
         """The engine's pieces of text once a slot is free; the last one carries finish_reason and stats.
         Closing this iterator (client gone) closes the engine's, which stops decoding."""
         await ticket.acquire()
-        self.metrics.queue_wait.observe(time.monotonic() - arrived)
-        first = True
+        metrics, model = self.metrics, self.metrics.model
+        metrics.queue_wait.labels(model).observe(time.monotonic() - arrived)
+        last: float | None = None  # when the previous tokens arrived
+        started, reason = False, "cancelled"
         stream = engine.generate(prompt_ids, params)
         try:
             async for delta in stream:
-                if first and delta.text:
-                    self.metrics.ttft.observe(time.monotonic() - arrived)
-                    first = False
+                now = time.monotonic()
+                if not started and (delta.text or delta.token_ids):
+                    metrics.ttft.labels(model).observe(now - arrived)
+                    started = True
+                if delta.token_ids:
+                    if last is not None:
+                        metrics.token_latency(now - last, len(delta.token_ids))
+                    last = now
                 if delta.finish_reason is not None:
                     if delta.stats is None:
                         raise RuntimeError("the engine finished a generation without its stats")
-                    self.metrics.generation(delta.stats, time.monotonic() - arrived)
+                    metrics.generation(delta.stats, now - arrived)
+                    reason = delta.finish_reason
                     ticket.release()  # decoding is over: the slot is free for the next sequence already
                     yield delta
                     return
                 yield delta
+            reason = "error"
+        except Exception:
+            reason = "error"
+            raise
         finally:
+            metrics.end(reason)
             await _aclose(stream)
         raise RuntimeError("the engine ended a generation without its final delta (finish_reason and stats)")
 

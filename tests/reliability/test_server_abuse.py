@@ -85,13 +85,13 @@ class AbuseServer:
         samples = {}
         for family in text_string_to_metric_families(httpx.get(f"{self.url}/metrics", timeout=30).text):
             for sample in family.samples:
-                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()) if k != "model")
                 samples[f"{sample.name}{{{labels}}}"] = sample.value
         return samples
 
     def busy(self) -> tuple[float, float]:
         samples = self.metrics()
-        return samples["metaspec_in_flight{}"], samples["metaspec_queue_depth{}"]
+        return samples["metaspec_running_sequences{}"], samples["metaspec_waiting_sequences{}"]
 
     def wait_idle(self, timeout: float = 60) -> None:
         """Until no request decodes or waits, read from the gauges (cancellations finish asynchronously)."""
@@ -545,7 +545,7 @@ async def burst(url: str, clients: int) -> tuple[list[int], float]:
             nonlocal deepest
             while True:
                 text = (await http.get("/metrics")).text
-                depth = next(line for line in text.splitlines() if line.startswith("metaspec_queue_depth "))
+                depth = next(line for line in text.splitlines() if line.startswith("metaspec_waiting_sequences{"))
                 deepest = max(deepest, float(depth.split()[1]))
                 await asyncio.sleep(0.01)
 

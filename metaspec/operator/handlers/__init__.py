@@ -1,6 +1,6 @@
 """Thin kopf handlers; importing this package registers them in kopf's default registry."""
 
-from . import dependencies, jobs, lifecycle, resync, specserve
+from . import children, dependencies, indexes, jobs, lifecycle, resync, specserve, writes
 from .common import Context
 
-__all__ = ["Context", "dependencies", "jobs", "lifecycle", "resync", "specserve"]
+__all__ = ["Context", "children", "dependencies", "indexes", "jobs", "lifecycle", "resync", "specserve", "writes"]

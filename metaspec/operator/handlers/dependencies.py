@@ -16,6 +16,7 @@ from metaspec import status as R
 from metaspec.api import GROUP, Phase, Resource, TeacherGeneration, TrainingRun, conditions
 from metaspec.operator import labels as L
 from metaspec.operator.handlers import common as C
+from metaspec.operator.handlers import indexes, writes
 from metaspec.operator.kube import Target
 
 #: Phases a dependent waits for; anything else changes nothing for it.
@@ -25,7 +26,7 @@ _NOT_STARTED = {Phase.PENDING.value, Phase.WAITING.value}
 
 def waiting_dependents(kwargs: dict[str, Any], namespace: str, kind: str, name: str) -> list[Resource]:
     """The resources that reference `kind/name` and have not started yet."""
-    find = C.lookup(kwargs, namespace)
+    find = indexes.lookup(kwargs, namespace)
     out = []
     for dep_kind, dep_name in kwargs["dependents_idx"].get((namespace, kind, name), []):
         dependent = find(dep_kind, dep_name)
@@ -52,7 +53,7 @@ async def _fail_deleted(ctx: C.Context, dependent: Resource, kind: str, name: st
         return R.failed(status, fresh, reason, message)
 
     meta = dependent.metadata
-    await C.update_status(ctx.kube, dependent.kind, meta.namespace, meta.name, compute)
+    await writes.update_status(ctx.kube, dependent.kind, meta.namespace, meta.name, compute)
 
 
 async def dependency_changed(

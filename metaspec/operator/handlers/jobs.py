@@ -13,6 +13,7 @@ from metaspec.api.summaries import FailureSummary
 from metaspec.operator import labels as L
 from metaspec.operator import status as S
 from metaspec.operator.builders import build_configmap, build_job, generation_name
+from metaspec.operator.handlers import children, indexes, writes
 from metaspec.operator.handlers import common as C
 from metaspec.operator.kube import Target
 
@@ -62,8 +63,8 @@ async def reconcile_resource(ctx: C.Context, resource: Resource, find: pipeline.
         return R.waiting(resource, status, check)
     if check is not None:
         resolved = pipeline.resolve(resource, check.resolved)
-        await C.ensure(ctx.kube, resource, build_configmap(resource, resolved, name))
-        job = await C.ensure(ctx.kube, resource, build_job(resource, ctx.settings, name))
+        await children.ensure(ctx.kube, resource, build_configmap(resource, resolved, name))
+        job = await children.ensure(ctx.kube, resource, build_job(resource, ctx.settings, name))
         status = R.started(resource, status, check)
     assert job is not None
     job = await _apply_suspend(ctx, resource, job)
@@ -77,10 +78,10 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: C.Context, namespa
         return
     with C.reconciling(resource.kind):
         try:
-            new = await reconcile_resource(memo, resource, C.lookup(kwargs, namespace))
+            new = await reconcile_resource(memo, resource, indexes.lookup(kwargs, namespace))
         except (C.Rejected, InvalidResource) as e:
             new = R.failed(C.current_status(resource), resource, conditions.API_REJECTED, str(e))
-        await C.commit_handled(memo.kube, body, resource, new)
+        await writes.commit_handled(memo.kube, body, resource, new)
 
 
 for _plural in PLURALS:
@@ -92,7 +93,7 @@ for _plural in PLURALS:
 @kopf.on.event("batch", "v1", "jobs", labels={L.MANAGED_BY: L.MANAGER})
 async def job_changed(event: kopf.RawEvent, body: kopf.Body, memo: C.Context, namespace: str, **kwargs: Any) -> None:
     """Mirror a Job's progress into its owner's status as it happens."""
-    owner = C.owner_of(body)
+    owner = children.owner_of(body)
     if event["type"] == "DELETED" or not body.get("status") or owner is None:
         return
     job = dict(body)
@@ -103,4 +104,4 @@ async def job_changed(event: kopf.RawEvent, body: kopf.Body, memo: C.Context, na
         return await mirror(memo, resource, job, C.current_status(resource))
 
     with C.reconciling(owner[0]):
-        await C.update_status(memo.kube, owner[0], namespace, owner[1], compute)
+        await writes.update_status(memo.kube, owner[0], namespace, owner[1], compute)

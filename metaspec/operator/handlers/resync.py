@@ -22,6 +22,8 @@ import kopf
 from metaspec import pipeline
 from metaspec.api import InvalidResource, Resource, SpecServe
 from metaspec.operator.handlers import common as C
+from metaspec.operator.handlers import indexes as I
+from metaspec.operator.handlers import writes
 from metaspec.operator.handlers.jobs import reconcile_resource
 from metaspec.operator.handlers.specserve import reconcile_serve
 
@@ -31,7 +33,7 @@ log = logging.getLogger(__name__)
 def unfinished(indexes: dict[str, Any]) -> list[Resource]:
     """Every valid resource the indexes hold that has not succeeded or failed."""
     out = []
-    for plural in C.PLURALS.values():
+    for plural in I.PLURALS.values():
         for found in indexes[f"{plural}_idx"].values():
             out += [r for r in found if r is not None and not pipeline.is_terminal(r)]
     return out
@@ -40,7 +42,7 @@ def unfinished(indexes: dict[str, Any]) -> list[Resource]:
 async def resync_one(memo: C.Context, resource: Resource, indexes: dict[str, Any]) -> None:
     """One level-triggered pass over `resource`, read fresh (it may have changed since it was indexed)."""
     meta = resource.metadata
-    find = C.lookup(indexes, meta.namespace)
+    find = I.lookup(indexes, meta.namespace)
 
     async def compute(fresh: Resource) -> dict[str, Any] | None:
         if pipeline.is_terminal(fresh):
@@ -50,7 +52,7 @@ async def resync_one(memo: C.Context, resource: Resource, indexes: dict[str, Any
         return await reconcile_resource(memo, fresh, find)
 
     with C.reconciling(resource.kind):
-        await C.update_status(memo.kube, resource.kind, meta.namespace, meta.name, compute)
+        await writes.update_status(memo.kube, resource.kind, meta.namespace, meta.name, compute)
 
 
 async def resync_forever(memo: C.Context, indexes: dict[str, Any]) -> None:
@@ -70,7 +72,7 @@ async def resync_forever(memo: C.Context, indexes: dict[str, Any]) -> None:
 @kopf.on.startup()
 async def start_resync(memo: C.Context, **indexes: Any) -> None:
     """Start the resync task; kopf hands startup activities its (still filling) live indexes."""
-    names = {f"{plural}_idx" for plural in C.PLURALS.values()}
+    names = {f"{plural}_idx" for plural in I.PLURALS.values()}
     live = {k: v for k, v in indexes.items() if k in names}
     memo.resync = asyncio.create_task(resync_forever(memo, live), name="metaspec-resync")
 

@@ -19,6 +19,7 @@ from metaspec.operator.builders import (
     service_url,
 )
 from metaspec.operator.builders.pod import SCHEDULING_FIELDS
+from metaspec.operator.handlers import children, indexes, writes
 from metaspec.operator.handlers import common as C
 from metaspec.operator.kube import Target
 
@@ -64,7 +65,7 @@ def desired(ctx: C.Context, resource: SpecServe, resolved: SpecServe, digests: d
 
 async def apply_deployment(ctx: C.Context, resource: SpecServe, manifest: dict[str, Any]) -> dict[str, Any]:
     """Create the Deployment, or update it when what we want changed (a new template rolls the pods)."""
-    existing = await C.ensure(ctx.kube, resource, manifest)
+    existing = await children.ensure(ctx.kube, resource, manifest)
     want = manifest["metadata"]["annotations"][L.SPEC_HASH]
     have = ((existing.get("metadata") or {}).get("annotations") or {}).get(L.SPEC_HASH)
     if have == want:
@@ -108,9 +109,9 @@ async def reconcile_serve(ctx: C.Context, resource: SpecServe, find: pipeline.Lo
     resolved = pipeline.resolve(resource, check.resolved)
     models = R.served(resource, check.resolved)
     config_map, manifest = desired(ctx, resource, resolved, {k: v.get("digest") for k, v in models.items()})
-    await C.ensure(ctx.kube, resource, config_map)
+    await children.ensure(ctx.kube, resource, config_map)
     deployment = await apply_deployment(ctx, resource, manifest)
-    await C.ensure(ctx.kube, resource, build_service(resource))
+    await children.ensure(ctx.kube, resource, build_service(resource))
     status = R.started(resource, status, check)
     status = R.with_condition(status, resource, API_KEY_REQUIRED, *api_key_condition(resource))
     return deployment_fields(ctx, resource, deployment, status)
@@ -123,13 +124,13 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: C.Context, namespa
     assert isinstance(resource, SpecServe)
     with C.reconciling(resource.kind):
         try:
-            new = await reconcile_serve(memo, resource, C.lookup(kwargs, namespace))
+            new = await reconcile_serve(memo, resource, indexes.lookup(kwargs, namespace))
         except (C.Rejected, InvalidResource, ValueError) as e:
             new = R.failed(C.current_status(resource), resource, conditions.API_REJECTED, str(e))
         _, reason, message = api_key_condition(resource)
         if reason == EXPOSED_WITHOUT_KEY:
             kopf.event(body, type="Warning", reason=reason, message=message)
-        await C.commit_handled(memo.kube, body, resource, new)
+        await writes.commit_handled(memo.kube, body, resource, new)
 
 
 kopf.on.create(GROUP, SpecServe.plural, id="reconcile")(reconcile)
@@ -142,7 +143,7 @@ async def deployment_changed(
     event: kopf.RawEvent, body: kopf.Body, memo: C.Context, namespace: str, **kwargs: Any
 ) -> None:
     """Mirror a Deployment's readiness into its SpecServe's status as it happens."""
-    owner = C.owner_of(body)
+    owner = children.owner_of(body)
     if event["type"] == "DELETED" or not body.get("status") or owner is None or owner[0] != "SpecServe":
         return
     deployment = dict(body)
@@ -157,4 +158,4 @@ async def deployment_changed(
         return deployment_fields(memo, resource, deployment, C.current_status(resource))
 
     with C.reconciling(owner[0]):
-        await C.update_status(memo.kube, owner[0], namespace, owner[1], compute)
+        await writes.update_status(memo.kube, owner[0], namespace, owner[1], compute)

@@ -1,19 +1,24 @@
-"""`SpeculativeEngine`: the `Engine` protocol on top of the speculative decoding loop.
+"""`SpeculativeEngine`: the `Engine` protocol on top of the batch decoder.
 
-Decoding is synchronous torch code; it runs in one dedicated worker thread (requests are decoded one at
-a time, which keeps the static caches and CUDA graphs of the compiled path single-owner) and streams
-`Delta`s to the event loop. Cancellation (the client went away) is checked between rounds.
+Decoding is synchronous torch code in one worker thread, which owns the models and their caches. It
+loops: let waiting requests join (up to `max_batch` decode together; `batch.py`), run one step for
+the batch, hand each request its new text (`Delta`s posted to the request's event loop or queue).
+A request that is cancelled (the client went away) or finishes leaves at the next step, freeing its
+slot. At a batch of one (maxConcurrency 1) the worker decodes requests one at a time through
+`SpeculativeDecoder` instead: the batch-1 path, which `compile` on CUDA runs on static caches and CUDA
+graphs (they need one owner and fixed shapes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,38 +26,52 @@ import torch
 
 from metaspec.api.serving import SpecServeSpec
 from metaspec.devices import resolve_device
+from metaspec.drafts import Eagle3Draft
 from metaspec.prompts import encode_chat, end_of_turn_ids
 
+from .batch import BatchDecoder, Sequence
 from .detokenize import IncrementalDetokenizer, StopStrings
+from .drafts import ModelDraft
+from .eagle import FeatureDraft, FeatureModel
 from .loader import LoadedModel, load_models, shared_vocab
 from .protocol import Delta, RequestStats, SamplingParams, TokenLogprob
 from .routing import RoutingPolicy
 from .sampling import Processing
+from .slots import SlotModel
 from .speculative import CausalLM, SpeculativeDecoder
 
 log = logging.getLogger(__name__)
 _DONE = object()
+#: Sequences decoded together when nothing says otherwise (tests, benchmarks); servers use maxConcurrency.
+DEFAULT_BATCH = 16
 
 
 class SpeculativeEngine:
-    """Target + draft with confidence routing. Build with `from_spec` (then `load()`, blocking) for
-    the server, or `from_models` with models already in memory (tests, benchmarks)."""
+    """Target + draft with confidence routing and continuous batching. Build with `from_spec` (then
+    `load()`, blocking) for the server, or `from_models` with models already in memory (tests,
+    benchmarks)."""
 
-    def __init__(self, model_name: str) -> None:
+    def __init__(self, model_name: str, max_batch: int = DEFAULT_BATCH) -> None:
         self.model_name = model_name
+        self.max_batch = max_batch
         self.tokenizer: Any = None
-        self.decoder: SpeculativeDecoder | None = None
+        self.decoder: BatchDecoder | None = None
+        self.sequential: SpeculativeDecoder | None = None
         self.served: dict[str, LoadedModel] = {}
         self._loader: Any = None
         self._stop_ids: frozenset[int] = frozenset()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metaspec-decode")
+        self._inbox: deque[_Request] = deque()
+        self._wake = threading.Condition()
+        self._worker: threading.Thread | None = None
+        self._closed = False
+        self.on_step: Callable[[int, bool], None] | None = None
 
     @classmethod
     def from_spec(
         cls, spec: SpecServeSpec, model_name: str, cache_dir: Path, device: str | None = None
     ) -> SpeculativeEngine:
         """An engine that loads `spec`'s models when `load()` is called; `ready()` is False until then."""
-        engine = cls(model_name)
+        engine = cls(model_name, spec.sampling.max_concurrency)
         engine._loader = lambda: engine._load_spec(spec, cache_dir, resolve_device(device))
         return engine
 
@@ -66,21 +85,41 @@ class SpeculativeEngine:
         model_name: str = "metaspec",
         static_cache_len: int | None = None,
         compile: bool = False,
+        max_batch: int = DEFAULT_BATCH,
     ) -> SpeculativeEngine:
-        engine = cls(model_name)
+        engine = cls(model_name, max_batch)
         engine._build(target, draft, tokenizer, routing, static_cache_len, compile)
         return engine
 
-    def with_routing(self, routing: RoutingPolicy) -> SpeculativeEngine:
-        """An engine decoding with this one's models (and compiled graphs) under another routing policy
-        with the same `maxSpeculativeTokens`; both must decode from one thread, one request at a time."""
+    def with_routing(self, routing: RoutingPolicy, max_batch: int | None = None) -> SpeculativeEngine:
+        """An engine decoding with this one's models (caches of its own, its own worker) under another
+        routing policy with the same `maxSpeculativeTokens` (the compiled verify length is k + 1)."""
         assert self.decoder is not None
         if routing.max_speculative_tokens != self.decoder.routing.max_speculative_tokens:
             raise ValueError("the compiled verify length is k + 1: keep maxSpeculativeTokens")
-        engine = SpeculativeEngine(self.model_name)
+        engine = SpeculativeEngine(self.model_name, max_batch or self.max_batch)
         engine.tokenizer, engine.served, engine._stop_ids = self.tokenizer, self.served, self._stop_ids
-        engine.decoder = SpeculativeDecoder(self.decoder.target, self.decoder.draft, routing)
-        engine._executor = self._executor
+        target, draft = self.decoder.target, self.decoder.draft
+        engine.decoder = BatchDecoder(
+            SlotModel(target.model, target.vocab, target.max_length),
+            _draft(
+                draft.lm.draft if isinstance(draft, FeatureDraft) else draft.lm.model,
+                draft.lm.vocab,
+                draft.lm.max_length,
+            )
+            if isinstance(draft, ModelDraft)
+            else draft,
+            routing,
+            engine.max_batch,
+        )
+        if engine.max_batch == 1 and not isinstance(draft, FeatureDraft):  # the sequential path drafts tokens
+            if self.sequential is not None:  # its compiled graphs, if any, serve every policy
+                target, draft_lm = self.sequential.target, self.sequential.draft
+            else:
+                lm = self.decoder.target
+                target = CausalLM(lm.model, lm.vocab)
+                draft_lm = CausalLM(draft.lm.model, draft.lm.vocab) if isinstance(draft, ModelDraft) else None
+            engine.sequential = SpeculativeDecoder(target, draft_lm, routing)
         return engine
 
     def load(self) -> None:
@@ -95,17 +134,17 @@ class SpeculativeEngine:
         if draft is None and routing.uses_draft:
             log.warning("no draft model: routing %r falls back to target-only decoding", routing.policy)
             routing = RoutingPolicy("never", routing.threshold, routing.max_speculative_tokens)
-        static = None
-        compile = spec.compile and device.type == "cuda"
+        limits = spec.sampling
+        length = limits.max_prompt_tokens + limits.max_tokens_limit + routing.max_speculative_tokens + 1
+        compile = spec.compile and device.type == "cuda" and self.max_batch == 1
         if compile:
-            limits = spec.sampling
-            static = limits.max_prompt_tokens + limits.max_tokens_limit + routing.max_speculative_tokens + 1
             # every attention reads the whole static cache: a verify pass at 6150 positions costs 2.2 steps
             # on an H100 (docs/benchmarks.md), so tight limits make speculation pay
-            log.info("compile: a static KV cache of %d positions (maxPromptTokens + maxTokensLimit + k + 1)", static)
+            log.info("compile: a static KV cache of %d positions (maxPromptTokens + maxTokensLimit + k + 1)", length)
         elif spec.compile:
-            log.info("compile: static cache + torch.compile apply on CUDA only; decoding eagerly on %s", device)
-        self._build(target.model, draft.model if draft else None, target.tokenizer, routing, static, compile)
+            log.info("compile: static cache + torch.compile apply to CUDA at maxConcurrency 1; decoding eagerly")
+        model, draft_model = target.model, draft.model if draft else None
+        self._build(model, draft_model, target.tokenizer, routing, length if compile else None, compile, length)
 
     def _build(
         self,
@@ -115,17 +154,29 @@ class SpeculativeEngine:
         routing: RoutingPolicy,
         static_cache_len: int | None,
         compile: bool,
+        cache_length: int | None = None,
     ) -> None:
+        """`cache_length`: positions per sequence in the batch caches (default: the models' own limit)."""
         vocab = shared_vocab(target, draft, tokenizer)
-        options = {"static_cache_len": static_cache_len, "compile": compile}
-        options["compile_max_tokens"] = routing.max_speculative_tokens + 1  # verify: 1 pending + k proposals
-        draft_lm = CausalLM(draft, vocab, **options) if draft is not None else None
-        self.decoder = SpeculativeDecoder(CausalLM(target, vocab, **options), draft_lm, routing)
+        length = cache_length or static_cache_len or 1 << 20  # SlotModel caps it at max_position_embeddings
+        self.decoder = BatchDecoder(
+            SlotModel(target, vocab, length), _draft(draft, vocab, length), routing, self.max_batch
+        )
+        if self.max_batch == 1 and not isinstance(draft, Eagle3Draft):  # the sequential path drafts tokens only
+            options = {"static_cache_len": static_cache_len, "compile": compile}
+            options["compile_max_tokens"] = routing.max_speculative_tokens + 1  # verify: 1 pending + k proposals
+            draft_lm = CausalLM(draft, vocab, **options) if draft is not None else None
+            self.sequential = SpeculativeDecoder(CausalLM(target, vocab, **options), draft_lm, routing)
         self.tokenizer = tokenizer
         self._stop_ids = frozenset(end_of_turn_ids(tokenizer))
 
     def ready(self) -> bool:
         return self.decoder is not None
+
+    @property
+    def routing(self) -> RoutingPolicy:
+        assert self.decoder is not None
+        return self.decoder.routing
 
     def encode_prompt(self, prompt: str, add_special_tokens: bool = True) -> list[int]:
         return list(self.tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"])
@@ -142,37 +193,7 @@ class SpeculativeEngine:
         )
 
     def max_model_len(self) -> int:
-        assert self.decoder is not None
-        return self.decoder.max_length
-
-    async def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[Delta]:
-        """Stream the completion. Raises ValueError (before any Delta) for an unusable request."""
-        self.check_request(prompt_ids, params)
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        cancel = threading.Event()
-
-        def post(item: Any) -> None:
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-
-        def work() -> None:
-            try:
-                for delta in self.generate_sync(prompt_ids, params, cancel):
-                    post(delta)
-            except Exception as error:  # handed to the awaiting request; the worker stays alive
-                post(error)
-            finally:
-                post(_DONE)
-
-        loop.run_in_executor(self._executor, work)
-        try:
-            while (item := await queue.get()) is not _DONE:
-                if isinstance(item, Exception):
-                    raise item
-                yield item
-        finally:
-            cancel.set()
+        return self._max_length
 
     def check_request(self, prompt_ids: list[int], params: SamplingParams) -> None:
         if self.decoder is None:
@@ -185,64 +206,44 @@ class SpeculativeEngine:
             raise ValueError(f"prompt token ids out of range [0, {vocab}): {bad[:5]}")
         if params.max_tokens < 1:
             raise ValueError(f"max_tokens must be ≥ 1, got {params.max_tokens}")
-        room = self.decoder.max_length - len(prompt_ids) - self.decoder.routing.max_speculative_tokens - 1
-        if room < 1:
+        if self._room(prompt_ids) < 1:
             raise ValueError(
-                f"the prompt has {len(prompt_ids)} tokens; the models hold {self.decoder.max_length} in all"
+                f"the prompt has {len(prompt_ids)} tokens; the KV cache holds {self._max_length} per sequence, "
+                "prompt and completion together (maxPromptTokens + maxTokensLimit)"
             )
         if params.temperature < 0 or not 0 < params.top_p <= 1 or params.repetition_penalty <= 0:
             raise ValueError("temperature must be ≥ 0, top_p in (0, 1], repetition_penalty > 0")
         if not 0 <= params.min_p <= 1 or params.min_tokens < 0 or (params.logprobs or 0) < 0:
             raise ValueError("min_p must be in [0, 1], min_tokens and logprobs ≥ 0")
 
-    def generate_sync(
-        self, prompt_ids: list[int], params: SamplingParams, cancel: threading.Event | None = None
-    ) -> Iterator[Delta]:
-        """The blocking generator behind `generate`: one Delta per round, then a final one with
-        `finish_reason` and `stats`."""
-        self.check_request(prompt_ids, params)
+    @property
+    def _max_length(self) -> int:
         assert self.decoder is not None
-        room = self.decoder.max_length - len(prompt_ids) - self.decoder.routing.max_speculative_tokens - 1
-        budget = min(params.max_tokens, room)
-        stats = RequestStats(prompt_tokens=len(prompt_ids))
-        text = IncrementalDetokenizer(self.tokenizer, prompt_ids)
-        stops = StopStrings(params.stop)
-        start = time.perf_counter()
-        ends = self._end_ids(params)
-        proc = Processing.of(params, tuple(sorted(ends)))
-        logprobs: list[TokenLogprob] = []
-        record = None if params.logprobs is None else (params.logprobs, logprobs)
-        rounds = self.decoder.decode(prompt_ids, proc, budget, stats, self._generator(params), record)
-        finish = "length"
+        if self.sequential is not None:
+            return self.sequential.max_length - self.decoder.routing.max_speculative_tokens - 1
+        return self.decoder.max_length
+
+    def _room(self, prompt_ids: list[int]) -> int:
+        return self._max_length - len(prompt_ids)
+
+    async def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[Delta]:
+        """Stream the completion. Raises ValueError (before any Delta) for an unusable request."""
+        self.check_request(prompt_ids, params)
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue[Any] = asyncio.Queue()
+
+        def post(item: Any) -> None:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(inbox.put_nowait, item)
+
+        request = self._submit(prompt_ids, params, post)
         try:
-            for tokens in rounds:
-                if stats.time_to_first_token is None:
-                    stats.time_to_first_token = time.perf_counter() - start
-                kept, ended = _until_end(tokens, ends)
-                stats.completion_tokens += len(kept) + ended
-                piece, stopped = stops.add(text.add(kept))
-                if ended and not stopped:
-                    tail, stopped = _drain(text, stops)
-                    piece += tail
-                scores = logprobs[: len(kept)]  # the round's; an end token's own is not reported
-                logprobs.clear()
-                if ended or stopped:
-                    finish = "stop"
-                    yield Delta(piece, kept, scores)
-                    break
-                if piece or kept:
-                    yield Delta(piece, kept, scores)
-                if cancel is not None and cancel.is_set():
-                    return
-            else:
-                tail, stopped = _drain(text, stops)
-                finish = "stop" if stopped else finish
-                if tail:
-                    yield Delta(tail)
+            while (item := await inbox.get()) is not _DONE:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
         finally:
-            rounds.close()
-        stats.decode_seconds = time.perf_counter() - start - (stats.time_to_first_token or 0.0)
-        yield Delta("", finish_reason=finish, stats=stats)
+            self._cancel(request)
 
     def _end_ids(self, params: SamplingParams) -> frozenset[int]:
         """The tokens that end this request: the model's end-of-turn/EOS tokens (unless `ignore_eos`)
@@ -250,13 +251,176 @@ class SpeculativeEngine:
         own = frozenset() if params.ignore_eos else self._stop_ids
         return own | frozenset(params.stop_token_ids)
 
-    def _generator(self, params: SamplingParams) -> torch.Generator:
+    def generate_sync(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[Delta]:
+        """The blocking twin of `generate` (any thread; requests from several threads batch together):
+        one Delta per round with new text, then a final one with `finish_reason` and `stats`."""
+        self.check_request(prompt_ids, params)
+        inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        request = self._submit(prompt_ids, params, inbox.put)
+        try:
+            while (item := inbox.get()) is not _DONE:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self._cancel(request)
+
+    def _submit(self, prompt_ids: list[int], params: SamplingParams, post: Callable[[Any], None]) -> _Request:
+        budget = min(params.max_tokens, self._room(prompt_ids))
         assert self.decoder is not None
-        seed = params.seed if params.seed is not None else random.SystemRandom().randrange(1 << 62)
-        return torch.Generator(device=self.decoder.target.device).manual_seed(seed)
+        generator = torch.Generator(device=self.decoder.target.device).manual_seed(
+            params.seed if params.seed is not None else random.SystemRandom().randrange(1 << 62)
+        )
+        request = _Request(self, prompt_ids, params, budget, generator, post)
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("the engine is closed")
+            self._inbox.append(request)
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._work, name="metaspec-decode", daemon=True)
+                self._worker.start()
+            self._wake.notify()
+        return request
+
+    def _cancel(self, request: _Request) -> None:
+        with self._wake:
+            request.seq.cancelled = True
+            self._wake.notify()
+
+    # the worker thread
+
+    def _work(self) -> None:
+        active: list[_Request] = []
+        while True:
+            with self._wake:
+                while not self._inbox and not active and not self._closed:
+                    self._wake.wait()
+                if self._closed:
+                    for request in [*active, *self._inbox]:
+                        request.fail(RuntimeError("the engine was closed"))
+                    return
+                limit = 1 if self.sequential is not None else self.max_batch
+                joining = [self._inbox.popleft() for _ in range(min(len(self._inbox), limit - len(active)))]
+            try:
+                self._advance(active, joining)
+            except Exception as error:  # a bug, not a request's fault: fail what is in flight, serve on
+                log.exception("decoding step failed")
+                for request in active:
+                    request.fail(error)
+                active.clear()
+
+    def _advance(self, active: list[_Request], joining: list[_Request]) -> None:
+        """Admit `joining`, run one step (or, sequentially, one whole request), finish who is done."""
+        assert self.decoder is not None
+        for request in [r for r in joining if r.seq.cancelled]:
+            request.finish()
+        joining = [r for r in joining if not r.seq.cancelled]
+        active.extend(joining)
+        if self.sequential is not None:
+            for request in joining:
+                request.decode_alone(self.sequential)
+        else:
+            if joining:
+                self.decoder.add([r.seq for r in joining])
+            batch, speculative = self.decoder.step()
+            if batch and self.on_step is not None:
+                self.on_step(batch, speculative)
+        for request in [r for r in active if r.seq.slot < 0]:
+            active.remove(request)
+            request.finish()
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+
+
+class _Request:
+    """One request in the worker: its sequence, its text so far, and where its Deltas go."""
+
+    def __init__(
+        self,
+        engine: SpeculativeEngine,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        budget: int,
+        generator: torch.Generator,
+        post: Callable[[Any], None],
+    ) -> None:
+        self.stats = RequestStats(prompt_tokens=len(prompt_ids))
+        self.ends = engine._end_ids(params)
+        proc = Processing.of(params, tuple(sorted(self.ends)))
+        self.seq = Sequence(prompt_ids, proc, budget, self.add, generator, self.stats)
+        self.logprobs: list[TokenLogprob] = []
+        if params.logprobs is not None:
+            self.seq.logprobs = (params.logprobs, self.logprobs)
+        self.text = IncrementalDetokenizer(engine.tokenizer, prompt_ids)
+        self.stops = StopStrings(params.stop)
+        self.post = post
+        self.start = time.perf_counter()
+        self.stopped = False
+
+    def add(self, tokens: list[int]) -> bool:
+        """A round's tokens: post the new text; True when a stop token or stop string ended it."""
+        stats = self.stats
+        if stats.time_to_first_token is None:
+            stats.time_to_first_token = time.perf_counter() - self.start
+        kept, ended = _until_end(tokens, self.ends)
+        stats.completion_tokens += len(kept) + ended
+        piece, stopped = self.stops.add(self.text.add(kept))
+        if ended and not stopped:
+            tail, stopped = _drain(self.text, self.stops)
+            piece += tail
+        self.stopped = ended or stopped
+        scores = self.logprobs[: len(kept)]  # the round's; an end token's own is not reported
+        self.logprobs.clear()
+        if piece or kept or self.stopped:
+            self.post(Delta(piece, kept, scores))
+        return self.stopped
+
+    def decode_alone(self, decoder: SpeculativeDecoder) -> None:
+        """Decode the whole request through the sequential (compiled) decoder."""
+        seq = self.seq
+        rounds = decoder.decode(seq.prompt, seq.proc, seq.budget, self.stats, seq.generator, seq.logprobs)
+        try:
+            for tokens in rounds:
+                seq.tokens.extend(tokens)
+                if self.add(tokens) or seq.cancelled:
+                    break
+        except Exception as error:
+            seq.error = error
+        finally:
+            rounds.close()
+
+    def finish(self) -> None:
+        """The sequence left the batch: post its end (final Delta, or its error)."""
+        seq = self.seq
+        if seq.error is not None:
+            self.fail(seq.error)
+            return
+        if not seq.cancelled:
+            finish = "stop" if self.stopped else "length"
+            if not self.stopped:
+                tail, stopped = _drain(self.text, self.stops)
+                finish = "stop" if stopped else finish
+                if tail:
+                    self.post(Delta(tail))
+            self.stats.decode_seconds = time.perf_counter() - self.start - (self.stats.time_to_first_token or 0.0)
+            self.post(Delta("", finish_reason=finish, stats=self.stats))
+        self.post(_DONE)
+
+    def fail(self, error: BaseException) -> None:
+        self.post(RuntimeError(f"generation failed: {error}"))
+        self.post(_DONE)
+
+
+def _draft(model: Any | None, vocab: int, length: int) -> ModelDraft | None:
+    """The batch decoder's draft for a loaded draft model: a token-level causal LM or an EAGLE-3 draft."""
+    if model is None:
+        return None
+    if isinstance(model, Eagle3Draft):
+        return FeatureDraft(FeatureModel(model, vocab, length))
+    return ModelDraft(SlotModel(model, vocab, length))
 
 
 def _until_end(tokens: list[int], ends: frozenset[int]) -> tuple[list[int], int]:

@@ -20,7 +20,8 @@ from metaspec.api.serving import SpecServeSpec
 from metaspec.api.training import ModelSource
 from metaspec.artifacts import materialize
 from metaspec.devices import resolve_dtype
-from metaspec.drafts.vocabulary import DraftFormatError, SubsetHead, load_draft_vocabulary
+from metaspec.drafts import DraftFormatError, Eagle3Draft, is_eagle3, load_eagle3
+from metaspec.drafts.vocabulary import SubsetHead, load_draft_vocabulary
 from metaspec.runtime import PermanentError
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,14 @@ def check_safetensors(local: Path, role: str, uri: str) -> None:
 
 
 def load_model(
-    source: ModelSource, role: str, cache_dir: Path, device: torch.device, dtype: torch.dtype
+    source: ModelSource,
+    role: str,
+    cache_dir: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    target: LoadedModel | None = None,
 ) -> LoadedModel:
+    """A causal LM, or (a draft given its `target`) an EAGLE-3 draft folder over the target's features."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     uri = str(source.location)
@@ -66,8 +73,14 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(local, trust_remote_code=trust)
     except (OSError, ValueError) as e:
         raise IncompatibleModel(f"{role} model {uri} has no usable tokenizer: {e}") from None
-    model = AutoModelForCausalLM.from_pretrained(local, dtype=dtype, use_safetensors=True, trust_remote_code=trust)
-    _prune_head(model, local, role, uri)
+    if target is not None and is_eagle3(local):
+        try:
+            model = load_eagle3(local, target.model.get_input_embeddings(), target.model.config).to(dtype)
+        except DraftFormatError as e:
+            raise IncompatibleModel(f"{role} model {uri} is not a usable EAGLE-3 draft: {e}") from None
+    else:
+        model = AutoModelForCausalLM.from_pretrained(local, dtype=dtype, use_safetensors=True, trust_remote_code=trust)
+        _prune_head(model, local, role, uri)
     model.to(device).eval()
     log.info("loaded %s model %s (%s, %s)", role, uri, dtype, device)
     return LoadedModel(role, uri, model, tokenizer, manifest.digest if manifest else None)
@@ -113,7 +126,8 @@ def check_same_tokenizer(target: LoadedModel, draft: LoadedModel) -> None:
 
 def shared_vocab(target: Any, draft: Any | None, tokenizer: Any) -> int:
     """Logit columns both models score (embedding matrices may be padded beyond the tokenizer)."""
-    heads = [m.get_output_embeddings() for m in (target, draft) if m is not None]
+    # an EAGLE-3 draft scores a subset of the target's vocabulary, mapped onto it by its `d2t`
+    heads = [m.get_output_embeddings() for m in (target, draft) if m is not None and not isinstance(m, Eagle3Draft)]
     sizes = [getattr(head, "vocab", None) or head.weight.shape[0] for head in heads]  # a `SubsetHead` spreads
     vocab = min(sizes)
     if len(tokenizer) > vocab:
@@ -127,6 +141,6 @@ def load_models(spec: SpecServeSpec, cache_dir: Path, device: torch.device) -> t
     target = load_model(spec.target, "target", cache_dir, device, dtype)
     if spec.draft is None:
         return target, None
-    draft = load_model(spec.draft, "draft", cache_dir, device, dtype)
+    draft = load_model(spec.draft, "draft", cache_dir, device, dtype, target)
     check_same_tokenizer(target, draft)
     return target, draft

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -50,6 +50,9 @@ class RequestStats:
     proposed_tokens: int = 0
     accepted_tokens: int = 0
     rounds: int = 0
+    """Target passes (each emits at least one token)."""
+    speculative_rounds: int = 0
+    """Target passes that verified at least one proposal."""
     first_token_confidence: float | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -76,6 +79,8 @@ class Delta:
 class Engine(Protocol):
     model_name: str
     tokenizer: object
+    on_step: Callable[[int, bool], None] | None
+    """Called after each decoding step with the batch size and whether the draft proposed (metrics)."""
 
     def ready(self) -> bool:
         """True once target and draft are loaded and checked."""

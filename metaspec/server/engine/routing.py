@@ -12,6 +12,13 @@ is sampled (the emitted prefix and the draft's own distribution there), leaves t
 - `per-token`: at each drafting position the draft's confidence is read *before* a token is drawn
   from q; a low confidence ends the round, and that position's token then comes from the target's p
   (as the bonus token or as a one-token target step). The decision never looks at a target sample.
+
+Load: `maxSpeculativeBatch` turns speculation off for a step whose batch holds more sequences than
+that (vLLM's `disable_by_batch_size`). A decode step is memory-bound at small batches — reading the
+weights costs the same for 1 token as for k + 1, which is what speculation exploits — and compute-bound
+at large ones, where verifying k + 1 tokens per sequence costs about k + 1 times a plain step while
+the draft's accepted tokens cannot make up for it. The batch size at a step depends on other requests
+only, never on this sequence's next token, so the cut-off keeps every policy exact.
 """
 
 from __future__ import annotations
@@ -33,10 +40,18 @@ class RoutingPolicy:
     """Draft max-probability needed to speculate (`confidenceThreshold`)."""
     max_speculative_tokens: int = 5
     """Draft tokens proposed per round at most (k)."""
+    max_speculative_batch: int | None = None
+    """Largest batch (running sequences) at which a step speculates; None: any."""
 
     @classmethod
     def of(cls, routing: Routing) -> RoutingPolicy:
-        return cls(routing.policy, routing.confidence_threshold, routing.max_speculative_tokens)
+        return cls(
+            routing.policy, routing.confidence_threshold, routing.max_speculative_tokens, routing.max_speculative_batch
+        )
+
+    def speculates_at(self, batch: int) -> bool:
+        """Whether a step over `batch` running sequences drafts at all."""
+        return self.max_speculative_batch is None or batch <= self.max_speculative_batch
 
     @property
     def uses_draft(self) -> bool:

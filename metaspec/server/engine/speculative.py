@@ -179,6 +179,36 @@ def residual_distribution(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return torch.where(mass > 0, residual / mass.clamp_min(torch.finfo(p.dtype).tiny), p)
 
 
+def speculative_accept(
+    p: torch.Tensor, q: torch.Tensor | None, proposals: torch.Tensor, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rejection rule: the number of accepted proposals (), and the next token (1,).
+
+    `p` (J+1, V) the target's distributions at the J proposals and after them, `q` (J, V) the draft's
+    (None when J = 0), `proposals` (J,). Accept x_i with probability min(1, p_i(x_i) / q_i(x_i)); at
+    the first rejection draw from the residual, else the bonus token from p_{J+1}."""
+    j = proposals.shape[0]
+    if j == 0 or q is None:
+        token = torch.multinomial(p[-1:], 1, generator=generator).view(1)
+        return torch.zeros((), dtype=torch.long, device=p.device), token
+    px = p[:j].gather(1, proposals[:, None]).squeeze(1)  # (J,)
+    qx = q.gather(1, proposals[:, None]).squeeze(1)  # (J,) > 0: each x_i was drawn from q_i
+    u = torch.rand(j, device=p.device, generator=generator)
+    accepted = (u * qx < px).int().cumprod(0).sum()  # u < p/q: accept with probability min(1, p/q)
+    rows = torch.cat([residual_distribution(p[:j], q), p[j:]])  # (J+1, V): residuals, then bonus p
+    dist = rows.index_select(0, accepted.view(1))  # (1, V)
+    return accepted, torch.multinomial(dist, 1, generator=generator).view(1)
+
+
+def record_logprobs(logits: torch.Tensor, new: list[int], top: int, sink: list[TokenLogprob]) -> None:
+    """The target's log-probabilities at the emitted positions `new`: row i of a verify pass scored
+    position i given the emitted tokens before it. `logits` (len(new), V)."""
+    ids = torch.tensor(new, dtype=torch.long, device=logits.device)
+    chosen, values, top_ids = logprobs(logits, ids, top)
+    for token, value, row_values, row_ids in zip(new, chosen.tolist(), values.tolist(), top_ids.tolist(), strict=True):
+        sink.append(TokenLogprob(token, value, tuple(zip(row_ids, row_values, strict=True))))
+
+
 class SpeculativeDecoder:
     """Target + optional draft + routing policy: decodes one request at a time."""
 
@@ -338,43 +368,19 @@ class _Run:
             accepted = (best[:j] == proposals).int().cumprod(0).sum()
             token = best.gather(0, accepted.view(1))
         else:
-            accepted, token = self._accept(probabilities(logits, context, self.proc), q, proposals)
+            p = probabilities(logits, context, self.proc)
+            accepted, token = speculative_accept(p, q, proposals, self.generator)
         outcome = torch.cat([accepted.view(1), proposals, token]).tolist()  # the round's one host sync
         n = outcome[0]
         new = [*outcome[1 : 1 + n], outcome[-1]]
         if self.logprobs is not None:
-            self._record_logprobs(logits[: n + 1], new)
+            record_logprobs(logits[: n + 1], new, *self.logprobs)
         self._advance(base, n, new)
         self.stats.proposed_tokens += j
         self.stats.accepted_tokens += n
         self.stats.rounds += 1
+        self.stats.speculative_rounds += j > 0
         return new
-
-    def _accept(
-        self, p: torch.Tensor, q: torch.Tensor | None, proposals: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The rejection rule: number of accepted proposals (), and the next token (1,)."""
-        j = proposals.shape[0]
-        if j == 0 or q is None:
-            return torch.zeros((), dtype=torch.long, device=p.device), torch.multinomial(
-                p[-1:], 1, generator=self.generator
-            ).view(1)
-        px = p[:j].gather(1, proposals[:, None]).squeeze(1)  # (J,)
-        qx = q.gather(1, proposals[:, None]).squeeze(1)  # (J,) > 0: each x_i was drawn from q_i
-        u = torch.rand(j, device=p.device, generator=self.generator)
-        accepted = (u * qx < px).int().cumprod(0).sum()  # u < p/q: accept with probability min(1, p/q)
-        rows = torch.cat([residual_distribution(p[:j], q), p[j:]])  # (J+1, V): residuals, then bonus p
-        dist = rows.index_select(0, accepted.view(1))  # (1, V)
-        return accepted, torch.multinomial(dist, 1, generator=self.generator).view(1)
-
-    def _record_logprobs(self, logits: torch.Tensor, new: list[int]) -> None:
-        """The target's log-probabilities at the emitted positions: row i of the verify pass scored
-        position i given the emitted tokens before it. `logits` (n+1, V)."""
-        assert self.logprobs is not None
-        top, sink = self.logprobs
-        chosen, values, ids = logprobs(logits, self._tensor(new), top)
-        for token, value, row_values, row_ids in zip(new, chosen.tolist(), values.tolist(), ids.tolist(), strict=True):
-            sink.append(TokenLogprob(token, value, tuple(zip(row_ids, row_values, strict=True))))
 
     def _advance(self, base: int, accepted: int, new: list[int]) -> None:
         """Append the round's tokens; crop both caches back to the accepted prefix."""

@@ -16,7 +16,7 @@ SHORT = {"model": MODEL, "prompt": "Hello", "max_tokens": 2}
 
 
 def counter(router, name: str, **labels: str) -> float:
-    return router.serving.metrics.registry.get_sample_value(name, labels) or 0.0
+    return router.serving.metrics.registry.get_sample_value(name, {"model": router.model, **labels}) or 0.0
 
 
 def wait_for(condition, what: str, timeout: float = 30) -> None:

@@ -75,3 +75,35 @@ def test_a_corrupted_model_is_refused(tiny_llama: Path, tmp_path: Path) -> None:
         f.write(" ")
     with pytest.raises(ChecksumMismatch):
         load_models(spec(str(corrupted)), tmp_path / "cache", CPU)
+
+
+def test_an_eagle3_draft_folder_serves_over_its_target(tiny_llama: Path, tmp_path: Path) -> None:
+    """An EAGLE-3 folder (as the trainer saves it) loads over the target's features and decodes greedily
+    exactly as the target alone; a broken `d2t` is refused at load, naming the draft."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    from metaspec.drafts import Eagle3Draft, save_eagle3
+
+    target = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    folder = tmp_path / "eagle"
+    save_eagle3(Eagle3Draft.init_from_target(target, torch.arange(0, 4096, 2)), folder, torch.float32,
+                AutoTokenizer.from_pretrained(tiny_llama))  # fmt: skip
+    upload_dir(folder, folder)
+    outputs = {}
+    for policy in ("never", "always"):
+        engine = SpeculativeEngine.from_spec(
+            spec(str(tiny_llama), str(folder), routing={"policy": policy}), "tiny", tmp_path / policy, device="cpu"
+        )
+        engine.load()
+        prompt = engine.encode_chat([{"role": "user", "content": "count to five"}])
+        deltas = list(engine.generate_sync(prompt, SamplingParams(max_tokens=12)))
+        outputs[policy] = [t for d in deltas for t in d.token_ids]
+        engine.close()
+    assert outputs["always"] == outputs["never"] and deltas[-1].stats.proposed_tokens > 0
+    tensors = load_file(folder / "model.safetensors")
+    tensors["d2t"][-1] = 10**6
+    save_file(tensors, str(folder / "model.safetensors"))
+    upload_dir(folder, folder)
+    with pytest.raises(IncompatibleModel, match=r"not a usable EAGLE-3 draft: .*d2t maps draft id 2047"):
+        load_models(spec(str(tiny_llama), str(folder)), tmp_path / "broken", CPU)

@@ -35,6 +35,12 @@ def tiny_target() -> LlamaForCausalLM:
 
 
 @pytest.fixture(scope="session")
+def deep_target() -> LlamaForCausalLM:
+    """A 4-layer target: feature-level drafts read three of its layers' inputs."""
+    return tiny_lm(seed=3, layers=4)
+
+
+@pytest.fixture(scope="session")
 def tiny_draft(tiny_target: LlamaForCausalLM) -> LlamaForCausalLM:
     return perturbed(tiny_target)
 

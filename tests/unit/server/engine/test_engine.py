@@ -84,7 +84,7 @@ async def test_cancel_stops_decoding_and_the_engine_serves_on(engine: Speculativ
 
 @pytest.mark.parametrize(
     ("prompt", "message"),
-    [([], "empty"), ([10**9], "out of range"), (list(range(5000)), "hold 1024")],
+    [([], "empty"), ([10**9], "out of range"), (list(range(5000)), "holds 1020 per sequence")],
 )
 async def test_bad_requests_raise_value_error(engine: SpeculativeEngine, prompt: list[int], message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -128,3 +128,24 @@ async def test_stop_token_ids_ignore_eos_and_min_tokens(engine: SpeculativeEngin
     assert [t for d in ignoring for t in d.token_ids] == free and ignoring[-1].finish_reason == "length"
     tokens = [t for d in held for t in d.token_ids]
     assert len(tokens) == 8 and stop not in tokens  # banned until the 8th token, so never drawn
+
+
+async def test_concurrent_requests_decode_as_they_would_alone(engine: SpeculativeEngine) -> None:
+    """Requests of different lengths, greedy and seeded-sampled, arriving at different times, decode in
+    one batch; greedy ones give exactly what they give alone."""
+    texts = ["Hi", "Once upon a time there was", "Count to ten, slowly and clearly", "A", "Tell me about the sea"]
+    params = [SamplingParams(max_tokens=6 + 3 * i, temperature=0.0 if i % 2 else 0.9, seed=i) for i in range(5)]
+    prompts = [engine.encode_prompt(t) for t in texts]
+    alone = [await collect(engine, p, s) for p, s in zip(prompts, params, strict=True)]
+
+    async def later(delay: float, prompt: list[int], sampling: SamplingParams):
+        await asyncio.sleep(delay)
+        return await collect(engine, prompt, sampling)
+
+    together = await asyncio.gather(
+        *(later(0.02 * i, p, s) for i, (p, s) in enumerate(zip(prompts, params, strict=True)))
+    )
+    for sampling, one, many in zip(params, alone, together, strict=True):
+        assert many[-1].finish_reason == one[-1].finish_reason
+        if sampling.temperature == 0:
+            assert [t for d in many for t in d.token_ids] == [t for d in one for t in d.token_ids]

@@ -1,0 +1,301 @@
+"""Serving under load: aggregate throughput and latency with 1, 4, 16 and 64 concurrent clients.
+
+Closed-loop clients (each sends its next request as soon as the previous one ends) draw from one fixed
+mix of `builtin://eval` prompts, alternately greedy and sampled (temperature 0.7, top-p 0.9, seeded),
+for a bounded time per cell. Per cell: aggregate output tokens/s (tokens streamed before the deadline
+over the cell's time), p50/p95 time to first token and inter-token latency (a round's tokens share its
+time). A request still waiting for its first token at the deadline counts with its wait so far (a lower
+bound), so a queue that never drains shows in the TTFT tail rather than vanishing from it.
+
+Systems, each with a fresh engine per cell over the same loaded models:
+- `metaspec:<policy>`: the continuous-batching engine, batch up to the number of clients;
+- `batch-1`: the engine at maxConcurrency 1 (one request at a time through the sequential decoder,
+  target-only: the fastest policy of the one-at-a-time engine on CPU);
+- `hf-batched`: transformers' `generate` over left-padded batches of whatever requests are waiting
+  (static batching: a batch runs to its longest member), the library a user could pick instead. Its
+  continuous-batching manager (`init_continuous_batching`) did not produce a token on CPU here (paged
+  attention), so padded `generate` it is; it decodes every request greedily (one processing per batch).
+
+    python bench/serving_load.py                               # CPU, SmolLM2 + 4-layer derived draft
+    python bench/serving_load.py --draft s3://bucket/drafts/x  # the pipeline's trained draft
+    python bench/serving_load.py --device cuda --dtype bfloat16 --arch llama-8b --arch-draft llama-160m
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import queue
+import statistics
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from _common import add_common_args, machine, setup, write_result
+from server import models
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from metaspec.api.serving import Routing
+from metaspec.builtin import records
+from metaspec.prompts import chat_prompt_ids
+from metaspec.server.engine import RoutingPolicy, SamplingParams, SpeculativeEngine
+
+POLICIES = {
+    "never": RoutingPolicy("never", 0.7, 5),
+    "always": RoutingPolicy("always", 0.7, 5),
+    "per-token": RoutingPolicy("per-token", 0.7, 5),
+    "first-token@0.7": RoutingPolicy("first-token", 0.7, 5),
+}
+
+
+@dataclass
+class Request:
+    prompt: list[int]
+    params: SamplingParams
+
+
+@dataclass
+class Cell:
+    """What the clients of one (system, clients) cell observed."""
+
+    tokens: int = 0
+    ttft: list[float] = field(default_factory=list)
+    itl: list[float] = field(default_factory=list)
+    requests: int = 0
+    finished: int = 0
+
+
+class System(Protocol):
+    def stream(self, request: Request) -> AsyncIterator[int]:
+        """Token counts as they arrive."""
+
+    def close(self) -> None: ...
+
+
+class Metaspec:
+    def __init__(self, engine: SpeculativeEngine) -> None:
+        self.engine = engine
+
+    async def stream(self, request: Request) -> AsyncIterator[int]:
+        async for delta in self.engine.generate(request.prompt, request.params):
+            if delta.token_ids:
+                yield len(delta.token_ids)
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+class _Steps(LogitsProcessor):
+    """Posts one token to every still-running row at each step of `generate`."""
+
+    def __init__(self, posts: list[Callable[[Any], None]], eos: set[int], prompt_length: int) -> None:
+        self.posts, self.eos, self.start = posts, eos, prompt_length
+        self.done = [False] * len(posts)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if input_ids.shape[1] > self.start:  # the previous step's tokens exist now
+            last = input_ids[:, -1].tolist()
+            for row, token in enumerate(last):
+                if not self.done[row]:
+                    self.posts[row](1)
+                    self.done[row] = token in self.eos
+        return scores
+
+
+class HFBatched:
+    """Padded `generate` over the requests waiting when the previous batch ends (one worker thread)."""
+
+    def __init__(self, model: Any, tokenizer: Any, max_batch: int, max_tokens: int, eos: set[int]) -> None:
+        self.model, self.tokenizer, self.max_batch, self.max_tokens, self.eos = (
+            model,
+            tokenizer,
+            max_batch,
+            max_tokens,
+            eos,
+        )
+        self.waiting: queue.SimpleQueue[tuple[Request, Callable[[Any], None]]] = queue.SimpleQueue()
+        self.stopped = threading.Event()
+        self.worker = threading.Thread(target=self._work, daemon=True)
+        self.worker.start()
+
+    async def stream(self, request: Request) -> AsyncIterator[int]:
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue[Any] = asyncio.Queue()
+        self.waiting.put((request, lambda item: loop.call_soon_threadsafe(inbox.put_nowait, item)))
+        while (item := await inbox.get()) is not None:
+            yield item
+
+    def _work(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                batch = [self.waiting.get(timeout=0.1)]
+            except queue.Empty:
+                continue
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self.waiting.get_nowait())
+                except queue.Empty:
+                    break
+            self._generate(batch)
+
+    @torch.inference_mode()
+    def _generate(self, batch: list[tuple[Request, Callable[[Any], None]]]) -> None:
+        width = max(len(r.prompt) for r, _ in batch)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.tensor([[pad] * (width - len(r.prompt)) + r.prompt for r, _ in batch], device=self.model.device)
+        mask = torch.tensor([[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r, _ in batch], device=ids.device)
+        posts = [post for _, post in batch]
+        steps = _Steps(posts, self.eos, width)
+        out = self.model.generate(
+            ids, attention_mask=mask, max_new_tokens=self.max_tokens, do_sample=False, pad_token_id=pad,
+            logits_processor=LogitsProcessorList([steps]),
+        )  # fmt: skip
+        for row, post in enumerate(posts):
+            if not steps.done[row] and out.shape[1] > width:
+                post(1)  # the last step's token (no processor call follows it)
+            post(None)
+
+    def close(self) -> None:
+        self.stopped.set()
+
+
+async def run_cell(system: System, mix: list[Request], clients: int, seconds: float) -> tuple[Cell, float]:
+    cell = Cell()
+    start = time.monotonic()
+    deadline = start + seconds
+    counter = iter(range(1 << 30))
+
+    async def client() -> None:
+        while time.monotonic() < deadline:
+            request = mix[next(counter) % len(mix)]
+            cell.requests += 1
+            sent = last = time.monotonic()
+            first = True
+            try:
+                async with asyncio.timeout(deadline - sent):
+                    async for n in system.stream(request):
+                        now = time.monotonic()
+                        if first:
+                            cell.ttft.append(now - sent)
+                            first = False
+                        else:
+                            cell.itl.extend([(now - last) / n] * n)
+                        cell.tokens += n
+                        last = now
+                cell.finished += 1
+            except TimeoutError:
+                if first:
+                    cell.ttft.append(deadline - sent)  # censored: at least this long
+                return
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return cell, time.monotonic() - start
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+def row(system: str, clients: int, cell: Cell, elapsed: float) -> dict[str, Any]:
+    ms = lambda v: None if v is None else round(1000 * v, 1)  # noqa: E731
+    return {
+        "system": system,
+        "clients": clients,
+        "tokens_per_second": round(cell.tokens / elapsed, 2),
+        "ttft_p50_ms": ms(percentile(cell.ttft, 50)),
+        "ttft_p95_ms": ms(percentile(cell.ttft, 95)),
+        "itl_p50_ms": ms(percentile(cell.itl, 50)),
+        "itl_p95_ms": ms(percentile(cell.itl, 95)),
+        "requests": cell.requests,
+        "finished": cell.finished,
+        "seconds": round(elapsed, 1),
+    }
+
+
+def request_mix(tokenizer: Any, n: int, max_tokens: int) -> list[Request]:
+    inputs = [r.input for r in records("eval")]
+    chosen = inputs[:: max(1, len(inputs) // n)][:n]
+    mix = []
+    for i, text in enumerate(chosen):
+        sampled = i % 2 == 1
+        params = SamplingParams(max_tokens, temperature=0.7 if sampled else 0.0, top_p=0.9 if sampled else 1.0, seed=i)
+        mix.append(Request(chat_prompt_ids(tokenizer, text), params))
+    return mix
+
+
+def systems(args: argparse.Namespace, base: SpeculativeEngine, target: Any, tokenizer: Any, clients: int) -> dict:
+    """Factories of each system for a cell of `clients`."""
+    policies = {name: POLICIES[name] for name in args.policies if name in POLICIES}
+    if "default" in args.policies:
+        policies["default"] = RoutingPolicy.of(Routing())
+    made: dict[str, Callable[[], System]] = {
+        f"metaspec:{name}": (lambda p=policy: Metaspec(base.with_routing(p, max_batch=clients)))
+        for name, policy in policies.items()
+    }
+    made["batch-1"] = lambda: Metaspec(base.with_routing(POLICIES["never"], max_batch=1))
+    eos = set(base._stop_ids)
+    made["hf-batched"] = lambda: HFBatched(target, tokenizer, clients, args.max_tokens, eos)
+    return {name: make for name, make in made.items() if name.split(":")[0] in args.systems or name in args.systems}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser, "serving_load")
+    parser.add_argument("--target", help="target model URI (default: the bundled SmolLM2-135M-Instruct)")
+    parser.add_argument("--draft", help="draft model URI (default: derived from the target, untrained)")
+    parser.add_argument("--draft-layers", type=int, default=4, help="layers of a derived draft")
+    parser.add_argument("--arch", choices=["llama-8b"], help="random-init target architecture (no download)")
+    parser.add_argument("--arch-draft", default="llama-1b", choices=["llama-1b", "llama-160m"])
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--seconds", type=float, default=25.0, help="time per cell")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--mix", type=int, default=64, help="distinct requests in the mix")
+    parser.add_argument("--policies", nargs="+", default=["never", "always", "per-token", "first-token@0.7", "default"])
+    parser.add_argument("--systems", nargs="+", default=["metaspec", "batch-1", "hf-batched"])
+    args = parser.parse_args(argv)
+    device, dtype = setup(args)
+    args.device = device.type
+    target, draft, tokenizer, label = models(args, dtype)
+    mix = request_mix(tokenizer, args.mix, args.max_tokens)
+    base = SpeculativeEngine.from_models(target, draft, tokenizer, POLICIES["never"], max_batch=1)
+    rows = []
+    for clients in args.clients:
+        for name, make in systems(args, base, target, tokenizer, clients).items():
+            system = make()
+            asyncio.run(run_cell(system, mix[:2], 1, 2.0))  # warm-up
+            cell, elapsed = asyncio.run(run_cell(system, mix, clients, args.seconds))
+            system.close()
+            rows.append(row(name, clients, cell, elapsed))
+            print(_line(rows[-1]), file=sys.stderr, flush=True)
+    report(rows, label)
+    write_result(args, argv, "serving_load", device, {"models": label, "machine": machine(device, dtype), "rows": rows})
+    return 0
+
+
+def _line(r: dict[str, Any]) -> str:
+    return (
+        f"{r['system']:<26}{r['clients']:>4}{r['tokens_per_second']:>9.1f}{_ms(r['ttft_p50_ms'])}{_ms(r['ttft_p95_ms'])}"
+        f"{_ms(r['itl_p50_ms'])}{_ms(r['itl_p95_ms'])}{r['finished']:>6}"
+    )
+
+
+def _ms(v: float | None) -> str:
+    return f"{'-' if v is None else format(v, '.0f'):>9}"
+
+
+def report(rows: list[dict[str, Any]], label: str) -> None:
+    print(f"\nserving under load, {label}")
+    print(f"{'system':<26}{'cl':>4}{'tok/s':>9}{'TTFT p50':>9}{'TTFT p95':>9}{'ITL p50':>9}{'ITL p95':>9}{'done':>6}")
+    for r in rows:
+        print(_line(r))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

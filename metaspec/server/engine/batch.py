@@ -1,0 +1,287 @@
+"""Continuous batching with speculative decoding, exact per sequence.
+
+A step is one round for every running sequence: the speculating ones propose (the draft runs batched
+over them, `Draft.propose`), then ONE target pass scores every sequence's pending token plus its
+proposals — target-only sequences are the rows without proposals — and each sequence accepts its own
+prefix by the rule of `speculative.py` (Leviathan et al. 2023, Algorithm 1; Chen et al. 2023): ragged
+acceptance is only each sequence lowering its own cache length (`slots.py`). Rows never see each other
+(the attention mask is per row), each sequence samples with its own generator and processing, so every
+sequence's tokens are distributed exactly as under target-only decoding whatever else is in the batch,
+and greedy output equals target-only greedy output (up to float rounding of batched kernels).
+
+Requests join between steps: the prompts of those joining are prefilled together (target and, when
+routing needs it, draft) and their first tokens sampled from that pass, so a time to first token is
+one prefill plus the step in progress. It leaves when it finishes, is cancelled, or fails (non-finite logits fail that sequence only).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from .protocol import RequestStats, TokenLogprob
+from .routing import RoutingPolicy
+from .sampling import History, Processing, greedy_tokens, probabilities
+from .slots import Chunk, SlotModel
+from .speculative import record_logprobs, speculative_accept
+
+log = logging.getLogger(__name__)
+
+
+class SequenceFailed(RuntimeError):
+    """This sequence cannot go on (e.g. non-finite logits); the rest of the batch is unaffected."""
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One request's decoding state. `sink` receives each round's tokens and returns True to stop."""
+
+    prompt: list[int]
+    proc: Processing
+    budget: int
+    """Tokens to generate at most."""
+    sink: Callable[[list[int]], bool]
+    generator: torch.Generator | None = None
+    stats: RequestStats = field(default_factory=RequestStats)
+    tokens: list[int] = field(init=False)
+    """Prompt and every emitted token; the last one is not in the target's cache yet."""
+    slot: int = -1
+    target_length: int = 0
+    """Positions of `tokens` in the target's cache."""
+    draft_length: int = 0
+    """Positions of `tokens` the draft holds (the draft's own bookkeeping)."""
+    speculate: bool = False
+    logprobs: tuple[int, list[TokenLogprob]] | None = None
+    """(top alternatives, sink): where each emitted token's log-probability goes, when asked for."""
+    history: History | None = None
+    """The context `proc` reads (set when the sequence joins, on the target's device)."""
+    cancelled: bool = False
+    done: bool = False
+    error: BaseException | None = None
+
+    def __post_init__(self) -> None:
+        self.tokens = list(self.prompt)
+
+    @property
+    def produced(self) -> int:
+        return len(self.tokens) - len(self.prompt)
+
+    def room(self, k: int) -> int:
+        """Proposals this round may hold: leave room for the token every round ends with."""
+        return max(0, min(k, self.budget - self.produced - 1))
+
+
+@dataclass
+class Proposal:
+    """A sequence's draft tokens for one round, and their distributions q (J, V) when sampling."""
+
+    tokens: list[int] = field(default_factory=list)
+    q: torch.Tensor | None = None
+
+
+class BatchDecoder:
+    """Target + optional draft + routing over a batch of at most `max_batch` sequences.
+
+    Sequences occupy slots `0..n-1` of both caches, in `running` order (packed: see `slots.py`).
+    """
+
+    def __init__(self, target: SlotModel, draft: Draft | None, routing: RoutingPolicy, max_batch: int) -> None:
+        if routing.uses_draft and draft is None:
+            raise ValueError(f"routing policy {routing.policy!r} needs a draft model")
+        self.target = target
+        self.draft = draft
+        self.routing = routing
+        self.max_batch = max_batch
+        self.running: list[Sequence] = []
+
+    @property
+    def max_length(self) -> int:
+        """Longest sequence (prompt + completion) every model holds, with room for a round's proposals."""
+        lengths = [self.target.max_length]
+        if self.draft is not None and self.routing.uses_draft:
+            lengths.append(self.draft.max_length)
+        return min(lengths) - self.routing.max_speculative_tokens - 1
+
+    # joining and leaving
+
+    @torch.inference_mode()
+    def add(self, seqs: list[Sequence]) -> None:
+        """Prefill `seqs` together (one target pass, one draft pass), route them, emit their first tokens;
+        they join the next step."""
+        for seq in seqs:
+            seq.slot = len(self.running)
+            self.running.append(seq)
+            prompt = torch.tensor(seq.prompt, dtype=torch.long, device=self.target.device)
+            seq.history = History(seq.proc, self.target.vocab, prompt)
+        drafting = self.draft is not None and self.routing.uses_draft
+        chunks = [Chunk(seq.slot, 0, seq.prompt) for seq in seqs]
+        try:
+            logits, features = self.target.forward(chunks, self.draft.feature_layers if drafting else ())
+            if self.draft is not None and drafting:  # after the target: a feature-level draft reads its pass
+                if features is not None:
+                    self.draft.observe(seqs, chunks, features)
+                for seq, first in zip(seqs, self.draft.admit(seqs), strict=True):
+                    seq.stats.first_token_confidence = first
+                    seq.speculate = self.routing.speculate_request(first)
+        except Exception as error:  # nothing to attribute to one request
+            for seq in seqs:
+                self._fail(seq, error)
+            self._drop_finished()
+            return
+        finite = torch.isfinite(logits).all(-1).tolist()
+        for i, seq in enumerate(seqs):
+            seq.stats.route = "speculative" if seq.speculate else "target-only"
+            self._settle_safely(seq, logits[i : i + 1], Proposal(), finite[i])
+        self._drop_finished()
+
+    def _fail(self, seq: Sequence, error: BaseException) -> None:
+        log.warning("sequence failed: %s", error)
+        seq.error, seq.done = error, True
+        self.target.cache.clear(seq.slot)
+        if self.draft is not None:
+            self.draft.clear(seq.slot)
+
+    def _drop_finished(self) -> None:
+        """Remove finished/cancelled sequences, moving the last ones into their slots (stay packed)."""
+        for seq in [s for s in self.running if s.done or s.cancelled]:
+            last = self.running.pop()
+            if last is not seq:
+                self.running[seq.slot] = last
+                self.target.cache.move(last.slot, seq.slot)
+                if self.draft is not None:
+                    self.draft.move(last.slot, seq.slot)
+                last.slot = seq.slot
+            seq.slot = -1
+
+    # one step
+
+    @torch.inference_mode()
+    def step(self) -> tuple[int, bool]:
+        """One round for every running sequence: (batch size, whether the draft proposed)."""
+        self._drop_finished()
+        if not self.running:
+            return 0, False
+        batch = list(self.running)
+        proposals = self._propose(batch)
+        speculative = any(p.tokens for p in proposals)
+        chunks = [
+            Chunk(s.slot, s.target_length, s.tokens[s.target_length :] + p.tokens, keep=len(p.tokens) + 1)
+            for s, p in zip(batch, proposals, strict=True)
+        ]
+        try:
+            layers = self.draft.feature_layers if self.draft is not None and self.routing.uses_draft else ()
+            logits, features = self.target.forward(chunks, layers)
+        except Exception as error:  # the pass as a whole failed: nothing to attribute to one sequence
+            for seq in batch:
+                self._fail(seq, error)
+            self._drop_finished()
+            return len(batch), speculative
+        if features is not None and self.draft is not None:
+            self.draft.observe(batch, chunks, features)
+        offsets = [0]
+        for chunk in chunks:
+            offsets.append(offsets[-1] + chunk.keep)
+        finite = torch.isfinite(logits).all(-1).tolist()  # (N,)
+        for seq, proposal, lo, hi in zip(batch, proposals, offsets, offsets[1:], strict=False):
+            self._settle_safely(seq, logits[lo:hi], proposal, all(finite[lo:hi]))
+        self._drop_finished()
+        return len(batch), speculative
+
+    def _settle_safely(self, seq: Sequence, logits: torch.Tensor, proposal: Proposal, finite: bool) -> None:
+        """`_settle`, failing this sequence only when its logits are not finite or settling raises."""
+        try:
+            if not finite:
+                raise SequenceFailed("the target's logits are not finite for this sequence")
+            self._settle(seq, logits, proposal)
+        except Exception as error:  # this sequence only
+            self._fail(seq, error)
+
+    def _propose(self, batch: list[Sequence]) -> list[Proposal]:
+        """Draft proposals for the speculating sequences; none for the others, nor for any when the batch
+        is larger than `maxSpeculativeBatch` (see `RoutingPolicy.speculates_at`)."""
+        ks = [s.room(self.routing.max_speculative_tokens) if s.speculate else 0 for s in batch]
+        if self.draft is None or not any(ks) or not self.routing.speculates_at(len(batch)):
+            return [Proposal() for _ in batch]
+        drafting = [i for i, k in enumerate(ks) if k]
+        threshold = self.routing.threshold if self.routing.checks_each_token else None
+        try:
+            made = self.draft.propose([batch[i] for i in drafting], [ks[i] for i in drafting], threshold)
+        except Exception as error:  # a draft failure costs speed, never output: decode target-only
+            log.warning("draft proposal failed, decoding this step without it: %s", error)
+            return [Proposal() for _ in batch]
+        proposals = [Proposal() for _ in batch]
+        for i, proposal in zip(drafting, made, strict=True):
+            proposals[i] = proposal
+        return proposals
+
+    def _settle(self, seq: Sequence, logits: torch.Tensor, proposal: Proposal) -> None:
+        """Accept a prefix of `proposal` from the target's logits (J+1, V), emit, and rewind the caches."""
+        j = len(proposal.tokens)
+        proposed = torch.tensor(proposal.tokens, dtype=torch.long, device=logits.device)
+        assert seq.history is not None
+        context = seq.history.rows(proposed, j + 1)  # rows of (J+1, V)
+        if seq.proc.greedy:
+            best = greedy_tokens(logits, context, seq.proc).tolist()  # (J+1,)
+            accepted = 0
+            while accepted < j and best[accepted] == proposal.tokens[accepted]:
+                accepted += 1
+            token = best[accepted]
+        else:
+            p = probabilities(logits, context, seq.proc)  # (J+1, V)
+            n, x = speculative_accept(p, proposal.q, proposed, seq.generator)
+            accepted, token = int(n), int(x)
+        new = [*proposal.tokens[:accepted], token]
+        base = len(seq.tokens)
+        seq.tokens.extend(new)
+        seq.target_length = base + accepted
+        if self.draft is not None and seq.speculate:
+            self.draft.rewind(seq, base + accepted)
+        seq.history.extend(new)
+        if seq.logprobs is not None:
+            record_logprobs(logits[: accepted + 1], new, *seq.logprobs)
+        stats = seq.stats
+        stats.rounds += 1
+        stats.speculative_rounds += j > 0
+        stats.proposed_tokens += j
+        stats.accepted_tokens += accepted
+        stop = seq.sink(new)
+        seq.done = stop or seq.produced >= seq.budget
+
+
+class Draft:
+    """What the batch decoder asks of a draft (the seam for new kinds of drafts).
+
+    A draft keeps its own per-sequence state, in the sequence's `slot` of whatever cache it holds and in
+    `Sequence.draft_length`. `feature_layers`: after each target pass (the prefill before `admit`, each
+    verify pass) the inputs of these target layers at every position it scored are handed to `observe`
+    (feature-level drafts condition on them).
+    """
+
+    feature_layers: tuple[int, ...] = ()
+    max_length: int
+
+    def admit(self, seqs: list[Sequence]) -> list[float]:
+        """Take in the prompts; return the draft's first-token confidences (for `first-token` routing)."""
+        raise NotImplementedError
+
+    def propose(self, seqs: list[Sequence], ks: list[int], threshold: float | None) -> list[Proposal]:
+        """Up to `ks[i]` tokens after `seqs[i].tokens`; with a `threshold`, a sequence stops proposing at
+        the first position where the draft's confidence is below it (read before drawing that token)."""
+        raise NotImplementedError
+
+    def observe(self, seqs: list[Sequence], chunks: list[Chunk], features: torch.Tensor) -> None:
+        """The target's `feature_layers` inputs (Σ len(ids), len(layers)·E) of every position the pass
+        scored, in chunk order."""
+
+    def rewind(self, seq: Sequence, length: int) -> None:
+        """Positions from `length` on are rejected."""
+        seq.draft_length = min(seq.draft_length, length)
+
+    def move(self, source: int, target: int) -> None:
+        """The sequence in slot `source` now lives in slot `target`."""
+
+    def clear(self, slot: int) -> None:
+        """The sequence in `slot` failed: forget what it left."""

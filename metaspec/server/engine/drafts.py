@@ -1,0 +1,75 @@
+"""Drafts for the batch decoder: a small causal LM of the target's vocabulary (`ModelDraft`)."""
+
+from __future__ import annotations
+
+import torch
+
+from .batch import Draft, Proposal, Sequence
+from .sampling import greedy_tokens, probabilities
+from .slots import Chunk, SlotModel
+
+
+class ModelDraft(Draft):
+    """A causal LM drafting token by token, batched over the speculating sequences.
+
+    Each round starts by catching the draft up on the sequence's tokens it has not seen (the last
+    emitted token, or more after rounds it sat out), then drafts one position per batched forward. The
+    draft takes its proposals except the last one: a fully accepted round leaves it two tokens behind.
+    """
+
+    def __init__(self, lm: SlotModel) -> None:
+        self.lm = lm
+        self.max_length = lm.max_length
+
+    def admit(self, seqs: list[Sequence]) -> list[float]:
+        logits, _ = self.lm.forward([Chunk(seq.slot, 0, seq.prompt) for seq in seqs])
+        for seq in seqs:
+            seq.draft_length = len(seq.prompt)
+        return torch.softmax(logits.float(), dim=-1).amax(-1).tolist()
+
+    def propose(self, seqs: list[Sequence], ks: list[int], threshold: float | None) -> list[Proposal]:
+        logits, _ = self.lm.forward([Chunk(s.slot, s.draft_length, s.tokens[s.draft_length :]) for s in seqs])
+        for seq in seqs:
+            seq.draft_length = len(seq.tokens)
+        out = [Proposal() for _ in seqs]
+        histories = []
+        for seq in seqs:
+            assert seq.history is not None  # set when it joined
+            histories.append(seq.history.copy())
+        empty = torch.empty(0, dtype=torch.long, device=logits.device)
+        dists: list[list[torch.Tensor]] = [[] for _ in seqs]
+        rows = list(range(len(seqs)))  # the sequence of each row of `logits`
+        for i in range(max(ks)):
+            drawing = rows
+            if threshold is not None:  # read before drawing: the decision never depends on a sample
+                confident = (torch.softmax(logits.float(), dim=-1).amax(-1) >= threshold).tolist()
+                drawing = [r for r, ok in zip(rows, confident, strict=True) if ok]
+            at = {r: n for n, r in enumerate(rows)}
+            best = logits.argmax(-1).tolist()  # greedy without context-dependent transforms needs nothing more
+            for r in drawing:
+                seq, row = seqs[r], logits[at[r] : at[r] + 1]
+                context = histories[r].rows(empty, 1)
+                if seq.proc.greedy:
+                    token = best[at[r]] if context is None else int(greedy_tokens(row, context, seq.proc))
+                else:
+                    q = probabilities(row, context, seq.proc)  # (1, V)
+                    token = int(torch.multinomial(q, 1, generator=seq.generator))
+                    dists[r].append(q)
+                out[r].tokens.append(token)
+                histories[r].extend([token])
+            rows = [r for r in drawing if i < ks[r] - 1]
+            if not rows:
+                break
+            chunks = [Chunk(seqs[r].slot, seqs[r].draft_length, out[r].tokens[-1:]) for r in rows]
+            logits, _ = self.lm.forward(chunks)
+            for r in rows:
+                seqs[r].draft_length += 1
+        for proposal, q in zip(out, dists, strict=True):
+            proposal.q = torch.cat(q) if q else None
+        return out
+
+    def move(self, source: int, target: int) -> None:
+        self.lm.cache.move(source, target)
+
+    def clear(self, slot: int) -> None:
+        self.lm.cache.clear(slot)

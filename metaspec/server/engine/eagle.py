@@ -1,0 +1,157 @@
+"""The engine's EAGLE-3 draft: proposals from the target's own features, still one target pass a round.
+
+The verify pass computes the target's residual stream at every layer anyway; the target returns the
+inputs of the draft's three aux layers at every position it scores (`SlotModel.forward(...,
+layers=...)`), and the draft keeps, per sequence, the fused features of the positions it has not
+consumed yet (`Draft.observe`). See `metaspec.drafts.eagle3` for the model.
+
+Bookkeeping is the token draft's (`ModelDraft`): `Sequence.draft_length` counts the sequence's tokens
+the draft has taken in, and a chunk of tokens is fed at their positions. Internally token x_t becomes
+the draft's cache entry at position t − 1, made from the feature at t − 1 and x_t, whose head predicts
+x_{t+1} (x_0 has no entry). The feature is the target's when the target has scored position t − 1,
+else the draft's own output at t − 2: that is how a round drafts past what the target has seen. An
+entry made from the draft's own feature must be made again once the target's is known, so a rewind
+goes back to the first of those even when its token was accepted.
+
+The head scores the draft vocabulary only; its logits are spread onto the target's vocabulary with
+−inf elsewhere, so every routing and sampling rule reads them as a distribution q that is zero outside
+the subset (exactness: `metaspec.drafts.vocabulary`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from metaspec.drafts import Eagle3Draft
+
+from .batch import Sequence
+from .drafts import ModelDraft
+from .slots import Chunk, SlotCache
+
+
+class FeatureModel:
+    """An EAGLE-3 draft run over ragged batches of token chunks against its own `SlotCache`."""
+
+    def __init__(self, draft: Eagle3Draft, vocab: int, max_length: int) -> None:
+        self.draft = draft
+        self.vocab = vocab
+        self.device = draft.fc.weight.device
+        self.max_length = min(max_length, draft.config.max_position_embeddings)
+        self.cache = SlotCache(draft.config.llama_config(), self.max_length, draft.fc.weight.dtype, self.device)
+        self.targets = draft.target_ids()  # (N,) target id of each draft id
+        if int(self.targets.max()) >= vocab:
+            raise ValueError(
+                f"the draft proposes target ids up to {int(self.targets.max())}; the target scores {vocab}"
+            )
+        self.features: dict[int, tuple[int, torch.Tensor]] = {}
+        """slot -> (first position, fused target features (n, H) from there on)."""
+        self.outputs: dict[int, tuple[int, torch.Tensor]] = {}
+        """slot -> (entry position, the draft's output feature (H,) there) of the last entry written."""
+        self.target_based: dict[int, int] = {}
+        """slot -> tokens whose entries were all made from target features."""
+
+    def observe(self, slot: int, start: int, fused: torch.Tensor) -> None:
+        """The target's fused features (n, H) of positions start.. (later ones replace what was there)."""
+        first, old = self.features.get(slot, (start, fused[:0]))
+        if first > start:
+            first, old = start, fused[:0]
+        self.features[slot] = (first, torch.cat([old[: start - first], fused]))
+
+    def forward(self, chunks: list[Chunk]) -> tuple[torch.Tensor, None]:
+        """Logits (B, V) over the target's vocabulary after each chunk's last token (−inf outside the
+        draft vocabulary; uniform for a chunk holding only a sequence's first token)."""
+        entries = [self._entry(c) for c in chunks]
+        live = [i for i, e in enumerate(entries) if e is not None]
+        logits = torch.zeros(len(chunks), self.vocab, device=self.device)
+        if not live:
+            return logits, None
+        chunks = [entries[i][0] for i in live]  # type: ignore[index]
+        hidden = [entries[i][1] for i in live]  # type: ignore[index]
+        length = max(len(c.ids) for c in chunks)
+        width = max(c.start + length for c in chunks)
+        self.cache.prepare(chunks, width)
+        ids = torch.zeros(len(chunks), length, dtype=torch.long, device=self.device)
+        features = torch.zeros(len(chunks), length, hidden[0].shape[-1], dtype=hidden[0].dtype, device=self.device)
+        for b, (c, h) in enumerate(zip(chunks, hidden, strict=True)):
+            ids[b, : len(c.ids)] = torch.tensor(c.ids, device=self.device)
+            features[b, : len(c.ids)] = h
+        positions = self.cache._positions  # (B, T)
+        keys = torch.arange(width, device=self.device)
+        mask = (keys[None, None, :] <= positions[:, :, None])[:, None]  # (B, 1, T, width): causal per row
+        out, _ = self.draft.step(features, ids, positions, bias=mask, cache=self.cache)  # (B, T, H)
+        last = torch.tensor([len(c.ids) - 1 for c in chunks], device=self.device)
+        final = out[torch.arange(len(chunks), device=self.device), last]  # (B, H)
+        for c, f in zip(chunks, final, strict=True):
+            self.outputs[c.slot] = (c.start + len(c.ids) - 1, f)
+        spread = torch.full((len(chunks), self.vocab), float("-inf"), device=self.device)
+        spread[:, self.targets] = self.draft.logits(final).float()
+        logits[live] = spread
+        return logits, None
+
+    def _entry(self, chunk: Chunk) -> tuple[Chunk, torch.Tensor] | None:
+        """The chunk as cache entries (tokens x_t at positions t − 1) with their features (T, H)."""
+        ids, start = chunk.ids, chunk.start - 1
+        if start < 0:
+            ids, start = ids[1:], 0
+        if not ids:
+            return None
+        first, fused = self.features.get(chunk.slot, (0, None))
+        rows = []
+        for position in range(start, start + len(ids)):
+            if fused is not None and first <= position < first + fused.shape[0]:
+                rows.append(fused[position - first])
+                self.target_based[chunk.slot] = position + 2
+                continue
+            at, output = self.outputs.get(chunk.slot, (-1, None))
+            if output is None or at != position - 1:
+                raise RuntimeError(f"no feature for draft position {position} of slot {chunk.slot}")
+            rows.append(output)
+        return Chunk(chunk.slot, start, ids), torch.stack(rows)
+
+    def rewind(self, slot: int, tokens: int, length: int) -> None:
+        """Keep the target features the draft still needs: positions tokens − 1 (its next entry) up to
+        `length` (the target's accepted positions; features after them came from rejected tokens)."""
+        first, fused = self.features.get(slot, (0, None))
+        if fused is not None:
+            lo = max(tokens - 1 - first, 0)
+            self.features[slot] = (first + lo, fused[lo : max(length - first, lo)])
+
+    def move(self, source: int, target: int) -> None:
+        self.cache.move(source, target)
+        for state in (self.features, self.outputs, self.target_based):
+            if source in state:
+                state[target] = state.pop(source)
+
+    def clear(self, slot: int) -> None:
+        self.cache.clear(slot)
+        for state in (self.features, self.outputs, self.target_based):
+            state.pop(slot, None)
+
+
+class FeatureDraft(ModelDraft):
+    """A `ModelDraft` over a `FeatureModel`: the target hands it its aux-layer features after each pass."""
+
+    def __init__(self, lm: FeatureModel) -> None:
+        super().__init__(lm)  # type: ignore[arg-type]
+        self.feature_layers = lm.draft.config.aux_layers
+
+    def observe(self, seqs: list[Sequence], chunks: list[Chunk], features: torch.Tensor) -> None:
+        """The target's aux features (Σ chunk lengths, 3·H_target) of every position it just scored."""
+        fused = self.lm.draft.fuse(features.to(self.lm.draft.fc.weight.dtype))
+        offset = 0
+        for seq, chunk in zip(seqs, chunks, strict=True):
+            n = len(chunk.ids)
+            if seq.speculate or not seq.draft_length:  # not yet admitted, or drafting
+                self.lm.observe(chunk.slot, chunk.start, fused[offset : offset + n])
+            offset += n
+
+    def rewind(self, seq: Sequence, length: int) -> None:
+        """Back to the accepted prefix, and further back to the first entry made from a draft feature."""
+        seq.draft_length = min(seq.draft_length, length, self.lm.target_based.get(seq.slot, 0))
+        self.lm.rewind(seq.slot, seq.draft_length, length)
+
+    def move(self, source: int, target: int) -> None:
+        self.lm.move(source, target)
+
+    def clear(self, slot: int) -> None:
+        self.lm.clear(slot)

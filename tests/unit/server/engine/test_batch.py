@@ -1,0 +1,212 @@
+"""Continuous batching keeps speculative decoding exact for every sequence, whatever shares its batch.
+
+Tiny random Llamas (vocabulary 8, `conftest.py`): requests of different prompt lengths and budgets,
+greedy and sampled, with and without a repetition penalty, arriving at different steps into a batch
+smaller than the number of requests (so some wait for a slot). Greedy: each completion equals
+transformers' `generate` on the target alone. Sampling: the G-test of `test_speculative_sampling.py`
+on completions sampled inside such a mixed batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+from test_speculative_sampling import ALPHA, LENGTH, PROMPT, exact_distribution, g_test_p_value
+
+from metaspec.server.engine import speculative
+from metaspec.server.engine.batch import BatchDecoder, Sequence, SequenceFailed
+from metaspec.server.engine.drafts import ModelDraft
+from metaspec.server.engine.routing import RoutingPolicy
+from metaspec.server.engine.sampling import Processing
+from metaspec.server.engine.slots import SlotModel
+
+VOCAB = 8
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def decoder(target, draft, routing: RoutingPolicy, max_batch: int) -> BatchDecoder:
+    model_draft = ModelDraft(SlotModel(draft, VOCAB, 64)) if draft is not None else None
+    return BatchDecoder(SlotModel(target, VOCAB, 64), model_draft, routing, max_batch)
+
+
+@dataclass
+class Job:
+    arrival: int
+    """The step before which the request is submitted."""
+    prompt: list[int]
+    proc: Processing
+    budget: int
+    seed: int = 0
+    out: list[int] = field(default_factory=list)
+    seq: Sequence | None = None
+
+
+def run(dec: BatchDecoder, jobs: list[Job]) -> None:
+    """Submit each job at its arrival step (or as soon as a slot is free after it) and decode to the end."""
+    waiting = sorted(jobs, key=lambda j: j.arrival)
+    step = 0
+    while waiting or dec.running:
+        joining = []
+        while waiting and waiting[0].arrival <= step and len(dec.running) + len(joining) < dec.max_batch:
+            joining.append(job := waiting.pop(0))
+            job.seq = Sequence(job.prompt, job.proc, job.budget, sink(job), torch.Generator().manual_seed(job.seed))
+        if joining:
+            dec.add([job.seq for job in joining])
+        dec.step()
+        step += 1
+
+
+def sink(job: Job):
+    return lambda tokens: job.out.extend(tokens) and False
+
+
+def greedy_jobs(penalty: float = 1.0) -> list[Job]:
+    prompts = list(itertools.islice(itertools.permutations(range(VOCAB), 4), 0, 200, 17))
+    return [
+        Job(
+            arrival=i // 3,
+            prompt=list(p[: 1 + i % 4]) * (1 + i % 3),
+            proc=Processing(0.0, 1.0, penalty),
+            budget=4 + i % 9,
+        )
+        for i, p in enumerate(prompts)
+    ]
+
+
+def target_greedy(target, job: Job) -> list[int]:
+    ids = torch.tensor([job.prompt])
+    out = target.generate(
+        ids, max_new_tokens=job.budget, do_sample=False, repetition_penalty=job.proc.repetition_penalty
+    )
+    return out[0, len(job.prompt) :].tolist()  # `generate` stops at the config's EOS id; the decoder does not
+
+
+ROUTINGS = {
+    "always": RoutingPolicy("always", 0.5, 3),
+    "per-token": RoutingPolicy("per-token", 0.3, 3),
+    "first-token": RoutingPolicy("first-token", 0.3, 3),
+    "never": RoutingPolicy("never"),
+    "always-up-to-batch-3": RoutingPolicy("always", 0.5, 3, max_speculative_batch=3),
+}
+
+
+@pytest.mark.parametrize("name", ROUTINGS)
+@pytest.mark.parametrize("penalty", [1.0, 1.3])
+def test_greedy_in_a_batch_equals_target_greedy(name: str, penalty: float, tiny_target, tiny_draft) -> None:
+    routing = ROUTINGS[name]
+    dec = decoder(tiny_target, tiny_draft if routing.uses_draft else None, routing, max_batch=5)
+    jobs = greedy_jobs(penalty)
+    run(dec, jobs)
+    for job in jobs:
+        expected = target_greedy(tiny_target, job)
+        assert job.out[: len(expected)] == expected, (job.prompt, job.seq.stats if job.seq else None)
+        assert len(job.out) == job.budget
+    if routing.uses_draft:
+        proposed = sum(j.seq.stats.proposed_tokens for j in jobs if j.seq)
+        accepted = sum(j.seq.stats.accepted_tokens for j in jobs if j.seq)
+        assert 0 < accepted < proposed  # acceptances and rejections both happened
+
+
+def test_speculation_stops_above_max_speculative_batch(tiny_target, tiny_draft) -> None:
+    dec = decoder(tiny_target, tiny_draft, RoutingPolicy("always", 0.5, 3, max_speculative_batch=2), max_batch=4)
+    jobs = [Job(0, [1, 2, 3], Processing(), 10) for _ in range(4)]
+    run(dec, jobs)  # four decode together from the first step to the last: none ever speculates
+    assert all(j.seq and j.seq.stats.proposed_tokens == 0 and j.seq.stats.route == "speculative" for j in jobs)
+
+
+def mixed_batch(target, draft, routing: RoutingPolicy, proc: Processing, samples: int) -> Counter:
+    """Completions of PROMPT sampled under `proc`, each decoded in a batch with other requests: greedy
+    and sampled, longer prompts and budgets, arriving in between."""
+    dec = decoder(target, draft, routing, max_batch=12)
+    jobs: list[Job] = []
+    for i in range(samples):
+        jobs.append(Job(i // 8, PROMPT, proc, LENGTH, seed=i))
+        if i % 4 == 0:
+            other = Processing(0.0) if i % 8 == 0 else Processing(0.8, 0.9, 1.1)
+            jobs.append(Job(i // 8, [i % VOCAB, 5, 6, 7, 1][: 2 + i % 4], other, 2 + i % 7, seed=-i))
+    run(dec, jobs)
+    return Counter(tuple(j.out) for j in jobs if j.prompt == PROMPT and j.proc == proc)
+
+
+CASES = {
+    "always-t1": (RoutingPolicy("always", 0.5, 2), Processing(1.0)),
+    "per-token-penalty-top-p": (RoutingPolicy("per-token", 0.93, 3), Processing(1.5, 0.95, 1.2)),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_sampling_in_a_mixed_batch_matches_target_distribution(case: str, tiny_target, tiny_draft) -> None:
+    routing, proc = CASES[case]
+    counts = mixed_batch(tiny_target, tiny_draft, routing, proc, samples=1500)
+    assert sum(counts.values()) == 1500
+    assert g_test_p_value(counts, exact_distribution(tiny_target, proc)) >= ALPHA
+
+
+def test_a_broken_rule_is_detected_in_a_batch(tiny_target, tiny_draft, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(speculative, "residual_distribution", lambda p, q: p)
+    routing, proc = CASES["always-t1"]
+    counts = mixed_batch(tiny_target, tiny_draft, routing, proc, samples=1500)
+    assert g_test_p_value(counts, exact_distribution(tiny_target, proc)) < ALPHA
+
+
+def test_a_failing_sequence_fails_alone_and_leaves_its_slot_clean(tiny_target, tiny_draft) -> None:
+    """Non-finite values in one sequence's rows (here: its embeddings, so its keys and values in the cache
+    are NaN too) fail that sequence; the batch decodes on, and the next sequence in its slot is exact."""
+    dec = decoder(tiny_target, tiny_draft, RoutingPolicy("always", 0.5, 3), max_batch=3)
+    jobs = [
+        Job(0, [1, 2, 3, 4], Processing(), 12),
+        Job(0, [5, 6], Processing(), 12),
+        Job(0, [7, 1, 2], Processing(), 12),
+    ]
+    for job in jobs:
+        job.seq = Sequence(job.prompt, job.proc, job.budget, sink(job))
+    dec.add([job.seq for job in jobs])
+    victim = jobs[1].seq
+    assert victim is not None
+
+    def poison(module, args, output):
+        if victim.slot >= 0 and output.shape[0] == len(dec.running) > 1:
+            output[victim.slot] = float("nan")
+        return output
+
+    hook = tiny_target.model.embed_tokens.register_forward_hook(poison)
+    try:
+        dec.step()
+    finally:
+        hook.remove()
+    assert isinstance(victim.error, SequenceFailed) and victim.slot == -1
+    late = Job(0, [3, 3, 1], Processing(), 10)
+    run(dec, [late])
+    while dec.running:
+        dec.step()
+    for job in [jobs[0], jobs[2], late]:
+        expected = target_greedy(tiny_target, job)
+        assert job.out[: len(expected)] == expected
+
+
+def test_a_cancelled_sequence_leaves_at_the_next_step(tiny_target, tiny_draft) -> None:
+    dec = decoder(tiny_target, tiny_draft, RoutingPolicy("always", 0.5, 3), max_batch=2)
+    a, b = Job(0, [1, 2], Processing(), 30), Job(0, [4, 5, 6], Processing(), 12)
+    for job in (a, b):
+        job.seq = Sequence(job.prompt, job.proc, job.budget, sink(job))
+    dec.add([a.seq, b.seq])
+    dec.step()
+    assert a.seq is not None and b.seq is not None
+    a.seq.cancelled = True
+    produced = len(a.out)
+    dec.step()
+    assert dec.running == [b.seq] and b.seq.slot == 0 and len(a.out) == produced
+    while dec.running:
+        dec.step()
+    assert b.out[: len(expected := target_greedy(tiny_target, b))] == expected

@@ -1,0 +1,122 @@
+"""EAGLE-3 drafts in the batch engine stay exact (their folder format: tests/unit/drafts).
+
+A tiny random 4-layer Llama target (vocabulary 8, `conftest.py`) and an EAGLE-3 draft over it: started
+from the target (`Eagle3Draft.init_from_target`) and perturbed, so that proposals are accepted and
+rejected. Greedy: every completion equals transformers' `generate` on the target alone, under every
+routing policy, in a batch, with the full head and with a pruned one. Sampling: the G-test of
+`test_speculative_sampling.py` on completions sampled inside a mixed batch.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+from test_batch import ROUTINGS, Job, greedy_jobs, run, target_greedy
+from test_speculative_sampling import ALPHA, LENGTH, PROMPT, exact_distribution, g_test_p_value
+
+from metaspec.drafts import Eagle3Draft
+from metaspec.server.engine.batch import BatchDecoder
+from metaspec.server.engine.eagle import FeatureDraft, FeatureModel
+from metaspec.server.engine.routing import RoutingPolicy
+from metaspec.server.engine.sampling import Processing
+from metaspec.server.engine.slots import Chunk, SlotModel
+
+VOCAB = 8
+#: a pruned draft vocabulary holding both edges of the target's (0 and V − 1) and skipping the middle
+PRUNED = torch.tensor([0, 2, 3, 7])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def target(deep_target) -> torch.nn.Module:
+    return deep_target
+
+
+def eagle(target: torch.nn.Module, vocabulary: torch.Tensor | None) -> Eagle3Draft:
+    draft = Eagle3Draft.init_from_target(target, vocabulary)
+    generator = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for weight in draft.parameters():
+            weight.add_(torch.randn(weight.shape, generator=generator) * 0.3)
+    return draft.eval()
+
+
+@pytest.fixture(scope="module")
+def full(target) -> Eagle3Draft:
+    return eagle(target, None)
+
+
+@pytest.fixture(scope="module")
+def pruned(target) -> Eagle3Draft:
+    return eagle(target, PRUNED)
+
+
+def decoder(target, draft: Eagle3Draft, routing: RoutingPolicy, max_batch: int) -> BatchDecoder:
+    return BatchDecoder(SlotModel(target, VOCAB, 64), FeatureDraft(FeatureModel(draft, VOCAB, 64)), routing, max_batch)
+
+
+@pytest.mark.parametrize("head", ["full", "pruned"])
+@pytest.mark.parametrize("name", ROUTINGS)
+def test_greedy_in_a_batch_equals_target_greedy(name: str, head: str, target, request) -> None:
+    routing = ROUTINGS[name]
+    dec = decoder(target, request.getfixturevalue(head), routing, max_batch=5)
+    proposed: list[int] = []
+    propose = dec.draft.propose
+
+    def spy(seqs, ks, threshold):
+        out = propose(seqs, ks, threshold)
+        proposed.extend(t for p in out for t in p.tokens)
+        return out
+
+    dec.draft.propose = spy  # type: ignore[method-assign]
+    jobs = greedy_jobs(1.3 if name == "per-token" else 1.0)
+    run(dec, jobs)
+    emitted = set()
+    for job in jobs:
+        expected = target_greedy(target, job)
+        assert job.out[: len(expected)] == expected, (job.prompt, job.seq.stats if job.seq else None)
+        emitted.update(job.out)
+    if routing.uses_draft and name != "always-up-to-batch-3":
+        accepted = sum(j.seq.stats.accepted_tokens for j in jobs if j.seq)
+        assert 0 < accepted < len(proposed)
+    if head == "pruned" and proposed:
+        outside = set(range(VOCAB)) - set(PRUNED.tolist())
+        assert not set(proposed) & outside, "a token outside the draft vocabulary was proposed"
+        assert emitted & outside, "the target's own choices outside the draft vocabulary must be emitted"
+
+
+def test_sampling_in_a_batch_matches_target_distribution(target, pruned) -> None:
+    """Pruned head, per-token routing, repetition penalty and top-p: every rule that reads q at once."""
+    routing, proc = RoutingPolicy("per-token", 0.5, 3), Processing(1.5, 0.95, 1.2)
+    dec = decoder(target, pruned, routing, max_batch=64)
+    jobs = [Job(i // 64, PROMPT, proc, LENGTH, seed=i) for i in range(1500)]
+    jobs += [Job(i, [i % VOCAB, 5, 6, 7], Processing(0.8), 2 + i % 5, seed=-i) for i in range(0, 24, 3)]
+    run(dec, jobs)
+    counts = Counter(tuple(job.out) for job in jobs[:1500])
+    stats = [j.seq.stats for j in jobs[:1500] if j.seq]
+    assert 0 < sum(s.accepted_tokens for s in stats) < sum(s.proposed_tokens for s in stats)
+    assert g_test_p_value(counts, exact_distribution(target, proc)) >= ALPHA
+
+
+@pytest.mark.parametrize("favourite", range(4))
+def test_pruned_head_maps_draft_ids_to_target_ids(favourite: int, target, pruned, monkeypatch) -> None:
+    """Draft id j scores target id PRUNED[j] (draft ids 0 and N − 1 are the target's 0 and V − 1);
+    every target id outside the subset gets −inf, so it is never proposed."""
+    assert pruned.d2t.tolist() == [0, 1, 1, 4] and pruned.t2d.nonzero().flatten().tolist() == PRUNED.tolist()
+    scores = torch.zeros(1, len(PRUNED))
+    scores[0, favourite] = 5.0
+    monkeypatch.setattr(pruned, "logits", lambda out: scores.expand(out.shape[0], -1))
+    lm = FeatureModel(pruned, VOCAB, 64)
+    lm.observe(0, 0, torch.randn(3, pruned.config.hidden_size))
+    logits, _ = lm.forward([Chunk(0, 0, [1, 4, 5])])
+    assert int(logits[0].argmax()) == int(PRUNED[favourite])
+    assert torch.isinf(logits[0, [1, 4, 5, 6]]).all() and torch.isfinite(logits[0, PRUNED]).all()
