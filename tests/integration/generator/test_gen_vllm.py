@@ -20,6 +20,7 @@ from transformers import AutoTokenizer
 
 from metaspec.api import TeacherGeneration
 from metaspec.api.generation import Sampling
+from metaspec.artifacts import Uri
 from metaspec.datasets import read_records
 from metaspec.generator import Prompt, prompt_seed, vllm_sampling_kwargs
 from metaspec.generator.engines.transformers import TransformersEngine
@@ -83,7 +84,7 @@ def resumable_partial(tmp: Path, smollm2: Path, inputs: list[Record]) -> tuple[P
         "tensor_parallel_size": 1,
     }
     output = str(tmp / "resumed")
-    folder = tmp / "work-resumed" / hashlib.sha256(output.encode()).hexdigest()[:16]
+    folder = tmp / "work-resumed" / hashlib.sha256(str(Uri.of(output)).encode()).hexdigest()[:16]
     folder.mkdir(parents=True)
     bodies, kept = [], {}
     for n, record in enumerate(inputs[:RESUMED]):

@@ -16,9 +16,9 @@ import torch
 from test_server_openai_client import (
     MODEL,
     test_models_lists_the_served_name,
-    test_seeded_sampling_is_reproducible,
     test_stop_string_is_cut_and_not_returned,
 )
+from test_server_openai_client import test_seeded_sampling_is_reproducible as check_seeded_sampling
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from metaspec.api import SpecServe
@@ -112,4 +112,4 @@ def test_chat_and_streaming(client: openai.OpenAI) -> None:
 def test_seeded_speculative_sampling_on_the_cpu_build(client: openai.OpenAI) -> None:
     """Records a known defect of vLLM's CPU build: when it is fixed this passes, and the strict xfail
     says so (then drop the mark and the note in docs/benchmarks.md)."""
-    test_seeded_sampling_is_reproducible(client)
+    check_seeded_sampling(client)
