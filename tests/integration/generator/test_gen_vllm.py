@@ -96,7 +96,8 @@ def resumable_partial(tmp: Path, smollm2: Path, inputs: list[Record]) -> tuple[P
             "finish_reason": "stop",
             "generation_time": 0.1,
         }
-        bodies.append({"id": record.id, "input": record.input, "output": f"resumed {record.id}", "metadata": meta})
+        fields = {"id": record.id, "input": record.input, "domain": record.domain, "difficulty": record.difficulty}
+        bodies.append({**fields, "output": f"resumed {record.id}", "metadata": meta})
         if not other:
             kept[record.id] = f"resumed {record.id}"
     (folder / shard_file(0, 1)).write_text("".join(json.dumps(b) + "\n" for b in bodies))
