@@ -28,8 +28,10 @@ class Routing(Model):
     policy: Literal["first-token", "per-token", "always", "never"] = Field(
         "first-token",
         description="`first-token`: speculate for the whole request if the draft's first-token confidence "
-        "≥ threshold, else target only. `per-token`: each round drafts while confidence ≥ threshold. "
-        "`always` / `never`: fixed.",
+        "≥ threshold, else target only; costs one draft prefill per request. `per-token`: each round drafts "
+        "while confidence ≥ threshold; costs at least one draft step per round, even when it stops at once. "
+        "`always`: k draft steps and a (k+1)-token verify per round; pays only when the draft's acceptance "
+        "covers them. `never`: target only, no draft cost. None changes the output distribution.",
     )
     confidence_threshold: float = Field(
         0.7, gt=0, le=1, description="Draft max-probability needed to speculate (0 < t ≤ 1)."
