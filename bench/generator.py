@@ -1,23 +1,33 @@
 """Teacher generation throughput: the one-prompt-at-a-time loop a user writes first (the seed's
 starting point) against the transformers engine's batched, length-bucketed `generate`, and against
-vLLM where it can run, side by side on the same prompts with the same greedy settings.
+vLLM, side by side on the same prompts with the same settings.
 
     .venv/bin/python bench/generator.py                     # CPU: SmolLM2-135M-Instruct, fp32
-    .venv/bin/python bench/generator.py --device cuda       # GPU: bf16, plus vLLM when importable
+    .venv/bin/python bench/generator.py --prompts 512 --sequential-prompts 32 --sampling seed
+    .venv/bin/python bench/generator.py --device cuda       # GPU: bf16
 
-Prints a table (examples/s, generated tokens/s, speedup over the loop, outputs that differ from the
-loop's) and writes `bench/results/generator-<device>.json`. Greedy outputs should match the loop's;
-mismatches are counted and shown, not hidden (batched bf16 kernels may round differently).
+vLLM runs in this process when it is importable (the generator image), else in the vLLM environment
+(`make vllm-venv`: on this machine the CPU build) as a child process that runs this file with
+`--vllm-worker`. `--sampling greedy` (temperature 0) or `seed` (the seed's fixed sampling:
+temperature 0.3, repetition penalty 1.2, per-prompt seeds). Prints a table (examples/s, generated
+tokens/s, speedup over the loop, outputs that differ from the loop's when greedy) and writes
+`bench/results/generator-<device>-<prompts>-<sampling>.json`. Greedy outputs should match the
+loop's; mismatches are counted and shown, not hidden (batched bf16 kernels may round differently).
+With `--sequential-prompts N` the loop answers only the first N prompts: its examples/s is the
+baseline (one prompt at a time, its rate does not depend on how many there are).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +41,8 @@ from metaspec.datasets import read_records
 from metaspec.devices import resolve_device, resolve_dtype
 from metaspec.generator import Prompt, prompt_seed
 from metaspec.generator.engines.transformers import TransformersEngine, finish
-from metaspec.local.bundled import bundled_model_dir
+from metaspec.local.bundled import bundled_model_dir, cache_root
+from metaspec.local.vllm import INSTALL_HINT, vllm_env, vllm_python
 from metaspec.prompts import chat_prompt_ids, end_of_turn_ids
 
 RESULTS = Path(__file__).parent / "results"
@@ -59,26 +70,36 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, help="transformers engine batch (default: 16 on CPU, 64 on GPU)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--skip-vllm", action="store_true")
-    parser.add_argument("--out", type=Path, help="JSON results (default: bench/results/generator-<device>.json)")
+    parser.add_argument("--sampling", choices=["greedy", "seed"], default="greedy", help="see above")
+    parser.add_argument("--sequential-prompts", type=int, help="prompts the loop answers (default: all)")
+    parser.add_argument("--vllm-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--out", type=Path, help="JSON results (default: bench/results/generator-<device>-<prompts>-<sampling>.json)"
+    )
     return parser.parse_args(argv)
 
 
-def sequential(model: Any, tokenizer: Any, prompts: list[Prompt], max_tokens: int) -> tuple[dict[str, str], int]:
-    """The loop a user writes first: one `generate` call per prompt, greedy, stopping at end of turn."""
+def sequential(model: Any, tokenizer: Any, prompts: list[Prompt], sampling: Sampling) -> tuple[dict[str, str], int]:
+    """The loop a user writes first: one `generate` call per prompt, stopping at end of turn."""
     stops = end_of_turn_ids(tokenizer)
     texts, tokens = {}, 0
+    sample: dict[str, Any] = {"do_sample": False}
+    if sampling.temperature > 0:
+        sample = {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p}
     for prompt in prompts:
         ids = torch.tensor([prompt.token_ids], device=model.device)
+        torch.manual_seed(prompt.seed)
         with torch.inference_mode():
             out = model.generate(
                 ids,
                 attention_mask=torch.ones_like(ids),
-                max_new_tokens=max_tokens,
-                do_sample=False,
+                max_new_tokens=sampling.max_tokens,
+                repetition_penalty=sampling.repetition_penalty,
                 eos_token_id=stops,
                 pad_token_id=stops[0],
+                **sample,
             )
-        text, count, _ = finish(out[0, ids.shape[1] :].tolist(), stops, [], max_tokens, tokenizer.decode)
+        text, count, _ = finish(out[0, ids.shape[1] :].tolist(), stops, [], sampling.max_tokens, tokenizer.decode)
         texts[prompt.id], tokens = text, tokens + count
     return texts, tokens
 
@@ -92,41 +113,87 @@ def timed(mode: str, run: Any, reference: dict[str, str] | None, baseline: float
     started = time.perf_counter()
     texts, tokens = run()
     seconds = time.perf_counter() - started
+    return row(mode, texts, tokens, seconds, reference, baseline), texts
+
+
+def row(
+    mode: str,
+    texts: dict[str, str],
+    tokens: int,
+    seconds: float,
+    reference: dict[str, str] | None,
+    baseline: float | None,
+) -> Row:
     rate = len(texts) / seconds
     mismatches = None if reference is None else sum(texts[k] != v for k, v in reference.items())
-    speedup = rate / baseline if baseline else None
-    row = Row(mode, len(texts), seconds, tokens, rate, tokens / seconds, speedup, mismatches)
-    return row, texts
+    return Row(
+        mode, len(texts), seconds, tokens, rate, tokens / seconds, rate / baseline if baseline else None, mismatches
+    )
 
 
-def vllm_row(
-    args: argparse.Namespace, model_dir: Path, prompts: list[Prompt], reference: dict[str, str], baseline: float
-) -> Row | str:
-    """vLLM on the same prompts, or the reason it cannot run here."""
-    if args.skip_vllm:
-        return "skipped (--skip-vllm)"
-    if importlib.util.find_spec("vllm") is None:
-        return "vLLM is not installed (pip install 'metaspec[vllm]' on a CUDA machine)"
-    if not torch.cuda.is_available():
-        return "vLLM needs a CUDA GPU; none is visible"
-    from metaspec.generator.engines.vllm import VllmEngine
+def sampling_of(args: argparse.Namespace) -> Sampling:
+    if args.sampling == "seed":
+        return Sampling(max_tokens=args.max_tokens, stop=[])
+    return Sampling(temperature=0.0, max_tokens=args.max_tokens, repetition_penalty=1.0, stop=[])
 
-    spec = TeacherGenerationSpec.model_validate(
+
+def bench_prompts(tokenizer: Any, count: int) -> list[Prompt]:
+    """`count` built-in prompts, the 200 repeated with new IDs (so new seeds) past 200."""
+    inputs, _ = read_records("builtin://prompts", require_output=False)
+    picked = [(f"{r.id}#{n // len(inputs)}", r.input) for n, r in zip(range(count), itertools.cycle(inputs))]
+    return [Prompt(key, chat_prompt_ids(tokenizer, text), prompt_seed(0, key)) for key, text in picked]
+
+
+def vllm_spec(args: argparse.Namespace, model_dir: Path) -> TeacherGenerationSpec:
+    return TeacherGenerationSpec.model_validate(
         {
             "model": {"uri": str(model_dir)},
             "dataset": {"uri": "builtin://prompts"},
             "output": {"uri": "/unused"},
             "engine": "vllm",
-            "dtype": "bfloat16" if args.dtype == "auto" else args.dtype,
+            "dtype": args.dtype,
             "gpuMemoryUtilization": 0.5,
-            "sampling": {"temperature": 0.0, "maxTokens": args.max_tokens, "repetitionPenalty": 1.0, "stop": []},
+            "sampling": sampling_of(args).model_dump(),
         }
     )
-    engine = VllmEngine(spec, model_dir, "bench")
-    batched(engine, prompts[:2])  # warm-up: CUDA graphs, allocator
-    row, texts = timed("vllm", lambda: batched(engine, prompts), reference, baseline)
-    show_mismatches("vllm", reference, texts)
-    return row
+
+
+def vllm_worker(args: argparse.Namespace, model_dir: Path) -> int:
+    """The vLLM side, in an environment with vLLM: times the engine, writes the texts to `--out`."""
+    from metaspec.generator.engines.vllm import VllmEngine
+
+    started = time.perf_counter()
+    engine = VllmEngine(vllm_spec(args, model_dir), model_dir, "bench")
+    start_seconds = time.perf_counter() - started
+    prompts = bench_prompts(engine.tokenizer, args.prompts)
+    batched(engine, prompts[:2])  # warm-up: allocator, CUDA graphs on a GPU
+    started = time.perf_counter()
+    texts, tokens = batched(engine, prompts)
+    seconds = time.perf_counter() - started
+    body = {"texts": texts, "tokens": tokens, "seconds": seconds, "start_seconds": start_seconds}
+    args.out.write_text(json.dumps(body))
+    return 0
+
+
+def vllm_row(args: argparse.Namespace, model_dir: Path, reference: dict[str, str] | None, baseline: float) -> Row | str:
+    """vLLM on the same prompts (here, or in the vLLM environment), or the reason it cannot run."""
+    if args.skip_vllm:
+        return "skipped (--skip-vllm)"
+    with tempfile.TemporaryDirectory(prefix="bench-vllm-") as tmp:
+        out = Path(tmp) / "vllm.json"
+        argv = [*sys.argv[1:], "--vllm-worker", "--out", str(out), "--model", str(model_dir)]
+        if importlib.util.find_spec("vllm") is not None:
+            vllm_worker(parse_args(argv), model_dir)
+        elif (python := vllm_python()) is not None:
+            env = {**os.environ, **vllm_env(cache_root()), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+            subprocess.run([str(python), __file__, *argv], env=env, check=True)
+        else:
+            return f"no vLLM here: {INSTALL_HINT}"
+        result = json.loads(out.read_text())
+    print(f"vllm: engine start {result['start_seconds']:.0f} s (not in the timing)")
+    if reference:
+        show_mismatches("vllm", reference, result["texts"])
+    return row("vllm", result["texts"], result["tokens"], result["seconds"], reference, baseline)
 
 
 def show_mismatches(mode: str, reference: dict[str, str], texts: dict[str, str], limit: int = 2) -> None:
@@ -136,22 +203,24 @@ def show_mismatches(mode: str, reference: dict[str, str], texts: dict[str, str],
 
 def transformers_rows(
     args: argparse.Namespace, device: torch.device, model_dir: Path
-) -> tuple[list[Row], list[Prompt], dict[str, str]]:
-    """The sequential loop and the batched engine on one loaded model; the engine is freed on return."""
-    sampling = Sampling(temperature=0.0, max_tokens=args.max_tokens, repetition_penalty=1.0, stop=[])
-    dtype = resolve_dtype(args.dtype, device)
-    engine = TransformersEngine.load(model_dir, "bench", sampling, args.batch_size, device, dtype)
-    inputs, _ = read_records("builtin://prompts", require_output=False, max_examples=args.prompts)
-    prompts = [Prompt(r.id, chat_prompt_ids(engine.tokenizer, r.input), prompt_seed(0, r.id)) for r in inputs]
-    model, tokenizer = engine.model, engine.tokenizer
-    sequential(model, tokenizer, prompts[:1], 4)  # warm-up
-    loop, reference = timed(
-        "sequential loop", lambda: sequential(model, tokenizer, prompts, args.max_tokens), None, None
+) -> tuple[list[Row], dict[str, str] | None]:
+    """The sequential loop and the batched engine on one loaded model; the engine is freed on return.
+    Also the loop's texts when greedy over every prompt (the reference the others must match)."""
+    sampling = sampling_of(args)
+    engine = TransformersEngine.load(
+        model_dir, "bench", sampling, args.batch_size, device, resolve_dtype(args.dtype, device)
     )
+    prompts = bench_prompts(engine.tokenizer, args.prompts)
+    model, tokenizer = engine.model, engine.tokenizer
+    sequential(model, tokenizer, prompts[:1], sampling.model_copy(update={"max_tokens": 4}))  # warm-up
+    looped = prompts[: args.sequential_prompts or len(prompts)]
+    loop, texts = timed("sequential loop", lambda: sequential(model, tokenizer, looped, sampling), None, None)
+    reference = texts if args.sampling == "greedy" and len(looped) == len(prompts) else None
     mode = f"batched (batch {args.batch_size})"
-    row, texts = timed(mode, lambda: batched(engine, prompts), reference, loop.examples_per_second)
-    show_mismatches("batched", reference, texts)
-    return [loop, row], prompts, reference
+    batch_row, batch_texts = timed(mode, lambda: batched(engine, prompts), reference, loop.examples_per_second)
+    if reference:
+        show_mismatches("batched", reference, batch_texts)
+    return [loop, batch_row], reference
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,10 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     args.max_tokens = args.max_tokens or (96 if gpu else 32)
     args.batch_size = args.batch_size or (64 if gpu else 16)
     model_dir = args.model or bundled_model_dir()
-    rows, prompts, reference = transformers_rows(args, device, model_dir)
+    if args.vllm_worker:
+        return vllm_worker(args, model_dir)
+    rows, reference = transformers_rows(args, device, model_dir)
     if gpu:
         torch.cuda.empty_cache()
-    vllm = vllm_row(args, model_dir, prompts, reference, rows[0].examples_per_second)
+    vllm = vllm_row(args, model_dir, reference, rows[0].examples_per_second)
     if isinstance(vllm, Row):
         rows.append(vllm)
     report(args, device, rows, vllm if isinstance(vllm, str) else None)
@@ -177,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
 def report(args: argparse.Namespace, device: torch.device, rows: list[Row], vllm_reason: str | None) -> None:
     header = f"{'mode':<22} {'examples/s':>10} {'tokens/s':>9} {'speedup':>8} {'mismatches':>10} {'seconds':>8}"
     print(
-        f"\n{args.prompts} prompts, max {args.max_tokens} new tokens, greedy, {device} "
+        f"\n{args.prompts} prompts, max {args.max_tokens} new tokens, {args.sampling} sampling, {device} "
         f"({torch.cuda.get_device_name() if device.type == 'cuda' else platform.machine()}, "
         f"{torch.get_num_threads()} threads)\n{header}"
     )
@@ -189,7 +260,7 @@ def report(args: argparse.Namespace, device: torch.device, rows: list[Row], vllm
         )
     if vllm_reason:
         print(f"vllm: could not run: {vllm_reason}")
-    out = args.out or RESULTS / f"generator-{device.type}.json"
+    out = args.out or RESULTS / f"generator-{device.type}-{args.prompts}-{args.sampling}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     body = {
         "device": str(device),
@@ -199,6 +270,8 @@ def report(args: argparse.Namespace, device: torch.device, rows: list[Row], vllm
         "torch": torch.__version__,
         "prompts": args.prompts,
         "max_tokens": args.max_tokens,
+        "sampling": args.sampling,
+        "sequential_prompts": args.sequential_prompts or args.prompts,
         "batch_size": args.batch_size,
         "rows": [asdict(r) for r in rows],
         "vllm": vllm_reason or "ran",

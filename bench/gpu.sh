@@ -14,6 +14,8 @@
 #                             distilled on them (bench/draft.py; a re-run resumes, so run it until it finishes)
 #   bench/gpu.sh draft-serve  serving benchmarks with both drafts (bench/server.py through bench/draft.py)
 #   bench/gpu.sh draft-costs  per-token costs and predicted speedups; the routing sweep with the 4-layer draft
+#   bench/gpu.sh serving-load     continuous batching under 1/4/16/64 clients: SmolLM2 + derived draft, bf16
+#   bench/gpu.sh serving-load-8b  the same with the Llama-3.1-8B architecture + a 160M draft (random init)
 #   bench/gpu.sh costs        draft/target cost ratio and verify cost: random-init Llama-3.1-8B, 1B and 160M drafts
 #   bench/gpu.sh eagle        EAGLE-3 (feature-level) drafts with full and 8192-token heads and a pruned 4-layer
 #                             draft, trained on `draft`'s teacher outputs (run `draft` first; re-run to resume)
@@ -102,6 +104,14 @@ method)   # docs/method.md on the GPU: method arms, teacher configurations, the 
   $PY bench/draft.py --device cuda --target "$W/anil" --layers 4 --serve --epochs 16 --work "$W/draft"
   $PY bench/routing.py --device cuda --compile --target "$W/anil" --draft "$W/draft/draft-4/model"
   save ;;
+serving-load)   # each policy of the batching engine, the batch-1 engine, transformers' padded batches (< 8 min)
+  timeout 470 $PY bench/serving_load.py --device cuda --dtype bfloat16 --seconds 15 \
+    --out bench/results/serving_load-cuda-smollm2.json || true
+  save ;;
+serving-load-8b)
+  timeout 470 $PY bench/serving_load.py --device cuda --dtype bfloat16 --arch llama-8b --arch-draft llama-160m \
+    --seconds 15 --out bench/results/serving_load-cuda-llama8b.json || true
+  save ;;
 costs)   # random-init Llama-3.1-8B with 1B and 160M drafts: cost ratio and verify cost, compiled
   $PY bench/costs.py --device cuda --dtype bfloat16 --compile --pairs llama-8b:llama-1b llama-8b:llama-160m \
     --steps 20 --out bench/results/costs-cuda-llama8b-compile.json
@@ -118,5 +128,5 @@ eagle-costs)   # per-token costs through the engine that serves each kind
     --out bench/results/costs-cuda-eagle.json || true
   save ;;
 *)
-  sed -n '2,25p' "$0"; exit 2 ;;
+  sed -n '2,27p' "$0"; exit 2 ;;
 esac

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import queue
 import statistics
 import sys
@@ -37,7 +38,7 @@ from typing import Any, Protocol
 import torch
 from _common import add_common_args, machine, setup, write_result
 from server import models
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteriaList
 
 from metaspec.api.serving import Routing
 from metaspec.builtin import records
@@ -81,9 +82,10 @@ class Metaspec:
         self.engine = engine
 
     async def stream(self, request: Request) -> AsyncIterator[int]:
-        async for delta in self.engine.generate(request.prompt, request.params):
-            if delta.token_ids:
-                yield len(delta.token_ids)
+        async with contextlib.aclosing(self.engine.generate(request.prompt, request.params)) as deltas:
+            async for delta in deltas:
+                if delta.token_ids:
+                    yield len(delta.token_ids)
 
     def close(self) -> None:
         self.engine.close()
@@ -125,7 +127,12 @@ class HFBatched:
     async def stream(self, request: Request) -> AsyncIterator[int]:
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue[Any] = asyncio.Queue()
-        self.waiting.put((request, lambda item: loop.call_soon_threadsafe(inbox.put_nowait, item)))
+
+        def post(item: Any) -> None:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(inbox.put_nowait, item)
+
+        self.waiting.put((request, post))
         while (item := await inbox.get()) is not None:
             yield item
 
@@ -152,15 +159,20 @@ class HFBatched:
         steps = _Steps(posts, self.eos, width)
         out = self.model.generate(
             ids, attention_mask=mask, max_new_tokens=self.max_tokens, do_sample=False, pad_token_id=pad,
-            logits_processor=LogitsProcessorList([steps]),
+            logits_processor=LogitsProcessorList([steps]), stopping_criteria=StoppingCriteriaList([self._stop]),
         )  # fmt: skip
         for row, post in enumerate(posts):
             if not steps.done[row] and out.shape[1] > width:
                 post(1)  # the last step's token (no processor call follows it)
             post(None)
 
+    def _stop(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """At the end of a cell: end the batch in progress (its clients are gone)."""
+        return torch.full((input_ids.shape[0],), self.stopped.is_set(), dtype=torch.bool, device=input_ids.device)
+
     def close(self) -> None:
         self.stopped.set()
+        self.worker.join()
 
 
 async def run_cell(system: System, mix: list[Request], clients: int, seconds: float) -> tuple[Cell, float]:
@@ -176,8 +188,8 @@ async def run_cell(system: System, mix: list[Request], clients: int, seconds: fl
             sent = last = time.monotonic()
             first = True
             try:
-                async with asyncio.timeout(deadline - sent):
-                    async for n in system.stream(request):
+                async with asyncio.timeout(deadline - sent), contextlib.aclosing(system.stream(request)) as stream:
+                    async for n in stream:
                         now = time.monotonic()
                         if first:
                             cell.ttft.append(now - sent)
@@ -194,6 +206,13 @@ async def run_cell(system: System, mix: list[Request], clients: int, seconds: fl
 
     await asyncio.gather(*(client() for _ in range(clients)))
     return cell, time.monotonic() - start
+
+
+async def warm_up(system: System, request: Request) -> None:
+    short = Request(request.prompt, SamplingParams(max_tokens=2))
+    async with contextlib.aclosing(system.stream(short)) as stream:
+        async for _ in stream:
+            pass
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -269,13 +288,14 @@ def main(argv: list[str] | None = None) -> int:
     for clients in args.clients:
         for name, make in systems(args, base, target, tokenizer, clients).items():
             system = make()
-            asyncio.run(run_cell(system, mix[:2], 1, 2.0))  # warm-up
+            asyncio.run(warm_up(system, mix[0]))
             cell, elapsed = asyncio.run(run_cell(system, mix, clients, args.seconds))
             system.close()
             rows.append(row(name, clients, cell, elapsed))
             print(_line(rows[-1]), file=sys.stderr, flush=True)
+            body = {"models": label, "machine": machine(device, dtype), "rows": rows}
+            write_result(args, argv, "serving_load", device, body)  # after every cell: a time limit keeps them
     report(rows, label)
-    write_result(args, argv, "serving_load", device, {"models": label, "machine": machine(device, dtype), "rows": rows})
     return 0
 
 

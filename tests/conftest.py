@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 from collections.abc import Iterator
@@ -11,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from metaspec.artifacts import S3Store, reset_clients, upload_dir
-from metaspec.local.bundled import bundled_model_dir
+from metaspec.local.bundled import bundled_model_dir, cache_root
 from metaspec.local.s3server import EmbeddedS3
+from metaspec.local.vllm import INSTALL_HINT, vllm_env, vllm_python
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_BUCKET = "metaspec-test"
@@ -29,7 +29,7 @@ def _gpu_absent() -> str | None:
 REQUIREMENTS = {
     "gpu": _gpu_absent,
     "cluster": lambda: None if os.environ.get("KUBECONFIG") else "needs a real cluster: set KUBECONFIG",
-    "vllm": lambda: None if importlib.util.find_spec("vllm") else "needs vLLM (pip install 'metaspec[vllm]' on a GPU)",
+    "vllm": lambda: None if vllm_python() else f"needs vLLM. {INSTALL_HINT}",
 }
 
 
@@ -69,6 +69,28 @@ def s3_prefix(s3: EmbeddedS3, request: pytest.FixtureRequest) -> str:
 def smollm2() -> Path:
     """SmolLM2-135M-Instruct as float32 safetensors with tokenizer and manifest (converted once, cached)."""
     return bundled_model_dir()
+
+
+@pytest.fixture(scope="session")
+def vllm_process_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment of a process in the vLLM environment (`make vllm-venv`): this checkout's metaspec
+    first on the path, offline, vLLM's caches in metaspec's (what vLLM learns about a model there saves
+    a start its minute of inspection), temporary files in the test's folders, one OpenMP thread and
+    one process (a shared 2-core machine), no usage reports."""
+    work = tmp_path_factory.mktemp("vllm")
+    return {
+        **os.environ,
+        **vllm_env(cache_root()),
+        "TMPDIR": str(work),
+        "PYTHONPATH": str(REPO),
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(work / "hf"),
+        "OMP_NUM_THREADS": "1",
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        # vLLM's engine in the calling process: each process it spawns otherwise imports vLLM again
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    }
 
 
 @pytest.fixture(scope="session")

@@ -88,7 +88,7 @@ def _check_uri(schemes: tuple[str, ...]):
         if scheme in ARTIFACT_SCHEMES:
             Uri.parse(value)  # the same rules the components apply: no query, no option, a hub repository
         if value.startswith("-"):
-            # Handed to commands as an argument (`vllm serve <model>`), it would read as an option.
+            # Handed to commands as an argument (`--model <model>` of vLLM's server), it would read as an option.
             raise ValueError(f"{value!r} starts with '-': give a path such as ./{value} or file://")
         return value
 

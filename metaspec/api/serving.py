@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from ._base import (
     MAX_NAME_LENGTH,
@@ -29,8 +29,10 @@ class Routing(Model):
     policy: Literal["first-token", "per-token", "always", "never"] = Field(
         "first-token",
         description="`first-token`: speculate for the whole request if the draft's first-token confidence "
-        "≥ threshold, else target only. `per-token`: each round drafts while confidence ≥ threshold. "
-        "`always` / `never`: fixed.",
+        "≥ threshold, else target only; costs one draft prefill per request. `per-token`: each round drafts "
+        "while confidence ≥ threshold; costs at least one draft step per round, even when it stops at once. "
+        "`always`: k draft steps and a (k+1)-token verify per round; pays only when the draft's acceptance "
+        "covers them. `never`: target only, no draft cost. None changes the output distribution.",
     )
     confidence_threshold: float = Field(
         0.7, gt=0, le=1, description="Draft max-probability needed to speculate (0 < t ≤ 1)."
@@ -143,15 +145,67 @@ class RolloutSpec(Model):
         return self
 
 
+#: vLLM server options `spec.vllm.extraArgs` may set. The builder sets the rest itself (model, host, port,
+#: speculation, dtype, limits, load format, trust), and options that read files or run code are left out.
+VLLM_EXTRA_ARGS = frozenset(
+    {
+        "block-size",
+        "cpu-offload-gb",
+        "enable-auto-tool-choice",
+        "enable-chunked-prefill",
+        "enable-log-requests",
+        "enable-prefix-caching",
+        "gpu-memory-utilization",
+        "kv-cache-dtype",
+        "max-log-len",
+        "max-num-batched-tokens",
+        "no-enable-chunked-prefill",
+        "no-enable-prefix-caching",
+        "pipeline-parallel-size",
+        "quantization",
+        "reasoning-parser",
+        "swap-space",
+        "tool-call-parser",
+        "uvicorn-log-level",
+    }
+)
+
+
+def _extra_arg(arg: str) -> str:
+    name, _, value = arg.removeprefix("--").partition("=")
+    if not arg.startswith("--") or name not in VLLM_EXTRA_ARGS:
+        raise ValueError(f"{arg!r} is not one of the allowed vLLM options: --{', --'.join(sorted(VLLM_EXTRA_ARGS))}")
+    if value.startswith("-") or "$(" in value:
+        raise ValueError(f"{arg!r}: a value may not start with '-' or contain '$('")
+    return arg
+
+
+class VllmOptions(Model):
+    """How vLLM's server runs a `SpecServe` with `engine: vllm`."""
+
+    speculative_method: Literal["draft_model", "eagle3", "ngram"] = Field(
+        "draft_model",
+        description="vLLM's speculation: `draft_model` (the draft is a small model with the target's "
+        "tokenizer), `eagle3` (the draft is an EAGLE-3 head), `ngram` (prompt lookup: no draft model).",
+    )
+    extra_args: list[Annotated[str, Field(pattern=r"^--[a-z][a-z0-9-]*(=.*)?$"), AfterValidator(_extra_arg)]] = Field(
+        default_factory=list,
+        max_length=32,
+        description="More vLLM server options, each `--name` or `--name=value`, from an allow-list "
+        "(e.g. `--enable-prefix-caching`, `--kv-cache-dtype=fp8`, `--max-num-batched-tokens=8192`).",
+    )
+
+
 class SpecServeSpec(Model):
     target: ModelSource = Field(description="The model whose distribution is served.")
     draft: ModelSource | None = Field(None, description="The draft model; same tokenizer as the target.")
     routing: Routing = Field(default_factory=Routing, description="Speculation policy.")
     engine: Literal["metaspec", "vllm"] = Field(
         "metaspec",
-        description="`metaspec`: our router with confidence routing. `vllm`: vLLM's own draft-model "
-        "speculative decoding (no routing).",
+        description="`metaspec`: our router with confidence routing. `vllm`: vLLM's own OpenAI server and "
+        "speculative decoding (`spec.vllm`; no routing policy, every request speculates).",
     )
+    vllm: VllmOptions = Field(default_factory=VllmOptions, description="vLLM's options (`engine: vllm`).")
     replicas: int = Field(1, ge=0, le=1000, description="Server pods (scale subresource).")
     service: ServiceSpec = Field(default_factory=ServiceSpec, description="The Service in front of the pods.")
     auth: Auth = Field(default_factory=Auth, description="API keys the server requires.")
@@ -163,7 +217,8 @@ class SpecServeSpec(Model):
         True,
         description="Static KV cache + `torch.compile` on GPU (no effect on CPU). The cache holds "
         "`sampling.maxPromptTokens + sampling.maxTokensLimit + k + 1` positions and every attention reads "
-        "all of them: keep those limits tight, or the verify pass eats the speculation's gain.",
+        "all of them: keep those limits tight, or the verify pass eats the speculation's gain. With "
+        "`engine: vllm`, false runs vLLM eagerly (`--enforce-eager`: no compile, no CUDA graphs).",
     )
     served_model_name: str | None = Field(
         None,
@@ -192,20 +247,29 @@ class SpecServeSpec(Model):
     @model_validator(mode="after")
     def _engine(self) -> SpecServeSpec:
         if self.engine == "vllm":
-            if self.sampling.repetition_penalty != 1:
-                raise ValueError(
-                    "`sampling.repetitionPenalty` must be 1 with `engine: vllm`: vLLM silently skips "
-                    "speculative decoding for requests with a repetition penalty"
-                )
-            if self.draft is None:
-                raise ValueError("`draft` is required with `engine: vllm`")
-            ref = self.auth.api_key_secret_ref
-            if ref is not None and len(ref.keys) > 1:
-                raise ValueError(
-                    "`auth.apiKeySecretRef.keys` must list one key with `engine: vllm`: vLLM reads one API key "
-                    f"from {VLLM_API_KEY_ENV}"
-                )
+            self._check_vllm()
+        elif self.vllm != VllmOptions():
+            raise ValueError("`vllm` applies to `engine: vllm` only")
         return self
+
+    def _check_vllm(self) -> None:
+        if self.sampling.repetition_penalty != 1:
+            raise ValueError(
+                "`sampling.repetitionPenalty` must be 1 with `engine: vllm`: vLLM silently skips "
+                "speculative decoding for requests with a repetition penalty"
+            )
+        if (self.draft is None) != (self.vllm.speculative_method == "ngram"):
+            raise ValueError("`draft` is required with `engine: vllm`, except with `vllm.speculativeMethod: ngram`")
+        ref = self.auth.api_key_secret_ref
+        if ref is not None and len(ref.keys) > 1:
+            raise ValueError(
+                "`auth.apiKeySecretRef.keys` must list one key with `engine: vllm`: vLLM reads one API key "
+                f"from {VLLM_API_KEY_ENV}"
+            )
+        default = Routing()
+        for name, field in (("policy", "routing.policy"), ("confidence_threshold", "routing.confidenceThreshold")):
+            if getattr(self.routing, name) != getattr(default, name):
+                raise ValueError(f"`{field}` is not used by `engine: vllm` (vLLM speculates on every request)")
 
 
 class ServedModel(Model):

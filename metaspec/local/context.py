@@ -134,8 +134,11 @@ class Context:
     def device_args(self) -> list[str]:
         return [] if self.options.device == "auto" else ["--device", self.options.device]
 
-    def run_component(self, resource: Resource, argv: list[str], summary: Path) -> tuple[int, dict[str, Any]]:
-        """Run one component process to its end; returns its exit code and termination summary."""
+    def run_component(
+        self, resource: Resource, argv: list[str], summary: Path, python: Path | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """Run one component process to its end, with `python` (the vLLM environment's) or this one's;
+        returns its exit code and termination summary."""
         rs = self.of(resource)
         summary.unlink(missing_ok=True)
         rs.attempts += 1
@@ -145,7 +148,12 @@ class Context:
             if parse_progress_line(line, rs.progress):
                 self._dirty = True
 
-        child = Child([sys.executable, "-m", "metaspec.cli", *argv], Path(rs.log), self.stage_env(summary), on_line)
+        env = self.stage_env(summary)
+        if python is not None:
+            from metaspec.local.vllm import vllm_env
+
+            env |= vllm_env(self.cache_dir)
+        child = Child([str(python or sys.executable), "-m", "metaspec.cli", *argv], Path(rs.log), env, on_line)
         rs.pid = child.pid
         self.save(force=True)
         try:

@@ -30,6 +30,8 @@ from metaspec.artifacts import (
     verify_artifact,
 )
 from metaspec.local.context import Context
+from metaspec.local.vllm import INSTALL_HINT, vllm_python
+from metaspec.runtime import EXIT_PERMANENT
 
 #: Files of a finished stage copied next to the state for `metaspec report` (small by construction).
 REPORT_FILES = {
@@ -86,11 +88,16 @@ def output_complete(ctx: Context, resource: Resource) -> bool:
 
 
 def _attempts(
-    ctx: Context, resource: Resource, argv: list[str], summary: Path, failures: list[FailureSummary]
+    ctx: Context,
+    resource: Resource,
+    argv: list[str],
+    summary: Path,
+    failures: list[FailureSummary],
+    python: Path | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """One pod's worth of attempts, as the Job retries them; every summary goes to `failures`, newest first."""
     for attempt in range(resource.spec.backoff_limit + 1):
-        code, body = ctx.run_component(resource, argv, summary)
+        code, body = ctx.run_component(resource, argv, summary, python)
         failures.insert(0, FailureSummary.read({**body, "exitCode": code}))
         if code == 0 or code in R.FAIL_FAST_CODES or attempt == resource.spec.backoff_limit:
             return code, body
@@ -108,17 +115,26 @@ def _run_training(ctx: Context, resource: TrainingRun) -> None:
 
 
 def _run_generation(ctx: Context, resource: TeacherGeneration) -> None:
-    """One process per shard, one after another (a local machine runs them sequentially)."""
+    """One process per shard, one after another (a local machine runs them sequentially);
+    `engine: vllm` runs them with the vLLM environment's python."""
     stage, config = ctx.stage_dir(resource), ctx.write_config(resource)
     n = resource.spec.shards
     shards = ShardCounts(total=n)
     failures: list[FailureSummary] = []
     results: list[dict[str, Any]] = []
+    python = vllm_python() if resource.spec.engine == "vllm" else None
+    if resource.spec.engine == "vllm" and python is None:
+        message = f"spec.engine is vllm and no vLLM environment was found. {INSTALL_HINT}"
+        failures.append(
+            FailureSummary.read({"message": message, "reason": "VllmNotInstalled", "exitCode": EXIT_PERMANENT})
+        )
+        _finish(ctx, resource, EXIT_PERMANENT, shards, failures, results)
+        return
     code = 0
     for index in range(n):
         argv = ["generate", "--config", str(config), "--shard-index", str(index), "--num-shards", str(n)]
         argv += ["--work-dir", str(stage / "work"), "--no-progress", *ctx.device_args()]
-        code, summary = _attempts(ctx, resource, argv, stage / f"summary-{index}.json", failures)
+        code, summary = _attempts(ctx, resource, argv, stage / f"summary-{index}.json", failures, python)
         shards.failed = sum(f.failed for f in failures)
         if code != 0:
             break

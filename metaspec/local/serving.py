@@ -1,5 +1,5 @@
-"""A SpecServe on this machine: `metaspec serve --config FILE --port P` on loopback, ready when its
-`/readyz` answers, and how to call it."""
+"""A SpecServe on this machine: `metaspec serve --config FILE --port P` (or vLLM's server, `engine: vllm`)
+on loopback, ready when it answers, and how to call it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from metaspec.local.processes import Child
@@ -39,26 +39,36 @@ def start_server(
     """Start the router on loopback and wait until it is ready; the child and its base URL.
 
     Raises RuntimeError (with the log's tail) if it exits or is not ready within `timeout`."""
+
+    def argv(port: int) -> list[str]:
+        serve = [sys.executable, "-m", "metaspec.cli", "serve", "--config", str(config)]
+        return [*serve, "--host", "127.0.0.1", "--port", str(port), *extra_args]
+
+    return launch(argv, log, env, port, timeout, "/readyz")
+
+
+def launch(
+    argv: Callable[[int], list[str]], log: Path, env: dict[str, str], port: int | None, timeout: float, ready: str
+) -> tuple[Child, str]:
+    """Start `argv(port)` on a free port (`port` if free) and wait until `ready` answers 200."""
     port = free_port(port)
-    argv = [sys.executable, "-m", "metaspec.cli", "serve", "--config", str(config)]
-    argv += ["--host", "127.0.0.1", "--port", str(port), *extra_args]
-    child = Child(argv, log, env)
+    child = Child(argv(port), log, env)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, child, timeout)
+        wait_ready(url, child, timeout, ready)
     except BaseException:
         child.stop(10)
         raise
     return child, url
 
 
-def wait_ready(url: str, child: Child, timeout: float) -> None:
+def wait_ready(url: str, child: Child, timeout: float, path: str = "/readyz") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if child.poll() is not None:
             raise RuntimeError(f"the server exited with code {child.poll()}:\n{child.tail(12)}")
         try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+            with urllib.request.urlopen(f"{url}{path}", timeout=2) as response:
                 if response.status == 200:
                     return
         except (urllib.error.URLError, OSError):

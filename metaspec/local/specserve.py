@@ -35,8 +35,10 @@ def _report(ctx: Context, resource: SpecServe, state: R.ServingState, **fields: 
 
 
 def start(ctx: Context, resource: SpecServe, check: pipeline.DependencyCheck) -> Server | None:
-    """Start the router for a SpecServe whose references resolved; None when it does not come up."""
+    """Start the router for a SpecServe whose references resolved (vLLM's server with `engine: vllm`);
+    None when it does not come up."""
     from metaspec.local.serving import start_server
+    from metaspec.local.vllm import start_vllm_server
 
     rendered = pipeline.resolve(resource, check.resolved)
     assert isinstance(rendered, SpecServe)
@@ -46,14 +48,14 @@ def start(ctx: Context, resource: SpecServe, check: pipeline.DependencyCheck) ->
     _report(ctx, resource, loading, startTime=now())
     ctx.refresh(force=True)
     rs.log = str(stage / "log.txt")
+    log, env, port = Path(rs.log), ctx.stage_env(stage / "summary.json"), rendered.spec.service.port
     try:
-        child, url = start_server(
-            config,
-            Path(rs.log),
-            ctx.stage_env(stage / "summary.json"),
-            [*ctx.device_args(), "--work-dir", str(ctx.cache_dir / "serve")],
-            rendered.spec.service.port,
-        )
+        if rendered.spec.engine == "vllm":
+            uris = {role: source.uri for role in ("target", "draft") if (source := getattr(rendered.spec, role))}
+            child, url = start_vllm_server(rendered, uris, ctx.cache_dir, log, env, ctx.options.device, port)
+        else:
+            work = [*ctx.device_args(), "--work-dir", str(ctx.cache_dir / "serve")]
+            child, url = start_server(config, log, env, work, port)
     except RuntimeError as e:
         _report(ctx, resource, R.ServingState(Phase.FAILED, C.SERVER_FAILED, str(e), 1, 0))
         ctx.display.say(f"{rs.key} failed: {e}\n  log: {rs.log}")

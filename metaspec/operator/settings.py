@@ -30,7 +30,7 @@ class OperatorSettings:
     """Default image per component (`trainer`, `generator`, `server`); a resource's `pod.image` wins.
     `METASPEC_IMAGE_TRAINER` etc. override one."""
 
-    vllm_image: str = "vllm/vllm-openai:v0.11.0"
+    vllm_image: str = "vllm/vllm-openai:v0.32.0"
     """Image of `SpecServe` pods with `engine: vllm` (vLLM's own OpenAI server)."""
 
     fetch_image: str = ""

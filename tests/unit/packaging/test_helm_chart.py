@@ -167,7 +167,7 @@ def test_component_images_reach_the_operator_settings() -> None:
         "generator": f"ghcr.io/metaspec/generator:{VERSION}",
         "server": f"ghcr.io/metaspec/server:{VERSION}",
     }
-    assert settings.vllm_image == "vllm/vllm-openai:v0.11.0"
+    assert settings.vllm_image == "vllm/vllm-openai:v0.32.0"
     assert settings.run_as_user == 1000 and settings.metrics_port == 8080
     assert settings.image_pull_policy == "IfNotPresent" and settings.startup_seconds == 1800
     known = {f"METASPEC_{name.upper()}" for name in settings_module.OperatorSettings.__dataclass_fields__}
@@ -310,12 +310,11 @@ def test_user_roles_aggregate_into_edit_and_view() -> None:
 
 
 def test_values_describe_the_vllm_image_as_the_builder_uses_it() -> None:
-    """The operator sets the vLLM container's command (`vllm serve ...`): the image's entrypoint is not used."""
+    """The operator sets the vLLM container's command (`python3 -m vllm.entrypoints.openai.api_server`), not
+    the image's entrypoint."""
     from metaspec.operator.builders.deployment import vllm_args
 
-    assert (
-        vllm_args.__name__ and "command=vllm_args(" in (REPO / "metaspec/operator/builders/deployment.py").read_text()
-    )
+    assert vllm_args.__name__ and "*vllm_args(" in (REPO / "metaspec/operator/builders/deployment.py").read_text()
     text = (CHART / "values.yaml").read_text()
     comment = text[: text.index("  vllm:\n")].rsplit("# --", 1)[1]
     assert "command" in comment and "entrypoint is used" not in comment, comment

@@ -73,7 +73,7 @@ def test_install_overlay_renders(tmp_path: Path) -> None:
     assert main["image"] == "registry.example.com/metaspec/operator:0.1.0"
     env = {e["name"]: e.get("value") for e in main["env"]}
     assert env["METASPEC_IMAGE_TRAINER"] == "registry.example.com/metaspec/trainer:0.1.0"
-    assert env["METASPEC_VLLM_IMAGE"] == "vllm/vllm-openai:v0.11.0", "the patch must merge env by name"
+    assert env["METASPEC_VLLM_IMAGE"] == "vllm/vllm-openai:v0.32.0", "the patch must merge env by name"
 
 
 #: What client-side apply keeps in the last-applied-configuration annotation (all annotations together).

@@ -7,6 +7,8 @@ the hard case for exactness: caches are cropped almost every round). Reference: 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 
@@ -110,3 +112,17 @@ def test_every_policy_is_target_greedy(policy: str, smollm2_models, references) 
         assert routes == {"speculative", "target-only"}, "the threshold should send prompts both ways"
     if policy in ("always", "per-token"):
         assert proposed > 0
+
+
+@pytest.mark.parametrize("policy", ["always", "first-token"])
+def test_every_policy_is_target_greedy_in_a_batch(policy: str, smollm2_models, references) -> None:
+    """All prompts at once from as many threads into a batch of 16: requests of different lengths join
+    and leave the batch at different steps, target-only and speculating ones share steps."""
+    target, draft, tokenizer = smollm2_models
+    engine = SpeculativeEngine.from_models(target, draft, tokenizer, RoutingPolicy(policy, THRESHOLD, 4), max_batch=16)
+    with ThreadPoolExecutor(len(references)) as pool:
+        results = list(pool.map(lambda case: completion(engine, case[0]), references))
+    engine.close()
+    for (prompt, expected), (ids, final) in zip(references, results, strict=True):
+        got = ids + expected[-1:] if final.finish_reason == "stop" else ids
+        assert got == expected, (tokenizer.decode(prompt), final.stats)

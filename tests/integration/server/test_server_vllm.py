@@ -1,0 +1,115 @@
+"""SpecServe `engine: vllm` for real: vLLM's OpenAI server on CPU (`make vllm-venv`), started with the
+arguments a cluster pod gets, SmolLM2-135M-Instruct as target and its first two layers as a draft
+model (`speculativeMethod: draft_model`). The OpenAI-client tests our router passes run against it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import torch
+from test_server_openai_client import (
+    MODEL,
+    test_models_lists_the_served_name,
+    test_stop_string_is_cut_and_not_returned,
+)
+from test_server_openai_client import test_seeded_sampling_is_reproducible as check_seeded_sampling
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from metaspec.api import SpecServe
+from metaspec.local.vllm import start_vllm_server
+from metaspec_testing.models import cut_draft
+
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
+
+__all__ = ["test_models_lists_the_served_name", "test_stop_string_is_cut_and_not_returned"]
+
+PROMPTS = ["The capital of France is", "Once upon a time", "def fibonacci(n):", "Water boils at"]
+K = 3  # draft tokens per step
+
+
+@pytest.fixture(scope="module")
+def vllm_url(smollm2: Path, vllm_process_env: dict[str, str], tmp_path_factory) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("vllm-serve")
+    draft = cut_draft(smollm2, tmp / "draft", num_layers=2)
+    serve = SpecServe.model_validate(
+        {
+            "metadata": {"name": "vllm-spec", "uid": "u"},
+            "spec": {
+                "engine": "vllm",
+                "servedModelName": MODEL,
+                "target": {"uri": str(smollm2)},
+                "draft": {"uri": str(draft)},
+                "routing": {"maxSpeculativeTokens": K},
+                "dtype": "float32",
+                "compile": False,
+                "sampling": {"maxPromptTokens": 256, "maxTokensLimit": 256, "maxConcurrency": 4},
+            },
+        }
+    )
+    uris = {"target": str(smollm2), "draft": str(draft)}
+    child, url = start_vllm_server(serve, uris, tmp / "cache", tmp / "log.txt", vllm_process_env, "cpu", timeout=800)
+    yield url
+    child.stop(15)
+
+
+@pytest.fixture(scope="module")
+def client(vllm_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{vllm_url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def target(smollm2: Path):
+    return AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32), AutoTokenizer.from_pretrained(smollm2)
+
+
+def speculated_tokens(url: str) -> float:
+    metrics = httpx.get(f"{url}/metrics", timeout=10).text
+    found = re.findall(r"^vllm:spec_decode_num_draft_tokens_total\{[^}]*\} ([0-9.e+]+)$", metrics, re.MULTILINE)
+    return sum(float(value) for value in found)
+
+
+def test_greedy_speculation_gives_the_targets_own_output(client: openai.OpenAI, vllm_url: str, target) -> None:
+    """Draft-model speculation in vLLM's server: the greedy text is the target's alone (transformers)."""
+    model, tokenizer = target
+    before = speculated_tokens(vllm_url)
+    for prompt in PROMPTS:
+        served = client.completions.create(model=MODEL, prompt=prompt, max_tokens=16, temperature=0)
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        with torch.inference_mode():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False)
+        assert served.choices[0].text == tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True), prompt
+    assert speculated_tokens(vllm_url) > before  # the draft proposed tokens: speculation ran
+
+
+def test_chat_and_streaming(client: openai.OpenAI) -> None:
+    messages = [{"role": "user", "content": "Count to five."}]
+    whole = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=12, temperature=0)
+    assert whole.choices[0].message.role == "assistant"
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=messages,
+        max_tokens=12,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole.choices[0].message.content
+    assert chunks[-1].usage == whole.usage
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="vLLM's CPU build does not sample correctly while it speculates: seeded outputs come back garbled "
+    "and differ from run to run (greedy speculation is exact; the metaspec engine is exact in both)",
+)
+def test_seeded_speculative_sampling_on_the_cpu_build(client: openai.OpenAI) -> None:
+    """Records a known defect of vLLM's CPU build: when it is fixed this passes, and the strict xfail
+    says so (then drop the mark and the note in docs/benchmarks.md)."""
+    check_seeded_sampling(client)
