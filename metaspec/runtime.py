@@ -104,10 +104,11 @@ def _compact(body: Any) -> str:
 
 def spec_digest(kind: str, spec: dict[str, Any]) -> str:
     """sha256 of the spec fields that define what a resource produces: those immutable once it has
-    started (`Resource.immutable_spec`), except `storage` (where, not what). Wire form, defaults filled."""
+    started (`Resource.immutable_spec`), except `storage` and `output` (where, not what: a checkpoint
+    copied to another prefix is still the same run's). Wire form, defaults filled."""
     from metaspec.api import RESOURCES
 
-    defining = {f: spec.get(f) for f in RESOURCES[kind].immutable_spec if f != "storage"}
+    defining = {f: spec.get(f) for f in RESOURCES[kind].immutable_spec if f not in ("storage", "output")}
     return hashlib.sha256(json.dumps(defining, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 

@@ -97,7 +97,7 @@ def local_executor(tmp_path: Path, res: Resource, exits: list[tuple[int, dict[st
     run = LocalRun(tmp_path / "pipeline.yaml", RunOptions(state_dir=tmp_path / "state"))
     run.ctx.resources = [res]
     scripted = iter(exits)
-    run.ctx.run_component = lambda resource, argv, summary: next(scripted)  # type: ignore[method-assign]
+    run.ctx.run_component = lambda resource, argv, summary, python=None: next(scripted)  # type: ignore[method-assign]
     run.execute(res)
     assert next(scripted, None) is None, "the local executor ran fewer processes than the scenario has"
     return run

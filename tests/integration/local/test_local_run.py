@@ -157,7 +157,7 @@ def test_report_has_every_figure(finished_run: tuple[Path, str]) -> None:
     assert "| tiny-anil |" in text and "natural-stop rate 0.0%" in text
 
 
-def test_second_run_reuses_finished_stages(finished_run: tuple[Path, str], s3, child_env) -> None:
+def test_second_run_reuses_finished_stages(finished_run: tuple[Path, str], tiny_llama: Path, s3, child_env) -> None:
     state_dir, _ = finished_run
     before = {k: r.attempts for k, r in load_state(state_dir).resources.items()}
     pipeline = load_state(state_dir).pipeline
@@ -169,6 +169,8 @@ def test_second_run_reuses_finished_stages(finished_run: tuple[Path, str], s3, c
         "--s3-endpoint",
         s3.endpoint,
         "--no-serve",
+        "--claim",
+        f"models={tiny_llama.parent}",  # the same claims as the first run: the pipeline reads its base from one
         env={**child_env, **s3.env},
     )
     assert result.returncode == 0, result.stdout + result.stderr
