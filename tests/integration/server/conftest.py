@@ -35,6 +35,19 @@ class RunningServer:
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=60)
 
+    @contextlib.contextmanager
+    def beside(self, settings: ServerSettings) -> Iterator[str]:
+        """Another app with other settings on this server's engine, for as long as the block lasts; yields
+        its URL. An engine reports its decoding steps to one server's metrics (the last attached): this
+        server gets them back afterwards, or its step counters would stay silent for later tests."""
+        engine = self.serving.engine
+        assert engine is not None
+        try:
+            with _serve_in_thread(create_app(engine, settings)) as url:
+                yield url
+        finally:
+            self.serving.attach(engine)
+
     def wait_idle(self, timeout: float = 30) -> None:
         """Until no request decodes or waits (cancellations finish asynchronously)."""
         deadline = time.monotonic() + timeout

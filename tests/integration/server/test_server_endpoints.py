@@ -9,8 +9,6 @@ import httpx
 import openai
 import pytest
 
-from metaspec.server.app import create_app
-
 MODEL = "tiny-spec"  # the session server's name (tests/integration/server/conftest.py)
 
 
@@ -56,10 +54,9 @@ def test_version_and_openapi_from_the_models(router) -> None:
 
 
 @pytest.fixture(scope="module")
-def locked(router, router_engine, serve_in_thread):
+def locked(router):
     """The session's engine behind an app that requires one of two API keys."""
-    settings = replace(router.serving.settings, api_keys=("key-one", "key-two"))
-    with serve_in_thread(create_app(router_engine, settings)) as url:
+    with router.beside(replace(router.serving.settings, api_keys=("key-one", "key-two"))) as url:
         yield url
 
 
@@ -86,9 +83,8 @@ def test_either_key_is_accepted_and_probes_stay_open(locked: str) -> None:
         openai.OpenAI(base_url=f"{locked}/v1", api_key="nope", max_retries=0).models.list()
 
 
-def test_metrics_can_be_protected(router, router_engine, serve_in_thread) -> None:
-    settings = replace(router.serving.settings, api_keys=("k",), protect_metrics=True)
-    with serve_in_thread(create_app(router_engine, settings)) as url:
+def test_metrics_can_be_protected(router) -> None:
+    with router.beside(replace(router.serving.settings, api_keys=("k",), protect_metrics=True)) as url:
         assert httpx.get(f"{url}/metrics").status_code == 401
         assert httpx.get(f"{url}/metrics", headers={"Authorization": "Bearer k"}).status_code == 200
         assert httpx.get(f"{url}/health").status_code == 200
