@@ -10,7 +10,7 @@ import hmac
 import json
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -43,6 +43,7 @@ from .protocol import (
 from .serving import ApiError, ServerSettings, Serving, read_json, server_version, validation_error
 
 log = logging.getLogger("metaspec.server")
+E = TypeVar("E", bound=Callable[..., Any])
 
 #: Probe and scrape paths: polled constantly, not worth a request series of their own.
 _UNCOUNTED = ("/health", "/healthz", "/readyz", "/metrics")
@@ -138,10 +139,9 @@ def _add_routes(app: FastAPI, serving: Serving) -> None:
     async def detokenize(body: DetokenizeRequest) -> DetokenizeResponse:
         return await serving.detokenize(body)
 
-    # GET and HEAD on the probes: some health checkers send HEAD
-    @app.api_route(
+    @_probe(
+        app,
         "/health",
-        methods=["GET", "HEAD"],
         summary="200 once both models are loaded, 503 while loading.",
         responses={503: {"model": Health}},
     )
@@ -149,16 +149,11 @@ def _add_routes(app: FastAPI, serving: Serving) -> None:
         ready = serving.ready()
         return JSONResponse(Health(status="ok" if ready else "loading").model_dump(), 200 if ready else 503)
 
-    @app.api_route("/healthz", methods=["GET", "HEAD"], summary="Liveness: the process serves HTTP.")
+    @_probe(app, "/healthz", summary="Liveness: the process serves HTTP.")
     async def healthz() -> Health:
         return Health(status="ok")
 
-    @app.api_route(
-        "/readyz",
-        methods=["GET", "HEAD"],
-        summary="Readiness: both models loaded.",
-        responses={503: {"model": Readiness}},
-    )
+    @_probe(app, "/readyz", summary="Readiness: both models loaded.", responses={503: {"model": Readiness}})
     async def readyz() -> Response:
         ready = serving.ready()
         return JSONResponse(Readiness(ready=ready).model_dump(), status_code=200 if ready else 503)
@@ -170,6 +165,18 @@ def _add_routes(app: FastAPI, serving: Serving) -> None:
     @app.get("/metrics", summary="Prometheus metrics (text exposition format).", response_class=Response)
     async def metrics() -> Response:
         return Response(serving.metrics.render(), media_type=CONTENT_TYPE)
+
+
+def _probe(app: FastAPI, path: str, **documented: Any) -> Callable[[E], E]:
+    """A probe route: GET, and HEAD for health checkers that send it (left out of the OpenAPI document,
+    where it would repeat GET's operation id)."""
+
+    def register(endpoint: E) -> E:
+        app.get(path, **documented)(endpoint)
+        app.head(path, include_in_schema=False)(endpoint)
+        return endpoint
+
+    return register
 
 
 def _warn(response: Response, body: CompletionRequest | ChatCompletionRequest) -> Response:

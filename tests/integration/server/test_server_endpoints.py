@@ -51,6 +51,8 @@ def test_version_and_openapi_from_the_models(router) -> None:
     assert {"top_k", "min_p", "n", "logprobs", "stop_token_ids"} <= set(schemas["CompletionRequest"]["properties"])
     assert "HTTPValidationError" not in schemas
     assert {"/health", "/tokenize", "/detokenize", "/version", "/v1/models/{model}"} <= set(document["paths"])
+    operations = [operation["operationId"] for path in document["paths"].values() for operation in path.values()]
+    assert len(operations) == len(set(operations)), operations
 
 
 @pytest.fixture(scope="module")
