@@ -193,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-set", default="builtin", choices=["builtin", "general"])
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("-k", type=int, default=5, help="maxSpeculativeTokens")
+    parser.add_argument(
+        "--also-k", type=int, nargs="*", default=[], help="more k for `always`: rows ours-always-k<K> (one run)"
+    )
+    parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES, help="policies to run")
     parser.add_argument("--threshold", type=float, default=0.7, help="confidenceThreshold")
     parser.add_argument("--compile", action="store_true", help="static cache + torch.compile (CUDA)")
     parser.add_argument(
@@ -216,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         compile=args.compile,
         max_batch=1,  # batch-1 decoding: the sequential decoder (compiled on CUDA)
     )
-    engines = {policy: first.with_routing(RoutingPolicy(policy, args.threshold, args.k)) for policy in POLICIES}
+    policies = {policy: (policy, args.k) for policy in dict.fromkeys(["never", *args.policies])}
+    policies |= {f"always-k{k}": ("always", k) for k in args.also_k}
+    engines = {name: first.with_routing(RoutingPolicy(p, args.threshold, k)) for name, (p, k) in policies.items()}
     # ours first: transformers' own static-cache compilation of the same forward, run before ours,
     # left our compiled `always` path re-recording graphs (10+ s per prompt on the H100)
     methods = {

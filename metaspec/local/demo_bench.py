@@ -110,6 +110,8 @@ def run(
     prompts = demo_prompts(per_difficulty)
     results: dict[str, Any] = {
         "model": model,
+        "specServe": resource.metadata.name,
+        "policy": resource.spec.routing.policy,
         "maxTokens": max_tokens,
         "prompts": len(prompts),
         "confidenceThreshold": resource.spec.routing.confidence_threshold,
@@ -140,8 +142,25 @@ def _with_policy(config: Path, policy: str) -> Path:
     return path
 
 
+def verdict(results: dict[str, Any]) -> str:
+    """One sentence: the SpecServe's own policy against target-only decoding (`never`), and whether
+    its output was the same."""
+    policy = results.get("policy")
+    own, base = results["policies"].get(policy), results["policies"].get("never")
+    if not own or not base or not own["tokensPerSecond"] or not base["tokensPerSecond"]:
+        return "The SpecServe's own policy was not measured against target-only decoding."
+    ratio = own["tokensPerSecond"] / base["tokensPerSecond"]
+    faster = "faster" if ratio > 1 else "NOT faster"
+    same = "identical to" if own.get("identicalToTargetOnly") else "DIFFERENT from"
+    return (
+        f"{results.get('specServe', 'The SpecServe')} with its own policy ({policy}, k = "
+        f"{results['maxSpeculativeTokens']}) decodes at {ratio:.2f}x the tokens/s of target-only decoding: "
+        f"{faster}; output {same} target-only."
+    )
+
+
 def table(results: dict[str, Any]) -> str:
-    """The benchmark as a plain-text table."""
+    """The benchmark as a plain-text table, then the verdict on the SpecServe's own policy."""
     base = results["policies"].get("never", {}).get("tokensPerSecond")
     lines = [
         f"demo benchmark: {results['prompts']} prompts from builtin://eval, greedy, max {results['maxTokens']} tokens",
@@ -155,4 +174,4 @@ def table(results: dict[str, Any]) -> str:
             f"{policy:<12} {s['tokensPerSecond'] or 0:>7.1f} {speedup:>9} {acceptance:>11} {speculated:>11} "
             f"{'yes' if s.get('identicalToTargetOnly') else 'NO':>12}"
         )
-    return "\n".join(lines)
+    return "\n".join([*lines, verdict(results)])

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from metaspec.local import demo_bench
 from metaspec.local.state import ResourceState, State, StateError, load_state
 
 REPORT_DIR = "report"
@@ -252,7 +253,7 @@ class _Report:
                 f"| {policy} | {_fmt(s['tokensPerSecond'], 3)} | {speedup} | {_pct(s['acceptanceRate'])} "
                 f"| {_pct(s['speculationRate'])} | {'yes' if s.get('identicalToTargetOnly') else 'NO'} |"
             )
-        return "\n".join(rows)
+        return "\n".join([*rows, "", f"**{demo_bench.verdict(bench)}**"])
 
     def _policy_plot(self, bench: dict[str, Any]) -> str:
         import matplotlib.pyplot as plt

@@ -138,6 +138,9 @@ def test_benchmark_covers_every_policy_with_exact_outputs(finished_run: tuple[Pa
     assert bench["policies"]["always"]["speculationRate"] == 1.0
     assert bench["policies"]["never"]["speculationRate"] == 0.0
     assert "demo benchmark" in stdout and "curl -s http://127.0.0.1:" in stdout
+    assert (
+        bench["policy"] == "first-token" and "tiny-spec with its own policy (first-token, k = 3) decodes at" in stdout
+    )
 
 
 def test_report_has_every_figure(finished_run: tuple[Path, str]) -> None:

@@ -18,7 +18,6 @@ from test_server_openai_client import (
     test_models_lists_the_served_name,
     test_stop_string_is_cut_and_not_returned,
 )
-from test_server_openai_client import test_seeded_sampling_is_reproducible as check_seeded_sampling
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from metaspec.api import SpecServe
@@ -102,14 +101,3 @@ def test_chat_and_streaming(client: openai.OpenAI) -> None:
     chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole.choices[0].message.content
     assert chunks[-1].usage == whole.usage
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="vLLM's CPU build does not sample correctly while it speculates: seeded outputs come back garbled "
-    "and differ from run to run (greedy speculation is exact; the metaspec engine is exact in both)",
-)
-def test_seeded_speculative_sampling_on_the_cpu_build(client: openai.OpenAI) -> None:
-    """Records a known defect of vLLM's CPU build: when it is fixed this passes, and the strict xfail
-    says so (then drop the mark and the note in docs/benchmarks.md)."""
-    check_seeded_sampling(client)

@@ -10,6 +10,7 @@ import yaml
 
 from metaspec.api import TeacherGeneration
 from metaspec.artifacts import MANIFEST, upload_dir
+from metaspec.local import demo_bench
 from metaspec.local.context import Context, RunOptions
 from metaspec.local.display import parse_progress_line, render_table
 from metaspec.local.jobs import config_digest, output_complete
@@ -150,3 +151,19 @@ def test_a_damaged_stage_output_is_not_reused(tmp_path: Path) -> None:
     (out / "shard-00000-of-00001.jsonl").write_text('{"id": "b"}\n')
     assert not output_complete(ctx, resource)
     assert not (out / MANIFEST).exists()
+
+
+def test_benchmark_verdict_compares_the_served_policy_with_target_only() -> None:
+    def policy(tokens_per_second: float, identical: bool = True) -> dict:
+        return {"tokensPerSecond": tokens_per_second, "identicalToTargetOnly": identical}
+
+    results = {"specServe": "s", "policy": "always", "maxSpeculativeTokens": 3}
+    faster = {**results, "policies": {"never": policy(10.0), "always": policy(15.0)}}
+    assert demo_bench.verdict(faster) == (
+        "s with its own policy (always, k = 3) decodes at 1.50x the tokens/s of target-only decoding: faster; "
+        "output identical to target-only."
+    )
+    slower = {**results, "policies": {"never": policy(10.0), "always": policy(5.0, identical=False)}}
+    assert "0.50x" in demo_bench.verdict(slower) and ": NOT faster;" in demo_bench.verdict(slower)
+    assert "output DIFFERENT from target-only" in demo_bench.verdict(slower)
+    assert "not measured" in demo_bench.verdict({**results, "policies": {"never": policy(10.0)}})
