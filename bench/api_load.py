@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from server_http import MODEL, build_engine, serving
+from server_http import MODEL, add_model_args, build_engine, serving
 
 from metaspec.local.bundled import bundled_model_dir
 
@@ -54,10 +54,7 @@ KEYS = (
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vllm-python", type=Path, required=True, help="python of a venv with vLLM installed")
-    parser.add_argument("--target", help="target model URI (default: the bundled SmolLM2-135M-Instruct)")
-    parser.add_argument("--draft", help="draft model URI (default: the target's first --draft-layers layers)")
-    parser.add_argument("--draft-layers", type=int, default=4)
-    parser.add_argument("--policy", default="first-token", choices=["first-token", "per-token", "always", "never"])
+    add_model_args(parser)
     parser.add_argument("--prompts", type=int, default=12, help="requests per run")
     parser.add_argument("--input-len", type=int, default=64)
     parser.add_argument("--output-len", type=int, default=32)

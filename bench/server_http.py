@@ -52,12 +52,17 @@ class Run:
     seconds: float
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """The served pair and its routing policy (what `build_engine` reads)."""
     parser.add_argument("--target", help="target model URI (default: the bundled SmolLM2-135M-Instruct)")
     parser.add_argument("--draft", help="draft model URI (default: the target's first --draft-layers layers)")
     parser.add_argument("--draft-layers", type=int, default=4)
     parser.add_argument("--policy", default="first-token", choices=["first-token", "per-token", "always", "never"])
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(parser)
     parser.add_argument("--prompts", type=int, default=8, help="chat prompts from the built-in eval split")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
