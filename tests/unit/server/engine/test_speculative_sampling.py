@@ -90,11 +90,20 @@ def one_thread():
 
 CASES = {
     "always-t1": (RoutingPolicy("always", 0.5, 2), Processing(1.0)),
-    "per-token-penalty-top-p": (RoutingPolicy("per-token", 0.93, 3), Processing(1.5, 0.95, 1.2)),
-    # every other transform a request can ask for, applied to both p and q
-    "always-top-k-min-p-penalties-min-tokens": (
-        RoutingPolicy("always", 0.5, 3),
-        Processing(1.0, top_k=5, min_p=0.02, presence_penalty=0.8, frequency_penalty=0.6, min_tokens=2, end_ids=(0, 5)),
+    # every transform a request can ask for, applied to both p and q, in one case (each costs SAMPLES decodes)
+    "per-token-every-transform": (
+        RoutingPolicy("per-token", 0.93, 3),
+        Processing(
+            1.5,
+            0.95,
+            1.2,
+            top_k=5,
+            min_p=0.02,
+            presence_penalty=0.8,
+            frequency_penalty=0.6,
+            min_tokens=2,
+            end_ids=(0, 5),
+        ),
     ),
 }
 
