@@ -1,8 +1,9 @@
 """Reading datasets: JSONL and Parquet files and objects, manifest-checked prefixes of several shards,
 and the built-in splits.
 
-Every record is validated against `metaspec.records.Record`; errors name the source, the line and the
-field (a Parquet file's rows are numbered like lines, from 1).
+Every record is validated against `metaspec.records.Record` (our `input`/`output` records or chat
+`messages` records, in the same file if need be); errors name the source, the line and the field (a
+Parquet file's rows are numbered like lines, from 1).
 """
 
 from __future__ import annotations
@@ -71,10 +72,10 @@ class _Reader:
             if not line.strip():
                 continue
             try:
-                record = _parse_line(line, self.require_output)
+                record = _parse_line(line, self.require_output).read_from(source)
                 if record.id in self.seen:
                     self.report.duplicate_ids.append(record.id)
-                    raise ValueError(f"field `id`: duplicate id {record.id!r}")
+                    raise ValueError(f"field `id`: duplicate id {record.id!r}{_derived(record)}")
             except ValueError as e:
                 self.report.invalid.append((number, f"{e}{where}"))
                 if not self.skip_invalid:
@@ -96,11 +97,22 @@ def _parse_line(line: str, require_output: bool) -> Record:
         record = Record.model_validate(body)
     except ValidationError as e:
         first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "<record>"
+        if not first["loc"] and first["type"] == "value_error":  # a rule about the record as a whole
+            raise ValueError(str(first["ctx"]["error"])) from None
+        where = ".".join(str(p) for p in first["loc"])
         raise ValueError(f"field `{where}`: {first['msg']}") from None
-    if require_output and not record.output:
-        raise ValueError("field `output`: missing or empty (training records need an output)")
+    problem = record.training_problem() if require_output else None
+    if problem:
+        raise ValueError(problem)
     return record
+
+
+def _derived(record: Record) -> str:
+    if not (record.is_chat and record.id.startswith("chat-")):
+        return ""
+    return (
+        " (chat records without an `id` get one derived from their content: this conversation repeats an earlier one)"
+    )
 
 
 BUILTIN_SCHEME = "builtin://"

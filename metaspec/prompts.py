@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from metaspec.records import InvalidData, Record
+
 
 def chat_messages(user_input: str, system: str | None = None) -> list[dict[str, str]]:
     messages = [{"role": "system", "content": system}] if system else []
@@ -20,6 +22,23 @@ def chat_prompt_ids(tokenizer: Any, user_input: str, system: str | None = None) 
     if getattr(tokenizer, "chat_template", None):
         return encode_chat(tokenizer, chat_messages(user_input, system))
     return list(tokenizer(user_input, add_special_tokens=True)["input_ids"])
+
+
+def record_prompt_ids(tokenizer: Any, record: Record) -> list[int]:
+    """Token ids of the prompt a record asks: its input (`chat_prompt_ids`) or its conversation up to
+    the answer (`Record.prompt_messages`) through the chat template."""
+    if not record.is_chat:
+        return chat_prompt_ids(tokenizer, record.input or "")
+    require_chat_template(tokenizer, record)
+    return encode_chat(tokenizer, record.prompt_messages())
+
+
+def require_chat_template(tokenizer: Any, record: Record) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        raise InvalidData(
+            f"record {record.id!r}: a `messages` record needs a tokenizer with a chat template, and this "
+            "model's has none; use an instruct model or `input`/`output` records"
+        )
 
 
 def encode_chat(

@@ -51,7 +51,10 @@ class Sampling(Model):
 
 
 class GenerationDataset(Model):
-    uri: DatasetUri = Field(description="Prompts: JSONL records `{id, input, domain, difficulty}`.")
+    uri: DatasetUri = Field(
+        description="Prompts: JSONL or Parquet records `{id, input}`, or chat records `{messages}` (the "
+        "conversation to answer; a final assistant turn is left out); `domain` and `difficulty` are optional."
+    )
     max_examples: int | None = Field(None, ge=1, description="Use only the first N records.")
 
 

@@ -128,7 +128,8 @@ class BaseModelSource(ModelSource):
 
 
 class DatasetSource(Model):
-    """Training data: JSONL records `{id, input, output, domain, difficulty}`."""
+    """Training data: records `{id, input, output}` or chat records `{messages}`; `domain` and `difficulty`
+    are optional."""
 
     uri: DatasetUri | None = Field(
         None,

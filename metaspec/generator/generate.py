@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from metaspec.api.generation import TeacherGenerationSpec
 from metaspec.artifacts import NotFound, Uri, is_complete, materialize, read_manifest, store_for, write_bytes
 from metaspec.datasets import read_records
-from metaspec.prompts import chat_prompt_ids
+from metaspec.prompts import record_prompt_ids
 from metaspec.records import InvalidData, Record
 from metaspec.runtime import PermanentError, check_provenance, provenance, to_json
 
@@ -143,9 +143,12 @@ def _same_generation(teacher: str, params: dict[str, Any]) -> Callable[[Body], b
 
 
 def _prompts(engine: Engine, records: Sequence[Record], spec: TeacherGenerationSpec) -> list[Prompt]:
-    prompts = [
-        Prompt(r.id, chat_prompt_ids(engine.tokenizer, r.input), prompt_seed(spec.sampling.seed, r.id)) for r in records
-    ]
+    try:
+        prompts = [
+            Prompt(r.id, record_prompt_ids(engine.tokenizer, r), prompt_seed(spec.sampling.seed, r.id)) for r in records
+        ]
+    except InvalidData as e:
+        raise PermanentError(f"spec.dataset.uri: {e}") from None
     limit = spec.max_model_len
     too_long = [p.id for p in prompts if limit is not None and len(p.token_ids) >= limit]
     if too_long:
@@ -157,13 +160,15 @@ def _prompts(engine: Engine, records: Sequence[Record], spec: TeacherGenerationS
 
 
 def record_body(record: Record, completion: Completion, teacher: str, params: dict[str, Any]) -> Body:
-    """A teacher-output record: the input record's fields, the output, and how it was generated."""
+    """A teacher-output record: the input record's prompt (`input`, or a chat record's conversation up to
+    its answer as `messages`), metadata, the output, and how it was generated."""
+    prompt = {"messages": record.prompt_messages()} if record.is_chat else {"input": record.input}
+    labels = {key: value for key in ("domain", "difficulty") if (value := getattr(record, key)) is not None}
     return {
         "id": record.id,
-        "input": record.input,
+        **prompt,
         "output": completion.text,
-        "domain": record.domain,
-        "difficulty": record.difficulty,
+        **labels,
         "metadata": {
             "teacher_model": teacher,
             "generation_params": params,

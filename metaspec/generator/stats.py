@@ -102,7 +102,7 @@ def _mean(values: Sequence[float | None]) -> float | None:
 def _by_domain(records: Sequence[Body]) -> dict[str, dict[str, Any]]:
     groups: dict[str, list[Body]] = defaultdict(list)
     for r in records:
-        groups[r["domain"]].append(r)
+        groups[r.get("domain") or "unlabelled"].append(r)
     return {
         domain: {
             "examples": len(group),

@@ -2,10 +2,13 @@
 
 - `format_example` renders a record with the base tokenizer's chat template (`prompts.chat_prompt_ids`,
   the same prompt the generator and the server use), appends the template's end-of-turn token to the
-  target and masks the prompt from the loss (`IGNORE_INDEX`).
+  target and masks the prompt from the loss (`IGNORE_INDEX`). A chat record's conversation is rendered
+  turn by turn: every assistant turn (its text and end-of-turn token) is trained on, every other token
+  (system prompt, user turns, the template's role headers) is masked.
 - `token_stats` counts tokens per domain × difficulty with the real tokenizer: hard examples have long
   answers, so a 3:1 easy:hard mix by examples can still be mostly hard by tokens (`hard_token_share`).
-- `TaskSampler` builds the meta-learning tasks of ANIL-MAML (Raghu et al. 2020): one domain per task,
+- `TaskSampler` builds the meta-learning tasks of ANIL-MAML (Raghu et al. 2020): one task group per
+  task (the record's domain, or for records without one the file they came from: `Record.task`),
   disjoint support and query sets mixing easy and hard examples, every example once per epoch.
 - `collate` and `batches` serve plain next-token training (the causal-LM recipe) and evaluation.
 """
@@ -25,8 +28,8 @@ from functools import lru_cache
 from typing import Any, Literal, Protocol
 
 from metaspec.datasets import read_records
-from metaspec.prompts import chat_prompt_ids, end_of_turn_ids
-from metaspec.records import InvalidData, Record
+from metaspec.prompts import chat_prompt_ids, end_of_turn_ids, require_chat_template
+from metaspec.records import InvalidData, Message, Record
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +39,14 @@ _SENTINEL = "metaspec-end-of-turn-probe"
 
 @dataclass
 class Example:
-    """One tokenized record: `labels` equal `input_ids` on the target and `IGNORE_INDEX` on the prompt."""
+    """One tokenized record: `labels` equal `input_ids` on the target and `IGNORE_INDEX` on the prompt.
+
+    `domain` is the record's task group (`Record.task`); `difficulty` is None when the record has none.
+    """
 
     id: str
     domain: str
-    difficulty: str
+    difficulty: str | None
     input_ids: list[int]
     labels: list[int]
     truncated: bool = False  # target (or prompt) cut to fit `max_seq_length`
@@ -74,38 +80,87 @@ def end_of_turn_id(tokenizer: Any) -> int:
 
 
 def format_example(tokenizer: Any, record: Record, max_seq_length: int) -> Example:
-    """Prompt (chat template + generation prompt) followed by the output and the end-of-turn token.
+    """Prompt (chat template + generation prompt) followed by the output and the end-of-turn token; for
+    a chat record, its whole conversation with the assistant turns as targets (`_chat_tokens`).
 
-    Too long: the target's tail is cut (the prompt is kept). A prompt that leaves no room for the
-    target loses its beginning instead, keeping room for `min(target, max_seq_length // 2)` target
-    tokens, and a warning names the example.
+    Too long: the tail is cut (the prompt is kept). A prompt (everything before the first target token)
+    that leaves no room for the target loses its beginning instead, keeping room for
+    `min(rest, max_seq_length // 2)` tokens, and a warning names the example.
     """
-    if not record.output:
-        raise InvalidData(f"record {record.id!r}: field `output` is empty; training examples need an output")
+    problem = record.training_problem()
+    if problem:
+        raise InvalidData(f"record {record.id!r}: {problem}")
     if max_seq_length < 2:
         raise ValueError(f"max_seq_length must be at least 2, got {max_seq_length}")
-    prompt = chat_prompt_ids(tokenizer, record.input)
-    target = [*tokenizer(record.output, add_special_tokens=False)["input_ids"], end_of_turn_id(tokenizer)]
-    truncated = len(prompt) + len(target) > max_seq_length
-    prompt_truncated = len(prompt) >= max_seq_length
+    input_ids, labels = _chat_tokens(tokenizer, record) if record.is_chat else _single_turn_tokens(tokenizer, record)
+    prompt = next(i for i, label in enumerate(labels) if label != IGNORE_INDEX)
+    truncated = len(input_ids) > max_seq_length
+    prompt_truncated = prompt >= max_seq_length
     if prompt_truncated:
-        keep = max(1, min(len(target), max_seq_length // 2))
-        prompt = prompt[len(prompt) - (max_seq_length - keep) :]
+        keep = max(1, min(len(input_ids) - prompt, max_seq_length // 2))
+        drop = prompt - (max_seq_length - keep)
+        input_ids, labels = input_ids[drop:], labels[drop:]
         log.warning(
             "example %s: the prompt alone exceeds max_seq_length %d; its first tokens were dropped",
             record.id,
             max_seq_length,
         )
-    target = target[: max_seq_length - len(prompt)]
     return Example(
         id=record.id,
-        domain=record.domain,
+        domain=record.task,
         difficulty=record.difficulty,
-        input_ids=prompt + target,
-        labels=[IGNORE_INDEX] * len(prompt) + target,
+        input_ids=input_ids[:max_seq_length],
+        labels=labels[:max_seq_length],
         truncated=truncated,
         prompt_truncated=prompt_truncated,
     )
+
+
+def _single_turn_tokens(tokenizer: Any, record: Record) -> tuple[list[int], list[int]]:
+    prompt = chat_prompt_ids(tokenizer, record.input or "")
+    target = [*_encode(tokenizer, record.answer or ""), end_of_turn_id(tokenizer)]
+    return prompt + target, [IGNORE_INDEX] * len(prompt) + target
+
+
+def _chat_tokens(tokenizer: Any, record: Record) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of a conversation: assistant turns are targets, everything else is masked.
+
+    Each assistant turn is found by rendering the conversation before it (with the generation prompt)
+    and up to it: the text between is the turn, cut after the template's end-of-turn token. Its text is
+    tokenized on its own, as a model generates it after the prompt (the same as `input`/`output`
+    records), and ends with the end-of-turn id. This needs a template that renders earlier turns the
+    same way whatever follows (true of the usual ones); one that does not is refused.
+    """
+    require_chat_template(tokenizer, record)
+    turns = [*(record.messages or []), *([Message(role="assistant", content=record.output)] if record.output else [])]
+    messages = [turn.model_dump(exclude={"weight"}, exclude_none=True) for turn in turns]
+    end = end_of_turn_id(tokenizer)
+    end_text = tokenizer.convert_ids_to_tokens(end)
+    input_ids: list[int] = []
+    labels: list[int] = []
+    consumed = ""
+    for i, turn in enumerate(turns):
+        if turn.role != "assistant":
+            continue
+        before = tokenizer.apply_chat_template(messages[:i], add_generation_prompt=True, tokenize=False)
+        upto = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        if not before.startswith(consumed) or not upto.startswith(before):
+            raise InvalidData(
+                f"record {record.id!r}: the model's chat template renders earlier turns differently once later "
+                "turns follow, so assistant turns cannot be told apart; train on one turn per record"
+            )
+        text = upto[len(before) :]
+        cut = text.find(end_text)
+        context = _encode(tokenizer, before[len(consumed) :])
+        target = [*_encode(tokenizer, text[:cut] if cut >= 0 else text), end]
+        consumed = before + (text[: cut + len(end_text)] if cut >= 0 else text)
+        input_ids += context + target
+        labels += [IGNORE_INDEX] * len(context) + (target if turn.weight != 0 else [IGNORE_INDEX] * len(target))
+    return input_ids, labels
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def token_stats(examples: Iterable[Example]) -> dict[str, Any]:
@@ -118,7 +173,9 @@ def token_stats(examples: Iterable[Example]) -> dict[str, Any]:
     totals = {"examples": 0, "target_tokens": 0, "total_tokens": 0, "truncated": 0, "prompt_truncated": 0}
     hard_target = 0
     for ex in examples:
-        group = groups[ex.domain].setdefault(ex.difficulty, {"examples": 0, "target_tokens": 0, "total_tokens": 0})
+        group = groups[ex.domain].setdefault(
+            ex.difficulty or "unlabelled", {"examples": 0, "target_tokens": 0, "total_tokens": 0}
+        )
         counts = {"examples": 1, "target_tokens": ex.n_target_tokens, "total_tokens": ex.n_tokens}
         for key, value in counts.items():
             group[key] += value
@@ -134,9 +191,9 @@ def token_stats(examples: Iterable[Example]) -> dict[str, Any]:
     }
 
 
-class _HasInput(Protocol):
+class _HasUserText(Protocol):
     id: str
-    input: str
+    user_text: str
 
 
 def normalize_input(text: str) -> str:
@@ -146,10 +203,11 @@ def normalize_input(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().rstrip(".?!").strip()
 
 
-def find_contamination(train: Iterable[_HasInput], evaluation: Iterable[_HasInput]) -> list[str]:
-    """Ids of training records whose normalised input also appears in the evaluation set."""
-    held_out = {normalize_input(r.input) for r in evaluation}
-    return [r.id for r in train if normalize_input(r.input) in held_out]
+def find_contamination(train: Iterable[_HasUserText], evaluation: Iterable[_HasUserText]) -> list[str]:
+    """Ids of training records whose normalised user text (input, or a conversation's user turns) also
+    appears in the evaluation set."""
+    held_out = {normalize_input(r.user_text) for r in evaluation}
+    return [r.id for r in train if normalize_input(r.user_text) in held_out]
 
 
 # --- ANIL-MAML tasks ---------------------------------------------------------------------------
@@ -171,6 +229,10 @@ class Task:
     support_weights: tuple[float, ...]
     query_weights: tuple[float, ...]
     fills: tuple[str, ...] = ()
+
+
+def _kind(example: Example) -> str:
+    return example.difficulty or "easy"
 
 
 def parse_mix(mix: str | Sequence[int]) -> tuple[int, int]:
@@ -206,6 +268,9 @@ class TaskSampler:
     then dominate the loss by tokens). `balance="tokens"` keeps the same sets but weights each set's
     examples so that easy and hard examples contribute target tokens to its loss in the mix's ratio
     (3:1 -> hard tokens carry a quarter of the loss); a set of one kind only keeps weight 1.0.
+
+    Examples without a difficulty count as easy; in a domain where none has one, the mix does not
+    apply (no fills are recorded for missing hard examples).
     """
 
     def __init__(
@@ -293,7 +358,8 @@ class TaskSampler:
     def _domain_tasks(self, domain: str, epoch: int) -> list[Task]:
         rng = random.Random(f"metaspec-tasks/{self.seed}/{epoch}/{domain}")
         examples = self.by_domain[domain]
-        pools = {kind: [ex for ex in examples if ex.difficulty == kind] for kind in ("easy", "hard")}
+        pools = {kind: [ex for ex in examples if _kind(ex) == kind] for kind in ("easy", "hard")}
+        mix = self.mix if any(ex.difficulty for ex in examples) else (1, 0)
         for pool in pools.values():
             rng.shuffle(pool)
         n_tasks = math.ceil(len(examples) / (self.support_size + self.query_size))
@@ -301,8 +367,8 @@ class TaskSampler:
         for _ in range(n_tasks):
             used: set[str] = set()
             fills: list[str] = []
-            support = self._fill(self.support_size, pools, examples, used, fills, rng)
-            query = self._fill(self.query_size, pools, examples, used, fills, rng)
+            support = self._fill(self.support_size, mix, pools, examples, used, fills, rng)
+            query = self._fill(self.query_size, mix, pools, examples, used, fills, rng)
             tasks.append(
                 Task(domain, tuple(support), tuple(query), self._weights(support), self._weights(query), tuple(fills))
             )
@@ -311,13 +377,14 @@ class TaskSampler:
     def _fill(
         self,
         size: int,
+        mix: tuple[int, int],
         pools: dict[str, list[Example]],
         everything: list[Example],
         used: set[str],
         fills: list[str],
         rng: random.Random,
     ) -> list[Example]:
-        easy, hard = _quota(size, self.mix)
+        easy, hard = _quota(size, mix)
         chosen: list[Example] = []
         for kind, other, count in (("hard", "easy", hard), ("easy", "hard", easy)):
             for _ in range(count):
@@ -337,15 +404,13 @@ class TaskSampler:
     def _weights(self, examples: list[Example]) -> tuple[float, ...]:
         if self.balance == "samples":
             return (1.0,) * len(examples)
-        tokens = {
-            kind: sum(ex.n_target_tokens for ex in examples if ex.difficulty == kind) for kind in ("easy", "hard")
-        }
+        tokens = {kind: sum(ex.n_target_tokens for ex in examples if _kind(ex) == kind) for kind in ("easy", "hard")}
         total = tokens["easy"] + tokens["hard"]
         if not tokens["easy"] or not tokens["hard"]:
             return (1.0,) * len(examples)
         share = {"easy": self.mix[0] / sum(self.mix), "hard": self.mix[1] / sum(self.mix)}
         # weight w_k = share_k * total / tokens_k: the weighted token count stays `total`, the split follows the mix
-        return tuple(share[ex.difficulty] * total / tokens[ex.difficulty] for ex in examples)
+        return tuple(share[_kind(ex)] * total / tokens[_kind(ex)] for ex in examples)
 
     def summary(self, epoch: int | None = None) -> dict[str, Any]:
         """Tasks per domain and fill-ins of one epoch (the current one by default), for the run's log."""

@@ -31,7 +31,13 @@ def write(path: Path, *lines: str) -> Path:
         ("[1, 2]", "expected a JSON object"),
         (line(2, difficulty="medium"), "field `difficulty`"),
         (line(2, input=""), "field `input`"),
-        (line(2, domain=None), "field `domain`"),
+        (json.dumps({"id": "r2", "output": "x"}), "field `input`: missing"),
+        (line(2, messages=[{"role": "user", "content": "hi"}]), "fields `input` and `messages`"),
+        (json.dumps({"messages": [{"role": "robot", "content": "hi"}]}), "field `messages.0.role`"),
+        (
+            json.dumps({"messages": [{"role": "user", "content": "hi"}]}),
+            "field `messages`: the conversation does not end",
+        ),
         (line(2, output=None), "field `output`"),
         (line(1), "field `id`: duplicate id 'r1'"),
     ],
@@ -58,6 +64,31 @@ def test_output_is_optional_for_prompt_files(tmp_path: Path) -> None:
     path = write(tmp_path / "prompts.jsonl", line(1, output=None))
     records, _ = read_records(f"file://{path}", require_output=False)
     assert records[0].output is None
+
+
+CHAT = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "2 + 2?"},
+    {"role": "assistant", "content": "4"},
+]
+
+
+def test_chat_records_sit_beside_ours_with_optional_labels(tmp_path: Path) -> None:
+    chat = json.dumps({"messages": CHAT})
+    path = write(
+        tmp_path / "mixed.jsonl", line(1, domain=None, difficulty=None), chat, json.dumps({"messages": CHAT[:2]})
+    )
+    records, report = read_records(str(path), require_output=False)
+    ours, conversation, prompt = records
+    assert report.valid == 3 and ours.domain is None and ours.difficulty is None and ours.task == "file:mixed.jsonl"
+    assert conversation.id.startswith("chat-") and conversation.answer == "4"
+    assert conversation.prompt_messages() == CHAT[:2] == prompt.prompt_messages() and prompt.answer is None
+    assert conversation.user_text == "2 + 2?"
+    with pytest.raises(InvalidData, match=r"mixed\.jsonl line 3: field `messages`: the conversation does not end"):
+        read_records(str(path))
+    twice = write(tmp_path / "twice.jsonl", chat, chat)
+    with pytest.raises(InvalidData, match=r"line 2: field `id`: duplicate id 'chat-.*this conversation repeats"):
+        read_records(str(twice))
 
 
 def test_max_examples_stops_after_that_many_valid_records(tmp_path: Path) -> None:

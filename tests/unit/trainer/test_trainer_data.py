@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from metaspec import builtin
-from metaspec.prompts import chat_prompt_ids
+from metaspec.prompts import chat_prompt_ids, record_prompt_ids
 from metaspec.records import InvalidData, Record
 from metaspec.trainer.data import (
     IGNORE_INDEX,
@@ -101,6 +101,87 @@ def test_prompt_longer_than_the_limit_loses_its_beginning(tokenizer: Any, caplog
 def test_record_without_output_cannot_be_a_training_example(tokenizer: Any) -> None:
     with pytest.raises(InvalidData, match="field `output`"):
         format_example(tokenizer, record(output=None), 128)
+
+
+CONVERSATION = [
+    {"role": "system", "content": "You answer arithmetic questions briefly."},
+    {"role": "user", "content": "What is 2 + 2?"},
+    {"role": "assistant", "content": "4"},
+    {"role": "user", "content": "And times 3?"},
+    {"role": "assistant", "content": "It is 12, since 4 × 3 = 12."},
+]
+
+
+def chatml_labels(tokenizer: Any, input_ids: list[int], skipped_turns: set[int]) -> list[int]:
+    """The reference mask, read off the ChatML tokens alone: inside an assistant turn (after its
+    `<|im_start|>assistant\n` header, up to and including its `<|im_end|>`) a token is its own label,
+    anywhere else it is masked; assistant turns numbered in `skipped_turns` are masked too."""
+    start, end = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    labels, role, header, assistant_turns = [], None, None, -1
+    for token in input_ids:
+        trained = False
+        if token == start:
+            role, header = None, ""
+        elif header is not None:
+            header += tokenizer.decode([token])
+            if header.endswith("\n"):
+                role, header = header.strip(), None
+                assistant_turns += role == "assistant"
+        else:
+            trained = role == "assistant" and assistant_turns not in skipped_turns
+            role = None if token == end else role
+        labels.append(token if trained else IGNORE_INDEX)
+    return labels
+
+
+def test_chat_loss_is_on_every_assistant_turn_and_nothing_else(tokenizer: Any) -> None:
+    example = format_example(tokenizer, Record.model_validate({"messages": CONVERSATION}), 1024)
+    rendered = tokenizer.apply_chat_template(CONVERSATION, tokenize=False)
+    full = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    assert example.input_ids == full[: example.n_tokens] and tokenizer.decode(full[example.n_tokens :]) == "\n"
+    assert example.labels == chatml_labels(tokenizer, example.input_ids, skipped_turns=set())
+    trained = tokenizer.decode([t for t in example.labels if t != IGNORE_INDEX])
+    assert trained == "4<|im_end|>It is 12, since 4 × 3 = 12.<|im_end|>"
+    assert example.domain == "all" and example.difficulty is None
+
+    weighted = [*CONVERSATION[:2], {**CONVERSATION[2], "weight": 0}, *CONVERSATION[3:]]
+    skipped = format_example(tokenizer, Record.model_validate({"messages": weighted}), 1024)
+    assert skipped.input_ids == example.input_ids
+    assert skipped.labels == chatml_labels(tokenizer, example.input_ids, skipped_turns={0})
+
+
+def test_one_turn_chat_and_teacher_output_records_format_like_input_output_ones(tokenizer: Any) -> None:
+    r = record()
+    ours = format_example(tokenizer, r, 256)
+    turns = [{"role": "user", "content": r.input}, {"role": "assistant", "content": r.output}]
+    chat = format_example(tokenizer, Record.model_validate({"id": "c", "messages": turns}), 256)
+    teacher = Record.model_validate({"id": "t", "messages": turns[:1], "output": r.output})
+    assert format_example(tokenizer, teacher, 256).input_ids == ours.input_ids
+    assert (
+        record_prompt_ids(tokenizer, teacher) == record_prompt_ids(tokenizer, r) == chat_prompt_ids(tokenizer, r.input)
+    )
+    assert chat.input_ids == ours.input_ids and chat.labels == ours.labels
+
+
+def test_anil_tasks_without_domains_are_one_group_per_file(tokenizer: Any, tmp_path: Path) -> None:
+    from metaspec.artifacts import upload_dir
+    from metaspec.datasets import read_records
+
+    for name in ("arithmetic", "geography"):
+        rows = [
+            json.dumps(
+                {"messages": [{"role": "user", "content": f"{name} {i}?"}, {"role": "assistant", "content": f"{i}"}]}
+            )
+            for i in range(6)
+        ]
+        write_jsonl(tmp_path / f"{name}.jsonl", rows)
+    upload_dir(tmp_path, tmp_path)
+    records, _ = read_records(str(tmp_path))
+    sampler = TaskSampler([format_example(tokenizer, r, 64) for r in records], support_size=2, query_size=1, seed=0)
+    tasks = sampler.plan(0)
+    assert sorted(t.domain for t in tasks) == ["file:arithmetic.jsonl"] * 2 + ["file:geography.jsonl"] * 2
+    for task in tasks:
+        assert {ex.domain for ex in task.support + task.query} == {task.domain} and not task.fills
 
 
 # --- token statistics ---------------------------------------------------------------------------
