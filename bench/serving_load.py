@@ -50,6 +50,7 @@ POLICIES = {
     "always": RoutingPolicy("always", 0.7, 5),
     "per-token": RoutingPolicy("per-token", 0.7, 5),
     "first-token@0.7": RoutingPolicy("first-token", 0.7, 5),
+    "adaptive": RoutingPolicy("adaptive", 0.7, 5),
 }
 
 
@@ -276,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=25.0, help="time per cell")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--mix", type=int, default=64, help="distinct requests in the mix")
-    parser.add_argument("--policies", nargs="+", default=["never", "always", "per-token", "first-token@0.7", "default"])
+    parser.add_argument("--policies", nargs="+", default=list(POLICIES))
     parser.add_argument("--systems", nargs="+", default=["metaspec", "batch-1", "hf-batched"])
     args = parser.parse_args(argv)
     device, dtype = setup(args)

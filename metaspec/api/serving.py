@@ -26,16 +26,24 @@ from .training import ModelSource
 class Routing(Model):
     """When to speculate. Every policy keeps the output distribution exact; only speed changes."""
 
-    policy: Literal["first-token", "per-token", "always", "never"] = Field(
-        "first-token",
-        description="`first-token`: speculate for the whole request if the draft's first-token confidence "
-        "≥ threshold, else target only; costs one draft prefill per request. `per-token`: each round drafts "
-        "while confidence ≥ threshold; costs at least one draft step per round, even when it stops at once. "
-        "`always`: k draft steps and a (k+1)-token verify per round; pays only when the draft's acceptance "
-        "covers them. `never`: target only, no draft cost. None changes the output distribution.",
+    policy: Literal["adaptive", "first-token", "per-token", "always", "never"] = Field(
+        "adaptive",
+        description="`adaptive` (default): each replica measures, as it serves, the draft's acceptance rate "
+        "and what a proposal costs at the current batch size, and speculates (choosing k ≤ "
+        "maxSpeculativeTokens) only while Leviathan's expected speedup exceeds 1; costs a few probing steps "
+        "(rarer the longer a decision holds) and the draft's catch-up when speculation resumes; never "
+        "slower than `never` on our benchmarks. `first-token`: speculate for the whole request if the "
+        "draft's first-token confidence ≥ threshold (0.7 was the seed's choice), else target only; costs one "
+        "draft prefill per request. `per-token`: each round drafts while confidence ≥ threshold; costs at "
+        "least one draft step per round, even when it stops at once. `always`: k draft steps and a "
+        "(k+1)-token verify per round; pays only when the draft's acceptance covers them. `never`: target "
+        "only, no draft cost. None changes the output distribution.",
     )
     confidence_threshold: float = Field(
-        0.7, gt=0, le=1, description="Draft max-probability needed to speculate (0 < t ≤ 1)."
+        0.7,
+        gt=0,
+        le=1,
+        description="Draft max-probability needed to speculate (0 < t ≤ 1): `first-token` and `per-token` only.",
     )
     max_speculative_tokens: int = Field(5, ge=1, le=64, description="Draft tokens proposed per round (k).")
     max_speculative_batch: int | None = Field(

@@ -17,13 +17,14 @@ one prefill plus the step in progress. It leaves when it finishes, is cancelled,
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from .protocol import RequestStats, TokenLogprob
-from .routing import RoutingPolicy
+from .routing import Adaptive, RoutingPolicy
 from .sampling import History, Processing, greedy_tokens, probabilities
 from .slots import Chunk, SlotModel
 from .speculative import record_logprobs, speculative_accept
@@ -80,6 +81,8 @@ class Proposal:
 
     tokens: list[int] = field(default_factory=list)
     q: torch.Tensor | None = None
+    accepted: int = 0
+    """How many of `tokens` the target accepted (set when the round settles)."""
 
 
 class BatchDecoder:
@@ -96,6 +99,7 @@ class BatchDecoder:
         self.routing = routing
         self.max_batch = max_batch
         self.running: list[Sequence] = []
+        self.adaptive = Adaptive(routing.max_speculative_tokens) if routing.adaptive else None
 
     @property
     def max_length(self) -> int:
@@ -123,9 +127,7 @@ class BatchDecoder:
             if self.draft is not None and drafting:  # after the target: a feature-level draft reads its pass
                 if features is not None:
                     self.draft.observe(seqs, chunks, features)
-                for seq, first in zip(seqs, self.draft.admit(seqs), strict=True):
-                    seq.stats.first_token_confidence = first
-                    seq.speculate = self.routing.speculate_request(first)
+                self._admit(seqs)
         except Exception as error:  # nothing to attribute to one request
             for seq in seqs:
                 self._fail(seq, error)
@@ -133,9 +135,21 @@ class BatchDecoder:
             return
         finite = torch.isfinite(logits).all(-1).tolist()
         for i, seq in enumerate(seqs):
-            seq.stats.route = "speculative" if seq.speculate else "target-only"
+            seq.stats.route = "speculative" if seq.speculate and self.adaptive is None else "target-only"
             self._settle_safely(seq, logits[i : i + 1], Proposal(), finite[i])
         self._drop_finished()
+
+    def _admit(self, seqs: list[Sequence]) -> None:
+        """Route the joining sequences. `adaptive` leaves a token-level draft's prefill to the first step
+        that speculates (its catch-up), so a replica that never speculates never runs the draft."""
+        if self.adaptive is not None and self.draft is not None and not self.draft.feature_layers:
+            for seq in seqs:
+                seq.speculate = True
+            return
+        assert self.draft is not None
+        for seq, first in zip(seqs, self.draft.admit(seqs), strict=True):
+            seq.stats.first_token_confidence = first
+            seq.speculate = self.routing.speculate_request(first)
 
     def _fail(self, seq: Sequence, error: BaseException) -> None:
         log.warning("sequence failed: %s", error)
@@ -165,7 +179,11 @@ class BatchDecoder:
         if not self.running:
             return 0, False
         batch = list(self.running)
-        proposals = self._propose(batch)
+        k = self._k(len(batch))
+        if k and self.adaptive is not None and self.draft is not None:
+            self.draft.catch_up([s for s in batch if s.speculate])  # a one-time cost, kept out of the timing
+        start = time.perf_counter()
+        proposals = self._propose(batch, k)
         speculative = any(p.tokens for p in proposals)
         chunks = [
             Chunk(s.slot, s.target_length, s.tokens[s.target_length :] + p.tokens, keep=len(p.tokens) + 1)
@@ -187,8 +205,27 @@ class BatchDecoder:
         finite = torch.isfinite(logits).all(-1).tolist()  # (N,)
         for seq, proposal, lo, hi in zip(batch, proposals, offsets, offsets[1:], strict=False):
             self._settle_safely(seq, logits[lo:hi], proposal, all(finite[lo:hi]))
+        if self.adaptive is not None:
+            self._record(batch, proposals, time.perf_counter() - start)
         self._drop_finished()
         return len(batch), speculative
+
+    def _k(self, batch: int) -> int:
+        """Proposals per speculating sequence this step: `maxSpeculativeTokens`, or `adaptive`'s choice;
+        none above `maxSpeculativeBatch` (see `RoutingPolicy.speculates_at`)."""
+        if self.draft is None or not self.routing.uses_draft or not self.routing.speculates_at(batch):
+            return 0
+        return self.adaptive.choose(batch) if self.adaptive is not None else self.routing.max_speculative_tokens
+
+    def _record(self, batch: list[Sequence], proposals: list[Proposal], seconds: float) -> None:
+        """Tell `adaptive` what the step cost and how its proposals fared (from each sequence's stats,
+        which `_settle` has just updated)."""
+        assert self.adaptive is not None
+        proposed = sum(len(p.tokens) for p in proposals)
+        settled = [p for s, p in zip(batch, proposals, strict=True) if p.tokens and s.error is None]
+        accepted = sum(p.accepted for p in settled)
+        rejected = sum(p.accepted < len(p.tokens) for p in settled)
+        self.adaptive.record(len(batch), proposed, accepted, rejected, seconds)
 
     def _settle_safely(self, seq: Sequence, logits: torch.Tensor, proposal: Proposal, finite: bool) -> None:
         """`_settle`, failing this sequence only when its logits are not finite or settling raises."""
@@ -199,11 +236,10 @@ class BatchDecoder:
         except Exception as error:  # this sequence only
             self._fail(seq, error)
 
-    def _propose(self, batch: list[Sequence]) -> list[Proposal]:
-        """Draft proposals for the speculating sequences; none for the others, nor for any when the batch
-        is larger than `maxSpeculativeBatch` (see `RoutingPolicy.speculates_at`)."""
-        ks = [s.room(self.routing.max_speculative_tokens) if s.speculate else 0 for s in batch]
-        if self.draft is None or not any(ks) or not self.routing.speculates_at(len(batch)):
+    def _propose(self, batch: list[Sequence], k: int) -> list[Proposal]:
+        """Up to k draft proposals for each speculating sequence; none for the others."""
+        ks = [s.room(k) if s.speculate else 0 for s in batch]
+        if self.draft is None or not any(ks):
             return [Proposal() for _ in batch]
         drafting = [i for i, k in enumerate(ks) if k]
         threshold = self.routing.threshold if self.routing.checks_each_token else None
@@ -233,6 +269,7 @@ class BatchDecoder:
             p = probabilities(logits, context, seq.proc)  # (J+1, V)
             n, x = speculative_accept(p, proposal.q, proposed, seq.generator)
             accepted, token = int(n), int(x)
+        proposal.accepted = accepted
         new = [*proposal.tokens[:accepted], token]
         base = len(seq.tokens)
         seq.tokens.extend(new)
@@ -247,6 +284,8 @@ class BatchDecoder:
         stats.speculative_rounds += j > 0
         stats.proposed_tokens += j
         stats.accepted_tokens += accepted
+        if j:  # `adaptive` admits every sequence as target-only: its route is whether it ever speculated
+            stats.route = "speculative"
         stop = seq.sink(new)
         seq.done = stop or seq.produced >= seq.budget
 
@@ -266,6 +305,10 @@ class Draft:
     def admit(self, seqs: list[Sequence]) -> list[float]:
         """Take in the prompts; return the draft's first-token confidences (for `first-token` routing)."""
         raise NotImplementedError
+
+    def catch_up(self, seqs: list[Sequence]) -> None:
+        """Take in what `seqs` emitted while the draft sat out, but for their last one or two tokens (a
+        proposal round's own catch-up), so that the round itself costs what it does in steady state."""
 
     def propose(self, seqs: list[Sequence], ks: list[int], threshold: float | None) -> list[Proposal]:
         """Up to `ks[i]` tokens after `seqs[i].tokens`; with a `threshold`, a sequence stops proposing at

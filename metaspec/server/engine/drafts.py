@@ -27,6 +27,13 @@ class ModelDraft(Draft):
             seq.draft_length = len(seq.prompt)
         return torch.softmax(logits.float(), dim=-1).amax(-1).tolist()
 
+    def catch_up(self, seqs: list[Sequence]) -> None:
+        behind = [s for s in seqs if len(s.tokens) - s.draft_length > 2]
+        if behind:
+            self.lm.forward([Chunk(s.slot, s.draft_length, s.tokens[s.draft_length : -1]) for s in behind])
+            for seq in behind:
+                seq.draft_length = len(seq.tokens) - 1
+
     def propose(self, seqs: list[Sequence], ks: list[int], threshold: float | None) -> list[Proposal]:
         logits, _ = self.lm.forward([Chunk(s.slot, s.draft_length, s.tokens[s.draft_length :]) for s in seqs])
         for seq in seqs:

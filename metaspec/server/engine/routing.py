@@ -12,30 +12,38 @@ is sampled (the emitted prefix and the draft's own distribution there), leaves t
 - `per-token`: at each drafting position the draft's confidence is read *before* a token is drawn
   from q; a low confidence ends the round, and that position's token then comes from the target's p
   (as the bonus token or as a one-token target step). The decision never looks at a target sample.
+- `adaptive`: before each step the replica chooses k (0 = target only) from running estimates over
+  the rounds it already finished (`Adaptive`): the acceptance rate α and the measured cost of a
+  proposal. Those estimates are functions of earlier rounds' outcomes and of timings, all settled
+  before the step begins; a round's k is fixed before its draft proposes or the target samples. Each
+  round, given everything before it, emits target-distributed tokens for any k, so the sequence of
+  rounds does too: the same argument as for `per-token`, with "the past" widened to the replica's
+  past steps (other sequences' rounds included, whose randomness is independent of this one's).
 
 Load: `maxSpeculativeBatch` turns speculation off for a step whose batch holds more sequences than
 that (vLLM's `disable_by_batch_size`). A decode step is memory-bound at small batches — reading the
 weights costs the same for 1 token as for k + 1, which is what speculation exploits — and compute-bound
 at large ones, where verifying k + 1 tokens per sequence costs about k + 1 times a plain step while
 the draft's accepted tokens cannot make up for it. The batch size at a step depends on other requests
-only, never on this sequence's next token, so the cut-off keeps every policy exact.
+only, never on this sequence's next token, so the cut-off keeps every policy exact. `adaptive` finds
+that point by itself (its cost estimates are per batch size); the cut-off still bounds it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from metaspec.api.serving import Routing
 
-PolicyName = Literal["first-token", "per-token", "always", "never"]
+PolicyName = Literal["adaptive", "first-token", "per-token", "always", "never"]
 
 
 @dataclass(frozen=True)
 class RoutingPolicy:
     """A `spec.routing` as the decoding loop uses it."""
 
-    policy: PolicyName = "first-token"
+    policy: PolicyName = "adaptive"
     threshold: float = 0.7
     """Draft max-probability needed to speculate (`confidenceThreshold`)."""
     max_speculative_tokens: int = 5
@@ -57,6 +65,11 @@ class RoutingPolicy:
     def uses_draft(self) -> bool:
         return self.policy != "never"
 
+    @property
+    def adaptive(self) -> bool:
+        """k is chosen step by step from measurements (`Adaptive`); the draft catches up only when used."""
+        return self.policy == "adaptive"
+
     def speculate_request(self, first_confidence: float) -> bool:
         """Whether the request decodes speculatively, given the draft's first-token confidence."""
         if self.policy == "first-token":
@@ -67,3 +80,123 @@ class RoutingPolicy:
     def checks_each_token(self) -> bool:
         """`per-token`: each drafting step needs the draft's confidence (one device sync per step)."""
         return self.policy == "per-token"
+
+
+def expected_tokens(alpha: float, k: int) -> float:
+    """Tokens a round emits on average with k proposals, each accepted with probability α given the ones
+    before it were: (1 − α^(k+1)) / (1 − α) (Leviathan et al. 2023, eq. 1)."""
+    if alpha >= 1:
+        return k + 1.0
+    return (1 - alpha ** (k + 1)) / (1 - alpha)
+
+
+def speedup(alpha: float, k: int, cost: float) -> float:
+    """Leviathan et al.'s expected speedup (1 − α^(k+1)) / ((1 − α)(k·c + 1)) of a round with k proposals
+    over a target step, where c is the measured cost of one proposal relative to a target step."""
+    return expected_tokens(alpha, k) / (k * cost + 1)
+
+
+@dataclass
+class _Bucket:
+    """Estimates for the steps whose batch size falls in one power-of-two range."""
+
+    plain: float | None = None
+    """Seconds per target-only step (EMA)."""
+    cost: float | None = None
+    """A proposal's cost relative to a target step: (t_step / t_plain − 1) / proposals per row (EMA)."""
+    on: bool = False
+    interval: int = 0
+    next_probe: int = 0
+
+
+@dataclass
+class Adaptive:
+    """The `adaptive` policy's running estimates, shared by every sequence of a replica.
+
+    Per step the decoder asks `choose(batch)` for k and reports what the step did to `record`. The
+    estimates: α, the acceptance rate of a proposal given the ones before it were accepted (accepted /
+    (accepted + rejections): the geometric model's maximum likelihood), an EMA over proposals; and per
+    batch-size range (1, 2, 3–4, 5–8, ...: a step's cost depends on the batch, and speculation stops
+    paying once a step is compute-bound) the time of a target-only step and c, the measured extra cost
+    of one proposal relative to it — the draft step and what the proposal adds to the verify pass
+    together, since on a CPU or at a large batch the verify pass grows with its tokens (Leviathan's
+    formula assumes it does not). k is the one of 1..`max_k` with the best `speedup`, used only where
+    that exceeds 1; k = 0 otherwise.
+
+    Probing: the arm not chosen is tried now and then — a speculating step while speculation is off
+    (to notice a draft that starts paying), a target-only step while it is on (to refresh the time it
+    is compared with). The probe interval doubles each time the decision holds, from `min_interval`
+    to `max_interval` steps, and starts over when it flips, so a settled decision costs little.
+    """
+
+    max_k: int
+    min_interval: int = 16
+    max_interval: int = 256
+    alpha_memory: float = 20.0
+    """Proposals α averages over (its EMA weight per tested proposal is 1 / alpha_memory)."""
+    plain_weight: float = 0.1
+    """EMA weight of a target-only step's time: those are frequent while speculation is off."""
+    probe_weight: float = 0.25
+    """Least EMA weight of a probe's α and of every speculating step's cost: while speculation is off,
+    probes are rare and each must count."""
+    steps: int = 0
+    accepted: float = 0.0
+    tested: float = 0.0
+    buckets: dict[int, _Bucket] = field(default_factory=dict)
+
+    @property
+    def alpha(self) -> float | None:
+        return self.accepted / self.tested if self.tested else None
+
+    def choose(self, batch: int) -> int:
+        """Proposals per sequence for the next step over `batch` sequences (0: target only)."""
+        self.steps += 1
+        bucket = self._bucket(batch)
+        if bucket.plain is None:
+            return 0  # the reference time first
+        cost = bucket.cost if bucket.cost is not None else self._nearest_cost(batch)
+        if cost is None or self.alpha is None:
+            return 1  # nothing measured yet: the cheapest probe
+        k, gain = max(((k, speedup(self.alpha, k, cost)) for k in range(1, self.max_k + 1)), key=lambda x: x[1])
+        on = gain > 1
+        if on != bucket.on:
+            bucket.on, bucket.interval = on, self.min_interval
+            bucket.next_probe = self.steps + bucket.interval
+        elif self.steps >= bucket.next_probe:
+            bucket.interval = min(2 * bucket.interval, self.max_interval)
+            bucket.next_probe = self.steps + bucket.interval
+            return 0 if on else k
+        return k if on else 0
+
+    def record(self, batch: int, proposed: int, accepted: int, rejected: int, seconds: float) -> None:
+        """A step over `batch` sequences took `seconds` and verified `proposed` proposals, of which
+        `accepted` were accepted and `rejected` rounds ended in a rejection."""
+        bucket = self._bucket(batch)
+        if not proposed:
+            bucket.plain = _ema(bucket.plain, seconds, self.plain_weight)
+            return
+        tested = accepted + rejected
+        if tested:
+            weight = 1 - (1 - 1 / self.alpha_memory) ** tested
+            if not bucket.on:  # a probe: rare, so it counts as much as a probe's cost does
+                weight = max(weight, self.probe_weight)
+            self.accepted = _ema(self.accepted if self.tested else None, accepted, weight)
+            self.tested = _ema(self.tested or None, tested, weight)
+        if bucket.plain is not None:
+            cost = max(0.0, seconds / bucket.plain - 1) / (proposed / batch)
+            bucket.cost = _ema(bucket.cost, cost, self.probe_weight)
+
+    def _bucket(self, batch: int) -> _Bucket:
+        key = (batch - 1).bit_length()
+        if key not in self.buckets:
+            self.buckets[key] = _Bucket(interval=self.min_interval, next_probe=self.steps + self.min_interval)
+        return self.buckets[key]
+
+    def _nearest_cost(self, batch: int) -> float | None:
+        key = (batch - 1).bit_length()
+        measured = [(abs(k - key), b.cost) for k, b in self.buckets.items() if b.cost is not None]
+        return min(measured)[1] if measured else None
+
+
+def _ema(old: float | None, new: float, weight: float) -> float:
+    return new if old is None else old + weight * (new - old)

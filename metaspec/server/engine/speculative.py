@@ -23,6 +23,7 @@ graph computes them all anyway.
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Iterator
 
 import torch
@@ -30,7 +31,7 @@ from transformers import DynamicCache, StaticCache
 from transformers import __version__ as _VERSION
 
 from .protocol import RequestStats, TokenLogprob
-from .routing import RoutingPolicy
+from .routing import Adaptive, RoutingPolicy
 from .sampling import History, Processing, confidence, greedy_tokens, logprobs, penalize, probabilities
 
 
@@ -218,6 +219,7 @@ class SpeculativeDecoder:
         self.target = target
         self.draft = draft
         self.routing = routing
+        self.adaptive = Adaptive(routing.max_speculative_tokens) if routing.adaptive else None
 
     @property
     def max_length(self) -> int:
@@ -262,6 +264,7 @@ class _Run:
     ) -> None:
         self.routing = decoder.routing
         self.logprobs = logprobs
+        self.adaptive = decoder.adaptive
         self.proc = proc
         self.stats = stats
         self.generator = generator
@@ -292,8 +295,12 @@ class _Run:
         return torch.tensor(ids, dtype=torch.long, device=self.device)
 
     def _route(self, draft: CausalLM) -> None:
-        """Prefill the draft on the prompt and apply the routing policy to its first-token confidence."""
+        """Prefill the draft on the prompt and apply the routing policy to its first-token confidence
+        (`adaptive`: no prefill; the draft catches up when a round first speculates)."""
         session = draft.session()
+        if self.adaptive is not None:
+            self.speculate, self.draft = True, session
+            return
         logits = session.feed(self._tensor(self.emitted)[None])[0]  # (V,)
         first = confidence(logits).item()
         self.stats.first_token_confidence = first
@@ -305,12 +312,32 @@ class _Run:
     def rounds(self, max_new_tokens: int) -> Iterator[list[int]]:
         produced = 0
         while produced < max_new_tokens:
-            # leave room for the token every round ends with (correction or bonus)
-            k = min(self.routing.max_speculative_tokens, max_new_tokens - produced - 1) if self.speculate else 0
+            k = self._k()
+            k = min(k, max_new_tokens - produced - 1)  # leave room for the token every round ends with
+            if k and self.adaptive is not None:
+                self._catch_up()
+            start = time.perf_counter()
             propose = self._propose_round if k and self.whole_rounds else self._propose
-            new = self._verify(*propose(k))
+            proposals, q = propose(k)
+            new = self._verify(proposals, q)
+            if self.adaptive is not None:
+                j, accepted = proposals.shape[0], len(new) - 1
+                self.adaptive.record(1, j, accepted, int(accepted < j), time.perf_counter() - start)
             produced += len(new)
             yield new
+
+    def _k(self) -> int:
+        if not self.speculate:
+            return 0
+        return self.adaptive.choose(1) if self.adaptive is not None else self.routing.max_speculative_tokens
+
+    def _catch_up(self) -> None:
+        """Feed the draft what it missed while rounds went without it, but the last emitted token (which
+        the round itself feeds): a one-time cost, kept out of `adaptive`'s timing of the round."""
+        assert self.draft is not None
+        if self.draft.length < len(self.emitted) - 1:
+            self.draft.feed(self._tensor(self.emitted[self.draft.length : -1])[None])
+            self.draft_logits = None
 
     def _propose(self, k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Draft up to k tokens: (J,) ids and, when sampling, their distributions q (J, V)."""
@@ -380,6 +407,8 @@ class _Run:
         self.stats.accepted_tokens += n
         self.stats.rounds += 1
         self.stats.speculative_rounds += j > 0
+        if j:  # `adaptive` starts every request as target-only: its route is whether it ever speculated
+            self.stats.route = "speculative"
         return new
 
     def _advance(self, base: int, accepted: int, new: list[int]) -> None:

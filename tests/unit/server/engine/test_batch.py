@@ -98,11 +98,13 @@ ROUTINGS = {
     "first-token": RoutingPolicy("first-token", 0.3, 3),
     "never": RoutingPolicy("never"),
     "always-up-to-batch-3": RoutingPolicy("always", 0.5, 3, max_speculative_batch=3),
+    "adaptive": RoutingPolicy("adaptive", 0.5, 3),
 }
 
 
 @pytest.mark.parametrize("name", ROUTINGS)
 @pytest.mark.parametrize("penalty", [1.0, 1.3])
+@pytest.mark.usefixtures("any_k")
 def test_greedy_in_a_batch_equals_target_greedy(name: str, penalty: float, tiny_target, tiny_draft) -> None:
     routing = ROUTINGS[name]
     dec = decoder(tiny_target, tiny_draft if routing.uses_draft else None, routing, max_batch=5)
@@ -142,10 +144,12 @@ def mixed_batch(target, draft, routing: RoutingPolicy, proc: Processing, samples
 CASES = {
     "always-t1": (RoutingPolicy("always", 0.5, 2), Processing(1.0)),
     "per-token-penalty-top-p": (RoutingPolicy("per-token", 0.93, 3), Processing(1.5, 0.95, 1.2)),
+    "adaptive-penalty": (RoutingPolicy("adaptive", 0.5, 3), Processing(1.0, 1.0, 1.2)),
 }
 
 
 @pytest.mark.parametrize("case", CASES)
+@pytest.mark.usefixtures("any_k")
 def test_sampling_in_a_mixed_batch_matches_target_distribution(case: str, tiny_target, tiny_draft) -> None:
     routing, proc = CASES[case]
     counts = mixed_batch(tiny_target, tiny_draft, routing, proc, samples=1500)

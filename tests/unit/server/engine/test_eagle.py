@@ -66,6 +66,7 @@ def decoder(target, draft: Eagle3Draft, routing: RoutingPolicy, max_batch: int) 
 
 @pytest.mark.parametrize("head", ["full", "pruned"])
 @pytest.mark.parametrize("name", ROUTINGS)
+@pytest.mark.usefixtures("any_k")
 def test_greedy_in_a_batch_equals_target_greedy(name: str, head: str, target, request) -> None:
     routing = ROUTINGS[name]
     dec = decoder(target, request.getfixturevalue(head), routing, max_batch=5)

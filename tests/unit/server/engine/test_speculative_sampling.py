@@ -144,9 +144,13 @@ def test_target_only_sampling_matches_too(tiny_target) -> None:
     assert g_test_p_value(counts, exact_distribution(tiny_target, proc)) >= ALPHA
 
 
-@pytest.mark.parametrize("policy", ["always", "per-token", "first-token", "never"])
+@pytest.mark.parametrize("policy", ["always", "per-token", "first-token", "never", "adaptive", "adaptive-rounds"])
+@pytest.mark.usefixtures("any_k")
 def test_greedy_equals_target_greedy(policy: str, tiny_target, tiny_draft) -> None:
-    decoder = SpeculativeDecoder(CausalLM(tiny_target, 8), CausalLM(tiny_draft, 8), RoutingPolicy(policy, 0.3, 3))
+    """`adaptive` with a random k per round (`any_k`); with `-rounds`, through the draft's one-call
+    rounds (the compiled path's, run eagerly)."""
+    draft = CausalLM(tiny_draft, 8, draft_rounds=policy.endswith("-rounds"))
+    decoder = SpeculativeDecoder(CausalLM(tiny_target, 8), draft, RoutingPolicy(policy.removesuffix("-rounds"), 0.3, 3))
     for prompt in itertools.islice(itertools.permutations(range(8), 3), 40):
         expected = tiny_target.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)
         stats = RequestStats()

@@ -1,0 +1,90 @@
+"""`adaptive` routing's estimator against scripted steps: known costs and acceptance, no models.
+
+A step's time is scripted as Leviathan's cost model, t = t_plain · (1 + k·c) (c: a proposal's cost
+relative to a target step, here a function of the batch size), and each proposal is accepted with
+probability α given the ones before it were. Throughput is tokens over scripted time, so `adaptive`
+can be held to the goal itself: never below target-only, close to the best fixed k where one pays.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import pytest
+
+from metaspec.server.engine.routing import Adaptive, expected_tokens, speedup
+
+PLAIN = 0.01  # seconds per sequence of a target-only step
+
+
+def run(
+    steps: int,
+    alpha: Callable[[int], float],
+    cost: Callable[[int], float],
+    batch: Callable[[int], int] = lambda step: 1,
+    seed: int = 0,
+) -> tuple[list[int], float]:
+    """Drive a fresh `Adaptive(5)` for `steps` steps (`alpha` and `batch` of the step number, `cost` of
+    the batch size): the k chosen at each step, and the throughput relative to target-only."""
+    adaptive, rng = Adaptive(5), random.Random(seed)
+    chosen, tokens, seconds = [], 0, 0.0
+    for step in range(steps):
+        b = batch(step)
+        k = adaptive.choose(b)
+        accepted = rejected = 0
+        for _ in range(b if k else 0):
+            n = 0
+            while n < k and rng.random() < alpha(step):
+                n += 1
+            accepted, rejected = accepted + n, rejected + (n < k)
+        took = PLAIN * b * (1 + k * cost(b))
+        adaptive.record(b, k * b, accepted, rejected, took * rng.uniform(0.95, 1.05))  # timing noise
+        chosen.append(k)
+        tokens, seconds = tokens + b + accepted, seconds + took
+    return chosen, tokens * PLAIN / seconds
+
+
+def best_fixed(alpha: float, cost: float) -> float:
+    return max(speedup(alpha, k, cost) for k in range(1, 6))
+
+
+def test_expected_speedup_is_leviathans() -> None:
+    assert expected_tokens(0.5, 3) == pytest.approx(1 + 0.5 + 0.25 + 0.125)
+    assert expected_tokens(1.0, 4) == 5
+    assert speedup(0.8, 4, 0.1) == pytest.approx((1 - 0.8**5) / (0.2 * 1.4))
+
+
+@pytest.mark.parametrize("batch", [1, 16])
+def test_a_bad_draft_is_switched_off(batch: int) -> None:
+    assert best_fixed(0.2, 0.4) < 1
+    chosen, gain = run(2000, alpha=lambda s: 0.2, cost=lambda b: 0.4, batch=lambda s: batch)
+    assert gain >= 0.99  # the probes and the first steps cost under 1%
+    assert sum(k > 0 for k in chosen[100:]) <= 40 and max(chosen) == 1  # probed at its cheapest
+
+
+@pytest.mark.parametrize("batch", [1, 16])
+def test_a_good_draft_speculates_with_a_long_round(batch: int) -> None:
+    chosen, gain = run(1000, alpha=lambda s: 0.9, cost=lambda b: 0.05, batch=lambda s: batch)
+    assert gain >= 0.95 * best_fixed(0.9, 0.05)
+    assert sum(k == 0 for k in chosen[100:]) <= 10 and min(k for k in chosen[100:] if k) >= 4
+
+
+def test_a_draft_that_starts_paying_is_noticed_and_one_that_stops_is_dropped() -> None:
+    good = lambda s: 0.9 if 500 <= s < 1500 else 0.2  # noqa: E731
+    assert best_fixed(0.2, 0.3) < 1 < best_fixed(0.9, 0.3)
+    chosen, _ = run(2000, alpha=good, cost=lambda b: 0.3)
+    assert sum(k > 0 for k in chosen[400:500]) <= 10
+    assert sum(k > 0 for k in chosen[1100:1500]) >= 390  # on within two probe intervals (≤ 512 steps)
+    assert sum(k > 0 for k in chosen[1700:]) <= 40  # off again, but for a probe that got lucky
+
+
+def test_speculation_stops_where_the_batch_makes_proposals_expensive() -> None:
+    """A proposal costs 0.05 of a step at batch 1 and a whole one at batch 16 (a compute-bound verify)."""
+    assert best_fixed(0.7, 1.0) < 1 < best_fixed(0.7, 0.05)
+    batch = lambda s: 1 if (s // 200) % 2 == 0 else 16  # noqa: E731
+    chosen, _ = run(2000, alpha=lambda s: 0.7, cost=lambda b: 0.05 if b == 1 else 1.0, batch=batch)
+    small = [k for s, k in enumerate(chosen) if s >= 400 and batch(s) == 1]
+    large = [k for s, k in enumerate(chosen) if s >= 400 and batch(s) == 16]
+    assert sum(k > 0 for k in small) >= 0.95 * len(small)
+    assert sum(k > 0 for k in large) <= 0.05 * len(large)
