@@ -8,7 +8,8 @@ time). A request still waiting for its first token at the deadline counts with i
 bound), so a queue that never drains shows in the TTFT tail rather than vanishing from it.
 
 Systems, each with a fresh engine per cell over the same loaded models:
-- `metaspec:<policy>`: the continuous-batching engine, batch up to the number of clients;
+- `metaspec:<policy>`: the continuous-batching engine, batch up to the number of clients (`adaptive` is
+  the shipped default; `default` measures whatever `Routing()` is);
 - `batch-1`: the engine at maxConcurrency 1 (one request at a time through the sequential decoder,
   target-only: the fastest policy of the one-at-a-time engine on CPU);
 - `hf-batched`: transformers' `generate` over left-padded batches of whatever requests are waiting
