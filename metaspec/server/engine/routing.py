@@ -125,13 +125,17 @@ class Adaptive:
 
     Probing: the arm not chosen is tried now and then — a speculating step while speculation is off
     (to notice a draft that starts paying), a target-only step while it is on (to refresh the time it
-    is compared with). The probe interval doubles each time the decision holds, from `min_interval`
-    to `max_interval` steps, and starts over when it flips, so a settled decision costs little.
+    is compared with). The probe interval doubles at each probe, from `min_interval` to `max_interval`
+    steps, so a settled decision costs little; a draft that starts paying is noticed within about two
+    intervals. Speculation starts only at a predicted gain above 1 + `margin` and stops below 1.
     """
 
     max_k: int
     min_interval: int = 16
     max_interval: int = 256
+    margin: float = 0.1
+    """Predicted gain needed to start speculating (it stops below 1): estimates from a few probes are
+    noisy, and a draft that only seems to pay costs more than one that is missed by a little."""
     alpha_memory: float = 20.0
     """Proposals α averages over (its EMA weight per tested proposal is 1 / alpha_memory)."""
     plain_weight: float = 0.1
@@ -158,10 +162,9 @@ class Adaptive:
         if cost is None or self.alpha is None:
             return 1  # nothing measured yet: the cheapest probe
         k, gain = max(((k, speedup(self.alpha, k, cost)) for k in range(1, self.max_k + 1)), key=lambda x: x[1])
-        on = gain > 1
+        on = gain > (1 if bucket.on else 1 + self.margin)
         if on != bucket.on:
-            bucket.on, bucket.interval = on, self.min_interval
-            bucket.next_probe = self.steps + bucket.interval
+            bucket.on, bucket.next_probe = on, self.steps + bucket.interval
         elif self.steps >= bucket.next_probe:
             bucket.interval = min(2 * bucket.interval, self.max_interval)
             bucket.next_probe = self.steps + bucket.interval
