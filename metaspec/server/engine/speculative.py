@@ -285,9 +285,8 @@ class _Run:
             self.draft.truncate(len(self.emitted) - 1)
             self.draft_logits = None
             self.penalty = torch.tensor(proc.repetition_penalty, device=self.device)
-            self.round_seen = (
-                self.history.seen
-            )  # updated in place as tokens are emitted; unpenalized: a mask that stays empty, for the one graph
+            # updated in place as tokens are emitted; unpenalized: a mask that stays empty, for the one graph
+            self.round_seen = self.history.seen
             if self.round_seen is None:
                 self.round_seen = torch.zeros(decoder.target.vocab, dtype=torch.bool, device=self.device)
 
