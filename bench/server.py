@@ -220,9 +220,13 @@ def main(argv: list[str] | None = None) -> int:
         compile=args.compile,
         max_batch=1,  # batch-1 decoding: the sequential decoder (compiled on CUDA)
     )
-    policies = {policy: (policy, args.k) for policy in dict.fromkeys(["never", *args.policies])}
-    policies |= {f"always-k{k}": ("always", k) for k in args.also_k}
-    engines = {name: first.with_routing(RoutingPolicy(p, args.threshold, k)) for name, (p, k) in policies.items()}
+    engines = {
+        p: first.with_routing(RoutingPolicy(p, args.threshold, args.k))
+        for p in dict.fromkeys(["never", *args.policies])
+    }
+    for k in args.also_k:  # another k is another verify length: an engine of its own over the same models
+        routing = RoutingPolicy("always", args.threshold, k)
+        engines[f"always-k{k}"] = SpeculativeEngine.from_models(target, draft, tokenizer, routing, max_batch=1)
     # ours first: transformers' own static-cache compilation of the same forward, run before ours,
     # left our compiled `always` path re-recording graphs (10+ s per prompt on the H100)
     methods = {
