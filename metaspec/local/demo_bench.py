@@ -118,7 +118,7 @@ def run(
         "maxSpeculativeTokens": resource.spec.routing.max_speculative_tokens,
         "policies": {},
     }
-    for policy in POLICIES:
+    for policy in dict.fromkeys([*POLICIES, resource.spec.routing.policy]):  # its own policy, whatever it is
         if policy == resource.spec.routing.policy:
             results["policies"][policy] = bench_policy(url, model, prompts, max_tokens)
             continue
