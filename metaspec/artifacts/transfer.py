@@ -13,6 +13,7 @@ artifact, so its checksums prove nothing about where its files may go.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -20,6 +21,8 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -236,7 +239,9 @@ def materialize(uri: str | Path | Uri, cache_dir: Path, revision: str | None = N
     (verified when they carry a manifest, used as they are otherwise: a claim is the user's own
     volume); `s3://` ones are downloaded into `cache_dir/<manifest digest>` (so a changed artifact
     never reuses a stale copy), and a cached copy is verified file by file (size and sha256) on every
-    use: a file changed or lost in the cache is fetched again rather than loaded. `hf://` ones are
+    use: a file changed, truncated or lost in the cache is fetched again rather than loaded. An entry
+    is filled under `<digest>.partial` and renamed when complete, and checked or filled under a lock
+    (`_entry_lock`), so the cache may be shared by several processes and hosts. `hf://` ones are
     fetched with huggingface_hub at `revision` (or the URI's `@revision`), with `HF_TOKEN` from the
     environment for gated models; their manifest lists no files (the Hub's own checksums apply) and
     its digest is `hf:<commit>`, the exact revision.
@@ -250,16 +255,33 @@ def materialize(uri: str | Path | Uri, cache_dir: Path, revision: str | None = N
         return _from_hub(uri, cache_dir / "hf", revision)
     manifest = read_manifest(uri)
     dest = Path(cache_dir) / manifest.digest[:32]
-    if (dest / MANIFEST).is_file():
-        _fetch(uri, manifest, dest)
-    else:
-        partial = dest.with_name(dest.name + ".partial")
-        _fetch(uri, manifest, partial)
-        (partial / MANIFEST).write_text(json.dumps({"files": manifest.files, "metadata": manifest.metadata}))
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(partial, dest)
+    with _entry_lock(dest):
+        if (dest / MANIFEST).is_file():
+            _fetch(uri, manifest, dest)
+            log.info("%s: from the cache at %s", uri, dest)
+        else:
+            partial = dest.with_name(dest.name + ".partial")  # a fill cut short resumes from what it verified
+            _fetch(uri, manifest, partial)
+            (partial / MANIFEST).write_text(json.dumps({"files": manifest.files, "metadata": manifest.metadata}))
+            if dest.exists():
+                shutil.rmtree(dest)
+            os.replace(partial, dest)
+            log.info("%s: downloaded into the cache at %s", uri, dest)
     return dest, manifest
+
+
+@contextmanager
+def _entry_lock(dest: Path) -> Iterator[None]:
+    """Holds `<entry>.lock` exclusively while a cache entry is checked or filled, so that processes
+    sharing a cache (pods on one ReadWriteMany volume) never fill one entry twice at once or read a
+    file another is fetching again. POSIX record locks (`lockf`), which NFS carries between hosts."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest.with_name(dest.name + ".lock"), "a") as lock:
+        fcntl.lockf(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(lock, fcntl.LOCK_UN)
 
 
 def _in_claim(uri: Uri) -> tuple[Path, Manifest | None]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,6 +90,61 @@ def test_a_cached_copy_is_verified_on_every_use(tmp_path: Path, s3_prefix: str) 
     assert again == path
     for rel in ("config.json", "sub/weights.bin"):
         assert (path / rel).read_bytes() == (src / rel).read_bytes()
+
+
+FILL = """
+import hashlib, sys
+from pathlib import Path
+from metaspec.artifacts import materialize
+print("ready", flush=True)
+sys.stdin.readline()
+path, manifest = materialize(sys.argv[1], Path(sys.argv[2]))
+for rel, meta in manifest.files.items():  # what a loader reads once materialize returns
+    assert hashlib.sha256((path / rel).read_bytes()).hexdigest() == meta["sha256"], rel
+print(path, flush=True)
+"""
+
+
+def test_processes_filling_one_cache_entry_at_once_get_one_complete_copy(tmp_path: Path, s3_prefix: str) -> None:
+    """Two real processes (pods sharing a ReadWriteMany cache) released at the same moment: the entry
+    is filled once under its lock, and both read a complete, verified copy."""
+    src = tmp_path / "src"
+    for i in range(12):
+        (src / f"part-{i}.bin").parent.mkdir(parents=True, exist_ok=True)
+        (src / f"part-{i}.bin").write_bytes(os.urandom(200_000))
+    upload_dir(src, s3_prefix)
+    cache = tmp_path / "cache"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[3])}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", FILL, s3_prefix, str(cache)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    for proc in procs:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    outputs = [proc.communicate(timeout=120)[0].strip() for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0]
+    assert outputs[0] == outputs[1] == str(cache / read_manifest(s3_prefix).digest[:32])
+    assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) == [Path(outputs[0]).name]
+
+
+def test_a_truncated_cache_entry_is_fetched_again(tmp_path: Path, s3_prefix: str) -> None:
+    src = make_tree(tmp_path / "src")
+    upload_dir(src, s3_prefix)
+    path, _ = materialize(s3_prefix, tmp_path / "cache")
+    weights = path / "sub" / "weights.bin"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a copy cut short (disk full, pod killed)
+    assert materialize(s3_prefix, tmp_path / "cache")[0] == path
+    assert weights.read_bytes() == (src / "sub" / "weights.bin").read_bytes()
 
 
 def test_verify_artifact_reads_every_object(tmp_path: Path, s3_prefix: str) -> None:
