@@ -20,8 +20,9 @@ from typing import Any
 from metaspec import pipeline
 from metaspec.api import Condition, Phase, Resource, SpecServe, TeacherGeneration, TrainingRun, now
 from metaspec.api import conditions as C
-from metaspec.api.generation import GenerationStats, ShardCounts
-from metaspec.api.summaries import FailureSummary, ShardSummary, TrainingSummary
+from metaspec.api.generation import GenerationProgress, GenerationStats, ShardCounts
+from metaspec.api.summaries import FailureSummary, ProgressReport, ShardSummary, TrainingSummary
+from metaspec.api.training import TrainingMetrics, TrainingProgress
 from metaspec.runtime import EXIT_PERMANENT, EXIT_QUALITY
 
 #: Exit codes no retry can fix: bad config or data, and a finished run that failed its quality gate
@@ -69,6 +70,7 @@ def failed(status: dict[str, Any], resource: Resource, reason: str, message: str
     """`status` of a resource that failed for `reason`."""
     status = {**status, "phase": Phase.FAILED.value, "message": message}
     status["observedGeneration"] = resource.metadata.generation
+    status = with_condition(status, resource, C.READY, False, reason, message)
     return with_condition(status, resource, C.FAILED, True, reason, message)
 
 
@@ -78,6 +80,7 @@ def waiting(resource: Resource, status: dict[str, Any], check: pipeline.Dependen
     status["observedGeneration"] = resource.metadata.generation
     if check.failed:
         return failed(status, resource, check.reason, check.message)
+    status = with_condition(status, resource, C.READY, False, check.reason, check.message)
     return {**status, "phase": Phase.WAITING.value, "message": check.message}
 
 
@@ -157,6 +160,7 @@ def observe(resource: Resource, status: dict[str, Any], state: RunState) -> dict
         status["shards"] = state.shards.dump()
     suspended = state.phase == Phase.SUSPENDED
     status = with_condition(status, resource, C.SUSPENDED, suspended, state.reason, state.message)
+    status = with_condition(status, resource, C.READY, state.phase == Phase.SUCCEEDED, state.reason, state.message)
     return {**status, "phase": state.phase.value, "message": state.message}
 
 
@@ -172,7 +176,7 @@ def finish(
     `failures`: every attempt's summary, newest first; `results`: the raw summaries of the successful
     attempts, one per shard in shard order (one for a TrainingRun).
     """
-    status = observe(resource, status, state)
+    status = without_estimates(resource, observe(resource, status, state))
     if state.phase == Phase.FAILED:
         status["message"] = failure_message(failures, state.message)
         if any(f.exit_code == EXIT_QUALITY for f in failures):
@@ -184,7 +188,55 @@ def finish(
         status = generation_fields(resource, status, [ShardSummary.read(r) for r in results])
     status["completionTime"] = state.completion_time or now()
     type_ = C.COMPLETE if state.phase == Phase.SUCCEEDED else C.FAILED
+    ready = state.phase == Phase.SUCCEEDED
+    status = with_condition(status, resource, C.READY, ready, state.reason, status["message"])
     return with_condition(status, resource, type_, True, state.reason, status["message"])
+
+
+def live_progress(resource: Resource, status: dict[str, Any], reports: dict[int, ProgressReport], at: str) -> dict:
+    """`status` with what the running pods last reported (`reports` by shard index), stamped `at`.
+
+    Only a running run takes live progress: the summaries of a finished one are the final word.
+    """
+    if status.get("phase") != Phase.RUNNING.value or not reports:
+        return status
+    if isinstance(resource, TrainingRun):
+        report = reports[max(reports)]
+        progress = TrainingProgress(
+            step=report.step or 0,
+            total_steps=report.total_steps,
+            epoch=report.epoch,
+            eta_seconds=report.eta_seconds,
+            update_time=at,
+        )
+        live = TrainingMetrics(
+            train_loss=report.loss, eval_loss=report.eval_loss, tokens_per_second=report.tokens_per_second
+        )
+        metrics = {**(status.get("metrics") or {}), **live.dump()}
+        return {**status, "progress": progress.dump(), **({"metrics": metrics} if metrics else {})}
+    shards = list(reports.values())
+
+    def total(name: str) -> Any:
+        values = [getattr(r, name) for r in shards if getattr(r, name) is not None]
+        return sum(values) if values else None
+
+    etas = [r.eta_seconds for r in shards if r.eta_seconds is not None]
+    counts = GenerationStats(
+        examples_done=total("examples_done"),
+        examples_total=total("examples_total"),  # of the shards that reported: `shardsReporting` says how many
+        examples_per_second=total("examples_per_second"),
+        tokens_per_second=total("tokens_per_second"),
+    )
+    progress = GenerationProgress(eta_seconds=max(etas) if etas else None, shards_reporting=len(shards), update_time=at)
+    return {**status, "stats": {**(status.get("stats") or {}), **counts.dump()}, "progress": progress.dump()}
+
+
+def without_estimates(resource: Resource, status: dict[str, Any]) -> dict[str, Any]:
+    """`status` without the live estimates, which mean nothing once the run has ended."""
+    if isinstance(resource, TeacherGeneration):
+        return {k: v for k, v in status.items() if k != "progress"}
+    progress = {k: v for k, v in (status.get("progress") or {}).items() if k != "etaSeconds"}
+    return {**status, "progress": progress} if progress else {k: v for k, v in status.items() if k != "progress"}
 
 
 def failure_message(failures: list[FailureSummary], fallback: str) -> str:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp.web
 import httpx
 import jsonpatch
 import kopf
@@ -47,6 +48,7 @@ RESOURCES = [
     ("v1/pods", "Pod", True, {"status"}),
     ("v1/events", "Event", True, set()),
     ("v1/namespaces", "Namespace", False, set()),
+    ("authentication.k8s.io/v1/tokenreviews", "TokenReview", False, set()),
     # Without it kopf's resource observer waits forever and never starts watching.
     ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", False, set()),
 ]
@@ -90,6 +92,19 @@ class ApiServer(KubernetesEmulator):
         self._version = 0
         self.faults: FaultPolicy | None = None
         self._watches: set[asyncio.Task[Any]] = set()
+        #: Tokens this API server would accept: token -> (service account, pod name, pod uid, audience).
+        self.tokens: dict[str, tuple[str, str, str, str]] = {}
+
+    def review(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """A TokenReview's status, as the API server computes it for projected service-account tokens."""
+        found = self.tokens.get(spec.get("token") or "")
+        wanted = spec.get("audiences") or []
+        if found is None or (wanted and found[3] not in wanted):
+            return {"authenticated": False, "error": "[invalid bearer token, token audiences are invalid]"}
+        account, pod, uid, audience = found
+        extra = {"authentication.kubernetes.io/pod-name": [pod], "authentication.kubernetes.io/pod-uid": [uid]}
+        user = {"username": f"system:serviceaccount:{account}", "uid": str(uuid.uuid4()), "extra": extra}
+        return {"authenticated": True, "user": user, "audiences": [audience]}
 
     def drop_watches(self) -> int:
         """Cut every open watch stream (as an API server restart or a load balancer would)."""
@@ -122,6 +137,10 @@ class ApiServer(KubernetesEmulator):
     async def _handle(self, request: Any) -> Any:
         _SERVING.set(request)
         del self._requests[:-_HISTORY]  # keep memory flat: nothing reads old requests
+        if request.resource is not None and request.resource.plural == "tokenreviews":
+            # A review is answered, never stored (as the API server does).
+            body = request.data if isinstance(request.data, dict) else {}
+            return aiohttp.web.json_response({**body, "status": self.review(body.get("spec") or {})}, status=201)
         fault = self._fault(request)
         if fault is not None and fault.delay:
             await asyncio.sleep(fault.delay)
@@ -233,8 +252,9 @@ class Cluster:
         self._server = await Server(emulator).__aenter__()
         self.url = str(self._server.url).rstrip("/")
 
-    def start_operator(self, timeout: float = 30) -> Context:
-        """Start (or restart) the operator in its own thread and event loop.
+    def start_operator(self, timeout: float = 30, **settings: Any) -> Context:
+        """Start (or restart) the operator in its own thread and event loop; `settings` override
+        `OperatorSettings` fields (the metrics and progress endpoints are off unless given a port).
 
         Its own loop, because kopf cancels every task of its loop that it did not have before it
         started, which would include the emulator's connection handlers.
@@ -242,7 +262,7 @@ class Cluster:
         from metaspec.operator.cli import run
 
         self.memo = Context(connection=kopf.ConnectionInfo(server=self.url), kube=RecordingKube(self.calls))
-        self.memo.settings = replace(self.memo.settings, metrics_port=0)
+        self.memo.settings = replace(self.memo.settings, **{"metrics_port": 0, "progress_port": 0, **settings})
         ready, stop = threading.Event(), threading.Event()
         memo = self.memo
 
@@ -271,7 +291,13 @@ class Cluster:
         """
         kubeconfig = self._workdir / "kubeconfig"
         kubeconfig.write_text(_KUBECONFIG.format(url=self.url))
-        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "METASPEC_METRICS_PORT": "0", **(env or {})}
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(kubeconfig),
+            "METASPEC_METRICS_PORT": "0",
+            "METASPEC_PROGRESS_PORT": "0",
+            **(env or {}),
+        }
         command = [sys.executable, "-m", "metaspec.cli", "operator", "--standalone", "-A", "--liveness", ""]
         with (self._workdir / "operator.log").open("ab") as log:
             self.process = subprocess.Popen([*command, "--log-format", "full"], env=env, stdout=log, stderr=log)
@@ -347,28 +373,31 @@ class Cluster:
         self, job: dict[str, Any], exit_code: int, summary: dict[str, Any] | None, index: int | None = None
     ) -> dict[str, Any]:
         """A finished pod of `job` (what the Job controller and kubelet would leave behind)."""
-        meta = job["metadata"]
-        suffix = f"-{index}" if index is not None else ""
-        template = job["spec"]["template"]["metadata"]
-        annotations = {"batch.kubernetes.io/job-completion-index": str(index)} if index is not None else {}
         message = summary if isinstance(summary, str) else ("" if summary is None else json.dumps(summary))
-        pod = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": f"{meta['name']}{suffix}-{uuid.uuid4().hex[:5]}",
-                "labels": {**template.get("labels", {}), "batch.kubernetes.io/job-name": meta["name"]},
-                "annotations": annotations,
-            },
-            "spec": job["spec"]["template"]["spec"],
-            "status": {
-                "phase": "Succeeded" if exit_code == 0 else "Failed",
-                "containerStatuses": [
-                    {"name": "main", "state": {"terminated": {"exitCode": exit_code, "message": message}}}
-                ],
-            },
+        status = {
+            "phase": "Succeeded" if exit_code == 0 else "Failed",
+            "containerStatuses": [
+                {"name": "main", "state": {"terminated": {"exitCode": exit_code, "message": message}}}
+            ],
         }
-        return self.apply(pod, meta["namespace"])
+        return self.apply(_pod(job, index, status), job["metadata"]["namespace"])
+
+    def start_pod(self, job: dict[str, Any], index: int | None = None) -> dict[str, Any]:
+        """A running pod of `job`, owned by it as the Job controller's pods are."""
+        status = {"phase": "Running", "containerStatuses": [{"name": "main", "state": {"running": {}}}]}
+        return self.apply(_pod(job, index, status), job["metadata"]["namespace"])
+
+    def issue_token(self, pod: dict[str, Any], audience: str) -> str:
+        """The projected service-account token the kubelet would mount into `pod` for `audience`.
+
+        The emulated API server's TokenReview accepts it for that audience and vouches for the pod's
+        name and uid, as a real API server does for pod-bound tokens.
+        """
+        meta = pod["metadata"]
+        account = f"{meta['namespace']}:{pod['spec'].get('serviceAccountName') or 'default'}"
+        token = uuid.uuid4().hex
+        self.api.tokens[token] = (account, meta["name"], meta["uid"], audience)
+        return token
 
     def finish_job(self, job: dict[str, Any], succeeded: bool, message: str = "") -> dict[str, Any]:
         """Patch a Job's status to Complete or Failed, as the Job controller would."""
@@ -430,6 +459,26 @@ users: [{{name: emulator, user: {{}}}}]
 contexts: [{{name: emulator, context: {{cluster: emulator, user: emulator}}}}]
 current-context: emulator
 """
+
+
+def _pod(job: dict[str, Any], index: int | None, status: dict[str, Any]) -> dict[str, Any]:
+    meta = job["metadata"]
+    suffix = f"-{index}" if index is not None else ""
+    template = job["spec"]["template"]["metadata"]
+    annotations = {"batch.kubernetes.io/job-completion-index": str(index)} if index is not None else {}
+    owner = {"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"], "controller": True}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"{meta['name']}{suffix}-{uuid.uuid4().hex[:5]}",
+            "labels": {**template.get("labels", {}), "batch.kubernetes.io/job-name": meta["name"]},
+            "annotations": annotations,
+            "ownerReferences": [owner],
+        },
+        "spec": job["spec"]["template"]["spec"],
+        "status": status,
+    }
 
 
 def _injected(status: int) -> KubernetesError:

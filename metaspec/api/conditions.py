@@ -11,7 +11,9 @@ FAILED = "Failed"  # any resource: its current generation failed
 SUSPENDED = "Suspended"  # `spec.suspend`, or a SpecServe scaled to zero
 QUALITY_CHECK_PASSED = "QualityCheckPassed"  # TeacherGeneration: the natural-stop rate gate
 DEPENDENCIES_READY = "DependenciesReady"  # every `from` reference resolved
-READY = "Ready"  # SpecServe: every replica serves
+#: Every kind: a run's output is ready for its dependents (it succeeded), a SpecServe serves with every
+#: replica. Its reason explains the phase (`kubectl get` shows it in the REASON column).
+READY = "Ready"
 TARGET_READY = "TargetReady"  # SpecServe: the target model is loaded
 DRAFT_READY = "DraftReady"  # SpecServe: the draft model is loaded
 

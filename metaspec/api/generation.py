@@ -128,8 +128,17 @@ class GenerationStats(Model):
     tokens_per_second: float | None = Field(None, description="Throughput in generated tokens.")
 
 
+class GenerationProgress(Model):
+    """What the running shards last reported; `stats` holds the live counts and throughputs."""
+
+    eta_seconds: float | None = Field(None, description="Estimated seconds until every reporting shard is done.")
+    shards_reporting: int | None = Field(None, description="Shards that have reported progress.")
+    update_time: str | None = Field(None, description="When a shard last reported progress (RFC 3339).")
+
+
 class TeacherGenerationStatus(Status):
     shards: ShardCounts | None = Field(None, description="Shard counts.")
+    progress: GenerationProgress | None = Field(None, description="Live progress while the shards run.")
     stats: GenerationStats | None = Field(None, description="Generation statistics.")
     output_uri: str | None = Field(None, description="Prefix holding the outputs once complete.")
     resolved_model: str | None = Field(None, description="URI the teacher model was resolved to.")
@@ -145,6 +154,8 @@ class TeacherGeneration(Resource):
     printer_columns: ClassVar[tuple[tuple[str, str, str], ...]] = (
         ("Engine", "string", ".spec.engine"),
         ("Phase", "string", ".status.phase"),
+        ("Ready", "string", '.status.conditions[?(@.type=="Ready")].status'),
+        ("Reason", "string", '.status.conditions[?(@.type=="Ready")].reason'),
         ("Done", "integer", ".status.stats.examplesDone"),
         ("Total", "integer", ".status.stats.examplesTotal"),
         ("Natural-Stop", "number", ".status.stats.naturalStopRate"),

@@ -314,7 +314,9 @@ class SpecServe(Resource):
     printer_columns: ClassVar[tuple[tuple[str, str, str], ...]] = (
         ("Policy", "string", ".spec.routing.policy"),
         ("Phase", "string", ".status.phase"),
-        ("Ready", "integer", ".status.readyReplicas"),
+        ("Ready", "string", '.status.conditions[?(@.type=="Ready")].status'),
+        ("Reason", "string", '.status.conditions[?(@.type=="Ready")].reason'),
+        ("Replicas", "integer", ".status.readyReplicas"),
         ("URL", "string", ".status.url"),
     )
 

@@ -79,6 +79,27 @@ class TrainingSummary(Summary):
     progress: TrainingProgress | None = Field(None, description="Training progress.")
 
 
+class ProgressReport(Model):
+    """What a running component posts to the operator's progress endpoint (`metaspec.progress`).
+
+    Unknown keys are ignored (a newer component may report more); a known key with a wrong type or a
+    negative count refuses the whole report, naming the field.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    step: int | None = Field(None, ge=0, description="Optimizer steps done.")
+    total_steps: int | None = Field(None, ge=0, description="Optimizer steps planned.")
+    epoch: float | None = Field(None, ge=0, allow_inf_nan=False, description="Epochs done.")
+    loss: float | None = Field(None, allow_inf_nan=False, description="Latest training loss.")
+    eval_loss: float | None = Field(None, allow_inf_nan=False, description="Best evaluation loss so far.")
+    tokens_per_second: float | None = Field(None, ge=0, allow_inf_nan=False, description="Throughput.")
+    examples_done: int | None = Field(None, ge=0, description="Outputs written by this shard.")
+    examples_total: int | None = Field(None, ge=0, description="Inputs of this shard.")
+    examples_per_second: float | None = Field(None, ge=0, allow_inf_nan=False, description="Throughput.")
+    eta_seconds: float | None = Field(None, ge=0, allow_inf_nan=False, description="Estimated seconds left.")
+
+
 class QualityVerdict(Summary):
     passed: bool = Field(description="Whether the shard's outputs passed the quality gate.")
     message: str = Field("", description="Why, in words.")

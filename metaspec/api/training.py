@@ -343,6 +343,10 @@ class TrainingProgress(Model):
     step: int = Field(0, description="Optimizer steps done.")
     total_steps: int | None = Field(None, description="Optimizer steps planned.")
     epoch: float | None = Field(None, description="Epochs done (fractional).")
+    eta_seconds: float | None = Field(
+        None, description="Estimated seconds to the last step, while the pod reports (live progress)."
+    )
+    update_time: str | None = Field(None, description="When the running pod last reported progress (RFC 3339).")
 
 
 class TrainingMetrics(Model):
@@ -397,6 +401,8 @@ class TrainingRun(Resource):
     printer_columns: ClassVar[tuple[tuple[str, str, str], ...]] = (
         ("Method", "string", ".spec.method"),
         ("Phase", "string", ".status.phase"),
+        ("Ready", "string", '.status.conditions[?(@.type=="Ready")].status'),
+        ("Reason", "string", '.status.conditions[?(@.type=="Ready")].reason'),
         ("Step", "integer", ".status.progress.step"),
         ("Total", "integer", ".status.progress.totalSteps"),
         ("Eval-Loss", "number", ".status.metrics.evalLoss"),

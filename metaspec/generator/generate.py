@@ -14,6 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from metaspec import progress as live
 from metaspec.api.generation import TeacherGenerationSpec
 from metaspec.artifacts import NotFound, Uri, is_complete, materialize, read_manifest, store_for, write_bytes
 from metaspec.datasets import read_records
@@ -194,6 +195,7 @@ def _progress(label: str, total: int, done: int, show: bool) -> Iterator[Callabl
     )
     task = progress.add_task(label, total=total, completed=done, rate="")
     started, examples, tokens = time.perf_counter(), 0, 0
+    poster = live.from_env()
 
     def advance(batch_examples: int, batch_tokens: int) -> None:
         nonlocal examples, tokens
@@ -203,6 +205,9 @@ def _progress(label: str, total: int, done: int, show: bool) -> Iterator[Callabl
         progress.update(task, advance=batch_examples, rate=rate)
         fields = {"examplesDone": done + examples, "examplesTotal": total, "examplesPerSecond": examples / elapsed}
         log.info("%s: %d/%d examples, %s", label, done + examples, total, rate, extra={"fields": fields})
+        if poster is not None:
+            left = (total - done - examples) * elapsed / max(1, examples)
+            poster.report({**fields, "tokensPerSecond": tokens / elapsed, "etaSeconds": max(0.0, left)})
 
     with progress:
         yield advance

@@ -30,8 +30,9 @@ PLURALS = {
     **{kind: (API_VERSION, cls.plural) for kind, cls in RESOURCES.items()},
 }
 
-#: Kinds the operator only creates (best effort): Events posted outside kopf's handler context.
-CREATE_ONLY = {"Event": ("v1", "events")}
+#: Kinds the operator only creates: Events posted outside kopf's handler context (best effort), and
+#: TokenReviews of the tokens pods report progress with (cluster-scoped: an empty namespace).
+CREATE_ONLY = {"Event": ("v1", "events"), "TokenReview": ("authentication.k8s.io/v1", "tokenreviews")}
 _KINDS = {**PLURALS, **CREATE_ONLY}
 
 
@@ -66,7 +67,8 @@ class Target:
     def path(self) -> str:
         api_version, plural = _KINDS[self.kind]
         root = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
-        parts = [root, "namespaces", self.namespace, plural, self.name, self.subresource]
+        scope = ["namespaces", self.namespace] if self.namespace else []
+        parts = [root, *scope, plural, self.name, self.subresource]
         return "/".join(p for p in parts if p)
 
     def resource(self) -> str:

@@ -55,6 +55,25 @@ class OperatorSettings:
     (seconds). kopf's event handlers do not retry: a change they lost to an API error is picked up
     by the next resync at the latest."""
 
+    progress_port: int = 8082
+    """Port of the progress endpoint running pods post to (0 disables it)."""
+
+    progress_url: str = ""
+    """Base URL pods reach the progress endpoint at, e.g. `http://metaspec.metaspec-system.svc:8082`
+    (the chart sets it); empty: pods do not report progress."""
+
+    progress_audience: str = "metaspec.dev/progress"
+    """Audience of the service-account tokens pods present: a token minted for anything else (the API
+    server, another service) is refused, and this one is good for nothing but progress reports."""
+
+    progress_seconds: float = 20.0
+    """Least time between two live-progress status writes of one run (seconds): with many runs the
+    API server sees at most `runs / progress_seconds` such writes per second."""
+
+    progress_writes_per_second: float = 10.0
+    """Ceiling on live-progress status writes per second over all runs: beyond
+    `progress_writes_per_second * progress_seconds` reporting runs, each run's updates space out."""
+
     cluster_domain: str = "cluster.local"
     """DNS domain of the cluster, for the in-cluster URL in a SpecServe's status."""
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import Any, Protocol
+
+from metaspec import progress
 
 log = logging.getLogger("metaspec.trainer")
 
@@ -84,6 +87,41 @@ class RichReporter:
         self.progress.stop()
 
 
+class PostReporter:
+    """Live progress to the operator (`metaspec.progress`): step, loss, best eval loss, tokens/s, ETA."""
+
+    def __init__(self, poster: progress.ProgressPoster):
+        self.poster = poster
+        self.total = self.first = 0
+        self.started = time.monotonic()
+        self.best_eval: float | None = None
+
+    def on_start(self, total_steps: int, step: int) -> None:
+        self.total, self.first, self.started = total_steps, step, time.monotonic()
+
+    def on_step(self, record: dict[str, Any]) -> None:
+        step = record["step"]
+        if "eval_loss" in record and (self.best_eval is None or record["eval_loss"] < self.best_eval):
+            self.best_eval = record["eval_loss"]
+        per_step = (time.monotonic() - self.started) / max(1, step - self.first)
+        report = {
+            "step": step,
+            "totalSteps": self.total,
+            "epoch": record.get("epoch"),
+            "loss": record.get("loss"),
+            "evalLoss": self.best_eval,
+            "tokensPerSecond": record.get("tokens_per_second"),
+            "etaSeconds": max(0, self.total - step) * per_step,
+        }
+        self.poster.report({k: v for k, v in report.items() if v is not None})
+
+    def on_event(self, message: str, fields: dict[str, Any]) -> None:
+        pass
+
+    def on_finish(self, metrics: dict[str, Any]) -> None:
+        pass
+
+
 class Reporters:
     """Fan-out to several reporters."""
 
@@ -108,10 +146,12 @@ class Reporters:
 
 
 def default_reporter(every: int = 10) -> Reporter:
-    """A progress bar on a terminal plus log lines; log lines only elsewhere (pods)."""
+    """A progress bar on a terminal plus log lines; log lines only elsewhere (pods), where the
+    operator's progress endpoint also gets live progress when the pod was given one."""
     if sys.stderr.isatty():
         return Reporters(RichReporter(), LogReporter(every))
-    return LogReporter(every)
+    poster = progress.from_env()
+    return Reporters(LogReporter(every), PostReporter(poster)) if poster else LogReporter(every)
 
 
 def _fmt(value: Any) -> str:

@@ -27,6 +27,16 @@
 {{- end -}}
 {{- end -}}
 
+{{/* The progress Service's name: a DNS-1035 label, like the metrics Service's. */}}
+{{- define "metaspec.progressServiceName" -}}
+{{- $prefix := include "metaspec.fullname" . | trunc 54 | trimSuffix "-" -}}
+{{- if regexMatch "^[a-z]" $prefix -}}
+{{- printf "%s-progress" $prefix -}}
+{{- else -}}
+{{- printf "progress-%s" $prefix -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Labels that select the operator pods: never change them after install (Deployment selectors are immutable). */}}
 {{- define "metaspec.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "metaspec.name" . }}

@@ -100,6 +100,12 @@
   - watch
   - patch
 - apiGroups:
+  - authentication.k8s.io
+  resources:
+  - tokenreviews
+  verbs:
+  - create
+- apiGroups:
   - apiextensions.k8s.io
   resources:
   - customresourcedefinitions
@@ -211,6 +217,12 @@
 {{- end -}}
 
 {{- define "metaspec.rules.clusterScoped" -}}
+- apiGroups:
+  - authentication.k8s.io
+  resources:
+  - tokenreviews
+  verbs:
+  - create
 - apiGroups:
   - apiextensions.k8s.io
   resources:

@@ -49,6 +49,14 @@ def build_job(resource: TrainingRun | TeacherGeneration, settings: OperatorSetti
     spec = resource.spec
     labels = _labels(resource)
     template_labels = {k: v for k, v in labels.items() if k != L.KUEUE_QUEUE}
+    main = pod.container(resource, settings, config_map)
+    channel = pod.progress_channel(resource, settings)
+    if channel is not None:
+        main["volumeMounts"].append(channel[1])
+        main["env"] += channel[2]
+    pod_spec = pod.pod_spec(resource, settings, [main], config_map)
+    if channel is not None:
+        pod_spec["volumes"].append(channel[0])
     job_spec: dict[str, Any] = {
         **_shards(resource),
         "backoffLimit": spec.backoff_limit,
@@ -57,7 +65,7 @@ def build_job(resource: TrainingRun | TeacherGeneration, settings: OperatorSetti
         "template": {
             "metadata": pod.template_metadata(resource, template_labels, {}),
             "spec": {
-                **pod.pod_spec(resource, settings, [pod.container(resource, settings, config_map)], config_map),
+                **pod_spec,
                 # podFailurePolicy needs `Never`: every retry is a new pod whose exit code the Job sees.
                 "restartPolicy": "Never",
             },

@@ -10,10 +10,14 @@ from metaspec.api.training import ModelSource
 from metaspec.artifacts.uri import PVC_ROOT
 from metaspec.operator.settings import OperatorSettings
 from metaspec.pipeline import claims
+from metaspec.progress import TOKEN_ENV, URL_ENV, endpoint
 from metaspec.runtime import CONFIG_PATH, TERMINATION_MESSAGE_PATH
 
 CONFIG_DIR, CONFIG_FILE = CONFIG_PATH.rsplit("/", 1)
 CACHE_DIR = "/var/cache/metaspec"
+PROGRESS_TOKEN_DIR = "/var/run/secrets/metaspec.dev/progress"
+#: Lifetime of the progress token (seconds); the kubelet renews it at 80% of that.
+PROGRESS_TOKEN_SECONDS = 3600
 CONTAINER = "main"
 #: The pod-spec fields `scheduling` may set.
 SCHEDULING_FIELDS = (
@@ -104,6 +108,29 @@ def volumes(resource: Resource, config_map: str | None) -> tuple[list[dict[str, 
         vols.append({"name": f"claim-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
         mounts.append({"name": f"claim-{i}", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True})
     return vols, mounts
+
+
+def progress_channel(resource: Resource, settings: OperatorSettings) -> tuple[dict, dict, list[dict]] | None:
+    """(volume, mount, env) that let a run's pods report progress to the operator; None when it is off.
+
+    The token is projected for this pod and the progress audience only: it is useless against the API
+    server, and the operator maps it back to this pod's own run (`metaspec.operator.progress`).
+    """
+    if not settings.progress_url:
+        return None
+    meta = resource.metadata
+    token = {
+        "audience": settings.progress_audience,
+        "expirationSeconds": PROGRESS_TOKEN_SECONDS,
+        "path": "token",
+    }
+    volume = {"name": "progress-token", "projected": {"sources": [{"serviceAccountToken": token}]}}
+    mount = {"name": "progress-token", "mountPath": PROGRESS_TOKEN_DIR, "readOnly": True}
+    env = [
+        {"name": URL_ENV, "value": endpoint(settings.progress_url, meta.namespace, resource.plural, meta.name)},
+        {"name": TOKEN_ENV, "value": f"{PROGRESS_TOKEN_DIR}/token"},
+    ]
+    return volume, mount, env
 
 
 def compute(resource: Resource) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kopf
 
@@ -15,6 +15,9 @@ from metaspec.api import InvalidResource, Phase, Resource, conditions, parse_res
 from metaspec.operator import metrics
 from metaspec.operator.kube import ApiError, Kube
 from metaspec.operator.settings import OperatorSettings
+
+if TYPE_CHECKING:
+    from metaspec.operator.progress import ProgressService
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +30,7 @@ class Context:
     kube: Kube = field(default_factory=Kube)
     connection: kopf.ConnectionInfo | None = None  # fixed credentials (tests); otherwise kopf's login
     resync: asyncio.Task[None] | None = None  # the periodic resync (handlers/resync.py)
+    progress: ProgressService | None = None  # the progress endpoint, while it runs
 
 
 def current_status(resource: Resource) -> dict[str, Any]:

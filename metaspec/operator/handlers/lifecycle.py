@@ -10,6 +10,7 @@ import kopf
 from metaspec.operator import metrics
 from metaspec.operator.handlers.common import Context
 from metaspec.operator.labels import KOPF_PREFIX
+from metaspec.operator.progress import ProgressService
 
 
 def kopf_settings(peering: str | None, mandatory: bool = False) -> kopf.OperatorSettings:
@@ -31,6 +32,21 @@ def kopf_settings(peering: str | None, mandatory: bool = False) -> kopf.Operator
 @kopf.on.startup()
 def start_metrics(memo: Context, **_: Any) -> None:
     metrics.serve(memo.settings.metrics_port)
+
+
+@kopf.on.startup()
+async def start_progress(memo: Context, **_: Any) -> None:
+    """The endpoint running pods post their progress to (`metaspec.operator.progress`)."""
+    if memo.settings.progress_port:
+        memo.progress = ProgressService(memo.kube, memo.settings)
+        await memo.progress.start(memo.settings.progress_port)
+
+
+@kopf.on.cleanup()
+async def stop_progress(memo: Context, **_: Any) -> None:
+    if memo.progress is not None:
+        await memo.progress.stop()
+        memo.progress = None
 
 
 @kopf.on.login()

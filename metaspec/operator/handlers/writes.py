@@ -9,7 +9,7 @@ from typing import Any
 
 import kopf
 
-from metaspec.api import Phase, Resource, now, parse_resource
+from metaspec.api import Phase, Resource, conditions, now, parse_resource
 from metaspec.operator import metrics
 from metaspec.operator.handlers.common import current_status
 from metaspec.operator.kube import ApiError, Kube, Target
@@ -34,13 +34,15 @@ async def announce(kube: Kube, resource: Resource, old: dict[str, Any], new: dic
         return
     metrics.TRANSITIONS.labels(resource.kind, phase).inc()
     kind = "Warning" if phase == Phase.FAILED else "Normal"
-    reason = next((c["reason"] for c in reversed(new.get("conditions", [])) if c["type"] != "Suspended"), phase)
-    message = f"{reason}: {new.get('message', '')}"
+    # The reason of the condition that explains the phase: what `kubectl get` shows as REASON.
+    ready = next((c for c in new.get("conditions", []) if c["type"] == conditions.READY), None)
+    reason = ready["reason"] if ready else str(phase)
+    message = f"{phase}: {new.get('message', '')}"
     try:
-        kopf.event(event_ref(resource), type=kind, reason=str(phase), message=message)
+        kopf.event(event_ref(resource), type=kind, reason=reason, message=message)
     except LookupError:
         # Outside kopf's per-object handler context (the resync task) kopf has no event queue.
-        await post_event(kube, resource, kind, str(phase), message)
+        await post_event(kube, resource, kind, reason, message)
 
 
 async def post_event(kube: Kube, resource: Resource, type_: str, reason: str, message: str) -> None:

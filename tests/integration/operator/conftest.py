@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,9 +17,14 @@ REPO = Path(__file__).resolve().parents[3]
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    """One emulated API server and one operator (all namespaces); each test uses its own namespace."""
+    """One emulated API server and one operator (all namespaces, its progress endpoint on a free
+    port); each test uses its own namespace."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     cluster = Cluster().start()
-    cluster.start_operator()
+    url = f"http://127.0.0.1:{port}"
+    cluster.start_operator(progress_port=port, progress_url=url, progress_seconds=1.0)
     yield cluster
     cluster.close()
 

@@ -98,7 +98,12 @@ def test_pipeline_runs_stage_by_stage_with_resolved_uris(cluster: Cluster, docs:
     # One Job per stage, and Events recording the transitions.
     assert jobs(cluster, ns) == ["llama-anil-g1", "llama-draft-g1", "llama-teacher-g1"]
     reasons = {(e["involvedObject"]["name"], e["reason"]) for e in cluster.list("Event", ns)}
-    assert {("llama-anil", "Running"), ("llama-anil", "Succeeded"), ("llama-teacher", "Waiting")} <= reasons
+    expected = {
+        ("llama-anil", "JobRunning"),
+        ("llama-anil", "JobComplete"),
+        ("llama-teacher", "DependencyNotSucceeded"),
+    }
+    assert expected <= reasons, "Events carry the reason of the condition that explains the phase"
 
 
 def test_failed_stage_fails_its_dependents(cluster: Cluster, docs: list[dict], namespace: str):

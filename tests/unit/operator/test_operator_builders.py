@@ -27,7 +27,10 @@ from metaspec.status import config_hash
 
 REPO = Path(__file__).resolve().parents[3]
 GOLDEN = Path(__file__).parent / "golden"
-SETTINGS = OperatorSettings(images={c: f"registry.test/{c}:1.0" for c in ("trainer", "generator", "server")})
+SETTINGS = OperatorSettings(
+    images={c: f"registry.test/{c}:1.0" for c in ("trainer", "generator", "server")},
+    progress_url="http://metaspec.metaspec-system.svc:8082",
+)
 UID = "00000000-0000-0000-0000-000000000001"
 
 

@@ -94,8 +94,9 @@ def test_default_render_objects() -> None:
     objects = render(values())
     kinds = sorted(o["kind"] for o in objects)
     assert kinds == sorted(
-        ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering", "Deployment", "Service"]
+        ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering", "Deployment"]
         + ["ClusterRole"] * 2  # the users' edit and view roles
+        + ["Service"] * 2  # metrics, progress
     )
     for obj in objects:
         assert obj["metadata"]["name"].startswith("metaspec")
@@ -149,9 +150,14 @@ def test_operator_deployment() -> None:
     assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
     assert main["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}, "no readiness probe"
     assert env(main)["METASPEC_METRICS_PORT"] == str(ports["metrics"])
-    (service,) = by_kind(objects, "Service")
-    assert service["spec"]["ports"][0]["targetPort"] == "metrics"
-    assert service["spec"]["selector"] == spec["selector"]["matchLabels"]
+    assert env(main)["METASPEC_PROGRESS_PORT"] == str(ports["progress"])
+    services = {s["spec"]["ports"][0]["targetPort"]: s for s in by_kind(objects, "Service")}
+    assert set(services) == {"metrics", "progress"}
+    for service in services.values():
+        assert service["spec"]["selector"] == spec["selector"]["matchLabels"]
+    progress = services["progress"]
+    url = f"http://{progress['metadata']['name']}.{NAMESPACE}.svc:{progress['spec']['ports'][0]['port']}"
+    assert env(main)["METASPEC_PROGRESS_URL"] == url, "pods are sent to the progress Service"
 
 
 def test_component_images_reach_the_operator_settings() -> None:
@@ -170,6 +176,8 @@ def test_component_images_reach_the_operator_settings() -> None:
     assert settings.vllm_image == "vllm/vllm-openai:v0.32.0"
     assert settings.run_as_user == 1000 and settings.metrics_port == 8080
     assert settings.image_pull_policy == "IfNotPresent" and settings.startup_seconds == 1800
+    assert settings.progress_port == 8082 and settings.progress_audience == "metaspec.dev/progress"
+    assert settings.progress_seconds == 20 and settings.progress_writes_per_second == 10
     known = {f"METASPEC_{name.upper()}" for name in settings_module.OperatorSettings.__dataclass_fields__}
     known |= {f"METASPEC_IMAGE_{c.upper()}" for c in settings.images}
     assert set(variables) - {"POD_ID"} <= known, "the chart sets variables the operator does not read"
@@ -188,7 +196,9 @@ def test_watched_namespaces_get_roles() -> None:
     granted = {str(r) for r in cluster_role["rules"] + roles[0]["rules"]}
     assert granted <= {str(r) for r in rbac.cluster_rules()}, "split rules add a grant"
     cluster_wide = {r for rule in cluster_role["rules"] for r in rule["resources"]}
-    assert cluster_wide == {"customresourcedefinitions"}, "a namespace list needs no cluster peering or namespace list"
+    assert cluster_wide == {"customresourcedefinitions", "tokenreviews"}, (
+        "a namespace list needs no cluster peering or namespace list"
+    )
     args = container(objects)["args"]
     assert "--all-namespaces" not in args
     assert [a for a in args if a.startswith("--namespace")] == ["--namespace=ml", "--namespace=research"]
@@ -207,14 +217,15 @@ def test_service_monitor_and_metrics_switches() -> None:
     (monitor,) = by_kind(objects, "ServiceMonitor")
     assert monitor["metadata"]["labels"]["release"] == "kps"
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
-    (service,) = by_kind(objects, "Service")
+    service = next(s for s in by_kind(objects, "Service") if s["metadata"]["name"].endswith("-metrics"))
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     with pytest.raises(HelmError, match="/metrics/serviceMonitor/enabled"):
         render(values(metrics__enabled=False, metrics__serviceMonitor__enabled=True))
-    quiet = render(values(metrics__enabled=False))
+    quiet = render(values(metrics__enabled=False, progress__enabled=False))
     assert not by_kind(quiet, "Service") and not by_kind(quiet, "ServiceMonitor")
     main = container(quiet)
-    assert env(main)["METASPEC_METRICS_PORT"] == "0"
+    assert env(main)["METASPEC_METRICS_PORT"] == "0" and env(main)["METASPEC_PROGRESS_PORT"] == "0"
+    assert env(main)["METASPEC_PROGRESS_URL"] == "", "no progress endpoint: pods get no token and no URL"
     assert [p["name"] for p in main["ports"]] == ["healthz"]
 
 

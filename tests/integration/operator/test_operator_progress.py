@@ -1,0 +1,129 @@
+"""Live progress: running pods post to the operator's endpoint with their projected token; the run's
+status shows it within the write interval, and the termination summaries still have the last word.
+
+TokenReview is emulated: the emulated API server answers reviews for the tokens a test issues with
+`Cluster.issue_token` (audience-checked, vouching for the pod's name and uid, as a real API server does
+for pod-bound projected tokens). The operator (real kopf), its endpoint and the components' poster are
+the real ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+from metaspec.operator import rbac
+from metaspec.progress import TOKEN_ENV, URL_ENV, ProgressPoster
+from metaspec_testing.emulator import Cluster
+
+REPO = Path(__file__).resolve().parents[3]
+#: The operator's `progress_seconds` in this directory's cluster fixture.
+PROGRESS_SECONDS = 1.0
+AUDIENCE = "metaspec.dev/progress"
+TR, TG = "TrainingRun", "TeacherGeneration"
+
+
+def resource(file: str, name: str) -> dict:
+    doc = copy.deepcopy(yaml.safe_load((REPO / "examples" / file).read_text()))
+    doc["metadata"] = {"name": name}
+    return doc
+
+
+def running_pod(cluster: Cluster, kind: str, name: str, ns: str, tmp_path: Path, index: int | None = None):
+    """A running pod of the run's Job, the progress URL the operator gave it, and a poster with its token."""
+    cluster.wait_phase(kind, name, ns, "Running")
+    job = cluster.wait_get("Job", f"{name}-g1", ns)
+    env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env[TOKEN_ENV].startswith("/var/run/secrets/")
+    pod = cluster.start_pod(job, index)
+    token = tmp_path / f"{pod['metadata']['name']}.token"
+    token.write_text(cluster.issue_token(pod, AUDIENCE))
+    return job, env[URL_ENV], ProgressPoster(env[URL_ENV], token, interval=0)
+
+
+def test_a_pods_progress_reaches_its_runs_status_within_the_interval(cluster: Cluster, namespace: str, tmp_path):
+    ns = namespace
+    cluster.apply(resource("training-run.yaml", "live"), ns)
+    job, _, poster = running_pod(cluster, TR, "live", ns, tmp_path)
+
+    report = {"step": 7, "totalSteps": 100, "epoch": 0.07, "loss": 2.5, "evalLoss": 2.75, "tokensPerSecond": 4800.0}
+    assert poster.post({**report, "etaSeconds": 930.0}) == 202
+    progress = cluster.wait_for(lambda: cluster.status(TR, "live", ns).get("progress"), timeout=5)
+    assert progress["step"] == 7 and progress["totalSteps"] == 100 and progress["etaSeconds"] == 930.0
+    metrics = cluster.status(TR, "live", ns)["metrics"]
+    assert metrics == {"trainLoss": 2.5, "evalLoss": 2.75, "tokensPerSecond": 4800.0}
+
+    started = time.monotonic()
+    assert poster.post({**report, "step": 8}) == 202
+    step = lambda: cluster.status(TR, "live", ns)["progress"]["step"]  # noqa: E731
+    cluster.wait_for(lambda: step() == 8, timeout=PROGRESS_SECONDS + 5)
+    assert time.monotonic() - started < PROGRESS_SECONDS + 2
+
+    # The termination summary is the final word: its progress replaces the live one, the ETA goes.
+    cluster.run_pod(job, 0, {"progress": {"step": 100, "totalSteps": 100}, "metrics": {"evalLoss": 2.1}})
+    cluster.finish_job(job, succeeded=True)
+    done = cluster.wait_phase(TR, "live", ns, "Succeeded")
+    assert done["progress"] == {"step": 100, "totalSteps": 100} and done["metrics"] == {"evalLoss": 2.1}
+    assert poster.post({**report, "step": 9}) == 202  # a late report changes nothing
+    time.sleep(PROGRESS_SECONDS + 0.5)
+    assert cluster.status(TR, "live", ns)["progress"]["step"] == 100
+
+
+def test_shards_add_up_and_the_summaries_replace_them(cluster: Cluster, namespace: str, tmp_path):
+    ns = namespace
+    doc = resource("teacher-generation.yaml", "gen")
+    doc["spec"]["shards"] = 2
+    cluster.apply(doc, ns)
+    job, _, first = running_pod(cluster, TG, "gen", ns, tmp_path, index=0)
+    second = running_pod(cluster, TG, "gen", ns, tmp_path, index=1)[2]
+    first.post({"examplesDone": 30, "examplesTotal": 50, "examplesPerSecond": 2.0, "etaSeconds": 10.0})
+    second.post({"examplesDone": 10, "examplesTotal": 50, "examplesPerSecond": 1.0, "etaSeconds": 40.0})
+
+    def both() -> dict | None:
+        status = cluster.status(TG, "gen", ns)
+        return status if (status.get("progress") or {}).get("shardsReporting") == 2 else None
+
+    status = cluster.wait_for(both, timeout=PROGRESS_SECONDS + 5)
+    assert status["stats"] == {"examplesDone": 40, "examplesTotal": 100, "examplesPerSecond": 3.0}
+    assert status["progress"]["etaSeconds"] == 40.0
+
+    for shard in (0, 1):
+        stats = {"examplesDone": 50, "examplesTotal": 50, "naturalStopRate": 0.95}
+        cluster.run_pod(job, 0, {"stats": stats}, index=shard)
+    cluster.finish_job(job, succeeded=True)
+    done = cluster.wait_phase(TG, "gen", ns, "Succeeded")
+    assert done["stats"]["examplesDone"] == 100 and "examplesPerSecond" not in done["stats"]
+    assert "progress" not in done
+
+
+def test_no_token_a_foreign_token_or_another_runs_pod_is_refused(cluster: Cluster, namespace: str, tmp_path):
+    ns = namespace
+    for name in ("mine", "theirs"):
+        cluster.apply(resource("training-run.yaml", name), ns)
+    _, mine_url, _ = running_pod(cluster, TR, "mine", ns, tmp_path)
+    _, _, theirs = running_pod(cluster, TR, "theirs", ns, tmp_path)
+    report = {"step": 1, "totalSteps": 10}
+
+    assert httpx.post(mine_url, json=report).status_code == 401
+    assert httpx.post(mine_url, json=report, headers={"Authorization": "Bearer made-up"}).status_code == 401
+    # Another run's pod, with a valid token of its own, may not write this run's progress.
+    foreign = ProgressPoster(mine_url, theirs.token_file, interval=0)
+    assert foreign.post(report) == 403
+    # A token minted for the API server (another audience) is no good here.
+    pod = next(p for p in cluster.list("Pod", ns) if p["metadata"]["name"].startswith("mine-"))
+    api_token = tmp_path / "api.token"
+    api_token.write_text(cluster.issue_token(pod, "https://kubernetes.default.svc"))
+    assert ProgressPoster(mine_url, api_token, interval=0).post(report) == 401
+    # A pod's own token with a malformed report: refused, naming the field.
+    mine = next(p for p in tmp_path.glob("mine-*.token"))
+    bad = httpx.post(mine_url, json={"step": -1}, headers={"Authorization": f"Bearer {mine.read_text()}"})
+    assert bad.status_code == 400 and "step" in bad.json()["error"]
+
+    time.sleep(PROGRESS_SECONDS + 0.5)
+    assert "progress" not in cluster.status(TR, "mine", ns)
+    assert ("authentication.k8s.io", "tokenreviews", "create") in cluster.calls
+    assert all(rbac.allowed(*call) for call in cluster.calls)
