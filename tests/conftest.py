@@ -33,6 +33,19 @@ REQUIREMENTS = {
 }
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (`make test` runs a worker per core), each worker and the processes it starts
+    get an equal share of the cores: torch's and OpenMP's default of one thread per core in every
+    worker would oversubscribe the machine, and spinning OpenMP threads then slow everything down."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        threads = max(1, len(os.sched_getaffinity(0)) // int(workers))
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     reasons = {name: check() for name, check in REQUIREMENTS.items()}
     for item in items:

@@ -7,6 +7,7 @@ and is a valid `file://` artifact for every metaspec component.
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import os
 import shutil
@@ -35,6 +36,17 @@ def bundled_model_dir(cache: Path | None = None) -> Path:
     dest = (cache or cache_root()) / "models" / MODEL_NAME
     if (dest / "_manifest.json").is_file():
         return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # One conversion at a time per cache (parallel test workers, two `metaspec local` runs): the others
+    # wait for it and find the finished folder.
+    with open(dest.with_name(dest.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (dest / "_manifest.json").is_file():
+            _convert(dest)
+    return dest
+
+
+def _convert(dest: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -54,4 +66,3 @@ def bundled_model_dir(cache: Path | None = None) -> Path:
     upload_dir(partial, partial, metadata={"source": f"{GGUF_PACKAGE}/{GGUF_FILE}", "dtype": "float32"})
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(partial, dest)
-    return dest

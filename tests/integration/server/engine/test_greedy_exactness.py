@@ -18,7 +18,7 @@ from metaspec.server.engine import RoutingPolicy, SamplingParams, SpeculativeEng
 pytestmark = pytest.mark.slow
 
 MAX_TOKENS = 8
-THRESHOLD = 0.4  # the derived draft's first-token confidence on these prompts spans 0.30–0.58: both routes occur
+THRESHOLD = 0.4  # the derived draft's first-token confidence on these prompts spans 0.32–0.52: both routes occur
 PROMPTS = [
     "What is the capital of France?",
     "Name three primary colors.",
@@ -32,44 +32,6 @@ PROMPTS = [
     "Explain photosynthesis in one sentence.",
     "Who wrote Romeo and Juliet?",
     "What is the largest planet in our solar system?",
-    "Write a Python function that adds two numbers.",
-    "What is the square root of 81?",
-    "List two renewable energy sources.",
-    "What is the opposite of 'cold'?",
-    "How many days are in a leap year?",
-    "Summarize: The cat sat on the mat all afternoon.",
-    "What gas do humans exhale?",
-    "Convert 5 kilometers to meters.",
-    "What is the chemical symbol for gold?",
-    "Is a tomato a fruit or a vegetable?",
-    "What is 15% of 200?",
-    "Name a mammal that can fly.",
-    "What language is spoken in Brazil?",
-    "Finish the sentence: The early bird...",
-    "What is the freezing point of water in Fahrenheit?",
-    "How do you reverse a list in Python?",
-    "What is the main ingredient in guacamole?",
-    "Give an example of a prime number greater than 10.",
-    "What causes the seasons on Earth?",
-    "Who painted the Mona Lisa?",
-    "What is the plural of 'mouse'?",
-    "If a train travels 60 km in one hour, how far does it go in 3 hours?",
-    "What organ pumps blood through the body?",
-    "Describe the color blue to someone who cannot see.",
-    "What is the capital of Japan?",
-    "What is an adjective?",
-    "How many minutes are in two hours?",
-    "Recommend a book for a long flight.",
-    "What is the speed of light, roughly?",
-    "Write a short greeting for a birthday card.",
-    "What is 100 divided by 4?",
-    "Why is the sky blue?",
-    "What does CPU stand for?",
-    "Name the four seasons.",
-    "Sort these numbers: 5, 2, 9, 1.",
-    "What is the tallest mountain in the world?",
-    "Tell me a fun fact about octopuses.",
-    "What is the past tense of 'run'?",
 ]
 
 
@@ -97,8 +59,8 @@ def test_every_policy_is_target_greedy(policy: str, smollm2_models, references) 
     target, draft, tokenizer = smollm2_models
     engine = SpeculativeEngine.from_models(target, draft, tokenizer, RoutingPolicy(policy, THRESHOLD, 4))
     routes, proposed = set(), 0
-    # `never` decodes exactly like `generate`; a few prompts show it, the full set is for the speculative ones
-    cases = references[:8] if policy == "never" else references
+    # `never` decodes exactly like `generate`; a few prompts show it, all of them for the speculative ones
+    cases = references[:4] if policy == "never" else references
     for prompt, expected in cases:
         ids, final = completion(engine, prompt)
         # the engine leaves the end-of-turn token out of the completion; `generate` keeps it
@@ -116,10 +78,10 @@ def test_every_policy_is_target_greedy(policy: str, smollm2_models, references) 
 
 @pytest.mark.parametrize("policy", ["always", "first-token"])
 def test_every_policy_is_target_greedy_in_a_batch(policy: str, smollm2_models, references) -> None:
-    """All prompts at once from as many threads into a batch of 16: requests of different lengths join
+    """All prompts at once from as many threads into a batch of 4: requests of different lengths join
     and leave the batch at different steps, target-only and speculating ones share steps."""
     target, draft, tokenizer = smollm2_models
-    engine = SpeculativeEngine.from_models(target, draft, tokenizer, RoutingPolicy(policy, THRESHOLD, 4), max_batch=16)
+    engine = SpeculativeEngine.from_models(target, draft, tokenizer, RoutingPolicy(policy, THRESHOLD, 4), max_batch=4)
     with ThreadPoolExecutor(len(references)) as pool:
         results = list(pool.map(lambda case: completion(engine, case[0]), references))
     engine.close()
