@@ -276,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch-draft", default="llama-1b", choices=["llama-1b", "llama-160m"])
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--seconds", type=float, default=25.0, help="time per cell")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each cell, systems taking turns (pooled)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--mix", type=int, default=64, help="distinct requests in the mix")
     parser.add_argument("--policies", nargs="+", default=list(POLICIES))
@@ -286,19 +287,33 @@ def main(argv: list[str] | None = None) -> int:
     target, draft, tokenizer, label = models(args, dtype)
     mix = request_mix(tokenizer, args.mix, args.max_tokens)
     base = SpeculativeEngine.from_models(target, draft, tokenizer, POLICIES["never"], max_batch=1)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for clients in args.clients:
-        for name, make in systems(args, base, target, tokenizer, clients).items():
-            system = make()
-            asyncio.run(warm_up(system, mix[0]))
-            cell, elapsed = asyncio.run(run_cell(system, mix, clients, args.seconds))
-            system.close()
-            rows.append(row(name, clients, cell, elapsed))
-            print(_line(rows[-1]), file=sys.stderr, flush=True)
-            body = {"models": label, "machine": machine(device, dtype), "rows": rows}
-            write_result(args, argv, "serving_load", device, body)  # after every cell: a time limit keeps them
+        made = systems(args, base, target, tokenizer, clients)
+        pooled = {name: (Cell(), 0.0) for name in made}
+        for _ in range(args.repeat):  # systems take turns: drift in a shared machine's load hits them all
+            for name, make in made.items():
+                system = make()
+                asyncio.run(warm_up(system, mix[0]))
+                cell, elapsed = asyncio.run(run_cell(system, mix, clients, args.seconds))
+                system.close()
+                print(_line(row(name, clients, cell, elapsed)), file=sys.stderr, flush=True)
+                pooled[name] = _pool(*pooled[name], cell, elapsed)
+        rows += [row(name, clients, cell, elapsed) for name, (cell, elapsed) in pooled.items()]
+        body = {"models": label, "machine": machine(device, dtype), "rows": rows}
+        write_result(args, argv, "serving_load", device, body)  # after every level: a time limit keeps them
     report(rows, label)
     return 0
+
+
+def _pool(total: Cell, seconds: float, cell: Cell, elapsed: float) -> tuple[Cell, float]:
+    """Two runs of one (system, clients) cell as one: tokens and time add, latencies pool."""
+    total.tokens += cell.tokens
+    total.ttft += cell.ttft
+    total.itl += cell.itl
+    total.requests += cell.requests
+    total.finished += cell.finished
+    return total, seconds + elapsed
 
 
 def _line(r: dict[str, Any]) -> str:
