@@ -46,6 +46,9 @@ class Routing(Model):
         description="Draft max-probability needed to speculate (0 < t ≤ 1): `first-token` and `per-token` only.",
     )
     max_speculative_tokens: int = Field(5, ge=1, le=64, description="Draft tokens proposed per round (k).")
+    # Unset: `adaptive` (the default) finds per batch size whether speculation pays on the replica's own
+    # hardware. A fixed default would be hardware-specific: on the 2-core CPU benchmark `always` lost at
+    # every batch size (1 and 4: 0.28× and 0.31× target-only, docs/benchmarks.md), which would make it 0.
     max_speculative_batch: int | None = Field(
         None,
         ge=0,
@@ -76,6 +79,10 @@ class ServeSampling(Model):
     max_tokens: int = Field(256, ge=1, description="Default `max_tokens`.")
     max_tokens_limit: int = Field(2048, ge=1, description="Largest `max_tokens` a request may ask for.")
     max_prompt_tokens: int = Field(4096, ge=1, description="Longest prompt accepted, in tokens.")
+    # 16: batching 4 clients streamed 1.5× the batch-1 engine's tokens on the 2-core CPU benchmark,
+    # level with transformers' padded batches; 16 and 64 clients were not measurable there (no batched
+    # system finished a 16-prompt prefill in a 20 s cell under the shared load), so 16 stays until the
+    # GPU stage (`bench/gpu.sh serving-load`) measures the knee.
     max_concurrency: int = Field(
         16,
         ge=1,
