@@ -218,8 +218,8 @@ class BatchDecoder:
         return self.adaptive.choose(batch) if self.adaptive is not None else self.routing.max_speculative_tokens
 
     def _record(self, batch: list[Sequence], proposals: list[Proposal], seconds: float) -> None:
-        """Tell `adaptive` what the step cost and how its proposals fared (from each sequence's stats,
-        which `_settle` has just updated)."""
+        """Tell `adaptive` what the step cost and how its proposals fared (`Proposal.accepted`, which
+        `_settle` has just set; a failed sequence's proposals say nothing about the draft)."""
         assert self.adaptive is not None
         proposed = sum(len(p.tokens) for p in proposals)
         settled = [p for s, p in zip(batch, proposals, strict=True) if p.tokens and s.error is None]
