@@ -55,7 +55,7 @@ TEST_WORKERS ?= auto
 # The two environments install side by side (`make -j`): most of it is download and unpacking.
 test:
 	@$(MAKE) --no-print-directory -j3 tools vllm-venv
-	$(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 test-fast: venv tools
 	$(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile -m "not slow"

@@ -61,7 +61,7 @@ def test_train_writes_artifacts_to_s3(tiny_llama, s3_prefix, tmp_path):
 def test_bad_dataset_line_is_a_permanent_error(tiny_llama, tmp_path):
     train_file = write_dataset(tmp_path / "train.jsonl", 6)
     lines = train_file.read_text().splitlines(keepends=True)
-    lines[2] = json.dumps({"id": "broken", "input": "x", "output": "y", "difficulty": "easy"}) + "\n"
+    lines[2] = json.dumps({"id": "broken", "input": "x", "output": "y", "difficulty": "extreme"}) + "\n"
     train_file.write_text("".join(lines))
     spec = tiny_anil_spec(tiny_llama, train_file, train_file, str(tmp_path / "out"))
     config = training_run(spec).model_dump(by_alias=True, exclude_none=True, mode="json")
@@ -70,5 +70,5 @@ def test_bad_dataset_line_is_a_permanent_error(tiny_llama, tmp_path):
 
     assert result.returncode == EXIT_PERMANENT, result.stderr[-3000:]
     assert summary["phase"] == "Failed" and summary["errorKind"] == "permanent"
-    assert "line 3" in summary["message"] and "domain" in summary["message"]
+    assert "line 3" in summary["message"] and "difficulty" in summary["message"]
     assert not (tmp_path / "out" / "_manifest.json").exists()
