@@ -59,8 +59,9 @@ def test_every_policy_is_target_greedy(policy: str, smollm2_models, references) 
     target, draft, tokenizer = smollm2_models
     engine = SpeculativeEngine.from_models(target, draft, tokenizer, RoutingPolicy(policy, THRESHOLD, 4))
     routes, proposed = set(), 0
-    # `never` decodes exactly like `generate`; a few prompts show it, all of them for the speculative ones
-    cases = references[:4] if policy == "never" else references
+    # one at a time: half the prompts (both routes of `first-token` among them), a few for `never`, which
+    # decodes exactly like `generate`; every prompt runs batched below
+    cases = references[:4] if policy == "never" else references[:6]
     for prompt, expected in cases:
         ids, final = completion(engine, prompt)
         # the engine leaves the end-of-turn token out of the completion; `generate` keeps it
