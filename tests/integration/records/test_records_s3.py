@@ -56,7 +56,10 @@ def test_single_objects_with_and_without_extension(s3_prefix: str) -> None:
 
 
 def test_bad_line_in_an_object_names_uri_line_and_field(s3_prefix: str) -> None:
-    rows = "".join(dump_jsonl(builtin.records("train")[:3])) + '{"id": "x", "input": "q", "output": "a", "difficulty": "extreme"}\n'
+    rows = (
+        "".join(dump_jsonl(builtin.records("train")[:3]))
+        + '{"id": "x", "input": "q", "output": "a", "difficulty": "extreme"}\n'
+    )
     write_bytes(rows.encode(), f"{s3_prefix}/bad.jsonl")
     with pytest.raises(InvalidData, match=rf"{s3_prefix}/bad\.jsonl line 4: field `difficulty`"):
         read_records(f"{s3_prefix}/bad.jsonl")
