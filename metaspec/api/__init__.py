@@ -11,10 +11,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ._base import API_VERSION, GROUP, VERSION, Condition, Phase, Resource, now
+from ._base import API_VERSION, GROUP, VERSION, Condition, Phase, now
 from .generation import TeacherGeneration, TeacherGenerationSpec, TeacherGenerationStatus
 from .serving import SpecServe, SpecServeSpec, SpecServeStatus
 from .training import TrainingRun, TrainingRunSpec, TrainingRunStatus
+from .workload import Resource
 
 #: JSON bytes of a spec: it is rendered whole into its component's ConfigMap (1 MiB at most, with
 #: the resolved URIs and some indentation added), and a CR beyond this is a mistake, not a pipeline.

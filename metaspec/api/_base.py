@@ -1,11 +1,11 @@
-"""Building blocks shared by the three resources: base model, URIs, conditions, pod overrides."""
+"""Building blocks shared by the three resources: the wire model, URIs, names, conditions, storage, compute."""
 
 from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
@@ -215,13 +215,6 @@ class Resources(Model):
         return value
 
 
-class JobSource(Model):
-    """Reference to another metaspec resource in the same namespace."""
-
-    training_run: ObjectName | None = Field(None, description="Name of a `TrainingRun`.")
-    teacher_generation: ObjectName | None = Field(None, description="Name of a `TeacherGeneration`.")
-
-
 class ObjectMeta(BaseModel):
     """The part of `metadata` metaspec reads."""
 
@@ -253,27 +246,3 @@ class Status(Model):
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)
-
-
-class Resource(BaseModel):
-    """A whole custom resource: `apiVersion`, `kind`, `metadata`, `spec`, `status`."""
-
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
-
-    plural: ClassVar[str]
-    short_name: ClassVar[str]
-    component: ClassVar[str]
-    #: `kubectl get` columns: (name, type, JSON path); the CRD adds Age.
-    printer_columns: ClassVar[tuple[tuple[str, str, str], ...]]
-    #: Spec fields fixed once the work started (a CEL rule in the CRD): what is produced (the model, data,
-    #: method and their settings; a generation's dtype and context length change its outputs) and where
-    #: it is stored (`storage`: a changed endpoint would leave the checkpoints or shards already written
-    #: behind). The rest (suspend, scheduling, resources, queue, retries) may change. SpecServe specs
-    #: stay mutable: a change rolls the Deployment.
-    immutable_spec: ClassVar[tuple[str, ...]] = ()
-
-    api_version: Literal["metaspec.dev/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
-    metadata: ObjectMeta
-
-    def dump(self) -> dict[str, Any]:
-        return self.model_dump(by_alias=True, exclude_none=True, mode="json")

@@ -11,10 +11,11 @@ from typing import Any
 
 import yaml
 
-from ._base import GROUP, MAX_NAME_LENGTH, NAME_PATTERN, SERVICE_NAME_PATTERN, VERSION, Resource
+from ._base import GROUP, MAX_NAME_LENGTH, NAME_PATTERN, SERVICE_NAME_PATTERN, VERSION
 from .generation import TeacherGeneration
 from .serving import SpecServe
 from .training import TrainingRun
+from .workload import Resource
 
 
 def _inline(node: Any, defs: dict[str, Any]) -> Any:

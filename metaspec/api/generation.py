@@ -6,21 +6,9 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from ._base import (
-    GREEDY_BELOW,
-    MIN_FACTOR,
-    ArtifactUri,
-    DatasetUri,
-    LabelValue,
-    Model,
-    ObjectMeta,
-    Resource,
-    Resources,
-    Status,
-    Storage,
-)
-from .pod import PodOverrides
-from .training import ModelSource
+from ._base import GREEDY_BELOW, MIN_FACTOR, ArtifactUri, DatasetUri, Model, Status
+from .sources import ModelSource
+from .workload import Dtype, JobSpec, Resource
 
 #: The seed's fix for runaway teacher outputs: chat-turn markers that end an answer.
 SEED_STOP_STRINGS = ["<|eot_id|>", "<|im_end|>", "<|end_of_text|>", "\nUser:", "\nHuman:"]
@@ -75,7 +63,7 @@ class Quality(Model):
     )
 
 
-class TeacherGenerationSpec(Model):
+class TeacherGenerationSpec(JobSpec):
     model: ModelSource = Field(description="The teacher model.")
     dataset: GenerationDataset = Field(description="Prompts to answer.")
     output: GenerationOutput = Field(description="Where outputs go.")
@@ -91,16 +79,8 @@ class TeacherGenerationSpec(Model):
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM's share of GPU memory.")
     max_model_len: int | None = Field(None, ge=16, description="vLLM context length (prompt + output).")
     batch_size: int = Field(16, ge=1, le=4096, description="Prompts per `generate` call (transformers engine).")
-    dtype: Literal["bfloat16", "float16", "float32", "auto"] = Field("auto", description="Weights dtype.")
+    dtype: Dtype = Field("auto", description="Weights dtype: `auto` is bfloat16 on GPU, float32 on CPU.")
     quality: Quality = Field(default_factory=Quality, description="Quality gate.")
-    storage: Storage = Field(default_factory=Storage, description="S3 endpoint and credentials.")
-    resources: Resources = Field(default_factory=Resources, description="Compute per pod.")
-    pod: PodOverrides = Field(default_factory=PodOverrides, description="Pod scheduling and image overrides.")
-    suspend: bool = Field(False, description="Create the Job suspended, or suspend the running one.")
-    queue_name: LabelValue | None = Field(None, description="Kueue LocalQueue name.")
-    backoff_limit: int = Field(3, ge=0, le=100, description="Pod retries per shard for transient failures.")
-    active_deadline_seconds: int | None = Field(None, ge=1, description="Wall-clock limit of the Job.")
-    ttl_seconds_after_finished: int | None = Field(None, ge=0, description="Delete the finished Job after this.")
 
     @model_validator(mode="after")
     def _fits(self) -> TeacherGenerationSpec:
@@ -145,7 +125,7 @@ class TeacherGenerationStatus(Status):
     job_name: str | None = Field(None, description="The Job running this generation of the spec.")
 
 
-class TeacherGeneration(Resource):
+class TeacherGeneration(Resource[TeacherGenerationSpec, TeacherGenerationStatus]):
     """Batch generation of teacher outputs for a dataset, sharded over an Indexed Job."""
 
     plural: ClassVar[str] = "teachergenerations"
@@ -174,6 +154,3 @@ class TeacherGeneration(Resource):
     )
 
     kind: Literal["TeacherGeneration"] = "TeacherGeneration"
-    metadata: ObjectMeta
-    spec: TeacherGenerationSpec
-    status: TeacherGenerationStatus | None = None

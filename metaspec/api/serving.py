@@ -6,21 +6,9 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
-from ._base import (
-    MAX_NAME_LENGTH,
-    MIN_FACTOR,
-    SERVICE_NAME_PATTERN,
-    LabelValue,
-    Model,
-    ObjectMeta,
-    Resource,
-    Resources,
-    SecretRef,
-    Status,
-    Storage,
-)
-from .pod import PodOverrides
-from .training import ModelSource
+from ._base import MAX_NAME_LENGTH, MIN_FACTOR, SERVICE_NAME_PATTERN, Model, ObjectMeta, SecretRef, Status
+from .sources import ModelSource
+from .workload import Dtype, Resource, WorkloadSpec
 
 
 class Routing(Model):
@@ -211,7 +199,7 @@ class VllmOptions(Model):
     )
 
 
-class SpecServeSpec(Model):
+class SpecServeSpec(WorkloadSpec):
     target: ModelSource = Field(description="The model whose distribution is served.")
     draft: ModelSource | None = Field(None, description="The draft model; same tokenizer as the target.")
     routing: Routing = Field(default_factory=Routing, description="Speculation policy.")
@@ -225,9 +213,7 @@ class SpecServeSpec(Model):
     service: ServiceSpec = Field(default_factory=ServiceSpec, description="The Service in front of the pods.")
     auth: Auth = Field(default_factory=Auth, description="API keys the server requires.")
     sampling: ServeSampling = Field(default_factory=ServeSampling, description="Sampling defaults and limits.")
-    dtype: Literal["bfloat16", "float16", "float32", "auto"] = Field(
-        "auto", description="Weights dtype: `auto` is bfloat16 on GPU, float32 on CPU."
-    )
+    dtype: Dtype = Field("auto", description="Weights dtype: `auto` is bfloat16 on GPU, float32 on CPU.")
     compile: bool = Field(
         True,
         description="Static KV cache + `torch.compile` on GPU (no effect on CPU). The cache holds "
@@ -243,11 +229,6 @@ class SpecServeSpec(Model):
         description="Model name in the API (no spaces, not starting with '-'); the resource name by default.",
     )
     rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="Rolling update settings.")
-    storage: Storage = Field(default_factory=Storage, description="S3 endpoint and credentials.")
-    resources: Resources = Field(default_factory=Resources, description="Compute per pod.")
-    pod: PodOverrides = Field(default_factory=PodOverrides, description="Pod scheduling and image overrides.")
-    suspend: bool = Field(False, description="Scale to zero while keeping the resource.")
-    queue_name: LabelValue | None = Field(None, description="Kueue LocalQueue name.")
 
     @model_validator(mode="after")
     def _one_token(self) -> SpecServeSpec:
@@ -312,7 +293,7 @@ class ServeMeta(ObjectMeta):
     name: Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern=SERVICE_NAME_PATTERN)]
 
 
-class SpecServe(Resource):
+class SpecServe(Resource[SpecServeSpec, SpecServeStatus]):
     """A speculative-decoding server (target + draft) with an OpenAI-compatible API."""
 
     plural: ClassVar[str] = "specserves"
@@ -329,5 +310,3 @@ class SpecServe(Resource):
 
     kind: Literal["SpecServe"] = "SpecServe"
     metadata: ServeMeta
-    spec: SpecServeSpec
-    status: SpecServeStatus | None = None

@@ -7,21 +7,9 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from ._base import (
-    ArtifactUri,
-    DatasetUri,
-    JobSource,
-    LabelValue,
-    Model,
-    ModelUri,
-    ObjectMeta,
-    Resource,
-    Resources,
-    SecretKeyRef,
-    Status,
-    Storage,
-)
-from .pod import PodOverrides
+from ._base import ArtifactUri, DatasetUri, Model, Status
+from .sources import JobSource, ModelSource
+from .workload import Dtype, JobSpec, Resource
 
 #: Fields of Hugging Face loaders that load a quantized model; spelled out so the refusal can say why.
 QUANTIZED_KEYS = (
@@ -43,75 +31,10 @@ ModuleName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\s]
 SEED_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-class ModelSource(Model):
-    """A model given by URI, or the model produced by a `TrainingRun` of the same namespace."""
-
-    uri: ModelUri | None = Field(
-        None,
-        description="Model location: `s3://…`, `file://…`/path, `hf://org/name[@revision]` (the Hub: needs "
-        "network), or `pvc://claim/path` (a PersistentVolumeClaim of the namespace, mounted read-only). A bare "
-        "`org/name` is refused: write `hf://org/name`.",
-    )
-    from_: JobSource | None = Field(
-        None, alias="from", description="Use the model produced by this resource once it has succeeded."
-    )
-    revision: str | None = Field(
-        None,
-        max_length=128,
-        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_./-]*$",
-        description="Hub revision (branch, tag or commit) of an `hf://` model, for weights and tokenizer alike; "
-        "the same as `hf://org/name@revision`. A commit pins the model exactly.",
-    )
-    hf_token_secret_ref: SecretKeyRef | None = Field(
-        None,
-        description="Secret key (default key `HF_TOKEN`) holding a Hugging Face token, for gated or private "
-        "`hf://` models: passed to the pods as the `HF_TOKEN` environment variable. The operator never reads it.",
-    )
-    trust_remote_code: bool = Field(
-        False,
-        description="Allow model repositories to run their own Python code. Off: never trusted implicitly.",
-    )
-
-    @model_validator(mode="after")
-    def _one_source(self) -> ModelSource:
-        if (self.uri is None) == (self.from_ is None):
-            raise ValueError("give exactly one of `uri` or `from`")
-        if self.from_ is not None and (self.from_.training_run is None or self.from_.teacher_generation):
-            raise ValueError("`from` of a model must name a `trainingRun`")
-        hub = self.uri is not None and self.uri.startswith("hf://")
-        if not hub and (self.revision is not None or self.hf_token_secret_ref is not None):
-            raise ValueError("`revision` and `hfTokenSecretRef` apply only to `hf://` models")
-        pinned = self.uri.partition("@")[2] if hub else ""
-        if pinned and self.revision is not None and pinned != self.revision:
-            raise ValueError(f"`uri` names revision {pinned!r} but `revision` is {self.revision!r}: give one")
-        return self
-
-    @property
-    def hub_revision(self) -> str | None:
-        """The Hub revision asked for (`revision`, or `@revision` in the URI); None for other sources."""
-        if self.uri is None or not self.uri.startswith("hf://"):
-            return None
-        return self.revision or self.uri.partition("@")[2] or None
-
-    @property
-    def location(self) -> str | None:
-        """The URI with the Hub revision folded in (`hf://org/name@rev`): what components fetch."""
-        if self.hub_revision is None or "@" in str(self.uri):
-            return self.uri
-        return f"{self.uri}@{self.hub_revision}"
-
-    @property
-    def hub_digest(self) -> str | None:
-        """`hf:<revision>` for a Hub model with a revision (exact when it is a commit): its served digest."""
-        return f"hf:{self.hub_revision}" if self.hub_revision else None
-
-
 class BaseModelSource(ModelSource):
     """The model training starts from. Full-precision weights only."""
 
-    dtype: Literal["bfloat16", "float16", "float32", "auto"] = Field(
-        "auto", description="Training dtype: `auto` is bfloat16 on GPU and float32 on CPU."
-    )
+    dtype: Dtype = Field("auto", description="Training dtype: `auto` is bfloat16 on GPU and float32 on CPU.")
 
     @model_validator(mode="before")
     @classmethod
@@ -305,7 +228,7 @@ class TrainingOutput(Model):
     )
 
 
-class TrainingRunSpec(Model):
+class TrainingRunSpec(JobSpec):
     method: Literal["anil-maml", "lora-sft", "causal-lm"] = Field(
         "anil-maml",
         description="Training recipe: `anil-maml` (LoRA, meta-learned per domain), `lora-sft` (LoRA, plain "
@@ -319,16 +242,6 @@ class TrainingRunSpec(Model):
     optimization: Optimization = Field(default_factory=Optimization, description="Optimizer and schedule.")
     draft: Draft = Field(default_factory=Draft, description="Draft construction (causal-lm).")
     output: TrainingOutput = Field(description="Where artifacts go.")
-    storage: Storage = Field(default_factory=Storage, description="S3 endpoint and credentials.")
-    resources: Resources = Field(default_factory=Resources, description="Compute per pod.")
-    pod: PodOverrides = Field(default_factory=PodOverrides, description="Pod scheduling and image overrides.")
-    suspend: bool = Field(False, description="Create the Job suspended, or suspend the running one.")
-    queue_name: LabelValue | None = Field(
-        None, description="Kueue LocalQueue; copied to the `kueue.x-k8s.io/queue-name` label."
-    )
-    backoff_limit: int = Field(3, ge=0, le=100, description="Pod retries for transient failures.")
-    active_deadline_seconds: int | None = Field(None, ge=1, description="Wall-clock limit of the Job.")
-    ttl_seconds_after_finished: int | None = Field(None, ge=0, description="Delete the finished Job after this.")
 
     @model_validator(mode="after")
     def _method_fields(self) -> TrainingRunSpec:
@@ -392,7 +305,7 @@ class TrainingRunStatus(Status):
     job_name: str | None = Field(None, description="The Job running this generation of the spec.")
 
 
-class TrainingRun(Resource):
+class TrainingRun(Resource[TrainingRunSpec, TrainingRunStatus]):
     """A fine-tuning run: ANIL-MAML LoRA on a base model, or causal-LM training of a draft model."""
 
     plural: ClassVar[str] = "trainingruns"
@@ -421,6 +334,3 @@ class TrainingRun(Resource):
     )
 
     kind: Literal["TrainingRun"] = "TrainingRun"
-    metadata: ObjectMeta
-    spec: TrainingRunSpec
-    status: TrainingRunStatus | None = None

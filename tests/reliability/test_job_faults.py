@@ -309,7 +309,7 @@ def test_generator_refuses_a_model_without_manifest(setup, unfinished, s3_prefix
 def test_server_refuses_a_draft_without_manifest(unfinished, tmp_path):
     import torch
 
-    from metaspec.api.training import ModelSource
+    from metaspec.api.sources import ModelSource
     from metaspec.server.engine.loader import load_model
 
     with pytest.raises(IncompleteArtifact) as caught:

@@ -26,7 +26,8 @@ import yaml
 from reliability_helpers import REPO, load
 
 from metaspec.api import parse_resource
-from metaspec.api.training import BaseModelSource, ModelSource
+from metaspec.api.sources import ModelSource
+from metaspec.api.training import BaseModelSource
 from metaspec.artifacts import upload_dir
 from metaspec.operator import rbac
 from metaspec.operator.builders import build_deployment, build_job, build_vllm_deployment

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from metaspec.api import Resource
-from metaspec.api.training import ModelSource
+from metaspec.api.sources import ModelSource
 from metaspec.artifacts.uri import PVC_ROOT
 from metaspec.operator.settings import OperatorSettings
 from metaspec.pipeline import claims

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from metaspec.api.serving import SpecServeSpec
-from metaspec.api.training import ModelSource
+from metaspec.api.sources import ModelSource
 from metaspec.artifacts import materialize
 from metaspec.devices import resolve_dtype
 from metaspec.drafts import DraftFormatError, Eagle3Draft, is_eagle3, load_eagle3

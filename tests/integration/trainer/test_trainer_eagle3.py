@@ -68,7 +68,7 @@ def test_eagle3_fields_refused_where_they_do_not_apply(tiny_llama, tmp_path, dra
 def test_layer_draft_with_a_vocabulary_saves_it_and_loads_pruned(tiny_llama, tmp_path):
     """`draft.vocabulary` on a separate draft: trained on the subset's rows, saved with its `d2t`, and
     loaded by the server with a head that scores only those rows."""
-    from metaspec.api.training import ModelSource
+    from metaspec.api.sources import ModelSource
     from metaspec.drafts.vocabulary import SubsetHead
     from metaspec.server.engine.loader import load_model
 

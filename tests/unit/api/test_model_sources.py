@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from metaspec.api.serving import SpecServeSpec
-from metaspec.api.training import ModelSource
+from metaspec.api.sources import ModelSource
 
 
 def test_bare_hub_id_is_refused_with_the_hf_form() -> None:
