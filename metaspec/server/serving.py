@@ -211,7 +211,7 @@ class _Format:
     rid: str
     model: str
     chat: bool
-    tokenizer: Any = None
+    engine: Engine | None = None
     """Spells the tokens of `logprobs`; None when the request asked for none."""
 
     def whole(self, samples: list[Sample], accounting: dict[str, Any]) -> BaseModel:
@@ -266,25 +266,22 @@ class _Format:
             for i in range(n)
         ]
 
-    def _spell(self, ids: list[int]) -> list[str]:
-        return list(self.tokenizer.batch_decode([[i] for i in ids], clean_up_tokenization_spaces=False))
-
     def _chat_logprobs(self, scores: list[TokenLogprob]) -> ChoiceLogprobs | None:
-        if self.tokenizer is None:
+        if self.engine is None:
             return None
         content = []
         for score in scores:
-            spelled = self._spell([score.token, *(t for t, _ in score.top)])
+            spelled = self.engine.spell([score.token, *(t for t, _ in score.top)])
             top = [_top(text, value) for text, (_, value) in zip(spelled[1:], score.top, strict=True)]
             content.append(ChatTokenLogprob(**_top(spelled[0], score.logprob).model_dump(), top_logprobs=top))
         return ChoiceLogprobs(content=content)
 
     def _text_logprobs(self, scores: list[TokenLogprob], offset: int) -> CompletionLogprobs | None:
-        if self.tokenizer is None:
+        if self.engine is None:
             return None
         out = CompletionLogprobs()
         for score in scores:
-            spelled = self._spell([score.token, *(t for t, _ in score.top)])
+            spelled = self.engine.spell([score.token, *(t for t, _ in score.top)])
             out.tokens.append(spelled[0])
             out.token_logprobs.append(score.logprob)
             out.top_logprobs.append(dict(zip(spelled[1:], (v for _, v in score.top), strict=True)))
@@ -312,7 +309,6 @@ class Serving:
         running, waiting = (lambda: self.admission.in_flight), (lambda: self.admission.waiting)
         self.metrics = ServerMetrics(settings.model_name, running, waiting)
         self.created = int(time.time())
-        self._longest_token: int | None = None
         if engine is not None:
             self.attach(engine)
 
@@ -337,7 +333,7 @@ class Serving:
     async def completion(self, request: Request, body: CompletionRequest) -> Response:
         arrived = time.monotonic()
         engine = self._engine_for(body.model)
-        prompt_ids = await self._encode("prompt", len(body.text), lambda: engine.encode_prompt(body.text))
+        prompt_ids = await self._encode(engine, "prompt", len(body.text), lambda: engine.encode_prompt(body.text))
         form = self._format("cmpl", body, engine, chat=False)
         return await self._respond(request, body, form, engine, prompt_ids, self._sampling(body, "max_tokens"), arrived)
 
@@ -347,7 +343,7 @@ class Serving:
         messages = [m.template_dict() for m in body.messages]
         chars = sum(len(m.content or "") for m in body.messages)
         tools, kwargs = body.template_tools(), body.chat_template_kwargs
-        prompt_ids = await self._encode("messages", chars, lambda: engine.encode_chat(messages, tools, kwargs))
+        prompt_ids = await self._encode(engine, "messages", chars, lambda: engine.encode_chat(messages, tools, kwargs))
         params = self._sampling(body, "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
         form = self._format("chatcmpl", body, engine, chat=True)
         return await self._respond(request, body, form, engine, prompt_ids, params, arrived)
@@ -368,18 +364,17 @@ class Serving:
 
     async def detokenize(self, body: DetokenizeRequest) -> DetokenizeResponse:
         engine = self._engine_for(body.model or self.settings.model_name)
-        size = len(cast(Any, engine).tokenizer)
+        size = engine.vocabulary_size()
         bad = [t for t in body.tokens if t >= size]
         if bad:
             raise ApiError(400, f"`tokens` has ids outside the vocabulary [0, {size}): {bad[:5]}", param="tokens")
-        text = await asyncio.to_thread(cast(Any, engine).tokenizer.decode, body.tokens)
+        text = await asyncio.to_thread(engine.decode, body.tokens)
         return DetokenizeResponse(prompt=text)
 
     def _format(
         self, prefix: str, body: CompletionRequest | ChatCompletionRequest, engine: Engine, chat: bool
     ) -> _Format:
-        tokenizer = engine.tokenizer if body.top_logprob_count is not None else None
-        return _Format(request_id(prefix), body.model, chat, tokenizer)
+        return _Format(request_id(prefix), body.model, chat, engine if body.top_logprob_count is not None else None)
 
     async def _respond(
         self,
@@ -454,12 +449,12 @@ class Serving:
             )
         return self.engine
 
-    async def _encode(self, param: str, chars: int, encode: Callable[[], list[int]]) -> list[int]:
+    async def _encode(self, engine: Engine, param: str, chars: int, encode: Callable[[], list[int]]) -> list[int]:
         """Token ids of the prompt, refusing one over maxPromptTokens. Tokenizing runs in a thread (the
         Rust tokenizer releases the GIL) so a long prompt does not stall other requests and probes, and a
         prompt longer than any `limit`-token text could be is refused before tokenizing at all."""
         limit = self.settings.sampling.max_prompt_tokens
-        most = limit * self._token_chars()
+        most = limit * engine.token_chars()
         if chars > most:
             raise ApiError(
                 400,
@@ -483,14 +478,6 @@ class Serving:
                 code="context_length_exceeded",
             )
         return ids
-
-    def _token_chars(self) -> int:
-        """The most characters one token can stand for: the longest entry of the vocabulary (byte-level
-        BPE spells one byte per symbol and a character is at least one byte; special tokens literally)."""
-        if self._longest_token is None:
-            vocab = cast(Any, self.engine).tokenizer.get_vocab()
-            self._longest_token = max(len(token) for token in vocab)
-        return self._longest_token
 
     def _sampling(self, body: CompletionRequest | ChatCompletionRequest, max_param: str) -> SamplingParams:
         """The request's sampling, with the spec's `sampling` for what it leaves out."""

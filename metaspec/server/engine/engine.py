@@ -60,6 +60,7 @@ class SpeculativeEngine:
         self.served: dict[str, LoadedModel] = {}
         self._loader: Any = None
         self._stop_ids: frozenset[int] = frozenset()
+        self._token_chars: int | None = None
         self._inbox: deque[_Request] = deque()
         self._wake = threading.Condition()
         self._worker: threading.Thread | None = None
@@ -191,6 +192,22 @@ class SpeculativeEngine:
         return encode_chat(
             self.tokenizer, messages, tools=tools, template_kwargs=template_kwargs, generation=add_generation_prompt
         )
+
+    def decode(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids))
+
+    def spell(self, ids: list[int]) -> list[str]:
+        return list(self.tokenizer.batch_decode([[i] for i in ids], clean_up_tokenization_spaces=False))
+
+    def vocabulary_size(self) -> int:
+        return len(self.tokenizer)
+
+    def token_chars(self) -> int:
+        # Byte-level BPE spells one byte per symbol and a character is at least one byte; special
+        # tokens are spelled literally: the longest entry bounds what one token stands for.
+        if self._token_chars is None:
+            self._token_chars = max(len(token) for token in self.tokenizer.get_vocab())
+        return self._token_chars
 
     def max_model_len(self) -> int:
         return self._max_length

@@ -78,7 +78,6 @@ class Delta:
 
 class Engine(Protocol):
     model_name: str
-    tokenizer: object
     on_step: Callable[[int, bool], None] | None
     """Called after each decoding step with the batch size and whether the draft proposed (metrics)."""
 
@@ -96,6 +95,19 @@ class Engine(Protocol):
         add_generation_prompt: bool = True,
     ) -> list[int]:
         """Token ids of a chat conversation with the generation prompt appended (the chat template)."""
+
+    def decode(self, ids: list[int]) -> str:
+        """The text of token ids (special tokens spelled out)."""
+
+    def spell(self, ids: list[int]) -> list[str]:
+        """Each token's own text, one per id, as `logprobs` shows tokens."""
+
+    def vocabulary_size(self) -> int:
+        """Token ids are below this."""
+
+    def token_chars(self) -> int:
+        """The most characters one token can stand for: a prompt longer than `n` times this cannot fit
+        in `n` tokens."""
 
     def max_model_len(self) -> int:
         """Longest prompt + completion the models hold, in tokens."""
