@@ -37,8 +37,7 @@ from pydantic import ValidationError
 from metaspec import status as R
 from metaspec.api import API_VERSION, RESOURCES, Resource, TeacherGeneration, TrainingRun, now
 from metaspec.api.summaries import ProgressReport
-from metaspec.operator.handlers import writes
-from metaspec.operator.handlers.common import current_status
+from metaspec.operator import writes
 from metaspec.operator.kube import ApiError, Kube, Target
 from metaspec.operator.settings import OperatorSettings
 from metaspec.progress import PATH
@@ -259,7 +258,7 @@ class ProgressService:
             status = resource.status
             if resource.metadata.uid != reporter.uid or status is None or status.job_name != reporter.job:
                 return None
-            current = current_status(resource)
+            current = writes.current_status(resource)
             new = R.live_progress(resource, current, dict(run.reports), now())
             alive = new is not current
             return new if alive else None

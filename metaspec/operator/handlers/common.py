@@ -7,17 +7,14 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
 import kopf
 
 from metaspec.api import InvalidResource, Phase, Resource, conditions, parse_resource
 from metaspec.operator import metrics
 from metaspec.operator.kube import ApiError, Kube
+from metaspec.operator.progress import ProgressService
 from metaspec.operator.settings import OperatorSettings
-
-if TYPE_CHECKING:
-    from metaspec.operator.progress import ProgressService
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +28,6 @@ class Context:
     connection: kopf.ConnectionInfo | None = None  # fixed credentials (tests); otherwise kopf's login
     resync: asyncio.Task[None] | None = None  # the periodic resync (handlers/resync.py)
     progress: ProgressService | None = None  # the progress endpoint, while it runs
-
-
-def current_status(resource: Resource) -> dict[str, Any]:
-    return resource.status.dump() if resource.status is not None else {}
 
 
 class Rejected(Exception):

@@ -15,8 +15,9 @@ from metaspec import pipeline
 from metaspec import status as R
 from metaspec.api import GROUP, Phase, Resource, TeacherGeneration, TrainingRun, conditions
 from metaspec.operator import labels as L
+from metaspec.operator import writes
 from metaspec.operator.handlers import common as C
-from metaspec.operator.handlers import indexes, writes
+from metaspec.operator.handlers import indexes
 from metaspec.operator.kube import Target
 
 #: Phases a dependent waits for; anything else changes nothing for it.
@@ -30,7 +31,7 @@ def waiting_dependents(kwargs: dict[str, Any], namespace: str, kind: str, name: 
     out = []
     for dep_kind, dep_name in kwargs["dependents_idx"].get((namespace, kind, name), []):
         dependent = find(dep_kind, dep_name)
-        if dependent is not None and C.current_status(dependent).get("phase", Phase.PENDING.value) in _NOT_STARTED:
+        if dependent is not None and writes.current_status(dependent).get("phase", Phase.PENDING.value) in _NOT_STARTED:
             out.append(dependent)
     return out
 
@@ -46,7 +47,7 @@ async def _fail_deleted(ctx: C.Context, dependent: Resource, kind: str, name: st
     reason = pipeline.DEPENDENCY_FAILED
 
     async def compute(fresh: Resource) -> dict[str, Any] | None:
-        status = C.current_status(fresh)
+        status = writes.current_status(fresh)
         if status.get("phase", Phase.PENDING.value) not in _NOT_STARTED:
             return None
         status = R.with_condition(status, fresh, conditions.DEPENDENCIES_READY, False, reason, message)

@@ -12,8 +12,9 @@ from metaspec.api import GROUP, InvalidResource, Resource, TeacherGeneration, Tr
 from metaspec.api.summaries import FailureSummary
 from metaspec.operator import labels as L
 from metaspec.operator import status as S
+from metaspec.operator import writes
 from metaspec.operator.builders import build_configmap, build_job, generation_name
-from metaspec.operator.handlers import children, indexes, writes
+from metaspec.operator.handlers import children, indexes
 from metaspec.operator.handlers import common as C
 from metaspec.operator.kube import Target
 
@@ -53,7 +54,7 @@ async def _apply_suspend(ctx: C.Context, resource: Resource, job: dict[str, Any]
 async def reconcile_resource(ctx: C.Context, resource: Resource, find: pipeline.Lookup) -> dict[str, Any]:
     """Bring one TrainingRun/TeacherGeneration forward; returns its new status."""
     meta = resource.metadata
-    status = C.current_status(resource)
+    status = writes.current_status(resource)
     name = job_name(resource)
     # A resource without a Job name in its status has not started: create straight away (409 adopts).
     started = resource.status is not None and resource.status.job_name
@@ -80,7 +81,7 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: C.Context, namespa
         try:
             new = await reconcile_resource(memo, resource, indexes.lookup(kwargs, namespace))
         except (C.Rejected, InvalidResource) as e:
-            new = R.failed(C.current_status(resource), resource, conditions.API_REJECTED, str(e))
+            new = R.failed(writes.current_status(resource), resource, conditions.API_REJECTED, str(e))
         await writes.commit_handled(memo.kube, body, resource, new)
 
 
@@ -101,7 +102,7 @@ async def job_changed(event: kopf.RawEvent, body: kopf.Body, memo: C.Context, na
     async def compute(resource: Resource) -> dict[str, Any] | None:
         if pipeline.is_terminal(resource) or job_name(resource) != job["metadata"]["name"]:
             return None
-        return await mirror(memo, resource, job, C.current_status(resource))
+        return await mirror(memo, resource, job, writes.current_status(resource))
 
     with C.reconciling(owner[0]):
         await writes.update_status(memo.kube, owner[0], namespace, owner[1], compute)

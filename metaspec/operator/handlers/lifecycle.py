@@ -10,6 +10,7 @@ import kopf
 from metaspec.operator import metrics
 from metaspec.operator.handlers.common import Context
 from metaspec.operator.labels import KOPF_PREFIX
+from metaspec.operator.progress import ProgressService
 
 
 def kopf_settings(peering: str | None, mandatory: bool = False) -> kopf.OperatorSettings:
@@ -36,10 +37,6 @@ def start_metrics(memo: Context, **_: Any) -> None:
 @kopf.on.startup()
 async def start_progress(memo: Context, **_: Any) -> None:
     """The endpoint running pods post their progress to (`metaspec.operator.progress`)."""
-    # imported here: that module writes status through this package's `writes`, so a top-level import
-    # would make importing it first a cycle
-    from metaspec.operator.progress import ProgressService
-
     if memo.settings.progress_port:
         memo.progress = ProgressService(memo.kube, memo.settings)
         await memo.progress.start(memo.settings.progress_port)

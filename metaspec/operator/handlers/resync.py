@@ -21,9 +21,9 @@ import kopf
 
 from metaspec import pipeline
 from metaspec.api import InvalidResource, Resource, SpecServe
+from metaspec.operator import writes
 from metaspec.operator.handlers import common as C
 from metaspec.operator.handlers import indexes as I
-from metaspec.operator.handlers import writes
 from metaspec.operator.handlers.jobs import reconcile_resource
 from metaspec.operator.handlers.specserve import reconcile_serve
 

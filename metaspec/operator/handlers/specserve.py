@@ -11,6 +11,7 @@ from metaspec import status as R
 from metaspec.api import GROUP, InvalidResource, Resource, SpecServe, conditions
 from metaspec.operator import labels as L
 from metaspec.operator import status as S
+from metaspec.operator import writes
 from metaspec.operator.builders import (
     build_configmap,
     build_deployment,
@@ -19,7 +20,7 @@ from metaspec.operator.builders import (
     service_url,
 )
 from metaspec.operator.builders.pod import SCHEDULING_FIELDS
-from metaspec.operator.handlers import children, indexes, writes
+from metaspec.operator.handlers import children, indexes
 from metaspec.operator.handlers import common as C
 from metaspec.operator.kube import Target
 
@@ -98,7 +99,7 @@ def deployment_fields(ctx: C.Context, resource: SpecServe, deployment: dict[str,
 async def reconcile_serve(ctx: C.Context, resource: SpecServe, find: pipeline.Lookup) -> dict[str, Any]:
     """Resolve references; (re)apply ConfigMap, Deployment and Service; report."""
     meta = resource.metadata
-    status = C.current_status(resource)
+    status = writes.current_status(resource)
     check = pipeline.check_dependencies(resource, find)
     if not check.ready:
         status = R.with_condition(status, resource, conditions.DEPENDENCIES_READY, False, check.reason, check.message)
@@ -127,7 +128,7 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: C.Context, namespa
         try:
             new = await reconcile_serve(memo, resource, indexes.lookup(kwargs, namespace))
         except (C.Rejected, InvalidResource, ValueError) as e:
-            new = R.failed(C.current_status(resource), resource, conditions.API_REJECTED, str(e))
+            new = R.failed(writes.current_status(resource), resource, conditions.API_REJECTED, str(e))
         _, reason, message = api_key_condition(resource)
         if reason == EXPOSED_WITHOUT_KEY:
             kopf.event(body, type="Warning", reason=reason, message=message)
@@ -156,7 +157,7 @@ async def deployment_changed(
             # The reconcile that created it has not recorded what it serves yet; it reports the phase
             # itself, so `Ready` never shows before `status.target`/`draft` do.
             return None
-        return deployment_fields(memo, resource, deployment, C.current_status(resource))
+        return deployment_fields(memo, resource, deployment, writes.current_status(resource))
 
     with C.reconciling(owner[0]):
         await writes.update_status(memo.kube, owner[0], namespace, owner[1], compute)

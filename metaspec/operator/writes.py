@@ -11,10 +11,14 @@ import kopf
 
 from metaspec.api import Phase, Resource, conditions, now, parse_resource
 from metaspec.operator import metrics
-from metaspec.operator.handlers.common import current_status
 from metaspec.operator.kube import ApiError, Kube, Target
 
 log = logging.getLogger(__name__)
+
+
+def current_status(resource: Resource) -> dict[str, Any]:
+    """The status as it is stored: its wire form, `{}` before the first write."""
+    return resource.status.dump() if resource.status is not None else {}
 
 
 def event_ref(resource: Resource) -> dict[str, Any]:
