@@ -41,6 +41,11 @@ class PermanentError(Exception):
     """An error no retry can fix: bad configuration, bad data, an unusable model."""
 
 
+class QualityError(PermanentError):
+    """The work finished but failed its quality gate (`EXIT_QUALITY`): what it produced is kept for a look,
+    and its dependents must not use it."""
+
+
 class TransientError(Exception):
     """An error worth retrying: storage unreachable, preempted, out of capacity."""
 
@@ -176,6 +181,8 @@ def exit_code_for(error: BaseException) -> int:
     from metaspec.artifacts import ArtifactError
     from metaspec.records import InvalidData
 
+    if isinstance(error, QualityError):
+        return EXIT_QUALITY
     if isinstance(error, PermanentError | InvalidResource | InvalidData):
         return EXIT_PERMANENT
     if isinstance(error, ArtifactError):
@@ -195,7 +202,9 @@ def run_component(name: str, body: Callable[[], int | None]) -> int:
         if isinstance(error, SystemExit):
             raise
         code = exit_code_for(error)
-        kind = {EXIT_PERMANENT: "permanent", EXIT_TRANSIENT: "transient"}.get(code, "unexpected")
+        kind = {EXIT_PERMANENT: "permanent", EXIT_QUALITY: "quality", EXIT_TRANSIENT: "transient"}.get(
+            code, "unexpected"
+        )
         if code == 1:
             log.exception("%s failed unexpectedly", name)
         else:

@@ -64,7 +64,7 @@ class FailureSummary(Summary):
     exit_code: int | None = Field(None, description="The main container's exit code.")
     reason: str | None = Field(None, description="The error's type, e.g. `PermanentError`.")
     message: str | None = Field(None, description="The error, or the log tail when no summary was written.")
-    error_kind: str | None = Field(None, description="`permanent`, `transient` or `unexpected`.")
+    error_kind: str | None = Field(None, description="`permanent`, `quality`, `transient` or `unexpected`.")
 
     @property
     def failed(self) -> bool:

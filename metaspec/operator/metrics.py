@@ -1,4 +1,6 @@
-"""Prometheus metrics of the operator: reconciles, errors and latency per kind."""
+"""Prometheus metrics of the operator: reconciles, errors and latency per kind, phase changes, failed gates.
+
+The chart's Grafana dashboard and alert rules query these names; a test checks each one is exported."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ from contextlib import contextmanager
 
 from prometheus_client import Counter, Histogram, start_http_server
 
+from metaspec.api import RESOURCES
+
 RECONCILES = Counter("metaspec_operator_reconciles_total", "Reconcile passes, by kind and result.", ["kind", "result"])
 ERRORS = Counter("metaspec_operator_errors_total", "Reconcile errors, by kind and error class.", ["kind", "error"])
 LATENCY = Histogram(
@@ -18,8 +22,20 @@ LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 TRANSITIONS = Counter(
-    "metaspec_operator_phase_transitions_total", "Phase changes, by kind and new phase.", ["kind", "phase"]
+    "metaspec_operator_phase_transitions_total",
+    "Phase changes, by kind, new phase and the reason of the Ready condition (the Event's reason).",
+    ["kind", "phase", "reason"],
 )
+FAILURES = Counter("metaspec_operator_failures_total", "Resources that turned Failed, by kind.", ["kind"])
+QUALITY_FAILURES = Counter(
+    "metaspec_operator_quality_gate_failures_total",
+    "Runs that failed a quality gate (natural-stop rate, merge degradation), by kind.",
+    ["kind"],
+)
+# Alerts fire on `increase()`, which misses a series' first sample: every kind starts at 0.
+for _kind in RESOURCES:
+    FAILURES.labels(_kind)
+    QUALITY_FAILURES.labels(_kind)
 
 #: The latest reconcile latencies (seconds) per kind, for the benchmark's percentiles.
 SAMPLES: dict[str, deque[float]] = {}

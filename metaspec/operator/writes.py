@@ -36,11 +36,16 @@ async def announce(kube: Kube, resource: Resource, old: dict[str, Any], new: dic
     phase = new.get("phase")
     if phase == old.get("phase") and new.get("message") == old.get("message"):
         return
-    metrics.TRANSITIONS.labels(resource.kind, phase).inc()
     kind = "Warning" if phase == Phase.FAILED else "Normal"
     # The reason of the condition that explains the phase: what `kubectl get` shows as REASON.
-    ready = next((c for c in new.get("conditions", []) if c["type"] == conditions.READY), None)
-    reason = ready["reason"] if ready else str(phase)
+    found = {c["type"]: c for c in new.get("conditions", [])}
+    reason = found[conditions.READY]["reason"] if conditions.READY in found else str(phase)
+    metrics.TRANSITIONS.labels(resource.kind, phase, reason).inc()
+    if phase == Phase.FAILED:
+        metrics.FAILURES.labels(resource.kind).inc()
+        gate = found.get(conditions.QUALITY_CHECK_PASSED)
+        if gate and gate["status"] == "False":
+            metrics.QUALITY_FAILURES.labels(resource.kind).inc()
     message = f"{phase}: {new.get('message', '')}"
     try:
         kopf.event(event_ref(resource), type=kind, reason=reason, message=message)

@@ -16,6 +16,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from .engine.protocol import RequestStats
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+#: The namespace of the series vLLM exports and inference gateways read; we export a few under it too.
+VLLM_PREFIX = "vllm:"
 ENDPOINTS = ("/v1/completions", "/v1/chat/completions", "/v1/models")
 #: Status for requests whose client went away before the response: nginx's "client closed request".
 CLIENT_CLOSED = 499
@@ -29,9 +31,10 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 class ServerMetrics:
-    """The server's series; running and waiting sequences are read from admission at scrape time."""
+    """The server's series; running and waiting sequences are read from admission at scrape time, whose
+    `slots` (maxConcurrency) bound the running ones."""
 
-    def __init__(self, model: str, running: Callable[[], int], waiting: Callable[[], int]) -> None:
+    def __init__(self, model: str, running: Callable[[], int], waiting: Callable[[], int], slots: int) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.model = model
         r, m = self.registry, ["model"]
@@ -99,6 +102,24 @@ class ServerMetrics:
         Gauge("metaspec_waiting_sequences", "Requests waiting for a decoding slot.", m, registry=r).labels(
             model
         ).set_function(waiting)
+        self._endpoint_picker_gauges(running, waiting, slots)
+
+    def _endpoint_picker_gauges(self, running: Callable[[], int], waiting: Callable[[], int], slots: int) -> None:
+        """The model-server metrics an inference gateway's endpoint picker reads (the Gateway API Inference
+        Extension's defaults, which are vLLM's names and `model_name` label), so our pods and vLLM's sit
+        behind the same gateway, HPA rule and alerts."""
+        r, m = self.registry, ["model_name"]
+        for name, doc, read in (
+            (f"{VLLM_PREFIX}num_requests_running", "Requests holding a decoding slot.", running),
+            (f"{VLLM_PREFIX}num_requests_waiting", "Requests waiting for a decoding slot.", waiting),
+            (
+                f"{VLLM_PREFIX}kv_cache_usage_perc",
+                "Share of the KV cache reserved (0 to 1): decoding slots in use over maxConcurrency, each slot "
+                "holding room for the longest allowed sequence.",
+                lambda: running() / slots,
+            ),
+        ):
+            Gauge(name, doc, m, registry=r).labels(self.model).set_function(read)
 
     def request(self, path: str, status: int) -> None:
         endpoint = path if path in ENDPOINTS else "other"

@@ -307,7 +307,7 @@ class Serving:
         self.engine = engine
         self.admission = Admission(settings.sampling.max_concurrency, settings.sampling.max_queue)
         running, waiting = (lambda: self.admission.in_flight), (lambda: self.admission.waiting)
-        self.metrics = ServerMetrics(settings.model_name, running, waiting)
+        self.metrics = ServerMetrics(settings.model_name, running, waiting, settings.sampling.max_concurrency)
         self.created = int(time.time())
         if engine is not None:
             self.attach(engine)

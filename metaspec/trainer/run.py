@@ -32,7 +32,7 @@ from metaspec.artifacts import (
     write_bytes,
 )
 from metaspec.devices import resolve_device, resolve_dtype
-from metaspec.runtime import PermanentError, check_provenance, provenance, to_json
+from metaspec.runtime import QualityError, check_provenance, provenance, to_json
 
 from .loop import TrainLoop
 from .progress import Reporter, default_reporter
@@ -82,7 +82,7 @@ def train(
     _publish(output, staging, summary, loop.history, complete=not merge_failed, produced=produced)
     ctx.reporter.on_finish(summary["metrics"])
     if merge_failed:
-        raise PermanentError(
+        raise QualityError(
             f"merging the adapter degraded perplexity by {degradation:.2%} (LoRA {quality['perplexity_lora']:.4f}, "
             f"merged {quality['perplexity_merged']:.4f}), beyond spec.output.maxMergeDegradation "
             f"{spec.output.max_merge_degradation:.2%}; the adapter and metrics are saved, the merged model is not"

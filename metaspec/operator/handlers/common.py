@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 
 import kopf
 
-from metaspec.api import InvalidResource, Phase, Resource, conditions, parse_resource
+from metaspec.api import Condition, InvalidResource, Phase, Resource, conditions, parse_resource
 from metaspec.operator import metrics
 from metaspec.operator.kube import ApiError, Kube
 from metaspec.operator.progress import ProgressService
 from metaspec.operator.settings import OperatorSettings
+from metaspec.pipeline import set_condition
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +59,19 @@ def parse_or_fail(body: kopf.Body, patch: kopf.Patch) -> Resource | None:
         return parse_resource(dict(body), where=f"{body.get('kind')} {body['metadata'].get('name')}")
     except InvalidResource as e:
         message = str(e)
-    if (body.get("status") or {}).get("message") != message:
+    status = body.get("status") or {}
+    if status.get("message") != message:
+        generation = body["metadata"].get("generation")
+        found = [Condition.model_validate(c) for c in status.get("conditions", [])]
+        for type_, value in ((conditions.READY, False), (conditions.FAILED, True)):
+            found = set_condition(found, type_, value, conditions.INVALID_SPEC, message, generation)
         patch.setdefault("status", {}).update(
-            phase=Phase.FAILED.value, message=message, observedGeneration=body["metadata"].get("generation")
+            phase=Phase.FAILED.value,
+            message=message,
+            observedGeneration=generation,
+            conditions=[c.dump() for c in found],
         )
+        metrics.TRANSITIONS.labels(body.get("kind"), Phase.FAILED.value, conditions.INVALID_SPEC).inc()
+        metrics.FAILURES.labels(body.get("kind")).inc()
         kopf.event(body, type="Warning", reason=conditions.INVALID_SPEC, message=message)
     return None

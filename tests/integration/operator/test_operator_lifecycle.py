@@ -6,6 +6,7 @@ import copy
 from pathlib import Path
 
 import yaml
+from prometheus_client import REGISTRY
 
 from metaspec.operator import labels as L
 from metaspec.operator import rbac
@@ -67,13 +68,37 @@ def test_deleted_dependency_fails_its_waiting_dependent(cluster: Cluster, namesp
 
 
 def test_invalid_spec_fails_with_the_field(cluster: Cluster, namespace: str):
-    """The emulator has no schema validation, so a cross-field error reaches the operator's own check."""
+    """The emulator has no schema validation, so a cross-field error reaches the operator's own check: the run
+    fails with `Ready=False` and reason InvalidSpec (`kubectl get` shows it), counted as a failure."""
+    failures = ("metaspec_operator_failures_total", {"kind": "TrainingRun"})
+    before = REGISTRY.get_sample_value(*failures)
     bad = training("bad")
     bad["spec"]["draft"] = {"initFrom": "target", "numLayers": 4}  # draft settings with method anil-maml
     cluster.apply(bad, namespace)
     failed = cluster.wait_phase("TrainingRun", "bad", namespace, "Failed")
     assert "spec" in failed["message"] and "causal-lm" in failed["message"]
     assert cluster.list("Job", namespace) == []
+    conditions = {c["type"]: c for c in failed["conditions"]}
+    assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == ("False", "InvalidSpec")
+    assert (conditions["Failed"]["status"], conditions["Failed"]["message"]) == ("True", failed["message"])
+    assert REGISTRY.get_sample_value(*failures) == before + 1
+
+
+def test_scaling_a_server_as_an_autoscaler_does(cluster: Cluster, namespace: str):
+    """What an HPA does through the scale subresource: read `status.selector` (it must select the server
+    pods) and write `spec.replicas` (the emulator has no subresources, so the test writes the field the
+    CRD's `specReplicasPath` names); the Deployment follows."""
+    serve = copy.deepcopy(SERVE)
+    name = serve["metadata"]["name"]
+    cluster.apply(serve, namespace)
+    deployment = cluster.wait_get("Deployment", name, namespace)
+    selector = cluster.wait_for(
+        lambda: cluster.status("SpecServe", name, namespace).get("selector"), message="selector"
+    )
+    pods = deployment["spec"]["template"]["metadata"]["labels"]
+    assert dict(term.split("=") for term in selector.split(",")).items() <= pods.items()
+    cluster.patch("SpecServe", name, {"spec": {"replicas": 3}}, namespace)
+    cluster.wait_for(lambda: cluster.get("Deployment", name, namespace)["spec"]["replicas"] == 3, message="replicas")
 
 
 def test_repointing_a_server_rolls_its_deployment(cluster: Cluster, namespace: str):

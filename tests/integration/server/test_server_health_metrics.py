@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from metaspec.server.app import create_app
 from metaspec.server.engine import SpeculativeEngine
 from metaspec.server.serving import ServerSettings
+from metaspec_testing.monitoring import dashboard_queries, exported_metrics, queried_metrics
 
 MODEL = "tiny-spec"
 
@@ -122,3 +123,20 @@ def test_head_probes_huge_model_names_and_a_body_cut_short(router, caplog: pytes
     assert after.get(name.format(499), 0) == before.get(name.format(499), 0) + 1
     assert after.get(name.format(500), 0) == before.get(name.format(500), 0)
     assert "unexpected error" not in caplog.text
+
+
+def test_dashboard_queries_only_what_the_server_exports(router) -> None:
+    """The chart's Grafana dashboard (and so its alerts, whose serving names are all on it) queries only series
+    the real `/metrics` offers, for the metaspec engine (vLLM's own names: test_server_vllm.py). The names an
+    inference gateway's endpoint picker reads are there under vLLM's names and `model_name` label."""
+    router.wait_idle()
+    text = httpx.get(f"{router.url}/metrics").text
+    exported = exported_metrics(text)
+    queried = {n for q in dashboard_queries() for n in queried_metrics(q)}
+    ours = {n for n in queried if n.startswith("metaspec_") and not n.startswith("metaspec_operator_")}
+    assert ours and ours <= exported, sorted(ours - exported)
+    gateway = {"vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc"}
+    assert gateway <= queried & exported
+    samples = {s.name: s for family in text_string_to_metric_families(text) for s in family.samples}
+    for name in gateway:
+        assert samples[name].labels == {"model_name": MODEL} and samples[name].value == 0, samples[name]

@@ -23,6 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from metaspec.api import SpecServe
 from metaspec.local.vllm import start_vllm_server
 from metaspec_testing.models import cut_draft
+from metaspec_testing.monitoring import dashboard_queries, exported_metrics, queried_metrics
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
 
@@ -101,3 +102,11 @@ def test_chat_and_streaming(client: openai.OpenAI) -> None:
     chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole.choices[0].message.content
     assert chunks[-1].usage == whole.usage
+
+
+def test_dashboard_queries_only_what_vllm_exports(vllm_url: str) -> None:
+    """Every `vllm:` series the chart's dashboard (and so its alerts) queries is on vLLM's real `/metrics`:
+    its own names for `engine: vllm`, and the inference gateway's, which our engine exports too."""
+    exported = exported_metrics(httpx.get(f"{vllm_url}/metrics", timeout=10).text)
+    wanted = {n for q in dashboard_queries() for n in queried_metrics(q) if n.startswith("vllm:")}
+    assert wanted and wanted <= exported, sorted(wanted - exported)

@@ -92,6 +92,18 @@ def _cases() -> dict[str, Case]:
             {"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "ops"}}
         ),
         "metrics-off": Case({"metrics": {"enabled": False}}),
+        "docs-observability": Case(_doc_values("observability.md", "podMonitor:")),
+        "monitoring": Case(
+            {
+                "watch": {"allNamespaces": False, "namespaces": ["ml"]},
+                "metrics": {"serviceMonitor": {"enabled": True}},
+                "monitoring": {
+                    "podMonitor": {"enabled": True, "labels": {"release": "kps"}},
+                    "dashboard": {"enabled": True, "namespace": "monitoring", "annotations": {"grafana_folder": "ML"}},
+                    "rules": {"enabled": True, "labels": {"release": "kps"}, "waitingRequests": 4, "for": "5m"},
+                },
+            }
+        ),
         "everything-set": Case(
             {
                 "operator": {

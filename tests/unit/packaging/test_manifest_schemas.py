@@ -14,7 +14,7 @@ import yaml
 from chart_objects import CHART
 
 #: Kinds defined by CRDs, which no Kubernetes schema describes (the CRDs' own schemas are tested elsewhere).
-CUSTOM_KINDS = {"ClusterKopfPeering", "KopfPeering", "ServiceMonitor"}
+CUSTOM_KINDS = {"ClusterKopfPeering", "KopfPeering", "PodMonitor", "PrometheusRule", "ServiceMonitor"}
 MINIMUM = re.fullmatch(r">=\s*(\d+\.\d+\.\d+)(-0)?", yaml.safe_load((CHART / "Chart.yaml").read_text())["kubeVersion"])
 VERSIONS = [MINIMUM.group(1), kubernetes_validate.latest_version()]
 

@@ -1,4 +1,4 @@
-"""Admission: slots, a bounded FIFO line, and what cancellation does to a place in it."""
+"""Admission: slots, a bounded FIFO line, what cancellation does to a place in it, and the gauges read from it."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from metaspec.server.limits import Admission, QueueFull
+from metaspec.server.metrics import ServerMetrics
 
 
 async def test_slots_then_line_then_refusal() -> None:
@@ -93,3 +94,22 @@ async def test_slot_granted_while_being_cancelled_is_passed_on() -> None:
 def test_bad_limits() -> None:
     with pytest.raises(ValueError):
         Admission(max_concurrency=0, max_queue=1)
+
+
+async def test_gateway_gauges_follow_admission() -> None:
+    """Running and waiting requests, and KV-cache usage as the share of slots in use, under the names and label
+    an inference gateway's endpoint picker reads."""
+    admission = Admission(max_concurrency=4, max_queue=2)
+    metrics = ServerMetrics("m", lambda: admission.in_flight, lambda: admission.waiting, admission.max_concurrency)
+
+    def gauges() -> tuple[float | None, ...]:
+        names = ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc")
+        return tuple(metrics.registry.get_sample_value(n, {"model_name": "m"}) for n in names)
+
+    assert gauges() == (0, 0, 0)
+    tickets = [admission.ticket() for _ in range(5)]
+    assert gauges() == (4, 1, 1.0)
+    tickets[0].release()
+    await tickets[4].acquire()
+    tickets[1].release()
+    assert gauges() == (3, 0, 0.75)

@@ -15,7 +15,16 @@ from torch import nn
 from metaspec.api.training import Optimization
 from metaspec.artifacts import Uri, list_files
 from metaspec.operator.status import _parse_summary
-from metaspec.runtime import TERMINATION_MESSAGE_LIMIT, exit_code_for, run_component, write_summary
+from metaspec.runtime import (
+    EXIT_PERMANENT,
+    EXIT_QUALITY,
+    TERMINATION_MESSAGE_LIMIT,
+    PermanentError,
+    QualityError,
+    exit_code_for,
+    run_component,
+    write_summary,
+)
 from metaspec.trainer.loop import Diverged, StepStats, TrainLoop
 from metaspec.trainer.progress import LogReporter
 
@@ -70,6 +79,13 @@ def test_a_non_finite_loss_fails_the_run_before_anything_is_written(tmp_path: Pa
         run.run()
     assert not (tmp_path / "out").exists() or not list_files(tmp_path / "out")  # no checkpoint
     assert exit_code_for(Diverged("x")) == 3  # permanent: the Job fails fast, no retries
+
+
+def test_a_failed_quality_gate_has_its_own_exit_code():
+    """Merge degradation beyond the bound raises a QualityError: the quality exit code (fail-fast, as a
+    permanent error), which the status reducer turns into `QualityCheckPassed=False`."""
+    assert exit_code_for(QualityError("merging degraded perplexity")) == EXIT_QUALITY
+    assert exit_code_for(PermanentError("bad config")) == EXIT_PERMANENT
 
 
 def test_a_non_finite_evaluation_loss_fails_the_run(tmp_path: Path):
