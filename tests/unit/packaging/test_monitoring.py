@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import re
 
+import httpx
 import kubernetes_validate
 import promql_parser
 import pytest
 import yaml
 from chart_objects import REPO, blocks, by_kind
-from prometheus_client import REGISTRY, generate_latest
+from prometheus_client import start_http_server
 from rendered import chart, operator_objects
 
 from metaspec.api import API_VERSION
@@ -94,10 +95,16 @@ def test_rules_are_valid_and_take_their_thresholds_from_the_values() -> None:
 
 
 def test_dashboard_and_rules_query_only_exported_metrics() -> None:
-    """Every query parses as PromQL; the operator's names are in what its `/metrics` serves (the client
-    library's exposition of its registry); the rules' serving names are all on the dashboard."""
+    """Every query parses as PromQL; the operator's names are in what its `/metrics` serves (the endpoint
+    `metaspec.operator.metrics.serve` starts, over the operator's registry); the rules' serving names are all
+    on the dashboard."""
     assert operator_metrics.RECONCILES  # imported: its series are in the registry
-    operator = exported_metrics(generate_latest(REGISTRY).decode())
+    server, thread = start_http_server(0, addr="127.0.0.1")
+    try:
+        operator = exported_metrics(httpx.get(f"http://127.0.0.1:{server.server_port}/metrics").text)
+    finally:
+        server.shutdown()
+        thread.join()
     dashboard = _names(dashboard_queries())
     rules = _names(rule_queries(chart("monitoring")))
     queried = dashboard | rules
