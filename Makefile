@@ -65,15 +65,16 @@ $(VLLM_STAMP): pyproject.toml $(VLLM_BASE) $(STAMP)
 	touch $(VLLM_STAMP)
 
 # One pytest worker per core (TEST_WORKERS=1 for one process); a test module stays on one worker, so its
-# module-scoped servers start once.
+# module-scoped servers start once. Modules are handed out in collection order (tests/conftest.py starts
+# the longest first), not pytest-xdist's order by number of tests.
 TEST_WORKERS ?= auto
 # The two environments install side by side (`make -j`): most of it is download and unpacking.
 test:
 	@$(MAKE) --no-print-directory -j3 tools vllm-venv
-	$(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile --durations=25
+	$(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
 
 test-fast: venv tools
-	$(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile -m "not slow"
+	$(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow"
 
 lint: venv
 	$(BIN)/ruff check metaspec metaspec_testing tests bench

@@ -46,12 +46,44 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(threads)
 
 
+#: The modules that take a minute or more on a 2-core machine, longest first. `make test` hands whole
+#: modules to its workers in collection order (`--dist loadfile --no-loadscope-reorder`): these start
+#: first, so that no worker is left running a long module alone at the end. (pytest-xdist's own order,
+#: by number of tests, would start them last.) A module missing here only runs later, never less.
+LONGEST_FIRST = (
+    "integration/local/test_local_run.py",
+    "reliability/test_job_faults.py",
+    "integration/generator/test_gen_vllm.py",
+    "integration/server/engine/test_greedy_exactness.py",
+    "integration/trainer/test_trainer_smollm2.py",
+    "integration/server/test_server_vllm.py",
+    "unit/server/engine/test_speculative_sampling.py",
+    "reliability/test_server_abuse.py",
+    "unit/bench/test_bench_smoke.py",
+    "integration/generator/test_gen_cli.py",
+    "integration/generator/test_gen_smollm2.py",
+    "reliability/test_operator_faults.py",
+    "unit/server/engine/test_batch.py",
+    "integration/trainer/test_trainer_cli.py",
+    "integration/server/test_server_cli.py",
+    "reliability/test_security.py",
+    "unit/packaging/test_scanners.py",
+    "unit/test_builtin.py",
+)
+
+
+def _start_rank(item: pytest.Item) -> int:
+    module = item.nodeid.split("::")[0].removeprefix("tests/")
+    return LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     reasons = {name: check() for name, check in REQUIREMENTS.items()}
     for item in items:
         for name, reason in reasons.items():
             if reason and item.get_closest_marker(name):
                 item.add_marker(pytest.mark.skip(reason=reason))
+    items.sort(key=_start_rank)  # stable: the order within a module and among the rest stays
 
 
 @pytest.fixture(scope="session")
