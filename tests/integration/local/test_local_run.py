@@ -194,14 +194,15 @@ spec:
   evaluation: {{uri: builtin://eval, maxExamples: 4}}
   lora: {{r: 4, alpha: 8}}
   anil: {{supportSize: 2, querySize: 2}}
-  optimization: {{maxSteps: 60, maxSeqLength: 96, evalSteps: 60, checkpointSteps: 5, earlyStoppingPatience: 0}}
+  optimization: {{maxSteps: 30, maxSeqLength: 96, evalSteps: 30, checkpointSteps: 5, earlyStoppingPatience: 0}}
   output: {{uri: s3://metaspec/runs/killed}}
 """
 
 
 def test_killed_run_resumes_from_checkpoint(tmp_path: Path, tiny_llama: Path, child_env) -> None:
     """SIGKILL the runner mid-training (embedded S3 this time): the trainer is stopped with it (and
-    checkpoints, as on preemption); the next run resumes from the checkpoint instead of step 0."""
+    checkpoints, as on preemption); the next run resumes from the checkpoint instead of step 0. The kill
+    lands at step 10 or later of 30: a checkpoint (every 5 steps) exists, and 20 steps remain."""
     pipeline = tmp_path / "pipeline.yaml"
     pipeline.write_text(KILLED_PIPELINE.format(base=f"file://{tiny_llama}"))
     state_dir = tmp_path / "state"
@@ -228,7 +229,7 @@ def test_killed_run_resumes_from_checkpoint(tmp_path: Path, tiny_llama: Path, ch
     assert r.status["phase"] == "Succeeded" and r.attempts == 2
     second_attempt = Path(r.log).read_text().split("$ ")[-1]
     assert "resum" in second_attempt.lower(), second_attempt[:2000]
-    assert r.status["progress"]["step"] == 60
+    assert r.status["progress"]["step"] == 30
 
 
 def _wait_for_step(state_dir: Path, runner: subprocess.Popen, at_least: int, timeout: float = 300) -> int:

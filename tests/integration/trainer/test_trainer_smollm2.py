@@ -1,8 +1,9 @@
 """The ANIL-MAML recipe on the real SmolLM2-135M-Instruct with the built-in dataset, on CPU.
 
 Sized for CI: LoRA on the last four layers only (backward stops there), a rank-32 head delta, short
-sequences and eight steps. The built-in answer style is learnable in that budget: held-out
-perplexity drops well below the base model's.
+sequences, eight steps and eight held-out examples (every evaluation, before, during and after
+training, runs over them). The built-in answer style is learnable in that budget: held-out perplexity drops
+well below the base model's (13.7 to 10.8 on a 2-core CPU).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def test_anil_maml_on_smollm2_lowers_held_out_perplexity(smollm2, tmp_path):
         "method": "anil-maml",
         "baseModel": {"uri": str(smollm2)},
         "dataset": {"uri": "builtin://train"},
-        "evaluation": {"uri": "builtin://eval", "maxExamples": 16, "batchSize": 16},
+        "evaluation": {"uri": "builtin://eval", "maxExamples": 8, "batchSize": 8},
         "lora": {
             "r": 8,
             "alpha": 16,
