@@ -22,22 +22,17 @@ from ..evaluate import body_of, evaluation_loss
 from ..loop import StepStats
 from ..losses import select_targets, token_weights
 from ..meta import head_projection, output_head, task_loss
-from ..models import load_model
-from .common import Context, apply_lora, body_inputs, finish_lora, load_datasets
+from .common import BaseRecipe, Context, apply_lora, body_inputs, finish_lora
 
 
-class AnilMamlRecipe:
+class AnilMamlRecipe(BaseRecipe):
     adapter_dir = "adapter"
 
     def __init__(self, ctx: Context):
-        spec = ctx.run.spec
-        self.ctx, self.spec = ctx, spec
+        super().__init__(ctx)
+        spec = self.spec
         self.units_per_step = spec.anil.tasks_per_batch
-        loaded = load_model(spec.base_model, ctx.cache, ctx.device, ctx.dtype)
-        self.base_digest = loaded.digest
-        self.tokenizer = loaded.tokenizer
-        self.pad_id = self.tokenizer.pad_token_id
-        self.data = load_datasets(ctx, self.tokenizer)
+        loaded = self.load()
         self._check_adapt_modules(loaded.model)
         self.model = apply_lora(loaded.model, spec)
         self.lm = self.model.get_base_model()

@@ -27,23 +27,18 @@ from ..evaluate import body_of, evaluation_loss, perplexity
 from ..loop import StepStats
 from ..losses import LogitsFn, chunked_cross_entropy, chunked_distillation, select_targets
 from ..merge import save_model
-from ..models import derive_draft, load_model
-from .common import BatchStream, Context, body_inputs, load_datasets, training_vocabulary
+from ..models import derive_draft
+from .common import BatchRecipe, Context, body_inputs, training_vocabulary
 
 
-class CausalLmRecipe:
-    units_per_step = 1
+class CausalLmRecipe(BatchRecipe):
     adapter_dir = None
     model_dir = "model"
 
     def __init__(self, ctx: Context):
-        spec = ctx.run.spec
-        self.ctx, self.spec = ctx, spec
-        loaded = load_model(spec.base_model, ctx.cache, ctx.device, ctx.dtype)
-        self.base_digest = loaded.digest
-        self.tokenizer = loaded.tokenizer
-        self.pad_id = self.tokenizer.pad_token_id
-        self.data = load_datasets(ctx, self.tokenizer)
+        super().__init__(ctx)
+        spec = self.spec
+        loaded = self.load()
         self.teacher: torch.nn.Module | None = None
         if spec.draft.init_from == "target":
             self.model = derive_draft(loaded.model, spec.draft.num_layers).float()
@@ -58,13 +53,8 @@ class CausalLmRecipe:
         self.model.train()
         vocab = self.model.get_output_embeddings().weight.shape[0]
         self.vocabulary = training_vocabulary(ctx, self.data.train, self.tokenizer, vocab)
-        self.stream = BatchStream(self.data.train, spec.optimization.batch_size, spec.optimization.seed)
         # Before any checkpoint is loaded: the draft as it starts, for the before/after comparison.
         self.initial_loss = self.evaluate()
-
-    @property
-    def units_per_epoch(self) -> int:
-        return len(self.stream)
 
     def train_step(self, scale: float) -> StepStats:
         batch = collate(self.stream.next(), self.pad_id)
@@ -101,12 +91,6 @@ class CausalLmRecipe:
     def evaluate(self) -> float:
         """Next-token loss on the evaluation set (whatever the training objective)."""
         return evaluation_loss(self.model, self.data.evaluation, self.pad_id, self.spec.evaluation.batch_size)
-
-    def sampler_state(self) -> dict[str, Any]:
-        return self.stream.state_dict()
-
-    def load_sampler_state(self, state: dict[str, Any]) -> None:
-        self.stream.load_state_dict(state)
 
     def finish(self, out: Path, eval_loss: float | None) -> dict[str, Any]:
         """The trained draft under `out/model`; perplexity before and after training.

@@ -18,6 +18,7 @@ from metaspec.runtime import PermanentError
 from ..data import IGNORE_INDEX, Example, batches, load_training_data
 from ..evaluate import evaluation_loss, perplexity
 from ..merge import merge_degradation, merge_lora, save_adapter, save_model
+from ..models import LoadedModel, load_model
 from ..progress import Reporter
 
 
@@ -98,6 +99,44 @@ class BatchStream:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch, self.index = state["epoch"], state["index"]
         self._epoch_batches = batches(self.examples, self.batch_size, self.seed, self.epoch)
+
+
+class BaseRecipe:
+    """What every recipe holds: its context and spec, the base weights' digest, the tokenizer, the data."""
+
+    units_per_step = 1
+
+    def __init__(self, ctx: Context):
+        self.ctx, self.spec = ctx, ctx.run.spec
+
+    def load(self) -> LoadedModel:
+        """The base model; keeps its digest and tokenizer, and the data tokenized with that tokenizer."""
+        loaded = load_model(self.spec.base_model, self.ctx.cache, self.ctx.device, self.ctx.dtype)
+        self.base_digest: str | None = loaded.digest
+        self.tokenizer = loaded.tokenizer
+        self.pad_id = self.tokenizer.pad_token_id
+        self.data = load_datasets(self.ctx, self.tokenizer)
+        return loaded
+
+
+class BatchRecipe(BaseRecipe):
+    """A recipe whose micro-step is one batch of training examples (`BatchStream`)."""
+
+    def load(self) -> LoadedModel:
+        loaded = super().load()
+        optimization = self.spec.optimization
+        self.stream = BatchStream(self.data.train, optimization.batch_size, optimization.seed)
+        return loaded
+
+    @property
+    def units_per_epoch(self) -> int:
+        return len(self.stream)
+
+    def sampler_state(self) -> dict[str, Any]:
+        return self.stream.state_dict()
+
+    def load_sampler_state(self, state: dict[str, Any]) -> None:
+        self.stream.load_state_dict(state)
 
 
 def apply_lora(model: torch.nn.Module, spec: TrainingRunSpec) -> Any:

@@ -28,8 +28,7 @@ from metaspec.drafts import Eagle3Draft, aux_hidden_states, save_eagle3
 from ..data import IGNORE_INDEX, collate
 from ..loop import StepStats
 from ..losses import chunked_distillation
-from ..models import load_model
-from .common import BatchStream, Context, body_inputs, load_datasets, training_vocabulary
+from .common import BatchRecipe, Context, body_inputs, training_vocabulary
 
 
 def unroll_bias(length: int, step: int, device: torch.device) -> torch.Tensor:
@@ -42,20 +41,13 @@ def unroll_bias(length: int, step: int, device: torch.device) -> torch.Tensor:
     return torch.zeros(allowed.shape, device=device).masked_fill(~allowed, float("-inf"))[None, None]
 
 
-class Eagle3Recipe:
-    units_per_step = 1
+class Eagle3Recipe(BatchRecipe):
     adapter_dir = None
     model_dir = "model"
 
     def __init__(self, ctx: Context):
-        spec = ctx.run.spec
-        self.ctx, self.spec = ctx, spec
-        loaded = load_model(spec.base_model, ctx.cache, ctx.device, ctx.dtype)
-        self.base_digest = loaded.digest
-        self.tokenizer = loaded.tokenizer
-        self.pad_id = self.tokenizer.pad_token_id
-        self.data = load_datasets(ctx, self.tokenizer)
-        self.target = loaded.model.eval().requires_grad_(False)
+        super().__init__(ctx)
+        self.target = self.load().model.eval().requires_grad_(False)
         vocabulary = training_vocabulary(ctx, self.data.train, self.tokenizer, self.vocab)
         self.model = Eagle3Draft.init_from_target(self.target, vocabulary).float()
         self.model.train()
@@ -64,17 +56,12 @@ class Eagle3Recipe:
         self.to_draft[self.model.target_ids()] = torch.arange(self.model.config.draft_vocab_size, device=ctx.device)
         half = ctx.dtype in (torch.bfloat16, torch.float16)
         self.autocast = torch.autocast(ctx.device.type, dtype=ctx.dtype, enabled=half)
-        self.stream = BatchStream(self.data.train, spec.optimization.batch_size, spec.optimization.seed)
         self.agreement: float | None = None
         self.initial_loss = self.evaluate()
 
     @property
     def vocab(self) -> int:
         return self.target.get_output_embeddings().weight.shape[0]
-
-    @property
-    def units_per_epoch(self) -> int:
-        return len(self.stream)
 
     def train_step(self, scale: float) -> StepStats:
         batch = collate(self.stream.next(), self.pad_id)
@@ -163,12 +150,6 @@ class Eagle3Recipe:
             raise ValueError("the evaluation set has no target tokens two positions into an answer")
         self.agreement = agree / count
         return total / count
-
-    def sampler_state(self) -> dict[str, Any]:
-        return self.stream.state_dict()
-
-    def load_sampler_state(self, state: dict[str, Any]) -> None:
-        self.stream.load_state_dict(state)
 
     def finish(self, out: Path, eval_loss: float | None) -> dict[str, Any]:
         """The trained draft under `out/model` in the EAGLE-3 layout, with the target's tokenizer."""

@@ -16,32 +16,19 @@ from ..data import collate
 from ..evaluate import body_of, evaluation_loss
 from ..loop import StepStats
 from ..losses import chunked_cross_entropy, select_targets
-from ..models import load_model
-from .common import BatchStream, Context, apply_lora, body_inputs, finish_lora, load_datasets
+from .common import BatchRecipe, Context, apply_lora, body_inputs, finish_lora
 
 
-class LoraSftRecipe:
-    units_per_step = 1
+class LoraSftRecipe(BatchRecipe):
     adapter_dir = "adapter"
 
     def __init__(self, ctx: Context):
-        spec = ctx.run.spec
-        self.ctx, self.spec = ctx, spec
-        loaded = load_model(spec.base_model, ctx.cache, ctx.device, ctx.dtype)
-        self.base_digest = loaded.digest
-        self.tokenizer = loaded.tokenizer
-        self.pad_id = self.tokenizer.pad_token_id
-        self.data = load_datasets(ctx, self.tokenizer)
-        self.model = apply_lora(loaded.model, spec)
+        super().__init__(ctx)
+        self.model = apply_lora(self.load().model, self.spec)
         self.lm = self.model.get_base_model()
-        if spec.optimization.gradient_checkpointing:
+        if self.spec.optimization.gradient_checkpointing:
             self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model.train()
-        self.stream = BatchStream(self.data.train, spec.optimization.batch_size, spec.optimization.seed)
-
-    @property
-    def units_per_epoch(self) -> int:
-        return len(self.stream)
 
     def train_step(self, scale: float) -> StepStats:
         """Mean next-token loss over the batch's target tokens (the prompt is masked)."""
@@ -54,12 +41,6 @@ class LoraSftRecipe:
 
     def evaluate(self) -> float:
         return evaluation_loss(self.lm, self.data.evaluation, self.pad_id, self.spec.evaluation.batch_size)
-
-    def sampler_state(self) -> dict[str, Any]:
-        return self.stream.state_dict()
-
-    def load_sampler_state(self, state: dict[str, Any]) -> None:
-        self.stream.load_state_dict(state)
 
     def finish(self, out: Path, eval_loss: float | None) -> dict[str, Any]:
         """Adapter, perplexities of base/LoRA/merged, merged model; `eval_loss` is the loop's evaluation
