@@ -1,10 +1,10 @@
 """Train drafts the way the pipeline does, then measure them with bench/server.py.
 
-The pipeline's draft (DESIGN.md) learns from teacher outputs: here the target's own greedy completions
+The pipeline's draft (examples/pipeline.yaml) learns from teacher outputs: here the target's own greedy completions
 of built-in inputs (a `TeacherGeneration`, transformers engine), because greedy serving accepts a
 proposal exactly when it is the target's greedy token. The inputs are `--inputs`, by default
 `builtin://distill` (3936 training-side inputs, none of them in `builtin://prompts` or `builtin://eval`);
-the second session's recorded runs used the 600 of `builtin://train` (`--inputs builtin://train`), too
+the runs recorded before 2026-11-26 used the 600 of `builtin://train` (`--inputs builtin://train`), too
 few: the draft trained on them accepted only about half of its proposals on held-out prompts. Each draft is a `TrainingRun` with
 `method: causal-lm`, cut from the target (`initFrom: target`, `numLayers: N`) and trained with
 `objective: distill` (KL to the target's logits along those outputs); an `eagle3` draft is a feature-level
