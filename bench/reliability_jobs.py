@@ -423,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
-    from metaspec.artifacts import S3Store, reset_clients
+    from metaspec.artifacts import S3Store, s3_environment
     from metaspec.local.s3server import EmbeddedS3
 
     scratch = Path(tempfile.mkdtemp(prefix="metaspec-reliability-"))
@@ -432,9 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     results.pop("command", None)
     command = " ".join(["bench/reliability_jobs.py", *(argv or sys.argv[1:])])
     try:
-        with EmbeddedS3(scratch / "s3") as s3:
-            os.environ.update(s3.env)
-            reset_clients()
+        with EmbeddedS3(scratch / "s3") as s3, s3_environment(s3.env):
             S3Store().ensure_bucket(BUCKET)
             setup = make_setup(scratch)
             seeds = range(args.seed, args.seed + args.trials)

@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import Case, GenerationMode
 
 from metaspec.local.bundled import bundled_model_dir
+from metaspec.local.serving import free_port
 from metaspec_testing.models import cut_draft
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests" / "reliability"))
@@ -78,9 +78,7 @@ def serve(args: argparse.Namespace, scratch: Path) -> Iterator[tuple[str, subpro
     spec = {"target": {"uri": target}, "draft": {"uri": draft}, "servedModelName": MODEL, "sampling": SAMPLING}
     resource = {"apiVersion": "metaspec.dev/v1alpha1", "kind": "SpecServe", "metadata": {"name": "abuse"}}
     (scratch / "config.json").write_text(json.dumps({**resource, "spec": spec}))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     command = [sys.executable, "-m", "metaspec.cli", "serve", "--config", str(scratch / "config.json")]
     command += ["--host", "127.0.0.1", "--port", str(port), "--work-dir", str(scratch / "cache")]
     command += ["--device", args.device]

@@ -16,11 +16,9 @@ import argparse
 import asyncio
 import contextlib
 import json
-import socket
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -28,7 +26,6 @@ from pathlib import Path
 
 import httpx
 import openai
-import uvicorn
 
 from metaspec.api.serving import ServeSampling, SpecServeSpec
 from metaspec.builtin import records
@@ -37,6 +34,7 @@ from metaspec.server.app import create_app
 from metaspec.server.engine import SamplingParams, SpeculativeEngine
 from metaspec.server.serving import ServerSettings
 from metaspec_testing.models import cut_draft
+from metaspec_testing.servers import serve_in_thread
 
 RESULTS = Path(__file__).parent / "results"
 MODEL = "bench"
@@ -139,18 +137,8 @@ def streamed(client: openai.OpenAI, messages: list[dict[str, str]], max_tokens: 
 def serving(engine: SpeculativeEngine, max_tokens: int) -> Iterator[str]:
     sampling = ServeSampling(max_tokens=max_tokens, max_tokens_limit=max_tokens, max_prompt_tokens=1024)
     app = create_app(engine, ServerSettings(model_name=MODEL, sampling=sampling))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    with serve_in_thread(app) as url:
+        yield url
 
 
 def summarize(mode: str, runs: list[Run], baseline: float | None) -> dict[str, float | str | None]:

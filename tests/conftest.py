@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from metaspec.artifacts import S3Store, reset_clients, upload_dir
+from metaspec.artifacts import S3Store, s3_environment, upload_dir
 from metaspec.local.bundled import bundled_model_dir, cache_root
 from metaspec.local.s3server import EmbeddedS3
 from metaspec.local.vllm import INSTALL_HINT, vllm_env, vllm_python
@@ -90,18 +90,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedS3]:
     """A real S3 server (SeaweedFS) with enforced credentials; the AWS_* environment points at it."""
     server = EmbeddedS3(tmp_path_factory.mktemp("s3")).start()
-    saved = {k: os.environ.get(k) for k in server.env}
-    os.environ.update(server.env)
-    reset_clients()
-    S3Store().ensure_bucket(TEST_BUCKET)
-    yield server
+    with s3_environment(server.env):
+        S3Store().ensure_bucket(TEST_BUCKET)
+        yield server
     server.stop()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    reset_clients()
 
 
 @pytest.fixture

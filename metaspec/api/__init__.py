@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ._base import API_VERSION, GROUP, VERSION, Condition, Phase, now
+from ._base import API_VERSION, GREEDY_BELOW, GROUP, VERSION, Condition, Phase, now
 from .generation import TeacherGeneration, TeacherGenerationSpec, TeacherGenerationStatus
 from .serving import SpecServe, SpecServeSpec, SpecServeStatus
 from .training import TrainingRun, TrainingRunSpec, TrainingRunStatus
@@ -63,6 +63,7 @@ def parse_resource(body: dict[str, Any], where: str = "resource") -> Resource:
 
 __all__ = [
     "API_VERSION",
+    "GREEDY_BELOW",
     "GROUP",
     "RESOURCES",
     "VERSION",

@@ -10,6 +10,7 @@ from .store import (
     Unreachable,
     UnsafeArtifact,
     reset_clients,
+    s3_environment,
     store_for,
 )
 from .transfer import (
@@ -50,6 +51,7 @@ __all__ = [
     "read_bytes",
     "read_manifest",
     "reset_clients",
+    "s3_environment",
     "safe_join",
     "safe_key",
     "sha256_file",

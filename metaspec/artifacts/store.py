@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -273,3 +274,21 @@ def store_for(uri: Uri) -> Store:
 def reset_clients() -> None:
     """Forget cached S3 clients (after changing the AWS environment variables)."""
     _s3.cache_clear()
+
+
+@contextmanager
+def s3_environment(env: dict[str, str]) -> Iterator[None]:
+    """This process's S3 clients configured by `env` (`AWS_*`, `METASPEC_S3_*` variables) while inside;
+    the variables as they were, and fresh clients, afterwards."""
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    reset_clients()
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        reset_clients()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from metaspec.api import Resource
-from metaspec.artifacts import S3Store, Uri, is_complete, reset_clients, upload_dir
+from metaspec.artifacts import S3Store, Uri, is_complete, s3_environment, upload_dir
 from metaspec.local.s3server import EmbeddedS3
 from metaspec.pipeline import uri_fields
 
@@ -57,7 +57,6 @@ def credentials(s3_dir: Path) -> tuple[str, str]:
 def open_storage(state_dir: Path, endpoint: str | None = None) -> Iterator[Storage]:
     """Start the embedded S3 server under `state_dir/s3` (or use `endpoint`) and point this process's
     `AWS_*` environment at it for the duration."""
-    saved = {key: os.environ.get(key) for key in _AWS_KEYS}
     server = None
     if endpoint:
         env = {key: os.environ[key] for key in _AWS_KEYS if key in os.environ}
@@ -66,19 +65,12 @@ def open_storage(state_dir: Path, endpoint: str | None = None) -> Iterator[Stora
         access, secret = credentials(state_dir / "s3")
         server = EmbeddedS3(state_dir / "s3" / "data", access, secret, die_with_parent=True).start()
         env = server.env
-    os.environ.update(env)
-    reset_clients()
     try:
-        yield Storage(env, env["AWS_ENDPOINT_URL"], server)
+        with s3_environment(env):
+            yield Storage(env, env["AWS_ENDPOINT_URL"], server)
     finally:
         if server is not None:
             server.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        reset_clients()
 
 
 def s3_uris(spec: dict[str, Any]) -> Iterator[str]:

@@ -37,71 +37,60 @@ class ServerMetrics:
     def __init__(self, model: str, running: Callable[[], int], waiting: Callable[[], int], slots: int) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.model = model
-        r, m = self.registry, ["model"]
-        self.requests = Counter(
-            "metaspec_requests", "HTTP requests by endpoint and status code.", [*m, "endpoint", "status"], registry=r
-        )
-        self.prompt_tokens = Counter("metaspec_prompt_tokens", "Prompt tokens of finished generations.", m, registry=r)
-        self.completion_tokens = Counter("metaspec_completion_tokens", "Generated tokens.", m, registry=r)
-        self.routed = Counter(
-            "metaspec_routed_requests", "Finished generations by route taken.", [*m, "route"], registry=r
-        )
-        self.finished = Counter(
+        r = self.registry
+
+        def counter(name: str, doc: str, *labels: str) -> Counter:
+            return Counter(name, doc, ["model", *labels], registry=r)
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(name, doc, ["model"], buckets=buckets, registry=r)
+
+        def gauge(name: str, doc: str, read: Callable[[], float]) -> None:
+            Gauge(name, doc, ["model"], registry=r).labels(model).set_function(read)
+
+        self.requests = counter("metaspec_requests", "HTTP requests by endpoint and status code.", "endpoint", "status")
+        self.prompt_tokens = counter("metaspec_prompt_tokens", "Prompt tokens of finished generations.")
+        self.completion_tokens = counter("metaspec_completion_tokens", "Generated tokens.")
+        self.routed = counter("metaspec_routed_requests", "Finished generations by route taken.", "route")
+        self.finished = counter(
             "metaspec_finished_requests",
             "Generations by how they ended: stop (stop token or string), length (token budget), error, "
             "cancelled (the client left).",
-            [*m, "reason"],
-            registry=r,
+            "reason",
         )
-        self.proposed = Counter("metaspec_proposed_tokens", "Draft tokens proposed to the target.", m, registry=r)
-        self.accepted = Counter("metaspec_accepted_tokens", "Draft tokens the target accepted.", m, registry=r)
-        self.rounds = Counter(
+        self.proposed = counter("metaspec_proposed_tokens", "Draft tokens proposed to the target.")
+        self.accepted = counter("metaspec_accepted_tokens", "Draft tokens the target accepted.")
+        self.rounds = counter(
             "metaspec_speculation_rounds",
             "Target passes that verified draft tokens; mean acceptance length = 1 + accepted / rounds.",
-            m,
-            registry=r,
         )
-        self.steps = Counter(
-            "metaspec_decode_steps", "Batched decoding steps, by whether the draft proposed.", [*m, "speculative"],
-            registry=r,
-        )  # fmt: skip
-        self.batch_size = Histogram(
-            "metaspec_batch_size", "Sequences decoded together per step.", m, buckets=_BATCH_BUCKETS, registry=r
+        self.steps = counter(
+            "metaspec_decode_steps", "Batched decoding steps, by whether the draft proposed.", "speculative"
         )
-        self.ttft = Histogram(
+        self.batch_size = histogram("metaspec_batch_size", "Sequences decoded together per step.", _BATCH_BUCKETS)
+        self.ttft = histogram(
             "metaspec_time_to_first_token_seconds",
             "From arrival of the request to its first generated text (queue wait included).",
-            m,
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+            _LATENCY_BUCKETS,
         )
-        self.itl = Histogram(
+        self.itl = histogram(
             "metaspec_inter_token_latency_seconds",
             "Between consecutive generated tokens of a request, as streamed (a round's tokens share its time).",
-            m,
-            buckets=_TOKEN_LATENCY_BUCKETS,
-            registry=r,
+            _TOKEN_LATENCY_BUCKETS,
         )
-        self.queue_wait = Histogram(
-            "metaspec_queue_wait_seconds", "Time spent waiting for a decoding slot.", m, buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )  # fmt: skip
-        self.tokens_per_second = Histogram(
+        self.queue_wait = histogram(
+            "metaspec_queue_wait_seconds", "Time spent waiting for a decoding slot.", _LATENCY_BUCKETS
+        )
+        self.tokens_per_second = histogram(
             "metaspec_generation_tokens_per_second",
             "Per request: generated tokens / generation time (prefill and decoding, queue wait excluded).",
-            m,
-            buckets=_RATE_BUCKETS,
-            registry=r,
+            _RATE_BUCKETS,
         )
-        self.request_seconds = Histogram(
-            "metaspec_request_duration_seconds", "Whole generation requests.", m, buckets=_LATENCY_BUCKETS, registry=r
+        self.request_seconds = histogram(
+            "metaspec_request_duration_seconds", "Whole generation requests.", _LATENCY_BUCKETS
         )
-        Gauge("metaspec_running_sequences", "Requests holding a decoding slot.", m, registry=r).labels(
-            model
-        ).set_function(running)
-        Gauge("metaspec_waiting_sequences", "Requests waiting for a decoding slot.", m, registry=r).labels(
-            model
-        ).set_function(waiting)
+        gauge("metaspec_running_sequences", "Requests holding a decoding slot.", running)
+        gauge("metaspec_waiting_sequences", "Requests waiting for a decoding slot.", waiting)
         self._endpoint_picker_gauges(running, waiting, slots)
 
     def _endpoint_picker_gauges(self, running: Callable[[], int], waiting: Callable[[], int], slots: int) -> None:

@@ -162,7 +162,7 @@ class _SamplingRequest(_Request):
 
     model: str = Field(min_length=1)
     max_tokens: Int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)  # below engine.sampling.GREEDY_BELOW: greedy, as in vLLM
+    temperature: float | None = Field(None, ge=0, le=2)  # below api.GREEDY_BELOW: greedy, as in vLLM
     top_p: float | None = Field(None, ge=MIN_FACTOR, le=1)
     top_k: Int | None = Field(None, ge=-1, description="Keep the k most likely tokens; 0 or -1: all (vLLM's).")
     min_p: float | None = Field(None, ge=0, le=1, description="Drop tokens below min_p × the top probability.")

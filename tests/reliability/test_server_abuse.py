@@ -36,6 +36,7 @@ from schemathesis.specs.openapi.checks import (
 )
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
+from metaspec.local.serving import free_port
 from metaspec_testing.models import cut_draft
 
 MODEL = "abuse"
@@ -112,12 +113,6 @@ class AbuseServer:
         assert httpx.get(f"{self.url}/readyz", timeout=30).status_code == 200
         good = httpx.post(f"{self.url}/v1/completions", json={"model": MODEL, "prompt": "Hello"}, timeout=60)
         assert good.status_code == 200, good.text
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

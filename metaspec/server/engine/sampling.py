@@ -17,11 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .protocol import SamplingParams
+from metaspec.api import GREEDY_BELOW
 
-#: Temperatures below this decode greedily, as vLLM does: dividing float32 logits by a subnormal
-#: temperature overflows to inf and the softmax to NaN.
-GREEDY_BELOW = 1e-5
+from .protocol import SamplingParams
 
 
 @dataclass(frozen=True)

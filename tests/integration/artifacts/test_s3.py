@@ -22,7 +22,7 @@ from metaspec.artifacts import (
     is_complete,
     materialize,
     read_manifest,
-    reset_clients,
+    s3_environment,
     upload_dir,
     verify_artifact,
     write_bytes,
@@ -170,28 +170,20 @@ def read_manifest_or_bytes(uri: str) -> None:
     S3Store().get_bytes(Uri.parse(uri))
 
 
-def test_wrong_credentials_give_a_clear_error(s3, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
-    reset_clients()
-    try:
-        with pytest.raises(AccessDenied, match="AWS_SECRET_ACCESS_KEY"):
-            upload_dir(make_tree(tmp_path / "src"), "s3://metaspec-test/denied")
-    finally:
-        monkeypatch.undo()
-        reset_clients()
+def test_wrong_credentials_give_a_clear_error(s3, tmp_path: Path) -> None:
+    denied = s3_environment({"AWS_SECRET_ACCESS_KEY": "wrong-secret"})
+    with denied, pytest.raises(AccessDenied, match="AWS_SECRET_ACCESS_KEY"):
+        upload_dir(make_tree(tmp_path / "src"), "s3://metaspec-test/denied")
 
 
-def test_unreachable_endpoint_is_transient(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # discard port: nothing listens
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
-    monkeypatch.setenv("METASPEC_S3_MAX_ATTEMPTS", "2")
-    monkeypatch.setenv("METASPEC_S3_RETRY_SECONDS", "0")  # no waiting: the retry window has its own test
-    reset_clients()
-    try:
-        with pytest.raises(Unreachable) as caught:
-            read_manifest("s3://metaspec-test/anything")
-        assert caught.value.transient and "127.0.0.1:9" in str(caught.value)
-    finally:
-        monkeypatch.undo()
-        reset_clients()
+def test_unreachable_endpoint_is_transient() -> None:
+    env = {
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",  # discard port: nothing listens
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "y",
+        "METASPEC_S3_MAX_ATTEMPTS": "2",
+        "METASPEC_S3_RETRY_SECONDS": "0",  # no waiting: the retry window has its own test
+    }
+    with s3_environment(env), pytest.raises(Unreachable) as caught:
+        read_manifest("s3://metaspec-test/anything")
+    assert caught.value.transient and "127.0.0.1:9" in str(caught.value)

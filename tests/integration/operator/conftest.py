@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import copy
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
+from metaspec.local.serving import free_port
 from metaspec_testing.emulator import Cluster
 
 REPO = Path(__file__).resolve().parents[3]
@@ -19,9 +19,7 @@ REPO = Path(__file__).resolve().parents[3]
 def cluster() -> Iterator[Cluster]:
     """One emulated API server and one operator (all namespaces, its progress endpoint on a free
     port); each test uses its own namespace."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     cluster = Cluster().start()
     url = f"http://127.0.0.1:{port}"
     cluster.start_operator(progress_port=port, progress_url=url, progress_seconds=1.0)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -12,14 +10,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI
 
 from metaspec.api.serving import ServeSampling, SpecServeSpec
 from metaspec.server.app import create_app
 from metaspec.server.engine import SpeculativeEngine
 from metaspec.server.serving import ServerSettings, Serving
 from metaspec_testing.models import cut_draft
+from metaspec_testing.servers import serve_in_thread
 
 MODEL = "tiny-spec"
 #: Small limits so the limit tests are cheap; one slot and one waiter so the 429 test needs 3 requests.
@@ -43,7 +40,7 @@ class RunningServer:
         engine = self.serving.engine
         assert engine is not None
         try:
-            with _serve_in_thread(create_app(engine, settings)) as url:
+            with serve_in_thread(create_app(engine, settings)) as url:
                 yield url
         finally:
             self.serving.attach(engine)
@@ -58,33 +55,6 @@ class RunningServer:
                     f"{self.serving.admission.waiting} waiting"
                 )
             time.sleep(0.02)
-
-
-@contextlib.contextmanager
-def _serve_in_thread(app: FastAPI, host: str = "127.0.0.1") -> Iterator[str]:
-    """uvicorn on a free port in a thread; yields the base URL and stops the server afterwards."""
-    sock = socket.socket()
-    sock.bind((host, 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-
-
-@pytest.fixture(scope="session")
-def serve_in_thread() -> Callable[..., contextlib.AbstractContextManager[str]]:
-    return _serve_in_thread
 
 
 def _tiny_spec(target: Path, draft: Path, policy: str = "always") -> SpecServeSpec:
@@ -120,5 +90,5 @@ def router_engine(
 @pytest.fixture(scope="session")
 def router(router_engine: SpeculativeEngine) -> Iterator[RunningServer]:
     app = create_app(router_engine, ServerSettings(model_name=MODEL, sampling=SAMPLING))
-    with _serve_in_thread(app) as url:
+    with serve_in_thread(app) as url:
         yield RunningServer(url, app.state.serving)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,14 +15,9 @@ import httpx
 import openai
 import pytest
 
+from metaspec.local.serving import free_port
 from metaspec.runtime import EXIT_PERMANENT
 from metaspec_testing.models import cut_draft
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def write_config(path: Path, spec: dict) -> Path:

@@ -14,12 +14,13 @@ from metaspec.server.app import create_app
 from metaspec.server.engine import SpeculativeEngine
 from metaspec.server.serving import ServerSettings
 from metaspec_testing.monitoring import dashboard_queries, exported_metrics, queried_metrics
+from metaspec_testing.servers import serve_in_thread
 
 MODEL = "tiny-spec"
 
 
 def test_readyz_flips_when_the_models_are_loaded(
-    tiny_llama: Path, tiny_llama_draft: Path, tmp_path: Path, serve_in_thread, tiny_spec
+    tiny_llama: Path, tiny_llama_draft: Path, tmp_path: Path, tiny_spec
 ) -> None:
     engine = SpeculativeEngine.from_spec(tiny_spec(tiny_llama, tiny_llama_draft), "late", tmp_path, device="cpu")
     with (

@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 import torch
+from openai_checks import greedy_chat_both_ways
 from test_server_openai_client import (
     MODEL,
     test_models_lists_the_served_name,
@@ -88,20 +89,8 @@ def test_greedy_speculation_gives_the_targets_own_output(client: openai.OpenAI, 
 
 
 def test_chat_and_streaming(client: openai.OpenAI) -> None:
-    messages = [{"role": "user", "content": "Count to five."}]
-    whole = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=12, temperature=0)
+    whole, _ = greedy_chat_both_ways(client, MODEL)
     assert whole.choices[0].message.role == "assistant"
-    stream = client.chat.completions.create(
-        model=MODEL,
-        messages=messages,
-        max_tokens=12,
-        temperature=0,
-        stream=True,
-        stream_options={"include_usage": True},
-    )
-    chunks = list(stream)
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole.choices[0].message.content
-    assert chunks[-1].usage == whole.usage
 
 
 def test_dashboard_queries_only_what_vllm_exports(vllm_url: str) -> None:
