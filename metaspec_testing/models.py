@@ -3,11 +3,34 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from metaspec.artifacts import upload_dir
 from metaspec.trainer.models import derive_draft
+
+
+def random_llama(
+    seed: int, vocab: int, layers: int, hidden: int = 16, heads: int = 2, positions: int = 64, **config: Any
+) -> Any:
+    """A randomly initialised Llama (`seed`), small enough for unit tests: untied head, two query heads
+    per key/value head, an MLP twice the hidden size; `config`: further `LlamaConfig` fields."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    llama = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads // 2,
+        max_position_embeddings=positions,
+        tie_word_embeddings=False,
+        **config,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(llama)
 
 
 def cut_draft(target_dir: Path, dest: Path, num_layers: int) -> Path:

@@ -13,6 +13,7 @@ from metaspec.artifacts import S3Store, s3_environment, upload_dir
 from metaspec.local.bundled import bundled_model_dir, cache_root
 from metaspec.local.s3server import EmbeddedS3
 from metaspec.local.vllm import INSTALL_HINT, vllm_env, vllm_python
+from metaspec_testing.models import random_llama
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_BUCKET = "metaspec-test"
@@ -143,25 +144,20 @@ def tiny_draft_llama(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def make_tiny_llama(tokenizer_source: Path, dest: Path, num_layers: int = 2, seed: int = 0) -> Path:
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
+    model = random_llama(
+        seed,
+        len(tokenizer),
+        num_layers,
+        hidden=64,
+        heads=4,
+        positions=1024,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
     )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
     shutil.rmtree(dest, ignore_errors=True)
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)

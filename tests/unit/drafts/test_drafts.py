@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from metaspec.drafts import DraftFormatError, Eagle3Config, Eagle3Draft, draft_vocabulary, load_eagle3, save_eagle3
 from metaspec.drafts.vocabulary import SubsetHead
+from metaspec_testing.models import random_llama
 
 VOCAB = 8
 #: a pruned draft vocabulary holding both edges of the target's (0 and V − 1) and skipping the middle
@@ -20,18 +21,7 @@ PRUNED = torch.tensor([0, 2, 3, 7])
 
 
 def tiny_target(layers: int = 4) -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(3)
-    return LlamaForCausalLM(config).eval()
+    return random_llama(3, VOCAB, layers).eval()
 
 
 @pytest.fixture(scope="module")

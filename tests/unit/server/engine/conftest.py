@@ -7,9 +7,10 @@ import random
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from metaspec.server.engine.routing import Adaptive
+from metaspec_testing.models import random_llama
 
 VOCAB = 8
 
@@ -17,19 +18,7 @@ VOCAB = 8
 def tiny_lm(seed: int, vocab: int = VOCAB, layers: int = 1) -> LlamaForCausalLM:
     """A random 1-layer Llama; a large init scale makes its next-token distributions far from uniform,
     so target and draft differ clearly and a wrong acceptance rule shows up in few samples."""
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=64,
-        initializer_range=0.6,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).eval()
+    return random_llama(seed, vocab, layers, initializer_range=0.6).eval()
 
 
 @pytest.fixture(scope="session")
