@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 
 # uv installs the same pinned packages as pip, several times faster (parallel downloads and unpacking).
 # It reads none of pip's configuration, so it gets pip's (looked up once): find-links (where the CPU
-# torch lies on our build machines) and extra indexes, searched as pip does (the best version of all of
+# torch lies on our build machines), index and extra indexes, searched as pip does (the best version of all of
 # them). It compiles bytecode as pip does: where PYTHONDONTWRITEBYTECODE is set, every process would
 # compile torch, transformers and vLLM again (vLLM's import: 23 s of CPU instead of 10).
 UV_VERSION ?= uv==0.13.8
@@ -20,6 +20,7 @@ space := $(subst ,, )
 pip_config = $(sort $(PIP_$(2)) $(shell $(PYTHON) -m pip config get global.$(1) 2>/dev/null))
 UV_ENV = $(eval UV_ENV := UV_INDEX_STRATEGY=unsafe-best-match UV_COMPILE_BYTECODE=1 \
 	UV_FIND_LINKS="$(subst $(space),$(comma),$(call pip_config,find-links,FIND_LINKS))" \
+	UV_INDEX_URL="$(call pip_config,index-url,INDEX_URL)" \
 	UV_EXTRA_INDEX_URL="$(call pip_config,extra-index-url,EXTRA_INDEX_URL)")$(UV_ENV)
 UV_INSTALL = $(UV_ENV) $(UV) pip install -q
 

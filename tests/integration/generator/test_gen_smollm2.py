@@ -19,7 +19,7 @@ from metaspec.runtime import load_config
 
 pytestmark = pytest.mark.slow
 
-PROMPTS = 24
+PROMPTS = 16
 MAX_TOKENS = 12
 
 
