@@ -18,9 +18,9 @@ class Routing(Model):
         "adaptive",
         description="`adaptive` (default): each replica measures, as it serves, the draft's acceptance rate "
         "and what a proposal costs at the current batch size, and speculates (choosing k ≤ "
-        "maxSpeculativeTokens) only while Leviathan's expected speedup exceeds 1; costs a few probing steps "
-        "(rarer the longer a decision holds: under 1% of the steps where the draft does not pay) and the "
-        "draft's catch-up when speculation resumes. `first-token`: speculate for the whole request if the "
+        "maxSpeculativeTokens) only while Leviathan's expected speedup exceeds 1; where the draft does not pay "
+        "it costs its probes, each with the draft's catch-up on the request so far, held to about 1% of the "
+        "decoding time. `first-token`: speculate for the whole request if the "
         "draft's first-token confidence ≥ threshold (0.7 was the seed's choice), else target only; costs one "
         "draft prefill per request. `per-token`: each round drafts while confidence ≥ threshold; costs at "
         "least one draft step per round, even when it stops at once. `always`: k draft steps and a "

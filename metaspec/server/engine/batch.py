@@ -180,8 +180,9 @@ class BatchDecoder:
             return 0, False
         batch = list(self.running)
         k = self._k(len(batch))
+        before = time.perf_counter()
         if k and self.adaptive is not None and self.draft is not None:
-            self.draft.catch_up([s for s in batch if s.speculate])  # a one-time cost, kept out of the timing
+            self.draft.catch_up([s for s in batch if s.speculate])  # a one-time cost: counted against probing
         start = time.perf_counter()
         proposals = self._propose(batch, k)
         speculative = any(p.tokens for p in proposals)
@@ -206,7 +207,7 @@ class BatchDecoder:
         for seq, proposal, lo, hi in zip(batch, proposals, offsets, offsets[1:], strict=False):
             self._settle_safely(seq, logits[lo:hi], proposal, all(finite[lo:hi]))
         if self.adaptive is not None:
-            self._record(batch, proposals, time.perf_counter() - start)
+            self._record(batch, proposals, time.perf_counter() - start, start - before)
         self._drop_finished()
         return len(batch), speculative
 
@@ -217,15 +218,16 @@ class BatchDecoder:
             return 0
         return self.adaptive.choose(batch) if self.adaptive is not None else self.routing.max_speculative_tokens
 
-    def _record(self, batch: list[Sequence], proposals: list[Proposal], seconds: float) -> None:
-        """Tell `adaptive` what the step cost and how its proposals fared (`Proposal.accepted`, which
-        `_settle` has just set; a failed sequence's proposals say nothing about the draft)."""
+    def _record(self, batch: list[Sequence], proposals: list[Proposal], seconds: float, catch_up: float) -> None:
+        """Tell `adaptive` what the step cost, what the draft's catch-up before it cost, and how its
+        proposals fared (`Proposal.accepted`, which `_settle` has just set; a failed sequence's proposals
+        say nothing about the draft)."""
         assert self.adaptive is not None
         proposed = sum(len(p.tokens) for p in proposals)
         settled = [p for s, p in zip(batch, proposals, strict=True) if p.tokens and s.error is None]
         accepted = sum(p.accepted for p in settled)
         rejected = sum(p.accepted < len(p.tokens) for p in settled)
-        self.adaptive.record(len(batch), proposed, accepted, rejected, seconds)
+        self.adaptive.record(len(batch), proposed, accepted, rejected, seconds, catch_up)
 
     def _settle_safely(self, seq: Sequence, logits: torch.Tensor, proposal: Proposal, finite: bool) -> None:
         """`_settle`, failing this sequence only when its logits are not finite or settling raises."""

@@ -347,9 +347,14 @@ class SpeculativeEngine:
             request.finish()
 
     def close(self) -> None:
+        """Fail what is in flight and wait for the worker to leave (after the step in progress): a torch
+        thread still running at interpreter exit aborts the process."""
         with self._wake:
             self._closed = True
             self._wake.notify()
+            worker = self._worker
+        if worker is not None and worker is not threading.current_thread():
+            worker.join()
 
 
 class _Request:

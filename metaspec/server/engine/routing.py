@@ -32,6 +32,7 @@ that point by itself (its cost estimates are per batch size); the cut-off still 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from math import ceil
 from typing import Literal
 
 from metaspec.api.serving import Routing
@@ -128,6 +129,12 @@ class Adaptive:
     is compared with). The probe interval doubles at each probe, from `min_interval` to `max_interval`
     steps, so a settled decision costs little; a draft that starts paying is noticed within about two
     intervals. Speculation starts only at a predicted gain above 1 + `margin` and stops below 1.
+
+    A speculating probe costs more than its step: a draft that sat out has to catch up on everything
+    its sequences emitted meanwhile (a prefill of the request so far). The decoder reports that time as
+    `overhead`; it is kept out of c (a one-time cost, not a proposal's) but counted against probing:
+    the next probe waits until the probes' extra time — the step beyond a target-only one, plus the
+    catch-up — stays within `probe_budget` of the time decoding, whatever the interval says.
     """
 
     max_k: int
@@ -140,6 +147,8 @@ class Adaptive:
     """Proposals α averages over (its EMA weight per tested proposal is 1 / alpha_memory)."""
     plain_weight: float = 0.1
     """EMA weight of a target-only step's time: those are frequent while speculation is off."""
+    probe_budget: float = 0.01
+    """Share of decoding time that speculating probes may cost while speculation is off."""
     probe_weight: float = 0.25
     """Least EMA weight of a probe's α and of every speculating step's cost: while speculation is off,
     probes are rare and each must count."""
@@ -171,13 +180,19 @@ class Adaptive:
             return 0 if on else k
         return k if on else 0
 
-    def record(self, batch: int, proposed: int, accepted: int, rejected: int, seconds: float) -> None:
+    def record(
+        self, batch: int, proposed: int, accepted: int, rejected: int, seconds: float, overhead: float = 0.0
+    ) -> None:
         """A step over `batch` sequences took `seconds` and verified `proposed` proposals, of which
-        `accepted` were accepted and `rejected` rounds ended in a rejection."""
+        `accepted` were accepted and `rejected` rounds ended in a rejection; before it, the draft spent
+        `overhead` seconds catching up (not part of the step's time)."""
         bucket = self._bucket(batch)
         if not proposed:
             bucket.plain = _ema(bucket.plain, seconds, self.plain_weight)
             return
+        if not bucket.on and bucket.plain is not None:  # a probe: wait until its cost is paid for
+            extra = max(0.0, seconds - bucket.plain) + overhead
+            bucket.next_probe = max(bucket.next_probe, self.steps + ceil(extra / (self.probe_budget * bucket.plain)))
         tested = accepted + rejected
         if tested:
             weight = 1 - (1 - 1 / self.alpha_memory) ** tested

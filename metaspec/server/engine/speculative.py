@@ -313,26 +313,31 @@ class _Run:
         while produced < max_new_tokens:
             k = self._k()
             k = min(k, max_new_tokens - produced - 1)  # leave room for the token every round ends with
+            start = time.perf_counter()
             if k and self.adaptive is not None:
                 self._catch_up()
-            start = time.perf_counter()
+            caught_up = time.perf_counter()
             propose = self._propose_round if k and self.whole_rounds else self._propose
             proposals, q = propose(k)
             new = self._verify(proposals, q)
-            if self.adaptive is not None:
+            if self.adaptive is not None and produced:  # the first round is the prompt's prefill: no step
                 j, accepted = proposals.shape[0], len(new) - 1
-                self.adaptive.record(1, j, accepted, int(accepted < j), time.perf_counter() - start)
+                seconds = time.perf_counter() - caught_up
+                self.adaptive.record(1, j, accepted, int(accepted < j), seconds, caught_up - start)
             produced += len(new)
             yield new
 
     def _k(self) -> int:
         if not self.speculate:
             return 0
-        return self.adaptive.choose(1) if self.adaptive is not None else self.routing.max_speculative_tokens
+        if self.adaptive is None:
+            return self.routing.max_speculative_tokens
+        # the first round prefills the prompt, a pass unlike a step: `adaptive` neither decides nor times it
+        return self.adaptive.choose(1) if self.target.length else 0
 
     def _catch_up(self) -> None:
         """Feed the draft what it missed while rounds went without it, but the last emitted token (which
-        the round itself feeds): a one-time cost, kept out of `adaptive`'s timing of the round."""
+        the round itself feeds): a one-time cost, which `adaptive` counts against probing, not the round."""
         assert self.draft is not None
         if self.draft.length < len(self.emitted) - 1:
             self.draft.feed(self._tensor(self.emitted[self.draft.length : -1])[None])

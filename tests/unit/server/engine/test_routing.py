@@ -24,14 +24,18 @@ def run(
     cost: Callable[[int], float],
     batch: Callable[[int], int] = lambda step: 1,
     seed: int = 0,
+    catch_up: float = 0.0,
 ) -> tuple[list[int], float]:
     """Drive a fresh `Adaptive(5)` for `steps` steps (`alpha` and `batch` of the step number, `cost` of
-    the batch size): the k chosen at each step, and the throughput relative to target-only."""
+    the batch size; a speculating step after a target-only one first costs `catch_up` target steps, the
+    draft catching up): the k chosen at each step, and the throughput relative to target-only."""
     adaptive, rng = Adaptive(5), random.Random(seed)
     chosen, tokens, seconds = [], 0, 0.0
     for step in range(steps):
         b = batch(step)
         k = adaptive.choose(b)
+        overhead = PLAIN * b * catch_up if k and not (chosen and chosen[-1]) else 0.0
+        seconds += overhead
         accepted = rejected = 0
         for _ in range(b if k else 0):
             n = 0
@@ -39,7 +43,7 @@ def run(
                 n += 1
             accepted, rejected = accepted + n, rejected + (n < k)
         took = PLAIN * b * (1 + k * cost(b))
-        adaptive.record(b, k * b, accepted, rejected, took * rng.uniform(0.95, 1.05))  # timing noise
+        adaptive.record(b, k * b, accepted, rejected, took * rng.uniform(0.95, 1.05), overhead)  # timing noise
         chosen.append(k)
         tokens, seconds = tokens + b + accepted, seconds + took
     return chosen, tokens * PLAIN / seconds
@@ -61,6 +65,14 @@ def test_a_bad_draft_is_switched_off(batch: int) -> None:
     chosen, gain = run(2000, alpha=lambda s: 0.2, cost=lambda b: 0.4, batch=lambda s: batch)
     assert gain >= 0.99  # the probes and the first steps cost under 1%
     assert sum(k > 0 for k in chosen[100:]) <= 40 and max(chosen) == 1  # probed at its cheapest
+
+
+def test_probes_wait_until_the_drafts_catch_up_is_paid_for() -> None:
+    """Each probe first catches the draft up on the request so far (here 10 target steps' worth): the
+    probes still cost about `probe_budget` of the time, not one catch-up per doubling interval."""
+    chosen, gain = run(3000, alpha=lambda s: 0.0, cost=lambda b: 0.4, catch_up=10)
+    assert sum(k > 0 for k in chosen) <= 4
+    assert gain >= 0.98
 
 
 @pytest.mark.parametrize("batch", [1, 16])

@@ -163,6 +163,17 @@ def test_greedy_equals_target_greedy(policy: str, tiny_target, tiny_draft) -> No
         assert got[: len(expected)] == expected, (prompt, stats)
 
 
+def test_adaptive_neither_decides_nor_times_the_prefill(tiny_target, tiny_draft) -> None:
+    """The first round of a request prefills the prompt, a pass many times a step's cost: timed as a
+    target-only step, it would make every proposal look cheap next to it."""
+    routing = RoutingPolicy("adaptive", 0.3, 3)
+    decoder = SpeculativeDecoder(CausalLM(tiny_target, 8), CausalLM(tiny_draft, 8), routing)
+    stats = RequestStats()
+    for _ in decoder.decode([1, 2, 3, 4, 5, 6], Processing(), 8, stats, None):
+        pass
+    assert decoder.adaptive is not None and decoder.adaptive.steps == stats.rounds - 1
+
+
 def test_greedy_with_penalties_equals_the_reference_argmax(tiny_target, tiny_draft) -> None:
     """Greedy decoding under presence/frequency penalties and `min_tokens` (the step-by-step draft loop,
     since a round in one graph applies the repetition penalty only) picks the argmax of transformers'
