@@ -103,6 +103,18 @@ def s3_prefix(s3: EmbeddedS3, request: pytest.FixtureRequest) -> str:
     return f"s3://{TEST_BUCKET}/{request.node.name.replace('[', '-').replace(']', '')}"
 
 
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: on a shared 2-core machine, OpenMP threads waiting for each other make
+    small-model decoding ten times slower than one thread (tiny models are pure launch overhead)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def smollm2() -> Path:
     """SmolLM2-135M-Instruct as float32 safetensors with tokenizer and manifest (converted once, cached)."""

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from metaspec.api import TeacherGeneration
 
@@ -16,13 +15,8 @@ TOPICS = ["rivers", "prime numbers", "photosynthesis", "sorting lists", "the moo
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: on a shared 2-core machine, OpenMP threads waiting for each other make
-    small-model decoding ten times slower than one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def single_threaded(one_thread: None) -> None:
+    """Every generator test decodes with one intra-op thread (`one_thread`)."""
 
 
 @pytest.fixture

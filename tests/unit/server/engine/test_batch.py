@@ -27,12 +27,7 @@ from metaspec.server.engine.slots import SlotModel
 VOCAB = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def decoder(target, draft, routing: RoutingPolicy, max_batch: int) -> BatchDecoder:

@@ -83,13 +83,7 @@ def g_test_p_value(counts: Counter, expected: dict[tuple[int, ...], float]) -> f
     return torch.special.gammaincc(torch.tensor(df / 2), torch.tensor(g / 2)).item()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models are pure launch overhead: a second intra-op thread only adds contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 CASES = {
