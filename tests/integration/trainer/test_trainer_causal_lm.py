@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from safetensors.torch import load_file
-from trainer_helpers import training_run, write_dataset
+from trainer_helpers import tiny_draft_spec, training_run
 from transformers import AutoConfig
 
 from metaspec.artifacts import read_manifest
@@ -15,15 +15,8 @@ from metaspec.trainer.run import train
 
 def test_derived_draft_distilled_from_target(tiny_llama, tmp_path):
     out = tmp_path / "out"
-    spec = {
-        "method": "causal-lm",
-        "baseModel": {"uri": str(tiny_llama)},
-        "dataset": {"uri": str(write_dataset(tmp_path / "train.jsonl", 4))},
-        "evaluation": {"uri": str(write_dataset(tmp_path / "eval.jsonl", 1, tag="eval", offset=100))},
-        "draft": {"initFrom": "target", "numLayers": 1, "objective": "distill", "distillTemperature": 2.0},
-        "optimization": {"maxSteps": 6, "batchSize": 4, "maxSeqLength": 48, "outerLr": 3e-3, "evalSteps": 3},
-        "output": {"uri": str(out)},
-    }
+    draft = {"initFrom": "target", "numLayers": 1, "objective": "distill", "distillTemperature": 2.0}
+    spec = tiny_draft_spec(tiny_llama, tmp_path, draft)
     summary = train(training_run(spec), work_dir=tmp_path / "work", device="cpu", reporter=LogReporter())
 
     assert summary["artifacts"]["model"] == f"file://{out}/model"
@@ -55,14 +48,10 @@ def test_half_precision_draft_keeps_fp32_master_weights(tiny_llama, tmp_path, mo
 
     monkeypatch.setattr(CausalLmRecipe, "train_step", spy)
     out = tmp_path / "out"
-    spec = {
-        "method": "causal-lm",
-        "baseModel": {"uri": str(tiny_llama), "dtype": "bfloat16"},
-        "dataset": {"uri": str(write_dataset(tmp_path / "train.jsonl", 4))},
-        "draft": {"initFrom": "target", "numLayers": 1, "objective": "distill"},
-        "optimization": {"maxSteps": 3, "batchSize": 4, "maxSeqLength": 48, "outerLr": 3e-3, "evalSteps": 3},
-        "output": {"uri": str(out)},
-    }
+    spec = tiny_draft_spec(
+        tiny_llama, tmp_path, {"initFrom": "target", "numLayers": 1, "objective": "distill"}, maxSteps=3
+    )
+    spec["baseModel"]["dtype"] = "bfloat16"
     train(training_run(spec), work_dir=tmp_path / "work", device="cpu", reporter=LogReporter())
     assert seen and all(dtypes == {torch.float32} for dtypes in seen)
     assert {t.dtype for t in load_file(out / "model" / "model.safetensors").values()} == {torch.bfloat16}

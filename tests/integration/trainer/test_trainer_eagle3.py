@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from trainer_helpers import training_run, write_dataset
+from trainer_helpers import tiny_draft_spec, training_run
 
 from metaspec.artifacts import read_manifest
 from metaspec.drafts import load_eagle3
@@ -19,15 +19,8 @@ def test_eagle3_draft_trains_and_saves_in_vllm_layout(tiny_llama, tmp_path):
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "out"
-    spec = {
-        "method": "causal-lm",
-        "baseModel": {"uri": str(tiny_llama)},
-        "dataset": {"uri": str(write_dataset(tmp_path / "train.jsonl", 4))},
-        "evaluation": {"uri": str(write_dataset(tmp_path / "eval.jsonl", 1, tag="eval", offset=100))},
-        "draft": {"architecture": "eagle3", "objective": "distill", "vocabulary": 256, "unroll": 2},
-        "optimization": {"maxSteps": 6, "batchSize": 4, "maxSeqLength": 48, "outerLr": 3e-3, "evalSteps": 3},
-        "output": {"uri": str(out)},
-    }
+    draft = {"architecture": "eagle3", "objective": "distill", "vocabulary": 256, "unroll": 2}
+    spec = tiny_draft_spec(tiny_llama, tmp_path, draft)
     summary = train(training_run(spec), work_dir=tmp_path / "work", device="cpu", reporter=LogReporter())
 
     assert 0 <= summary["metrics"]["draftAgreement"] <= 1
@@ -73,15 +66,8 @@ def test_layer_draft_with_a_vocabulary_saves_it_and_loads_pruned(tiny_llama, tmp
     from metaspec.server.engine.loader import load_model
 
     out = tmp_path / "out"
-    spec = {
-        "method": "causal-lm",
-        "baseModel": {"uri": str(tiny_llama)},
-        "dataset": {"uri": str(write_dataset(tmp_path / "train.jsonl", 2))},
-        "evaluation": {"uri": str(write_dataset(tmp_path / "eval.jsonl", 1, tag="eval", offset=100))},
-        "draft": {"initFrom": "target", "numLayers": 1, "objective": "distill", "vocabulary": 128},
-        "optimization": {"maxSteps": 2, "batchSize": 4, "maxSeqLength": 48, "evalSteps": 2},
-        "output": {"uri": str(out)},
-    }
+    draft = {"initFrom": "target", "numLayers": 1, "objective": "distill", "vocabulary": 128}
+    spec = tiny_draft_spec(tiny_llama, tmp_path, draft, per_domain=2, maxSteps=2, evalSteps=2)
     train(training_run(spec), work_dir=tmp_path / "work", device="cpu", reporter=LogReporter())
     assert "model/draft_vocabulary.safetensors" in read_manifest(out).files
     loaded = load_model(

@@ -59,3 +59,23 @@ def tiny_anil_spec(model: Path, train: Path, evaluation: Path, output: str, **op
         },
         "output": {"uri": output},
     }
+
+
+def tiny_draft_spec(model: Path, work: Path, draft: dict[str, Any], per_domain: int = 4, **optimization: Any) -> dict:
+    """A `causal-lm` run of `draft` over the tiny target, its data written under `work`, output in `work/out`."""
+    return {
+        "method": "causal-lm",
+        "baseModel": {"uri": str(model)},
+        "dataset": {"uri": str(write_dataset(work / "train.jsonl", per_domain))},
+        "evaluation": {"uri": str(write_dataset(work / "eval.jsonl", 1, tag="eval", offset=100))},
+        "draft": draft,
+        "optimization": {
+            "maxSteps": 6,
+            "batchSize": 4,
+            "maxSeqLength": 48,
+            "outerLr": 3e-3,
+            "evalSteps": 3,
+            **optimization,
+        },
+        "output": {"uri": str(work / "out")},
+    }
