@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -18,11 +20,10 @@ import yaml
 
 from metaspec.operator import rbac
 from metaspec.progress import TOKEN_ENV, URL_ENV, ProgressPoster
+from metaspec_testing.chaos import Recorder
 from metaspec_testing.emulator import Cluster
 
 REPO = Path(__file__).resolve().parents[3]
-#: The operator's `progress_seconds` in this directory's cluster fixture.
-PROGRESS_SECONDS = 1.0
 AUDIENCE = "metaspec.dev/progress"
 TR, TG = "TrainingRun", "TeacherGeneration"
 
@@ -46,7 +47,7 @@ def running_pod(cluster: Cluster, kind: str, name: str, ns: str, tmp_path: Path,
 
 
 def test_a_pods_progress_reaches_its_runs_status_within_the_interval(cluster: Cluster, namespace: str, tmp_path):
-    ns = namespace
+    ns, interval = namespace, cluster.memo.settings.progress_seconds
     cluster.apply(resource("training-run.yaml", "live"), ns)
     job, _, poster = running_pod(cluster, TR, "live", ns, tmp_path)
 
@@ -60,8 +61,8 @@ def test_a_pods_progress_reaches_its_runs_status_within_the_interval(cluster: Cl
     started = time.monotonic()
     assert poster.post({**report, "step": 8}) == 202
     step = lambda: cluster.status(TR, "live", ns)["progress"]["step"]  # noqa: E731
-    cluster.wait_for(lambda: step() == 8, timeout=PROGRESS_SECONDS + 5)
-    assert time.monotonic() - started < PROGRESS_SECONDS + 2
+    cluster.wait_for(lambda: step() == 8, timeout=interval + 5)
+    assert time.monotonic() - started < interval + 2
 
     # The termination summary is the final word: its progress replaces the live one, the ETA goes.
     cluster.run_pod(job, 0, {"progress": {"step": 100, "totalSteps": 100}, "metrics": {"evalLoss": 2.1}})
@@ -69,12 +70,12 @@ def test_a_pods_progress_reaches_its_runs_status_within_the_interval(cluster: Cl
     done = cluster.wait_phase(TR, "live", ns, "Succeeded")
     assert done["progress"] == {"step": 100, "totalSteps": 100} and done["metrics"] == {"evalLoss": 2.1}
     assert poster.post({**report, "step": 9}) == 202  # a late report changes nothing
-    time.sleep(PROGRESS_SECONDS + 0.5)
+    time.sleep(interval + 0.5)
     assert cluster.status(TR, "live", ns)["progress"]["step"] == 100
 
 
 def test_shards_add_up_and_the_summaries_replace_them(cluster: Cluster, namespace: str, tmp_path):
-    ns = namespace
+    ns, interval = namespace, cluster.memo.settings.progress_seconds
     doc = resource("teacher-generation.yaml", "gen")
     doc["spec"]["shards"] = 2
     cluster.apply(doc, ns)
@@ -87,7 +88,7 @@ def test_shards_add_up_and_the_summaries_replace_them(cluster: Cluster, namespac
         status = cluster.status(TG, "gen", ns)
         return status if (status.get("progress") or {}).get("shardsReporting") == 2 else None
 
-    status = cluster.wait_for(both, timeout=PROGRESS_SECONDS + 5)
+    status = cluster.wait_for(both, timeout=interval + 5)
     assert status["stats"] == {"examplesDone": 40, "examplesTotal": 100, "examplesPerSecond": 3.0}
     assert status["progress"]["etaSeconds"] == 40.0
 
@@ -101,7 +102,7 @@ def test_shards_add_up_and_the_summaries_replace_them(cluster: Cluster, namespac
 
 
 def test_no_token_a_foreign_token_or_another_runs_pod_is_refused(cluster: Cluster, namespace: str, tmp_path):
-    ns = namespace
+    ns, interval = namespace, cluster.memo.settings.progress_seconds
     for name in ("mine", "theirs"):
         cluster.apply(resource("training-run.yaml", name), ns)
     _, mine_url, _ = running_pod(cluster, TR, "mine", ns, tmp_path)
@@ -123,7 +124,47 @@ def test_no_token_a_foreign_token_or_another_runs_pod_is_refused(cluster: Cluste
     bad = httpx.post(mine_url, json={"step": -1}, headers={"Authorization": f"Bearer {mine.read_text()}"})
     assert bad.status_code == 400 and "step" in bad.json()["error"]
 
-    time.sleep(PROGRESS_SECONDS + 0.5)
+    time.sleep(interval + 0.5)
     assert "progress" not in cluster.status(TR, "mine", ns)
     assert ("authentication.k8s.io", "tokenreviews", "create") in cluster.calls
     assert all(rbac.allowed(*call) for call in cluster.calls)
+
+
+def test_200_reporting_runs_stay_within_the_documented_write_budget(cluster: Cluster, namespace: str, tmp_path):
+    """The budget of docs/observability.md ("API write budget"): a run's status is written at most once
+    per `progress_seconds`, and at most `progress_writes_per_second` times a second over all runs.
+
+    200 runs post several reports each, all at once, with the components' poster; every status write
+    the API server receives for them is counted, from the first post until each run's last report has
+    landed. The fixture's limit over all runs (50/s) is below what the operator writes here when
+    unthrottled (about 90/s on 2 cores), so a writer that ignored it fails this test.
+    """
+    ns, settings, runs, steps = namespace, cluster.memo.settings, 200, 4
+    names = [f"run-{i:03d}" for i in range(runs)]
+    for name in names:
+        cluster.apply(resource("training-run.yaml", name), ns)
+    running = lambda: [r for r in cluster.list(TR, ns) if r.get("status", {}).get("phase") == "Running"]  # noqa: E731
+    cluster.wait_for(lambda: len(running()) == runs, timeout=60, message=f"{runs} Running TrainingRuns")
+    posters = [running_pod(cluster, TR, name, ns, tmp_path)[2] for name in names]
+
+    def report(poster: ProgressPoster) -> list[int | None]:
+        return [poster.post({"step": step, "totalSteps": 100}) for step in range(1, steps + 1)]
+
+    def landed() -> bool:
+        return all((r["status"].get("progress") or {}).get("step") == steps for r in cluster.list(TR, ns))
+
+    recorder = Recorder()
+    cluster.api.faults = recorder
+    started = time.monotonic()
+    try:
+        with ThreadPoolExecutor(32) as pool:
+            assert {code for codes in pool.map(report, posters) for code in codes} == {202}
+        cluster.wait_for(landed, timeout=60, message="every run's last report in its status")
+    finally:
+        cluster.api.faults = None
+    elapsed = time.monotonic() - started
+
+    writes = [path for path in recorder.writes("PATCH", f"/namespaces/{ns}/trainingruns/") if path.endswith("/status")]
+    per_second = min(runs / settings.progress_seconds, settings.progress_writes_per_second)
+    assert len(writes) <= per_second * elapsed + 1, f"{len(writes)} status writes in {elapsed:.1f} s"
+    assert max(Counter(writes).values()) <= elapsed / settings.progress_seconds + 1
