@@ -41,9 +41,10 @@ from metaspec.datasets import read_records
 from metaspec.devices import resolve_device, resolve_dtype
 from metaspec.generator import Prompt, prompt_seed
 from metaspec.generator.engines.transformers import TransformersEngine, finish
-from metaspec.local.bundled import bundled_model_dir, cache_root
+from metaspec.local.bundled import bundled_model_dir
 from metaspec.local.vllm import INSTALL_HINT, vllm_env, vllm_python
 from metaspec.prompts import chat_prompt_ids, end_of_turn_ids
+from metaspec.runtime import scratch_dir
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -185,7 +186,7 @@ def vllm_row(args: argparse.Namespace, model_dir: Path, reference: dict[str, str
         if importlib.util.find_spec("vllm") is not None:
             vllm_worker(parse_args(argv), model_dir)
         elif (python := vllm_python()) is not None:
-            env = {**os.environ, **vllm_env(cache_root()), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+            env = {**os.environ, **vllm_env(scratch_dir()), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
             subprocess.run([str(python), __file__, *argv], env=env, check=True)
         else:
             return f"no vLLM here: {INSTALL_HINT}"

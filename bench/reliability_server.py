@@ -80,7 +80,7 @@ def serve(args: argparse.Namespace, scratch: Path) -> Iterator[tuple[str, subpro
     (scratch / "config.json").write_text(json.dumps({**resource, "spec": spec}))
     port = free_port()
     command = [sys.executable, "-m", "metaspec.cli", "serve", "--config", str(scratch / "config.json")]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--work-dir", str(scratch / "cache")]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--model-cache", str(scratch / "cache")]
     command += ["--device", args.device]
     env = {**os.environ, "METASPEC_LOG_FORMAT": "text", "METASPEC_TERMINATION_MESSAGE_PATH": str(scratch / "term")}
     log = (scratch / "server.log").open("w")

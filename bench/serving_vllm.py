@@ -31,10 +31,11 @@ import httpx
 
 from metaspec.api import SpecServe
 from metaspec.builtin import records
-from metaspec.local.bundled import bundled_model_dir, cache_root
+from metaspec.local.bundled import bundled_model_dir
 from metaspec.local.processes import Child
 from metaspec.local.serving import start_server
 from metaspec.local.vllm import start_vllm_server
+from metaspec.runtime import scratch_dir
 from metaspec_testing.models import cut_draft
 
 RESULTS = Path(__file__).parent / "results"
@@ -78,10 +79,10 @@ def start(engine: str, serve: SpecServe, scratch: Path, args: argparse.Namespace
     log = scratch / f"{engine}.log"
     if engine == "vllm":
         uris = {"target": serve.spec.target.uri, "draft": serve.spec.draft.uri}
-        return start_vllm_server(serve, uris, cache_root(), log, env, args.device)
+        return start_vllm_server(serve, uris, scratch_dir(), log, env, args.device)
     config = scratch / f"{engine}.json"
     config.write_text(json.dumps({**serve.dump(), "apiVersion": "metaspec.dev/v1alpha1", "kind": "SpecServe"}))
-    return start_server(config, log, env, ["--device", args.device, "--work-dir", str(scratch / "work")])
+    return start_server(config, log, env, ["--device", args.device, "--model-cache", str(scratch / "work")])
 
 
 async def client(url: str, prompts: list[str], max_tokens: int) -> list[tuple[str, str, int, float]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def crds(argv: list[str]) -> int:
 
 
 def artifacts(argv: list[str]) -> int:
-    from metaspec.artifacts import ArtifactError, download_dir, upload_dir
+    from metaspec.artifacts import ArtifactError, Uri, cache_outcomes, download_dir, materialize, upload_dir
 
     parser = argparse.ArgumentParser(prog="metaspec artifacts", description="move artifacts with manifests")
     sub = parser.add_subparsers(dest="verb", required=True)
@@ -51,6 +52,9 @@ def artifacts(argv: list[str]) -> int:
     push.add_argument("src", type=Path)
     push.add_argument("uri")
     pull = sub.add_parser("pull", help="download a complete artifact, verifying checksums")
+    pull.add_argument(
+        "--cache", type=Path, help="fetch into this model cache (or find it there) and make DEST a link to the entry"
+    )
     pull.add_argument("uri")
     pull.add_argument("dest", type=Path)
     args = parser.parse_args(argv)
@@ -58,6 +62,11 @@ def artifacts(argv: list[str]) -> int:
         if args.verb == "push":
             manifest = upload_dir(args.src, args.uri)
             print(f"{args.uri}: {len(manifest.files)} files, manifest sha256 {manifest.digest}")
+        elif args.cache is not None:
+            entry, _ = materialize(args.uri, args.cache)
+            _link(args.dest, entry)
+            outcome = cache_outcomes(args.cache).get(str(Uri.parse(args.uri)), "read in place")
+            print(f"{args.dest} -> {entry}: {outcome} (model cache {args.cache})")
         else:
             manifest = download_dir(args.uri, args.dest)
             print(f"{args.dest}: {len(manifest.files)} files verified")
@@ -65,6 +74,15 @@ def artifacts(argv: list[str]) -> int:
         print(f"metaspec artifacts {args.verb}: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def _link(link: Path, target: Path) -> None:
+    """`link` pointing at `target`, replacing an older link atomically (a restarted pod pulls again)."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    tmp = link.with_name(f".{link.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target, target_is_directory=True)
+    os.replace(tmp, link)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,13 @@ TERMINATION_MESSAGE_LIMIT = 4096
 EXIT_PERMANENT = 3
 EXIT_QUALITY = 4
 EXIT_TRANSIENT = 75  # EX_TEMPFAIL
+#: Environment variable naming a run's scratch folder: staging, checkpoints on their way to S3, shard
+#: state. Per run and per pod: never shared between runs, whatever volume holds it.
+SCRATCH_ENV = "METASPEC_CACHE"
+#: Environment variable naming the model cache: downloaded models keyed by manifest digest, Hub
+#: snapshots in the Hub's own layout under `hf/`. Safe to share between runs, pods and nodes (entries
+#: are filled under a lock and renamed when complete), so one volume may serve a whole namespace.
+MODEL_CACHE_ENV = "METASPEC_MODEL_CACHE"
 
 log = logging.getLogger("metaspec")
 #: Libraries whose DEBUG lines print signed request headers (the access key id, AWS_SESSION_TOKEN):
@@ -48,6 +55,16 @@ class QualityError(PermanentError):
 
 class TransientError(Exception):
     """An error worth retrying: storage unreachable, preempted, out of capacity."""
+
+
+def scratch_dir() -> Path:
+    """Where this process keeps its run's scratch (`$METASPEC_CACHE`, or `~/.cache/metaspec`)."""
+    return Path(os.environ.get(SCRATCH_ENV) or Path.home() / ".cache" / "metaspec")
+
+
+def model_cache_dir() -> Path:
+    """Where downloaded models are kept (`$METASPEC_MODEL_CACHE`, or `models/` in the scratch folder)."""
+    return Path(os.environ.get(MODEL_CACHE_ENV) or scratch_dir() / "models")
 
 
 def load_config(path: str | Path, kind: type[R]) -> R:

@@ -250,7 +250,17 @@ def failure_message(failures: list[FailureSummary], fallback: str) -> str:
 def training_fields(summary: TrainingSummary) -> dict[str, Any]:
     """The status fields a TrainingRun's summary fills in."""
     fields = {name: getattr(summary, name) for name in ("artifacts", "metrics", "progress")}
-    return {name: value.dump() for name, value in fields.items() if value is not None and value.dump()}
+    out = {name: value.dump() for name, value in fields.items() if value is not None and value.dump()}
+    return {**out, **({"modelCache": summary.model_cache} if summary.model_cache else {})}
+
+
+def merge_cache_outcomes(shards: list[ShardSummary]) -> dict[str, str]:
+    """One outcome per model over the shards: `miss` when any shard downloaded it, else `hit`."""
+    merged: dict[str, str] = {}
+    for shard in shards:
+        for uri, outcome in (shard.model_cache or {}).items():
+            merged[uri] = "miss" if "miss" in (outcome, merged.get(uri)) else "hit"
+    return merged
 
 
 def _weighted(stats: list[GenerationStats], name: str) -> float | None:
@@ -305,6 +315,8 @@ def generation_fields(resource: TeacherGeneration, status: dict[str, Any], shard
     status = {**status, "outputUri": uris.pop() if len(uris) == 1 else resource.spec.output.uri}
     if stats:
         status["stats"] = merged.dump()
+    if cache := merge_cache_outcomes(shards):
+        status["modelCache"] = cache
     quality = generation_quality(resource, merged, shards)
     if quality.passed is None:
         return status

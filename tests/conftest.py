@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from metaspec.artifacts import S3Store, s3_environment, upload_dir
-from metaspec.local.bundled import bundled_model_dir, cache_root
+from metaspec.local.bundled import bundled_model_dir
 from metaspec.local.s3server import EmbeddedS3
 from metaspec.local.vllm import INSTALL_HINT, vllm_env, vllm_python
+from metaspec.runtime import scratch_dir
 from metaspec_testing.models import random_llama
 
 REPO = Path(__file__).resolve().parent.parent
@@ -130,7 +131,7 @@ def vllm_process_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]
     work = tmp_path_factory.mktemp("vllm")
     return {
         **os.environ,
-        **vllm_env(cache_root()),
+        **vllm_env(scratch_dir()),
         "TMPDIR": str(work),
         "PYTHONPATH": str(REPO),
         "HF_HUB_OFFLINE": "1",

@@ -163,6 +163,25 @@ class SecretKeyRef(Model):
     )
 
 
+class ModelCache(Model):
+    """Where the pods keep downloaded models: an `emptyDir` per pod, or a PersistentVolumeClaim that
+    outlives pods and is shared by every run that names it."""
+
+    claim_name: ObjectName | None = Field(
+        None,
+        description="A PersistentVolumeClaim of the namespace, mounted read-write as the model cache of every "
+        "pod (`/var/cache/metaspec-models`): a model is downloaded once per claim and found there by later "
+        "pods, restarts and rollouts. Entries are keyed by manifest digest (Hub models by commit), checked "
+        "on every use and filled under a lock, so pods may share it: ReadWriteMany shares it between nodes, "
+        "ReadWriteOnce between the pods of one node. Unset: an `emptyDir` of `resources.cacheSize`, filled "
+        "again by every new pod.",
+    )
+
+
+#: Model URI -> `hit` (found in the model cache) or `miss` (downloaded into it), as a run's pods report it.
+CacheOutcomes = dict[Annotated[str, Field(max_length=1024)], Literal["hit", "miss"]]
+
+
 class Storage(Model):
     """Where artifacts are read and written, and the credentials to do it."""
 
@@ -181,6 +200,14 @@ class Storage(Model):
     region: str | None = Field(
         None, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$", description="S3 region, e.g. `us-east-1`."
     )
+    model_cache: ModelCache | None = Field(
+        None, description="Where downloaded models are kept; unset: an `emptyDir` per pod."
+    )
+
+    @property
+    def model_cache_claim(self) -> str | None:
+        """The PersistentVolumeClaim holding the model cache, None for a per-pod `emptyDir`."""
+        return self.model_cache.claim_name if self.model_cache else None
 
 
 class Resources(Model):
@@ -199,7 +226,11 @@ class Resources(Model):
         "8Gi",
         description="Size of the in-memory `/dev/shm` (PyTorch data loaders and NCCL need more than 64Mi).",
     )
-    cache_size: Quantity = Field("100Gi", description="Size limit of the model-cache emptyDir volume.")
+    cache_size: Quantity = Field(
+        "100Gi",
+        description="Size limit of each `emptyDir` the pod writes: its scratch (staging, checkpoints, shard "
+        "state) and, without `storage.modelCache.claimName`, its model cache.",
+    )
 
     @field_validator("gpu_resource_name")
     @classmethod

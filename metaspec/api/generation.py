@@ -6,7 +6,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from ._base import GREEDY_BELOW, MIN_FACTOR, ArtifactUri, DatasetUri, Model, Status
+from ._base import GREEDY_BELOW, MIN_FACTOR, ArtifactUri, CacheOutcomes, DatasetUri, Model, Status
 from .sources import ModelSource
 from .workload import Dtype, JobSpec, Resource
 
@@ -123,6 +123,11 @@ class TeacherGenerationStatus(Status):
     output_uri: str | None = Field(None, description="Prefix holding the outputs once complete.")
     resolved_model: str | None = Field(None, description="URI the teacher model was resolved to.")
     job_name: str | None = Field(None, description="The Job running this generation of the spec.")
+    model_cache: CacheOutcomes | None = Field(
+        None,
+        description="Whether the teacher came from the model cache, by URI: `hit` when every shard found it "
+        "there, `miss` when a shard downloaded it; models read in place (`file://`, `pvc://`) are not listed.",
+    )
 
 
 class TeacherGeneration(Resource[TeacherGenerationSpec, TeacherGenerationStatus]):

@@ -15,7 +15,7 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ._base import Model
+from ._base import CacheOutcomes, Model
 from .generation import GenerationStats
 from .training import TrainingArtifacts, TrainingMetrics, TrainingProgress
 
@@ -77,6 +77,7 @@ class TrainingSummary(Summary):
     artifacts: TrainingArtifacts | None = Field(None, description="Artifact URIs.")
     metrics: TrainingMetrics | None = Field(None, description="Key metrics.")
     progress: TrainingProgress | None = Field(None, description="Training progress.")
+    model_cache: CacheOutcomes | None = Field(None, description="Model URI -> `hit` or `miss` in the model cache.")
 
 
 class ProgressReport(Model):
@@ -111,3 +112,4 @@ class ShardSummary(Summary):
     output_uri: str | None = Field(None, description="Prefix the shard wrote to (default: `spec.output.uri`).")
     stats: GenerationStats | None = Field(None, description="This shard's statistics.")
     quality: QualityVerdict | None = Field(None, description="The shard's own quality verdict.")
+    model_cache: CacheOutcomes | None = Field(None, description="Model URI -> `hit` or `miss` in the model cache.")

@@ -7,7 +7,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from ._base import ArtifactUri, DatasetUri, Model, Status
+from ._base import ArtifactUri, CacheOutcomes, DatasetUri, Model, Status
 from .sources import JobSource, ModelSource
 from .workload import Dtype, JobSpec, Resource
 
@@ -303,6 +303,11 @@ class TrainingRunStatus(Status):
     resolved_base_model: str | None = Field(None, description="URI the base model was resolved to.")
     resolved_dataset: str | None = Field(None, description="URI the dataset was resolved to.")
     job_name: str | None = Field(None, description="The Job running this generation of the spec.")
+    model_cache: CacheOutcomes | None = Field(
+        None,
+        description="Whether the base model came from the model cache (`hit`) or was downloaded (`miss`), by "
+        "URI; models read in place (`file://`, `pvc://`) are not listed.",
+    )
 
 
 class TrainingRun(Resource[TrainingRunSpec, TrainingRunStatus]):

@@ -16,6 +16,7 @@ from .store import (
 from .transfer import (
     MANIFEST,
     Manifest,
+    cache_outcomes,
     download_dir,
     is_complete,
     list_files,
@@ -44,6 +45,7 @@ __all__ = [
     "Unreachable",
     "UnsafeArtifact",
     "Uri",
+    "cache_outcomes",
     "download_dir",
     "is_complete",
     "list_files",

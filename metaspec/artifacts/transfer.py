@@ -41,6 +41,10 @@ from .uri import Uri
 
 MANIFEST = "_manifest.json"
 log = logging.getLogger(__name__)
+#: Whether each artifact this process materialized through a cache was already there:
+#: (cache folder, URI) -> "hit" or "miss". A component process runs one resource, so this is its own
+#: account of where its models came from; it reports it in its summary (`cache_outcomes`).
+_outcomes: dict[tuple[Path, str], str] = {}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -235,16 +239,19 @@ def verify_artifact(uri: str | Path | Uri) -> Manifest:
 def materialize(uri: str | Path | Uri, cache_dir: Path, revision: str | None = None) -> tuple[Path, Manifest | None]:
     """A verified local directory holding the artifact at `uri`, and its manifest.
 
-    `file://` artifacts are verified in place; `pvc://` ones are read in place from the mounted claim
-    (verified when they carry a manifest, used as they are otherwise: a claim is the user's own
-    volume); `s3://` ones are downloaded into `cache_dir/<manifest digest>` (so a changed artifact
-    never reuses a stale copy), and a cached copy is verified file by file (size and sha256) on every
-    use: a file changed, truncated or lost in the cache is fetched again rather than loaded. An entry
-    is filled under `<digest>.partial` and renamed when complete, and checked or filled under a lock
-    (`_entry_lock`), so the cache may be shared by several processes and hosts. `hf://` ones are
-    fetched with huggingface_hub at `revision` (or the URI's `@revision`), with `HF_TOKEN` from the
-    environment for gated models; their manifest lists no files (the Hub's own checksums apply) and
-    its digest is `hf:<commit>`, the exact revision.
+    `cache_dir` keeps the copies: for models the model cache (`metaspec.runtime.model_cache_dir`),
+    which may be shared by every run of a namespace. `file://` artifacts are verified in place;
+    `pvc://` ones are read in place from the mounted claim (verified when they carry a manifest, used
+    as they are otherwise: a claim is the user's own volume); `s3://` ones are downloaded into
+    `cache_dir/<manifest digest>` (so a changed artifact never reuses a stale copy), and a cached copy
+    is verified file by file (size and sha256) on every use: a file changed, truncated or lost in the
+    cache is fetched again rather than loaded. An entry is filled under `<digest>.partial` and renamed
+    when complete, and checked or filled under a lock (`_entry_lock`), so the cache may be shared by
+    several processes and hosts. `hf://` ones are fetched with huggingface_hub at `revision` (or the
+    URI's `@revision`), with `HF_TOKEN` from the environment for gated models, into `cache_dir/hf` in
+    the Hub's own layout; their manifest lists no files (the Hub's own checksums apply) and its digest
+    is `hf:<commit>`, the exact revision. Whether each was found in the cache or fetched is logged and
+    recorded (`cache_outcomes`).
     """
     uri = Uri.of(uri)
     if uri.scheme == "file":
@@ -252,13 +259,13 @@ def materialize(uri: str | Path | Uri, cache_dir: Path, revision: str | None = N
     if uri.scheme == "pvc":
         return _in_claim(uri)
     if uri.scheme == "hf":
-        return _from_hub(uri, cache_dir / "hf", revision)
+        return _from_hub(uri, Path(cache_dir), revision)
     manifest = read_manifest(uri)
     dest = Path(cache_dir) / manifest.digest[:32]
     with _entry_lock(dest):
         if (dest / MANIFEST).is_file():
             _fetch(uri, manifest, dest)
-            log.info("%s: from the cache at %s", uri, dest)
+            _record(uri, cache_dir, dest, hit=True)
         else:
             partial = dest.with_name(dest.name + ".partial")  # a fill cut short resumes from what it verified
             _fetch(uri, manifest, partial)
@@ -266,8 +273,20 @@ def materialize(uri: str | Path | Uri, cache_dir: Path, revision: str | None = N
             if dest.exists():
                 shutil.rmtree(dest)
             os.replace(partial, dest)
-            log.info("%s: downloaded into the cache at %s", uri, dest)
+            _record(uri, cache_dir, dest, hit=False)
     return dest, manifest
+
+
+def _record(uri: Uri, cache_dir: Path, entry: Path, hit: bool) -> None:
+    _outcomes[Path(cache_dir).absolute(), str(uri)] = "hit" if hit else "miss"
+    log.info("%s: %s the cache at %s", uri, "found in" if hit else "downloaded into", entry)
+
+
+def cache_outcomes(cache_dir: Path) -> dict[str, str]:
+    """URI -> `hit` (found in `cache_dir`) or `miss` (downloaded into it) for every artifact this process
+    materialized there from `s3://` or `hf://`; read-in-place sources (`file://`, `pvc://`) are not listed."""
+    root = Path(cache_dir).absolute()
+    return {uri: outcome for (where, uri), outcome in _outcomes.items() if where == root}
 
 
 @contextmanager
@@ -291,14 +310,17 @@ def _in_claim(uri: Uri) -> tuple[Path, Manifest | None]:
 
 
 def _from_hub(uri: Uri, cache_dir: Path, revision: str | None) -> tuple[Path, Manifest]:
-    """Download (or find in the cache, offline) a Hub snapshot at the requested revision."""
-    from huggingface_hub import errors, snapshot_download
+    """Download (or find in `cache_dir/hf`, offline) a Hub snapshot at the requested revision."""
+    from huggingface_hub import errors
 
     if uri.revision and revision and uri.revision != revision:
         raise ValueError(f"{uri} names revision {uri.revision!r} but {revision!r} was asked for")
     revision = uri.revision or revision
+    hub = cache_dir / "hf"
+    snapshots = hub / f"models--{uri.path.replace('/', '--')}" / "snapshots"
+    before = {p.name for p in snapshots.iterdir()} if snapshots.is_dir() else set()
     try:
-        path = Path(snapshot_download(uri.path, revision=revision, cache_dir=str(cache_dir)))
+        path = Path(_snapshot(uri.path, revision, hub))
     except (errors.GatedRepoError, errors.RepositoryNotFoundError) as e:
         gated = "gated" if isinstance(e, errors.GatedRepoError) else "not found, or private"
         raise AccessDenied(
@@ -313,8 +335,22 @@ def _from_hub(uri: Uri, cache_dir: Path, revision: str | None) -> tuple[Path, Ma
         ) from None
     except errors.HfHubHTTPError as e:
         raise ArtifactError(f"{uri}: the Hub answered {e}") from None
+    _record(Uri("hf", "", uri.path, revision), cache_dir, path, hit=path.name in before)
     metadata = {"uri": f"hf://{uri.path}", "revision": path.name}
     return path, Manifest({}, metadata, f"hf:{path.name}")
+
+
+def _snapshot(repo: str, revision: str | None, cache_dir: Path) -> str:
+    """A snapshot at `revision`: a commit already in the cache is used without asking the Hub (it cannot
+    change); a branch or tag is resolved by the Hub, so a moved branch is never served stale."""
+    from huggingface_hub import errors, snapshot_download
+
+    if revision and re.fullmatch(r"[0-9a-f]{40}", revision):
+        try:
+            return snapshot_download(repo, revision=revision, cache_dir=str(cache_dir), local_files_only=True)
+        except errors.LocalEntryNotFoundError:
+            pass
+    return snapshot_download(repo, revision=revision, cache_dir=str(cache_dir))
 
 
 def read_bytes(uri: str | Path | Uri) -> bytes:

@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from metaspec.api import TeacherGeneration
+from metaspec.artifacts import cache_outcomes
 from metaspec.runtime import (
     CONFIG_PATH,
     EXIT_QUALITY,
     PermanentError,
     load_config,
+    model_cache_dir,
     run_component,
+    scratch_dir,
     setup_logging,
     write_summary,
 )
@@ -35,15 +37,19 @@ log = logging.getLogger(__name__)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    cache = Path(os.environ.get("METASPEC_CACHE", Path.home() / ".cache" / "metaspec"))
     parser = argparse.ArgumentParser(prog="metaspec generate", description="run one shard of a TeacherGeneration")
     parser.add_argument("--config", type=Path, default=Path(CONFIG_PATH), help="the TeacherGeneration (JSON)")
     parser.add_argument("--shard-index", type=int, help="this shard (default: $JOB_COMPLETION_INDEX, or 0)")
     parser.add_argument("--num-shards", type=int, help="shards in all (default: spec.shards)")
     parser.add_argument(
-        "--work-dir", type=Path, default=cache / "generate", help="local shard state; survives container restarts"
+        "--work-dir",
+        type=Path,
+        default=scratch_dir() / "generate",
+        help="local shard state; survives container restarts (default: $METASPEC_CACHE/generate)",
     )
-    parser.add_argument("--cache-dir", type=Path, default=cache / "artifacts", help="downloaded models")
+    parser.add_argument(
+        "--cache-dir", type=Path, default=model_cache_dir(), help="the model cache (default: $METASPEC_MODEL_CACHE)"
+    )
     parser.add_argument("--device", default="auto", help="transformers engine: auto, cpu, cuda, cuda:N")
     parser.add_argument(
         "--upload-every", type=float, default=60.0, help="seconds between uploads of the partial shard (default 60)"
@@ -69,6 +75,8 @@ def _run(args: argparse.Namespace) -> int:
     options = Options(args.work_dir, args.cache_dir, args.device, args.upload_every, not args.no_progress)
     result = run_shard(spec, index, count, options)
     summary, code = summarize(result, spec.quality.fail_on_quality)
+    if cached := cache_outcomes(args.cache_dir):
+        summary["modelCache"] = cached
     if code:
         log.warning("quality check failed: %s", summary["message"], extra={"fields": summary})
     write_summary(summary)

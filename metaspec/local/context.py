@@ -20,7 +20,7 @@ from metaspec.local.display import LiveDisplay, parse_progress_line
 from metaspec.local.processes import Child
 from metaspec.local.state import ResourceState, State, save_state
 from metaspec.local.storage import Storage
-from metaspec.runtime import from_json
+from metaspec.runtime import MODEL_CACHE_ENV, SCRATCH_ENV, from_json
 
 
 @dataclass
@@ -59,8 +59,18 @@ class Context:
 
     @property
     def cache_dir(self) -> Path:
-        """Downloaded models, shared by the stages (keyed by manifest digest, so never stale)."""
-        return Path(os.environ.get("METASPEC_CACHE") or self.state_dir / "cache")
+        """`METASPEC_CACHE` of the stages (each keeps its own scratch in its stage folder) and the parent
+        of the default model cache."""
+        return Path(os.environ.get(SCRATCH_ENV) or self.state_dir / "cache")
+
+    def model_cache(self, resource: Resource) -> Path:
+        """The model cache of a stage, as a pod has it: the host folder given for the claim
+        `storage.modelCache.claimName` (`--claim NAME=DIR`), else `$METASPEC_MODEL_CACHE` or `models/` in
+        the cache folder. Either way it outlives the run: a model is downloaded once (keyed by digest)."""
+        claim = resource.spec.storage.model_cache_claim
+        if claim is not None:
+            return self.claims_dir / claim
+        return Path(os.environ.get(MODEL_CACHE_ENV) or self.cache_dir / "models")
 
     # ---- the state, as the operator would see it in the API server ----
 
@@ -113,11 +123,12 @@ class Context:
         os.replace(tmp, path)
         return path
 
-    def stage_env(self, summary: Path) -> dict[str, str]:
+    def stage_env(self, resource: Resource, summary: Path) -> dict[str, str]:
         env = {
-            "METASPEC_CACHE": str(self.cache_dir),
+            SCRATCH_ENV: str(self.cache_dir),
             **os.environ,
             **(self.storage.env if self.storage else {}),
+            MODEL_CACHE_ENV: str(self.model_cache(resource)),
             "METASPEC_TERMINATION_MESSAGE_PATH": str(summary),
             "METASPEC_PVC_ROOT": str(self.claims_dir),
             "METASPEC_LOG_FORMAT": "json",
@@ -148,7 +159,7 @@ class Context:
             if parse_progress_line(line, rs.progress):
                 self._dirty = True
 
-        env = self.stage_env(summary)
+        env = self.stage_env(resource, summary)
         if python is not None:
             from metaspec.local.vllm import vllm_env
 

@@ -68,13 +68,20 @@ def load_pipeline(path: Path) -> list[Resource]:
         raise PipelineError(f"{path}: {e}") from None
 
 
+def _claims(resource: Resource) -> list[str]:
+    cache = resource.spec.storage.model_cache_claim
+    return [*pipeline.claims(resource), *([cache] if cache else [])]
+
+
 def link_claims(resources: list[Resource], folders: dict[str, Path], root: Path) -> None:
-    """Link each claim the pipeline names to its host folder under `root`; a claim without one is refused."""
-    needed = {claim: r for r in resources for claim in pipeline.claims(r)}
+    """Link each claim the pipeline names (`pvc://` URIs, `storage.modelCache.claimName`) to its host
+    folder under `root`; a claim without one is refused."""
+    needed = {claim: r for r in resources for claim in _claims(r)}
     missing = [f"{claim} (used by {r.kind} {r.metadata.name})" for claim, r in needed.items() if claim not in folders]
     if missing:
         raise PipelineError(
-            f"no host folder for the claims {', '.join(missing)}: give `--claim NAME=DIR` for each pvc:// claim"
+            f"no host folder for the claims {', '.join(missing)}: give `--claim NAME=DIR` for each pvc:// claim "
+            "and storage.modelCache.claimName"
         )
     for claim, folder in folders.items():
         if not Path(folder).is_dir():

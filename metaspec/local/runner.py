@@ -134,8 +134,8 @@ class LocalRun:
                 server.resource,
                 server.url,
                 server.config,
-                ctx.stage_env(server.config.parent / "bench-summary.json"),
-                [*ctx.device_args(), "--work-dir", str(ctx.cache_dir / "serve")],
+                ctx.stage_env(server.resource, server.config.parent / "bench-summary.json"),
+                ctx.device_args(),
                 self.options.bench_prompts,
                 self.options.bench_max_tokens,
             )

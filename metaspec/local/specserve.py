@@ -48,14 +48,15 @@ def start(ctx: Context, resource: SpecServe, check: pipeline.DependencyCheck) ->
     _report(ctx, resource, loading, startTime=now())
     ctx.refresh(force=True)
     rs.log = str(stage / "log.txt")
-    log, env, port = Path(rs.log), ctx.stage_env(stage / "summary.json"), rendered.spec.service.port
+    log, env, port = Path(rs.log), ctx.stage_env(rendered, stage / "summary.json"), rendered.spec.service.port
     try:
         if rendered.spec.engine == "vllm":
             uris = {role: source.uri for role in ("target", "draft") if (source := getattr(rendered.spec, role))}
-            child, url = start_vllm_server(rendered, uris, ctx.cache_dir, log, env, ctx.options.device, port)
+            child, url = start_vllm_server(
+                rendered, uris, ctx.cache_dir, log, env, ctx.options.device, port, model_cache=ctx.model_cache(rendered)
+            )
         else:
-            work = [*ctx.device_args(), "--work-dir", str(ctx.cache_dir / "serve")]
-            child, url = start_server(config, log, env, work, port)
+            child, url = start_server(config, log, env, ctx.device_args(), port)
     except RuntimeError as e:
         _report(ctx, resource, R.ServingState(Phase.FAILED, C.SERVER_FAILED, str(e), 1, 0))
         ctx.display.say(f"{rs.key} failed: {e}\n  log: {rs.log}")

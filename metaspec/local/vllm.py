@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from metaspec.api import SpecServe
-from metaspec.artifacts import materialize
+from metaspec.artifacts import Uri, materialize
 from metaspec.devices import resolve_device
 from metaspec.generator.engines.vllm import CPU_KVCACHE_GIB
 from metaspec.local.processes import Child
@@ -72,17 +72,19 @@ def start_vllm_server(
     device: str = "auto",
     port: int | None = None,
     timeout: float = READY_TIMEOUT,
+    model_cache: Path | None = None,
 ) -> tuple[Child, str]:
     """vLLM's OpenAI server on loopback with the arguments a cluster pod gets (`vllm_args`) for `device`
-    (`auto`: the GPU when this environment sees one), models fetched into `cache_dir` first as the
-    pod's init containers do; the child and its base URL.
+    (`auto`: the GPU when this environment sees one), models fetched into `model_cache` (default
+    `cache_dir/models`) first as the pod's init containers do, vLLM's own caches in `cache_dir`; the
+    child and its base URL.
 
     Raises RuntimeError when there is no vLLM environment, or (with the log's tail) when the server
     exits or is not ready within `timeout`."""
     python = vllm_python()
     if python is None:
         raise RuntimeError(f"spec.engine is vllm and no vLLM environment was found. {INSTALL_HINT}")
-    models = {role: _local_model(uri, cache_dir) for role, uri in uris.items()}
+    models = {role: _local_model(uri, model_cache or cache_dir / "models") for role, uri in uris.items()}
     args = vllm_args(serve, models["target"], models.get("draft"), resolve_device(device).type)
 
     def argv(port: int) -> list[str]:
@@ -92,8 +94,9 @@ def start_vllm_server(
 
 
 def _local_model(uri: str, cache_dir: Path) -> str:
-    """A directory vLLM can read: `hf://` names stay names (vLLM downloads them), the rest is fetched."""
+    """A directory vLLM can read: `hf://` names stay names (vLLM downloads them; the revision is in its
+    arguments), the rest is fetched."""
     if uri.startswith("hf://"):
-        return uri.removeprefix("hf://")
+        return Uri.parse(uri).path
     model_dir, _ = materialize(uri, cache_dir)
     return str(model_dir)

@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from metaspec.api import SpecServe
-from metaspec.runtime import CONFIG_PATH, PermanentError, load_config, run_component, setup_logging
+from metaspec.runtime import CONFIG_PATH, PermanentError, load_config, model_cache_dir, run_component, setup_logging
 
 if TYPE_CHECKING:
     import uvicorn
@@ -35,7 +34,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     parser.add_argument("--port", type=int, help="port (default: the resource's spec.service.port)")
     parser.add_argument(
-        "--work-dir", type=Path, help="model cache directory (default: a temporary directory, removed at exit)"
+        "--model-cache",
+        type=Path,
+        default=model_cache_dir(),
+        help="where models are downloaded, shared with other runs (default: $METASPEC_MODEL_CACHE)",
     )
     parser.add_argument("--device", help="torch device, e.g. cuda, cuda:1, cpu (default: cuda when available)")
     return parser.parse_args(argv)
@@ -61,19 +63,17 @@ def serve(args: argparse.Namespace) -> int:
             "only (vLLM's draft-model speculation is served by vLLM's own OpenAI server)"
         )
     settings = ServerSettings.from_resource(resource)
-    with tempfile.TemporaryDirectory(prefix="metaspec-serve-") as scratch:
-        cache = args.work_dir or Path(scratch)
-        engine = SpeculativeEngine.from_spec(resource.spec, settings.model_name, cache, device=args.device)
-        app = create_app(engine, settings)
-        port = args.port or resource.spec.service.port
-        # in-flight generations get 20 s to finish on SIGTERM: inside Kubernetes' default 30 s grace period
-        config = uvicorn.Config(app, host=args.host, port=port, log_config=None, timeout_graceful_shutdown=20)
-        server = uvicorn.Server(config)
-        failure: list[BaseException] = []
-        loader = threading.Thread(target=_load, args=(engine, server, failure), name="metaspec-load", daemon=True)
-        loader.start()
-        _run_until_terminated(server)
-        engine.close()
+    engine = SpeculativeEngine.from_spec(resource.spec, settings.model_name, args.model_cache, device=args.device)
+    app = create_app(engine, settings)
+    port = args.port or resource.spec.service.port
+    # in-flight generations get 20 s to finish on SIGTERM: inside Kubernetes' default 30 s grace period
+    config = uvicorn.Config(app, host=args.host, port=port, log_config=None, timeout_graceful_shutdown=20)
+    server = uvicorn.Server(config)
+    failure: list[BaseException] = []
+    loader = threading.Thread(target=_load, args=(engine, server, failure), name="metaspec-load", daemon=True)
+    loader.start()
+    _run_until_terminated(server)
+    engine.close()
     if failure:
         raise failure[0]
     return 0
@@ -81,7 +81,7 @@ def serve(args: argparse.Namespace) -> int:
 
 def _run_until_terminated(server: uvicorn.Server) -> None:
     """Serve until SIGTERM/SIGINT. uvicorn shuts down gracefully, then re-raises the signal into the
-    previous handler; a SIGTERM handler of ours makes that a normal return, so the cache is cleaned up
+    previous handler; a SIGTERM handler of ours makes that a normal return, so the engine is closed
     and the exit code is 0 (a pod being stopped has not failed)."""
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: log.info("stopped by SIGTERM"))
     try:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from metaspec.api import TrainingRun
-from metaspec.runtime import CONFIG_PATH, load_config, run_component, setup_logging, write_summary
+from metaspec.runtime import CONFIG_PATH, load_config, run_component, scratch_dir, setup_logging, write_summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,7 +18,8 @@ def main(argv: list[str] | None = None) -> int:
         "--work-dir",
         type=Path,
         default=None,
-        help="local directory for downloads and staging (default: $METASPEC_CACHE/trainer or ~/.cache/metaspec/trainer)",
+        help="this run's scratch: staging and checkpoints (default: $METASPEC_CACHE/trainer or "
+        "~/.cache/metaspec/trainer); models go to the model cache ($METASPEC_MODEL_CACHE)",
     )
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when visible, else cpu)")
     args = parser.parse_args(argv)
@@ -37,5 +37,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def default_work_dir() -> Path:
-    cache = os.environ.get("METASPEC_CACHE")
-    return (Path(cache) if cache else Path.home() / ".cache" / "metaspec") / "trainer"
+    return scratch_dir() / "trainer"

@@ -83,7 +83,7 @@ def load_model(
     """Fetch (verified against its manifest), check and load a causal LM and its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    local_dir, manifest = materialize(str(source.location), cache_dir / "models")
+    local_dir, manifest = materialize(str(source.location), cache_dir)
     check_loadable(local_dir, where)
     trust = source.trust_remote_code
     try:

@@ -24,6 +24,7 @@ from metaspec.artifacts import (
     MANIFEST,
     Manifest,
     Uri,
+    cache_outcomes,
     is_complete,
     read_bytes,
     read_manifest,
@@ -32,7 +33,7 @@ from metaspec.artifacts import (
     write_bytes,
 )
 from metaspec.devices import resolve_device, resolve_dtype
-from metaspec.runtime import QualityError, check_provenance, provenance, to_json
+from metaspec.runtime import QualityError, check_provenance, model_cache_dir, provenance, to_json
 
 from .loop import TrainLoop
 from .progress import Reporter, default_reporter
@@ -43,9 +44,17 @@ log = logging.getLogger(__name__)
 
 
 def train(
-    run: TrainingRun, *, work_dir: Path, device: str | None = None, reporter: Reporter | None = None
+    run: TrainingRun,
+    *,
+    work_dir: Path,
+    device: str | None = None,
+    reporter: Reporter | None = None,
+    model_cache: Path | None = None,
 ) -> dict[str, Any]:
-    """Train (resuming from the newest complete checkpoint), evaluate, publish; return the summary."""
+    """Train (resuming from the newest complete checkpoint), evaluate, publish; return the summary.
+
+    `work_dir` is this run's scratch; models are fetched into `model_cache` (default
+    `metaspec.runtime.model_cache_dir()`), which other runs may share."""
     spec = run.spec
     output = Uri.parse(spec.output.uri)
     produced = provenance(run.kind, spec.dump(), _inputs(run))
@@ -55,7 +64,7 @@ def train(
         return _finished_summary(output)
     torch_device = resolve_device(device)
     dtype = resolve_dtype(spec.base_model.dtype, torch_device)
-    ctx = Context(run, torch_device, dtype, work_dir, reporter or default_reporter())
+    ctx = Context(run, torch_device, dtype, work_dir, reporter or default_reporter(), model_cache or model_cache_dir())
     if torch_device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # the fp32 fast weights' matmuls
     torch.manual_seed(spec.optimization.seed)
@@ -79,6 +88,8 @@ def train(
     model_uri = None if merge_failed or not recipe.model_dir else str(output.join(recipe.model_dir))
     adapter_uri = str(output.join(recipe.adapter_dir)) if recipe.adapter_dir else None
     summary = _summary(run, loop, quality, model_uri, adapter_uri, recipe.base_digest, recipe.data.report)
+    if cached := cache_outcomes(ctx.model_cache):
+        summary["modelCache"] = cached
     _publish(output, staging, summary, loop.history, complete=not merge_failed, produced=produced)
     ctx.reporter.on_finish(summary["metrics"])
     if merge_failed:

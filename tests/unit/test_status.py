@@ -72,3 +72,19 @@ def test_exit_codes_judged_like_the_job_controller():
     assert R.exit_state(4, shards).reason == "PodFailurePolicy"
     retried = R.exit_state(1, shards, log="/tmp/log.txt")
     assert retried.reason == "BackoffLimitExceeded" and retried.message == "exit code 1; see /tmp/log.txt"
+
+
+def test_model_cache_outcomes_reach_the_status():
+    """A run's status says whether its model came from the model cache; over shards a miss anywhere wins,
+    and an invalid outcome is dropped like any invalid part of a summary."""
+    training = TrainingSummary.read({"modelCache": {"s3://b/base": "hit"}})
+    assert R.training_fields(training) == {"modelCache": {"s3://b/base": "hit"}}
+    assert TrainingSummary.read({"modelCache": {"s3://b/base": "maybe"}}).model_cache is None
+    shards = [
+        ShardSummary.read({"modelCache": {"s3://bkt/m": "hit", "hf://org/x": "hit"}}),
+        ShardSummary.read({"modelCache": {"s3://bkt/m": "miss", "hf://org/x": "hit"}}),
+        ShardSummary.read({}),
+    ]
+    status = R.generation_fields(teacher(), {}, shards)
+    assert status["modelCache"] == {"s3://bkt/m": "miss", "hf://org/x": "hit"}
+    assert "modelCache" not in R.generation_fields(teacher(), {}, shards[2:])

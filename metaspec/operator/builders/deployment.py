@@ -106,9 +106,11 @@ def build_deployment(
 def vllm_model_arg(uri: str, role: str) -> tuple[str, bool]:
     """What vLLM is given for a model URI, and whether an init container must fetch it first.
 
-    vLLM reads a local directory or a Hugging Face name (its revision goes in its own arguments);
-    `pvc://` models are read where the claim is mounted; S3 artifacts are pulled (and verified against
-    their manifest) by `metaspec artifacts pull` into the cache volume before vLLM starts.
+    vLLM reads a local directory or a Hugging Face name (its revision goes in its own arguments; its
+    downloads land in the model cache through `HF_HUB_CACHE`); `pvc://` models are read where the claim
+    is mounted; S3 artifacts are pulled into the model cache (verified against their manifest, or found
+    there) by `metaspec artifacts pull --cache` before vLLM starts, which links `MODELS_DIR/<role>` to
+    the cache entry.
     """
     parsed = Uri.parse(uri)  # refuses a remainder starting with '-' and a hub URI without a repository
     if parsed.scheme == "s3":
@@ -204,7 +206,7 @@ def _fetch_container(serve: SpecServe, settings: OperatorSettings, uri: str, des
     main.update(
         name=f"fetch-{dest.rsplit('/', 1)[-1]}",
         image=settings.fetch_image or settings.image("server", serve.spec.pod.image),
-        command=["metaspec", "artifacts", "pull", uri, dest],
+        command=["metaspec", "artifacts", "pull", "--cache", pod.MODEL_CACHE_DIR, uri, dest],
         resources=fetch_compute(serve),
     )
     return main

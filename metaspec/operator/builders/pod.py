@@ -11,10 +11,13 @@ from metaspec.artifacts.uri import PVC_ROOT
 from metaspec.operator.settings import OperatorSettings
 from metaspec.pipeline import claims
 from metaspec.progress import TOKEN_ENV, URL_ENV, endpoint
-from metaspec.runtime import CONFIG_PATH, TERMINATION_MESSAGE_PATH
+from metaspec.runtime import CONFIG_PATH, MODEL_CACHE_ENV, SCRATCH_ENV, TERMINATION_MESSAGE_PATH
 
 CONFIG_DIR, CONFIG_FILE = CONFIG_PATH.rsplit("/", 1)
+#: The pod's scratch (`METASPEC_CACHE`): staging, checkpoints, shard state; never shared.
 CACHE_DIR = "/var/cache/metaspec"
+#: The model cache (`METASPEC_MODEL_CACHE`): an emptyDir, or `storage.modelCache.claimName` shared by runs.
+MODEL_CACHE_DIR = "/var/cache/metaspec-models"
 PROGRESS_TOKEN_DIR = "/var/run/secrets/metaspec.dev/progress"
 #: Lifetime of the progress token (seconds); the kubelet renews it at 80% of that.
 PROGRESS_TOKEN_SECONDS = 3600
@@ -75,11 +78,14 @@ def hf_env(resource: Resource) -> list[dict[str, Any]]:
 
 
 def runtime_env() -> list[dict[str, Any]]:
-    """Where components keep caches and logs when the root filesystem is read-only."""
+    """Where components keep scratch, models and logs when the root filesystem is read-only. Hub
+    snapshots go to the model cache (ours and vLLM's downloads alike); the rest of `HF_HOME` is scratch."""
     return [
         {"name": "HOME", "value": "/tmp"},
-        {"name": "METASPEC_CACHE", "value": CACHE_DIR},
+        {"name": SCRATCH_ENV, "value": CACHE_DIR},
+        {"name": MODEL_CACHE_ENV, "value": MODEL_CACHE_DIR},
         {"name": "HF_HOME", "value": f"{CACHE_DIR}/hf"},
+        {"name": "HF_HUB_CACHE", "value": f"{MODEL_CACHE_DIR}/hf"},
         {"name": "METASPEC_LOG_FORMAT", "value": "json"},
         {"name": "METASPEC_TERMINATION_MESSAGE_PATH", "value": TERMINATION_MESSAGE_PATH},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
@@ -87,17 +93,19 @@ def runtime_env() -> list[dict[str, Any]]:
 
 
 def volumes(resource: Resource, config_map: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(pod volumes, container mounts): the config, /tmp, the model cache and a RAM-backed /dev/shm."""
+    """(pod volumes, container mounts): the config, /tmp, scratch, the model cache, a RAM-backed /dev/shm."""
     res = resource.spec.resources
     vols = [
         {"name": "tmp", "emptyDir": {}},
         {"name": "cache", "emptyDir": {"sizeLimit": res.cache_size}},
+        model_cache_volume(resource),
         # PyTorch data loaders and NCCL share tensors through /dev/shm; the runtime's default is 64Mi.
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": res.shared_memory}},
     ]
     mounts = [
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": "cache", "mountPath": CACHE_DIR},
+        {"name": "model-cache", "mountPath": MODEL_CACHE_DIR},
         {"name": "dshm", "mountPath": "/dev/shm"},
     ]
     if config_map is not None:
@@ -108,6 +116,15 @@ def volumes(resource: Resource, config_map: str | None) -> tuple[list[dict[str, 
         vols.append({"name": f"claim-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
         mounts.append({"name": f"claim-{i}", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True})
     return vols, mounts
+
+
+def model_cache_volume(resource: Resource) -> dict[str, Any]:
+    """The model cache: `storage.modelCache.claimName` (read-write, shared with every pod that names it),
+    or an emptyDir of `resources.cacheSize` that lives as long as the pod."""
+    claim = resource.spec.storage.model_cache_claim
+    if claim is not None:
+        return {"name": "model-cache", "persistentVolumeClaim": {"claimName": claim}}
+    return {"name": "model-cache", "emptyDir": {"sizeLimit": resource.spec.resources.cache_size}}
 
 
 def progress_channel(resource: Resource, settings: OperatorSettings) -> tuple[dict, dict, list[dict]] | None:

@@ -66,7 +66,7 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     uri = str(source.location)
-    local, manifest = materialize(uri, cache_dir / role)
+    local, manifest = materialize(uri, cache_dir)
     check_safetensors(local, role, uri)
     trust = source.trust_remote_code
     try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ from metaspec.api.training import TrainingRunSpec
 from metaspec.drafts.vocabulary import draft_vocabulary, token_counts
 from metaspec.prompts import end_of_turn_ids
 from metaspec.records import InvalidData
-from metaspec.runtime import PermanentError
+from metaspec.runtime import PermanentError, model_cache_dir
 
 from ..data import IGNORE_INDEX, Example, batches, load_training_data
 from ..evaluate import evaluation_loss, perplexity
@@ -27,12 +27,9 @@ class Context:
     run: TrainingRun
     device: torch.device
     dtype: torch.dtype
-    work_dir: Path
+    work_dir: Path  # this run's scratch
     reporter: Reporter
-
-    @property
-    def cache(self) -> Path:
-        return self.work_dir / "cache"
+    model_cache: Path = field(default_factory=model_cache_dir)  # downloaded models, shared between runs
 
 
 @dataclass
@@ -111,7 +108,7 @@ class BaseRecipe:
 
     def load(self) -> LoadedModel:
         """The base model; keeps its digest and tokenizer, and the data tokenized with that tokenizer."""
-        loaded = load_model(self.spec.base_model, self.ctx.cache, self.ctx.device, self.ctx.dtype)
+        loaded = load_model(self.spec.base_model, self.ctx.model_cache, self.ctx.device, self.ctx.dtype)
         self.base_digest: str | None = loaded.digest
         self.tokenizer = loaded.tokenizer
         self.pad_id = self.tokenizer.pad_token_id

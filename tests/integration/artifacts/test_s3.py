@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from metaspec import cli
 from metaspec.artifacts import (
     MANIFEST,
     AccessDenied,
@@ -18,6 +19,7 @@ from metaspec.artifacts import (
     S3Store,
     Unreachable,
     Uri,
+    cache_outcomes,
     download_dir,
     is_complete,
     materialize,
@@ -70,8 +72,10 @@ def test_materialize_caches_by_digest(tmp_path: Path, s3_prefix: str) -> None:
     src = make_tree(tmp_path / "src")
     upload_dir(src, s3_prefix)
     first, manifest = materialize(s3_prefix, tmp_path / "cache")
+    assert cache_outcomes(tmp_path / "cache") == {s3_prefix: "miss"}
     again, _ = materialize(s3_prefix, tmp_path / "cache")
     assert first == again and manifest.digest[:32] == first.name
+    assert cache_outcomes(tmp_path / "cache") == {s3_prefix: "hit"} and not cache_outcomes(tmp_path)
     (src / "config.json").write_text('{"a": 2}')
     upload_dir(src, s3_prefix)
     changed, _ = materialize(s3_prefix, tmp_path / "cache")
@@ -95,13 +99,13 @@ def test_a_cached_copy_is_verified_on_every_use(tmp_path: Path, s3_prefix: str) 
 FILL = """
 import hashlib, sys
 from pathlib import Path
-from metaspec.artifacts import materialize
+from metaspec.artifacts import cache_outcomes, materialize
 print("ready", flush=True)
 sys.stdin.readline()
 path, manifest = materialize(sys.argv[1], Path(sys.argv[2]))
 for rel, meta in manifest.files.items():  # what a loader reads once materialize returns
     assert hashlib.sha256((path / rel).read_bytes()).hexdigest() == meta["sha256"], rel
-print(path, flush=True)
+print(path, *cache_outcomes(Path(sys.argv[2])).values(), flush=True)
 """
 
 
@@ -131,10 +135,26 @@ def test_processes_filling_one_cache_entry_at_once_get_one_complete_copy(tmp_pat
         assert proc.stdin is not None
         proc.stdin.write("go\n")
         proc.stdin.flush()
-    outputs = [proc.communicate(timeout=120)[0].strip() for proc in procs]
+    outputs = [proc.communicate(timeout=120)[0].split() for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0]
-    assert outputs[0] == outputs[1] == str(cache / read_manifest(s3_prefix).digest[:32])
-    assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) == [Path(outputs[0]).name]
+    paths, outcomes = {path for path, _ in outputs}, sorted(outcome for _, outcome in outputs)
+    assert paths == {str(cache / read_manifest(s3_prefix).digest[:32])} and outcomes == ["hit", "miss"]
+    assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) == [Path(paths.pop()).name]
+
+
+def test_pull_into_the_model_cache_links_the_entry(
+    tmp_path: Path, s3_prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`metaspec artifacts pull --cache` (a vLLM pod's init container): the first pod downloads into the
+    cache, the next finds it there; both get a link to the verified entry where vLLM reads the model."""
+    src = make_tree(tmp_path / "src")
+    upload_dir(src, s3_prefix)
+    cache, dest = tmp_path / "models", tmp_path / "scratch" / "models" / "target"
+    for outcome in ("miss", "hit"):
+        assert cli.main(["artifacts", "pull", "--cache", str(cache), s3_prefix, str(dest)]) == 0
+        assert f": {outcome} (model cache" in capsys.readouterr().out
+        assert dest.resolve() == cache / read_manifest(s3_prefix).digest[:32]
+        assert (dest / "sub" / "weights.bin").read_bytes() == (src / "sub" / "weights.bin").read_bytes()
 
 
 def test_a_truncated_cache_entry_is_fetched_again(tmp_path: Path, s3_prefix: str) -> None:

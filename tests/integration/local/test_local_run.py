@@ -42,6 +42,7 @@ spec:
   engine: transformers
   sampling: {{maxTokens: 12}}
   shards: 2
+  storage: {{modelCache: {{claimName: model-cache}}}}
 ---
 apiVersion: metaspec.dev/v1alpha1
 kind: TrainingRun
@@ -54,6 +55,7 @@ spec:
   evaluation: {{uri: builtin://eval, maxExamples: 8}}
   optimization: {{maxSteps: 4, batchSize: 2, maxSeqLength: 96, evalSteps: 2, checkpointSteps: 2}}
   output: {{uri: {prefix}/tiny-draft}}
+  storage: {{modelCache: {{claimName: model-cache}}}}
 ---
 apiVersion: metaspec.dev/v1alpha1
 kind: SpecServe
@@ -90,8 +92,10 @@ def s3_prefix_module(s3) -> str:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_llama: Path, s3_prefix_module: str, s3, child_env) -> tuple[Path, str]:
     """The miniature pipeline run once with --report against the test's S3 server; the base model is
-    read in place from the claim `models`, a host folder (`--claim models=DIR`)."""
+    read in place from the claim `models`, a host folder (`--claim models=DIR`), and the teacher and the
+    draft share the model cache of the claim `model-cache`, another host folder."""
     root = tmp_path_factory.mktemp("local-run")
+    (root / "model-cache").mkdir()
     pipeline = root / "pipeline.yaml"
     base = f"pvc://models/{tiny_llama.name}"
     pipeline.write_text(TINY_PIPELINE.format(base=base, prefix=s3_prefix_module))
@@ -99,7 +103,7 @@ def finished_run(tmp_path_factory, tiny_llama: Path, s3_prefix_module: str, s3, 
     result = local(
         "run", str(pipeline), "--state-dir", str(state_dir), "--s3-endpoint", s3.endpoint, "--report", "--no-serve",
         "--bench-prompts", "1", "--bench-max-tokens", "8", "--claim", f"models={tiny_llama.parent}",
-        env={**child_env, **s3.env},
+        "--claim", f"model-cache={root / 'model-cache'}", env={**child_env, **s3.env},
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     return state_dir, result.stdout
@@ -124,6 +128,11 @@ def test_every_stage_succeeds_with_real_figures(finished_run: tuple[Path, str]) 
     assert quality["status"] == "False"
     draft = status["TrainingRun/tiny-draft"]
     assert draft["phase"] == "Succeeded" and draft["resolvedDataset"] == teacher["outputUri"]
+    # The teacher's shards downloaded the trained model into the claim; the draft's trainer found it there.
+    merged = anil["artifacts"]["model"]
+    assert teacher["modelCache"] == {merged: "miss"} and draft["modelCache"] == {merged: "hit"}
+    assert len(list((state_dir.parent / "model-cache").glob("*/_manifest.json"))) == 1
+    assert "modelCache" not in anil  # its base is read in place from its claim
     serve = status["SpecServe/tiny-spec"]
     assert serve["target"]["uri"] == anil["artifacts"]["model"] and serve["draft"]["digest"]
 
@@ -174,6 +183,8 @@ def test_second_run_reuses_finished_stages(finished_run: tuple[Path, str], tiny_
         "--no-serve",
         "--claim",
         f"models={tiny_llama.parent}",  # the same claims as the first run: the pipeline reads its base from one
+        "--claim",
+        f"model-cache={state_dir.parent / 'model-cache'}",
         env={**child_env, **s3.env},
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -25,12 +25,13 @@ def jobs(cluster: Cluster, ns: str) -> list[str]:
     return sorted(j["metadata"]["name"] for j in cluster.list("Job", ns))
 
 
-def succeed_training(cluster: Cluster, name: str, ns: str, model: str) -> dict[str, Any]:
+def succeed_training(cluster: Cluster, name: str, ns: str, model: str, cache: dict | None = None) -> dict[str, Any]:
     j = cluster.wait_get("Job", f"{name}-g1", ns)
     summary = {
         "artifacts": {"model": model, "adapter": f"{model}/../adapter", "manifestDigest": f"sha-{name}"},
         "metrics": {"perplexityBase": 127.84, "perplexityLora": 46.37, "perplexityMerged": 47.18},
         "progress": {"step": 100, "totalSteps": 100},
+        **({"modelCache": cache} if cache else {}),
     }
     cluster.run_pod(j, 0, summary)
     cluster.finish_job(j, succeeded=True)
@@ -44,10 +45,13 @@ def apply_all(cluster: Cluster, docs: list[dict], ns: str) -> None:
 
 def test_pipeline_runs_stage_by_stage_with_resolved_uris(cluster: Cluster, docs: list[dict], namespace: str):
     ns = namespace
+    for doc in docs:  # one model cache shared by every stage
+        doc["spec"]["storage"]["modelCache"] = {"claimName": "model-cache"}
     apply_all(cluster, docs, ns)
 
     # Stage 1 starts alone; everything else waits for it.
-    cluster.wait_get("Job", "llama-anil-g1", ns)
+    volumes = cluster.wait_get("Job", "llama-anil-g1", ns)["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "model-cache", "persistentVolumeClaim": {"claimName": "model-cache"}} in volumes
     assert config(cluster, "llama-anil-g1", ns)["spec"]["baseModel"]["uri"].endswith("Llama-3.1-8B-Instruct")
     cluster.wait_phase(TG, "llama-teacher", ns, "Waiting")
     ready = cluster.condition(TG, "llama-teacher", ns, "DependenciesReady")
@@ -66,17 +70,19 @@ def test_pipeline_runs_stage_by_stage_with_resolved_uris(cluster: Cluster, docs:
     assert cluster.phase(TR, "llama-draft", ns) == "Waiting"
     for shard in range(4):
         stats = {"examplesDone": 10, "examplesTotal": 10, "naturalStopRate": 0.9 + 0.02 * shard}
-        cluster.run_pod(teacher, 0, {"outputUri": "s3://artifacts/llama-teacher", "stats": stats}, index=shard)
+        cache = {MERGED: "miss" if shard == 0 else "hit"}  # the first shard downloaded it, the others found it
+        summary = {"outputUri": "s3://artifacts/llama-teacher", "stats": stats, "modelCache": cache}
+        cluster.run_pod(teacher, 0, summary, index=shard)
     cluster.finish_job(teacher, succeeded=True)
     tg = cluster.wait_phase(TG, "llama-teacher", ns, "Succeeded")
     assert tg["stats"]["examplesDone"] == 40 and abs(tg["stats"]["naturalStopRate"] - 0.93) < 1e-9
-    assert tg["shards"]["succeeded"] == 4
+    assert tg["shards"]["succeeded"] == 4 and tg["modelCache"] == {MERGED: "miss"}
     assert cluster.condition(TG, "llama-teacher", ns, "QualityCheckPassed")["status"] == "True"
 
     # Stage 3: the draft trains on the teacher's outputs.
     assert config(cluster, "llama-draft-g1", ns)["spec"]["dataset"]["uri"] == "s3://artifacts/llama-teacher"
     assert cluster.phase(SS, "llama-spec", ns) == "Waiting"
-    succeed_training(cluster, "llama-draft", ns, DRAFT)
+    assert succeed_training(cluster, "llama-draft", ns, DRAFT, {MERGED: "hit"})["modelCache"] == {MERGED: "hit"}
 
     # Stage 4: the server, with both models resolved and their digests recorded.
     deployment = cluster.wait_for(lambda: cluster.get("Deployment", "llama-spec", ns), message="Deployment")

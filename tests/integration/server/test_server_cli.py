@@ -33,7 +33,7 @@ def start(config: Path, port: int, tmp_path: Path) -> subprocess.Popen:
         "METASPEC_LOG_FORMAT": "text",
     }
     command = [sys.executable, "-m", "metaspec.cli", "serve", "--config", str(config), "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--work-dir", str(tmp_path / "cache"), "--device", "cpu"]
+    command += ["--port", str(port), "--model-cache", str(tmp_path / "cache"), "--device", "cpu"]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

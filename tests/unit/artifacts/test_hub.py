@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from metaspec.api.training import BaseModelSource
-from metaspec.artifacts import NotFound, materialize
+from metaspec.artifacts import NotFound, cache_outcomes, materialize
 from metaspec.trainer.models import load_model
 
 MAIN, V2 = "a" * 40, "b" * 40
@@ -70,12 +70,21 @@ def test_unknown_revision_and_conflicting_revisions_are_refused(hub: Path) -> No
 def test_trainer_loads_the_revision_and_never_logs_the_token(hub: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The trainer's loader, at DEBUG, with HF_TOKEN set: weights of the asked revision, token unlogged."""
     caplog.set_level(logging.DEBUG)
-    trainer_cache = hub.parent / "trainer"
-    trainer_cache.mkdir()
-    (trainer_cache / "models").symlink_to(hub)  # the trainer keeps models under <cache>/models
     for revision, expected in (("v2", 1), (None, 2)):
         source = BaseModelSource(uri="hf://acme/tiny", revision=revision, hfTokenSecretRef={"name": "hf"})
-        loaded = load_model(source, trainer_cache, torch.device("cpu"), torch.float32)
+        loaded = load_model(source, hub, torch.device("cpu"), torch.float32)
         assert loaded.model.config.num_hidden_layers == expected
         assert loaded.digest == f"hf:{V2 if revision else MAIN}"
     assert TOKEN not in caplog.text and caplog.records
+    assert cache_outcomes(hub) == {"hf://acme/tiny@v2": "hit", "hf://acme/tiny": "hit"}
+
+
+def test_a_pinned_commit_in_the_cache_is_a_hit_without_the_hub(hub: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commit cannot move, so a cached one is used with the Hub client online and the Hub unreachable."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    path, manifest = materialize(f"hf://acme/tiny@{V2}", hub)
+    assert path.name == V2 and manifest.digest == f"hf:{V2}"
+    assert cache_outcomes(hub)[f"hf://acme/tiny@{V2}"] == "hit"

@@ -14,7 +14,7 @@ from metaspec.local import demo_bench
 from metaspec.local.context import Context, RunOptions
 from metaspec.local.display import parse_progress_line, render_table
 from metaspec.local.jobs import config_digest, output_complete
-from metaspec.local.loading import PipelineError, load_pipeline
+from metaspec.local.loading import PipelineError, link_claims, load_pipeline
 from metaspec.local.state import State, StateLock, StateLocked, load_state, save_state
 from metaspec.pipeline import resolve
 
@@ -167,3 +167,22 @@ def test_benchmark_verdict_compares_the_served_policy_with_target_only() -> None
     assert "0.50x" in demo_bench.verdict(slower) and ": NOT faster;" in demo_bench.verdict(slower)
     assert "output DIFFERENT from target-only" in demo_bench.verdict(slower)
     assert "not measured" in demo_bench.verdict({**results, "policies": {"never": policy(10.0)}})
+
+
+def test_model_cache_claim_is_a_host_folder_like_any_claim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`storage.modelCache.claimName` needs a `--claim` folder, which its stages get as their model cache;
+    without one a stage uses `$METASPEC_MODEL_CACHE` or `models/` in the cache folder; scratch stays apart."""
+    cached = TRAINING.replace(
+        "output: {uri: s3://bkt/out}", "output: {uri: s3://bkt/out}\n  storage: {modelCache: {claimName: mc}}"
+    )
+    resources = load_pipeline(write(tmp_path, cached, GENERATION))
+    ctx = Context(RunOptions(tmp_path / "state"))
+    with pytest.raises(PipelineError, match=r"mc \(used by TrainingRun base\).*storage\.modelCache\.claimName"):
+        link_claims(resources, {}, ctx.claims_dir)
+    link_claims(resources, {"mc": tmp_path}, ctx.claims_dir)
+    monkeypatch.delenv("METASPEC_MODEL_CACHE", raising=False)
+    monkeypatch.setenv("METASPEC_CACHE", str(tmp_path / "scratch"))
+    trainer, teacher = (ctx.stage_env(r, tmp_path / "summary.json") for r in resources)
+    assert Path(trainer["METASPEC_MODEL_CACHE"]).resolve() == tmp_path.resolve()
+    assert teacher["METASPEC_MODEL_CACHE"] == str(tmp_path / "scratch" / "models")
+    assert trainer["METASPEC_CACHE"] == teacher["METASPEC_CACHE"] == str(tmp_path / "scratch")

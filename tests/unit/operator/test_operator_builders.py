@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from metaspec.api import Resource, SpecServe, parse_resource
+from metaspec.api._base import ModelCache
 from metaspec.api.serving import Auth
 from metaspec.operator import labels as L
 from metaspec.operator.builders import (
@@ -21,6 +22,7 @@ from metaspec.operator.builders import (
     build_vllm_deployment,
 )
 from metaspec.operator.builders.deployment import VLLM_SERVER_MODULE
+from metaspec.operator.builders.pod import MODEL_CACHE_DIR
 from metaspec.operator.settings import OperatorSettings
 from metaspec.runtime import EXIT_PERMANENT, EXIT_QUALITY
 from metaspec.status import config_hash
@@ -179,6 +181,30 @@ def test_hub_token_and_claims_reach_every_container(engine: str) -> None:
         assert option(args, "--model") == "meta-llama/Llama-3.1-8B-Instruct"
         assert "--revision=0e9e39f" in args and "--tokenizer-revision=0e9e39f" in args
         assert '"model":"/mnt/pvc/models/llama-draft"' in args[args.index("--speculative-config") + 1]
+
+
+@pytest.mark.parametrize("claim", [None, "model-cache"])
+def test_every_pod_of_every_kind_mounts_the_model_cache(claim: str | None) -> None:
+    """`storage.modelCache`: a claim shared read-write (or a per-pod emptyDir) at the model-cache path, named
+    by METASPEC_MODEL_CACHE and HF_HUB_CACHE in every container, vLLM's fetches included; scratch stays apart."""
+    resources = [example("training-run.yaml"), example("teacher-generation.yaml")]
+    resources += [example(f) for f in ("spec-serve.yaml", "spec-serve-vllm.yaml")]
+    for resource in resources:
+        resource.spec.storage.model_cache = ModelCache(claim_name=claim)
+        manifest = build_job(resource, SETTINGS, "cm") if resource.kind != "SpecServe" else serve_manifests(resource)[0]
+        pod = manifest["spec"]["template"]["spec"]
+        volume = next(v for v in pod["volumes"] if v["name"] == "model-cache")
+        expected = {"persistentVolumeClaim": {"claimName": claim}} if claim else {"emptyDir": {"sizeLimit": "100Gi"}}
+        assert volume == {"name": "model-cache", **expected}, resource.kind
+        if resource.kind == "SpecServe" and resource.spec.engine == "vllm":
+            assert len(pod["initContainers"]) == 2  # the target and the draft are fetched from S3
+        for c in pod["containers"] + pod.get("initContainers", []):
+            env = {e["name"]: e.get("value") for e in c["env"]}
+            assert env["METASPEC_MODEL_CACHE"] == MODEL_CACHE_DIR and env["HF_HUB_CACHE"] == f"{MODEL_CACHE_DIR}/hf"
+            assert env["METASPEC_CACHE"] != MODEL_CACHE_DIR
+            assert {"name": "model-cache", "mountPath": MODEL_CACHE_DIR} in c["volumeMounts"]
+        for init in pod.get("initContainers", []):
+            assert init["command"][:5] == ["metaspec", "artifacts", "pull", "--cache", MODEL_CACHE_DIR]
 
 
 def test_training_job_gets_the_hub_token() -> None:
