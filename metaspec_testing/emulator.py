@@ -44,6 +44,7 @@ RESOURCES = [
     ("batch/v1/jobs", "Job", True, {"status"}),
     ("apps/v1/deployments", "Deployment", True, {"status", "scale"}),
     ("v1/configmaps", "ConfigMap", True, set()),
+    ("v1/persistentvolumeclaims", "PersistentVolumeClaim", True, set()),
     ("v1/services", "Service", True, {"status"}),
     ("v1/pods", "Pod", True, {"status"}),
     ("v1/events", "Event", True, set()),

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from metaspec.artifacts.uri import Uri, valid_bucket
@@ -176,6 +176,34 @@ class ModelCache(Model):
         "ReadWriteOnce between the pods of one node. Unset: an `emptyDir` of `resources.cacheSize`, filled "
         "again by every new pod.",
     )
+    size: Quantity | None = Field(
+        None,
+        description="Create the claim `claimName` with this capacity when the namespace has none (e.g. `500Gi`). "
+        "It belongs to no resource: every run that names it shares it, and it stays when they are deleted. "
+        "Unset: the claim must exist.",
+    )
+    access_mode: Literal["ReadWriteMany", "ReadWriteOnce"] = Field(
+        "ReadWriteMany",
+        description="Access mode of a created claim: `ReadWriteMany` shares it between nodes (needs a storage "
+        "class that offers it: NFS, CephFS, EFS, Filestore, Azure Files); `ReadWriteOnce` between the pods of "
+        "one node.",
+    )
+    storage_class_name: str | None = Field(
+        None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="Storage class of a created claim; unset: the cluster's default class.",
+    )
+
+    @model_validator(mode="after")
+    def _creation_needs_a_claim(self) -> ModelCache:
+        if self.claim_name is None and (self.size is not None or self.storage_class_name is not None):
+            raise ValueError("`size` and `storageClassName` create the claim `claimName`: give `claimName` too")
+        if self.size is None and (self.storage_class_name is not None or "access_mode" in self.model_fields_set):
+            raise ValueError(
+                "`storageClassName` and `accessMode` apply to a claim metaspec creates: give its `size` too"
+            )
+        return self
 
 
 #: Model URI -> `hit` (found in the model cache) or `miss` (downloaded into it), as a run's pods report it.

@@ -31,8 +31,13 @@ PLURALS = {
 }
 
 #: Kinds the operator only creates: Events posted outside kopf's handler context (best effort), and
-#: TokenReviews of the tokens pods report progress with (cluster-scoped: an empty namespace).
-CREATE_ONLY = {"Event": ("v1", "events"), "TokenReview": ("authentication.k8s.io/v1", "tokenreviews")}
+#: TokenReviews of the tokens pods report progress with (cluster-scoped: an empty namespace), and the
+#: model-cache claims it creates when a spec asks (kept when a claim of that name exists).
+CREATE_ONLY = {
+    "Event": ("v1", "events"),
+    "TokenReview": ("authentication.k8s.io/v1", "tokenreviews"),
+    "PersistentVolumeClaim": ("v1", "persistentvolumeclaims"),
+}
 _KINDS = {**PLURALS, **CREATE_ONLY}
 
 

@@ -46,6 +46,8 @@ RULES: tuple[Rule, ...] = (
     Rule("batch", ("jobs",), _CHILD),
     Rule("apps", ("deployments",), _CHILD),
     Rule("", ("configmaps", "services"), _CHILD),
+    # Model-cache claims a spec asks for (`storage.modelCache.size`): created once, shared, never changed.
+    Rule("", ("persistentvolumeclaims",), ("create",)),
     # Termination-message summaries of finished pods, read into the CR status.
     Rule("", ("pods",), _READ),
     # Events on every transition (kopf posts core/v1 events; events.k8s.io for newer tooling).

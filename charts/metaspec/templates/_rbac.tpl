@@ -62,6 +62,12 @@
 - apiGroups:
   - ''
   resources:
+  - persistentvolumeclaims
+  verbs:
+  - create
+- apiGroups:
+  - ''
+  resources:
   - pods
   verbs:
   - get
@@ -183,6 +189,12 @@
   - patch
   - update
   - delete
+- apiGroups:
+  - ''
+  resources:
+  - persistentvolumeclaims
+  verbs:
+  - create
 - apiGroups:
   - ''
   resources:

@@ -1,5 +1,6 @@
 """Pure builders, one module per child kind: a validated (and resolved) resource to a manifest dict."""
 
+from .claim import build_model_cache_claim
 from .configmap import build_configmap
 from .deployment import build_deployment, build_vllm_deployment
 from .job import build_job
@@ -10,6 +11,7 @@ __all__ = [
     "build_configmap",
     "build_deployment",
     "build_job",
+    "build_model_cache_claim",
     "build_service",
     "build_vllm_deployment",
     "generation_name",

@@ -8,6 +8,7 @@ import kopf
 
 from metaspec.api import Resource
 from metaspec.operator import labels as L
+from metaspec.operator.builders import build_model_cache_claim
 from metaspec.operator.handlers.indexes import PLURALS
 from metaspec.operator.kube import ApiError, Kube, target_of
 
@@ -34,6 +35,19 @@ async def ensure(kube: Kube, owner: Resource, manifest: dict[str, Any]) -> dict[
         )
     existing.setdefault("kind", manifest["kind"])
     return existing
+
+
+async def ensure_model_cache(kube: Kube, resource: Resource) -> None:
+    """Create the model-cache claim the spec asks for, unless the namespace has one of that name (then
+    that one is used as it is: it is shared, and may be the user's own)."""
+    claim = build_model_cache_claim(resource)
+    if claim is None:
+        return
+    try:
+        await kube.create(claim)
+    except ApiError as e:
+        if e.status != 409:
+            raise
 
 
 def owner_of(obj: dict[str, Any]) -> tuple[str, str] | None:

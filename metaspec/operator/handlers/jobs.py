@@ -64,6 +64,7 @@ async def reconcile_resource(ctx: C.Context, resource: Resource, find: pipeline.
         return R.waiting(resource, status, check)
     if check is not None:
         resolved = pipeline.resolve(resource, check.resolved)
+        await children.ensure_model_cache(ctx.kube, resource)
         await children.ensure(ctx.kube, resource, build_configmap(resource, resolved, name))
         job = await children.ensure(ctx.kube, resource, build_job(resource, ctx.settings, name))
         status = R.started(resource, status, check)

@@ -111,6 +111,7 @@ async def reconcile_serve(ctx: C.Context, resource: SpecServe, find: pipeline.Lo
     resolved = pipeline.resolve(resource, check.resolved)
     models = R.served(resource, check.resolved)
     config_map, manifest = desired(ctx, resource, resolved, {k: v.get("digest") for k, v in models.items()})
+    await children.ensure_model_cache(ctx.kube, resource)
     await children.ensure(ctx.kube, resource, config_map)
     deployment = await apply_deployment(ctx, resource, manifest)
     await children.ensure(ctx.kube, resource, build_service(resource))

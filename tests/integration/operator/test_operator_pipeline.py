@@ -45,13 +45,15 @@ def apply_all(cluster: Cluster, docs: list[dict], ns: str) -> None:
 
 def test_pipeline_runs_stage_by_stage_with_resolved_uris(cluster: Cluster, docs: list[dict], namespace: str):
     ns = namespace
-    for doc in docs:  # one model cache shared by every stage
-        doc["spec"]["storage"]["modelCache"] = {"claimName": "model-cache"}
+    for doc in docs:  # one model cache shared by every stage, created by the first that starts
+        doc["spec"]["storage"]["modelCache"] = {"claimName": "model-cache", "size": "500Gi"}
     apply_all(cluster, docs, ns)
 
     # Stage 1 starts alone; everything else waits for it.
     volumes = cluster.wait_get("Job", "llama-anil-g1", ns)["spec"]["template"]["spec"]["volumes"]
     assert {"name": "model-cache", "persistentVolumeClaim": {"claimName": "model-cache"}} in volumes
+    claim = cluster.wait_get("PersistentVolumeClaim", "model-cache", ns)
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"] and "ownerReferences" not in claim["metadata"]
     assert config(cluster, "llama-anil-g1", ns)["spec"]["baseModel"]["uri"].endswith("Llama-3.1-8B-Instruct")
     cluster.wait_phase(TG, "llama-teacher", ns, "Waiting")
     ready = cluster.condition(TG, "llama-teacher", ns, "DependenciesReady")

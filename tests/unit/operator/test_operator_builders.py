@@ -18,6 +18,7 @@ from metaspec.operator.builders import (
     build_configmap,
     build_deployment,
     build_job,
+    build_model_cache_claim,
     build_service,
     build_vllm_deployment,
 )
@@ -205,6 +206,22 @@ def test_every_pod_of_every_kind_mounts_the_model_cache(claim: str | None) -> No
             assert {"name": "model-cache", "mountPath": MODEL_CACHE_DIR} in c["volumeMounts"]
         for init in pod.get("initContainers", []):
             assert init["command"][:5] == ["metaspec", "artifacts", "pull", "--cache", MODEL_CACHE_DIR]
+
+
+def test_model_cache_claim_is_created_only_when_sized() -> None:
+    """`size` asks the operator for the claim (no owner: shared and kept); without it the claim is the user's."""
+    serve = example("spec-serve.yaml")
+    assert build_model_cache_claim(serve) is None
+    serve.spec.storage.model_cache = ModelCache(claim_name="models", size="500Gi", storage_class_name="nfs-client")
+    check_golden("model-cache-claim", build_model_cache_claim(serve))
+    for bad, error in (
+        ({"size": "1Ti"}, "give `claimName` too"),
+        ({"claimName": "m", "storageClassName": "nfs"}, "give its `size` too"),
+        ({"claimName": "m", "accessMode": "ReadWriteOnce"}, "give its `size` too"),
+        ({"claimName": "m", "size": "1Ti", "accessMode": "ReadWriteOncePod"}, "ReadWriteMany"),
+    ):
+        with pytest.raises(ValueError, match=error):
+            ModelCache.model_validate(bad)
 
 
 def test_training_job_gets_the_hub_token() -> None:
