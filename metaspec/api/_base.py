@@ -182,11 +182,11 @@ class ModelCache(Model):
         "It belongs to no resource: every run that names it shares it, and it stays when they are deleted. "
         "Unset: the claim must exist.",
     )
-    access_mode: Literal["ReadWriteMany", "ReadWriteOnce"] = Field(
-        "ReadWriteMany",
-        description="Access mode of a created claim: `ReadWriteMany` shares it between nodes (needs a storage "
-        "class that offers it: NFS, CephFS, EFS, Filestore, Azure Files); `ReadWriteOnce` between the pods of "
-        "one node.",
+    access_mode: Literal["ReadWriteMany", "ReadWriteOnce"] | None = Field(
+        None,
+        description="Access mode of a created claim (default `ReadWriteMany`): `ReadWriteMany` shares it between "
+        "nodes (needs a storage class that offers it: NFS, CephFS, EFS, Filestore, Azure Files); `ReadWriteOnce` "
+        "between the pods of one node.",
     )
     storage_class_name: str | None = Field(
         None,
@@ -199,7 +199,7 @@ class ModelCache(Model):
     def _creation_needs_a_claim(self) -> ModelCache:
         if self.claim_name is None and (self.size is not None or self.storage_class_name is not None):
             raise ValueError("`size` and `storageClassName` create the claim `claimName`: give `claimName` too")
-        if self.size is None and (self.storage_class_name is not None or "access_mode" in self.model_fields_set):
+        if self.size is None and (self.storage_class_name is not None or self.access_mode is not None):
             raise ValueError(
                 "`storageClassName` and `accessMode` apply to a claim metaspec creates: give its `size` too"
             )

@@ -17,7 +17,8 @@ def build_model_cache_claim(resource: Resource) -> dict[str, Any] | None:
     cache = resource.spec.storage.model_cache
     if cache is None or cache.claim_name is None or cache.size is None:
         return None
-    spec: dict[str, Any] = {"accessModes": [cache.access_mode], "resources": {"requests": {"storage": cache.size}}}
+    access = cache.access_mode or "ReadWriteMany"
+    spec: dict[str, Any] = {"accessModes": [access], "resources": {"requests": {"storage": cache.size}}}
     if cache.storage_class_name is not None:
         spec["storageClassName"] = cache.storage_class_name
     return {

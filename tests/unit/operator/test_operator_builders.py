@@ -212,6 +212,7 @@ def test_model_cache_claim_is_created_only_when_sized() -> None:
     """`size` asks the operator for the claim (no owner: shared and kept); without it the claim is the user's."""
     serve = example("spec-serve.yaml")
     assert build_model_cache_claim(serve) is None
+    assert parse_resource(serve.dump()).spec.storage == serve.spec.storage  # a component reads it back
     serve.spec.storage.model_cache = ModelCache(claim_name="models", size="500Gi", storage_class_name="nfs-client")
     check_golden("model-cache-claim", build_model_cache_claim(serve))
     for bad, error in (
