@@ -31,6 +31,7 @@ from metaspec.api.training import BaseModelSource
 from metaspec.artifacts import upload_dir
 from metaspec.operator import rbac
 from metaspec.operator.builders import build_deployment, build_job, build_vllm_deployment
+from metaspec.operator.builders.pod import MODEL_CACHE_VOLUME
 from metaspec.operator.settings import OperatorSettings
 from metaspec.runtime import CREDENTIAL_LOGGERS, EXIT_PERMANENT, PermanentError, setup_logging
 from metaspec_testing.emulator import Cluster
@@ -85,13 +86,18 @@ def component_pods() -> dict[str, dict[str, Any]]:
 
 def check_pod(name: str, pod: dict[str, Any]) -> None:
     """Non-root, no privilege escalation, all capabilities dropped, RuntimeDefault seccomp, nothing
-    from the host, and a read-only root filesystem whose writable paths are emptyDirs."""
+    from the host, and a read-only root filesystem whose writable paths are emptyDirs and the model cache
+    (`storage.modelCache.claimName`, the one claim a spec names to be written)."""
     pod_security = pod.get("securityContext", {})
     assert pod_security.get("runAsUser", 1) != 0 and pod_security.get("runAsGroup", 1) != 0, name
     assert not {"hostNetwork", "hostPID", "hostIPC"} & {k for k, v in pod.items() if v}, name
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
     assert all(set(v) - {"name"} <= {"emptyDir", "configMap", "persistentVolumeClaim"} for v in volumes.values())
-    claims = [v["persistentVolumeClaim"] for v in volumes.values() if "persistentVolumeClaim" in v]
+    claims = [
+        v["persistentVolumeClaim"]
+        for n, v in volumes.items()
+        if "persistentVolumeClaim" in v and n != MODEL_CACHE_VOLUME
+    ]
     assert all(claim.get("readOnly") for claim in claims), (name, claims)
     for container in pod["containers"] + pod.get("initContainers", []):
         where = (name, container["name"])
@@ -107,7 +113,7 @@ def check_pod(name: str, pod: dict[str, Any]) -> None:
             continue
         assert security.get("readOnlyRootFilesystem") is True, where
         for mount in container.get("volumeMounts", []):
-            if not mount.get("readOnly"):
+            if not mount.get("readOnly") and mount["name"] != MODEL_CACHE_VOLUME:
                 assert "emptyDir" in volumes[mount["name"]], (where, mount)
 
 

@@ -18,6 +18,7 @@ CONFIG_DIR, CONFIG_FILE = CONFIG_PATH.rsplit("/", 1)
 CACHE_DIR = "/var/cache/metaspec"
 #: The model cache (`METASPEC_MODEL_CACHE`): an emptyDir, or `storage.modelCache.claimName` shared by runs.
 MODEL_CACHE_DIR = "/var/cache/metaspec-models"
+MODEL_CACHE_VOLUME = "model-cache"
 PROGRESS_TOKEN_DIR = "/var/run/secrets/metaspec.dev/progress"
 #: Lifetime of the progress token (seconds); the kubelet renews it at 80% of that.
 PROGRESS_TOKEN_SECONDS = 3600
@@ -105,7 +106,7 @@ def volumes(resource: Resource, config_map: str | None) -> tuple[list[dict[str, 
     mounts = [
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": "cache", "mountPath": CACHE_DIR},
-        {"name": "model-cache", "mountPath": MODEL_CACHE_DIR},
+        {"name": MODEL_CACHE_VOLUME, "mountPath": MODEL_CACHE_DIR},
         {"name": "dshm", "mountPath": "/dev/shm"},
     ]
     if config_map is not None:
@@ -123,8 +124,8 @@ def model_cache_volume(resource: Resource) -> dict[str, Any]:
     or an emptyDir of `resources.cacheSize` that lives as long as the pod."""
     claim = resource.spec.storage.model_cache_claim
     if claim is not None:
-        return {"name": "model-cache", "persistentVolumeClaim": {"claimName": claim}}
-    return {"name": "model-cache", "emptyDir": {"sizeLimit": resource.spec.resources.cache_size}}
+        return {"name": MODEL_CACHE_VOLUME, "persistentVolumeClaim": {"claimName": claim}}
+    return {"name": MODEL_CACHE_VOLUME, "emptyDir": {"sizeLimit": resource.spec.resources.cache_size}}
 
 
 def progress_channel(resource: Resource, settings: OperatorSettings) -> tuple[dict, dict, list[dict]] | None:
