@@ -207,7 +207,8 @@ class ModelCache(Model):
 
 
 #: Model URI -> `hit` (found in the model cache) or `miss` (downloaded into it), as a run's pods report it.
-CacheOutcomes = dict[Annotated[str, Field(max_length=1024)], Literal["hit", "miss"]]
+#: The keys are unconstrained: a structural CRD schema has no `propertyNames`.
+CacheOutcomes = dict[str, Literal["hit", "miss"]]
 
 
 class Storage(Model):
