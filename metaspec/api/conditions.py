@@ -49,6 +49,9 @@ DEPENDENCY_HAS_NO_ARTIFACT = "DependencyHasNoArtifact"
 DEPENDENCY_FAILED = "DependencyFailed"
 DEPENDENCY_CYCLE = "DependencyCycle"
 
+# ---- reasons of Events that announce no transition ----
+MODEL_CACHE = "ModelCache"  # TrainingRun, TeacherGeneration: where the run's models came from (`status.modelCache`)
+
 # ---- reasons of refusals ----
 INVALID_SPEC = "InvalidSpec"  # the resource does not validate
 API_REJECTED = "ApiRejected"  # the API server refused a child object

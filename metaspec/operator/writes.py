@@ -32,7 +32,11 @@ def event_ref(resource: Resource) -> dict[str, Any]:
 
 
 async def announce(kube: Kube, resource: Resource, old: dict[str, Any], new: dict[str, Any]) -> None:
-    """A Kubernetes Event and a metric for each phase transition."""
+    """A Kubernetes Event and a metric for each phase transition; an Event when the run reports where its
+    models came from (`status.modelCache`)."""
+    cache = new.get("modelCache")
+    if cache and cache != old.get("modelCache"):
+        await _event(kube, resource, "Normal", conditions.MODEL_CACHE, _cache_message(cache))
     phase = new.get("phase")
     if phase == old.get("phase") and new.get("message") == old.get("message"):
         return
@@ -46,12 +50,21 @@ async def announce(kube: Kube, resource: Resource, old: dict[str, Any], new: dic
         gate = found.get(conditions.QUALITY_CHECK_PASSED)
         if gate and gate["status"] == "False":
             metrics.QUALITY_FAILURES.labels(resource.kind).inc()
-    message = f"{phase}: {new.get('message', '')}"
+    await _event(kube, resource, kind, reason, f"{phase}: {new.get('message', '')}")
+
+
+def _cache_message(outcomes: dict[str, str]) -> str:
+    """`status.modelCache` in words: `s3://a: found in the model cache; hf://b: downloaded into the model cache`."""
+    words = {"hit": "found in the model cache", "miss": "downloaded into the model cache"}
+    return "; ".join(f"{uri}: {words.get(outcome, outcome)}" for uri, outcome in sorted(outcomes.items()))
+
+
+async def _event(kube: Kube, resource: Resource, type_: str, reason: str, message: str) -> None:
     try:
-        kopf.event(event_ref(resource), type=kind, reason=reason, message=message)
+        kopf.event(event_ref(resource), type=type_, reason=reason, message=message)
     except LookupError:
         # Outside kopf's per-object handler context (the resync task) kopf has no event queue.
-        await post_event(kube, resource, kind, reason, message)
+        await post_event(kube, resource, type_, reason, message)
 
 
 async def post_event(kube: Kube, resource: Resource, type_: str, reason: str, message: str) -> None:

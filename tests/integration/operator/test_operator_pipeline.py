@@ -112,6 +112,13 @@ def test_pipeline_runs_stage_by_stage_with_resolved_uris(cluster: Cluster, docs:
         ("llama-teacher", "DependencyNotSucceeded"),
     }
     assert expected <= reasons, "Events carry the reason of the condition that explains the phase"
+    cached = {
+        (e["involvedObject"]["name"], e["message"]) for e in cluster.list("Event", ns) if e["reason"] == "ModelCache"
+    }
+    assert cached == {
+        ("llama-teacher", f"{MERGED}: downloaded into the model cache"),
+        ("llama-draft", f"{MERGED}: found in the model cache"),
+    }
 
 
 def test_failed_stage_fails_its_dependents(cluster: Cluster, docs: list[dict], namespace: str):
