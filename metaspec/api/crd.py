@@ -29,6 +29,12 @@ def _inline(node: Any, defs: dict[str, Any]) -> Any:
         target = defs[node.pop("$ref").rsplit("/", 1)[-1]]
         return _inline({**target, **node}, defs)
     node.pop("title", None)
+    # Kubernetes' schemas constrain no map keys (no `propertyNames`; `patternProperties` is refused): the
+    # models check them (label keys), refusing a bad one as InvalidSpec; the API server checks the values.
+    node.pop("propertyNames", None)
+    if "patternProperties" in node:
+        values = list(node.pop("patternProperties").values())
+        node.setdefault("additionalProperties", values[0] if len(values) == 1 else True)
     if "anyOf" in node:
         options = [o for o in node.pop("anyOf") if o.get("type") != "null"]
         if len(options) != 1:
@@ -159,7 +165,11 @@ CRD_LABELS = {"app.kubernetes.io/part-of": "metaspec"}
 class CrdDumper(yaml.SafeDumper):
     """Writes floats in positional notation (`0.000001`, not `1.0e-06`), a number to YAML 1.1 and 1.2
     readers alike. (kustomize still re-emits small floats as `1e-06`, which YAML 1.1 readers such as
-    PyYAML take for a string: read its output with YAML 1.2's number rules.)"""
+    PyYAML take for a string: read its output with YAML 1.2's number rules.) Shared subschemas are written
+    out in full, not as YAML anchors and aliases."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def _positional_float(dumper: yaml.SafeDumper, value: float) -> yaml.ScalarNode:
