@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,7 +29,7 @@ import aiohttp.web
 import httpx
 import jsonpatch
 import kopf
-from kmock import KubernetesEmulator, KubernetesError, ResourceInfo, Server, action
+from kmock import KubernetesEmulator, KubernetesError, KubernetesObjectNotFoundError, ResourceInfo, Server, action
 
 from metaspec.api import API_VERSION, RESOURCES, SpecServe, now
 from metaspec.operator.handlers import Context
@@ -53,7 +53,6 @@ RESOURCES = [
     # Without it kopf's resource observer waits forever and never starts watching.
     ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", False, set()),
 ]
-_HISTORY = 64
 _SERVING: ContextVar[Any] = ContextVar("serving")
 VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
 
@@ -86,6 +85,11 @@ class ApiServer(KubernetesEmulator):
     uid, creationTimestamp and generation on create; a new resourceVersion on every write (kopf
     guards its JSON patches with a resourceVersion test); generation bumped by spec changes.
     `faults` (None: none) is asked about every resource request except the test client's own.
+
+    Built on kmock's public API: its reactions, `objects`, and the two hooks a subclass has, the
+    entry point `__call__` and `_handle`, which kmock's emulator documents for special treatment of
+    fields (the emulator stores a write before any reaction sees it, so the bookkeeping and the
+    faults that refuse a write before it is applied can only go there).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -95,6 +99,12 @@ class ApiServer(KubernetesEmulator):
         self._watches: set[asyncio.Task[Any]] = set()
         #: Tokens this API server would accept: token -> (service account, pod name, pod uid, audience).
         self.tokens: dict[str, tuple[str, str, str, str]] = {}
+        # kmock answers a request for one object by scanning every stored object for it; these
+        # reactions (ahead of its fallbacks) look the object up by its key instead.
+        self[action.FETCH] << self._fetched
+        self[action.CREATE] << self._created
+        self[action.UPDATE] << self._written
+        self[action.DELETE] << self._written
 
     def review(self, spec: dict[str, Any]) -> dict[str, Any]:
         """A TokenReview's status, as the API server computes it for projected service-account tokens."""
@@ -114,14 +124,15 @@ class ApiServer(KubernetesEmulator):
             task.cancel()
         return len(tasks)
 
-    async def _serve_watch(self, request: Any) -> AsyncIterator[Any]:
-        # The stream is written by the request's own task: cancelling it cuts the connection.
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        if raw_request.query.get("watch") != "true":
+            return await super().__call__(raw_request)
+        # A watch is streamed by its request's own task: cancelling the task cuts the connection.
         task = asyncio.current_task()
         assert task is not None
         self._watches.add(task)
         try:
-            async for event in super()._serve_watch(request):
-                yield event
+            return await super().__call__(raw_request)
         finally:
             self._watches.discard(task)
 
@@ -137,7 +148,6 @@ class ApiServer(KubernetesEmulator):
 
     async def _handle(self, request: Any) -> Any:
         _SERVING.set(request)
-        del self._requests[:-_HISTORY]  # keep memory flat: nothing reads old requests
         if request.resource is not None and request.resource.plural == "tokenreviews":
             # A review is answered, never stored (as the API server does).
             body = request.data if isinstance(request.data, dict) else {}
@@ -181,18 +191,28 @@ class ApiServer(KubernetesEmulator):
                 if "spec" in request.data and request.subresource is None:
                     meta["generation"] = self._generation(request) + 1
 
-    def _KubernetesEmulator__get_obj(self, request: Any, strict: bool) -> Any:
-        # kmock scans every stored object to find one by name; a named lookup is a dict lookup.
-        key = (request.resource, request.namespace, request.name)
-        if strict and request.name is not None:
-            return self.objects[key] if key in self.objects else None  # noqa: SIM401 (not a Mapping)
-        return super()._KubernetesEmulator__get_obj(request, strict)  # type: ignore[misc]
+    def _stored(self, request: Any, namespace: str | None = None, name: str | None = None) -> Any:
+        """The stored object a request names (None: none), found by its key; a create names it in its body."""
+        key = (request.resource, request.namespace or namespace, request.name or name)
+        return self.objects[key] if key in self.objects else None  # noqa: SIM401 (not a Mapping)
+
+    def _fetched(self, request: Any) -> dict[str, Any]:
+        found = self._stored(request)
+        if found is None or found.deleted:
+            raise KubernetesObjectNotFoundError()
+        return found.raw
+
+    def _created(self, request: Any) -> dict[str, Any]:
+        meta = request.data.get("metadata", {})
+        return self._stored(request, meta.get("namespace"), meta.get("name")).last.raw
+
+    def _written(self, request: Any) -> dict[str, Any]:
+        # The state the write left, or the last one before a deletion.
+        return self._stored(request).last.raw
 
     def _generation(self, request: Any) -> int:
-        key = (request.resource, request.namespace, request.name)
-        if key not in self.objects or self.objects[key].deleted:
-            return 0
-        return dict(self.objects[key]).get("metadata", {}).get("generation", 1)
+        found = self._stored(request)
+        return 0 if found is None or found.deleted else dict(found).get("metadata", {}).get("generation", 1)
 
 
 class RecordingKube(Kube):

@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from ._base import GREEDY_BELOW, MIN_FACTOR, ArtifactUri, CacheOutcomes, DatasetUri, Model, Status
 from .sources import ModelSource
-from .workload import Dtype, JobSpec, Resource
+from .workload import STATUS_COLUMNS, Dtype, JobSpec, Resource
 
 #: The seed's fix for runaway teacher outputs: chat-turn markers that end an answer.
 SEED_STOP_STRINGS = ["<|eot_id|>", "<|im_end|>", "<|end_of_text|>", "\nUser:", "\nHuman:"]
@@ -138,9 +138,7 @@ class TeacherGeneration(Resource[TeacherGenerationSpec, TeacherGenerationStatus]
     component: ClassVar[str] = "generator"
     printer_columns: ClassVar[tuple[tuple[str, str, str], ...]] = (
         ("Engine", "string", ".spec.engine"),
-        ("Phase", "string", ".status.phase"),
-        ("Ready", "string", '.status.conditions[?(@.type=="Ready")].status'),
-        ("Reason", "string", '.status.conditions[?(@.type=="Ready")].reason'),
+        *STATUS_COLUMNS,
         ("Done", "integer", ".status.stats.examplesDone"),
         ("Total", "integer", ".status.stats.examplesTotal"),
         ("Natural-Stop", "number", ".status.stats.naturalStopRate"),

@@ -8,7 +8,7 @@ from pydantic import AfterValidator, Field, model_validator
 
 from ._base import MAX_NAME_LENGTH, MIN_FACTOR, SERVICE_NAME_PATTERN, Model, ObjectMeta, SecretRef, Status
 from .sources import ModelSource
-from .workload import Dtype, Resource, WorkloadSpec
+from .workload import STATUS_COLUMNS, Dtype, Resource, WorkloadSpec
 
 
 class Routing(Model):
@@ -301,9 +301,7 @@ class SpecServe(Resource[SpecServeSpec, SpecServeStatus]):
     component: ClassVar[str] = "server"
     printer_columns: ClassVar[tuple[tuple[str, str, str], ...]] = (
         ("Policy", "string", ".spec.routing.policy"),
-        ("Phase", "string", ".status.phase"),
-        ("Ready", "string", '.status.conditions[?(@.type=="Ready")].status'),
-        ("Reason", "string", '.status.conditions[?(@.type=="Ready")].reason'),
+        *STATUS_COLUMNS,
         ("Replicas", "integer", ".status.readyReplicas"),
         ("URL", "string", ".status.url"),
     )

@@ -9,7 +9,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from ._base import ArtifactUri, CacheOutcomes, DatasetUri, Model, Status
 from .sources import JobSource, ModelSource
-from .workload import Dtype, JobSpec, Resource
+from .workload import STATUS_COLUMNS, Dtype, JobSpec, Resource
 
 #: Fields of Hugging Face loaders that load a quantized model; spelled out so the refusal can say why.
 QUANTIZED_KEYS = (
@@ -318,9 +318,7 @@ class TrainingRun(Resource[TrainingRunSpec, TrainingRunStatus]):
     component: ClassVar[str] = "trainer"
     printer_columns: ClassVar[tuple[tuple[str, str, str], ...]] = (
         ("Method", "string", ".spec.method"),
-        ("Phase", "string", ".status.phase"),
-        ("Ready", "string", '.status.conditions[?(@.type=="Ready")].status'),
-        ("Reason", "string", '.status.conditions[?(@.type=="Ready")].reason'),
+        *STATUS_COLUMNS,
         ("Step", "integer", ".status.progress.step"),
         ("Total", "integer", ".status.progress.totalSteps"),
         ("Eval-Loss", "number", ".status.metrics.evalLoss"),

@@ -45,6 +45,14 @@ class JobSpec(WorkloadSpec):
     ttl_seconds_after_finished: int | None = Field(None, ge=0, description="Delete the finished Job after this.")
 
 
+#: The `kubectl get` columns every resource shows after its own first one: its phase, whether it is
+#: Ready, and why.
+STATUS_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("Phase", "string", ".status.phase"),
+    ("Ready", "string", '.status.conditions[?(@.type=="Ready")].status'),
+    ("Reason", "string", '.status.conditions[?(@.type=="Ready")].reason'),
+)
+
 SpecT = TypeVar("SpecT", bound=WorkloadSpec)
 StatusT = TypeVar("StatusT", bound=Status)
 

@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
-from ._base import CITIES, MONTHS, NAMES, WEEKDAYS, Rng, answer_easy, answer_hard, article, ordinal, pick, pick_other
+from collections.abc import Callable
+
+from ._base import (
+    CITIES,
+    MONTHS,
+    NAMES,
+    WEEKDAYS,
+    Generator,
+    Rng,
+    answer_easy,
+    answer_hard,
+    article,
+    ordinal,
+    pick,
+    pick_other,
+)
 
 #: (action, benefit, concern)
 COUNCIL_PLANS = (
@@ -42,6 +57,23 @@ def _summary_prompt(rng: Rng, text: str, hard: bool) -> str:
     return f"{ask}\n\nText: {text}"
 
 
+def _summaries(
+    scene: Callable[[Rng, bool], tuple[str, dict, str]], why: str, points: Callable[[dict], list[str]]
+) -> tuple[Generator, Generator]:
+    """The easy and the hard generator of one kind of report: its one-sentence summary (with `why` it
+    is a good one), and that summary plus the three key `points` of the report's facts."""
+
+    def easy(rng: Rng, held: bool) -> tuple[str, str]:
+        text, _, summary = scene(rng, held)
+        return _summary_prompt(rng, text, hard=False), answer_easy(summary, why)
+
+    def hard(rng: Rng, held: bool) -> tuple[str, str]:
+        text, f, summary = scene(rng, held)
+        return _summary_prompt(rng, text, hard=True), answer_hard(summary, points(f), label="Key points")
+
+    return easy, hard
+
+
 def _council(rng: Rng, held: bool) -> tuple[str, dict, str]:
     town = pick(rng, CITIES, held)
     action, benefit, concern = rng.choice(COUNCIL_PLANS)
@@ -58,20 +90,15 @@ def _council(rng: Rng, held: bool) -> tuple[str, dict, str]:
     return text, f, summary
 
 
-def _summary_council(rng: Rng, held: bool) -> tuple[str, str]:
-    text, _, summary = _council(rng, held)
-    why = "It keeps the decision, the vote, the cost and the start date, and leaves out the arguments for and against."
-    return _summary_prompt(rng, text, hard=False), answer_easy(summary, why)
-
-
-def _summary_council_hard(rng: Rng, held: bool) -> tuple[str, str]:
-    text, f, summary = _council(rng, held)
-    points = [
+_COUNCIL = _summaries(
+    _council,
+    "It keeps the decision, the vote, the cost and the start date, and leaves out the arguments for and against.",
+    lambda f: [
         f"Decision: the council of {f['town']} voted {f['yes']} to {f['no']} on {f['day']} to {f['action']}.",
         f"Cost and timing: {f['cost']}, with work starting in {f['month']} and a review after one year.",
         f"Debate: supporters expect it to {f['benefit']}, while opponents worry that {f['concern']}.",
-    ]
-    return _summary_prompt(rng, text, hard=True), answer_hard(summary, points, label="Key points")
+    ],
+)
 
 
 def _study(rng: Rng, held: bool) -> tuple[str, dict, str]:
@@ -97,20 +124,15 @@ def _study(rng: Rng, held: bool) -> tuple[str, dict, str]:
     return text, f, summary
 
 
-def _summary_study(rng: Rng, held: bool) -> tuple[str, str]:
-    text, _, summary = _study(rng, held)
-    why = "It keeps who was studied, what was tested, the main result and the caution, without the design details."
-    return _summary_prompt(rng, text, hard=False), answer_easy(summary, why)
-
-
-def _summary_study_hard(rng: Rng, held: bool) -> tuple[str, str]:
-    text, f, summary = _study(rng, held)
-    points = [
+_STUDY = _summaries(
+    _study,
+    "It keeps who was studied, what was tested, the main result and the caution, without the design details.",
+    lambda f: [
         f"Design: {f['n']} adults in {f['town']}, split in half for {f['weeks']} weeks; one half {f['past']} and the other kept their routine.",
         f"Result: the group that {f['past']} {f['finding']}.",
         f"Caution: the study was small and {f['caveat']}, so a larger trial is needed.",
-    ]
-    return _summary_prompt(rng, text, hard=True), answer_hard(summary, points, label="Key points")
+    ],
+)
 
 
 def _storm(rng: Rng, held: bool) -> tuple[str, dict, str]:
@@ -128,20 +150,15 @@ def _storm(rng: Rng, held: bool) -> tuple[str, dict, str]:
     return text, f, summary
 
 
-def _summary_storm(rng: Rng, held: bool) -> tuple[str, str]:
-    text, _, summary = _storm(rng, held)
-    why = "It keeps the event, its size and its main effects, plus the outlook, and drops the operational details."
-    return _summary_prompt(rng, text, hard=False), answer_easy(summary, why)
-
-
-def _summary_storm_hard(rng: Rng, held: bool) -> tuple[str, str]:
-    text, f, summary = _storm(rng, held)
-    points = [
+_STORM = _summaries(
+    _storm,
+    "It keeps the event, its size and its main effects, plus the outlook, and drops the operational details.",
+    lambda f: [
         f"Event: {f['cm']} cm of snow fell on {f['town']} on {f['day']} night.",
         f"Effects: {f['schools']} schools closed on {f['next']}, {f['plows']} snowplows cleared main roads, and buses ran a reduced schedule until the afternoon.",
         f"Outlook: temperatures should rise above freezing by {f['thaw']}, melting most of the snow.",
-    ]
-    return _summary_prompt(rng, text, hard=True), answer_hard(summary, points, label="Key points")
+    ],
+)
 
 
 def _match(rng: Rng, held: bool) -> tuple[str, dict, str]:
@@ -178,23 +195,15 @@ def _match(rng: Rng, held: bool) -> tuple[str, dict, str]:
     return text, f, summary
 
 
-def _summary_match(rng: Rng, held: bool) -> tuple[str, str]:
-    text, _, summary = _match(rng, held)
-    why = "It keeps the result, the standout player and what the win means, and leaves out the crowd size and the coach's comment."
-    return _summary_prompt(rng, text, hard=False), answer_easy(summary, why)
-
-
-def _summary_match_hard(rng: Rng, held: bool) -> tuple[str, str]:
-    text, f, summary = _match(rng, held)
-    points = [
+_MATCH = _summaries(
+    _match,
+    "It keeps the result, the standout player and what the win means, and leaves out the crowd size and the coach's comment.",
+    lambda f: [
         f"Result: {f['team']} won {f['s1']}–{f['s2']} against {f['rival']} on {f['day']}, watched by {f['crowd']} fans.",
         f"Key player: {f['player']} scored {'the' if f['goals'] == 'one' else f['goals'] + ' goals, including the'} winner in the {f['minute']} minute.",
         f"Consequences: {f['team']} moves up to {f['place']} place, and {f['rival']}'s coach blamed missed chances.",
-    ]
-    return _summary_prompt(rng, text, hard=True), answer_hard(summary, points, label="Key points")
-
-
-GENERATORS = (
-    [_summary_council, _summary_study, _summary_storm, _summary_match],
-    [_summary_council_hard, _summary_study_hard, _summary_storm_hard, _summary_match_hard],
+    ],
 )
+
+
+GENERATORS = tuple(list(difficulty) for difficulty in zip(_COUNCIL, _STUDY, _STORM, _MATCH, strict=True))
