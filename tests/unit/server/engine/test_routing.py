@@ -75,6 +75,19 @@ def test_probes_wait_until_the_drafts_catch_up_is_paid_for() -> None:
     assert gain >= 0.98
 
 
+def test_one_lucky_proposal_does_not_switch_a_fresh_replica_on() -> None:
+    """α = 0.3 does not pay at c = 0.4. A fresh replica's first probe is accepted 3 times in 10: that
+    moves α part of the way, to a round of one proposal at most, not to rounds of five."""
+    adaptive = Adaptive(5)
+    assert adaptive.choose(1) == 0
+    adaptive.record(1, 0, 0, 0, PLAIN)
+    assert adaptive.choose(1) == 1
+    adaptive.record(1, 1, 1, 0, PLAIN * 1.4)
+    assert adaptive.choose(1) <= 1
+    gains = [run(350, alpha=lambda s: 0.3, cost=lambda b: 0.4, seed=seed, catch_up=0.65)[1] for seed in range(100)]
+    assert min(gains) >= 0.97
+
+
 @pytest.mark.parametrize("batch", [1, 16])
 def test_a_good_draft_speculates_with_a_long_round(batch: int) -> None:
     chosen, gain = run(1000, alpha=lambda s: 0.9, cost=lambda b: 0.05, batch=lambda s: batch)
