@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch-draft", default="llama-1b", choices=["llama-1b", "llama-160m"])
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--seconds", type=float, default=25.0, help="time per cell")
-    parser.add_argument("--repeat", type=int, default=1, help="runs of each cell, systems taking turns (pooled)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each cell, systems alternating (pooled)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--mix", type=int, default=64, help="distinct requests in the mix")
     parser.add_argument("--policies", nargs="+", default=list(POLICIES))
@@ -291,9 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     for clients in args.clients:
         made = systems(args, base, target, tokenizer, clients)
         pooled = {name: (Cell(), 0.0) for name in made}
-        for _ in range(args.repeat):  # systems take turns: drift in a shared machine's load hits them all
-            for name, make in made.items():
-                system = make()
+        # systems take turns, in reverse order every other turn: drift in a shared machine's load hits all alike
+        for turn in range(args.repeat):
+            for name in list(made)[:: -1 if turn % 2 else 1]:
+                system = made[name]()
                 asyncio.run(warm_up(system, mix[0]))
                 cell, elapsed = asyncio.run(run_cell(system, mix, clients, args.seconds))
                 system.close()
