@@ -15,7 +15,7 @@ which no routing decision changes: interference from other work). It also report
 estimates at the end of each turn: α, and per batch-size range the time of a target-only step and a
 proposal's cost c relative to it.
 
-    cd bench && python adaptive_cost.py --requests 4 --turns 4 --threads 1
+    cd bench && python adaptive_cost.py --requests 6 --turns 4 --threads 1   # docs/benchmarks.md
 """
 
 from __future__ import annotations
