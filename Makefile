@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: venv vllm-venv tools test test-fast lint format crds demo images deploy-sync clean
+.PHONY: venv vllm-venv tools test test-fast lint format crds demo images images-debian deploy-sync clean
 
 # uv installs the same pinned packages as pip, several times faster (parallel downloads and unpacking).
 # It reads none of pip's configuration, so it gets pip's (looked up once): find-links (where the CPU
@@ -106,6 +106,14 @@ images:
 		$(DOCKER_BUILD) -f images/$$c/Dockerfile -t $(REGISTRY)/$$c:$(VERSION) \
 			--build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) . || exit 1; \
 	done
+
+# Without Docker or a registry (root, buildah and mmdebstrap from Debian): a Python base from Debian's
+# packages, the operator, trainer and server images built with buildah, `metaspec` run in each as its
+# non-root user, and a CycloneDX SBOM of each in out/sbom where `make tools` has put trivy in .tools/.
+# PIP_FIND_LINKS=<wheel folder> PIP_CONSTRAINT=<file> lend pip local wheels (a CPU torch) for the build
+# steps only.
+images-debian:
+	VERSION=$(VERSION) REVISION=$(REVISION) TRIVY="$${TRIVY:-$(wildcard .tools/trivy)}" images/build-debian.sh
 
 # The chart's and the Kustomize base's generated files: CRDs, RBAC rules, Argo CD health checks.
 deploy-sync: venv

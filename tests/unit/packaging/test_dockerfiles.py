@@ -1,6 +1,7 @@
-"""The Dockerfiles' invariants that can be checked without a Docker engine (none is installed here).
-
-Building the images is `make images` on a machine with Docker; these tests parse the files instead.
+"""The Dockerfiles' invariants, checked by parsing the files: building an image takes minutes and a
+registry or a Debian mirror, so the suite does not. `make images` builds them with Docker; `make
+images-debian` builds the operator, trainer and server images without Docker or a registry (buildah, a
+base from Debian's packages) and runs `metaspec` inside each.
 """
 
 from __future__ import annotations
@@ -178,3 +179,20 @@ def test_build_context_holds_what_copy_needs(dockerfile) -> None:
                 assert (REPO / source).exists(), f"{component}: COPY {source} does not exist"
                 assert not _ignored(source, patterns), f"{component}: .dockerignore excludes {source}"
     assert _ignored(".venv/bin/python", patterns) and _ignored("tests/conftest.py", patterns)
+
+
+def test_debian_build_replaces_every_registry_base() -> None:
+    """`images/build-debian.sh` builds with `--build-arg PYTHON_IMAGE=<a base made from Debian's packages>`:
+    the images it builds take every stage from that argument or from an earlier stage, so none needs a
+    registry. The generator's final stage is vLLM's image, which only a registry has."""
+    script = (REPO / "images" / "build-debian.sh").read_text()
+    match = re.search(r"else IMAGES=\(([a-z ]+)\)", script)
+    assert match, "build-debian.sh: no default image list"
+    built = match.group(1).split()
+    assert sorted(built) == sorted(set(IMAGES) - {"generator"})
+    assert '--build-arg "PYTHON_IMAGE=$BASE"' in script
+    for image in built:
+        stages, args = parse(REPO / "images" / image / "Dockerfile")
+        names = {s.name for s in stages if s.name}
+        for stage in stages:
+            assert stage.image in names or stage.image == args["PYTHON_IMAGE"], f"{image}: FROM {stage.image}"
