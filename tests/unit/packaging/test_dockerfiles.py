@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 
 from metaspec.cli import COMPONENTS
+from metaspec.operator.settings import OperatorSettings
 
 REPO = Path(__file__).resolve().parents[3]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -23,6 +25,7 @@ IMAGES = ["operator", "trainer", "generator", "server"]
 #: The `metaspec` sub-command each image runs, and the extra that sub-command needs.
 COMMAND = {"operator": "operator", "trainer": "train", "generator": "generate", "server": "serve"}
 REQUIRED_LABELS = {"title", "description", "source", "licenses", "version", "revision"}
+MAKEFILE = (REPO / "Makefile").read_text()
 
 
 @dataclass
@@ -179,6 +182,37 @@ def test_build_context_holds_what_copy_needs(dockerfile) -> None:
                 assert (REPO / source).exists(), f"{component}: COPY {source} does not exist"
                 assert not _ignored(source, patterns), f"{component}: .dockerignore excludes {source}"
     assert _ignored(".venv/bin/python", patterns) and _ignored("tests/conftest.py", patterns)
+
+
+def _make_default(name: str) -> str:
+    match = re.search(rf"^{name} \??[:]?= *(.+)$", MAKEFILE, re.MULTILINE)
+    assert match, f"Makefile sets no {name}"
+    return match.group(1).strip()
+
+
+def test_images_built_are_the_images_deployed() -> None:
+    """`make images` tags `<REGISTRY>/<component>`; the chart and the operator's defaults pull those names."""
+    registry = _make_default("REGISTRY")
+    assert _make_default("COMPONENTS").split() == IMAGES
+    chart = yaml.safe_load((REPO / "charts" / "metaspec" / "values.yaml").read_text())
+    assert chart["operator"]["image"]["repository"] == f"{registry}/operator"
+    defaults = OperatorSettings().images
+    for component in set(IMAGES) - {"operator"}:
+        assert chart["components"][component]["repository"] == f"{registry}/{component}"
+        assert defaults[component].rsplit(":", 1)[0] == f"{registry}/{component}"
+
+
+def test_one_vllm_release_everywhere() -> None:
+    """The generator's base, SpecServe's vLLM image (operator default and chart) are the release of vLLM
+    that the suite runs (`make vllm-venv`, vLLM's CPU build of the same version)."""
+    release = re.fullmatch(r"vllm(?:-cpu)?==(\S+)", _make_default("VLLM"))
+    assert release, _make_default("VLLM")
+    image = f"vllm/vllm-openai:v{release.group(1)}"
+    _, args = parse(REPO / "images" / "generator" / "Dockerfile")
+    assert args["VLLM_IMAGE"] == image
+    assert OperatorSettings().vllm_image == image
+    vllm = yaml.safe_load((REPO / "charts" / "metaspec" / "values.yaml").read_text())["components"]["vllm"]
+    assert f"{vllm['repository']}:{vllm['tag']}" == image
 
 
 def test_debian_build_replaces_every_registry_base() -> None:
