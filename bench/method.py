@@ -84,13 +84,13 @@ class SftRecipe(AnilMamlRecipe):
         losses, tokens = [], 0
         for _ in range(per_batch):
             task = self._next_task()
-            features, n = self._features(task.support + task.query, task.support_weights + task.query_weights)
-            h, y, *w = features
+            examples = task.support + task.query
+            h, y, *w = self._features(examples, task.support_weights + task.query_weights)
             loss = chunked_cross_entropy(h, y, self.lm.get_output_embeddings(), weights=w[0] if w else None)
             loss = loss / y.numel()
             (loss * (scale / per_batch)).backward()
             losses.append(loss.item())
-            tokens += n
+            tokens += sum(ex.n_tokens for ex in examples)
         return StepStats(sum(losses) / len(losses), tokens)
 
 

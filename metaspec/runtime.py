@@ -26,6 +26,7 @@ from metaspec.api import InvalidResource, Resource, parse_resource
 CONFIG_PATH = "/etc/metaspec/config.json"
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 TERMINATION_MESSAGE_LIMIT = 4096
+TERMINATION_MESSAGE_ENV = "METASPEC_TERMINATION_MESSAGE_PATH"
 EXIT_PERMANENT = 3
 EXIT_QUALITY = 4
 EXIT_TRANSIENT = 75  # EX_TEMPFAIL
@@ -171,7 +172,7 @@ def check_provenance(where: str, recorded: dict[str, Any] | None, current: dict[
 
 
 def termination_message_path() -> Path:
-    return Path(os.environ.get("METASPEC_TERMINATION_MESSAGE_PATH", TERMINATION_MESSAGE_PATH))
+    return Path(os.environ.get(TERMINATION_MESSAGE_ENV, TERMINATION_MESSAGE_PATH))
 
 
 def write_summary(summary: dict[str, Any]) -> None:

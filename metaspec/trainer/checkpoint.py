@@ -127,10 +127,14 @@ def write_checkpoint(
     (local / "state.json").write_text(json.dumps({**state, "python_rng": python_rng_state()}))
     (local / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
     (local / "config.json").write_text(json.dumps(config, indent=1))
-    uri = output.join(CHECKPOINTS, f"step-{step}")
+    uri = checkpoint_uri(output, step)
     upload_dir(local, uri, metadata={"step": step})
     shutil.rmtree(local)
     return uri
+
+
+def checkpoint_uri(output: Uri, step: int) -> Uri:
+    return output.join(CHECKPOINTS, f"step-{step}")
 
 
 def latest_checkpoint(output: Uri, cache_dir: Path) -> Checkpoint | None:
@@ -141,7 +145,7 @@ def latest_checkpoint(output: Uri, cache_dir: Path) -> Checkpoint | None:
         return None
     steps = sorted({int(m.group(1)) for rel, _ in listing if (m := _STEP_DIR.match(rel))}, reverse=True)
     for step in steps:
-        uri = output.join(CHECKPOINTS, f"step-{step}")
+        uri = checkpoint_uri(output, step)
         try:
             path, _ = materialize(uri, cache_dir / CHECKPOINTS)
         except (IncompleteArtifact, ChecksumMismatch, NotFound) as e:

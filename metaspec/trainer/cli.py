@@ -1,12 +1,23 @@
-"""`metaspec train --config FILE [--work-dir DIR] [--device cpu|cuda]`: a TrainingRun's container."""
+"""`metaspec train --config FILE [--work-dir DIR] [--device cpu|cuda] [--nproc-per-node N] [--nnodes M]`:
+a TrainingRun's container."""
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from metaspec.api import TrainingRun
-from metaspec.runtime import CONFIG_PATH, load_config, run_component, scratch_dir, setup_logging, write_summary
+from metaspec.runtime import (
+    CONFIG_PATH,
+    TERMINATION_MESSAGE_ENV,
+    load_config,
+    run_component,
+    scratch_dir,
+    setup_logging,
+    termination_message_path,
+    write_summary,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,18 +33,49 @@ def main(argv: list[str] | None = None) -> int:
         "~/.cache/metaspec/trainer); models go to the model cache ($METASPEC_MODEL_CACHE)",
     )
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when visible, else cpu)")
+    parser.add_argument(
+        "--nproc-per-node",
+        type=int,
+        default=1,
+        help="training processes on this machine, one per GPU (default 1); with more, or with --nnodes above 1, "
+        "they are launched by torch.distributed.run (torchrun) and train data-parallel",
+    )
+    parser.add_argument(
+        "--nnodes",
+        type=int,
+        default=1,
+        help="machines training together (default 1); each runs this command with its node rank in "
+        "PET_NODE_RANK and node 0's address in PET_MASTER_ADDR and PET_MASTER_PORT (torchrun's variables)",
+    )
     args = parser.parse_args(argv)
     setup_logging()
+    from .distributed import launch, launched, rank_summary
+
+    if (args.nproc_per_node > 1 or args.nnodes > 1) and not launched():
+        return launch(_worker_argv(args), args.nproc_per_node, args.nnodes)
+    if launched():
+        os.environ[TERMINATION_MESSAGE_ENV] = str(rank_summary(termination_message_path(), int(os.environ["RANK"])))
 
     def body() -> int:
-        from .run import train  # torch and transformers load here, after the arguments parsed
-
         run = load_config(args.config, TrainingRun)
+        from .run import train  # torch and transformers load here, after the arguments and config parsed
+
         summary = train(run, work_dir=args.work_dir or default_work_dir(), device=args.device)
-        write_summary(summary)
+        if summary is not None:
+            write_summary(summary)
         return 0
 
     return run_component("trainer", body)
+
+
+def _worker_argv(args: argparse.Namespace) -> list[str]:
+    """What each launched process runs: this command without the launcher's options."""
+    argv = ["train", "--config", str(args.config)]
+    if args.work_dir:
+        argv += ["--work-dir", str(args.work_dir)]
+    if args.device:
+        argv += ["--device", args.device]
+    return argv
 
 
 def default_work_dir() -> Path:

@@ -1,8 +1,12 @@
-"""The optimizer loop both recipes share: AdamW, schedule, accumulation, clipping, evaluation, early
+"""The optimizer loop the recipes share: AdamW, schedule, accumulation, clipping, evaluation, early
 stopping, best weights, checkpoints, resume and SIGTERM.
 
 A recipe says how to compute one micro-step's loss and the evaluation loss; everything about steps,
-time and persistence lives here, so both recipes checkpoint and resume the same way.
+time and persistence lives here, so the recipes checkpoint and resume the same way.
+
+Under data parallelism (`distributed`) every rank runs this loop in lockstep on the same weights:
+step statistics, the stop request and the evaluation loss are reduced over ranks so every rank takes
+the same decisions, and only rank 0 writes checkpoints.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from metaspec.runtime import PermanentError, TransientError, check_provenance, s
 
 from .checkpoint import (
     Checkpoint,
+    checkpoint_uri,
     latest_checkpoint,
     load_trainable,
     save_trainable,
@@ -33,6 +38,7 @@ from .checkpoint import (
     set_rng_state,
     write_checkpoint,
 )
+from .distributed import DataParallel, World
 from .progress import Reporter
 
 
@@ -47,6 +53,7 @@ class Recipe(Protocol):
     """One training method (`recipes/`): what the loop optimizes and what the run publishes."""
 
     model: nn.Module  # its parameters with requires_grad are what the loop optimizes
+    parallel: DataParallel  # how `train_step`'s backward reaches the other ranks
     units_per_step: int  # sampling units one micro-step consumes (anil-maml: tasks per batch), for epochs
     adapter_dir: str | None  # the output's subdirectory `finish` saves a LoRA adapter in, if any
     model_dir: str | None  # the output's subdirectory holding the usable model, if `finish` saved one
@@ -57,7 +64,8 @@ class Recipe(Protocol):
         """Micro-steps in one pass over the data."""
 
     def train_step(self, scale: float) -> StepStats:
-        """Forward and backward of one micro-step, gradients scaled by `scale`."""
+        """Forward and backward of this rank's share of one micro-step, gradients scaled by `scale`;
+        its loss and tokens are this rank's share (summed over ranks, the micro-step's)."""
 
     def evaluate(self) -> float:
         """Mean evaluation loss per target token."""
@@ -111,8 +119,10 @@ class TrainLoop:
         work_dir: Path,
         config: dict[str, Any],
         reporter: Reporter,
+        world: World | None = None,
     ):
         self.recipe, self.opt, self.output, self.config, self.reporter = recipe, opt, output, config, reporter
+        self.world = world or World()
         work_dir.mkdir(parents=True, exist_ok=True)
         self.staging = work_dir / "staging"
         self.cache = work_dir / "cache"
@@ -167,6 +177,7 @@ class TrainLoop:
         elif self.state.best_step == self.state.step:
             save_trainable(self.recipe.model, self.best_path)
         self.last_checkpoint = checkpoint.uri
+        self.world.seed_rank(self.opt.seed, self.state.step)  # rank 0's generator state is the one saved
 
     def run(self) -> None:
         """Train to `total_steps` or early stop; the model ends holding the best evaluated weights."""
@@ -174,8 +185,10 @@ class TrainLoop:
             self.reporter.on_start(self.total_steps, self.state.step)
             while self.state.step < self.total_steps and not self.state.stopped_early:
                 self._step()
-                if self._stop_requested:
+                # SIGTERM on any rank stops every rank after the same step (one checkpoint, by rank 0)
+                if self.world.any(self._stop_requested):
                     self.checkpoint()
+                    self.world.barrier()  # no rank exits (and has the launcher stop the others) mid-upload
                     raise TransientError(f"stopped at step {self.state.step} (SIGTERM); checkpoint written")
                 if self.state.step % self.opt.checkpoint_steps == 0 and self.state.step < self.total_steps:
                     self.checkpoint()
@@ -197,11 +210,16 @@ class TrainLoop:
     def _step(self) -> None:
         started = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
-        stats = [
-            self.recipe.train_step(1 / self.opt.gradient_accumulation) for _ in range(self.opt.gradient_accumulation)
-        ]
+        stats = [self._micro_step(i) for i in range(self.opt.gradient_accumulation)]
+        extras = list(stats[0].extra)
+        loss, tokens, *extra = self.world.sum(  # the ranks' shares: the step's figures
+            [
+                sum(s.loss for s in stats) / len(stats),
+                sum(s.tokens for s in stats),
+                *(sum(s.extra[k] for s in stats) / len(stats) for k in extras),
+            ]
+        )
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.opt.max_grad_norm)
-        loss = sum(s.loss for s in stats) / len(stats)
         lr = self.scheduler.get_last_lr()[0]
         self._check_finite(f"loss {loss}, gradient norm {float(grad_norm)}", math.isfinite(loss * float(grad_norm)))
         self.optimizer.step()
@@ -209,7 +227,7 @@ class TrainLoop:
         self.scheduler.step()
         self.state.step += 1
         elapsed = time.perf_counter() - started
-        tokens = sum(s.tokens for s in stats)
+        tokens = int(tokens)
         self.state.tokens += tokens
         self.state.train_seconds += elapsed
         record: dict[str, Any] = {
@@ -224,12 +242,16 @@ class TrainLoop:
             * self.opt.gradient_accumulation
             / self.recipe.units_per_epoch,
         }
-        for key in stats[0].extra:
-            record[key] = sum(s.extra[key] for s in stats) / len(stats)
+        record.update(zip(extras, extra, strict=True))
         if self.state.step % self.opt.eval_steps == 0 or self.state.step == self.total_steps:
             record["eval_loss"] = self._evaluate()
         self.history.append(record)
         self.reporter.on_step(record)
+
+    def _micro_step(self, index: int) -> StepStats:
+        """DDP all-reduces the gradients in the last micro-step's backward only (accumulated before)."""
+        with self.recipe.parallel.sync_if(index == self.opt.gradient_accumulation - 1):
+            return self.recipe.train_step(1 / self.opt.gradient_accumulation)
 
     def _check_finite(self, what: str, finite: bool) -> None:
         if not finite:
@@ -239,7 +261,7 @@ class TrainLoop:
             )
 
     def _evaluate(self) -> float:
-        loss = self.recipe.evaluate()
+        loss = self.world.mean(self.recipe.evaluate())
         self._check_finite(f"evaluation loss {loss}", math.isfinite(loss))
         s = self.state
         if s.best_eval_loss is None or loss < s.best_eval_loss:
@@ -258,7 +280,11 @@ class TrainLoop:
         return loss
 
     def checkpoint(self) -> Uri:
+        """Rank 0 writes the checkpoint (the state is the same on every rank); every rank returns its URI."""
         s = self.state
+        if not self.world.main:
+            self.last_checkpoint = checkpoint_uri(self.output, s.step)
+            return self.last_checkpoint
         best = self.best_path if s.best_step is not None and s.best_step != s.step else None
         self.last_checkpoint = write_checkpoint(
             self.output,

@@ -6,6 +6,9 @@
 <output>/model/                trained draft (causal-lm)         ─┘ later stage can load it by URI
 <output>/metrics.json, history.jsonl
 <output>/_manifest.json        last: the whole output; a run whose manifest exists is complete
+
+Under data parallelism every rank trains; rank 0 alone writes checkpoints and the output, so the
+output's manifest is still written last, once.
 """
 
 from __future__ import annotations
@@ -32,11 +35,12 @@ from metaspec.artifacts import (
     upload_file,
     write_bytes,
 )
-from metaspec.devices import resolve_device, resolve_dtype
+from metaspec.devices import resolve_dtype
 from metaspec.runtime import QualityError, check_provenance, model_cache_dir, provenance, to_json
 
+from .distributed import World, init_world
 from .loop import TrainLoop
-from .progress import Reporter, default_reporter
+from .progress import Reporter, Reporters, default_reporter
 from .recipes import RECIPES
 from .recipes.common import Context
 
@@ -50,11 +54,23 @@ def train(
     device: str | None = None,
     reporter: Reporter | None = None,
     model_cache: Path | None = None,
-) -> dict[str, Any]:
-    """Train (resuming from the newest complete checkpoint), evaluate, publish; return the summary.
+) -> dict[str, Any] | None:
+    """Train (resuming from the newest complete checkpoint), evaluate, publish; return the summary
+    (None on ranks other than 0, which only train). Joins the process group when launched by
+    `torch.distributed.run` (`distributed.launch`).
 
     `work_dir` is this run's scratch; models are fetched into `model_cache` (default
-    `metaspec.runtime.model_cache_dir()`), which other runs may share."""
+    `metaspec.runtime.model_cache_dir()`), which other runs, and the other ranks, may share."""
+    world = init_world(device)
+    try:
+        return _train(run, world, work_dir, reporter, model_cache or model_cache_dir())
+    finally:
+        world.close()
+
+
+def _train(
+    run: TrainingRun, world: World, work_dir: Path, reporter: Reporter | None, model_cache: Path
+) -> dict[str, Any] | None:
     spec = run.spec
     output = Uri.parse(spec.output.uri)
     produced = provenance(run.kind, spec.dump(), _inputs(run))
@@ -62,23 +78,27 @@ def train(
         check_provenance(str(output), read_manifest(output).metadata.get("producedBy"), produced)
         log.info("%s is already complete (same spec and inputs): nothing to do", output)
         return _finished_summary(output)
-    torch_device = resolve_device(device)
-    dtype = resolve_dtype(spec.base_model.dtype, torch_device)
-    ctx = Context(run, torch_device, dtype, work_dir, reporter or default_reporter(), model_cache or model_cache_dir())
-    if torch_device.type == "cuda":
+    dtype = resolve_dtype(spec.base_model.dtype, world.device)
+    reporter = (reporter or default_reporter()) if world.main else Reporters()  # rank 0 speaks for all
+    ctx = Context(run, world.device, dtype, work_dir, reporter, model_cache, world)
+    if world.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # the fp32 fast weights' matmuls
     torch.manual_seed(spec.optimization.seed)
     recipe = RECIPES[spec.method](ctx)
+    world.seed_rank(spec.optimization.seed)
     loop = TrainLoop(
         recipe,
         spec.optimization,
         output=output,
-        work_dir=work_dir,
+        work_dir=work_dir if world.main else work_dir / f"rank-{world.rank}",
         config=run.model_dump(by_alias=True, exclude_none=True, mode="json"),
         reporter=ctx.reporter,
+        world=world,
     )
     loop.resume()
     loop.run()
+    if not world.main:
+        return None
     staging = work_dir / "output"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

@@ -17,7 +17,8 @@ import torch
 
 from metaspec.runtime import PermanentError
 
-from ..data import Example, TaskSampler, collate
+from ..data import Example, Task, TaskSampler, collate
+from ..distributed import DataParallel
 from ..evaluate import body_of, evaluation_loss
 from ..loop import StepStats
 from ..losses import select_targets, token_weights
@@ -39,7 +40,9 @@ class AnilMamlRecipe(BaseRecipe):
         if spec.optimization.gradient_checkpointing:
             self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model.train()
+        self.parallel = DataParallel(self.model, ctx.world)
         anil = spec.anil
+        ctx.world.check_divisible(anil.tasks_per_batch, "spec.anil.tasksPerBatch")
         try:
             self.sampler = TaskSampler(
                 self.data.train,
@@ -76,33 +79,38 @@ class AnilMamlRecipe(BaseRecipe):
             task = next(self._tasks)
         return task
 
-    def _features(
-        self, examples: tuple[Example, ...], weights: tuple[float, ...]
-    ) -> tuple[tuple[torch.Tensor, ...], int]:
-        """One body pass: (hidden states of the supervised positions (N, D), their labels (N,)[, their
-        loss weights (N,) with `balance: tokens`]) and the tokens processed."""
+    def _features(self, examples: tuple[Example, ...], weights: tuple[float, ...]) -> tuple[torch.Tensor, ...]:
+        """One body pass: hidden states of the supervised positions (N, D), their labels (N,)[, their
+        loss weights (N,) with `balance: tokens`]."""
         batch = collate(examples, self.pad_id, weights if self.spec.anil.balance == "tokens" else None)
         inputs = body_inputs(batch, self.ctx.device)
         hidden = body_of(self.lm)(**inputs).last_hidden_state  # (B, T, D)
         h, y = select_targets(hidden, batch["labels"])
-        tokens = int(batch["attention_mask"].sum())
         if "example_weights" not in batch:
-            return (h, y), tokens
-        return (h, y, token_weights(batch["labels"], batch["example_weights"]).to(h.device)), tokens
+            return h, y
+        return h, y, token_weights(batch["labels"], batch["example_weights"]).to(h.device)
+
+    def _task_loss(self, task: Task) -> torch.Tensor:
+        anil = self.spec.anil
+        support = self._features(task.support, task.support_weights)
+        query = self._features(task.query, task.query_weights)
+        head = output_head(self.lm, self.proj)
+        return task_loss(head, support, query, anil.inner_steps, anil.inner_lr, anil.first_order)
 
     def train_step(self, scale: float) -> StepStats:
-        anil, per_batch = self.spec.anil, self.spec.anil.tasks_per_batch
+        """This rank's tasks of the global batch (every rank draws the whole batch, keeps its share):
+        their query losses' share of the batch mean. Tasks are never split, so token balancing
+        (`balance: tokens`) weighs each set exactly as one process does."""
+        per_batch = self.spec.anil.tasks_per_batch
+        tasks = self.ctx.world.share([self._next_task() for _ in range(per_batch)])
         losses, tokens = [], 0
-        for _ in range(per_batch):
-            task = self._next_task()
-            support, n_s = self._features(task.support, task.support_weights)
-            query, n_q = self._features(task.query, task.query_weights)
-            head = output_head(self.lm, self.proj)
-            loss = task_loss(head, support, query, anil.inner_steps, anil.inner_lr, anil.first_order)
-            (loss * (scale / per_batch)).backward()  # per task: one task's graph in memory at a time
+        for i, task in enumerate(tasks):
+            with self.parallel.sync_if(i == len(tasks) - 1):  # per task: one task's graph in memory at a time
+                loss = self.parallel.loss(lambda task=task: self._task_loss(task))
+                self.parallel.backward(loss * (scale / per_batch))
             losses.append(loss.item())
-            tokens += n_s + n_q
-        return StepStats(sum(losses) / len(losses), tokens)
+            tokens += sum(ex.n_tokens for ex in task.support + task.query)
+        return StepStats(sum(losses) / per_batch, tokens)
 
     def evaluate(self) -> float:
         """Evaluation loss of the LoRA model as it will be used: no inner adaptation."""

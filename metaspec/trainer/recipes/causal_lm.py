@@ -23,12 +23,13 @@ from torch.nn import functional as F
 from metaspec.drafts.vocabulary import save_draft_vocabulary
 
 from ..data import collate
+from ..distributed import DataParallel
 from ..evaluate import body_of, evaluation_loss, perplexity
 from ..loop import StepStats
 from ..losses import LogitsFn, chunked_cross_entropy, chunked_distillation, select_targets
 from ..merge import save_model
 from ..models import derive_draft
-from .common import BatchRecipe, Context, body_inputs, training_vocabulary
+from .common import BatchRecipe, Context, batch_share, body_inputs, target_count, training_vocabulary
 
 
 class CausalLmRecipe(BatchRecipe):
@@ -53,19 +54,25 @@ class CausalLmRecipe(BatchRecipe):
         self.model.train()
         vocab = self.model.get_output_embeddings().weight.shape[0]
         self.vocabulary = training_vocabulary(ctx, self.data.train, self.tokenizer, vocab)
+        self.parallel = DataParallel(self.model, ctx.world)
         # Before any checkpoint is loaded: the draft as it starts, for the before/after comparison.
         self.initial_loss = self.evaluate()
 
     def train_step(self, scale: float) -> StepStats:
-        batch = collate(self.stream.next(), self.pad_id)
+        """This rank's share of the mean loss per target token of the global batch."""
+        examples = self.stream.next()
+        mine, weight = batch_share(self.ctx.world, examples)
+        batch = collate(mine, self.pad_id)
         inputs = body_inputs(batch, self.ctx.device)
         with self.autocast:
-            loss = self._loss(inputs, batch["labels"])
-        (loss * scale).backward()
-        return StepStats(loss.item(), int(batch["attention_mask"].sum()))
+            loss = self.parallel.loss(
+                lambda: self._loss_sum(inputs, batch["labels"]) * (weight / target_count(examples))
+            )
+        self.parallel.backward(loss * scale)
+        return StepStats(loss.item(), int(batch["attention_mask"].sum() * weight))
 
-    def _loss(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
-        """Mean loss per target token."""
+    def _loss_sum(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        """Loss summed over the target tokens."""
         hidden = body_of(self.model)(**inputs).last_hidden_state  # (B, T, D)
         h, y = select_targets(hidden, labels)
         head = self._head(self.model)
@@ -73,13 +80,13 @@ class CausalLmRecipe(BatchRecipe):
             if self.vocabulary is not None:  # labels as draft ids; a token outside cannot be learnt
                 draft_ids = torch.searchsorted(self.vocabulary, y)
                 inside = self.vocabulary[draft_ids.clamp_max(self.vocabulary.numel() - 1)] == y
-                return chunked_cross_entropy(h[inside], draft_ids[inside], head) / y.numel()
-            return chunked_cross_entropy(h, y, head) / y.numel()
+                return chunked_cross_entropy(h[inside], draft_ids[inside], head)
+            return chunked_cross_entropy(h, y, head)
         with torch.no_grad():
             teacher_hidden = body_of(self.teacher)(**inputs).last_hidden_state  # (B, T, D)
         h_t, _ = select_targets(teacher_hidden, labels)
         temperature = self.spec.draft.distill_temperature
-        return chunked_distillation(h, h_t, head, self._head(self.teacher), temperature) / y.numel()
+        return chunked_distillation(h, h_t, head, self._head(self.teacher), temperature)
 
     def _head(self, model: torch.nn.Module) -> LogitsFn:
         """The model's output layer, over the draft vocabulary's rows only when there is one."""

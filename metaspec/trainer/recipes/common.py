@@ -16,6 +16,7 @@ from metaspec.records import InvalidData
 from metaspec.runtime import PermanentError, model_cache_dir
 
 from ..data import IGNORE_INDEX, Example, batches, load_training_data
+from ..distributed import World
 from ..evaluate import evaluation_loss, perplexity
 from ..merge import merge_degradation, merge_lora, save_adapter, save_model
 from ..models import LoadedModel, load_model
@@ -30,6 +31,7 @@ class Context:
     work_dir: Path  # this run's scratch
     reporter: Reporter
     model_cache: Path = field(default_factory=model_cache_dir)  # downloaded models, shared between runs
+    world: World = field(default_factory=World)
 
 
 @dataclass
@@ -66,6 +68,20 @@ def load_datasets(ctx: Context, tokenizer: Any) -> Datasets:
         {"train_examples": len(train), "eval_examples": len(evaluation)},
     )
     return Datasets(train, evaluation, report)
+
+
+def target_count(examples: list[Example]) -> int:
+    """Supervised tokens of a batch, counted as `losses.select_targets` selects them (position t
+    predicts label t + 1): the global normaliser every rank divides its loss sum by."""
+    return sum(label != IGNORE_INDEX for ex in examples for label in ex.labels[1:])
+
+
+def batch_share(world: World, examples: list[Example]) -> tuple[list[Example], float]:
+    """This rank's examples of a global batch and their weight: a rank left without one (the short
+    last batch of an epoch) runs the batch's first example at weight 0, so it still joins DDP's
+    all-reduce (a collective) and adds nothing to the gradient."""
+    mine = world.share(examples)
+    return (mine, 1.0) if mine else (examples[:1], 0.0)
 
 
 def body_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -122,6 +138,7 @@ class BatchRecipe(BaseRecipe):
     def load(self) -> LoadedModel:
         loaded = super().load()
         optimization = self.spec.optimization
+        self.ctx.world.check_divisible(optimization.batch_size, "spec.optimization.batchSize")
         self.stream = BatchStream(self.data.train, optimization.batch_size, optimization.seed)
         return loaded
 

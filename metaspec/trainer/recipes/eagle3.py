@@ -26,9 +26,10 @@ from torch.nn import functional as F
 from metaspec.drafts import Eagle3Draft, aux_hidden_states, save_eagle3
 
 from ..data import IGNORE_INDEX, collate
+from ..distributed import DataParallel
 from ..loop import StepStats
 from ..losses import chunked_distillation
-from .common import BatchRecipe, Context, body_inputs, training_vocabulary
+from .common import BatchRecipe, Context, batch_share, body_inputs, training_vocabulary
 
 
 def unroll_bias(length: int, step: int, device: torch.device) -> torch.Tensor:
@@ -56,6 +57,7 @@ class Eagle3Recipe(BatchRecipe):
         self.to_draft[self.model.target_ids()] = torch.arange(self.model.config.draft_vocab_size, device=ctx.device)
         half = ctx.dtype in (torch.bfloat16, torch.float16)
         self.autocast = torch.autocast(ctx.device.type, dtype=ctx.dtype, enabled=half)
+        self.parallel = DataParallel(self.model, ctx.world)
         self.agreement: float | None = None
         self.initial_loss = self.evaluate()
 
@@ -64,13 +66,17 @@ class Eagle3Recipe(BatchRecipe):
         return self.target.get_output_embeddings().weight.shape[0]
 
     def train_step(self, scale: float) -> StepStats:
-        batch = collate(self.stream.next(), self.pad_id)
+        """This rank's share of the global batch: its mean loss over the unrolled steps, divided by the
+        number of processes (the ranks' means are averaged, each over its own predicted positions)."""
+        mine, weight = batch_share(self.ctx.world, self.stream.next())
+        share = weight / self.ctx.world.size
+        batch = collate(mine, self.pad_id)
         with self.autocast:
-            losses = self._losses(batch, self.spec.draft.unroll)
-        loss = sum(losses) / len(losses)
-        (loss * scale).backward()
-        extra = {f"loss_step{i + 1}": x.item() for i, x in enumerate(losses)}
-        return StepStats(loss.item(), int(batch["attention_mask"].sum()), extra)
+            losses = self.parallel.loss(lambda: torch.stack(self._losses(batch, self.spec.draft.unroll)))  # (S,)
+        loss = losses.mean() * share
+        self.parallel.backward(loss * scale)
+        extra = {f"loss_step{i + 1}": x.item() * share for i, x in enumerate(losses)}
+        return StepStats(loss.item(), int(batch["attention_mask"].sum() * weight), extra)
 
     def _teacher(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The target's aux features (B, T, 3H) and final normed hidden states (B, T, H)."""

@@ -12,11 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from torch import Tensor
+
 from ..data import collate
+from ..distributed import DataParallel
 from ..evaluate import body_of, evaluation_loss
 from ..loop import StepStats
 from ..losses import chunked_cross_entropy, select_targets
-from .common import BatchRecipe, Context, apply_lora, body_inputs, finish_lora
+from .common import BatchRecipe, Context, apply_lora, batch_share, body_inputs, finish_lora, target_count
 
 
 class LoraSftRecipe(BatchRecipe):
@@ -29,15 +32,22 @@ class LoraSftRecipe(BatchRecipe):
         if self.spec.optimization.gradient_checkpointing:
             self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model.train()
+        self.parallel = DataParallel(self.model, ctx.world)
 
     def train_step(self, scale: float) -> StepStats:
-        """Mean next-token loss over the batch's target tokens (the prompt is masked)."""
-        batch = collate(self.stream.next(), self.pad_id)
+        """This rank's share of the mean next-token loss over the global batch's target tokens (the
+        prompt is masked)."""
+        examples = self.stream.next()
+        mine, weight = batch_share(self.ctx.world, examples)
+        batch = collate(mine, self.pad_id)
+        loss = self.parallel.loss(lambda: self._loss_sum(batch) * (weight / target_count(examples)))
+        self.parallel.backward(loss * scale)
+        return StepStats(loss.item(), int(batch["attention_mask"].sum() * weight))
+
+    def _loss_sum(self, batch: dict[str, Tensor]) -> Tensor:
         hidden = body_of(self.lm)(**body_inputs(batch, self.ctx.device)).last_hidden_state  # (B, T, D)
         h, y = select_targets(hidden, batch["labels"])  # (N, D), (N,)
-        loss = chunked_cross_entropy(h, y, self.lm.get_output_embeddings()) / y.numel()
-        (loss * scale).backward()
-        return StepStats(loss.item(), int(batch["attention_mask"].sum()))
+        return chunked_cross_entropy(h, y, self.lm.get_output_embeddings())
 
     def evaluate(self) -> float:
         return evaluation_loss(self.lm, self.data.evaluation, self.pad_id, self.spec.evaluation.batch_size)

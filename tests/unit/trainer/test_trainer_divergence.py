@@ -25,6 +25,7 @@ from metaspec.runtime import (
     run_component,
     write_summary,
 )
+from metaspec.trainer.distributed import DataParallel, World
 from metaspec.trainer.loop import Diverged, StepStats, TrainLoop
 from metaspec.trainer.progress import LogReporter
 
@@ -39,6 +40,7 @@ class Quadratic:
         self.model = nn.Linear(1, 1, bias=False)
         with torch.no_grad():
             self.model.weight.fill_(start)
+        self.parallel = DataParallel(self.model, World())
         self.x, self.eval_loss = x, eval_loss
 
     @property

@@ -1,0 +1,117 @@
+"""Data-parallel training with real processes: `metaspec train --nproc-per-node 2` launches two gloo
+workers through torch.distributed.run, and they end with the weights one process reaches on the same
+global batch.
+
+Tolerance: both runs are float32 on CPU and differ only in summation order (each rank sums its share,
+DDP adds the shares). Task gradients largely cancel in their mean and ANIL's second-order path
+amplifies rounding, so gradient norms agree to ~1e-5 relative; after Adam's normalised updates the
+adapter weights (|w| up to 0.13) agree to atol 3e-5 and losses and gradient norms to rel 1e-4.
+Adam is blind to a constant factor on the gradient, so the gradient norm is what pins the scale
+(a missing factor of the world size would halve it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from trainer_helpers import tiny_anil_spec, training_run, write_dataset
+
+from metaspec.runtime import EXIT_PERMANENT
+from metaspec.trainer.progress import LogReporter
+from metaspec.trainer.run import train
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("data")
+    return write_dataset(root / "train.jsonl", 4), write_dataset(root / "eval.jsonl", 1, tag="eval", offset=100)
+
+
+def spec(model: Path, data: tuple[Path, Path], out: Path, method: str, **anil) -> dict:
+    spec = tiny_anil_spec(model, *data, str(out), maxSteps=2, evalSteps=2, checkpointSteps=1, batchSize=4)
+    spec["baseModel"]["dtype"] = "float32"  # on GPUs too (`auto` would be bfloat16 there)
+    spec["lora"]["dropout"] = 0.0  # the ranks draw their own dropout masks; the comparison needs none
+    spec["output"]["merge"] = False
+    spec["anil"].update(anil)
+    spec["method"] = method
+    if method != "anil-maml":
+        del spec["anil"]
+    return training_run(spec).model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def launch(
+    config: dict, tmp_path: Path, nproc: int = 2, device: str = "cpu"
+) -> tuple[subprocess.CompletedProcess, dict]:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    termination = tmp_path / "termination-log"
+    env = {**os.environ, "METASPEC_TERMINATION_MESSAGE_PATH": str(termination)}
+    command = [sys.executable, "-m", "metaspec.cli", "train", "--config", str(path), "--device", device]
+    command += ["--work-dir", str(tmp_path / "work"), "--nproc-per-node", str(nproc)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    return result, json.loads(termination.read_text()) if termination.is_file() else {}
+
+
+def single_process(config: dict, tmp_path: Path, device: str = "cpu") -> Path:
+    run = training_run(config["spec"])
+    train(run, work_dir=tmp_path / "single-work", device=device, reporter=LogReporter())
+    return Path(config["spec"]["output"]["uri"])
+
+
+def assert_same_training(one: Path, two: Path, atol: float = 3e-5, rel: float = 1e-4) -> None:
+    adapter, reference = (load_file(o / "adapter" / "adapter_model.safetensors") for o in (two, one))
+    assert adapter.keys() == reference.keys()
+    for name, tensor in adapter.items():
+        torch.testing.assert_close(tensor, reference[name], rtol=0, atol=atol)
+    histories = [[json.loads(line) for line in (o / "history.jsonl").read_text().splitlines()] for o in (one, two)]
+    for a, b in zip(*histories, strict=True):
+        assert b["tokens"] == a["tokens"], (a, b)
+        assert a.keys() == b.keys()
+        for key in {"loss", "grad_norm", "eval_loss"} & a.keys():
+            assert b[key] == pytest.approx(a[key], rel=rel), (key, a, b)
+    assert (two / "_manifest.json").is_file() and (two / "checkpoints" / "step-1" / "_manifest.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("method", "anil"),
+    [("lora-sft", {}), ("anil-maml", {"firstOrder": False, "balance": "tokens", "tasksPerBatch": 3})],
+)
+def test_two_processes_train_as_one_on_the_global_batch(tiny_llama, data, tmp_path, method, anil):
+    """lora-sft: 4 sequences per step shared 2 + 2; ANIL-MAML second order with token balancing:
+    3 tasks per step shared 2 + 1 (uneven on purpose), each rank adapting the head on its own tasks'
+    support sets, the meta-gradients all-reduced."""
+    config = spec(tiny_llama, data, tmp_path / "two", method, **anil)
+    result, summary = launch(config, tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert summary["phase"] == "Succeeded" and summary["progress"]["step"] == 2
+
+    reference = spec(tiny_llama, data, tmp_path / "one", method, **anil)
+    assert_same_training(single_process(reference, tmp_path), tmp_path / "two")
+
+
+@pytest.mark.gpu
+def test_two_gpus_train_as_one_over_nccl(tiny_llama, data, tmp_path):
+    """The same on two GPUs (NCCL), fp32. The trainer computes fp32 matmuls in TF32 on GPUs (10-bit
+    mantissa), so the two runs' different splits round differently: atol 1e-3, rel 1e-2."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA GPUs")
+    config = spec(tiny_llama, data, tmp_path / "two", "anil-maml", firstOrder=False, tasksPerBatch=2)
+    result, summary = launch(config, tmp_path, device="cuda")
+    assert result.returncode == 0 and summary["phase"] == "Succeeded", result.stderr[-4000:]
+    reference = spec(tiny_llama, data, tmp_path / "one", "anil-maml", firstOrder=False, tasksPerBatch=2)
+    assert_same_training(single_process(reference, tmp_path, device="cuda:0"), tmp_path / "two", 1e-3, 1e-2)
+
+
+def test_the_launcher_exits_with_the_failing_workers_code_and_summary(tmp_path):
+    """A permanent error in the workers (here: a config that is no TrainingRun) fails the Job at once:
+    the launcher exits with the worker's code, not torchrun's 1, and adopts its summary."""
+    result, summary = launch({"kind": "TrainingRun", "spec": {}}, tmp_path)
+    assert result.returncode == EXIT_PERMANENT, result.stderr[-4000:]
+    assert summary["errorKind"] == "permanent" and "apiVersion" in summary["message"], summary
