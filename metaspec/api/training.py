@@ -7,7 +7,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from ._base import ArtifactUri, CacheOutcomes, DatasetUri, Model, Status
+from ._base import ArtifactUri, CacheOutcomes, DatasetUri, Model, Resources, Status
 from .sources import JobSource, ModelSource
 from .workload import STATUS_COLUMNS, Dtype, JobSpec, Resource
 
@@ -228,7 +228,28 @@ class TrainingOutput(Model):
     )
 
 
+class TrainingResources(Resources):
+    """Compute for each pod, and how many pods train together."""
+
+    nodes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Pods (machines) training together, each with `gpus` GPUs and one training process per "
+        "GPU: an Indexed Job of `nodes` pods that meet through a headless Service. The global batch "
+        "(`optimization.batchSize`, `anil.tasksPerBatch`) is shared among the `nodes × gpus` processes.",
+    )
+
+    @property
+    def processes_per_node(self) -> int:
+        return max(self.gpus, 1)
+
+
 class TrainingRunSpec(JobSpec):
+    resources: TrainingResources = Field(
+        default_factory=TrainingResources,
+        description="Compute per pod and pods per run; more than one GPU or pod trains data-parallel.",
+    )
     method: Literal["anil-maml", "lora-sft", "causal-lm"] = Field(
         "anil-maml",
         description="Training recipe: `anil-maml` (LoRA, meta-learned per domain), `lora-sft` (LoRA, plain "
@@ -249,7 +270,22 @@ class TrainingRunSpec(JobSpec):
             raise ValueError("`draft` applies only to `method: causal-lm`")
         if self.method == "lora-sft" and self.anil != Anil():
             raise ValueError("`anil` applies only to `method: anil-maml`")
+        self._check_shared_batch()
         return self
+
+    def _check_shared_batch(self) -> None:
+        """Every training process needs a share of each global batch."""
+        processes = self.resources.nodes * self.resources.processes_per_node
+        field, size = (
+            ("anil.tasksPerBatch", self.anil.tasks_per_batch)
+            if self.method == "anil-maml"
+            else ("optimization.batchSize", self.optimization.batch_size)
+        )
+        if size < processes:
+            raise ValueError(
+                f"`{field}` ({size}) is below the {processes} training processes (resources.nodes × gpus): "
+                f"each trains on its share of every batch; raise it to at least {processes}"
+            )
 
 
 class TrainingProgress(Model):

@@ -16,7 +16,7 @@ MANAGER = "metaspec-operator"
 KIND = f"{GROUP}/kind"
 OWNER = f"{GROUP}/owner"  # the owning resource's name
 GENERATION = f"{GROUP}/generation"
-ROLE = f"{GROUP}/role"  # which child of its owner: `config`, `job`, `server`, `service`
+ROLE = f"{GROUP}/role"  # which child of its owner: `config`, `job`, `server`, `service`, `rendezvous`
 
 # Annotations.
 CONFIG_HASH = f"{GROUP}/config-hash"  # sha256 of config.json: a changed config rolls the pods
@@ -27,6 +27,10 @@ POKED_BY = f"{GROUP}/dependency-changed"  # set on dependents when a dependency'
 
 #: kopf's own bookkeeping annotations live under this prefix (`<prefix>/last-handled-configuration`).
 KOPF_PREFIX = f"operator.{GROUP}"
+
+# Set by Kubernetes on a Job's pods: selects a multi-node run's pods for its rendezvous Service.
+JOB_NAME = "batch.kubernetes.io/job-name"
+JOB_COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"  # a pod annotation of Indexed Jobs
 
 # Kueue: a Job or Deployment with this label is admitted through the named LocalQueue.
 KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"

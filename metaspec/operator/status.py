@@ -13,6 +13,7 @@ from metaspec.api import Phase
 from metaspec.api import conditions as C
 from metaspec.api.generation import ShardCounts
 from metaspec.operator.builders.pod import CONTAINER
+from metaspec.operator.labels import JOB_COMPLETION_INDEX
 from metaspec.runtime import from_json
 from metaspec.status import COMPLETE_MESSAGE, RunState, ServingState
 
@@ -80,14 +81,17 @@ def _parse_summary(terminated: dict[str, Any]) -> dict[str, Any]:
 def succeeded_summaries(
     pods_and_summaries: list[tuple[dict[str, Any], dict[str, Any]]], indexed: bool
 ) -> list[dict[str, Any]]:
-    """The summaries of the successful pods: the newest one, or the newest per shard index."""
+    """The summaries of the successful pods: the newest per shard index, or (not `indexed`) the newest
+    of index 0, which is the one pod of a plain Job and node 0 of a multi-node training run (the node
+    whose rank 0 publishes)."""
     by_index: dict[str, dict[str, Any]] = {}
     for pod, summary in pods_and_summaries:
         if summary.get("exitCode") != 0:
             continue
         annotations = (pod.get("metadata") or {}).get("annotations") or {}
-        index = annotations.get("batch.kubernetes.io/job-completion-index", "0") if indexed else "0"
-        by_index.setdefault(index, summary)
+        by_index.setdefault(annotations.get(JOB_COMPLETION_INDEX, "0"), summary)
+    if not indexed:
+        return [by_index["0"]] if "0" in by_index else []
     return [by_index[k] for k in sorted(by_index, key=int)]
 
 

@@ -1,4 +1,16 @@
-"""The `batch/v1` Job of a TrainingRun (one pod) or a TeacherGeneration (Indexed: one pod per shard)."""
+"""The `batch/v1` Job of a TrainingRun (one pod, or Indexed: one pod per node) or a TeacherGeneration
+(Indexed: one pod per shard).
+
+A TrainingRun with several GPUs runs one training process per GPU (`metaspec train --nproc-per-node`,
+which launches them through torch.distributed.run); with `resources.nodes` above 1 its Job is
+Indexed with one pod per node, all started together (`parallelism = completions = nodes`): pod `i`
+is node rank `i` (`PET_NODE_RANK`, from its completion index) and node 0, behind the headless
+rendezvous Service, is the master. A node that fails breaks its peers' collectives, so they fail
+too and the Job replaces the whole gang, which meets again and resumes from the last checkpoint;
+`backoffLimit` counts pods, so it is the spec's times `nodes`. A permanent error on any node fails
+the Job at once (`podFailurePolicy`). Kueue's batch/v1 Job integration admits the Job as one
+workload with all its pods' resources (gang admission); JobSet is not needed and not used.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +20,7 @@ from metaspec.api import Resource, TeacherGeneration, TrainingRun
 from metaspec.operator import labels as L
 from metaspec.operator.builders import pod
 from metaspec.operator.builders.names import child_metadata, generation_name
+from metaspec.operator.builders.service import RENDEZVOUS_PORT
 from metaspec.operator.settings import OperatorSettings
 from metaspec.status import FAIL_FAST_CODES
 
@@ -34,8 +47,10 @@ def _labels(resource: Resource) -> dict[str, str]:
 
 
 def _shards(resource: Resource) -> dict[str, Any]:
-    if not isinstance(resource, TeacherGeneration):
-        return {"completions": 1, "parallelism": 1}
+    if isinstance(resource, TrainingRun):
+        nodes = resource.spec.resources.nodes
+        indexed = {"completionMode": "Indexed"} if nodes > 1 else {}
+        return {**indexed, "completions": nodes, "parallelism": nodes}
     spec = resource.spec
     return {
         "completionMode": "Indexed",
@@ -44,22 +59,44 @@ def _shards(resource: Resource) -> dict[str, Any]:
     }
 
 
+def _distributed(run: TrainingRun, job: str, container: dict[str, Any]) -> dict[str, Any]:
+    """One training process per GPU, and the rendezvous of the nodes through torchrun's own variables;
+    returns what the pod spec needs for it."""
+    res = run.spec.resources
+    if res.nodes == 1 and res.processes_per_node == 1:
+        return {}
+    container["command"] += ["--nproc-per-node", str(res.processes_per_node), "--nnodes", str(res.nodes)]
+    if res.nodes == 1:
+        return {}
+    index = {"fieldRef": {"fieldPath": f"metadata.annotations['{L.JOB_COMPLETION_INDEX}']"}}
+    container["env"] += [
+        {"name": "PET_MASTER_ADDR", "value": f"{job}-0.{job}"},
+        {"name": "PET_MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
+        {"name": "PET_NODE_RANK", "valueFrom": index},
+    ]
+    container["ports"] = [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"}]
+    return {"subdomain": job}  # pod i is `<job>-<i>.<job>` in the rendezvous Service's DNS
+
+
 def build_job(resource: TrainingRun | TeacherGeneration, settings: OperatorSettings, config_map: str) -> dict[str, Any]:
     """The Job running `resource`'s current generation, reading its config from `config_map`."""
     spec = resource.spec
     labels = _labels(resource)
     template_labels = {k: v for k, v in labels.items() if k != L.KUEUE_QUEUE}
+    name = generation_name(resource)
     main = pod.container(resource, settings, config_map)
     channel = pod.progress_channel(resource, settings)
     if channel is not None:
         main["volumeMounts"].append(channel[1])
         main["env"] += channel[2]
-    pod_spec = pod.pod_spec(resource, settings, [main], config_map)
+    extra = _distributed(resource, name, main) if isinstance(resource, TrainingRun) else {}
+    pod_spec = {**pod.pod_spec(resource, settings, [main], config_map), **extra}
     if channel is not None:
         pod_spec["volumes"].append(channel[0])
+    shards = _shards(resource)
     job_spec: dict[str, Any] = {
-        **_shards(resource),
-        "backoffLimit": spec.backoff_limit,
+        **shards,
+        "backoffLimit": spec.backoff_limit * (shards["completions"] if isinstance(resource, TrainingRun) else 1),
         "podFailurePolicy": pod_failure_policy(),
         "suspend": spec.suspend,
         "template": {
@@ -78,6 +115,6 @@ def build_job(resource: TrainingRun | TeacherGeneration, settings: OperatorSetti
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": child_metadata(resource, generation_name(resource), labels),
+        "metadata": child_metadata(resource, name, labels),
         "spec": job_spec,
     }

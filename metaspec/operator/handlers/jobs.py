@@ -13,13 +13,12 @@ from metaspec.api.summaries import FailureSummary
 from metaspec.operator import labels as L
 from metaspec.operator import status as S
 from metaspec.operator import writes
-from metaspec.operator.builders import build_configmap, build_job, generation_name
+from metaspec.operator.builders import build_configmap, build_job, build_rendezvous_service, generation_name
 from metaspec.operator.handlers import children, indexes
 from metaspec.operator.handlers import common as C
 from metaspec.operator.kube import Target
 
 PLURALS = (TrainingRun.plural, TeacherGeneration.plural)
-JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 
 
 def job_name(resource: Resource) -> str:
@@ -35,7 +34,7 @@ async def mirror(ctx: C.Context, resource: Resource, job: dict[str, Any], status
     already_final = status.get("phase") == state.phase.value and state.finished
     if not state.finished or already_final:
         return R.observe(resource, status, state)
-    pods = await ctx.kube.list("Pod", resource.metadata.namespace, {JOB_NAME_LABEL: job["metadata"]["name"]})
+    pods = await ctx.kube.list("Pod", resource.metadata.namespace, {L.JOB_NAME: job["metadata"]["name"]})
     summaries = S.termination_summaries(pods)
     failures = [FailureSummary.read(summary) for _, summary in summaries]
     results = S.succeeded_summaries(summaries, indexed=isinstance(resource, TeacherGeneration))
@@ -66,6 +65,8 @@ async def reconcile_resource(ctx: C.Context, resource: Resource, find: pipeline.
         resolved = pipeline.resolve(resource, check.resolved)
         await children.ensure_model_cache(ctx.kube, resource)
         await children.ensure(ctx.kube, resource, build_configmap(resource, resolved, name))
+        if isinstance(resource, TrainingRun) and resource.spec.resources.nodes > 1:
+            await children.ensure(ctx.kube, resource, build_rendezvous_service(resource, name))
         job = await children.ensure(ctx.kube, resource, build_job(resource, ctx.settings, name))
         status = R.started(resource, status, check)
     assert job is not None

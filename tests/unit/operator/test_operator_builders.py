@@ -19,6 +19,7 @@ from metaspec.operator.builders import (
     build_deployment,
     build_job,
     build_model_cache_claim,
+    build_rendezvous_service,
     build_service,
     build_vllm_deployment,
 )
@@ -65,6 +66,41 @@ def test_training_job_golden():
     run = example("pipeline.yaml", "llama-anil")
     check_golden("training-job", build_job(run, SETTINGS, "llama-anil-g2"))
     check_golden("training-configmap", build_configmap(run, run, "llama-anil-g2"))
+
+
+def test_multinode_training_goldens():
+    """2 nodes × 8 GPUs: an Indexed Job of 2 pods started together, each launching 8 processes, node
+    rank from the completion index, node 0 as master through the headless Service."""
+    run = example("training-run-multinode.yaml")
+    job = build_job(run, SETTINGS, "llama-sft-2x8-g2")
+    check_golden("training-multinode-job", job)
+    check_golden("training-multinode-service", build_rendezvous_service(run, "llama-sft-2x8-g2"))
+    spec = job["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 2, 2)
+    assert spec["backoffLimit"] == 2 * run.spec.backoff_limit  # a gang retry fails every node's pod
+    pod = spec["template"]["spec"]
+    main = pod["containers"][0]
+    assert main["command"][-4:] == ["--nproc-per-node", "8", "--nnodes", "2"]
+    env = {e["name"]: e for e in main["env"]}
+    assert env["PET_MASTER_ADDR"]["value"] == f"llama-sft-2x8-g2-0.{pod['subdomain']}"
+    index = env["PET_NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert index == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    assert job["metadata"]["labels"][L.KUEUE_QUEUE] == "gpu-training"
+
+
+def test_one_pod_with_several_gpus_launches_a_process_per_gpu():
+    doc = yaml.safe_load((REPO / "examples" / "training-run.yaml").read_text())
+    doc["metadata"].update(uid=UID)
+    doc["spec"]["resources"]["gpus"] = 4
+    doc["spec"]["anil"] = {"tasksPerBatch": 4}
+    job = build_job(parse_resource(doc), SETTINGS, "x")
+    assert "completionMode" not in job["spec"] and job["spec"]["completions"] == 1
+    main = job["spec"]["template"]["spec"]["containers"][0]
+    assert main["command"][-4:] == ["--nproc-per-node", "4", "--nnodes", "1"]
+    assert not any(e["name"].startswith("PET_") for e in main["env"])
+    doc["spec"]["anil"] = {"tasksPerBatch": 3}
+    with pytest.raises(ValueError, match=r"`anil.tasksPerBatch` \(3\) is below the 4 training processes"):
+        parse_resource(doc)
 
 
 def test_generation_job_golden():

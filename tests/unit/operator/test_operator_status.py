@@ -39,6 +39,8 @@ def test_succeeded_summaries_newest_per_shard_index():
     ]
     ok = S.succeeded_summaries(S.termination_summaries(pods), indexed=True)
     assert [s["n"] for s in ok] == ["zero", "new"]
+    # A multi-node training run: node 0's summary (its rank 0 published), even when node 1's is newer.
+    assert [s["n"] for s in S.succeeded_summaries(S.termination_summaries(pods), indexed=False)] == ["zero"]
 
 
 def test_deployment_ready_only_when_updated_and_ready():
