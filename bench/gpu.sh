@@ -8,6 +8,10 @@
 #   bench/gpu.sh trainer      ANIL vs SFT step, Llama-3.1-8B architecture (random init), bf16, seq 2048
 #   bench/gpu.sh trainer-opt  the same SFT/ANIL steps without checkpointing, with Liger-Kernel, torch.compile,
 #                             and both (carry the liger-kernel wheel in .whl/)
+#   bench/gpu.sh distributed  data-parallel scaling on every visible GPU (2 and 4 when present): SFT and ANIL steps
+#                             of the Llama-3.1-8B architecture, 1 process vs N (NCCL), efficiency = N-GPU tokens/s
+#                             ÷ (N × 1-GPU tokens/s); then the 2-process recipe tests on the GPUs (run on
+#                             nvidia-h100-x4 or x2)
 #   bench/gpu.sh generator    batched transformers engine vs the one-at-a-time loop, SmolLM2, bf16
 #   bench/gpu.sh server       speculative serving: SmolLM2 + derived draft, and random-init 8B/1B/160M
 #   bench/gpu.sh draft        the target's greedy teacher outputs of builtin://distill, drafts of 4 and 8 layers
@@ -70,6 +74,17 @@ trainer-opt)
   $T --compile --out bench/results/trainer-8b-h200-compile.json || true
   $T --liger --compile --out bench/results/trainer-8b-h200-liger-compile.json || true
   save ;;
+distributed)
+  # NVLink SHARP/multicast off: the lent machines do not allow it, and NCCL then fails at init.
+  export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+  GPUS=$($PY -c "import torch; print(torch.cuda.device_count())")
+  T="$PY bench/trainer.py --arch llama-3.1-8b --device cuda --dtype bfloat16 --seq 2048 --support 2 --query 2"
+  T="$T --variants sft,anil --steps 3 --gradient-checkpointing"
+  for n in 2 4 8; do
+    [ "$GPUS" -ge "$n" ] && timeout 280 $T --nproc "$n" --out "bench/results/trainer-8b-cuda-${n}gpu.json" || true
+  done
+  $PY -m pytest -q -ra -p no:cacheprovider tests/integration/trainer/test_trainer_distributed.py     2>&1 | tail -15
+  save ;;
 generator)
   $PY bench/generator.py --device cuda --skip-vllm
   save ;;
@@ -128,5 +143,5 @@ eagle-costs)   # per-token costs through the engine that serves each kind
     --out bench/results/costs-cuda-eagle.json || true
   save ;;
 *)
-  sed -n '2,27p' "$0"; exit 2 ;;
+  sed -n '2,31p' "$0"; exit 2 ;;
 esac

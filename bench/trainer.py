@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/trainer.py                                   # CPU: SmolLM2-135M-Instruct, fp32
     .venv/bin/python bench/trainer.py --arch llama-3.1-8b --device cuda --dtype bfloat16 --seq 2048
+    .venv/bin/python bench/trainer.py --variants sft,anil --nproc 2               # data-parallel scaling
 
 Every variant sees the same `support + query` sequences of `--seq` tokens (10% of each masked as
 prompt) and takes a full optimizer step (forward, backward, AdamW) with LoRA on all seven projections:
@@ -19,16 +20,25 @@ ratio to sft. The goal: anil ≤ 1.2× sft with the same optimisations (`--compi
 CPU it is the process's peak RSS so far (monotonic, so only growth is meaningful). Writes
 `bench/results/trainer-<model>-<device>.json`. `--arch` builds a randomly initialised model from the
 architecture's config (no download).
+
+`--nproc N` measures data parallelism as the trainer does it (`metaspec.trainer.distributed`: one
+process per device, DDP all-reducing the LoRA gradients in backward): first one process, then N
+processes launched by torch.distributed.run, each stepping on its own batch of the same shape (N× the
+tokens per step). It reports each variant's N-process tokens/s and the scaling efficiency, N-process
+tokens/s ÷ (N × 1-process tokens/s). On CPU every process, the single one included, computes on one
+thread, so the figure is about the parallel machinery and not about threads competing for cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +49,7 @@ import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from torch.func import functional_call
 
+from metaspec.trainer.distributed import DataParallel, World, init_world, launched
 from metaspec.trainer.losses import IGNORE_INDEX, chunked_cross_entropy, select_targets
 from metaspec.trainer.meta import head_projection, output_head, task_loss
 
@@ -94,6 +105,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--naive", action="store_true", help="also time the whole-model-per-inner-step MAML")
     parser.add_argument("--variants", default="sft,anil,anil-fo,anil-delta")
+    parser.add_argument("--nproc", type=int, default=1, help="also measure N data-parallel processes (scaling)")
     parser.add_argument("--out", type=Path)
     return parser.parse_args(argv)
 
@@ -196,22 +208,60 @@ def peak_memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def time_step(model, optimizer, loss_fn, support, query, args, proj, device) -> float:
+def time_step(model, parallel, optimizer, loss_fn, support, query, args, proj, device) -> float:
     lm = model.get_base_model()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     sync(device)
     started = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
-    loss_fn(lm, support, query, args, proj).backward()
+    parallel.backward(parallel.loss(lambda: loss_fn(lm, support, query, args, proj)))
     optimizer.step()
     sync(device)
     return time.perf_counter() - started
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.nproc > 1 and not launched():
+        return scaling(args, argv)
+    world = init_world(args.device) if launched() else World(device=torch.device(args.device))
+    rows, name, dtype = measure(args, world)
+    if world.main:
+        print_table(name, world.device, dtype, args, rows)
+        write_results(name, world.device, dtype, args, rows, (args.support + args.query) * args.seq)
+    world.close()
+    return 0
+
+
+def scaling(args: argparse.Namespace, argv: list[str]) -> int:
+    """One process, then `--nproc` processes under torch.distributed.run; efficiency side by side."""
+    from torch.distributed.run import parse_args as torchrun_args
+    from torch.distributed.run import run
+
+    if args.device == "cpu":  # one thread per process, the single one too (see the module docstring)
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+    single, name, dtype = measure(args, World(device=torch.device(args.device)))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "ranks.json"
+        options = [f"--nproc-per-node={args.nproc}", "--standalone", "--max-restarts=0"]
+        run(torchrun_args([*options, __file__, *argv, "--out", str(out)]))
+        parallel = json.loads(out.read_text())["results"]
+    base = {r["variant"]: r["tokens_per_second"] for r in single}
+    for row in parallel:
+        row["single_tokens_per_second"] = base[row["variant"]]
+        row["scaling_efficiency"] = row["tokens_per_second"] / (args.nproc * base[row["variant"]])
     device = torch.device(args.device)
+    print_table(name, device, dtype, args, parallel)
+    write_results(name, device, dtype, args, parallel, args.nproc * (args.support + args.query) * args.seq)
+    return 0
+
+
+def measure(args: argparse.Namespace, world: World) -> tuple[list[dict[str, Any]], str, torch.dtype]:
+    """Every variant's median step on this process's batches; with several ranks, tokens/s of them all."""
+    device = world.device
     dtype = (
         getattr(torch, args.dtype)
         if args.dtype != "auto"
@@ -220,9 +270,10 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     model, name = build_model(args, device, dtype)
+    parallel = DataParallel(model, world)
     vocab, hidden = model.get_base_model().lm_head.weight.shape
-    support = make_batch(args.support, args.seq, vocab, device, seed=1)
-    query = make_batch(args.query, args.seq, vocab, device, seed=2)
+    support = make_batch(args.support, args.seq, vocab, device, seed=1 + 2 * world.rank)
+    query = make_batch(args.query, args.seq, vocab, device, seed=2 + 2 * world.rank)
     proj = head_projection(hidden, args.delta_rank)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     variants = args.variants.split(",") + (["naive"] if args.naive else [])
@@ -230,11 +281,11 @@ def main(argv: list[str] | None = None) -> int:
     memory: dict[str, float] = {}
     for round_ in range(args.steps + 1):
         for variant in variants:
-            seconds = time_step(model, optimizer, LOSSES[variant], support, query, args, proj, device)
+            seconds = time_step(model, parallel, optimizer, LOSSES[variant], support, query, args, proj, device)
             memory[variant] = max(memory.get(variant, 0.0), peak_memory_gib(device))
             if round_:  # the first round warms up kernels and allocators
                 times[variant].append(seconds)
-    tokens = (args.support + args.query) * args.seq
+    tokens = world.size * (args.support + args.query) * args.seq
     base = statistics.median(times["sft"]) if "sft" in times else None
     rows = []
     for variant in variants:
@@ -249,9 +300,7 @@ def main(argv: list[str] | None = None) -> int:
                 "step_times": times[variant],
             }
         )
-    print_table(name, device, dtype, args, rows)
-    write_results(name, device, dtype, args, rows, tokens)
-    return 0
+    return rows, name, dtype
 
 
 def print_table(
@@ -265,24 +314,28 @@ def print_table(
         title=f"{name} {dtype} on {device}: {args.support}+{args.query} × {args.seq} tokens, "
         f"LoRA r{args.lora_r}, {args.inner_steps} inner steps"
     )
-    for column in ("variant", "step s", "tokens/s", "× sft", memory):
+    scaled = "scaling_efficiency" in rows[0]
+    columns = ["variant", "step s", "tokens/s", "× sft", memory]
+    if scaled:
+        columns[2] = f"tokens/s ({args.nproc} proc)"
+        columns += ["tokens/s (1 proc)", "scaling efficiency"]
+    for column in columns:
         table.add_column(column, justify="right")
     for r in rows:
         ratio = f"{r['ratio_to_sft']:.2f}" if r["ratio_to_sft"] else "-"
-        table.add_row(
-            r["variant"],
-            f"{r['step_seconds']:.3f}",
-            f"{r['tokens_per_second']:.0f}",
-            ratio,
-            f"{r['peak_memory_gib']:.2f}",
-        )
+        cells = [r["variant"], f"{r['step_seconds']:.3f}", f"{r['tokens_per_second']:.0f}", ratio]
+        cells.append(f"{r['peak_memory_gib']:.2f}")
+        if scaled:
+            cells += [f"{r['single_tokens_per_second']:.0f}", f"{r['scaling_efficiency']:.0%}"]
+        table.add_row(*cells)
     Console().print(table)
 
 
 def write_results(
     name: str, device: torch.device, dtype: torch.dtype, args: argparse.Namespace, rows: list[dict], tokens: int
 ) -> None:
-    out = args.out or RESULTS / f"trainer-{name}-{device.type}.json"
+    suffix = f"-{args.nproc}proc" if args.nproc > 1 else ""
+    out = args.out or RESULTS / f"trainer-{name}-{device.type}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     body: dict[str, Any] = {
         "model": name,

@@ -47,6 +47,14 @@ def parser() -> argparse.ArgumentParser:
         default="auto",
         help="where components compute: auto (a GPU if visible), cpu, or cuda (default: auto)",
     )
+    run.add_argument(
+        "--nproc-per-node",
+        type=int,
+        default=None,
+        metavar="N",
+        help="training processes per TrainingRun, data-parallel through torch.distributed.run (gloo on CPU, "
+        "NCCL on GPUs; default: the run's resources.gpus × nodes, at most the visible GPUs, 1 on CPU)",
+    )
     run.add_argument("--report", action="store_true", help="benchmark the served model, then write the report")
     run.add_argument(
         "--serve",
@@ -85,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
     from metaspec.local.runner import LocalRun
     from metaspec.local.state import StateLocked
 
+    if args.nproc_per_node is not None and args.nproc_per_node < 1:
+        print(f"--nproc-per-node {args.nproc_per_node}: must be at least 1", file=sys.stderr)
+        return 2
     if args.device == "cuda" and not _cuda_visible():
         print("--device cuda: no CUDA GPU is visible (torch.cuda.is_available() is False)", file=sys.stderr)
         return 2
@@ -97,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         bench_prompts=args.bench_prompts,
         bench_max_tokens=args.bench_max_tokens,
         claims=_claims(args.claim),
+        nproc_per_node=args.nproc_per_node,
     )
     try:
         return LocalRun(args.pipeline, options).run()

@@ -15,7 +15,7 @@ from typing import Any
 
 from metaspec import pipeline
 from metaspec import status as R
-from metaspec.api import Phase, Resource
+from metaspec.api import Phase, Resource, TrainingRun
 from metaspec.local.display import LiveDisplay, parse_progress_line
 from metaspec.local.processes import Child
 from metaspec.local.state import ResourceState, State, save_state
@@ -34,6 +34,8 @@ class RunOptions:
     bench_prompts: int = 3  # demo benchmark: prompts per difficulty (easy and hard)
     bench_max_tokens: int = 32  # demo benchmark: tokens per answer
     claims: dict[str, Path] = field(default_factory=dict)  # `pvc://<claim>/…` read from these host folders
+    # training processes per TrainingRun (torch.distributed.run); None: its gpus × nodes, at most the visible GPUs
+    nproc_per_node: int | None = None
 
 
 @dataclass
@@ -144,6 +146,22 @@ class Context:
 
     def device_args(self) -> list[str]:
         return [] if self.options.device == "auto" else ["--device", self.options.device]
+
+    def training_processes(self, run: TrainingRun) -> int:
+        """`--nproc-per-node`, else the processes the run has on a cluster (`resources.gpus × nodes`),
+        as many as this machine's visible GPUs allow (1 on CPU): the same YAML takes the same
+        data-parallel path here, on one machine."""
+        if self.options.nproc_per_node is not None:
+            return self.options.nproc_per_node
+        res = run.spec.resources
+        return max(1, min(res.nodes * res.processes_per_node, self._visible_gpus()))
+
+    def _visible_gpus(self) -> int:
+        if self.options.device == "cpu":
+            return 0
+        import torch
+
+        return torch.cuda.device_count()
 
     def run_component(
         self, resource: Resource, argv: list[str], summary: Path, python: Path | None = None

@@ -108,6 +108,9 @@ def _attempts(
 def _run_training(ctx: Context, resource: TrainingRun) -> None:
     stage, config = ctx.stage_dir(resource), ctx.write_config(resource)
     argv = ["train", "--config", str(config), "--work-dir", str(stage / "work"), *ctx.device_args()]
+    processes = ctx.training_processes(resource)
+    if processes > 1:
+        argv += ["--nproc-per-node", str(processes)]
     failures: list[FailureSummary] = []
     code, summary = _attempts(ctx, resource, argv, stage / "summary.json", failures)
     shards = ShardCounts(total=1, succeeded=int(code == 0), failed=sum(f.failed for f in failures))

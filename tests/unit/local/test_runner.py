@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from metaspec.api import TeacherGeneration
+from metaspec.api import TeacherGeneration, TrainingRun
 from metaspec.artifacts import MANIFEST, upload_dir
 from metaspec.local import demo_bench
 from metaspec.local.context import Context, RunOptions
@@ -186,3 +186,13 @@ def test_model_cache_claim_is_a_host_folder_like_any_claim(tmp_path: Path, monke
     assert Path(trainer["METASPEC_MODEL_CACHE"]).resolve() == tmp_path.resolve()
     assert teacher["METASPEC_MODEL_CACHE"] == str(tmp_path / "scratch" / "models")
     assert trainer["METASPEC_CACHE"] == teacher["METASPEC_CACHE"] == str(tmp_path / "scratch")
+
+
+def test_training_processes_follow_the_run_within_the_visible_gpus(tmp_path: Path) -> None:
+    """`--nproc-per-node` wins; else the run's gpus × nodes, at most the GPUs this machine shows (1 on CPU)."""
+    body = yaml.safe_load(TRAINING)
+    body["spec"]["resources"] = {"gpus": 2, "nodes": 2}
+    body["spec"]["anil"] = {"tasksPerBatch": 4}
+    run = TrainingRun.model_validate(body)
+    assert Context(RunOptions(state_dir=tmp_path, device="cpu")).training_processes(run) == 1
+    assert Context(RunOptions(state_dir=tmp_path, device="cpu", nproc_per_node=2)).training_processes(run) == 2
