@@ -56,7 +56,7 @@ class World:
         """This rank's items of a global batch: r, r + W, r + 2W, ..."""
         return list(items[self.rank :: self.size])
 
-    def check_divisible(self, count: int, field: str) -> None:
+    def check_shareable(self, count: int, field: str) -> None:
         """Every rank needs at least one item of each global batch (DDP's backward is collective)."""
         if count < self.size:
             raise PermanentError(

@@ -42,7 +42,7 @@ class AnilMamlRecipe(BaseRecipe):
         self.model.train()
         self.parallel = DataParallel(self.model, ctx.world)
         anil = spec.anil
-        ctx.world.check_divisible(anil.tasks_per_batch, "spec.anil.tasksPerBatch")
+        ctx.world.check_shareable(anil.tasks_per_batch, "spec.anil.tasksPerBatch")
         try:
             self.sampler = TaskSampler(
                 self.data.train,

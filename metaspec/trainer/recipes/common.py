@@ -138,7 +138,7 @@ class BatchRecipe(BaseRecipe):
     def load(self) -> LoadedModel:
         loaded = super().load()
         optimization = self.spec.optimization
-        self.ctx.world.check_divisible(optimization.batch_size, "spec.optimization.batchSize")
+        self.ctx.world.check_shareable(optimization.batch_size, "spec.optimization.batchSize")
         self.stream = BatchStream(self.data.train, optimization.batch_size, optimization.seed)
         return loaded
 

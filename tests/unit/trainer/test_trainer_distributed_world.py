@@ -16,6 +16,6 @@ def test_each_rank_takes_every_world_size_th_item():
 
 
 def test_a_batch_smaller_than_the_world_is_refused_naming_the_field():
-    World(rank=1, size=4).check_divisible(4, "spec.anil.tasksPerBatch")
+    World(rank=1, size=4).check_shareable(4, "spec.anil.tasksPerBatch")
     with pytest.raises(PermanentError, match=r"spec.anil.tasksPerBatch is 3, fewer than the 4 training processes"):
-        World(rank=1, size=4).check_divisible(3, "spec.anil.tasksPerBatch")
+        World(rank=1, size=4).check_shareable(3, "spec.anil.tasksPerBatch")
