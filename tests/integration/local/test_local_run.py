@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -241,6 +242,45 @@ def test_killed_run_resumes_from_checkpoint(tmp_path: Path, tiny_llama: Path, ch
     second_attempt = Path(r.log).read_text().split("$ ")[-1]
     assert "resum" in second_attempt.lower(), second_attempt[:2000]
     assert r.status["progress"]["step"] == 30
+
+
+def test_killed_rank_fails_the_run_and_the_retry_resumes(tmp_path: Path, tiny_llama: Path, child_env) -> None:
+    """`--nproc-per-node 2` on CPU: two gloo processes under torch.distributed.run. SIGKILL one of them
+    (rank 1) at step 10 or later of 30: the attempt fails as a whole (the launcher stops rank 0 and
+    exits 137, as the pod would) and the retry, two processes again, resumes from the last complete
+    checkpoint that rank 0 wrote."""
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(
+        KILLED_PIPELINE.format(base=f"file://{tiny_llama}").replace(
+            "{supportSize: 2", "{tasksPerBatch: 2, supportSize: 2"
+        )
+    )
+    state_dir, out = tmp_path / "state", tmp_path / "runner.txt"
+    argv = ["local", "run", str(pipeline), "--state-dir", str(state_dir), "--nproc-per-node", "2"]
+    with out.open("w") as stdout:
+        runner = subprocess.Popen([sys.executable, "-m", "metaspec.cli", *argv], env=child_env, stdout=stdout)
+        try:
+            launcher = _wait_for_step(state_dir, runner, at_least=10)
+            ranks = {env["RANK"]: pid for pid in _children(launcher) if "RANK" in (env := _environ(pid))}
+            assert ranks.keys() == {"0", "1"}, ranks
+            os.kill(ranks["1"], signal.SIGKILL)
+            assert runner.wait(timeout=600) == 0, out.read_text()
+        finally:
+            runner.kill()
+    assert "TrainingRun/killed: exit 137, retrying" in out.read_text()
+    r = load_state(state_dir).resources["TrainingRun/killed"]
+    assert r.status["phase"] == "Succeeded" and r.attempts == 2 and r.status["progress"]["step"] == 30
+    second_attempt = Path(r.log).read_text().split("$ ")[-1]
+    assert "--nproc-per-node 2" in second_attempt and "resum" in second_attempt.lower(), second_attempt[:2000]
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _environ(pid: int) -> dict[str, str]:
+    pairs = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
+    return dict(p.split("=", 1) for p in pairs if "=" in p)
 
 
 def _wait_for_step(state_dir: Path, runner: subprocess.Popen, at_least: int, timeout: float = 300) -> int:
