@@ -75,7 +75,13 @@ class TeacherGenerationSpec(JobSpec):
         1, ge=1, le=1024, description="Indexed Job completions: the input is split in this many shards."
     )
     parallelism: int | None = Field(None, ge=1, le=1024, description="Shards running at once (default: all).")
-    tensor_parallel_size: int = Field(1, ge=1, le=64, description="GPUs per vLLM instance.")
+    tensor_parallel_size: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="GPUs per vLLM instance (default: all of the shard's `resources.gpus`, so a shard uses "
+        "every GPU it is given; 1 on CPU). The `transformers` engine uses one GPU.",
+    )
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM's share of GPU memory.")
     max_model_len: int | None = Field(None, ge=16, description="vLLM context length (prompt + output).")
     batch_size: int = Field(16, ge=1, le=4096, description="Prompts per `generate` call (transformers engine).")
@@ -86,7 +92,7 @@ class TeacherGenerationSpec(JobSpec):
     def _fits(self) -> TeacherGenerationSpec:
         if self.max_model_len is not None and self.sampling.max_tokens >= self.max_model_len:
             raise ValueError("`sampling.maxTokens` must be smaller than `maxModelLen` (room for the prompt)")
-        if self.engine == "vllm" and self.tensor_parallel_size > max(self.resources.gpus, 1):
+        if self.engine == "vllm" and (self.tensor_parallel_size or 1) > max(self.resources.gpus, 1):
             raise ValueError("`tensorParallelSize` cannot exceed `resources.gpus`")
         return self
 

@@ -31,12 +31,15 @@ CHUNK_SIZE = 512
 CPU_KVCACHE_GIB = 4
 
 
-def vllm_llm_kwargs(spec: TeacherGenerationSpec, model_dir: Path, device_type: str) -> dict[str, Any]:
-    """Arguments of `vllm.LLM` for a TeacherGeneration spec, on vLLM's `device_type` (`cuda`, `cpu`)."""
+def vllm_llm_kwargs(
+    spec: TeacherGenerationSpec, model_dir: Path, device_type: str, visible_gpus: int | None = None
+) -> dict[str, Any]:
+    """Arguments of `vllm.LLM` for a TeacherGeneration spec, on vLLM's `device_type` (`cuda`, `cpu`)
+    with `visible_gpus` GPUs (None: as many as the spec's `resources.gpus`, as in its pod)."""
     kwargs: dict[str, Any] = {
         "model": str(model_dir),
         "dtype": dtype_name(spec.dtype, device_type),
-        "tensor_parallel_size": spec.tensor_parallel_size,
+        "tensor_parallel_size": tensor_parallel_size(spec, device_type, visible_gpus),
         "seed": spec.sampling.seed,
         "trust_remote_code": spec.model.trust_remote_code,
         "load_format": "safetensors",  # never vLLM's fallback to unpickling *.bin weights
@@ -50,6 +53,18 @@ def vllm_llm_kwargs(spec: TeacherGenerationSpec, model_dir: Path, device_type: s
     if spec.max_model_len is not None:
         kwargs["max_model_len"] = spec.max_model_len
     return kwargs
+
+
+def tensor_parallel_size(spec: TeacherGenerationSpec, device_type: str, visible_gpus: int | None = None) -> int:
+    """`tensorParallelSize`, by default every GPU of the shard (`resources.gpus`, at most the visible
+    ones, as under `metaspec local` on a smaller machine): a shard given several GPUs spreads its one
+    vLLM instance over them. The CPU build runs one instance."""
+    if spec.tensor_parallel_size is not None:
+        return spec.tensor_parallel_size
+    if device_type == "cpu":
+        return 1
+    gpus = spec.resources.gpus if visible_gpus is None else min(spec.resources.gpus, visible_gpus)
+    return max(gpus, 1)
 
 
 def vllm_sampling_kwargs(sampling: Sampling, tokenizer: Any) -> dict[str, Any]:
@@ -77,7 +92,9 @@ class VllmEngine:
 
         self.model_name = model_name
         self._sampling_params, self._tokens_prompt = SamplingParams, TokensPrompt
-        self.llm_kwargs = vllm_llm_kwargs(spec, model_dir, current_platform.device_type)
+        device_type = current_platform.device_type
+        visible = current_platform.device_count() if device_type == "cuda" else None
+        self.llm_kwargs = vllm_llm_kwargs(spec, model_dir, device_type, visible)
         self.llm = LLM(**self.llm_kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.sampling = vllm_sampling_kwargs(spec.sampling, self.tokenizer)

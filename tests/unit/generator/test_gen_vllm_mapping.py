@@ -93,3 +93,11 @@ def test_vllm_is_imported_only_by_its_engine() -> None:
     code = "import sys, metaspec.generator, metaspec.generator.cli; print('vllm' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_a_shard_spreads_over_all_its_gpus_unless_told_otherwise() -> None:
+    four = {"resources": {"gpus": 4}, "tensorParallelSize": None}
+    assert vllm_llm_kwargs(llm_spec(**four), Path("/m"), "cuda")["tensor_parallel_size"] == 4
+    assert vllm_llm_kwargs(llm_spec(**four), Path("/m"), "cuda", visible_gpus=1)["tensor_parallel_size"] == 1
+    assert vllm_llm_kwargs(llm_spec(**four), Path("/m"), "cpu")["tensor_parallel_size"] == 1
+    assert vllm_llm_kwargs(llm_spec(resources={"gpus": 4}), Path("/m"), "cuda")["tensor_parallel_size"] == 2
