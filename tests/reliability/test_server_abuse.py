@@ -49,9 +49,11 @@ BODY_TIMEOUT = 3.0
 MAX_BODY = 4 * 1024 * 1024
 #: Fuzz cases per operation in CI (deterministic); bench/reliability_server.py runs thousands.
 FUZZ_EXAMPLES = 50
-#: RSS growth allowed over 5 abusive rounds of the corpus after a warm-up round. Keeping the request bodies
-#: alone would retain ~7.5 MiB a round (two 3 MB prompts, a 1 MB stop string, ...), 37 MiB in all; the
-#: growth measured on the 2-core dev machine was 2 MiB.
+#: RSS growth allowed over the last 4 of 8 abusive rounds of the corpus. Keeping the request bodies alone
+#: would retain ~7.5 MiB a round (two 3 MB prompts, a 1 MB stop string, ...), 30 MiB over those rounds;
+#: the allocator's own growth (new arenas, fragmentation) levels off over the first rounds (2-6 MiB in all
+#: on the 2-core dev machine). Anonymous memory only: the file-backed pages of the mapped weights and
+#: libraries leave and re-enter RSS as other processes need the page cache.
 RSS_BOUND_MIB = 16
 
 
@@ -103,9 +105,9 @@ class AbuseServer:
 
     def rss_mib(self) -> float:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith("RssAnon:"):
                 return int(line.split()[1]) / 1024
-        raise AssertionError("no VmRSS in /proc status")
+        raise AssertionError("no RssAnon in /proc status")
 
     def assert_healthy(self) -> None:
         """Alive, ready, and still answering a normal request."""
@@ -510,7 +512,8 @@ def test_disconnects_mid_stream_cancel_generation(abuse_server: AbuseServer) -> 
 
 
 def test_memory_stays_bounded_under_abuse(abuse_server: AbuseServer) -> None:
-    """RSS after a warm-up round of the corpus, then after 5 more rounds (~300 abusive requests)."""
+    """RSS after each of 8 rounds of the corpus (~500 abusive requests): a leak grows it every round, the
+    allocator's warm-up only in the first ones, so the bound holds over the last four."""
     abusive = [a for a in CORPUS if a.status >= 400]
 
     def round_of_abuse(http: httpx.Client) -> None:
@@ -518,14 +521,18 @@ def test_memory_stays_bounded_under_abuse(abuse_server: AbuseServer) -> None:
             headers = {"content-type": abuse.content_type} if abuse.content_type else {}
             assert http.post(abuse.path, content=abuse.body, headers=headers).status_code == abuse.status
 
+    rss = []
     with httpx.Client(base_url=abuse_server.url, timeout=60) as http:
-        round_of_abuse(http)
-        before = abuse_server.rss_mib()
-        for _ in range(5):
+        for _ in range(8):
             round_of_abuse(http)
-        after = abuse_server.rss_mib()
-    print(f"server RSS {before:.1f} -> {after:.1f} MiB over {5 * len(abusive)} abusive requests")
-    assert after - before < RSS_BOUND_MIB, f"RSS grew {after - before:.1f} MiB ({before:.0f} -> {after:.0f})"
+            rss.append(abuse_server.rss_mib())
+    print(
+        f"server anonymous RSS per round of {len(abusive)} abusive requests (MiB):", " ".join(f"{r:.1f}" for r in rss)
+    )
+    grown = rss[-1] - rss[3]
+    assert grown < RSS_BOUND_MIB, (
+        f"anonymous RSS grew {grown:.1f} MiB over the last 4 rounds ({rss[3]:.0f} -> {rss[-1]:.0f})"
+    )
     abuse_server.assert_healthy()
 
 
