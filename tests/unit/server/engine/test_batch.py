@@ -18,7 +18,7 @@ import torch
 from test_speculative_sampling import ALPHA, LENGTH, PROMPT, exact_distribution, g_test_p_value
 
 from metaspec.server.engine import speculative
-from metaspec.server.engine.batch import BatchDecoder, Sequence, SequenceFailed
+from metaspec.server.engine.batch import BatchDecoder, Sequence, SequenceFailed, finite_rows
 from metaspec.server.engine.drafts import ModelDraft
 from metaspec.server.engine.routing import RoutingPolicy
 from metaspec.server.engine.sampling import Processing
@@ -159,10 +159,21 @@ def test_a_broken_rule_is_detected_in_a_batch(tiny_target, tiny_draft, monkeypat
     assert g_test_p_value(counts, exact_distribution(tiny_target, proc)) < ALPHA
 
 
-def test_a_failing_sequence_fails_alone_and_leaves_its_slot_clean(tiny_target, tiny_draft) -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_finite_rows_finds_every_non_finite_row(dtype: torch.dtype) -> None:
+    nan, inf = float("nan"), float("inf")
+    logits = torch.tensor([[0.0, 1.0, -2.0], [nan, 0.0, 1.0], [0.0, inf, 1.0], [-inf, 0.0, 1.0], [inf, -inf, 0.0]])
+    large = torch.full((1, 49152), min(1e30, torch.finfo(dtype).max))  # beyond any model's logits, summed finitely
+    assert finite_rows(logits.to(dtype)) == [True, False, False, False, False]
+    assert finite_rows(large.to(dtype)) == [True]
+
+
+@pytest.mark.parametrize("policy", ["always", "never"])
+def test_a_failing_sequence_fails_alone_and_leaves_its_slot_clean(policy: str, tiny_target, tiny_draft) -> None:
     """Non-finite values in one sequence's rows (here: its embeddings, so its keys and values in the cache
-    are NaN too) fail that sequence; the batch decodes on, and the next sequence in its slot is exact."""
-    dec = decoder(tiny_target, tiny_draft, RoutingPolicy("always", 0.5, 3), max_batch=3)
+    are NaN too) fail that sequence; the batch decodes on, and the next sequence in its slot is exact.
+    `never`: target-only rows, no proposals."""
+    dec = decoder(tiny_target, tiny_draft, RoutingPolicy(policy, 0.5, 3), max_batch=3)
     jobs = [
         Job(0, [1, 2, 3, 4], Processing(), 12),
         Job(0, [5, 6], Processing(), 12),
@@ -192,6 +203,19 @@ def test_a_failing_sequence_fails_alone_and_leaves_its_slot_clean(tiny_target, t
     for job in [jobs[0], jobs[2], late]:
         expected = target_greedy(tiny_target, job)
         assert job.out[: len(expected)] == expected
+
+
+@pytest.mark.parametrize("policy", ["always", "never"])
+def test_a_sequence_whose_choice_raises_fails_alone(policy: str, tiny_target, tiny_draft) -> None:
+    """A sampled sequence that bans every token (`min_tokens`, every token an end token) has no
+    distribution to draw from: it fails as it joins, and those beside it decode exactly."""
+    dec = decoder(tiny_target, tiny_draft, RoutingPolicy(policy, 0.5, 3), max_batch=3)
+    banned = Processing(1.0, min_tokens=4, end_ids=tuple(range(VOCAB)))
+    jobs = [Job(0, [1, 2, 3], Processing(), 8), Job(0, [4, 5], banned, 8), Job(0, [6, 7, 1], Processing(), 8)]
+    run(dec, jobs)
+    assert jobs[1].seq is not None and jobs[1].seq.error is not None and jobs[1].out == []
+    for job in (jobs[0], jobs[2]):
+        assert job.out == target_greedy(tiny_target, job)
 
 
 def test_a_cancelled_sequence_leaves_at_the_next_step(tiny_target, tiny_draft) -> None:

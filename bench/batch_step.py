@@ -1,0 +1,129 @@
+"""Where a continuous-batching step's CPU time goes: the target's forward pass against the rest of the
+step (settling: choosing each sequence's tokens from its logits and emitting them).
+
+A tiny random Llama with SmolLM2's vocabulary (49152): the forward is cheap, so what settling costs
+per sequence (the finite check and argmax of every row, the softmax and top-p sort of each sampled
+row) stands out; that cost grows with the batch and the vocabulary, not with the model. Every request
+runs target-only, greedy or sampled (temperature 0.7, top-p 0.9, seeded, as in `serving_load.py`), all
+joining at once, each generating `--tokens` tokens; the prefill is not counted. On the CPU, times are
+the thread's CPU time (`time.thread_time`) with one torch thread, which other work on a shared machine
+disturbs least; on a GPU, wall time, with the forward's kernels waited for before its time is read (so
+the rest is what settling costs the host, its own waits included).
+
+    python bench/batch_step.py --batch 16 64 --tokens 64
+    python bench/batch_step.py --device cuda --dtype float32   # not run on a GPU yet
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from _common import add_common_args, machine, setup, sync, write_result
+
+from metaspec.server.engine.batch import BatchDecoder, Sequence
+from metaspec.server.engine.routing import RoutingPolicy
+from metaspec.server.engine.sampling import Processing
+from metaspec.server.engine.slots import SlotModel
+from metaspec_testing.models import random_llama
+
+MODES = {"greedy": Processing(), "sampled": Processing(temperature=0.7, top_p=0.9)}
+
+
+def clock(device: torch.device) -> Callable[[], float]:
+    """The thread's CPU time on the CPU; on a GPU, wall time once the queued kernels are done."""
+    if device.type == "cpu":
+        return time.thread_time
+
+    def now() -> float:
+        sync(device)
+        return time.perf_counter()
+
+    return now
+
+
+def timed(function: Callable[..., Any], now: Callable[[], float], spent: list[float]) -> Callable[..., Any]:
+    """`function`, adding its time to `spent[0]`."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        start = now()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            spent[0] += now() - start
+
+    return wrapper
+
+
+def run(model: Any, args: argparse.Namespace, mode: str, batch: int) -> dict[str, Any]:
+    prompt_length = 16
+    target = SlotModel(model, args.vocab, prompt_length + args.tokens + 8)
+    decoder = BatchDecoder(target, None, RoutingPolicy("never", 0.7, 5), batch)
+    forward, now = [0.0], clock(target.device)
+    target.forward = timed(target.forward, now, forward)  # type: ignore[method-assign]
+    ids = torch.Generator().manual_seed(args.seed)
+    seqs = [
+        Sequence(
+            torch.randint(args.vocab, (prompt_length,), generator=ids).tolist(),
+            MODES[mode],
+            args.tokens,
+            lambda tokens: False,
+            torch.Generator(target.device).manual_seed(args.seed + i),
+        )
+        for i in range(batch)
+    ]
+    decoder.add(seqs)
+    forward[0], steps, start = 0.0, 0, now()
+    while decoder.running:
+        decoder.step()
+        steps += 1
+    step = now() - start
+    assert all(s.error is None and s.produced == args.tokens for s in seqs)
+    return {
+        "mode": mode,
+        "batch": batch,
+        "steps": steps,
+        "step_s": round(step, 3),
+        "forward_s": round(forward[0], 3),
+        "settle_s": round(step - forward[0], 3),
+        "settle_ms_per_step": round(1000 * (step - forward[0]) / steps, 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument("--tokens", type=int, default=64, help="tokens each request generates")
+    parser.add_argument("--vocab", type=int, default=49152)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--hidden", type=int, default=64)
+    add_common_args(parser, "batch_step")
+    parser.set_defaults(threads=1)
+    args = parser.parse_args(argv)
+    device, dtype = setup(args)
+    model = random_llama(args.seed, args.vocab, args.layers, hidden=args.hidden, heads=4, positions=128)
+    model = model.to(device, dtype).eval()
+    rows = []
+    print(
+        "| mode | batch | steps | step s | forward s | rest (settle) s | rest ms/step |\n|---|---|---|---|---|---|---|"
+    )
+    for mode in args.modes:
+        for batch in args.batch:
+            run(model, argparse.Namespace(**{**vars(args), "tokens": 4}), mode, batch)  # warm-up: first kernels
+            row = run(model, args, mode, batch)
+            rows.append(row)
+            print(
+                f"| {mode} | {batch} | {row['steps']} | {row['step_s']} | {row['forward_s']} | {row['settle_s']} | {row['settle_ms_per_step']} |"
+            )
+    write_result(args, argv, "batch_step", device, {"machine": machine(device, dtype), "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
