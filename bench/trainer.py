@@ -247,7 +247,7 @@ def scaling(args: argparse.Namespace, argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "ranks.json"
         options = [f"--nproc-per-node={args.nproc}", "--standalone", "--max-restarts=0"]
-        run(torchrun_args([*options, __file__, *argv, "--out", str(out)]))
+        run(torchrun_args([*options, __file__, *_worker_argv(argv), "--out", str(out)]))
         parallel = json.loads(out.read_text())["results"]
     base = {r["variant"]: r["tokens_per_second"] for r in single}
     for row in parallel:
@@ -257,6 +257,19 @@ def scaling(args: argparse.Namespace, argv: list[str]) -> int:
     print_table(name, device, dtype, args, parallel)
     write_results(name, device, dtype, args, parallel, args.nproc * (args.support + args.query) * args.seq)
     return 0
+
+
+def _worker_argv(argv: list[str]) -> list[str]:
+    """The command line without `--nproc N`: a worker knows it is one (`launched`), and torchrun's
+    parser, which sees the script's options too, refuses `--nproc` as an ambiguous abbreviation of
+    its own `--nproc-per-node`."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if not skip and arg != "--nproc" and not arg.startswith("--nproc="):
+            out.append(arg)
+        skip = arg == "--nproc"
+    return out
 
 
 def measure(args: argparse.Namespace, world: World) -> tuple[list[dict[str, Any]], str, torch.dtype]:

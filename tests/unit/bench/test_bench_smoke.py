@@ -1,4 +1,5 @@
-"""The method benchmarks (`bench/method.py`, `teacher.py`, `routing.py`) end to end on tiny random Llamas.
+"""The method benchmarks (`bench/method.py`, `teacher.py`, `routing.py`) and the trainer's scaling
+(`bench/trainer.py --nproc`) end to end on tiny random Llamas.
 
 They check that every arm and configuration runs through the real trainer, generator and engine code
 and that the figures the docs quote are computed from what ran (budgets, shares, exactness); the
@@ -10,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -52,6 +54,21 @@ def test_method_arms_share_a_token_budget_and_save_the_merged_model(tiny_llama: 
     assert rows["anil"]["perplexity"] != rows["sft"]["perplexity"] != rows["maml@0.1"]["perplexity"]
     assert set(result["base"]["perplexity"]) == {"overall", "easy", "hard"}
     assert is_complete(merged) and (merged / "config.json").is_file()
+
+
+def test_trainer_scaling_runs_two_processes(tiny_llama: Path, tmp_path: Path) -> None:
+    """`bench/trainer.py --nproc 2`: one process, then two under torch.distributed.run (gloo), each
+    variant's efficiency computed from both."""
+    out = tmp_path / "trainer.json"
+    argv = [sys.executable, str(BENCH / "trainer.py"), "--model", str(tiny_llama), "--variants", "sft,anil"]
+    argv += ["--nproc", "2", "--steps", "1", "--seq", "16", "--support", "1", "--query", "1", "--lora-r", "4"]
+    result = subprocess.run([*argv, "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    body = json.loads(out.read_text())
+    assert body["tokens_per_step"] == 2 * 2 * 16 and body["settings"]["nproc"] == 2
+    for row in body["results"]:
+        assert row["single_tokens_per_second"] > 0 and row["scaling_efficiency"] > 0, row
+    assert [row["variant"] for row in body["results"]] == ["sft", "anil"]
 
 
 def test_teacher_compares_greedy_with_the_seed_configuration(tiny_llama: Path, tmp_path: Path) -> None:
