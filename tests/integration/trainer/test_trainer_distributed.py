@@ -13,6 +13,7 @@ Adam is blind to a constant factor on the gradient, so the gradient norm is what
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -83,10 +84,11 @@ def assert_same_training(one: Path, two: Path, atol: float = 3e-5, rel: float = 
     ("method", "anil"),
     [("lora-sft", {}), ("anil-maml", {"firstOrder": False, "balance": "tokens", "tasksPerBatch": 3})],
 )
-def test_two_processes_train_as_one_on_the_global_batch(tiny_llama, data, tmp_path, method, anil):
+def test_two_processes_train_as_one_on_the_global_batch(tiny_llama, data, tmp_path, caplog, method, anil):
     """lora-sft: 4 sequences per step shared 2 + 2; ANIL-MAML second order with token balancing:
     3 tasks per step shared 2 + 1 (uneven on purpose), each rank adapting the head on its own tasks'
-    support sets, the meta-gradients all-reduced."""
+    support sets, the meta-gradients all-reduced. Then the two processes' step-1 checkpoint resumes on
+    one process and ends where the one-process run ends."""
     config = spec(tiny_llama, data, tmp_path / "two", method, **anil)
     result, summary = launch(config, tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -94,6 +96,12 @@ def test_two_processes_train_as_one_on_the_global_batch(tiny_llama, data, tmp_pa
 
     reference = spec(tiny_llama, data, tmp_path / "one", method, **anil)
     assert_same_training(single_process(reference, tmp_path), tmp_path / "two")
+
+    (tmp_path / "two" / "_manifest.json").unlink()  # as if the run had stopped after step 1
+    with caplog.at_level(logging.INFO, logger="metaspec.trainer"):
+        train(training_run(config["spec"]), work_dir=tmp_path / "resumed", device="cpu", reporter=LogReporter())
+    assert "resumed from" in caplog.text and "checkpoints/step-1" in caplog.text
+    assert_same_training(tmp_path / "one", tmp_path / "two")
 
 
 @pytest.mark.gpu
