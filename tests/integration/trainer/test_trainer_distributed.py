@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +26,7 @@ import torch
 from safetensors.torch import load_file
 from trainer_helpers import tiny_anil_spec, training_run, write_dataset
 
-from metaspec.runtime import EXIT_PERMANENT
+from metaspec.runtime import EXIT_PERMANENT, EXIT_TRANSIENT
 from metaspec.trainer.progress import LogReporter
 from metaspec.trainer.run import train
 
@@ -115,6 +117,34 @@ def test_two_gpus_train_as_one_over_nccl(tiny_llama, data, tmp_path):
     assert result.returncode == 0 and summary["phase"] == "Succeeded", result.stderr[-4000:]
     reference = spec(tiny_llama, data, tmp_path / "one", "anil-maml", firstOrder=False, tasksPerBatch=2)
     assert_same_training(single_process(reference, tmp_path, device="cuda:0"), tmp_path / "two", 1e-3, 1e-2)
+
+
+def test_sigterm_to_the_launcher_stops_both_ranks_after_one_checkpoint(tiny_llama, data, tmp_path):
+    """Preemption: the container's first process, the launcher, gets SIGTERM and passes it to both
+    ranks; they stop after the same step, rank 0 writes one checkpoint, and the container exits 75
+    (transient: the Job retries, and the retry resumes from that checkpoint)."""
+    config = spec(tiny_llama, data, tmp_path / "out", "lora-sft")
+    config["spec"]["optimization"].update(maxSteps=500, checkpointSteps=500, evalSteps=500)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    termination = tmp_path / "termination-log"
+    env = {**os.environ, "METASPEC_TERMINATION_MESSAGE_PATH": str(termination), "METASPEC_LOG_FORMAT": "text"}
+    command = [sys.executable, "-m", "metaspec.cli", "train", "--config", str(tmp_path / "config.json")]
+    command += ["--device", "cpu", "--work-dir", str(tmp_path / "work"), "--nproc-per-node", "2"]
+    launcher = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in launcher.stderr:
+            if (m := re.search(r"step step=(\d+) ", line)) and int(m.group(1)) >= 2:
+                launcher.send_signal(signal.SIGTERM)
+                break
+        _, rest = launcher.communicate(timeout=120)
+    finally:
+        launcher.kill()
+    assert launcher.returncode == EXIT_TRANSIENT, rest[-4000:]
+    summary = json.loads(termination.read_text())
+    stopped = int(re.search(r"stopped at step (\d+) \(SIGTERM\)", summary["message"]).group(1))
+    checkpoints = sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir())
+    assert checkpoints == [f"step-{stopped}"] and stopped < 500, (checkpoints, summary)
+    assert (tmp_path / "out" / "checkpoints" / f"step-{stopped}" / "_manifest.json").is_file()
 
 
 def test_the_launcher_exits_with_the_failing_workers_code_and_summary(tmp_path):
