@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import shlex
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +76,10 @@ def sync(device: torch.device) -> None:
     """Wait for queued GPU work before reading a clock."""
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def percentile(values: list[float], q: int) -> float | None:
+    """The q-th percentile (1-99) of `values`, None when there are none."""
+    if not values:
+        return None
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]

@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import contextlib
 import queue
-import statistics
 import sys
 import threading
 import time
@@ -37,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
-from _common import add_common_args, machine, setup, write_result
+from _common import add_common_args, machine, percentile, setup, write_result
 from server import models
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteriaList
 
@@ -215,12 +214,6 @@ async def warm_up(system: System, request: Request) -> None:
     async with contextlib.aclosing(system.stream(short)) as stream:
         async for _ in stream:
             pass
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
 def row(system: str, clients: int, cell: Cell, elapsed: float) -> dict[str, Any]:

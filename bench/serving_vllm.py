@@ -8,9 +8,10 @@ Both servers are started as `metaspec local` starts them (`metaspec serve --conf
 from the vLLM environment, `make vllm-venv`, with the arguments a cluster pod gets), from one SpecServe:
 the bundled SmolLM2-135M-Instruct as target, its first `--draft-layers` layers as draft (untrained: this
 measures serving, not a draft), greedy, `maxConcurrency` = the largest client count. Each client sends
-chat requests from the built-in eval split one after another; reported per server and client count:
-completion tokens/s over the wall time, mean and p90 request latency, and whether every greedy output
-equals the metaspec server's. Writes `bench/results/serving_vllm-<device>.json`.
+streamed chat requests from the built-in eval split one after another; reported per server and client
+count: completion tokens/s over the wall time, p50/p95 time to first token (the first chunk with text)
+and request latency, and whether every greedy output equals the metaspec server's. Writes
+`bench/results/serving_vllm-<device>.json`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import asyncio
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _common import percentile
 
 from metaspec.api import SpecServe
 from metaspec.builtin import records
@@ -85,22 +86,40 @@ def start(engine: str, serve: SpecServe, scratch: Path, args: argparse.Namespace
     return start_server(config, log, env, ["--device", args.device, "--model-cache", str(scratch / "work")])
 
 
-async def client(url: str, prompts: list[str], max_tokens: int) -> list[tuple[str, str, int, float]]:
-    """Requests one after another: (prompt, text, completion tokens, seconds) each."""
-    out = []
+async def streamed(http: httpx.AsyncClient, prompt: str, max_tokens: int) -> tuple[str, int, float, float]:
+    """One streamed chat request: (text, completion tokens, seconds to the first text, seconds in all)."""
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    started = time.perf_counter()
+    parts, tokens, first = [], 0, None
+    async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line.removeprefix("data: "))
+            if "error" in chunk:
+                raise RuntimeError(f"{prompt[:40]!r}: {chunk['error']}")
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            text = "".join(c["delta"].get("content") or "" for c in chunk.get("choices", []))
+            if text and first is None:
+                first = time.perf_counter() - started
+            parts.append(text)
+    seconds = time.perf_counter() - started
+    return "".join(parts), tokens, seconds if first is None else first, seconds
+
+
+async def client(url: str, prompts: list[str], max_tokens: int) -> list[tuple[str, str, int, float, float]]:
+    """Requests one after another: (prompt, text, completion tokens, TTFT, seconds) each."""
     async with httpx.AsyncClient(base_url=url, timeout=600) as http:
-        for prompt in prompts:
-            body = {
-                "model": MODEL,
-                "messages": [{"role": "user", "content": prompt}],
-                "max_tokens": max_tokens,
-                "temperature": 0,
-            }
-            started = time.perf_counter()
-            response = (await http.post("/v1/chat/completions", json=body)).raise_for_status().json()
-            text = response["choices"][0]["message"]["content"]
-            out.append((prompt, text, response["usage"]["completion_tokens"], time.perf_counter() - started))
-    return out
+        return [(prompt, *await streamed(http, prompt, max_tokens)) for prompt in prompts]
 
 
 async def load(url: str, clients: int, args: argparse.Namespace, pool: list[str]) -> dict[str, Any]:
@@ -110,14 +129,16 @@ async def load(url: str, clients: int, args: argparse.Namespace, pool: list[str]
     results = await asyncio.gather(*(client(url, work[c * n : (c + 1) * n], args.max_tokens) for c in range(clients)))
     seconds = time.perf_counter() - started
     runs = [r for per_client in results for r in per_client]
-    latencies = sorted(r[3] for r in runs)
+    ttft, latency = [r[3] for r in runs], [r[4] for r in runs]
     return {
         "clients": clients,
         "requests": len(runs),
         "seconds": seconds,
         "tokens_per_second": sum(r[2] for r in runs) / seconds,
-        "latency_mean": statistics.fmean(latencies),
-        "latency_p90": latencies[int(0.9 * (len(latencies) - 1))],
+        "ttft_p50": percentile(ttft, 50),
+        "ttft_p95": percentile(ttft, 95),
+        "latency_p50": percentile(latency, 50),
+        "latency_p95": percentile(latency, 95),
         "texts": {r[0]: r[1] for r in runs},
     }
 
@@ -141,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(row)
                     print(
                         f"{engine:<9} {clients:>3} clients: {row['tokens_per_second']:7.1f} tok/s, "
-                        f"latency mean {row['latency_mean']:.2f} s, p90 {row['latency_p90']:.2f} s"
+                        f"TTFT p50 {row['ttft_p50']:.2f} s, p95 {row['ttft_p95']:.2f} s, "
+                        f"latency p50 {row['latency_p50']:.2f} s, p95 {row['latency_p95']:.2f} s"
                     )
             finally:
                 child.stop(15)
