@@ -2,8 +2,11 @@
 step (settling: choosing each sequence's tokens from its logits and emitting them).
 
 A tiny random Llama with SmolLM2's vocabulary (49152): the forward is cheap, so what settling costs
-per sequence (the finite check and argmax of every row, the softmax and top-p sort of each sampled
-row) stands out; that cost grows with the batch and the vocabulary, not with the model. Every request
+per sequence (the finite check and argmax of every row, the softmax and top-p of each sampled row)
+stands out; that cost grows with the batch and the vocabulary, not with the model. The random model's
+next-token distributions are nearly flat (top-p 0.9 at temperature 0.7 keeps ~42000 tokens), so top-p
+sorts the whole vocabulary; `--logit-scale 30` multiplies its head's weights and makes them peaked like
+a trained model's (a median of 5 tokens kept), where top-p reads only its top candidates. Every request
 runs target-only, greedy or sampled (temperature 0.7, top-p 0.9, seeded, as in `serving_load.py`), all
 joining at once, each generating `--tokens` tokens; the prefill is not counted. On the CPU, times are
 the thread's CPU time (`time.thread_time`) with one torch thread, which other work on a shared machine
@@ -11,6 +14,7 @@ disturbs least; on a GPU, wall time, with the forward's kernels waited for befor
 the rest is what settling costs the host, its own waits included).
 
     python bench/batch_step.py --batch 16 64 --tokens 64
+    python bench/batch_step.py --modes sampled --logit-scale 30
     python bench/batch_step.py --device cuda --dtype float32   # not run on a GPU yet
 """
 
@@ -103,11 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocab", type=int, default=49152)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument(
+        "--logit-scale", type=float, default=1.0, help="multiplies the head: 30 gives peaked distributions"
+    )
     add_common_args(parser, "batch_step")
     parser.set_defaults(threads=1)
     args = parser.parse_args(argv)
     device, dtype = setup(args)
     model = random_llama(args.seed, args.vocab, args.layers, hidden=args.hidden, heads=4, positions=128)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(args.logit_scale)
     model = model.to(device, dtype).eval()
     rows = []
     print(

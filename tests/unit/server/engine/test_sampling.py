@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _pytest.monkeypatch import MonkeyPatch
 from transformers import (
     MinNewTokensLengthLogitsProcessor,
     MinPLogitsWarper,
@@ -13,6 +14,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from metaspec.server.engine import sampling
 from metaspec.server.engine.sampling import (
     History,
     Processing,
@@ -100,6 +102,71 @@ def test_history_rows_are_the_contexts_of_consecutive_positions(proc: Processing
     for i in range(4):
         one = _history(proc, 50, prompt, torch.cat([generated, proposals[:i]])).rows(proposals[:0], 1)
         torch.testing.assert_close(together[i : i + 1], probabilities(logits[i : i + 1], one, proc))
+
+
+def _sorted_rows(monkeypatch: MonkeyPatch) -> list[int]:
+    """Rows that top-p sorts in full from now on, one entry per call (the pre-selection's fallback)."""
+    calls: list[int] = []
+    full = sampling._sorted_nucleus
+
+    def spy(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+        calls.append(probs.shape[0])
+        return full(probs, top_p)
+
+    monkeypatch.setattr(sampling, "_sorted_nucleus", spy)
+    return calls
+
+
+def _nucleus_both_ways(monkeypatch: MonkeyPatch, logits: torch.Tensor, proc: Processing):
+    """`probabilities` sorting every row, then with the pre-selection; and the rows the latter sorted."""
+    with monkeypatch.context() as sorting:
+        sorting.setattr(sampling, "NUCLEUS_CANDIDATES", logits.shape[-1])
+        full = probabilities(logits, None, proc)
+    sorted_rows = _sorted_rows(monkeypatch)
+    return full, probabilities(logits, None, proc), sum(sorted_rows)
+
+
+NUCLEUS_PROCS = [
+    Processing(0.7, 0.9),
+    Processing(1.0, 0.5),
+    Processing(1.5, 0.98),
+    Processing(1.3, 0.95, min_p=0.05),
+    Processing(0.8, 0.9, top_k=50),
+    Processing(1.0, 0.9, top_k=1000),
+    Processing(0.6, 0.8, min_p=0.02, top_k=300),
+    Processing(1.0, 0.99, top_k=260),
+]
+
+
+@pytest.mark.parametrize("proc", NUCLEUS_PROCS, ids=repr)
+def test_top_p_pre_selection_keeps_the_sorted_distribution(monkeypatch: MonkeyPatch, proc: Processing) -> None:
+    """Rows whose nucleus fits in the top `NUCLEUS_CANDIDATES` tokens skip the sort and get the same
+    distribution, bit for bit on the CPU; the others (here the flat rows, unless top-k or min-p
+    shrink them) are sorted. Flat and peaked rows are scored together."""
+    gen = torch.Generator().manual_seed(2)
+    vocab, k = 4096, sampling.NUCLEUS_CANDIDATES
+    scales = torch.tensor([0.3, 0.5, 1.0, 4.0, 8.0, 16.0]).repeat_interleave(3)[:, None]  # flat to peaked
+    logits = torch.randn(len(scales), vocab, generator=gen) * scales
+    full, fast, sorted_rows = _nucleus_both_ways(monkeypatch, logits, proc)
+    torch.testing.assert_close(fast, full, rtol=0, atol=0)
+    nucleus = (full > 0).sum(-1)
+    assert sorted_rows == int((nucleus > k).sum()), "exactly the rows whose nucleus outgrows the candidates sort"
+    assert bool((nucleus[-3:] <= k).all()), "the peaked rows must take the pre-selection"
+    if not proc.top_k and not proc.min_p:
+        assert bool((nucleus[:3] > k).all()), "the flat rows must fall back to the sort"
+
+
+@pytest.mark.parametrize(("top_p", "sorted_rows"), [(0.6, 1), (0.9, 0)])
+def test_top_p_pre_selection_sorts_when_the_nucleus_ends_in_a_tie(
+    monkeypatch: MonkeyPatch, top_p: float, sorted_rows: int
+) -> None:
+    """Four equally likely tokens: a nucleus ending among them keeps those the sort puts first, so only
+    the sort can say which; one holding all four is the same whatever the order."""
+    logits = torch.full((1, 4096), -10.0)
+    logits[0, [3, 700, 701, 4000]] = 10.0
+    full, fast, rows = _nucleus_both_ways(monkeypatch, logits, Processing(1.0, top_p))
+    torch.testing.assert_close(fast, full, rtol=0, atol=0)
+    assert rows == sorted_rows
 
 
 def test_min_tokens_bans_end_tokens_until_enough_are_generated() -> None:
