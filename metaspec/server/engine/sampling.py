@@ -174,10 +174,10 @@ def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
 
     Rows whose nucleus fits in their `NUCLEUS_CANDIDATES` most likely tokens keep what the sort of
     the whole row would keep (`_candidate_nucleus`); the others sort. k tokens reach `top_p` only if k
-    times the top probability does: when no row can, the candidates are not looked for. (Each choice
-    reads the device once.)"""
+    times the top probability does: when no row can, the candidates are not looked for. On the CPU
+    only: each choice reads the device, a host round trip on an accelerator, where the sort is cheap."""
     k = NUCLEUS_CANDIDATES
-    if probs.shape[-1] <= k or not bool((probs.amax(-1) * k >= top_p).any()):
+    if probs.device.type != "cpu" or probs.shape[-1] <= k or not bool((probs.amax(-1) * k >= top_p).any()):
         kept = _sorted_nucleus(probs, top_p)
     else:
         kept, fits = _candidate_nucleus(probs, top_p, k)
