@@ -35,7 +35,8 @@ async def test_models_from_s3_serve(tiny_llama: Path, s3_prefix: str, tmp_path: 
     engine.load()
     assert engine.ready()
     assert engine.served["target"].digest and engine.served["draft"].digest
-    assert any(tmp_path.joinpath("target").iterdir()), "S3 models are cached locally"
+    cached = [entry for entry in tmp_path.iterdir() if entry.is_dir() and any(entry.glob("*.safetensors"))]
+    assert cached, "S3 models are cached locally, an entry per manifest digest"
     prompt = engine.encode_chat([{"role": "user", "content": "hi"}])
     deltas = [d async for d in engine.generate(prompt, SamplingParams(max_tokens=6))]
     # the draft is the target itself: every proposal is accepted
