@@ -1,19 +1,17 @@
 """The embedded S3 server: SeaweedFS `weed mini` on loopback, started and stopped by PID.
 
 Used by the embedded default (`metaspec local run`) and by the tests. Every port is chosen free at
-start, so several instances (a demo and a test run) can coexist on one machine. The ports are chosen
-below the kernel's ephemeral range: a port freed there can be handed to any outgoing connection (weed's
-own services connect to each other while the later ones start) before weed binds it.
+start (`free_ports`), so several instances (a demo and a test run) can coexist on one machine; weed's
+own services connect to each other while the later ones start, which is why the ports come from below
+the kernel's ephemeral range.
 """
 
 from __future__ import annotations
 
 import os
-import random
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from metaspec.local.processes import die_with_parent
+from metaspec.local.serving import free_ports
 
 # Services of `weed mini` that listen on a port of their own (gRPC ports are set explicitly too).
 _PORTS = ("master.port", "volume.port", "filer.port", "s3.port", "webdav.port", "admin.port")
@@ -33,30 +32,6 @@ _GRPC = ("master.port.grpc", "volume.port.grpc", "filer.port.grpc", "s3.port.grp
 _STARTS = 3
 #: What weed logs when a port is taken: before it starts (its own check), or when a service binds.
 _PORT_TAKEN = (b"is not available on", b"address already in use")
-
-
-def _ephemeral_start() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768  # Linux's default; elsewhere a collision is retried
-
-
-def _free_ports(n: int) -> list[int]:
-    """`n` distinct ports that bind on loopback now, drawn from 10000 up to the ephemeral range."""
-    # Not the `random` module's shared generator: a seeded one would give two processes the same ports.
-    candidates = random.SystemRandom().sample(range(10000, max(_ephemeral_start(), 10000 + 4 * n)), 4 * n)
-    ports = []
-    for port in candidates:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        ports.append(port)
-        if len(ports) == n:
-            return ports
-    raise RuntimeError(f"fewer than {n} free TCP ports below {_ephemeral_start()}")
 
 
 def weed_binary() -> str:
@@ -92,7 +67,7 @@ class EmbeddedS3:
 
     def _start(self, timeout: float) -> EmbeddedS3:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        ports = _free_ports(len(_PORTS) + len(_GRPC))
+        ports = free_ports(len(_PORTS) + len(_GRPC))
         flags = [f"-{name}={port}" for name, port in zip(_PORTS + _GRPC, ports, strict=True)]
         self.endpoint = f"http://127.0.0.1:{ports[_PORTS.index('s3.port')]}"
         env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}

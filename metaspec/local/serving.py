@@ -3,6 +3,8 @@ on loopback, ready when it answers, and how to call it."""
 
 from __future__ import annotations
 
+import itertools
+import random
 import socket
 import sys
 import time
@@ -17,15 +19,38 @@ READY_TIMEOUT = 600.0  # seconds: loading a model from S3 on a slow disk takes a
 
 
 def free_port(preferred: int | None = None) -> int:
-    """`preferred` if nothing listens on it, else any free port."""
-    for port in ([preferred] if preferred else []) + [0]:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return s.getsockname()[1]
-    raise RuntimeError("no free TCP port")
+    """`preferred` if nothing listens on it, else any free port (`free_ports`)."""
+    if preferred and _binds(preferred):
+        return preferred
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct ports that bind on loopback now, drawn at random from 10000 up to the kernel's
+    ephemeral range: a port freed inside that range can be handed to any outgoing connection before the
+    server it was chosen for binds it."""
+    # Not the `random` module's shared generator: a seeded one would give two processes the same ports.
+    candidates = random.SystemRandom().sample(range(10000, max(_ephemeral_start(), 10000 + 4 * n)), 4 * n)
+    ports = list(itertools.islice((port for port in candidates if _binds(port)), n))
+    if len(ports) < n:
+        raise RuntimeError(f"fewer than {n} free TCP ports below {_ephemeral_start()}")
+    return ports
+
+
+def _binds(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def start_server(

@@ -7,23 +7,23 @@ from pathlib import Path
 
 import pytest
 
-from metaspec.local import s3server
+from metaspec.local import s3server, serving
 from metaspec.local.s3server import EmbeddedS3
 
 
 def test_ports_are_free_distinct_and_below_the_ephemeral_range() -> None:
-    ports = s3server._free_ports(11)
+    ports = serving.free_ports(11)
     assert len(set(ports)) == 11
-    assert all(10000 <= port < s3server._ephemeral_start() for port in ports)
+    assert all(10000 <= port < serving._ephemeral_start() for port in ports)
 
 
 def test_a_port_taken_before_weed_binds_it_is_retried_with_fresh_ports(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The first draw of ports includes one that another process listens on (as when a port is taken
-    between the draw and weed's bind); `_free_ports` is wrapped to hand it out once, which is the only
+    between the draw and weed's bind); `free_ports` is wrapped to hand it out once, which is the only
     stand-in here: the race itself cannot be timed from a test."""
-    draw = s3server._free_ports
+    draw = serving.free_ports
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -36,7 +36,7 @@ def test_a_port_taken_before_weed_binds_it_is_retried_with_fresh_ports(
             draws.append(ports)
             return ports
 
-        monkeypatch.setattr(s3server, "_free_ports", first_draw_taken)
+        monkeypatch.setattr(s3server, "free_ports", first_draw_taken)
         with EmbeddedS3(tmp_path / "s3") as server:
             assert len(draws) == 2
             assert server.endpoint.endswith(f":{draws[1][s3server._PORTS.index('s3.port')]}")
