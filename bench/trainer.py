@@ -50,7 +50,7 @@ from peft import LoraConfig, get_peft_model
 from torch.func import functional_call
 
 from metaspec.trainer.distributed import DataParallel, World, init_world, launched
-from metaspec.trainer.losses import IGNORE_INDEX, chunked_cross_entropy, select_targets
+from metaspec.trainer.losses import DEFAULT_CHUNK, IGNORE_INDEX, chunked_cross_entropy, select_targets
 from metaspec.trainer.meta import head_projection, output_head, task_loss
 
 RESULTS = Path(__file__).parent / "results"
@@ -95,6 +95,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--inner-steps", type=int, default=2)
     parser.add_argument("--delta-rank", type=int, default=64, help="rank of the anil-delta variant")
     parser.add_argument("--lora-r", type=int, default=64)
+    parser.add_argument(
+        "--chunk", type=int, default=DEFAULT_CHUNK, help="tokens per head chunk (more than a set's: no recompute)"
+    )
     parser.add_argument("--steps", type=int, default=3, help="timed steps per variant (after one warm-up)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile each decoder layer (one graph, reused)")
@@ -162,13 +165,15 @@ def sft_loss(lm, support, query, args, proj) -> torch.Tensor:
         from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
         return LigerFusedLinearCrossEntropyLoss()(lm.get_output_embeddings().weight, h, y)
-    return chunked_cross_entropy(h, y, lm.get_output_embeddings()) / y.numel()
+    return chunked_cross_entropy(h, y, lm.get_output_embeddings(), args.chunk) / y.numel()
 
 
 def anil_loss(first_order: bool, delta: bool) -> Callable[..., torch.Tensor]:
     def loss(lm, support, query, args, proj) -> torch.Tensor:
         head = output_head(lm, proj if delta else None)
-        return task_loss(head, features(lm, support), features(lm, query), args.inner_steps, 5e-3, first_order)
+        return task_loss(
+            head, features(lm, support), features(lm, query), args.inner_steps, 5e-3, first_order, args.chunk
+        )
 
     return loss
 
