@@ -30,18 +30,24 @@ class Head:
     Full head: logits = h Wᵀ and W is adapted. Rank-r delta (`proj` set): logits = h Wᵀ + (h Rᵀ) Uᵀ
     with R (r, D) a fixed orthonormal projection and U (V, r) adapted from zero, so an inner step costs
     O(V·r) instead of O(V·D) and the fast weights are r/D the size of the head.
+
+    Split full head (`split`, the default for a bf16/fp16 head): logits = h Wᵀ + h Δᵀ with Δ (V, D)
+    adapted from zero and kept in fp32. Inner updates are ~1e-4 of the weights: folded into W they
+    round away in bf16, and W had to be fp32 (so every inner-loop matmul ran in fp32/TF32). Kept
+    apart, Δ is rounded to bf16 relative to its own size, and both products run in the head's dtype at
+    twice TF32's rate on tensor cores.
     """
 
     weight: Tensor  # (V, D)
     proj: Tensor | None = None  # (r, D)
-    delta: Tensor | None = None  # (V, r)
+    delta: Tensor | None = None  # (V, r) with `proj`, (V, D) when split; None: zero
+    split: bool = False
 
-    @property
-    def fast(self) -> Tensor:
-        return self.weight if self.delta is None else self.delta
-
-    def with_fast(self, fast: Tensor) -> Head:
-        return replace(self, weight=fast) if self.delta is None else replace(self, delta=fast)
+    def step(self, grad: Tensor, lr: float) -> Head:
+        """One SGD step on the fast weights, which are at least fp32 whatever the model's dtype."""
+        if self.proj is None and not self.split:
+            return replace(self, weight=upcast(self.weight) - lr * grad)
+        return replace(self, delta=-lr * grad if self.delta is None else upcast(self.delta) - lr * grad)
 
     def features(self, h: Tensor) -> Tensor:
         """What the fast weights multiply: h (n, D), or h Rᵀ (n, r)."""
@@ -49,9 +55,16 @@ class Head:
 
     def logits(self, h: Tensor) -> Tensor:
         z = h.to(self.weight.dtype) @ self.weight.T  # (n, V)
-        if self.delta is not None:
-            z = upcast(z) + self.features(h).to(self.delta.dtype) @ self.delta.T  # (n, V)
-        return z
+        if self.delta is None:
+            return z
+        dtype = self.weight.dtype if self.split else self.delta.dtype
+        return upcast(z) + upcast(self.features(h).to(dtype) @ self.delta.to(dtype).T)  # (n, V)
+
+    def outer(self, error: Tensor, h: Tensor) -> Tensor:
+        """errorᵀ features(h): (V, D) or (V, r), in fp32 (a split head multiplies in its dtype)."""
+        if self.split:
+            return upcast(error.to(self.weight.dtype).T @ h.to(self.weight.dtype))
+        return error.T @ self.features(h).to(error.dtype)
 
 
 def head_projection(dim: int, rank: int, seed: int = 0) -> Tensor:
@@ -64,18 +77,17 @@ def head_projection(dim: int, rank: int, seed: int = 0) -> Tensor:
     return q.T
 
 
-def output_head(model: nn.Module, proj: Tensor | None = None) -> Head:
+def output_head(model: nn.Module, proj: Tensor | None = None, split: bool | None = None) -> Head:
     """The initial fast weights: the model's output head (including a LoRA delta on it, if any), and
-    with `proj`, a zero rank-r delta. `model` is the causal LM (not the peft wrapper)."""
+    with `proj`, a zero rank-r delta. `split` (default: for a bf16/fp16 full head) adapts a separate
+    full-rank delta (see `Head`). `model` is the causal LM (not the peft wrapper)."""
     head = model.get_output_embeddings()
     if getattr(head, "bias", None) is not None or getattr(getattr(head, "base_layer", None), "bias", None) is not None:
         raise ValueError("ANIL needs a bias-free output head; this model's head has a bias")
     weight = _effective_weight(head)
-    if proj is None:
-        return Head(weight)
-    dtype = upcast(weight).dtype
-    delta = torch.zeros(weight.shape[0], proj.shape[0], device=weight.device, dtype=dtype)  # (V, r)
-    return Head(weight, proj.to(device=weight.device, dtype=dtype), delta)
+    if proj is not None:
+        return Head(weight, proj.to(device=weight.device, dtype=upcast(weight).dtype))
+    return Head(weight, split=upcast(weight).dtype != weight.dtype if split is None else split)
 
 
 def _effective_weight(head: nn.Module) -> Tensor:
@@ -96,7 +108,7 @@ def _chunk_gradient(head: Head, h: Tensor, y: Tensor, w: Tensor | None = None) -
     error = probs.scatter_add(1, y[:, None], -torch.ones_like(y[:, None], dtype=probs.dtype))  # (n, V)
     if w is not None:
         error = error * w[:, None].to(error.dtype)  # (n, V)
-    return error.T @ head.features(h).to(probs.dtype)  # (V, D) or (V, r)
+    return head.outer(error, h)  # (V, D) or (V, r)
 
 
 def head_gradient(
@@ -121,14 +133,12 @@ def adapt_head(
     """`steps` SGD steps on the (token-weighted) support loss, touching only the fast weights (never a
     module's weights).
 
-    Fast weights are fp32 even when the model is bf16: inner updates are ~1e-4 of the weights and
-    would round away in bf16. `first_order` treats each inner gradient as a constant (FOMAML).
+    Fast weights are fp32 even when the model is bf16 (`Head.step`; a bf16 head adapts a separate
+    delta, see `Head`). `first_order` treats each inner gradient as a constant (FOMAML).
     """
     for _ in range(steps):
         grad = head_gradient(head, h, y, chunk_size, weights)
-        if first_order:
-            grad = grad.detach()
-        head = head.with_fast(upcast(head.fast) - lr * grad)
+        head = head.step(grad.detach() if first_order else grad, lr)
     return head
 
 

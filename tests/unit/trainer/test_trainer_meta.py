@@ -10,6 +10,8 @@ trainer's single one round differently there, which bounds agreement at ~1e-8 of
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -66,7 +68,7 @@ def lora_params(peft_model) -> dict[str, torch.Tensor]:
     return {n: p for n, p in peft_model.named_parameters() if p.requires_grad}
 
 
-def trainer_route(peft_model, support, query, steps, lr, first_order, rank=None, chunk=4):
+def trainer_route(peft_model, support, query, steps, lr, first_order, rank=None, chunk=4, split=None):
     lm = peft_model.get_base_model()
     body = lm.base_model
 
@@ -75,7 +77,7 @@ def trainer_route(peft_model, support, query, steps, lr, first_order, rank=None,
         h, y = select_targets(hidden, b["labels"])
         return (h, y) if "example_weights" not in b else (h, y, token_weights(b["labels"], b["example_weights"]))
 
-    head = output_head(lm, head_projection(16, rank, seed=7) if rank else None)
+    head = output_head(lm, head_projection(16, rank, seed=7) if rank else None, split=split)
     loss = task_loss(head, features(support), features(query), steps, lr, first_order, chunk_size=chunk)
     params = lora_params(peft_model)
     return loss, dict(zip(params, torch.autograd.grad(loss, list(params.values())), strict=True))
@@ -115,12 +117,15 @@ def reference_route(peft_model, support, query, steps, lr, first_order, rank=Non
 
 
 @pytest.mark.parametrize(
-    ("first_order", "rank"), [(False, None), (True, None), (False, 3)], ids=["second-order", "first-order", "delta"]
+    ("first_order", "rank", "split"),
+    [(False, None, False), (True, None, False), (False, 3, False), (False, None, True)],
+    ids=["second-order", "first-order", "delta", "split-head"],
 )
-def test_meta_gradient_matches_whole_model_reference(first_order: bool, rank: int | None):
+def test_meta_gradient_matches_whole_model_reference(first_order: bool, rank: int | None, split: bool):
+    """`split-head`: the head a bf16 model adapts (W + Δ, Δ separate), here in float64 like the rest."""
     model = tiny_lora_model()
     support, query = batch(1), batch(2)
-    loss, grads = trainer_route(model, support, query, steps=3, lr=0.7, first_order=first_order, rank=rank)
+    loss, grads = trainer_route(model, support, query, steps=3, lr=0.7, first_order=first_order, rank=rank, split=split)
     ref_loss, ref_grads = reference_route(model, support, query, steps=3, lr=0.7, first_order=first_order, rank=rank)
     torch.testing.assert_close(loss, ref_loss, rtol=1e-10, atol=1e-12)
     for name, grad in grads.items():
@@ -150,6 +155,34 @@ def test_second_order_terms_are_present():
     _, first = trainer_route(model, support, query, steps=2, lr=0.7, first_order=True)
     differences = [(second[n] - first[n]).abs().max().item() for n in second]
     assert max(differences) > 1e-4
+
+
+def test_bf16_head_adapts_like_float64():
+    """An inner update of ~2e-4 of the head's weights: folded into bf16 weights it mostly rounds away
+    (the control below keeps under half of the loss drop); the split head keeps it apart and lowers the
+    query loss by what float64 says, with its matmuls in bf16."""
+    model = tiny_lora_model()
+    lm = model.get_base_model()
+    with torch.no_grad():
+        hidden = lm.base_model(input_ids=batch(1)["input_ids"]).last_hidden_state
+    h, y = select_targets(hidden, batch(1)["labels"])
+    lr = 5e-3 * lm.lm_head.weight.abs().mean().item()
+
+    def drop(head, adapted) -> float:
+        return (
+            (chunked_cross_entropy(h, y, head.logits) - chunked_cross_entropy(h, y, adapted.logits)) / y.numel()
+        ).item()
+
+    head = output_head(lm)
+    reference = drop(head, adapt_head(head, h, y, steps=2, lr=lr, first_order=True))
+    lm.lm_head.to(torch.bfloat16)
+    head = output_head(lm)
+    adapted = adapt_head(head, h.to(torch.bfloat16), y, steps=2, lr=lr, first_order=True)
+    assert head.split and head.weight.dtype == adapted.weight.dtype == torch.bfloat16
+    assert reference > 0
+    assert drop(head, adapted) == pytest.approx(reference, rel=0.02)
+    folded = replace(head, weight=(head.weight.float() + adapted.delta).to(torch.bfloat16))
+    assert drop(head, folded) < 0.5 * reference
 
 
 def test_head_with_lora_starts_from_the_effective_weight():
