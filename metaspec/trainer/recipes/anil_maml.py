@@ -23,7 +23,7 @@ from ..evaluate import body_of, evaluation_loss
 from ..loop import StepStats
 from ..losses import select_targets, token_weights
 from ..meta import head_projection, output_head, task_loss
-from .common import BaseRecipe, Context, apply_lora, body_inputs, finish_lora
+from .common import BaseRecipe, Context, apply_lora, body_inputs, finish_lora, prepare_body
 
 
 class AnilMamlRecipe(BaseRecipe):
@@ -37,8 +37,7 @@ class AnilMamlRecipe(BaseRecipe):
         self._check_adapt_modules(loaded.model)
         self.model = apply_lora(loaded.model, spec)
         self.lm = self.model.get_base_model()
-        if spec.optimization.gradient_checkpointing:
-            self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        prepare_body(self.lm, self.spec.optimization)
         self.model.train()
         self.parallel = DataParallel(self.model, ctx.world)
         anil = spec.anil

@@ -29,7 +29,7 @@ from ..loop import StepStats
 from ..losses import LogitsFn, chunked_cross_entropy, chunked_distillation, select_targets
 from ..merge import save_model
 from ..models import derive_draft
-from .common import BatchRecipe, Context, batch_share, body_inputs, target_count, training_vocabulary
+from .common import BatchRecipe, Context, batch_share, body_inputs, prepare_body, target_count, training_vocabulary
 
 
 class CausalLmRecipe(BatchRecipe):
@@ -49,8 +49,7 @@ class CausalLmRecipe(BatchRecipe):
             self.model = loaded.model.float()
         half = ctx.dtype in (torch.bfloat16, torch.float16)
         self.autocast = torch.autocast(ctx.device.type, dtype=ctx.dtype, enabled=half)
-        if spec.optimization.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        prepare_body(self.model, self.spec.optimization)
         self.model.train()
         vocab = self.model.get_output_embeddings().weight.shape[0]
         self.vocabulary = training_vocabulary(ctx, self.data.train, self.tokenizer, vocab)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from metaspec.api import TrainingRun
-from metaspec.api.training import TrainingRunSpec
+from metaspec.api.training import Optimization, TrainingRunSpec
 from metaspec.drafts.vocabulary import draft_vocabulary, token_counts
 from metaspec.prompts import end_of_turn_ids
 from metaspec.records import InvalidData
@@ -39,6 +39,20 @@ class Datasets:
     train: list[Example]
     evaluation: list[Example]
     report: dict[str, Any]
+
+
+def prepare_body(model: torch.nn.Module, optimization: Optimization) -> None:
+    """Activation checkpointing and per-layer `torch.compile` as `spec.optimization` asks. `model` is
+    the causal LM (not a peft wrapper). Each decoder layer is compiled in place (`Module.compile`), so
+    parameter names, checkpoints and DDP see the same module tree."""
+    if optimization.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if optimization.compile:
+        layers = getattr(model.get_decoder(), "layers", None) if hasattr(model, "get_decoder") else None
+        if not layers:
+            raise PermanentError(f"spec.optimization.compile: {type(model).__name__} has no decoder layers to compile")
+        for layer in layers:
+            layer.compile()
 
 
 def load_datasets(ctx: Context, tokenizer: Any) -> Datasets:

@@ -19,7 +19,7 @@ from ..distributed import DataParallel
 from ..evaluate import body_of, evaluation_loss
 from ..loop import StepStats
 from ..losses import chunked_cross_entropy, select_targets
-from .common import BatchRecipe, Context, apply_lora, batch_share, body_inputs, finish_lora, target_count
+from .common import BatchRecipe, Context, apply_lora, batch_share, body_inputs, finish_lora, prepare_body, target_count
 
 
 class LoraSftRecipe(BatchRecipe):
@@ -29,8 +29,7 @@ class LoraSftRecipe(BatchRecipe):
         super().__init__(ctx)
         self.model = apply_lora(self.load().model, self.spec)
         self.lm = self.model.get_base_model()
-        if self.spec.optimization.gradient_checkpointing:
-            self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        prepare_body(self.lm, self.spec.optimization)
         self.model.train()
         self.parallel = DataParallel(self.model, ctx.world)
 
