@@ -16,6 +16,7 @@ the rest is what settling costs the host, its own waits included).
     python bench/batch_step.py --batch 16 64 --tokens 64
     python bench/batch_step.py --modes sampled --logit-scale 30
     python bench/batch_step.py --device cuda --dtype float32   # not run on a GPU yet
+    python bench/batch_step.py --batch 64 --modes greedy --profile 16   # where a step's host time goes
 """
 
 from __future__ import annotations
@@ -110,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--logit-scale", type=float, default=1.0, help="multiplies the head: 30 gives peaked distributions"
     )
+    parser.add_argument(
+        "--profile", type=int, default=0, help="then profile N steps of the last mode and batch (torch.profiler)"
+    )
     add_common_args(parser, "batch_step")
     parser.set_defaults(threads=1)
     args = parser.parse_args(argv)
@@ -131,7 +135,21 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {mode} | {batch} | {row['steps']} | {row['step_s']} | {row['forward_s']} | {row['settle_s']} | {row['settle_ms_per_step']} |"
             )
     write_result(args, argv, "batch_step", device, {"machine": machine(device, dtype), "rows": rows})
+    if args.profile:
+        profile(model, args, args.modes[-1], args.batch[-1])
     return 0
+
+
+def profile(model: Any, args: argparse.Namespace, mode: str, batch: int) -> None:
+    """The host's view of `args.profile` steps: which operators the step's CPU time goes to."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with torch_profile(activities=activities) as prof:
+        run(model, argparse.Namespace(**{**vars(args), "tokens": args.profile}), mode, batch)
+    print(f"{args.profile} steps, {mode}, batch {batch}:")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
 
 
 if __name__ == "__main__":
