@@ -317,6 +317,8 @@ def generation_fields(resource: TeacherGeneration, status: dict[str, Any], shard
         status["stats"] = merged.dump()
     if cache := merge_cache_outcomes(shards):
         status["modelCache"] = cache
+    if digests := sorted({s.model_digest for s in shards} - {None}):
+        status["modelDigest"] = ", ".join(digests)
     quality = generation_quality(resource, merged, shards)
     if quality.passed is None:
         return status

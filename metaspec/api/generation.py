@@ -128,6 +128,12 @@ class TeacherGenerationStatus(Status):
     stats: GenerationStats | None = Field(None, description="Generation statistics.")
     output_uri: str | None = Field(None, description="Prefix holding the outputs once complete.")
     resolved_model: str | None = Field(None, description="URI the teacher model was resolved to.")
+    model_digest: str | None = Field(
+        None,
+        description="The teacher weights generated with: their `_manifest.json` sha256, or `hf:<commit>` for an "
+        "`hf://` model (the exact Hub revision); several, comma-separated, when shards loaded different ones "
+        "(a branch moved during the run).",
+    )
     job_name: str | None = Field(None, description="The Job running this generation of the spec.")
     model_cache: CacheOutcomes | None = Field(
         None,

@@ -112,4 +112,7 @@ class ShardSummary(Summary):
     output_uri: str | None = Field(None, description="Prefix the shard wrote to (default: `spec.output.uri`).")
     stats: GenerationStats | None = Field(None, description="This shard's statistics.")
     quality: QualityVerdict | None = Field(None, description="The shard's own quality verdict.")
+    model_digest: str | None = Field(
+        None, description="The teacher weights this attempt loaded: manifest sha256, or `hf:<commit>`."
+    )
     model_cache: CacheOutcomes | None = Field(None, description="Model URI -> `hit` or `miss` in the model cache.")

@@ -97,6 +97,8 @@ def summarize(result: ShardResult, fail_on_quality: bool) -> tuple[dict[str, Any
         "examplesGenerated": result.generated,
         "stats": generation_stats(result.stats),
     }
+    if result.model_digest:
+        summary["modelDigest"] = result.model_digest
     if result.merged is not None:
         summary["mergedStats"] = generation_stats(result.merged)
     if failed is None:

@@ -88,3 +88,12 @@ def test_model_cache_outcomes_reach_the_status():
     status = R.generation_fields(teacher(), {}, shards)
     assert status["modelCache"] == {"s3://bkt/m": "miss", "hf://org/x": "hit"}
     assert "modelCache" not in R.generation_fields(teacher(), {}, shards[2:])
+
+
+def test_the_teacher_digest_reaches_the_status_and_disagreeing_shards_show_each():
+    one, other = "a" * 64, "hf:" + "b" * 40
+    shards = [ShardSummary.read({"modelDigest": one}), ShardSummary.read({}), ShardSummary.read({"modelDigest": one})]
+    assert R.generation_fields(teacher(), {}, shards)["modelDigest"] == one
+    shards.append(ShardSummary.read({"modelDigest": other}))
+    assert R.generation_fields(teacher(), {}, shards)["modelDigest"] == f"{one}, {other}"
+    assert "modelDigest" not in R.generation_fields(teacher(), {}, shards[1:2])

@@ -85,6 +85,7 @@ def test_killed_shard_resumes_without_duplicates_or_gaps(
     first = json.loads(summary.read_text())
     assert first["examplesGenerated"] == PROMPTS // 2 - len(partial)
     assert first["complete"] is False and first["stats"]["examplesDone"] == PROMPTS // 2
+    assert first["modelDigest"] == read_manifest(tiny_llama).digest  # the teacher's exact weights
 
     # A random tiny model never ends its turn: every output hits maxTokens and the gate fails; the
     # outputs are still written and the Job succeeds (no `failOnQuality`), the summary says why.

@@ -26,6 +26,7 @@ from metaspec_testing.emulator import Cluster
 REPO = Path(__file__).resolve().parents[3]
 AUDIENCE = "metaspec.dev/progress"
 TR, TG = "TrainingRun", "TeacherGeneration"
+COMMIT = "c0ffee" * 6 + "0123"
 
 
 def resource(file: str, name: str) -> dict:
@@ -94,11 +95,12 @@ def test_shards_add_up_and_the_summaries_replace_them(cluster: Cluster, namespac
 
     for shard in (0, 1):
         stats = {"examplesDone": 50, "examplesTotal": 50, "naturalStopRate": 0.95}
-        cluster.run_pod(job, 0, {"stats": stats}, index=shard)
+        cluster.run_pod(job, 0, {"stats": stats, "modelDigest": f"hf:{COMMIT}"}, index=shard)
     cluster.finish_job(job, succeeded=True)
     done = cluster.wait_phase(TG, "gen", ns, "Succeeded")
     assert done["stats"]["examplesDone"] == 100 and "examplesPerSecond" not in done["stats"]
     assert "progress" not in done
+    assert done["modelDigest"] == f"hf:{COMMIT}"  # what the shards loaded, as a TrainingRun's baseModelDigest
 
 
 def test_no_token_a_foreign_token_or_another_runs_pod_is_refused(cluster: Cluster, namespace: str, tmp_path):
