@@ -1,10 +1,12 @@
 """Live progress from a running component to the operator's progress endpoint.
 
-The operator gives each pod of a TrainingRun or TeacherGeneration the URL of its own run's endpoint
-(`METASPEC_PROGRESS_URL`) and a projected service-account token bound to the pod and to the progress
-audience (`METASPEC_PROGRESS_TOKEN_FILE`; the kubelet rotates it, so it is read before every post).
-Reporting is best effort: a report that cannot be delivered is logged and dropped, the run never fails
-over it, and the termination-message summary stays the final word on the run.
+The operator gives each pod of a TrainingRun, TeacherGeneration or (`engine: metaspec`) SpecServe the
+URL of its own resource's endpoint (`METASPEC_PROGRESS_URL`) and a projected service-account token
+bound to the pod and to the progress audience (`METASPEC_PROGRESS_TOKEN_FILE`; the kubelet rotates it,
+so it is read before every post). Runs post their progress as they go; a server posts once, when its
+models are loaded, what it serves and whether the model cache had it (`deliver`, retried a while).
+Reporting is best effort: a report that cannot be delivered is logged and dropped, no component fails
+over it, and a run's termination-message summary stays the final word on the run.
 """
 
 from __future__ import annotations
@@ -86,6 +88,17 @@ class ProgressPoster:
         except (OSError, ValueError) as e:
             self._warn(type(e).__name__, f"could not report progress to {self.url}: {e}")
             return None
+
+    def deliver(self, body: dict[str, Any], attempts: int = 6, pause: float = 2.0) -> bool:
+        """Post a one-off report until the endpoint takes it: again, `pause` seconds later and doubling,
+        while the operator is unreachable or answers 5xx (restarting, or its API server busy)."""
+        for attempt in range(attempts):
+            code = self.post(body)
+            if code is not None and code < 500:
+                return code < 300
+            if attempt + 1 < attempts:
+                time.sleep(pause * 2**attempt)
+        return False
 
     def _warn(self, key: str, message: str) -> None:
         """Each kind of trouble once at WARNING (a pod's log must not fill with it), then at DEBUG."""

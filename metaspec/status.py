@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +23,7 @@ from metaspec import pipeline
 from metaspec.api import Condition, Phase, Resource, SpecServe, TeacherGeneration, TrainingRun, now
 from metaspec.api import conditions as C
 from metaspec.api.generation import GenerationProgress, GenerationStats, ShardCounts
+from metaspec.api.sources import ModelSource
 from metaspec.api.summaries import FailureSummary, ProgressReport, ShardSummary, TrainingSummary
 from metaspec.api.training import TrainingMetrics, TrainingProgress
 from metaspec.runtime import EXIT_PERMANENT, EXIT_QUALITY
@@ -86,11 +89,13 @@ def waiting(resource: Resource, status: dict[str, Any], check: pipeline.Dependen
 
 def started(resource: Resource, status: dict[str, Any], check: pipeline.DependencyCheck) -> dict[str, Any]:
     """The status of a run whose references all resolved: the URIs it uses, `DependenciesReady`."""
-    status = {**status, **resolved_fields(resource, check.resolved)}
+    status = {**status, **resolved_fields(resource, check.resolved, status)}
     return with_condition(status, resource, C.DEPENDENCIES_READY, True, check.reason, check.message)
 
 
-def resolved_fields(resource: Resource, resolved: dict[str, pipeline.Resolved]) -> dict[str, Any]:
+def resolved_fields(
+    resource: Resource, resolved: dict[str, pipeline.Resolved], status: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The URIs a run actually uses (`resolvedBaseModel`…), or for a SpecServe what it serves."""
     spec = resource.spec
 
@@ -104,19 +109,37 @@ def resolved_fields(resource: Resource, resolved: dict[str, pipeline.Resolved]) 
         }
     if isinstance(resource, TeacherGeneration):
         return {"resolvedModel": uri("spec.model", spec.model)}
-    return served(resource, resolved)
+    return served(resource, resolved, status)
 
 
-def served(resource: SpecServe, resolved: dict[str, pipeline.Resolved]) -> dict[str, Any]:
-    """`status.target` / `status.draft`: the URIs and manifest digests this generation serves."""
+#: A Hub commit: the only revision that names exact weights (a branch or tag may move).
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def _pinned(source: ModelSource) -> bool:
+    """Whether the spec names exact weights: another resource's output (its manifest digest) or a Hub commit."""
+    return source.from_ is not None or bool(source.hub_revision and _COMMIT.fullmatch(source.hub_revision))
+
+
+def served(
+    resource: SpecServe, resolved: dict[str, pipeline.Resolved], status: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """`status.target` / `status.draft`: the URIs and manifest digests this generation serves.
+
+    Where the spec does not pin the weights (a Hub branch or tag, a plain `s3://` URI), the digest a
+    serving pod reported for the same URI (`serving_reports`) is kept: that is what is served.
+    """
     out: dict[str, Any] = {}
     for role, source in (("target", resource.spec.target), ("draft", resource.spec.draft)):
         if source is None:
             continue
         found = resolved.get(f"spec.{role}")
-        here = {"uri": found.uri, "digest": found.digest} if found else None
-        out[role] = here or {"uri": source.location, "digest": source.hub_digest}
-        out[role] = {k: v for k, v in out[role].items() if v is not None}
+        here = {"uri": found.uri, "digest": found.digest} if found else {"uri": source.location}
+        here.setdefault("digest", source.hub_digest)
+        reported = (status or {}).get(role) or {}
+        if not (_pinned(source) and here["digest"]) and reported.get("uri") == here["uri"] and reported.get("digest"):
+            here["digest"] = reported["digest"]
+        out[role] = {k: v for k, v in here.items() if v is not None}
     return out
 
 
@@ -193,11 +216,16 @@ def finish(
     return with_condition(status, resource, type_, True, state.reason, status["message"])
 
 
-def live_progress(resource: Resource, status: dict[str, Any], reports: dict[int, ProgressReport], at: str) -> dict:
-    """`status` with what the running pods last reported (`reports` by shard index), stamped `at`.
+def live_progress(
+    resource: Resource, status: dict[str, Any], reports: dict[int | str, ProgressReport], at: str
+) -> dict:
+    """`status` with what the running pods last reported (`reports` by shard index, for a SpecServe by
+    pod name, oldest report first), stamped `at`.
 
     Only a running run takes live progress: the summaries of a finished one are the final word.
     """
+    if isinstance(resource, SpecServe):
+        return serving_reports(resource, status, list(reports.values()))
     if status.get("phase") != Phase.RUNNING.value or not reports:
         return status
     if isinstance(resource, TrainingRun):
@@ -254,11 +282,11 @@ def training_fields(summary: TrainingSummary) -> dict[str, Any]:
     return {**out, **({"modelCache": summary.model_cache} if summary.model_cache else {})}
 
 
-def merge_cache_outcomes(shards: list[ShardSummary]) -> dict[str, str]:
-    """One outcome per model over the shards: `miss` when any shard downloaded it, else `hit`."""
+def merge_cache_outcomes(reports: Iterable[dict[str, str] | None]) -> dict[str, str]:
+    """One outcome per model over several pods' reports: `miss` when any pod downloaded it, else `hit`."""
     merged: dict[str, str] = {}
-    for shard in shards:
-        for uri, outcome in (shard.model_cache or {}).items():
+    for outcomes in reports:
+        for uri, outcome in (outcomes or {}).items():
             merged[uri] = "miss" if "miss" in (outcome, merged.get(uri)) else "hit"
     return merged
 
@@ -315,7 +343,7 @@ def generation_fields(resource: TeacherGeneration, status: dict[str, Any], shard
     status = {**status, "outputUri": uris.pop() if len(uris) == 1 else resource.spec.output.uri}
     if stats:
         status["stats"] = merged.dump()
-    if cache := merge_cache_outcomes(shards):
+    if cache := merge_cache_outcomes(s.model_cache for s in shards):
         status["modelCache"] = cache
     if digests := sorted({s.model_digest for s in shards} - {None}):
         status["modelDigest"] = ", ".join(digests)
@@ -338,6 +366,33 @@ class ServingState:
     message: str
     replicas: int
     ready_replicas: int
+
+
+def serving_reports(resource: SpecServe, status: dict[str, Any], reports: list[ProgressReport]) -> dict[str, Any]:
+    """`status` with what its serving pods reported once their models were loaded (`reports` oldest first).
+
+    Only pods serving what the status names count (a pod of an earlier rollout may report late), and of
+    those the newest `spec.replicas`: `modelCache` merges their outcomes, and where the spec does not pin
+    the weights each model's digest is the newest pod's (a Hub branch becomes the commit it loaded).
+    """
+    roles = [role for role in ("target", "draft") if status.get(role)]
+    if status.get("phase") == Phase.FAILED.value or not roles:
+        return status
+
+    def current(report: ProgressReport) -> bool:
+        return all((m := getattr(report, role)) is not None and m.uri == status[role]["uri"] for role in roles)
+
+    newest = [r for r in reports if current(r)][-max(1, resource.spec.replicas) :]
+    if not newest:
+        return status
+    out = dict(status)
+    for role in roles:
+        source, digest = getattr(resource.spec, role), getattr(newest[-1], role).digest
+        if digest and not (_pinned(source) and status[role].get("digest")):
+            out[role] = {**status[role], "digest": digest}
+    if cache := merge_cache_outcomes(r.model_cache for r in newest):
+        out["modelCache"] = cache
+    return out
 
 
 def serving_status(resource: SpecServe, status: dict[str, Any], state: ServingState) -> dict[str, Any]:

@@ -43,6 +43,7 @@ RESOURCES = [
     ),
     ("batch/v1/jobs", "Job", True, {"status"}),
     ("apps/v1/deployments", "Deployment", True, {"status", "scale"}),
+    ("apps/v1/replicasets", "ReplicaSet", True, {"status"}),
     ("v1/configmaps", "ConfigMap", True, set()),
     ("v1/persistentvolumeclaims", "PersistentVolumeClaim", True, set()),
     ("v1/services", "Service", True, {"status"}),
@@ -408,6 +409,40 @@ class Cluster:
         status = {"phase": "Running", "containerStatuses": [{"name": "main", "state": {"running": {}}}]}
         return self.apply(_pod(job, index, status), job["metadata"]["namespace"])
 
+    def start_serving_pod(self, deployment: dict[str, Any], replica_set: dict[str, Any] | None = None) -> dict:
+        """A running pod of `deployment`, through a ReplicaSet as the Deployment controller makes them:
+        `replica_set` when given (another pod of the same rollout), else a new one owned by `deployment`."""
+        meta, namespace = deployment["metadata"], deployment["metadata"]["namespace"]
+        if replica_set is None:
+            template = deployment["spec"]["template"]
+            owner = {**_controller_ref(deployment), "apiVersion": "apps/v1", "kind": "Deployment"}
+            replica_set = self.apply(
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "ReplicaSet",
+                    "metadata": {
+                        "name": f"{meta['name']}-{uuid.uuid4().hex[:10]}",
+                        "labels": template["metadata"].get("labels", {}),
+                        "ownerReferences": [owner],
+                    },
+                    "spec": {"replicas": 1, "selector": deployment["spec"]["selector"], "template": template},
+                },
+                namespace,
+            )
+        rs = replica_set["metadata"]
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": f"{rs['name']}-{uuid.uuid4().hex[:5]}",
+                "labels": replica_set["spec"]["template"]["metadata"].get("labels", {}),
+                "ownerReferences": [{**_controller_ref(replica_set), "apiVersion": "apps/v1", "kind": "ReplicaSet"}],
+            },
+            "spec": replica_set["spec"]["template"]["spec"],
+            "status": {"phase": "Running", "containerStatuses": [{"name": "main", "state": {"running": {}}}]},
+        }
+        return self.apply(pod, namespace)
+
     def issue_token(self, pod: dict[str, Any], audience: str) -> str:
         """The projected service-account token the kubelet would mount into `pod` for `audience`.
 
@@ -480,6 +515,11 @@ users: [{{name: emulator, user: {{}}}}]
 contexts: [{{name: emulator, context: {{cluster: emulator, user: emulator}}}}]
 current-context: emulator
 """
+
+
+def _controller_ref(owner: dict[str, Any]) -> dict[str, Any]:
+    meta = owner["metadata"]
+    return {"name": meta["name"], "uid": meta["uid"], "controller": True}
 
 
 def _pod(job: dict[str, Any], index: int | None, status: dict[str, Any]) -> dict[str, Any]:

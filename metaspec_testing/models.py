@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -46,3 +47,15 @@ def cut_draft(target_dir: Path, dest: Path, num_layers: int) -> Path:
     AutoTokenizer.from_pretrained(target_dir).save_pretrained(dest)
     upload_dir(dest, dest, metadata={"derived_from": str(target_dir), "num_layers": num_layers})
     return dest
+
+
+def hub_repo(cache: Path, repo: str, refs: dict[str, tuple[str, Path]]) -> Path:
+    """`repo` (`org/name`) in the layout huggingface_hub's cache uses, under `cache/hf` (where the
+    components keep Hub snapshots): each ref (branch or tag) names a commit whose snapshot is a copy
+    of a model folder. With the Hub client offline, `snapshot_download` resolves the refs from it."""
+    root = cache / "hf" / f"models--{repo.replace('/', '--')}"
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    for ref, (commit, source) in refs.items():
+        shutil.copytree(source, root / "snapshots" / commit, ignore=shutil.ignore_patterns("_manifest.json"))
+        (root / "refs" / ref).write_text(commit)
+    return cache

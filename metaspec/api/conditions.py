@@ -50,7 +50,7 @@ DEPENDENCY_FAILED = "DependencyFailed"
 DEPENDENCY_CYCLE = "DependencyCycle"
 
 # ---- reasons of Events that announce no transition ----
-MODEL_CACHE = "ModelCache"  # TrainingRun, TeacherGeneration: where the run's models came from (`status.modelCache`)
+MODEL_CACHE = "ModelCache"  # every kind: where the models came from (`status.modelCache`)
 
 # ---- reasons of refusals ----
 INVALID_SPEC = "InvalidSpec"  # the resource does not validate

@@ -6,7 +6,16 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
-from ._base import MAX_NAME_LENGTH, MIN_FACTOR, SERVICE_NAME_PATTERN, Model, ObjectMeta, SecretRef, Status
+from ._base import (
+    MAX_NAME_LENGTH,
+    MIN_FACTOR,
+    SERVICE_NAME_PATTERN,
+    CacheOutcomes,
+    Model,
+    ObjectMeta,
+    SecretRef,
+    Status,
+)
 from .sources import ModelSource
 from .workload import STATUS_COLUMNS, Dtype, Resource, WorkloadSpec
 
@@ -272,8 +281,8 @@ class ServedModel(Model):
     uri: str = Field(description="Resolved model URI.")
     digest: str | None = Field(
         None,
-        description="sha256 of the model's `_manifest.json`; for `hf://` models `hf:<revision>` (a commit when "
-        "the spec pins one).",
+        description="sha256 of the model's `_manifest.json`; for `hf://` models `hf:<commit>`, the exact Hub "
+        "revision. A branch or tag reads `hf:<branch>` until a serving pod reports the commit it loaded.",
     )
 
 
@@ -285,6 +294,12 @@ class SpecServeStatus(Status):
     target: ServedModel | None = Field(None, description="What is served as the target.")
     draft: ServedModel | None = Field(None, description="What is served as the draft.")
     deployment_name: str | None = Field(None, description="The Deployment serving this resource.")
+    model_cache: CacheOutcomes | None = Field(
+        None,
+        description="Whether the served models came from the model cache, by URI, as the newest serving pods "
+        "(`replicas` of them) report once loaded: `hit` when each found it there, `miss` when one downloaded "
+        "it; models read in place (`file://`, `pvc://`) are not listed. `engine: metaspec` only.",
+    )
 
 
 class ServeMeta(ObjectMeta):

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ._base import CacheOutcomes, Model
 from .generation import GenerationStats
+from .serving import ServedModel
 from .training import TrainingArtifacts, TrainingMetrics, TrainingProgress
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,8 @@ class TrainingSummary(Summary):
 
 
 class ProgressReport(Model):
-    """What a running component posts to the operator's progress endpoint (`metaspec.progress`).
+    """What a running component posts to the operator's progress endpoint (`metaspec.progress`): a run's
+    pods their progress, a serving pod what it loaded once its models are in memory.
 
     Unknown keys are ignored (a newer component may report more); a known key with a wrong type or a
     negative count refuses the whole report, naming the field.
@@ -99,6 +101,11 @@ class ProgressReport(Model):
     examples_total: int | None = Field(None, ge=0, description="Inputs of this shard.")
     examples_per_second: float | None = Field(None, ge=0, allow_inf_nan=False, description="Throughput.")
     eta_seconds: float | None = Field(None, ge=0, allow_inf_nan=False, description="Estimated seconds left.")
+    target: ServedModel | None = Field(None, description="A serving pod's target, as loaded: URI and digest.")
+    draft: ServedModel | None = Field(None, description="A serving pod's draft, as loaded: URI and digest.")
+    model_cache: CacheOutcomes | None = Field(
+        None, description="A serving pod's models: URI -> `hit` or `miss` in the model cache."
+    )
 
 
 class QualityVerdict(Summary):

@@ -38,7 +38,10 @@ CREATE_ONLY = {
     "TokenReview": ("authentication.k8s.io/v1", "tokenreviews"),
     "PersistentVolumeClaim": ("v1", "persistentvolumeclaims"),
 }
-_KINDS = {**PLURALS, **CREATE_ONLY}
+#: Kinds the operator only reads: the ReplicaSet between a serving pod and its Deployment, followed when
+#: the pod reports to the progress endpoint.
+READ_ONLY = {"ReplicaSet": ("apps/v1", "replicasets")}
+_KINDS = {**PLURALS, **CREATE_ONLY, **READ_ONLY}
 
 
 class ApiError(Exception):

@@ -1,4 +1,5 @@
-"""The progress endpoint: running pods post their progress, the operator writes it into their run's status.
+"""The progress endpoint: running pods post their progress, the operator writes it into their run's status;
+serving pods post what they loaded (digests, model-cache hits), which goes into their SpecServe's status.
 
 Why an endpoint the operator serves, rather than the operator polling each pod: a pod needs no port,
 no Service and no NetworkPolicy opening, and the operator reaches no pod network address. Why not
@@ -10,14 +11,19 @@ Who may report, and what:
   operator has the API server check it (TokenReview with that audience): a token minted for the API
   server or another service, an expired one, or one of a deleted pod is refused;
 - the API server vouches for the pod's name and uid; the operator follows the controller owner
-  references pod → Job → TrainingRun/TeacherGeneration (uids checked) and the run's `status.jobName`,
-  so a pod reports only for the run whose current Job created it, and the URL must name that run;
+  references pod → Job → TrainingRun/TeacherGeneration, or pod → ReplicaSet → Deployment → SpecServe
+  (uids checked at each step), and the resource's `status.jobName` or `status.deploymentName`, so a
+  pod reports only for the resource whose current Job or Deployment created it, and the URL must name
+  that resource;
 - a report is a typed `ProgressReport` folded in by the status reducer (`live_progress`), which sets
-  progress fields only, and only while the run is Running.
-The operator needs `create` on `tokenreviews` for this, and still never reads Secrets.
+  progress fields only, and only while the run is Running; for a SpecServe the served digests and
+  `modelCache` only, from pods serving what its status names.
+The operator needs `create` on `tokenreviews` and `get` on `replicasets` for this, and still never reads
+Secrets.
 
 API load: one status write per run per `progress_seconds` at most, and `progress_writes_per_second`
-over all runs; one TokenReview (plus a pod and a Job read) per pod per `_IDENTITY_SECONDS`.
+over all runs; one TokenReview (plus a pod and a Job read, or a ReplicaSet and a Deployment read) per
+pod per `_IDENTITY_SECONDS`.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from metaspec import status as R
-from metaspec.api import API_VERSION, RESOURCES, Resource, TeacherGeneration, TrainingRun, now
+from metaspec.api import API_VERSION, RESOURCES, Resource, SpecServe, now
 from metaspec.api.summaries import ProgressReport
 from metaspec.operator import writes
 from metaspec.operator.kube import ApiError, Kube, Target
@@ -53,7 +59,11 @@ _IDENTITY_SECONDS = 60.0
 _MAX_IDENTITIES = 10_000
 #: TokenReviews in flight at once: garbage tokens cannot flood the API server.
 _REVIEWS_AT_ONCE = 4
-_REPORTING_KINDS = {cls.plural: kind for kind, cls in RESOURCES.items() if cls in (TrainingRun, TeacherGeneration)}
+_REPORTING_KINDS = {cls.plural: kind for kind, cls in RESOURCES.items()}
+#: The kinds whose pods a child of each kind runs.
+_RUNS = {"Job": ("TrainingRun", "TeacherGeneration"), "Deployment": ("SpecServe",)}
+#: Serving pods' reports kept per SpecServe (the newest; one per pod): more than any rollout has replicas.
+_SERVING_REPORTS = 64
 
 Key = tuple[str, str, str]  # (kind, namespace, name)
 
@@ -68,15 +78,15 @@ class Refused(Exception):
 
 @dataclass(frozen=True)
 class Reporter:
-    """A pod the API server vouched for, and the run it belongs to."""
+    """A pod the API server vouched for, and the resource it belongs to."""
 
     kind: str
     namespace: str
     name: str
-    uid: str  # the run's
-    job: str
+    uid: str  # the resource's
+    child: str  # the Job or Deployment that runs the pod
     pod: str
-    shard: int
+    slot: int | str  # a Job pod's shard index; a serving pod's name (each replica reports for itself)
 
     @property
     def key(self) -> Key:
@@ -85,10 +95,11 @@ class Reporter:
 
 @dataclass
 class RunReports:
-    """The latest report of each shard of one run, and when its status was last written."""
+    """The latest report of each shard (or serving pod) of one resource, oldest first, and when its status
+    was last written."""
 
     reporter: Reporter
-    reports: dict[int, ProgressReport] = field(default_factory=dict)
+    reports: dict[int | str, ProgressReport] = field(default_factory=dict)
     dirty: bool = False
     written: float = -float("inf")
 
@@ -145,11 +156,15 @@ class ProgressService:
         return web.json_response({"accepted": True}, status=202)
 
     def record(self, reporter: Reporter, report: ProgressReport) -> None:
-        """Keep the report as its shard's latest; the writer folds it into the status when the run is due."""
+        """Keep the report as its shard's (or serving pod's) latest; the writer folds it into the status
+        when the resource is due."""
         run = self.runs.get(reporter.key)
-        if run is None or run.reporter.uid != reporter.uid or run.reporter.job != reporter.job:
+        if run is None or run.reporter.uid != reporter.uid or run.reporter.child != reporter.child:
             run = self.runs[reporter.key] = RunReports(reporter)
-        run.reports[reporter.shard] = report
+        run.reports.pop(reporter.slot, None)  # newest last: a SpecServe's status follows its newest pods
+        run.reports[reporter.slot] = report
+        if isinstance(reporter.slot, str) and len(run.reports) > _SERVING_REPORTS:
+            run.reports.pop(next(iter(run.reports)))
         run.dirty = True
         self._wake.set()
 
@@ -192,20 +207,34 @@ class ProgressService:
         return username.removeprefix(_SA_PREFIX).split(":", 1)[0], pod, pod_uid
 
     async def _owner(self, namespace: str, pod_name: str, pod_uid: str) -> Reporter:
-        """pod → Job → run, along controller owner references whose uids match."""
+        """pod → Job → run, or pod → ReplicaSet → Deployment → SpecServe, along controller owner
+        references whose uids match."""
         pod = await self._get("Pod", namespace, pod_name)
         if pod["metadata"].get("uid") != pod_uid:
             raise Refused(403, f"pod {pod_name} was replaced since its token was issued")
-        job_ref = _controller(pod, "batch/v1", "Job")
-        job = await self._get("Job", namespace, job_ref["name"])
-        if job["metadata"].get("uid") != job_ref.get("uid"):
-            raise Refused(403, f"pod {pod_name} does not belong to Job {job_ref['name']}")
-        run_ref = _controller(job, API_VERSION, None)
-        if run_ref.get("kind") not in _REPORTING_KINDS.values():
-            raise Refused(403, f"Job {job_ref['name']} does not run a TrainingRun or TeacherGeneration")
-        index = ((pod["metadata"].get("annotations") or {}).get(COMPLETION_INDEX)) or "0"
-        shard = int(index) if index.isdigit() else 0
-        return Reporter(run_ref["kind"], namespace, run_ref["name"], run_ref["uid"], job_ref["name"], pod_name, shard)
+        refs = pod["metadata"].get("ownerReferences") or []
+        if any(ref.get("controller") and ref.get("kind") == "ReplicaSet" for ref in refs):
+            replica_set = await self._owned(pod, namespace, "apps/v1", "ReplicaSet")
+            child = await self._owned(replica_set, namespace, "apps/v1", "Deployment")
+            slot: int | str = pod_name
+        else:
+            child = await self._owned(pod, namespace, "batch/v1", "Job")
+            index = ((pod["metadata"].get("annotations") or {}).get(COMPLETION_INDEX)) or "0"
+            slot = int(index) if index.isdigit() else 0
+        ref = _controller(child, API_VERSION, None)
+        if ref.get("kind") not in _RUNS[child["kind"]]:
+            raise Refused(
+                403, f"{child['kind']} {child['metadata']['name']} runs no {' or '.join(_RUNS[child['kind']])}"
+            )
+        return Reporter(ref["kind"], namespace, ref["name"], ref["uid"], child["metadata"]["name"], pod_name, slot)
+
+    async def _owned(self, obj: dict[str, Any], namespace: str, api_version: str, kind: str) -> dict[str, Any]:
+        """`obj`'s controller of `kind`, read back and checked to be the object the reference names (uid)."""
+        ref = _controller(obj, api_version, kind)
+        owner = await self._get(kind, namespace, ref["name"])
+        if owner["metadata"].get("uid") != ref.get("uid"):
+            raise Refused(403, f"{obj.get('kind', 'object')} {obj['metadata']['name']} is not {kind} {ref['name']}'s")
+        return {**owner, "kind": kind}
 
     async def _get(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
         try:
@@ -249,19 +278,22 @@ class ProgressService:
                 await asyncio.wait_for(self._wake.wait(), wait)
 
     async def write_status(self, run: RunReports) -> bool:
-        """Fold `run`'s reports into its status; False once the run is gone or no longer takes progress."""
+        """Fold `run`'s reports into its status; False once the resource is gone, runs another child, or
+        (a run) no longer takes progress. A SpecServe keeps its pods' reports: later pods' merge with them."""
         reporter = run.reporter
         alive = False
 
         async def compute(resource: Resource) -> dict[str, Any] | None:
             nonlocal alive
             status = resource.status
-            if resource.metadata.uid != reporter.uid or status is None or status.job_name != reporter.job:
+            serving = isinstance(resource, SpecServe)
+            child = getattr(status, "deployment_name" if serving else "job_name", None)
+            if resource.metadata.uid != reporter.uid or child != reporter.child:
                 return None
             current = writes.current_status(resource)
             new = R.live_progress(resource, current, dict(run.reports), now())
-            alive = new is not current
-            return new if alive else None
+            alive = serving or new is not current
+            return new if new is not current else None
 
         await writes.update_status(self.kube, reporter.kind, reporter.namespace, reporter.name, compute)
         return alive

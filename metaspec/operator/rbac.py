@@ -62,8 +62,10 @@ RULES: tuple[Rule, ...] = (
         cluster_scoped=True,
         all_namespaces_only=True,
     ),
-    # The progress endpoint has the API server check the tokens pods present (operator/progress.py).
+    # The progress endpoint has the API server check the tokens pods present (operator/progress.py) and
+    # follows a serving pod's ReplicaSet to its Deployment.
     Rule("authentication.k8s.io", ("tokenreviews",), ("create",), cluster_scoped=True),
+    Rule("apps", ("replicasets",), ("get",)),
     # kopf's resource discovery watches CRDs to notice the metaspec CRDs appear.
     Rule("apiextensions.k8s.io", ("customresourcedefinitions",), _READ, cluster_scoped=True),
     # kopf lists namespaces when run with --all-namespaces (or namespace patterns, which the chart never uses).

@@ -15,7 +15,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from metaspec import progress
 from metaspec.api import SpecServe
+from metaspec.artifacts import cache_outcomes
 from metaspec.runtime import CONFIG_PATH, PermanentError, load_config, model_cache_dir, run_component, setup_logging
 
 if TYPE_CHECKING:
@@ -70,7 +72,9 @@ def serve(args: argparse.Namespace) -> int:
     config = uvicorn.Config(app, host=args.host, port=port, log_config=None, timeout_graceful_shutdown=20)
     server = uvicorn.Server(config)
     failure: list[BaseException] = []
-    loader = threading.Thread(target=_load, args=(engine, server, failure), name="metaspec-load", daemon=True)
+    loader = threading.Thread(
+        target=_load, args=(engine, server, failure, args.model_cache), name="metaspec-load", daemon=True
+    )
     loader.start()
     _run_until_terminated(server)
     engine.close()
@@ -90,8 +94,9 @@ def _run_until_terminated(server: uvicorn.Server) -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _load(engine: SpeculativeEngine, server: uvicorn.Server, failure: list[BaseException]) -> None:
-    """Load the models once the server listens; on failure record the error and stop the server."""
+def _load(engine: SpeculativeEngine, server: uvicorn.Server, failure: list[BaseException], model_cache: Path) -> None:
+    """Load the models once the server listens, then report them; on failure record the error and stop
+    the server."""
     while not server.started and not server.should_exit:
         time.sleep(0.05)
     try:
@@ -100,3 +105,17 @@ def _load(engine: SpeculativeEngine, server: uvicorn.Server, failure: list[BaseE
     except BaseException as error:
         failure.append(error)
         server.should_exit = True
+        return
+    _report_loaded(engine, model_cache)
+
+
+def _report_loaded(engine: SpeculativeEngine, model_cache: Path) -> None:
+    """Tell the operator what this pod serves (each model's URI and digest: a Hub branch's commit) and
+    whether the model cache had it, for its SpecServe's status; nothing outside a cluster."""
+    poster = progress.from_env()
+    if poster is None:
+        return
+    report: dict[str, object] = {role: {"uri": m.uri, "digest": m.digest} for role, m in engine.served.items()}
+    if cached := cache_outcomes(model_cache):
+        report["modelCache"] = cached
+    poster.deliver(report)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from metaspec import status as R
-from metaspec.api import Phase, TeacherGeneration, parse_resource
+from metaspec.api import Phase, SpecServe, TeacherGeneration, parse_resource
 from metaspec.api.generation import GenerationStats, ShardCounts
-from metaspec.api.summaries import FailureSummary, ShardSummary, TrainingSummary
+from metaspec.api.summaries import FailureSummary, ProgressReport, ShardSummary, TrainingSummary
 
 
 def teacher(min_rate: float = 0.9) -> TeacherGeneration:
@@ -97,3 +97,64 @@ def test_the_teacher_digest_reaches_the_status_and_disagreeing_shards_show_each(
     shards.append(ShardSummary.read({"modelDigest": other}))
     assert R.generation_fields(teacher(), {}, shards)["modelDigest"] == f"{one}, {other}"
     assert "modelDigest" not in R.generation_fields(teacher(), {}, shards[1:2])
+
+
+COMMIT, MOVED = "c" * 40, "d" * 40
+
+
+def serve(target: dict, draft: dict | None = None, replicas: int = 2) -> SpecServe:
+    spec = {"target": target, "replicas": replicas, **({"draft": draft} if draft else {})}
+    resource = parse_resource(
+        {"apiVersion": "metaspec.dev/v1alpha1", "kind": "SpecServe", "metadata": {"name": "s"}, "spec": spec}
+    )
+    assert isinstance(resource, SpecServe)
+    return resource
+
+
+def loaded(target: str, digest: str, cache: dict | None = None, draft: tuple[str, str] | None = None):
+    body = {"target": {"uri": target, "digest": digest}, "modelCache": cache}
+    if draft:
+        body["draft"] = {"uri": draft[0], "digest": draft[1]}
+    return ProgressReport.model_validate(body)
+
+
+def test_a_hub_branch_becomes_the_commit_the_newest_serving_pod_loaded_and_stays_through_reconciles():
+    resource = serve({"uri": "hf://acme/tiny", "revision": "main"})
+    status = R.served(resource, {})
+    assert status == {"target": {"uri": "hf://acme/tiny@main", "digest": "hf:main"}}
+    reports = [loaded("hf://acme/tiny@main", f"hf:{COMMIT}"), loaded("hf://acme/tiny@main", f"hf:{MOVED}")]
+    status = R.live_progress(resource, status, dict(enumerate(reports)), "now")
+    assert status["target"]["digest"] == f"hf:{MOVED}"
+    assert R.served(resource, {}, status) == {"target": {"uri": "hf://acme/tiny@main", "digest": f"hf:{MOVED}"}}
+    # Another revision is another URI: the reported commit of the old one is not carried over.
+    moved = serve({"uri": "hf://acme/tiny", "revision": "v2"})
+    assert R.served(moved, {}, status) == {"target": {"uri": "hf://acme/tiny@v2", "digest": "hf:v2"}}
+
+
+def test_what_the_spec_pins_is_not_replaced_and_a_plain_s3_uri_gets_the_pods_digest():
+    pinned = serve({"uri": f"hf://acme/tiny@{COMMIT}"})
+    status = R.served(pinned, {})
+    report = loaded(f"hf://acme/tiny@{COMMIT}", f"hf:{MOVED}")
+    assert R.live_progress(pinned, status, {"p": report}, "now")["target"]["digest"] == f"hf:{COMMIT}"
+    plain = serve({"uri": "s3://bkt/m"})
+    status = R.live_progress(plain, R.served(plain, {}), {"p": loaded("s3://bkt/m", "e" * 64)}, "now")
+    assert status["target"] == {"uri": "s3://bkt/m", "digest": "e" * 64}
+
+
+def test_serving_pods_model_cache_merges_the_newest_replicas_of_what_is_served():
+    resource = serve({"uri": "s3://bkt/m"}, {"uri": "s3://bkt/d"}, replicas=2)
+    status = {**R.served(resource, {}), "phase": Phase.READY.value}
+    both = ("s3://bkt/d", "f" * 64)
+    reports = {
+        "first": loaded("s3://bkt/m", "e" * 64, {"s3://bkt/m": "miss", "s3://bkt/d": "miss"}, both),
+        "old-rollout": loaded("s3://bkt/old", "0" * 64, {"s3://bkt/old": "miss"}, both),
+        "second": loaded("s3://bkt/m", "e" * 64, {"s3://bkt/m": "hit", "s3://bkt/d": "miss"}, both),
+        "third": loaded("s3://bkt/m", "e" * 64, {"s3://bkt/m": "hit", "s3://bkt/d": "hit"}, both),
+    }
+    out = R.live_progress(resource, status, reports, "now")
+    assert out["modelCache"] == {"s3://bkt/m": "hit", "s3://bkt/d": "miss"}
+    assert out["draft"]["digest"] == "f" * 64
+    # A report without the draft is not of this generation; a failed SpecServe takes none.
+    assert R.live_progress(resource, status, {"x": loaded("s3://bkt/m", "e" * 64)}, "now") is status
+    failed = {**status, "phase": Phase.FAILED.value}
+    assert R.live_progress(resource, failed, reports, "now") is failed

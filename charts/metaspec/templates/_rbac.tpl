@@ -112,6 +112,12 @@
   verbs:
   - create
 - apiGroups:
+  - apps
+  resources:
+  - replicasets
+  verbs:
+  - get
+- apiGroups:
   - apiextensions.k8s.io
   resources:
   - customresourcedefinitions
@@ -226,6 +232,12 @@
   - list
   - watch
   - patch
+- apiGroups:
+  - apps
+  resources:
+  - replicasets
+  verbs:
+  - get
 {{- end -}}
 
 {{- define "metaspec.rules.clusterScoped" -}}

@@ -94,12 +94,15 @@ def build_deployment(
     config_hash: str,
     digests: dict[str, str | None],
 ) -> dict[str, Any]:
-    """The `engine: metaspec` Deployment: `metaspec serve --config`, probes on `/readyz` and `/healthz`."""
+    """The `engine: metaspec` Deployment: `metaspec serve --config`, probes on `/readyz` and `/healthz`;
+    the server reports what it loaded to the operator's progress endpoint."""
     main = pod.container(serve, settings, config_map)
     main["env"] = [*main["env"], *api_key_env(serve)]
     main["ports"] = [{"name": "http", "containerPort": serve.spec.service.port, "protocol": "TCP"}]
     main.update(_probes(settings, ready="/readyz", live="/healthz"))
+    channel = pod.progress_channel(serve, settings, main)
     podspec = pod.pod_spec(serve, settings, [main], config_map)
+    podspec["volumes"] += channel
     return _deployment(serve, podspec, _annotations(config_hash, digests))
 
 

@@ -85,14 +85,10 @@ def build_job(resource: TrainingRun | TeacherGeneration, settings: OperatorSetti
     template_labels = {k: v for k, v in labels.items() if k != L.KUEUE_QUEUE}
     name = generation_name(resource)
     main = pod.container(resource, settings, config_map)
-    channel = pod.progress_channel(resource, settings)
-    if channel is not None:
-        main["volumeMounts"].append(channel[1])
-        main["env"] += channel[2]
+    channel = pod.progress_channel(resource, settings, main)
     extra = _distributed(resource, name, main) if isinstance(resource, TrainingRun) else {}
     pod_spec = {**pod.pod_spec(resource, settings, [main], config_map), **extra}
-    if channel is not None:
-        pod_spec["volumes"].append(channel[0])
+    pod_spec["volumes"] += channel
     shards = _shards(resource)
     job_spec: dict[str, Any] = {
         **shards,

@@ -128,27 +128,28 @@ def model_cache_volume(resource: Resource) -> dict[str, Any]:
     return {"name": MODEL_CACHE_VOLUME, "emptyDir": {"sizeLimit": resource.spec.resources.cache_size}}
 
 
-def progress_channel(resource: Resource, settings: OperatorSettings) -> tuple[dict, dict, list[dict]] | None:
-    """(volume, mount, env) that let a run's pods report progress to the operator; None when it is off.
+def progress_channel(resource: Resource, settings: OperatorSettings, container: dict[str, Any]) -> list[dict]:
+    """Let `container` report to the operator's progress endpoint (a run's progress, a server's loaded
+    models): the token's mount and the endpoint go into it; returns the pod volumes this needs (none
+    when reporting is off).
 
     The token is projected for this pod and the progress audience only: it is useless against the API
-    server, and the operator maps it back to this pod's own run (`metaspec.operator.progress`).
+    server, and the operator maps it back to this pod's own resource (`metaspec.operator.progress`).
     """
     if not settings.progress_url:
-        return None
+        return []
     meta = resource.metadata
     token = {
         "audience": settings.progress_audience,
         "expirationSeconds": PROGRESS_TOKEN_SECONDS,
         "path": "token",
     }
-    volume = {"name": "progress-token", "projected": {"sources": [{"serviceAccountToken": token}]}}
-    mount = {"name": "progress-token", "mountPath": PROGRESS_TOKEN_DIR, "readOnly": True}
-    env = [
+    container["volumeMounts"].append({"name": "progress-token", "mountPath": PROGRESS_TOKEN_DIR, "readOnly": True})
+    container["env"] += [
         {"name": URL_ENV, "value": endpoint(settings.progress_url, meta.namespace, resource.plural, meta.name)},
         {"name": TOKEN_ENV, "value": f"{PROGRESS_TOKEN_DIR}/token"},
     ]
-    return volume, mount, env
+    return [{"name": "progress-token", "projected": {"sources": [{"serviceAccountToken": token}]}}]
 
 
 def compute(resource: Resource) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """Live progress: running pods post to the operator's endpoint with their projected token; the run's
 status shows it within the write interval, and the termination summaries still have the last word.
+Serving pods post what they loaded once, into their SpecServe's status.
 
 TokenReview is emulated: the emulated API server answers reviews for the tokens a test issues with
 `Cluster.issue_token` (audience-checked, vouching for the pod's name and uid, as a real API server does
@@ -10,22 +11,30 @@ the real ones.
 from __future__ import annotations
 
 import copy
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pytest
 import yaml
 
+from metaspec.api import API_VERSION
+from metaspec.local.serving import free_port
 from metaspec.operator import rbac
 from metaspec.progress import TOKEN_ENV, URL_ENV, ProgressPoster
 from metaspec_testing.chaos import Recorder
 from metaspec_testing.emulator import Cluster
+from metaspec_testing.models import hub_repo
 
 REPO = Path(__file__).resolve().parents[3]
 AUDIENCE = "metaspec.dev/progress"
-TR, TG = "TrainingRun", "TeacherGeneration"
+TR, TG, SS = "TrainingRun", "TeacherGeneration", "SpecServe"
 COMMIT = "c0ffee" * 6 + "0123"
 
 
@@ -170,3 +179,120 @@ def test_200_reporting_runs_stay_within_the_documented_write_budget(cluster: Clu
     per_second = min(runs / settings.progress_seconds, settings.progress_writes_per_second)
     assert len(writes) <= per_second * elapsed + 1, f"{len(writes)} status writes in {elapsed:.1f} s"
     assert max(Counter(writes).values()) <= elapsed / settings.progress_seconds + 1
+
+
+# ---- serving pods: what they loaded, into their SpecServe's status ----
+
+
+def serving_pod(cluster: Cluster, name: str, ns: str, tmp_path: Path, replica_set: dict | None = None):
+    """A running pod of the SpecServe's Deployment (through a ReplicaSet), its progress URL and a poster."""
+    cluster.wait_for(lambda: cluster.status(SS, name, ns).get("deploymentName"), message=f"{name}'s Deployment")
+    deployment = cluster.wait_get("Deployment", name, ns)
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    pod = cluster.start_serving_pod(deployment, replica_set)
+    token = tmp_path / f"{pod['metadata']['name']}.token"
+    token.write_text(cluster.issue_token(pod, AUDIENCE))
+    return pod, env[URL_ENV], ProgressPoster(env[URL_ENV], token, interval=0)
+
+
+def model_cache_events(cluster: Cluster, name: str, ns: str) -> list[str]:
+    events = cluster.list("Event", ns)
+    return [e["message"] for e in events if e["involvedObject"]["name"] == name and e["reason"] == "ModelCache"]
+
+
+@pytest.mark.slow
+def test_a_serving_pod_reports_the_commit_of_its_branch_and_its_model_cache(
+    cluster: Cluster, namespace: str, tmp_path: Path, tiny_llama: Path
+):
+    """The real `metaspec serve`, given the pod's progress URL and token, loads `hf://acme/tiny@main`
+    from a model cache that holds it (Hub client offline) and reports it: the SpecServe's status names
+    the commit `main` points to instead of the branch, says the cache had it, and an Event says so."""
+    ns = namespace
+    cache = hub_repo(tmp_path / "cache", "acme/tiny", {"main": (COMMIT, tiny_llama)})
+    spec = {"target": {"uri": "hf://acme/tiny", "revision": "main"}, "replicas": 1, "routing": {"policy": "never"}}
+    cluster.apply({"apiVersion": API_VERSION, "kind": SS, "metadata": {"name": "tiny"}, "spec": spec}, ns)
+    pod, url, poster = serving_pod(cluster, "tiny", ns, tmp_path)
+    assert cluster.status(SS, "tiny", ns)["target"] == {"uri": "hf://acme/tiny@main", "digest": "hf:main"}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    config = cluster.get("ConfigMap", volumes["config"]["configMap"]["name"], ns)["data"]["config.json"]
+    (tmp_path / "config.json").write_text(config)
+
+    env = {
+        **os.environ,
+        URL_ENV: url,
+        TOKEN_ENV: str(poster.token_file),
+        "HF_HUB_OFFLINE": "1",
+        "METASPEC_TERMINATION_MESSAGE_PATH": str(tmp_path / "termination"),
+        "METASPEC_LOG_FORMAT": "text",
+    }
+    command = [sys.executable, "-m", "metaspec.cli", "serve", "--config", str(tmp_path / "config.json")]
+    command += ["--host", "127.0.0.1", "--port", str(free_port()), "--model-cache", str(cache), "--device", "cpu"]
+    server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        reported = lambda: cluster.status(SS, "tiny", ns).get("modelCache")  # noqa: E731
+        cluster.wait_for(lambda: reported() or server.poll() is not None, timeout=180)
+        assert server.poll() is None, server.communicate()[0]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        output = server.communicate(timeout=60)[0]
+    status = cluster.status(SS, "tiny", ns)
+    assert status["target"] == {"uri": "hf://acme/tiny@main", "digest": f"hf:{COMMIT}"}, output
+    assert status["modelCache"] == {"hf://acme/tiny@main": "hit"}
+    messages = cluster.wait_for(lambda: model_cache_events(cluster, "tiny", ns), timeout=5)
+    assert messages == ["hf://acme/tiny@main: found in the model cache"]
+
+    # The next reconcile (a spec change that keeps the model) keeps the commit the pod reported.
+    cluster.patch(SS, "tiny", {"spec": {"sampling": {"maxTokens": 64}}}, ns)
+    cluster.wait_for(lambda: cluster.status(SS, "tiny", ns).get("observedGeneration") == 2)
+    assert cluster.status(SS, "tiny", ns)["target"]["digest"] == f"hf:{COMMIT}"
+
+
+def test_serving_pods_report_only_for_their_own_specserve(cluster: Cluster, namespace: str, tmp_path: Path):
+    """pod → ReplicaSet → Deployment → SpecServe, uids checked: another SpecServe's pod, the pod of a
+    Deployment no SpecServe owns, and a pod under a ReplicaSet that names the Deployment with a forged uid
+    are all refused; the own pods' reports of the served URI land, a late one of another URI does not."""
+    ns, interval = namespace, cluster.memo.settings.progress_seconds
+    for name in ("mine", "theirs"):
+        cluster.apply(resource("spec-serve.yaml", name), ns)
+    target, draft = "s3://artifacts/llama-anil/merged", "s3://artifacts/llama-draft/model"
+    digest = "e" * 64
+    report = {"target": {"uri": target, "digest": digest}, "draft": {"uri": draft}, "modelCache": {target: "miss"}}
+    _, mine_url, mine = serving_pod(cluster, "mine", ns, tmp_path)
+    theirs = serving_pod(cluster, "theirs", ns, tmp_path)[2]
+    assert ProgressPoster(mine_url, theirs.token_file, interval=0).post(report) == 403
+
+    rogue = copy.deepcopy(cluster.get("Deployment", "mine", ns))
+    rogue["metadata"] = {"name": "rogue"}  # the same pods, but no SpecServe owns this Deployment
+    rogue = cluster.apply(rogue, ns)
+    rogue_pod = cluster.start_serving_pod(rogue)
+    token = tmp_path / "rogue.token"
+    token.write_text(cluster.issue_token(rogue_pod, AUDIENCE))
+    assert ProgressPoster(mine_url, token, interval=0).post(report) == 403
+
+    deployment = cluster.get("Deployment", "mine", ns)
+    forged = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "mine", "uid": "forged", "controller": True}
+    replica_set = cluster.apply(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "ReplicaSet",
+            "metadata": {"name": "mine-forged", "ownerReferences": [forged]},
+            "spec": {"selector": deployment["spec"]["selector"], "template": deployment["spec"]["template"]},
+        },
+        ns,
+    )
+    _, _, forged_pod = serving_pod(cluster, "mine", ns, tmp_path, replica_set=replica_set)
+    assert forged_pod.post(report) == 403
+    time.sleep(interval + 0.5)
+    assert "modelCache" not in cluster.status(SS, "mine", ns)
+
+    assert mine.post(report) == 202
+    cluster.wait_for(lambda: cluster.status(SS, "mine", ns).get("modelCache"), timeout=interval + 5)
+    status = cluster.status(SS, "mine", ns)
+    assert status["target"] == {"uri": target, "digest": digest} and status["modelCache"] == {target: "miss"}
+    assert "modelCache" not in cluster.status(SS, "theirs", ns)
+    # A pod of an earlier rollout (another target) reporting late changes nothing.
+    assert mine.post({**report, "target": {"uri": "s3://old", "digest": "0" * 64}, "modelCache": {}}) == 202
+    time.sleep(interval + 0.5)
+    assert cluster.status(SS, "mine", ns)["target"]["digest"] == digest
+    assert ("apps", "replicasets", "get") in cluster.calls
+    assert all(rbac.allowed(*call) for call in cluster.calls)

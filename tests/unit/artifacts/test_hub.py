@@ -8,7 +8,6 @@ offline mode against it, so the real `snapshot_download` resolves the revision.
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ import torch
 from metaspec.api.training import BaseModelSource
 from metaspec.artifacts import NotFound, cache_outcomes, materialize
 from metaspec.trainer.models import load_model
+from metaspec_testing.models import hub_repo
 
 MAIN, V2 = "a" * 40, "b" * 40
 TOKEN = "hf_never-log-this-" + "z" * 24
@@ -29,13 +29,7 @@ def hub(tiny_llama: Path, tiny_draft_llama: Path, tmp_path: Path, monkeypatch: p
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
-    cache = tmp_path / "cache"
-    repo = cache / "hf" / "models--acme--tiny"
-    for ref, commit, source in (("main", MAIN, tiny_llama), ("v2", V2, tiny_draft_llama)):
-        shutil.copytree(source, repo / "snapshots" / commit, ignore=shutil.ignore_patterns("_manifest.json"))
-        (repo / "refs").mkdir(parents=True, exist_ok=True)
-        (repo / "refs" / ref).write_text(commit)
-    return cache
+    return hub_repo(tmp_path / "cache", "acme/tiny", {"main": (MAIN, tiny_llama), "v2": (V2, tiny_draft_llama)})
 
 
 def layers(path: Path) -> int:

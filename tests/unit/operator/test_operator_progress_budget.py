@@ -54,3 +54,17 @@ def test_many_reporting_runs_stay_within_the_write_budget():
         by_run.setdefault(name, []).append(at)
     gaps = [b - a for times in by_run.values() for a, b in itertools.pairwise(times)]
     assert min(gaps) >= settings.progress_seconds - 0.01
+
+
+def test_serving_pods_reports_are_bounded_and_every_shard_is_kept():
+    """A SpecServe keeps its newest serving pods' reports (a pod that reports again moves to the end),
+    never more than a bound over its lifetime; a TeacherGeneration keeps one report per shard, however many."""
+    service = ProgressService(Kube(), OperatorSettings())
+    serving = [Reporter("SpecServe", "ns", "s", "uid", "s", f"s-{i}", f"s-{i}") for i in range(100)]
+    for reporter in [*serving, serving[0]]:
+        service.record(reporter, ProgressReport())
+    kept = list(service.runs[serving[0].key].reports)
+    assert len(kept) == 64 and kept[-1] == "s-0" and kept[0] == "s-37"
+    for shard in range(100):
+        service.record(Reporter("TeacherGeneration", "ns", "g", "uid", "g-g1", f"g-{shard}", shard), ProgressReport())
+    assert len(service.runs[("TeacherGeneration", "ns", "g")].reports) == 100

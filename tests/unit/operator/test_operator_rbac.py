@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from metaspec.api import GROUP
 from metaspec.operator import rbac
-from metaspec.operator.kube import PLURALS
+from metaspec.operator.kube import PLURALS, READ_ONLY
 
 #: What kopf itself does with the resources the operator registers handlers and indexes for.
 KOPF_WATCHED = [(GROUP, p) for p in ("trainingruns", "teachergenerations", "specserves")] + [
@@ -21,6 +21,8 @@ def test_every_child_kind_and_verb_is_granted():
             verbs = ("get", "list", "watch", "create", "patch")
         for verb in verbs:
             assert rbac.allowed(group, plural, verb), f"{verb} {group}/{plural} is not granted"
+    for api_version, plural in READ_ONLY.values():
+        assert rbac.allowed(api_version.rsplit("/", 1)[0], plural, "get"), f"get {plural} is not granted"
 
 
 def test_kopf_watches_patches_statuses_and_events_are_granted():
