@@ -1,6 +1,7 @@
 """SpecServe `engine: vllm` for real: vLLM's OpenAI server on CPU (`make vllm-venv`), started with the
 arguments a cluster pod gets, SmolLM2-135M-Instruct as target and its first two layers as a draft
-model (`speculativeMethod: draft_model`). The OpenAI-client tests our router passes run against it.
+model (`speculativeMethod: draft_model`). The OpenAI-client tests of plain OpenAI behaviour that our
+router passes run against it (those left out say why in their docstrings).
 """
 
 from __future__ import annotations
@@ -13,11 +14,17 @@ import httpx
 import openai
 import pytest
 import torch
-from openai_checks import greedy_chat_both_ways
 from test_server_openai_client import (
     MODEL,
+    test_chat_logprobs,
+    test_chat_uses_the_chat_template,
+    test_completion,
+    test_completion_logprobs_streamed,
+    test_completion_n,
     test_models_lists_the_served_name,
     test_stop_string_is_cut_and_not_returned,
+    test_streaming_completion,
+    test_streaming_matches_non_streaming,
 )
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -28,7 +35,17 @@ from metaspec_testing.monitoring import dashboard_queries, exported_metrics, que
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
 
-__all__ = ["test_models_lists_the_served_name", "test_stop_string_is_cut_and_not_returned"]
+__all__ = [
+    "test_chat_logprobs",
+    "test_chat_uses_the_chat_template",
+    "test_completion",
+    "test_completion_logprobs_streamed",
+    "test_completion_n",
+    "test_models_lists_the_served_name",
+    "test_stop_string_is_cut_and_not_returned",
+    "test_streaming_completion",
+    "test_streaming_matches_non_streaming",
+]
 
 PROMPTS = ["The capital of France is", "Once upon a time", "def fibonacci(n):", "Water boils at"]
 K = 3  # draft tokens per step
@@ -69,6 +86,11 @@ def target(smollm2: Path):
     return AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32), AutoTokenizer.from_pretrained(smollm2)
 
 
+@pytest.fixture(scope="module")
+def served_tokenizer(target):
+    return target[1]
+
+
 def speculated_tokens(url: str) -> float:
     metrics = httpx.get(f"{url}/metrics", timeout=10).text
     found = re.findall(r"^vllm:spec_decode_num_draft_tokens_total\{[^}]*\} ([0-9.e+]+)$", metrics, re.MULTILINE)
@@ -86,11 +108,6 @@ def test_greedy_speculation_gives_the_targets_own_output(client: openai.OpenAI, 
             out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False)
         assert served.choices[0].text == tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True), prompt
     assert speculated_tokens(vllm_url) > before  # the draft proposed tokens: speculation ran
-
-
-def test_chat_and_streaming(client: openai.OpenAI) -> None:
-    whole, _ = greedy_chat_both_ways(client, MODEL)
-    assert whole.choices[0].message.role == "assistant"
 
 
 def test_dashboard_queries_only_what_vllm_exports(vllm_url: str) -> None:
