@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from ._base import (
     MAX_NAME_LENGTH,
@@ -18,6 +18,56 @@ from ._base import (
 )
 from .sources import ModelSource
 from .workload import STATUS_COLUMNS, Dtype, Resource, WorkloadSpec
+
+#: The threshold of `first-token` and `per-token` when `confidenceThreshold` is left out, and when `auto`
+#: finds no calibration in the draft (the seed's choice).
+DEFAULT_CONFIDENCE_THRESHOLD = 0.7
+#: `confidenceThreshold: auto`: the threshold calibrated on held-out prompts, read from the draft artifact.
+AUTO = "auto"
+#: The file in a draft's folder that holds its `ThresholdCalibration` (JSON, covered by its manifest).
+CALIBRATION_FILE = "calibration.json"
+
+
+class ThresholdCalibration(Model):
+    """A draft's recommended `routing.confidenceThreshold`, calibrated on held-out prompts when it was trained.
+
+    Each held-out prompt gives the draft's first-token confidence, the draft's acceptance rate α on the
+    answer (Leviathan et al.'s α at temperature 1: the mean over positions of Σ min(p, q)) and the answer's
+    length; with the cost c of one proposal measured on the trainer's device, Leviathan's expected speedup
+    of each prompt is the engine's cost model (`metaspec.server.engine.routing.speedup`). The threshold is
+    the confidence above which speculating saves the most decoding time over those prompts; 1 when no
+    threshold saves any (speculate only where the draft is certain).
+    """
+
+    model_config = ConfigDict(extra="allow")  # a newer trainer may add fields an older server ignores
+
+    confidence_threshold: float = Field(gt=0, le=1, description="The recommended `routing.confidenceThreshold`.")
+    max_speculative_tokens: int = Field(ge=1, description="k the calibration assumed (proposals per round).")
+    cost: float = Field(
+        ge=0,
+        description="c: one proposal's cost relative to a target decode step (draft step and what it adds to the "
+        "verify pass), measured on the trainer's device at batch 1. Serving hardware may differ.",
+    )
+    prompts: int = Field(ge=0, description="Held-out prompts calibrated on.")
+    speculated_share: float = Field(
+        ge=0, le=1, description="Share of those prompts whose first-token confidence reaches the threshold."
+    )
+    predicted_speedup: float = Field(
+        gt=0,
+        description="Predicted `first-token` throughput over target-only decoding on those prompts with the "
+        "threshold (decode time only).",
+    )
+
+
+# Kubernetes' structural schemas cannot type "a number or a string". Left untyped (any JSON value), the
+# API server still applies the range to numbers and the pattern to strings (each keyword checks only
+# values of its own type); anything else reaches the models, which refuse it naming the field.
+ConfidenceThreshold = Annotated[
+    float | Literal["auto"],
+    WithJsonSchema(
+        {"x-kubernetes-preserve-unknown-fields": True, "exclusiveMinimum": 0, "maximum": 1, "pattern": "^auto$"}
+    ),
+]
 
 
 class Routing(Model):
@@ -36,11 +86,13 @@ class Routing(Model):
         "(k+1)-token verify per round; pays only when the draft's acceptance covers them. `never`: target "
         "only, no draft cost. None changes the output distribution.",
     )
-    confidence_threshold: float = Field(
-        0.7,
-        gt=0,
-        le=1,
-        description="Draft max-probability needed to speculate (0 < t ≤ 1): `first-token` and `per-token` only.",
+    confidence_threshold: ConfidenceThreshold = Field(
+        DEFAULT_CONFIDENCE_THRESHOLD,
+        description="Draft max-probability needed to speculate (0 < t ≤ 1): `first-token` and `per-token` only. "
+        "`auto`: the threshold the draft's training calibrated on held-out prompts, read from the draft "
+        f"artifact's `{CALIBRATION_FILE}` (a causal-lm draft cut from its target publishes one, also in its "
+        "TrainingRun's `status.metrics.calibration`); a draft without one is served at "
+        f"{DEFAULT_CONFIDENCE_THRESHOLD}, with a warning in the server's log.",
     )
     max_speculative_tokens: int = Field(5, ge=1, le=64, description="Draft tokens proposed per round (k).")
     # Unset: `adaptive` (the default) finds per batch size whether speculation pays on the replica's own
@@ -54,6 +106,14 @@ class Routing(Model):
         "sequence decodes target-only (a large batch is compute-bound, where verifying k + 1 tokens per "
         "sequence costs about k + 1 plain steps). Unset: at any batch size. 0: never.",
     )
+
+    @field_validator("confidence_threshold", mode="before")
+    @classmethod
+    def _check_threshold(cls, value: object) -> object:
+        """One message for every bad value, instead of one per member of the union."""
+        if value == AUTO or (isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= 1):
+            return value
+        raise ValueError(f"must be a number with 0 < t ≤ 1, or `{AUTO}`; got {value!r}")
 
 
 class ServeSampling(Model):

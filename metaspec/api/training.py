@@ -8,6 +8,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from ._base import ArtifactUri, CacheOutcomes, DatasetUri, Model, Resources, Status
+from .serving import ThresholdCalibration
 from .sources import JobSource, ModelSource
 from .workload import STATUS_COLUMNS, Dtype, JobSpec, Resource
 
@@ -320,6 +321,11 @@ class TrainingMetrics(Model):
         None,
         description="`eagle3`: share of held-out positions where the draft's first proposal is the target's "
         "greedy token (greedy acceptance of a round's first proposal).",
+    )
+    calibration: ThresholdCalibration | None = Field(
+        None,
+        description="causal-lm drafts cut from their target: the recommended `routing.confidenceThreshold`, "
+        "calibrated on the evaluation set (also saved with the draft, where `confidenceThreshold: auto` reads it).",
     )
     hard_token_share: float | None = Field(None, description="Share of training tokens from hard examples.")
     tokens_per_second: float | None = Field(None, description="Training throughput.")

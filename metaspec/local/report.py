@@ -278,7 +278,7 @@ class _Report:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         ax.hist([by_difficulty["easy"], by_difficulty["hard"]], bins=10, range=(0, 1), label=["easy", "hard"])
         threshold = bench.get("confidenceThreshold")
-        if threshold is not None:
+        if isinstance(threshold, int | float):  # `auto` is resolved by the server, which does not report it
             ax.axvline(threshold, color="k", ls="--", label=f"threshold {threshold}")
         ax.set(title="draft's first-token confidence", xlabel="max probability", ylabel="prompts")
         ax.legend()

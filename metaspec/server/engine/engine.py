@@ -131,7 +131,7 @@ class SpeculativeEngine:
     def _load_spec(self, spec: SpecServeSpec, cache_dir: Path, device: torch.device) -> None:
         target, draft = load_models(spec, cache_dir, device)
         self.served = {m.role: m for m in (target, draft) if m is not None}
-        routing = RoutingPolicy.of(spec.routing)
+        routing = RoutingPolicy.of(spec.routing, draft.calibration if draft else None, draft.uri if draft else "")
         if draft is None and routing.uses_draft:
             log.warning("no draft model: routing %r falls back to target-only decoding", routing.policy)
             routing = RoutingPolicy("never", routing.threshold, routing.max_speculative_tokens)

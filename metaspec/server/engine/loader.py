@@ -16,11 +16,12 @@ from typing import Any
 
 import torch
 
-from metaspec.api.serving import SpecServeSpec
+from metaspec.api.serving import SpecServeSpec, ThresholdCalibration
 from metaspec.api.sources import ModelSource
 from metaspec.artifacts import materialize
 from metaspec.devices import resolve_dtype
 from metaspec.drafts import DraftFormatError, Eagle3Draft, is_eagle3, load_eagle3
+from metaspec.drafts.calibration import load_calibration
 from metaspec.drafts.vocabulary import SubsetHead, load_draft_vocabulary
 from metaspec.runtime import PermanentError
 
@@ -40,6 +41,7 @@ class LoadedModel:
     model: Any  # a transformers PreTrainedModel in eval mode
     tokenizer: Any
     digest: str | None  # sha256 of the artifact's manifest: what is actually served
+    calibration: ThresholdCalibration | None = None  # a draft's, for `confidenceThreshold: auto`
 
 
 def check_safetensors(local: Path, role: str, uri: str) -> None:
@@ -83,7 +85,11 @@ def load_model(
         _prune_head(model, local, role, uri)
     model.to(device).eval()
     log.info("loaded %s model %s (%s, %s)", role, uri, dtype, device)
-    return LoadedModel(role, uri, model, tokenizer, manifest.digest if manifest else None)
+    try:
+        calibration = load_calibration(local) if target is not None else None
+    except DraftFormatError as e:
+        raise IncompatibleModel(f"{role} model {uri}: {e}") from None
+    return LoadedModel(role, uri, model, tokenizer, manifest.digest if manifest else None, calibration)
 
 
 def _prune_head(model: Any, local: Path, role: str, uri: str) -> None:

@@ -31,11 +31,14 @@ that point by itself (its cost estimates are per batch size); the cut-off still 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from math import ceil
 from typing import Literal
 
-from metaspec.api.serving import Routing
+from metaspec.api.serving import AUTO, CALIBRATION_FILE, DEFAULT_CONFIDENCE_THRESHOLD, Routing, ThresholdCalibration
+
+log = logging.getLogger(__name__)
 
 PolicyName = Literal["adaptive", "first-token", "per-token", "always", "never"]
 
@@ -53,10 +56,13 @@ class RoutingPolicy:
     """Largest batch (running sequences) at which a step speculates; None: any."""
 
     @classmethod
-    def of(cls, routing: Routing) -> RoutingPolicy:
-        return cls(
-            routing.policy, routing.confidence_threshold, routing.max_speculative_tokens, routing.max_speculative_batch
-        )
+    def of(cls, routing: Routing, calibration: ThresholdCalibration | None = None, draft: str = "") -> RoutingPolicy:
+        """`routing` with `confidenceThreshold: auto` resolved from the `calibration` saved with the draft
+        (named `draft` in the log), or the default threshold when it has none."""
+        threshold = routing.confidence_threshold
+        if threshold == AUTO:
+            threshold = resolve_threshold(routing, calibration, draft)
+        return cls(routing.policy, threshold, routing.max_speculative_tokens, routing.max_speculative_batch)
 
     def speculates_at(self, batch: int) -> bool:
         """Whether a step over `batch` running sequences drafts at all."""
@@ -81,6 +87,33 @@ class RoutingPolicy:
     def checks_each_token(self) -> bool:
         """`per-token`: each drafting step needs the draft's confidence (one device sync per step)."""
         return self.policy == "per-token"
+
+
+def resolve_threshold(routing: Routing, calibration: ThresholdCalibration | None, draft: str) -> float:
+    """The threshold `confidenceThreshold: auto` stands for: the draft's calibrated one, else the default."""
+    uses = routing.policy in ("first-token", "per-token")
+    if calibration is None:
+        if uses:
+            log.warning(
+                "routing.confidenceThreshold: auto, but draft %s has no %s (a calibration is published by "
+                "TrainingRuns of causal-lm drafts cut from their target): routing %s at the default threshold "
+                "%s; set a number to silence this",
+                draft or "(none)", CALIBRATION_FILE, routing.policy, DEFAULT_CONFIDENCE_THRESHOLD,
+            )  # fmt: skip
+        return DEFAULT_CONFIDENCE_THRESHOLD
+    if uses:
+        log.info(
+            "routing.confidenceThreshold: auto = %.4g, calibrated with draft %s (k = %d, c = %.3g; predicted "
+            "%.2fx on its held-out prompts)",
+            calibration.confidence_threshold, draft, calibration.max_speculative_tokens, calibration.cost,
+            calibration.predicted_speedup,
+        )  # fmt: skip
+        if calibration.max_speculative_tokens != routing.max_speculative_tokens:
+            log.warning(
+                "the draft's threshold was calibrated for %d speculative tokens, routing.maxSpeculativeTokens is %d",
+                calibration.max_speculative_tokens, routing.max_speculative_tokens,
+            )  # fmt: skip
+    return calibration.confidence_threshold
 
 
 def expected_tokens(alpha: float, k: int) -> float:

@@ -20,8 +20,11 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from metaspec.api.serving import Routing, ThresholdCalibration
+from metaspec.drafts.calibration import save_calibration
 from metaspec.drafts.vocabulary import save_draft_vocabulary
 
+from ..calibrate import calibrate
 from ..data import collate
 from ..distributed import DataParallel
 from ..evaluate import body_of, evaluation_loss, perplexity
@@ -41,10 +44,12 @@ class CausalLmRecipe(BatchRecipe):
         spec = self.spec
         loaded = self.load()
         self.teacher: torch.nn.Module | None = None
+        self.target: torch.nn.Module | None = None  # kept to calibrate the draft's confidence threshold
         if spec.draft.init_from == "target":
             self.model = derive_draft(loaded.model, spec.draft.num_layers).float()
+            self.target = loaded.model.eval().requires_grad_(False)
             if spec.draft.objective == "distill":
-                self.teacher = loaded.model.eval().requires_grad_(False)
+                self.teacher = self.target
         else:
             self.model = loaded.model.float()
         half = ctx.dtype in (torch.bfloat16, torch.float16)
@@ -99,7 +104,8 @@ class CausalLmRecipe(BatchRecipe):
         return evaluation_loss(self.model, self.data.evaluation, self.pad_id, self.spec.evaluation.batch_size)
 
     def finish(self, out: Path, eval_loss: float | None) -> dict[str, Any]:
-        """The trained draft under `out/model`; perplexity before and after training.
+        """The trained draft under `out/model`; perplexity before and after training; for a draft cut
+        from its target, the confidence threshold calibrated on the evaluation set, saved with the draft.
 
         `eval_loss` is the loop's evaluation of the weights the model now holds (the best ones).
         """
@@ -107,4 +113,26 @@ class CausalLmRecipe(BatchRecipe):
         if self.vocabulary is not None:
             save_draft_vocabulary(out / self.model_dir, self.vocabulary)
         final = self.evaluate() if eval_loss is None else eval_loss
-        return {"perplexity_base": perplexity(self.initial_loss), "perplexityModel": perplexity(final)}
+        metrics: dict[str, Any] = {
+            "perplexity_base": perplexity(self.initial_loss),
+            "perplexityModel": perplexity(final),
+        }
+        if self.target is not None:  # calibrated as served: in the run's dtype
+            metrics["calibration"] = self.calibrate(out / self.model_dir)
+        return metrics
+
+    def calibrate(self, folder: Path) -> ThresholdCalibration:
+        k = Routing().max_speculative_tokens
+        assert self.target is not None
+        found = calibrate(
+            self.target, self.model, self._head(self.model), self.data.evaluation, self.pad_id,
+            self.spec.evaluation.batch_size, k, self.vocabulary,
+        )  # fmt: skip
+        save_calibration(folder, found)
+        self.ctx.reporter.on_event(
+            f"confidence threshold {found.confidence_threshold:.4g} (k = {k}, c = {found.cost:.3g}): "
+            f"{found.speculated_share:.0%} of {found.prompts} held-out prompts speculate, predicted "
+            f"{found.predicted_speedup:.2f}x",
+            found.dump(),
+        )
+        return found

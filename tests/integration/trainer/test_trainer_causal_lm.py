@@ -8,7 +8,9 @@ from safetensors.torch import load_file
 from trainer_helpers import tiny_draft_spec, training_run
 from transformers import AutoConfig
 
+from metaspec.api.serving import CALIBRATION_FILE, SpecServeSpec
 from metaspec.artifacts import read_manifest
+from metaspec.server.engine import SpeculativeEngine
 from metaspec.trainer.progress import LogReporter
 from metaspec.trainer.run import train
 
@@ -30,6 +32,34 @@ def test_derived_draft_distilled_from_target(tiny_llama, tmp_path):
     draft = load_file(out / "model" / "model.safetensors")
     assert not any(".layers.1." in k for k in draft)
     assert set(draft) == {k for k in target if ".layers.1." not in k}
+
+
+def test_derived_draft_publishes_a_confidence_threshold_auto_serves(tiny_llama, tmp_path):
+    """The threshold calibrated on the evaluation set is in the metrics and in the draft's folder (under
+    its manifest); a SpecServe with `confidenceThreshold: auto` serving that folder routes with it."""
+    out = tmp_path / "out"
+    draft = {"initFrom": "target", "numLayers": 1, "objective": "next-token"}
+    summary = train(
+        training_run(tiny_draft_spec(tiny_llama, tmp_path, draft, maxSteps=2)),
+        work_dir=tmp_path / "work",
+        device="cpu",
+        reporter=LogReporter(),
+    )
+    published = summary["metrics"]["calibration"]
+    assert 0 < published["confidenceThreshold"] <= 1 and published["maxSpeculativeTokens"] == 5
+    assert published["prompts"] > 0 and published["cost"] >= 0 and published["predictedSpeedup"] >= 1
+    assert CALIBRATION_FILE in read_manifest(out / "model").files
+    spec = SpecServeSpec.model_validate(
+        {
+            "target": {"uri": str(tiny_llama)},
+            "draft": {"uri": summary["artifacts"]["model"]},
+            "routing": {"policy": "first-token", "confidenceThreshold": "auto"},
+        }
+    )
+    engine = SpeculativeEngine.from_spec(spec, "tiny", tmp_path / "cache", device="cpu")
+    engine.load()
+    assert engine.routing.threshold == published["confidenceThreshold"]
+    engine.close()
 
 
 def test_half_precision_draft_keeps_fp32_master_weights(tiny_llama, tmp_path, monkeypatch):

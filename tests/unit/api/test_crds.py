@@ -195,6 +195,47 @@ def test_invalid_other_kinds_name_the_field() -> None:
         parse_resource(bad_name)
 
 
+def serve_with_threshold(value: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "metaspec.dev/v1alpha1",
+        "kind": "SpecServe",
+        "metadata": {"name": "s"},
+        "spec": {
+            "target": {"uri": "s3://models/t"},
+            "draft": {"uri": "s3://models/d"},
+            "routing": {"policy": "first-token", "confidenceThreshold": value},
+        },
+    }
+
+
+@pytest.mark.parametrize("value", ["auto", 0.5, 1])
+def test_confidence_threshold_is_a_number_or_auto(value: Any) -> None:
+    body = serve_with_threshold(value)
+    assert not list(openapi_validator("SpecServe").iter_errors(body))
+    assert parse_resource(body).spec.routing.confidence_threshold == value
+
+
+@pytest.mark.parametrize("value,schema", [(0, True), (1.5, True), ("high", True), ("0.5", True), ({"a": 1}, False)])
+def test_a_bad_confidence_threshold_is_refused_naming_the_field(value: Any, schema: bool) -> None:
+    """The schema cannot type "a number or `auto`" (see `ConfidenceThreshold`) but still bounds numbers and
+    strings; the models refuse the rest, naming the field and what it takes."""
+    body = serve_with_threshold(value)
+    assert bool(list(openapi_validator("SpecServe").iter_errors(body))) == schema
+    with pytest.raises(InvalidResource) as caught:
+        parse_resource(body)
+    assert any(
+        path == "spec.routing.confidenceThreshold" and "0 < t ≤ 1, or `auto`" in message
+        for path, message in caught.value.errors
+    ), caught.value
+
+
+def test_auto_threshold_is_refused_with_vllm() -> None:
+    body = serve_with_threshold("auto")
+    body["spec"].update(engine="vllm", routing={"confidenceThreshold": "auto"})
+    with pytest.raises(InvalidResource, match=r"routing.confidenceThreshold` is not used by `engine: vllm`"):
+        parse_resource(body)
+
+
 SCHEMA_REJECTS = [
     {"anil": {"innerLr": 0}},
     {"optimization": {"outerLr": -1}},
