@@ -51,7 +51,8 @@ import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from torch.func import functional_call
 
-from metaspec.trainer.distributed import DataParallel, World, init_world, launched
+from metaspec.trainer.distributed import DataParallel, World, init_world
+from metaspec.trainer.launcher import launched
 from metaspec.trainer.losses import DEFAULT_CHUNK, IGNORE_INDEX, chunked_cross_entropy, select_targets
 from metaspec.trainer.meta import head_projection, output_head, task_loss
 

@@ -30,6 +30,8 @@ TERMINATION_MESSAGE_ENV = "METASPEC_TERMINATION_MESSAGE_PATH"
 EXIT_PERMANENT = 3
 EXIT_QUALITY = 4
 EXIT_TRANSIENT = 75  # EX_TEMPFAIL
+#: `errorKind` in a failed component's summary, by exit code (any other code: "unexpected").
+ERROR_KINDS = {EXIT_PERMANENT: "permanent", EXIT_QUALITY: "quality", EXIT_TRANSIENT: "transient"}
 #: Environment variable naming a run's scratch folder: staging, checkpoints on their way to S3, shard
 #: state. Per run and per pod: never shared between runs, whatever volume holds it.
 SCRATCH_ENV = "METASPEC_CACHE"
@@ -220,9 +222,7 @@ def run_component(name: str, body: Callable[[], int | None]) -> int:
         if isinstance(error, SystemExit):
             raise
         code = exit_code_for(error)
-        kind = {EXIT_PERMANENT: "permanent", EXIT_QUALITY: "quality", EXIT_TRANSIENT: "transient"}.get(
-            code, "unexpected"
-        )
+        kind = ERROR_KINDS.get(code, "unexpected")
         if code == 1:
             log.exception("%s failed unexpectedly", name)
         else:

@@ -39,7 +39,11 @@ class JobSpec(WorkloadSpec):
     """Fields of the resources that run as a Job."""
 
     backoff_limit: int = Field(
-        3, ge=0, le=100, description="Pod retries for transient failures (per shard of an Indexed Job)."
+        3,
+        ge=0,
+        le=100,
+        description="Pod retries for transient failures (per shard of an Indexed Job). A TrainingRun on several "
+        "nodes restarts the training processes of all its nodes together, up to this many times.",
     )
     active_deadline_seconds: int | None = Field(None, ge=1, description="Wall-clock limit of the Job.")
     ttl_seconds_after_finished: int | None = Field(None, ge=0, description="Delete the finished Job after this.")

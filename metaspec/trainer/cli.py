@@ -1,5 +1,5 @@
-"""`metaspec train --config FILE [--work-dir DIR] [--device cpu|cuda] [--nproc-per-node N] [--nnodes M]`:
-a TrainingRun's container."""
+"""`metaspec train --config FILE [--work-dir DIR] [--device cpu|cuda] [--nproc-per-node N] [--nnodes M]
+[--max-restarts R]`: a TrainingRun's container."""
 
 from __future__ import annotations
 
@@ -45,14 +45,23 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=1,
         help="machines training together (default 1); each runs this command with its node rank in "
-        "PET_NODE_RANK and node 0's address in PET_MASTER_ADDR and PET_MASTER_PORT (torchrun's variables)",
+        "PET_NODE_RANK and node 0's rendezvous store in PET_RDZV_ENDPOINT (host:port; torchrun's variables)",
+    )
+    parser.add_argument(
+        "--max-restarts",
+        type=int,
+        default=0,
+        help="with --nnodes above 1: times the processes of all nodes restart together after one fails or a "
+        "lost node's replacement joins, resuming from the last checkpoint (default 0)",
     )
     args = parser.parse_args(argv)
+    if args.nnodes > 1 and not os.environ.get("PET_RDZV_ENDPOINT"):
+        parser.error("--nnodes above 1 needs node 0's rendezvous address in PET_RDZV_ENDPOINT (host:port)")
     setup_logging()
-    from .distributed import launch, launched, rank_summary
+    from .launcher import launch, launched, rank_summary
 
     if (args.nproc_per_node > 1 or args.nnodes > 1) and not launched():
-        return launch(_worker_argv(args), args.nproc_per_node, args.nnodes)
+        return launch(_worker_argv(args), args.nproc_per_node, args.nnodes, args.max_restarts)
     if launched():
         os.environ[TERMINATION_MESSAGE_ENV] = str(rank_summary(termination_message_path(), int(os.environ["RANK"])))
 

@@ -8,17 +8,16 @@ backward. So W processes take exactly the optimizer step one process takes on th
 rank holds the same weights and optimizer state, and a checkpoint written by rank 0 resumes on any
 number of processes that the batch can be shared among.
 
-The launcher side (`launch`) is `torch.distributed.run` itself, the module behind `torchrun`.
+The processes are started, and restarted as a group, by `torch.distributed.run` (`launcher.py`).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
+from datetime import timedelta
 from typing import TypeVar
 
 import torch
@@ -27,9 +26,19 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from metaspec.devices import resolve_device
-from metaspec.runtime import EXIT_TRANSIENT, TERMINATION_MESSAGE_ENV, PermanentError, termination_message_path
+from metaspec.runtime import PermanentError
 
 T = TypeVar("T")
+
+#: The longest a collective (all-reduce, barrier) waits for the other ranks before failing this one. A
+#: hung peer (a stuck GPU, a partitioned node) then ends the attempt within this time, and torchrun
+#: restarts the group (`launcher.py`); a peer that dies is noticed sooner, by its agent or its pod's
+#: replacement joining the rendezvous. On GPUs NCCL's watchdog enforces it (TORCH_NCCL_ASYNC_ERROR_HANDLING,
+#: on by default, aborts the process); gloo raises. The longest waits in a healthy run are rank 0's
+#: checkpoint upload and, before the first step, the slowest rank's model download: a node that needs
+#: more than this longer than its peers to fetch the base model fails the first attempt, and the restart
+#: finds the model in its cache.
+COLLECTIVE_TIMEOUT = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -106,9 +115,9 @@ def init_world(device: str | None) -> World:
     if torch_device.type == "cuda":
         torch_device = torch.device("cuda", local_rank)
         torch.cuda.set_device(torch_device)
-        dist.init_process_group("nccl", device_id=torch_device)
+        dist.init_process_group("nccl", device_id=torch_device, timeout=COLLECTIVE_TIMEOUT)
     else:
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=COLLECTIVE_TIMEOUT)
     return World(dist.get_rank(), dist.get_world_size(), local_rank, torch_device)
 
 
@@ -151,56 +160,3 @@ class DataParallel:
         backward of an optimizer step but its last: DDP then reduces the accumulated gradients once)."""
         with nullcontext() if last or self.ddp is None else self.ddp.no_sync():
             yield
-
-
-def launched() -> bool:
-    """Whether this process is a worker `torch.distributed.run` started."""
-    return "LOCAL_RANK" in os.environ
-
-
-def rank_summary(path: Path, rank: int) -> Path:
-    """Where worker `rank` writes its summary; the launcher adopts one as the container's."""
-    return path.with_name(f"{path.name}.rank-{rank}")
-
-
-def launch(cli_argv: list[str], nproc_per_node: int, nnodes: int) -> int:
-    """`python -m metaspec.cli <cli_argv>` in `nproc_per_node` processes under `torch.distributed.run`
-    (torchrun's own module); returns the exit code the container should exit with.
-
-    One node: a standalone rendezvous on this machine. Several: a static one at `PET_MASTER_ADDR:
-    PET_MASTER_PORT` with this node's rank in `PET_NODE_RANK` (torchrun reads its options from those
-    variables; the operator sets them). The launcher, not torchrun's CLI, is the container's process so
-    that a worker's exit code reaches the Job unchanged (torchrun exits 1 for any failure, which would
-    turn a permanent error into retries) along with that worker's summary.
-    """
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import parse_args, run
-
-    rendezvous = ["--standalone"] if nnodes == 1 else []
-    options = [f"--nproc-per-node={nproc_per_node}", f"--nnodes={nnodes}", *rendezvous, "--max-restarts=0"]
-    summary = termination_message_path()
-    with tempfile.TemporaryDirectory(prefix="metaspec-ranks-") as ranks:
-        os.environ[TERMINATION_MESSAGE_ENV] = str(Path(ranks) / "summary")  # the workers' (`rank_summary`)
-        try:
-            run(parse_args([*options, "--module", "metaspec.cli", *cli_argv]))
-            rank, code = 0, 0
-        except ChildFailedError as e:
-            rank, failure = e.get_first_failure()
-            code = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode  # -9: killed, 137
-        except SignalException:  # SIGTERM: the workers got it too; rank 0 checkpointed before exiting
-            rank, code = 0, EXIT_TRANSIENT
-        finally:
-            os.environ[TERMINATION_MESSAGE_ENV] = str(summary)
-        _adopt_summary(Path(ranks) / "summary", rank, summary)
-    return code
-
-
-def _adopt_summary(workers: Path, rank: int, summary: Path) -> None:
-    """Worker `rank`'s summary when this node ran it, else this node's lowest rank's, as the container's."""
-    written = sorted(workers.parent.glob(f"{workers.name}.rank-*"), key=lambda p: int(p.name.rpartition("-")[2]))
-    chosen = rank_summary(workers, rank)
-    source = chosen if chosen.is_file() else next(iter(written), None)
-    if source is not None:
-        summary.parent.mkdir(parents=True, exist_ok=True)
-        summary.write_text(source.read_text())

@@ -3,13 +3,16 @@
 
 A TrainingRun with several GPUs runs one training process per GPU (`metaspec train --nproc-per-node`,
 which launches them through torch.distributed.run); with `resources.nodes` above 1 its Job is
-Indexed with one pod per node, all started together (`parallelism = completions = nodes`): pod `i`
-is node rank `i` (`PET_NODE_RANK`, from its completion index) and node 0, behind the headless
-rendezvous Service, is the master. A node that fails breaks its peers' collectives, so they fail
-too and the Job replaces the whole gang, which meets again and resumes from the last checkpoint;
-`backoffLimit` counts pods, so it is the spec's times `nodes`. A permanent error on any node fails
-the Job at once (`podFailurePolicy`). Kueue's batch/v1 Job integration admits the Job as one
-workload with all its pods' resources (gang admission); JobSet is not needed and not used.
+Indexed with one pod per node, all started together (`parallelism = completions = nodes`), and the
+pods meet at an elastic (c10d) rendezvous whose store node 0 hosts behind the headless Service. The
+group restarts as a whole inside the pods: after a process fails, every node's agent restarts its
+processes from the last checkpoint (`--max-restarts` = `spec.backoffLimit`); a pod that is lost is
+replaced by the Job and its replacement joining restarts the others (the reasoning is in
+`metaspec.trainer.launcher`). The Job's `backoffLimit` counts those replacements: losing node 0
+costs every pod, so it is the spec's times `nodes`. A permanent error on any node, or a group out of
+restarts, fails the Job at once (`podFailurePolicy`), which removes the other pods. Kueue's batch/v1
+Job integration admits the Job as one workload with all its pods' resources (gang admission); JobSet
+is not needed and not used.
 """
 
 from __future__ import annotations
@@ -68,14 +71,16 @@ def _distributed(run: TrainingRun, job: str, container: dict[str, Any]) -> dict[
     container["command"] += ["--nproc-per-node", str(res.processes_per_node), "--nnodes", str(res.nodes)]
     if res.nodes == 1:
         return {}
+    container["command"] += ["--max-restarts", str(run.spec.backoff_limit)]
     index = {"fieldRef": {"fieldPath": f"metadata.annotations['{L.JOB_COMPLETION_INDEX}']"}}
     container["env"] += [
-        {"name": "PET_MASTER_ADDR", "value": f"{job}-0.{job}"},
-        {"name": "PET_MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
         {"name": "PET_NODE_RANK", "valueFrom": index},
+        {"name": "PET_RDZV_ENDPOINT", "value": f"{job}-0.{job}:{RENDEZVOUS_PORT}"},
     ]
     container["ports"] = [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"}]
-    return {"subdomain": job}  # pod i is `<job>-<i>.<job>` in the rendezvous Service's DNS
+    # pod i is `<job>-<i>.<job>` in the rendezvous Service's DNS, and its FQDN, which the rendezvous
+    # ranks the nodes by (torchrun's default node address), starts so: node 0 sorts first, holds rank 0
+    return {"subdomain": job}
 
 
 def build_job(resource: TrainingRun | TeacherGeneration, settings: OperatorSettings, config_map: str) -> dict[str, Any]:

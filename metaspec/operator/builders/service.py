@@ -9,7 +9,7 @@ from metaspec.api import SpecServe, TrainingRun
 from metaspec.operator import labels as L
 from metaspec.operator.builders.names import child_metadata
 
-#: torch.distributed.run's rendezvous (TCPStore) port on node 0.
+#: The port of torch.distributed.run's rendezvous store (c10d), which node 0's launcher hosts.
 RENDEZVOUS_PORT = 29500
 
 

@@ -12,6 +12,7 @@ Adam is blind to a constant factor on the gradient, so the gradient norm is what
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -19,6 +20,8 @@ import re
 import signal
 import subprocess
 import sys
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -26,6 +29,7 @@ import torch
 from safetensors.torch import load_file
 from trainer_helpers import tiny_anil_spec, training_run, write_dataset
 
+from metaspec.local.serving import free_port
 from metaspec.runtime import EXIT_PERMANENT, EXIT_TRANSIENT
 from metaspec.trainer.progress import LogReporter
 from metaspec.trainer.run import train
@@ -153,3 +157,122 @@ def test_the_launcher_exits_with_the_failing_workers_code_and_summary(tmp_path):
     result, summary = launch({"kind": "TrainingRun", "spec": {}}, tmp_path)
     assert result.returncode == EXIT_PERMANENT, result.stderr[-4000:]
     assert summary["errorKind"] == "permanent" and "apiVersion" in summary["message"], summary
+
+
+def start_node(config: Path, tmp_path: Path, node: int, port: int, max_restarts: int) -> subprocess.Popen:
+    """One node of a 2-node run on this machine, as its pod would run it: `metaspec train --nnodes 2` with
+    the variables the operator sets. Its own session, so killing the group kills the pod's processes."""
+    env = {
+        **os.environ,
+        "METASPEC_TERMINATION_MESSAGE_PATH": str(tmp_path / f"termination-{node}"),
+        "METASPEC_LOG_FORMAT": "text",
+        "PET_NODE_RANK": str(node),
+        "PET_RDZV_ENDPOINT": f"127.0.0.1:{port}",
+        "PET_LOCAL_ADDR": ("127.0.0.1", "localhost")[node],  # sorting first makes node 0 hold rank 0
+    }
+    command = [sys.executable, "-m", "metaspec.cli", "train", "--config", str(config), "--device", "cpu"]
+    command += ["--work-dir", str(tmp_path / f"work-{node}"), "--nproc-per-node", "1", "--nnodes", "2"]
+    command += ["--max-restarts", str(max_restarts)]
+    log = (tmp_path / f"node-{node}.log").open("a")
+    return subprocess.Popen(command, env=env, stdout=log, stderr=log, start_new_session=True)
+
+
+def kill_pod(node: subprocess.Popen) -> None:
+    """SIGKILL to the launcher and every process under it (torchrun starts each worker in a session of its
+    own), as when a pod's container dies."""
+    pids, i = [node.pid], 0
+    while i < len(pids):
+        for children in Path(f"/proc/{pids[i]}/task").glob("*/children"):
+            pids += [int(pid) for pid in children.read_text().split()]
+        i += 1
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    node.wait()
+
+
+def wait_for(log: Path, pattern: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if re.search(pattern, log.read_text()):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no {pattern!r} within {timeout} s:\n{log.read_text()[-4000:]}")
+
+
+def test_a_lost_node_restarts_the_whole_group_from_the_last_checkpoint(tiny_llama, data, tmp_path):
+    """Two nodes of one process each. Node 1's pod dies (agent and worker killed) after the step-10
+    checkpoint; node 0's worker fails on the broken collective and its agent (the same launcher) waits at
+    the rendezvous; the Job's replacement for node 1 joins, both start again from the last checkpoint and
+    finish the run."""
+    config = spec(tiny_llama, data, tmp_path / "out", "lora-sft")
+    config["spec"]["optimization"].update(maxSteps=100, checkpointSteps=10, evalSteps=100)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    port = free_port()
+    nodes = [start_node(tmp_path / "config.json", tmp_path, n, port, max_restarts=1) for n in (0, 1)]
+    try:
+        wait_for(tmp_path / "node-0.log", r"checkpoints/step-10\b")
+        kill_pod(nodes[1])
+        nodes[1] = start_node(tmp_path / "config.json", tmp_path, 1, port, max_restarts=1)
+        codes = [node.wait(timeout=120) for node in nodes]
+    finally:
+        for node in nodes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.pid, signal.SIGKILL)
+    log = (tmp_path / "node-0.log").read_text()
+    assert codes == [0, 0], log[-4000:]
+    starts = [int(s) for s in re.findall(r"training: 100 steps \(starting at (\d+)\)", log)]
+    assert len(starts) == 2 and starts[0] == 0 and starts[1] >= 10 and starts[1] % 10 == 0, log[-4000:]
+    assert f"resumed from file://{tmp_path}/out/checkpoints/step-{starts[1]}" in log
+    summary = json.loads((tmp_path / "termination-0").read_text())
+    assert summary["phase"] == "Succeeded" and summary["progress"]["step"] == 100, summary
+
+
+def test_a_permanent_error_on_several_nodes_stops_without_restarts(tmp_path):
+    """torchrun restarts on any failure; a permanent error must not spend the restarts: each node's
+    launcher stops its agent at the first worker's permanent summary and exits with its code."""
+    (tmp_path / "config.json").write_text(json.dumps({"kind": "TrainingRun", "spec": {}}))
+    port = free_port()
+    nodes = [start_node(tmp_path / "config.json", tmp_path, n, port, max_restarts=3) for n in (0, 1)]
+    try:
+        codes = [node.wait(timeout=120) for node in nodes]
+    finally:
+        for node in nodes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.pid, signal.SIGKILL)
+    for n in (0, 1):
+        log = (tmp_path / f"node-{n}.log").read_text()
+        assert codes[n] == EXIT_PERMANENT, log[-4000:]
+        assert log.count("trainer failed (permanent)") == 1, log  # one attempt, not 1 + 3
+        assert json.loads((tmp_path / f"termination-{n}").read_text())["errorKind"] == "permanent"
+
+
+def _hang_or_reduce(rank: int, port: int, timeout_s: float, elapsed) -> None:
+    """Rank 1 never joins the all-reduce; rank 0 records how long its all-reduce waited before failing."""
+    import metaspec.trainer.distributed as distributed
+
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1")
+    os.environ["MASTER_PORT"] = str(port)
+    distributed.COLLECTIVE_TIMEOUT = timedelta(seconds=timeout_s)
+    world = distributed.init_world("cpu")
+    if rank == 1:
+        time.sleep(10 * timeout_s)
+        return
+    start = time.monotonic()
+    with contextlib.suppress(RuntimeError):
+        world.sum([1.0])
+    elapsed.value = time.monotonic() - start
+
+
+def test_a_hung_collective_fails_within_the_collective_timeout():
+    """`init_world` gives the process group `COLLECTIVE_TIMEOUT`: a collective a peer never joins fails
+    after it (here shortened to 2 s) instead of after the backend's default (gloo: 30 min)."""
+    context = torch.multiprocessing.get_context("spawn")
+    elapsed, port = context.Value("d", -1.0), free_port()
+    processes = [context.Process(target=_hang_or_reduce, args=(r, port, 2.0, elapsed)) for r in (0, 1)]
+    for process in processes:
+        process.start()
+    processes[0].join(timeout=60)
+    for process in processes:
+        process.kill()
+    assert 2.0 <= elapsed.value < 10, elapsed.value

@@ -69,20 +69,22 @@ def test_training_job_golden():
 
 
 def test_multinode_training_goldens():
-    """2 nodes × 8 GPUs: an Indexed Job of 2 pods started together, each launching 8 processes, node
-    rank from the completion index, node 0 as master through the headless Service."""
+    """2 nodes × 8 GPUs: an Indexed Job of 2 pods started together, each launching 8 processes that
+    restart as a group up to backoffLimit times, node rank from the completion index, node 0 hosting the
+    rendezvous behind the headless Service and, its FQDN sorting first, holding rank 0."""
     run = example("training-run-multinode.yaml")
     job = build_job(run, SETTINGS, "llama-sft-2x8-g2")
     check_golden("training-multinode-job", job)
     check_golden("training-multinode-service", build_rendezvous_service(run, "llama-sft-2x8-g2"))
     spec = job["spec"]
     assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 2, 2)
-    assert spec["backoffLimit"] == 2 * run.spec.backoff_limit  # a gang retry fails every node's pod
+    assert spec["backoffLimit"] == 2 * run.spec.backoff_limit  # losing node 0 costs every node's pod
     pod = spec["template"]["spec"]
     main = pod["containers"][0]
-    assert main["command"][-4:] == ["--nproc-per-node", "8", "--nnodes", "2"]
+    restarts = str(run.spec.backoff_limit)
+    assert main["command"][-6:] == ["--nproc-per-node", "8", "--nnodes", "2", "--max-restarts", restarts]
     env = {e["name"]: e for e in main["env"]}
-    assert env["PET_MASTER_ADDR"]["value"] == f"llama-sft-2x8-g2-0.{pod['subdomain']}"
+    assert env["PET_RDZV_ENDPOINT"]["value"] == f"llama-sft-2x8-g2-0.{pod['subdomain']}:29500"
     index = env["PET_NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"]
     assert index == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
     assert job["metadata"]["labels"][L.KUEUE_QUEUE] == "gpu-training"
