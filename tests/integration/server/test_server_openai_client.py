@@ -142,6 +142,9 @@ def test_completion_n(client: openai.OpenAI) -> None:
 
 
 def test_chat_logprobs(client: openai.OpenAI) -> None:
+    """Greedy chat with logprobs and 3 alternatives per token. Passes against vLLM's server too, but is not
+    run there to keep the suite short: vLLM compiles its logprob-rank kernel (`torch.compile`) on the first
+    request that asks for logprobs, about 21 s on a 2-core CPU."""
     response = client.chat.completions.create(
         model=MODEL,
         messages=[{"role": "user", "content": "Hi"}],
@@ -160,6 +163,8 @@ def test_chat_logprobs(client: openai.OpenAI) -> None:
 
 
 def test_completion_logprobs_streamed(client: openai.OpenAI) -> None:
+    """Completion logprobs whole and streamed: the same tokens. Passes against vLLM's server too; not run
+    there for the reason above."""
     kwargs = dict(model=MODEL, prompt="Once upon a time", max_tokens=6, temperature=0, logprobs=2)
     whole = client.completions.create(**kwargs).choices[0]
     assert len(whole.logprobs.tokens) == len(whole.logprobs.token_logprobs) == len(whole.logprobs.top_logprobs)

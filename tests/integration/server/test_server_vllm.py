@@ -16,10 +16,8 @@ import pytest
 import torch
 from test_server_openai_client import (
     MODEL,
-    test_chat_logprobs,
     test_chat_uses_the_chat_template,
     test_completion,
-    test_completion_logprobs_streamed,
     test_completion_n,
     test_models_lists_the_served_name,
     test_stop_string_is_cut_and_not_returned,
@@ -36,10 +34,8 @@ from metaspec_testing.monitoring import dashboard_queries, exported_metrics, que
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
 
 __all__ = [
-    "test_chat_logprobs",
     "test_chat_uses_the_chat_template",
     "test_completion",
-    "test_completion_logprobs_streamed",
     "test_completion_n",
     "test_models_lists_the_served_name",
     "test_stop_string_is_cut_and_not_returned",
