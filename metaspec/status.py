@@ -392,7 +392,28 @@ def serving_reports(resource: SpecServe, status: dict[str, Any], reports: list[P
             out[role] = {**status[role], "digest": digest}
     if cache := merge_cache_outcomes(r.model_cache for r in newest):
         out["modelCache"] = cache
-    return out
+    return threshold_condition(resource, out, newest[-1])
+
+
+def threshold_condition(resource: SpecServe, status: dict[str, Any], report: ProgressReport) -> dict[str, Any]:
+    """`ConfidenceThresholdCalibrated` from what `confidenceThreshold: auto` resolved to in the newest pod."""
+    if report.threshold_calibrated is None:
+        return status
+    value, draft = report.confidence_threshold, (report.draft.uri if report.draft else "the draft")
+    if report.threshold_calibrated:
+        reason, message = (
+            C.THRESHOLD_CALIBRATED,
+            f"routing.confidenceThreshold: auto is {value}, calibrated with {draft}",
+        )
+    else:
+        reason = C.DRAFT_HAS_NO_CALIBRATION
+        message = (
+            f"routing.confidenceThreshold: auto: {draft} has no calibration.json, so the default {value} serves; "
+            "set a number, or serve a draft whose TrainingRun calibrated one (causal-lm, initFrom: target)"
+        )
+    return with_condition(
+        status, resource, C.CONFIDENCE_THRESHOLD_CALIBRATED, report.threshold_calibrated, reason, message
+    )
 
 
 def serving_status(resource: SpecServe, status: dict[str, Any], state: ServingState) -> dict[str, Any]:

@@ -50,6 +50,11 @@ DEPENDENCY_FAILED = "DependencyFailed"
 DEPENDENCY_CYCLE = "DependencyCycle"
 
 # ---- reasons of Events that announce no transition ----
+#: SpecServe with `routing.confidenceThreshold: auto` under `first-token` or `per-token`: True when the
+#: newest pod serves the draft's calibrated threshold, False when the draft has none (the default serves).
+CONFIDENCE_THRESHOLD_CALIBRATED = "ConfidenceThresholdCalibrated"
+THRESHOLD_CALIBRATED = "Calibrated"
+DRAFT_HAS_NO_CALIBRATION = "DraftHasNoCalibration"
 MODEL_CACHE = "ModelCache"  # every kind: where the models came from (`status.modelCache`)
 
 # ---- reasons of refusals ----

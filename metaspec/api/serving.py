@@ -92,7 +92,8 @@ class Routing(Model):
         "`auto`: the threshold the draft's training calibrated on held-out prompts, read from the draft "
         f"artifact's `{CALIBRATION_FILE}` (a causal-lm draft cut from its target publishes one, also in its "
         "TrainingRun's `status.metrics.calibration`); a draft without one is served at "
-        f"{DEFAULT_CONFIDENCE_THRESHOLD}, with a warning in the server's log.",
+        f"{DEFAULT_CONFIDENCE_THRESHOLD}, with condition `ConfidenceThresholdCalibrated` False and a Warning "
+        "Event (reason `DraftHasNoCalibration`, reported by the serving pods of `engine: metaspec`).",
     )
     max_speculative_tokens: int = Field(5, ge=1, le=64, description="Draft tokens proposed per round (k).")
     # Unset: `adaptive` (the default) finds per batch size whether speculation pays on the replica's own

@@ -106,6 +106,12 @@ class ProgressReport(Model):
     model_cache: CacheOutcomes | None = Field(
         None, description="A serving pod's models: URI -> `hit` or `miss` in the model cache."
     )
+    confidence_threshold: float | None = Field(
+        None, gt=0, le=1, description="A serving pod's `routing.confidenceThreshold: auto`, as resolved."
+    )
+    threshold_calibrated: bool | None = Field(
+        None, description="Whether that threshold is the draft's calibrated one (false: the default)."
+    )
 
 
 class QualityVerdict(Summary):

@@ -37,6 +37,13 @@ async def announce(kube: Kube, resource: Resource, old: dict[str, Any], new: dic
     cache = new.get("modelCache")
     if cache and cache != old.get("modelCache"):
         await _event(kube, resource, "Normal", conditions.MODEL_CACHE, _cache_message(cache))
+    threshold = _condition(new, conditions.CONFIDENCE_THRESHOLD_CALIBRATED)
+    if (
+        threshold
+        and threshold["status"] == "False"
+        and threshold != _condition(old, conditions.CONFIDENCE_THRESHOLD_CALIBRATED)
+    ):
+        await _event(kube, resource, "Warning", threshold["reason"], threshold["message"])
     phase = new.get("phase")
     if phase == old.get("phase") and new.get("message") == old.get("message"):
         return
@@ -51,6 +58,10 @@ async def announce(kube: Kube, resource: Resource, old: dict[str, Any], new: dic
         if gate and gate["status"] == "False":
             metrics.QUALITY_FAILURES.labels(resource.kind).inc()
     await _event(kube, resource, kind, reason, f"{phase}: {new.get('message', '')}")
+
+
+def _condition(status: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    return next((c for c in status.get("conditions", []) if c.get("type") == type_), None)
 
 
 def _cache_message(outcomes: dict[str, str]) -> str:

@@ -110,12 +110,16 @@ def _load(engine: SpeculativeEngine, server: uvicorn.Server, failure: list[BaseE
 
 
 def _report_loaded(engine: SpeculativeEngine, model_cache: Path) -> None:
-    """Tell the operator what this pod serves (each model's URI and digest: a Hub branch's commit) and
-    whether the model cache had it, for its SpecServe's status; nothing outside a cluster."""
+    """Tell the operator what this pod serves (each model's URI and digest: a Hub branch's commit),
+    whether the model cache had it and what `confidenceThreshold: auto` resolved to, for its SpecServe's
+    status; nothing outside a cluster."""
     poster = progress.from_env()
     if poster is None:
         return
     report: dict[str, object] = {role: {"uri": m.uri, "digest": m.digest} for role, m in engine.served.items()}
     if cached := cache_outcomes(model_cache):
         report["modelCache"] = cached
+    if engine.routing.calibrated is not None:  # `confidenceThreshold: auto`, and the policy reads it
+        report["confidenceThreshold"] = engine.routing.threshold
+        report["thresholdCalibrated"] = engine.routing.calibrated
     poster.deliver(report)

@@ -141,6 +141,22 @@ def test_what_the_spec_pins_is_not_replaced_and_a_plain_s3_uri_gets_the_pods_dig
     assert status["target"] == {"uri": "s3://bkt/m", "digest": "e" * 64}
 
 
+def test_auto_threshold_condition_says_whether_the_draft_was_calibrated():
+    resource = serve({"uri": "s3://bkt/m"}, {"uri": "s3://bkt/d"}, replicas=1)
+    status = {**R.served(resource, {}), "phase": Phase.READY.value}
+    report = loaded("s3://bkt/m", "e" * 64, draft=("s3://bkt/d", "f" * 64))
+    assert "conditions" not in R.live_progress(resource, status, {"p": report}, "now")  # not `auto`
+    fallback = report.model_copy(update={"confidence_threshold": 0.7, "threshold_calibrated": False})
+    out = R.live_progress(resource, status, {"p": fallback}, "now")
+    (condition,) = [c for c in out["conditions"] if c["type"] == "ConfidenceThresholdCalibrated"]
+    assert condition["status"] == "False" and condition["reason"] == "DraftHasNoCalibration"
+    assert "routing.confidenceThreshold: auto" in condition["message"] and "s3://bkt/d" in condition["message"]
+    calibrated = report.model_copy(update={"confidence_threshold": 0.42, "threshold_calibrated": True})
+    out = R.live_progress(resource, out, {"p": fallback, "q": calibrated}, "now")
+    (condition,) = [c for c in out["conditions"] if c["type"] == "ConfidenceThresholdCalibrated"]
+    assert (condition["status"], condition["reason"]) == ("True", "Calibrated") and "0.42" in condition["message"]
+
+
 def test_serving_pods_model_cache_merges_the_newest_replicas_of_what_is_served():
     resource = serve({"uri": "s3://bkt/m"}, {"uri": "s3://bkt/d"}, replicas=2)
     status = {**R.served(resource, {}), "phase": Phase.READY.value}

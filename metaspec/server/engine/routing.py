@@ -41,6 +41,8 @@ from metaspec.api.serving import AUTO, CALIBRATION_FILE, DEFAULT_CONFIDENCE_THRE
 log = logging.getLogger(__name__)
 
 PolicyName = Literal["adaptive", "first-token", "per-token", "always", "never"]
+#: The policies that read `confidenceThreshold`.
+THRESHOLD_POLICIES = ("first-token", "per-token")
 
 
 @dataclass(frozen=True)
@@ -54,15 +56,19 @@ class RoutingPolicy:
     """Draft tokens proposed per round at most (k)."""
     max_speculative_batch: int | None = None
     """Largest batch (running sequences) at which a step speculates; None: any."""
+    calibrated: bool | None = None
+    """`confidenceThreshold: auto` under a policy that reads it: whether `threshold` is the draft's
+    calibrated one (False: the default, the draft has none); None otherwise."""
 
     @classmethod
     def of(cls, routing: Routing, calibration: ThresholdCalibration | None = None, draft: str = "") -> RoutingPolicy:
         """`routing` with `confidenceThreshold: auto` resolved from the `calibration` saved with the draft
         (named `draft` in the log), or the default threshold when it has none."""
-        threshold = routing.confidence_threshold
+        threshold, calibrated = routing.confidence_threshold, None
         if threshold == AUTO:
             threshold = resolve_threshold(routing, calibration, draft)
-        return cls(routing.policy, threshold, routing.max_speculative_tokens, routing.max_speculative_batch)
+            calibrated = calibration is not None if routing.policy in THRESHOLD_POLICIES else None
+        return cls(routing.policy, threshold, routing.max_speculative_tokens, routing.max_speculative_batch, calibrated)
 
     def speculates_at(self, batch: int) -> bool:
         """Whether a step over `batch` running sequences drafts at all."""
@@ -91,7 +97,7 @@ class RoutingPolicy:
 
 def resolve_threshold(routing: Routing, calibration: ThresholdCalibration | None, draft: str) -> float:
     """The threshold `confidenceThreshold: auto` stands for: the draft's calibrated one, else the default."""
-    uses = routing.policy in ("first-token", "per-token")
+    uses = routing.policy in THRESHOLD_POLICIES
     if calibration is None:
         if uses:
             log.warning(

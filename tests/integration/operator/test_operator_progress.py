@@ -296,3 +296,31 @@ def test_serving_pods_report_only_for_their_own_specserve(cluster: Cluster, name
     assert cluster.status(SS, "mine", ns)["target"]["digest"] == digest
     assert ("apps", "replicasets", "get") in cluster.calls
     assert all(rbac.allowed(*call) for call in cluster.calls)
+
+
+def test_auto_threshold_without_a_calibrated_draft_sets_a_condition_and_a_warning_event(
+    cluster: Cluster, namespace: str, tmp_path: Path
+):
+    """`confidenceThreshold: auto` over a draft without `calibration.json`: the serving pod reports the
+    default it fell back to, and the SpecServe gets `ConfidenceThresholdCalibrated` False and a Warning."""
+    ns, interval = namespace, cluster.memo.settings.progress_seconds
+    body = resource("spec-serve.yaml", "auto")
+    body["spec"]["routing"] = {"policy": "first-token", "confidenceThreshold": "auto"}
+    cluster.apply(body, ns)
+    _, _, poster = serving_pod(cluster, "auto", ns, tmp_path)
+    served = cluster.status(SS, "auto", ns)
+    report = {role: {"uri": served[role]["uri"]} for role in ("target", "draft")}
+    assert poster.post({**report, "confidenceThreshold": 0.7, "thresholdCalibrated": False}) == 202
+
+    def condition() -> dict | None:
+        found = cluster.status(SS, "auto", ns).get("conditions", [])
+        return next((c for c in found if c["type"] == "ConfidenceThresholdCalibrated"), None)
+
+    found = cluster.wait_for(condition, timeout=interval + 5)
+    assert found["status"] == "False" and found["reason"] == "DraftHasNoCalibration"
+    assert "routing.confidenceThreshold: auto" in found["message"] and served["draft"]["uri"] in found["message"]
+    events = lambda: [  # noqa: E731
+        e for e in cluster.list("Event", ns) if e["involvedObject"]["name"] == "auto" and e["reason"] == found["reason"]
+    ]
+    (event,) = cluster.wait_for(events, timeout=5)
+    assert event["type"] == "Warning" and event["message"] == found["message"]

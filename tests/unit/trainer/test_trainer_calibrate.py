@@ -70,8 +70,13 @@ def test_the_calibration_travels_with_the_draft(tmp_path: Path) -> None:
 def test_auto_resolves_to_the_drafts_threshold(caplog: pytest.LogCaptureFixture) -> None:
     calibration = recommend([0.9, 0.6, 0.2], [0.9, 0.8, 0.1], [10, 10, 10], COST, K)
     routing = Routing(policy="first-token", confidence_threshold="auto")
-    assert RoutingPolicy.of(routing, calibration, "s3://d").threshold == calibration.confidence_threshold == 0.6
+    resolved = RoutingPolicy.of(routing, calibration, "s3://d")
+    assert (resolved.threshold, resolved.calibrated) == (calibration.confidence_threshold, True) == (0.6, True)
     with caplog.at_level(logging.WARNING, logger="metaspec.server.engine.routing"):
-        assert RoutingPolicy.of(routing, None, "s3://d").threshold == 0.7
+        fallback = RoutingPolicy.of(routing, None, "s3://d")
+    assert (fallback.threshold, fallback.calibrated) == (0.7, False)  # reported: ConfidenceThresholdCalibrated
     assert "routing.confidenceThreshold: auto" in caplog.text and "s3://d" in caplog.text
-    assert RoutingPolicy.of(Routing(confidence_threshold=0.3), calibration).threshold == 0.3  # a number wins
+    number = RoutingPolicy.of(Routing(policy="first-token", confidence_threshold=0.3), calibration)
+    assert (number.threshold, number.calibrated) == (0.3, None)  # a number wins
+    unused = RoutingPolicy.of(Routing(confidence_threshold="auto"), None)  # `adaptive` reads no threshold
+    assert unused.calibrated is None
