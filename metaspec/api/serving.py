@@ -137,10 +137,10 @@ class ServeSampling(Model):
     max_tokens: int = Field(256, ge=1, description="Default `max_tokens`.")
     max_tokens_limit: int = Field(2048, ge=1, description="Largest `max_tokens` a request may ask for.")
     max_prompt_tokens: int = Field(4096, ge=1, description="Longest prompt accepted, in tokens.")
-    # 16: batching 4 clients streamed 1.5× the batch-1 engine's tokens on the 2-core CPU benchmark,
-    # level with transformers' padded batches; 16 and 64 clients were not measurable there (no batched
-    # system finished a 16-prompt prefill in a 20 s cell under the shared load), so 16 stays until the
-    # GPU stage (`bench/gpu.sh serving-load`) measures the knee.
+    # 16: on the 2-core CPU benchmark (docs/benchmarks.md, 2026-12-05, unloaded) batching streamed 2.2×,
+    # 3.5× and 4.6× the batch-1 engine's tokens at 4, 16 and 64 clients, but 64 put the p95 time to first
+    # token at 20 s (a 64-prompt prefill) against 2.6 s at 16; the GPU stage (`bench/gpu.sh serving-load`)
+    # measures the knee where memory, not the prefill, bounds it.
     max_concurrency: int = Field(
         16,
         ge=1,
