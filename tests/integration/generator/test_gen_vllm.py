@@ -1,8 +1,8 @@
 """The vLLM engine for real, on vLLM's CPU build (`make vllm-venv`), with SmolLM2-135M-Instruct.
 
 `metaspec generate` runs in the vLLM environment, as in the generator image; `vllm_worker.py` drives
-it there with one engine start for the whole module. A shard of 48 prompts with the default
-seeded sampling, and a resumed one, then the engine's finish reasons, stops and greedy outputs
+it there with one engine start for the whole module. A shard of all 200 built-in prompts (a real
+job's size) with the default seeded sampling, and a resumed one, then the engine's finish reasons, stops and greedy outputs
 against the transformers engine's.
 """
 
@@ -32,10 +32,10 @@ from metaspec.records import Record, dump_jsonl
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
 
-# Several scheduling steps of prompt tokens: seeded sampling across them once crashed vLLM on CPU. All 200
-# built-in prompts (the resumed run still generating 10) take this module from 45 s to 77 s on 2 cores.
-PROMPTS = 48
-RESUMED = 40  # records the resumed run finds in its partial shard
+# Many scheduling steps of prompt tokens: seeded sampling across them once crashed vLLM on CPU. The module
+# takes about 77 s on 2 cores (45 s with 48 prompts).
+PROMPTS = 200
+RESUMED = 190  # records the resumed run finds in its partial shard
 MAX_TOKENS = 8
 CHECKED = 8  # prompts of the engine-level checks
 WORKER_TIMEOUT = 840  # seconds; the worker takes about 2 minutes on an idle 2-core machine
