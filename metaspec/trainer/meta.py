@@ -33,9 +33,9 @@ class Head:
 
     Split full head (`split`, the default for a bf16/fp16 head): logits = h Wᵀ + h Δᵀ with Δ (V, D)
     adapted from zero and kept in fp32. Inner updates are ~1e-4 of the weights: folded into W they
-    round away in bf16, and W had to be fp32 (so every inner-loop matmul ran in fp32/TF32). Kept
-    apart, Δ is rounded to bf16 relative to its own size, and both products run in the head's dtype at
-    twice TF32's rate on tensor cores.
+    would round away in bf16, so a folded head must be fp32 and every inner-loop matmul then runs in
+    fp32/TF32. Kept apart, Δ is rounded to bf16 relative to its own size, and both products run in the
+    head's dtype, at twice TF32's rate on tensor cores.
     """
 
     weight: Tensor  # (V, D)
