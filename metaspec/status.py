@@ -121,6 +121,12 @@ def _pinned(source: ModelSource) -> bool:
     return source.from_ is not None or bool(source.hub_revision and _COMMIT.fullmatch(source.hub_revision))
 
 
+def _served_digest(source: ModelSource, named: str | None, reported: str | None) -> str | None:
+    """The digest the status gives a served model: what a serving pod `reported` loading, unless the spec
+    pins the weights and the status already `named` their digest."""
+    return reported if reported and not (_pinned(source) and named) else named
+
+
 def served(
     resource: SpecServe, resolved: dict[str, pipeline.Resolved], status: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -137,8 +143,8 @@ def served(
         here = {"uri": found.uri, "digest": found.digest} if found else {"uri": source.location}
         here.setdefault("digest", source.hub_digest)
         reported = (status or {}).get(role) or {}
-        if not (_pinned(source) and here["digest"]) and reported.get("uri") == here["uri"] and reported.get("digest"):
-            here["digest"] = reported["digest"]
+        if reported.get("uri") == here["uri"]:
+            here["digest"] = _served_digest(source, here["digest"], reported.get("digest"))
         out[role] = {k: v for k, v in here.items() if v is not None}
     return out
 
@@ -387,8 +393,9 @@ def serving_reports(resource: SpecServe, status: dict[str, Any], reports: list[P
         return status
     out = dict(status)
     for role in roles:
-        source, digest = getattr(resource.spec, role), getattr(newest[-1], role).digest
-        if digest and not (_pinned(source) and status[role].get("digest")):
+        named = status[role].get("digest")
+        digest = _served_digest(getattr(resource.spec, role), named, getattr(newest[-1], role).digest)
+        if digest != named:
             out[role] = {**status[role], "digest": digest}
     if cache := merge_cache_outcomes(r.model_cache for r in newest):
         out["modelCache"] = cache

@@ -71,19 +71,21 @@ def prompt_statistics(
         answer = batch["labels"][:, 1:].to(device) != IGNORE_INDEX  # (B, T-1)
         for row in range(answer.shape[0]):
             keep = answer[row]
-            if not keep.any():
+            n = int(keep.sum())
+            if not n:
                 continue
+            hp, hq = h_p[row][keep], h_q[row][keep]  # (n, D): the answer's positions
             beta = []
-            for s in range(0, int(keep.sum()), _CHUNK):
-                p_logits = target_head(h_p[row][keep][s : s + _CHUNK]).float()  # (N, V)
-                q_logits = draft_head(h_q[row][keep][s : s + _CHUNK]).float()  # (N, V_draft)
+            for s in range(0, n, _CHUNK):
+                p_logits = target_head(hp[s : s + _CHUNK]).float()  # (N, V)
+                q_logits = draft_head(hq[s : s + _CHUNK]).float()  # (N, V_draft)
                 if s == 0:
                     out.confidences.append(float(confidence(q_logits[0])))
                 p = torch.softmax(p_logits, -1)
                 p = p[:, vocabulary] if vocabulary is not None else p[:, : q_logits.shape[-1]]
                 beta.append(torch.minimum(p, torch.softmax(q_logits, -1)).sum(-1))  # (N,)
             out.alphas.append(float(torch.cat(beta).mean()))
-            out.lengths.append(int(keep.sum()))
+            out.lengths.append(n)
     return out
 
 

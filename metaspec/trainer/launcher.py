@@ -77,6 +77,11 @@ def rank_summary(path: Path, rank: int) -> Path:
     return path.with_name(f"{path.name}.rank-{rank}")
 
 
+def _rank_summaries(path: Path) -> list[Path]:
+    """The workers' summaries written so far (`rank_summary`)."""
+    return list(path.parent.glob(f"{path.name}.rank-*"))
+
+
 def launch(cli_argv: list[str], nproc_per_node: int, nnodes: int, max_restarts: int = 0) -> int:
     """`python -m metaspec.cli <cli_argv>` in `nproc_per_node` processes under `torch.distributed.run`;
     returns the exit code the container should exit with. With `nnodes` above 1 the node meets the others
@@ -171,7 +176,7 @@ class _FailFast(threading.Thread):
 
     def run(self) -> None:
         while not self._done.wait(FAIL_FAST_POLL_S):
-            for path in self.workers.parent.glob(f"{self.workers.name}.rank-*"):
+            for path in _rank_summaries(self.workers):
                 code = _FAIL_FAST_KINDS.get(_read(path).get("errorKind"))
                 if code is None:
                     continue
@@ -202,7 +207,7 @@ def _adopt_summary(workers: Path, rank: int | None, own: dict | None) -> None:
     (on success: rank 0's, when this node ran it); `own`, the launcher's, goes first with the worker's
     message after it. A restarted group leaves earlier attempts' summaries behind, and a node's ranks
     may change from one attempt to the next, hence the newest and, on success, only a success."""
-    written = sorted(workers.parent.glob(f"{workers.name}.rank-*"), key=lambda p: p.stat().st_mtime)
+    written = sorted(_rank_summaries(workers), key=lambda p: p.stat().st_mtime)
     found = [s for s in map(_read, written) if s]
     if rank is None and own is None:
         found = [s for s in found if s.get("phase") == "Succeeded"]
