@@ -17,18 +17,24 @@ from metaspec.trainer.recipes.common import BatchStream, Context, load_datasets
 from metaspec.trainer.run import train
 
 
-def test_lora_sft_trains_merges_and_evaluates(tiny_llama, tmp_path):
-    out = tmp_path / "out"
+def lora_sft_spec(model, tmp_path, out, per_domain: int, **optimization) -> dict:
+    """A `lora-sft` TrainingRun spec on the tiny model, batch 4, with `optimization` fields on top."""
     spec = tiny_anil_spec(
-        tiny_llama,
-        write_dataset(tmp_path / "train.jsonl", 4),
+        model,
+        write_dataset(tmp_path / "train.jsonl", per_domain),
         write_dataset(tmp_path / "eval.jsonl", 1, tag="eval", offset=100),
         str(out),
         batchSize=4,
+        **optimization,
     )
     spec.update(method="lora-sft")
     del spec["anil"]
-    run = training_run(spec)
+    return spec
+
+
+def test_lora_sft_trains_merges_and_evaluates(tiny_llama, tmp_path):
+    out = tmp_path / "out"
+    run = training_run(lora_sft_spec(tiny_llama, tmp_path, out, 4))
     summary = train(run, work_dir=tmp_path / "work", device="cpu", reporter=LogReporter())
 
     assert summary["artifacts"]["model"] == f"file://{out}/merged"
@@ -73,17 +79,7 @@ def test_compiled_decoder_layers_train_like_eager(tiny_llama, tmp_path, monkeypa
     histories = []
     for compiled in (False, True):
         out = tmp_path / f"out-{compiled}"
-        spec = tiny_anil_spec(
-            tiny_llama,
-            write_dataset(tmp_path / "train.jsonl", 2),
-            write_dataset(tmp_path / "eval.jsonl", 1, tag="eval", offset=100),
-            str(out),
-            batchSize=4,
-            compile=compiled,
-            maxSteps=3,
-        )
-        spec.update(method="lora-sft")
-        del spec["anil"]
+        spec = lora_sft_spec(tiny_llama, tmp_path, out, 2, compile=compiled, maxSteps=3)
         counters.clear()
         train(training_run(spec), work_dir=tmp_path / f"work-{compiled}", device="cpu", reporter=LogReporter())
         assert (counters["stats"]["unique_graphs"] > 0) == compiled
