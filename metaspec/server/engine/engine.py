@@ -137,13 +137,17 @@ class SpeculativeEngine:
             routing = RoutingPolicy("never", routing.threshold, routing.max_speculative_tokens)
         limits = spec.sampling
         length = limits.max_prompt_tokens + limits.max_tokens_limit + routing.max_speculative_tokens + 1
-        compile = spec.compile and device.type == "cuda" and self.max_batch == 1
+        eagle = draft is not None and isinstance(draft.model, Eagle3Draft)
+        compile = spec.compile and device.type == "cuda" and self.max_batch == 1 and not eagle
         if compile:
             # every attention reads the whole static cache: a verify pass at 6150 positions costs 2.2 steps
             # on an H100 (docs/benchmarks.md), so tight limits make speculation pay
             log.info("compile: a static KV cache of %d positions (maxPromptTokens + maxTokensLimit + k + 1)", length)
         elif spec.compile:
-            log.info("compile: static cache + torch.compile apply to CUDA at maxConcurrency 1; decoding eagerly")
+            log.warning(
+                "compile: static cache + torch.compile apply on CUDA at maxConcurrency 1 with no draft or a "
+                "separate (causal-LM) draft; decoding eagerly"
+            )
         model, draft_model = target.model, draft.model if draft else None
         self._build(model, draft_model, target.tokenizer, routing, length if compile else None, compile, length)
 
