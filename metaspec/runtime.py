@@ -183,6 +183,15 @@ def write_summary(summary: dict[str, Any]) -> None:
     if len(text.encode()) > TERMINATION_MESSAGE_LIMIT:
         # Whole JSON or nothing: a cut string would not parse. Keep what says why, shortening the message.
         keep = {k: summary[k] for k in ("phase", "reason", "errorKind", "artifacts") if k in summary}
+        dropped = sorted(set(summary) - set(keep) - {"message"})
+        log.warning(  # the pod log keeps the whole summary; its status gets the core
+            "summary of %d bytes is over the %d-byte termination message: the status keeps %s, not %s: %s",
+            len(text.encode()),
+            TERMINATION_MESSAGE_LIMIT,
+            ", ".join(keep) or "nothing",
+            ", ".join(dropped),
+            text,
+        )
         for chars in (3000, 1000, 200, 0):
             text = _compact({**keep, "message": str(summary.get("message", ""))[:chars], "truncated": True})
             if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:

@@ -4,6 +4,7 @@ summary is strict JSON (no NaN literals a status patch would choke on)."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,7 @@ def test_a_non_finite_evaluation_loss_fails_the_run(tmp_path: Path):
         loop(Quadratic(start=0.5, x=1.0, eval_loss=math.nan), tmp_path).run()
 
 
-def test_summaries_are_strict_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_summaries_are_strict_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
     path = tmp_path / "termination"
     monkeypatch.setenv("METASPEC_TERMINATION_MESSAGE_PATH", str(path))
     write_summary({"phase": "Succeeded", "metrics": {"trainLoss": math.nan, "perplexity": math.inf}})
@@ -109,3 +110,8 @@ def test_summaries_are_strict_json(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     text = path.read_text()
     assert len(text.encode()) <= TERMINATION_MESSAGE_LIMIT
     assert json.loads(text)["reason"] == "Diverged"
+    # A summary too long for it loses its detail in the status only: the pod log names and keeps it.
+    with caplog.at_level(logging.WARNING, logger="metaspec"):
+        write_summary({"phase": "Succeeded", "data": {"shards": ["x" * 64] * 80}})
+    assert json.loads(path.read_text()) == {"phase": "Succeeded", "message": "", "truncated": True}
+    assert "the status keeps phase, not data" in caplog.text and "x" * 64 in caplog.text
