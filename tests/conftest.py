@@ -59,6 +59,7 @@ LONGEST_FIRST = (
     "integration/server/engine/test_greedy_exactness.py",
     "integration/trainer/test_trainer_smollm2.py",
     "integration/server/test_server_vllm.py",
+    "integration/server/test_server_vllm_eagle3.py",
     "unit/server/engine/test_speculative_sampling.py",
     "reliability/test_server_abuse.py",
     "unit/bench/test_bench_smoke.py",

@@ -15,8 +15,9 @@ et al. 2025; EAGLE-3's draft vocabulary): `d2t[i]` is the *offset* from draft id
 (target = i + d2t[i]), `t2d` marks the target ids the draft can propose. That is vLLM's
 `Eagle3LlamaForCausalLM` checkpoint: `fc`, `midlayer.*`, `norm`, `lm_head`, `d2t`, `t2d` in
 `model.safetensors`, and a Llama `config.json` with `architectures: [LlamaForCausalLMEagle3]`,
-`draft_vocab_size` and `eagle_aux_hidden_state_layer_ids`. The token embedding is the target's (not
-saved: vLLM shares the target's when the checkpoint has none).
+`draft_vocab_size` and `eagle_aux_hidden_state_layer_ids`. A draft with the target's whole vocabulary
+has no `d2t`/`t2d` (vLLM's loader then has no parameter to take them). The token embedding is the
+target's (not saved: vLLM shares the target's when the checkpoint has none).
 """
 
 from __future__ import annotations
@@ -362,6 +363,10 @@ def save_eagle3(draft: Eagle3Draft, dest: Path, dtype: torch.dtype | None = None
         k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
         for k, v in draft.state_dict().items()
     }
+    if draft.config.draft_vocab_size == draft.config.vocab_size:
+        # a full head maps ids to themselves: vLLM's loader has no parameter for the mapping then, and
+        # refuses a folder that carries one
+        del tensors["d2t"], tensors["t2d"]
     save_file(tensors, str(dest / WEIGHTS), metadata={"format": "pt"})
     body = draft.config.to_json()
     body["torch_dtype"] = str(dtype or draft.fc.weight.dtype).removeprefix("torch.")
@@ -400,6 +405,9 @@ def load_eagle3(folder: Path, embed: nn.Embedding, target_config: Any | None = N
     tensors.pop("embed_tokens.weight", None)  # the target's own embedding is used
     draft = Eagle3Draft(config, embed)
     expected = draft.state_dict()
+    full = config.draft_vocab_size == config.vocab_size
+    if full and "d2t" not in tensors:  # the identity, left out as vLLM's loader wants it
+        tensors["d2t"] = torch.zeros(config.draft_vocab_size, dtype=torch.long)
     missing = sorted(set(expected) - set(tensors) - {"t2d"})
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:

@@ -53,6 +53,18 @@ def test_saved_folder_round_trips(tmp_path, target, pruned) -> None:
     assert "embed_tokens.weight" not in load_file(folder / "model.safetensors")  # the target's is shared
 
 
+def test_a_full_vocabulary_folder_has_no_mapping(tmp_path, target) -> None:
+    """vLLM's EAGLE-3 loader creates `d2t`'s parameter only for a pruned head and refuses a folder with
+    one otherwise: a full-vocabulary draft is saved without `d2t`/`t2d` and loads as the identity."""
+    full = Eagle3Draft.init_from_target(target, None).eval()
+    folder = saved(tmp_path, full)
+    assert not {"d2t", "t2d"} & set(load_file(folder / "model.safetensors"))
+    loaded = load_eagle3(folder, target.get_input_embeddings(), target.config)
+    assert loaded.d2t.tolist() == [0] * VOCAB and loaded.t2d.all()
+    for name, tensor in full.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+
+
 @pytest.mark.parametrize(
     ("d2t", "message"),
     [
