@@ -3,6 +3,7 @@
     .venv/bin/python bench/trainer.py                                   # CPU: SmolLM2-135M-Instruct, fp32
     .venv/bin/python bench/trainer.py --arch llama-3.1-8b --device cuda --dtype bfloat16 --seq 2048
     .venv/bin/python bench/trainer.py --variants sft,anil --nproc 2               # data-parallel scaling
+    .venv/bin/python bench/trainer.py --variants sft,anil --nproc 2 --strategy fsdp   # the same, sharded
 
 Every variant sees the same `support + query` sequences of `--seq` tokens (10% of each masked as
 prompt) and takes a full optimizer step (forward, backward, AdamW) with LoRA on all seven projections:
@@ -29,6 +30,8 @@ processes launched by torch.distributed.run, each stepping on its own batch of t
 tokens per step). It reports each variant's N-process tokens/s and the scaling efficiency, N-process
 tokens/s ÷ (N × 1-process tokens/s). On CPU every process, the single one included, computes on one
 thread, so the figure is about the parallel machinery and not about threads competing for cores.
+`--strategy fsdp` shards the N processes' model as the trainer's `distributed.strategy: fsdp` does
+(FSDP2 per decoder layer, then the root); the one-process baseline is unsharded either way.
 """
 
 from __future__ import annotations
@@ -112,6 +115,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--naive", action="store_true", help="also time the whole-model-per-inner-step MAML")
     parser.add_argument("--variants", default="sft,anil,anil-fo,anil-delta")
     parser.add_argument("--nproc", type=int, default=1, help="also measure N data-parallel processes (scaling)")
+    parser.add_argument(
+        "--strategy", default="ddp", choices=["ddp", "fsdp"], help="how the N processes share the model"
+    )
     parser.add_argument("--out", type=Path)
     return parser.parse_args(argv)
 
@@ -224,7 +230,7 @@ def time_step(model, parallel, optimizer, loss_fn, support, query, args, proj, d
     sync(device)
     started = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
-    parallel.backward(parallel.loss(lambda: loss_fn(lm, support, query, args, proj)))
+    parallel.backward(parallel.run(lambda: loss_fn(lm, support, query, args, proj)))
     optimizer.step()
     sync(device)
     return time.perf_counter() - started
@@ -292,7 +298,8 @@ def measure(args: argparse.Namespace, world: World) -> tuple[list[dict[str, Any]
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     model, name = build_model(args, device, dtype)
-    parallel = DataParallel(model, world)
+    layers = model.get_base_model().model.layers
+    parallel = DataParallel(model, world, args.strategy, layers, dtype)
     vocab, hidden = model.get_base_model().lm_head.weight.shape
     support = make_batch(args.support, args.seq, vocab, device, seed=1 + 2 * world.rank)
     query = make_batch(args.query, args.seq, vocab, device, seed=2 + 2 * world.rank)
@@ -356,7 +363,7 @@ def print_table(
 def write_results(
     name: str, device: torch.device, dtype: torch.dtype, args: argparse.Namespace, rows: list[dict], tokens: int
 ) -> None:
-    suffix = f"-{args.nproc}proc" if args.nproc > 1 else ""
+    suffix = f"-{args.nproc}proc" + ("-fsdp" if args.strategy == "fsdp" else "") if args.nproc > 1 else ""
     out = args.out or RESULTS / f"trainer-{name}-{device.type}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     body: dict[str, Any] = {

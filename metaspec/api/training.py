@@ -252,6 +252,19 @@ class TrainingResources(Resources):
         return max(self.gpus, 1)
 
 
+class Distributed(Model):
+    """How the training processes (`resources.nodes × gpus`) share the model."""
+
+    strategy: Literal["ddp", "fsdp"] | None = Field(
+        None,
+        description="`ddp`: every process holds the whole model and the gradients are all-reduced. "
+        "`fsdp`: FSDP2 (`fully_shard`) shards the parameters, gradients and optimizer state over the "
+        "processes, each decoder layer gathered only while it computes (LoRA methods only). Unset: `fsdp` "
+        "when several GPUs train a LoRA method whose model and training state do not fit one GPU's free "
+        "memory, `ddp` otherwise.",
+    )
+
+
 class TrainingRunSpec(JobSpec):
     resources: TrainingResources = Field(
         default_factory=TrainingResources,
@@ -270,6 +283,9 @@ class TrainingRunSpec(JobSpec):
     optimization: Optimization = Field(default_factory=Optimization, description="Optimizer and schedule.")
     draft: Draft = Field(default_factory=Draft, description="Draft construction (causal-lm).")
     output: TrainingOutput = Field(description="Where artifacts go.")
+    distributed: Distributed = Field(
+        default_factory=Distributed, description="How several training processes share the model."
+    )
 
     @model_validator(mode="after")
     def _method_fields(self) -> TrainingRunSpec:
@@ -278,7 +294,22 @@ class TrainingRunSpec(JobSpec):
         if self.method == "lora-sft" and self.anil != Anil():
             raise ValueError("`anil` applies only to `method: anil-maml`")
         self._check_shared_batch()
+        self._check_fsdp()
         return self
+
+    def _check_fsdp(self) -> None:
+        if self.distributed.strategy != "fsdp":
+            return
+        if self.method == "causal-lm":
+            raise ValueError(
+                "`distributed.strategy: fsdp` applies to the LoRA methods (`anil-maml`, `lora-sft`); a "
+                "`causal-lm` draft is small by design and trains with `ddp`: leave `distributed.strategy` unset"
+            )
+        if self.optimization.compile:
+            raise ValueError(
+                "`distributed.strategy: fsdp` does not combine with `optimization.compile` (the compiled layers "
+                "would trace FSDP's gather hooks): set `optimization.compile: false` or `distributed.strategy: ddp`"
+            )
 
     def _check_shared_batch(self) -> None:
         """Every training process needs a share of each global batch."""

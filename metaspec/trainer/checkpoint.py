@@ -11,6 +11,10 @@ A checkpoint holds everything a restarted pod needs to continue as if it had nev
     config.json             the resolved TrainingRun it was trained with
 
 The manifest is uploaded last, so a pod killed mid-upload leaves a prefix that is skipped on resume.
+
+Parameters and optimizer state are saved as full tensors whatever the strategy: under FSDP the shards
+are gathered (every rank calls `trainable_state` and `optimizer_state`) and loading shards them again,
+so a checkpoint resumes with `ddp` or `fsdp` on any number of processes.
 """
 
 from __future__ import annotations
@@ -27,8 +31,12 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from metaspec.artifacts import ChecksumMismatch, IncompleteArtifact, NotFound, Uri, list_files, materialize, upload_dir
+
+from .distributed import is_sharded
 
 log = logging.getLogger(__name__)
 
@@ -36,25 +44,66 @@ CHECKPOINTS = "checkpoints"
 _STEP_DIR = re.compile(r"^step-(\d+)/")
 
 
+_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+
+
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The parameters training changes, by name, as contiguous CPU tensors."""
-    return {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    """The parameters training changes, by name, as contiguous CPU tensors. Sharded (FSDP), every rank
+    must call: rank 0 gets the gathered tensors, the others an empty dict."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    if is_sharded(model):
+        gathered = get_model_state_dict(model, options=_FULL)  # also a frozen weight tied to a trained one
+        return {n: gathered[n].contiguous() for n in names if n in gathered}
+    params = dict(model.named_parameters())
+    return {n: params[n].detach().to("cpu").contiguous() for n in names}
 
 
 def save_trainable(model: nn.Module, path: Path) -> None:
+    """`trainable_state` to `path` (sharded: an empty file on ranks other than 0)."""
     save_file(trainable_state(model), str(path))
 
 
 def load_trainable(model: nn.Module, path: Path) -> None:
-    """Copy saved parameters into `model`; the names must match exactly (same recipe and config)."""
+    """Copy saved parameters into `model`; the names must match exactly (same recipe and config).
+    Sharded, every rank must call: rank 0's file is broadcast and each rank keeps its shard."""
     saved = load_file(str(path))
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    if saved.keys() != params.keys():
+    sharded = is_sharded(model)
+    if (saved or not sharded) and saved.keys() != params.keys():
         extra, missing = sorted(saved.keys() - params.keys()), sorted(params.keys() - saved.keys())
         raise ValueError(f"{path} does not fit this model (unexpected {extra[:3]}, missing {missing[:3]})")
+    if sharded:
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
+        set_model_state_dict(model, saved, options=options)
+        return
     with torch.no_grad():
         for name, param in params.items():
             param.copy_(saved[name])
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """`optimizer.state_dict()` with sharded (FSDP) moments gathered into full tensors: the same layout
+    as an unsharded run's. Sharded, every rank must call (each gets the full state)."""
+    state = optimizer.state_dict()
+    state["state"] = {
+        i: {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in s.items()}
+        for i, s in state["state"].items()
+    }
+    return state
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load a full optimizer state; for sharded parameters, each rank keeps its shard of the moments."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for i, s in state["state"].items():
+        param = params[int(i)]
+        if isinstance(param, DTensor):
+            for k, v in s.items():
+                if v.shape == param.shape:  # the moments; `step` is a scalar
+                    s[k] = distribute_tensor(
+                        v.to(param.device), param.device_mesh, param.placements, src_data_rank=None
+                    )
+    optimizer.load_state_dict(state)
 
 
 def rng_state() -> dict[str, Any]:
@@ -106,22 +155,23 @@ def write_checkpoint(
     staging: Path,
     step: int,
     *,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    trainable: dict[str, torch.Tensor],
+    optimizer: dict[str, Any],
     scheduler: Any,
     state: dict[str, Any],
     history: list[dict[str, Any]],
     config: dict[str, Any],
     best: Path | None,
 ) -> Uri:
-    """Write step `step`'s checkpoint locally, upload it (manifest last), and drop the local copy."""
+    """Write step `step`'s checkpoint locally, upload it (manifest last), and drop the local copy.
+    `trainable` and `optimizer` are full states (`trainable_state`, `optimizer_state`)."""
     local = staging / f"step-{step}"
     shutil.rmtree(local, ignore_errors=True)
     local.mkdir(parents=True)
-    save_trainable(model, local / "trainable.safetensors")
+    save_file(trainable, str(local / "trainable.safetensors"))
     if best is not None:
         shutil.copyfile(best, local / "best.safetensors")
-    torch.save(optimizer.state_dict(), local / "optimizer.pt")
+    torch.save(optimizer, local / "optimizer.pt")
     torch.save(scheduler.state_dict(), local / "scheduler.pt")
     torch.save(rng_state(), local / "rng.pt")
     (local / "state.json").write_text(json.dumps({**state, "python_rng": python_rng_state()}))

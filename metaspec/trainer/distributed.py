@@ -8,6 +8,13 @@ backward. So W processes take exactly the optimizer step one process takes on th
 rank holds the same weights and optimizer state, and a checkpoint written by rank 0 resumes on any
 number of processes that the batch can be shared among.
 
+With `spec.distributed.strategy: fsdp` (LoRA methods) the model is sharded instead of replicated:
+FSDP2 (`fully_shard`, Zhao et al. 2023, "PyTorch FSDP") shards every decoder layer and then the rest
+(embeddings, final norm, head) over the processes; a layer's parameters are all-gathered just before it
+computes and freed after, gradients are reduce-scattered, and each rank's AdamW updates only its shard.
+The arithmetic is DDP's: the same losses, the same averaged gradients, the same step. Checkpoints hold
+full tensors (gathered), so they resume under either strategy and on any number of processes.
+
 The processes are started, and restarted as a group, by `torch.distributed.run` (`launcher.py`).
 """
 
@@ -18,17 +25,26 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from metaspec.devices import resolve_device
 from metaspec.runtime import PermanentError
 
 T = TypeVar("T")
+Strategy = Literal["ddp", "fsdp"]
+
+#: The share of a GPU's free memory that the unsharded model and its training state may fill before
+#: `fsdp` is chosen for a run that leaves `spec.distributed.strategy` unset. The rest is for what the
+#: estimate leaves out: activations (a 2048-token sequence of an 8B model with checkpointing: ~2 GiB),
+#: one chunk of head logits (2 GiB at 128K vocabulary), the CUDA context and the allocator's slack.
+FIT_SHARE = 0.7
 
 #: The longest a collective (all-reduce, barrier) waits for the other ranks before failing this one. A
 #: hung peer (a stuck GPU, a partitioned node) then ends the attempt within this time, and torchrun
@@ -121,6 +137,49 @@ def init_world(device: str | None) -> World:
     return World(dist.get_rank(), dist.get_world_size(), local_rank, torch_device)
 
 
+def training_bytes(model: nn.Module) -> int:
+    """Bytes one process holds to train `model` unsharded: every parameter, and for each trainable one
+    its gradient and AdamW's two moments (all in the parameter's dtype). Activations are not counted."""
+    return sum(p.numel() * p.element_size() * (4 if p.requires_grad else 1) for p in model.parameters())
+
+
+def fits_device(nbytes: int, device: torch.device) -> bool:
+    """Whether `nbytes` fit in `FIT_SHARE` of `device`'s free memory; anything fits on the CPU."""
+    return device.type != "cuda" or nbytes <= FIT_SHARE * torch.cuda.mem_get_info(device)[0]
+
+
+def choose_strategy(requested: Strategy | None, model: nn.Module, world: World) -> tuple[Strategy, str]:
+    """`spec.distributed.strategy`; unset, `fsdp` when several GPU processes train and the unsharded
+    model with its training state (`training_bytes`) does not fit one of them (`fits_device`), on any
+    rank (so all ranks agree), else `ddp`. Never automatic on the CPU. Returns the strategy and why."""
+    if requested is not None:
+        return requested, "spec.distributed.strategy"
+    if not world.distributed or world.device.type != "cuda":
+        return "ddp", "default"
+    need = training_bytes(model)
+    if world.any(not fits_device(need, world.device)):
+        return (
+            "fsdp",
+            f"{need / 2**30:.1f} GiB of weights and training state exceed {FIT_SHARE:.0%} of a GPU's free memory",
+        )
+    return "ddp", f"{need / 2**30:.1f} GiB of weights and training state fit one GPU"
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether FSDP holds `model`'s parameters as shards (DTensors)."""
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def full(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole of a sharded or partial tensor (a collective: every rank must call); a plain one as it is."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a sharded tensor; a plain tensor as it is."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
 class _Closure(nn.Module):
     """Runs a loss closure as its forward, so DDP sees each forward over `model`'s parameters even
     though the recipes call the body and the head separately (the head is applied chunk by chunk)."""
@@ -133,30 +192,84 @@ class _Closure(nn.Module):
         return loss_fn()
 
 
-class DataParallel:
-    """DDP over a recipe's trained module; with one process, the closure runs as it is.
+def _shard(model: nn.Module, layers: Sequence[nn.Module], world: World, dtype: torch.dtype) -> FSDPModule:
+    """FSDP2 over `model`: each of `layers` one unit, then the root (`_Closure(model)`) holding the rest.
 
-    `backward` multiplies by the world size: DDP averages the ranks' gradients, while each rank's loss
-    is already its share of the global loss, so the average times W is the gradient of the whole.
+    Parameters compute in `dtype` when it is half precision (bf16 on GPUs: LoRA's fp32 weights too) and
+    gradients are reduced in fp32; the optimizer updates the shards in their own dtype."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh(world.device.type, (world.size,))
+    half = dtype in (torch.bfloat16, torch.float16)
+    policy = MixedPrecisionPolicy(param_dtype=dtype if half else None, reduce_dtype=torch.float32)
+    for layer in layers:
+        fully_shard(layer, mesh=mesh, mp_policy=policy)
+    return fully_shard(_Closure(model), mesh=mesh, mp_policy=policy)
+
+
+class DataParallel:
+    """DDP or FSDP2 over a recipe's trained module; with one process, the closure runs as it is. Moves
+    the model to the world's device (FSDP: each rank's shards).
+
+    The recipes call the body and the head separately (the head chunk by chunk, ANIL's through fast
+    weights), so the wrapped module is `_Closure`: its forward runs a whole loss closure, during which
+    DDP sees the forward and FSDP keeps the root's parameters (embeddings, head) gathered; the decoder
+    layers gather their own (`layers`, FSDP only). `backward` multiplies by the world size: DDP and
+    FSDP average the ranks' gradients, while each rank's loss is already its share of the global loss,
+    so the average times W is the gradient of the whole.
     """
 
-    def __init__(self, model: nn.Module, world: World):
+    def __init__(
+        self,
+        model: nn.Module,
+        world: World,
+        strategy: Strategy = "ddp",
+        layers: Sequence[nn.Module] = (),
+        dtype: torch.dtype = torch.float32,
+    ):
         self.world = world
-        self.ddp = (
-            DistributedDataParallel(_Closure(model), broadcast_buffers=False, init_sync=False)
-            if world.distributed
-            else None
-        )
+        self.sharded = world.distributed and strategy == "fsdp"
+        self.wrapped: nn.Module | None = None
+        self._sync = True  # FSDP: whether the enclosing `sync_if`s let backward reduce
+        if self.sharded:
+            self.wrapped = _shard(model, layers, world, dtype)
+        else:
+            model.to(world.device)
+            if world.distributed:
+                self.wrapped = DistributedDataParallel(_Closure(model), broadcast_buffers=False, init_sync=False)
 
-    def loss(self, loss_fn: Callable[[], torch.Tensor]) -> torch.Tensor:
-        return self.ddp(loss_fn) if self.ddp is not None else loss_fn()
+    def run(self, fn: Callable[[], T]) -> T:
+        """`fn` (a loss closure) as the wrapped module's forward."""
+        return self.wrapped(fn) if self.wrapped is not None else fn()
+
+    @torch.no_grad()
+    def evaluate(self, fn: Callable[[], T]) -> T:
+        """`fn` (an evaluation) with the parameters gathered, and released after it (no backward follows)."""
+        if not self.sharded:
+            return fn()
+        assert isinstance(self.wrapped, FSDPModule)
+        try:
+            return self.wrapped(fn)
+        finally:
+            self.wrapped.reshard()
 
     def backward(self, loss: torch.Tensor) -> None:
         (loss * self.world.size).backward()
 
     @contextmanager
     def sync_if(self, last: bool) -> Iterator[None]:
-        """Backwards inside all-reduce only when `last`; the others accumulate gradients locally (every
-        backward of an optimizer step but its last: DDP then reduces the accumulated gradients once)."""
-        with nullcontext() if last or self.ddp is None else self.ddp.no_sync():
+        """Backwards reduce gradients across ranks only when `last`; the others accumulate them locally
+        (every backward of an optimizer step but its last: the accumulated gradients are reduced once)."""
+        if isinstance(self.wrapped, FSDPModule):  # nested as DDP's no_sync: an outer "not yet" holds
+            outer = self._sync
+            self._sync = outer and last
+            self.wrapped.set_requires_gradient_sync(self._sync)
+            try:
+                yield
+            finally:
+                self._sync = outer
+                self.wrapped.set_requires_gradient_sync(outer)
+            return
+        ddp = self.wrapped if isinstance(self.wrapped, DistributedDataParallel) else None
+        with nullcontext() if last or ddp is None else ddp.no_sync():
             yield

@@ -6,7 +6,8 @@ time and persistence lives here, so the recipes checkpoint and resume the same w
 
 Under data parallelism (`distributed`) every rank runs this loop in lockstep on the same weights:
 step statistics, the stop request and the evaluation loss are reduced over ranks so every rank takes
-the same decisions, and only rank 0 writes checkpoints.
+the same decisions, and only rank 0 writes checkpoints (under FSDP every rank first takes part in
+gathering the shards).
 """
 
 from __future__ import annotations
@@ -32,13 +33,16 @@ from .checkpoint import (
     Checkpoint,
     checkpoint_uri,
     latest_checkpoint,
+    load_optimizer_state,
     load_trainable,
+    optimizer_state,
     save_trainable,
     set_python_rng_state,
     set_rng_state,
+    trainable_state,
     write_checkpoint,
 )
-from .distributed import DataParallel, World
+from .distributed import DataParallel, World, full, local
 from .progress import Reporter
 
 
@@ -73,6 +77,10 @@ class Recipe(Protocol):
     def sampler_state(self) -> dict[str, Any]: ...
 
     def load_sampler_state(self, state: dict[str, Any]) -> None: ...
+
+    def unshard(self) -> None:
+        """After training, on every rank: if `parallel` shards the model, gather the trained weights
+        into an unsharded model on rank 0, the one `finish` then uses."""
 
     def finish(self, out: Path, eval_loss: float | None) -> dict[str, Any]:
         """Save what the run publishes under `out`; the metrics of the result (perplexities)."""
@@ -162,7 +170,7 @@ class TrainLoop:
 
     def _restore(self, checkpoint: Checkpoint) -> None:
         load_trainable(self.recipe.model, checkpoint.path / "trainable.safetensors")
-        self.optimizer.load_state_dict(checkpoint.load_torch("optimizer.pt"))
+        load_optimizer_state(self.optimizer, checkpoint.load_torch("optimizer.pt"))
         self.scheduler.load_state_dict(checkpoint.load_torch("scheduler.pt"))
         set_rng_state(checkpoint.load_torch("rng.pt"))
         state = checkpoint.state
@@ -219,11 +227,11 @@ class TrainLoop:
                 *(sum(s.extra[k] for s in stats) / len(stats) for k in extras),
             ]
         )
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.opt.max_grad_norm)
+        grad_norm = float(full(torch.nn.utils.clip_grad_norm_(self.params, self.opt.max_grad_norm)))
         lr = self.scheduler.get_last_lr()[0]
-        self._check_finite(f"loss {loss}, gradient norm {float(grad_norm)}", math.isfinite(loss * float(grad_norm)))
+        self._check_finite(f"loss {loss}, gradient norm {grad_norm}", math.isfinite(loss * grad_norm))
         self.optimizer.step()
-        self._check_finite("the updated weights", bool(torch.stack([p.isfinite().all() for p in self.params]).all()))
+        self._check_finite("the updated weights", self._weights_finite())
         self.scheduler.step()
         self.state.step += 1
         elapsed = time.perf_counter() - started
@@ -234,7 +242,7 @@ class TrainLoop:
             "step": self.state.step,
             "loss": loss,
             "lr": lr,
-            "grad_norm": float(grad_norm),
+            "grad_norm": grad_norm,
             "tokens": tokens,
             "tokens_per_second": tokens / elapsed,
             "epoch": self.state.step
@@ -252,6 +260,10 @@ class TrainLoop:
         """DDP all-reduces the gradients in the last micro-step's backward only (accumulated before)."""
         with self.recipe.parallel.sync_if(index == self.opt.gradient_accumulation - 1):
             return self.recipe.train_step(1 / self.opt.gradient_accumulation)
+
+    def _weights_finite(self) -> bool:
+        finite = bool(torch.stack([local(p).isfinite().all() for p in self.params]).all())
+        return not self.world.any(not finite) if self.recipe.parallel.sharded else finite
 
     def _check_finite(self, what: str, finite: bool) -> None:
         if not finite:
@@ -280,8 +292,12 @@ class TrainLoop:
         return loss
 
     def checkpoint(self) -> Uri:
-        """Rank 0 writes the checkpoint (the state is the same on every rank); every rank returns its URI."""
+        """Rank 0 writes the checkpoint (the state is the same on every rank, gathered from the shards
+        under FSDP); every rank returns its URI."""
         s = self.state
+        gather = self.world.main or self.recipe.parallel.sharded
+        trainable = trainable_state(self.recipe.model) if gather else {}
+        optimizer = optimizer_state(self.optimizer) if gather else {}
         if not self.world.main:
             self.last_checkpoint = checkpoint_uri(self.output, s.step)
             return self.last_checkpoint
@@ -290,8 +306,8 @@ class TrainLoop:
             self.output,
             self.staging,
             s.step,
-            model=self.recipe.model,
-            optimizer=self.optimizer,
+            trainable=trainable,
+            optimizer=optimizer,
             scheduler=self.scheduler,
             state={**asdict(s), "sampler": self.recipe.sampler_state()},
             history=self.history,

@@ -8,7 +8,8 @@
 <output>/_manifest.json        last: the whole output; a run whose manifest exists is complete
 
 Under data parallelism every rank trains; rank 0 alone writes checkpoints and the output, so the
-output's manifest is still written last, once.
+output's manifest is still written last, once. A sharded (FSDP) model is gathered first: rank 0
+finishes on an unsharded copy holding the trained adapter (`LoraRecipe.unshard`).
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ def _train(
     )
     loop.resume()
     loop.run()
+    recipe.unshard()
     if not world.main:
         return None
     staging = work_dir / "output"

@@ -10,7 +10,7 @@ merged with it): the fast weights live only inside a task and are never written 
 
 from __future__ import annotations
 
-from pathlib import Path
+import math
 from typing import Any
 
 import torch
@@ -18,28 +18,21 @@ import torch
 from metaspec.runtime import PermanentError
 
 from ..data import Example, Task, TaskSampler, collate
-from ..distributed import DataParallel
-from ..evaluate import body_of, evaluation_loss
+from ..evaluate import body_of
 from ..loop import StepStats
 from ..losses import select_targets, token_weights
 from ..meta import head_projection, output_head, task_loss
-from .common import BaseRecipe, Context, apply_lora, body_inputs, finish_lora, prepare_body
+from .common import Context, LoraRecipe, body_inputs
 
 
-class AnilMamlRecipe(BaseRecipe):
-    adapter_dir = "adapter"
-
+class AnilMamlRecipe(LoraRecipe):
     def __init__(self, ctx: Context):
         super().__init__(ctx)
         spec = self.spec
         self.units_per_step = spec.anil.tasks_per_batch
-        loaded = self.load()
+        loaded = self.load(torch.device("cpu"))
         self._check_adapt_modules(loaded.model)
-        self.model = apply_lora(loaded.model, spec)
-        self.lm = self.model.get_base_model()
-        prepare_body(self.lm, self.spec.optimization)
-        self.model.train()
-        self.parallel = DataParallel(self.model, ctx.world)
+        self.adapt(loaded.model)
         anil = spec.anil
         ctx.world.check_shareable(anil.tasks_per_batch, "spec.anil.tasksPerBatch")
         try:
@@ -99,21 +92,24 @@ class AnilMamlRecipe(BaseRecipe):
     def train_step(self, scale: float) -> StepStats:
         """This rank's tasks of the global batch (every rank draws the whole batch, keeps its share):
         their query losses' share of the batch mean. Tasks are never split, so token balancing
-        (`balance: tokens`) weighs each set exactly as one process does."""
-        per_batch = self.spec.anil.tasks_per_batch
-        tasks = self.ctx.world.share([self._next_task() for _ in range(per_batch)])
-        losses, tokens = [], 0
-        for i, task in enumerate(tasks):
-            with self.parallel.sync_if(i == len(tasks) - 1):  # per task: one task's graph in memory at a time
-                loss = self.parallel.loss(lambda task=task: self._task_loss(task))
-                self.parallel.backward(loss * (scale / per_batch))
-            losses.append(loss.item())
-            tokens += sum(ex.n_tokens for ex in task.support + task.query)
-        return StepStats(sum(losses) / per_batch, tokens)
+        (`balance: tokens`) weighs each set exactly as one process does.
 
-    def evaluate(self) -> float:
-        """Evaluation loss of the LoRA model as it will be used: no inner adaptation."""
-        return evaluation_loss(self.lm, self.data.evaluation, self.pad_id, self.spec.evaluation.batch_size)
+        Under FSDP every forward gathers each layer on all ranks together, so every rank runs the same
+        number of tasks: a rank with fewer repeats its first task at weight 0 (ceil(T / W) per rank)."""
+        per_batch = self.spec.anil.tasks_per_batch
+        world = self.ctx.world
+        tasks = [(task, 1.0) for task in world.share([self._next_task() for _ in range(per_batch)])]
+        if self.parallel.sharded:
+            tasks += [(tasks[0][0], 0.0)] * (math.ceil(per_batch / world.size) - len(tasks))
+        losses, tokens = [], 0
+        for i, (task, weight) in enumerate(tasks):
+            with self.parallel.sync_if(i == len(tasks) - 1):  # per task: one task's graph in memory at a time
+                loss = self.parallel.run(lambda task=task: self._task_loss(task))
+                self.parallel.backward(loss * (weight * scale / per_batch))
+            if weight:
+                losses.append(loss.item())
+                tokens += sum(ex.n_tokens for ex in task.support + task.query)
+        return StepStats(sum(losses) / per_batch, tokens)
 
     def sampler_state(self) -> dict[str, Any]:
         return self.sampler.state_dict()
@@ -124,15 +120,3 @@ class AnilMamlRecipe(BaseRecipe):
         except ValueError as e:
             raise PermanentError(f"cannot resume: {e}") from None
         self._tasks = iter(self.sampler)
-
-    def finish(self, out: Path, eval_loss: float | None) -> dict[str, Any]:
-        """Adapter, perplexities of base/LoRA/merged, merged model. Returns metrics; fills `out`.
-
-        `eval_loss` is the loop's evaluation of the weights the model now holds (the best ones).
-        """
-        lora_loss = self.evaluate() if eval_loss is None else eval_loss
-        return finish_lora(self.model, self.tokenizer, self.data, self.spec, out, lora_loss)
-
-    @property
-    def model_dir(self) -> str | None:
-        return "merged" if self.spec.output.merge else None

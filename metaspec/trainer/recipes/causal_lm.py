@@ -69,7 +69,7 @@ class CausalLmRecipe(BatchRecipe):
         batch = collate(mine, self.pad_id)
         inputs = body_inputs(batch, self.ctx.device)
         with self.autocast:
-            loss = self.parallel.loss(
+            loss = self.parallel.run(
                 lambda: self._loss_sum(inputs, batch["labels"]) * (weight / target_count(examples))
             )
         self.parallel.backward(loss * scale)

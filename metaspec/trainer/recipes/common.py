@@ -15,8 +15,9 @@ from metaspec.prompts import end_of_turn_ids
 from metaspec.records import InvalidData
 from metaspec.runtime import PermanentError, model_cache_dir
 
+from ..checkpoint import trainable_state
 from ..data import IGNORE_INDEX, Example, batches, load_training_data
-from ..distributed import World
+from ..distributed import DataParallel, World, choose_strategy, fits_device
 from ..evaluate import evaluation_loss, perplexity
 from ..merge import merge_degradation, merge_lora, save_adapter, save_model
 from ..models import LoadedModel, load_model
@@ -48,11 +49,16 @@ def prepare_body(model: torch.nn.Module, optimization: Optimization) -> None:
     if optimization.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if optimization.compile:
-        layers = getattr(model.get_decoder(), "layers", None) if hasattr(model, "get_decoder") else None
-        if not layers:
-            raise PermanentError(f"spec.optimization.compile: {type(model).__name__} has no decoder layers to compile")
-        for layer in layers:
+        for layer in decoder_layers(model, "spec.optimization.compile", "compile"):
             layer.compile()
+
+
+def decoder_layers(model: torch.nn.Module, field: str, what: str) -> torch.nn.ModuleList:
+    """The decoder layers of causal LM `model`; a permanent error naming `field` if it has none."""
+    layers = getattr(model.get_decoder(), "layers", None) if hasattr(model, "get_decoder") else None
+    if not layers:
+        raise PermanentError(f"{field}: {type(model).__name__} has no decoder layers to {what}")
+    return layers
 
 
 def load_datasets(ctx: Context, tokenizer: Any) -> Datasets:
@@ -136,21 +142,25 @@ class BaseRecipe:
     def __init__(self, ctx: Context):
         self.ctx, self.spec = ctx, ctx.run.spec
 
-    def load(self) -> LoadedModel:
-        """The base model; keeps its digest and tokenizer, and the data tokenized with that tokenizer."""
-        loaded = load_model(self.spec.base_model, self.ctx.model_cache, self.ctx.device, self.ctx.dtype)
+    def load(self, device: torch.device | None = None) -> LoadedModel:
+        """The base model, on `device` (default: the run's); keeps its digest and tokenizer, and the data
+        tokenized with that tokenizer."""
+        loaded = load_model(self.spec.base_model, self.ctx.model_cache, device or self.ctx.device, self.ctx.dtype)
         self.base_digest: str | None = loaded.digest
         self.tokenizer = loaded.tokenizer
         self.pad_id = self.tokenizer.pad_token_id
         self.data = load_datasets(self.ctx, self.tokenizer)
         return loaded
 
+    def unshard(self) -> None:
+        """Nothing to gather: only `LoraRecipe`s shard their model."""
+
 
 class BatchRecipe(BaseRecipe):
     """A recipe whose micro-step is one batch of training examples (`BatchStream`)."""
 
-    def load(self) -> LoadedModel:
-        loaded = super().load()
+    def load(self, device: torch.device | None = None) -> LoadedModel:
+        loaded = super().load(device)
         optimization = self.spec.optimization
         self.ctx.world.check_shareable(optimization.batch_size, "spec.optimization.batchSize")
         self.stream = BatchStream(self.data.train, optimization.batch_size, optimization.seed)
@@ -184,6 +194,70 @@ def apply_lora(model: torch.nn.Module, spec: TrainingRunSpec) -> Any:
         return get_peft_model(model, config)
     except ValueError as e:
         raise PermanentError(f"spec.lora.targetModules: {e}") from None
+
+
+class LoraRecipe(BaseRecipe):
+    """What the LoRA methods (anil-maml, lora-sft) share: the adapters added on the CPU (so their
+    initialisation is the same on every device), the model placed by `spec.distributed.strategy`
+    (`DataParallel`), evaluation without inner adaptation, and the adapter/merged-model finish."""
+
+    adapter_dir = "adapter"
+
+    def adapt(self, base: torch.nn.Module) -> None:
+        """`base` (a causal LM on the CPU) with `spec.lora` adapters, as `self.model`, placed."""
+        ctx = self.ctx
+        self.model = apply_lora(base, self.spec)
+        self.lm = self.model.get_base_model()
+        prepare_body(self.lm, self.spec.optimization)
+        self.model.train()
+        strategy, why = choose_strategy(self.spec.distributed.strategy, self.model, ctx.world)
+        layers = decoder_layers(self.lm, "spec.distributed.strategy", "shard") if strategy == "fsdp" else ()
+        self.parallel = DataParallel(self.model, ctx.world, strategy, layers, ctx.dtype)
+        if ctx.world.distributed:
+            ctx.reporter.on_event(
+                f"distributed: {strategy} over {ctx.world.size} processes ({why})", {"strategy": strategy}
+            )
+
+    def evaluate(self) -> float:
+        """Evaluation loss of the LoRA model as it will be used (anil-maml: no inner adaptation)."""
+        return self.parallel.evaluate(
+            lambda: evaluation_loss(self.lm, self.data.evaluation, self.pad_id, self.spec.evaluation.batch_size)
+        )
+
+    def unshard(self) -> None:
+        """Under FSDP, every rank joins in gathering the trained adapter; rank 0 puts it on a fresh
+        unsharded copy of the base (on its GPU if that fits beside the shards, else on the CPU) that
+        `finish` evaluates, merges and saves."""
+        if not self.parallel.sharded:
+            return
+        trained = trainable_state(self.model)
+        world = self.ctx.world
+        if not world.main:
+            return
+        base = load_model(self.spec.base_model, self.ctx.model_cache, torch.device("cpu"), self.ctx.dtype).model
+        model = apply_lora(base, self.spec)
+        missing = {n for n, p in model.named_parameters() if p.requires_grad} - trained.keys()
+        unexpected = model.load_state_dict(trained, strict=False).unexpected_keys
+        if missing or unexpected:
+            raise RuntimeError(f"the gathered adapter does not fit the model (missing {sorted(missing)[:3]}, "
+                               f"unexpected {unexpected[:3]})")  # fmt: skip
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        device = world.device if fits_device(weights, world.device) else torch.device("cpu")
+        self.model, self.lm = model, model.get_base_model()
+        self.parallel = DataParallel(model, World(device=device))
+        self.ctx.reporter.on_event(f"adapter gathered from the shards; finishing on {device}", {})
+
+    def finish(self, out: Path, eval_loss: float | None) -> dict[str, Any]:
+        """Adapter, perplexities of base/LoRA/merged, merged model. Returns metrics; fills `out`.
+
+        `eval_loss` is the loop's evaluation of the weights the model now holds (the best ones).
+        """
+        lora_loss = self.evaluate() if eval_loss is None else eval_loss
+        return finish_lora(self.model, self.tokenizer, self.data, self.spec, out, lora_loss)
+
+    @property
+    def model_dir(self) -> str | None:
+        return "merged" if self.spec.output.merge else None
 
 
 def finish_lora(

@@ -72,7 +72,7 @@ class Eagle3Recipe(BatchRecipe):
         share = weight / self.ctx.world.size
         batch = collate(mine, self.pad_id)
         with self.autocast:
-            losses = self.parallel.loss(lambda: torch.stack(self._losses(batch, self.spec.draft.unroll)))  # (S,)
+            losses = self.parallel.run(lambda: torch.stack(self._losses(batch, self.spec.draft.unroll)))  # (S,)
         loss = losses.mean() * share
         self.parallel.backward(loss * scale)
         extra = {f"loss_step{i + 1}": x.item() * share for i, x in enumerate(losses)}

@@ -9,29 +9,20 @@ token statistics the run reports).
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
+import torch
 from torch import Tensor
 
 from ..data import collate
-from ..distributed import DataParallel
-from ..evaluate import body_of, evaluation_loss
+from ..evaluate import body_of
 from ..loop import StepStats
 from ..losses import chunked_cross_entropy, select_targets
-from .common import BatchRecipe, Context, apply_lora, batch_share, body_inputs, finish_lora, prepare_body, target_count
+from .common import BatchRecipe, Context, LoraRecipe, batch_share, body_inputs, target_count
 
 
-class LoraSftRecipe(BatchRecipe):
-    adapter_dir = "adapter"
-
+class LoraSftRecipe(LoraRecipe, BatchRecipe):
     def __init__(self, ctx: Context):
         super().__init__(ctx)
-        self.model = apply_lora(self.load().model, self.spec)
-        self.lm = self.model.get_base_model()
-        prepare_body(self.lm, self.spec.optimization)
-        self.model.train()
-        self.parallel = DataParallel(self.model, ctx.world)
+        self.adapt(self.load(torch.device("cpu")).model)
 
     def train_step(self, scale: float) -> StepStats:
         """This rank's share of the mean next-token loss over the global batch's target tokens (the
@@ -39,7 +30,7 @@ class LoraSftRecipe(BatchRecipe):
         examples = self.stream.next()
         mine, weight = batch_share(self.ctx.world, examples)
         batch = collate(mine, self.pad_id)
-        loss = self.parallel.loss(lambda: self._loss_sum(batch) * (weight / target_count(examples)))
+        loss = self.parallel.run(lambda: self._loss_sum(batch) * (weight / target_count(examples)))
         self.parallel.backward(loss * scale)
         return StepStats(loss.item(), int(batch["attention_mask"].sum() * weight))
 
@@ -47,16 +38,3 @@ class LoraSftRecipe(BatchRecipe):
         hidden = body_of(self.lm)(**body_inputs(batch, self.ctx.device)).last_hidden_state  # (B, T, D)
         h, y = select_targets(hidden, batch["labels"])  # (N, D), (N,)
         return chunked_cross_entropy(h, y, self.lm.get_output_embeddings())
-
-    def evaluate(self) -> float:
-        return evaluation_loss(self.lm, self.data.evaluation, self.pad_id, self.spec.evaluation.batch_size)
-
-    def finish(self, out: Path, eval_loss: float | None) -> dict[str, Any]:
-        """Adapter, perplexities of base/LoRA/merged, merged model; `eval_loss` is the loop's evaluation
-        of the weights the model now holds (the best ones)."""
-        lora_loss = self.evaluate() if eval_loss is None else eval_loss
-        return finish_lora(self.model, self.tokenizer, self.data, self.spec, out, lora_loss)
-
-    @property
-    def model_dir(self) -> str | None:
-        return "merged" if self.spec.output.merge else None

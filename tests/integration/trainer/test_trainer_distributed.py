@@ -41,8 +41,27 @@ def data(tmp_path_factory) -> tuple[Path, Path]:
     return write_dataset(root / "train.jsonl", 4), write_dataset(root / "eval.jsonl", 1, tag="eval", offset=100)
 
 
-def spec(model: Path, data: tuple[Path, Path], out: Path, method: str, **anil) -> dict:
-    spec = tiny_anil_spec(model, *data, str(out), maxSteps=2, evalSteps=2, checkpointSteps=1, batchSize=4)
+def spec(
+    model: Path,
+    data: tuple[Path, Path],
+    out: Path,
+    method: str,
+    strategy: str | None = None,
+    accumulation: int = 1,
+    **anil,
+) -> dict:
+    spec = tiny_anil_spec(
+        model,
+        *data,
+        str(out),
+        maxSteps=2,
+        evalSteps=2,
+        checkpointSteps=1,
+        batchSize=4,
+        gradientAccumulation=accumulation,
+    )
+    if strategy:
+        spec["distributed"] = {"strategy": strategy}
     spec["baseModel"]["dtype"] = "float32"  # on GPUs too (`auto` would be bfloat16 there)
     spec["lora"]["dropout"] = 0.0  # the ranks draw their own dropout masks; the comparison needs none
     spec["output"]["merge"] = False
@@ -86,21 +105,39 @@ def assert_same_training(one: Path, two: Path, atol: float = 3e-5, rel: float = 
     assert (two / "_manifest.json").is_file() and (two / "checkpoints" / "step-1" / "_manifest.json").is_file()
 
 
+ANIL = {"firstOrder": False, "balance": "tokens", "tasksPerBatch": 3}
+
+
 @pytest.mark.parametrize(
-    ("method", "anil"),
-    [("lora-sft", {}), ("anil-maml", {"firstOrder": False, "balance": "tokens", "tasksPerBatch": 3})],
+    ("method", "strategy", "accumulation", "anil"),
+    [
+        ("lora-sft", None, 1, {}),
+        ("anil-maml", None, 1, ANIL),
+        ("lora-sft", "fsdp", 2, {}),
+        ("anil-maml", "fsdp", 2, ANIL),
+    ],
 )
-def test_two_processes_train_as_one_on_the_global_batch(tiny_llama, data, tmp_path, caplog, method, anil):
+def test_two_processes_train_as_one_on_the_global_batch(
+    tiny_llama, data, tmp_path, caplog, method, strategy, accumulation, anil
+):
     """lora-sft: 4 sequences per step shared 2 + 2; ANIL-MAML second order with token balancing:
     3 tasks per step shared 2 + 1 (uneven on purpose), each rank adapting the head on its own tasks'
     support sets, the meta-gradients all-reduced. Then the two processes' step-1 checkpoint resumes on
-    one process and ends where the one-process run ends."""
-    config = spec(tiny_llama, data, tmp_path / "two", method, **anil)
+    one process and ends where the one-process run ends.
+
+    The same with `strategy: fsdp` (FSDP2 on gloo): every decoder layer and the root sharded over the
+    two ranks, gradients reduce-scattered, ANIL's second rank running a weight-0 task so both run two,
+    and 2 micro-steps accumulated per update (gradients reduced once, after the last); its checkpoint
+    holds full tensors, so the one-process resume reads it as it reads DDP's. Same tolerances: the
+    shards' updates are the same float32 arithmetic, reduced in another order."""
+    config = spec(tiny_llama, data, tmp_path / "two", method, strategy, accumulation, **anil)
     result, summary = launch(config, tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
     assert summary["phase"] == "Succeeded" and summary["progress"]["step"] == 2
+    if strategy:
+        assert f"distributed: {strategy} over 2 processes" in result.stderr
 
-    reference = spec(tiny_llama, data, tmp_path / "one", method, **anil)
+    reference = spec(tiny_llama, data, tmp_path / "one", method, strategy, accumulation, **anil)
     assert_same_training(single_process(reference, tmp_path), tmp_path / "two")
 
     (tmp_path / "two" / "_manifest.json").unlink()  # as if the run had stopped after step 1
@@ -111,15 +148,18 @@ def test_two_processes_train_as_one_on_the_global_batch(tiny_llama, data, tmp_pa
 
 
 @pytest.mark.gpu
-def test_two_gpus_train_as_one_over_nccl(tiny_llama, data, tmp_path):
-    """The same on two GPUs (NCCL), fp32. The trainer computes fp32 matmuls in TF32 on GPUs (10-bit
-    mantissa), so the two runs' different splits round differently: atol 1e-3, rel 1e-2."""
+@pytest.mark.parametrize("strategy", [None, "fsdp"])
+def test_two_gpus_train_as_one_over_nccl(tiny_llama, data, tmp_path, strategy):
+    """The same on two GPUs (NCCL), fp32, with DDP and with FSDP. The trainer computes fp32 matmuls in
+    TF32 on GPUs (10-bit mantissa), so the two runs' different splits round differently: atol 1e-3,
+    rel 1e-2."""
     if torch.cuda.device_count() < 2:
         pytest.skip("needs two CUDA GPUs")
-    config = spec(tiny_llama, data, tmp_path / "two", "anil-maml", firstOrder=False, tasksPerBatch=2)
+    anil = {"firstOrder": False, "tasksPerBatch": 2}
+    config = spec(tiny_llama, data, tmp_path / "two", "anil-maml", strategy, **anil)
     result, summary = launch(config, tmp_path, device="cuda")
     assert result.returncode == 0 and summary["phase"] == "Succeeded", result.stderr[-4000:]
-    reference = spec(tiny_llama, data, tmp_path / "one", "anil-maml", firstOrder=False, tasksPerBatch=2)
+    reference = spec(tiny_llama, data, tmp_path / "one", "anil-maml", strategy, **anil)
     assert_same_training(single_process(reference, tmp_path, device="cuda:0"), tmp_path / "two", 1e-3, 1e-2)
 
 

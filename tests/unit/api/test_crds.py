@@ -149,6 +149,13 @@ INVALID = [
     ({"anil": {"supportMix": "three"}}, "spec.anil.supportMix", "pattern"),
     ({"draft": {"initFrom": "target"}, "method": "causal-lm"}, "spec.draft", "numLayers"),
     ({"unknownField": 1}, "spec.unknownField", "Extra inputs"),
+    ({"distributed": {"strategy": "zero3"}}, "spec.distributed.strategy", "'ddp' or 'fsdp'"),
+    ({"method": "causal-lm", "distributed": {"strategy": "fsdp"}}, "spec", "fsdp` applies to the LoRA methods"),
+    (
+        {"distributed": {"strategy": "fsdp"}, "optimization": {"compile": True}},
+        "spec",
+        "fsdp` does not combine with `optimization.compile`",
+    ),
 ]
 
 
@@ -245,6 +252,7 @@ SCHEMA_REJECTS = [
     {"anil": {"supportMix": "three"}},
     {"unknownField": 1},
     {"baseModel": {"uri": "s3://models/base", "loadIn4bit": True}},
+    {"distributed": {"strategy": "zero3"}},
 ]
 
 

@@ -56,16 +56,19 @@ def test_method_arms_share_a_token_budget_and_save_the_merged_model(tiny_llama: 
     assert is_complete(merged) and (merged / "config.json").is_file()
 
 
-def test_trainer_scaling_runs_two_processes(tiny_llama: Path, tmp_path: Path) -> None:
-    """`bench/trainer.py --nproc 2`: one process, then two under torch.distributed.run (gloo), each
-    variant's efficiency computed from both."""
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_trainer_scaling_runs_two_processes(tiny_llama: Path, tmp_path: Path, strategy: str) -> None:
+    """`bench/trainer.py --nproc 2 [--strategy fsdp]`: one process, then two under torch.distributed.run
+    (gloo), each variant's efficiency computed from both."""
     out = tmp_path / "trainer.json"
     argv = [sys.executable, str(BENCH / "trainer.py"), "--model", str(tiny_llama), "--variants", "sft,anil"]
     argv += ["--nproc", "2", "--steps", "1", "--seq", "16", "--support", "1", "--query", "1", "--lora-r", "4"]
+    argv += ["--strategy", strategy]
     result = subprocess.run([*argv, "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     body = json.loads(out.read_text())
     assert body["tokens_per_step"] == 2 * 2 * 16 and body["settings"]["nproc"] == 2
+    assert body["settings"]["strategy"] == strategy
     for row in body["results"]:
         assert row["single_tokens_per_second"] > 0 and row["scaling_efficiency"] > 0, row
     assert [row["variant"] for row in body["results"]] == ["sft", "anil"]
