@@ -149,7 +149,8 @@ class BatchDecoder:
 
     def _admit(self, seqs: list[Sequence]) -> None:
         """Route the joining sequences. `adaptive` leaves a token-level draft's prefill to the first step
-        that speculates (its catch-up), so a replica that never speculates never runs the draft."""
+        that speculates on the sequence (its catch-up), so a replica that never speculates never runs the
+        draft, and a probe pays only for the few sequences it drafts for (`_drafting`)."""
         if self.adaptive is not None and self.draft is not None and not self.draft.feature_layers:
             for seq in seqs:
                 seq.speculate = True
@@ -188,11 +189,12 @@ class BatchDecoder:
             return 0, False
         batch = list(self.running)
         k = self._k(len(batch))
+        drafting = self._drafting(batch, k)
         before = time.perf_counter()
-        if k and self.adaptive is not None and self.draft is not None:
-            self.draft.catch_up([s for s in batch if s.speculate])  # a one-time cost: counted against probing
+        if drafting and self.adaptive is not None and self.draft is not None:
+            self.draft.catch_up(drafting)  # a one-time cost: counted against probing
         start = time.perf_counter()
-        proposals = self._propose(batch, k)
+        proposals = self._propose(batch, k, drafting)
         speculative = any(p.tokens for p in proposals)
         chunks = [
             Chunk(s.slot, s.target_length, s.tokens[s.target_length :] + p.tokens, keep=len(p.tokens) + 1)
@@ -218,6 +220,18 @@ class BatchDecoder:
             self._record(batch, proposals, time.perf_counter() - start, start - before)
         self._drop_finished()
         return len(batch), speculative
+
+    def _drafting(self, batch: list[Sequence], k: int) -> list[Sequence]:
+        """The sequences that propose this step. An `adaptive` probe (a speculating step while speculation
+        is off) drafts for at most `Adaptive.probe_rows` of them, those the draft has seen most of: a
+        draft that sat out catches up on what each emitted meanwhile, so a probe over the whole batch
+        would cost a prefill of every running request, and its α and cost per proposal are read as well
+        from a few rows."""
+        rows = [s for s in batch if s.speculate and s.room(k)] if k else []
+        if self.adaptive is None or self.adaptive.speculating(len(batch)) or len(rows) <= self.adaptive.probe_rows:
+            return rows
+        lag = sorted(rows, key=lambda s: len(s.tokens) - s.draft_length)[: self.adaptive.probe_rows]
+        return [s for s in rows if s in lag]  # batch order
 
     def _k(self, batch: int) -> int:
         """Proposals per speculating sequence this step: `maxSpeculativeTokens`, or `adaptive`'s choice;
@@ -246,21 +260,19 @@ class BatchDecoder:
         except Exception as error:  # this sequence only
             self._fail(seq, error)
 
-    def _propose(self, batch: list[Sequence], k: int) -> list[Proposal]:
-        """Up to k draft proposals for each speculating sequence; none for the others."""
-        ks = [s.room(k) if s.speculate else 0 for s in batch]
-        if self.draft is None or not any(ks):
-            return [Proposal() for _ in batch]
-        drafting = [i for i, k in enumerate(ks) if k]
+    def _propose(self, batch: list[Sequence], k: int, drafting: list[Sequence]) -> list[Proposal]:
+        """Up to k draft proposals for each sequence of `drafting` (`_drafting`); none for the others."""
+        proposals = [Proposal() for _ in batch]
+        if self.draft is None or not drafting:
+            return proposals
         threshold = self.routing.threshold if self.routing.checks_each_token else None
         try:
-            made = self.draft.propose([batch[i] for i in drafting], [ks[i] for i in drafting], threshold)
+            made = self.draft.propose(drafting, [s.room(k) for s in drafting], threshold)
         except Exception as error:  # a draft failure costs speed, never output: decode target-only
             log.warning("draft proposal failed, decoding this step without it: %s", error)
-            return [Proposal() for _ in batch]
-        proposals = [Proposal() for _ in batch]
-        for i, proposal in zip(drafting, made, strict=True):
-            proposals[i] = proposal
+            return proposals
+        for seq, proposal in zip(drafting, made, strict=True):
+            proposals[seq.slot] = proposal  # slots are the batch's rows (packed)
         return proposals
 
     def _settle(self, seq: Sequence, logits: torch.Tensor, proposal: Proposal) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .batch import Draft, Proposal, Sequence
-from .sampling import greedy_tokens, probabilities
+from .sampling import draw, greedy_tokens, probabilities
 from .slots import Chunk, SlotModel
 
 
@@ -60,7 +60,7 @@ class ModelDraft(Draft):
                     token = best[at[r]] if context is None else int(greedy_tokens(row, context, seq.proc))
                 else:
                     q = probabilities(row, context, seq.proc)  # (1, V)
-                    token = int(torch.multinomial(q, 1, generator=seq.generator))
+                    token = int(draw(q, seq.generator))
                     dists[r].append(q)
                 out[r].tokens.append(token)
                 histories[r].extend([token])

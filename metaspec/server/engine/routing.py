@@ -170,7 +170,9 @@ class Adaptive:
     intervals. Speculation starts only at a predicted gain above 1 + `margin` and stops below 1.
 
     A speculating probe costs more than its step: a draft that sat out has to catch up on everything
-    its sequences emitted meanwhile (a prefill of the request so far). The decoder reports that time as
+    its sequences emitted meanwhile (a prefill of the request so far). So a probe drafts for at most
+    `probe_rows` of the batch's sequences (the batch decoder picks those the draft has seen most of),
+    and c is read per proposal and row as for any step. The decoder reports the catch-up's time as
     `overhead`; it is kept out of c (a one-time cost, not a proposal's) but counted against probing:
     the next probe waits until the probes' extra time — the step beyond a target-only one, plus the
     catch-up — stays within `probe_budget` of the time decoding, whatever the interval says.
@@ -188,6 +190,10 @@ class Adaptive:
     """EMA weight of a target-only step's time: those are frequent while speculation is off."""
     probe_budget: float = 0.01
     """Share of decoding time that speculating probes may cost while speculation is off."""
+    probe_rows: int = 4
+    """Sequences a probe drafts for at most: its catch-up and its longer verify pass stay bounded at any
+    batch size (over all 16 sequences of a CPU batch, one probe's catch-up alone cost 3–4 target steps:
+    docs/benchmarks.md)."""
     probe_weight: float = 0.25
     """Least EMA weight of a probe's α and of every speculating step's cost: while speculation is off,
     probes are rare and each must count."""
@@ -224,6 +230,10 @@ class Adaptive:
             bucket.next_probe = self.steps + bucket.interval
             return 0 if on else k
         return k if on else 0
+
+    def speculating(self, batch: int) -> bool:
+        """Whether speculation is on at `batch` sequences (a speculating step there is not a probe)."""
+        return self._bucket(batch).on
 
     def record(
         self, batch: int, proposed: int, accepted: int, rejected: int, seconds: float, overhead: float = 0.0

@@ -32,7 +32,7 @@ from transformers import __version__ as _VERSION
 
 from .protocol import RequestStats, TokenLogprob
 from .routing import Adaptive, RoutingPolicy
-from .sampling import History, Processing, confidence, greedy_tokens, logprobs, penalize, probabilities
+from .sampling import History, Processing, confidence, draw, greedy_tokens, logprobs, penalize, probabilities
 
 
 class CausalLM:
@@ -190,7 +190,7 @@ def speculative_accept(
     the first rejection draw from the residual, else the bonus token from p_{J+1}."""
     j = proposals.shape[0]
     if j == 0 or q is None:
-        token = torch.multinomial(p[-1:], 1, generator=generator).view(1)
+        token = draw(p[-1:], generator)
         return torch.zeros((), dtype=torch.long, device=p.device), token
     px = p[:j].gather(1, proposals[:, None]).squeeze(1)  # (J,)
     qx = q.gather(1, proposals[:, None]).squeeze(1)  # (J,) > 0: each x_i was drawn from q_i
@@ -198,7 +198,7 @@ def speculative_accept(
     accepted = (u * qx < px).int().cumprod(0).sum()  # u < p/q: accept with probability min(1, p/q)
     rows = torch.cat([residual_distribution(p[:j], q), p[j:]])  # (J+1, V): residuals, then bonus p
     dist = rows.index_select(0, accepted.view(1))  # (1, V)
-    return accepted, torch.multinomial(dist, 1, generator=generator).view(1)
+    return accepted, draw(dist, generator)
 
 
 def record_logprobs(logits: torch.Tensor, new: list[int], top: int, sink: list[TokenLogprob]) -> None:
@@ -384,7 +384,7 @@ class _Run:
         if self.proc.greedy:
             return greedy_tokens(logits, context, self.proc), None
         q = probabilities(logits, context, self.proc)  # (1, V)
-        return torch.multinomial(q, 1, generator=self.generator).view(1), q
+        return draw(q, self.generator), q
 
     def _verify(self, proposals: torch.Tensor, q: torch.Tensor | None) -> list[int]:
         """Score the pending tokens and the J proposals in one target pass; accept a prefix; emit it plus

@@ -122,6 +122,26 @@ def test_speculation_stops_above_max_speculative_batch(tiny_target, tiny_draft) 
     assert all(j.seq and j.seq.stats.proposed_tokens == 0 and j.seq.stats.route == "speculative" for j in jobs)
 
 
+def test_an_adaptive_probe_drafts_for_a_few_sequences_only(
+    tiny_target, tiny_draft, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A probe (a speculating step while speculation is off) catches the draft up on at most
+    `probe_rows` sequences, those it has seen most of; the others' draft state stays untouched."""
+    dec = decoder(tiny_target, tiny_draft, RoutingPolicy("adaptive", 0.5, 3), max_batch=5)
+    assert dec.adaptive is not None
+    monkeypatch.setattr(dec.adaptive, "choose", lambda batch: 2)
+    monkeypatch.setattr(dec.adaptive, "probe_rows", 2)
+    seqs = [Sequence([1 + i % 7] * (2 + i), Processing(), 8, lambda tokens: False) for i in range(5)]
+    dec.add(seqs)
+    dec.step()
+    drafted = [s for s in seqs if s.stats.proposed_tokens]
+    assert drafted == seqs[:2]  # the shortest: the least for the draft to catch up on
+    assert all(s.draft_length == 0 for s in seqs[2:])
+    monkeypatch.setattr(dec.adaptive, "speculating", lambda batch: True)
+    dec.step()  # speculation on: every sequence drafts
+    assert all(s.stats.proposed_tokens for s in seqs)
+
+
 def mixed_batch(target, draft, routing: RoutingPolicy, proc: Processing, samples: int) -> Counter:
     """Completions of PROMPT sampled under `proc`, each decoded in a batch with other requests: greedy
     and sampled, longer prompts and budgets, arriving in between."""

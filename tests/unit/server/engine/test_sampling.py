@@ -18,6 +18,7 @@ from metaspec.server.engine import sampling
 from metaspec.server.engine.sampling import (
     History,
     Processing,
+    draw,
     greedy_tokens,
     logprobs,
     probabilities,
@@ -210,6 +211,20 @@ def test_residual_is_the_normalised_positive_part() -> None:
     r = residual_distribution(p, q)
     torch.testing.assert_close(r[0], torch.tensor([1.0, 0.0, 0.0]))
     torch.testing.assert_close(r[1], p[1])  # p == q: no residual mass, never sampled; stays finite
+
+
+def test_draw_follows_the_weights_and_never_draws_a_zero(monkeypatch: MonkeyPatch) -> None:
+    weights = torch.tensor([[0.0, 0.5, 0.0, 1.5, 0.0]])  # unnormalised, zeros at both ends and between
+    generator = torch.Generator().manual_seed(0)
+    drawn = torch.cat([draw(weights, generator) for _ in range(4000)])
+    assert set(drawn.tolist()) == {1, 3}
+    assert 0.72 < (drawn == 3).float().mean() < 0.78  # 0.75, ±5 standard deviations
+    for u in (0.0, 1 - 2**-53):  # the extremes of the uniform draw land on weighted tokens too
+        monkeypatch.setattr(torch, "rand", lambda *args, u=u, **kwargs: torch.tensor([u], dtype=torch.float64))
+        assert draw(weights, None).tolist() in ([1], [3])
+    for bad in (torch.zeros(1, 3), torch.tensor([[0.5, float("nan"), 0.5]])):
+        with pytest.raises(ValueError, match="no distribution"):
+            draw(bad, None)
 
 
 def test_subnormal_temperatures_decode_greedily() -> None:
