@@ -175,7 +175,9 @@ class Adaptive:
     and c is read per proposal and row as for any step. The decoder reports the catch-up's time as
     `overhead`; it is kept out of c (a one-time cost, not a proposal's) but counted against probing:
     the next probe waits until the probes' extra time — the step beyond a target-only one, plus the
-    catch-up — stays within `probe_budget` of the time decoding, whatever the interval says.
+    catch-up — stays within `probe_budget` of the time decoding, whatever the interval says. The budget
+    is the replica's, not each batch-size range's: a probe in one range delays those of every other
+    (under load the batch size moves between ranges, and each would otherwise spend it on its own).
     """
 
     max_k: int
@@ -198,6 +200,8 @@ class Adaptive:
     """Least EMA weight of a probe's α and of every speculating step's cost: while speculation is off,
     probes are rare and each must count."""
     steps: int = 0
+    quiet_until: int = 0
+    """Step before which no speculating probe runs, in any range: the probe budget's wait."""
     accepted: float = 0.0
     tested: float = 0.25
     """EMAs of the proposals a step accepted and tested, whose ratio is α. They start as a quarter of a
@@ -225,7 +229,7 @@ class Adaptive:
         on = gain > (1 if bucket.on else 1 + self.margin)
         if on != bucket.on:
             bucket.on, bucket.next_probe = on, self.steps + bucket.interval
-        elif self.steps >= bucket.next_probe:
+        elif self.steps >= bucket.next_probe and (on or self.steps >= self.quiet_until):
             bucket.interval = min(2 * bucket.interval, self.max_interval)
             bucket.next_probe = self.steps + bucket.interval
             return 0 if on else k
@@ -247,7 +251,8 @@ class Adaptive:
             return
         if not bucket.on and bucket.plain is not None:  # a probe: wait until its cost is paid for
             extra = max(0.0, seconds - bucket.plain) + overhead
-            bucket.next_probe = max(bucket.next_probe, self.steps + ceil(extra / (self.probe_budget * bucket.plain)))
+            wait = self.steps + ceil(extra / (self.probe_budget * bucket.plain))
+            bucket.next_probe, self.quiet_until = max(bucket.next_probe, wait), max(self.quiet_until, wait)
         tested = accepted + rejected
         if tested:
             weight = 1 - (1 - 1 / self.alpha_memory) ** tested

@@ -75,6 +75,14 @@ def test_probes_wait_until_the_drafts_catch_up_is_paid_for() -> None:
     assert gain >= 0.98
 
 
+def test_the_probe_budget_is_the_replicas_not_each_batch_sizes() -> None:
+    """Under load the batch size moves between ranges (here 1 to 16, a new one every step): the
+    probes of all ranges together keep to the budget, rather than each range probing on its own."""
+    chosen, gain = run(3000, alpha=lambda s: 0.0, cost=lambda b: 0.4, batch=lambda s: 1 + s % 16, catch_up=10)
+    assert sum(k > 0 for k in chosen) <= 6
+    assert gain >= 0.98
+
+
 def test_one_lucky_proposal_does_not_switch_a_fresh_replica_on() -> None:
     """α = 0.3 does not pay at c = 0.4. A fresh replica's first probe is accepted 3 times in 10: that
     moves α part of the way, to a round of one proposal at most, not to rounds of five."""
