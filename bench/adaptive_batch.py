@@ -21,10 +21,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from _common import add_common_args, machine, setup, write_result
-from adaptive_cost import estimates
-from server import models
-from serving_load import POLICIES, request_mix
+from _common import machine, write_result
+from adaptive_cost import add_model_args, estimates, load
+from serving_load import POLICIES
 
 from metaspec.server.engine import SpeculativeEngine
 from metaspec.server.engine.batch import BatchDecoder, Sequence
@@ -83,21 +82,12 @@ class Replica:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(parser, "adaptive_batch")
-    parser.add_argument("--target", help="target model URI (default: the bundled SmolLM2-135M-Instruct)")
-    parser.add_argument("--draft", help="draft model URI (default: derived from the target, untrained)")
-    parser.add_argument("--draft-layers", type=int, default=4, help="layers of a derived draft")
+    add_model_args(parser, "adaptive_batch")
     parser.add_argument("--batch", type=int, default=16, help="sequences running at every step")
     parser.add_argument("--steps", type=int, default=200, help="steps of each decoder")
-    parser.add_argument("--max-tokens", type=int, default=64)
     args = parser.parse_args(argv)
-    args.arch, args.arch_draft = None, None  # `models` reads them: real weights only here
-    device, dtype = setup(args)
-    args.device = device.type
-    target, draft, tokenizer, label = models(args, dtype)
-    requests = request_mix(tokenizer, 64, args.max_tokens)
-    base = SpeculativeEngine.from_models(target, draft, tokenizer, POLICIES["never"], max_batch=args.batch)
-    replicas = [Replica(base, policy, requests, args) for policy in ("never", "adaptive")]
+    loaded = load(args, max_batch=args.batch)
+    replicas = [Replica(loaded.base, policy, loaded.requests, args) for policy in ("never", "adaptive")]
     for n in range(args.steps):
         for replica in replicas if n % 2 == 0 else replicas[::-1]:
             replica.tick()
@@ -107,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     never, adaptive = rows
     ratio = (never["step"] + never["join"]) / (adaptive["step"] + adaptive["join"])
     print(f"adaptive / never tokens per second (steps and joins, wall): {ratio:.3f}")
-    body = {"models": label, "machine": machine(device, dtype), "rows": rows, "adaptive_over_never": round(ratio, 3)}
-    write_result(args, argv, "adaptive_batch", device, body)
+    body = {"models": loaded.label, "machine": machine(loaded.device, loaded.dtype), "rows": rows}
+    write_result(args, argv, "adaptive_batch", loaded.device, body | {"adaptive_over_never": round(ratio, 3)})
     return 0
 
 

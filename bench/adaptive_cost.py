@@ -26,6 +26,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -129,31 +130,54 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "extra_share": {"probes": round(probes / never, 4), "steps": round(steps / never, 4)}}  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(parser, "adaptive_cost")
+def add_model_args(parser: argparse.ArgumentParser, name: str) -> None:
+    """The flags of the adaptive benchmarks (this one and `adaptive_batch.py`): the common ones, the
+    target, the draft, and the length of each request of the mix."""
+    add_common_args(parser, name)
     parser.add_argument("--target", help="target model URI (default: the bundled SmolLM2-135M-Instruct)")
     parser.add_argument("--draft", help="draft model URI (default: derived from the target, untrained)")
     parser.add_argument("--draft-layers", type=int, default=4, help="layers of a derived draft")
-    parser.add_argument("--requests", type=int, default=4, help="requests of the mix decoded per turn")
-    parser.add_argument("--turns", type=int, default=4, help="turns of each policy, the order alternating")
     parser.add_argument("--max-tokens", type=int, default=64)
-    args = parser.parse_args(argv)
-    args.arch, args.arch_draft = None, None  # `models` reads them: real weights only here
+
+
+@dataclass
+class Setup:
+    device: torch.device
+    dtype: torch.dtype
+    label: str
+    base: SpeculativeEngine
+    """A target-only engine over the models, whose `with_routing` gives each policy its own decoder."""
+    requests: list[Any]
+    """The serving benchmark's request mix (`serving_load.request_mix`), 64 requests."""
+
+
+def load(args: argparse.Namespace, max_batch: int) -> Setup:
+    """The models (real weights only), the mix, and the base engine of `add_model_args`' flags."""
+    args.arch, args.arch_draft = None, None  # `models` reads them
     device, dtype = setup(args)
     args.device = device.type
     target, draft, tokenizer, label = models(args, dtype)
-    requests = request_mix(tokenizer, 64, args.max_tokens)[: args.requests]
-    base = SpeculativeEngine.from_models(target, draft, tokenizer, POLICIES["never"], max_batch=1)
+    base = SpeculativeEngine.from_models(target, draft, tokenizer, POLICIES["never"], max_batch=max_batch)
+    return Setup(device, dtype, label, base, request_mix(tokenizer, 64, args.max_tokens))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(parser, "adaptive_cost")
+    parser.add_argument("--requests", type=int, default=4, help="requests of the mix decoded per turn")
+    parser.add_argument("--turns", type=int, default=4, help="turns of each policy, the order alternating")
+    args = parser.parse_args(argv)
+    loaded = load(args, max_batch=1)
+    base, requests = loaded.base, loaded.requests[: args.requests]
     rows = []
     for n in range(args.turns):
         for policy in ("never", "adaptive") if n % 2 == 0 else ("adaptive", "never"):
             rows.append({"turn": n, **turn(base, policy, requests, args.max_tokens)})
             print(rows[-1], file=sys.stderr, flush=True)
     result = summary(rows)
-    body = {"models": label, "machine": machine(device, dtype), "rows": rows, **result}
-    write_result(args, argv, "adaptive_cost", device, body)
+    body = {"models": loaded.label, "machine": machine(loaded.device, loaded.dtype), "rows": rows, **result}
+    write_result(args, argv, "adaptive_cost", loaded.device, body)
     speed, extra = result["adaptive_over_never"], result["extra_share"]
     print(f"adaptive / never tokens per second: wall {speed['wall_seconds']:.3f}, CPU {speed['cpu_seconds']:.3f}")
     print(
