@@ -11,8 +11,10 @@ bench/reliability_server.py.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -49,12 +51,15 @@ BODY_TIMEOUT = 3.0
 MAX_BODY = 4 * 1024 * 1024
 #: Fuzz cases per operation in CI (deterministic); bench/reliability_server.py runs thousands.
 FUZZ_EXAMPLES = 50
-#: RSS growth allowed over the last 4 of 8 abusive rounds of the corpus. Keeping the request bodies alone
-#: would retain ~7.5 MiB a round (two 3 MB prompts, a 1 MB stop string, ...), 30 MiB over those rounds;
-#: the allocator's own growth (new arenas, fragmentation) levels off over the first rounds (2-6 MiB in all
-#: on the 2-core dev machine). Anonymous memory only: the file-backed pages of the mapped weights and
-#: libraries leave and re-enter RSS as other processes need the page cache.
-RSS_BOUND_MIB = 16
+#: Rounds of the abusive corpus in the memory test, and the steady growth allowed per round, the median of
+#: the round-to-round growths after the first three. Keeping the request bodies alone would retain ~7.5 MiB
+#: every round (two 3 MB prompts, a 1 MB stop string, ...). The allocator grows in steps instead (new
+#: arenas, a raised mmap threshold putting the next large body on the heap): 1-6 MiB over the first rounds
+#: on the 2-core dev machine, and now and then one 20 MiB step later, which the median ignores as it
+#: ignores anything that does not recur. Anonymous memory only: the file-backed pages of the mapped
+#: weights and libraries leave and re-enter RSS as other processes need the page cache.
+RSS_ROUNDS = 10
+RSS_STEADY_GROWTH_MIB = 1.5
 
 
 def serve(config_json: str) -> None:
@@ -512,8 +517,8 @@ def test_disconnects_mid_stream_cancel_generation(abuse_server: AbuseServer) -> 
 
 
 def test_memory_stays_bounded_under_abuse(abuse_server: AbuseServer) -> None:
-    """RSS after each of 8 rounds of the corpus (~500 abusive requests): a leak grows it every round, the
-    allocator's warm-up only in the first ones, so the bound holds over the last four."""
+    """RSS after each of 10 rounds of the corpus (55 abusive requests each): a leak grows it every round,
+    the allocator in a few steps, so the median growth per round after the first three stays small."""
     abusive = [a for a in CORPUS if a.status >= 400]
 
     def round_of_abuse(http: httpx.Client) -> None:
@@ -523,15 +528,15 @@ def test_memory_stays_bounded_under_abuse(abuse_server: AbuseServer) -> None:
 
     rss = []
     with httpx.Client(base_url=abuse_server.url, timeout=60) as http:
-        for _ in range(8):
+        for _ in range(RSS_ROUNDS):
             round_of_abuse(http)
             rss.append(abuse_server.rss_mib())
     print(
         f"server anonymous RSS per round of {len(abusive)} abusive requests (MiB):", " ".join(f"{r:.1f}" for r in rss)
     )
-    grown = rss[-1] - rss[3]
-    assert grown < RSS_BOUND_MIB, (
-        f"anonymous RSS grew {grown:.1f} MiB over the last 4 rounds ({rss[3]:.0f} -> {rss[-1]:.0f})"
+    steady = statistics.median(after - before for before, after in itertools.pairwise(rss[2:]))
+    assert steady < RSS_STEADY_GROWTH_MIB, (
+        f"anonymous RSS grew a median {steady:.1f} MiB per round after the third: {' '.join(f'{r:.0f}' for r in rss)}"
     )
     abuse_server.assert_healthy()
 
