@@ -3,10 +3,13 @@
 Methods: transformers `generate` on the target alone (what a user would run), transformers assisted
 generation with the same draft (`assistant_model=`, constant k), and the metaspec engine under each
 routing policy (`never` = our own target-only path, the baseline for the gain from speculation alone).
-Every method must produce the same greedy tokens; mismatches are counted and reported.
+With `--lookup MIN MAX` also prompt lookup, ours (`promptLookup`, no draft model) and transformers'
+(`prompt_lookup_num_tokens`). Every method must produce the same greedy tokens; mismatches are counted
+and reported. Eagerly, the methods take turns prompt by prompt.
 
     python bench/server.py                                  # CPU, SmolLM2 target, 4-layer derived draft
     python bench/server.py --draft s3://bucket/drafts/x     # a trained draft from the pipeline
+    python bench/server.py --policies never --lookup 2 5 -k 3   # prompt lookup against target-only
     python bench/server.py --device cuda --dtype bfloat16 [--compile]
     python bench/server.py --device cuda --dtype bfloat16 --arch llama-8b --arch-draft llama-1b  # random init
 
@@ -34,6 +37,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from metaspec.api.serving import PromptLookup
 from metaspec.artifacts import materialize
 from metaspec.builtin import records
 from metaspec.drafts import Eagle3Draft, is_eagle3, load_eagle3
@@ -104,8 +108,12 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run_hf(target: Any, prompt: list[int], args: argparse.Namespace, assistant: Any = None) -> dict[str, Any]:
+def run_hf(
+    target: Any, prompt: list[int], args: argparse.Namespace, assistant: Any = None, lookup: bool = False
+) -> dict[str, Any]:
     extra: dict[str, Any] = {}
+    if lookup:  # transformers' prompt lookup decoding: k tokens after a match of up to the longest n-gram
+        extra |= {"prompt_lookup_num_tokens": args.k, "max_matching_ngram_size": args.lookup[1]}
     if assistant is not None:
         assistant.generation_config.num_assistant_tokens = args.k
         assistant.generation_config.num_assistant_tokens_schedule = "constant"
@@ -196,8 +204,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--also-k", type=int, nargs="*", default=[], help="more k for `always`: rows ours-always-k<K> (one run)"
     )
-    parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES, help="policies to run")
+    parser.add_argument(
+        "--policies", nargs="+", default=list(POLICIES), choices=[*POLICIES, "adaptive"], help="policies to run"
+    )
     parser.add_argument("--threshold", type=float, default=0.7, help="confidenceThreshold")
+    parser.add_argument(
+        "--lookup",
+        type=int,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        help="also prompt lookup with these minMatch and maxMatch: rows ours-lookup-<adaptive|always> and "
+        "hf-prompt-lookup (transformers' prompt lookup decoding, k tokens, n-grams up to MAX)",
+    )
     parser.add_argument("--compile", action="store_true", help="static cache + torch.compile (CUDA)")
     parser.add_argument(
         "--cache-len", type=int, default=1024, help="static cache length (compiled): attention spans all of it"
@@ -227,6 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     for k in args.also_k:  # another k is another verify length: an engine of its own over the same models
         routing = RoutingPolicy("always", args.threshold, k)
         engines[f"always-k{k}"] = SpeculativeEngine.from_models(target, draft, tokenizer, routing, max_batch=1)
+    if args.lookup:  # no draft model: the batch decoder (the sequential path drafts with models only)
+        lookup = PromptLookup(min_match=args.lookup[0], max_match=args.lookup[1])
+        for policy in ("adaptive", "always"):
+            routing = RoutingPolicy(policy, args.threshold, args.k)
+            engines[f"lookup-{policy}"] = SpeculativeEngine.from_models(target, lookup, tokenizer, routing, max_batch=1)
     # ours first: transformers' own static-cache compilation of the same forward, run before ours,
     # left our compiled `always` path re-recording graphs (10+ s per prompt on the H100)
     methods = {
@@ -235,11 +258,20 @@ def main(argv: list[str] | None = None) -> int:
     }
     if not isinstance(draft, Eagle3Draft):  # transformers' assisted generation takes causal LMs only
         methods["hf-assisted"] = lambda p: run_hf(target, p, args, assistant=draft)
-    runs: dict[str, list[dict[str, Any]]] = {}
-    for name, method in methods.items():
-        method(prompts[0])  # warm-up (and compilation)
-        runs[name] = [method(p) for p in prompts]
-        print(f"  {name}: done", file=sys.stderr)
+    if args.lookup:
+        methods["hf-prompt-lookup"] = lambda p: run_hf(target, p, args, lookup=True)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in methods}
+    if args.compile:  # each method compiles, then runs every prompt: switching can re-record graphs (above)
+        for name, method in methods.items():
+            method(prompts[0])
+            runs[name] = [method(p) for p in prompts]
+    else:  # methods take turns per prompt, so drift in a shared machine's load hits them all alike
+        for method in methods.values():
+            method(prompts[0])  # warm-up
+        for prompt in prompts:
+            for name, method in methods.items():
+                runs[name].append(method(prompt))
+    print(f"  {len(prompts)} prompts x {len(methods)} methods: done", file=sys.stderr)
     stop_ids = set(engines["never"]._stop_ids)
     rows = [summarize(name, r, runs["hf-generate"], stop_ids) for name, r in runs.items()]
     base = {r["method"]: r["tokens_per_second"] for r in rows}

@@ -26,6 +26,8 @@ DEFAULT_CONFIDENCE_THRESHOLD = 0.7
 AUTO = "auto"
 #: The file in a draft's folder that holds its `ThresholdCalibration` (JSON, covered by its manifest).
 CALIBRATION_FILE = "calibration.json"
+#: The policies that read `confidenceThreshold`: the draft model's confidence (prompt lookup has none).
+THRESHOLD_POLICIES = ("first-token", "per-token")
 
 
 class ThresholdCalibration(Model):
@@ -269,9 +271,32 @@ class VllmOptions(Model):
     )
 
 
+class PromptLookup(Model):
+    """Proposals copied from the request itself (prompt lookup decoding; vLLM's `ngram` method)."""
+
+    min_match: int = Field(1, ge=1, le=16, description="Shortest suffix of the sequence that is looked up (n).")
+    max_match: int = Field(5, ge=1, le=16, description="Longest suffix looked up; the longest match wins.")
+
+    @model_validator(mode="after")
+    def _range(self) -> PromptLookup:
+        if self.min_match > self.max_match:
+            raise ValueError(f"`minMatch` ({self.min_match}) must not exceed `maxMatch` ({self.max_match})")
+        return self
+
+
 class SpecServeSpec(WorkloadSpec):
     target: ModelSource = Field(description="The model whose distribution is served.")
     draft: ModelSource | None = Field(None, description="The draft model; same tokenizer as the target.")
+    prompt_lookup: PromptLookup | None = Field(
+        None,
+        description="Speculate without a draft model: the last n tokens of a sequence (maxMatch ≥ n ≥ "
+        "minMatch, longest first) are looked up in its prompt and output so far, and the tokens that "
+        "followed their latest earlier occurrence are proposed. Pays where answers repeat their context "
+        "(extraction, code edits, templated formats) and costs only the verify pass's extra tokens; the "
+        "output distribution is unchanged. Instead of `draft`, under the `adaptive`, `always` or `never` "
+        "policies (the others read a draft model's confidence). With `engine: vllm` it sets "
+        "`vllm.speculativeMethod: ngram`'s prompt_lookup_min/max.",
+    )
     routing: Routing = Field(default_factory=Routing, description="Speculation policy.")
     engine: Literal["metaspec", "vllm"] = Field(
         "metaspec",
@@ -315,8 +340,17 @@ class SpecServeSpec(WorkloadSpec):
     def _engine(self) -> SpecServeSpec:
         if self.engine == "vllm":
             self._check_vllm()
-        elif self.vllm != VllmOptions():
+            return self
+        if self.vllm != VllmOptions():
             raise ValueError("`vllm` applies to `engine: vllm` only")
+        if self.prompt_lookup is not None:
+            if self.draft is not None:
+                raise ValueError("`draft` and `promptLookup` are two ways to propose tokens: set one")
+            if self.routing.policy in THRESHOLD_POLICIES:
+                raise ValueError(
+                    f"`routing.policy: {self.routing.policy}` reads a draft model's confidence; with "
+                    "`promptLookup` use `adaptive`, `always` or `never`"
+                )
         return self
 
     def _check_vllm(self) -> None:
@@ -327,6 +361,8 @@ class SpecServeSpec(WorkloadSpec):
             )
         if (self.draft is None) != (self.vllm.speculative_method == "ngram"):
             raise ValueError("`draft` is required with `engine: vllm`, except with `vllm.speculativeMethod: ngram`")
+        if self.prompt_lookup is not None and self.vllm.speculative_method != "ngram":
+            raise ValueError("`promptLookup` with `engine: vllm` needs `vllm.speculativeMethod: ngram`")
         ref = self.auth.api_key_secret_ref
         if ref is not None and len(ref.keys) > 1:
             raise ValueError(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from metaspec.api import SpecServe
+from metaspec.api.serving import THRESHOLD_POLICIES
 
 POLICIES = ("never", "always", "first-token", "per-token")
 PROMPTS_PER_DIFFICULTY = 3
@@ -118,7 +119,8 @@ def run(
         "maxSpeculativeTokens": resource.spec.routing.max_speculative_tokens,
         "policies": {},
     }
-    for policy in dict.fromkeys([*POLICIES, resource.spec.routing.policy]):  # its own policy, whatever it is
+    policies = [p for p in POLICIES if resource.spec.prompt_lookup is None or p not in THRESHOLD_POLICIES]
+    for policy in dict.fromkeys([*policies, resource.spec.routing.policy]):  # its own policy, whatever it is
         if policy == resource.spec.routing.policy:
             results["policies"][policy] = bench_policy(url, model, prompts, max_tokens)
             continue

@@ -231,7 +231,8 @@ class _Report:
         parts = ["## Speculative serving"]
         for r in servers:
             target, draft = r.status.get("target") or {}, r.status.get("draft") or {}
-            parts.append(f"{r.name}: target `{target.get('uri', '–')}`, draft `{draft.get('uri', '–')}`.")
+            proposer = f"draft `{draft['uri']}`" if draft.get("uri") else "no draft model"
+            parts.append(f"{r.name}: target `{target.get('uri', '–')}`, {proposer}.")
         if bench is None:
             parts.append("_No benchmark was run (`metaspec local run --report` runs it)._")
             return "\n\n".join(parts)

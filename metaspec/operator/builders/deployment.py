@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from metaspec.api import SpecServe
-from metaspec.api.serving import VLLM_API_KEY_ENV
+from metaspec.api.serving import VLLM_API_KEY_ENV, PromptLookup
 from metaspec.artifacts import Uri
 from metaspec.artifacts.uri import PVC_ROOT
 from metaspec.devices import dtype_name
@@ -175,7 +175,8 @@ def _speculative_config(serve: SpecServe, draft: str | None) -> dict[str, Any]:
         "num_speculative_tokens": spec.routing.max_speculative_tokens,
     }
     if spec.vllm.speculative_method == "ngram":
-        return config | {"prompt_lookup_min": 2, "prompt_lookup_max": 5}
+        lookup = spec.prompt_lookup or PromptLookup()
+        return config | {"prompt_lookup_min": lookup.min_match, "prompt_lookup_max": lookup.max_match}
     config["model"] = draft
     if spec.draft is not None and (revision := spec.draft.hub_revision):
         config["revision"] = revision

@@ -324,8 +324,9 @@ class Draft:
     feature_layers: tuple[int, ...] = ()
     max_length: int
 
-    def admit(self, seqs: list[Sequence]) -> list[float]:
-        """Take in the prompts; return the draft's first-token confidences (for `first-token` routing)."""
+    def admit(self, seqs: list[Sequence]) -> list[float | None]:
+        """Take in the prompts; return the draft's first-token confidences (for `first-token` routing; None
+        from a draft without a distribution of its own)."""
         raise NotImplementedError
 
     def catch_up(self, seqs: list[Sequence]) -> None:

@@ -24,16 +24,17 @@ from typing import Any
 
 import torch
 
-from metaspec.api.serving import SpecServeSpec
+from metaspec.api.serving import PromptLookup, SpecServeSpec
 from metaspec.devices import resolve_device
 from metaspec.drafts import Eagle3Draft
 from metaspec.prompts import encode_chat, end_of_turn_ids
 
-from .batch import BatchDecoder, Sequence
+from .batch import BatchDecoder, Draft, Sequence
 from .detokenize import IncrementalDetokenizer, StopStrings
 from .drafts import ModelDraft
 from .eagle import FeatureDraft, FeatureModel
 from .loader import LoadedModel, load_models, shared_vocab
+from .lookup import LookupDraft
 from .protocol import Delta, RequestStats, SamplingParams, TokenLogprob
 from .routing import RoutingPolicy
 from .sampling import Processing
@@ -107,13 +108,14 @@ class SpeculativeEngine:
                 draft.lm.draft if isinstance(draft, FeatureDraft) else draft.lm.model,
                 draft.lm.vocab,
                 draft.lm.max_length,
+                target.device,
             )
             if isinstance(draft, ModelDraft)
             else draft,
             routing,
             engine.max_batch,
         )
-        if engine.max_batch == 1 and not isinstance(draft, FeatureDraft):  # the sequential path drafts tokens
+        if engine.max_batch == 1 and not isinstance(draft, FeatureDraft | LookupDraft):  # sequential: token models
             if self.sequential is not None:  # its compiled graphs, if any, serve every policy
                 target, draft_lm = self.sequential.target, self.sequential.draft
             else:
@@ -132,13 +134,13 @@ class SpeculativeEngine:
         target, draft = load_models(spec, cache_dir, device)
         self.served = {m.role: m for m in (target, draft) if m is not None}
         routing = RoutingPolicy.of(spec.routing, draft.calibration if draft else None, draft.uri if draft else "")
-        if draft is None and routing.uses_draft:
+        if draft is None and spec.prompt_lookup is None and routing.uses_draft:
             log.warning("no draft model: routing %r falls back to target-only decoding", routing.policy)
             routing = RoutingPolicy("never", routing.threshold, routing.max_speculative_tokens)
         limits = spec.sampling
         length = limits.max_prompt_tokens + limits.max_tokens_limit + routing.max_speculative_tokens + 1
-        eagle = draft is not None and isinstance(draft.model, Eagle3Draft)
-        compile = spec.compile and device.type == "cuda" and self.max_batch == 1 and not eagle
+        proposer = draft.model if draft else spec.prompt_lookup
+        compile = spec.compile and device.type == "cuda" and self.max_batch == 1 and _drafts_tokens(proposer)
         if compile:
             # every attention reads the whole static cache: a verify pass at 6150 positions costs 2.2 steps
             # on an H100 (docs/benchmarks.md), so tight limits make speculation pay
@@ -148,8 +150,7 @@ class SpeculativeEngine:
                 "compile: static cache + torch.compile apply on CUDA at maxConcurrency 1 with no draft or a "
                 "separate (causal-LM) draft; decoding eagerly"
             )
-        model, draft_model = target.model, draft.model if draft else None
-        self._build(model, draft_model, target.tokenizer, routing, length if compile else None, compile, length)
+        self._build(target.model, proposer, target.tokenizer, routing, length if compile else None, compile, length)
 
     def _build(
         self,
@@ -161,13 +162,13 @@ class SpeculativeEngine:
         compile: bool,
         cache_length: int | None = None,
     ) -> None:
-        """`cache_length`: positions per sequence in the batch caches (default: the models' own limit)."""
-        vocab = shared_vocab(target, draft, tokenizer)
+        """`draft`: a draft model, a `PromptLookup`, or None. `cache_length`: positions per sequence in the
+        batch caches (default: the models' own limit)."""
+        vocab = shared_vocab(target, draft if _drafts_tokens(draft) else None, tokenizer)
         length = cache_length or static_cache_len or 1 << 20  # SlotModel caps it at max_position_embeddings
-        self.decoder = BatchDecoder(
-            SlotModel(target, vocab, length), _draft(draft, vocab, length), routing, self.max_batch
-        )
-        if self.max_batch == 1 and not isinstance(draft, Eagle3Draft):  # the sequential path drafts tokens only
+        target_lm = SlotModel(target, vocab, length)
+        self.decoder = BatchDecoder(target_lm, _draft(draft, vocab, length, target_lm.device), routing, self.max_batch)
+        if self.max_batch == 1 and _drafts_tokens(draft):  # the sequential path: token-level model drafts only
             options = {"static_cache_len": static_cache_len, "compile": compile}
             options["compile_max_tokens"] = routing.max_speculative_tokens + 1  # verify: 1 pending + k proposals
             draft_lm = CausalLM(draft, vocab, **options) if draft is not None else None
@@ -440,12 +441,19 @@ class _Request:
         self.post(_DONE)
 
 
-def _draft(model: Any | None, vocab: int, length: int) -> ModelDraft | None:
-    """The batch decoder's draft for a loaded draft model: a token-level causal LM or an EAGLE-3 draft."""
+def _drafts_tokens(draft: Any | None) -> bool:
+    """Whether `draft` is absent or a causal LM drafting tokens: what the sequential (compiled) path runs."""
+    return not isinstance(draft, Eagle3Draft | PromptLookup)
+
+
+def _draft(model: Any | None, vocab: int, length: int, device: torch.device) -> Draft | None:
+    """The batch decoder's draft: a token-level causal LM, an EAGLE-3 draft or prompt lookup."""
     if model is None:
         return None
     if isinstance(model, Eagle3Draft):
         return FeatureDraft(FeatureModel(model, vocab, length))
+    if isinstance(model, PromptLookup):
+        return LookupDraft(vocab, model.min_match, model.max_match, length, device)
     return ModelDraft(SlotModel(model, vocab, length))
 
 

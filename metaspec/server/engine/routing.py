@@ -36,13 +36,18 @@ from dataclasses import dataclass, field
 from math import ceil
 from typing import Literal
 
-from metaspec.api.serving import AUTO, CALIBRATION_FILE, DEFAULT_CONFIDENCE_THRESHOLD, Routing, ThresholdCalibration
+from metaspec.api.serving import (
+    AUTO,
+    CALIBRATION_FILE,
+    DEFAULT_CONFIDENCE_THRESHOLD,
+    THRESHOLD_POLICIES,
+    Routing,
+    ThresholdCalibration,
+)
 
 log = logging.getLogger(__name__)
 
 PolicyName = Literal["adaptive", "first-token", "per-token", "always", "never"]
-#: The policies that read `confidenceThreshold`.
-THRESHOLD_POLICIES = ("first-token", "per-token")
 
 
 @dataclass(frozen=True)
@@ -83,10 +88,11 @@ class RoutingPolicy:
         """k is chosen step by step from measurements (`Adaptive`); the draft catches up only when used."""
         return self.policy == "adaptive"
 
-    def speculate_request(self, first_confidence: float) -> bool:
-        """Whether the request decodes speculatively, given the draft's first-token confidence."""
+    def speculate_request(self, first_confidence: float | None) -> bool:
+        """Whether the request decodes speculatively, given the draft's first-token confidence (None: the
+        draft has none, e.g. prompt lookup)."""
         if self.policy == "first-token":
-            return first_confidence >= self.threshold
+            return first_confidence is not None and first_confidence >= self.threshold
         return self.policy != "never"
 
     @property

@@ -337,12 +337,18 @@ def test_vllm_takes_the_specs_limits_defaults_revision_and_extra_args():
     ("method", "draft", "expected"),
     [
         ("eagle3", {"uri": "s3://artifacts/eagle"}, {"method": "eagle3", "model": "/var/cache/metaspec/models/draft"}),
-        ("ngram", None, {"method": "ngram", "prompt_lookup_min": 2, "prompt_lookup_max": 5}),
+        ("ngram", None, {"method": "ngram", "prompt_lookup_min": 1, "prompt_lookup_max": 5}),
     ],
 )
 def test_vllm_speculative_methods(method: str, draft: dict | None, expected: dict):
     argv = vllm_command(vllm_serve(draft=draft, vllm={"speculativeMethod": method}))
     assert json.loads(option(argv, "--speculative-config")) == {**expected, "num_speculative_tokens": 5}
+
+
+def test_vllm_ngram_takes_its_match_lengths_from_prompt_lookup():
+    serve = vllm_serve(draft=None, vllm={"speculativeMethod": "ngram"}, promptLookup={"minMatch": 2, "maxMatch": 3})
+    config = json.loads(option(vllm_command(serve), "--speculative-config"))
+    assert (config["prompt_lookup_min"], config["prompt_lookup_max"]) == (2, 3)
 
 
 @pytest.mark.parametrize(
@@ -356,11 +362,27 @@ def test_vllm_speculative_methods(method: str, draft: dict | None, expected: dic
         ({"routing": {"confidenceThreshold": 0.5}}, "routing.confidenceThreshold` is not used"),
         ({"vllm": {"speculativeMethod": "ngram"}}, "`draft` is required"),  # a draft n-gram would not use
         ({"draft": None}, "`draft` is required"),
+        ({"promptLookup": {}}, "`promptLookup` with `engine: vllm` needs `vllm.speculativeMethod: ngram`"),
     ],
 )
 def test_vllm_refuses_what_it_would_not_honour(spec: dict, error: str):
     with pytest.raises(ValueError, match=error):
         vllm_serve(**spec)
+
+
+@pytest.mark.parametrize(
+    ("spec", "error"),
+    [
+        ({"promptLookup": {}}, "`draft` and `promptLookup` are two ways to propose tokens: set one"),
+        ({"draft": None, "promptLookup": {}, "routing": {"policy": "first-token"}}, "reads a draft model's confidence"),
+        ({"draft": None, "promptLookup": {}, "routing": {"policy": "per-token"}}, "`routing.policy: per-token`"),
+        ({"draft": None, "promptLookup": {"minMatch": 4, "maxMatch": 3}}, r"`minMatch` \(4\) must not exceed"),
+        ({"draft": None, "promptLookup": {"maxMatch": 0}}, "greater than or equal to 1"),
+    ],
+)
+def test_prompt_lookup_refuses_what_it_cannot_do(spec: dict, error: str):
+    with pytest.raises(ValueError, match=error):
+        vllm_serve(engine="metaspec", **spec)
 
 
 def test_vllm_options_need_engine_vllm():

@@ -18,7 +18,7 @@ import torch
 from test_speculative_sampling import ALPHA, LENGTH, PROMPT, exact_distribution, g_test_p_value
 
 from metaspec.server.engine import speculative
-from metaspec.server.engine.batch import BatchDecoder, Sequence, SequenceFailed, finite_rows
+from metaspec.server.engine.batch import BatchDecoder, Draft, Sequence, SequenceFailed, finite_rows
 from metaspec.server.engine.drafts import ModelDraft
 from metaspec.server.engine.routing import RoutingPolicy
 from metaspec.server.engine.sampling import Processing
@@ -31,8 +31,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def decoder(target, draft, routing: RoutingPolicy, max_batch: int) -> BatchDecoder:
-    model_draft = ModelDraft(SlotModel(draft, VOCAB, 64)) if draft is not None else None
-    return BatchDecoder(SlotModel(target, VOCAB, 64), model_draft, routing, max_batch)
+    """`draft`: a causal LM (drafting through `ModelDraft`), another kind of `Draft`, or None."""
+    if draft is not None and not isinstance(draft, Draft):
+        draft = ModelDraft(SlotModel(draft, VOCAB, 64))
+    return BatchDecoder(SlotModel(target, VOCAB, 64), draft, routing, max_batch)
 
 
 @dataclass
@@ -142,18 +144,20 @@ def test_an_adaptive_probe_drafts_for_a_few_sequences_only(
     assert all(s.stats.proposed_tokens for s in seqs)
 
 
-def mixed_batch(target, draft, routing: RoutingPolicy, proc: Processing, samples: int) -> Counter:
-    """Completions of PROMPT sampled under `proc`, each decoded in a batch with other requests: greedy
+def mixed_batch(
+    target, draft, routing: RoutingPolicy, proc: Processing, samples: int, prompt: list[int] = PROMPT
+) -> Counter:
+    """Completions of `prompt` sampled under `proc`, each decoded in a batch with other requests: greedy
     and sampled, longer prompts and budgets, arriving in between."""
     dec = decoder(target, draft, routing, max_batch=12)
     jobs: list[Job] = []
     for i in range(samples):
-        jobs.append(Job(i // 8, PROMPT, proc, LENGTH, seed=i))
+        jobs.append(Job(i // 8, prompt, proc, LENGTH, seed=i))
         if i % 4 == 0:
             other = Processing(0.0) if i % 8 == 0 else Processing(0.8, 0.9, 1.1)
             jobs.append(Job(i // 8, [i % VOCAB, 5, 6, 7, 1][: 2 + i % 4], other, 2 + i % 7, seed=-i))
     run(dec, jobs)
-    return Counter(tuple(j.out) for j in jobs if j.prompt == PROMPT and j.proc == proc)
+    return Counter(tuple(j.out) for j in jobs if j.prompt == prompt and j.proc == proc)
 
 
 CASES = {

@@ -34,16 +34,18 @@ SAMPLES = 600
 
 
 @torch.inference_mode()
-def exact_distribution(model: torch.nn.Module, proc: Processing) -> dict[tuple[int, ...], float]:
-    """P(x_1..x_LENGTH | PROMPT) under target-only sampling, by enumeration."""
+def exact_distribution(
+    model: torch.nn.Module, proc: Processing, prompt: list[int] = PROMPT
+) -> dict[tuple[int, ...], float]:
+    """P(x_1..x_LENGTH | prompt) under target-only sampling, by enumeration."""
     vocab = model.config.vocab_size
     probs: dict[tuple[int, ...], float] = {(): 1.0}
     for _ in range(LENGTH):
         nxt = {}
         for prefix, mass in probs.items():
-            context = torch.tensor(PROMPT + list(prefix))
+            context = torch.tensor(prompt + list(prefix))
             logits = model(context[None]).logits[0, -1:]
-            step = reference_probs(logits, torch.tensor(PROMPT), torch.tensor(prefix, dtype=torch.long), proc)[0]
+            step = reference_probs(logits, torch.tensor(prompt), torch.tensor(prefix, dtype=torch.long), proc)[0]
             for token in range(vocab):
                 nxt[(*prefix, token)] = mass * step[token].item()
         probs = nxt

@@ -1,0 +1,116 @@
+"""Prompt lookup: what it proposes, and that decoding with it stays exact in a mixed batch.
+
+Exactness is checked as for model drafts (`test_batch.py`, tiny random Llamas with a vocabulary of 8,
+where repeated n-grams are everywhere): greedy completions equal the target's `generate`, sampled ones
+pass the G-test against the target's exact distribution, and a broken rejection rule fails it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_batch import CASES, VOCAB, decoder, greedy_jobs, mixed_batch, run, target_greedy
+from test_speculative_sampling import ALPHA, exact_distribution, g_test_p_value
+
+from metaspec.server.engine import speculative
+from metaspec.server.engine.batch import Sequence
+from metaspec.server.engine.lookup import LookupDraft
+from metaspec.server.engine.routing import RoutingPolicy
+from metaspec.server.engine.sampling import Processing
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+#: "1 2 3" followed by the tiny target's own greedy continuation of it, then "1 2 3" again: lookup
+#: proposes that continuation, which the target accepts about 60% of the time when sampling at t = 1, so
+#: acceptances, rejections and residual draws all occur (the broken-rule test fails without them).
+PROMPT = [1, 2, 3, 4, 4, 3, 1, 2, 3]
+
+
+def lookup(min_match: int = 1, max_match: int = 3, vocab: int = VOCAB) -> LookupDraft:
+    return LookupDraft(vocab, min_match, max_match, 64, torch.device("cpu"))
+
+
+def proposed(draft: LookupDraft, tokens: list[int], k: int, proc: Processing | None = None) -> list[int]:
+    seq = Sequence(tokens, proc or Processing(), 16, lambda new: False)
+    return draft.propose([seq], [k], None)[0].tokens
+
+
+@pytest.mark.parametrize(
+    ("tokens", "k", "expected"),
+    [
+        ([1, 2, 3, 9, 1, 2, 3, 7, 5, 1, 2, 3], 3, [7, 5, 1]),  # the latest earlier occurrence
+        ([5, 3, 8, 2, 3, 6, 5, 3], 3, [8, 2, 3]),  # "5 3" beats the later "3": the longest match wins
+        ([4, 5, 4, 5], 3, [4, 5]),  # what follows the match, up to the sequence's end
+        ([1, 2, 3, 4], 3, []),  # nothing repeats
+        ([7], 3, []),
+    ],
+)
+def test_proposes_what_followed_the_latest_longest_match(tokens: list[int], k: int, expected: list[int]) -> None:
+    assert proposed(lookup(1, 2), tokens, k) == expected
+
+
+def test_min_match_ignores_shorter_repeats_and_max_match_bounds_the_key() -> None:
+    assert proposed(lookup(2, 3), [6, 1, 2, 3, 1], 2) == []  # only "1" repeats
+    # "4 1 2 3" repeats, but keys are at most 2 long: the latest "2 3" is followed by 0
+    assert proposed(lookup(1, 2), [4, 1, 2, 3, 6, 2, 3, 0, 4, 1, 2, 3], 1) == [0]
+    assert proposed(lookup(1, 4), [4, 1, 2, 3, 6, 2, 3, 0, 4, 1, 2, 3], 1) == [6]
+
+
+def test_the_index_follows_the_sequence_as_it_grows() -> None:
+    draft = lookup(1, 2)
+    seq = Sequence([3, 1, 4], Processing(), 16, lambda new: False)
+    assert draft.propose([seq], [2], None)[0].tokens == []
+    seq.tokens += [1, 5]  # "1" now followed by 4 (at 1) and by 5 (at 3), "5" is new
+    assert draft.propose([seq], [2], None)[0].tokens == []
+    seq.tokens += [3, 1]  # "3 1" seen at the start
+    assert draft.propose([seq], [3], None)[0].tokens == [4, 1, 5]
+
+
+def test_sampled_proposals_carry_their_one_hot_distribution() -> None:
+    made = lookup(1, 2, vocab=10).propose(
+        [Sequence([2, 9, 4, 2, 9], Processing(1.0), 16, lambda new: False)], [2], None
+    )[0]
+    assert made.tokens == [4, 2]
+    assert made.q is not None and made.q.shape == (2, 10)
+    assert made.q.sum(-1).tolist() == [1.0, 1.0] and made.q[0, 4] == 1 and made.q[1, 2] == 1
+
+
+def test_match_lengths_are_checked() -> None:
+    with pytest.raises(ValueError, match="1 ≤ minMatch ≤ maxMatch"):
+        lookup(3, 2)
+
+
+ROUTINGS = {"always": RoutingPolicy("always", 0.5, 3), "adaptive": RoutingPolicy("adaptive", 0.5, 3)}
+
+
+@pytest.mark.parametrize("name", ROUTINGS)
+@pytest.mark.parametrize("penalty", [1.0, 1.3])
+@pytest.mark.usefixtures("any_k")
+def test_greedy_with_lookup_in_a_batch_equals_target_greedy(name: str, penalty: float, tiny_target) -> None:
+    dec = decoder(tiny_target, lookup(), ROUTINGS[name], max_batch=5)
+    jobs = greedy_jobs(penalty)
+    run(dec, jobs)
+    for job in jobs:
+        expected = target_greedy(tiny_target, job)
+        assert job.out[: len(expected)] == expected, (job.prompt, job.seq.stats if job.seq else None)
+        assert len(job.out) == job.budget
+    proposals = sum(j.seq.stats.proposed_tokens for j in jobs if j.seq)
+    accepted = sum(j.seq.stats.accepted_tokens for j in jobs if j.seq)
+    assert 0 < accepted < proposals  # acceptances and rejections both happened
+
+
+@pytest.mark.parametrize("case", ["always-t1", "adaptive-penalty"])
+@pytest.mark.usefixtures("any_k")
+def test_sampling_with_lookup_in_a_mixed_batch_matches_target_distribution(case: str, tiny_target) -> None:
+    routing, proc = CASES[case]
+    counts = mixed_batch(tiny_target, lookup(), routing, proc, samples=1500, prompt=PROMPT)
+    assert sum(counts.values()) == 1500
+    assert g_test_p_value(counts, exact_distribution(tiny_target, proc, PROMPT)) >= ALPHA
+
+
+def test_a_broken_rule_is_detected_with_lookup(tiny_target, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Drawing from p instead of the residual after a rejected proposal favours the proposed token."""
+    monkeypatch.setattr(speculative, "residual_distribution", lambda p, q: p)
+    routing, proc = CASES["always-t1"]
+    counts = mixed_batch(tiny_target, lookup(), routing, proc, samples=1500, prompt=PROMPT)
+    assert g_test_p_value(counts, exact_distribution(tiny_target, proc, PROMPT)) < ALPHA
