@@ -48,6 +48,7 @@ from metaspec_testing.models import cut_draft
 
 RESULTS = Path(__file__).parent / "results"
 POLICIES = ("never", "always", "first-token", "per-token")
+WARM_UP = "Say hello in three languages."
 GENERAL_PROMPTS = [
     "What is the capital of France?",
     "Explain photosynthesis in two sentences.",
@@ -216,6 +217,13 @@ def main(argv: list[str] | None = None) -> int:
         help="also prompt lookup with these minMatch and maxMatch: rows ours-lookup-<adaptive|always> and "
         "hf-prompt-lookup (transformers' prompt lookup decoding, k tokens, n-grams up to MAX)",
     )
+    parser.add_argument(
+        "--lookup-history",
+        type=int,
+        default=0,
+        help="with --lookup, also row ours-lookup-history-adaptive: promptLookup.history of this many tokens "
+        "(the engine keeps the prompts decoded before, in the order they run)",
+    )
     parser.add_argument("--compile", action="store_true", help="static cache + torch.compile (CUDA)")
     parser.add_argument(
         "--cache-len", type=int, default=1024, help="static cache length (compiled): attention spans all of it"
@@ -246,10 +254,13 @@ def main(argv: list[str] | None = None) -> int:
         routing = RoutingPolicy("always", args.threshold, k)
         engines[f"always-k{k}"] = SpeculativeEngine.from_models(target, draft, tokenizer, routing, max_batch=1)
     if args.lookup:  # no draft model: the batch decoder (the sequential path drafts with models only)
-        lookup = PromptLookup(min_match=args.lookup[0], max_match=args.lookup[1])
-        for policy in ("adaptive", "always"):
+        variants = {"lookup-adaptive": ("adaptive", 0), "lookup-always": ("always", 0)}
+        if args.lookup_history:
+            variants["lookup-history-adaptive"] = ("adaptive", args.lookup_history)
+        for name, (policy, history) in variants.items():
+            lookup = PromptLookup(min_match=args.lookup[0], max_match=args.lookup[1], history=history)
             routing = RoutingPolicy(policy, args.threshold, args.k)
-            engines[f"lookup-{policy}"] = SpeculativeEngine.from_models(target, lookup, tokenizer, routing, max_batch=1)
+            engines[name] = SpeculativeEngine.from_models(target, lookup, tokenizer, routing, max_batch=1)
     # ours first: transformers' own static-cache compilation of the same forward, run before ours,
     # left our compiled `always` path re-recording graphs (10+ s per prompt on the H100)
     methods = {
@@ -266,8 +277,9 @@ def main(argv: list[str] | None = None) -> int:
             method(prompts[0])
             runs[name] = [method(p) for p in prompts]
     else:  # methods take turns per prompt, so drift in a shared machine's load hits them all alike
+        warm_up = chat_prompt_ids(tokenizer, WARM_UP)  # not a measured prompt: lookup's history would know it
         for method in methods.values():
-            method(prompts[0])  # warm-up
+            method(warm_up)
         for prompt in prompts:
             for name, method in methods.items():
                 runs[name].append(method(prompt))

@@ -276,6 +276,16 @@ class PromptLookup(Model):
 
     min_match: int = Field(1, ge=1, le=16, description="Shortest suffix of the sequence that is looked up (n).")
     max_match: int = Field(5, ge=1, le=16, description="Longest suffix looked up; the longest match wins.")
+    history: int = Field(
+        0,
+        ge=0,
+        le=1 << 20,
+        description="Tokens of the latest finished requests (prompt and output) each replica keeps and also "
+        "looks in, after the request's own tokens: answers in a fixed format or to recurring questions then "
+        "speed each other up (about 20 bytes of index per token and match length). Other requests' text "
+        "changes how fast a request decodes, never what it emits; where tenants must not learn about each "
+        "other's text, keep 0 (the default): timing can tell whether a continuation was seen before.",
+    )
 
     @model_validator(mode="after")
     def _range(self) -> PromptLookup:

@@ -170,6 +170,8 @@ class BatchDecoder:
     def _drop_finished(self) -> None:
         """Remove finished/cancelled sequences, moving the last ones into their slots (stay packed)."""
         for seq in [s for s in self.running if s.done or s.cancelled]:
+            if self.draft is not None and seq.error is None:
+                self.draft.finish(seq)
             last = self.running.pop()
             if last is not seq:
                 self.running[seq.slot] = last
@@ -348,6 +350,9 @@ class Draft:
 
     def move(self, source: int, target: int) -> None:
         """The sequence in slot `source` now lives in slot `target`."""
+
+    def finish(self, seq: Sequence) -> None:
+        """`seq` leaves the batch, finished or cancelled (not failed), its tokens final."""
 
     def clear(self, slot: int) -> None:
         """The sequence in `slot` failed: forget what it left."""

@@ -103,17 +103,7 @@ class SpeculativeEngine:
         engine.tokenizer, engine.served, engine._stop_ids = self.tokenizer, self.served, self._stop_ids
         target, draft = self.decoder.target, self.decoder.draft
         engine.decoder = BatchDecoder(
-            SlotModel(target.model, target.vocab, target.max_length),
-            _draft(
-                draft.lm.draft if isinstance(draft, FeatureDraft) else draft.lm.model,
-                draft.lm.vocab,
-                draft.lm.max_length,
-                target.device,
-            )
-            if isinstance(draft, ModelDraft)
-            else draft,
-            routing,
-            engine.max_batch,
+            SlotModel(target.model, target.vocab, target.max_length), _renewed(draft), routing, engine.max_batch
         )
         if engine.max_batch == 1 and not isinstance(draft, FeatureDraft | LookupDraft):  # sequential: token models
             if self.sequential is not None:  # its compiled graphs, if any, serve every policy
@@ -453,8 +443,18 @@ def _draft(model: Any | None, vocab: int, length: int, device: torch.device) -> 
     if isinstance(model, Eagle3Draft):
         return FeatureDraft(FeatureModel(model, vocab, length))
     if isinstance(model, PromptLookup):
-        return LookupDraft(vocab, model.min_match, model.max_match, length, device)
+        return LookupDraft(model, vocab, length, device)
     return ModelDraft(SlotModel(model, vocab, length))
+
+
+def _renewed(draft: Draft | None) -> Draft | None:
+    """A draft of the same model or lookup as `draft`, with state of its own (caches, history)."""
+    if isinstance(draft, ModelDraft):
+        lm = draft.lm
+        return _draft(lm.draft if isinstance(draft, FeatureDraft) else lm.model, lm.vocab, lm.max_length, lm.device)
+    if isinstance(draft, LookupDraft):
+        return _draft(draft.lookup, draft.vocab, draft.max_length, draft.device)
+    return None
 
 
 def _until_end(tokens: list[int], ends: frozenset[int]) -> tuple[list[int], int]:

@@ -1,18 +1,23 @@
-"""Prompt lookup: proposals copied from the request itself, no draft model (Saxena 2023; vLLM's `ngram`).
+"""Prompt lookup: proposals copied from text already seen, no draft model (Saxena 2023; vLLM's `ngram`).
 
 The last n tokens of a sequence (n from `max_match` down to `min_match`) are looked up among its
 earlier tokens, prompt and output alike; at the most recent earlier occurrence, the tokens that followed
-it are the proposals. Answers that quote their prompt, code that repeats its identifiers and formats
-that repeat their skeleton are where it pays; a proposal costs only its share of the verify pass.
+it are the proposals. With `history` > 0 the replica also keeps the tokens of its last finished requests
+(about `history` of them) and looks there when the sequence itself has no match of that length, as
+suffix decoding does across requests (Oliaro et al. 2024): answers in a fixed format, or to the same
+questions, then speed each other up. Answers that quote their prompt, code that repeats its
+identifiers and formats that repeat their skeleton are where it pays; a proposal costs only its share
+of the verify pass.
 
 Exactness: a proposal is a fixed token, i.e. a draft distribution q that puts all its mass on it. Under
 greedy decoding the target's argmax decides as for any draft; under sampling the rejection rule accepts
 x with probability min(1, p(x) / q(x)) = p(x) and otherwise draws from the residual max(p − q, 0), which
 is p without x, renormalised: the emitted token is distributed as p (`speculative.speculative_accept`).
+Other requests' text changes how fast a request decodes, never what it emits.
 
-Per sequence, an index maps every n-gram of its tokens to the position after its latest occurrence,
-extended as the sequence grows (its tokens only ever grow: rejected proposals never enter them), so a
-lookup costs `max_match − min_match + 1` dictionary reads and a round costs nothing on the accelerator.
+An index maps every n-gram of a token list to the position after its latest occurrence, extended as the
+list grows (a sequence's tokens only ever grow: rejected proposals never enter them), so a lookup costs
+`max_match − min_match + 1` dictionary reads per source and a round costs nothing on the accelerator.
 """
 
 from __future__ import annotations
@@ -22,29 +27,48 @@ from dataclasses import dataclass, field
 
 import torch
 
+from metaspec.api.serving import PromptLookup
+
 from .batch import Draft, Proposal, Sequence
+
+#: Ends each finished request in the shared history: no n-gram crosses it, no proposal runs past it.
+_END = -1
 
 
 @dataclass
 class _Index:
     """n-gram (as a tuple) -> the position after its latest occurrence, over `tokens[:covered]`."""
 
+    min_match: int
+    max_match: int
     grams: dict[tuple[int, ...], int] = field(default_factory=dict)
     covered: int = 0
+
+    def find(self, tokens: list[int], key: tuple[int, ...]) -> int | None:
+        """Where what followed `key`'s latest occurrence in `tokens` starts, after indexing what is new
+        (every n-gram that something follows: those ending before the last token)."""
+        for end in range(self.covered, len(tokens)):
+            for n in range(self.min_match, min(self.max_match, end) + 1):
+                self.grams[tuple(tokens[end - n : end])] = end
+        self.covered = max(self.covered, len(tokens))
+        return self.grams.get(key)
 
 
 class LookupDraft(Draft):
     """Proposes the continuation of the latest earlier occurrence of the sequence's last n tokens."""
 
-    def __init__(self, vocab: int, min_match: int, max_match: int, max_length: int, device: torch.device) -> None:
-        if not 1 <= min_match <= max_match:
-            raise ValueError(f"prompt lookup needs 1 ≤ minMatch ≤ maxMatch; got {min_match} and {max_match}")
+    def __init__(self, lookup: PromptLookup, vocab: int, max_length: int, device: torch.device) -> None:
+        self.lookup = lookup
         self.vocab = vocab
-        self.min_match = min_match
-        self.max_match = max_match
         self.max_length = max_length
         self.device = device
-        self._indexes: weakref.WeakKeyDictionary[Sequence, _Index] = weakref.WeakKeyDictionary()
+        self._own: weakref.WeakKeyDictionary[Sequence, _Index] = weakref.WeakKeyDictionary()
+        self._past: list[int] = []
+        """Finished requests' tokens, each followed by `_END`: the newest `lookup.history` or a little more."""
+        self._past_index = self._index()
+
+    def _index(self) -> _Index:
+        return _Index(self.lookup.min_match, self.lookup.max_match)
 
     def admit(self, seqs: list[Sequence]) -> list[float | None]:
         """No model, no confidence (the spec refuses `first-token` and `per-token` with prompt lookup)."""
@@ -61,16 +85,28 @@ class LookupDraft(Draft):
             proposals.append(Proposal(tokens, q))
         return proposals
 
+    def finish(self, seq: Sequence) -> None:
+        """Keep a finished request's tokens for the others (with `history`), dropping the oldest requests
+        once the kept tokens are twice `history` (re-indexing then costs what indexing them did)."""
+        history = self.lookup.history
+        if not history:
+            return
+        self._past += [*seq.tokens, _END]
+        if len(self._past) > 2 * history:
+            cut = self._past.index(_END, len(self._past) - history - 1) + 1
+            self._past, self._past_index = self._past[cut:], self._index()
+
     def _continuation(self, seq: Sequence, k: int) -> list[int]:
         tokens = seq.tokens
-        index = self._indexes.setdefault(seq, _Index())
-        # index every n-gram that something follows: those ending before the last token
-        for end in range(index.covered, len(tokens)):
-            for n in range(self.min_match, min(self.max_match, end) + 1):
-                index.grams[tuple(tokens[end - n : end])] = end
-        index.covered = len(tokens)
-        for n in range(min(self.max_match, len(tokens) - 1), self.min_match - 1, -1):
-            start = index.grams.get(tuple(tokens[-n:]))
-            if start is not None:
+        own = self._own.setdefault(seq, self._index())
+        for n in range(min(self.lookup.max_match, len(tokens)), self.lookup.min_match - 1, -1):
+            key = tuple(tokens[-n:])
+            if (start := own.find(tokens, key)) is not None:
                 return tokens[start : start + k]
+            if self._past and (start := self._past_index.find(self._past, key)) is not None:
+                found = self._past[start : start + k]
+                if _END in found:
+                    found = found[: found.index(_END)]
+                if found:
+                    return found
         return []

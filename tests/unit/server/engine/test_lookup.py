@@ -12,6 +12,7 @@ import torch
 from test_batch import CASES, VOCAB, decoder, greedy_jobs, mixed_batch, run, target_greedy
 from test_speculative_sampling import ALPHA, exact_distribution, g_test_p_value
 
+from metaspec.api.serving import PromptLookup
 from metaspec.server.engine import speculative
 from metaspec.server.engine.batch import Sequence
 from metaspec.server.engine.lookup import LookupDraft
@@ -26,8 +27,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 PROMPT = [1, 2, 3, 4, 4, 3, 1, 2, 3]
 
 
-def lookup(min_match: int = 1, max_match: int = 3, vocab: int = VOCAB) -> LookupDraft:
-    return LookupDraft(vocab, min_match, max_match, 64, torch.device("cpu"))
+def lookup(min_match: int = 1, max_match: int = 3, vocab: int = VOCAB, history: int = 0) -> LookupDraft:
+    spec = PromptLookup(min_match=min_match, max_match=max_match, history=history)
+    return LookupDraft(spec, vocab, 64, torch.device("cpu"))
+
+
+def finished(draft: LookupDraft, tokens: list[int]) -> None:
+    draft.finish(Sequence(tokens, Processing(), 16, lambda new: False))
 
 
 def proposed(draft: LookupDraft, tokens: list[int], k: int, proc: Processing | None = None) -> list[int]:
@@ -75,19 +81,38 @@ def test_sampled_proposals_carry_their_one_hot_distribution() -> None:
     assert made.q.sum(-1).tolist() == [1.0, 1.0] and made.q[0, 4] == 1 and made.q[1, 2] == 1
 
 
-def test_match_lengths_are_checked() -> None:
-    with pytest.raises(ValueError, match="1 ≤ minMatch ≤ maxMatch"):
-        lookup(3, 2)
+def test_history_lends_finished_requests_continuations() -> None:
+    draft = lookup(1, 2, history=100)
+    finished(draft, [5, 6, 1, 2, 3])
+    assert proposed(draft, [7, 1, 2], 3) == [3]  # not past the end of the finished request
+    assert proposed(draft, [7, 6, 1], 3) == [2, 3]
+    assert proposed(draft, [7, 0, 6, 1, 4, 7, 0], 2) == [6, 1]  # its own "7 0" first
+    assert proposed(draft, [7, 0, 5, 1, 7, 6, 1], 2) == [2, 3]  # a longer match elsewhere beats its own "1"
+    assert proposed(lookup(1, 2), [7, 6, 1], 3) == []  # no history: its own tokens only
+    no_history = lookup(1, 2)
+    finished(no_history, [5, 6, 1, 2, 3])
+    assert proposed(no_history, [7, 6, 1], 3) == []
+
+
+def test_history_keeps_the_latest_requests_only() -> None:
+    draft = lookup(1, 1, history=10)
+    for first in range(8):  # requests of 4 tokens (5 with their end): the newest 2-3 fit in 10-20
+        finished(draft, [first, 40 + first, 41, 42])
+    assert proposed(draft, [0], 2) == [] and proposed(draft, [5], 2) == []
+    assert proposed(draft, [7], 2) == [47, 41]
+    assert len(draft._past) <= 20
 
 
 ROUTINGS = {"always": RoutingPolicy("always", 0.5, 3), "adaptive": RoutingPolicy("adaptive", 0.5, 3)}
 
 
 @pytest.mark.parametrize("name", ROUTINGS)
-@pytest.mark.parametrize("penalty", [1.0, 1.3])
+@pytest.mark.parametrize(("penalty", "history"), [(1.0, 0), (1.3, 0), (1.0, 64)])
 @pytest.mark.usefixtures("any_k")
-def test_greedy_with_lookup_in_a_batch_equals_target_greedy(name: str, penalty: float, tiny_target) -> None:
-    dec = decoder(tiny_target, lookup(), ROUTINGS[name], max_batch=5)
+def test_greedy_with_lookup_in_a_batch_equals_target_greedy(
+    name: str, penalty: float, history: int, tiny_target
+) -> None:
+    dec = decoder(tiny_target, lookup(history=history), ROUTINGS[name], max_batch=5)
     jobs = greedy_jobs(penalty)
     run(dec, jobs)
     for job in jobs:
@@ -99,11 +124,14 @@ def test_greedy_with_lookup_in_a_batch_equals_target_greedy(name: str, penalty: 
     assert 0 < accepted < proposals  # acceptances and rejections both happened
 
 
-@pytest.mark.parametrize("case", ["always-t1", "adaptive-penalty"])
+@pytest.mark.parametrize(("case", "history"), [("always-t1", 0), ("adaptive-penalty", 0), ("always-t1", 256)])
 @pytest.mark.usefixtures("any_k")
-def test_sampling_with_lookup_in_a_mixed_batch_matches_target_distribution(case: str, tiny_target) -> None:
+def test_sampling_with_lookup_in_a_mixed_batch_matches_target_distribution(
+    case: str, history: int, tiny_target
+) -> None:
+    """With `history`, a request's proposals also come from the requests that finished before it."""
     routing, proc = CASES[case]
-    counts = mixed_batch(tiny_target, lookup(), routing, proc, samples=1500, prompt=PROMPT)
+    counts = mixed_batch(tiny_target, lookup(history=history), routing, proc, samples=1500, prompt=PROMPT)
     assert sum(counts.values()) == 1500
     assert g_test_p_value(counts, exact_distribution(tiny_target, proc, PROMPT)) >= ALPHA
 
