@@ -1,11 +1,13 @@
 """The demo's short benchmark: the same greedy prompts from `builtin://eval` under every routing policy.
 
 The router takes its policy from its config (a request cannot override it), so the benchmark runs
-client-side against one server per policy, one after another: the pipeline's own server for its
-policy, and a server started from the same config with only `routing.policy` changed for the others.
-Greedy decoding makes every policy's output identical to target-only decoding (`never`); the
-benchmark checks that, and measures what changes: tokens/s, acceptance and speculation rate, and the
-draft's first-token confidence on easy and hard prompts (the seed's routing hypothesis).
+client-side against one server per policy: the pipeline's own server for its policy, and a server
+started from the same config with only `routing.policy` changed for each other one. All of them run at
+once and take turns prompt by prompt, so drift in the machine's load hits every policy alike (one
+request decodes at a time). Greedy decoding makes every policy's output identical to target-only
+decoding (`never`); the benchmark checks that, and measures what changes: tokens/s, acceptance and
+speculation rate, and the draft's first-token confidence on easy and hard prompts (the seed's routing
+hypothesis).
 """
 
 from __future__ import annotations
@@ -60,27 +62,30 @@ def chat(url: str, model: str, prompt: str, max_tokens: int) -> tuple[dict[str, 
     return reply, time.perf_counter() - start
 
 
-def bench_policy(url: str, model: str, prompts: list[dict[str, Any]], max_tokens: int) -> dict[str, Any]:
-    """Every prompt once (after one warm-up request, not one of them: prompt lookup's history would
-    know it); per-request records and their totals."""
-    chat(url, model, WARM_UP, 4)
-    requests = []
+def bench_policies(urls: dict[str, str], model: str, prompts: list[dict[str, Any]], max_tokens: int) -> dict:
+    """Every prompt once per policy (`urls`: policy -> its server), the policies taking turns, after one
+    warm-up request each (not a measured prompt: prompt lookup's history would know it); per policy,
+    the per-request records and their totals."""
+    for url in urls.values():
+        chat(url, model, WARM_UP, 4)
+    requests: dict[str, list[dict[str, Any]]] = {policy: [] for policy in urls}
     for prompt in prompts:
-        reply, seconds = chat(url, model, prompt["input"], max_tokens)
-        info = reply.get("metaspec") or {}
-        requests.append(
-            {
-                **{k: prompt[k] for k in ("id", "domain", "difficulty")},
-                "seconds": seconds,
-                "completionTokens": reply["usage"]["completion_tokens"],
-                "route": info.get("route"),
-                "proposedTokens": info.get("proposed_tokens", 0),
-                "acceptedTokens": info.get("accepted_tokens", 0),
-                "firstTokenConfidence": info.get("first_token_confidence"),
-                "text": reply["choices"][0]["message"]["content"],
-            }
-        )
-    return {"requests": requests, **summarize(requests)}
+        for policy, url in urls.items():
+            reply, seconds = chat(url, model, prompt["input"], max_tokens)
+            info = reply.get("metaspec") or {}
+            requests[policy].append(
+                {
+                    **{k: prompt[k] for k in ("id", "domain", "difficulty")},
+                    "seconds": seconds,
+                    "completionTokens": reply["usage"]["completion_tokens"],
+                    "route": info.get("route"),
+                    "proposedTokens": info.get("proposed_tokens", 0),
+                    "acceptedTokens": info.get("accepted_tokens", 0),
+                    "firstTokenConfidence": info.get("first_token_confidence"),
+                    "text": reply["choices"][0]["message"]["content"],
+                }
+            )
+    return {policy: {"requests": r, **summarize(r)} for policy, r in requests.items()}
 
 
 def summarize(requests: list[dict[str, Any]]) -> dict[str, Any]:
@@ -121,16 +126,20 @@ def run(
         "maxSpeculativeTokens": resource.spec.routing.max_speculative_tokens,
         "policies": {},
     }
+    own = resource.spec.routing.policy
     policies = [p for p in POLICIES if resource.spec.prompt_lookup is None or p not in THRESHOLD_POLICIES]
-    for policy in dict.fromkeys([*policies, resource.spec.routing.policy]):  # its own policy, whatever it is
-        if policy == resource.spec.routing.policy:
-            results["policies"][policy] = bench_policy(url, model, prompts, max_tokens)
-            continue
-        variant = _with_policy(config, policy)
-        child, other = start_server(variant, config.parent / f"bench-{policy}.log", env, server_args)
-        try:
-            results["policies"][policy] = bench_policy(other, model, prompts, max_tokens)
-        finally:
+    urls, children = {}, []
+    try:
+        for policy in dict.fromkeys([*policies, own]):  # its own policy, whatever it is
+            if policy == own:
+                urls[policy] = url
+                continue
+            variant = _with_policy(config, policy)
+            child, urls[policy] = start_server(variant, config.parent / f"bench-{policy}.log", env, server_args)
+            children.append(child)
+        results["policies"] = bench_policies(urls, model, prompts, max_tokens)
+    finally:
+        for child in children:
             child.stop(10)
     reference = [r["text"] for r in results["policies"]["never"]["requests"]]
     for stats in results["policies"].values():
