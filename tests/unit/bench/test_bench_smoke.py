@@ -1,5 +1,6 @@
-"""The method benchmarks (`bench/method.py`, `teacher.py`, `routing.py`) and the trainer's scaling
-(`bench/trainer.py --nproc`) end to end on tiny random Llamas.
+"""The method benchmarks (`bench/method.py`, `teacher.py`, `routing.py`), prompt lookup's settings
+(`bench/lookup.py`) and the trainer's scaling (`bench/trainer.py --nproc`) end to end on tiny random
+Llamas.
 
 They check that every arm and configuration runs through the real trainer, generator and engine code
 and that the figures the docs quote are computed from what ran (budgets, shares, exactness); the
@@ -101,3 +102,15 @@ def test_routing_measures_every_policy_exactly(tiny_llama: Path, tiny_draft_llam
     for request in result["requests"]:
         assert request["first_token_confidence"] == pytest.approx(request["first_token_confidence_recomputed"])
     assert result["confidence"]["first_token_confidence"]["correlation_with_acceptance"]["n"] == 3
+
+
+def test_lookup_settings_decode_exactly(tiny_llama: Path, tmp_path: Path) -> None:
+    out = tmp_path / "lookup.json"
+    argv = ["--target", str(tiny_llama), "--max-tokens", "8", "--min-match", "1", "--history", "0", "64"]
+    argv += ["-k", "2", "--rounds", "1", "--threads", "1", "--out", str(out)]
+    assert script("lookup").main(argv) == 0  # non-zero when any setting's greedy output differs from `never`
+
+    rows = {row["setting"]: row for row in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"never", "min1-history0-k2", "min1-history64-k2"}
+    assert rows["never"]["tokens_per_pass"] == 1 and rows["never"]["speedup_vs_never_median"] == 1
+    assert all(row["mismatches"] == 0 and row["tokens_per_pass"] >= 1 for row in rows.values())
