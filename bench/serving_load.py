@@ -12,6 +12,8 @@ Systems, each with a fresh engine per cell over the same loaded models:
   the shipped default; `default` measures whatever `Routing()` is);
 - `batch-1`: the engine at maxConcurrency 1 (one request at a time through the sequential decoder,
   target-only: the fastest policy of the one-at-a-time engine on CPU);
+- `lookup:<policy>` (with `--lookup`): the engine with prompt lookup in place of the draft
+  (`promptLookup`, `--lookup-history`, k = `--lookup-k`);
 - `hf-batched`: transformers' `generate` over left-padded batches of whatever requests are waiting
   (static batching: a batch runs to its longest member), the library a user could pick instead. Its
   continuous-batching manager (`init_continuous_batching`) did not produce a token on CPU here (paged
@@ -19,6 +21,7 @@ Systems, each with a fresh engine per cell over the same loaded models:
 
     python bench/serving_load.py                               # CPU, SmolLM2 + 4-layer derived draft
     python bench/serving_load.py --draft s3://bucket/drafts/x  # the pipeline's trained draft
+    python bench/serving_load.py --systems metaspec lookup --policies never adaptive --lookup 1 5
     python bench/serving_load.py --device cuda --dtype bfloat16 --arch llama-8b --arch-draft llama-160m
 """
 
@@ -32,15 +35,18 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from _common import add_common_args, machine, percentile, setup, write_result
-from server import models
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteriaList
 
-from metaspec.api.serving import Routing
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import add_common_args, machine, percentile, setup, write_result
+from server import models
+
+from metaspec.api.serving import THRESHOLD_POLICIES, PromptLookup, Routing
 from metaspec.builtin import records
 from metaspec.prompts import chat_prompt_ids
 from metaspec.server.engine import RoutingPolicy, SamplingParams, SpeculativeEngine
@@ -253,6 +259,15 @@ def systems(args: argparse.Namespace, base: SpeculativeEngine, target: Any, toke
         for name, policy in policies.items()
     }
     made["batch-1"] = lambda: Metaspec(base.with_routing(POLICIES["never"], max_batch=1))
+    if args.lookup:  # prompt lookup in place of the draft, at its own k
+        lookup = PromptLookup(min_match=args.lookup[0], max_match=args.lookup[1], history=args.lookup_history)
+        for name, policy in policies.items():
+            if policy.policy in THRESHOLD_POLICIES:
+                continue
+            routing = replace(policy, max_speculative_tokens=args.lookup_k)
+            made[f"lookup:{name}"] = lambda r=routing: Metaspec(
+                SpeculativeEngine.from_models(target, lookup, tokenizer, r, max_batch=clients)
+            )
     eos = set(base._stop_ids)
     made["hf-batched"] = lambda: HFBatched(target, tokenizer, clients, args.max_tokens, eos)
     return {name: make for name, make in made.items() if name.split(":")[0] in args.systems or name in args.systems}
@@ -274,6 +289,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mix", type=int, default=64, help="distinct requests in the mix")
     parser.add_argument("--policies", nargs="+", default=list(POLICIES))
     parser.add_argument("--systems", nargs="+", default=["metaspec", "batch-1", "hf-batched"])
+    parser.add_argument(
+        "--lookup",
+        type=int,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        help="systems lookup:<policy> (add `lookup` to --systems): promptLookup with these minMatch and maxMatch "
+        "instead of the draft, under each of --policies that needs no draft confidence",
+    )
+    parser.add_argument("--lookup-history", type=int, default=0, help="promptLookup.history of the lookup systems")
+    parser.add_argument("--lookup-k", type=int, default=2, help="maxSpeculativeTokens of the lookup systems")
     args = parser.parse_args(argv)
     device, dtype = setup(args)
     args.device = device.type

@@ -322,7 +322,8 @@ class SpecServeSpec(WorkloadSpec):
     compile: bool = Field(
         True,
         description="Static KV cache + `torch.compile` on GPU at `sampling.maxConcurrency` 1 with no draft or a "
-        "separate draft (no effect on CPU, in batches or with an `eagle3` draft: those decode eagerly). The cache holds "
+        "separate draft (no effect on CPU, in batches, with an `eagle3` draft or with `promptLookup`: those "
+        "decode eagerly). The cache holds "
         "`sampling.maxPromptTokens + sampling.maxTokensLimit + k + 1` positions and every attention reads "
         "all of them: keep those limits tight, or the verify pass eats the speculation's gain. With "
         "`engine: vllm`, false runs vLLM eagerly (`--enforce-eager`: no compile, no CUDA graphs).",

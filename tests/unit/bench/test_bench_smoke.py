@@ -1,6 +1,6 @@
 """The method benchmarks (`bench/method.py`, `teacher.py`, `routing.py`), prompt lookup's settings
-(`bench/lookup.py`) and the trainer's scaling (`bench/trainer.py --nproc`) end to end on tiny random
-Llamas.
+(`bench/lookup.py`), serving under load (`bench/serving_load.py`, its lookup systems) and the trainer's
+scaling (`bench/trainer.py --nproc`) end to end on tiny random Llamas.
 
 They check that every arm and configuration runs through the real trainer, generator and engine code
 and that the figures the docs quote are computed from what ran (budgets, shares, exactness); the
@@ -114,3 +114,19 @@ def test_lookup_settings_decode_exactly(tiny_llama: Path, tmp_path: Path) -> Non
     assert set(rows) == {"never", "min1-history0-k2", "min1-history64-k2"}
     assert rows["never"]["tokens_per_pass"] == 1 and rows["never"]["speedup_vs_never_median"] == 1
     assert all(row["mismatches"] == 0 and row["tokens_per_pass"] >= 1 for row in rows.values())
+
+
+def test_serving_load_runs_lookup_systems_beside_the_engine(tiny_llama: Path, tiny_draft_llama: Path, tmp_path: Path):
+    out = tmp_path / "load.json"
+    argv = ["--target", str(tiny_llama), "--draft", str(tiny_draft_llama), "--clients", "2", "--seconds", "1"]
+    argv += ["--systems", "metaspec", "lookup", "--policies", "never", "adaptive", "per-token", "--lookup", "1", "3"]
+    argv += ["--mix", "4", "--max-tokens", "6", "--threads", "1", "--out", str(out)]
+    assert script("serving_load").main(argv) == 0
+
+    rows = {row["system"]: row for row in json.loads(out.read_text())["rows"]}
+    # per-token reads a draft model's confidence: no lookup system for it
+    assert set(rows) == {f"metaspec:{p}" for p in ("never", "adaptive", "per-token")} | {
+        "lookup:never",
+        "lookup:adaptive",
+    }
+    assert all(row["tokens_per_second"] > 0 for row in rows.values())
