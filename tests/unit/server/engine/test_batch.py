@@ -99,21 +99,27 @@ ROUTINGS = {
 }
 
 
+def check_greedy(target, dec: BatchDecoder, penalty: float) -> tuple[int, int]:
+    """Decode `greedy_jobs(penalty)` with `dec`: every completion must be the target's own greedy one.
+    Returns the tokens proposed and accepted over all of them."""
+    jobs = greedy_jobs(penalty)
+    run(dec, jobs)
+    for job in jobs:
+        expected = target_greedy(target, job)
+        assert job.out[: len(expected)] == expected, (job.prompt, job.seq.stats if job.seq else None)
+        assert len(job.out) == job.budget
+    stats = [j.seq.stats for j in jobs if j.seq]
+    return sum(s.proposed_tokens for s in stats), sum(s.accepted_tokens for s in stats)
+
+
 @pytest.mark.parametrize("name", ROUTINGS)
 @pytest.mark.parametrize("penalty", [1.0, 1.3])
 @pytest.mark.usefixtures("any_k")
 def test_greedy_in_a_batch_equals_target_greedy(name: str, penalty: float, tiny_target, tiny_draft) -> None:
     routing = ROUTINGS[name]
     dec = decoder(tiny_target, tiny_draft if routing.uses_draft else None, routing, max_batch=5)
-    jobs = greedy_jobs(penalty)
-    run(dec, jobs)
-    for job in jobs:
-        expected = target_greedy(tiny_target, job)
-        assert job.out[: len(expected)] == expected, (job.prompt, job.seq.stats if job.seq else None)
-        assert len(job.out) == job.budget
+    proposed, accepted = check_greedy(tiny_target, dec, penalty)
     if routing.uses_draft:
-        proposed = sum(j.seq.stats.proposed_tokens for j in jobs if j.seq)
-        accepted = sum(j.seq.stats.accepted_tokens for j in jobs if j.seq)
         assert 0 < accepted < proposed  # acceptances and rejections both happened
 
 

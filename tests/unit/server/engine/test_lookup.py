@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_batch import CASES, VOCAB, decoder, greedy_jobs, mixed_batch, run, target_greedy
+from test_batch import CASES, VOCAB, check_greedy, decoder, mixed_batch
 from test_speculative_sampling import ALPHA, exact_distribution, g_test_p_value
 
 from metaspec.api.serving import PromptLookup
@@ -113,14 +113,7 @@ def test_greedy_with_lookup_in_a_batch_equals_target_greedy(
     name: str, penalty: float, history: int, tiny_target
 ) -> None:
     dec = decoder(tiny_target, lookup(history=history), ROUTINGS[name], max_batch=5)
-    jobs = greedy_jobs(penalty)
-    run(dec, jobs)
-    for job in jobs:
-        expected = target_greedy(tiny_target, job)
-        assert job.out[: len(expected)] == expected, (job.prompt, job.seq.stats if job.seq else None)
-        assert len(job.out) == job.budget
-    proposals = sum(j.seq.stats.proposed_tokens for j in jobs if j.seq)
-    accepted = sum(j.seq.stats.accepted_tokens for j in jobs if j.seq)
+    proposals, accepted = check_greedy(tiny_target, dec, penalty)
     assert 0 < accepted < proposals  # acceptances and rejections both happened
 
 
