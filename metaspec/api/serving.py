@@ -279,12 +279,14 @@ class PromptLookup(Model):
     history: int = Field(
         0,
         ge=0,
-        le=1 << 20,
+        le=1 << 18,
         description="Tokens of the latest finished requests (prompt and output) each replica keeps and also "
         "looks in, after the request's own tokens: answers in a fixed format or to recurring questions then "
-        "speed each other up (about 20 bytes of index per token and match length). Other requests' text "
-        "changes how fast a request decodes, never what it emits; where tenants must not learn about each "
-        "other's text, keep 0 (the default): timing can tell whether a continuation was seen before.",
+        "speed each other up. Its index takes about 100 bytes per token and match length (16384 tokens, "
+        "matches of 1-5 tokens: about 8 MB), up to twice that before the oldest requests are dropped. Other "
+        "requests' text changes how fast a request decodes, never what it emits; where tenants must not "
+        "learn about each other's text, keep 0 (the default): timing can tell whether a continuation was "
+        "seen before.",
     )
 
     @model_validator(mode="after")

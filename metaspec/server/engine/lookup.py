@@ -3,7 +3,7 @@
 The last n tokens of a sequence (n from `max_match` down to `min_match`) are looked up among its
 earlier tokens, prompt and output alike; at the most recent earlier occurrence, the tokens that followed
 it are the proposals. With `history` > 0 the replica also keeps the tokens of its last finished requests
-(about `history` of them) and looks there when the sequence itself has no match of that length, as
+(`history` of them to twice that) and looks there when the sequence itself has no match of that length, as
 suffix decoding does across requests (Oliaro et al. 2024): answers in a fixed format, or to the same
 questions, then speed each other up. Answers that quote their prompt, code that repeats its
 identifiers and formats that repeat their skeleton are where it pays; a proposal costs only its share
@@ -64,7 +64,8 @@ class LookupDraft(Draft):
         self.device = device
         self._own: weakref.WeakKeyDictionary[Sequence, _Index] = weakref.WeakKeyDictionary()
         self._past: list[int] = []
-        """Finished requests' tokens, each followed by `_END`: the newest `lookup.history` or a little more."""
+        """The latest finished requests' tokens, each followed by `_END`: up to twice `lookup.history`
+        tokens (dropping the oldest requests leaves at most `lookup.history`)."""
         self._past_index = self._index()
 
     def _index(self) -> _Index:
@@ -86,8 +87,8 @@ class LookupDraft(Draft):
         return proposals
 
     def finish(self, seq: Sequence) -> None:
-        """Keep a finished request's tokens for the others (with `history`), dropping the oldest requests
-        once the kept tokens are twice `history` (re-indexing then costs what indexing them did)."""
+        """Keep a finished request's tokens for the others (with `history`); once they pass twice `history`,
+        drop the oldest requests down to `history` (re-indexing then costs what indexing them did)."""
         history = self.lookup.history
         if not history:
             return
