@@ -64,14 +64,19 @@ def save_trainable(model: nn.Module, path: Path) -> None:
 
 
 def load_trainable(model: nn.Module, path: Path) -> None:
-    """Copy saved parameters into `model`; the names must match exactly (same recipe and config).
-    Sharded, every rank must call: rank 0's file is broadcast and each rank keeps its shard."""
-    saved = load_file(str(path))
+    """Copy the parameters saved at `path` into `model` (`set_trainable`)."""
+    set_trainable(model, load_file(str(path)), str(path))
+
+
+def set_trainable(model: nn.Module, saved: dict[str, torch.Tensor], source: str) -> None:
+    """Copy `saved` (a `trainable_state`, from `source`) into `model`; the names must match exactly (same
+    recipe and config). Sharded, every rank must call: rank 0's tensors are broadcast and each rank
+    keeps its shard."""
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     sharded = is_sharded(model)
     if (saved or not sharded) and saved.keys() != params.keys():
         extra, missing = sorted(saved.keys() - params.keys()), sorted(params.keys() - saved.keys())
-        raise ValueError(f"{path} does not fit this model (unexpected {extra[:3]}, missing {missing[:3]})")
+        raise ValueError(f"{source} does not fit this model (unexpected {extra[:3]}, missing {missing[:3]})")
     if sharded:
         options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
         set_model_state_dict(model, saved, options=options)

@@ -15,7 +15,7 @@ from metaspec.prompts import end_of_turn_ids
 from metaspec.records import InvalidData
 from metaspec.runtime import PermanentError, model_cache_dir
 
-from ..checkpoint import trainable_state
+from ..checkpoint import set_trainable, trainable_state
 from ..data import IGNORE_INDEX, Example, batches, load_training_data
 from ..distributed import DataParallel, World, choose_strategy, fits_device
 from ..evaluate import evaluation_loss, perplexity
@@ -236,11 +236,7 @@ class LoraRecipe(BaseRecipe):
             return
         base = load_model(self.spec.base_model, self.ctx.model_cache, torch.device("cpu"), self.ctx.dtype).model
         model = apply_lora(base, self.spec)
-        missing = {n for n, p in model.named_parameters() if p.requires_grad} - trained.keys()
-        unexpected = model.load_state_dict(trained, strict=False).unexpected_keys
-        if missing or unexpected:
-            raise RuntimeError(f"the gathered adapter does not fit the model (missing {sorted(missing)[:3]}, "
-                               f"unexpected {unexpected[:3]})")  # fmt: skip
+        set_trainable(model, trained, "the adapter gathered from the shards")
         weights = sum(p.numel() * p.element_size() for p in model.parameters())
         device = world.device if fits_device(weights, world.device) else torch.device("cpu")
         self.model, self.lm = model, model.get_base_model()
