@@ -10,9 +10,11 @@ prompt) and takes a full optimizer step (forward, backward, AdamW) with LoRA on 
 
     sft          one LoRA step on all support + query sequences as one batch
     anil         the trainer's ANIL-MAML step: body once per set, `--inner-steps` head steps, second order
+                 (in the support set's span when it fits one `--chunk` and has at most hidden-size tokens)
+    anil-nospan  the same with the head's (V, D) delta whatever the support set's size
     anil-fo      the same, first order
     anil-delta   the same with a rank-`--delta-rank` head delta instead of the full head
-    anil-unsplit the same as anil with a bf16 model's inner updates folded into an fp32 copy of the head
+    anil-unsplit anil-nospan with a bf16 model's inner updates folded into an fp32 copy of the head
                  (every inner-loop matmul in fp32/TF32), as the trainer did before the split head
     naive        (--naive) MAML done the obvious way: the whole model re-run on the support set for
                  every inner step, full logits, double backward — what ANIL's design avoids
@@ -177,11 +179,13 @@ def sft_loss(lm, support, query, args, proj) -> torch.Tensor:
     return chunked_cross_entropy(h, y, lm.get_output_embeddings(), args.chunk) / y.numel()
 
 
-def anil_loss(first_order: bool, delta: bool, split: bool | None = None) -> Callable[..., torch.Tensor]:
+def anil_loss(
+    first_order: bool, delta: bool, split: bool | None = None, span: bool = True
+) -> Callable[..., torch.Tensor]:
     def loss(lm, support, query, args, proj) -> torch.Tensor:
         head = output_head(lm, proj if delta else None, split)
         return task_loss(
-            head, features(lm, support), features(lm, query), args.inner_steps, 5e-3, first_order, args.chunk
+            head, features(lm, support), features(lm, query), args.inner_steps, 5e-3, first_order, args.chunk, span
         )
 
     return loss
@@ -207,7 +211,8 @@ LOSSES = {
     "anil": anil_loss(first_order=False, delta=False),
     "anil-fo": anil_loss(first_order=True, delta=False),
     "anil-delta": anil_loss(first_order=False, delta=True),
-    "anil-unsplit": anil_loss(first_order=False, delta=False, split=False),
+    "anil-unsplit": anil_loss(first_order=False, delta=False, split=False, span=False),
+    "anil-nospan": anil_loss(first_order=False, delta=False, span=False),
     "naive": naive_loss,
 }
 

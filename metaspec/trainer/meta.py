@@ -11,6 +11,13 @@ The head's inner-loop gradient has a closed form for softmax cross-entropy on a 
 `create_graph`) makes the whole inner loop an ordinary forward graph: the outer backward is a single
 first-order backward through it (second order in θ, with no double-backward), and each token chunk
 is checkpointed so no (N, V) tensor outlives its chunk.
+
+Every inner step's update −lr Eᵀ H / N (E the chunk's (S, V) error) lies in the row space of the same
+support features H (S, D), so the adapted head is W + U H with U (V, S) = −lr Σ_steps Eᵀ / N: the inner
+loop never forms a (V, D) outer product, and the adapted logits h Wᵀ + (h Hᵀ) Uᵀ cost S/D of h Δᵀ for
+the delta term. `adapt_head` takes this form (`Head.span`) when the support set fits one chunk and
+S ≤ D (Llama-3.1-8B with 2048-token support sets: S/D = 1/2). It is the same function up to the order
+of float sums.
 """
 
 from __future__ import annotations
@@ -36,32 +43,43 @@ class Head:
     would round away in bf16, so a folded head must be fp32 and every inner-loop matmul then runs in
     fp32/TF32. Kept apart, Δ is rounded to bf16 relative to its own size, and both products run in the
     head's dtype, at twice TF32's rate on tensor cores.
+
+    Support-span head (`span` = the support features H (S, D)): logits = h Wᵀ + (h Hᵀ) Uᵀ with U (V, S)
+    kept apart like a split head's Δ (Δ = U H), and a step's update is the error itself (see the module
+    docstring), so it applies to the features of that support set only.
     """
 
     weight: Tensor  # (V, D)
     proj: Tensor | None = None  # (r, D)
-    delta: Tensor | None = None  # (V, r) with `proj`, (V, D) when split; None: zero
+    delta: Tensor | None = None  # (V, r) with `proj`, (V, S) with `span`, (V, D) when split; None: zero
     split: bool = False
+    span: Tensor | None = None  # (S, D)
 
     def step(self, grad: Tensor, lr: float) -> Head:
         """One SGD step on the fast weights, which are at least fp32 whatever the model's dtype."""
-        if self.proj is None and not self.split:
+        if self.proj is None and self.span is None and not self.split:
             return replace(self, weight=upcast(self.weight) - lr * grad)
         return replace(self, delta=-lr * grad if self.delta is None else upcast(self.delta) - lr * grad)
 
     def features(self, h: Tensor) -> Tensor:
-        """What the fast weights multiply: h (n, D), or h Rᵀ (n, r)."""
+        """What the fast weights multiply: h (n, D), h Rᵀ (n, r), or h Hᵀ (n, S)."""
+        if self.span is not None:
+            return h.to(self.weight.dtype) @ self.span.to(self.weight.dtype).T
         return h if self.proj is None else h.to(self.proj.dtype) @ self.proj.T
 
     def logits(self, h: Tensor) -> Tensor:
         z = h.to(self.weight.dtype) @ self.weight.T  # (n, V)
         if self.delta is None:
             return z
-        dtype = self.weight.dtype if self.split else self.delta.dtype
+        dtype = self.weight.dtype if self.split or self.span is not None else self.delta.dtype
         return upcast(z) + upcast(self.features(h).to(dtype) @ self.delta.to(dtype).T)  # (n, V)
 
     def outer(self, error: Tensor, h: Tensor) -> Tensor:
-        """errorᵀ features(h): (V, D) or (V, r), in fp32 (a split head multiplies in its dtype)."""
+        """The step's direction for the error (n, V) at features h (n, D): errorᵀ features(h), (V, D) or
+        (V, r), in fp32 (a split head multiplies in its dtype); with `span`, h is the support set and the
+        direction is errorᵀ (V, S) itself."""
+        if self.span is not None:
+            return upcast(error).T
         if self.split:
             return upcast(error.to(self.weight.dtype).T @ h.to(self.weight.dtype))
         return error.T @ self.features(h).to(error.dtype)
@@ -129,13 +147,17 @@ def adapt_head(
     first_order: bool,
     chunk_size: int = DEFAULT_CHUNK,
     weights: Tensor | None = None,
+    span: bool = True,
 ) -> Head:
     """`steps` SGD steps on the (token-weighted) support loss, touching only the fast weights (never a
     module's weights).
 
     Fast weights are fp32 even when the model is bf16 (`Head.step`; a bf16 head adapts a separate
-    delta, see `Head`). `first_order` treats each inner gradient as a constant (FOMAML).
+    delta, see `Head`). `first_order` treats each inner gradient as a constant (FOMAML). A full head
+    adapts in the support set's span when that is cheaper (module docstring), unless `span` is False.
     """
+    if span and head.proj is None and h.shape[0] <= min(chunk_size, h.shape[1]):
+        head = replace(head, span=h.detach() if first_order else h, split=False)
     for _ in range(steps):
         grad = head_gradient(head, h, y, chunk_size, weights)
         head = head.step(grad.detach() if first_order else grad, lr)
@@ -150,6 +172,7 @@ def task_loss(
     lr: float,
     first_order: bool = False,
     chunk_size: int = DEFAULT_CHUNK,
+    span: bool = True,
 ) -> Tensor:
     """Mean query cross-entropy through the head adapted on the support set.
 
@@ -159,9 +182,7 @@ def task_loss(
     through the support features inside the adapted head.
     """
     h_s, y_s, *w_s = support
-    adapted = adapt_head(
-        head, h_s, y_s, steps=steps, lr=lr, first_order=first_order, chunk_size=chunk_size, weights=_one(w_s)
-    )
+    adapted = adapt_head(head, h_s, y_s, steps, lr, first_order, chunk_size, _one(w_s), span)
     h_q, y_q, *w_q = query
     return chunked_cross_entropy(h_q, y_q, adapted.logits, chunk_size, weights=_one(w_q)) / y_q.numel()
 

@@ -68,7 +68,7 @@ def lora_params(peft_model) -> dict[str, torch.Tensor]:
     return {n: p for n, p in peft_model.named_parameters() if p.requires_grad}
 
 
-def trainer_route(peft_model, support, query, steps, lr, first_order, rank=None, chunk=4, split=None):
+def trainer_route(peft_model, support, query, steps, lr, first_order, rank=None, chunk=4, split=None, span=True):
     lm = peft_model.get_base_model()
     body = lm.base_model
 
@@ -78,7 +78,7 @@ def trainer_route(peft_model, support, query, steps, lr, first_order, rank=None,
         return (h, y) if "example_weights" not in b else (h, y, token_weights(b["labels"], b["example_weights"]))
 
     head = output_head(lm, head_projection(16, rank, seed=7) if rank else None, split=split)
-    loss = task_loss(head, features(support), features(query), steps, lr, first_order, chunk_size=chunk)
+    loss = task_loss(head, features(support), features(query), steps, lr, first_order, chunk_size=chunk, span=span)
     params = lora_params(peft_model)
     return loss, dict(zip(params, torch.autograd.grad(loss, list(params.values())), strict=True))
 
@@ -117,20 +117,45 @@ def reference_route(peft_model, support, query, steps, lr, first_order, rank=Non
 
 
 @pytest.mark.parametrize(
-    ("first_order", "rank", "split"),
-    [(False, None, False), (True, None, False), (False, 3, False), (False, None, True)],
-    ids=["second-order", "first-order", "delta", "split-head"],
+    ("first_order", "rank", "split", "chunk"),
+    [
+        (False, None, False, 4),
+        (True, None, False, 4),
+        (False, 3, False, 4),
+        (False, None, True, 4),
+        (False, None, False, 64),
+        (True, None, False, 64),
+        (False, None, True, 64),
+    ],
+    ids=["second-order", "first-order", "delta", "split-head", "span", "span-first-order", "span-split"],
 )
-def test_meta_gradient_matches_whole_model_reference(first_order: bool, rank: int | None, split: bool):
-    """`split-head`: the head a bf16 model adapts (W + Δ, Δ separate), here in float64 like the rest."""
+def test_meta_gradient_matches_whole_model_reference(first_order: bool, rank: int | None, split: bool, chunk: int):
+    """`split-head`: the head a bf16 model adapts (W + Δ, Δ separate), here in float64 like the rest.
+    `span`: the 15 support tokens fit one 64-token chunk and are fewer than the 16 hidden units, so the
+    head adapts in their span (`Head.span`); with 4-token chunks it cannot."""
     model = tiny_lora_model()
     support, query = batch(1), batch(2)
-    loss, grads = trainer_route(model, support, query, steps=3, lr=0.7, first_order=first_order, rank=rank, split=split)
+    loss, grads = trainer_route(
+        model, support, query, steps=3, lr=0.7, first_order=first_order, rank=rank, chunk=chunk, split=split
+    )
     ref_loss, ref_grads = reference_route(model, support, query, steps=3, lr=0.7, first_order=first_order, rank=rank)
     torch.testing.assert_close(loss, ref_loss, rtol=1e-10, atol=1e-12)
     for name, grad in grads.items():
         assert grad.abs().max() > 0, name
         torch.testing.assert_close(grad, ref_grads[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_span_form_is_taken_only_where_it_is_cheaper():
+    """The support set's span replaces the (V, D) delta when the set fits one chunk and has at most D
+    tokens; otherwise (or with `span=False`) the head adapts as before."""
+    lm = tiny_lora_model().get_base_model()
+    head = output_head(lm)
+    h, y = torch.randn(15, 16, dtype=torch.float64), torch.randint(0, VOCAB, (15,))
+    assert adapt_head(head, h, y, 1, 0.1, False).delta.shape == (VOCAB, 15)
+    assert adapt_head(head, h, y, 1, 0.1, False, chunk_size=8).span is None
+    assert adapt_head(head, h, y, 1, 0.1, False, span=False).span is None
+    many = torch.randn(17, 16, dtype=torch.float64), torch.randint(0, VOCAB, (17,))
+    assert adapt_head(head, *many, 1, 0.1, False).span is None
 
 
 def test_token_weighted_meta_gradient_matches_reference():
@@ -174,15 +199,18 @@ def test_bf16_head_adapts_like_float64():
         ).item()
 
     head = output_head(lm)
-    reference = drop(head, adapt_head(head, h, y, steps=2, lr=lr, first_order=True))
+    reference = drop(head, adapt_head(head, h, y, steps=2, lr=lr, first_order=True, span=False))
+    assert reference > 0
     lm.lm_head.to(torch.bfloat16)
     head = output_head(lm)
-    adapted = adapt_head(head, h.to(torch.bfloat16), y, steps=2, lr=lr, first_order=True)
-    assert head.split and head.weight.dtype == adapted.weight.dtype == torch.bfloat16
-    assert reference > 0
-    assert drop(head, adapted) == pytest.approx(reference, rel=0.02)
-    folded = replace(head, weight=(head.weight.float() + adapted.delta).to(torch.bfloat16))
-    assert drop(head, folded) < 0.5 * reference
+    assert head.split and head.weight.dtype == torch.bfloat16
+    for span in (False, True):  # Δ (V, D), or U (V, S) over the support features
+        adapted = adapt_head(head, h.to(torch.bfloat16), y, steps=2, lr=lr, first_order=True, span=span)
+        assert adapted.weight.dtype == torch.bfloat16 and (adapted.span is not None) == span
+        assert drop(head, adapted) == pytest.approx(reference, rel=0.02)
+        delta = adapted.delta if adapted.span is None else adapted.delta @ adapted.span.float()
+        folded = replace(head, weight=(head.weight.float() + delta).to(torch.bfloat16))
+        assert drop(head, folded) < 0.5 * reference
 
 
 def test_head_with_lora_starts_from_the_effective_weight():
