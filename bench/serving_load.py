@@ -215,11 +215,17 @@ async def run_cell(system: System, mix: list[Request], clients: int, seconds: fl
     return cell, time.monotonic() - start
 
 
-async def warm_up(system: System, request: Request) -> None:
-    short = Request(request.prompt, SamplingParams(max_tokens=2))
-    async with contextlib.aclosing(system.stream(short)) as stream:
-        async for _ in stream:
-            pass
+async def warm_up(system: System, mix: list[Request], clients: int) -> None:
+    """`clients` short requests at once: the level's batch shapes meet their first kernels (and, on a GPU,
+    cuBLAS's heuristics) here rather than in the measured cell."""
+
+    async def one(request: Request) -> None:
+        short = Request(request.prompt, SamplingParams(max_tokens=2))
+        async with contextlib.aclosing(system.stream(short)) as stream:
+            async for _ in stream:
+                pass
+
+    await asyncio.gather(*(one(mix[i % len(mix)]) for i in range(clients)))
 
 
 def row(system: str, clients: int, cell: Cell, elapsed: float) -> dict[str, Any]:
@@ -313,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         for turn in range(args.repeat):
             for name in list(made)[:: -1 if turn % 2 else 1]:
                 system = made[name]()
-                asyncio.run(warm_up(system, mix[0]))
+                asyncio.run(warm_up(system, mix, clients))
                 cell, elapsed = asyncio.run(run_cell(system, mix, clients, args.seconds))
                 system.close()
                 print(_line(row(name, clients, cell, elapsed)), file=sys.stderr, flush=True)
