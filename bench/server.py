@@ -253,14 +253,17 @@ def main(argv: list[str] | None = None) -> int:
     for k in args.also_k:  # another k is another verify length: an engine of its own over the same models
         routing = RoutingPolicy("always", args.threshold, k)
         engines[f"always-k{k}"] = SpeculativeEngine.from_models(target, draft, tokenizer, routing, max_batch=1)
-    if args.lookup:  # no draft model: the batch decoder (the sequential path drafts with models only)
+    if args.lookup:  # no draft model: a lookup proposes in the sequential decoder (compiled with --compile)
         variants = {"lookup-adaptive": ("adaptive", 0), "lookup-always": ("always", 0)}
         if args.lookup_history:
             variants["lookup-history-adaptive"] = ("adaptive", args.lookup_history)
         for name, (policy, history) in variants.items():
             lookup = PromptLookup(min_match=args.lookup[0], max_match=args.lookup[1], history=history)
             routing = RoutingPolicy(policy, args.threshold, args.k)
-            engines[name] = SpeculativeEngine.from_models(target, lookup, tokenizer, routing, max_batch=1)
+            cache_len = args.cache_len if args.compile else None
+            engines[name] = SpeculativeEngine.from_models(
+                target, lookup, tokenizer, routing, static_cache_len=cache_len, compile=args.compile, max_batch=1
+            )
     # ours first: transformers' own static-cache compilation of the same forward, run before ours,
     # left our compiled `always` path re-recording graphs (10+ s per prompt on the H100)
     methods = {

@@ -323,8 +323,8 @@ class SpecServeSpec(WorkloadSpec):
     dtype: Dtype = Field("auto", description="Weights dtype: `auto` is bfloat16 on GPU, float32 on CPU.")
     compile: bool = Field(
         True,
-        description="Static KV cache + `torch.compile` on GPU at `sampling.maxConcurrency` 1 with no draft or a "
-        "separate draft (no effect on CPU, in batches, with an `eagle3` draft or with `promptLookup`: those "
+        description="Static KV cache + `torch.compile` on GPU at `sampling.maxConcurrency` 1 with no draft, a "
+        "separate draft or `promptLookup` (no effect on CPU, in batches, or with an `eagle3` draft: those "
         "decode eagerly). The cache holds "
         "`sampling.maxPromptTokens + sampling.maxTokensLimit + k + 1` positions and every attention reads "
         "all of them: keep those limits tight, or the verify pass eats the speculation's gain. With "

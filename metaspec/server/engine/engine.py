@@ -34,7 +34,7 @@ from .detokenize import IncrementalDetokenizer, StopStrings
 from .drafts import ModelDraft
 from .eagle import FeatureDraft, FeatureModel
 from .loader import LoadedModel, load_models, shared_vocab
-from .lookup import LookupDraft
+from .lookup import Lookup, LookupDraft
 from .protocol import Delta, RequestStats, SamplingParams, TokenLogprob
 from .routing import RoutingPolicy
 from .sampling import Processing
@@ -105,14 +105,17 @@ class SpeculativeEngine:
         engine.decoder = BatchDecoder(
             SlotModel(target.model, target.vocab, target.max_length), _renewed(draft), routing, engine.max_batch
         )
-        if engine.max_batch == 1 and not isinstance(draft, FeatureDraft | LookupDraft):  # sequential: token models
+        if engine.max_batch == 1 and not isinstance(draft, FeatureDraft):  # sequential: token models, lookup
             if self.sequential is not None:  # its compiled graphs, if any, serve every policy
                 target, draft_lm = self.sequential.target, self.sequential.draft
             else:
                 lm = self.decoder.target
                 target = CausalLM(lm.model, lm.vocab)
                 draft_lm = CausalLM(draft.lm.model, draft.lm.vocab) if isinstance(draft, ModelDraft) else None
-            engine.sequential = SpeculativeDecoder(target, draft_lm, routing)
+            lookup = None
+            if isinstance(draft, LookupDraft):  # a history of its own
+                lookup = Lookup(draft.lookup.settings, draft.lookup.vocab, draft.lookup.device)
+            engine.sequential = SpeculativeDecoder(target, draft_lm, routing, lookup)
         return engine
 
     def load(self) -> None:
@@ -130,15 +133,15 @@ class SpeculativeEngine:
         limits = spec.sampling
         length = limits.max_prompt_tokens + limits.max_tokens_limit + routing.max_speculative_tokens + 1
         proposer = draft.model if draft else spec.prompt_lookup
-        compile = spec.compile and device.type == "cuda" and self.max_batch == 1 and _drafts_tokens(proposer)
+        compile = spec.compile and device.type == "cuda" and self.max_batch == 1 and _sequential(proposer)
         if compile:
             # every attention reads the whole static cache: a verify pass at 6150 positions costs 2.2 steps
             # on an H100 (docs/benchmarks.md), so tight limits make speculation pay
             log.info("compile: a static KV cache of %d positions (maxPromptTokens + maxTokensLimit + k + 1)", length)
         elif spec.compile:
             log.warning(
-                "compile: static cache + torch.compile apply on CUDA at maxConcurrency 1 with no draft or a "
-                "separate (causal-LM) draft; decoding eagerly"
+                "compile: static cache + torch.compile apply on CUDA at maxConcurrency 1 with no draft, a "
+                "separate (causal-LM) draft or prompt lookup; decoding eagerly"
             )
         self._build(target.model, proposer, target.tokenizer, routing, length if compile else None, compile, length)
 
@@ -158,11 +161,12 @@ class SpeculativeEngine:
         length = cache_length or static_cache_len or 1 << 20  # SlotModel caps it at max_position_embeddings
         target_lm = SlotModel(target, vocab, length)
         self.decoder = BatchDecoder(target_lm, _draft(draft, vocab, length, target_lm.device), routing, self.max_batch)
-        if self.max_batch == 1 and _drafts_tokens(draft):  # the sequential path: token-level model drafts only
+        if self.max_batch == 1 and _sequential(draft):
             options = {"static_cache_len": static_cache_len, "compile": compile}
             options["compile_max_tokens"] = routing.max_speculative_tokens + 1  # verify: 1 pending + k proposals
-            draft_lm = CausalLM(draft, vocab, **options) if draft is not None else None
-            self.sequential = SpeculativeDecoder(CausalLM(target, vocab, **options), draft_lm, routing)
+            draft_lm = CausalLM(draft, vocab, **options) if draft is not None and _drafts_tokens(draft) else None
+            lookup = Lookup(draft, vocab, target_lm.device) if isinstance(draft, PromptLookup) else None
+            self.sequential = SpeculativeDecoder(CausalLM(target, vocab, **options), draft_lm, routing, lookup)
         self.tokenizer = tokenizer
         self._stop_ids = frozenset(end_of_turn_ids(tokenizer))
 
@@ -432,8 +436,15 @@ class _Request:
 
 
 def _drafts_tokens(draft: Any | None) -> bool:
-    """Whether `draft` is absent or a causal LM drafting tokens: what the sequential (compiled) path runs."""
+    """Whether `draft` is absent or a causal LM drafting tokens (a model sharing the target's vocabulary)."""
     return not isinstance(draft, Eagle3Draft | PromptLookup)
+
+
+def _sequential(draft: Any | None) -> bool:
+    """Whether the sequential (compilable) path can decode with `draft` at maxConcurrency 1: no draft, a
+    causal LM, or prompt lookup. An EAGLE-3 draft reads the target's features, which only the batch
+    decoder's passes hand out."""
+    return not isinstance(draft, Eagle3Draft)
 
 
 def _draft(model: Any | None, vocab: int, length: int, device: torch.device) -> Draft | None:
@@ -453,7 +464,8 @@ def _renewed(draft: Draft | None) -> Draft | None:
         lm = draft.lm
         return _draft(lm.draft if isinstance(draft, FeatureDraft) else lm.model, lm.vocab, lm.max_length, lm.device)
     if isinstance(draft, LookupDraft):
-        return _draft(draft.lookup, draft.vocab, draft.max_length, draft.device)
+        lookup = draft.lookup
+        return _draft(lookup.settings, lookup.vocab, draft.max_length, lookup.device)
     return None
 
 

@@ -54,53 +54,26 @@ class _Index:
         return self.grams.get(key)
 
 
-class LookupDraft(Draft):
-    """Proposes the continuation of the latest earlier occurrence of the sequence's last n tokens."""
+class Lookup:
+    """What both decoders share: the settings, the replica's history of finished requests, and the
+    lookup itself over a request's tokens and its own `_Index` (`index()`)."""
 
-    def __init__(self, lookup: PromptLookup, vocab: int, max_length: int, device: torch.device) -> None:
-        self.lookup = lookup
+    def __init__(self, settings: PromptLookup, vocab: int, device: torch.device) -> None:
+        self.settings = settings
         self.vocab = vocab
-        self.max_length = max_length
         self.device = device
-        self._own: weakref.WeakKeyDictionary[Sequence, _Index] = weakref.WeakKeyDictionary()
         self._past: list[int] = []
-        """The latest finished requests' tokens, each followed by `_END`: up to twice `lookup.history`
-        tokens (dropping the oldest requests leaves at most `lookup.history`)."""
-        self._past_index = self._index()
+        """The latest finished requests' tokens, each followed by `_END`: up to twice `settings.history`
+        tokens (dropping the oldest requests leaves at most `settings.history`)."""
+        self._past_index = self.index()
 
-    def _index(self) -> _Index:
-        return _Index(self.lookup.min_match, self.lookup.max_match)
+    def index(self) -> _Index:
+        """A request's own index (one per request, grown as its tokens grow)."""
+        return _Index(self.settings.min_match, self.settings.max_match)
 
-    def admit(self, seqs: list[Sequence]) -> list[float | None]:
-        """No model, no confidence (the spec refuses `first-token` and `per-token` with prompt lookup)."""
-        return [None for _ in seqs]
-
-    def propose(self, seqs: list[Sequence], ks: list[int], threshold: float | None) -> list[Proposal]:
-        proposals = []
-        for seq, k in zip(seqs, ks, strict=True):
-            tokens = self._continuation(seq, k)
-            q = None
-            if tokens and not seq.proc.greedy:  # all of q's mass on each proposed token
-                q = torch.zeros(len(tokens), self.vocab, device=self.device)
-                q[torch.arange(len(tokens)), torch.tensor(tokens)] = 1.0
-            proposals.append(Proposal(tokens, q))
-        return proposals
-
-    def finish(self, seq: Sequence) -> None:
-        """Keep a finished request's tokens for the others (with `history`); once they pass twice `history`,
-        drop the oldest requests down to `history` (re-indexing then costs what indexing them did)."""
-        history = self.lookup.history
-        if not history:
-            return
-        self._past += [*seq.tokens, _END]
-        if len(self._past) > 2 * history:
-            cut = self._past.index(_END, len(self._past) - history - 1) + 1
-            self._past, self._past_index = self._past[cut:], self._index()
-
-    def _continuation(self, seq: Sequence, k: int) -> list[int]:
-        tokens = seq.tokens
-        own = self._own.setdefault(seq, self._index())
-        for n in range(min(self.lookup.max_match, len(tokens)), self.lookup.min_match - 1, -1):
+    def continuation(self, tokens: list[int], own: _Index, k: int) -> list[int]:
+        """Up to k tokens that followed the latest earlier occurrence of the longest matching suffix."""
+        for n in range(min(self.settings.max_match, len(tokens)), self.settings.min_match - 1, -1):
             key = tuple(tokens[-n:])
             if (start := own.find(tokens, key)) is not None:
                 return tokens[start : start + k]
@@ -111,3 +84,44 @@ class LookupDraft(Draft):
                 if found:
                     return found
         return []
+
+    def q(self, tokens: list[int]) -> torch.Tensor:
+        """The proposals' draft distributions (J, V): all of each row's mass on its token."""
+        q = torch.zeros(len(tokens), self.vocab, device=self.device)
+        q[torch.arange(len(tokens)), torch.tensor(tokens)] = 1.0
+        return q
+
+    def finish(self, tokens: list[int]) -> None:
+        """Keep a finished request's tokens for the others (with `history`); once they pass twice `history`,
+        drop the oldest requests down to `history` (re-indexing then costs what indexing them did)."""
+        history = self.settings.history
+        if not history:
+            return
+        self._past += [*tokens, _END]
+        if len(self._past) > 2 * history:
+            cut = self._past.index(_END, len(self._past) - history - 1) + 1
+            self._past, self._past_index = self._past[cut:], self.index()
+
+
+class LookupDraft(Draft):
+    """The batch decoder's prompt lookup: each sequence's own index, one `Lookup` for the replica."""
+
+    def __init__(self, settings: PromptLookup, vocab: int, max_length: int, device: torch.device) -> None:
+        self.lookup = Lookup(settings, vocab, device)
+        self.max_length = max_length
+        self._own: weakref.WeakKeyDictionary[Sequence, _Index] = weakref.WeakKeyDictionary()
+
+    def admit(self, seqs: list[Sequence]) -> list[float | None]:
+        """No model, no confidence (the spec refuses `first-token` and `per-token` with prompt lookup)."""
+        return [None for _ in seqs]
+
+    def propose(self, seqs: list[Sequence], ks: list[int], threshold: float | None) -> list[Proposal]:
+        proposals = []
+        for seq, k in zip(seqs, ks, strict=True):
+            tokens = self.lookup.continuation(seq.tokens, self._own.setdefault(seq, self.lookup.index()), k)
+            q = self.lookup.q(tokens) if tokens and not seq.proc.greedy else None
+            proposals.append(Proposal(tokens, q))
+        return proposals
+
+    def finish(self, seq: Sequence) -> None:
+        self.lookup.finish(seq.tokens)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import DynamicCache, StaticCache
@@ -33,6 +34,9 @@ from transformers import __version__ as _VERSION
 from .protocol import RequestStats, TokenLogprob
 from .routing import Adaptive, RoutingPolicy
 from .sampling import History, Processing, confidence, draw, greedy_tokens, logprobs, penalize, probabilities
+
+if TYPE_CHECKING:
+    from .lookup import Lookup
 
 
 class CausalLM:
@@ -211,13 +215,17 @@ def record_logprobs(logits: torch.Tensor, new: list[int], top: int, sink: list[T
 
 
 class SpeculativeDecoder:
-    """Target + optional draft + routing policy: decodes one request at a time."""
+    """Target + optional draft (a causal LM, or prompt lookup) + routing policy: decodes one request at a
+    time."""
 
-    def __init__(self, target: CausalLM, draft: CausalLM | None, routing: RoutingPolicy) -> None:
-        if routing.uses_draft and draft is None:
+    def __init__(
+        self, target: CausalLM, draft: CausalLM | None, routing: RoutingPolicy, lookup: Lookup | None = None
+    ) -> None:
+        if routing.uses_draft and draft is None and lookup is None:
             raise ValueError(f"routing policy {routing.policy!r} needs a draft model")
         self.target = target
         self.draft = draft
+        self.lookup = lookup
         self.routing = routing
         self.adaptive = Adaptive(routing.max_speculative_tokens) if routing.adaptive else None
 
@@ -247,7 +255,17 @@ class SpeculativeDecoder:
         already scored exactly the emitted positions (the accepted proposals and the correction or bonus
         token), each given the emitted tokens before it."""
         with torch.inference_mode():
-            yield from _Run(self, prompt, proc, stats, generator, logprobs).rounds(max_new_tokens)
+            run = _Run(self, prompt, proc, stats, generator, logprobs)
+            finished = False
+            try:
+                yield from run.rounds(max_new_tokens)
+                finished = True
+            except GeneratorExit:  # the caller stopped it (a stop string, the end of a turn, a cancel)
+                finished = True
+                raise
+            finally:
+                if finished and self.lookup is not None:
+                    self.lookup.finish(run.emitted)
 
 
 class _Run:
@@ -274,7 +292,9 @@ class _Run:
         self.target = decoder.target.session()
         self.draft: Session | None = None
         self.draft_logits: torch.Tensor | None = None  # (V,) draft's next-token logits, when up to date
-        self.speculate = False
+        self.lookup = decoder.lookup if self.routing.uses_draft else None
+        self.lookup_index = self.lookup.index() if self.lookup is not None else None
+        self.speculate = self.lookup is not None  # a lookup has no confidence: only `always` and `adaptive`
         self.whole_rounds = False  # the draft proposes a round in one call (`CausalLM.propose`)
         if self.routing.uses_draft and decoder.draft is not None:
             self._route(decoder.draft)
@@ -338,14 +358,18 @@ class _Run:
     def _catch_up(self) -> None:
         """Feed the draft what it missed while rounds went without it, but the last emitted token (which
         the round itself feeds): a one-time cost, which `adaptive` counts against probing, not the round."""
-        assert self.draft is not None
-        if self.draft.length < len(self.emitted) - 1:
+        if self.draft is not None and self.draft.length < len(self.emitted) - 1:
             self.draft.feed(self._tensor(self.emitted[self.draft.length : -1])[None])
             self.draft_logits = None
 
     def _propose(self, k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Draft up to k tokens: (J,) ids and, when sampling, their distributions q (J, V)."""
         empty = torch.empty(0, dtype=torch.long, device=self.device)
+        if k and self.lookup is not None:
+            assert self.lookup_index is not None
+            found = self.lookup.continuation(self.emitted, self.lookup_index, k)
+            q = self.lookup.q(found) if found and not self.proc.greedy else None
+            return (self._tensor(found), q) if found else (empty, None)
         if k == 0 or self.draft is None:
             return empty, None
         logits = self.draft_logits

@@ -47,16 +47,18 @@ async def test_models_from_s3_serve(tiny_llama: Path, s3_prefix: str, tmp_path: 
 @pytest.mark.parametrize("concurrency", [1, 4])
 async def test_prompt_lookup_serves_without_a_draft_model(smollm2: Path, tmp_path: Path, concurrency: int) -> None:
     """`promptLookup` instead of `draft`, on the real SmolLM2 asked to copy a sentence: no second model
-    is loaded, the batch decoder proposes from the request's own tokens (also at maxConcurrency 1, where
-    model drafts take the sequential path), it takes fewer target passes than tokens, and the greedy output
-    is the target's own."""
+    is loaded, lookup proposes from the request's own tokens (in the batch decoder, or at maxConcurrency 1
+    in the sequential one, which a GPU compiles), it takes fewer target passes than tokens, and the greedy
+    output is the target's own."""
     sampling = {"maxConcurrency": concurrency}
     outputs = {}
     for policy in ("never", "always"):
         body = spec(str(smollm2), promptLookup={}, routing={"policy": policy}, sampling=sampling, compile=False)
         engine = SpeculativeEngine.from_spec(body, "smol", cache_dir=tmp_path, device="cpu")
         engine.load()
-        assert set(engine.served) == {"target"} and (engine.sequential is None or policy == "never")
+        assert set(engine.served) == {"target"} and (engine.sequential is not None) == (concurrency == 1)
+        if engine.sequential is not None:
+            assert engine.sequential.draft is None and engine.sequential.lookup is not None
         text = "Repeat this sentence exactly: the quick brown fox jumps over the lazy dog near the river bank."
         prompt = engine.encode_chat([{"role": "user", "content": text}])
         deltas = [d async for d in engine.generate(prompt, SamplingParams(max_tokens=16))]

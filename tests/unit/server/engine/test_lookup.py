@@ -7,6 +7,9 @@ pass the G-test against the target's exact distribution, and a broken rejection 
 
 from __future__ import annotations
 
+import itertools
+from collections import Counter
+
 import pytest
 import torch
 from test_batch import CASES, VOCAB, check_greedy, decoder, mixed_batch
@@ -15,9 +18,11 @@ from test_speculative_sampling import ALPHA, exact_distribution, g_test_p_value
 from metaspec.api.serving import PromptLookup
 from metaspec.server.engine import speculative
 from metaspec.server.engine.batch import Sequence
-from metaspec.server.engine.lookup import LookupDraft
+from metaspec.server.engine.lookup import Lookup, LookupDraft
+from metaspec.server.engine.protocol import RequestStats
 from metaspec.server.engine.routing import RoutingPolicy
 from metaspec.server.engine.sampling import Processing
+from metaspec.server.engine.speculative import CausalLM, SpeculativeDecoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -100,7 +105,7 @@ def test_history_keeps_the_latest_requests_only() -> None:
         finished(draft, [first, 40 + first, 41, 42])
     assert proposed(draft, [0], 2) == [] and proposed(draft, [5], 2) == []
     assert proposed(draft, [7], 2) == [47, 41]
-    assert len(draft._past) <= 20
+    assert len(draft.lookup._past) <= 20
 
 
 ROUTINGS = {"always": RoutingPolicy("always", 0.5, 3), "adaptive": RoutingPolicy("adaptive", 0.5, 3)}
@@ -135,3 +140,62 @@ def test_a_broken_rule_is_detected_with_lookup(tiny_target, monkeypatch: pytest.
     routing, proc = CASES["always-t1"]
     counts = mixed_batch(tiny_target, lookup(), routing, proc, samples=1500, prompt=PROMPT)
     assert g_test_p_value(counts, exact_distribution(tiny_target, proc, PROMPT)) < ALPHA
+
+
+def sequential(tiny_target, routing: RoutingPolicy, history: int = 0) -> SpeculativeDecoder:
+    """The batch-1 decoder (what `maxConcurrency: 1` runs, compiled on a GPU) with prompt lookup."""
+    settings = PromptLookup(min_match=1, max_match=3, history=history)
+    return SpeculativeDecoder(CausalLM(tiny_target, VOCAB), None, routing, Lookup(settings, VOCAB, torch.device("cpu")))
+
+
+@pytest.mark.parametrize("name", ROUTINGS)
+@pytest.mark.usefixtures("any_k")
+def test_greedy_with_lookup_one_at_a_time_equals_target_greedy(name: str, tiny_target) -> None:
+    dec = sequential(tiny_target, ROUTINGS[name], history=64)
+    total = RequestStats()
+    for prompt in ([*PROMPT, *p] for p in itertools.islice(itertools.permutations(range(VOCAB), 2), 12)):
+        expected = tiny_target.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)[0, len(prompt) :]
+        stats = RequestStats()
+        got = [t for chunk in dec.decode(prompt, Processing(), 12, stats, None) for t in chunk]
+        assert got[: len(expected)] == expected.tolist(), (prompt, stats)
+        total.proposed_tokens += stats.proposed_tokens
+        total.accepted_tokens += stats.accepted_tokens
+    assert 0 < total.accepted_tokens < total.proposed_tokens
+
+
+def test_sampling_with_lookup_one_at_a_time_matches_target_distribution(tiny_target) -> None:
+    routing, proc = CASES["always-t1"]
+    dec = sequential(tiny_target, routing)
+    generator = torch.Generator().manual_seed(7)
+    counts: Counter = Counter()
+    total = RequestStats()
+    for _ in range(1500):
+        tokens = [t for chunk in dec.decode(PROMPT, proc, 3, total, generator) for t in chunk]
+        counts[tuple(tokens)] += 1
+    assert 0 < total.accepted_tokens < total.proposed_tokens
+    assert g_test_p_value(counts, exact_distribution(tiny_target, proc, PROMPT)) >= ALPHA
+
+
+def test_one_at_a_time_history_keeps_finished_and_stopped_requests_not_failed_ones(
+    tiny_target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dec = sequential(tiny_target, ROUTINGS["always"], history=64)
+    assert dec.lookup is not None
+    for _ in dec.decode([1, 2, 3], Processing(), 4, RequestStats(), None):
+        pass
+    assert len(dec.lookup._past) == 3 + 4 + 1  # prompt, output, end mark
+    rounds = dec.decode([4, 5, 6], Processing(), 8, RequestStats(), None)
+    first = next(rounds)
+    rounds.close()  # a stop string or a cancelled request: what was emitted is final
+    assert dec.lookup._past[-len(first) - 4 : -1] == [4, 5, 6, *first]
+    before = list(dec.lookup._past)
+    rounds = dec.decode([7, 1, 7], Processing(), 8, RequestStats(), None)
+    next(rounds)
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise ValueError("boom")
+
+    monkeypatch.setattr(dec.target, "forward", fail)  # the decoder fails mid-request
+    with pytest.raises(ValueError, match="boom"):
+        next(rounds)
+    assert dec.lookup._past == before
