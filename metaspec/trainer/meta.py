@@ -15,9 +15,9 @@ is checkpointed so no (N, V) tensor outlives its chunk.
 Every inner step's update −lr Eᵀ H / N (E the chunk's (S, V) error) lies in the row space of the same
 support features H (S, D), so the adapted head is W + U H with U (V, S) = −lr Σ_steps Eᵀ / N: the inner
 loop never forms a (V, D) outer product, and the adapted logits h Wᵀ + (h Hᵀ) Uᵀ cost S/D of h Δᵀ for
-the delta term. `adapt_head` takes this form (`Head.span`) when the support set fits one chunk and
-S ≤ D (Llama-3.1-8B with 2048-token support sets: S/D = 1/2). It is the same function up to the order
-of float sums.
+the delta term; the support set's own h Wᵀ, the same at every step, is computed once. `adapt_head`
+takes this form (`Head.span`) when the support set fits one chunk and S ≤ D (Llama-3.1-8B with
+2048-token support sets: S/D = 1/2). It is the same function up to the order of float sums.
 """
 
 from __future__ import annotations
@@ -67,8 +67,9 @@ class Head:
             return h.to(self.weight.dtype) @ self.span.to(self.weight.dtype).T
         return h if self.proj is None else h.to(self.proj.dtype) @ self.proj.T
 
-    def logits(self, h: Tensor) -> Tensor:
-        z = h.to(self.weight.dtype) @ self.weight.T  # (n, V)
+    def logits(self, h: Tensor, z: Tensor | None = None) -> Tensor:
+        """h (n, D) -> (n, V); `z`: h Wᵀ, when the caller has it (W never changes in a span head's steps)."""
+        z = h.to(self.weight.dtype) @ self.weight.T if z is None else z  # (n, V)
         if self.delta is None:
             return z
         dtype = self.weight.dtype if self.split or self.span is not None else self.delta.dtype
@@ -120,9 +121,10 @@ def _effective_weight(head: nn.Module) -> Tensor:
     return head.weight
 
 
-def _chunk_gradient(head: Head, h: Tensor, y: Tensor, w: Tensor | None = None) -> Tensor:
-    """Σ over the chunk of ∂(w·CE)/∂(fast weights) = (w ⊙ (softmax(z) − onehot(y)))ᵀ features(h)."""
-    probs = upcast(head.logits(h)).softmax(dim=-1)  # (n, V)
+def _chunk_gradient(head: Head, h: Tensor, y: Tensor, w: Tensor | None = None, z: Tensor | None = None) -> Tensor:
+    """Σ over the chunk of ∂(w·CE)/∂(fast weights) = (w ⊙ (softmax(logits) − onehot(y)))ᵀ features(h);
+    `z`: the chunk's unadapted logits h Wᵀ, when already computed."""
+    probs = upcast(head.logits(h, z)).softmax(dim=-1)  # (n, V)
     error = probs.scatter_add(1, y[:, None], -torch.ones_like(y[:, None], dtype=probs.dtype))  # (n, V)
     if w is not None:
         error = error * w[:, None].to(error.dtype)  # (n, V)
@@ -156,8 +158,14 @@ def adapt_head(
     delta, see `Head`). `first_order` treats each inner gradient as a constant (FOMAML). A full head
     adapts in the support set's span when that is cheaper (module docstring), unless `span` is False.
     """
-    if span and head.proj is None and h.shape[0] <= min(chunk_size, h.shape[1]):
+    if span and head.proj is None and 0 < h.shape[0] <= min(chunk_size, h.shape[1]):
+        # one chunk: its unadapted logits h Wᵀ serve every step, and so does their backward
         head = replace(head, span=h.detach() if first_order else h, split=False)
+        z = head.logits(h)  # (S, V)
+        for _ in range(steps):
+            grad = _chunk_gradient(head, h, y, weights, z) / y.numel()
+            head = head.step(grad.detach() if first_order else grad, lr)
+        return head
     for _ in range(steps):
         grad = head_gradient(head, h, y, chunk_size, weights)
         head = head.step(grad.detach() if first_order else grad, lr)
