@@ -5,7 +5,9 @@ generation with the same draft (`assistant_model=`, constant k), and the metaspe
 routing policy (`never` = our own target-only path, the baseline for the gain from speculation alone).
 With `--lookup MIN MAX` also prompt lookup, ours (`promptLookup`, no draft model) and transformers'
 (`prompt_lookup_num_tokens`). Every method must produce the same greedy tokens; mismatches are counted
-and reported. Eagerly, the methods take turns prompt by prompt.
+and reported. Eagerly, the methods take turns prompt by prompt. `--temperature T` samples instead (every
+method at temperature T alone, seeded per prompt): tokens/s and acceptance under sampling, where the
+outputs differ from method to method and only their distribution is exact.
 
     python bench/server.py                                  # CPU, SmolLM2 target, 4-layer derived draft
     python bench/server.py --draft s3://bucket/drafts/x     # a trained draft from the pipeline
@@ -122,11 +124,16 @@ def run_hf(
         extra["assistant_model"] = assistant
     if args.compile and assistant is None:  # transformers' assisted generation refuses a static cache
         extra["cache_implementation"] = "static"
+    if args.temperature:  # the distribution ours samples from: temperature alone, no top-k/top-p cut
+        extra |= {"do_sample": True, "temperature": args.temperature, "top_k": 0, "top_p": 1.0}
+        torch.manual_seed(len(prompt))
+    else:
+        extra["do_sample"] = False
     ids = torch.tensor([prompt], device=args.device)
     sync(args.device)
     start = time.perf_counter()
     with torch.inference_mode():
-        out = target.generate(ids, max_new_tokens=args.max_tokens, do_sample=False, **extra)
+        out = target.generate(ids, max_new_tokens=args.max_tokens, **extra)
     sync(args.device)
     return {"ids": out[0, len(prompt) :].tolist(), "seconds": time.perf_counter() - start}
 
@@ -134,7 +141,8 @@ def run_hf(
 def run_ours(engine: SpeculativeEngine, prompt: list[int], args: argparse.Namespace) -> dict[str, Any]:
     sync(args.device)
     start = time.perf_counter()
-    deltas = list(engine.generate_sync(prompt, SamplingParams(max_tokens=args.max_tokens)))
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=len(prompt))
+    deltas = list(engine.generate_sync(prompt, params))
     sync(args.device)
     seconds = time.perf_counter() - start
     final = deltas[-1]
@@ -150,7 +158,9 @@ def same(ours: list[int], reference: list[int], stop_ids: set[int]) -> bool:
     return ours == reference
 
 
-def summarize(name: str, runs: list[dict[str, Any]], reference: list[dict[str, Any]], stop_ids: set[int]) -> dict:
+def summarize(
+    name: str, runs: list[dict[str, Any]], reference: list[dict[str, Any]], stop_ids: set[int], sampled: bool
+) -> dict:
     tokens = sum(len(r["ids"]) for r in runs)
     seconds = sum(r["seconds"] for r in runs)
     row: dict[str, Any] = {
@@ -161,6 +171,8 @@ def summarize(name: str, runs: list[dict[str, Any]], reference: list[dict[str, A
         "ms_per_token": round(1000 * seconds / tokens, 2),
         "mismatches": sum(not same(r["ids"], ref["ids"], stop_ids) for r, ref in zip(runs, reference, strict=True)),
     }
+    if sampled:  # samples differ from run to run: what is exact is their distribution (the G-tests' business)
+        row["mismatches"] = None
     stats = [r["stats"] for r in runs if "stats" in r]
     if stats:
         proposed = sum(s.proposed_tokens for s in stats)
@@ -202,6 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-set", default="builtin", choices=["builtin", "general"])
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("-k", type=int, default=5, help="maxSpeculativeTokens")
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="sample at this temperature (seeded per prompt) instead of greedy decoding: outputs then differ "
+        "between methods, so mismatches are not counted",
+    )
     parser.add_argument(
         "--also-k", type=int, nargs="*", default=[], help="more k for `always`: rows ours-always-k<K> (one run)"
     )
@@ -288,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs[name].append(method(prompt))
     print(f"  {len(prompts)} prompts x {len(methods)} methods: done", file=sys.stderr)
     stop_ids = set(engines["never"]._stop_ids)
-    rows = [summarize(name, r, runs["hf-generate"], stop_ids) for name, r in runs.items()]
+    rows = [summarize(name, r, runs["hf-generate"], stop_ids, bool(args.temperature)) for name, r in runs.items()]
     base = {r["method"]: r["tokens_per_second"] for r in rows}
     for row in rows:
         row["speedup_vs_hf_generate"] = round(row["tokens_per_second"] / base["hf-generate"], 3)
@@ -312,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(rows: list[dict[str, Any]], args: argparse.Namespace, label: str) -> None:
-    print(f"\nbatch-1 greedy decode, {args.device} {args.dtype}, {label}, k={args.k}, threshold={args.threshold}")
+    decode = f"sampled (temperature {args.temperature})" if args.temperature else "greedy"
+    print(f"\nbatch-1 {decode} decode, {args.device} {args.dtype}, {label}, k={args.k}, threshold={args.threshold}")
     header = f"{'method':<18}{'tok/s':>9}{'ms/tok':>9}{'×gen':>7}{'×never':>8}{'×assist':>8}{'accept':>8}{'spec':>6}{'tok/rnd':>8}{'mism':>6}"
     print(header)
     print("-" * len(header))
@@ -323,7 +343,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, label: str) -> 
             f"{r['speedup_vs_hf_generate']:>7.2f}{r['speedup_vs_ours_never']:>8.2f}"
             f"{fmt(r['speedup_vs_hf_assisted'], '.2f'):>8}"
             f"{fmt(r.get('acceptance_rate'), '.2f'):>8}{fmt(r.get('speculation_rate'), '.2f'):>6}"
-            f"{fmt(r.get('tokens_per_round'), '.2f'):>8}{r['mismatches']:>6}"
+            f"{fmt(r.get('tokens_per_round'), '.2f'):>8}{fmt(r['mismatches'], 'd'):>6}"
         )
 
 

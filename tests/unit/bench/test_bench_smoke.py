@@ -130,3 +130,15 @@ def test_serving_load_runs_lookup_systems_beside_the_engine(tiny_llama: Path, ti
         "lookup:adaptive",
     }
     assert all(row["tokens_per_second"] > 0 for row in rows.values())
+
+
+def test_server_samples_with_lookup_beside_transformers(tiny_llama: Path, tiny_draft_llama: Path, tmp_path: Path):
+    """`bench/server.py --temperature`: every method samples; mismatches are not counted, speeds are."""
+    out = tmp_path / "server.json"
+    argv = ["--target", str(tiny_llama), "--draft", str(tiny_draft_llama), "--prompts", "2", "--max-tokens", "6"]
+    argv += ["--policies", "never", "always", "--lookup", "1", "3", "-k", "2", "--temperature", "0.8"]
+    assert script("server").main([*argv, "--out", str(out)]) == 0
+    rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
+    assert {"ours-never", "ours-always", "ours-lookup-always", "hf-generate", "hf-prompt-lookup"} <= set(rows)
+    assert all(r["mismatches"] is None and r["tokens"] > 0 for r in rows.values())
+    assert rows["ours-lookup-always"]["speculation_rate"] == 1.0
