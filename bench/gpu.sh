@@ -28,6 +28,10 @@
 #   bench/gpu.sh eagle-serve  serving with the 4-layer, pruned 4-layer and both EAGLE-3 drafts, greedy, SmolLM2
 #   bench/gpu.sh eagle-costs  c and v of EAGLE-3 drafts (full and pruned heads) next to separate drafts:
 #                             SmolLM2 and random-init Llama-3.1-8B
+#   bench/gpu.sh trainer-span the ANIL step with the head adapting in the support set's span against the (V, D)
+#                             delta (anil-nospan) and SFT, Llama-3.1-8B architecture, compiled and checkpointed
+#   bench/gpu.sh lookup       prompt lookup at batch 1, SmolLM2, bf16: the sequential decoder compiled and eager,
+#                             next to transformers' prompt lookup, greedy and sampled
 #   bench/gpu.sh method       docs/method.md: method arms, teacher configurations, the ANIL target's draft, routing
 #                             (≈ 15 min: more than one call's 10 minutes; run the four lines in two calls)
 #
@@ -82,6 +86,17 @@ trainer-opt)
   $T --liger --out bench/results/trainer-8b-h200-liger.json || true
   $T --compile --out bench/results/trainer-8b-h200-compile.json || true
   $T --liger --compile --out bench/results/trainer-8b-h200-liger-compile.json || true
+  save ;;
+trainer-span)
+  T="$PY bench/trainer.py --arch llama-3.1-8b --device cuda --dtype bfloat16 --seq 2048 --variants sft,anil,anil-nospan"
+  $T --steps 3 --support 1 --query 1 --compile --out bench/results/trainer-8b-cuda-span-compile.json
+  $T --steps 3 --support 2 --query 2 --gradient-checkpointing --out bench/results/trainer-8b-cuda-span-gc.json
+  save ;;
+lookup)
+  L="$PY bench/server.py --device cuda --dtype bfloat16 --policies never --lookup 1 5 --lookup-history 16384 -k 2"
+  timeout 280 $L --compile --prompts 10 --max-tokens 96 --out bench/results/server-cuda-lookup-compiled.json || true
+  timeout 150 $L --prompts 6 --max-tokens 96 --out bench/results/server-cuda-lookup-eager.json || true
+  timeout 150 $L --prompts 6 --max-tokens 96 --temperature 0.7 --out bench/results/server-cuda-lookup-t07.json || true
   save ;;
 distributed)
   # NVLink SHARP/multicast off: the lent machines do not allow it, and NCCL then fails at init.
