@@ -167,5 +167,5 @@ eagle-costs)   # per-token costs through the engine that serves each kind
     --out bench/results/costs-cuda-eagle.json || true
   save ;;
 *)
-  sed -n '2,31p' "$0"; exit 2 ;;
+  sed -n '2,/^# Results land/p' "$0"; exit 2 ;;
 esac
