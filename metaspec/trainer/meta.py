@@ -132,12 +132,20 @@ def _chunk_gradient(head: Head, h: Tensor, y: Tensor, w: Tensor | None = None, z
 
 
 def head_gradient(
-    head: Head, h: Tensor, y: Tensor, chunk_size: int = DEFAULT_CHUNK, weights: Tensor | None = None
+    head: Head,
+    h: Tensor,
+    y: Tensor,
+    chunk_size: int = DEFAULT_CHUNK,
+    weights: Tensor | None = None,
+    z: Tensor | None = None,
 ) -> Tensor:
     """∂ (Σ w·CE(h, y) / N) / ∂ fast weights (w = 1 without `weights`: the mean CE), differentiable
-    in `h` and the head. h: (N, D), y: (N,), weights: (N,)."""
+    in `h` and the head. h: (N, D), y: (N,), weights: (N,); `z`: h Wᵀ (N, V), when known (N within one
+    chunk)."""
+    if z is not None and h.shape[0] > chunk_size:
+        raise ValueError(f"known logits need the tokens in one chunk: {h.shape[0]} > {chunk_size}")
     tensors = (h, y) if weights is None else (h, y, weights)
-    return run_chunked(lambda *c: _chunk_gradient(head, *c), *tensors, chunk_size=chunk_size) / y.numel()
+    return run_chunked(lambda *c: _chunk_gradient(head, *c, z=z), *tensors, chunk_size=chunk_size) / y.numel()
 
 
 def adapt_head(
@@ -158,16 +166,12 @@ def adapt_head(
     delta, see `Head`). `first_order` treats each inner gradient as a constant (FOMAML). A full head
     adapts in the support set's span when that is cheaper (module docstring), unless `span` is False.
     """
+    z = None
     if span and head.proj is None and 0 < h.shape[0] <= min(chunk_size, h.shape[1]):
-        # one chunk: its unadapted logits h Wᵀ serve every step, and so does their backward
         head = replace(head, span=h.detach() if first_order else h, split=False)
-        z = head.logits(h)  # (S, V)
-        for _ in range(steps):
-            grad = _chunk_gradient(head, h, y, weights, z) / y.numel()
-            head = head.step(grad.detach() if first_order else grad, lr)
-        return head
+        z = head.logits(h)  # (S, V), one chunk: the unadapted logits serve every step, and so does their backward
     for _ in range(steps):
-        grad = head_gradient(head, h, y, chunk_size, weights)
+        grad = head_gradient(head, h, y, chunk_size, weights, z)
         head = head.step(grad.detach() if first_order else grad, lr)
     return head
 

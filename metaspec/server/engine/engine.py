@@ -112,9 +112,7 @@ class SpeculativeEngine:
                 lm = self.decoder.target
                 target = CausalLM(lm.model, lm.vocab)
                 draft_lm = CausalLM(draft.lm.model, draft.lm.vocab) if isinstance(draft, ModelDraft) else None
-            lookup = None
-            if isinstance(draft, LookupDraft):  # a history of its own
-                lookup = Lookup(draft.lookup.settings, draft.lookup.vocab, draft.lookup.device)
+            lookup = draft.lookup.renewed() if isinstance(draft, LookupDraft) else None
             engine.sequential = SpeculativeDecoder(target, draft_lm, routing, lookup)
         return engine
 

@@ -67,6 +67,10 @@ class Lookup:
         tokens (dropping the oldest requests leaves at most `settings.history`)."""
         self._past_index = self.index()
 
+    def renewed(self) -> Lookup:
+        """The same settings with a history of its own."""
+        return Lookup(self.settings, self.vocab, self.device)
+
     def index(self) -> _Index:
         """A request's own index (one per request, grown as its tokens grow)."""
         return _Index(self.settings.min_match, self.settings.max_match)
