@@ -22,6 +22,8 @@
 #   bench/gpu.sh draft-costs  per-token costs and predicted speedups; the routing sweep with the 4-layer draft
 #   bench/gpu.sh serving-load     continuous batching under 1/4/16/64 clients: SmolLM2 + derived draft, bf16
 #   bench/gpu.sh serving-load-8b  the same with the Llama-3.1-8B architecture + a 160M draft (random init)
+#   bench/gpu.sh serving-graphs   SmolLM2 at 16 and 64 clients with `compile` (CUDA graphs in batches, torch.compile
+#                             at batch 1), then the eager engine at 16 clients
 #   bench/gpu.sh costs        draft/target cost ratio and verify cost: random-init Llama-3.1-8B, 1B and 160M drafts
 #   bench/gpu.sh eagle        EAGLE-3 (feature-level) drafts with full and 8192-token heads and a pruned 4-layer
 #                             draft, trained on `draft`'s teacher outputs (run `draft` first; re-run to resume)
@@ -146,6 +148,12 @@ method)   # docs/method.md on the GPU: method arms, teacher configurations, the 
 serving-load)   # each policy of the batching engine, the batch-1 engine, transformers' padded batches (< 8 min)
   timeout 470 $PY bench/serving_load.py --device cuda --dtype bfloat16 --seconds 15 \
     --out bench/results/serving_load-cuda-smollm2.json || true
+  save ;;
+serving-graphs)   # `compile` in batches (decode steps from CUDA graphs) against the eager engine, SmolLM2, bf16
+  S="$PY bench/serving_load.py --device cuda --dtype bfloat16 --seconds 10 --repeat 2 --policies never adaptive"
+  timeout 280 $S --compile --clients 16 64 --systems metaspec batch-1 hf-batched \
+    --out bench/results/serving_load-cuda-smollm2-graphs.json || true
+  timeout 150 $S --clients 16 --systems metaspec batch-1 --out bench/results/serving_load-cuda-smollm2-eager.json || true
   save ;;
 serving-load-8b)
   timeout 470 $PY bench/serving_load.py --device cuda --dtype bfloat16 --arch llama-8b --arch-draft llama-160m \

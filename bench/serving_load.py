@@ -23,6 +23,10 @@ Systems, each with a fresh engine per cell over the same loaded models:
     python bench/serving_load.py --draft s3://bucket/drafts/x  # the pipeline's trained draft
     python bench/serving_load.py --systems metaspec lookup --policies never adaptive --lookup 1 5
     python bench/serving_load.py --device cuda --dtype bfloat16 --arch llama-8b --arch-draft llama-160m
+    python bench/serving_load.py --device cuda --dtype bfloat16 --compile   # what `compile: true` serves
+
+`--compile` (CUDA) is what `SpecServe.spec.compile` turns on: batches replay their decode steps from CUDA
+graphs, `batch-1` runs on a static cache and torch.compile; every cache holds `--cache-len` positions.
 """
 
 from __future__ import annotations
@@ -272,11 +276,18 @@ def systems(args: argparse.Namespace, base: SpeculativeEngine, target: Any, toke
                 continue
             routing = replace(policy, max_speculative_tokens=args.lookup_k)
             made[f"lookup:{name}"] = lambda r=routing: Metaspec(
-                SpeculativeEngine.from_models(target, lookup, tokenizer, r, max_batch=clients)
+                SpeculativeEngine.from_models(
+                    target, lookup, tokenizer, r, max_batch=clients, compile=args.compile, **static(args)
+                )
             )
     eos = set(base._stop_ids)
     made["hf-batched"] = lambda: HFBatched(target, tokenizer, clients, args.max_tokens, eos)
     return {name: make for name, make in made.items() if name.split(":")[0] in args.systems or name in args.systems}
+
+
+def static(args: argparse.Namespace) -> dict[str, Any]:
+    """With --compile, every cache's length (the static cache at batch 1, the bound of the batch caches)."""
+    return {"static_cache_len": args.cache_len} if args.compile else {}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -305,12 +316,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--lookup-history", type=int, default=0, help="promptLookup.history of the lookup systems")
     parser.add_argument("--lookup-k", type=int, default=2, help="maxSpeculativeTokens of the lookup systems")
+    parser.add_argument("--compile", action="store_true", help="CUDA graphs in batches, torch.compile at batch 1")
+    parser.add_argument("--cache-len", type=int, default=1024, help="positions per sequence with --compile")
     args = parser.parse_args(argv)
     device, dtype = setup(args)
     args.device = device.type
     target, draft, tokenizer, label = models(args, dtype)
     mix = request_mix(tokenizer, args.mix, args.max_tokens)
-    base = SpeculativeEngine.from_models(target, draft, tokenizer, POLICIES["never"], max_batch=1)
+    base = SpeculativeEngine.from_models(
+        target, draft, tokenizer, POLICIES["never"], max_batch=1, compile=args.compile, **static(args)
+    )
     rows: list[dict[str, Any]] = []
     for clients in args.clients:
         made = systems(args, base, target, tokenizer, clients)

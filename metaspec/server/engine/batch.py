@@ -33,11 +33,20 @@ log = logging.getLogger(__name__)
 
 
 def finite_rows(logits: torch.Tensor) -> list[bool]:
-    """Whether each row of `logits` (N, V) is all finite, in one read. NaN and infinities carry through a
-    sum, so a row's float32 sum is finite exactly when its entries are, barring an overflow that takes
-    logits beyond 1e33. On a CPU the sum costs a twentieth of testing each entry (float32), a test that
-    was most of settling a greedy batch (docs/benchmarks.md)."""
-    return torch.isfinite(logits.sum(-1, dtype=torch.float32)).tolist()
+    """Whether each row of `logits` (N, V) is all finite. NaN and infinities carry through a sum, so a
+    row's float32 sum is finite exactly when its entries are, barring an overflow that takes logits
+    beyond 1e33. On a CPU the sum costs a twentieth of testing each entry (float32), a test that was
+    most of settling a greedy batch (docs/benchmarks.md)."""
+    return read_rows(logits)[0]
+
+
+def read_rows(logits: torch.Tensor) -> tuple[list[bool], list[int]]:
+    """Each row's finiteness (`finite_rows`) and argmax, in one read for the whole batch: the argmax is a
+    greedy row's token whenever its processing reads no context (`Processing.contextual`), so such rows
+    settle without a read of their own (on a GPU, a host round trip each)."""
+    finite = torch.isfinite(logits.sum(-1, dtype=torch.float32))
+    rows = torch.stack([finite.long(), logits.argmax(-1)]).tolist()
+    return [bool(f) for f in rows[0]], rows[1]
 
 
 class SequenceFailed(RuntimeError):
@@ -141,10 +150,10 @@ class BatchDecoder:
                 self._fail(seq, error)
             self._drop_finished()
             return
-        finite = finite_rows(logits)
+        finite, best = read_rows(logits)
         for i, seq in enumerate(seqs):
             seq.stats.route = "speculative" if seq.speculate and self.adaptive is None else "target-only"
-            self._settle_safely(seq, logits[i : i + 1], Proposal(), finite[i])
+            self._settle_safely(seq, logits[i : i + 1], Proposal(), finite[i], best[i : i + 1])
         self._drop_finished()
 
     def _admit(self, seqs: list[Sequence]) -> None:
@@ -215,9 +224,9 @@ class BatchDecoder:
         offsets = [0]
         for chunk in chunks:
             offsets.append(offsets[-1] + chunk.keep)
-        finite = finite_rows(logits)  # (N,)
+        finite, best = read_rows(logits)  # (N,) each
         for seq, proposal, lo, hi in zip(batch, proposals, offsets, offsets[1:], strict=False):
-            self._settle_safely(seq, logits[lo:hi], proposal, all(finite[lo:hi]))
+            self._settle_safely(seq, logits[lo:hi], proposal, all(finite[lo:hi]), best[lo:hi])
         if self.adaptive is not None:
             self._record(batch, proposals, time.perf_counter() - start, start - before)
         self._drop_finished()
@@ -253,12 +262,14 @@ class BatchDecoder:
         rejected = sum(p.accepted < len(p.tokens) for p in settled)
         self.adaptive.record(len(batch), proposed, accepted, rejected, seconds, catch_up)
 
-    def _settle_safely(self, seq: Sequence, logits: torch.Tensor, proposal: Proposal, finite: bool) -> None:
+    def _settle_safely(
+        self, seq: Sequence, logits: torch.Tensor, proposal: Proposal, finite: bool, best: list[int]
+    ) -> None:
         """`_settle`, failing this sequence only when its logits are not finite or settling raises."""
         try:
             if not finite:
                 raise SequenceFailed("the target's logits are not finite for this sequence")
-            self._settle(seq, logits, proposal)
+            self._settle(seq, logits, proposal, best)
         except Exception as error:  # this sequence only
             self._fail(seq, error)
 
@@ -277,20 +288,23 @@ class BatchDecoder:
             proposals[seq.slot] = proposal  # slots are the batch's rows (packed)
         return proposals
 
-    def _settle(self, seq: Sequence, logits: torch.Tensor, proposal: Proposal) -> None:
-        """Accept a prefix of `proposal` from the target's logits (J+1, V), emit, and rewind the caches."""
+    def _settle(self, seq: Sequence, logits: torch.Tensor, proposal: Proposal, argmax: list[int]) -> None:
+        """Accept a prefix of `proposal` from the target's logits (J+1, V) (`argmax`: theirs), emit, and
+        rewind the caches."""
         j = len(proposal.tokens)
-        proposed = torch.tensor(proposal.tokens, dtype=torch.long, device=logits.device)
         assert seq.history is not None
-        context = seq.history.rows(proposed, j + 1)  # rows of (J+1, V)
         if seq.proc.greedy:
-            best = greedy_tokens(logits, context, seq.proc).tolist()  # (J+1,)
+            best = argmax
+            if seq.proc.contextual:
+                proposed = torch.tensor(proposal.tokens, dtype=torch.long, device=logits.device)
+                best = greedy_tokens(logits, seq.history.rows(proposed, j + 1), seq.proc).tolist()  # (J+1,)
             accepted = 0
             while accepted < j and best[accepted] == proposal.tokens[accepted]:
                 accepted += 1
             token = best[accepted]
         else:
-            p = probabilities(logits, context, seq.proc)  # (J+1, V)
+            proposed = torch.tensor(proposal.tokens, dtype=torch.long, device=logits.device)
+            p = probabilities(logits, seq.history.rows(proposed, j + 1), seq.proc)  # (J+1, V)
             n, x = speculative_accept(p, proposal.q, proposed, seq.generator)
             accepted, token = int(n), int(x)
         proposal.accepted = accepted

@@ -6,7 +6,8 @@ the batch, hand each request its new text (`Delta`s posted to the request's even
 A request that is cancelled (the client went away) or finishes leaves at the next step, freeing its
 slot. At a batch of one (maxConcurrency 1) the worker decodes requests one at a time through
 `SpeculativeDecoder` instead: the batch-1 path, which `compile` on CUDA runs on static caches and CUDA
-graphs (they need one owner and fixed shapes).
+graphs (they need one owner and fixed shapes). In batches, `compile` on CUDA replays the decode steps
+of the target and of a token-level draft from CUDA graphs (`slots.DecodeSteps`).
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ class SpeculativeEngine:
         self._worker: threading.Thread | None = None
         self._closed = False
         self.on_step: Callable[[int, bool], None] | None = None
+        self.compiled = False
+        """`compile` took effect: CUDA graphs (and torch.compile at a batch of one)."""
 
     @classmethod
     def from_spec(
@@ -102,8 +105,13 @@ class SpeculativeEngine:
         engine = SpeculativeEngine(self.model_name, max_batch or self.max_batch)
         engine.tokenizer, engine.served, engine._stop_ids = self.tokenizer, self.served, self._stop_ids
         target, draft = self.decoder.target, self.decoder.draft
+        graphs = self.compiled and engine.max_batch > 1
+        engine.compiled = self.compiled
         engine.decoder = BatchDecoder(
-            SlotModel(target.model, target.vocab, target.max_length), _renewed(draft), routing, engine.max_batch
+            SlotModel(target.model, target.vocab, target.max_length, graphs),
+            _renewed(draft, graphs),
+            routing,
+            engine.max_batch,
         )
         if engine.max_batch == 1 and not isinstance(draft, FeatureDraft):  # sequential: token models, lookup
             if self.sequential is not None:  # its compiled graphs, if any, serve every policy
@@ -131,17 +139,20 @@ class SpeculativeEngine:
         limits = spec.sampling
         length = limits.max_prompt_tokens + limits.max_tokens_limit + routing.max_speculative_tokens + 1
         proposer = draft.model if draft else spec.prompt_lookup
-        compile = spec.compile and device.type == "cuda" and self.max_batch == 1 and _sequential(proposer)
-        if compile:
+        compile = spec.compile and device.type == "cuda" and (self.max_batch > 1 or _sequential(proposer))
+        static = compile and self.max_batch == 1
+        if static:
             # every attention reads the whole static cache: a verify pass at 6150 positions costs 2.2 steps
             # on an H100 (docs/benchmarks.md), so tight limits make speculation pay
             log.info("compile: a static KV cache of %d positions (maxPromptTokens + maxTokensLimit + k + 1)", length)
+        elif compile:
+            log.info("compile: decode steps replayed from CUDA graphs, captured as batch sizes and lengths come")
         elif spec.compile:
             log.warning(
-                "compile: static cache + torch.compile apply on CUDA at maxConcurrency 1 with no draft, a "
-                "separate (causal-LM) draft or prompt lookup; decoding eagerly"
+                "compile applies on CUDA, at maxConcurrency 1 with no draft, a separate (causal-LM) draft or "
+                "prompt lookup, and in batches; decoding eagerly"
             )
-        self._build(target.model, proposer, target.tokenizer, routing, length if compile else None, compile, length)
+        self._build(target.model, proposer, target.tokenizer, routing, length if static else None, compile, length)
 
     def _build(
         self,
@@ -154,11 +165,16 @@ class SpeculativeEngine:
         cache_length: int | None = None,
     ) -> None:
         """`draft`: a draft model, a `PromptLookup`, or None. `cache_length`: positions per sequence in the
-        batch caches (default: the models' own limit)."""
+        batch caches (default: the models' own limit). `compile`: torch.compile and static caches at a batch
+        of one, CUDA graphs of the decode steps in batches (`DecodeSteps`)."""
         vocab = shared_vocab(target, draft if _drafts_tokens(draft) else None, tokenizer)
         length = cache_length or static_cache_len or 1 << 20  # SlotModel caps it at max_position_embeddings
-        target_lm = SlotModel(target, vocab, length)
-        self.decoder = BatchDecoder(target_lm, _draft(draft, vocab, length, target_lm.device), routing, self.max_batch)
+        graphs = compile and self.max_batch > 1
+        target_lm = SlotModel(target, vocab, length, graphs)
+        self.compiled = compile
+        self.decoder = BatchDecoder(
+            target_lm, _draft(draft, vocab, length, target_lm.device, graphs), routing, self.max_batch
+        )
         if self.max_batch == 1 and _sequential(draft):
             options = {"static_cache_len": static_cache_len, "compile": compile}
             options["compile_max_tokens"] = routing.max_speculative_tokens + 1  # verify: 1 pending + k proposals
@@ -445,22 +461,24 @@ def _sequential(draft: Any | None) -> bool:
     return not isinstance(draft, Eagle3Draft)
 
 
-def _draft(model: Any | None, vocab: int, length: int, device: torch.device) -> Draft | None:
-    """The batch decoder's draft: a token-level causal LM, an EAGLE-3 draft or prompt lookup."""
+def _draft(model: Any | None, vocab: int, length: int, device: torch.device, graphs: bool = False) -> Draft | None:
+    """The batch decoder's draft: a token-level causal LM (its decode steps from CUDA graphs with `graphs`),
+    an EAGLE-3 draft or prompt lookup."""
     if model is None:
         return None
     if isinstance(model, Eagle3Draft):
         return FeatureDraft(FeatureModel(model, vocab, length))
     if isinstance(model, PromptLookup):
         return LookupDraft(model, vocab, length, device)
-    return ModelDraft(SlotModel(model, vocab, length))
+    return ModelDraft(SlotModel(model, vocab, length, graphs))
 
 
-def _renewed(draft: Draft | None) -> Draft | None:
+def _renewed(draft: Draft | None, graphs: bool) -> Draft | None:
     """A draft of the same model or lookup as `draft`, with state of its own (caches, history)."""
     if isinstance(draft, ModelDraft):
         lm = draft.lm
-        return _draft(lm.draft if isinstance(draft, FeatureDraft) else lm.model, lm.vocab, lm.max_length, lm.device)
+        model = lm.draft if isinstance(draft, FeatureDraft) else lm.model
+        return _draft(model, lm.vocab, lm.max_length, lm.device, graphs)
     if isinstance(draft, LookupDraft):
         lookup = draft.lookup
         return _draft(lookup.settings, lookup.vocab, draft.max_length, lookup.device)

@@ -14,15 +14,24 @@ runs unchanged on the mask.
 Rows of a batch are slots `0..B-1` in order whenever the caller keeps its sequences packed (the engine
 does: a finished sequence's slot takes the last one's), so reading the cache is a view, not a copy.
 Both dimensions grow on demand (doubling, up to `max_length`), so memory follows what is in flight.
+
+A decode step (one new token for every sequence) is the same kernels step after step, and for a small
+model on a GPU launching them costs more than running them. `SlotModel(graphs=True)` runs it at a few
+fixed shapes instead (`DecodeSteps`): the batch padded up to a power of two, the positions attended
+padded up to one, and on CUDA each shape is captured once into a CUDA graph and replayed.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from transformers import Cache
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,13 +60,21 @@ class SlotCache(Cache):
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self._rows: torch.Tensor | None = None  # (B,) slots of the batch, or None when it is 0..B-1
+        self._writes: torch.Tensor | None = None  # (B,) the rows' slots to write, when not `_rows`
         self._positions = torch.zeros(0, 0, dtype=torch.long)  # (B, T) where each input token goes
         self._width = 0
+        self.allocations = 0
+        """How many times the tensors were (re)allocated: what reads them by address must follow."""
 
     @property
     def capacity(self) -> tuple[int, int]:
         """(slots, positions) allocated now."""
-        return (self.keys[0].shape[0], self.keys[0].shape[2]) if self.keys else (0, 0)
+        return (self.keys[0].shape[0] - 1, self.keys[0].shape[2]) if self.keys else (0, 0)
+
+    @property
+    def scratch(self) -> int:
+        """A row after the slots that no sequence owns: where padding rows write (`DecodeSteps`)."""
+        return self.capacity[0]
 
     def reserve(self, slots: int, width: int) -> None:
         """Make room for slots `0..slots-1` and positions `0..width-1` (doubling, up to max_length)."""
@@ -68,14 +85,16 @@ class SlotCache(Cache):
             return
         new_slots = max(slots, 2 * have_slots if slots > have_slots else have_slots, 1)
         new_width = min(self.max_length, max(width, 2 * have_width if width > have_width else have_width, 16))
+        self.allocations += 1
         for tensors in (self.keys, self.values):
             for i in range(self.num_layers):
                 # zeros, not empty: a masked position still multiplies its value by 0, and 0 * NaN is NaN
-                grown = torch.zeros(new_slots, *self.shape[:1], new_width, self.shape[1], dtype=self.dtype,
-                                    device=self.device)  # fmt: skip
+                grown = torch.zeros(
+                    new_slots + 1, *self.shape[:1], new_width, self.shape[1], dtype=self.dtype, device=self.device
+                )  # fmt: skip (the last row: `scratch`)
                 if i < len(tensors):
                     old = tensors[i]
-                    grown[: old.shape[0], :, : old.shape[2]] = old
+                    grown[: old.shape[0] - 1, :, : old.shape[2]] = old[:-1]  # the slots, not the scratch row
                     tensors[i] = grown
                 else:
                     tensors.append(grown)
@@ -100,6 +119,7 @@ class SlotCache(Cache):
         self.reserve(max(slots) + 1, width)
         packed = slots == list(range(len(slots)))
         self._rows = None if packed else torch.tensor(slots, device=self.device)
+        self._writes = None
         length = max(len(c.ids) for c in chunks)
         starts = torch.tensor([c.start for c in chunks], device=self.device)
         self._positions = starts[:, None] + torch.arange(length, device=self.device)  # (B, T)
@@ -111,7 +131,8 @@ class SlotCache(Cache):
         """Write (B, H, T, D) states at each row's positions; return (B, H, width, D) to attend over."""
         keys, values = self.keys[layer_idx], self.values[layer_idx]
         rows = self._rows if self._rows is not None else torch.arange(key_states.shape[0], device=self.device)
-        index = (rows[:, None], slice(None), self._positions)  # advanced indices first: (B, T, H, D)
+        writes = self._writes if self._writes is not None else rows
+        index = (writes[:, None], slice(None), self._positions)  # advanced indices first: (B, T, H, D)
         keys[index] = key_states.transpose(1, 2).to(self.dtype)
         values[index] = value_states.transpose(1, 2).to(self.dtype)
         if self._rows is None:
@@ -132,10 +153,11 @@ class SlotModel:
 
     `vocab`: logits are cut to the first `vocab` entries (target and draft score the same token set even
     when one pads its embedding matrix). The head runs only on the positions asked for (`Chunk.keep`),
-    not on padding: at a vocabulary of 49k the head is a large share of a step's work.
+    not on padding: at a vocabulary of 49k the head is a large share of a step's work. `graphs`: decode
+    steps run at fixed shapes (`DecodeSteps`), replayed from CUDA graphs on a GPU.
     """
 
-    def __init__(self, model: torch.nn.Module, vocab: int, max_length: int) -> None:
+    def __init__(self, model: torch.nn.Module, vocab: int, max_length: int, graphs: bool = False) -> None:
         self.model = model
         self.vocab = vocab
         self.device = next(model.parameters()).device
@@ -145,11 +167,16 @@ class SlotModel:
         self._head = model.get_output_embeddings()
         forward = inspect.signature(model.base_model.forward).parameters
         self._cache_arg = "cache" if "cache" in forward else "past_key_values"
+        self._keys = torch.arange(self.max_length, device=self.device)  # cache positions, for the masks
+        self.graphs = graphs
+        self.decode_steps = DecodeSteps(self) if graphs else None
 
     def forward(self, chunks: list[Chunk], layers: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (N, V) of every chunk's last `keep` positions, rows in chunk order (N = Σ keep), and with
         `layers` the input of each of those layers (the residual stream) at *every* position of every
         chunk, concatenated per position: (Σ len(ids), len(layers)·E) in chunk order."""
+        if self.decode_steps is not None and not layers and DecodeSteps.fits(chunks):
+            return self.decode_steps.run(chunks), None
         length = max(len(c.ids) for c in chunks)
         width = max(c.start + length for c in chunks)
         self.cache.prepare(chunks, width)
@@ -157,19 +184,7 @@ class SlotModel:
         for b, c in enumerate(chunks):
             ids[b, : len(c.ids)] = torch.tensor(c.ids)
             ids[b, len(c.ids) :] = c.ids[-1]  # padding: any valid id; its positions are never attended
-        ids = ids.to(self.device)
-        positions = self.cache._positions  # (B, T)
-        keys = torch.arange(width, device=self.device)
-        mask = (keys[None, None, :] <= positions[:, :, None])[:, None]  # (B, 1, T, width): causal per row
-        cache = {self._cache_arg: self.cache}
-        out = self.model.base_model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            output_hidden_states=bool(layers),
-            **cache,
-        )
+        out = self._base(ids.to(self.device), self.cache._positions, width, hidden_states=bool(layers))
         rows = torch.tensor([b for b, c in enumerate(chunks) for _ in range(c.keep)], device=self.device)
         cols = torch.tensor([len(c.ids) - c.keep + i for c in chunks for i in range(c.keep)], device=self.device)
         states = out.last_hidden_state[rows, cols]  # (N, E)
@@ -180,3 +195,111 @@ class SlotModel:
         valid = torch.arange(length)[None, :] < torch.tensor([len(c.ids) for c in chunks])[:, None]  # (B, T)
         features = torch.cat([out.hidden_states[i] for i in layers], dim=-1)  # (B, T, len(layers)·E)
         return logits, features[valid.to(self.device)]
+
+    def _base(self, ids: torch.Tensor, positions: torch.Tensor, width: int, hidden_states: bool = False) -> object:
+        """The model's body over `ids` (B, T) at `positions` (B, T), attending to cache positions below
+        `width`, causally per row (the cache knows where to write: `SlotCache.prepare`)."""
+        mask = (self._keys[None, None, :width] <= positions[:, :, None])[:, None]  # (B, 1, T, width)
+        return self.model.base_model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            output_hidden_states=hidden_states,
+            **{self._cache_arg: self.cache},
+        )
+
+
+#: Fewest positions a padded decode step attends to: below that, attention is not worth another shape.
+MIN_WIDTH = 64
+
+
+class DecodeSteps:
+    """A `SlotModel`'s decode steps at a few fixed shapes, replayed from CUDA graphs on a GPU.
+
+    A decode step is B sequences in slots 0..B-1 taking one token each (the target's step while nothing
+    speculates, a draft's step within a round). It runs as a batch of b, the next power of two ≥ B,
+    attending to w positions, the next power of two ≥ the widest sequence (at least `MIN_WIDTH`, at most
+    the cache's length). The padding rows decode token 0 at position 0 and read slots B..b-1 (whoever
+    owns them: reading changes nothing), but write to the cache's `scratch` row, which no sequence owns;
+    their logits are dropped.
+
+    On CUDA each (b, w) is captured into a CUDA graph when it first comes (after a warm-up pass on the
+    step's own inputs, which writes to the cache what the step writes) and replayed after that; the
+    graphs share one memory pool (one runs at a time, and each output is copied out at once). A graph
+    reads the cache at the addresses it was captured with, so when the cache grows (doubling: a few
+    times in a replica's life) the graphs are dropped and captured again as shapes come. Elsewhere the
+    padded step runs eagerly: the same code, which the CPU tests check against the ragged path.
+    """
+
+    def __init__(self, lm: SlotModel) -> None:
+        self.lm = lm
+        self.capture = lm.device.type == "cuda"
+        self.shapes: set[tuple[int, int]] = set()
+        """Every (b, w) run so far."""
+        self._runs: dict[tuple[int, int], Callable[[], torch.Tensor]] = {}
+        self._pool: object = None
+        self._allocations = -1
+        self._inputs = torch.zeros(3, 0, dtype=torch.long, device=lm.device)  # ids, positions, slots written
+
+    @staticmethod
+    def fits(chunks: list[Chunk]) -> bool:
+        """Whether the step is a decode step: one token and its logits per chunk, slots 0..B-1."""
+        return all(len(c.ids) == 1 and c.keep == 1 and c.slot == b for b, c in enumerate(chunks))
+
+    def run(self, chunks: list[Chunk]) -> torch.Tensor:
+        """Logits (B, V) after each chunk's token."""
+        n, cache = len(chunks), self.lm.cache
+        b = 1 << (n - 1).bit_length()
+        widest = max(c.start for c in chunks) + 1
+        w = min(max(MIN_WIDTH, 1 << (widest - 1).bit_length()), cache.max_length)
+        cache.reserve(b, w)
+        if cache.allocations != self._allocations:  # new tensors: every graph read the old ones
+            self._runs.clear()
+            self._pool = None
+            self._allocations = cache.allocations
+            self._inputs = torch.zeros(3, cache.capacity[0], dtype=torch.long, device=self.lm.device)
+        padding = [0] * (b - n)
+        rows = [[c.ids[0] for c in chunks] + padding, [c.start for c in chunks] + padding]
+        rows.append(list(range(n)) + [cache.scratch] * (b - n))  # where each row writes
+        self._inputs[:, :b].copy_(torch.tensor(rows))
+        run = self._runs.get((b, w))
+        if run is None:
+            run = self._runs[(b, w)] = self._prepare(b, w)
+        self.shapes.add((b, w))
+        return run()[:n].clone()  # outliving the next replay
+
+    def _step(self, b: int, w: int) -> torch.Tensor:
+        """The padded step over the input buffer's first b rows: logits (b, V)."""
+        ids, positions = self._inputs[0, :b, None], self._inputs[1, :b, None]  # (b, 1) each
+        cache = self.lm.cache
+        cache._rows, cache._writes, cache._positions, cache._width = None, self._inputs[2, :b], positions, w
+        out = self.lm._base(ids, positions, w)
+        return self.lm._head(out.last_hidden_state[:, 0])[:, : self.lm.vocab]
+
+    def _prepare(self, b: int, w: int) -> Callable[[], torch.Tensor]:
+        """How shape (b, w) runs: a graph's replay on CUDA, else the step itself."""
+        step = lambda: self._step(b, w)  # noqa: E731
+        if not self.capture:
+            return step
+        device = self.lm.device
+        try:
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                step()  # warm-up (lazy initialisation stays out of the graph)
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+                out = step()
+        except RuntimeError as error:  # an op that cannot be captured: decode eagerly from now on
+            log.warning("decode steps run eagerly: capturing a CUDA graph failed: %s", error)
+            self.capture = False
+            return step
+        self._pool = graph.pool()
+
+        def replay() -> torch.Tensor:
+            graph.replay()
+            return out
+
+        return replay

@@ -1,7 +1,8 @@
-"""The compiled CUDA path (static caches, CUDA graphs, a draft round in one graph) decodes what the
-eager path decodes: SmolLM2-135M-Instruct and its 4-layer cut, float32 on the GPU, greedy with and
-without a repetition penalty. Skipped without a CUDA GPU (the `gpu` marker): torch.compile's CUDA
-graphs exist only there; the CPU tests run the same round eagerly."""
+"""The compiled CUDA paths decode what the eager paths decode: at batch 1 static caches, CUDA graphs and
+a draft round in one graph; in batches the decode steps replayed from CUDA graphs (`DecodeSteps`).
+SmolLM2-135M-Instruct and its 4-layer cut, float32 on the GPU, greedy with and without a repetition
+penalty. Skipped without a CUDA GPU (the `gpu` marker): CUDA graphs exist only there; the CPU tests run
+the same round, and the same padded decode steps, eagerly."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ import torch
 
 from metaspec import builtin
 from metaspec.prompts import chat_prompt_ids
+from metaspec.server.engine.batch import BatchDecoder, Sequence
+from metaspec.server.engine.drafts import ModelDraft
 from metaspec.server.engine.protocol import RequestStats
 from metaspec.server.engine.routing import RoutingPolicy
 from metaspec.server.engine.sampling import Processing
+from metaspec.server.engine.slots import SlotModel
 from metaspec.server.engine.speculative import CausalLM, SpeculativeDecoder
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
@@ -55,3 +59,36 @@ def test_compiled_decodes_like_eager(policy: str, cuda_models) -> None:
         assert got == expected, (policy, proc, stats)
     # `always` proposes each greedy round in one graph; `per-token` steps, `never` has no draft
     assert bool(rounds) == (policy == "always") and set(rounds) <= {K}
+
+
+def decode_batch(dec: BatchDecoder, prompts: list[list[int]], procs: list[Processing]) -> list[list[int]]:
+    """Every prompt through `dec`, three joining every other step (the batch and its caches grow as they come)."""
+    outs: list[list[int]] = [[] for _ in prompts]
+    waiting = list(range(len(prompts)))
+    step = 0
+    while waiting or dec.running:
+        if step % 2 == 0 and waiting:
+            joining, waiting = waiting[:3], waiting[3:]
+            dec.add(
+                [Sequence(prompts[i], procs[i], TOKENS, lambda t, o=outs[i]: o.extend(t) and False) for i in joining]
+            )
+        dec.step()
+        step += 1
+    return outs
+
+
+@pytest.mark.parametrize("policy", ["never", "always"])
+def test_batched_decode_graphs_decode_like_eager(policy: str, cuda_models) -> None:
+    target, draft, tokenizer, vocab = cuda_models
+    routing = RoutingPolicy(policy, 0.5, K)
+    prompts = [chat_prompt_ids(tokenizer, r.input) for r in builtin.records("prompts")[:10]]
+    procs = [Processing(0.0, 1.0, 1.3 if i % 2 else 1.0) for i in range(len(prompts))]
+    decoders = []
+    for graphs in (False, True):
+        lm = ModelDraft(SlotModel(draft, vocab, 1024, graphs)) if routing.uses_draft else None
+        decoders.append(BatchDecoder(SlotModel(target, vocab, 1024, graphs), lm, routing, max_batch=8))
+    expected, got = (decode_batch(dec, prompts, procs) for dec in decoders)
+    assert got == expected
+    graphed = decoders[1].draft.lm if routing.uses_draft else decoders[1].target
+    steps = graphed.decode_steps
+    assert steps is not None and steps.capture and steps.shapes  # captured, not fallen back to eager

@@ -9,6 +9,7 @@ on completions sampled inside such a mixed batch.
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections import Counter
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from metaspec.server.engine.batch import BatchDecoder, Draft, Sequence, Sequence
 from metaspec.server.engine.drafts import ModelDraft
 from metaspec.server.engine.routing import RoutingPolicy
 from metaspec.server.engine.sampling import Processing
-from metaspec.server.engine.slots import SlotModel
+from metaspec.server.engine.slots import Chunk, SlotModel
 
 VOCAB = 8
 
@@ -30,11 +31,13 @@ VOCAB = 8
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def decoder(target, draft, routing: RoutingPolicy, max_batch: int) -> BatchDecoder:
+def decoder(
+    target, draft, routing: RoutingPolicy, max_batch: int, length: int = 64, graphs: bool = False
+) -> BatchDecoder:
     """`draft`: a causal LM (drafting through `ModelDraft`), another kind of `Draft`, or None."""
     if draft is not None and not isinstance(draft, Draft):
-        draft = ModelDraft(SlotModel(draft, VOCAB, 64))
-    return BatchDecoder(SlotModel(target, VOCAB, 64), draft, routing, max_batch)
+        draft = ModelDraft(SlotModel(draft, VOCAB, length, graphs))
+    return BatchDecoder(SlotModel(target, VOCAB, length, graphs), draft, routing, max_batch)
 
 
 @dataclass
@@ -99,10 +102,10 @@ ROUTINGS = {
 }
 
 
-def check_greedy(target, dec: BatchDecoder, penalty: float) -> tuple[int, int]:
-    """Decode `greedy_jobs(penalty)` with `dec`: every completion must be the target's own greedy one.
-    Returns the tokens proposed and accepted over all of them."""
-    jobs = greedy_jobs(penalty)
+def check_greedy(target, dec: BatchDecoder, penalty: float, jobs: list[Job] | None = None) -> tuple[int, int]:
+    """Decode `jobs` (default: `greedy_jobs(penalty)`) with `dec`: every completion must be the target's own
+    greedy one. Returns the tokens proposed and accepted over all of them."""
+    jobs = jobs or greedy_jobs(penalty)
     run(dec, jobs)
     for job in jobs:
         expected = target_greedy(target, job)
@@ -121,6 +124,65 @@ def test_greedy_in_a_batch_equals_target_greedy(name: str, penalty: float, tiny_
     proposed, accepted = check_greedy(tiny_target, dec, penalty)
     if routing.uses_draft:
         assert 0 < accepted < proposed  # acceptances and rejections both happened
+
+
+@pytest.mark.parametrize("name", ["never", "always", "per-token", "adaptive"])
+@pytest.mark.usefixtures("any_k")
+def test_padded_decode_steps_decode_what_ragged_steps_decode(name: str, tiny_target, tiny_draft) -> None:
+    """`SlotModel(graphs=True)` runs decode steps at padded shapes (replayed from CUDA graphs on a GPU, run
+    eagerly here): completions stay the target's own greedy ones while sequences join and leave, the
+    batch and the positions attended cross several padded sizes, and the caches grow under them."""
+    routing = ROUTINGS[name]
+    target, draft = longer(tiny_target, 256), longer(tiny_draft, 256)
+
+    def jobs() -> list[Job]:
+        made = greedy_jobs(1.3)
+        for job, length, arrival in zip(made[1::4], (70, 150, 200), (5, 40, 80), strict=True):  # past 64, 128
+            job.prompt, job.budget, job.arrival = (job.prompt * length)[:length], job.budget + 20, arrival
+        return made
+
+    padded, ragged = jobs(), jobs()
+    dec = decoder(target, draft if routing.uses_draft else None, routing, 5, length=256, graphs=True)
+    check_greedy(target, dec, 1.3, padded)
+    assert dec.target.cache.allocations > 3  # grown while decode steps ran (each growth drops the shapes' runs)
+    if not routing.adaptive:  # the draft proposed what it proposes without padding (`adaptive` picks k at random)
+        run(decoder(target, draft if routing.uses_draft else None, routing, 5, length=256), ragged)
+        counts = [[(j.seq.stats.proposed_tokens, j.seq.stats.accepted_tokens) for j in js] for js in (padded, ragged)]
+        assert counts[0] == counts[1]
+    if not routing.uses_draft:  # every step but the prefills is a decode step
+        shapes = dec.target.decode_steps.shapes
+        assert {b for b, _ in shapes} == {1, 2, 4, 8} and {w for _, w in shapes} == {64, 128, 256}
+    else:  # verify passes score several tokens a row; a round's draft steps after its first are decode steps
+        assert isinstance(dec.draft, ModelDraft) and dec.draft.lm.decode_steps.shapes
+
+
+def test_a_padded_decode_step_writes_only_its_own_rows(tiny_target) -> None:
+    """A decode step for slots 0..2 runs as a batch of 4: the padding row reads slot 3 but must write
+    nowhere a sequence lives (slots 3 and 4 here), and the real rows get the ragged step's logits."""
+    padded, ragged = SlotModel(tiny_target, VOCAB, 64, graphs=True), SlotModel(tiny_target, VOCAB, 64)
+    prompts = [[1, 2, 3, 4, 5][: 2 + s] for s in range(5)]
+    for lm in (padded, ragged):
+        lm.forward([Chunk(s, 0, p) for s, p in enumerate(prompts)])
+    before = [t.clone() for t in (*padded.cache.keys, *padded.cache.values)]
+    step = [Chunk(s, len(prompts[s]), [6]) for s in range(3)]
+    logits, _ = padded.forward(step)
+    expected, _ = ragged.forward(step)
+    assert padded.decode_steps is not None and padded.decode_steps.shapes == {(4, 64)}
+    torch.testing.assert_close(logits, expected)
+    for old, new in zip(before, (*padded.cache.keys, *padded.cache.values), strict=True):
+        new = new[:, :, : old.shape[2]]  # the step grew the cache to 64 positions
+        assert torch.equal(old[3:5], new[3:5])  # the live slots after the batch
+        for s in range(3):  # each row wrote its own position only
+            kept = torch.ones(old.shape[2], dtype=torch.bool)
+            kept[len(prompts[s])] = False
+            assert torch.equal(old[s][:, kept], new[s][:, kept]) and not torch.equal(old[s], new[s])
+
+
+def longer(model, positions: int):
+    """`model` with room for `positions` positions (the tiny models are configured for 64)."""
+    model = copy.deepcopy(model)
+    model.config.max_position_embeddings = positions
+    return model
 
 
 def test_speculation_stops_above_max_speculative_batch(tiny_target, tiny_draft) -> None:
