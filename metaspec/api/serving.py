@@ -148,7 +148,7 @@ class ServeSampling(Model):
         ge=1,
         le=1024,
         description="Requests decoded at once per replica: the batch of the metaspec engine's continuous "
-        "batching (1: one request at a time, the path `compile` applies to), `--max-num-seqs` of vLLM. More "
+        "batching (1: one request at a time through the sequential decoder), `--max-num-seqs` of vLLM. More "
         "raises throughput until a step is compute-bound, and each sequence holds its KV cache.",
     )
     max_queue: int = Field(64, ge=0, le=100000, description="Requests waiting beyond that; more get 429.")
@@ -323,11 +323,13 @@ class SpecServeSpec(WorkloadSpec):
     dtype: Dtype = Field("auto", description="Weights dtype: `auto` is bfloat16 on GPU, float32 on CPU.")
     compile: bool = Field(
         True,
-        description="Static KV cache + `torch.compile` on GPU at `sampling.maxConcurrency` 1 with no draft, a "
-        "separate draft or `promptLookup` (no effect on CPU, in batches, or with an `eagle3` draft: those "
-        "decode eagerly). The cache holds "
+        description="On GPU, CUDA graphs. In batches (`sampling.maxConcurrency` above 1) the decode steps of "
+        "the target and of a separate draft are captured at padded batch sizes and lengths as they come and "
+        "replayed (verify passes and prefills run eagerly). At `maxConcurrency` 1 with no draft, a separate "
+        "draft or `promptLookup`: a static KV cache + `torch.compile`; that cache holds "
         "`sampling.maxPromptTokens + sampling.maxTokensLimit + k + 1` positions and every attention reads "
-        "all of them: keep those limits tight, or the verify pass eats the speculation's gain. With "
+        "all of them: keep those limits tight, or the verify pass eats the speculation's gain. No effect on "
+        "CPU, nor at `maxConcurrency` 1 with an `eagle3` draft. With "
         "`engine: vllm`, false runs vLLM eagerly (`--enforce-eager`: no compile, no CUDA graphs).",
     )
     served_model_name: str | None = Field(
