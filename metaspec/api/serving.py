@@ -323,9 +323,9 @@ class SpecServeSpec(WorkloadSpec):
     dtype: Dtype = Field("auto", description="Weights dtype: `auto` is bfloat16 on GPU, float32 on CPU.")
     compile: bool = Field(
         True,
-        description="On GPU, CUDA graphs. In batches (`sampling.maxConcurrency` above 1) the decode steps of "
-        "the target and of a separate draft are captured at padded batch sizes and lengths as they come and "
-        "replayed (verify passes and prefills run eagerly). At `maxConcurrency` 1 with no draft, a separate "
+        description="On GPU, CUDA graphs. In batches (`sampling.maxConcurrency` above 1) the decode steps and "
+        "verify passes of the target and the steps of a separate draft are captured at padded batch sizes "
+        "and lengths as they come and replayed (prompts run eagerly). At `maxConcurrency` 1 with no draft, a separate "
         "draft or `promptLookup`: a static KV cache + `torch.compile`; that cache holds "
         "`sampling.maxPromptTokens + sampling.maxTokensLimit + k + 1` positions and every attention reads "
         "all of them: keep those limits tight, or the verify pass eats the speculation's gain. No effect on "

@@ -7,7 +7,8 @@ A request that is cancelled (the client went away) or finishes leaves at the nex
 slot. At a batch of one (maxConcurrency 1) the worker decodes requests one at a time through
 `SpeculativeDecoder` instead: the batch-1 path, which `compile` on CUDA runs on static caches and CUDA
 graphs (they need one owner and fixed shapes). In batches, `compile` on CUDA replays the decode steps
-of the target and of a token-level draft from CUDA graphs (`slots.DecodeSteps`).
+and verify passes of the target, and the steps of a token-level draft, from CUDA graphs
+(`slots.PaddedSteps`).
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ class SpeculativeEngine:
             # on an H100 (docs/benchmarks.md), so tight limits make speculation pay
             log.info("compile: a static KV cache of %d positions (maxPromptTokens + maxTokensLimit + k + 1)", length)
         elif compile:
-            log.info("compile: decode steps replayed from CUDA graphs, captured as batch sizes and lengths come")
+            log.info("compile: batched steps replayed from CUDA graphs, captured as batch sizes and lengths come")
         elif spec.compile:
             log.warning(
                 "compile applies on CUDA, at maxConcurrency 1 with no draft, a separate (causal-LM) draft or "
@@ -166,7 +167,7 @@ class SpeculativeEngine:
     ) -> None:
         """`draft`: a draft model, a `PromptLookup`, or None. `cache_length`: positions per sequence in the
         batch caches (default: the models' own limit). `compile`: torch.compile and static caches at a batch
-        of one, CUDA graphs of the decode steps in batches (`DecodeSteps`)."""
+        of one, CUDA graphs of the steps in batches (`PaddedSteps`)."""
         vocab = shared_vocab(target, draft if _drafts_tokens(draft) else None, tokenizer)
         length = cache_length or static_cache_len or 1 << 20  # SlotModel caps it at max_position_embeddings
         graphs = compile and self.max_batch > 1

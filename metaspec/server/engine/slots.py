@@ -15,10 +15,11 @@ Rows of a batch are slots `0..B-1` in order whenever the caller keeps its sequen
 does: a finished sequence's slot takes the last one's), so reading the cache is a view, not a copy.
 Both dimensions grow on demand (doubling, up to `max_length`), so memory follows what is in flight.
 
-A decode step (one new token for every sequence) is the same kernels step after step, and for a small
-model on a GPU launching them costs more than running them. `SlotModel(graphs=True)` runs it at a few
-fixed shapes instead (`DecodeSteps`): the batch padded up to a power of two, the positions attended
-padded up to one, and on CUDA each shape is captured once into a CUDA graph and replayed.
+A decode step (one new token for every sequence) or a verify pass (a few) is the same kernels step
+after step, and for a small model on a GPU launching them costs more than running them.
+`SlotModel(graphs=True)` runs such steps at a few fixed shapes instead (`PaddedSteps`): the batch, the
+tokens per row and the positions attended each padded up to a power of two, and on CUDA each shape
+captured once into a CUDA graph and replayed.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class SlotCache(Cache):
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self._rows: torch.Tensor | None = None  # (B,) slots of the batch, or None when it is 0..B-1
-        self._writes: torch.Tensor | None = None  # (B,) the rows' slots to write, when not `_rows`
+        self._writes: torch.Tensor | None = None  # (B, T) the slot each token writes to, when not its row's
         self._positions = torch.zeros(0, 0, dtype=torch.long)  # (B, T) where each input token goes
         self._width = 0
         self.allocations = 0
@@ -73,7 +74,7 @@ class SlotCache(Cache):
 
     @property
     def scratch(self) -> int:
-        """A row after the slots that no sequence owns: where padding rows write (`DecodeSteps`)."""
+        """A row after the slots that no sequence owns: where padding writes (`PaddedSteps`)."""
         return self.capacity[0]
 
     def reserve(self, slots: int, width: int) -> None:
@@ -131,8 +132,8 @@ class SlotCache(Cache):
         """Write (B, H, T, D) states at each row's positions; return (B, H, width, D) to attend over."""
         keys, values = self.keys[layer_idx], self.values[layer_idx]
         rows = self._rows if self._rows is not None else torch.arange(key_states.shape[0], device=self.device)
-        writes = self._writes if self._writes is not None else rows
-        index = (writes[:, None], slice(None), self._positions)  # advanced indices first: (B, T, H, D)
+        writes = self._writes if self._writes is not None else rows[:, None]  # (B, T) or (B, 1)
+        index = (writes, slice(None), self._positions)  # advanced indices first: (B, T, H, D)
         keys[index] = key_states.transpose(1, 2).to(self.dtype)
         values[index] = value_states.transpose(1, 2).to(self.dtype)
         if self._rows is None:
@@ -153,8 +154,8 @@ class SlotModel:
 
     `vocab`: logits are cut to the first `vocab` entries (target and draft score the same token set even
     when one pads its embedding matrix). The head runs only on the positions asked for (`Chunk.keep`),
-    not on padding: at a vocabulary of 49k the head is a large share of a step's work. `graphs`: decode
-    steps run at fixed shapes (`DecodeSteps`), replayed from CUDA graphs on a GPU.
+    not on padding: at a vocabulary of 49k the head is a large share of a step's work. `graphs`: steps of
+    a few tokens a sequence run at fixed shapes (`PaddedSteps`), replayed from CUDA graphs on a GPU.
     """
 
     def __init__(self, model: torch.nn.Module, vocab: int, max_length: int, graphs: bool = False) -> None:
@@ -169,14 +170,14 @@ class SlotModel:
         self._cache_arg = "cache" if "cache" in forward else "past_key_values"
         self._keys = torch.arange(self.max_length, device=self.device)  # cache positions, for the masks
         self.graphs = graphs
-        self.decode_steps = DecodeSteps(self) if graphs else None
+        self.padded = PaddedSteps(self) if graphs else None
 
     def forward(self, chunks: list[Chunk], layers: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (N, V) of every chunk's last `keep` positions, rows in chunk order (N = Σ keep), and with
         `layers` the input of each of those layers (the residual stream) at *every* position of every
         chunk, concatenated per position: (Σ len(ids), len(layers)·E) in chunk order."""
-        if self.decode_steps is not None and not layers and DecodeSteps.fits(chunks):
-            return self.decode_steps.run(chunks), None
+        if self.padded is not None and not layers and PaddedSteps.fits(chunks):
+            return self.padded.run(chunks), None
         length = max(len(c.ids) for c in chunks)
         width = max(c.start + length for c in chunks)
         self.cache.prepare(chunks, width)
@@ -210,21 +211,30 @@ class SlotModel:
         )
 
 
-#: Fewest positions a padded decode step attends to: below that, attention is not worth another shape.
+#: Fewest positions a padded step attends to: below that, attention is not worth another shape.
 MIN_WIDTH = 64
+#: Most tokens a row takes in a padded step (a verify pass of up to 7 proposals); longer chunks (prompts)
+#: run eagerly.
+MAX_TOKENS = 8
 
 
-class DecodeSteps:
-    """A `SlotModel`'s decode steps at a few fixed shapes, replayed from CUDA graphs on a GPU.
+def _pow2(n: int) -> int:
+    """The least power of two ≥ n (n ≥ 1)."""
+    return 1 << (n - 1).bit_length()
 
-    A decode step is B sequences in slots 0..B-1 taking one token each (the target's step while nothing
-    speculates, a draft's step within a round). It runs as a batch of b, the next power of two ≥ B,
-    attending to w positions, the next power of two ≥ the widest sequence (at least `MIN_WIDTH`, at most
-    the cache's length). The padding rows decode token 0 at position 0 and read slots B..b-1 (whoever
-    owns them: reading changes nothing), but write to the cache's `scratch` row, which no sequence owns;
-    their logits are dropped.
 
-    On CUDA each (b, w) is captured into a CUDA graph when it first comes (after a warm-up pass on the
+class PaddedSteps:
+    """A `SlotModel`'s steps at a few fixed shapes, replayed from CUDA graphs on a GPU.
+
+    A step of B sequences in slots 0..B-1 taking at most `MAX_TOKENS` tokens each (the target's decode
+    steps and verify passes, a draft's steps within a round) runs as a batch of b rows of t tokens
+    attending to w positions: b the least power of two ≥ B, t the least ≥ the longest chunk, w the least
+    ≥ the widest sequence (at least `MIN_WIDTH`, at most the cache's length). Padding (rows B..b-1, and
+    each row's tokens after its own) reads the cache but writes only to its `scratch` row, which no
+    sequence owns, and its logits are dropped: every sequence's slot holds exactly what the ragged step
+    writes, and each real token attends to exactly what it attends to there.
+
+    On CUDA each (b, t, w) is captured into a CUDA graph when it first comes (after a warm-up pass on the
     step's own inputs, which writes to the cache what the step writes) and replayed after that; the
     graphs share one memory pool (one runs at a time, and each output is copied out at once). A graph
     reads the cache at the addresses it was captured with, so when the cache grows (doubling: a few
@@ -235,51 +245,55 @@ class DecodeSteps:
     def __init__(self, lm: SlotModel) -> None:
         self.lm = lm
         self.capture = lm.device.type == "cuda"
-        self.shapes: set[tuple[int, int]] = set()
-        """Every (b, w) run so far."""
-        self._runs: dict[tuple[int, int], Callable[[], torch.Tensor]] = {}
+        self.shapes: set[tuple[int, int, int]] = set()
+        """Every (b, t, w) run so far."""
+        self._runs: dict[tuple[int, int, int], Callable[[], torch.Tensor]] = {}
         self._pool: object = None
         self._allocations = -1
         self._inputs = torch.zeros(3, 0, dtype=torch.long, device=lm.device)  # ids, positions, slots written
 
     @staticmethod
     def fits(chunks: list[Chunk]) -> bool:
-        """Whether the step is a decode step: one token and its logits per chunk, slots 0..B-1."""
-        return all(len(c.ids) == 1 and c.keep == 1 and c.slot == b for b, c in enumerate(chunks))
+        """Whether the step can run padded: at most `MAX_TOKENS` tokens a chunk, slots 0..B-1."""
+        return all(len(c.ids) <= MAX_TOKENS and c.slot == b for b, c in enumerate(chunks))
 
     def run(self, chunks: list[Chunk]) -> torch.Tensor:
-        """Logits (B, V) after each chunk's token."""
+        """Logits (Σ keep, V) of each chunk's last `keep` tokens, in chunk order (as `SlotModel.forward`)."""
         n, cache = len(chunks), self.lm.cache
-        b = 1 << (n - 1).bit_length()
-        widest = max(c.start for c in chunks) + 1
-        w = min(max(MIN_WIDTH, 1 << (widest - 1).bit_length()), cache.max_length)
+        b, t = _pow2(n), _pow2(max(len(c.ids) for c in chunks))
+        w = min(max(MIN_WIDTH, _pow2(max(c.start + len(c.ids) for c in chunks))), cache.max_length)
         cache.reserve(b, w)
         if cache.allocations != self._allocations:  # new tensors: every graph read the old ones
             self._runs.clear()
             self._pool = None
             self._allocations = cache.allocations
-            self._inputs = torch.zeros(3, cache.capacity[0], dtype=torch.long, device=self.lm.device)
-        padding = [0] * (b - n)
-        rows = [[c.ids[0] for c in chunks] + padding, [c.start for c in chunks] + padding]
-        rows.append(list(range(n)) + [cache.scratch] * (b - n))  # where each row writes
-        self._inputs[:, :b].copy_(torch.tensor(rows))
-        run = self._runs.get((b, w))
+            self._inputs = torch.zeros(3, cache.capacity[0] * MAX_TOKENS, dtype=torch.long, device=self.lm.device)
+        ids, positions, writes, keep = [], [], [], []
+        for row in range(b):
+            c = chunks[row] if row < n else Chunk(cache.scratch, 0, [])
+            ids += c.ids + [0] * (t - len(c.ids))
+            positions += [min(c.start + i, w - 1) for i in range(t)]
+            writes += [c.slot] * len(c.ids) + [cache.scratch] * (t - len(c.ids))
+            if row < n:
+                keep += [row * t + i for i in range(len(c.ids) - c.keep, len(c.ids))]
+        self._inputs[:, : b * t].copy_(torch.tensor([ids, positions, writes]))
+        run = self._runs.get((b, t, w))
         if run is None:
-            run = self._runs[(b, w)] = self._prepare(b, w)
-        self.shapes.add((b, w))
-        return run()[:n].clone()  # outliving the next replay
+            run = self._runs[(b, t, w)] = self._prepare(b, t, w)
+        self.shapes.add((b, t, w))
+        return run()[torch.tensor(keep, device=self.lm.device)]  # a copy: outlives the next replay
 
-    def _step(self, b: int, w: int) -> torch.Tensor:
-        """The padded step over the input buffer's first b rows: logits (b, V)."""
-        ids, positions = self._inputs[0, :b, None], self._inputs[1, :b, None]  # (b, 1) each
+    def _step(self, b: int, t: int, w: int) -> torch.Tensor:
+        """The padded step over the input buffer's first b·t entries: logits (b·t, V)."""
+        ids, positions, writes = (self._inputs[i, : b * t].view(b, t) for i in range(3))
         cache = self.lm.cache
-        cache._rows, cache._writes, cache._positions, cache._width = None, self._inputs[2, :b], positions, w
-        out = self.lm._base(ids, positions, w)
-        return self.lm._head(out.last_hidden_state[:, 0])[:, : self.lm.vocab]
+        cache._rows, cache._writes, cache._positions, cache._width = None, writes, positions, w
+        hidden = self.lm._base(ids, positions, w).last_hidden_state  # (b, t, E)
+        return self.lm._head(hidden.flatten(0, 1))[:, : self.lm.vocab]
 
-    def _prepare(self, b: int, w: int) -> Callable[[], torch.Tensor]:
-        """How shape (b, w) runs: a graph's replay on CUDA, else the step itself."""
-        step = lambda: self._step(b, w)  # noqa: E731
+    def _prepare(self, b: int, t: int, w: int) -> Callable[[], torch.Tensor]:
+        """How shape (b, t, w) runs: a graph's replay on CUDA, else the step itself."""
+        step = lambda: self._step(b, t, w)  # noqa: E731
         if not self.capture:
             return step
         device = self.lm.device
@@ -292,8 +306,8 @@ class DecodeSteps:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
                 out = step()
-        except RuntimeError as error:  # an op that cannot be captured: decode eagerly from now on
-            log.warning("decode steps run eagerly: capturing a CUDA graph failed: %s", error)
+        except RuntimeError as error:  # an op that cannot be captured: run steps eagerly from now on
+            log.warning("padded steps run eagerly: capturing a CUDA graph failed: %s", error)
             self.capture = False
             return step
         self._pool = graph.pool()

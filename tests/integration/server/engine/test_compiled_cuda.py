@@ -1,8 +1,9 @@
 """The compiled CUDA paths decode what the eager paths decode: at batch 1 static caches, CUDA graphs and
-a draft round in one graph; in batches the decode steps replayed from CUDA graphs (`DecodeSteps`).
+a draft round in one graph; in batches decode steps and verify passes replayed from CUDA graphs
+(`PaddedSteps`).
 SmolLM2-135M-Instruct and its 4-layer cut, float32 on the GPU, greedy with and without a repetition
 penalty. Skipped without a CUDA GPU (the `gpu` marker): CUDA graphs exist only there; the CPU tests run
-the same round, and the same padded decode steps, eagerly."""
+the same round, and the same padded steps, eagerly."""
 
 from __future__ import annotations
 
@@ -78,7 +79,7 @@ def decode_batch(dec: BatchDecoder, prompts: list[list[int]], procs: list[Proces
 
 
 @pytest.mark.parametrize("policy", ["never", "always"])
-def test_batched_decode_graphs_decode_like_eager(policy: str, cuda_models) -> None:
+def test_batched_graphs_decode_like_eager(policy: str, cuda_models) -> None:
     target, draft, tokenizer, vocab = cuda_models
     routing = RoutingPolicy(policy, 0.5, K)
     prompts = [chat_prompt_ids(tokenizer, r.input) for r in builtin.records("prompts")[:10]]
@@ -89,6 +90,5 @@ def test_batched_decode_graphs_decode_like_eager(policy: str, cuda_models) -> No
         decoders.append(BatchDecoder(SlotModel(target, vocab, 1024, graphs), lm, routing, max_batch=8))
     expected, got = (decode_batch(dec, prompts, procs) for dec in decoders)
     assert got == expected
-    graphed = decoders[1].draft.lm if routing.uses_draft else decoders[1].target
-    steps = graphed.decode_steps
-    assert steps is not None and steps.capture and steps.shapes  # captured, not fallen back to eager
+    for lm in (decoders[1].target, *([decoders[1].draft.lm] if routing.uses_draft else [])):
+        assert lm.padded is not None and lm.padded.capture and lm.padded.shapes  # captured, not fallen back

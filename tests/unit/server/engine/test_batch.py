@@ -128,10 +128,11 @@ def test_greedy_in_a_batch_equals_target_greedy(name: str, penalty: float, tiny_
 
 @pytest.mark.parametrize("name", ["never", "always", "per-token", "adaptive"])
 @pytest.mark.usefixtures("any_k")
-def test_padded_decode_steps_decode_what_ragged_steps_decode(name: str, tiny_target, tiny_draft) -> None:
-    """`SlotModel(graphs=True)` runs decode steps at padded shapes (replayed from CUDA graphs on a GPU, run
-    eagerly here): completions stay the target's own greedy ones while sequences join and leave, the
-    batch and the positions attended cross several padded sizes, and the caches grow under them."""
+def test_padded_steps_decode_what_ragged_steps_decode(name: str, tiny_target, tiny_draft) -> None:
+    """`SlotModel(graphs=True)` runs steps of a few tokens a row at padded shapes (replayed from CUDA graphs
+    on a GPU, run eagerly here): completions stay the target's own greedy ones while sequences join and
+    leave, the batch, the tokens a row and the positions attended cross several padded sizes, the caches
+    grow under them, and a draft proposes exactly what it proposes unpadded."""
     routing = ROUTINGS[name]
     target, draft = longer(tiny_target, 256), longer(tiny_draft, 256)
 
@@ -144,38 +145,41 @@ def test_padded_decode_steps_decode_what_ragged_steps_decode(name: str, tiny_tar
     padded, ragged = jobs(), jobs()
     dec = decoder(target, draft if routing.uses_draft else None, routing, 5, length=256, graphs=True)
     check_greedy(target, dec, 1.3, padded)
-    assert dec.target.cache.allocations > 3  # grown while decode steps ran (each growth drops the shapes' runs)
-    if not routing.adaptive:  # the draft proposed what it proposes without padding (`adaptive` picks k at random)
+    assert dec.target.cache.allocations > 3  # grown while padded steps ran (each growth drops the shapes' runs)
+    shapes = dec.target.padded.shapes
+    assert {b for b, _, _ in shapes} == {1, 2, 4, 8} and {w for _, _, w in shapes} == {64, 128, 256}
+    if routing.uses_draft:  # verify passes of 2 (per-token) to 4 tokens a row, and the draft's own steps
+        assert {t for _, t, _ in shapes} >= {1, 4} and dec.draft.lm.padded.shapes
+    else:
+        assert {t for _, t, _ in shapes} == {1}
+    if not routing.adaptive:  # the draft proposed what it proposes unpadded (`adaptive` picks k at random)
         run(decoder(target, draft if routing.uses_draft else None, routing, 5, length=256), ragged)
         counts = [[(j.seq.stats.proposed_tokens, j.seq.stats.accepted_tokens) for j in js] for js in (padded, ragged)]
         assert counts[0] == counts[1]
-    if not routing.uses_draft:  # every step but the prefills is a decode step
-        shapes = dec.target.decode_steps.shapes
-        assert {b for b, _ in shapes} == {1, 2, 4, 8} and {w for _, w in shapes} == {64, 128, 256}
-    else:  # verify passes score several tokens a row; a round's draft steps after its first are decode steps
-        assert isinstance(dec.draft, ModelDraft) and dec.draft.lm.decode_steps.shapes
 
 
-def test_a_padded_decode_step_writes_only_its_own_rows(tiny_target) -> None:
-    """A decode step for slots 0..2 runs as a batch of 4: the padding row reads slot 3 but must write
-    nowhere a sequence lives (slots 3 and 4 here), and the real rows get the ragged step's logits."""
+def test_a_padded_step_writes_only_its_own_tokens(tiny_target) -> None:
+    """A step of 1, 3 and 2 tokens for slots 0..2 runs as 4 rows of 4 tokens: the padding reads the cache
+    but must write nowhere a sequence lives (not slots 3 and 4, not a row's positions after its own
+    tokens), and the real rows get the ragged step's logits."""
     padded, ragged = SlotModel(tiny_target, VOCAB, 64, graphs=True), SlotModel(tiny_target, VOCAB, 64)
-    prompts = [[1, 2, 3, 4, 5][: 2 + s] for s in range(5)]
+    prompts = [([1, 2, 3, 4, 5, 6, 7] * 2)[: 9 + s] for s in range(5)]  # longer than a padded step takes
     for lm in (padded, ragged):
         lm.forward([Chunk(s, 0, p) for s, p in enumerate(prompts)])
     before = [t.clone() for t in (*padded.cache.keys, *padded.cache.values)]
-    step = [Chunk(s, len(prompts[s]), [6]) for s in range(3)]
+    step = [Chunk(0, 9, [6]), Chunk(1, 10, [6, 7, 1], keep=2), Chunk(2, 11, [7, 2], keep=2)]
     logits, _ = padded.forward(step)
     expected, _ = ragged.forward(step)
-    assert padded.decode_steps is not None and padded.decode_steps.shapes == {(4, 64)}
+    assert padded.padded is not None and padded.padded.shapes == {(4, 4, 64)}
     torch.testing.assert_close(logits, expected)
     for old, new in zip(before, (*padded.cache.keys, *padded.cache.values), strict=True):
         new = new[:, :, : old.shape[2]]  # the step grew the cache to 64 positions
         assert torch.equal(old[3:5], new[3:5])  # the live slots after the batch
-        for s in range(3):  # each row wrote its own position only
+        for chunk in step:  # each row wrote its own tokens' positions only
             kept = torch.ones(old.shape[2], dtype=torch.bool)
-            kept[len(prompts[s])] = False
-            assert torch.equal(old[s][:, kept], new[s][:, kept]) and not torch.equal(old[s], new[s])
+            kept[chunk.start : chunk.start + len(chunk.ids)] = False
+            assert torch.equal(old[chunk.slot][:, kept], new[chunk.slot][:, kept])
+            assert not torch.equal(old[chunk.slot], new[chunk.slot])
 
 
 def longer(model, positions: int):
