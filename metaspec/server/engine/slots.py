@@ -176,8 +176,8 @@ class SlotModel:
         """Logits (N, V) of every chunk's last `keep` positions, rows in chunk order (N = Σ keep), and with
         `layers` the input of each of those layers (the residual stream) at *every* position of every
         chunk, concatenated per position: (Σ len(ids), len(layers)·E) in chunk order."""
-        if self.padded is not None and not layers and PaddedSteps.fits(chunks):
-            return self.padded.run(chunks), None
+        if self.padded is not None and PaddedSteps.fits(chunks):
+            return self.padded.run(chunks, layers)
         length = max(len(c.ids) for c in chunks)
         width = max(c.start + length for c in chunks)
         self.cache.prepare(chunks, width)
@@ -247,7 +247,9 @@ class PaddedSteps:
         self.capture = lm.device.type == "cuda"
         self.shapes: set[tuple[int, int, int]] = set()
         """Every (b, t, w) run so far."""
-        self._runs: dict[tuple[int, int, int], Callable[[], torch.Tensor]] = {}
+        self._runs: dict[
+            tuple[int, int, int, tuple[int, ...]], Callable[[], tuple[torch.Tensor, torch.Tensor | None]]
+        ] = {}
         self._pool: object = None
         self._allocations = -1
         self._inputs = torch.zeros(3, 0, dtype=torch.long, device=lm.device)  # ids, positions, slots written
@@ -257,8 +259,9 @@ class PaddedSteps:
         """Whether the step can run padded: at most `MAX_TOKENS` tokens a chunk, slots 0..B-1."""
         return all(len(c.ids) <= MAX_TOKENS and c.slot == b for b, c in enumerate(chunks))
 
-    def run(self, chunks: list[Chunk]) -> torch.Tensor:
-        """Logits (Σ keep, V) of each chunk's last `keep` tokens, in chunk order (as `SlotModel.forward`)."""
+    def run(self, chunks: list[Chunk], layers: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What `SlotModel.forward` returns: logits (Σ keep, V) of each chunk's last `keep` tokens, and with
+        `layers` those layers' inputs at every token (Σ len(ids), len(layers)·E), in chunk order."""
         n, cache = len(chunks), self.lm.cache
         b, t = _pow2(n), _pow2(max(len(c.ids) for c in chunks))
         w = min(max(MIN_WIDTH, _pow2(max(c.start + len(c.ids) for c in chunks))), cache.max_length)
@@ -268,7 +271,7 @@ class PaddedSteps:
             self._pool = None
             self._allocations = cache.allocations
             self._inputs = torch.zeros(3, cache.capacity[0] * MAX_TOKENS, dtype=torch.long, device=self.lm.device)
-        ids, positions, writes, keep = [], [], [], []
+        ids, positions, writes, keep, valid = [], [], [], [], []
         for row in range(b):
             c = chunks[row] if row < n else Chunk(cache.scratch, 0, [])
             ids += c.ids + [0] * (t - len(c.ids))
@@ -276,24 +279,35 @@ class PaddedSteps:
             writes += [c.slot] * len(c.ids) + [cache.scratch] * (t - len(c.ids))
             if row < n:
                 keep += [row * t + i for i in range(len(c.ids) - c.keep, len(c.ids))]
+                valid += [row * t + i for i in range(len(c.ids))]
         self._inputs[:, : b * t].copy_(torch.tensor([ids, positions, writes]))
-        run = self._runs.get((b, t, w))
+        run = self._runs.get((b, t, w, layers))
         if run is None:
-            run = self._runs[(b, t, w)] = self._prepare(b, t, w)
+            run = self._runs[(b, t, w, layers)] = self._prepare(b, t, w, layers)
         self.shapes.add((b, t, w))
-        return run()[torch.tensor(keep, device=self.lm.device)]  # a copy: outlives the next replay
+        logits, features = run()
+        device = self.lm.device  # indexing copies: what is returned outlives the next replay
+        if features is None:
+            return logits[torch.tensor(keep, device=device)], None
+        return logits[torch.tensor(keep, device=device)], features[torch.tensor(valid, device=device)]
 
-    def _step(self, b: int, t: int, w: int) -> torch.Tensor:
-        """The padded step over the input buffer's first b·t entries: logits (b·t, V)."""
+    def _step(self, b: int, t: int, w: int, layers: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The padded step over the input buffer's first b·t entries: logits (b·t, V), and with `layers`
+        their inputs (b·t, len(layers)·E)."""
         ids, positions, writes = (self._inputs[i, : b * t].view(b, t) for i in range(3))
         cache = self.lm.cache
         cache._rows, cache._writes, cache._positions, cache._width = None, writes, positions, w
-        hidden = self.lm._base(ids, positions, w).last_hidden_state  # (b, t, E)
-        return self.lm._head(hidden.flatten(0, 1))[:, : self.lm.vocab]
+        out = self.lm._base(ids, positions, w, hidden_states=bool(layers))
+        logits = self.lm._head(out.last_hidden_state.flatten(0, 1))[:, : self.lm.vocab]
+        if not layers:
+            return logits, None
+        return logits, torch.cat([out.hidden_states[i] for i in layers], dim=-1).flatten(0, 1)
 
-    def _prepare(self, b: int, t: int, w: int) -> Callable[[], torch.Tensor]:
+    def _prepare(
+        self, b: int, t: int, w: int, layers: tuple[int, ...]
+    ) -> Callable[[], tuple[torch.Tensor, torch.Tensor | None]]:
         """How shape (b, t, w) runs: a graph's replay on CUDA, else the step itself."""
-        step = lambda: self._step(b, t, w)  # noqa: E731
+        step = lambda: self._step(b, t, w, layers)  # noqa: E731
         if not self.capture:
             return step
         device = self.lm.device
@@ -312,7 +326,7 @@ class PaddedSteps:
             return step
         self._pool = graph.pool()
 
-        def replay() -> torch.Tensor:
+        def replay() -> tuple[torch.Tensor, torch.Tensor | None]:
             graph.replay()
             return out
 

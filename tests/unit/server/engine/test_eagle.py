@@ -90,6 +90,21 @@ def test_greedy_in_a_batch_equals_target_greedy(name: str, head: str, target, re
         assert emitted & outside, "the target's own choices outside the draft vocabulary must be emitted"
 
 
+@pytest.mark.parametrize("name", ["always", "per-token"])
+def test_padded_target_steps_hand_the_draft_the_same_features(name: str, target, full) -> None:
+    """With `graphs` the target's steps run padded (replayed from CUDA graphs on a GPU) and hand the draft
+    its features from there: output, proposals and acceptances are those of unpadded steps."""
+    routing = ROUTINGS[name]
+    outcomes, padded = [], None
+    for graphs in (False, True):
+        padded = SlotModel(target, VOCAB, 64, graphs)
+        jobs = greedy_jobs(1.0)
+        run(BatchDecoder(padded, FeatureDraft(FeatureModel(full, VOCAB, 64)), routing, 5), jobs)
+        outcomes.append([(j.out, j.seq.stats.proposed_tokens, j.seq.stats.accepted_tokens) for j in jobs if j.seq])
+    assert outcomes[0] == outcomes[1] and sum(o[1] for o in outcomes[1]) > 0
+    assert padded is not None and padded.padded is not None and {t for _, t, _ in padded.padded.shapes} >= {1, 4}
+
+
 def test_sampling_in_a_batch_matches_target_distribution(target, pruned) -> None:
     """Pruned head, per-token routing, repetition penalty and top-p: every rule that reads q at once."""
     routing, proc = RoutingPolicy("per-token", 0.5, 3), Processing(1.5, 0.95, 1.2)
