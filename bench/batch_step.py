@@ -17,6 +17,11 @@ the rest is what settling costs the host, its own waits included).
     python bench/batch_step.py --modes sampled --logit-scale 30
     python bench/batch_step.py --device cuda --dtype float32   # not run on a GPU yet
     python bench/batch_step.py --batch 64 --modes greedy --profile 16   # where a step's host time goes
+    python bench/batch_step.py --device cuda --dtype bfloat16 --layers 30 --hidden 576 --steps eager padded
+
+`--steps padded` runs the target's steps at padded shapes (`PaddedSteps`), replayed from CUDA graphs on a
+GPU: what `compile` serves in batches. Each (steps, mode, batch) gets a target of its own, warmed up on
+a 4-token run first, so the measured run replays graphs captured before it.
 """
 
 from __future__ import annotations
@@ -25,9 +30,12 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
 from _common import add_common_args, machine, setup, sync, write_result
 
 from metaspec.server.engine.batch import BatchDecoder, Sequence
@@ -64,12 +72,20 @@ def timed(function: Callable[..., Any], now: Callable[[], float], spent: list[fl
     return wrapper
 
 
-def run(model: Any, args: argparse.Namespace, mode: str, batch: int) -> dict[str, Any]:
-    prompt_length = 16
-    target = SlotModel(model, args.vocab, prompt_length + args.tokens + 8)
+PROMPT = 16
+
+
+def slot_model(model: Any, args: argparse.Namespace, steps: str) -> SlotModel:
+    """The target, its steps `eager` (ragged) or `padded` (`PaddedSteps`: CUDA graphs on a GPU)."""
+    return SlotModel(model, args.vocab, PROMPT + args.tokens + 8, graphs=steps == "padded")
+
+
+def run(target: SlotModel, args: argparse.Namespace, mode: str, batch: int) -> dict[str, Any]:
+    prompt_length = PROMPT
     decoder = BatchDecoder(target, None, RoutingPolicy("never", 0.7, 5), batch)
     forward, now = [0.0], clock(target.device)
-    target.forward = timed(target.forward, now, forward)  # type: ignore[method-assign]
+    eager_forward = target.forward
+    target.forward = timed(eager_forward, now, forward)  # type: ignore[method-assign]
     ids = torch.Generator().manual_seed(args.seed)
     seqs = [
         Sequence(
@@ -87,8 +103,10 @@ def run(model: Any, args: argparse.Namespace, mode: str, batch: int) -> dict[str
         decoder.step()
         steps += 1
     step = now() - start
+    target.forward = eager_forward  # type: ignore[method-assign]
     assert all(s.error is None and s.produced == args.tokens for s in seqs)
     return {
+        "steps_kind": "padded" if target.graphs else "eager",
         "mode": mode,
         "batch": batch,
         "steps": steps,
@@ -104,6 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument(
+        "--steps",
+        nargs="+",
+        default=["eager"],
+        choices=["eager", "padded"],
+        help="the target's steps: ragged and eager, or padded (replayed from CUDA graphs on a GPU)",
+    )
     parser.add_argument("--tokens", type=int, default=64, help="tokens each request generates")
     parser.add_argument("--vocab", type=int, default=49152)
     parser.add_argument("--layers", type=int, default=2)
@@ -124,16 +149,21 @@ def main(argv: list[str] | None = None) -> int:
     model = model.to(device, dtype).eval()
     rows = []
     print(
-        "| mode | batch | steps | step s | forward s | rest (settle) s | rest ms/step |\n|---|---|---|---|---|---|---|"
+        "| target steps | mode | batch | steps | step s | forward s | rest (settle) s | rest ms/step |\n"
+        "|---|---|---|---|---|---|---|---|"
     )
     for mode in args.modes:
         for batch in args.batch:
-            run(model, argparse.Namespace(**{**vars(args), "tokens": 4}), mode, batch)  # warm-up: first kernels
-            row = run(model, args, mode, batch)
-            rows.append(row)
-            print(
-                f"| {mode} | {batch} | {row['steps']} | {row['step_s']} | {row['forward_s']} | {row['settle_s']} | {row['settle_ms_per_step']} |"
-            )
+            for kind in args.steps:
+                target = slot_model(model, args, kind)
+                # warm-up: first kernels (and the padded shapes' CUDA graphs), on the target measured next
+                run(target, argparse.Namespace(**{**vars(args), "tokens": 4}), mode, batch)
+                row = run(target, args, mode, batch)
+                rows.append(row)
+                print(
+                    f"| {kind} | {mode} | {batch} | {row['steps']} | {row['step_s']} | {row['forward_s']} | "
+                    f"{row['settle_s']} | {row['settle_ms_per_step']} |"
+                )
     write_result(args, argv, "batch_step", device, {"machine": machine(device, dtype), "rows": rows})
     if args.profile:
         profile(model, args, args.modes[-1], args.batch[-1])
@@ -146,8 +176,10 @@ def profile(model: Any, args: argparse.Namespace, mode: str, batch: int) -> None
     from torch.profiler import profile as torch_profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    target = slot_model(model, args, args.steps[-1])
+    run(target, argparse.Namespace(**{**vars(args), "tokens": 4}), mode, batch)  # warm-up, as measured above
     with torch_profile(activities=activities) as prof:
-        run(model, argparse.Namespace(**{**vars(args), "tokens": args.profile}), mode, batch)
+        run(target, argparse.Namespace(**{**vars(args), "tokens": args.profile}), mode, batch)
     print(f"{args.profile} steps, {mode}, batch {batch}:")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
 

@@ -1,5 +1,6 @@
 """The method benchmarks (`bench/method.py`, `teacher.py`, `routing.py`), prompt lookup's settings
-(`bench/lookup.py`), serving under load (`bench/serving_load.py`, its lookup systems) and the trainer's
+(`bench/lookup.py`), serving under load (`bench/serving_load.py`, its lookup systems), a batched step's
+time (`bench/batch_step.py`, eager and padded) and the trainer's
 scaling (`bench/trainer.py --nproc`) end to end on tiny random Llamas.
 
 They check that every arm and configuration runs through the real trainer, generator and engine code
@@ -130,6 +131,21 @@ def test_serving_load_runs_lookup_systems_beside_the_engine(tiny_llama: Path, ti
         "lookup:adaptive",
     }
     assert all(row["tokens_per_second"] > 0 for row in rows.values())
+
+
+def test_batch_step_times_eager_and_padded_steps(tmp_path: Path) -> None:
+    out = tmp_path / "step.json"
+    argv = ["--batch", "3", "--modes", "greedy", "sampled", "--tokens", "4", "--vocab", "64", "--layers", "1"]
+    argv += ["--steps", "eager", "padded", "--out", str(out)]
+    assert script("batch_step").main(argv) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["steps_kind"], r["mode"]) for r in rows] == [
+        ("eager", "greedy"),
+        ("padded", "greedy"),
+        ("eager", "sampled"),
+        ("padded", "sampled"),
+    ]
+    assert all(r["steps"] == 3 and r["forward_s"] > 0 for r in rows)  # the prefill's token, then 3 steps
 
 
 def test_server_samples_with_lookup_beside_transformers(tiny_llama: Path, tiny_draft_llama: Path, tmp_path: Path):
