@@ -423,7 +423,8 @@ class _Request:
                 seq.tokens.extend(tokens)
                 if self.add(tokens) or seq.cancelled:
                     break
-        except Exception as error:
+        except Exception as error:  # this request's alone, as a failing sequence in a batch
+            log.warning("sequence failed: %r", error, exc_info=True)
             seq.error = error
         finally:
             rounds.close()
