@@ -16,6 +16,7 @@ one prefill plus the step in progress. It leaves when it finishes, is cancelled,
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -25,7 +26,7 @@ import torch
 
 from .protocol import RequestStats, TokenLogprob
 from .routing import Adaptive, RoutingPolicy
-from .sampling import History, Processing, greedy_tokens, probabilities
+from .sampling import NO_DISTRIBUTION, History, Processing, draw_rows, greedy_tokens, probabilities
 from .slots import Chunk, SlotModel
 from .speculative import record_logprobs, speculative_accept
 
@@ -47,6 +48,13 @@ def read_rows(logits: torch.Tensor) -> tuple[list[bool], list[int]]:
     finite = torch.isfinite(logits.sum(-1, dtype=torch.float32))
     rows = torch.stack([finite.long(), logits.argmax(-1)]).tolist()
     return [bool(f) for f in rows[0]], rows[1]
+
+
+def draws_together(device: torch.device) -> bool:
+    """Whether sampled rows draw their tokens together (`BatchDecoder._choices`): on an accelerator, where
+    each row drawn alone costs host round trips; not on a CPU, where a row alone stays in cache: drawing
+    16 and 64 rows together measured 1.3–1.6× slower there (docs/benchmarks.md)."""
+    return device.type != "cpu"
 
 
 class SequenceFailed(RuntimeError):
@@ -150,10 +158,11 @@ class BatchDecoder:
                 self._fail(seq, error)
             self._drop_finished()
             return
-        finite, best = read_rows(logits)
+        proposals = [Proposal() for _ in seqs]
+        chosen, finite = self._choices(seqs, proposals, logits, list(range(len(seqs) + 1)))
         for i, seq in enumerate(seqs):
             seq.stats.route = "speculative" if seq.speculate and self.adaptive is None else "target-only"
-            self._settle_safely(seq, logits[i : i + 1], Proposal(), finite[i], best[i : i + 1])
+            self._settle_safely(seq, logits[i : i + 1], proposals[i], finite[i], chosen[i])
         self._drop_finished()
 
     def _admit(self, seqs: list[Sequence]) -> None:
@@ -224,9 +233,9 @@ class BatchDecoder:
         offsets = [0]
         for chunk in chunks:
             offsets.append(offsets[-1] + chunk.keep)
-        finite, best = read_rows(logits)  # (N,) each
-        for seq, proposal, lo, hi in zip(batch, proposals, offsets, offsets[1:], strict=False):
-            self._settle_safely(seq, logits[lo:hi], proposal, all(finite[lo:hi]), best[lo:hi])
+        chosen, finite = self._choices(batch, proposals, logits, offsets)
+        for i, (seq, proposal, lo, hi) in enumerate(zip(batch, proposals, offsets, offsets[1:], strict=False)):
+            self._settle_safely(seq, logits[lo:hi], proposal, finite[i], chosen[i])
         if self.adaptive is not None:
             self._record(batch, proposals, time.perf_counter() - start, start - before)
         self._drop_finished()
@@ -262,14 +271,48 @@ class BatchDecoder:
         rejected = sum(p.accepted < len(p.tokens) for p in settled)
         self.adaptive.record(len(batch), proposed, accepted, rejected, seconds, catch_up)
 
+    def _choices(
+        self, seqs: list[Sequence], proposals: list[Proposal], logits: torch.Tensor, offsets: list[int]
+    ) -> tuple[list[list[int] | None], list[bool]]:
+        """What the batch can choose for its sequences at once, sequence i's rows being
+        `logits[offsets[i]:offsets[i+1]]`, and whether those rows are all finite (`finite_rows`).
+
+        A greedy sequence whose processing reads no context (`Processing.contextual`) takes each row's
+        argmax, read with the finiteness for the whole batch. On an accelerator (`draws_together`), a
+        sampled one without proposals and without context draws its token together with every such row
+        of the same processing: one distribution for them all and one read (`draw_rows`), each from its
+        own generator. The rest (None) choose in `_settle` (on a GPU, a host round trip or more each)."""
+        finite_all, best = read_rows(logits)
+        finite = [all(finite_all[lo:hi]) for lo, hi in itertools.pairwise(offsets)]
+        chosen: list[list[int] | None] = [None] * len(seqs)
+        together: dict[Processing, list[int]] = {}
+        drawing = draws_together(logits.device)
+        for i, (seq, proposal, lo, hi) in enumerate(zip(seqs, proposals, offsets, offsets[1:], strict=False)):
+            if seq.proc.contextual or not finite[i]:
+                continue
+            if seq.proc.greedy:
+                chosen[i] = best[lo:hi]
+            elif drawing and not proposal.tokens:
+                together.setdefault(seq.proc, []).append(i)
+        for proc, members in together.items():
+            rows = logits[torch.tensor([offsets[i] for i in members], device=logits.device)]  # (R, V)
+            try:
+                tokens = draw_rows(probabilities(rows, None, proc), [seqs[i].generator for i in members])
+            except Exception:  # left to `_settle`, where what fails fails its own sequence only
+                log.warning("drawing %d rows together failed; each draws alone", len(members), exc_info=True)
+                continue
+            for i, token in zip(members, tokens, strict=True):
+                chosen[i] = [token]
+        return chosen, finite
+
     def _settle_safely(
-        self, seq: Sequence, logits: torch.Tensor, proposal: Proposal, finite: bool, best: list[int]
+        self, seq: Sequence, logits: torch.Tensor, proposal: Proposal, finite: bool, chosen: list[int] | None
     ) -> None:
         """`_settle`, failing this sequence only when its logits are not finite or settling raises."""
         try:
             if not finite:
                 raise SequenceFailed("the target's logits are not finite for this sequence")
-            self._settle(seq, logits, proposal, best)
+            self._settle(seq, logits, proposal, chosen)
         except Exception as error:  # this sequence only
             self._fail(seq, error)
 
@@ -288,14 +331,18 @@ class BatchDecoder:
             proposals[seq.slot] = proposal  # slots are the batch's rows (packed)
         return proposals
 
-    def _settle(self, seq: Sequence, logits: torch.Tensor, proposal: Proposal, argmax: list[int]) -> None:
-        """Accept a prefix of `proposal` from the target's logits (J+1, V) (`argmax`: theirs), emit, and
-        rewind the caches."""
+    def _settle(self, seq: Sequence, logits: torch.Tensor, proposal: Proposal, chosen: list[int] | None) -> None:
+        """Accept a prefix of `proposal` from the target's logits (J+1, V), emit, and rewind the caches.
+        `chosen`: the target's token at each of the J+1 positions, when the batch chose them (`_choices`)."""
         j = len(proposal.tokens)
         assert seq.history is not None
-        if seq.proc.greedy:
-            best = argmax
-            if seq.proc.contextual:
+        if chosen is not None and not seq.proc.greedy:  # drawn with the batch: no proposals
+            if chosen[0] < 0:
+                raise ValueError(NO_DISTRIBUTION)
+            accepted, token = 0, chosen[0]
+        elif seq.proc.greedy:
+            best = chosen
+            if best is None:
                 proposed = torch.tensor(proposal.tokens, dtype=torch.long, device=logits.device)
                 best = greedy_tokens(logits, seq.history.rows(proposed, j + 1), seq.proc).tolist()  # (J+1,)
             accepted = 0

@@ -18,6 +18,7 @@ import pytest
 import torch
 from test_speculative_sampling import ALPHA, LENGTH, PROMPT, exact_distribution, g_test_p_value
 
+from metaspec.server.engine import batch as batch_module
 from metaspec.server.engine import speculative
 from metaspec.server.engine.batch import BatchDecoder, Draft, Sequence, SequenceFailed, finite_rows
 from metaspec.server.engine.drafts import ModelDraft
@@ -299,6 +300,26 @@ def test_a_failing_sequence_fails_alone_and_leaves_its_slot_clean(policy: str, t
     for job in [jobs[0], jobs[2], late]:
         expected = target_greedy(tiny_target, job)
         assert job.out[: len(expected)] == expected
+
+
+def test_sampled_rows_drawn_together_draw_what_each_draws_alone(tiny_target, monkeypatch) -> None:
+    """Sampled sequences without proposals or context draw their tokens together, per processing, in one
+    read (`BatchDecoder._choices`; on accelerators only, switched on here): each from its own generator,
+    so a sequence draws the tokens it draws when it decodes alone."""
+    monkeypatch.setattr(batch_module, "draws_together", lambda device: True)
+    group_sizes: list[int] = []
+    draw_rows = batch_module.draw_rows
+    monkeypatch.setattr(batch_module, "draw_rows", lambda d, g: group_sizes.append(len(g)) or draw_rows(d, g))
+    procs = [Processing(0.7, 0.9), Processing(1.2), Processing(), Processing(0.7, 0.9, 1.3)]  # 2 plain, greedy, penalty
+
+    def jobs() -> list[Job]:
+        return [Job(0, [1 + i % 7, 2, 3][: 1 + i % 3], procs[i % 4], 6 + i % 5, seed=i) for i in range(12)]
+
+    together, alone = jobs(), jobs()
+    run(decoder(tiny_target, None, RoutingPolicy("never"), max_batch=12), together)
+    assert max(group_sizes) == 3  # the 3 jobs of each plain processing, in one read
+    run(decoder(tiny_target, None, RoutingPolicy("never"), max_batch=1), alone)
+    assert [j.out for j in together] == [j.out for j in alone]
 
 
 @pytest.mark.parametrize("policy", ["always", "never"])

@@ -227,6 +227,21 @@ def test_draw_follows_the_weights_and_never_draws_a_zero(monkeypatch: MonkeyPatc
             draw(bad, None)
 
 
+def test_draw_rows_draws_what_draw_draws_from_each_row() -> None:
+    """Each row with its own generator, as `draw` would from that row alone; −1 where a row has no
+    distribution (zeros, NaN), the others unaffected."""
+    rows = torch.softmax(torch.randn(6, 50, generator=torch.Generator().manual_seed(1)) * 3, dim=-1)
+    rows[2] = 0.0
+    rows[4, 7] = float("nan")
+    for step in range(20):
+        together = sampling.draw_rows(rows, [torch.Generator().manual_seed(10 * i + step) for i in range(6)])
+        alone = [
+            int(draw(rows[i : i + 1], torch.Generator().manual_seed(10 * i + step))) if i not in (2, 4) else -1
+            for i in range(6)
+        ]
+        assert together == alone
+
+
 def test_subnormal_temperatures_decode_greedily() -> None:
     """Dividing logits by 5e-324 gives inf and a NaN softmax: such temperatures are greedy."""
     assert Processing(temperature=5e-324).greedy and Processing(temperature=1e-6).greedy
