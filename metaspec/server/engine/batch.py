@@ -33,18 +33,15 @@ from .speculative import record_logprobs, speculative_accept
 log = logging.getLogger(__name__)
 
 
-def finite_rows(logits: torch.Tensor) -> list[bool]:
-    """Whether each row of `logits` (N, V) is all finite. NaN and infinities carry through a sum, so a
-    row's float32 sum is finite exactly when its entries are, barring an overflow that takes logits
-    beyond 1e33. On a CPU the sum costs a twentieth of testing each entry (float32), a test that was
-    most of settling a greedy batch (docs/benchmarks.md)."""
-    return read_rows(logits)[0]
-
-
 def read_rows(logits: torch.Tensor) -> tuple[list[bool], list[int]]:
-    """Each row's finiteness (`finite_rows`) and argmax, in one read for the whole batch: the argmax is a
-    greedy row's token whenever its processing reads no context (`Processing.contextual`), so such rows
-    settle without a read of their own (on a GPU, a host round trip each)."""
+    """Whether each row of `logits` (N, V) is all finite, and its argmax, in one read for the whole batch.
+
+    NaN and infinities carry through a sum, so a row's float32 sum is finite exactly when its entries
+    are, barring an overflow that takes logits beyond 1e33. On a CPU the sum costs a twentieth of
+    testing each entry (float32), a test that was most of settling a greedy batch (docs/benchmarks.md).
+    The argmax is a greedy row's token whenever its processing reads no context
+    (`Processing.contextual`), so such rows settle without a read of their own (on a GPU, a host round
+    trip each)."""
     finite = torch.isfinite(logits.sum(-1, dtype=torch.float32))
     rows = torch.stack([finite.long(), logits.argmax(-1)]).tolist()
     return [bool(f) for f in rows[0]], rows[1]
@@ -275,7 +272,7 @@ class BatchDecoder:
         self, seqs: list[Sequence], proposals: list[Proposal], logits: torch.Tensor, offsets: list[int]
     ) -> tuple[list[list[int] | None], list[bool]]:
         """What the batch can choose for its sequences at once, sequence i's rows being
-        `logits[offsets[i]:offsets[i+1]]`, and whether those rows are all finite (`finite_rows`).
+        `logits[offsets[i]:offsets[i+1]]`, and whether those rows are all finite (`read_rows`).
 
         A greedy sequence whose processing reads no context (`Processing.contextual`) takes each row's
         argmax, read with the finiteness for the whole batch. On an accelerator (`draws_together`), a

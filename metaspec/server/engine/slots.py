@@ -89,10 +89,11 @@ class SlotCache(Cache):
         self.allocations += 1
         for tensors in (self.keys, self.values):
             for i in range(self.num_layers):
-                # zeros, not empty: a masked position still multiplies its value by 0, and 0 * NaN is NaN
+                # zeros, not empty: a masked position still multiplies its value by 0, and 0 * NaN is NaN;
+                # one row more than the slots: `scratch`
                 grown = torch.zeros(
                     new_slots + 1, *self.shape[:1], new_width, self.shape[1], dtype=self.dtype, device=self.device
-                )  # fmt: skip (the last row: `scratch`)
+                )
                 if i < len(tensors):
                     old = tensors[i]
                     grown[: old.shape[0] - 1, :, : old.shape[2]] = old[:-1]  # the slots, not the scratch row
@@ -232,7 +233,8 @@ class PaddedSteps:
     ≥ the widest sequence (at least `MIN_WIDTH`, at most the cache's length). Padding (rows B..b-1, and
     each row's tokens after its own) reads the cache but writes only to its `scratch` row, which no
     sequence owns, and its logits are dropped: every sequence's slot holds exactly what the ragged step
-    writes, and each real token attends to exactly what it attends to there.
+    writes, and each real token attends to exactly what it attends to there. The head runs on all b·t
+    positions (one shape for every step of the kind), which a GPU absorbs next to the launches saved.
 
     On CUDA each (b, t, w) is captured into a CUDA graph when it first comes (after a warm-up pass on the
     step's own inputs, which writes to the cache what the step writes) and replayed after that; the

@@ -20,7 +20,7 @@ from test_speculative_sampling import ALPHA, LENGTH, PROMPT, exact_distribution,
 
 from metaspec.server.engine import batch as batch_module
 from metaspec.server.engine import speculative
-from metaspec.server.engine.batch import BatchDecoder, Draft, Sequence, SequenceFailed, finite_rows
+from metaspec.server.engine.batch import BatchDecoder, Draft, Sequence, SequenceFailed, read_rows
 from metaspec.server.engine.drafts import ModelDraft
 from metaspec.server.engine.routing import RoutingPolicy
 from metaspec.server.engine.sampling import Processing
@@ -257,12 +257,13 @@ def test_a_broken_rule_is_detected_in_a_batch(tiny_target, tiny_draft, monkeypat
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_finite_rows_finds_every_non_finite_row(dtype: torch.dtype) -> None:
+def test_read_rows_finds_every_non_finite_row_and_each_argmax(dtype: torch.dtype) -> None:
     nan, inf = float("nan"), float("inf")
     logits = torch.tensor([[0.0, 1.0, -2.0], [nan, 0.0, 1.0], [0.0, inf, 1.0], [-inf, 0.0, 1.0], [inf, -inf, 0.0]])
     large = torch.full((1, 49152), min(1e30, torch.finfo(dtype).max))  # beyond any model's logits, summed finitely
-    assert finite_rows(logits.to(dtype)) == [True, False, False, False, False]
-    assert finite_rows(large.to(dtype)) == [True]
+    finite, best = read_rows(logits.to(dtype))
+    assert finite == [True, False, False, False, False] and best[0] == 1 and best[3] == 2
+    assert read_rows(large.to(dtype))[0] == [True]
 
 
 @pytest.mark.parametrize("policy", ["always", "never"])
