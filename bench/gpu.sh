@@ -28,6 +28,8 @@
 #   bench/gpu.sh eagle        EAGLE-3 (feature-level) drafts with full and 8192-token heads and a pruned 4-layer
 #                             draft, trained on `draft`'s teacher outputs (run `draft` first; re-run to resume)
 #   bench/gpu.sh eagle-serve  serving with the 4-layer, pruned 4-layer and both EAGLE-3 drafts, greedy, SmolLM2
+#   bench/gpu.sh eagle-load   the 8192-token EAGLE-3 draft of `eagle` under 4 and 16 clients with `compile` (its
+#                             verify passes replayed from CUDA graphs), each policy
 #   bench/gpu.sh eagle-costs  c and v of EAGLE-3 drafts (full and pruned heads) next to separate drafts:
 #                             SmolLM2 and random-init Llama-3.1-8B
 #   bench/gpu.sh trainer-span the ANIL step with the head adapting in the support set's span against the (V, D)
@@ -168,6 +170,11 @@ eagle)   # feature-level drafts and a pruned separate draft on the teacher outpu
   save ;;
 eagle-serve)   # each draft served next to target-only and (separate drafts) transformers' assisted generation
   timeout 470 $PY bench/draft.py $EAGLE --serve 4 4@8192 eagle3 eagle3@8192 --prompts 12 || true
+  save ;;
+eagle-load)   # the EAGLE-3 draft of `eagle` under load with `compile`: its verify passes replayed from CUDA graphs
+  timeout 470 $PY bench/serving_load.py --device cuda --dtype bfloat16 --compile --seconds 10 --clients 4 16 \
+    --policies never always adaptive --systems metaspec --draft "$HOME/draft-work/draft-eagle3-v8192/model" \
+    --out bench/results/serving_load-cuda-eagle3-graphs.json || true
   save ;;
 eagle-costs)   # per-token costs through the engine that serves each kind
   timeout 470 $PY bench/costs.py --device cuda --dtype bfloat16 --steps 20 --pairs smollm2:4 smollm2:eagle3 \
