@@ -234,8 +234,10 @@ class PaddedSteps:
     ≥ the widest sequence (at least `MIN_WIDTH`, at most the cache's length). Padding (rows B..b-1, and
     each row's tokens after its own) reads the cache but writes only to its `scratch` row, which no
     sequence owns, and its logits are dropped: every sequence's slot holds exactly what the ragged step
-    writes, and each real token attends to exactly what it attends to there. The head runs on all b·t
-    positions (one shape for every step of the kind), which a GPU absorbs next to the launches saved.
+    writes, and each real token attends to exactly what it attends to there. The graph ends at the
+    model's body: the head then runs on the positions asked for only, as in the ragged step, and what a
+    graph keeps as its output is hidden states, not logits (a 128K vocabulary's logits at 64 rows of 8
+    tokens would be 134 MB per shape).
 
     On CUDA each (b, t, w) is captured into a CUDA graph when it first comes (after a warm-up pass on the
     step's own inputs, which writes to the cache what the step writes) and replayed after that; the
@@ -288,23 +290,24 @@ class PaddedSteps:
         if run is None:
             run = self._runs[(b, t, w, layers)] = self._prepare(b, t, w, layers)
         self.shapes.add((b, t, w))
-        logits, features = run()
+        hidden, features = run()
         device = self.lm.device  # indexing copies: what is returned outlives the next replay
+        logits = self.lm._head(hidden[torch.tensor(keep, device=device)])[:, : self.lm.vocab]
         if features is None:
-            return logits[torch.tensor(keep, device=device)], None
-        return logits[torch.tensor(keep, device=device)], features[torch.tensor(valid, device=device)]
+            return logits, None
+        return logits, features[torch.tensor(valid, device=device)]
 
     def _step(self, b: int, t: int, w: int, layers: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The padded step over the input buffer's first b·t entries: logits (b·t, V), and with `layers`
-        their inputs (b·t, len(layers)·E)."""
+        """The padded step over the input buffer's first b·t entries: the body's output (b·t, E), and with
+        `layers` their inputs (b·t, len(layers)·E)."""
         ids, positions, writes = (self._inputs[i, : b * t].view(b, t) for i in range(3))
         cache = self.lm.cache
         cache._rows, cache._writes, cache._positions, cache._width = None, writes, positions, w
         out = self.lm._base(ids, positions, w, hidden_states=bool(layers))
-        logits = self.lm._head(out.last_hidden_state.flatten(0, 1))[:, : self.lm.vocab]
+        hidden = out.last_hidden_state.flatten(0, 1)
         if not layers:
-            return logits, None
-        return logits, torch.cat([out.hidden_states[i] for i in layers], dim=-1).flatten(0, 1)
+            return hidden, None
+        return hidden, torch.cat([out.hidden_states[i] for i in layers], dim=-1).flatten(0, 1)
 
     def _prepare(
         self, b: int, t: int, w: int, layers: tuple[int, ...]
