@@ -328,8 +328,8 @@ class SpecServeSpec(WorkloadSpec):
         "and lengths as they come and replayed (prompts run eagerly). At `maxConcurrency` 1 with no draft, a separate "
         "draft or `promptLookup`: a static KV cache + `torch.compile`; that cache holds "
         "`sampling.maxPromptTokens + sampling.maxTokensLimit + k + 1` positions and every attention reads "
-        "all of them: keep those limits tight, or the verify pass eats the speculation's gain. No effect on "
-        "CPU, nor at `maxConcurrency` 1 with an `eagle3` draft. With "
+        "all of them: keep those limits tight, or the verify pass eats the speculation's gain. An `eagle3` "
+        "draft is served in batches at any `maxConcurrency`, graphs included. No effect on CPU. With "
         "`engine: vllm`, false runs vLLM eagerly (`--enforce-eager`: no compile, no CUDA graphs).",
     )
     served_model_name: str | None = Field(

@@ -8,7 +8,8 @@ slot. At a batch of one (maxConcurrency 1) the worker decodes requests one at a 
 `SpeculativeDecoder` instead: the batch-1 path, which `compile` on CUDA runs on static caches and CUDA
 graphs (they need one owner and fixed shapes). In batches, `compile` on CUDA replays the decode steps
 and verify passes of the target, and the steps of a token-level draft, from CUDA graphs
-(`slots.PaddedSteps`).
+(`slots.PaddedSteps`); so it does at a batch of one with an EAGLE-3 draft, which the batch decoder
+serves.
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ class SpeculativeEngine:
         engine = SpeculativeEngine(self.model_name, max_batch or self.max_batch)
         engine.tokenizer, engine.served, engine._stop_ids = self.tokenizer, self.served, self._stop_ids
         target, draft = self.decoder.target, self.decoder.draft
-        graphs = self.compiled and engine.max_batch > 1
+        sequential = engine.max_batch == 1 and not isinstance(draft, FeatureDraft)
+        graphs = self.compiled and not sequential  # the batch decoder serves
         engine.compiled = self.compiled
         engine.decoder = BatchDecoder(
             SlotModel(target.model, target.vocab, target.max_length, graphs),
@@ -114,7 +116,7 @@ class SpeculativeEngine:
             routing,
             engine.max_batch,
         )
-        if engine.max_batch == 1 and not isinstance(draft, FeatureDraft):  # sequential: token models, lookup
+        if sequential:  # token models, lookup
             if self.sequential is not None:  # its compiled graphs, if any, serve every policy
                 target, draft_lm = self.sequential.target, self.sequential.draft
             else:
@@ -140,8 +142,8 @@ class SpeculativeEngine:
         limits = spec.sampling
         length = limits.max_prompt_tokens + limits.max_tokens_limit + routing.max_speculative_tokens + 1
         proposer = draft.model if draft else spec.prompt_lookup
-        compile = spec.compile and device.type == "cuda" and (self.max_batch > 1 or _sequential(proposer))
-        static = compile and self.max_batch == 1
+        compile = spec.compile and device.type == "cuda"
+        static = compile and self.max_batch == 1 and _sequential(proposer)
         if static:
             # every attention reads the whole static cache: a verify pass at 6150 positions costs 2.2 steps
             # on an H100 (docs/benchmarks.md), so tight limits make speculation pay
@@ -149,10 +151,7 @@ class SpeculativeEngine:
         elif compile:
             log.info("compile: batched steps replayed from CUDA graphs, captured as batch sizes and lengths come")
         elif spec.compile:
-            log.warning(
-                "compile applies on CUDA, at maxConcurrency 1 with no draft, a separate (causal-LM) draft or "
-                "prompt lookup, and in batches; decoding eagerly"
-            )
+            log.warning("compile applies on CUDA; decoding eagerly")
         self._build(target.model, proposer, target.tokenizer, routing, length if static else None, compile, length)
 
     def _build(
@@ -166,11 +165,11 @@ class SpeculativeEngine:
         cache_length: int | None = None,
     ) -> None:
         """`draft`: a draft model, a `PromptLookup`, or None. `cache_length`: positions per sequence in the
-        batch caches (default: the models' own limit). `compile`: torch.compile and static caches at a batch
-        of one, CUDA graphs of the steps in batches (`PaddedSteps`)."""
+        batch caches (default: the models' own limit). `compile`: torch.compile and static caches in the
+        sequential decoder, CUDA graphs of the batch decoder's steps (`PaddedSteps`)."""
         vocab = shared_vocab(target, draft if _drafts_tokens(draft) else None, tokenizer)
         length = cache_length or static_cache_len or 1 << 20  # SlotModel caps it at max_position_embeddings
-        graphs = compile and self.max_batch > 1
+        graphs = compile and not (self.max_batch == 1 and _sequential(draft))  # the batch decoder serves
         target_lm = SlotModel(target, vocab, length, graphs)
         self.compiled = compile
         self.decoder = BatchDecoder(
