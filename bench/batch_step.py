@@ -106,7 +106,7 @@ def run(target: SlotModel, args: argparse.Namespace, mode: str, batch: int) -> d
     target.forward = eager_forward  # type: ignore[method-assign]
     assert all(s.error is None and s.produced == args.tokens for s in seqs)
     return {
-        "steps_kind": "padded" if target.graphs else "eager",
+        "steps_kind": "eager" if target.padded is None else "padded",
         "mode": mode,
         "batch": batch,
         "steps": steps,

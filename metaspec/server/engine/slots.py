@@ -171,7 +171,6 @@ class SlotModel:
         forward = inspect.signature(model.base_model.forward).parameters
         self._cache_arg = "cache" if "cache" in forward else "past_key_values"
         self._keys = torch.arange(self.max_length, device=self.device)  # cache positions, for the masks
-        self.graphs = graphs
         self.padded = PaddedSteps(self) if graphs else None
 
     def forward(self, chunks: list[Chunk], layers: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor | None]:
