@@ -15,11 +15,11 @@ Rows of a batch are slots `0..B-1` in order whenever the caller keeps its sequen
 does: a finished sequence's slot takes the last one's), so reading the cache is a view, not a copy.
 Both dimensions grow on demand (doubling, up to `max_length`), so memory follows what is in flight.
 
-A decode step (one new token for every sequence) or a verify pass (a few) is the same kernels step
-after step, and for a small model on a GPU launching them costs more than running them.
-`SlotModel(graphs=True)` runs such steps at a few fixed shapes instead (`PaddedSteps`): the batch, the
-tokens per row and the positions attended each padded up to a power of two, and on CUDA each shape
-captured once into a CUDA graph and replayed.
+A decode step (one new token for every sequence), a verify pass (a few) or the prefill of a short
+prompt is the same kernels time after time, and for a small model on a GPU launching them costs more
+than running them. `SlotModel(graphs=True)` runs such passes at a few fixed shapes instead
+(`PaddedSteps`): the batch, the tokens per row and the positions attended each padded up to a power of
+two, and on CUDA each shape captured once into a CUDA graph and replayed.
 """
 
 from __future__ import annotations
@@ -214,9 +214,11 @@ class SlotModel:
 
 #: Fewest positions a padded step attends to: below that, attention is not worth another shape.
 MIN_WIDTH = 64
-#: Most tokens a row takes in a padded step (a verify pass of up to 7 proposals); longer chunks (prompts)
-#: run eagerly.
-MAX_TOKENS = 8
+#: Most tokens a row takes in a padded step: decode steps and verify passes, and prompts up to this
+#: length (prefills); longer chunks run eagerly.
+MAX_TOKENS = 256
+#: Most tokens a padded step takes in all (rows × tokens a row, after padding); more run eagerly.
+MAX_STEP_TOKENS = 2048
 
 
 def _pow2(n: int) -> int:
@@ -227,23 +229,26 @@ def _pow2(n: int) -> int:
 class PaddedSteps:
     """A `SlotModel`'s steps at a few fixed shapes, replayed from CUDA graphs on a GPU.
 
-    A step of B sequences in slots 0..B-1 taking at most `MAX_TOKENS` tokens each (the target's decode
-    steps and verify passes, a draft's steps within a round) runs as a batch of b rows of t tokens
-    attending to w positions: b the least power of two ≥ B, t the least ≥ the longest chunk, w the least
-    ≥ the widest sequence (at least `MIN_WIDTH`, at most the cache's length). Padding (rows B..b-1, and
-    each row's tokens after its own) reads the cache but writes only to its `scratch` row, which no
-    sequence owns, and its logits are dropped: every sequence's slot holds exactly what the ragged step
-    writes, and each real token attends to exactly what it attends to there. The graph ends at the
-    model's body: the head then runs on the positions asked for only, as in the ragged step, and what a
-    graph keeps as its output is hidden states, not logits (a 128K vocabulary's logits at 64 rows of 8
-    tokens would be 134 MB per shape).
+    A step of B chunks taking at most `MAX_TOKENS` tokens each (the target's decode steps and verify
+    passes, a draft's steps within a round, and the prefill of prompts that join) runs as a batch of b
+    rows of t tokens attending to w positions: b the least power of two ≥ B, t the least ≥ the longest
+    chunk, w the least ≥ the widest sequence (at least `MIN_WIDTH`, at most the cache's length). Padding
+    (rows B..b-1, and each row's tokens after its own) reads the cache but writes only to its `scratch`
+    row, which no sequence owns, and its logits are dropped: every sequence's slot holds exactly what the
+    ragged step writes, and each real token attends to exactly what it attends to there. Chunks in slots
+    0..B-1 (a step over the whole packed batch) read the cache's first b rows as a view; others (the
+    prompts joining in the slots after the running ones) read their rows gathered, a shape of its own.
+    The graph ends at the model's body: the head then runs on the positions asked for only, as in the
+    ragged step, and what a graph keeps as its output is hidden states, not logits (a 128K vocabulary's
+    logits at 64 rows of 8 tokens would be 134 MB per shape).
 
-    On CUDA each (b, t, w) is captured into a CUDA graph when it first comes (after a warm-up pass on the
+    On CUDA each shape is captured into a CUDA graph when it first comes (after a warm-up pass on the
     step's own inputs, which writes to the cache what the step writes) and replayed after that; the
-    graphs share one memory pool (one runs at a time, and each output is copied out at once). A graph
-    reads the cache at the addresses it was captured with, so when the cache grows (doubling: a few
-    times in a replica's life) the graphs are dropped and captured again as shapes come. Elsewhere the
-    padded step runs eagerly: the same code, which the CPU tests check against the ragged path.
+    graphs share one memory pool (one runs at a time, and each output is copied out at once). A step's
+    inputs, and the indices that pick its outputs, go to the device in one copy. A graph reads the cache
+    at the addresses it was captured with, so when the cache grows (doubling: a few times in a replica's
+    life) the graphs are dropped and captured again as shapes come. Elsewhere the padded step runs
+    eagerly: the same code, which the CPU tests check against the ragged path.
     """
 
     def __init__(self, lm: SlotModel) -> None:
@@ -251,17 +256,18 @@ class PaddedSteps:
         self.capture = lm.device.type == "cuda"
         self.shapes: set[tuple[int, int, int]] = set()
         """Every (b, t, w) run so far."""
-        self._runs: dict[
-            tuple[int, int, int, tuple[int, ...]], Callable[[], tuple[torch.Tensor, torch.Tensor | None]]
-        ] = {}
+        self._runs: dict[tuple, Callable[[], tuple[torch.Tensor, torch.Tensor | None]]] = {}
         self._pool: object = None
         self._allocations = -1
-        self._inputs = torch.zeros(3, 0, dtype=torch.long, device=lm.device)  # ids, positions, slots written
+        # ids, positions and the slot each token writes (b·t each), the outputs kept (logits, features)
+        # and the slots read (b): one device copy a step
+        self._inputs = torch.zeros(6, MAX_STEP_TOKENS, dtype=torch.long, device=lm.device)
 
     @staticmethod
     def fits(chunks: list[Chunk]) -> bool:
-        """Whether the step can run padded: at most `MAX_TOKENS` tokens a chunk, slots 0..B-1."""
-        return all(len(c.ids) <= MAX_TOKENS and c.slot == b for b, c in enumerate(chunks))
+        """Whether the step can run padded: at most `MAX_TOKENS` tokens a chunk, `MAX_STEP_TOKENS` in all."""
+        t = max(len(c.ids) for c in chunks)
+        return t <= MAX_TOKENS and _pow2(len(chunks)) * _pow2(t) <= MAX_STEP_TOKENS
 
     def run(self, chunks: list[Chunk], layers: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor | None]:
         """What `SlotModel.forward` returns: logits (Σ keep, V) of each chunk's last `keep` tokens, and with
@@ -269,12 +275,12 @@ class PaddedSteps:
         n, cache = len(chunks), self.lm.cache
         b, t = _pow2(n), _pow2(max(len(c.ids) for c in chunks))
         w = min(max(MIN_WIDTH, _pow2(max(c.start + len(c.ids) for c in chunks))), cache.max_length)
-        cache.reserve(b, w)
+        packed = all(c.slot == row for row, c in enumerate(chunks))
+        cache.reserve(b if packed else max(c.slot for c in chunks) + 1, w)
         if cache.allocations != self._allocations:  # new tensors: every graph read the old ones
             self._runs.clear()
             self._pool = None
             self._allocations = cache.allocations
-            self._inputs = torch.zeros(3, cache.capacity[0] * MAX_TOKENS, dtype=torch.long, device=self.lm.device)
         ids, positions, writes, keep, valid = [], [], [], [], []
         for row in range(b):
             c = chunks[row] if row < n else Chunk(cache.scratch, 0, [])
@@ -284,24 +290,30 @@ class PaddedSteps:
             if row < n:
                 keep += [row * t + i for i in range(len(c.ids) - c.keep, len(c.ids))]
                 valid += [row * t + i for i in range(len(c.ids))]
-        self._inputs[:, : b * t].copy_(torch.tensor([ids, positions, writes]))
-        run = self._runs.get((b, t, w, layers))
+        slots = [c.slot for c in chunks] + [cache.scratch] * (b - n)
+        rows = [ids, positions, writes, keep, valid, slots]
+        self._inputs[:, : b * t].copy_(torch.tensor([r + [0] * (b * t - len(r)) for r in rows]))
+        key = (b, t, w, layers, packed)
+        run = self._runs.get(key)
         if run is None:
-            run = self._runs[(b, t, w, layers)] = self._prepare(b, t, w, layers)
+            run = self._runs[key] = self._prepare(*key)
         self.shapes.add((b, t, w))
         hidden, features = run()
-        device = self.lm.device  # indexing copies: what is returned outlives the next replay
-        logits = self.lm._head(hidden[torch.tensor(keep, device=device)])[:, : self.lm.vocab]
+        # indexing copies: what is returned outlives the next replay
+        logits = self.lm._head(hidden.index_select(0, self._inputs[3, : len(keep)]))[:, : self.lm.vocab]
         if features is None:
             return logits, None
-        return logits, features[torch.tensor(valid, device=device)]
+        return logits, features.index_select(0, self._inputs[4, : len(valid)])
 
-    def _step(self, b: int, t: int, w: int, layers: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _step(
+        self, b: int, t: int, w: int, layers: tuple[int, ...], packed: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The padded step over the input buffer's first b·t entries: the body's output (b·t, E), and with
         `layers` their inputs (b·t, len(layers)·E)."""
         ids, positions, writes = (self._inputs[i, : b * t].view(b, t) for i in range(3))
         cache = self.lm.cache
-        cache._rows, cache._writes, cache._positions, cache._width = None, writes, positions, w
+        cache._writes, cache._positions, cache._width = writes, positions, w
+        cache._rows = None if packed else self._inputs[5, :b]
         out = self.lm._base(ids, positions, w, hidden_states=bool(layers))
         hidden = out.last_hidden_state.flatten(0, 1)
         if not layers:
@@ -309,10 +321,10 @@ class PaddedSteps:
         return hidden, torch.cat([out.hidden_states[i] for i in layers], dim=-1).flatten(0, 1)
 
     def _prepare(
-        self, b: int, t: int, w: int, layers: tuple[int, ...]
+        self, b: int, t: int, w: int, layers: tuple[int, ...], packed: bool
     ) -> Callable[[], tuple[torch.Tensor, torch.Tensor | None]]:
         """How shape (b, t, w) runs: a graph's replay on CUDA, else the step itself."""
-        step = lambda: self._step(b, t, w, layers)  # noqa: E731
+        step = lambda: self._step(b, t, w, layers, packed)  # noqa: E731
         if not self.capture:
             return step
         device = self.lm.device

@@ -149,33 +149,47 @@ def test_padded_steps_decode_what_ragged_steps_decode(name: str, tiny_target, ti
     assert dec.target.cache.allocations > 3  # grown while padded steps ran (each growth drops the shapes' runs)
     shapes = dec.target.padded.shapes
     assert {b for b, _, _ in shapes} == {1, 2, 4, 8} and {w for _, _, w in shapes} == {64, 128, 256}
+    assert {t for _, t, _ in shapes} >= {1, 128, 256}  # decode steps, and the long prompts' prefills
     if routing.uses_draft:  # verify passes of 2 (per-token) to 4 tokens a row, and the draft's own steps
-        assert {t for _, t, _ in shapes} >= {1, 4} and dec.draft.lm.padded.shapes
-    else:
-        assert {t for _, t, _ in shapes} == {1}
+        assert 4 in {t for _, t, _ in shapes} and dec.draft.lm.padded.shapes
     if not routing.adaptive:  # the draft proposed what it proposes unpadded (`adaptive` picks k at random)
         run(decoder(target, draft if routing.uses_draft else None, routing, 5, length=256), ragged)
         counts = [[(j.seq.stats.proposed_tokens, j.seq.stats.accepted_tokens) for j in js] for js in (padded, ragged)]
         assert counts[0] == counts[1]
 
 
-def test_a_padded_step_writes_only_its_own_tokens(tiny_target) -> None:
-    """A step of 1, 3 and 2 tokens for slots 0..2 runs as 4 rows of 4 tokens: the padding reads the cache
-    but must write nowhere a sequence lives (not slots 3 and 4, not a row's positions after its own
-    tokens), and the real rows get the ragged step's logits."""
+STEPS = {  # slots 0..4 hold prompts of 9..13 tokens
+    "decode": [Chunk(0, 9, [6]), Chunk(1, 10, [6, 7, 1], keep=2), Chunk(2, 11, [7, 2], keep=2)],
+    "prefill": [Chunk(6, 0, [5, 4, 3, 2, 1] * 4), Chunk(5, 0, [2, 3, 4])],  # joining after the live slots
+}
+
+
+@pytest.mark.parametrize("name", STEPS)
+def test_a_padded_step_writes_only_its_own_tokens(name: str, tiny_target) -> None:
+    """A decode step of 1, 3 and 2 tokens for slots 0..2 runs as 4 rows of 4 tokens; prompts of 20 and 3
+    tokens joining in slots 6 and 5 run as 2 rows of 32 tokens reading their own rows. The padding reads
+    the cache but must write nowhere a sequence lives (not the other slots, not a row's positions after
+    its own tokens), and the real rows get the ragged step's logits."""
     padded, ragged = SlotModel(tiny_target, VOCAB, 64, graphs=True), SlotModel(tiny_target, VOCAB, 64)
-    prompts = [([1, 2, 3, 4, 5, 6, 7] * 2)[: 9 + s] for s in range(5)]  # longer than a padded step takes
+    prompts = [([1, 2, 3, 4, 5, 6, 7] * 2)[: 9 + s] for s in range(5)]
     for lm in (padded, ragged):
         lm.forward([Chunk(s, 0, p) for s, p in enumerate(prompts)])
+        lm.cache.reserve(8, 64)  # the steps below neither grow the cache nor reach past it
+    assert padded.padded is not None and padded.padded.shapes == {(8, 16, 64)}  # the prompts, padded too
+    for mine, theirs in zip(padded.cache.keys + padded.cache.values, ragged.cache.keys + ragged.cache.values):
+        for slot, prompt in enumerate(prompts):  # each prompt's positions as the ragged prefill wrote them, and
+            torch.testing.assert_close(mine[slot, :, : len(prompt)], theirs[slot, :, : len(prompt)])
+            assert not mine[slot, :, len(prompt) :].any()  # nothing after them (the ragged pass writes padding)
     before = [t.clone() for t in (*padded.cache.keys, *padded.cache.values)]
-    step = [Chunk(0, 9, [6]), Chunk(1, 10, [6, 7, 1], keep=2), Chunk(2, 11, [7, 2], keep=2)]
+    step = STEPS[name]
     logits, _ = padded.forward(step)
     expected, _ = ragged.forward(step)
-    assert padded.padded is not None and padded.padded.shapes == {(4, 4, 64)}
+    assert (4, 4, 64) in padded.padded.shapes if name == "decode" else (2, 32, 64) in padded.padded.shapes
     torch.testing.assert_close(logits, expected)
+    written = {chunk.slot for chunk in step}
     for old, new in zip(before, (*padded.cache.keys, *padded.cache.values), strict=True):
-        new = new[:, :, : old.shape[2]]  # the step grew the cache to 64 positions
-        assert torch.equal(old[3:5], new[3:5])  # the live slots after the batch
+        for slot in set(range(7)) - written:  # the live slots outside the step, and the unused one
+            assert torch.equal(old[slot], new[slot])
         for chunk in step:  # each row wrote its own tokens' positions only
             kept = torch.ones(old.shape[2], dtype=torch.bool)
             kept[chunk.start : chunk.start + len(chunk.ids)] = False
