@@ -176,7 +176,8 @@ def test_a_padded_step_writes_only_its_own_tokens(name: str, tiny_target) -> Non
         lm.forward([Chunk(s, 0, p) for s, p in enumerate(prompts)])
         lm.cache.reserve(8, 64)  # the steps below neither grow the cache nor reach past it
     assert padded.padded is not None and padded.padded.shapes == {(8, 16, 64)}  # the prompts, padded too
-    for mine, theirs in zip(padded.cache.keys + padded.cache.values, ragged.cache.keys + ragged.cache.values):
+    caches = (padded.cache.keys + padded.cache.values, ragged.cache.keys + ragged.cache.values)
+    for mine, theirs in zip(*caches, strict=True):
         for slot, prompt in enumerate(prompts):  # each prompt's positions as the ragged prefill wrote them, and
             torch.testing.assert_close(mine[slot, :, : len(prompt)], theirs[slot, :, : len(prompt)])
             assert not mine[slot, :, len(prompt) :].any()  # nothing after them (the ragged pass writes padding)
