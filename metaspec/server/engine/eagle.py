@@ -70,17 +70,15 @@ class FeatureModel:
         length = max(len(c.ids) for c in chunks)
         width = max(c.start + length for c in chunks)
         self.cache.prepare(chunks, width)
-        ids = torch.zeros(len(chunks), length, dtype=torch.long, device=self.device)
-        features = torch.zeros(len(chunks), length, hidden[0].shape[-1], dtype=hidden[0].dtype, device=self.device)
-        for b, (c, h) in enumerate(zip(chunks, hidden, strict=True)):
-            ids[b, : len(c.ids)] = torch.tensor(c.ids, device=self.device)
-            features[b, : len(c.ids)] = h
+        # built on the host and copied once: a copy per row would wait for the device every time
+        ids = torch.tensor([c.ids + [0] * (length - len(c.ids)) for c in chunks]).to(self.device)
+        features = torch.nn.utils.rnn.pad_sequence(hidden, batch_first=True)  # (B, T, H)
         positions = self.cache._positions  # (B, T)
         keys = torch.arange(width, device=self.device)
         mask = (keys[None, None, :] <= positions[:, :, None])[:, None]  # (B, 1, T, width): causal per row
         out, _ = self.draft.step(features, ids, positions, bias=mask, cache=self.cache)  # (B, T, H)
-        last = torch.tensor([len(c.ids) - 1 for c in chunks], device=self.device)
-        final = out[torch.arange(len(chunks), device=self.device), last]  # (B, H)
+        ends = torch.tensor([b * length + len(c.ids) - 1 for b, c in enumerate(chunks)]).to(self.device)
+        final = out.flatten(0, 1).index_select(0, ends)  # (B, H): each chunk's last token
         for c, f in zip(chunks, final, strict=True):
             self.outputs[c.slot] = (c.start + len(c.ids) - 1, f)
         spread = torch.full((len(chunks), self.vocab), float("-inf"), device=self.device)

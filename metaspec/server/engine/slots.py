@@ -121,10 +121,10 @@ class SlotCache(Cache):
         slots = [c.slot for c in chunks]
         self.reserve(max(slots) + 1, width)
         packed = slots == list(range(len(slots)))
-        self._rows = None if packed else torch.tensor(slots, device=self.device)
+        rows, starts = torch.tensor([slots, [c.start for c in chunks]]).to(self.device)  # one copy
+        self._rows = None if packed else rows
         self._writes = None
         length = max(len(c.ids) for c in chunks)
-        starts = torch.tensor([c.start for c in chunks], device=self.device)
         self._positions = starts[:, None] + torch.arange(length, device=self.device)  # (B, T)
         self._width = width
 
@@ -187,9 +187,8 @@ class SlotModel:
             ids[b, : len(c.ids)] = torch.tensor(c.ids)
             ids[b, len(c.ids) :] = c.ids[-1]  # padding: any valid id; its positions are never attended
         out = self._base(ids.to(self.device), self.cache._positions, width, hidden_states=bool(layers))
-        rows = torch.tensor([b for b, c in enumerate(chunks) for _ in range(c.keep)], device=self.device)
-        cols = torch.tensor([len(c.ids) - c.keep + i for c in chunks for i in range(c.keep)], device=self.device)
-        states = out.last_hidden_state[rows, cols]  # (N, E)
+        kept = [b * length + len(c.ids) - c.keep + i for b, c in enumerate(chunks) for i in range(c.keep)]
+        states = out.last_hidden_state.flatten(0, 1).index_select(0, torch.tensor(kept).to(self.device))  # (N, E)
         logits = self._head(states)[:, : self.vocab]  # (N, V)
         if not layers:
             return logits, None
