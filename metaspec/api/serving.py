@@ -325,8 +325,9 @@ class SpecServeSpec(WorkloadSpec):
         True,
         description="On GPU, CUDA graphs. In batches (`sampling.maxConcurrency` above 1) the decode steps and "
         "verify passes of the target and the steps of a separate draft are captured at padded batch sizes "
-        "and lengths as they come and replayed (prompts run eagerly). At `maxConcurrency` 1 with no draft, a separate "
-        "draft or `promptLookup`: a static KV cache + `torch.compile`; that cache holds "
+        "and lengths as they come and replayed, and so is the prefill of prompts up to 256 tokens. At "
+        "`maxConcurrency` 1 with no draft, a separate draft or `promptLookup`: a static KV cache + "
+        "`torch.compile`; that cache holds "
         "`sampling.maxPromptTokens + sampling.maxTokensLimit + k + 1` positions and every attention reads "
         "all of them: keep those limits tight, or the verify pass eats the speculation's gain. An `eagle3` "
         "draft is served in batches at any `maxConcurrency`, graphs included. No effect on CPU. With "
