@@ -2,7 +2,7 @@
 
 Closed-loop clients (each sends its next request as soon as the previous one ends) draw from one fixed
 mix of `builtin://eval` prompts, alternately greedy and sampled (temperature 0.7, top-p 0.9, seeded),
-for a bounded time per cell. Per cell: aggregate output tokens/s (tokens streamed before the deadline
+for a bounded time per cell, after `--warm-up` seconds of the same load unmeasured. Per cell: aggregate output tokens/s (tokens streamed before the deadline
 over the cell's time), p50/p95 time to first token and inter-token latency (a round's tokens share its
 time). A request still waiting for its first token at the deadline counts with its wait so far (a lower
 bound), so a queue that never drains shows in the TTFT tail rather than vanishing from it.
@@ -219,9 +219,10 @@ async def run_cell(system: System, mix: list[Request], clients: int, seconds: fl
     return cell, time.monotonic() - start
 
 
-async def warm_up(system: System, mix: list[Request], clients: int) -> None:
-    """`clients` short requests at once: the level's batch shapes meet their first kernels (and, on a GPU,
-    cuBLAS's heuristics) here rather than in the measured cell."""
+async def warm_up(system: System, mix: list[Request], clients: int, seconds: float) -> None:
+    """`clients` short requests at once, then the cell's own load for `seconds`, unmeasured: the level's
+    batch shapes meet their first kernels (on a GPU cuBLAS's heuristics, and with `--compile` the CUDA
+    graphs' captures, again whenever the KV slots grow) here rather than in the measured cell."""
 
     async def one(request: Request) -> None:
         short = Request(request.prompt, SamplingParams(max_tokens=2))
@@ -230,6 +231,8 @@ async def warm_up(system: System, mix: list[Request], clients: int) -> None:
                 pass
 
     await asyncio.gather(*(one(mix[i % len(mix)]) for i in range(clients)))
+    if seconds > 0:
+        await run_cell(system, mix, clients, seconds)
 
 
 def row(system: str, clients: int, cell: Cell, elapsed: float) -> dict[str, Any]:
@@ -301,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch-draft", default="llama-1b", choices=["llama-1b", "llama-160m"])
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--seconds", type=float, default=25.0, help="time per cell")
+    parser.add_argument("--warm-up", type=float, default=5.0, help="unmeasured seconds of each cell's load first")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each cell, systems alternating (pooled)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--mix", type=int, default=64, help="distinct requests in the mix")
@@ -334,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         for turn in range(args.repeat):
             for name in list(made)[:: -1 if turn % 2 else 1]:
                 system = made[name]()
-                asyncio.run(warm_up(system, mix, clients))
+                asyncio.run(warm_up(system, mix, clients, args.warm_up))
                 cell, elapsed = asyncio.run(run_cell(system, mix, clients, args.seconds))
                 system.close()
                 print(_line(row(name, clients, cell, elapsed)), file=sys.stderr, flush=True)

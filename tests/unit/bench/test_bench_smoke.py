@@ -121,7 +121,7 @@ def test_serving_load_runs_lookup_systems_beside_the_engine(tiny_llama: Path, ti
     out = tmp_path / "load.json"
     argv = ["--target", str(tiny_llama), "--draft", str(tiny_draft_llama), "--clients", "2", "--seconds", "1"]
     argv += ["--systems", "metaspec", "lookup", "--policies", "never", "adaptive", "per-token", "--lookup", "1", "3"]
-    argv += ["--mix", "4", "--max-tokens", "6", "--threads", "1", "--out", str(out)]
+    argv += ["--mix", "4", "--max-tokens", "6", "--threads", "1", "--warm-up", "0.5", "--out", str(out)]
     assert script("serving_load").main(argv) == 0
 
     rows = {row["system"]: row for row in json.loads(out.read_text())["rows"]}
