@@ -177,8 +177,8 @@ class SlotModel:
         """Logits (N, V) of every chunk's last `keep` positions, rows in chunk order (N = Σ keep), and with
         `layers` the input of each of those layers (the residual stream) at *every* position of every
         chunk, concatenated per position: (Σ len(ids), len(layers)·E) in chunk order."""
-        if self.padded is not None and PaddedSteps.fits(chunks):
-            return self.padded.run(chunks, layers)
+        if self.padded is not None and max(len(c.ids) for c in chunks) <= MAX_TOKENS:
+            return self.padded.forward(chunks, layers)
         length = max(len(c.ids) for c in chunks)
         width = max(c.start + length for c in chunks)
         self.cache.prepare(chunks, width)
@@ -216,7 +216,8 @@ MIN_WIDTH = 64
 #: Most tokens a row takes in a padded step: decode steps and verify passes, and prompts up to this
 #: length (prefills); longer chunks run eagerly.
 MAX_TOKENS = 256
-#: Most tokens a padded step takes in all (rows × tokens a row, after padding); more run eagerly.
+#: Most tokens a padded step takes in all (rows × tokens a row, after padding): more rows than that
+#: fit run as several steps.
 MAX_STEP_TOKENS = 2048
 
 
@@ -231,7 +232,8 @@ class PaddedSteps:
     A step of B chunks taking at most `MAX_TOKENS` tokens each (the target's decode steps and verify
     passes, a draft's steps within a round, and the prefill of prompts that join) runs as a batch of b
     rows of t tokens attending to w positions: b the least power of two ≥ B, t the least ≥ the longest
-    chunk, w the least ≥ the widest sequence (at least `MIN_WIDTH`, at most the cache's length). Padding
+    chunk, w the least ≥ the widest sequence (at least `MIN_WIDTH`, at most the cache's length); as
+    several such steps when b·t would pass `MAX_STEP_TOKENS`. Padding
     (rows B..b-1, and each row's tokens after its own) reads the cache but writes only to its `scratch`
     row, which no sequence owns, and its logits are dropped: every sequence's slot holds exactly what the
     ragged step writes, and each real token attends to exactly what it attends to there. Chunks in slots
@@ -262,11 +264,15 @@ class PaddedSteps:
         # and the slots read (b): one device copy a step
         self._inputs = torch.zeros(6, MAX_STEP_TOKENS, dtype=torch.long, device=lm.device)
 
-    @staticmethod
-    def fits(chunks: list[Chunk]) -> bool:
-        """Whether the step can run padded: at most `MAX_TOKENS` tokens a chunk, `MAX_STEP_TOKENS` in all."""
-        t = max(len(c.ids) for c in chunks)
-        return t <= MAX_TOKENS and _pow2(len(chunks)) * _pow2(t) <= MAX_STEP_TOKENS
+    def forward(self, chunks: list[Chunk], layers: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`SlotModel.forward` for chunks of at most `MAX_TOKENS` tokens: one padded step, or several
+        when the padded rows would take more than `MAX_STEP_TOKENS` (many prompts joining at once)."""
+        rows = MAX_STEP_TOKENS // _pow2(max(len(c.ids) for c in chunks))  # a power of two
+        if len(chunks) <= rows:
+            return self.run(chunks, layers)
+        parts = [self.run(chunks[i : i + rows], layers) for i in range(0, len(chunks), rows)]
+        logits = torch.cat([logits for logits, _ in parts])
+        return logits, torch.cat([features for _, features in parts]) if layers else None  # type: ignore[misc]
 
     def run(self, chunks: list[Chunk], layers: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor | None]:
         """What `SlotModel.forward` returns: logits (Σ keep, V) of each chunk's last `keep` tokens, and with

@@ -19,7 +19,7 @@ import torch
 from test_speculative_sampling import ALPHA, LENGTH, PROMPT, exact_distribution, g_test_p_value
 
 from metaspec.server.engine import batch as batch_module
-from metaspec.server.engine import speculative
+from metaspec.server.engine import slots, speculative
 from metaspec.server.engine.batch import BatchDecoder, Draft, Sequence, SequenceFailed, read_rows
 from metaspec.server.engine.drafts import ModelDraft
 from metaspec.server.engine.routing import RoutingPolicy
@@ -196,6 +196,18 @@ def test_a_padded_step_writes_only_its_own_tokens(name: str, tiny_target) -> Non
             kept[chunk.start : chunk.start + len(chunk.ids)] = False
             assert torch.equal(old[chunk.slot][:, kept], new[chunk.slot][:, kept])
             assert not torch.equal(old[chunk.slot], new[chunk.slot])
+
+
+def test_padded_steps_split_what_one_step_cannot_take(tiny_target, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Five prompts of 9..13 tokens (rows of 16) where a padded step takes 64 tokens: two steps, of 4 rows
+    and of 1 (its slot read gathered), with the ragged pass's logits and layer inputs in chunk order."""
+    monkeypatch.setattr(slots, "MAX_STEP_TOKENS", 64)
+    padded, ragged = SlotModel(tiny_target, VOCAB, 64, graphs=True), SlotModel(tiny_target, VOCAB, 64)
+    chunks = [Chunk(s, 0, ([1, 2, 3, 4, 5, 6, 7] * 2)[: 9 + s]) for s in range(5)]
+    (logits, features), (expected, expected_features) = (lm.forward(chunks, (0, 1)) for lm in (padded, ragged))
+    assert padded.padded is not None and padded.padded.shapes == {(4, 16, 64), (1, 16, 64)}
+    torch.testing.assert_close(logits, expected)
+    torch.testing.assert_close(features, expected_features)
 
 
 def longer(model, positions: int):
