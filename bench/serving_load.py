@@ -220,9 +220,11 @@ async def run_cell(system: System, mix: list[Request], clients: int, seconds: fl
 
 
 async def warm_up(system: System, mix: list[Request], clients: int, seconds: float) -> None:
-    """`clients` short requests at once, then the cell's own load for `seconds`, unmeasured: the level's
+    """The cell's own load for `seconds`, then `clients` short requests at once, unmeasured: the level's
     batch shapes meet their first kernels (on a GPU cuBLAS's heuristics, and with `--compile` the CUDA
-    graphs' captures, again whenever the KV slots grow) here rather than in the measured cell."""
+    graphs' captures, again whenever the KV slots grow) here rather than in the measured cell. The short
+    requests end only once the system has finished what the load left running (`hf-batched` cannot stop
+    a batch its clients left), so every system starts the cell idle."""
 
     async def one(request: Request) -> None:
         short = Request(request.prompt, SamplingParams(max_tokens=2))
@@ -230,9 +232,9 @@ async def warm_up(system: System, mix: list[Request], clients: int, seconds: flo
             async for _ in stream:
                 pass
 
-    await asyncio.gather(*(one(mix[i % len(mix)]) for i in range(clients)))
     if seconds > 0:
         await run_cell(system, mix, clients, seconds)
+    await asyncio.gather(*(one(mix[i % len(mix)]) for i in range(clients)))
 
 
 def row(system: str, clients: int, cell: Cell, elapsed: float) -> dict[str, Any]:
