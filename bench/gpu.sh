@@ -24,6 +24,10 @@
 #   bench/gpu.sh serving-load-8b  the same with the Llama-3.1-8B architecture + a 160M draft (random init)
 #   bench/gpu.sh serving-graphs   SmolLM2 at 16 and 64 clients with `compile` (CUDA graphs in batches, torch.compile
 #                             at batch 1), then the eager engine at 16 clients
+#   bench/gpu.sh serving-profile  py-spy's samples of the engine's threads (wall time, idle included) at 16 clients
+#                             with `compile`, SmolLM2: where a step's time goes. py-spy (a 3 MB wheel: `pip download
+#                             py-spy`) goes into its own folder, /tmp/spy (`pip install --target /tmp/spy`): setup's
+#                             upgrade of /tmp/site would drop its binary
 #   bench/gpu.sh costs        draft/target cost ratio and verify cost: random-init Llama-3.1-8B, 1B and 160M drafts
 #   bench/gpu.sh eagle        EAGLE-3 (feature-level) drafts with full and 8192-token heads and a pruned 4-layer
 #                             draft, trained on `draft`'s teacher outputs (run `draft` first; re-run to resume)
@@ -156,6 +160,13 @@ serving-graphs)   # `compile` in batches (decode steps from CUDA graphs) against
   timeout 280 $S --compile --clients 16 64 --systems metaspec batch-1 hf-batched \
     --out bench/results/serving_load-cuda-smollm2-graphs.json || true
   timeout 150 $S --clients 16 --systems metaspec batch-1 --out bench/results/serving_load-cuda-smollm2-eager.json || true
+  save ;;
+serving-profile)   # py-spy --format raw: one line a stack (thread;frames count); grep the decode thread's
+  mkdir -p "${OUT:-/tmp/out}"
+  timeout 200 /tmp/spy/bin/py-spy record -r 250 --nonblocking --threads --idle --format raw \
+    -o "${OUT:-/tmp/out}/serving-profile-16.txt" -- $PY bench/serving_load.py --device cuda --dtype bfloat16 \
+    --compile --seconds 8 --clients 16 --policies never --systems metaspec \
+    --out bench/results/serving_load-cuda-smollm2-profiled.json || true
   save ;;
 serving-load-8b)
   timeout 470 $PY bench/serving_load.py --device cuda --dtype bfloat16 --arch llama-8b --arch-draft llama-160m \
