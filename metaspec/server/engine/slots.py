@@ -226,6 +226,9 @@ def _pow2(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
 
+_Shape = tuple[int, int, int, tuple[int, ...], bool]
+
+
 class PaddedSteps:
     """A `SlotModel`'s steps at a few fixed shapes, replayed from CUDA graphs on a GPU.
 
@@ -233,15 +236,15 @@ class PaddedSteps:
     passes, a draft's steps within a round, and the prefill of prompts that join) runs as a batch of b
     rows of t tokens attending to w positions: b the least power of two ≥ B, t the least ≥ the longest
     chunk, w the least ≥ the widest sequence (at least `MIN_WIDTH`, at most the cache's length); as
-    several such steps when b·t would pass `MAX_STEP_TOKENS`. Padding
-    (rows B..b-1, and each row's tokens after its own) reads the cache but writes only to its `scratch`
-    row, which no sequence owns, and its logits are dropped: every sequence's slot holds exactly what the
-    ragged step writes, and each real token attends to exactly what it attends to there. Chunks in slots
-    0..B-1 (a step over the whole packed batch) read the cache's first b rows as a view; others (the
-    prompts joining in the slots after the running ones) read their rows gathered, a shape of its own.
-    The graph ends at the model's body: the head then runs on the positions asked for only, as in the
-    ragged step, and what a graph keeps as its output is hidden states, not logits (a 128K vocabulary's
-    logits at 64 rows of 8 tokens would be 134 MB per shape).
+    several such steps when b·t would pass `MAX_STEP_TOKENS`. Padding (rows B..b-1, and each row's
+    tokens after its own) reads the cache but writes only to its `scratch` row, which no sequence owns,
+    and its logits are dropped: every sequence's slot holds exactly what the ragged step writes, and
+    each real token attends to exactly what it attends to there. Chunks in slots 0..B-1 (a step over the
+    whole packed batch) read the cache's first b rows as a view; others (the prompts joining in the
+    slots after the running ones) read their rows gathered, a shape of its own. The graph ends at the
+    model's body: the head then runs on the positions asked for only, as in the ragged step, and what a
+    graph keeps as its output is hidden states, not logits (a 128K vocabulary's logits at 64 rows of 8
+    tokens would be 134 MB per shape).
 
     On CUDA each shape is captured into a CUDA graph when it first comes (after a warm-up pass on the
     step's own inputs, which writes to the cache what the step writes) and replayed after that; the
@@ -257,7 +260,8 @@ class PaddedSteps:
         self.capture = lm.device.type == "cuda"
         self.shapes: set[tuple[int, int, int]] = set()
         """Every (b, t, w) run so far."""
-        self._runs: dict[tuple, Callable[[], tuple[torch.Tensor, torch.Tensor | None]]] = {}
+        self._runs: dict[_Shape, Callable[[], tuple[torch.Tensor, torch.Tensor | None]]] = {}
+        """How each shape runs: (b, t, w, layers returned, packed) -> its graph's replay (or the step)."""
         self._pool: object = None
         self._allocations = -1
         # ids, positions and the slot each token writes (b·t each), the outputs kept (logits, features)
