@@ -4,8 +4,9 @@ Closed-loop clients (each sends its next request as soon as the previous one end
 mix of `builtin://eval` prompts, alternately greedy and sampled (temperature 0.7, top-p 0.9, seeded),
 for a bounded time per cell, after `--warm-up` seconds of the same load unmeasured. Per cell:
 aggregate output tokens/s (tokens streamed before the deadline over the cell's time), p50/p95 time to
-first token and inter-token latency (a round's tokens share its time). A request still waiting for its first token at the deadline counts with its wait so far (a lower
-bound), so a queue that never drains shows in the TTFT tail rather than vanishing from it.
+first token and inter-token latency (a round's tokens share its time). A request still waiting for its
+first token at the deadline counts with its wait so far (a lower bound), so a queue that never drains
+shows in the TTFT tail rather than vanishing from it.
 
 Systems, each with a fresh engine per cell over the same loaded models:
 - `metaspec:<policy>`: the continuous-batching engine, batch up to the number of clients (`adaptive` is

@@ -156,8 +156,9 @@ class SlotModel:
 
     `vocab`: logits are cut to the first `vocab` entries (target and draft score the same token set even
     when one pads its embedding matrix). The head runs only on the positions asked for (`Chunk.keep`),
-    not on padding: at a vocabulary of 49k the head is a large share of a step's work. `graphs`: steps of
-    a few tokens a sequence run at fixed shapes (`PaddedSteps`), replayed from CUDA graphs on a GPU.
+    not on padding: at a vocabulary of 49k the head is a large share of a step's work. `graphs`: passes of
+    up to `MAX_TOKENS` tokens a sequence (steps, and the prefill of short prompts) run at fixed shapes
+    (`PaddedSteps`), replayed from CUDA graphs on a GPU.
     """
 
     def __init__(self, model: torch.nn.Module, vocab: int, max_length: int, graphs: bool = False) -> None:
