@@ -130,8 +130,8 @@ def test_greedy_in_a_batch_equals_target_greedy(name: str, penalty: float, tiny_
 @pytest.mark.parametrize("name", ["never", "always", "per-token", "adaptive"])
 @pytest.mark.usefixtures("any_k")
 def test_padded_steps_decode_what_ragged_steps_decode(name: str, tiny_target, tiny_draft) -> None:
-    """`SlotModel(graphs=True)` runs steps of a few tokens a row at padded shapes (replayed from CUDA graphs
-    on a GPU, run eagerly here): completions stay the target's own greedy ones while sequences join and
+    """`SlotModel(graphs=True)` runs steps and short prompts' prefills at padded shapes (replayed from CUDA
+    graphs on a GPU, run eagerly here): completions stay the target's own greedy ones while sequences join and
     leave, the batch, the tokens a row and the positions attended cross several padded sizes, the caches
     grow under them, and a draft proposes exactly what it proposes unpadded."""
     routing = ROUTINGS[name]
