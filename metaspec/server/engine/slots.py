@@ -24,11 +24,10 @@ two, and on CUDA each shape captured once into a CUDA graph and replayed.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -60,10 +59,8 @@ class SlotCache(Cache):
         self.num_layers = text.num_hidden_layers
         self.max_length = max_length
         self.dtype, self.device = dtype, device
-        # (layers, slots + 1, heads, positions, head_dim) each: every layer in one tensor, so moving or
-        # clearing a slot is one copy, and a layer is an index, not a list entry (`PaddedSteps` compiles
-        # one decoder layer's code for all of them)
-        self.keys = self.values = torch.zeros(0)
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
         self._rows: torch.Tensor | None = None  # (B,) slots of the batch, or None when it is 0..B-1
         self._writes: torch.Tensor | None = None  # (B, T) the slot each token writes to, when not its row's
         self._positions = torch.zeros(0, 0, dtype=torch.long)  # (B, T) where each input token goes
@@ -74,7 +71,7 @@ class SlotCache(Cache):
     @property
     def capacity(self) -> tuple[int, int]:
         """(slots, positions) allocated now."""
-        return (self.keys.shape[1] - 1, self.keys.shape[3]) if self.keys.dim() > 1 else (0, 0)
+        return (self.keys[0].shape[0] - 1, self.keys[0].shape[2]) if self.keys else (0, 0)
 
     @property
     def scratch(self) -> int:
@@ -91,30 +88,33 @@ class SlotCache(Cache):
         new_slots = max(slots, 2 * have_slots if slots > have_slots else have_slots, 1)
         new_width = min(self.max_length, max(width, 2 * have_width if width > have_width else have_width, 16))
         self.allocations += 1
-        grown = []
-        for old in (self.keys, self.values):
-            # zeros, not empty: a masked position still multiplies its value by 0, and 0 * NaN is NaN;
-            # one row more than the slots: `scratch`
-            shape = (self.num_layers, new_slots + 1, self.shape[0], new_width, self.shape[1])
-            new = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            if have_slots:
-                new[:, :have_slots, :, :have_width] = old[:, :-1]  # the slots, not the scratch row
-            grown.append(new)
-        self.keys, self.values = grown
+        for tensors in (self.keys, self.values):
+            for i in range(self.num_layers):
+                # zeros, not empty: a masked position still multiplies its value by 0, and 0 * NaN is NaN;
+                # one row more than the slots: `scratch`
+                grown = torch.zeros(
+                    new_slots + 1, *self.shape[:1], new_width, self.shape[1], dtype=self.dtype, device=self.device
+                )
+                if i < len(tensors):
+                    old = tensors[i]
+                    grown[: old.shape[0] - 1, :, : old.shape[2]] = old[:-1]  # the slots, not the scratch row
+                    tensors[i] = grown
+                else:
+                    tensors.append(grown)
 
     def clear(self, slot: int) -> None:
         """Zero a slot (after a sequence whose values may be non-finite)."""
         if slot >= self.capacity[0]:
             return
-        for tensor in (self.keys, self.values):
-            tensor[:, slot].zero_()
+        for tensor in (*self.keys, *self.values):
+            tensor[slot].zero_()
 
     def move(self, source: int, target: int) -> None:
         """Copy slot `source` into `target` (keeping the batch packed when a sequence leaves)."""
         if max(source, target) >= self.capacity[0]:
             return  # never written: nothing to keep
-        for tensor in (self.keys, self.values):
-            tensor[:, target].copy_(tensor[:, source])
+        for tensor in (*self.keys, *self.values):
+            tensor[target].copy_(tensor[source])
 
     def prepare(self, chunks: list[Chunk], width: int) -> None:
         """Set where the next forward writes (rows padded to the longest chunk) and how far it reads."""
@@ -254,23 +254,11 @@ class PaddedSteps:
     at the addresses it was captured with, so when the cache grows (doubling: a few times in a replica's
     life) the graphs are dropped and captured again as shapes come. Elsewhere the padded step runs
     eagerly: the same code, which the CPU tests check against the ragged path.
-
-    `compile` (on by default on CUDA): the graphs are captured from the decoder layers compiled by
-    `torch.compile`, which fuses each layer's element-wise work (norms, rotary embedding, activations,
-    residual adds) into a few kernels: an H100 replays a 16-row decode step of SmolLM2-135M in less
-    than half the time (docs/benchmarks.md). Only the layers are compiled, with dynamic shapes and their
-    index a symbolic integer, so one compilation serves every layer and most shapes: compiling the whole
-    body took minutes per shape. The compiled code runs only while a shape is captured (replays run no
-    Python): the layers are the model's own everywhere else.
     """
 
     def __init__(self, lm: SlotModel) -> None:
         self.lm = lm
         self.capture = lm.device.type == "cuda"
-        self.compile = self.capture
-        self.backend = "inductor"
-        """`torch.compile`'s backend for the layers."""
-        self._compiled: list[Callable[..., object]] | None = None
         self.shapes: set[tuple[int, int, int]] = set()
         """Every (b, t, w) run so far."""
         self._runs: dict[_Shape, Callable[[], tuple[torch.Tensor, torch.Tensor | None]]] = {}
@@ -345,30 +333,21 @@ class PaddedSteps:
     def _prepare(
         self, b: int, t: int, w: int, layers: tuple[int, ...], packed: bool
     ) -> Callable[[], tuple[torch.Tensor, torch.Tensor | None]]:
-        """How shape (b, t, w) runs: a graph's replay on CUDA, else the step itself (with `compile`, the
-        compiled layers' step)."""
+        """How shape (b, t, w) runs: a graph's replay on CUDA, else the step itself."""
         step = lambda: self._step(b, t, w, layers, packed)  # noqa: E731
         if not self.capture:
-            if not self.compile:
-                return step
-
-            def compiled() -> tuple[torch.Tensor, torch.Tensor | None]:
-                with self._compiled_layers():
-                    return step()
-
-            return compiled
+            return step
+        device = self.lm.device
         start = time.perf_counter()
-        graph, out = None, None
-        if self.compile:
-            try:
-                with self._compiled_layers():
-                    graph, out = self._capture(step)
-            except Exception as error:  # whatever the compiler raised: capture the eager layers
-                log.warning("decoder layers not compiled: %s", error)
-                self.compile = False
         try:
-            if graph is None:
-                graph, out = self._capture(step)
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                step()  # warm-up (lazy initialisation stays out of the graph)
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+                out = step()
         except RuntimeError as error:  # an op that cannot be captured: run steps eagerly from now on
             log.warning("padded steps run eagerly: capturing a CUDA graph failed: %s", error)
             self.capture = False
@@ -382,41 +361,3 @@ class PaddedSteps:
             return out
 
         return replay
-
-    def _capture(
-        self, step: Callable[[], tuple[torch.Tensor, torch.Tensor | None]]
-    ) -> tuple[torch.cuda.CUDAGraph, tuple[torch.Tensor, torch.Tensor | None]]:
-        """`step` captured into a CUDA graph, and its outputs (the graph's own tensors)."""
-        device = self.lm.device
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            # warm-up: lazy initialisation, and compilation, stay out of the graph; twice, so that a
-            # compiled layer whose guards the first pass changed is compiled again here, not in the capture
-            for _ in range(2 if self.compile else 1):
-                step()
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-            out = step()
-        return graph, out
-
-    @contextlib.contextmanager
-    def _compiled_layers(self) -> Iterator[None]:
-        """The decoder layers run compiled (`torch.compile`, dynamic shapes) within this block."""
-        layers = getattr(self.lm.model.base_model, "layers", None)
-        if not isinstance(layers, torch.nn.ModuleList) or not len(layers):
-            raise TypeError(f"{type(self.lm.model.base_model).__name__} has no `layers` to compile")
-        if self._compiled is None:
-            self._compiled = [torch.compile(layer.forward, backend=self.backend, dynamic=True) for layer in layers]
-        for layer, forward in zip(layers, self._compiled, strict=True):
-            layer.forward = forward
-        try:
-            # a layer's index (which cache entry it reads) a symbolic integer: one code for every layer;
-            # each shape class (one token a row or more, packed rows or gathered, features or not) and
-            # the first layer compile on their own
-            with torch._dynamo.config.patch(allow_unspec_int_on_nn_module=True, recompile_limit=64):
-                yield
-        finally:
-            for layer in layers:
-                del layer.forward

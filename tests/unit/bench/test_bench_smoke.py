@@ -1,6 +1,7 @@
 """The method benchmarks (`bench/method.py`, `teacher.py`, `routing.py`), prompt lookup's settings
 (`bench/lookup.py`), serving under load (`bench/serving_load.py`, its lookup systems), a batched step's
-time (`bench/batch_step.py`, eager and padded) and the trainer's
+time (`bench/batch_step.py`, eager and padded), padded steps with a compiled body (`bench/step_compile.py`)
+and the trainer's
 scaling (`bench/trainer.py --nproc`) end to end on tiny random Llamas.
 
 They check that every arm and configuration runs through the real trainer, generator and engine code
@@ -131,6 +132,17 @@ def test_serving_load_runs_lookup_systems_beside_the_engine(tiny_llama: Path, ti
         "lookup:adaptive",
     }
     assert all(row["tokens_per_second"] > 0 for row in rows.values())
+
+
+def test_step_compile_decodes_the_same_tokens_with_the_body_compiled(tmp_path: Path) -> None:
+    """On the CPU the padded steps run eagerly (no graphs), and `aot_eager` compiles without generating
+    code: the same float32 arithmetic, so both modes decode the same greedy tokens."""
+    out = tmp_path / "compile.json"
+    assert script("step_compile").main(["--smoke", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["mode"] for r in rows] == ["graphs", "body"]
+    assert all(r["greedy_agreement"] == 1.0 and r["replay_gpu_ms"] is None for r in rows)
+    assert rows[0]["shapes"] == rows[1]["shapes"] == [[2, 1, 64], [2, 16, 64]]  # the decode step, the prefill
 
 
 def test_batch_step_times_eager_and_padded_steps(tmp_path: Path) -> None:
