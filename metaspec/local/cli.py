@@ -11,6 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from metaspec.local import demo_bench
 from metaspec.local.state import StateError, load_state, pid_alive
 
 DEFAULT_STATE_DIR = Path(".metaspec")
@@ -63,10 +64,16 @@ def parser() -> argparse.ArgumentParser:
         help="keep SpecServe servers running until Ctrl-C (default: yes, unless --report)",
     )
     run.add_argument(
-        "--bench-prompts", type=int, default=3, help="--report benchmark: prompts per difficulty (default 3)"
+        "--bench-prompts",
+        type=int,
+        default=demo_bench.PROMPTS_PER_DIFFICULTY,
+        help=f"--report benchmark: prompts per difficulty (default {demo_bench.PROMPTS_PER_DIFFICULTY})",
     )
     run.add_argument(
-        "--bench-max-tokens", type=int, default=32, help="--report benchmark: tokens per answer (default 32)"
+        "--bench-max-tokens",
+        type=int,
+        default=demo_bench.MAX_TOKENS,
+        help=f"--report benchmark: tokens per answer at most (default {demo_bench.MAX_TOKENS})",
     )
     run.add_argument(
         "--claim",

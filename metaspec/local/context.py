@@ -16,6 +16,7 @@ from typing import Any
 from metaspec import pipeline
 from metaspec import status as R
 from metaspec.api import Phase, Resource, TrainingRun
+from metaspec.local import demo_bench
 from metaspec.local.display import LiveDisplay, parse_progress_line
 from metaspec.local.processes import Child
 from metaspec.local.state import ResourceState, State, save_state
@@ -31,8 +32,8 @@ class RunOptions:
     serve: bool = False  # keep SpecServe servers running until interrupted
     report: bool = False  # run the demo benchmark and write the report at the end
     stop_grace: float = 120  # seconds a stage gets to checkpoint after SIGTERM
-    bench_prompts: int = 3  # demo benchmark: prompts per difficulty (easy and hard)
-    bench_max_tokens: int = 32  # demo benchmark: tokens per answer
+    bench_prompts: int = demo_bench.PROMPTS_PER_DIFFICULTY  # demo benchmark: prompts per difficulty (easy and hard)
+    bench_max_tokens: int = demo_bench.MAX_TOKENS  # demo benchmark: tokens per answer at most
     claims: dict[str, Path] = field(default_factory=dict)  # `pvc://<claim>/…` read from these host folders
     # training processes per TrainingRun (torch.distributed.run); None: its gpus × nodes, at most the visible GPUs
     nproc_per_node: int | None = None
