@@ -1,8 +1,8 @@
 """The method benchmarks (`bench/method.py`, `teacher.py`, `routing.py`), prompt lookup's settings
 (`bench/lookup.py`), serving under load (`bench/serving_load.py`, its lookup systems), a batched step's
-time (`bench/batch_step.py`, eager and padded), padded steps with a compiled body (`bench/step_compile.py`)
-and the trainer's
-scaling (`bench/trainer.py --nproc`) end to end on tiny random Llamas.
+time (`bench/batch_step.py`, eager and padded), padded steps with a compiled body
+(`bench/step_compile.py`) and the trainer's scaling (`bench/trainer.py --nproc`) end to end on tiny
+random Llamas.
 
 They check that every arm and configuration runs through the real trainer, generator and engine code
 and that the figures the docs quote are computed from what ran (budgets, shares, exactness); the
