@@ -10,7 +10,8 @@ Per mode, over the same prompts (random ids, 40 to 46 tokens a row) on a target 
 of `--batch` prompts together, then `--steps` decode steps of one token a row fed with the step's
 argmax, as the engine runs them (each step read back to the host); the median step after the first 8
 (captures and compilation stay out of it), then the GPU time of one replay of the decode step's graph
-(CUDA events over 100 replays), and the whole run's time, compilation included. The share of greedy
+(CUDA events over 100 replays), the whole run's time, compilation included, and how many graphs
+`torch.compile` built (dynamo's count: one per shape class it specialised on). The share of greedy
 tokens where the two modes agree shows how far bf16 rounding of fused kernels moves the argmax of a
 random-id prompt (a divergence carries through the rest of its row).
 
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch._dynamo.utils import counters
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import add_common_args, machine, setup, sync, write_result
@@ -46,6 +48,7 @@ def run(model: Any, args: argparse.Namespace, mode: str, batch: int) -> tuple[li
     assert padded is not None
     if mode == "body":
         padded._step = torch.compile(padded._step, backend=args.backend, dynamic=True)  # type: ignore[method-assign]
+    graphs_before = counters["stats"]["unique_graphs"]
     ids = torch.Generator().manual_seed(args.seed)
     vocab = model.config.vocab_size
     prompts = [
@@ -81,6 +84,7 @@ def run(model: Any, args: argparse.Namespace, mode: str, batch: int) -> tuple[li
         "step_ms_p50": round(1000 * statistics.median(times[8:] or times), 3),
         "replay_gpu_ms": replay,
         "seconds_with_compilation": round(total, 1),
+        "compilations": counters["stats"]["unique_graphs"] - graphs_before,
         "shapes": sorted(padded.shapes),
     }
 
@@ -107,8 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         model = AutoModelForCausalLM.from_pretrained(bundled_model_dir(), dtype=dtype)
     model = model.to(device, dtype).eval()
     rows = []
-    print("| batch | mode | step ms (p50) | replay GPU ms | s with compilation | greedy tokens agreeing |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| batch | mode | step ms (p50) | replay GPU ms | s with compilation | compilations | greedy tokens agreeing |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for batch in args.batch:
         reference = None
         for mode in MODES:
@@ -120,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(
                 f"| {batch} | {mode} | {row['step_ms_p50']} | {row['replay_gpu_ms']} | "
-                f"{row['seconds_with_compilation']} | {row['greedy_agreement']} |"
+                f"{row['seconds_with_compilation']} | {row['compilations']} | {row['greedy_agreement']} |"
             )
     write_result(args, argv, "step_compile", device, {"machine": machine(device, dtype), "rows": rows})
     return 0
