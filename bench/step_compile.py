@@ -10,7 +10,8 @@ Per mode, over the same prompts (random ids, 40 to 46 tokens a row) on a target 
 of `--batch` prompts together, then `--steps` decode steps of one token a row fed with the step's
 argmax, as the engine runs them (each step read back to the host); the median step after the first 8
 (captures and compilation stay out of it), then the GPU time of one replay of the decode step's graph
-(CUDA events over 100 replays), the whole run's time, compilation included, and how many graphs
+(CUDA events over 100 replays; none where a capture failed and the steps fell back to eager), the
+whole run's time, compilation included, and how many graphs
 `torch.compile` built (dynamo's count: one per shape class it specialised on). The share of greedy
 tokens where the two modes agree shows how far bf16 rounding of fused kernels moves the argmax of a
 random-id prompt (a divergence carries through the rest of its row).
@@ -67,7 +68,7 @@ def run(model: Any, args: argparse.Namespace, mode: str, batch: int) -> tuple[li
             lengths = [n + 1 for n in lengths]
         total = time.perf_counter() - start
         replay = None
-        if device.type == "cuda":  # the decode step's graph alone (the widest one captured)
+        if padded.capture:  # the decode step's graph alone (the widest one captured); False after a failed capture
             graph = padded._runs[max(k for k in padded._runs if k[1] == 1)]
             for _ in range(5):
                 graph()
@@ -85,6 +86,7 @@ def run(model: Any, args: argparse.Namespace, mode: str, batch: int) -> tuple[li
         "replay_gpu_ms": replay,
         "seconds_with_compilation": round(total, 1),
         "compilations": counters["stats"]["unique_graphs"] - graphs_before,
+        "captured": padded.capture,
         "shapes": sorted(padded.shapes),
     }
 

@@ -141,7 +141,7 @@ def test_step_compile_decodes_the_same_tokens_with_the_body_compiled(tmp_path: P
     assert script("step_compile").main(["--smoke", "--out", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
     assert [r["mode"] for r in rows] == ["graphs", "body"]
-    assert all(r["greedy_agreement"] == 1.0 and r["replay_gpu_ms"] is None for r in rows)
+    assert all(r["greedy_agreement"] == 1.0 and r["replay_gpu_ms"] is None and not r["captured"] for r in rows)
     assert rows[0]["shapes"] == rows[1]["shapes"] == [[2, 1, 64], [2, 16, 64]]  # the decode step, the prefill
     assert rows[0]["compilations"] == 0 and rows[1]["compilations"] == 2  # a graph for each
 
