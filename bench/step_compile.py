@@ -11,10 +11,10 @@ of `--batch` prompts together, then `--steps` decode steps of one token a row fe
 argmax, as the engine runs them (each step read back to the host); the median step after the first 8
 (captures and compilation stay out of it), then the GPU time of one replay of the decode step's graph
 (CUDA events over 100 replays; none where a capture failed and the steps fell back to eager), the
-whole run's time, compilation included, and how many graphs
-`torch.compile` built (dynamo's count: one per shape class it specialised on). The share of greedy
-tokens where the two modes agree shows how far bf16 rounding of fused kernels moves the argmax of a
-random-id prompt (a divergence carries through the rest of its row).
+whole run's time, compilation included, and how many graphs `torch.compile` built (dynamo's count: one
+per shape class it specialised on). The share of greedy tokens where the two modes agree shows how far
+bf16 rounding of fused kernels moves the argmax of a random-id prompt (a divergence carries through the
+rest of its row).
 
     python bench/step_compile.py --device cuda --dtype bfloat16 --batch 16 64
     python bench/step_compile.py --smoke    # a tiny random Llama on the CPU, `aot_eager`: the script's path
