@@ -9,13 +9,17 @@ Every variant sees the same `support + query` sequences of `--seq` tokens (10% o
 prompt) and takes a full optimizer step (forward, backward, AdamW) with LoRA on all seven projections:
 
     sft          one LoRA step on all support + query sequences as one batch
-    anil         the trainer's ANIL-MAML step: body once per set, `--inner-steps` head steps, second order
-                 (in the support set's span when it fits one `--chunk` and has at most hidden-size tokens)
+    anil         the trainer's ANIL-MAML step: one body pass over both sets, `--inner-steps` head steps,
+                 second order (in the support set's span when it fits one `--chunk` and has at most
+                 hidden-size tokens)
+    anil-two-passes  the same with a body pass per set
     anil-nospan  the same with the head's (V, D) delta whatever the support set's size
     anil-fo      the same, first order
     anil-delta   the same with a rank-`--delta-rank` head delta instead of the full head
     anil-unsplit anil-nospan with a bf16 model's inner updates folded into an fp32 copy of the head
                  (every inner-loop matmul in fp32/TF32), as the trainer did before the split head
+    sft-eager-loss, anil-eager-loss
+                 sft and anil with `--compile` compiling the decoder layers only, not the head's chunks
     naive        (--naive) MAML done the obvious way: the whole model re-run on the support set for
                  every inner step, full logits, double backward — what ANIL's design avoids
 
@@ -108,7 +112,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--steps", type=int, default=3, help="timed steps per variant (after one warm-up)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--compile", action="store_true", help="torch.compile each decoder layer (one graph, reused)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile each decoder layer (one graph, reused) and each head chunk's loss or inner gradient, as "
+        "the trainer's `optimization.compile` does",
+    )
     parser.add_argument(
         "--liger",
         action="store_true",
@@ -176,17 +185,26 @@ def sft_loss(lm, support, query, args, proj) -> torch.Tensor:
         from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
         return LigerFusedLinearCrossEntropyLoss()(lm.get_output_embeddings().weight, h, y)
-    return chunked_cross_entropy(h, y, lm.get_output_embeddings(), args.chunk) / y.numel()
+    return chunked_cross_entropy(h, y, lm.get_output_embeddings(), args.chunk, compile=args.compile) / y.numel()
 
 
 def anil_loss(
-    first_order: bool, delta: bool, split: bool | None = None, span: bool = True
+    first_order: bool, delta: bool, split: bool | None = None, span: bool = True, one_pass: bool = True
 ) -> Callable[..., torch.Tensor]:
     def loss(lm, support, query, args, proj) -> torch.Tensor:
         head = output_head(lm, proj if delta else None, split)
-        return task_loss(
-            head, features(lm, support), features(lm, query), args.inner_steps, 5e-3, first_order, args.chunk, span
-        )
+        if one_pass:  # the trainer's: both sets in one body pass
+            hidden = lm.base_model(
+                input_ids=torch.cat([support["input_ids"], query["input_ids"]]),
+                attention_mask=torch.cat([support["attention_mask"], query["attention_mask"]]),
+                use_cache=False,
+            ).last_hidden_state
+            rows = support["input_ids"].shape[0]
+            sets = select_targets(hidden[:rows], support["labels"]), select_targets(hidden[rows:], query["labels"])
+        else:
+            sets = features(lm, support), features(lm, query)
+        steps, lr = args.inner_steps, 5e-3
+        return task_loss(head, *sets, steps, lr, first_order, args.chunk, span, args.compile)
 
     return loss
 
@@ -206,6 +224,15 @@ def naive_loss(lm, support, query, args, proj) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), query["labels"][:, 1:].flatten().to(logits.device))
 
 
+def eager_loss(loss: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """`loss` with its head work uncompiled, whatever `--compile` does to the decoder layers."""
+
+    def uncompiled(lm, support, query, args, proj) -> torch.Tensor:
+        return loss(lm, support, query, argparse.Namespace(**{**vars(args), "compile": False}), proj)
+
+    return uncompiled
+
+
 LOSSES = {
     "sft": sft_loss,
     "anil": anil_loss(first_order=False, delta=False),
@@ -213,8 +240,10 @@ LOSSES = {
     "anil-delta": anil_loss(first_order=False, delta=True),
     "anil-unsplit": anil_loss(first_order=False, delta=False, split=False, span=False),
     "anil-nospan": anil_loss(first_order=False, delta=False, span=False),
+    "anil-two-passes": anil_loss(first_order=False, delta=False, one_pass=False),
     "naive": naive_loss,
 }
+LOSSES |= {f"{name}-eager-loss": eager_loss(LOSSES[name]) for name in ("sft", "anil")}
 
 
 def sync(device: torch.device) -> None:

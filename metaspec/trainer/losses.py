@@ -8,6 +8,7 @@ logits.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -51,6 +52,14 @@ def token_weights(labels: Tensor, example_weights: Tensor) -> Tensor:
     return example_weights[:, None].expand_as(y)[y != IGNORE_INDEX]  # (N,)
 
 
+@functools.cache
+def compiled(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """`fn`, a function of one token chunk, under `torch.compile` with dynamic sizes (one graph for any
+    chunk length): its element-wise work over the chunk's (n, V) logits (casts, softmax, the error or
+    the cross-entropy, and their backward) fuses into a few kernels instead of a pass over memory each."""
+    return torch.compile(fn, dynamic=True)
+
+
 def run_chunked(fn: Callable[..., Tensor], *tensors: Tensor, chunk_size: int, total: Tensor | None = None) -> Tensor:
     """Sum `fn(*chunks)` over token chunks of `tensors` (all chunked along dim 0).
 
@@ -69,21 +78,24 @@ def run_chunked(fn: Callable[..., Tensor], *tensors: Tensor, chunk_size: int, to
     return total
 
 
+def cross_entropy_sum(logits_fn: LogitsFn, h: Tensor, y: Tensor, w: Tensor | None = None) -> Tensor:
+    """Σ (w ·) CE over one chunk, in fp32. h: (n, D), y: (n,), w: (n,)."""
+    ce = F.cross_entropy(upcast(logits_fn(h)), y, reduction="sum" if w is None else "none")  # logits (n, V)
+    return ce if w is None else (ce * w).sum()
+
+
 def chunked_cross_entropy(
-    h: Tensor, y: Tensor, logits_fn: LogitsFn, chunk_size: int = DEFAULT_CHUNK, weights: Tensor | None = None
+    h: Tensor,
+    y: Tensor,
+    logits_fn: LogitsFn,
+    chunk_size: int = DEFAULT_CHUNK,
+    weights: Tensor | None = None,
+    compile: bool = False,
 ) -> Tensor:
     """Sum (not mean) of token cross-entropies, in fp32, each scaled by its token's weight if
-    `weights` is given. h: (N, D), y: (N,), weights: (N,)."""
-
-    def ce_sum(h_c: Tensor, y_c: Tensor) -> Tensor:
-        return F.cross_entropy(upcast(logits_fn(h_c)), y_c, reduction="sum")  # logits (n, V)
-
-    def weighted_ce_sum(h_c: Tensor, y_c: Tensor, w_c: Tensor) -> Tensor:
-        return (F.cross_entropy(upcast(logits_fn(h_c)), y_c, reduction="none") * w_c).sum()
-
-    if weights is None:
-        return run_chunked(ce_sum, h, y, chunk_size=chunk_size)
-    return run_chunked(weighted_ce_sum, h, y, weights, chunk_size=chunk_size)
+    `weights` is given; `compile`: each chunk's through `compiled`. h: (N, D), y: (N,), weights: (N,)."""
+    chunk = functools.partial(compiled(cross_entropy_sum) if compile else cross_entropy_sum, logits_fn)
+    return run_chunked(chunk, h, y, *(() if weights is None else (weights,)), chunk_size=chunk_size)
 
 
 def chunked_distillation(

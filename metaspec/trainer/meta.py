@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
-from .losses import DEFAULT_CHUNK, chunked_cross_entropy, run_chunked, upcast
+from .losses import DEFAULT_CHUNK, chunked_cross_entropy, compiled, run_chunked, upcast
 
 
 @dataclass(frozen=True)
@@ -138,14 +138,16 @@ def head_gradient(
     chunk_size: int = DEFAULT_CHUNK,
     weights: Tensor | None = None,
     z: Tensor | None = None,
+    compile: bool = False,
 ) -> Tensor:
     """∂ (Σ w·CE(h, y) / N) / ∂ fast weights (w = 1 without `weights`: the mean CE), differentiable
     in `h` and the head. h: (N, D), y: (N,), weights: (N,); `z`: h Wᵀ (N, V), when known (N within one
-    chunk)."""
+    chunk); `compile`: each chunk's gradient through `losses.compiled`."""
     if z is not None and h.shape[0] > chunk_size:
         raise ValueError(f"known logits need the tokens in one chunk: {h.shape[0]} > {chunk_size}")
     tensors = (h, y) if weights is None else (h, y, weights)
-    return run_chunked(lambda *c: _chunk_gradient(head, *c, z=z), *tensors, chunk_size=chunk_size) / y.numel()
+    gradient = compiled(_chunk_gradient) if compile else _chunk_gradient
+    return run_chunked(lambda *c: gradient(head, *c, z=z), *tensors, chunk_size=chunk_size) / y.numel()
 
 
 def adapt_head(
@@ -158,6 +160,7 @@ def adapt_head(
     chunk_size: int = DEFAULT_CHUNK,
     weights: Tensor | None = None,
     span: bool = True,
+    compile: bool = False,
 ) -> Head:
     """`steps` SGD steps on the (token-weighted) support loss, touching only the fast weights (never a
     module's weights).
@@ -165,13 +168,14 @@ def adapt_head(
     Fast weights are fp32 even when the model is bf16 (`Head.step`; a bf16 head adapts a separate
     delta, see `Head`). `first_order` treats each inner gradient as a constant (FOMAML). A full head
     adapts in the support set's span when that is cheaper (module docstring), unless `span` is False.
+    `compile` fuses each chunk's element-wise work (`losses.compiled`).
     """
     z = None
     if span and head.proj is None and 0 < h.shape[0] <= min(chunk_size, h.shape[1]):
         head = replace(head, span=h.detach() if first_order else h, split=False)
         z = head.logits(h)  # (S, V), one chunk: the unadapted logits serve every step, and so does their backward
     for _ in range(steps):
-        grad = head_gradient(head, h, y, chunk_size, weights, z)
+        grad = head_gradient(head, h, y, chunk_size, weights, z, compile)
         head = head.step(grad.detach() if first_order else grad, lr)
     return head
 
@@ -185,18 +189,20 @@ def task_loss(
     first_order: bool = False,
     chunk_size: int = DEFAULT_CHUNK,
     span: bool = True,
+    compile: bool = False,
 ) -> Tensor:
     """Mean query cross-entropy through the head adapted on the support set.
 
     support, query: (hidden (N, D), labels (N,)) from one body pass each, optionally with per-token
     loss weights (N,) as a third element (`TaskSampler(balance="tokens")`): each set's loss is then
     Σ w·CE / N. Backward reaches the body through the query features, and (unless `first_order`)
-    through the support features inside the adapted head.
+    through the support features inside the adapted head. `compile` fuses each chunk's element-wise
+    work, inner steps and query loss alike (`losses.compiled`).
     """
     h_s, y_s, *w_s = support
-    adapted = adapt_head(head, h_s, y_s, steps, lr, first_order, chunk_size, _one(w_s), span)
+    adapted = adapt_head(head, h_s, y_s, steps, lr, first_order, chunk_size, _one(w_s), span, compile)
     h_q, y_q, *w_q = query
-    return chunked_cross_entropy(h_q, y_q, adapted.logits, chunk_size, weights=_one(w_q)) / y_q.numel()
+    return chunked_cross_entropy(h_q, y_q, adapted.logits, chunk_size, _one(w_q), compile) / y_q.numel()
 
 
 def _one(optional: list[Tensor]) -> Tensor | None:

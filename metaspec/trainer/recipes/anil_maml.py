@@ -17,7 +17,7 @@ import torch
 
 from metaspec.runtime import PermanentError
 
-from ..data import Example, Task, TaskSampler, collate
+from ..data import Task, TaskSampler, collate
 from ..evaluate import body_of
 from ..loop import StepStats
 from ..losses import select_targets, token_weights
@@ -71,23 +71,30 @@ class AnilMamlRecipe(LoraRecipe):
             task = next(self._tasks)
         return task
 
-    def _features(self, examples: tuple[Example, ...], weights: tuple[float, ...]) -> tuple[torch.Tensor, ...]:
-        """One body pass: hidden states of the supervised positions (N, D), their labels (N,)[, their
-        loss weights (N,) with `balance: tokens`]."""
-        batch = collate(examples, self.pad_id, weights if self.spec.anil.balance == "tokens" else None)
-        inputs = body_inputs(batch, self.ctx.device)
-        hidden = body_of(self.lm)(**inputs).last_hidden_state  # (B, T, D)
-        h, y = select_targets(hidden, batch["labels"])
+    def _features(self, task: Task) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        """One body pass over the support and query sets together, one batch as a LoRA SFT step runs
+        them (two passes of half the rows each were slower). Per set: the hidden states of its
+        supervised positions (N, D), their labels (N,)[, their loss weights (N,) with `balance: tokens`]."""
+        weighted = self.spec.anil.balance == "tokens"
+        weights = task.support_weights + task.query_weights
+        batch = collate(task.support + task.query, self.pad_id, weights if weighted else None)
+        hidden = body_of(self.lm)(**body_inputs(batch, self.ctx.device)).last_hidden_state  # (B, T, D)
+        rows = len(task.support)
+        return tuple(self._targets(hidden[part], batch, part) for part in (slice(rows), slice(rows, None)))
+
+    @staticmethod
+    def _targets(hidden: torch.Tensor, batch: dict[str, torch.Tensor], rows: slice) -> tuple[torch.Tensor, ...]:
+        h, y = select_targets(hidden, batch["labels"][rows])
         if "example_weights" not in batch:
             return h, y
-        return h, y, token_weights(batch["labels"], batch["example_weights"]).to(h.device)
+        return h, y, token_weights(batch["labels"][rows], batch["example_weights"][rows]).to(h.device)
 
     def _task_loss(self, task: Task) -> torch.Tensor:
         anil = self.spec.anil
-        support = self._features(task.support, task.support_weights)
-        query = self._features(task.query, task.query_weights)
+        support, query = self._features(task)
         head = output_head(self.lm, self.proj)
-        return task_loss(head, support, query, anil.inner_steps, anil.inner_lr, anil.first_order)
+        steps, lr = anil.inner_steps, anil.inner_lr
+        return task_loss(head, support, query, steps, lr, anil.first_order, compile=self.spec.optimization.compile)
 
     def train_step(self, scale: float) -> StepStats:
         """This rank's tasks of the global batch (every rank draws the whole batch, keeps its share):

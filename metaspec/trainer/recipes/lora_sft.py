@@ -37,4 +37,4 @@ class LoraSftRecipe(LoraRecipe, BatchRecipe):
     def _loss_sum(self, batch: dict[str, Tensor]) -> Tensor:
         hidden = body_of(self.lm)(**body_inputs(batch, self.ctx.device)).last_hidden_state  # (B, T, D)
         h, y = select_targets(hidden, batch["labels"])  # (N, D), (N,)
-        return chunked_cross_entropy(h, y, self.lm.get_output_embeddings())
+        return chunked_cross_entropy(h, y, self.lm.get_output_embeddings(), compile=self.spec.optimization.compile)
