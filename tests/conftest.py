@@ -117,6 +117,18 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def inductor_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A kernel cache of the test's own for torch.compile's inductor, with its C++ precompiled header
+    off: a cold shared cache once handed the compiler a truncated header (inductor's parallel compile
+    workers racing to build it), which fails the build, not the code under test."""
+    from torch._inductor import config as inductor_config
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    with inductor_config.patch(cpp_cache_precompile_headers=False):
+        yield tmp_path / "inductor"
+
+
 @pytest.fixture(scope="session")
 def smollm2() -> Path:
     """SmolLM2-135M-Instruct as float32 safetensors with tokenizer and manifest (converted once, cached)."""

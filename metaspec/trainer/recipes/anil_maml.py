@@ -17,12 +17,37 @@ import torch
 
 from metaspec.runtime import PermanentError
 
-from ..data import Task, TaskSampler, collate
+from ..data import Example, Task, TaskSampler, collate
 from ..evaluate import body_of
 from ..loop import StepStats
 from ..losses import select_targets, token_weights
 from ..meta import head_projection, output_head, task_loss
 from .common import Context, LoraRecipe, body_inputs
+
+
+def set_features(
+    lm: torch.nn.Module,
+    sets: tuple[tuple[Example, ...], ...],
+    pad_id: int,
+    device: torch.device,
+    weights: tuple[float, ...] | None = None,
+) -> list[tuple[torch.Tensor, ...]]:
+    """One body pass over every set together, one batch as a LoRA SFT step runs them (a pass per set
+    made the 8B ANIL step 6% slower on an H100: docs/benchmarks.md). Per set: the hidden states of its
+    supervised positions (N, D) and their labels (N,); with `weights` (one per example, the sets'
+    examples in order), also their tokens' loss weights (N,)."""
+    batch = collate([ex for examples in sets for ex in examples], pad_id, weights)
+    hidden = body_of(lm)(**body_inputs(batch, device)).last_hidden_state  # (B, T, D)
+    features, start = [], 0
+    for examples in sets:
+        rows = slice(start, start + len(examples))
+        start = rows.stop
+        h, y = select_targets(hidden[rows], batch["labels"][rows])
+        if weights is None:
+            features.append((h, y))
+        else:
+            features.append((h, y, token_weights(batch["labels"][rows], batch["example_weights"][rows]).to(h.device)))
+    return features
 
 
 class AnilMamlRecipe(LoraRecipe):
@@ -71,27 +96,10 @@ class AnilMamlRecipe(LoraRecipe):
             task = next(self._tasks)
         return task
 
-    def _features(self, task: Task) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-        """One body pass over the support and query sets together, one batch as a LoRA SFT step runs
-        them (two passes of half the rows each were slower). Per set: the hidden states of its
-        supervised positions (N, D), their labels (N,)[, their loss weights (N,) with `balance: tokens`]."""
-        weighted = self.spec.anil.balance == "tokens"
-        weights = task.support_weights + task.query_weights
-        batch = collate(task.support + task.query, self.pad_id, weights if weighted else None)
-        hidden = body_of(self.lm)(**body_inputs(batch, self.ctx.device)).last_hidden_state  # (B, T, D)
-        rows = len(task.support)
-        return tuple(self._targets(hidden[part], batch, part) for part in (slice(rows), slice(rows, None)))
-
-    @staticmethod
-    def _targets(hidden: torch.Tensor, batch: dict[str, torch.Tensor], rows: slice) -> tuple[torch.Tensor, ...]:
-        h, y = select_targets(hidden, batch["labels"][rows])
-        if "example_weights" not in batch:
-            return h, y
-        return h, y, token_weights(batch["labels"][rows], batch["example_weights"][rows]).to(h.device)
-
     def _task_loss(self, task: Task) -> torch.Tensor:
         anil = self.spec.anil
-        support, query = self._features(task)
+        weights = task.support_weights + task.query_weights if anil.balance == "tokens" else None
+        support, query = set_features(self.lm, (task.support, task.query), self.pad_id, self.ctx.device, weights)
         head = output_head(self.lm, self.proj)
         steps, lr = anil.inner_steps, anil.inner_lr
         return task_loss(head, support, query, steps, lr, anil.first_order, compile=self.spec.optimization.compile)

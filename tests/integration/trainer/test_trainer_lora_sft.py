@@ -63,18 +63,10 @@ def test_lora_sft_trains_merges_and_evaluates(tiny_llama, tmp_path):
     assert any("lora_B" in n and p.abs().sum() > 0 for n, p in adapted.named_parameters())
 
 
-def test_compiled_decoder_layers_train_like_eager(tiny_llama, tmp_path, monkeypatch):
-    """`optimization.compile` runs every decoder layer through torch.compile (inductor, for real: on
-    the CPU it builds C++ kernels) and takes the same steps as the eager run.
-
-    Inductor's kernel cache is this test's own, and its C++ precompiled header is off: a cold shared
-    cache once handed the compiler a truncated header (inductor's parallel compile workers racing to
-    build it), which fails the build, not the trainer."""
+def test_compiled_decoder_layers_train_like_eager(tiny_llama, tmp_path, inductor_cache):
+    """`optimization.compile` runs every decoder layer and each chunk's loss through torch.compile
+    (inductor, for real: on the CPU it builds C++ kernels) and takes the same steps as the eager run."""
     from torch._dynamo.utils import counters
-    from torch._inductor import config as inductor_config
-
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    monkeypatch.setattr(inductor_config, "cpp_cache_precompile_headers", False)
 
     histories = []
     for compiled in (False, True):

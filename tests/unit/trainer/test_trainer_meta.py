@@ -19,6 +19,7 @@ from peft import LoraConfig, get_peft_model
 from torch.func import functional_call
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from metaspec.trainer.data import Example
 from metaspec.trainer.losses import (
     IGNORE_INDEX,
     chunked_cross_entropy,
@@ -27,6 +28,7 @@ from metaspec.trainer.losses import (
     token_weights,
 )
 from metaspec.trainer.meta import adapt_head, head_projection, output_head, task_loss
+from metaspec.trainer.recipes.anil_maml import set_features
 
 VOCAB = 53
 
@@ -68,7 +70,9 @@ def lora_params(peft_model) -> dict[str, torch.Tensor]:
     return {n: p for n, p in peft_model.named_parameters() if p.requires_grad}
 
 
-def trainer_route(peft_model, support, query, steps, lr, first_order, rank=None, chunk=4, split=None, span=True):
+def trainer_route(
+    peft_model, support, query, steps, lr, first_order, rank=None, chunk=4, split=None, span=True, compile=False
+):
     lm = peft_model.get_base_model()
     body = lm.base_model
 
@@ -78,7 +82,8 @@ def trainer_route(peft_model, support, query, steps, lr, first_order, rank=None,
         return (h, y) if "example_weights" not in b else (h, y, token_weights(b["labels"], b["example_weights"]))
 
     head = output_head(lm, head_projection(16, rank, seed=7) if rank else None, split=split)
-    loss = task_loss(head, features(support), features(query), steps, lr, first_order, chunk_size=chunk, span=span)
+    sets = features(support), features(query)
+    loss = task_loss(head, *sets, steps, lr, first_order, chunk_size=chunk, span=span, compile=compile)
     params = lora_params(peft_model)
     return loss, dict(zip(params, torch.autograd.grad(loss, list(params.values())), strict=True))
 
@@ -170,6 +175,47 @@ def test_token_weighted_meta_gradient_matches_reference():
     assert abs(loss.item() - plain_loss.item()) > 1e-3  # the weights change the loss
     for name, grad in grads.items():
         torch.testing.assert_close(grad, ref_grads[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+@pytest.mark.slow
+def test_compiled_head_work_matches_reference(inductor_cache):
+    """`optimization.compile` runs each chunk's inner gradient and query loss through torch.compile
+    (inductor, on this CPU): the same function in float64, in the span form (one 64-token chunk) and
+    over checkpointed 4-token chunks, with token weights."""
+    model = tiny_lora_model()
+    support = {**batch(1), "example_weights": torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64)}
+    query = {**batch(2), "example_weights": torch.tensor([1.5, 0.25, 1.0], dtype=torch.float64)}
+    ref_loss, ref_grads = reference_route(model, support, query, steps=2, lr=0.7, first_order=False)
+    for chunk in (64, 4):
+        loss, grads = trainer_route(
+            model, support, query, steps=2, lr=0.7, first_order=False, chunk=chunk, compile=True
+        )
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-10, atol=1e-12)
+        for name, grad in grads.items():
+            torch.testing.assert_close(grad, ref_grads[name], rtol=1e-6, atol=1e-7, msg=f"{name}, chunk {chunk}")
+
+
+def test_one_body_pass_gives_each_set_its_own_features():
+    """The recipe runs the support and query sets through the body as one batch, padded to the longer
+    set's length: each set's features, labels and token weights are those of a pass of its own."""
+    lm = tiny_lora_model().get_base_model()
+
+    def example(n: int, seed: int) -> Example:
+        ids = torch.randint(0, VOCAB, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+        return Example(f"e{seed}", "d", None, ids, [IGNORE_INDEX] * 2 + ids[2:])
+
+    support, query = (example(5, 1), example(11, 2)), (example(7, 3), example(4, 4), example(9, 5))
+    weights = (0.5, 2.0, 1.0, 1.5, 0.25)
+    together = set_features(lm, (support, query), pad_id=0, device=torch.device("cpu"), weights=weights)
+    apart = [
+        set_features(lm, (support,), pad_id=0, device=torch.device("cpu"), weights=weights[:2]),
+        set_features(lm, (query,), pad_id=0, device=torch.device("cpu"), weights=weights[2:]),
+    ]
+    for mine, own in zip(together, (apart[0][0], apart[1][0]), strict=True):
+        assert len(mine) == 3 and mine[0].shape[0] == mine[1].shape[0] == mine[2].shape[0]
+        for got, want in zip(mine, own, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-9)
+    assert together[0][1].numel() == 3 + 9 and together[1][1].numel() == 5 + 2 + 7  # n - 2 labels each
 
 
 def test_second_order_terms_are_present():
