@@ -1,7 +1,7 @@
 """ANIL-MAML LoRA fine-tuning (Finn et al. 2017; Raghu et al. 2020).
 
-Per task (one domain's support and query sets): the LoRA model's body runs once on the support set
-and once on the query set; the head's fast weights take `innerSteps` SGD steps on the support loss
+Per task (one domain's support and query sets): the LoRA model's body runs once over both sets, as
+one batch (`set_features`); the head's fast weights take `innerSteps` SGD steps on the support loss
 from the cached support hidden states; the query loss through the adapted head is backpropagated into
 every LoRA parameter (`meta.task_loss`). The loop averages `tasksPerBatch` tasks per micro-step and
 `gradientAccumulation` micro-steps per AdamW update. What is saved is the LoRA adapter (and the model
