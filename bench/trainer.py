@@ -60,6 +60,7 @@ import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from torch.func import functional_call
 
+from metaspec.causal_lm import load_causal_lm
 from metaspec.trainer.distributed import DataParallel, World, init_world
 from metaspec.trainer.launcher import launched
 from metaspec.trainer.losses import DEFAULT_CHUNK, IGNORE_INDEX, chunked_cross_entropy, select_targets
@@ -134,7 +135,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def build_model(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> tuple[torch.nn.Module, str]:
-    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     if args.liger:  # patches the Llama classes, so it must come before the model is built
         from liger_kernel.transformers import apply_liger_kernel_to_llama
@@ -150,7 +151,7 @@ def build_model(args: argparse.Namespace, device: torch.device, dtype: torch.dty
         from metaspec.local.bundled import bundled_model_dir
 
         path = bundled_model_dir() if args.model == "smollm2" else Path(args.model)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+        model = load_causal_lm(path, dtype).to(device)
         name = "smollm2-135m" if args.model == "smollm2" else path.name
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

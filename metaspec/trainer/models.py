@@ -15,6 +15,7 @@ from torch import nn
 
 from metaspec.api.training import QUANTIZED_REASON, BaseModelSource
 from metaspec.artifacts import materialize
+from metaspec.causal_lm import load_causal_lm
 from metaspec.runtime import PermanentError
 
 log = logging.getLogger(__name__)
@@ -81,16 +82,14 @@ def load_model(
     source: BaseModelSource, cache_dir: Path, device: torch.device, dtype: torch.dtype, where: str = FIELD
 ) -> LoadedModel:
     """Fetch (verified against its manifest), check and load a causal LM and its tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     local_dir, manifest = materialize(str(source.location), cache_dir)
     check_loadable(local_dir, where)
     trust = source.trust_remote_code
     try:
         tokenizer = AutoTokenizer.from_pretrained(local_dir, trust_remote_code=trust)
-        model = AutoModelForCausalLM.from_pretrained(
-            local_dir, dtype=dtype, trust_remote_code=trust, use_safetensors=True
-        )
+        model = load_causal_lm(local_dir, dtype, trust)
     except (OSError, ValueError) as e:
         hint = " (set trustRemoteCode: true only if you trust its code)" if "trust_remote_code" in str(e) else ""
         raise PermanentError(f"{where}: cannot load {source.uri}: {e}{hint}") from None

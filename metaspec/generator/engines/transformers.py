@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 from transformers import (
-    AutoModelForCausalLM,
     AutoTokenizer,
     GenerationConfig,
     LogitsProcessor,
@@ -30,6 +29,7 @@ from transformers import (
 )
 
 from metaspec.api.generation import Sampling
+from metaspec.causal_lm import load_causal_lm
 from metaspec.prompts import end_of_turn_ids
 
 from .base import Completion, FinishReason, Prompt, cut_at_stop
@@ -116,9 +116,7 @@ class TransformersEngine:
         trust_remote_code: bool = False,
     ) -> TransformersEngine:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True
-        )
+        model = load_causal_lm(model_dir, dtype, trust_remote_code)
         return cls(model.to(device), tokenizer, model_name, sampling, batch_size)
 
     def generation_params(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import torch
 from metaspec.api.serving import SpecServeSpec, ThresholdCalibration
 from metaspec.api.sources import ModelSource
 from metaspec.artifacts import materialize
+from metaspec.causal_lm import load_causal_lm
 from metaspec.devices import resolve_dtype
 from metaspec.drafts import DraftFormatError, Eagle3Draft, is_eagle3, load_eagle3
 from metaspec.drafts.calibration import load_calibration
@@ -65,7 +66,7 @@ def load_model(
     target: LoadedModel | None = None,
 ) -> LoadedModel:
     """A causal LM, or (a draft given its `target`) an EAGLE-3 draft folder over the target's features."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     uri = str(source.location)
     local, manifest = materialize(uri, cache_dir)
@@ -81,7 +82,7 @@ def load_model(
         except DraftFormatError as e:
             raise IncompatibleModel(f"{role} model {uri} is not a usable EAGLE-3 draft: {e}") from None
     else:
-        model = AutoModelForCausalLM.from_pretrained(local, dtype=dtype, use_safetensors=True, trust_remote_code=trust)
+        model = load_causal_lm(local, dtype, trust)
         _prune_head(model, local, role, uri)
     model.to(device).eval()
     log.info("loaded %s model %s (%s, %s)", role, uri, dtype, device)
