@@ -67,6 +67,7 @@ from metaspec.trainer.loop import StepStats, TrainLoop
 from metaspec.trainer.losses import chunked_cross_entropy, select_targets
 from metaspec.trainer.progress import LogReporter
 from metaspec.trainer.recipes import AnilMamlRecipe
+from metaspec.trainer.recipes.anil_maml import set_features
 from metaspec.trainer.recipes.common import Context, body_inputs
 
 log = logging.getLogger("bench.method")
@@ -85,7 +86,8 @@ class SftRecipe(AnilMamlRecipe):
         for _ in range(per_batch):
             task = self._next_task()
             examples = task.support + task.query
-            h, y, *w = self._features(examples, task.support_weights + task.query_weights)
+            weights = task.support_weights + task.query_weights if self.spec.anil.balance == "tokens" else None
+            ((h, y, *w),) = set_features(self.lm, (examples,), self.pad_id, self.ctx.device, weights)
             loss = chunked_cross_entropy(h, y, self.lm.get_output_embeddings(), weights=w[0] if w else None)
             loss = loss / y.numel()
             (loss * (scale / per_batch)).backward()

@@ -89,7 +89,7 @@ def load_model(
     trust = source.trust_remote_code
     try:
         tokenizer = AutoTokenizer.from_pretrained(local_dir, trust_remote_code=trust)
-        model = load_causal_lm(local_dir, dtype, trust)
+        model = load_causal_lm(local_dir, dtype, trust_remote_code=trust)
     except (OSError, ValueError) as e:
         hint = " (set trustRemoteCode: true only if you trust its code)" if "trust_remote_code" in str(e) else ""
         raise PermanentError(f"{where}: cannot load {source.uri}: {e}{hint}") from None

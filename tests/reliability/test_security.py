@@ -201,7 +201,12 @@ def test_models_load_from_safetensors_without_remote_code_unless_the_spec_allows
         for rel, call in package_calls()
         if ast.unparse(call.func).startswith("AutoModel") and ast.unparse(call.func).endswith(".from_pretrained")
     ]
-    assert len(model_loads) >= 4, "trainer, generator and server loaders expected"
+    assert {rel for rel, _ in model_loads} == {"causal_lm.py", *NOT_SAFETENSORS}, model_loads
+    loaders = {rel.split("/")[0] for rel, call in package_calls() if ast.unparse(call.func) == "load_causal_lm"}
+    assert loaders == {"trainer", "generator", "server"}, loaders
+    for rel, call in package_calls():
+        if ast.unparse(call.func) == "load_causal_lm":
+            assert keyword(call, "trust_remote_code") is not None, f"{rel}:{call.lineno} passes trust_remote_code"
     for rel, call in model_loads:
         safetensors = keyword(call, "use_safetensors")
         if rel not in NOT_SAFETENSORS:

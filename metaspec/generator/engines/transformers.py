@@ -116,7 +116,7 @@ class TransformersEngine:
         trust_remote_code: bool = False,
     ) -> TransformersEngine:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-        model = load_causal_lm(model_dir, dtype, trust_remote_code)
+        model = load_causal_lm(model_dir, dtype, trust_remote_code=trust_remote_code)
         return cls(model.to(device), tokenizer, model_name, sampling, batch_size)
 
     def generation_params(self) -> dict[str, Any]:

@@ -82,7 +82,7 @@ def load_model(
         except DraftFormatError as e:
             raise IncompatibleModel(f"{role} model {uri} is not a usable EAGLE-3 draft: {e}") from None
     else:
-        model = load_causal_lm(local, dtype, trust)
+        model = load_causal_lm(local, dtype, trust_remote_code=trust)
         _prune_head(model, local, role, uri)
     model.to(device).eval()
     log.info("loaded %s model %s (%s, %s)", role, uri, dtype, device)
