@@ -5,8 +5,8 @@ defaults to on), and on a GPU, once the model is put in training mode, swaps lay
 fetches from the Hugging Face Hub at run time (`kernels-community/rotary` for Llama). That is code
 from the Hub that no spec asked for; on a cluster without Hub access, or for a publisher the `kernels`
 library cannot verify, it fails the run at its first step (seen on an H100: transformers 5.25.0,
-kernels 0.19.1, "could not verify publisher trust status"). Our models run the code of the pinned
-transformers release, compiled with `torch.compile` where a spec asks for speed.
+kernels 0.19.1, "could not verify publisher trust status"). Models run the modeling code of the
+installed transformers release, compiled by `torch.compile` where a spec asks for speed.
 """
 
 from __future__ import annotations

@@ -163,9 +163,9 @@ class Optimization(Model):
     compile: bool = Field(
         False,
         description="torch.compile each decoder layer (one graph that every layer reuses) and, for lora-sft "
-        "and anil-maml, the loss over each chunk of output-head logits: the first steps pay a one-off compile of tens of seconds, later "
-        "steps fuse the element-wise work around the matmuls (2.0x the checkpointed LoRA step on an H200 "
-        "for an 8B model). Needs a C++ compiler on CPU.",
+        "and anil-maml, the loss over each chunk of output-head logits: the first steps pay a one-off "
+        "compile of tens of seconds, later steps fuse the element-wise work around the matmuls (2.0x the "
+        "checkpointed LoRA step on an H200 for an 8B model). Needs a C++ compiler on CPU.",
     )
     seed: int = Field(42, ge=0, description="Seed of sampling, dropout and initialisation.")
 

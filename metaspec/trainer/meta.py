@@ -3,8 +3,8 @@
 MAML (Finn et al. 2017, "Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks") adapts
 θ' = θ − α ∇θ L_support(θ) per task and trains θ on L_query(θ'), differentiating through the update.
 ANIL (Raghu et al. 2020, "Rapid Learning or Feature Reuse?") adapts only the head in the inner loop:
-the body's features are reused, so the body runs once on the support set and once on the query set,
-and the inner steps touch only the head.
+the body's features are reused, so the body runs once over the support and query sets, and the
+inner steps touch only the head.
 
 The head's inner-loop gradient has a closed form for softmax cross-entropy on a linear head:
 ∂L/∂W = (softmax(h Wᵀ) − onehot(y))ᵀ h / N. Computing it explicitly (instead of `autograd.grad` with
@@ -193,7 +193,7 @@ def task_loss(
 ) -> Tensor:
     """Mean query cross-entropy through the head adapted on the support set.
 
-    support, query: (hidden (N, D), labels (N,)) from one body pass each, optionally with per-token
+    support, query: (hidden (N, D), labels (N,)) from the body, optionally with per-token
     loss weights (N,) as a third element (`TaskSampler(balance="tokens")`): each set's loss is then
     Σ w·CE / N. Backward reaches the body through the query features, and (unless `first_order`)
     through the support features inside the adapted head. `compile` fuses each chunk's element-wise
