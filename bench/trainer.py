@@ -14,7 +14,8 @@ prompt) and takes a full optimizer step (forward, backward, AdamW) with LoRA on 
                  hidden-size tokens)
     anil-two-passes  the same with a body pass per set
     anil-nospan  the same with the head's (V, D) delta whatever the support set's size
-    anil-fo      the same, first order
+    anil-fo      the same, first order (a body pass per set, as the trainer does: no gradient reaches the
+                 support set's features, so their pass needs no backward)
     anil-delta   the same with a rank-`--delta-rank` head delta instead of the full head
     anil-unsplit anil-nospan with a bf16 model's inner updates folded into an fp32 copy of the head
                  (every inner-loop matmul in fp32/TF32), as the trainer did before the split head
@@ -194,7 +195,7 @@ def anil_loss(
 ) -> Callable[..., torch.Tensor]:
     def loss(lm, support, query, args, proj) -> torch.Tensor:
         head = output_head(lm, proj if delta else None, split)
-        if one_pass:  # the trainer's: both sets in one body pass
+        if one_pass and not first_order:  # the trainer's: both sets in one body pass, unless first order
             hidden = lm.base_model(
                 input_ids=torch.cat([support["input_ids"], query["input_ids"]]),
                 attention_mask=torch.cat([support["attention_mask"], query["attention_mask"]]),

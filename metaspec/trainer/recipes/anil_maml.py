@@ -30,23 +30,34 @@ def set_features(
     sets: tuple[tuple[Example, ...], ...],
     pad_id: int,
     device: torch.device,
-    weights: tuple[float, ...] | None = None,
+    weights: tuple[tuple[float, ...], ...] | None = None,
+    together: bool = True,
 ) -> list[tuple[torch.Tensor, ...]]:
-    """One body pass over every set together, one batch as a LoRA SFT step runs them (a pass per set
-    made the 8B ANIL step 6% slower on an H100: docs/benchmarks.md). Per set: the hidden states of its
-    supervised positions (N, D) and their labels (N,); with `weights` (one per example, the sets'
-    examples in order), also their tokens' loss weights (N,)."""
-    batch = collate([ex for examples in sets for ex in examples], pad_id, weights)
+    """Per set: the hidden states of its supervised positions (N, D) and their labels (N,); with
+    `weights` (per set, one per example), also their tokens' loss weights (N,).
+
+    `together`: one body pass over every set, one batch as a LoRA SFT step runs them (a pass per set
+    made the 8B ANIL step 6% slower on an H100: docs/benchmarks.md). Otherwise a pass per set, for
+    first-order ANIL: no gradient reaches the support features, and a pass of their own needs no backward."""
+    if not together:
+        each = weights or (None,) * len(sets)
+        return [
+            set_features(lm, (s,), pad_id, device, None if w is None else (w,))[0]
+            for s, w in zip(sets, each, strict=True)
+        ]
+    flat = None if weights is None else tuple(w for set_weights in weights for w in set_weights)
+    batch = collate([ex for examples in sets for ex in examples], pad_id, flat)
     hidden = body_of(lm)(**body_inputs(batch, device)).last_hidden_state  # (B, T, D)
     features, start = [], 0
     for examples in sets:
         rows = slice(start, start + len(examples))
         start = rows.stop
-        h, y = select_targets(hidden[rows], batch["labels"][rows])
+        labels = batch["labels"][rows]
+        h, y = select_targets(hidden[rows], labels)
         if weights is None:
             features.append((h, y))
         else:
-            features.append((h, y, token_weights(batch["labels"][rows], batch["example_weights"][rows]).to(h.device)))
+            features.append((h, y, token_weights(labels, batch["example_weights"][rows]).to(h.device)))
     return features
 
 
@@ -98,8 +109,10 @@ class AnilMamlRecipe(LoraRecipe):
 
     def _task_loss(self, task: Task) -> torch.Tensor:
         anil = self.spec.anil
-        weights = task.support_weights + task.query_weights if anil.balance == "tokens" else None
-        support, query = set_features(self.lm, (task.support, task.query), self.pad_id, self.ctx.device, weights)
+        weights = (task.support_weights, task.query_weights) if anil.balance == "tokens" else None
+        support, query = set_features(
+            self.lm, (task.support, task.query), self.pad_id, self.ctx.device, weights, together=not anil.first_order
+        )
         head = output_head(self.lm, self.proj)
         steps, lr = anil.inner_steps, anil.inner_lr
         return task_loss(head, support, query, steps, lr, anil.first_order, compile=self.spec.optimization.compile)

@@ -205,17 +205,16 @@ def test_one_body_pass_gives_each_set_its_own_features():
         return Example(f"e{seed}", "d", None, ids, [IGNORE_INDEX] * 2 + ids[2:])
 
     support, query = (example(5, 1), example(11, 2)), (example(7, 3), example(4, 4), example(9, 5))
-    weights = (0.5, 2.0, 1.0, 1.5, 0.25)
-    together = set_features(lm, (support, query), pad_id=0, device=torch.device("cpu"), weights=weights)
-    apart = [
-        set_features(lm, (support,), pad_id=0, device=torch.device("cpu"), weights=weights[:2]),
-        set_features(lm, (query,), pad_id=0, device=torch.device("cpu"), weights=weights[2:]),
-    ]
-    for mine, own in zip(together, (apart[0][0], apart[1][0]), strict=True):
+    weights = ((0.5, 2.0), (1.0, 1.5, 0.25))
+    cpu = torch.device("cpu")
+    together = set_features(lm, (support, query), pad_id=0, device=cpu, weights=weights)
+    apart = set_features(lm, (support, query), pad_id=0, device=cpu, weights=weights, together=False)
+    for mine, own in zip(together, apart, strict=True):
         assert len(mine) == 3 and mine[0].shape[0] == mine[1].shape[0] == mine[2].shape[0]
         for got, want in zip(mine, own, strict=True):
             torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-9)
     assert together[0][1].numel() == 3 + 9 and together[1][1].numel() == 5 + 2 + 7  # n - 2 labels each
+    assert together[1][2].unique().tolist() == [0.25, 1.0, 1.5]
 
 
 def test_second_order_terms_are_present():
