@@ -166,7 +166,7 @@ def verdict(results: dict[str, Any]) -> str:
     if not own or not base or not own["tokensPerSecond"] or not base["tokensPerSecond"]:
         return "The SpecServe's own policy was not measured against target-only decoding."
     ratio = own["tokensPerSecond"] / base["tokensPerSecond"]
-    faster = "faster" if ratio > 1 else "NOT faster"
+    faster = "faster" if round(ratio, 2) > 1 else "NOT faster"  # as printed: 1.00x is not faster
     same = "identical to" if own.get("identicalToTargetOnly") else "DIFFERENT from"
     return (
         f"{results.get('specServe', 'The SpecServe')} with its own policy ({policy}, k = "

@@ -166,6 +166,8 @@ def test_benchmark_verdict_compares_the_served_policy_with_target_only() -> None
     slower = {**results, "policies": {"never": policy(10.0), "always": policy(5.0, identical=False)}}
     assert "0.50x" in demo_bench.verdict(slower) and ": NOT faster;" in demo_bench.verdict(slower)
     assert "output DIFFERENT from target-only" in demo_bench.verdict(slower)
+    level = {**results, "policies": {"never": policy(16.5), "always": policy(16.53)}}  # 1.002x
+    assert "1.00x" in demo_bench.verdict(level) and ": NOT faster;" in demo_bench.verdict(level)
     assert "not measured" in demo_bench.verdict({**results, "policies": {"never": policy(10.0)}})
 
 
