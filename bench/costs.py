@@ -49,6 +49,7 @@ import torch
 from _common import sync
 from server import random_llama
 
+from metaspec.causal_lm import load_causal_lm
 from metaspec.drafts import Eagle3Config, Eagle3Draft
 from metaspec.local.bundled import bundled_model_dir
 from metaspec.server.engine import CausalLM
@@ -79,9 +80,7 @@ def predicted_speedup(alpha: float, k: int, c: float, v: float) -> float:
 
 
 def smollm2_pair(layers: int, device: str, dtype: torch.dtype) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM
-
-    target = AutoModelForCausalLM.from_pretrained(bundled_model_dir(), dtype=dtype, use_safetensors=True)
+    target = load_causal_lm(bundled_model_dir(), dtype)
     config = target.config.to_dict() | {"num_hidden_layers": layers}
     config.pop("layer_types", None)
     draft = type(target)(type(target.config)(**config)).to(dtype)  # timing only: weights do not matter

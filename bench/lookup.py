@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from metaspec.api.serving import PromptLookup
 from metaspec.builtin import records
+from metaspec.causal_lm import load_causal_lm
 from metaspec.local.bundled import bundled_model_dir
 from metaspec.local.demo_bench import WARM_UP, demo_prompts
 from metaspec.server.engine import RoutingPolicy, SamplingParams, SpeculativeEngine
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     source = args.target or str(bundled_model_dir())
     tokenizer = AutoTokenizer.from_pretrained(source)
-    target = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    target = load_causal_lm(source, torch.float32).eval()
     settings: dict[str, tuple[PromptLookup | None, str, int]] = {"never": (None, "never", 1)}
     for min_match, history, k in itertools.product(args.min_match, args.history, args.k):
         lookup = PromptLookup(min_match=min_match, max_match=5, history=history)

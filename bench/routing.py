@@ -41,11 +41,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import add_common_args, machine, setup, sync, write_result
 
+from metaspec.causal_lm import load_causal_lm
 from metaspec.datasets import read_records
 from metaspec.local.bundled import bundled_model_dir
 from metaspec.prompts import chat_prompt_ids
@@ -80,7 +81,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def load(path: Path, device: torch.device, dtype: torch.dtype) -> Any:
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True).to(device).eval()
+    return load_causal_lm(path, dtype).to(device).eval()
 
 
 def policies(args: argparse.Namespace) -> list[RoutingPolicy]:

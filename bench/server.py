@@ -37,11 +37,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from metaspec.api.serving import PromptLookup
 from metaspec.artifacts import materialize
 from metaspec.builtin import records
+from metaspec.causal_lm import load_causal_lm
 from metaspec.drafts import Eagle3Draft, is_eagle3, load_eagle3
 from metaspec.local.bundled import bundled_model_dir
 from metaspec.prompts import chat_prompt_ids
@@ -94,7 +95,7 @@ def load(uri: str | Path, device: str, dtype: torch.dtype, target: Any = None) -
     local, _ = materialize(uri, Path(tempfile.gettempdir()) / "metaspec-bench-cache")
     if target is not None and is_eagle3(local):
         return load_eagle3(local, target.get_input_embeddings(), target.config).to(device, dtype)
-    model = AutoModelForCausalLM.from_pretrained(local, dtype=dtype, use_safetensors=True)
+    model = load_causal_lm(local, dtype)
     return model.to(device).eval()
 
 

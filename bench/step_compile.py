@@ -35,6 +35,7 @@ from torch._dynamo.utils import counters
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import add_common_args, machine, setup, sync, write_result
 
+from metaspec.causal_lm import load_causal_lm
 from metaspec.server.engine.slots import Chunk, SlotModel
 from metaspec_testing.models import random_llama
 
@@ -106,11 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         model = random_llama(args.seed, 64, 2, positions=64)
     else:
-        from transformers import AutoModelForCausalLM
-
         from metaspec.local.bundled import bundled_model_dir
 
-        model = AutoModelForCausalLM.from_pretrained(bundled_model_dir(), dtype=dtype)
+        model = load_causal_lm(bundled_model_dir(), dtype)
     model = model.to(device, dtype).eval()
     rows = []
     print(
