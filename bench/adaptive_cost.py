@@ -87,7 +87,7 @@ def decode_all(engine: SpeculativeEngine, requests: list[Any], max_tokens: int) 
 def estimates(adaptive: Adaptive | None) -> dict[str, Any] | None:
     if adaptive is None:
         return None
-    buckets = {f"batch<={1 << key}": {"plain_seconds": b.plain, "cost": b.cost, "on": b.on} for key, b in adaptive.buckets.items()}  # fmt: skip
+    buckets = {f"batch<={1 << key}": {"plain_seconds": b.plain, "costs": b.costs, "on": b.on} for key, b in adaptive.buckets.items()}  # fmt: skip
     return {"alpha": adaptive.alpha, "steps": adaptive.steps, "buckets": buckets}
 
 

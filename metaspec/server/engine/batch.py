@@ -213,13 +213,16 @@ class BatchDecoder:
         start = time.perf_counter()
         proposals = self._propose(batch, k, drafting)
         speculative = any(p.tokens for p in proposals)
+        width = 1 + max(len(p.tokens) for p in proposals)  # tokens a row in the target's pass
+        if speculative and self.adaptive is not None:
+            width = self.adaptive.width(len(batch), width)
         chunks = [
             Chunk(s.slot, s.target_length, s.tokens[s.target_length :] + p.tokens, keep=len(p.tokens) + 1)
             for s, p in zip(batch, proposals, strict=True)
         ]
         try:
             layers = self.draft.feature_layers if self.draft is not None and self.routing.uses_draft else ()
-            logits, features = self.target.forward(chunks, layers)
+            logits, features = self.target.forward(chunks, layers, tokens=width)
         except Exception as error:  # the pass as a whole failed: nothing to attribute to one sequence
             for seq in batch:
                 self._fail(seq, error)
@@ -234,7 +237,7 @@ class BatchDecoder:
         for i, (seq, proposal, lo, hi) in enumerate(zip(batch, proposals, offsets, offsets[1:], strict=False)):
             self._settle_safely(seq, logits[lo:hi], proposal, finite[i], chosen[i])
         if self.adaptive is not None:
-            self._record(batch, proposals, time.perf_counter() - start, start - before)
+            self._record(batch, width, proposals, time.perf_counter() - start, start - before)
         self._drop_finished()
         return len(batch), speculative
 
@@ -257,16 +260,19 @@ class BatchDecoder:
             return 0
         return self.adaptive.choose(batch) if self.adaptive is not None else self.routing.max_speculative_tokens
 
-    def _record(self, batch: list[Sequence], proposals: list[Proposal], seconds: float, catch_up: float) -> None:
-        """Tell `adaptive` what the step cost, what the draft's catch-up before it cost, and how its
-        proposals fared (`Proposal.accepted`, which `_settle` has just set; a failed sequence's proposals
-        say nothing about the draft)."""
+    def _record(
+        self, batch: list[Sequence], width: int, proposals: list[Proposal], seconds: float, catch_up: float
+    ) -> None:
+        """Tell `adaptive` what the step at `width` tokens a row cost, what the draft's catch-up before it
+        cost, and how its proposals fared (`Proposal.accepted`, which `_settle` has just set; a failed
+        sequence's proposals say nothing about the draft)."""
         assert self.adaptive is not None
         proposed = sum(len(p.tokens) for p in proposals)
+        rows = sum(bool(p.tokens) for p in proposals)
         settled = [p for s, p in zip(batch, proposals, strict=True) if p.tokens and s.error is None]
         accepted = sum(p.accepted for p in settled)
         rejected = sum(p.accepted < len(p.tokens) for p in settled)
-        self.adaptive.record(len(batch), proposed, accepted, rejected, seconds, catch_up)
+        self.adaptive.record(len(batch), rows, width, proposed, accepted, rejected, seconds, catch_up)
 
     def _choices(
         self, seqs: list[Sequence], proposals: list[Proposal], logits: torch.Tensor, offsets: list[int]

@@ -69,7 +69,7 @@ class FeatureModel:
         hidden = [entries[i][1] for i in live]  # type: ignore[index]
         length = max(len(c.ids) for c in chunks)
         width = max(c.start + length for c in chunks)
-        self.cache.prepare(chunks, width)
+        self.cache.prepare(chunks, width, length)
         # built on the host and copied once: a copy per row would wait for the device every time
         ids = torch.tensor([c.ids + [0] * (length - len(c.ids)) for c in chunks]).to(self.device)
         features = torch.nn.utils.rnn.pad_sequence(hidden, batch_first=True)  # (B, T, H)

@@ -14,7 +14,7 @@ is sampled (the emitted prefix and the draft's own distribution there), leaves t
   (as the bonus token or as a one-token target step). The decision never looks at a target sample.
 - `adaptive`: before each step the replica chooses k (0 = target only) from running estimates over
   the rounds it already finished (`Adaptive`): the acceptance rate α and the measured cost of a
-  proposal. Those estimates are functions of earlier rounds' outcomes and of timings, all settled
+  round at each width. Those estimates are functions of earlier rounds' outcomes and of timings, all settled
   before the step begins; a round's k is fixed before its draft proposes or the target samples. Each
   round, given everything before it, emits target-distributed tokens for any k, so the sequence of
   rounds does too: the same argument as for `per-token`, with "the past" widened to the replica's
@@ -148,42 +148,75 @@ class _Bucket:
 
     plain: float | None = None
     """Seconds per target-only step (EMA)."""
-    cost: float | None = None
-    """A proposal's cost relative to a target step: (t_step / t_plain − 1) / proposals per row (EMA)."""
+    times: dict[int, float] = field(default_factory=dict)
+    """Per verify width measured (tokens a row in the target's pass: 1 + proposals): a step's time
+    relative to a target-only one, as if every sequence of the batch had drafted (EMA)."""
     on: bool = False
     interval: int = 0
     next_probe: int = 0
+
+    def step_time(self, width: int) -> float | None:
+        """A step at `width` tokens a row relative to a target-only one: as measured; between measured
+        widths, on the line through its neighbours (width 1 costs 1); beyond the widest measured, that
+        one's cost per proposal. None before any width was measured."""
+        if width in self.times:
+            return self.times[width]
+        if not self.times:
+            return None
+        below = max((w for w in self.times if w < width), default=1)
+        above = min((w for w in self.times if w > width), default=None)
+        low = self.times.get(below, 1.0)
+        if above is None:
+            return 1 + (low - 1) * (width - 1) / (below - 1)
+        return low + (self.times[above] - low) * (width - below) / (above - below)
+
+    def cheapest(self, tokens: int, limit: int) -> int:
+        """The width of `tokens`..`limit` a step runs fastest at: `tokens`, or a wider one measured faster."""
+        wider = [w for w in self.times if tokens < w <= limit]
+        return min([tokens, *wider], key=lambda w: (self.step_time(w), w))
 
 
 @dataclass
 class Adaptive:
     """The `adaptive` policy's running estimates, shared by every sequence of a replica.
 
-    Per step the decoder asks `choose(batch)` for k and reports what the step did to `record`. The
-    estimates: α, the acceptance rate of a proposal given the ones before it were accepted (accepted /
-    (accepted + rejections): the geometric model's maximum likelihood), an EMA over proposals; and per
-    batch-size range (1, 2, 3–4, 5–8, ...: a step's cost depends on the batch, and speculation stops
-    paying once a step is compute-bound) the time of a target-only step and c, the measured extra cost
-    of one proposal relative to it — the draft step and what the proposal adds to the verify pass
-    together, since on a CPU or at a large batch the verify pass grows with its tokens (Leviathan's
-    formula assumes it does not). k is the one of 1..`max_k` with the best `speedup`, used only where
-    that exceeds 1; k = 0 otherwise.
+    Per step the decoder asks `choose(batch)` for k and `width` for the verify pass's tokens a row, and
+    reports what the step did to `record`. The estimates: α, the acceptance rate of a proposal given the
+    ones before it were accepted (accepted / (accepted + rejections): the geometric model's maximum
+    likelihood), an EMA over proposals; and per batch-size range (1, 2, 3–4, 5–8, ...: a step's cost
+    depends on the batch, and speculation stops paying once a step is compute-bound) the time of a
+    target-only step and, per verify width (tokens a row: 1 + proposals), the measured time of a step
+    relative to it — the draft steps and the longer verify pass together, since on a CPU or at a large
+    batch the verify pass grows with its tokens (Leviathan's formula assumes it does not). The time is
+    kept per width because it is a step function of the width, not a line: matrix-product kernels
+    change at a few rows on a CPU (on one 2-core CPU a pass of 3 tokens cost 2.4 target steps and one of
+    5 tokens 1.75), tiles and padded shapes on a GPU. A width not measured yet is predicted from the
+    ones that were (`_Bucket.step_time`). k is the one of 1..`max_k` with the best expected tokens per
+    unit of time, used only where that exceeds 1; k = 0 otherwise. A k whose width promises more is
+    chosen, and so measured. Where a wider pass measured faster, a speculating step is padded to it
+    (`width`): proposals that come up short (prompt lookup finds fewer than k) then cost what the
+    fastest width costs, and a round of k costs the fastest width of at least k + 1.
 
     Probing: the arm not chosen is tried now and then — a speculating step while speculation is off
     (to notice a draft that starts paying), a target-only step while it is on (to refresh the time it
     is compared with). The probe interval doubles at each probe, from `min_interval` to `max_interval`
     steps, so a settled decision costs little; a draft that starts paying is noticed within about two
-    intervals. Speculation starts only at a predicted gain above 1 + `margin` and stops below 1.
+    intervals. Speculation starts only at a predicted gain above 1 + `margin` and stops below 1. The
+    first probe is at `max_k`, the widest round: it tests the most proposals, and measures the width
+    where a line through k = 1 would be furthest off; the narrower ones are then predicted between a
+    target-only step and it.
 
     A speculating probe costs more than its step: a draft that sat out has to catch up on everything
     its sequences emitted meanwhile (a prefill of the request so far). So a probe drafts for at most
     `probe_rows` of the batch's sequences (the batch decoder picks those the draft has seen most of),
-    and c is read per proposal and row as for any step. The decoder reports the catch-up's time as
-    `overhead`; it is kept out of c (a one-time cost, not a proposal's) but counted against probing:
-    the next probe waits until the probes' extra time — the step beyond a target-only one, plus the
-    catch-up — stays within `probe_budget` of the time decoding, whatever the interval says. The budget
-    is the replica's, not each batch-size range's: a probe in one range delays those of every other
-    (under load the batch size moves between ranges, and each would otherwise spend it on its own).
+    and the step's time is read as if every sequence had drafted. The decoder reports the catch-up's
+    time as `overhead`; it is kept out of the step's (a one-time cost) but counted against probing:
+    the next probe waits until the probes' losses — the step's time and the catch-up beyond what
+    target-only steps would have taken for the tokens the probe emitted — stay within `probe_budget`
+    of the time decoding, whatever the interval says. A probe that emitted more than it cost lost
+    nothing. The budget is the replica's, not each batch-size range's: a probe in one range delays
+    those of every other (under load the batch size moves between ranges, and each would otherwise
+    spend it on its own).
     """
 
     max_k: int
@@ -197,7 +230,7 @@ class Adaptive:
     plain_weight: float = 0.1
     """EMA weight of a target-only step's time: those are frequent while speculation is off."""
     probe_budget: float = 0.01
-    """Share of decoding time that speculating probes may cost while speculation is off."""
+    """Share of decoding time that speculating probes may lose while speculation is off."""
     probe_rows: int = 4
     """Sequences a probe drafts for at most: its catch-up and its longer verify pass stay bounded at any
     batch size (over all 16 sequences of a CPU batch, one probe's catch-up alone cost 3–4 target steps:
@@ -211,11 +244,10 @@ class Adaptive:
     accepted: float = 0.0
     tested: float = 0.25
     """EMAs of the proposals a step accepted and tested, whose ratio is α. They start as a quarter of a
-    rejected proposal, a probe's weight (`probe_weight`): the first probe's acceptance then moves α to
-    0.57, not to 1. From nothing, one lucky proposal of a poor draft would switch speculation on at the
-    longest round, and a fresh replica would pay for rounds of 5 rejected proposals until α came down
-    (scripted, α = 0.3, c = 0.4, 200 fresh replicas of 350 steps: the worst lost 5.3% from nothing, 2.2%
-    from this start), while a draft that pays is on after a probe or two either way."""
+    rejected proposal, a probe's weight (`probe_weight`): the first probe's acceptance then moves α
+    part of the way, not to 1. From nothing, one lucky probe of a poor draft would switch speculation
+    on at the longest round, and a fresh replica would pay for rounds of rejected proposals until α
+    came down, while a draft that pays is on after a probe or two either way."""
     buckets: dict[int, _Bucket] = field(default_factory=dict)
 
     @property
@@ -228,10 +260,15 @@ class Adaptive:
         bucket = self._bucket(batch)
         if bucket.plain is None:
             return 0  # the reference time first
-        cost = bucket.cost if bucket.cost is not None else self._nearest_cost(batch)
-        if cost is None:
-            return 1  # no proposal measured yet: the cheapest probe
-        k, gain = max(((k, speedup(self.alpha, k, cost)) for k in range(1, self.max_k + 1)), key=lambda x: x[1])
+        measured = bucket if bucket.times else self._nearest_measured(batch)
+        if measured is None:
+            return self.max_k  # no proposal measured yet: the widest round first
+        widest = self.max_k + 1
+        gains = (
+            (k, expected_tokens(self.alpha, k) / measured.step_time(measured.cheapest(k + 1, widest)))
+            for k in range(1, self.max_k + 1)
+        )
+        k, gain = max(gains, key=lambda x: x[1])
         on = gain > (1 if bucket.on else 1 + self.margin)
         if on != bucket.on:
             bucket.on, bucket.next_probe = on, self.steps + bucket.interval
@@ -245,20 +282,40 @@ class Adaptive:
         """Whether speculation is on at `batch` sequences (a speculating step there is not a probe)."""
         return self._bucket(batch).on
 
+    def width(self, batch: int, tokens: int) -> int:
+        """Tokens a row for a step over `batch` sequences whose rows need `tokens` at most (1 + the most
+        proposals a row holds): `tokens`, or a wider verify pass measured faster at this batch size (on
+        some CPUs a pass of 5 tokens ran faster than one of 3). The padding is never attended and its
+        logits are not read, so only the speed changes."""
+        bucket = self._bucket(batch)
+        return bucket.cheapest(tokens, self.max_k + 1) if bucket.on else tokens
+
     def record(
-        self, batch: int, proposed: int, accepted: int, rejected: int, seconds: float, overhead: float = 0.0
+        self,
+        batch: int,
+        rows: int,
+        width: int,
+        proposed: int,
+        accepted: int,
+        rejected: int,
+        seconds: float,
+        overhead: float = 0.0,
     ) -> None:
-        """A step over `batch` sequences took `seconds` and verified `proposed` proposals, of which
-        `accepted` were accepted and `rejected` rounds ended in a rejection; before it, the draft spent
-        `overhead` seconds catching up (not part of the step's time)."""
+        """A step over `batch` sequences, `rows` of which proposed, took `seconds` at `width` tokens a row
+        and verified `proposed` proposals, of which `accepted` were accepted and `rejected` rounds ended
+        in a rejection; before it, the draft spent `overhead` seconds catching up (not part of the step's
+        time)."""
         bucket = self._bucket(batch)
         if not proposed:
             bucket.plain = _ema(bucket.plain, seconds, self.plain_weight)
             return
-        if not bucket.on and bucket.plain is not None:  # a probe: wait until its cost is paid for
-            extra = max(0.0, seconds - bucket.plain) + overhead
-            wait = self.steps + ceil(extra / (self.probe_budget * bucket.plain))
-            bucket.next_probe, self.quiet_until = max(bucket.next_probe, wait), max(self.quiet_until, wait)
+        if not bucket.on and bucket.plain is not None:  # a probe: wait until what it lost is paid for
+            lost = seconds + overhead - bucket.plain * (1 + accepted / batch)
+            if lost <= 0:  # it paid for itself: the decision is not settled, probe again at once
+                bucket.interval, bucket.next_probe = self.min_interval, self.steps + 1
+            else:
+                wait = self.steps + ceil(lost / (self.probe_budget * bucket.plain))
+                bucket.next_probe, self.quiet_until = max(bucket.next_probe, wait), max(self.quiet_until, wait)
         tested = accepted + rejected
         if tested:
             weight = 1 - (1 - 1 / self.alpha_memory) ** tested
@@ -266,9 +323,9 @@ class Adaptive:
                 weight = max(weight, self.probe_weight)
             self.accepted = _ema(self.accepted, accepted, weight)
             self.tested = _ema(self.tested, tested, weight)
-        if bucket.plain is not None:
-            cost = max(0.0, seconds / bucket.plain - 1) / (proposed / batch)
-            bucket.cost = _ema(bucket.cost, cost, self.probe_weight)
+        if bucket.plain is not None:  # a probe's few rows stand for the whole batch, each costing as much
+            relative = 1 + max(0.0, seconds / bucket.plain - 1) * batch / rows
+            bucket.times[width] = _ema(bucket.times.get(width), relative, self.probe_weight)
 
     def _bucket(self, batch: int) -> _Bucket:
         key = (batch - 1).bit_length()
@@ -276,10 +333,11 @@ class Adaptive:
             self.buckets[key] = _Bucket(interval=self.min_interval, next_probe=self.steps + self.min_interval)
         return self.buckets[key]
 
-    def _nearest_cost(self, batch: int) -> float | None:
+    def _nearest_measured(self, batch: int) -> _Bucket | None:
+        """The measured batch-size range nearest `batch`'s, whose costs stand in for its own."""
         key = (batch - 1).bit_length()
-        measured = [(abs(k - key), b.cost) for k, b in self.buckets.items() if b.cost is not None]
-        return min(measured)[1] if measured else None
+        measured = [(abs(k - key), k) for k, b in self.buckets.items() if b.times]
+        return self.buckets[min(measured)[1]] if measured else None
 
 
 def _ema(old: float | None, new: float, weight: float) -> float:

@@ -116,15 +116,14 @@ class SlotCache(Cache):
         for tensor in (*self.keys, *self.values):
             tensor[target].copy_(tensor[source])
 
-    def prepare(self, chunks: list[Chunk], width: int) -> None:
-        """Set where the next forward writes (rows padded to the longest chunk) and how far it reads."""
+    def prepare(self, chunks: list[Chunk], width: int, length: int) -> None:
+        """Set where the next forward writes (rows padded to `length` tokens) and how far it reads."""
         slots = [c.slot for c in chunks]
         self.reserve(max(slots) + 1, width)
         packed = slots == list(range(len(slots)))
         rows, starts = torch.tensor([slots, [c.start for c in chunks]]).to(self.device)  # one copy
         self._rows = None if packed else rows
         self._writes = None
-        length = max(len(c.ids) for c in chunks)
         self._positions = starts[:, None] + torch.arange(length, device=self.device)  # (B, T)
         self._width = width
 
@@ -174,23 +173,28 @@ class SlotModel:
         self._keys = torch.arange(self.max_length, device=self.device)  # cache positions, for the masks
         self.padded = PaddedSteps(self) if graphs else None
 
-    def forward(self, chunks: list[Chunk], layers: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, chunks: list[Chunk], layers: tuple[int, ...] = (), tokens: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (N, V) of every chunk's last `keep` positions, rows in chunk order (N = Σ keep), and with
         `layers` the input of each of those layers (the residual stream) at *every* position of every
-        chunk, concatenated per position: (Σ len(ids), len(layers)·E) in chunk order."""
-        if self.padded is not None and max(len(c.ids) for c in chunks) <= MAX_TOKENS:
-            return self.padded.forward(chunks, layers)
-        length = max(len(c.ids) for c in chunks)
+        chunk, concatenated per position: (Σ len(ids), len(layers)·E) in chunk order. Rows are padded to
+        the longest chunk and to at least `tokens`, and the head runs over at least `tokens` rows: on some
+        CPUs a matrix product of 2 or 3 rows costs more than one of 5 (`Adaptive.width`)."""
+        length = max(tokens, *(len(c.ids) for c in chunks))
+        if self.padded is not None and length <= MAX_TOKENS:
+            return self.padded.forward(chunks, layers, length)
         width = max(c.start + length for c in chunks)
-        self.cache.prepare(chunks, width)
+        self.cache.prepare(chunks, width, length)
         ids = torch.zeros(len(chunks), length, dtype=torch.long)
         for b, c in enumerate(chunks):
             ids[b, : len(c.ids)] = torch.tensor(c.ids)
             ids[b, len(c.ids) :] = c.ids[-1]  # padding: any valid id; its positions are never attended
         out = self._base(ids.to(self.device), self.cache._positions, width, hidden_states=bool(layers))
         kept = [b * length + len(c.ids) - c.keep + i for b, c in enumerate(chunks) for i in range(c.keep)]
-        states = out.last_hidden_state.flatten(0, 1).index_select(0, torch.tensor(kept).to(self.device))  # (N, E)
-        logits = self._head(states)[:, : self.vocab]  # (N, V)
+        padding = kept[-1:] * (tokens - len(kept))  # rows whose logits are dropped
+        states = out.last_hidden_state.flatten(0, 1).index_select(0, torch.tensor(kept + padding).to(self.device))
+        logits = self._head(states)[: len(kept), : self.vocab]  # (N, V)
         if not layers:
             return logits, None
         # hidden_states[i] is the input of layer i (0: the embeddings)
@@ -269,21 +273,28 @@ class PaddedSteps:
         # and the slots read (b): one device copy a step
         self._inputs = torch.zeros(6, MAX_STEP_TOKENS, dtype=torch.long, device=lm.device)
 
-    def forward(self, chunks: list[Chunk], layers: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`SlotModel.forward` for chunks of at most `MAX_TOKENS` tokens: one padded step, or several
-        when the padded rows would take more than `MAX_STEP_TOKENS` (many prompts joining at once)."""
-        rows = MAX_STEP_TOKENS // _pow2(max(len(c.ids) for c in chunks))  # a power of two
+    def forward(
+        self, chunks: list[Chunk], layers: tuple[int, ...] = (), tokens: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`SlotModel.forward` for chunks of at most `MAX_TOKENS` tokens (rows of at least `tokens`): one
+        padded step, or several when the padded rows would take more than `MAX_STEP_TOKENS` (many
+        prompts joining at once)."""
+        tokens = max(tokens, *(len(c.ids) for c in chunks))
+        rows = MAX_STEP_TOKENS // _pow2(tokens)  # a power of two
         if len(chunks) <= rows:
-            return self.run(chunks, layers)
-        parts = [self.run(chunks[i : i + rows], layers) for i in range(0, len(chunks), rows)]
+            return self.run(chunks, layers, tokens)
+        parts = [self.run(chunks[i : i + rows], layers, tokens) for i in range(0, len(chunks), rows)]
         logits = torch.cat([logits for logits, _ in parts])
         return logits, torch.cat([features for _, features in parts]) if layers else None  # type: ignore[misc]
 
-    def run(self, chunks: list[Chunk], layers: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def run(
+        self, chunks: list[Chunk], layers: tuple[int, ...] = (), tokens: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """What `SlotModel.forward` returns: logits (Σ keep, V) of each chunk's last `keep` tokens, and with
-        `layers` those layers' inputs at every token (Σ len(ids), len(layers)·E), in chunk order."""
+        `layers` those layers' inputs at every token (Σ len(ids), len(layers)·E), in chunk order; rows of
+        at least `tokens`."""
         n, cache = len(chunks), self.lm.cache
-        b, t = _pow2(n), _pow2(max(len(c.ids) for c in chunks))
+        b, t = _pow2(n), _pow2(max(tokens, *(len(c.ids) for c in chunks)))
         w = min(max(MIN_WIDTH, _pow2(max(c.start + len(c.ids) for c in chunks))), cache.max_length)
         packed = all(c.slot == row for row, c in enumerate(chunks))
         cache.reserve(b if packed else max(c.slot for c in chunks) + 1, w)

@@ -343,7 +343,7 @@ class _Run:
             if self.adaptive is not None and produced:  # the first round is the prompt's prefill: no step
                 j, accepted = proposals.shape[0], len(new) - 1
                 seconds = time.perf_counter() - caught_up
-                self.adaptive.record(1, j, accepted, int(accepted < j), seconds, caught_up - start)
+                self.adaptive.record(1, 1, j + 1, j, accepted, int(accepted < j), seconds, caught_up - start)
             produced += len(new)
             yield new
 

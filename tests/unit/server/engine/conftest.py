@@ -53,9 +53,11 @@ def perturbed(model: LlamaForCausalLM) -> LlamaForCausalLM:
 def any_k(monkeypatch: pytest.MonkeyPatch) -> None:
     """`adaptive` choosing a random k in 0..max each step (on tiny models its timings would settle on one
     and keep it): any choice made before a step must keep the output exact, rounds without the draft
-    and the draft's catch-up after them included; and deciding at random whether a speculating step is a
-    probe (which drafts for at most `probe_rows` sequences, here 1)."""
+    and the draft's catch-up after them included; deciding at random whether a speculating step is a
+    probe (which drafts for at most `probe_rows` sequences, here 1); and padding the verify pass to a
+    random width (`Adaptive.width`)."""
     rng = random.Random(5)
     monkeypatch.setattr(Adaptive, "choose", lambda self, batch: rng.randint(0, self.max_k))
+    monkeypatch.setattr(Adaptive, "width", lambda self, batch, tokens: rng.randint(tokens, self.max_k + 1))
     monkeypatch.setattr(Adaptive, "speculating", lambda self, batch: rng.random() < 0.5)
     monkeypatch.setattr(Adaptive, "probe_rows", 1)

@@ -198,6 +198,27 @@ def test_a_padded_step_writes_only_its_own_tokens(name: str, tiny_target) -> Non
             assert not torch.equal(old[chunk.slot], new[chunk.slot])
 
 
+@pytest.mark.parametrize("graphs", [False, True])
+def test_a_pass_padded_to_more_tokens_a_row_returns_what_the_pass_does(graphs: bool, tiny_target) -> None:
+    """`tokens`: rows padded to a wider pass (and the head run over as many rows), which some CPUs run
+    faster. The logits and layer inputs of the real tokens are the unpadded pass's, and the next pass
+    reads the same cache: the padding's positions lie after each row's own, where its next tokens write."""
+    wide, plain = SlotModel(tiny_target, VOCAB, 64, graphs=graphs), SlotModel(tiny_target, VOCAB, 64, graphs=graphs)
+    prompts = [([1, 2, 3, 4, 5, 6, 7] * 2)[: 9 + s] for s in range(3)]
+    for lm in (wide, plain):
+        lm.forward([Chunk(s, 0, p) for s, p in enumerate(prompts)])
+    step = [Chunk(0, 9, [6, 2], keep=2), Chunk(1, 10, [6]), Chunk(2, 11, [7, 2, 3], keep=3)]
+    (logits, features), (expected, expected_features) = (
+        wide.forward(step, (0, 1), tokens=6),
+        plain.forward(step, (0, 1)),
+    )
+    assert logits.shape == (6, VOCAB)
+    torch.testing.assert_close(logits, expected)
+    torch.testing.assert_close(features, expected_features)
+    after = [Chunk(0, 10, [3]), Chunk(1, 11, [4]), Chunk(2, 12, [5])]  # the first proposal accepted in each row
+    torch.testing.assert_close(wide.forward(after)[0], plain.forward(after)[0])
+
+
 def test_padded_steps_split_what_one_step_cannot_take(tiny_target, monkeypatch: pytest.MonkeyPatch) -> None:
     """Five prompts of 9..13 tokens (rows of 16) where a padded step takes 64 tokens: two steps, of 4 rows
     and of 1 (its slot read gathered), with the ragged pass's logits and layer inputs in chunk order."""
