@@ -78,8 +78,9 @@ class Routing(Model):
     policy: Literal["adaptive", "first-token", "per-token", "always", "never"] = Field(
         "adaptive",
         description="`adaptive` (default): each replica measures, as it serves, the draft's acceptance rate "
-        "and what a proposal costs at the current batch size, and speculates (choosing k ≤ "
-        "maxSpeculativeTokens) only while Leviathan's expected speedup exceeds 1; where the draft does not pay "
+        "and what a verify pass of each width costs at the current batch size, and speculates (choosing k ≤ "
+        "maxSpeculativeTokens, and padding short rounds to the width it measured fastest) only while "
+        "Leviathan's expected speedup exceeds 1; where the draft does not pay "
         "it costs its probes, each with the draft's catch-up on the request so far, held to about 1% of the "
         "decoding time. `first-token`: speculate for the whole request if the "
         "draft's first-token confidence ≥ threshold (0.7 was the seed's choice), else target only; costs one "

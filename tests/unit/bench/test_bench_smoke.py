@@ -1,6 +1,6 @@
 """The method benchmarks (`bench/method.py`, `teacher.py`, `routing.py`), prompt lookup's settings
 (`bench/lookup.py`), serving under load (`bench/serving_load.py`, its lookup systems), a batched step's
-time (`bench/batch_step.py`, eager and padded), padded steps with a compiled body
+time (`bench/batch_step.py`, eager and padded), a verify pass's time by width (`bench/verify_width.py`), padded steps with a compiled body
 (`bench/step_compile.py`) and the trainer's scaling (`bench/trainer.py --nproc`) end to end on tiny
 random Llamas.
 
@@ -159,6 +159,16 @@ def test_batch_step_times_eager_and_padded_steps(tmp_path: Path) -> None:
         ("padded", "sampled"),
     ]
     assert all(r["steps"] == 3 and r["forward_s"] > 0 for r in rows)  # the prefill's token, then 3 steps
+
+
+def test_verify_width_times_every_pass_at_every_wider_width(tiny_llama: Path, tmp_path: Path) -> None:
+    out = tmp_path / "width.json"
+    argv = ["--target", str(tiny_llama), "--context", "8", "--widest", "3", "--repeat", "2", "--out", str(out)]
+    assert script("verify_width").main(argv) == 0
+    result = json.loads(out.read_text())
+    assert list(result["relative"]) == ["1@1", "1@2", "1@3", "2@2", "2@3", "3@3"]
+    assert result["relative"]["1@1"] == 1.0 and all(v > 0 for v in result["relative"].values())
+    assert list(result["head_ms"]) == [str(m) for m in range(1, 9)]
 
 
 def test_server_samples_with_lookup_beside_transformers(tiny_llama: Path, tiny_draft_llama: Path, tmp_path: Path):

@@ -1,0 +1,87 @@
+"""What a verify pass costs at each width on this machine: the measurements behind `Adaptive.width`.
+
+One sequence's target pass over n new tokens (n = 1: a decode step; n = k + 1: a verify pass of k
+proposals) after `--context` cached positions, through the engine's own `SlotModel`, run at n tokens a
+row and padded to every wider width up to `--widest` (`SlotModel.forward(tokens=)`: the padding's
+logits are dropped); and the head's matrix product alone over 1..8 rows. Medians of `--repeat` passes,
+the widths taking turns. Where small matrix products take a slow path below some number of rows (on a
+2-core AMD EPYC with MKL, 2 and 3 rows cost more than 5), a padded pass runs faster than the narrower
+pass it stands for, and `adaptive` pads its speculating steps to the width it measured fastest.
+
+    python bench/verify_width.py --threads 2              # the bundled SmolLM2-135M-Instruct, CPU
+    python bench/verify_width.py --target DIR --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import add_common_args, machine, setup, sync, write_result
+
+from metaspec.causal_lm import load_causal_lm
+from metaspec.local.bundled import bundled_model_dir
+from metaspec.server.engine.slots import Chunk, SlotModel
+
+
+def seconds(run: Callable[[], object], device: torch.device) -> float:
+    """Wall time of one call of `run`, the device's queued work waited for on both sides."""
+    sync(device)
+    start = time.perf_counter()
+    run()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser, "verify_width")
+    parser.add_argument("--target", type=Path, help="model folder (default: the bundled SmolLM2-135M-Instruct)")
+    parser.add_argument("--context", type=int, default=200, help="cached positions before each pass")
+    parser.add_argument("--widest", type=int, default=6, help="widest pass: maxSpeculativeTokens + 1")
+    parser.add_argument("--repeat", type=int, default=15, help="passes per width, in turns")
+    args = parser.parse_args(argv)
+    device, dtype = setup(args)
+    folder = args.target or bundled_model_dir()
+    model = load_causal_lm(folder, dtype).to(device).eval()
+    lm = SlotModel(model, model.config.vocab_size, args.context + args.widest + 8)
+    pairs = [(n, t) for n in range(1, args.widest + 1) for t in range(n, args.widest + 1)]
+    passes: dict[tuple[int, int], list[float]] = {pair: [] for pair in pairs}
+    heads: dict[int, list[float]] = {m: [] for m in range(1, 9)}
+    generator = torch.Generator().manual_seed(args.seed)
+    ids = torch.randint(0, model.config.vocab_size, (args.context + args.widest,), generator=generator).tolist()
+    hidden = torch.randn(8, model.config.hidden_size, generator=generator).to(device, dtype)
+    with torch.inference_mode():
+        lm.forward([Chunk(0, 0, ids[: args.context])])
+        for _ in range(2):  # warm-up
+            for n, t in pairs:
+                lm.forward([Chunk(0, args.context, ids[args.context : args.context + n], keep=n)], tokens=t)
+        for _ in range(args.repeat):  # every width once a turn: drift in the machine's load hits all alike
+            for n, t in pairs:
+                chunk = Chunk(0, args.context, ids[args.context : args.context + n], keep=n)
+                passes[n, t].append(seconds(lambda c=chunk, t=t: lm.forward([c], tokens=t), device))
+            for m in heads:
+                heads[m].append(seconds(lambda m=m: lm._head(hidden[:m]), device))
+    step = statistics.median(passes[1, 1])
+    rows = {f"{n}@{t}": round(statistics.median(passes[n, t]) / step, 3) for n, t in pairs}
+    head = {str(m): round(statistics.median(v) * 1e3, 2) for m, v in heads.items()}
+    print(f"one decode step: {step * 1e3:.1f} ms; a pass over n tokens padded to t, in decode steps:")
+    print("n \\ t " + "".join(f"{t:>7}" for t in range(1, args.widest + 1)))
+    for n in range(1, args.widest + 1):
+        cells = [f"{rows[f'{n}@{t}']:>7.2f}" if t >= n else " " * 7 for t in range(1, args.widest + 1)]
+        print(f"{n:>5} " + "".join(cells))
+    print("head product, ms by rows: " + ", ".join(f"{m}: {ms}" for m, ms in head.items()))
+    result = {"decode_step_ms": round(step * 1e3, 2), "relative": rows, "head_ms": head, "model": str(folder)}
+    write_result(args, argv, "verify_width", device, {"machine": machine(device, dtype), **result})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
