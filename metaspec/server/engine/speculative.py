@@ -227,7 +227,7 @@ class SpeculativeDecoder:
         self.draft = draft
         self.lookup = lookup
         self.routing = routing
-        self.adaptive = Adaptive(routing.max_speculative_tokens) if routing.adaptive else None
+        self.adaptive = Adaptive(routing.max_speculative_tokens, pads=False) if routing.adaptive else None
 
     @property
     def max_length(self) -> int:
