@@ -194,8 +194,8 @@ class Adaptive:
     ones that were (`_Bucket.step_time`). k is the one of 1..`max_k` with the best expected tokens per
     unit of time, used only where that exceeds 1; k = 0 otherwise. A k whose width promises more is
     chosen, and so measured. Where a wider pass measured faster, the batch decoder pads a speculating
-    step to it (`width`): proposals that come up short (prompt lookup finds fewer than k) then cost what the
-    fastest width costs, and a round of k costs the fastest width of at least k + 1.
+    step to it (`width`): proposals that come up short (prompt lookup finds fewer than k) then cost
+    what the fastest width costs, and a round of k costs the fastest width of at least k + 1.
 
     Probing: the arm not chosen is tried now and then — a speculating step while speculation is off
     (to notice a draft that starts paying), a target-only step while it is on (to refresh the time it
