@@ -210,7 +210,7 @@ class BatchDecoder:
         before = time.perf_counter()
         if drafting and self.adaptive is not None and self.draft is not None:
             self.draft.catch_up(drafting)  # a one-time cost: counted against probing
-        start = time.perf_counter()
+        start, captured = time.perf_counter(), self._capture_seconds()
         proposals = self._propose(batch, k, drafting)
         speculative = any(p.tokens for p in proposals)
         width = 1 + max(len(p.tokens) for p in proposals)  # tokens a row in the target's pass
@@ -237,9 +237,15 @@ class BatchDecoder:
         for i, (seq, proposal, lo, hi) in enumerate(zip(batch, proposals, offsets, offsets[1:], strict=False)):
             self._settle_safely(seq, logits[lo:hi], proposal, finite[i], chosen[i])
         if self.adaptive is not None:
-            self._record(batch, width, proposals, time.perf_counter() - start, start - before)
+            captured = self._capture_seconds() - captured  # one-time: counted against probing, as a catch-up
+            seconds = time.perf_counter() - start - captured
+            self._record(batch, width, proposals, seconds, start - before + captured)
         self._drop_finished()
         return len(batch), speculative
+
+    def _capture_seconds(self) -> float:
+        """Seconds the target and the draft spent capturing CUDA graphs so far."""
+        return self.target.capture_seconds + (self.draft.capture_seconds if self.draft is not None else 0.0)
 
     def _drafting(self, batch: list[Sequence], k: int) -> list[Sequence]:
         """The sequences that propose this step. An `adaptive` probe (a speculating step while speculation
@@ -389,6 +395,8 @@ class Draft:
 
     feature_layers: tuple[int, ...] = ()
     max_length: int
+    capture_seconds: float = 0.0
+    """Seconds its model spent capturing CUDA graphs so far (a one-time cost of each new shape)."""
 
     def admit(self, seqs: list[Sequence]) -> list[float | None]:
         """Take in the prompts; return the draft's first-token confidences (for `first-token` routing; None

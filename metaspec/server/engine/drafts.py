@@ -21,6 +21,10 @@ class ModelDraft(Draft):
         self.lm = lm
         self.max_length = lm.max_length
 
+    @property
+    def capture_seconds(self) -> float:  # type: ignore[override]
+        return self.lm.capture_seconds
+
     def admit(self, seqs: list[Sequence]) -> list[float]:
         logits, _ = self.lm.forward([Chunk(seq.slot, 0, seq.prompt) for seq in seqs])
         for seq in seqs:

@@ -32,6 +32,9 @@ from .slots import Chunk, SlotCache
 class FeatureModel:
     """An EAGLE-3 draft run over ragged batches of token chunks against its own `SlotCache`."""
 
+    capture_seconds = 0.0
+    """Its passes run eagerly: no CUDA graph is ever captured."""
+
     def __init__(self, draft: Eagle3Draft, vocab: int, max_length: int) -> None:
         self.draft = draft
         self.vocab = vocab

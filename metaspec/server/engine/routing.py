@@ -210,10 +210,12 @@ class Adaptive:
     its sequences emitted meanwhile (a prefill of the request so far). So a probe drafts for at most
     `probe_rows` of the batch's sequences (the batch decoder picks those the draft has seen most of),
     and the step's time is read as if every sequence had drafted. The decoder reports the catch-up's
-    time as `overhead`; it is kept out of the step's (a one-time cost) but counted against probing:
-    the next probe waits until the probes' losses — the step's time and the catch-up beyond what
-    target-only steps would have taken for the tokens the probe emitted — stay within `probe_budget`
-    of the time decoding, whatever the interval says. A probe that emitted more than it cost lost
+    time as `overhead`, and so the time CUDA graph captures took within the step (a step at shapes run
+    for the first time: on an H100 such a probe took 127–169 target steps). Both are kept out of the
+    estimates (one-time costs) but counted against probing: the next probe waits until the probes'
+    losses — the step's time and the overhead beyond what target-only steps would have taken for the
+    tokens the probe emitted — stay within `probe_budget` of the time decoding, whatever the interval
+    says. A probe that emitted more than it cost lost
     nothing. The budget is the replica's, not each batch-size range's: a probe in one range delays
     those of every other (under load the batch size moves between ranges, and each would otherwise
     spend it on its own).
@@ -308,8 +310,8 @@ class Adaptive:
     ) -> None:
         """A step over `batch` sequences, `rows` of which proposed, took `seconds` at `width` tokens a row
         and verified `proposed` proposals, of which `accepted` were accepted and `rejected` rounds ended
-        in a rejection; before it, the draft spent `overhead` seconds catching up (not part of the step's
-        time)."""
+        in a rejection; `overhead`: seconds of one-time work besides (the draft catching up before it, CUDA
+        graph captures within it), not part of the step's time."""
         bucket = self._bucket(batch)
         if not proposed:
             bucket.plain = _ema(bucket.plain, seconds, self.plain_weight)

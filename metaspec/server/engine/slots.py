@@ -173,6 +173,11 @@ class SlotModel:
         self._keys = torch.arange(self.max_length, device=self.device)  # cache positions, for the masks
         self.padded = PaddedSteps(self) if graphs else None
 
+    @property
+    def capture_seconds(self) -> float:
+        """Seconds spent capturing CUDA graphs so far: a one-time cost of each new shape, not a step's."""
+        return self.padded.capture_seconds if self.padded is not None else 0.0
+
     def forward(
         self, chunks: list[Chunk], layers: tuple[int, ...] = (), tokens: int = 1
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -269,6 +274,8 @@ class PaddedSteps:
         """How each shape runs: (b, t, w, layers returned, packed) -> its graph's replay (or the step)."""
         self._pool: object = None
         self._allocations = -1
+        self.capture_seconds = 0.0
+        """Time spent in captures (each with its warm-up pass), all told."""
         # ids, positions and the slot each token writes (b·t each), the outputs kept (logits, features)
         # and the slots read (b): one device copy a step
         self._inputs = torch.zeros(6, MAX_STEP_TOKENS, dtype=torch.long, device=lm.device)
@@ -364,8 +371,9 @@ class PaddedSteps:
             self.capture = False
             return step
         self._pool = graph.pool()
-        log.info("captured a CUDA graph: %d rows of %d tokens over %d positions, %.0f ms", b, t, w,
-                 1000 * (time.perf_counter() - start))  # fmt: skip
+        took = time.perf_counter() - start
+        self.capture_seconds += took
+        log.info("captured a CUDA graph: %d rows of %d tokens over %d positions, %.0f ms", b, t, w, 1000 * took)
 
         def replay() -> tuple[torch.Tensor, torch.Tensor | None]:
             graph.replay()
