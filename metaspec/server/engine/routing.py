@@ -13,8 +13,8 @@ is sampled (the emitted prefix and the draft's own distribution there), leaves t
   from q; a low confidence ends the round, and that position's token then comes from the target's p
   (as the bonus token or as a one-token target step). The decision never looks at a target sample.
 - `adaptive`: before each step the replica chooses k (0 = target only) from running estimates over
-  the rounds it already finished (`Adaptive`): the acceptance rate α and the measured cost of a
-  round at each width. Those estimates are functions of earlier rounds' outcomes and of timings, all settled
+  the rounds it already finished (`Adaptive`): the acceptance rate α and the measured cost of a round
+  at each width. Those estimates are functions of earlier rounds' outcomes and of timings, all settled
   before the step begins; a round's k is fixed before its draft proposes or the target samples. Each
   round, given everything before it, emits target-distributed tokens for any k, so the sequence of
   rounds does too: the same argument as for `per-token`, with "the past" widened to the replica's
@@ -215,10 +215,11 @@ class Adaptive:
     estimates (one-time costs) but counted against probing: the next probe waits until the probes'
     losses — the step's time and the overhead beyond what target-only steps would have taken for the
     tokens the probe emitted — stay within `probe_budget` of the time decoding, whatever the interval
-    says. A probe that emitted more than it cost lost
-    nothing. The budget is the replica's, not each batch-size range's: a probe in one range delays
-    those of every other (under load the batch size moves between ranges, and each would otherwise
-    spend it on its own).
+    says. A probe that emitted more than it cost lost nothing, and the next one comes at once. The
+    budget is the replica's, not each batch-size range's: a probe in one range delays those of every
+    other (under load the batch size moves between ranges, and each would otherwise spend it on its
+    own). Padding changes only the speed: its positions are never attended and their logits never
+    read, and k and the width are fixed before the draft proposes.
     """
 
     max_k: int

@@ -184,8 +184,8 @@ class SlotModel:
         """Logits (N, V) of every chunk's last `keep` positions, rows in chunk order (N = Σ keep), and with
         `layers` the input of each of those layers (the residual stream) at *every* position of every
         chunk, concatenated per position: (Σ len(ids), len(layers)·E) in chunk order. Rows are padded to
-        the longest chunk and to at least `tokens`, and the head runs over at least `tokens` rows: on some
-        CPUs a matrix product of 2 or 3 rows costs more than one of 5 (`Adaptive.width`)."""
+        the longest chunk and to at least `tokens`; a ragged pass also runs the head over at least `tokens`
+        rows: on some CPUs a matrix product of 2 or 3 rows costs more than one of 5 (`Adaptive.width`)."""
         length = max(tokens, *(len(c.ids) for c in chunks))
         if self.padded is not None and length <= MAX_TOKENS:
             return self.padded.forward(chunks, layers, length)
