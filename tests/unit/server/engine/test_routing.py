@@ -1,8 +1,9 @@
 """`adaptive` routing's estimator against scripted steps: known costs and acceptance, no models.
 
-A step's time is scripted as Leviathan's cost model, t = t_plain · (1 + k·c) (c: a proposal's cost
-relative to a target step, here a function of the batch size and of k), and each proposal is accepted
-with probability α given the ones before it were. Throughput is tokens over scripted time, so `adaptive`
+A step's time is scripted as Leviathan's cost model, t = t_plain · (1 + (w − 1)·c) for a verify pass of
+w tokens a row (c: a proposal's cost relative to a target step, here a function of the batch size and of
+w, so that a pass of 5 tokens may cost less than one of 3, as on some CPUs), and each proposal is
+accepted with probability α given the ones before it were. Throughput is tokens over scripted time, so `adaptive`
 can be held to the goal itself: never below target-only, close to the best fixed k where one pays.
 """
 
