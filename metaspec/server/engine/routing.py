@@ -193,8 +193,8 @@ class Adaptive:
     5 tokens 1.75), tiles and padded shapes on a GPU. A width not measured yet is predicted from the
     ones that were (`_Bucket.step_time`). k is the one of 1..`max_k` with the best expected tokens per
     unit of time, used only where that exceeds 1; k = 0 otherwise. A k whose width promises more is
-    chosen, and so measured. Where a wider pass measured faster, the batch decoder pads a speculating
-    step to it (`width`): proposals that come up short (prompt lookup finds fewer than k) then cost
+    chosen, and so measured. Where a wider pass measured faster, the decoder pads a speculating step to
+    it (`width`): proposals that come up short (prompt lookup finds fewer than k) then cost
     what the fastest width costs, and a round of k costs the fastest width of at least k + 1.
 
     Probing: the arm not chosen is tried now and then — a speculating step while speculation is off
@@ -223,9 +223,6 @@ class Adaptive:
     """
 
     max_k: int
-    pads: bool = True
-    """Whether the decoder pads a speculating step to `width` (the batch decoder does; the sequential one
-    runs each round at its own width, so a round of k costs the width k + 1)."""
     min_interval: int = 16
     max_interval: int = 256
     margin: float = 0.1
@@ -282,7 +279,7 @@ class Adaptive:
 
     def _round(self, bucket: _Bucket, k: int) -> float:
         """A round of k proposals relative to a target-only step, at the width it runs at."""
-        time = bucket.step_time(bucket.cheapest(k + 1, self.max_k + 1) if self.pads else k + 1)
+        time = bucket.step_time(bucket.cheapest(k + 1, self.max_k + 1))
         assert time is not None  # the bucket has measured a width
         return time
 
@@ -296,7 +293,7 @@ class Adaptive:
         some CPUs a pass of 5 tokens ran faster than one of 3). The padding is never attended and its
         logits are not read, so only the speed changes."""
         bucket = self._bucket(batch)
-        return bucket.cheapest(tokens, self.max_k + 1) if self.pads and bucket.on else tokens
+        return bucket.cheapest(tokens, self.max_k + 1) if bucket.on else tokens
 
     def record(
         self,

@@ -102,13 +102,19 @@ class CausalLM:
             return Session(self, self._static)
         return Session(self, DynamicCache(config=self.model.config))
 
-    def forward(self, ids: torch.Tensor, cache: object, keep: int) -> tuple[torch.Tensor, int]:
+    def forward(self, ids: torch.Tensor, cache: object, keep: int, tokens: int = 1) -> tuple[torch.Tensor, int]:
         """Logits (keep, V) for the last `keep` positions of `ids` (1, T), appended to `cache`, and the
-        number of padding positions appended after them (the caller crops them)."""
+        number of padding positions appended after them (the caller crops them). Eagerly, with a dynamic
+        cache, the pass is padded to at least `tokens` positions and the head runs over the padding too:
+        on some CPUs a pass of 5 tokens runs faster than one of 3 (`Adaptive.width`)."""
         n = ids.shape[1]
         if self._compiled is None or n > self.compile_max_tokens:
-            out = self.model(input_ids=ids, use_cache=True, logits_to_keep=keep, **{self._cache_arg: cache})
-            return out.logits[0, -keep:, : self.vocab], 0  # (keep, V)
+            length = n if self._static is not None else max(n, tokens)  # a static cache has no room for more
+            if length > n:
+                ids = torch.cat([ids, ids[:, -1:].expand(1, length - n)], dim=1)  # (1, length)
+            rows = length - n + keep  # the kept positions and the padding after them
+            out = self.model(input_ids=ids, use_cache=True, logits_to_keep=rows, **{self._cache_arg: cache})
+            return out.logits[0, :keep, : self.vocab], length - n  # (keep, V)
         length = 1 if n == 1 else self.compile_max_tokens
         if length > n:
             ids = torch.cat([ids, ids[:, -1:].expand(1, length - n)], dim=1)  # (1, length)
@@ -156,8 +162,8 @@ class Session:
         self.cache = cache
         self.length = 0
 
-    def feed(self, ids: torch.Tensor, keep: int = 1) -> torch.Tensor:
-        logits, padding = self.lm.forward(ids, self.cache, keep)
+    def feed(self, ids: torch.Tensor, keep: int = 1, tokens: int = 1) -> torch.Tensor:
+        logits, padding = self.lm.forward(ids, self.cache, keep, tokens)
         self.length += ids.shape[1] + padding
         self.truncate(self.length - padding)
         return logits
@@ -227,7 +233,7 @@ class SpeculativeDecoder:
         self.draft = draft
         self.lookup = lookup
         self.routing = routing
-        self.adaptive = Adaptive(routing.max_speculative_tokens, pads=False) if routing.adaptive else None
+        self.adaptive = Adaptive(routing.max_speculative_tokens) if routing.adaptive else None
 
     @property
     def max_length(self) -> int:
@@ -296,6 +302,8 @@ class _Run:
         self.lookup_index = self.lookup.index() if self.lookup is not None else None
         self.speculate = self.lookup is not None  # a lookup has no confidence: only `always` and `adaptive`
         self.whole_rounds = False  # the draft proposes a round in one call (`CausalLM.propose`)
+        self.width = 1
+        """Tokens the last verify pass ran at, padding included."""
         if self.routing.uses_draft and decoder.draft is not None:
             self._route(decoder.draft)
         one_graph = proc.greedy and not proc.counted and not proc.min_tokens  # what `_greedy_round` applies
@@ -343,7 +351,7 @@ class _Run:
             if self.adaptive is not None and produced:  # the first round is the prompt's prefill: no step
                 j, accepted = proposals.shape[0], len(new) - 1
                 seconds = time.perf_counter() - caught_up
-                self.adaptive.record(1, 1, j + 1, j, accepted, int(accepted < j), seconds, caught_up - start)
+                self.adaptive.record(1, 1, self.width, j, accepted, int(accepted < j), seconds, caught_up - start)
             produced += len(new)
             yield new
 
@@ -416,7 +424,10 @@ class _Run:
         j = proposals.shape[0]
         base = len(self.emitted)
         ids = torch.cat([self._tensor(self.emitted[self.target.length :]), proposals])[None]  # (1, m + J)
-        logits = self.target.feed(ids, keep=j + 1)  # (J+1, V)
+        self.width = ids.shape[1]
+        if j and self.adaptive is not None:  # a wider pass measured faster: padded (`Adaptive.width`)
+            self.width = self.adaptive.width(1, self.width)
+        logits = self.target.feed(ids, keep=j + 1, tokens=self.width)  # (J+1, V)
         context = self.history.rows(proposals, j + 1)  # (J+1, V) rows
         if self.proc.greedy:
             best = greedy_tokens(logits, context, self.proc)  # (J+1,)
