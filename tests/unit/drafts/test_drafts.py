@@ -124,8 +124,8 @@ def test_a_pruned_draft_never_proposes_outside_yet_the_target_emits_it(target) -
     proposed: list[int] = []
     forward = draft_lm.forward
 
-    def spy(ids, cache, keep):
-        logits, padding = forward(ids, cache, keep)
+    def spy(ids, cache, keep, tokens=1):
+        logits, padding = forward(ids, cache, keep, tokens)
         proposed.extend(logits.argmax(-1).tolist())
         return logits, padding
 
