@@ -295,13 +295,13 @@ class PaddedSteps:
         return logits, torch.cat([features for _, features in parts]) if layers else None  # type: ignore[misc]
 
     def run(
-        self, chunks: list[Chunk], layers: tuple[int, ...] = (), tokens: int = 1
+        self, chunks: list[Chunk], layers: tuple[int, ...], tokens: int
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """What `SlotModel.forward` returns: logits (Σ keep, V) of each chunk's last `keep` tokens, and with
         `layers` those layers' inputs at every token (Σ len(ids), len(layers)·E), in chunk order; rows of
-        at least `tokens`."""
+        `tokens` (no chunk longer), padded up to a power of two."""
         n, cache = len(chunks), self.lm.cache
-        b, t = _pow2(n), _pow2(max(tokens, *(len(c.ids) for c in chunks)))
+        b, t = _pow2(n), _pow2(tokens)
         w = min(max(MIN_WIDTH, _pow2(max(c.start + len(c.ids) for c in chunks))), cache.max_length)
         packed = all(c.slot == row for row, c in enumerate(chunks))
         cache.reserve(b if packed else max(c.slot for c in chunks) + 1, w)
