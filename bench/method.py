@@ -86,8 +86,9 @@ class SftRecipe(AnilMamlRecipe):
         for _ in range(per_batch):
             task = self._next_task()
             examples = task.support + task.query
-            weights = task.support_weights + task.query_weights if self.spec.anil.balance == "tokens" else None
-            ((h, y, *w),) = set_features(self.lm, (examples,), self.pad_id, self.ctx.device, weights and (weights,))
+            balanced = self.spec.anil.balance == "tokens"
+            weights = (task.support_weights + task.query_weights,) if balanced else None  # one set: all examples
+            ((h, y, *w),) = set_features(self.lm, (examples,), self.pad_id, self.ctx.device, weights)
             loss = chunked_cross_entropy(h, y, self.lm.get_output_embeddings(), weights=w[0] if w else None)
             loss = loss / y.numel()
             (loss * (scale / per_batch)).backward()
