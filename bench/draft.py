@@ -124,10 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", help="target model directory (default: the bundled SmolLM2-135M-Instruct)")
     parser.add_argument(
         "--layers",
-        nargs="+",
+        nargs="*",
         default=["4"],
         help="drafts: N (the target's first N layers) or eagle3 (feature-level), each with @V for a V-token "
-        "draft vocabulary (e.g. 4 4@8192 eagle3 eagle3@8192)",
+        "draft vocabulary (e.g. 4 4@8192 eagle3 eagle3@8192); bare --layers: the teacher outputs alone",
     )
     parser.add_argument("--work", type=Path, default=Path("/tmp/metaspec-draft-bench"))
     parser.add_argument(

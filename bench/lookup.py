@@ -74,17 +74,13 @@ def main(argv: list[str] | None = None) -> int:
         }
         seconds, tokens, passes = dict.fromkeys(engines, 0.0), dict.fromkeys(engines, 0), dict.fromkeys(engines, 0)
         for engine in engines.values():
-            list(
-                engine.generate_sync(
-                    engine.encode_chat([{"role": "user", "content": WARM_UP}]), SamplingParams(max_tokens=4)
-                )
-            )
+            engine.generate_here(engine.encode_chat([{"role": "user", "content": WARM_UP}]), SamplingParams(max_tokens=4))
         for text in texts:
             outputs = {}
             for name, engine in engines.items():
                 prompt = engine.encode_chat([{"role": "user", "content": text}])
                 start = time.perf_counter()
-                deltas = list(engine.generate_sync(prompt, SamplingParams(max_tokens=args.max_tokens)))
+                deltas = engine.generate_here(prompt, SamplingParams(max_tokens=args.max_tokens))
                 seconds[name] += time.perf_counter() - start
                 stats = deltas[-1].stats
                 tokens[name] += stats.completion_tokens

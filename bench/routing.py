@@ -99,7 +99,7 @@ def decode(engine: SpeculativeEngine, prompt: list[int], max_tokens: int, device
     """One greedy request: its tokens (the end-of-turn token as -1), wall time and stats."""
     sync(device)
     started = time.perf_counter()
-    deltas = list(engine.generate_sync(prompt, SamplingParams(max_tokens=max_tokens)))
+    deltas = engine.generate_here(prompt, SamplingParams(max_tokens=max_tokens))
     sync(device)
     stats: RequestStats = deltas[-1].stats
     ids = [t for d in deltas for t in d.token_ids]

@@ -143,7 +143,7 @@ def run_ours(engine: SpeculativeEngine, prompt: list[int], args: argparse.Namesp
     sync(args.device)
     start = time.perf_counter()
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=len(prompt))
-    deltas = list(engine.generate_sync(prompt, params))
+    deltas = engine.generate_here(prompt, params)
     sync(args.device)
     seconds = time.perf_counter() - start
     final = deltas[-1]

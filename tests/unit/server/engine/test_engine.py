@@ -149,3 +149,26 @@ async def test_concurrent_requests_decode_as_they_would_alone(engine: Speculativ
         assert many[-1].finish_reason == one[-1].finish_reason
         if sampling.temperature == 0:
             assert [t for d in many for t in d.token_ids] == [t for d in one for t in d.token_ids]
+
+
+@pytest.mark.parametrize("max_batch", [1, 4])  # the sequential decoder, the batch decoder
+def test_generate_here_decodes_on_the_callers_thread_as_the_worker_does(tiny_llama: Path, max_batch: int) -> None:
+    """Seeded sampling and stats as through the decode thread; refused once that thread runs."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    target = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    torch.manual_seed(3)
+    draft = AutoModelForCausalLM.from_config(target.config).eval()
+    policy = RoutingPolicy("always", 0.5, 3)
+    engine = SpeculativeEngine.from_models(target, draft, tokenizer, policy, "tiny", max_batch=max_batch)
+    prompt = engine.encode_prompt("Once upon a time")
+    params = SamplingParams(max_tokens=10, temperature=0.8, seed=5)
+    here = engine.generate_here(prompt, params)
+    assert engine._worker is None  # nothing started a thread
+    there = list(engine.generate_sync(prompt, params))
+    assert [(d.text, d.token_ids) for d in here] == [(d.text, d.token_ids) for d in there]
+    assert here[-1].finish_reason == there[-1].finish_reason and here[-1].stats.proposed_tokens > 0
+    with pytest.raises(RuntimeError, match="its own thread"):
+        engine.generate_here(prompt, params)
+    with pytest.raises(ValueError):  # checked as every request is
+        engine.generate_here([], params)
+    engine.close()
