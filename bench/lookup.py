@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         }
         seconds, tokens, passes = dict.fromkeys(engines, 0.0), dict.fromkeys(engines, 0), dict.fromkeys(engines, 0)
         for engine in engines.values():
-            engine.generate_here(engine.encode_chat([{"role": "user", "content": WARM_UP}]), SamplingParams(max_tokens=4))
+            engine.generate_here(
+                engine.encode_chat([{"role": "user", "content": WARM_UP}]), SamplingParams(max_tokens=4)
+            )
         for text in texts:
             outputs = {}
             for name, engine in engines.items():
