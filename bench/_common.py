@@ -14,14 +14,17 @@ import os
 import platform
 import shlex
 import statistics
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from metaspec.devices import resolve_device, resolve_dtype
 
 RESULTS = Path(__file__).parent / "results"
+T = TypeVar("T")
 
 
 def add_common_args(parser: argparse.ArgumentParser, name: str) -> None:
@@ -83,3 +86,26 @@ def percentile(values: list[float], q: int) -> float | None:
     if not values:
         return None
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+def off_main(make: Callable[[], T]) -> T:
+    """`make()` run on a thread that then ends. On a CPU each thread that runs torch ops keeps an OpenMP
+    thread pool, and with libgomp, once the pools hold more threads than there are cores, every pool's
+    workers sleep between parallel regions (a 5-token pass of SmolLM2 on 2 cores: 81 ms with one pool, 98
+    with two). A script whose engines decode on threads of their own builds them this way, so that its
+    main thread keeps no pool, as a server's does not."""
+    made: list[T] = []
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            made.append(make())
+        except BaseException as error:  # re-raised on the caller's thread
+            failed.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]
+    return made[0]

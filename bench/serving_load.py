@@ -48,7 +48,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteriaList
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import add_common_args, machine, percentile, setup, write_result
+from _common import add_common_args, machine, off_main, percentile, setup, write_result
 from server import models
 
 from metaspec.api.serving import THRESHOLD_POLICIES, PromptLookup, Routing
@@ -328,10 +328,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device, dtype = setup(args)
     args.device = device.type
-    target, draft, tokenizer, label = models(args, dtype)
+    # models and systems are built off the main thread, which then runs no torch: each system's worker
+    # thread is the process's only OpenMP pool while it runs, as in a server (`off_main`)
+    target, draft, tokenizer, label = off_main(lambda: models(args, dtype))
     mix = request_mix(tokenizer, args.mix, args.max_tokens)
-    base = SpeculativeEngine.from_models(
-        target, draft, tokenizer, POLICIES["never"], max_batch=1, compile=args.compile, **static(args)
+    base = off_main(
+        lambda: SpeculativeEngine.from_models(
+            target, draft, tokenizer, POLICIES["never"], max_batch=1, compile=args.compile, **static(args)
+        )
     )
     rows: list[dict[str, Any]] = []
     for clients in args.clients:
@@ -340,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         # systems take turns, in reverse order every other turn: drift in a shared machine's load hits all alike
         for turn in range(args.repeat):
             for name in list(made)[:: -1 if turn % 2 else 1]:
-                system = made[name]()
+                system = off_main(made[name])
                 asyncio.run(warm_up(system, mix, clients, args.warm_up))
                 cell, elapsed = asyncio.run(run_cell(system, mix, clients, args.seconds))
                 system.close()
