@@ -89,11 +89,9 @@ def percentile(values: list[float], q: int) -> float | None:
 
 
 def off_main(make: Callable[[], T]) -> T:
-    """`make()` run on a thread that then ends. On a CPU each thread that runs torch ops keeps an OpenMP
-    thread pool, and with libgomp, once the pools hold more threads than there are cores, every pool's
-    workers sleep between parallel regions (a 5-token pass of SmolLM2 on 2 cores: 81 ms with one pool, 98
-    with two). A script whose engines decode on threads of their own builds them this way, so that its
-    main thread keeps no pool, as a server's does not."""
+    """`make()` run on a thread that then ends, and its OpenMP pool with it. A script whose engines decode
+    on threads of their own builds models and engines this way, so that its main thread keeps no pool
+    beside theirs, as a server's does not (why it matters on a CPU: `SpeculativeEngine.generate_here`)."""
     made: list[T] = []
     failed: list[BaseException] = []
 
