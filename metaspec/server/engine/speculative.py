@@ -108,16 +108,17 @@ class CausalLM:
         cache, the pass is padded to at least `tokens` positions and the head runs over the padding too:
         on some CPUs a pass of 5 tokens runs faster than one of 3 (`Adaptive.width`)."""
         n = ids.shape[1]
-        if self._compiled is None or n > self.compile_max_tokens:
+        compiled = self._compiled is not None and n <= self.compile_max_tokens
+        if compiled:
+            length = 1 if n == 1 else self.compile_max_tokens
+        else:
             length = n if self._static is not None else max(n, tokens)  # a static cache has no room for more
-            if length > n:
-                ids = torch.cat([ids, ids[:, -1:].expand(1, length - n)], dim=1)  # (1, length)
+        if length > n:
+            ids = torch.cat([ids, ids[:, -1:].expand(1, length - n)], dim=1)  # (1, length)
+        if not compiled:
             rows = length - n + keep  # the kept positions and the padding after them
             out = self.model(input_ids=ids, use_cache=True, logits_to_keep=rows, **{self._cache_arg: cache})
             return out.logits[0, :keep, : self.vocab], length - n  # (keep, V)
-        length = 1 if n == 1 else self.compile_max_tokens
-        if length > n:
-            ids = torch.cat([ids, ids[:, -1:].expand(1, length - n)], dim=1)  # (1, length)
         torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs may be overwritten
         out = self._compiled(input_ids=ids, use_cache=True, logits_to_keep=length, **{self._cache_arg: cache})
         return out.logits[0, n - keep : n, : self.vocab].clone(), length - n  # (keep, V), outliving the graph
