@@ -109,12 +109,14 @@ class SubsetHead(torch.nn.Module):
 
     def __init__(self, head: torch.nn.Module, ids: torch.Tensor, vocab: int) -> None:
         super().__init__()
-        self.weight = torch.nn.Parameter(head.weight.detach()[ids].clone(), requires_grad=False)  # (N, H)
-        self.register_buffer("ids", ids.to(head.weight.device))
+        weight = head.weight.detach()[ids]  # (N, H)
+        self.rows = torch.nn.Linear(weight.shape[1], len(ids), bias=False, device=weight.device, dtype=weight.dtype)
+        self.rows.weight = torch.nn.Parameter(weight, requires_grad=False)  # a layer: packed like any on the CPU
+        self.register_buffer("ids", ids.to(weight.device))
         self.vocab = vocab
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        scores = torch.nn.functional.linear(hidden, self.weight)  # (…, N)
+        scores = self.rows(hidden)  # (…, N)
         out = scores.new_full((*scores.shape[:-1], self.vocab), float("-inf"))
         out[..., self.ids] = scores
         return out

@@ -38,9 +38,10 @@ class FeatureModel:
     def __init__(self, draft: Eagle3Draft, vocab: int, max_length: int) -> None:
         self.draft = draft
         self.vocab = vocab
-        self.device = draft.fc.weight.device
+        weight = draft.norm.weight  # not a linear layer's: those may be packed for the CPU (`pack_linears`)
+        self.device, self.dtype = weight.device, weight.dtype
         self.max_length = min(max_length, draft.config.max_position_embeddings)
-        self.cache = SlotCache(draft.config.llama_config(), self.max_length, draft.fc.weight.dtype, self.device)
+        self.cache = SlotCache(draft.config.llama_config(), self.max_length, self.dtype, self.device)
         self.targets = draft.target_ids()  # (N,) target id of each draft id
         if int(self.targets.max()) >= vocab:
             raise ValueError(
@@ -138,7 +139,7 @@ class FeatureDraft(ModelDraft):
 
     def observe(self, seqs: list[Sequence], chunks: list[Chunk], features: torch.Tensor) -> None:
         """The target's aux features (Σ chunk lengths, 3·H_target) of every position it just scored."""
-        fused = self.lm.draft.fuse(features.to(self.lm.draft.fc.weight.dtype))
+        fused = self.lm.draft.fuse(features.to(self.lm.dtype))
         offset = 0
         for seq, chunk in zip(seqs, chunks, strict=True):
             n = len(chunk.ids)

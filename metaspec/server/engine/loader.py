@@ -26,6 +26,8 @@ from metaspec.drafts.calibration import load_calibration
 from metaspec.drafts.vocabulary import SubsetHead, load_draft_vocabulary
 from metaspec.runtime import PermanentError
 
+from .packed import pack_linears
+
 log = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
@@ -85,7 +87,8 @@ def load_model(
         model = load_causal_lm(local, dtype, trust_remote_code=trust)
         _prune_head(model, local, role, uri)
     model.to(device).eval()
-    log.info("loaded %s model %s (%s, %s)", role, uri, dtype, device)
+    packed = pack_linears(model)  # on the CPU: oneDNN, its weights reordered once (see `packed`)
+    log.info("loaded %s model %s (%s, %s, %d linear layers packed)", role, uri, dtype, device, packed)
     try:
         calibration = load_calibration(local) if target is not None else None
     except DraftFormatError as e:
@@ -135,7 +138,7 @@ def shared_vocab(target: Any, draft: Any | None, tokenizer: Any) -> int:
     """Logit columns both models score (embedding matrices may be padded beyond the tokenizer)."""
     # an EAGLE-3 draft scores a subset of the target's vocabulary, mapped onto it by its `d2t`
     heads = [m.get_output_embeddings() for m in (target, draft) if m is not None and not isinstance(m, Eagle3Draft)]
-    sizes = [getattr(head, "vocab", None) or head.weight.shape[0] for head in heads]  # a `SubsetHead` spreads
+    sizes = [getattr(head, "vocab", None) or head.out_features for head in heads]  # a `SubsetHead` spreads
     vocab = min(sizes)
     if len(tokenizer) > vocab:
         raise IncompatibleModel(f"the tokenizer has {len(tokenizer)} tokens but a model scores only {vocab}")

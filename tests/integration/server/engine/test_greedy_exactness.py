@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from metaspec.prompts import chat_prompt_ids, end_of_turn_ids
-from metaspec.server.engine import RoutingPolicy, SamplingParams, SpeculativeEngine
+from metaspec.api.serving import SpecServeSpec
+from metaspec.server.engine import RoutingPolicy, SamplingParams, SpeculativeEngine, load_models
+from metaspec.server.engine.packed import PackedLinear
 
 pytestmark = pytest.mark.slow
 
@@ -89,3 +91,21 @@ def test_every_policy_is_target_greedy_in_a_batch(policy: str, smollm2_models, r
     for (prompt, expected), (ids, final) in zip(references, results, strict=True):
         got = ids + expected[-1:] if final.finish_reason == "stop" else ids
         assert got == expected, (tokenizer.decode(prompt), final.stats)
+
+
+def test_served_models_decode_the_target_greedy(smollm2, derived_draft, references, tmp_path) -> None:
+    """Both models as the server loads them, their linear layers packed for oneDNN on the CPU
+    (`pack_linears`): every prompt decodes what transformers' `generate` decodes with the stock target,
+    one at a time and in a batch of 4."""
+    spec = SpecServeSpec.model_validate({"target": {"uri": str(smollm2)}, "draft": {"uri": str(derived_draft)}})
+    target, draft = load_models(spec, tmp_path, torch.device("cpu"))
+    assert isinstance(target.model.get_output_embeddings(), PackedLinear)
+    routing = RoutingPolicy("always", THRESHOLD, 4)
+    for max_batch in (1, 4):
+        engine = SpeculativeEngine.from_models(target.model, draft.model, target.tokenizer, routing, max_batch=max_batch)
+        with ThreadPoolExecutor(max_batch) as pool:
+            results = list(pool.map(lambda case: completion(engine, case[0]), references))
+        engine.close()
+        for (prompt, expected), (ids, final) in zip(references, results, strict=True):
+            got = ids + expected[-1:] if final.finish_reason == "stop" else ids
+            assert got == expected, (max_batch, target.tokenizer.decode(prompt), final.stats)
