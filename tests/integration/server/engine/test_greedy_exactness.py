@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from metaspec.prompts import chat_prompt_ids, end_of_turn_ids
 from metaspec.api.serving import SpecServeSpec
+from metaspec.prompts import chat_prompt_ids, end_of_turn_ids
 from metaspec.server.engine import RoutingPolicy, SamplingParams, SpeculativeEngine, load_models
 from metaspec.server.engine.packed import PackedLinear
 
@@ -102,9 +102,11 @@ def test_served_models_decode_the_target_greedy(smollm2, derived_draft, referenc
     assert isinstance(target.model.get_output_embeddings(), PackedLinear)
     routing = RoutingPolicy("always", THRESHOLD, 4)
     for max_batch in (1, 4):
-        engine = SpeculativeEngine.from_models(target.model, draft.model, target.tokenizer, routing, max_batch=max_batch)
+        engine = SpeculativeEngine.from_models(
+            target.model, draft.model, target.tokenizer, routing, max_batch=max_batch
+        )
         with ThreadPoolExecutor(max_batch) as pool:
-            results = list(pool.map(lambda case: completion(engine, case[0]), references))
+            results = list(pool.map(lambda case, e=engine: completion(e, case[0]), references))
         engine.close()
         for (prompt, expected), (ids, final) in zip(references, results, strict=True):
             got = ids + expected[-1:] if final.finish_reason == "stop" else ids
