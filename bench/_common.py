@@ -8,6 +8,7 @@ transformers, peft, pydantic and rich only.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import os
@@ -22,6 +23,7 @@ from typing import Any, TypeVar
 import torch
 
 from metaspec.devices import resolve_device, resolve_dtype
+from metaspec.server.engine.packed import pack_linears
 
 RESULTS = Path(__file__).parent / "results"
 T = TypeVar("T")
@@ -107,3 +109,14 @@ def off_main(make: Callable[[], T]) -> T:
     if failed:
         raise failed[0]
     return made[0]
+
+
+def served(model: T) -> T:
+    """`model` as the server runs it: on the CPU, a copy with its linear layers packed for oneDNN, as the
+    server's loader packs them (`pack_linears`); transformers' methods keep the model as loaded. Anything
+    else (a model on a GPU, a prompt lookup's settings) as it is."""
+    if not isinstance(model, torch.nn.Module) or next(model.parameters()).device.type != "cpu":
+        return model
+    model = copy.deepcopy(model)
+    pack_linears(model)
+    return model

@@ -26,6 +26,9 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import served
+
 from metaspec.api.serving import PromptLookup
 from metaspec.builtin import records
 from metaspec.causal_lm import load_causal_lm
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     source = args.target or str(bundled_model_dir())
     tokenizer = AutoTokenizer.from_pretrained(source)
-    target = load_causal_lm(source, torch.float32).eval()
+    target = served(load_causal_lm(source, torch.float32).eval())  # as the server runs it
     settings: dict[str, tuple[PromptLookup | None, str, int]] = {"never": (None, "never", 1)}
     for min_match, history, k in itertools.product(args.min_match, args.history, args.k):
         lookup = PromptLookup(min_match=min_match, max_match=5, history=history)

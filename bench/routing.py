@@ -44,7 +44,7 @@ import torch
 from transformers import AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import add_common_args, machine, setup, sync, write_result
+from _common import add_common_args, machine, served, setup, sync, write_result
 
 from metaspec.causal_lm import load_causal_lm
 from metaspec.datasets import read_records
@@ -81,7 +81,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def load(path: Path, device: torch.device, dtype: torch.dtype) -> Any:
-    return load_causal_lm(path, dtype).to(device).eval()
+    return served(load_causal_lm(path, dtype).to(device).eval())  # as the server runs it
 
 
 def policies(args: argparse.Namespace) -> list[RoutingPolicy]:

@@ -22,6 +22,9 @@ uses a dozen everyday questions outside that distribution instead.
 A derived draft (the target's first layers, untrained) agrees with the target on few tokens: it measures
 the machinery's overhead, not the speedup a trained draft gives. Results: a table on stdout and JSON in
 bench/results/.
+
+Ours runs the models as the server does: on the CPU, copies with their linear layers packed for oneDNN
+(`_common.served`); transformers' methods run them as transformers loads them.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ from typing import Any
 
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import served
 
 from metaspec.api.serving import PromptLookup
 from metaspec.artifacts import materialize
@@ -254,12 +260,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.compile:  # HF generate's static-cache compilation and ours share the model's forward code
         torch._dynamo.config.recompile_limit = 32
     target, draft, tokenizer, label = models(args, dtype)
+    ours, ours_draft = served(target), served(draft)  # transformers' methods run the models as loaded
     prompts = [chat_prompt_ids(tokenizer, text) for text in prompt_texts(args.prompt_set, args.prompts)]
     # one engine's models (and compiled graphs) decode under every policy: compiling per policy would
     # measure four compilations and exhaust dynamo's recompile limit for the shared forward code
     first = SpeculativeEngine.from_models(
-        target,
-        draft,
+        ours,
+        ours_draft,
         tokenizer,
         RoutingPolicy(POLICIES[0], args.threshold, args.k),
         static_cache_len=args.cache_len if args.compile else None,
@@ -272,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     for k in args.also_k:  # another k is another verify length: an engine of its own over the same models
         routing = RoutingPolicy("always", args.threshold, k)
-        engines[f"always-k{k}"] = SpeculativeEngine.from_models(target, draft, tokenizer, routing, max_batch=1)
+        engines[f"always-k{k}"] = SpeculativeEngine.from_models(ours, ours_draft, tokenizer, routing, max_batch=1)
     if args.lookup:  # no draft model: a lookup proposes in the sequential decoder (compiled with --compile)
         variants = {"lookup-adaptive": ("adaptive", 0), "lookup-always": ("always", 0)}
         if args.lookup_history:
@@ -282,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             routing = RoutingPolicy(policy, args.threshold, args.k)
             cache_len = args.cache_len if args.compile else None
             engines[name] = SpeculativeEngine.from_models(
-                target, lookup, tokenizer, routing, static_cache_len=cache_len, compile=args.compile, max_batch=1
+                ours, lookup, tokenizer, routing, static_cache_len=cache_len, compile=args.compile, max_batch=1
             )
     # ours first: transformers' own static-cache compilation of the same forward, run before ours,
     # left our compiled `always` path re-recording graphs (10+ s per prompt on the H100)

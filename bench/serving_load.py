@@ -28,6 +28,8 @@ Systems, each with a fresh engine per cell over the same loaded models:
 
 `--compile` (CUDA) is what `SpecServe.spec.compile` turns on: batches replay their decode steps from CUDA
 graphs, `batch-1` runs on a static cache and torch.compile; every cache holds `--cache-len` positions.
+Ours runs the models as the server does (on the CPU their linear layers packed for oneDNN: `served`),
+`hf-batched` as transformers loads them.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteriaList
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import add_common_args, machine, off_main, percentile, setup, write_result
+from _common import add_common_args, machine, off_main, percentile, served, setup, write_result
 from server import models
 
 from metaspec.api.serving import THRESHOLD_POLICIES, PromptLookup, Routing
@@ -265,7 +267,9 @@ def request_mix(tokenizer: Any, n: int, max_tokens: int) -> list[Request]:
     return mix
 
 
-def systems(args: argparse.Namespace, base: SpeculativeEngine, target: Any, tokenizer: Any, clients: int) -> dict:
+def systems(
+    args: argparse.Namespace, base: SpeculativeEngine, target: Any, ours: Any, tokenizer: Any, clients: int
+) -> dict:
     """Factories of each system for a cell of `clients`."""
     policies = {name: POLICIES[name] for name in args.policies if name in POLICIES}
     if "default" in args.policies:
@@ -283,7 +287,7 @@ def systems(args: argparse.Namespace, base: SpeculativeEngine, target: Any, toke
             routing = replace(policy, max_speculative_tokens=args.lookup_k)
             made[f"lookup:{name}"] = lambda r=routing: Metaspec(
                 SpeculativeEngine.from_models(
-                    target, lookup, tokenizer, r, max_batch=clients, compile=args.compile, **static(args)
+                    ours, lookup, tokenizer, r, max_batch=clients, compile=args.compile, **static(args)
                 )
             )
     eos = set(base._stop_ids)
@@ -331,15 +335,16 @@ def main(argv: list[str] | None = None) -> int:
     # models and systems are built off the main thread, which then runs no torch: each system's worker
     # thread is the process's only OpenMP pool while it runs, as in a server (`off_main`)
     target, draft, tokenizer, label = off_main(lambda: models(args, dtype))
+    ours, ours_draft = off_main(lambda: (served(target), served(draft)))  # hf-batched runs the models as loaded
     mix = request_mix(tokenizer, args.mix, args.max_tokens)
     base = off_main(
         lambda: SpeculativeEngine.from_models(
-            target, draft, tokenizer, POLICIES["never"], max_batch=1, compile=args.compile, **static(args)
+            ours, ours_draft, tokenizer, POLICIES["never"], max_batch=1, compile=args.compile, **static(args)
         )
     )
     rows: list[dict[str, Any]] = []
     for clients in args.clients:
-        made = systems(args, base, target, tokenizer, clients)
+        made = systems(args, base, target, ours, tokenizer, clients)
         pooled = {name: (Cell(), 0.0) for name in made}
         # systems take turns, in reverse order every other turn: drift in a shared machine's load hits all alike
         for turn in range(args.repeat):
