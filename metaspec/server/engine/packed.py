@@ -1,16 +1,16 @@
 """Linear layers on the CPU with their weights packed once for oneDNN.
 
 On the CPU, torch runs a float32 `nn.Linear` through MKL's sgemm, and what a pass costs there depends on
-how many tokens it holds in a way that hurts speculation. On a 2-core AMD EPYC, a SmolLM2-135M pass over
-5 tokens (a verify pass at k = 4) costs 1.3–1.45 one-token steps, and one over 2 or 3 tokens up to 2.2
+how many tokens it holds in a way that hurts speculation: on a 2-core AMD EPYC, a SmolLM2-135M pass over
+5 tokens (a verify pass at k = 4) costs 1.3 one-token steps, and one over 2 or 3 tokens 1.7–2.0
 (`bench/verify_width.py`). `PackedLinear` keeps the weight in oneDNN's own layout, reordered once at load
 (`torch.ops.mkldnn._reorder_linear_weight`, the op torch.compile's freezing pass emits for a linear
 layer on the CPU, here without compiling), and runs it through oneDNN's `_linear_pointwise`. On the same
-machine a step costs about a fifth less and a pass of up to 8 tokens about what a step costs, so a
-verify pass is nearly free and speculation gains what its acceptance gives.
+machine a step then takes 46 ms instead of 60, and a pass of up to 6 tokens 0.96–1.10 steps: a verify
+pass costs about what a step does, and speculation gains what its acceptance gives.
 
-Each row's result is also independent of the other rows in the pass (MKL's is not; the tests check
-both): a verify pass scores each position exactly as the one-token step it stands for would.
+Each row's result is also independent of the other rows in its pass (MKL's need not be; the tests check
+ours): a verify pass scores each position exactly as the one-token step it stands for would.
 
 For serving only: a packed layer has no parameters and no gradient, and moving the model to another
 device or dtype afterwards leaves its packed weights behind, so pack last. float32 and bfloat16 are
