@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import torch
 
 from metaspec.devices import resolve_device, resolve_dtype
-from metaspec.server.engine.packed import pack_linears
+from metaspec.packed import pack_linears
 
 RESULTS = Path(__file__).parent / "results"
 T = TypeVar("T")

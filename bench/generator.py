@@ -37,6 +37,7 @@ import torch
 
 from metaspec.api import TeacherGenerationSpec
 from metaspec.api.generation import Sampling
+from metaspec.causal_lm import load_causal_lm
 from metaspec.datasets import read_records
 from metaspec.devices import resolve_device, resolve_dtype
 from metaspec.generator import Prompt, prompt_seed
@@ -205,14 +206,14 @@ def show_mismatches(mode: str, reference: dict[str, str], texts: dict[str, str],
 def transformers_rows(
     args: argparse.Namespace, device: torch.device, model_dir: Path
 ) -> tuple[list[Row], dict[str, str] | None]:
-    """The sequential loop and the batched engine on one loaded model; the engine is freed on return.
-    Also the loop's texts when greedy over every prompt (the reference the others must match)."""
+    """The sequential loop on the model as transformers loads it and the batched engine as the generator
+    loads it (on the CPU, its linear layers packed: `metaspec.packed`); both are freed on return. Also
+    the loop's texts when greedy over every prompt (the reference the others must match)."""
     sampling = sampling_of(args)
-    engine = TransformersEngine.load(
-        model_dir, "bench", sampling, args.batch_size, device, resolve_dtype(args.dtype, device)
-    )
+    dtype = resolve_dtype(args.dtype, device)
+    engine = TransformersEngine.load(model_dir, "bench", sampling, args.batch_size, device, dtype)
     prompts = bench_prompts(engine.tokenizer, args.prompts)
-    model, tokenizer = engine.model, engine.tokenizer
+    model, tokenizer = load_causal_lm(model_dir, dtype).to(device).eval(), engine.tokenizer
     sequential(model, tokenizer, prompts[:1], sampling.model_copy(update={"max_tokens": 4}))  # warm-up
     looped = prompts[: args.sequential_prompts or len(prompts)]
     loop, texts = timed("sequential loop", lambda: sequential(model, tokenizer, looped, sampling), None, None)

@@ -9,7 +9,7 @@ the widths taking turns. Where small matrix products take a slow path below some
 pass it stands for, and `adaptive` pads its speculating steps to the width it measured fastest.
 
 On the CPU the model runs twice, in turns: as transformers loads it (`stock`: MKL's sgemm) and as the
-server serves it (`packed`: its linear layers packed for oneDNN, `metaspec.server.engine.packed`).
+server serves it (`packed`: its linear layers packed for oneDNN, `metaspec.packed`).
 
     python bench/verify_width.py --threads 2              # the bundled SmolLM2-135M-Instruct, CPU
     python bench/verify_width.py --target DIR --device cuda
@@ -31,7 +31,7 @@ from _common import add_common_args, machine, setup, sync, write_result
 
 from metaspec.causal_lm import load_causal_lm
 from metaspec.local.bundled import bundled_model_dir
-from metaspec.server.engine.packed import pack_linears
+from metaspec.packed import pack_linears
 from metaspec.server.engine.slots import Chunk, SlotModel
 
 

@@ -30,6 +30,7 @@ from transformers import (
 
 from metaspec.api.generation import Sampling
 from metaspec.causal_lm import load_causal_lm
+from metaspec.packed import pack_linears
 from metaspec.prompts import end_of_turn_ids
 
 from .base import Completion, FinishReason, Prompt, cut_at_stop
@@ -116,8 +117,9 @@ class TransformersEngine:
         trust_remote_code: bool = False,
     ) -> TransformersEngine:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-        model = load_causal_lm(model_dir, dtype, trust_remote_code=trust_remote_code)
-        return cls(model.to(device), tokenizer, model_name, sampling, batch_size)
+        model = load_causal_lm(model_dir, dtype, trust_remote_code=trust_remote_code).to(device)
+        pack_linears(model)  # on the CPU: oneDNN, weights reordered once (`metaspec.packed`)
+        return cls(model, tokenizer, model_name, sampling, batch_size)
 
     def generation_params(self) -> dict[str, Any]:
         return {

@@ -24,9 +24,8 @@ from metaspec.devices import resolve_dtype
 from metaspec.drafts import DraftFormatError, Eagle3Draft, is_eagle3, load_eagle3
 from metaspec.drafts.calibration import load_calibration
 from metaspec.drafts.vocabulary import SubsetHead, load_draft_vocabulary
+from metaspec.packed import pack_linears
 from metaspec.runtime import PermanentError
-
-from .packed import pack_linears
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +86,7 @@ def load_model(
         model = load_causal_lm(local, dtype, trust_remote_code=trust)
         _prune_head(model, local, role, uri)
     model.to(device).eval()
-    packed = pack_linears(model)  # on the CPU: oneDNN, its weights reordered once (see `packed`)
+    packed = pack_linears(model)  # on the CPU: oneDNN, weights reordered once (`metaspec.packed`)
     log.info("loaded %s model %s (%s, %s, %d linear layers packed)", role, uri, dtype, device, packed)
     try:
         calibration = load_calibration(local) if target is not None else None

@@ -10,9 +10,11 @@ import torch
 
 from metaspec.api import TeacherGeneration
 from metaspec.api.generation import Sampling
+from metaspec.causal_lm import load_causal_lm
 from metaspec.datasets import read_records
 from metaspec.generator import Options, Prompt, ShardResult, prompt_seed, run_shard
 from metaspec.generator.engines.transformers import TransformersEngine
+from metaspec.packed import PackedLinear
 from metaspec.prompts import chat_prompt_ids
 from metaspec.records import Record, dump_jsonl
 from metaspec.runtime import load_config
@@ -128,3 +130,19 @@ def test_same_seed_same_outputs(smol, inputs) -> None:
     other = generate(sampled, prompts(sampled, inputs[:4], seed=8))
     assert {k: c.text for k, c in first.items()} == {k: c.text for k, c in again.items()}
     assert {k: c.text for k, c in first.items()} != {k: c.text for k, c in other.items()}
+
+
+def test_the_packed_model_answers_as_transformers_loads_it(smol, inputs, smollm2) -> None:
+    """On the CPU the engine's model has its linear layers packed for oneDNN (`metaspec.packed`): greedy,
+    in batches of 8, it answers exactly what the model as transformers loads it answers one at a time."""
+    assert isinstance(smol.model.get_output_embeddings(), PackedLinear)
+    greedy = engine(smol, repetition_penalty=1.0)
+    batch = prompts(greedy, inputs[:8])
+    stock = load_causal_lm(smollm2, torch.float32).eval()
+    completions = generate(greedy, batch)
+    with torch.inference_mode():
+        for prompt in batch:
+            ids = torch.tensor([prompt.token_ids])
+            out = stock.generate(ids, max_new_tokens=MAX_TOKENS, do_sample=False, eos_token_id=greedy.stop_ids)
+            expected = [t for t in out[0, ids.shape[1] :].tolist() if t not in greedy.stop_ids]
+            assert completions[prompt.id].text == greedy.tokenizer.decode(expected, skip_special_tokens=True), prompt.id

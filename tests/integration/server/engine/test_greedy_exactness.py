@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from metaspec.api.serving import SpecServeSpec
+from metaspec.packed import PackedLinear
 from metaspec.prompts import chat_prompt_ids, end_of_turn_ids
 from metaspec.server.engine import RoutingPolicy, SamplingParams, SpeculativeEngine, load_models
-from metaspec.server.engine.packed import PackedLinear
 
 pytestmark = pytest.mark.slow
 

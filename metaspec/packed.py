@@ -12,7 +12,8 @@ pass costs about what a step does, and speculation gains what its acceptance giv
 Each row's result is also independent of the other rows in its pass (MKL's need not be; the tests check
 ours): a verify pass scores each position exactly as the one-token step it stands for would.
 
-For serving only: a packed layer has no parameters and no gradient, and moving the model to another
+The server packs the models it loads, and the generator's transformers engine the model it loads.
+For inference only: a packed layer has no parameters and no gradient, and moving the model to another
 device or dtype afterwards leaves its packed weights behind, so pack last. float32 and bfloat16 are
 packed (oneDNN has no float16 path on most CPUs); a layer oneDNN refuses stays as it is.
 """

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from metaspec.causal_lm import load_causal_lm
-from metaspec.server.engine.packed import PackedLinear, pack_linears
+from metaspec.packed import PackedLinear, pack_linears
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
 
