@@ -54,15 +54,16 @@ def pack_linears(model: torch.nn.Module) -> int:
     if not torch.backends.mkldnn.is_available():
         return 0
     packed = 0
-    for module in list(model.modules()):
+    for prefix, module in list(model.named_modules()):
         for name, child in list(module.named_children()):
-            weight = getattr(child, "weight", None)
-            if type(child) is not torch.nn.Linear or weight.device.type != "cpu" or weight.dtype not in PACKED_DTYPES:
+            if type(child) is not torch.nn.Linear:
+                continue
+            if child.weight.device.type != "cpu" or child.weight.dtype not in PACKED_DTYPES:
                 continue
             try:
                 setattr(module, name, PackedLinear(child))
             except RuntimeError as e:  # e.g. bfloat16 on a CPU without the instructions oneDNN needs
-                log.warning("linear layer %s stays unpacked: %s", name, e)
+                log.warning("linear layer %s stays unpacked: %s", f"{prefix}.{name}".lstrip("."), e)
                 continue
             packed += 1
     return packed

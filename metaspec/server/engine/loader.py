@@ -137,7 +137,10 @@ def shared_vocab(target: Any, draft: Any | None, tokenizer: Any) -> int:
     """Logit columns both models score (embedding matrices may be padded beyond the tokenizer)."""
     # an EAGLE-3 draft scores a subset of the target's vocabulary, mapped onto it by its `d2t`
     heads = [m.get_output_embeddings() for m in (target, draft) if m is not None and not isinstance(m, Eagle3Draft)]
-    sizes = [getattr(head, "vocab", None) or head.out_features for head in heads]  # a `SubsetHead` spreads
+    # a `SubsetHead` spreads its rows over `vocab`; a head packed for the CPU keeps no `weight`
+    sizes = [
+        getattr(head, "vocab", None) or getattr(head, "out_features", None) or head.weight.shape[0] for head in heads
+    ]
     vocab = min(sizes)
     if len(tokenizer) > vocab:
         raise IncompatibleModel(f"the tokenizer has {len(tokenizer)} tokens but a model scores only {vocab}")
