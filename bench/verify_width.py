@@ -27,11 +27,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import add_common_args, machine, setup, sync, write_result
+from _common import add_common_args, machine, served, setup, sync, write_result
 
 from metaspec.causal_lm import load_causal_lm
 from metaspec.local.bundled import bundled_model_dir
-from metaspec.packed import pack_linears
 from metaspec.server.engine.slots import Chunk, SlotModel
 
 
@@ -54,10 +53,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     device, dtype = setup(args)
     folder = args.target or bundled_model_dir()
-    variants = {"stock": load_causal_lm(folder, dtype).to(device).eval()}
-    if device.type == "cpu":
-        variants["packed"] = load_causal_lm(folder, dtype).eval()
-        pack_linears(variants["packed"])
+    stock = load_causal_lm(folder, dtype).to(device).eval()
+    variants = {"stock": stock, "packed": served(stock)} if device.type == "cpu" else {"stock": stock}
     vocab, hidden_size = variants["stock"].config.vocab_size, variants["stock"].config.hidden_size
     lms = {name: SlotModel(model, vocab, args.context + args.widest + 8) for name, model in variants.items()}
     pairs = [(n, t) for n in range(1, args.widest + 1) for t in range(n, args.widest + 1)]
