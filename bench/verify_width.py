@@ -55,7 +55,7 @@ def main(argv: list[str]) -> int:
     folder = args.target or bundled_model_dir()
     stock = load_causal_lm(folder, dtype).to(device).eval()
     variants = {"stock": stock, "packed": served(stock)} if device.type == "cpu" else {"stock": stock}
-    vocab, hidden_size = variants["stock"].config.vocab_size, variants["stock"].config.hidden_size
+    vocab, hidden_size = stock.config.vocab_size, stock.config.hidden_size
     lms = {name: SlotModel(model, vocab, args.context + args.widest + 8) for name, model in variants.items()}
     pairs = [(n, t) for n in range(1, args.widest + 1) for t in range(n, args.widest + 1)]
     passes = {name: {pair: [] for pair in pairs} for name in lms}
