@@ -1,7 +1,9 @@
 """Training an EAGLE-3 feature-level draft (`method: causal-lm`, `draft.architecture: eagle3`).
 
-The target (`baseModel`, frozen) runs over each training sequence once per step; its residual stream
-entering the three aux layers is the draft's input, its final hidden states the teacher. Position q of
+The target (`baseModel`, frozen) runs over each training sequence; its residual stream entering the
+three aux layers is the draft's input, its final hidden states the teacher. Being frozen, it gives an
+example the same features every epoch: they are kept from the first (up to `FEATURE_CACHE_BYTES`), so
+later epochs cost the draft's passes alone, a third of an epoch's work with SmolLM2 on a CPU. Position q of
 a sequence x gives the draft the fused target features g_q and the next token x_{q+1}; the draft's
 head must then predict x_{q+2}, scored against the target's distribution there (`distill`: KL, Hinton
 et al. 2015) or the token itself (`next-token`), over the draft's vocabulary (`draft.vocabulary`).
@@ -25,11 +27,15 @@ from torch.nn import functional as F
 
 from metaspec.drafts import Eagle3Draft, aux_hidden_states, save_eagle3
 
-from ..data import IGNORE_INDEX, collate
+from ..data import IGNORE_INDEX, Example, collate
 from ..distributed import DataParallel
 from ..loop import StepStats
 from ..losses import chunked_distillation
 from .common import BatchRecipe, Context, batch_share, body_inputs, training_vocabulary
+
+#: Most bytes of target features kept between epochs (fp32 SmolLM2: 9 KB a token, so 2 GiB hold about
+#: 230k tokens). Examples past it have theirs computed again each time they come.
+FEATURE_CACHE_BYTES = 2 << 30
 
 
 def unroll_bias(length: int, step: int, device: torch.device) -> torch.Tensor:
@@ -59,6 +65,9 @@ class Eagle3Recipe(BatchRecipe):
         self.autocast = torch.autocast(ctx.device.type, dtype=ctx.dtype, enabled=half)
         self.parallel = DataParallel(self.model, ctx.world)
         self.agreement: float | None = None
+        self.features: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        """id(example) -> its aux features (n, 3H) and final hidden states (n, H): the target's, kept."""
+        self.feature_bytes = 0
         self.initial_loss = self.evaluate()
 
     @property
@@ -72,21 +81,40 @@ class Eagle3Recipe(BatchRecipe):
         share = weight / self.ctx.world.size
         batch = collate(mine, self.pad_id)
         with self.autocast:
-            losses = self.parallel.run(lambda: torch.stack(self._losses(batch, self.spec.draft.unroll)))  # (S,)
+            target = self._teacher(mine)
+            losses = self.parallel.run(lambda: torch.stack(self._losses(batch, target, self.spec.draft.unroll)))
         loss = losses.mean() * share
         self.parallel.backward(loss * scale)
         extra = {f"loss_step{i + 1}": x.item() * share for i, x in enumerate(losses)}
         return StepStats(loss.item(), int(batch["attention_mask"].sum() * weight), extra)
 
-    def _teacher(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The target's aux features (B, T, 3H) and final normed hidden states (B, T, H)."""
-        with torch.no_grad():
-            out = self.target.base_model(**body_inputs(batch, self.ctx.device), output_hidden_states=True)
-        return aux_hidden_states(out.hidden_states, self.model.config.aux_layers), out.last_hidden_state
+    def _teacher(self, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The target's aux features (B, T, 3H) and final normed hidden states (B, T, H) over `examples`,
+        padded as `collate` pads them (zeros past each example's end): the kept ones, and one target pass
+        over the others."""
+        found = {id(ex): self.features[id(ex)] for ex in examples if id(ex) in self.features}
+        missing = [ex for ex in examples if id(ex) not in found]
+        if missing:
+            with torch.no_grad():
+                inputs = body_inputs(collate(missing, self.pad_id), self.ctx.device)
+                out = self.target.base_model(**inputs, output_hidden_states=True)
+            aux = aux_hidden_states(out.hidden_states, self.model.config.aux_layers)
+            for row, ex in enumerate(missing):
+                pair = aux[row, : ex.n_tokens].clone(), out.last_hidden_state[row, : ex.n_tokens].clone()
+                found[id(ex)] = pair
+                size = sum(t.numel() * t.element_size() for t in pair)
+                if self.feature_bytes + size <= FEATURE_CACHE_BYTES:
+                    self.features[id(ex)] = pair
+                    self.feature_bytes += size
+        pairs = [found[id(ex)] for ex in examples]
+        pad = torch.nn.utils.rnn.pad_sequence
+        return pad([a for a, _ in pairs], batch_first=True), pad([f for _, f in pairs], batch_first=True)
 
-    def _losses(self, batch: dict[str, torch.Tensor], steps: int) -> list[torch.Tensor]:
-        """Mean loss per predicted token of each unrolled step."""
-        aux, final = self._teacher(batch)
+    def _losses(
+        self, batch: dict[str, torch.Tensor], target: tuple[torch.Tensor, torch.Tensor], steps: int
+    ) -> list[torch.Tensor]:
+        """Mean loss per predicted token of each unrolled step, given the target's outputs (`_teacher`)."""
+        aux, final = target
         ids, labels = batch["input_ids"].to(self.ctx.device), batch["labels"].to(self.ctx.device)
         t = ids.shape[1] - 1  # query positions q = 0..T-2: feature g_q, token x_{q+1}
         hidden = self.model.fuse(aux[:, :t].float())  # (B, T-1, H)
@@ -132,9 +160,10 @@ class Eagle3Recipe(BatchRecipe):
         size = self.spec.evaluation.batch_size
         try:
             for start in range(0, len(examples), size):
-                batch = collate(examples[start : start + size], self.pad_id)
+                part = examples[start : start + size]
+                batch = collate(part, self.pad_id)
                 with self.autocast:
-                    aux, final = self._teacher(batch)
+                    aux, final = self._teacher(part)
                     t = aux.shape[1] - 1
                     ids, labels = batch["input_ids"].to(self.ctx.device), batch["labels"].to(self.ctx.device)
                     out, _ = self.model.step(

@@ -77,3 +77,34 @@ def test_layer_draft_with_a_vocabulary_saves_it_and_loads_pruned(tiny_llama, tmp
     assert isinstance(head, SubsetHead) and head.rows.out_features == 128
     logits = loaded.model(torch.tensor([[1, 2, 3]])).logits[0, -1]
     assert int(torch.isfinite(logits).sum()) == 128 and int(logits.argmax()) in head.ids.tolist()
+
+
+def test_the_target_runs_over_each_example_once(tiny_llama, tmp_path, monkeypatch):
+    """The frozen target gives an example the same features every epoch: they are kept after its first
+    pass (training and evaluation alike), and training on them matches computing them again each time."""
+    import metaspec.trainer.recipes.eagle3 as recipe
+
+    rows: list[int] = []
+    inputs = recipe.body_inputs
+
+    def counted(batch, device):
+        rows.append(len(batch["input_ids"]))
+        return inputs(batch, device)
+
+    monkeypatch.setattr(recipe, "body_inputs", counted)
+    losses, passes = {}, {}
+    budget = recipe.FEATURE_CACHE_BYTES
+    for kept in (budget, 0):
+        monkeypatch.setattr(recipe, "FEATURE_CACHE_BYTES", kept)
+        rows.clear()
+        work = tmp_path / str(kept)
+        work.mkdir()
+        draft = {"architecture": "eagle3", "objective": "distill", "unroll": 2}
+        spec = tiny_draft_spec(tiny_llama, work, draft, maxSteps=12)  # 1.5 epochs of 32 examples
+        train(training_run(spec), work_dir=work / "work", device="cpu", reporter=LogReporter())
+        history = [json.loads(line) for line in (work / "out" / "history.jsonl").read_text().splitlines()]
+        losses[kept] = [r["loss"] for r in history if "loss" in r]
+        passes[kept] = sum(rows)
+    examples = sum(len((tmp_path / "0" / name).read_text().splitlines()) for name in ("train.jsonl", "eval.jsonl"))
+    assert passes[budget] == examples < passes[0]
+    assert losses[budget] == pytest.approx(losses[0], rel=1e-4)
