@@ -52,7 +52,7 @@ from metaspec.causal_lm import load_causal_lm
 from metaspec.drafts import Eagle3Draft, is_eagle3, load_eagle3
 from metaspec.local.bundled import bundled_model_dir
 from metaspec.prompts import chat_prompt_ids
-from metaspec.server.engine import RoutingPolicy, SamplingParams, SpeculativeEngine
+from metaspec.server.engine import LookupFirst, RoutingPolicy, SamplingParams, SpeculativeEngine
 from metaspec_testing.models import cut_draft
 
 RESULTS = Path(__file__).parent / "results"
@@ -250,6 +250,12 @@ def main(argv: list[str] | None = None) -> int:
         help="with --lookup, also row ours-lookup-history-adaptive: promptLookup.history of this many tokens "
         "(the engine keeps the prompts decoded before, in the order they run)",
     )
+    parser.add_argument(
+        "--lookup-first",
+        action="store_true",
+        help="with --lookup, also the draft behind lookup (`draft` and `promptLookup` both set): rows "
+        "ours-lookup-draft-adaptive, and with --lookup-history ours-lookup-history-draft-adaptive",
+    )
     parser.add_argument("--compile", action="store_true", help="static cache + torch.compile (CUDA)")
     parser.add_argument(
         "--cache-len", type=int, default=1024, help="static cache length (compiled): attention spans all of it"
@@ -284,12 +290,16 @@ def main(argv: list[str] | None = None) -> int:
         variants = {"lookup-adaptive": ("adaptive", 0), "lookup-always": ("always", 0)}
         if args.lookup_history:
             variants["lookup-history-adaptive"] = ("adaptive", args.lookup_history)
+        if args.lookup_first:
+            variants |= {f"{name}-draft": variant for name, variant in variants.items() if variant[0] == "adaptive"}
         for name, (policy, history) in variants.items():
-            lookup = PromptLookup(min_match=args.lookup[0], max_match=args.lookup[1], history=history)
+            proposer: Any = PromptLookup(min_match=args.lookup[0], max_match=args.lookup[1], history=history)
+            if name.endswith("-draft"):  # served in batches of one by the batch decoder
+                proposer = LookupFirst(proposer, ours_draft)
             routing = RoutingPolicy(policy, args.threshold, args.k)
             cache_len = args.cache_len if args.compile else None
             engines[name] = SpeculativeEngine.from_models(
-                ours, lookup, tokenizer, routing, static_cache_len=cache_len, compile=args.compile, max_batch=1
+                ours, proposer, tokenizer, routing, static_cache_len=cache_len, compile=args.compile, max_batch=1
             )
     # ours first: transformers' own static-cache compilation of the same forward, run before ours,
     # left our compiled `always` path re-recording graphs (10+ s per prompt on the H100)

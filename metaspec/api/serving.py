@@ -306,9 +306,10 @@ class SpecServeSpec(WorkloadSpec):
         "minMatch, longest first) are looked up in its prompt and output so far, and the tokens that "
         "followed their latest earlier occurrence are proposed. Pays where answers repeat their context "
         "(extraction, code edits, templated formats) and costs only the verify pass's extra tokens; the "
-        "output distribution is unchanged. Instead of `draft`, under the `adaptive`, `always` or `never` "
-        "policies (the others read a draft model's confidence). With `engine: vllm` it sets "
-        "`vllm.speculativeMethod: ngram`'s prompt_lookup_min/max.",
+        "output distribution is unchanged. Under the `adaptive`, `always` or `never` policies (the others "
+        "read a draft model's confidence). With a `draft` too, lookup proposes where it finds a match and "
+        "the draft everywhere else (raise `minMatch` to leave more to the draft). With `engine: vllm` it "
+        "sets `vllm.speculativeMethod: ngram`'s prompt_lookup_min/max, without a draft.",
     )
     routing: Routing = Field(default_factory=Routing, description="Speculation policy.")
     engine: Literal["metaspec", "vllm"] = Field(
@@ -360,14 +361,11 @@ class SpecServeSpec(WorkloadSpec):
             return self
         if self.vllm != VllmOptions():
             raise ValueError("`vllm` applies to `engine: vllm` only")
-        if self.prompt_lookup is not None:
-            if self.draft is not None:
-                raise ValueError("`draft` and `promptLookup` are two ways to propose tokens: set one")
-            if self.routing.policy in THRESHOLD_POLICIES:
-                raise ValueError(
-                    f"`routing.policy: {self.routing.policy}` reads a draft model's confidence; with "
-                    "`promptLookup` use `adaptive`, `always` or `never`"
-                )
+        if self.prompt_lookup is not None and self.routing.policy in THRESHOLD_POLICIES:
+            raise ValueError(
+                f"`routing.policy: {self.routing.policy}` reads a draft model's confidence; with "
+                "`promptLookup` use `adaptive`, `always` or `never`"
+            )
         return self
 
     def _check_vllm(self) -> None:

@@ -1,6 +1,6 @@
 """The decoding engine: target + draft, speculative sampling, routing policies (pure torch, no HTTP)."""
 
-from .engine import SpeculativeEngine
+from .engine import LookupFirst, SpeculativeEngine
 from .loader import IncompatibleModel, load_models
 from .protocol import Delta, Engine, RequestStats, SamplingParams
 from .routing import RoutingPolicy
@@ -12,6 +12,7 @@ __all__ = [
     "Delta",
     "Engine",
     "IncompatibleModel",
+    "LookupFirst",
     "Processing",
     "RequestStats",
     "RoutingPolicy",

@@ -22,6 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from .detokenize import IncrementalDetokenizer, StopStrings
 from .drafts import ModelDraft
 from .eagle import FeatureDraft, FeatureModel
 from .loader import LoadedModel, load_models, shared_vocab
-from .lookup import Lookup, LookupDraft
+from .lookup import Lookup, LookupDraft, LookupFirstDraft
 from .protocol import Delta, RequestStats, SamplingParams, TokenLogprob
 from .routing import RoutingPolicy
 from .sampling import Processing
@@ -107,7 +108,7 @@ class SpeculativeEngine:
         engine = SpeculativeEngine(self.model_name, max_batch or self.max_batch)
         engine.tokenizer, engine.served, engine._stop_ids = self.tokenizer, self.served, self._stop_ids
         target, draft = self.decoder.target, self.decoder.draft
-        sequential = engine.max_batch == 1 and not isinstance(draft, FeatureDraft)
+        sequential = engine.max_batch == 1 and not isinstance(draft, FeatureDraft | LookupFirstDraft)
         graphs = self.compiled and not sequential  # the batch decoder serves
         engine.compiled = self.compiled
         engine.decoder = BatchDecoder(
@@ -142,6 +143,8 @@ class SpeculativeEngine:
         limits = spec.sampling
         length = limits.max_prompt_tokens + limits.max_tokens_limit + routing.max_speculative_tokens + 1
         proposer = draft.model if draft else spec.prompt_lookup
+        if draft and spec.prompt_lookup:
+            proposer = LookupFirst(spec.prompt_lookup, draft.model)
         compile = spec.compile and device.type == "cuda"
         static = compile and self.max_batch == 1 and _sequential(proposer)
         if static:
@@ -164,10 +167,10 @@ class SpeculativeEngine:
         compile: bool,
         cache_length: int | None = None,
     ) -> None:
-        """`draft`: a draft model, a `PromptLookup`, or None. `cache_length`: positions per sequence in the
+        """`draft`: a draft model, a `PromptLookup`, both (`LookupFirst`), or None. `cache_length`: positions per sequence in the
         batch caches (default: the models' own limit). `compile`: torch.compile and static caches in the
         sequential decoder, CUDA graphs of the batch decoder's steps (`PaddedSteps`)."""
-        vocab = shared_vocab(target, draft if _drafts_tokens(draft) else None, tokenizer)
+        vocab = shared_vocab(target, _token_model(draft), tokenizer)
         length = cache_length or static_cache_len or 1 << 20  # SlotModel caps it at max_position_embeddings
         graphs = compile and not (self.max_batch == 1 and _sequential(draft))  # the batch decoder serves
         target_lm = SlotModel(target, vocab, length, graphs)
@@ -178,7 +181,7 @@ class SpeculativeEngine:
         if self.max_batch == 1 and _sequential(draft):
             options = {"static_cache_len": static_cache_len, "compile": compile}
             options["compile_max_tokens"] = routing.max_speculative_tokens + 1  # verify: 1 pending + k proposals
-            draft_lm = CausalLM(draft, vocab, **options) if draft is not None and _drafts_tokens(draft) else None
+            draft_lm = CausalLM(draft, vocab, **options) if _token_model(draft) is not None else None
             lookup = Lookup(draft, vocab, target_lm.device) if isinstance(draft, PromptLookup) else None
             self.sequential = SpeculativeDecoder(CausalLM(target, vocab, **options), draft_lm, routing, lookup)
         self.tokenizer = tokenizer
@@ -474,23 +477,37 @@ class _Request:
         self.post(_DONE)
 
 
-def _drafts_tokens(draft: Any | None) -> bool:
-    """Whether `draft` is absent or a causal LM drafting tokens (a model sharing the target's vocabulary)."""
-    return not isinstance(draft, Eagle3Draft | PromptLookup)
+@dataclass(frozen=True)
+class LookupFirst:
+    """A draft model behind prompt lookup (`draft` and `promptLookup` both set): `LookupFirstDraft`."""
+
+    lookup: PromptLookup
+    model: Any
+
+
+def _token_model(draft: Any | None) -> Any | None:
+    """The causal LM among the proposers that drafts tokens (a model sharing the target's vocabulary)."""
+    if isinstance(draft, LookupFirst):
+        draft = draft.model
+    return None if isinstance(draft, Eagle3Draft | PromptLookup) else draft
 
 
 def _sequential(draft: Any | None) -> bool:
     """Whether the sequential (compilable) path can decode with `draft` at maxConcurrency 1: no draft, a
     causal LM, or prompt lookup. An EAGLE-3 draft reads the target's features, which only the batch
-    decoder's passes hand out."""
-    return not isinstance(draft, Eagle3Draft)
+    decoder's passes hand out; a draft behind prompt lookup also runs in the batch decoder."""
+    return not isinstance(draft, Eagle3Draft | LookupFirst)
 
 
 def _draft(model: Any | None, vocab: int, length: int, device: torch.device, graphs: bool = False) -> Draft | None:
     """The batch decoder's draft: a token-level causal LM (its decode steps from CUDA graphs with `graphs`),
-    an EAGLE-3 draft or prompt lookup."""
+    an EAGLE-3 draft, prompt lookup, or a draft behind prompt lookup."""
     if model is None:
         return None
+    if isinstance(model, LookupFirst):
+        drafted = _draft(model.model, vocab, length, device, graphs)
+        assert isinstance(drafted, ModelDraft)
+        return LookupFirstDraft(LookupDraft(model.lookup, vocab, length, device), drafted)
     if isinstance(model, Eagle3Draft):
         return FeatureDraft(FeatureModel(model, vocab, length))
     if isinstance(model, PromptLookup):
@@ -500,6 +517,10 @@ def _draft(model: Any | None, vocab: int, length: int, device: torch.device, gra
 
 def _renewed(draft: Draft | None, graphs: bool) -> Draft | None:
     """A draft of the same model or lookup as `draft`, with state of its own (caches, history)."""
+    if isinstance(draft, LookupFirstDraft):
+        lookup, model = _renewed(draft.lookup, graphs), _renewed(draft.model, graphs)
+        assert isinstance(lookup, LookupDraft) and isinstance(model, ModelDraft)
+        return LookupFirstDraft(lookup, model)
     if isinstance(draft, ModelDraft):
         lm = draft.lm
         model = lm.draft if isinstance(draft, FeatureDraft) else lm.model

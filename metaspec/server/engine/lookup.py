@@ -15,6 +15,9 @@ x with probability min(1, p(x) / q(x)) = p(x) and otherwise draws from the resid
 is p without x, renormalised: the emitted token is distributed as p (`speculative.speculative_accept`).
 Other requests' text changes how fast a request decodes, never what it emits.
 
+With a draft model as well (`LookupFirstDraft`), lookup proposes where it finds a match and the draft
+everywhere else: a repeated frame or quoted number costs no draft step, new text still gets proposals.
+
 An index maps every n-gram of a token list to the position after its latest occurrence, extended as the
 list grows (a sequence's tokens only ever grow: rejected proposals never enter them), so a lookup costs
 `max_match − min_match + 1` dictionary reads per source and a round costs nothing on the accelerator.
@@ -30,6 +33,8 @@ import torch
 from metaspec.api.serving import PromptLookup
 
 from .batch import Draft, Proposal, Sequence
+from .drafts import ModelDraft
+from .slots import Chunk
 
 #: Ends each finished request in the shared history: no n-gram crosses it, no proposal runs past it.
 _END = -1
@@ -129,3 +134,54 @@ class LookupDraft(Draft):
 
     def finish(self, seq: Sequence) -> None:
         self.lookup.finish(seq.tokens)
+
+
+class LookupFirstDraft(Draft):
+    """Prompt lookup and a draft model together: each round, a sequence proposes what lookup finds after
+    a match of at least `minMatch` tokens (no draft step), or else what the draft proposes.
+
+    The draft model follows every sequence all the same: it takes in the tokens lookup's rounds added the
+    next time it drafts (a feature-level draft with the target's features of those positions, which it
+    keeps until then), so its proposals are what it would propose alone. Each proposal carries its own
+    q (lookup's puts all its mass on the token), so exactness holds round by round as for either alone.
+    """
+
+    def __init__(self, lookup: LookupDraft, model: ModelDraft) -> None:
+        self.lookup, self.model = lookup, model
+        self.feature_layers = model.feature_layers
+        self.max_length = model.max_length
+
+    @property
+    def capture_seconds(self) -> float:  # type: ignore[override]
+        return self.model.capture_seconds
+
+    def admit(self, seqs: list[Sequence]) -> list[float | None]:
+        return list(self.model.admit(seqs))
+
+    def catch_up(self, seqs: list[Sequence]) -> None:
+        self.model.catch_up(seqs)
+
+    def propose(self, seqs: list[Sequence], ks: list[int], threshold: float | None) -> list[Proposal]:
+        proposals = self.lookup.propose(seqs, ks, None)
+        rest = [i for i, (p, k) in enumerate(zip(proposals, ks, strict=True)) if k and not p.tokens]
+        if rest:
+            made = self.model.propose([seqs[i] for i in rest], [ks[i] for i in rest], threshold)
+            for i, proposal in zip(rest, made, strict=True):
+                proposals[i] = proposal
+        return proposals
+
+    def observe(self, seqs: list[Sequence], chunks: list[Chunk], features: torch.Tensor) -> None:
+        self.model.observe(seqs, chunks, features)
+
+    def rewind(self, seq: Sequence, length: int) -> None:
+        self.model.rewind(seq, length)
+
+    def move(self, source: int, target: int) -> None:
+        self.model.move(source, target)
+
+    def finish(self, seq: Sequence) -> None:
+        self.lookup.finish(seq)
+        self.model.finish(seq)
+
+    def clear(self, slot: int) -> None:
+        self.model.clear(slot)

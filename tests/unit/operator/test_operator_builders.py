@@ -373,7 +373,7 @@ def test_vllm_refuses_what_it_would_not_honour(spec: dict, error: str):
 @pytest.mark.parametrize(
     ("spec", "error"),
     [
-        ({"promptLookup": {}}, "`draft` and `promptLookup` are two ways to propose tokens: set one"),
+        ({"promptLookup": {}, "routing": {"policy": "first-token"}}, "reads a draft model's confidence"),
         ({"draft": None, "promptLookup": {}, "routing": {"policy": "first-token"}}, "reads a draft model's confidence"),
         ({"draft": None, "promptLookup": {}, "routing": {"policy": "per-token"}}, "`routing.policy: per-token`"),
         ({"draft": None, "promptLookup": {"minMatch": 4, "maxMatch": 3}}, r"`minMatch` \(4\) must not exceed"),
@@ -383,6 +383,11 @@ def test_vllm_refuses_what_it_would_not_honour(spec: dict, error: str):
 def test_prompt_lookup_refuses_what_it_cannot_do(spec: dict, error: str):
     with pytest.raises(ValueError, match=error):
         vllm_serve(engine="metaspec", **spec)
+
+
+def test_prompt_lookup_and_a_draft_propose_together_on_our_engine():
+    spec = vllm_serve(engine="metaspec", promptLookup={"minMatch": 2}, routing={"policy": "adaptive"}).spec
+    assert spec.draft is not None and spec.prompt_lookup is not None and spec.prompt_lookup.min_match == 2
 
 
 def test_vllm_options_need_engine_vllm():

@@ -16,9 +16,11 @@ import torch
 from test_batch import ROUTINGS, Job, greedy_jobs, run, target_greedy
 from test_speculative_sampling import ALPHA, LENGTH, PROMPT, exact_distribution, g_test_p_value
 
+from metaspec.api.serving import PromptLookup
 from metaspec.drafts import Eagle3Draft
 from metaspec.server.engine.batch import BatchDecoder
 from metaspec.server.engine.eagle import FeatureDraft, FeatureModel
+from metaspec.server.engine.lookup import LookupDraft, LookupFirstDraft
 from metaspec.server.engine.routing import RoutingPolicy
 from metaspec.server.engine.sampling import Processing
 from metaspec.server.engine.slots import Chunk, SlotModel
@@ -131,3 +133,59 @@ def test_pruned_head_maps_draft_ids_to_target_ids(favourite: int, target, pruned
     logits, _ = lm.forward([Chunk(0, 0, [1, 4, 5])])
     assert int(logits[0].argmax()) == int(PRUNED[favourite])
     assert torch.isinf(logits[0, [1, 4, 5, 6]]).all() and torch.isfinite(logits[0, PRUNED]).all()
+
+
+def lookup_first(target, draft: Eagle3Draft, routing: RoutingPolicy, max_batch: int) -> BatchDecoder:
+    """Prompt lookup (matches of 2-3 tokens) first, the EAGLE-3 draft where it finds none."""
+    lookup = LookupDraft(PromptLookup(min_match=2, max_match=3), VOCAB, 64, torch.device("cpu"))
+    both = LookupFirstDraft(lookup, FeatureDraft(FeatureModel(draft, VOCAB, 64)))
+    return BatchDecoder(SlotModel(target, VOCAB, 64), both, routing, max_batch)
+
+
+def count_proposals(draft: LookupFirstDraft) -> Counter[str]:
+    """Tokens proposed by each of `draft`'s two proposers, counted as the decoder runs."""
+    counts: Counter[str] = Counter()
+    for name in ("lookup", "model"):
+        part = getattr(draft, name)
+
+        def spy(seqs, ks, threshold, propose=part.propose, name=name):
+            out = propose(seqs, ks, threshold)
+            counts[name] += sum(len(p.tokens) for p in out)
+            return out
+
+        part.propose = spy
+    return counts
+
+
+@pytest.mark.parametrize("name", ["always", "adaptive"])
+@pytest.mark.usefixtures("any_k")
+def test_greedy_with_lookup_first_equals_target_greedy(name: str, target, full, caplog) -> None:
+    """Rounds of lookup and rounds of the draft interleave within a sequence: the draft then takes in what
+    lookup's rounds added (with the target's features of those positions) before it drafts again, without
+    failing (a failed proposal would decode that step target-only, exact but slower)."""
+    dec = lookup_first(target, full, ROUTINGS[name], max_batch=5)
+    assert isinstance(dec.draft, LookupFirstDraft)
+    counts = count_proposals(dec.draft)
+    jobs = greedy_jobs(1.0)
+    run(dec, jobs)
+    for job in jobs:
+        expected = target_greedy(target, job)
+        assert job.out[: len(expected)] == expected, (job.prompt, job.seq.stats if job.seq else None)
+    assert counts["lookup"] > 0 and counts["model"] > 0, counts
+    assert "draft proposal failed" not in caplog.text
+    accepted = sum(j.seq.stats.accepted_tokens for j in jobs if j.seq)
+    assert 0 < accepted < counts["lookup"] + counts["model"]
+
+
+def test_sampling_with_lookup_first_matches_target_distribution(target, full) -> None:
+    """Each round's proposals carry their own proposer's q (lookup's one-hot, the draft's distribution)."""
+    routing, proc = RoutingPolicy("always", 0.5, 3), Processing(1.0)
+    dec = lookup_first(target, full, routing, max_batch=64)
+    assert isinstance(dec.draft, LookupFirstDraft)
+    counts = count_proposals(dec.draft)
+    prompt = [1, 2, 3, 1, 2]  # "1 2" repeats: lookup proposes at the start, the draft after
+    jobs = [Job(i // 64, prompt, proc, LENGTH, seed=i) for i in range(1500)]
+    run(dec, jobs)
+    outcomes = Counter(tuple(job.out) for job in jobs)
+    assert counts["lookup"] > 0 and counts["model"] > 0, counts
+    assert g_test_p_value(outcomes, exact_distribution(target, proc, prompt)) >= ALPHA

@@ -12,16 +12,18 @@ from collections import Counter
 
 import pytest
 import torch
-from test_batch import CASES, VOCAB, check_greedy, decoder, mixed_batch
+from test_batch import CASES, VOCAB, check_greedy, decoder, greedy_jobs, mixed_batch, run
 from test_speculative_sampling import ALPHA, exact_distribution, g_test_p_value
 
 from metaspec.api.serving import PromptLookup
 from metaspec.server.engine import speculative
-from metaspec.server.engine.batch import Sequence
-from metaspec.server.engine.lookup import Lookup, LookupDraft
+from metaspec.server.engine.batch import Draft, Proposal, Sequence
+from metaspec.server.engine.drafts import ModelDraft
+from metaspec.server.engine.lookup import Lookup, LookupDraft, LookupFirstDraft
 from metaspec.server.engine.protocol import RequestStats
 from metaspec.server.engine.routing import RoutingPolicy
 from metaspec.server.engine.sampling import Processing
+from metaspec.server.engine.slots import SlotModel
 from metaspec.server.engine.speculative import CausalLM, SpeculativeDecoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -140,6 +142,32 @@ def test_a_broken_rule_is_detected_with_lookup(tiny_target, monkeypatch: pytest.
     routing, proc = CASES["always-t1"]
     counts = mixed_batch(tiny_target, lookup(), routing, proc, samples=1500, prompt=PROMPT)
     assert g_test_p_value(counts, exact_distribution(tiny_target, proc, PROMPT)) < ALPHA
+
+
+def recorded(draft: Draft) -> list[Proposal]:
+    """Every non-empty proposal `draft` makes from now on (`accepted` is set when its round settles)."""
+    made: list[Proposal] = []
+    propose = draft.propose
+
+    def spy(seqs: list[Sequence], ks: list[int], threshold: float | None) -> list[Proposal]:
+        out = propose(seqs, ks, threshold)
+        made.extend(p for p in out if p.tokens)
+        return out
+
+    draft.propose = spy  # type: ignore[method-assign]
+    return made
+
+
+@pytest.mark.parametrize("name", ROUTINGS)
+@pytest.mark.usefixtures("any_k")
+def test_a_draft_behind_lookup_drafts_as_it_would_alone(name: str, tiny_target) -> None:
+    """A draft equal to the target, behind lookup: every token it proposes is accepted, in sequences where
+    lookup's rounds (some proposals rejected) came between its own, so it follows what they emitted."""
+    both = LookupFirstDraft(lookup(min_match=2), ModelDraft(SlotModel(tiny_target, VOCAB, 64)))
+    drafted, looked_up = recorded(both.model), recorded(both.lookup)
+    run(decoder(tiny_target, both, ROUTINGS[name], max_batch=5), greedy_jobs(1.0))
+    assert drafted and all(p.accepted == len(p.tokens) for p in drafted)
+    assert any(p.accepted < len(p.tokens) for p in looked_up)
 
 
 def sequential(tiny_target, routing: RoutingPolicy, history: int = 0) -> SpeculativeDecoder:
