@@ -102,6 +102,28 @@ def test_a_corrupted_model_is_refused(tiny_llama: Path, tmp_path: Path) -> None:
         load_models(spec(str(corrupted)), tmp_path / "cache", CPU)
 
 
+async def test_a_draft_behind_prompt_lookup_serves_from_the_spec(smollm2: Path, tmp_path: Path) -> None:
+    """`draft` and `promptLookup` together: both proposers serve in the batch decoder, even at
+    maxConcurrency 1, and the greedy output is the target's own (the draft is the target itself)."""
+    from metaspec.server.engine.lookup import LookupFirstDraft
+
+    outputs = {}
+    for policy in ("never", "always"):
+        body = spec(str(smollm2), str(smollm2), promptLookup={"minMatch": 2}, routing={"policy": policy},
+                    sampling={"maxConcurrency": 1}, compile=False)  # fmt: skip
+        engine = SpeculativeEngine.from_spec(body, "smol", cache_dir=tmp_path, device="cpu")
+        engine.load()
+        assert set(engine.served) == {"target", "draft"} and engine.sequential is None
+        assert engine.decoder is not None and isinstance(engine.decoder.draft, LookupFirstDraft)
+        text = "Repeat this sentence exactly: the quick brown fox jumps over the lazy dog near the river bank."
+        prompt = engine.encode_chat([{"role": "user", "content": text}])
+        deltas = [d async for d in engine.generate(prompt, SamplingParams(max_tokens=16))]
+        outputs[policy] = ([t for d in deltas for t in d.token_ids], deltas[-1].stats)
+        engine.close()
+    (ids, _), (proposed, stats) = outputs["never"], outputs["always"]
+    assert proposed == ids and stats.accepted_tokens > 0 and stats.rounds < stats.completion_tokens
+
+
 def test_an_eagle3_draft_folder_serves_over_its_target(tiny_llama: Path, tmp_path: Path) -> None:
     """An EAGLE-3 folder (as the trainer saves it) loads over the target's features and decodes greedily
     exactly as the target alone; a broken `d2t` is refused at load, naming the draft."""
