@@ -333,8 +333,8 @@ class SpecServeSpec(WorkloadSpec):
         "`sampling.maxPromptTokens + sampling.maxTokensLimit + k + 1` positions and every attention reads "
         "all of them: keep those limits tight, or the verify pass eats the speculation's gain. An `eagle3` "
         "draft, and a draft behind `promptLookup`, are served in batches at any `maxConcurrency`, graphs "
-        "included. No effect on CPU. With "
-        "`engine: vllm`, false runs vLLM eagerly (`--enforce-eager`: no compile, no CUDA graphs).",
+        "included. No effect on CPU. With `engine: vllm`, false runs vLLM eagerly (`--enforce-eager`: no "
+        "compile, no CUDA graphs).",
     )
     served_model_name: str | None = Field(
         None,

@@ -167,9 +167,9 @@ class SpeculativeEngine:
         compile: bool,
         cache_length: int | None = None,
     ) -> None:
-        """`draft`: a draft model, a `PromptLookup`, both (`LookupFirst`), or None. `cache_length`: positions per sequence in the
-        batch caches (default: the models' own limit). `compile`: torch.compile and static caches in the
-        sequential decoder, CUDA graphs of the batch decoder's steps (`PaddedSteps`)."""
+        """`draft`: a draft model, a `PromptLookup`, both (`LookupFirst`), or None. `cache_length`: positions
+        per sequence in the batch caches (default: the models' own limit). `compile`: torch.compile and
+        static caches in the sequential decoder, CUDA graphs of the batch decoder's steps (`PaddedSteps`)."""
         vocab = shared_vocab(target, _token_model(draft), tokenizer)
         length = cache_length or static_cache_len or 1 << 20  # SlotModel caps it at max_position_embeddings
         graphs = compile and not (self.max_batch == 1 and _sequential(draft))  # the batch decoder serves
