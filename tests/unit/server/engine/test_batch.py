@@ -21,7 +21,7 @@ from test_speculative_sampling import ALPHA, LENGTH, PROMPT, exact_distribution,
 
 from metaspec.server.engine import batch as batch_module
 from metaspec.server.engine import slots, speculative
-from metaspec.server.engine.batch import BatchDecoder, Draft, Sequence, SequenceFailed, read_rows
+from metaspec.server.engine.batch import BatchDecoder, Draft, Proposal, Sequence, SequenceFailed, read_rows
 from metaspec.server.engine.drafts import ModelDraft
 from metaspec.server.engine.routing import Adaptive, RoutingPolicy
 from metaspec.server.engine.sampling import Processing
@@ -71,6 +71,20 @@ def run(dec: BatchDecoder, jobs: list[Job]) -> None:
 
 def sink(job: Job):
     return lambda tokens: job.out.extend(tokens) and False
+
+
+def recorded(draft: Draft) -> list[Proposal]:
+    """Every non-empty proposal `draft` makes from now on (`accepted` is set when its round settles)."""
+    made: list[Proposal] = []
+    propose = draft.propose
+
+    def spy(seqs: list[Sequence], ks: list[int], threshold: float | None) -> list[Proposal]:
+        out = propose(seqs, ks, threshold)
+        made.extend(p for p in out if p.tokens)
+        return out
+
+    draft.propose = spy  # type: ignore[method-assign]
+    return made
 
 
 def greedy_jobs(penalty: float = 1.0) -> list[Job]:

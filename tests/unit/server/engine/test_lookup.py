@@ -12,12 +12,12 @@ from collections import Counter
 
 import pytest
 import torch
-from test_batch import CASES, VOCAB, check_greedy, decoder, greedy_jobs, mixed_batch, run
+from test_batch import CASES, VOCAB, check_greedy, decoder, greedy_jobs, mixed_batch, recorded, run
 from test_speculative_sampling import ALPHA, exact_distribution, g_test_p_value
 
 from metaspec.api.serving import PromptLookup
 from metaspec.server.engine import speculative
-from metaspec.server.engine.batch import Draft, Proposal, Sequence
+from metaspec.server.engine.batch import Sequence
 from metaspec.server.engine.drafts import ModelDraft
 from metaspec.server.engine.lookup import Lookup, LookupDraft, LookupFirstDraft
 from metaspec.server.engine.protocol import RequestStats
@@ -142,20 +142,6 @@ def test_a_broken_rule_is_detected_with_lookup(tiny_target, monkeypatch: pytest.
     routing, proc = CASES["always-t1"]
     counts = mixed_batch(tiny_target, lookup(), routing, proc, samples=1500, prompt=PROMPT)
     assert g_test_p_value(counts, exact_distribution(tiny_target, proc, PROMPT)) < ALPHA
-
-
-def recorded(draft: Draft) -> list[Proposal]:
-    """Every non-empty proposal `draft` makes from now on (`accepted` is set when its round settles)."""
-    made: list[Proposal] = []
-    propose = draft.propose
-
-    def spy(seqs: list[Sequence], ks: list[int], threshold: float | None) -> list[Proposal]:
-        out = propose(seqs, ks, threshold)
-        made.extend(p for p in out if p.tokens)
-        return out
-
-    draft.propose = spy  # type: ignore[method-assign]
-    return made
 
 
 @pytest.mark.parametrize("name", ROUTINGS)
