@@ -100,12 +100,12 @@ class Eagle3Recipe(BatchRecipe):
                 out = self.target.base_model(**inputs, output_hidden_states=True)
             aux = aux_hidden_states(out.hidden_states, self.model.config.aux_layers)
             for row, ex in enumerate(missing):
-                pair = aux[row, : ex.n_tokens].clone(), out.last_hidden_state[row, : ex.n_tokens].clone()
-                found[id(ex)] = pair
+                pair = aux[row, : ex.n_tokens], out.last_hidden_state[row, : ex.n_tokens]
                 size = sum(t.numel() * t.element_size() for t in pair)
-                if self.feature_bytes + size <= FEATURE_CACHE_BYTES:
-                    self.features[id(ex)] = pair
+                if self.feature_bytes + size <= FEATURE_CACHE_BYTES:  # kept: a copy, not a view of the batch
+                    pair = self.features[id(ex)] = (pair[0].clone(), pair[1].clone())
                     self.feature_bytes += size
+                found[id(ex)] = pair
         pairs = [found[id(ex)] for ex in examples]
         pad = torch.nn.utils.rnn.pad_sequence
         return pad([a for a, _ in pairs], batch_first=True), pad([f for _, f in pairs], batch_first=True)
