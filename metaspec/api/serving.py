@@ -307,7 +307,7 @@ class SpecServeSpec(WorkloadSpec):
         "followed their latest earlier occurrence are proposed. Pays where answers repeat their context "
         "(extraction, code edits, templated formats) and costs only the verify pass's extra tokens; the "
         "output distribution is unchanged. Under the `adaptive`, `always` or `never` policies (the others "
-        "read a draft model's confidence). With a `draft` too, lookup proposes where it finds a match and "
+        "read a draft model's confidence, which lookup's proposals lack). With a `draft` too, lookup proposes where it finds a match and "
         "the draft everywhere else (raise `minMatch` to leave more to the draft). With `engine: vllm` it "
         "sets `vllm.speculativeMethod: ngram`'s prompt_lookup_min/max, without a draft.",
     )
