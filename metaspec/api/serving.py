@@ -326,7 +326,7 @@ class SpecServeSpec(WorkloadSpec):
     compile: bool = Field(
         True,
         description="On GPU, CUDA graphs. In batches (`sampling.maxConcurrency` above 1) the decode steps and "
-        "verify passes of the target and the steps of a separate draft are captured at padded batch sizes "
+        "verify passes of the target and the steps of a draft (separate or `eagle3`) are captured at padded batch sizes "
         "and lengths as they come and replayed, and so is the prefill of prompts up to 256 tokens. At "
         "`maxConcurrency` 1 with no draft, a separate draft or `promptLookup`: a static KV cache + "
         "`torch.compile`; that cache holds "

@@ -21,21 +21,24 @@ the subset (exactness: `metaspec.drafts.vocabulary`).
 from __future__ import annotations
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from metaspec.drafts import Eagle3Draft
 
 from .batch import Sequence
 from .drafts import ModelDraft
-from .slots import Chunk, SlotCache
+from .slots import MAX_TOKENS, Chunk, PaddedSteps, SlotCache
 
 
 class FeatureModel:
-    """An EAGLE-3 draft run over ragged batches of token chunks against its own `SlotCache`."""
+    """An EAGLE-3 draft run over ragged batches of token chunks against its own `SlotCache`.
 
-    capture_seconds = 0.0
-    """Its passes run eagerly: no CUDA graph is ever captured."""
+    `graphs`: passes of up to `MAX_TOKENS` tokens a sequence (the steps of a round, catch-ups, short
+    prompts) run at fixed shapes (`PaddedSteps`), replayed from CUDA graphs on a GPU, as the target's do:
+    at a small batch a step is a few dozen short kernels, whose launches cost more than their work.
+    """
 
-    def __init__(self, draft: Eagle3Draft, vocab: int, max_length: int) -> None:
+    def __init__(self, draft: Eagle3Draft, vocab: int, max_length: int, graphs: bool = False) -> None:
         self.draft = draft
         self.vocab = vocab
         weight = draft.norm.weight  # not a linear layer's: those may be packed for the CPU (`pack_linears`)
@@ -53,6 +56,13 @@ class FeatureModel:
         """slot -> (entry position, the draft's output feature (H,) there) of the last entry written."""
         self.target_based: dict[int, int] = {}
         """slot -> tokens whose entries were all made from target features."""
+        self._keys = torch.arange(self.max_length, device=self.device)  # cache positions, for the masks
+        self.padded = PaddedSteps(self.cache, self._body, draft.config.hidden_size) if graphs else None
+
+    @property
+    def capture_seconds(self) -> float:
+        """Seconds spent capturing CUDA graphs so far: a one-time cost of each new shape, not a step's."""
+        return self.padded.capture_seconds if self.padded is not None else 0.0
 
     def observe(self, slot: int, start: int, fused: torch.Tensor) -> None:
         """The target's fused features (n, H) of positions start.. (later ones replace what was there)."""
@@ -72,23 +82,31 @@ class FeatureModel:
         chunks = [entries[i][0] for i in live]  # type: ignore[index]
         hidden = [entries[i][1] for i in live]  # type: ignore[index]
         length = max(len(c.ids) for c in chunks)
-        width = max(c.start + length for c in chunks)
-        self.cache.prepare(chunks, width, length)
-        # built on the host and copied once: a copy per row would wait for the device every time
-        ids = torch.tensor([c.ids + [0] * (length - len(c.ids)) for c in chunks]).to(self.device)
-        features = torch.nn.utils.rnn.pad_sequence(hidden, batch_first=True)  # (B, T, H)
-        positions = self.cache._positions  # (B, T)
-        keys = torch.arange(width, device=self.device)
-        mask = (keys[None, None, :] <= positions[:, :, None])[:, None]  # (B, 1, T, width): causal per row
-        out, _ = self.draft.step(features, ids, positions, bias=mask, cache=self.cache)  # (B, T, H)
-        ends = torch.tensor([b * length + len(c.ids) - 1 for b, c in enumerate(chunks)]).to(self.device)
-        final = out.flatten(0, 1).index_select(0, ends)  # (B, H): each chunk's last token
+        if self.padded is not None and length <= MAX_TOKENS:
+            final, _ = self.padded.forward(chunks, tokens=length, inputs=hidden)  # (B, H): each chunk's last token
+        else:
+            width = max(c.start + length for c in chunks)
+            self.cache.prepare(chunks, width, length)
+            # built on the host and copied once: a copy per row would wait for the device every time
+            ids = torch.tensor([c.ids + [0] * (length - len(c.ids)) for c in chunks]).to(self.device)
+            out, _ = self._body(ids, self.cache._positions, width, (), pad_sequence(hidden, batch_first=True))
+            ends = torch.tensor([b * length + len(c.ids) - 1 for b, c in enumerate(chunks)]).to(self.device)
+            final = out.index_select(0, ends)
         for c, f in zip(chunks, final, strict=True):
             self.outputs[c.slot] = (c.start + len(c.ids) - 1, f)
         spread = torch.full((len(chunks), self.vocab), float("-inf"), device=self.device)
         spread[:, self.targets] = self.draft.logits(final).float()
         logits[live] = spread
         return logits, None
+
+    def _body(
+        self, ids: torch.Tensor, positions: torch.Tensor, width: int, layers: tuple[int, ...], features: torch.Tensor
+    ) -> tuple[torch.Tensor, None]:
+        """The draft's output features (B·T, H) over `ids` (B, T) with the features they follow (B, T, H),
+        attending to cache positions below `width`, causally per row (the cache knows where to write)."""
+        mask = (self._keys[None, None, :width] <= positions[:, :, None])[:, None]  # (B, 1, T, width)
+        out, _ = self.draft.step(features, ids, positions, bias=mask, cache=self.cache)
+        return out.flatten(0, 1), None
 
     def _entry(self, chunk: Chunk) -> tuple[Chunk, torch.Tensor] | None:
         """The chunk as cache entries (tokens x_t at positions t − 1) with their features (T, H)."""

@@ -7,7 +7,7 @@ A request that is cancelled (the client went away) or finishes leaves at the nex
 slot. At a batch of one (maxConcurrency 1) the worker decodes requests one at a time through
 `SpeculativeDecoder` instead: the batch-1 path, which `compile` on CUDA runs on static caches and CUDA
 graphs (they need one owner and fixed shapes). In batches, `compile` on CUDA replays the decode steps
-and verify passes of the target, and the steps of a token-level draft, from CUDA graphs
+and verify passes of the target, and the steps of a draft (token-level or EAGLE-3), from CUDA graphs
 (`slots.PaddedSteps`); so it does at a batch of one with an EAGLE-3 draft, which the batch decoder
 serves.
 """
@@ -509,7 +509,7 @@ def _draft(model: Any | None, vocab: int, length: int, device: torch.device, gra
         assert isinstance(drafted, ModelDraft)
         return LookupFirstDraft(LookupDraft(model.lookup, vocab, length, device), drafted)
     if isinstance(model, Eagle3Draft):
-        return FeatureDraft(FeatureModel(model, vocab, length))
+        return FeatureDraft(FeatureModel(model, vocab, length, graphs))
     if isinstance(model, PromptLookup):
         return LookupDraft(model, vocab, length, device)
     return ModelDraft(SlotModel(model, vocab, length, graphs))

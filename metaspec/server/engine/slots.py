@@ -171,7 +171,7 @@ class SlotModel:
         forward = inspect.signature(model.base_model.forward).parameters
         self._cache_arg = "cache" if "cache" in forward else "past_key_values"
         self._keys = torch.arange(self.max_length, device=self.device)  # cache positions, for the masks
-        self.padded = PaddedSteps(self) if graphs else None
+        self.padded = PaddedSteps(self.cache, self._padded_body) if graphs else None
 
     @property
     def capture_seconds(self) -> float:
@@ -188,7 +188,8 @@ class SlotModel:
         rows: on some CPUs a matrix product of 2 or 3 rows costs more than one of 5 (`Adaptive.width`)."""
         length = max(tokens, *(len(c.ids) for c in chunks))
         if self.padded is not None and length <= MAX_TOKENS:
-            return self.padded.forward(chunks, layers, length)
+            states, features = self.padded.forward(chunks, layers, length)
+            return self._head(states)[:, : self.vocab], features
         width = max(c.start + length for c in chunks)
         self.cache.prepare(chunks, width, length)
         ids = torch.zeros(len(chunks), length, dtype=torch.long)
@@ -206,6 +207,16 @@ class SlotModel:
         valid = torch.arange(length)[None, :] < torch.tensor([len(c.ids) for c in chunks])[:, None]  # (B, T)
         features = torch.cat([out.hidden_states[i] for i in layers], dim=-1)  # (B, T, len(layers)·E)
         return logits, features[valid.to(self.device)]
+
+    def _padded_body(
+        self, ids: torch.Tensor, positions: torch.Tensor, width: int, layers: tuple[int, ...], inputs: None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The body's output (B·T, E) over `ids` (B, T), and with `layers` their inputs (B·T, len(layers)·E)."""
+        out = self._base(ids, positions, width, hidden_states=bool(layers))
+        hidden = out.last_hidden_state.flatten(0, 1)
+        if not layers:
+            return hidden, None
+        return hidden, torch.cat([out.hidden_states[i] for i in layers], dim=-1).flatten(0, 1)
 
     def _base(self, ids: torch.Tensor, positions: torch.Tensor, width: int, hidden_states: bool = False) -> object:
         """The model's body over `ids` (B, T) at `positions` (B, T), attending to cache positions below
@@ -238,36 +249,44 @@ def _pow2(n: int) -> int:
 
 _Shape = tuple[int, int, int, tuple[int, ...], bool]
 
+Body = Callable[
+    [torch.Tensor, torch.Tensor, int, tuple[int, ...], torch.Tensor | None], tuple[torch.Tensor, torch.Tensor | None]
+]
+"""A model's pass over a `SlotCache` whose writes are set: (ids (b, t), positions (b, t), positions attended,
+layers, per-token inputs (b, t, D) or None) -> (output (b·t, E), those layers' inputs (b·t, ·) or None)."""
+
 
 class PaddedSteps:
-    """A `SlotModel`'s steps at a few fixed shapes, replayed from CUDA graphs on a GPU.
+    """A model's steps over its `SlotCache` at a few fixed shapes, replayed from CUDA graphs on a GPU.
 
-    A step of B chunks taking at most `MAX_TOKENS` tokens each (the target's decode steps and verify
-    passes, a draft's steps within a round, and the prefill of prompts that join) runs as a batch of b
-    rows of t tokens attending to w positions: b the least power of two ≥ B, t the least ≥ the longest
-    chunk, w the least ≥ the widest sequence (at least `MIN_WIDTH`, at most the cache's length); as
-    several such steps when b·t would pass `MAX_STEP_TOKENS`. Padding (rows B..b-1, and each row's
-    tokens after its own) reads the cache but writes only to its `scratch` row, which no sequence owns,
-    and its logits are dropped: every sequence's slot holds exactly what the ragged step writes, and
-    each real token attends to exactly what it attends to there. Chunks in slots 0..B-1 (a step over the
-    whole packed batch) read the cache's first b rows as a view; others (the prompts joining in the
-    slots after the running ones) read their rows gathered, a shape of its own. The graph ends at the
-    model's body: the head then runs on the positions asked for only, as in the ragged step, and what a
-    graph keeps as its output is hidden states, not logits (a 128K vocabulary's logits at 64 rows of 8
-    tokens would be 134 MB per shape).
+    The model is a `SlotModel` (a target, or a token-level draft) or an EAGLE-3 draft's `FeatureModel`,
+    whose pass also takes a vector a token (the feature it extends), given as `inputs`. A step of B
+    chunks taking at most `MAX_TOKENS` tokens each (the target's decode steps and verify passes, a
+    draft's steps within a round, and the prefill of prompts that join) runs as a batch of b rows of t
+    tokens attending to w positions: b the least power of two ≥ B, t the least ≥ the longest chunk, w
+    the least ≥ the widest sequence (at least `MIN_WIDTH`, at most the cache's length); as several such
+    steps when b·t would pass `MAX_STEP_TOKENS`. Padding (rows B..b-1, and each row's tokens after its
+    own) reads the cache but writes only to its `scratch` row, which no sequence owns, and its outputs
+    are dropped: every sequence's slot holds exactly what the ragged step writes, and each real token
+    attends to exactly what it attends to there. Chunks in slots 0..B-1 (a step over the whole packed
+    batch) read the cache's first b rows as a view; others (the prompts joining in the slots after the
+    running ones) read their rows gathered, a shape of its own. The graph ends at the model's body: the
+    caller runs the head on the positions asked for only, as in the ragged step, and what a graph keeps
+    as its output is hidden states, not logits (a 128K vocabulary's logits at 64 rows of 8 tokens would
+    be 134 MB per shape).
 
     On CUDA each shape is captured into a CUDA graph when it first comes (after a warm-up pass on the
     step's own inputs, which writes to the cache what the step writes) and replayed after that; the
     graphs share one memory pool (one runs at a time, and each output is copied out at once). A step's
-    inputs, and the indices that pick its outputs, go to the device in one copy. A graph reads the cache
-    at the addresses it was captured with, so when the cache grows (doubling: a few times in a replica's
-    life) the graphs are dropped and captured again as shapes come. Elsewhere the padded step runs
-    eagerly: the same code, which the CPU tests check against the ragged path.
+    token inputs, and the indices that pick its outputs, go to the device in one copy. A graph reads the
+    cache at the addresses it was captured with, so when the cache grows (doubling: a few times in a
+    replica's life) the graphs are dropped and captured again as shapes come. Elsewhere the padded step
+    runs eagerly: the same code, which the CPU tests check against the ragged path.
     """
 
-    def __init__(self, lm: SlotModel) -> None:
-        self.lm = lm
-        self.capture = lm.device.type == "cuda"
+    def __init__(self, cache: SlotCache, body: Body, inputs: int = 0) -> None:
+        self.cache, self.body = cache, body
+        self.capture = cache.device.type == "cuda"
         self.shapes: set[tuple[int, int, int]] = set()
         """Every (b, t, w) run so far."""
         self._runs: dict[_Shape, Callable[[], tuple[torch.Tensor, torch.Tensor | None]]] = {}
@@ -276,31 +295,42 @@ class PaddedSteps:
         self._allocations = -1
         self.capture_seconds = 0.0
         """Time spent in captures (each with its warm-up pass), all told."""
-        # ids, positions and the slot each token writes (b·t each), the outputs kept (logits, features)
+        # ids, positions and the slot each token writes (b·t each), the outputs kept (states, features)
         # and the slots read (b): one device copy a step
-        self._inputs = torch.zeros(6, MAX_STEP_TOKENS, dtype=torch.long, device=lm.device)
+        self._inputs = torch.zeros(6, MAX_STEP_TOKENS, dtype=torch.long, device=cache.device)
+        self._vectors = torch.zeros(MAX_STEP_TOKENS, inputs, dtype=cache.dtype, device=cache.device) if inputs else None
+        """Each token's input vector, when the body takes them (padding reads what an earlier step left:
+        finite, as every vector written is)."""
 
     def forward(
-        self, chunks: list[Chunk], layers: tuple[int, ...] = (), tokens: int = 1
+        self,
+        chunks: list[Chunk],
+        layers: tuple[int, ...] = (),
+        tokens: int = 1,
+        inputs: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`SlotModel.forward` for chunks of at most `MAX_TOKENS` tokens (rows of at least `tokens`): one
-        padded step, or several when the padded rows would take more than `MAX_STEP_TOKENS` (many
-        prompts joining at once)."""
+        """The body's output (Σ keep, E) at each chunk's last `keep` tokens, and with `layers` those layers'
+        inputs at every token (Σ len(ids), len(layers)·E), in chunk order, for chunks of at most
+        `MAX_TOKENS` tokens (rows of at least `tokens`; `inputs`: each chunk's input vectors (len(ids), D)
+        when the body takes them): one padded step, or several when the padded rows would take more than
+        `MAX_STEP_TOKENS` (many prompts joining at once)."""
         tokens = max(tokens, *(len(c.ids) for c in chunks))
         rows = MAX_STEP_TOKENS // _pow2(tokens)  # a power of two
         if len(chunks) <= rows:
-            return self.run(chunks, layers, tokens)
-        parts = [self.run(chunks[i : i + rows], layers, tokens) for i in range(0, len(chunks), rows)]
-        logits = torch.cat([logits for logits, _ in parts])
-        return logits, torch.cat([features for _, features in parts]) if layers else None  # type: ignore[misc]
+            return self.run(chunks, layers, tokens, inputs)
+        parts = [
+            self.run(chunks[i : i + rows], layers, tokens, inputs[i : i + rows] if inputs is not None else None)
+            for i in range(0, len(chunks), rows)
+        ]
+        states = torch.cat([states for states, _ in parts])
+        return states, torch.cat([features for _, features in parts]) if layers else None  # type: ignore[misc]
 
     def run(
-        self, chunks: list[Chunk], layers: tuple[int, ...], tokens: int
+        self, chunks: list[Chunk], layers: tuple[int, ...], tokens: int, inputs: list[torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """What `SlotModel.forward` returns: logits (Σ keep, V) of each chunk's last `keep` tokens, and with
-        `layers` those layers' inputs at every token (Σ len(ids), len(layers)·E), in chunk order; rows of
-        `tokens` (no chunk longer), padded up to a power of two."""
-        n, cache = len(chunks), self.lm.cache
+        """`forward` for chunks that fit one step: rows of `tokens` (no chunk longer), padded up to a
+        power of two."""
+        n, cache = len(chunks), self.cache
         b, t = _pow2(n), _pow2(tokens)
         w = min(max(MIN_WIDTH, _pow2(max(c.start + len(c.ids) for c in chunks))), cache.max_length)
         packed = all(c.slot == row for row, c in enumerate(chunks))
@@ -321,6 +351,9 @@ class PaddedSteps:
         slots = [c.slot for c in chunks] + [cache.scratch] * (b - n)
         rows = [ids, positions, writes, keep, valid, slots]
         self._inputs[:, : b * t].copy_(torch.tensor([r + [0] * (b * t - len(r)) for r in rows]))
+        if self._vectors is not None:
+            assert inputs is not None, "this body takes a vector a token"
+            self._vectors.index_copy_(0, self._inputs[4, : len(valid)], torch.cat(inputs).to(cache.dtype))
         key = (b, t, w, layers, packed)
         run = self._runs.get(key)
         if run is None:
@@ -328,25 +361,21 @@ class PaddedSteps:
         self.shapes.add((b, t, w))
         hidden, features = run()
         # indexing copies: what is returned outlives the next replay
-        logits = self.lm._head(hidden.index_select(0, self._inputs[3, : len(keep)]))[:, : self.lm.vocab]
+        states = hidden.index_select(0, self._inputs[3, : len(keep)])
         if features is None:
-            return logits, None
-        return logits, features.index_select(0, self._inputs[4, : len(valid)])
+            return states, None
+        return states, features.index_select(0, self._inputs[4, : len(valid)])
 
     def _step(
         self, b: int, t: int, w: int, layers: tuple[int, ...], packed: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The padded step over the input buffer's first b·t entries: the body's output (b·t, E), and with
-        `layers` their inputs (b·t, len(layers)·E)."""
+        """The body over the input buffers' first b·t entries."""
         ids, positions, writes = (self._inputs[i, : b * t].view(b, t) for i in range(3))
-        cache = self.lm.cache
+        cache = self.cache
         cache._writes, cache._positions, cache._width = writes, positions, w
         cache._rows = None if packed else self._inputs[5, :b]
-        out = self.lm._base(ids, positions, w, hidden_states=bool(layers))
-        hidden = out.last_hidden_state.flatten(0, 1)
-        if not layers:
-            return hidden, None
-        return hidden, torch.cat([out.hidden_states[i] for i in layers], dim=-1).flatten(0, 1)
+        vectors = self._vectors[: b * t].view(b, t, -1) if self._vectors is not None else None
+        return self.body(ids, positions, w, layers, vectors)
 
     def _prepare(
         self, b: int, t: int, w: int, layers: tuple[int, ...], packed: bool
@@ -355,7 +384,7 @@ class PaddedSteps:
         step = lambda: self._step(b, t, w, layers, packed)  # noqa: E731
         if not self.capture:
             return step
-        device = self.lm.device
+        device = self.cache.device
         start = time.perf_counter()
         try:
             side = torch.cuda.Stream(device)

@@ -1,7 +1,8 @@
 """The compiled CUDA paths decode what the eager paths decode: at batch 1 static caches, CUDA graphs and
 a draft round in one graph; in batches decode steps and verify passes replayed from CUDA graphs
 (`PaddedSteps`).
-SmolLM2-135M-Instruct and its 4-layer cut, float32 on the GPU, greedy with and without a repetition
+SmolLM2-135M-Instruct with its 4-layer cut or an EAGLE-3 draft (started from the target, perturbed),
+float32 on the GPU, greedy with and without a repetition
 penalty. Skipped without a CUDA GPU (the `gpu` marker): CUDA graphs exist only there; the CPU tests run
 the same round, and the same padded steps, eagerly."""
 
@@ -14,9 +15,11 @@ import pytest
 import torch
 
 from metaspec import builtin
+from metaspec.drafts import Eagle3Draft
 from metaspec.prompts import chat_prompt_ids
 from metaspec.server.engine.batch import BatchDecoder, Sequence
 from metaspec.server.engine.drafts import ModelDraft
+from metaspec.server.engine.eagle import FeatureDraft, FeatureModel
 from metaspec.server.engine.protocol import RequestStats
 from metaspec.server.engine.routing import RoutingPolicy
 from metaspec.server.engine.sampling import Processing
@@ -78,17 +81,32 @@ def decode_batch(dec: BatchDecoder, prompts: list[list[int]], procs: list[Proces
     return outs
 
 
-@pytest.mark.parametrize("policy", ["never", "always"])
-def test_batched_graphs_decode_like_eager(policy: str, cuda_models) -> None:
+def eagle3(target: torch.nn.Module) -> Eagle3Draft:
+    """An EAGLE-3 draft over `target` whose attention and MLP count: the target's logit lens, perturbed."""
+    draft = Eagle3Draft.init_from_target(target, torch.arange(0, 4096, device=target.device))
+    generator = torch.Generator(target.device).manual_seed(5)
+    with torch.no_grad():
+        for weight in draft.parameters():
+            weight.add_(torch.randn(weight.shape, generator=generator, device=target.device) * 0.02)
+    return draft.eval()
+
+
+@pytest.mark.parametrize(("policy", "kind"), [("never", None), ("always", "cut"), ("always", "eagle3")])
+def test_batched_graphs_decode_like_eager(policy: str, kind: str | None, cuda_models) -> None:
     target, draft, tokenizer, vocab = cuda_models
     routing = RoutingPolicy(policy, 0.5, K)
     prompts = [chat_prompt_ids(tokenizer, r.input) for r in builtin.records("prompts")[:10]]
     procs = [Processing(0.0, 1.0, 1.3 if i % 2 else 1.0) for i in range(len(prompts))]
+    features = eagle3(target) if kind == "eagle3" else None
     decoders = []
     for graphs in (False, True):
-        lm = ModelDraft(SlotModel(draft, vocab, 1024, graphs)) if routing.uses_draft else None
+        lm = None
+        if kind == "cut":
+            lm = ModelDraft(SlotModel(draft, vocab, 1024, graphs))
+        elif features is not None:
+            lm = FeatureDraft(FeatureModel(features, vocab, 1024, graphs))
         decoders.append(BatchDecoder(SlotModel(target, vocab, 1024, graphs), lm, routing, max_batch=8))
     expected, got = (decode_batch(dec, prompts, procs) for dec in decoders)
     assert got == expected
-    for lm in (decoders[1].target, *([decoders[1].draft.lm] if routing.uses_draft else [])):
+    for lm in (decoders[1].target, *([decoders[1].draft.lm] if kind else [])):
         assert lm.padded is not None and lm.padded.capture and lm.padded.shapes  # captured, not fallen back

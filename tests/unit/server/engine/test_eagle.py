@@ -93,18 +93,24 @@ def test_greedy_in_a_batch_equals_target_greedy(name: str, head: str, target, re
 
 
 @pytest.mark.parametrize("name", ["always", "per-token"])
-def test_padded_target_steps_hand_the_draft_the_same_features(name: str, target, full) -> None:
-    """With `graphs` the target's steps run padded (replayed from CUDA graphs on a GPU) and hand the draft
-    its features from there: output, proposals and acceptances are those of unpadded steps."""
+def test_padded_steps_hand_the_draft_the_same_features(name: str, target, full) -> None:
+    """With `graphs` the target's steps and the draft's run padded (replayed from CUDA graphs on a GPU) and
+    the target hands the draft its features from there: output, proposals and acceptances are those of
+    unpadded steps."""
     routing = ROUTINGS[name]
-    outcomes, padded = [], None
+    outcomes, dec = [], None
     for graphs in (False, True):
-        padded = SlotModel(target, VOCAB, 64, graphs)
+        dec = BatchDecoder(
+            SlotModel(target, VOCAB, 64, graphs), FeatureDraft(FeatureModel(full, VOCAB, 64, graphs)), routing, 5
+        )
         jobs = greedy_jobs(1.0)
-        run(BatchDecoder(padded, FeatureDraft(FeatureModel(full, VOCAB, 64)), routing, 5), jobs)
+        run(dec, jobs)
         outcomes.append([(j.out, j.seq.stats.proposed_tokens, j.seq.stats.accepted_tokens) for j in jobs if j.seq])
     assert outcomes[0] == outcomes[1] and sum(o[1] for o in outcomes[1]) > 0
-    assert padded is not None and padded.padded is not None and {t for _, t, _ in padded.padded.shapes} >= {1, 4}
+    assert dec is not None and dec.target.padded is not None and dec.draft.lm.padded is not None
+    assert {t for _, t, _ in dec.target.padded.shapes} >= {1, 4}
+    assert {t for _, t, _ in dec.draft.lm.padded.shapes} >= {1, 2}  # drafting steps, and catch-ups after a round
+    assert {b for b, _, _ in dec.draft.lm.padded.shapes} >= {1, 2, 4}
 
 
 def test_sampling_in_a_batch_matches_target_distribution(target, pruned) -> None:
