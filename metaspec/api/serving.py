@@ -375,7 +375,12 @@ class SpecServeSpec(WorkloadSpec):
                 "`sampling.repetitionPenalty` must be 1 with `engine: vllm`: vLLM silently skips "
                 "speculative decoding for requests with a repetition penalty"
             )
-        if (self.draft is None) != (self.vllm.speculative_method == "ngram"):
+        if self.draft is not None and self.vllm.speculative_method == "ngram":
+            raise ValueError(
+                "`draft` with `vllm.speculativeMethod: ngram`: vLLM proposes by prompt lookup alone, "
+                "with no draft model (a draft behind prompt lookup needs `engine: metaspec`)"
+            )
+        if self.draft is None and self.vllm.speculative_method != "ngram":
             raise ValueError("`draft` is required with `engine: vllm`, except with `vllm.speculativeMethod: ngram`")
         if self.prompt_lookup is not None and self.vllm.speculative_method != "ngram":
             raise ValueError("`promptLookup` with `engine: vllm` needs `vllm.speculativeMethod: ngram`")

@@ -360,7 +360,7 @@ def test_vllm_ngram_takes_its_match_lengths_from_prompt_lookup():
         ({"vllm": {"extraArgs": ["--quantization=$(HOME)"]}}, r"contain '\$\('"),
         ({"routing": {"policy": "per-token"}}, "routing.policy` is not used by `engine: vllm`"),
         ({"routing": {"confidenceThreshold": 0.5}}, "routing.confidenceThreshold` is not used"),
-        ({"vllm": {"speculativeMethod": "ngram"}}, "`draft` is required"),  # a draft n-gram would not use
+        ({"vllm": {"speculativeMethod": "ngram"}}, "`draft` with `vllm.speculativeMethod: ngram`: vLLM proposes by"),
         ({"draft": None}, "`draft` is required"),
         ({"promptLookup": {}}, "`promptLookup` with `engine: vllm` needs `vllm.speculativeMethod: ngram`"),
     ],
