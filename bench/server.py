@@ -258,6 +258,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--compile", action="store_true", help="static cache + torch.compile (CUDA)")
     parser.add_argument(
+        "--passes",
+        type=int,
+        default=1,
+        help="with --compile, decode the prompts this many times per method and measure the last pass: the "
+        "batch decoder captures a CUDA graph for each new shape as it comes, which a first pass over new "
+        "lengths measures too",
+    )
+    parser.add_argument(
         "--cache-len", type=int, default=1024, help="static cache length (compiled): attention spans all of it"
     )
     parser.add_argument("--out", type=Path, help="JSON path (default bench/results/server-<device>-<model>.json)")
@@ -285,7 +293,15 @@ def main(argv: list[str] | None = None) -> int:
     }
     for k in args.also_k:  # another k is another verify length: an engine of its own over the same models
         routing = RoutingPolicy("always", args.threshold, k)
-        engines[f"always-k{k}"] = SpeculativeEngine.from_models(ours, ours_draft, tokenizer, routing, max_batch=1)
+        engines[f"always-k{k}"] = SpeculativeEngine.from_models(
+            ours,
+            ours_draft,
+            tokenizer,
+            routing,
+            static_cache_len=args.cache_len if args.compile else None,
+            compile=args.compile,
+            max_batch=1,
+        )
     if args.lookup:  # no draft model: a lookup proposes in the sequential decoder (compiled with --compile)
         variants = {"lookup-adaptive": ("adaptive", 0), "lookup-always": ("always", 0)}
         if args.lookup_history:
@@ -315,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.compile:  # each method compiles, then runs every prompt: switching can re-record graphs (above)
         for name, method in methods.items():
             method(prompts[0])
+            for _ in range(args.passes - 1):
+                for prompt in prompts:
+                    method(prompt)
             runs[name] = [method(p) for p in prompts]
     else:  # methods take turns per prompt, so drift in a shared machine's load hits them all alike
         warm_up = chat_prompt_ids(tokenizer, WARM_UP)  # not a measured prompt: lookup's history would know it

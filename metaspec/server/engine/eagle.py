@@ -76,9 +76,8 @@ class FeatureModel:
         draft vocabulary; uniform for a chunk holding only a sequence's first token)."""
         entries = [self._entry(c) for c in chunks]
         live = [i for i, e in enumerate(entries) if e is not None]
-        logits = torch.zeros(len(chunks), self.vocab, device=self.device)
         if not live:
-            return logits, None
+            return torch.zeros(len(chunks), self.vocab, device=self.device), None
         chunks = [entries[i][0] for i in live]  # type: ignore[index]
         hidden = [entries[i][1] for i in live]  # type: ignore[index]
         length = max(len(c.ids) for c in chunks)
@@ -94,8 +93,11 @@ class FeatureModel:
             final = out.index_select(0, ends)
         for c, f in zip(chunks, final, strict=True):
             self.outputs[c.slot] = (c.start + len(c.ids) - 1, f)
-        spread = torch.full((len(chunks), self.vocab), float("-inf"), device=self.device)
-        spread[:, self.targets] = self.draft.logits(final).float()
+        scores = self.draft.logits(final).float()
+        spread = scores.new_full((len(chunks), self.vocab), float("-inf")).index_copy_(1, self.targets, scores)
+        if len(live) == len(entries):
+            return spread, None
+        logits = torch.zeros(len(entries), self.vocab, device=self.device)
         logits[live] = spread
         return logits, None
 

@@ -210,12 +210,14 @@ class Adaptive:
     its sequences emitted meanwhile (a prefill of the request so far). So a probe drafts for at most
     `probe_rows` of the batch's sequences (the batch decoder picks those the draft has seen most of),
     and the step's time is read as if every sequence had drafted. The decoder reports the catch-up's
-    time as `overhead`, and so the time CUDA graph captures took within the step (a step at shapes run
-    for the first time: on an H100 such a probe took 127–169 target steps). Both are kept out of the
-    estimates (one-time costs) but counted against probing: the next probe waits until the probes'
-    losses — the step's time and the overhead beyond what target-only steps would have taken for the
-    tokens the probe emitted — stay within `probe_budget` of the time decoding, whatever the interval
-    says. A probe that emitted more than it cost lost nothing, and the next one comes at once. The
+    time as `overhead`, kept out of the estimates (a one-time cost) but counted against probing: the
+    next probe waits until the probes' losses — the step's time and the overhead beyond what
+    target-only steps would have taken for the tokens the probe emitted — stay within `probe_budget` of
+    the time decoding, whatever the interval says. The time CUDA graph captures take within a step (a
+    step at shapes run for the first time: on an H100 such a probe took 127–169 target steps) is
+    neither: a shape is captured once in a replica's life (again only when its caches grow), so it
+    says nothing about the draft, and counted against probing it kept a GPU replica quiet for
+    thousands of steps after its first probes. A probe that emitted more than it cost lost nothing, and the next one comes at once. The
     budget is the replica's, not each batch-size range's: a probe in one range delays those of every
     other (under load the batch size moves between ranges, and each would otherwise spend it on its
     own). Padding changes only the speed: its positions are never attended and their logits never
