@@ -1,7 +1,7 @@
 """The method benchmarks (`bench/method.py`, `teacher.py`, `routing.py`), prompt lookup's settings
 (`bench/lookup.py`), serving under load (`bench/serving_load.py`, its lookup systems), a batched step's
 time (`bench/batch_step.py`, eager and padded), a verify pass's time by width (`bench/verify_width.py`), padded steps with a compiled body
-(`bench/step_compile.py`) and the trainer's scaling (`bench/trainer.py --nproc`) end to end on tiny
+(`bench/step_compile.py`), where a batch-1 round's time goes (`bench/round_profile.py`) and the trainer's scaling (`bench/trainer.py --nproc`) end to end on tiny
 random Llamas.
 
 They check that every arm and configuration runs through the real trainer, generator and engine code
@@ -183,3 +183,33 @@ def test_server_samples_with_lookup_beside_transformers(tiny_llama: Path, tiny_d
     assert {"ours-never", "ours-always", "ours-lookup-always", "hf-generate", "hf-prompt-lookup"} <= set(rows)
     assert all(r["mismatches"] is None and r["tokens"] > 0 for r in rows.values())
     assert rows["ours-lookup-always"]["speculation_rate"] == 1.0
+
+
+def test_round_profile_times_the_parts_of_eagle3_rounds(tiny_llama: Path, tmp_path: Path) -> None:
+    """`bench/round_profile.py`: the parts are timed within rounds only, and the draft's k steps hold its steps."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from metaspec.artifacts import upload_dir
+    from metaspec.drafts import Eagle3Draft, save_eagle3
+
+    folder, out = tmp_path / "eagle", tmp_path / "profile.json"
+    target = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    save_eagle3(
+        Eagle3Draft.init_from_target(target, None), folder, torch.float32, AutoTokenizer.from_pretrained(tiny_llama)
+    )
+    upload_dir(folder, folder)
+    argv = ["--target", str(tiny_llama), "--draft", str(folder), "--prompts", "2", "--max-tokens", "8", "-k", "3"]
+    assert script("round_profile").main([*argv, "--out", str(out)]) == 0
+    rows = {r["part"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == [
+        "round",
+        "target: verify pass",
+        "draft: k steps",
+        "draft: one step",
+        "draft: takes the target's features",
+    ]
+    # a round whose sequence has room for its last token only drafts nothing
+    assert rows["round"]["calls"] == rows["target: verify pass"]["calls"] >= rows["draft: k steps"]["calls"] > 0
+    assert rows["draft: one step"]["calls"] >= rows["draft: k steps"]["calls"]
+    assert rows["round"]["share_of_wall"] >= rows["target: verify pass"]["share_of_wall"] > 0
