@@ -19,6 +19,11 @@ Prompts: by default the held-out `builtin://prompts` split, spread over its doma
 the traffic a draft trained by the pipeline on the built-in data is meant for; `--prompt-set general`
 uses a dozen everyday questions outside that distribution instead.
 
+An EAGLE-3 draft (and a draft behind prompt lookup) is served by the batch decoder even at batch 1, so
+`ours-never` is that decoder's target-only path; row `ours-never-alone` is then our target-only path
+without the draft, the sequential decoder (compiled with `--compile`), and `speedup_vs_ours_never_alone`
+the gain over it.
+
 A derived draft (the target's first layers, untrained) agrees with the target on few tokens: it measures
 the machinery's overhead, not the speedup a trained draft gives. Results: a table on stdout and JSON in
 bench/results/.
@@ -291,6 +296,16 @@ def main(argv: list[str] | None = None) -> int:
         p: first.with_routing(RoutingPolicy(p, args.threshold, args.k))
         for p in dict.fromkeys(["never", *args.policies])
     }
+    if first.sequential is None:  # the draft is served by the batch decoder: our target-only path without it
+        engines["never-alone"] = SpeculativeEngine.from_models(
+            ours,
+            None,
+            tokenizer,
+            RoutingPolicy("never", args.threshold, args.k),
+            static_cache_len=args.cache_len if args.compile else None,
+            compile=args.compile,
+            max_batch=1,
+        )
     for k in args.also_k:  # another k is another verify length: an engine of its own over the same models
         routing = RoutingPolicy("always", args.threshold, k)
         engines[f"always-k{k}"] = SpeculativeEngine.from_models(
@@ -349,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         row["speedup_vs_hf_generate"] = round(row["tokens_per_second"] / base["hf-generate"], 3)
         row["speedup_vs_ours_never"] = round(row["tokens_per_second"] / base["ours-never"], 3)
+        if "ours-never-alone" in base:
+            row["speedup_vs_ours_never_alone"] = round(row["tokens_per_second"] / base["ours-never-alone"], 3)
         assisted = base.get("hf-assisted")
         row["speedup_vs_hf_assisted"] = round(row["tokens_per_second"] / assisted, 3) if assisted else None
     report(rows, args, label)
