@@ -84,6 +84,8 @@ def bench_policies(urls: dict[str, str], model: str, prompts: list[dict[str, Any
                     "route": info.get("route"),
                     "proposedTokens": info.get("proposed_tokens", 0),
                     "acceptedTokens": info.get("accepted_tokens", 0),
+                    "lookupProposedTokens": info.get("lookup_proposed_tokens", 0),
+                    "lookupAcceptedTokens": info.get("lookup_accepted_tokens", 0),
                     "firstTokenConfidence": info.get("first_token_confidence"),
                     "text": reply["choices"][0]["message"]["content"],
                 }
@@ -96,11 +98,18 @@ def summarize(requests: list[dict[str, Any]]) -> dict[str, Any]:
     seconds = sum(r["seconds"] for r in requests)
     proposed = sum(r["proposedTokens"] for r in requests)
     accepted = sum(r["acceptedTokens"] for r in requests)
+    looked_up = sum(r["lookupProposedTokens"] for r in requests)
+    looked_up_accepted = sum(r["lookupAcceptedTokens"] for r in requests)
     return {
         "completionTokens": tokens,
         "seconds": seconds,
         "tokensPerSecond": tokens / seconds if seconds else None,
         "acceptanceRate": accepted / proposed if proposed else None,
+        # with a draft behind prompt lookup, each proposer's own (lookup's None without `promptLookup`)
+        "lookupAcceptanceRate": looked_up_accepted / looked_up if looked_up else None,
+        "draftAcceptanceRate": (accepted - looked_up_accepted) / (proposed - looked_up)
+        if proposed > looked_up
+        else None,
         "speculationRate": sum(r["route"] == "speculative" for r in requests) / len(requests) if requests else None,
     }
 

@@ -250,8 +250,11 @@ class _Report:
         base = bench["policies"].get("never", {}).get("tokensPerSecond")
         for policy, s in bench["policies"].items():
             speedup = f"{s['tokensPerSecond'] / base:.2f}×" if base and s["tokensPerSecond"] else "–"
+            acceptance = _pct(s["acceptanceRate"])
+            if s.get("lookupAcceptanceRate") is not None:  # a draft behind prompt lookup: each proposer's own
+                acceptance += f" (lookup {_pct(s['lookupAcceptanceRate'])}, draft {_pct(s['draftAcceptanceRate'])})"
             rows.append(
-                f"| {policy} | {_fmt(s['tokensPerSecond'], 3)} | {speedup} | {_pct(s['acceptanceRate'])} "
+                f"| {policy} | {_fmt(s['tokensPerSecond'], 3)} | {speedup} | {acceptance} "
                 f"| {_pct(s['speculationRate'])} | {'yes' if s.get('identicalToTargetOnly') else 'NO'} |"
             )
         return "\n".join([*rows, "", f"**{demo_bench.verdict(bench)}**"])

@@ -60,6 +60,12 @@ class ServerMetrics:
         )
         self.proposed = counter("metaspec_proposed_tokens", "Draft tokens proposed to the target.")
         self.accepted = counter("metaspec_accepted_tokens", "Draft tokens the target accepted.")
+        self.lookup_proposed = counter(
+            "metaspec_lookup_proposed_tokens", "Of the proposed tokens, those prompt lookup proposed (promptLookup)."
+        )
+        self.lookup_accepted = counter(
+            "metaspec_lookup_accepted_tokens", "Of the accepted tokens, those prompt lookup proposed."
+        )
         self.rounds = counter(
             "metaspec_speculation_rounds",
             "Target passes that verified draft tokens; mean acceptance length = 1 + accepted / rounds.",
@@ -135,6 +141,8 @@ class ServerMetrics:
         self.routed.labels(m, stats.route).inc()
         self.proposed.labels(m).inc(stats.proposed_tokens)
         self.accepted.labels(m).inc(stats.accepted_tokens)
+        self.lookup_proposed.labels(m).inc(stats.lookup_proposed_tokens)
+        self.lookup_accepted.labels(m).inc(stats.lookup_accepted_tokens)
         self.rounds.labels(m).inc(stats.speculative_rounds)
         self.request_seconds.labels(m).observe(request_seconds)
         generation_seconds = (stats.time_to_first_token or 0.0) + stats.decode_seconds

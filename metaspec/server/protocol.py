@@ -402,6 +402,10 @@ class MetaspecInfo(BaseModel):
     proposed_tokens: int
     accepted_tokens: int
     acceptance_rate: float | None
+    lookup_proposed_tokens: int
+    """Of `proposed_tokens`, those prompt lookup proposed (`promptLookup`); the draft model proposed the rest."""
+    lookup_accepted_tokens: int
+    """Of `accepted_tokens`, those prompt lookup proposed."""
     rounds: int
     first_token_confidence: float | None
 

@@ -672,6 +672,8 @@ def _accounting(lasts: list[Delta], prompt_tokens: int) -> dict[str, Any]:
         proposed_tokens=proposed,
         accepted_tokens=accepted,
         acceptance_rate=accepted / proposed if proposed else None,
+        lookup_proposed_tokens=sum(s.lookup_proposed_tokens for s in stats),
+        lookup_accepted_tokens=sum(s.lookup_accepted_tokens for s in stats),
         rounds=sum(s.rounds for s in stats),
         first_token_confidence=stats[0].first_token_confidence,
     )

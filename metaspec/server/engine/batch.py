@@ -105,6 +105,8 @@ class Proposal:
     q: torch.Tensor | None = None
     accepted: int = 0
     """How many of `tokens` the target accepted (set when the round settles)."""
+    lookup: bool = False
+    """Proposed by prompt lookup (not by a draft model): counted apart in `RequestStats`."""
 
 
 class BatchDecoder:
@@ -377,6 +379,9 @@ class BatchDecoder:
         stats.speculative_rounds += j > 0
         stats.proposed_tokens += j
         stats.accepted_tokens += accepted
+        if proposal.lookup:
+            stats.lookup_proposed_tokens += j
+            stats.lookup_accepted_tokens += accepted
         if j:  # `adaptive` admits every sequence as target-only: its route is whether it ever speculated
             stats.route = "speculative"
         stop = seq.sink(new)

@@ -129,7 +129,7 @@ class LookupDraft(Draft):
         for seq, k in zip(seqs, ks, strict=True):
             tokens = self.lookup.continuation(seq.tokens, self._own.setdefault(seq, self.lookup.index()), k)
             q = self.lookup.q(tokens) if tokens and not seq.proc.greedy else None
-            proposals.append(Proposal(tokens, q))
+            proposals.append(Proposal(tokens, q, lookup=True))
         return proposals
 
     def finish(self, seq: Sequence) -> None:

@@ -49,6 +49,10 @@ class RequestStats:
     route: Literal["speculative", "target-only"] = "target-only"
     proposed_tokens: int = 0
     accepted_tokens: int = 0
+    lookup_proposed_tokens: int = 0
+    """Of `proposed_tokens`, those prompt lookup proposed (`promptLookup`); the draft model proposed the rest."""
+    lookup_accepted_tokens: int = 0
+    """Of `accepted_tokens`, those prompt lookup proposed."""
     rounds: int = 0
     """Target passes (each emits at least one token)."""
     speculative_rounds: int = 0

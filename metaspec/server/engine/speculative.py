@@ -445,6 +445,9 @@ class _Run:
         self._advance(base, n, new)
         self.stats.proposed_tokens += j
         self.stats.accepted_tokens += n
+        if self.lookup is not None:  # the sequential decoder proposes by lookup or by a draft, never both
+            self.stats.lookup_proposed_tokens += j
+            self.stats.lookup_accepted_tokens += n
         self.stats.rounds += 1
         self.stats.speculative_rounds += j > 0
         if j:  # `adaptive` starts every request as target-only: its route is whether it ever speculated

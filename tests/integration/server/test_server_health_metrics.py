@@ -81,6 +81,8 @@ def test_metrics_count_requests_tokens_and_speculation(router) -> None:
     assert delta("metaspec_routed_requests_total{route=speculative}") == 3
     assert delta("metaspec_proposed_tokens_total{}") == sum(a["metaspec"]["proposed_tokens"] for a in answers)
     assert delta("metaspec_accepted_tokens_total{}") == sum(a["metaspec"]["accepted_tokens"] for a in answers)
+    for field in ("lookup_proposed_tokens", "lookup_accepted_tokens"):  # a draft model alone: none from lookup
+        assert delta(f"metaspec_{field}_total{{}}") == sum(a["metaspec"][field] for a in answers) == 0
     assert (
         delta("metaspec_finished_requests_total{reason=length}")
         + delta("metaspec_finished_requests_total{reason=stop}")

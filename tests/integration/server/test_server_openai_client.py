@@ -54,6 +54,8 @@ def test_speculation_info_in_every_answer(client: openai.OpenAI) -> None:
         "proposed_tokens",
         "accepted_tokens",
         "acceptance_rate",
+        "lookup_proposed_tokens",
+        "lookup_accepted_tokens",
         "rounds",
         "first_token_confidence",
     }

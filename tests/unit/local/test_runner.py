@@ -198,3 +198,25 @@ def test_training_processes_follow_the_run_within_the_visible_gpus(tmp_path: Pat
     run = TrainingRun.model_validate(body)
     assert Context(RunOptions(state_dir=tmp_path, device="cpu")).training_processes(run) == 1
     assert Context(RunOptions(state_dir=tmp_path, device="cpu", nproc_per_node=2)).training_processes(run) == 2
+
+
+def test_benchmark_summary_counts_each_proposers_acceptance() -> None:
+    """With a draft behind prompt lookup the responses say which proposals lookup made: the summary gives
+    lookup's acceptance and the draft model's apart; without lookup, the draft's alone."""
+
+    def request(proposed: int, accepted: int, looked_up: int, looked_up_accepted: int) -> dict:
+        return {
+            "completionTokens": 10,
+            "seconds": 1.0,
+            "route": "speculative",
+            "proposedTokens": proposed,
+            "acceptedTokens": accepted,
+            "lookupProposedTokens": looked_up,
+            "lookupAcceptedTokens": looked_up_accepted,
+        }
+
+    both = demo_bench.summarize([request(20, 8, 10, 6), request(10, 1, 0, 0)])
+    assert both["acceptanceRate"] == 9 / 30 and both["lookupAcceptanceRate"] == 6 / 10
+    assert both["draftAcceptanceRate"] == 3 / 20
+    alone = demo_bench.summarize([request(20, 8, 0, 0)])
+    assert alone["lookupAcceptanceRate"] is None and alone["draftAcceptanceRate"] == 8 / 20

@@ -153,7 +153,8 @@ def lookup_first(target, draft: Eagle3Draft, routing: RoutingPolicy, max_batch: 
 def test_greedy_with_lookup_first_equals_target_greedy(name: str, target, full, caplog) -> None:
     """Rounds of lookup and rounds of the draft interleave within a sequence: the draft then takes in what
     lookup's rounds added (with the target's features of those positions) before it drafts again, without
-    failing (a failed proposal would decode that step target-only, exact but slower)."""
+    failing (a failed proposal would decode that step target-only, exact but slower). Each request's
+    stats count lookup's proposals apart from the draft's."""
     dec = lookup_first(target, full, ROUTINGS[name], max_batch=5)
     assert isinstance(dec.draft, LookupFirstDraft)
     looked_up, drafted = recorded(dec.draft.lookup), recorded(dec.draft.model)
@@ -165,6 +166,10 @@ def test_greedy_with_lookup_first_equals_target_greedy(name: str, target, full, 
     assert looked_up and drafted and "draft proposal failed" not in caplog.text
     proposals = looked_up + drafted
     assert 0 < sum(p.accepted for p in proposals) < sum(len(p.tokens) for p in proposals)
+    stats = [job.seq.stats for job in jobs if job.seq]
+    for field, made in (("proposed", lambda p: len(p.tokens)), ("accepted", lambda p: p.accepted)):
+        assert sum(getattr(s, f"lookup_{field}_tokens") for s in stats) == sum(made(p) for p in looked_up) > 0
+        assert sum(getattr(s, f"{field}_tokens") for s in stats) == sum(made(p) for p in proposals)
 
 
 def test_sampling_with_lookup_first_matches_target_distribution(target, full) -> None:

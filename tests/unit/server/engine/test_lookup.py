@@ -172,6 +172,10 @@ def test_greedy_with_lookup_one_at_a_time_equals_target_greedy(name: str, tiny_t
         stats = RequestStats()
         got = [t for chunk in dec.decode(prompt, Processing(), 12, stats, None) for t in chunk]
         assert got[: len(expected)] == expected.tolist(), (prompt, stats)
+        assert (stats.lookup_proposed_tokens, stats.lookup_accepted_tokens) == (
+            stats.proposed_tokens,
+            stats.accepted_tokens,
+        )  # every proposal is lookup's
         total.proposed_tokens += stats.proposed_tokens
         total.accepted_tokens += stats.accepted_tokens
     assert 0 < total.accepted_tokens < total.proposed_tokens
