@@ -17,19 +17,15 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
-import platform
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import served
-from server import RESULTS, models, prompt_texts, run_ours
+from _common import add_common_args, machine, served, setup, sync, write_result
+from server import models, prompt_texts, run_ours
 
 from metaspec.prompts import chat_prompt_ids
 from metaspec.server.engine import RoutingPolicy, SpeculativeEngine
@@ -44,25 +40,21 @@ PARTS = (
 )
 
 
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    add_common_args(parser, "round_profile")
     parser.add_argument("--target", help="target model URI (default: the bundled SmolLM2-135M-Instruct)")
     parser.add_argument("--draft", required=True, help="an EAGLE-3 draft's URI")
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("-k", type=int, default=4, help="maxSpeculativeTokens")
     parser.add_argument("--compile", action="store_true", help="CUDA graphs of the batch decoder's steps")
-    parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
+    device, dtype = setup(args)
+    if args.smoke:
+        args.prompts, args.max_tokens = 2, 8
     args.arch, args.draft_layers, args.temperature, args.prompt_set = None, 4, 0.0, "builtin"
-    target, draft, tokenizer, label = models(args, getattr(torch, args.dtype))
+    target, draft, tokenizer, label = models(args, dtype)
     target, draft = served(target), served(draft)  # as the server runs them (packed on the CPU)
     prompts = [chat_prompt_ids(tokenizer, text) for text in prompt_texts("builtin", args.prompts)]
     routing = RoutingPolicy("always", 0.7, args.k)
@@ -82,14 +74,14 @@ def main(argv: list[str] | None = None) -> int:
         def wrapper(*a: Any, **kw: Any) -> Any:
             if label != "round" and not rounds[0]:
                 return inner(*a, **kw)
-            sync(args.device)
+            sync(device)
             start = time.perf_counter()
             rounds[0] += label == "round"
             try:
                 return inner(*a, **kw)
             finally:
                 rounds[0] -= label == "round"
-                sync(args.device)
+                sync(device)
                 spent[label] += time.perf_counter() - start
                 calls[label] += 1
 
@@ -118,19 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'part':<38}{'ms/call':>9}{'calls':>7}{'share':>8}")
     for row in rows:
         print(f"{row['part']:<38}{row['ms_per_call']:>9.3f}{row['calls']:>7}{row['share_of_wall']:>8.1%}")
-    result = {
-        "benchmark": "batch-1 round profile",
-        "models": label,
-        "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
-        "settings": {k: str(v) for k, v in vars(args).items()},
-        "torch": torch.__version__,
-        "tokens_per_second": round(tokens / seconds, 2),
-        "rows": rows,
-    }
-    out = args.out or RESULTS / f"round_profile-{args.device}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {out}")
+    body = {"machine": machine(device, dtype), "models": label, "tokens_per_second": round(tokens / seconds, 2)}
+    write_result(args, sys.argv[1:] if argv is None else argv, "round_profile", device, {**body, "rows": rows})
     return 0
 
 
