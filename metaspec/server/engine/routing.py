@@ -217,11 +217,12 @@ class Adaptive:
     step at shapes run for the first time: on an H100 such a probe took 127–169 target steps) is
     neither: a shape is captured once in a replica's life (again only when its caches grow), so it
     says nothing about the draft, and counted against probing, one capture of 150 target steps would
-    hold the next probe back for 15,000 steps at a 1% budget. A probe that emitted more than it cost lost nothing, and the next one comes at once. The
-    budget is the replica's, not each batch-size range's: a probe in one range delays those of every
-    other (under load the batch size moves between ranges, and each would otherwise spend it on its
-    own). Padding changes only the speed: its positions are never attended and their logits never
-    read, and k and the width are fixed before the draft proposes.
+    hold the next probe back for 15,000 steps at a 1% budget. A probe that emitted more than it cost
+    lost nothing, and the next one comes at once. The budget is the replica's, not each batch-size
+    range's: a probe in one range delays those of every other (under load the batch size moves between
+    ranges, and each would otherwise spend it on its own). Padding changes only the speed: its
+    positions are never attended and their logits never read, and k and the width are fixed before
+    the draft proposes.
     """
 
     max_k: int
