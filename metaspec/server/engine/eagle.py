@@ -56,7 +56,6 @@ class FeatureModel:
         """slot -> (entry position, the draft's output feature (H,) there) of the last entry written."""
         self.target_based: dict[int, int] = {}
         """slot -> tokens whose entries were all made from target features."""
-        self._keys = torch.arange(self.max_length, device=self.device)  # cache positions, for the masks
         self.padded = PaddedSteps(self.cache, self._body, draft.config.hidden_size) if graphs else None
 
     @property
@@ -106,7 +105,7 @@ class FeatureModel:
     ) -> tuple[torch.Tensor, None]:
         """The draft's output features (B·T, H) over `ids` (B, T) with the features they follow (B, T, H),
         attending to cache positions below `width`, causally per row (the cache knows where to write)."""
-        mask = (self._keys[None, None, :width] <= positions[:, :, None])[:, None]  # (B, 1, T, width)
+        mask = self.cache.mask(positions, width)
         out, _ = self.draft.step(features, ids, positions, bias=mask, cache=self.cache)
         return out.flatten(0, 1), None
 

@@ -65,6 +65,7 @@ class SlotCache(Cache):
         self._writes: torch.Tensor | None = None  # (B, T) the slot each token writes to, when not its row's
         self._positions = torch.zeros(0, 0, dtype=torch.long)  # (B, T) where each input token goes
         self._width = 0
+        self._keys = torch.arange(max_length, device=device)  # cache positions, for the masks
         self.allocations = 0
         """How many times the tensors were (re)allocated: what reads them by address must follow."""
 
@@ -142,6 +143,11 @@ class SlotCache(Cache):
             return keys[:batch, :, : self._width], values[:batch, :, : self._width]
         return keys[self._rows, :, : self._width], values[self._rows, :, : self._width]
 
+    def mask(self, positions: torch.Tensor, width: int) -> torch.Tensor:
+        """(B, 1, T, width): which of the cache positions below `width` each token at `positions` (B, T)
+        attends to, those up to its own (causal per row)."""
+        return (self._keys[None, None, :width] <= positions[:, :, None])[:, None]
+
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self._width
 
@@ -170,8 +176,7 @@ class SlotModel:
         self._head = model.get_output_embeddings()
         forward = inspect.signature(model.base_model.forward).parameters
         self._cache_arg = "cache" if "cache" in forward else "past_key_values"
-        self._keys = torch.arange(self.max_length, device=self.device)  # cache positions, for the masks
-        self.padded = PaddedSteps(self.cache, self._padded_body) if graphs else None
+        self.padded = PaddedSteps(self.cache, self._body) if graphs else None
 
     @property
     def capture_seconds(self) -> float:
@@ -196,40 +201,35 @@ class SlotModel:
         for b, c in enumerate(chunks):
             ids[b, : len(c.ids)] = torch.tensor(c.ids)
             ids[b, len(c.ids) :] = c.ids[-1]  # padding: any valid id; its positions are never attended
-        out = self._base(ids.to(self.device), self.cache._positions, width, hidden_states=bool(layers))
+        hidden, features = self._body(ids.to(self.device), self.cache._positions, width, layers, None)
         kept = [b * length + len(c.ids) - c.keep + i for b, c in enumerate(chunks) for i in range(c.keep)]
         padding = kept[-1:] * (tokens - len(kept))  # rows whose logits are dropped
-        states = out.last_hidden_state.flatten(0, 1).index_select(0, torch.tensor(kept + padding).to(self.device))
+        states = hidden.index_select(0, torch.tensor(kept + padding).to(self.device))
         logits = self._head(states)[: len(kept), : self.vocab]  # (N, V)
-        if not layers:
+        if features is None:
             return logits, None
-        # hidden_states[i] is the input of layer i (0: the embeddings)
         valid = torch.arange(length)[None, :] < torch.tensor([len(c.ids) for c in chunks])[:, None]  # (B, T)
-        features = torch.cat([out.hidden_states[i] for i in layers], dim=-1)  # (B, T, len(layers)·E)
-        return logits, features[valid.to(self.device)]
+        return logits, features[valid.flatten().to(self.device)]
 
-    def _padded_body(
+    def _body(
         self, ids: torch.Tensor, positions: torch.Tensor, width: int, layers: tuple[int, ...], inputs: None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The body's output (B·T, E) over `ids` (B, T), and with `layers` their inputs (B·T, len(layers)·E)."""
-        out = self._base(ids, positions, width, hidden_states=bool(layers))
+        """The model's body over `ids` (B, T) at `positions` (B, T), attending to cache positions below
+        `width`, causally per row (the cache knows where to write: `SlotCache.prepare`): its output
+        (B·T, E), and with `layers` their inputs (B·T, len(layers)·E)."""
+        out = self.model.base_model(
+            input_ids=ids,
+            attention_mask=self.cache.mask(positions, width),
+            position_ids=positions,
+            use_cache=True,
+            output_hidden_states=bool(layers),
+            **{self._cache_arg: self.cache},
+        )
         hidden = out.last_hidden_state.flatten(0, 1)
         if not layers:
             return hidden, None
+        # hidden_states[i] is the input of layer i (0: the embeddings)
         return hidden, torch.cat([out.hidden_states[i] for i in layers], dim=-1).flatten(0, 1)
-
-    def _base(self, ids: torch.Tensor, positions: torch.Tensor, width: int, hidden_states: bool = False) -> object:
-        """The model's body over `ids` (B, T) at `positions` (B, T), attending to cache positions below
-        `width`, causally per row (the cache knows where to write: `SlotCache.prepare`)."""
-        mask = (self._keys[None, None, :width] <= positions[:, :, None])[:, None]  # (B, 1, T, width)
-        return self.model.base_model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            output_hidden_states=hidden_states,
-            **{self._cache_arg: self.cache},
-        )
 
 
 #: Fewest positions a padded step attends to: below that, attention is not worth another shape.
