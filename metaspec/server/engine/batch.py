@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .protocol import RequestStats, TokenLogprob
-from .routing import Adaptive, RoutingPolicy
+from .routing import Adaptive, AdaptiveChain, RoutingPolicy, Tally
 from .sampling import NO_DISTRIBUTION, History, Processing, draw_rows, greedy_tokens, probabilities
 from .slots import Chunk, SlotModel
 from .speculative import record_logprobs, speculative_accept
@@ -123,7 +123,9 @@ class BatchDecoder:
         self.routing = routing
         self.max_batch = max_batch
         self.running: list[Sequence] = []
-        self.adaptive = Adaptive(routing.max_speculative_tokens) if routing.adaptive else None
+        self.adaptive: AdaptiveChain | None = None
+        if routing.adaptive and draft is not None:  # one `Adaptive` a proposer (`Draft.arms`)
+            self.adaptive = AdaptiveChain([Adaptive(routing.max_speculative_tokens) for _ in draft.arms])
 
     @property
     def max_length(self) -> int:
@@ -207,17 +209,17 @@ class BatchDecoder:
         if not self.running:
             return 0, False
         batch = list(self.running)
-        k = self._k(len(batch))
-        drafting = self._drafting(batch, k)
+        drafting, limits = self._drafting(batch, self._ks(len(batch)))
         before, captured = time.perf_counter(), self._capture_seconds()
-        if drafting and self.adaptive is not None and self.draft is not None:
-            self.draft.catch_up(drafting)  # a one-time cost: counted against probing
+        if self.adaptive is not None and self.draft is not None:  # a one-time cost: counted against probing
+            self.draft.catch_up([s for s, k in zip(drafting, limits[-1], strict=True) if k])
         start, caught_up = time.perf_counter(), self._capture_seconds()
-        proposals = self._propose(batch, k, drafting)
+        proposals = self._propose(batch, drafting, limits)
         speculative = any(p.tokens for p in proposals)
         width = 1 + max(len(p.tokens) for p in proposals)  # tokens a row in the target's pass
         if speculative and self.adaptive is not None:
-            width = self.adaptive.width(len(batch), width)
+            timed = max(self._arm(p) for p in proposals if p.tokens)  # the step is the last proposer's
+            width = self.adaptive.width(len(batch), width, timed)
         chunks = [
             Chunk(s.slot, s.target_length, s.tokens[s.target_length :] + p.tokens, keep=len(p.tokens) + 1)
             for s, p in zip(batch, proposals, strict=True)
@@ -248,24 +250,39 @@ class BatchDecoder:
         """Seconds the target and the draft spent capturing CUDA graphs so far."""
         return self.target.capture_seconds + (self.draft.capture_seconds if self.draft is not None else 0.0)
 
-    def _drafting(self, batch: list[Sequence], k: int) -> list[Sequence]:
-        """The sequences that propose this step. An `adaptive` probe (a speculating step while speculation
-        is off) drafts for at most `Adaptive.probe_rows` of them, those the draft has seen most of: a
-        draft that sat out catches up on what each emitted meanwhile, so a probe over the whole batch
-        would cost a prefill of every running request, and its α and cost per proposal are read as well
-        from a few rows."""
-        rows = [s for s in batch if s.speculate and s.room(k)] if k else []
-        if self.adaptive is None or self.adaptive.speculating(len(batch)) or len(rows) <= self.adaptive.probe_rows:
-            return rows
+    def _drafting(self, batch: list[Sequence], ks: list[int]) -> tuple[list[Sequence], list[list[int]]]:
+        """The sequences that propose this step, and for each proposer (`ks`: its proposals per sequence)
+        how many each may propose. A proposer's `adaptive` probe (proposing while it is off) proposes for
+        at most `Adaptive.probe_rows` of them, those the draft has seen most of: a draft that sat out
+        catches up on what each emitted meanwhile, so a probe over the whole batch would cost a prefill
+        of every running request, and its α and cost per proposal are read as well from a few rows."""
+        rows = [s for s in batch if s.speculate and s.room(max(ks))] if any(ks) else []
+        limits = [[s.room(k) for s in rows] for k in ks]
+        if self.adaptive is None or len(rows) <= self.adaptive.probe_rows:
+            return rows, limits
         lag = sorted(rows, key=lambda s: len(s.tokens) - s.draft_length)[: self.adaptive.probe_rows]
-        return [s for s in rows if s in lag]  # batch order
+        for arm, k, limit in zip(self.adaptive.arms, ks, limits, strict=True):
+            if k and not arm.speculating(len(batch)):
+                limit[:] = [n if s in lag else 0 for s, n in zip(rows, limit, strict=True)]
+        kept = [i for i in range(len(rows)) if any(limit[i] for limit in limits)]
+        return [rows[i] for i in kept], [[limit[i] for i in kept] for limit in limits]
 
-    def _k(self, batch: int) -> int:
-        """Proposals per speculating sequence this step: `maxSpeculativeTokens`, or `adaptive`'s choice;
-        none above `maxSpeculativeBatch` (see `RoutingPolicy.speculates_at`)."""
-        if self.draft is None or not self.routing.uses_draft or not self.routing.speculates_at(batch):
-            return 0
-        return self.adaptive.choose(batch) if self.adaptive is not None else self.routing.max_speculative_tokens
+    def _ks(self, batch: int) -> list[int]:
+        """Proposals per speculating sequence this step, for each proposer of the draft (`Draft.arms`):
+        `maxSpeculativeTokens`, or `adaptive`'s choices; none above `maxSpeculativeBatch` (see
+        `RoutingPolicy.speculates_at`)."""
+        if self.draft is None:
+            return [0]
+        if not self.routing.uses_draft or not self.routing.speculates_at(batch):
+            return [0] * len(self.draft.arms)
+        if self.adaptive is not None:
+            return self.adaptive.choose(batch)
+        return [self.routing.max_speculative_tokens] * len(self.draft.arms)
+
+    def _arm(self, proposal: Proposal) -> int:
+        """The proposer of `proposal`: its index in `Draft.arms`."""
+        assert self.draft is not None
+        return self.draft.arms.index("lookup" if proposal.lookup else "draft")
 
     def _record(
         self, batch: list[Sequence], width: int, proposals: list[Proposal], seconds: float, catch_up: float
@@ -274,12 +291,17 @@ class BatchDecoder:
         cost, and how its proposals fared (`Proposal.accepted`, which `_settle` has just set; a failed
         sequence's proposals say nothing about the draft)."""
         assert self.adaptive is not None
-        proposed = sum(len(p.tokens) for p in proposals)
+        tallies = [Tally() for _ in self.adaptive.arms]
+        for seq, proposal in zip(batch, proposals, strict=True):
+            if not proposal.tokens:
+                continue
+            tally = tallies[self._arm(proposal)]
+            tally.proposed += len(proposal.tokens)
+            if seq.error is None:
+                tally.accepted += proposal.accepted
+                tally.rejected += proposal.accepted < len(proposal.tokens)
         rows = sum(bool(p.tokens) for p in proposals)
-        settled = [p for s, p in zip(batch, proposals, strict=True) if p.tokens and s.error is None]
-        accepted = sum(p.accepted for p in settled)
-        rejected = sum(p.accepted < len(p.tokens) for p in settled)
-        self.adaptive.record(len(batch), rows, width, proposed, accepted, rejected, seconds, catch_up)
+        self.adaptive.record(len(batch), rows, width, tallies, seconds, catch_up)
 
     def _choices(
         self, seqs: list[Sequence], proposals: list[Proposal], logits: torch.Tensor, offsets: list[int]
@@ -326,14 +348,15 @@ class BatchDecoder:
         except Exception as error:  # this sequence only
             self._fail(seq, error)
 
-    def _propose(self, batch: list[Sequence], k: int, drafting: list[Sequence]) -> list[Proposal]:
-        """Up to k draft proposals for each sequence of `drafting` (`_drafting`); none for the others."""
+    def _propose(self, batch: list[Sequence], drafting: list[Sequence], limits: list[list[int]]) -> list[Proposal]:
+        """Proposals for each sequence of `drafting`, up to its `limits` for each proposer (`_drafting`);
+        none for the others."""
         proposals = [Proposal() for _ in batch]
         if self.draft is None or not drafting:
             return proposals
         threshold = self.routing.threshold if self.routing.checks_each_token else None
         try:
-            made = self.draft.propose(drafting, [s.room(k) for s in drafting], threshold)
+            made = self.draft.propose(drafting, limits[0], threshold, *limits[1:])
         except Exception as error:  # a draft failure costs speed, never output: decode target-only
             log.warning("draft proposal failed, decoding this step without it: %s", error)
             return proposals
@@ -398,6 +421,9 @@ class Draft:
     """
 
     feature_layers: tuple[int, ...] = ()
+    arms: tuple[str, ...] = ("draft",)
+    """Its proposers in the order it tries them: "lookup" (prompt lookup), "draft" (a model); each
+    `Proposal.lookup` says which one made it. `adaptive` decides for each (`AdaptiveChain`)."""
     max_length: int
     capture_seconds: float = 0.0
     """Seconds its model spent capturing CUDA graphs so far (a one-time cost of each new shape)."""
@@ -411,9 +437,12 @@ class Draft:
         """Take in what `seqs` emitted while the draft sat out, but for their last one or two tokens (a
         proposal round's own catch-up), so that the round itself costs what it does in steady state."""
 
-    def propose(self, seqs: list[Sequence], ks: list[int], threshold: float | None) -> list[Proposal]:
+    def propose(
+        self, seqs: list[Sequence], ks: list[int], threshold: float | None, then: list[int] | None = None
+    ) -> list[Proposal]:
         """Up to `ks[i]` tokens after `seqs[i].tokens`; with a `threshold`, a sequence stops proposing at
-        the first position where the draft's confidence is below it (read before drawing that token)."""
+        the first position where the draft's confidence is below it (read before drawing that token).
+        A draft of two proposers (`arms`) takes the second one's limits as `then` (None: `ks`)."""
         raise NotImplementedError
 
     def observe(self, seqs: list[Sequence], chunks: list[Chunk], features: torch.Tensor) -> None:

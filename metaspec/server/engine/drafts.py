@@ -38,7 +38,9 @@ class ModelDraft(Draft):
             for seq in behind:
                 seq.draft_length = len(seq.tokens) - 1
 
-    def propose(self, seqs: list[Sequence], ks: list[int], threshold: float | None) -> list[Proposal]:
+    def propose(
+        self, seqs: list[Sequence], ks: list[int], threshold: float | None, then: list[int] | None = None
+    ) -> list[Proposal]:
         logits, _ = self.lm.forward([Chunk(s.slot, s.draft_length, s.tokens[s.draft_length :]) for s in seqs])
         for seq in seqs:
             seq.draft_length = len(seq.tokens)

@@ -115,6 +115,8 @@ class Lookup:
 class LookupDraft(Draft):
     """The batch decoder's prompt lookup: each sequence's own index, one `Lookup` for the replica."""
 
+    arms = ("lookup",)
+
     def __init__(self, settings: PromptLookup, vocab: int, max_length: int, device: torch.device) -> None:
         self.lookup = Lookup(settings, vocab, device)
         self.max_length = max_length
@@ -124,10 +126,13 @@ class LookupDraft(Draft):
         """No model, no confidence (the spec refuses `first-token` and `per-token` with prompt lookup)."""
         return [None for _ in seqs]
 
-    def propose(self, seqs: list[Sequence], ks: list[int], threshold: float | None) -> list[Proposal]:
+    def propose(
+        self, seqs: list[Sequence], ks: list[int], threshold: float | None, then: list[int] | None = None
+    ) -> list[Proposal]:
         proposals = []
         for seq, k in zip(seqs, ks, strict=True):
-            tokens = self.lookup.continuation(seq.tokens, self._own.setdefault(seq, self.lookup.index()), k)
+            own = self._own.setdefault(seq, self.lookup.index())
+            tokens = self.lookup.continuation(seq.tokens, own, k) if k else []
             q = self.lookup.q(tokens) if tokens and not seq.proc.greedy else None
             proposals.append(Proposal(tokens, q, lookup=True))
         return proposals
@@ -144,7 +149,11 @@ class LookupFirstDraft(Draft):
     next time it drafts (a feature-level draft with the target's features of those positions, which it
     keeps until then), so its proposals are what it would propose alone. Each proposal carries its own
     q (lookup's puts all its mass on the token), so exactness holds round by round as for either alone.
+    Under `adaptive` each proposer decides for itself (`AdaptiveChain`), with its own k: lookup's 0
+    leaves every sequence to the draft, the draft's 0 leaves only lookup's proposals.
     """
+
+    arms = ("lookup", "draft")
 
     def __init__(self, lookup: LookupDraft, model: ModelDraft) -> None:
         self.lookup, self.model = lookup, model
@@ -161,11 +170,15 @@ class LookupFirstDraft(Draft):
     def catch_up(self, seqs: list[Sequence]) -> None:
         self.model.catch_up(seqs)
 
-    def propose(self, seqs: list[Sequence], ks: list[int], threshold: float | None) -> list[Proposal]:
+    def propose(
+        self, seqs: list[Sequence], ks: list[int], threshold: float | None, then: list[int] | None = None
+    ) -> list[Proposal]:
+        """Lookup's proposals, up to `ks`; the draft's where it found none, up to `then` (None: `ks`)."""
+        then = ks if then is None else then
         proposals = self.lookup.propose(seqs, ks, None)
-        rest = [i for i, (p, k) in enumerate(zip(proposals, ks, strict=True)) if k and not p.tokens]
+        rest = [i for i, (p, k) in enumerate(zip(proposals, then, strict=True)) if k and not p.tokens]
         if rest:
-            made = self.model.propose([seqs[i] for i in rest], [ks[i] for i in rest], threshold)
+            made = self.model.propose([seqs[i] for i in rest], [then[i] for i in rest], threshold)
             for i, proposal in zip(rest, made, strict=True):
                 proposals[i] = proposal
         return proposals

@@ -201,10 +201,12 @@ class Adaptive:
     (to notice a draft that starts paying), a target-only step while it is on (to refresh the time it
     is compared with). The probe interval doubles at each probe, from `min_interval` to `max_interval`
     steps, so a settled decision costs little; a draft that starts paying is noticed within about two
-    intervals. Speculation starts only at a predicted gain above 1 + `margin` and stops below 1. The
-    first probe is at `max_k`, the widest round: it tests the most proposals, and measures the width
-    where a line through k = 1 would be furthest off; the narrower ones are then predicted between a
-    target-only step and it.
+    intervals. A speculating probe is asked for at every step until one proposes: prompt lookup may find
+    nothing, and a draft behind it proposes only where lookup found nothing (`AdaptiveChain`).
+    Speculation starts only at a predicted gain above 1 + `margin` and stops below 1. The first probe is
+    at `max_k`, the widest round: it tests the most proposals, and measures the width where a line
+    through k = 1 would be furthest off; the narrower ones are then predicted between a target-only
+    step and it.
 
     A speculating probe costs more than its step: a draft that sat out has to catch up on everything
     its sequences emitted meanwhile (a prefill of the request so far). So a probe drafts for at most
@@ -274,10 +276,12 @@ class Adaptive:
         on = gain > (1 if bucket.on else 1 + self.margin)
         if on != bucket.on:
             bucket.on, bucket.next_probe = on, self.steps + bucket.interval
-        elif self.steps >= bucket.next_probe and (on or self.steps >= self.quiet_until):
+        elif on and self.steps >= bucket.next_probe:  # a target-only step: the time compared with, refreshed
             bucket.interval = min(2 * bucket.interval, self.max_interval)
             bucket.next_probe = self.steps + bucket.interval
-            return 0 if on else k
+            return 0
+        elif not on and self.steps >= max(bucket.next_probe, self.quiet_until):
+            return k  # a probe, asked for at every step until one proposes (`record` schedules the next)
         return k if on else 0
 
     def _round(self, bucket: _Bucket, k: int) -> float:
@@ -317,6 +321,7 @@ class Adaptive:
         if not proposed:
             bucket.plain = _ema(bucket.plain, seconds, self.plain_weight)
             return
+        self.learn(batch, accepted, rejected)
         if not bucket.on and bucket.plain is not None:  # a probe: wait until what it lost is paid for
             lost = seconds + overhead - bucket.plain * (1 + accepted / batch)
             if lost <= 0:  # it paid for itself: the decision is not settled, probe again at once
@@ -324,16 +329,24 @@ class Adaptive:
             else:
                 wait = self.steps + ceil(lost / (self.probe_budget * bucket.plain))
                 bucket.next_probe, self.quiet_until = max(bucket.next_probe, wait), max(self.quiet_until, wait)
-        tested = accepted + rejected
-        if tested:
-            weight = 1 - (1 - 1 / self.alpha_memory) ** tested
-            if not bucket.on:  # a probe: rare, so it counts as much as a probe's cost does
-                weight = max(weight, self.probe_weight)
-            self.accepted = _ema(self.accepted, accepted, weight)
-            self.tested = _ema(self.tested, tested, weight)
         if bucket.plain is not None:  # a probe's few rows stand for the whole batch, each costing as much
             relative = 1 + max(0.0, seconds / bucket.plain - 1) * batch / rows
             bucket.times[width] = _ema(bucket.times.get(width), relative, self.probe_weight)
+
+    def learn(self, batch: int, accepted: int, rejected: int) -> None:
+        """The proposals of a step over `batch` sequences fared so (as in `record`), whatever the step cost:
+        α moves, and a probe that proposed is done with (the next one comes after the doubled interval)."""
+        bucket = self._bucket(batch)
+        if not bucket.on:  # a probe: rare, so it counts as much as a probe's cost does
+            bucket.interval = min(2 * bucket.interval, self.max_interval)
+            bucket.next_probe = self.steps + bucket.interval
+        tested = accepted + rejected
+        if tested:
+            weight = 1 - (1 - 1 / self.alpha_memory) ** tested
+            if not bucket.on:
+                weight = max(weight, self.probe_weight)
+            self.accepted = _ema(self.accepted, accepted, weight)
+            self.tested = _ema(self.tested, tested, weight)
 
     def _bucket(self, batch: int) -> _Bucket:
         key = (batch - 1).bit_length()
@@ -346,6 +359,64 @@ class Adaptive:
         key = (batch - 1).bit_length()
         measured = [(abs(k - key), k) for k, b in self.buckets.items() if b.times]
         return self.buckets[min(measured)[1]] if measured else None
+
+
+@dataclass
+class AdaptiveChain:
+    """`adaptive` over proposers tried in order, each deciding for itself: prompt lookup, then a draft
+    model for the sequences where lookup found nothing (`LookupFirstDraft`). One `Adaptive` per
+    proposer (`arms`, in that order) keeps its own α, its own step times per width and its own probes,
+    so a lookup that pays stays on while a draft that does not is off, and the reverse. Pooled, they
+    would price every proposal at one acceptance rate between the two (on the demo's prompts, lookup's
+    32% and the draft's 8%), and `adaptive` would decide within the noise of its margin whether to run
+    both or neither.
+
+    A step's time is recorded by the last proposer that ran in it (the draft's steps and the verify
+    pass, when the draft proposed for any sequence; the verify pass alone, when lookup only did), and
+    its target-only time by all, each proposer's acceptances by itself: each arm's estimates are of
+    the rounds it proposes. A target-only step that an arm asks for, to refresh the time it compares
+    with, is target-only for every proposer. With one proposer this is `Adaptive` itself.
+    """
+
+    arms: list[Adaptive]
+
+    def choose(self, batch: int) -> list[int]:
+        """Proposals per sequence for the next step over `batch` sequences, for each proposer (0: not
+        this step)."""
+        ks = [arm.choose(batch) for arm in self.arms]
+        if any(arm.speculating(batch) and not k for arm, k in zip(self.arms, ks, strict=True)):
+            return [0] * len(ks)
+        return ks
+
+    @property
+    def probe_rows(self) -> int:
+        return min(arm.probe_rows for arm in self.arms)
+
+    def width(self, batch: int, tokens: int, arm: int) -> int:
+        """`Adaptive.width` of the proposer whose step it is (the last one that proposed)."""
+        return self.arms[arm].width(batch, tokens)
+
+    def record(
+        self, batch: int, rows: int, width: int, tallies: list[Tally], seconds: float, overhead: float = 0.0
+    ) -> None:
+        """`Adaptive.record`, each proposer's proposals in `tallies` (in `arms` order): the step's time to the
+        last one that proposed, the others' acceptances to them (`Adaptive.learn`); with no proposals,
+        a target-only step to every arm."""
+        timed = max((a for a, tally in enumerate(tallies) if tally.proposed), default=None)
+        for a, (arm, tally) in enumerate(zip(self.arms, tallies, strict=True)):
+            if timed is None or a == timed:
+                arm.record(batch, rows, width, tally.proposed, tally.accepted, tally.rejected, seconds, overhead)
+            elif tally.proposed:
+                arm.learn(batch, tally.accepted, tally.rejected)
+
+
+@dataclass
+class Tally:
+    """One proposer's proposals in a step: tokens proposed, accepted, and rounds ended by a rejection."""
+
+    proposed: int = 0
+    accepted: int = 0
+    rejected: int = 0
 
 
 def _ema(old: float | None, new: float, weight: float) -> float:

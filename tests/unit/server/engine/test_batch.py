@@ -78,8 +78,8 @@ def recorded(draft: Draft) -> list[Proposal]:
     made: list[Proposal] = []
     propose = draft.propose
 
-    def spy(seqs: list[Sequence], ks: list[int], threshold: float | None) -> list[Proposal]:
-        out = propose(seqs, ks, threshold)
+    def spy(seqs: list[Sequence], ks: list[int], threshold: float | None, *then: list[int]) -> list[Proposal]:
+        out = propose(seqs, ks, threshold, *then)
         made.extend(p for p in out if p.tokens)
         return out
 
@@ -267,15 +267,16 @@ def test_an_adaptive_probe_drafts_for_a_few_sequences_only(
     `probe_rows` sequences, those it has seen most of; the others' draft state stays untouched."""
     dec = decoder(tiny_target, tiny_draft, RoutingPolicy("adaptive", 0.5, 3), max_batch=5)
     assert dec.adaptive is not None
-    monkeypatch.setattr(dec.adaptive, "choose", lambda batch: 2)
-    monkeypatch.setattr(dec.adaptive, "probe_rows", 2)
+    (arm,) = dec.adaptive.arms
+    monkeypatch.setattr(dec.adaptive, "choose", lambda batch: [2])
+    monkeypatch.setattr(arm, "probe_rows", 2)
     seqs = [Sequence([1 + i % 7] * (2 + i), Processing(), 8, lambda tokens: False) for i in range(5)]
     dec.add(seqs)
     dec.step()
     drafted = [s for s in seqs if s.stats.proposed_tokens]
     assert drafted == seqs[:2]  # the shortest: the least for the draft to catch up on
     assert all(s.draft_length == 0 for s in seqs[2:])
-    monkeypatch.setattr(dec.adaptive, "speculating", lambda batch: True)
+    monkeypatch.setattr(arm, "speculating", lambda batch: True)
     dec.step()  # speculation on: every sequence drafts
     assert all(s.stats.proposed_tokens for s in seqs)
 

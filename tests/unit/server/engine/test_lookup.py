@@ -21,7 +21,7 @@ from metaspec.server.engine.batch import Sequence
 from metaspec.server.engine.drafts import ModelDraft
 from metaspec.server.engine.lookup import Lookup, LookupDraft, LookupFirstDraft
 from metaspec.server.engine.protocol import RequestStats
-from metaspec.server.engine.routing import RoutingPolicy
+from metaspec.server.engine.routing import AdaptiveChain, RoutingPolicy, Tally
 from metaspec.server.engine.sampling import Processing
 from metaspec.server.engine.slots import SlotModel
 from metaspec.server.engine.speculative import CausalLM, SpeculativeDecoder
@@ -154,6 +154,70 @@ def test_a_draft_behind_lookup_drafts_as_it_would_alone(name: str, tiny_target) 
     run(decoder(tiny_target, both, ROUTINGS[name], max_batch=5), greedy_jobs(1.0))
     assert drafted and all(p.accepted == len(p.tokens) for p in drafted)
     assert any(p.accepted < len(p.tokens) for p in looked_up)
+
+
+def test_adaptive_hands_each_proposer_its_own_proposals(tiny_target, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under `adaptive`, lookup and the draft behind it are two arms (`AdaptiveChain`): each step's
+    proposals are tallied to the proposer that made them, and the step's time goes to the draft's arm
+    exactly when the draft proposed in it, to lookup's when lookup alone did."""
+    both = LookupFirstDraft(lookup(min_match=2), ModelDraft(SlotModel(tiny_target, VOCAB, 64)))
+    drafted, looked_up = recorded(both.model), recorded(both.lookup)
+    dec = decoder(tiny_target, both, ROUTINGS["adaptive"], max_batch=5)
+    assert dec.adaptive is not None and len(dec.adaptive.arms) == 2
+    steps: list[list[Tally]] = []
+    timed: list[int | None] = []
+    record = AdaptiveChain.record
+
+    def spy(self: AdaptiveChain, batch: int, rows: int, width: int, tallies: list[Tally], *rest: float) -> None:
+        steps.append(tallies)
+
+        def times() -> list[dict]:
+            return [{key: dict(b.times) for key, b in arm.buckets.items()} for arm in self.arms]
+
+        before = times()
+        record(self, batch, rows, width, tallies, *rest)
+        changed = [a for a, (old, new) in enumerate(zip(before, times(), strict=True)) if old != new]
+        timed.append(changed[0] if changed else None)
+        assert len(changed) <= 1
+
+    monkeypatch.setattr(AdaptiveChain, "record", spy)
+    run(dec, greedy_jobs(1.0))
+    for arm, made in enumerate((looked_up, drafted)):
+        assert sum(t[arm].proposed for t in steps) == sum(len(p.tokens) for p in made) > 0
+        assert sum(t[arm].accepted for t in steps) == sum(p.accepted for p in made)
+    assert any(arm is not None for arm in timed)
+    for tallies, arm in zip(steps, timed, strict=True):
+        if arm is not None:  # a width's time moved: the step's last proposer's
+            assert tallies[arm].proposed and not any(t.proposed for t in tallies[arm + 1 :])
+
+
+def test_a_drafts_probe_behind_lookup_leaves_lookup_every_sequence(
+    tiny_target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`adaptive` with lookup on and the draft off: the draft's probe drafts (and catches up) for at most
+    `probe_rows` sequences, while lookup still proposes for every sequence where it finds a match."""
+    both = LookupFirstDraft(lookup(min_match=1), ModelDraft(SlotModel(tiny_target, VOCAB, 64)))
+    drafted, looked_up = recorded(both.model), recorded(both.lookup)
+    dec = decoder(tiny_target, both, ROUTINGS["adaptive"], max_batch=6)
+    assert dec.adaptive is not None
+    lookup_arm, draft_arm = dec.adaptive.arms
+    monkeypatch.setattr(dec.adaptive, "choose", lambda batch: [2, 2])
+    monkeypatch.setattr(lookup_arm, "speculating", lambda batch: True)
+    monkeypatch.setattr(draft_arm, "probe_rows", 2)
+
+    def first(prompt: list[int]) -> int:
+        return int(tiny_target(torch.tensor([prompt])).logits[0, -1].argmax())
+
+    # lookup finds nothing after these: their first token is not in the prompt (no match of one token)
+    unmatched = [list(p) for p in itertools.permutations(range(VOCAB), 2) if first(list(p)) not in p][:3]
+    everywhere = list(range(VOCAB)) * 2  # every token follows an earlier occurrence: lookup always matches
+    seqs = [Sequence(p, Processing(), 8, lambda tokens: False) for p in [*unmatched, everywhere, everywhere]]
+    dec.add(seqs)
+    dec.step()
+    assert len(looked_up) == 2 and all(p.tokens for p in looked_up)  # both long sequences, not limited
+    assert len(drafted) == 2  # two of the three the draft would propose for
+    assert sorted(s.draft_length > 0 for s in seqs[:3]) == [False, True, True]
+    assert all(s.draft_length == 0 for s in seqs[3:])
 
 
 def sequential(tiny_target, routing: RoutingPolicy, history: int = 0) -> SpeculativeDecoder:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import pytest
 
-from metaspec.server.engine.routing import Adaptive, _Bucket, expected_tokens, speedup
+from metaspec.server.engine.routing import Adaptive, AdaptiveChain, Tally, _Bucket, expected_tokens, speedup
 
 PLAIN = 0.01  # seconds per sequence of a target-only step
 
@@ -170,3 +170,55 @@ def test_speculation_stops_where_the_batch_makes_proposals_expensive() -> None:
     large = [k for s, k in enumerate(chosen) if s >= 400 and batch(s) == 16]
     assert sum(k > 0 for k in small) >= 0.95 * len(small)
     assert sum(k > 0 for k in large) <= 0.05 * len(large)
+
+
+def run_chain(
+    steps: int, found: float, alphas: tuple[float, float], draft_cost: float, seed: int = 0, fixed=None
+) -> tuple[list[list[int]], float]:
+    """Drive prompt lookup and a draft behind it at batch 1 for `steps` steps: lookup finds a continuation
+    at a step with probability `found` (as long as it is asked for), the draft proposes where it found
+    none; proposals are accepted with probability `alphas` (lookup's, the draft's) given the ones before
+    were. A step costs its verify pass (`CPU_STEP`'s width) plus `draft_cost` target steps per draft
+    proposal. `fixed`: the ks of every step instead of `AdaptiveChain`'s. The ks and the throughput
+    relative to target-only."""
+    chain, rng = AdaptiveChain([Adaptive(5), Adaptive(5)]), random.Random(seed)
+    chosen, tokens, seconds = [], 0, 0.0
+    for _ in range(steps):
+        ks = list(fixed) if fixed else chain.choose(1)
+        tallies = [Tally(), Tally()]
+        arm = 0 if ks[0] and rng.random() < found else 1 if ks[1] else None
+        width, accepted = 1, 0
+        if arm is not None:
+            k = ks[arm]
+            while accepted < k and rng.random() < alphas[arm]:
+                accepted += 1
+            tallies[arm] = Tally(k, accepted, int(accepted < k))
+            width = chain.width(1, k + 1, arm) if not fixed else k + 1
+        took = PLAIN * (CPU_STEP[width] + (ks[1] * draft_cost if arm == 1 else 0))
+        if not fixed:
+            chain.record(1, int(arm is not None), width, tallies, took * rng.uniform(0.95, 1.05))
+        chosen.append(ks)
+        tokens, seconds = tokens + 1 + accepted, seconds + took
+    return chosen, tokens * PLAIN / seconds
+
+
+def test_each_proposer_decides_for_itself() -> None:
+    """Lookup that pays (its proposals accepted at α = 0.75, found at 60% of the steps) in front of a draft
+    that does not (α = 0.1 at 0.3 target steps a proposal): lookup stays on and the draft off, so the
+    chain does as well as lookup alone, where one estimate for both would average their acceptance.
+    The reverse — a lookup whose matches are poor, a draft that pays — turns lookup off."""
+    best = lambda *args, **kw: max(run_chain(3000, *args, fixed=(k, j), **kw)[1] for k in range(6) for j in range(6))  # noqa: E731
+    alone = max(run_chain(3000, 0.6, (0.75, 0.1), 0.3, fixed=(k, 0))[1] for k in range(1, 6))
+    assert alone > 1.2 and alone >= best(0.6, (0.75, 0.1), 0.3) - 0.01  # the draft adds nothing
+    for seed in range(5):
+        chosen, gain = run_chain(3000, 0.6, (0.75, 0.1), 0.3, seed=seed)
+        assert gain >= 0.93 * alone
+        late = chosen[1000:]
+        assert sum(ks[0] > 0 for ks in late) >= 0.95 * len(late) and sum(ks[1] > 0 for ks in late) <= 40
+    draft_alone = max(run_chain(3000, 0.6, (0.1, 0.9), 0.05, fixed=(0, k))[1] for k in range(1, 6))
+    assert draft_alone > 1.5
+    for seed in range(5):
+        chosen, gain = run_chain(3000, 0.6, (0.1, 0.9), 0.05, seed=seed)
+        assert gain >= 0.93 * draft_alone
+        late = chosen[1000:]
+        assert sum(ks[0] > 0 for ks in late) <= 40 and sum(ks[1] > 0 for ks in late) >= 0.95 * len(late)
