@@ -367,9 +367,9 @@ class AdaptiveChain:
     model for the sequences where lookup found nothing (`LookupFirstDraft`). One `Adaptive` per
     proposer (`arms`, in that order) keeps its own α, its own step times per width and its own probes,
     so a lookup that pays stays on while a draft that does not is off, and the reverse. Pooled, they
-    would price every proposal at one acceptance rate between the two (on the demo's prompts, lookup's
-    32% and the draft's 8%), and `adaptive` would decide within the noise of its margin whether to run
-    both or neither.
+    would price every proposal at one acceptance rate between the two (on the demo's prompts 32% of
+    lookup's proposals were accepted and 8% of the draft's), and `adaptive` would decide within the
+    noise of its margin whether to run both or neither.
 
     A step's time is recorded by the last proposer that ran in it (the draft's steps and the verify
     pass, when the draft proposed for any sequence; the verify pass alone, when lookup only did), and
