@@ -38,6 +38,10 @@
 #                             verify passes replayed from CUDA graphs), each policy
 #   bench/gpu.sh eagle-costs  c and v of EAGLE-3 drafts (full and pruned heads) next to separate drafts:
 #                             SmolLM2 and random-init Llama-3.1-8B
+#   bench/gpu.sh eagle-rounds an EAGLE-3 draft (EAGLE_DRAFT, default `eagle`'s 8192-token one) at batch 1 with
+#                             `compile`, the second pass timed: each policy at k = 3 (`always` also at 2 and 4),
+#                             then behind prompt lookup (`adaptive` deciding per proposer); then where a round's
+#                             time goes (bench/round_profile.py)
 #   bench/gpu.sh trainer-span the ANIL step with the head adapting in the support set's span against the (V, D)
 #                             delta (anil-nospan) and SFT, Llama-3.1-8B architecture, compiled and checkpointed
 #   bench/gpu.sh lookup       prompt lookup at batch 1, SmolLM2, bf16: the sequential decoder compiled and eager,
@@ -195,6 +199,15 @@ eagle-costs)   # per-token costs through the engine that serves each kind
   timeout 470 $PY bench/costs.py --device cuda --dtype bfloat16 --steps 20 --pairs smollm2:4 smollm2:eagle3 \
     smollm2:eagle3@8192 llama-8b:llama-160m llama-8b:eagle3 llama-8b:eagle3@32000 \
     --out bench/results/costs-cuda-eagle.json || true
+  save ;;
+eagle-rounds)
+  D="${EAGLE_DRAFT:-$HOME/draft-work/draft-eagle3-v8192/model}"
+  S="$PY bench/server.py --device cuda --dtype bfloat16 --compile --passes 2 --draft $D --prompts 8 --max-tokens 128"
+  timeout 280 $S -k 3 --also-k 2 4 --policies never always adaptive \
+    --out bench/results/server-cuda-eagle3-graphs.json || true
+  timeout 200 $S -k 3 --policies never --lookup 1 5 --lookup-history 16384 --lookup-first \
+    --out bench/results/server-cuda-eagle3-behind-lookup.json || true
+  timeout 100 $PY bench/round_profile.py --device cuda --dtype bfloat16 --compile --draft "$D" -k 3 || true
   save ;;
 *)
   sed -n '2,/^# Results land/p' "$0"; exit 2 ;;
