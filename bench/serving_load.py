@@ -15,6 +15,8 @@ Systems, each with a fresh engine per cell over the same loaded models:
   target-only: the fastest policy of the one-at-a-time engine on CPU);
 - `lookup:<policy>` (with `--lookup`): the engine with prompt lookup in place of the draft
   (`promptLookup`, `--lookup-history`, k = `--lookup-k`);
+- `lookup-draft:<policy>` (with `--lookup`): the draft behind prompt lookup (`draft` and `promptLookup`
+  both set; under `adaptive` each decided apart), k = `--lookup-k`;
 - `hf-batched`: transformers' `generate` over left-padded batches of whatever requests are waiting
   (static batching: a batch runs to its longest member), the library a user could pick instead. Its
   continuous-batching manager (`init_continuous_batching`) did not produce a token on CPU here (paged
@@ -23,6 +25,7 @@ Systems, each with a fresh engine per cell over the same loaded models:
     python bench/serving_load.py                               # CPU, SmolLM2 + 4-layer derived draft
     python bench/serving_load.py --draft s3://bucket/drafts/x  # the pipeline's trained draft
     python bench/serving_load.py --systems metaspec lookup --policies never adaptive --lookup 1 5
+    python bench/serving_load.py --draft DRAFT --systems lookup lookup-draft --policies adaptive --lookup 1 5
     python bench/serving_load.py --device cuda --dtype bfloat16 --arch llama-8b --arch-draft llama-160m
     python bench/serving_load.py --device cuda --dtype bfloat16 --compile   # what `compile: true` serves
 
@@ -57,6 +60,7 @@ from metaspec.api.serving import THRESHOLD_POLICIES, PromptLookup, Routing
 from metaspec.builtin import records
 from metaspec.prompts import chat_prompt_ids
 from metaspec.server.engine import RoutingPolicy, SamplingParams, SpeculativeEngine
+from metaspec.server.engine.engine import LookupFirst
 
 POLICIES = {
     "never": RoutingPolicy("never", 0.7, 5),
@@ -268,9 +272,14 @@ def request_mix(tokenizer: Any, n: int, max_tokens: int) -> list[Request]:
 
 
 def systems(
-    args: argparse.Namespace, base: SpeculativeEngine, target: Any, ours: Any, tokenizer: Any, clients: int
+    args: argparse.Namespace,
+    base: SpeculativeEngine,
+    target: Any,
+    ours: tuple[Any, Any],
+    tokenizer: Any,
+    clients: int,
 ) -> dict:
-    """Factories of each system for a cell of `clients`."""
+    """Factories of each system for a cell of `clients`; `ours`: the target and the draft as served."""
     policies = {name: POLICIES[name] for name in args.policies if name in POLICIES}
     if "default" in args.policies:
         policies["default"] = RoutingPolicy.of(Routing())
@@ -279,17 +288,19 @@ def systems(
         for name, policy in policies.items()
     }
     made["batch-1"] = lambda: Metaspec(base.with_routing(POLICIES["never"], max_batch=1))
-    if args.lookup:  # prompt lookup in place of the draft, at its own k
+    if args.lookup:  # prompt lookup in place of the draft, or in front of it, at its own k
         lookup = PromptLookup(min_match=args.lookup[0], max_match=args.lookup[1], history=args.lookup_history)
+        proposers = {"lookup": lookup, "lookup-draft": LookupFirst(lookup, ours[1])}
         for name, policy in policies.items():
             if policy.policy in THRESHOLD_POLICIES:
                 continue
             routing = replace(policy, max_speculative_tokens=args.lookup_k)
-            made[f"lookup:{name}"] = lambda r=routing: Metaspec(
-                SpeculativeEngine.from_models(
-                    ours, lookup, tokenizer, r, max_batch=clients, compile=args.compile, **static(args)
+            for system, proposer in proposers.items():
+                made[f"{system}:{name}"] = lambda r=routing, p=proposer: Metaspec(
+                    SpeculativeEngine.from_models(
+                        ours[0], p, tokenizer, r, max_batch=clients, compile=args.compile, **static(args)
+                    )
                 )
-            )
     eos = set(base._stop_ids)
     made["hf-batched"] = lambda: HFBatched(target, tokenizer, clients, args.max_tokens, eos)
     return {name: make for name, make in made.items() if name.split(":")[0] in args.systems or name in args.systems}
@@ -322,8 +333,9 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         nargs=2,
         metavar=("MIN", "MAX"),
-        help="systems lookup:<policy> (add `lookup` to --systems): promptLookup with these minMatch and maxMatch "
-        "instead of the draft, under each of --policies that needs no draft confidence",
+        help="systems lookup:<policy> and lookup-draft:<policy> (add `lookup`, `lookup-draft` to --systems): "
+        "promptLookup with these minMatch and maxMatch instead of the draft, or in front of it, under each of "
+        "--policies that needs no draft confidence",
     )
     parser.add_argument("--lookup-history", type=int, default=0, help="promptLookup.history of the lookup systems")
     parser.add_argument("--lookup-k", type=int, default=2, help="maxSpeculativeTokens of the lookup systems")
@@ -344,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows: list[dict[str, Any]] = []
     for clients in args.clients:
-        made = systems(args, base, target, ours, tokenizer, clients)
+        made = systems(args, base, target, (ours, ours_draft), tokenizer, clients)
         pooled = {name: (Cell(), 0.0) for name in made}
         # systems take turns, in reverse order every other turn: drift in a shared machine's load hits all alike
         for turn in range(args.repeat):
