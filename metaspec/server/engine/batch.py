@@ -211,8 +211,8 @@ class BatchDecoder:
         batch = list(self.running)
         drafting, limits = self._drafting(batch, self._ks(len(batch)))
         before, captured = time.perf_counter(), self._capture_seconds()
-        if self.adaptive is not None and self.draft is not None:  # a one-time cost: counted against probing
-            self.draft.catch_up([s for s, k in zip(drafting, limits[-1], strict=True) if k])
+        if self.adaptive is not None and self.draft is not None:  # a probe's one-time cost (`Adaptive.record`)
+            self.draft.catch_up(drafting, *limits)
         start, caught_up = time.perf_counter(), self._capture_seconds()
         proposals = self._propose(batch, drafting, limits)
         speculative = any(p.tokens for p in proposals)
@@ -433,9 +433,10 @@ class Draft:
         from a draft without a distribution of its own)."""
         raise NotImplementedError
 
-    def catch_up(self, seqs: list[Sequence]) -> None:
+    def catch_up(self, seqs: list[Sequence], ks: list[int], then: list[int] | None = None) -> None:
         """Take in what `seqs` emitted while the draft sat out, but for their last one or two tokens (a
-        proposal round's own catch-up), so that the round itself costs what it does in steady state."""
+        proposal round's own catch-up), so that the round itself costs what it does in steady state: for
+        those of them that `propose` with the same limits will draft for."""
 
     def propose(
         self, seqs: list[Sequence], ks: list[int], threshold: float | None, then: list[int] | None = None

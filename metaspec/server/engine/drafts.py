@@ -31,8 +31,8 @@ class ModelDraft(Draft):
             seq.draft_length = len(seq.prompt)
         return torch.softmax(logits.float(), dim=-1).amax(-1).tolist()
 
-    def catch_up(self, seqs: list[Sequence]) -> None:
-        behind = [s for s in seqs if len(s.tokens) - s.draft_length > 2]
+    def catch_up(self, seqs: list[Sequence], ks: list[int], then: list[int] | None = None) -> None:
+        behind = [s for s, k in zip(seqs, ks, strict=True) if k and len(s.tokens) - s.draft_length > 2]
         if behind:
             self.lm.forward([Chunk(s.slot, s.draft_length, s.tokens[s.draft_length : -1]) for s in behind])
             for seq in behind:

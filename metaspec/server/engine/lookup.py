@@ -130,12 +130,18 @@ class LookupDraft(Draft):
         self, seqs: list[Sequence], ks: list[int], threshold: float | None, then: list[int] | None = None
     ) -> list[Proposal]:
         proposals = []
-        for seq, k in zip(seqs, ks, strict=True):
-            own = self._own.setdefault(seq, self.lookup.index())
-            tokens = self.lookup.continuation(seq.tokens, own, k) if k else []
+        for seq, tokens in zip(seqs, self.continuations(seqs, ks), strict=True):
             q = self.lookup.q(tokens) if tokens and not seq.proc.greedy else None
             proposals.append(Proposal(tokens, q, lookup=True))
         return proposals
+
+    def continuations(self, seqs: list[Sequence], ks: list[int]) -> list[list[int]]:
+        """What lookup finds after each sequence, up to `ks` tokens (the same until its tokens change)."""
+        found = []
+        for seq, k in zip(seqs, ks, strict=True):
+            own = self._own.setdefault(seq, self.lookup.index())
+            found.append(self.lookup.continuation(seq.tokens, own, k) if k else [])
+        return found
 
     def finish(self, seq: Sequence) -> None:
         self.lookup.finish(seq.tokens)
@@ -167,8 +173,12 @@ class LookupFirstDraft(Draft):
     def admit(self, seqs: list[Sequence]) -> list[float | None]:
         return list(self.model.admit(seqs))
 
-    def catch_up(self, seqs: list[Sequence]) -> None:
-        self.model.catch_up(seqs)
+    def catch_up(self, seqs: list[Sequence], ks: list[int], then: list[int] | None = None) -> None:
+        """The draft's catch-up, for the sequences it will draft for: where lookup finds nothing."""
+        then = ks if then is None else then
+        found = self.lookup.continuations(seqs, ks)
+        rest = [i for i, (tokens, k) in enumerate(zip(found, then, strict=True)) if k and not tokens]
+        self.model.catch_up([seqs[i] for i in rest], [then[i] for i in rest])
 
     def propose(
         self, seqs: list[Sequence], ks: list[int], threshold: float | None, then: list[int] | None = None

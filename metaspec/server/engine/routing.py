@@ -212,8 +212,8 @@ class Adaptive:
     its sequences emitted meanwhile (a prefill of the request so far). So a probe drafts for at most
     `probe_rows` of the batch's sequences (the batch decoder picks those the draft has seen most of),
     and the step's time is read as if every sequence had drafted. The decoder reports the catch-up's
-    time as `overhead`, kept out of the estimates (a one-time cost) but counted against probing: the
-    next probe waits until the probes' losses — the step's time and the overhead beyond what
+    time as `overhead`, kept out of a probe's estimates (a one-time cost) but counted against probing:
+    the next probe waits until the probes' losses — the step's time and the overhead beyond what
     target-only steps would have taken for the tokens the probe emitted — stay within `probe_budget` of
     the time decoding, whatever the interval says. The time CUDA graph captures take within a step (a
     step at shapes run for the first time: on an H100 such a probe took 127–169 target steps) is
@@ -222,9 +222,12 @@ class Adaptive:
     hold the next probe back for 15,000 steps at a 1% budget. A probe that emitted more than it cost
     lost nothing, and the next one comes at once. The budget is the replica's, not each batch-size
     range's: a probe in one range delays those of every other (under load the batch size moves between
-    ranges, and each would otherwise spend it on its own). Padding changes only the speed: its
-    positions are never attended and their logits never read, and k and the width are fixed before
-    the draft proposes.
+    ranges, and each would otherwise spend it on its own). While speculation is on, a catch-up is part
+    of the step it precedes: a draft that proposes every step has next to nothing to catch up on, but
+    one behind prompt lookup catches up on what each of lookup's rounds emitted, every time
+    (`AdaptiveChain`), a cost of proposing that its estimates must hold. Padding changes only the
+    speed: its positions are never attended and their logits never read, and k and the width are
+    fixed before the draft proposes.
     """
 
     max_k: int
@@ -315,9 +318,11 @@ class Adaptive:
     ) -> None:
         """A step over `batch` sequences, `rows` of which proposed, took `seconds` at `width` tokens a row
         and verified `proposed` proposals, of which `accepted` were accepted and `rejected` rounds ended
-        in a rejection; `overhead`: seconds of one-time work besides (the draft catching up before it, CUDA
-        graph captures within it), not part of the step's time."""
+        in a rejection; `overhead`: seconds the draft took catching up before it, part of the step's
+        time while speculation is on, a probe's one-time cost otherwise."""
         bucket = self._bucket(batch)
+        if bucket.on:
+            seconds, overhead = seconds + overhead, 0.0
         if not proposed:
             bucket.plain = _ema(bucket.plain, seconds, self.plain_weight)
             return

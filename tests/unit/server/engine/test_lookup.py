@@ -195,7 +195,9 @@ def test_a_drafts_probe_behind_lookup_leaves_lookup_every_sequence(
     tiny_target, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`adaptive` with lookup on and the draft off: the draft's probe drafts (and catches up) for at most
-    `probe_rows` sequences, while lookup still proposes for every sequence where it finds a match."""
+    `probe_rows` sequences, while lookup still proposes for every sequence where it finds a match. With
+    both on, the draft catches up on the sequences lookup leaves it, never on those lookup serves: a
+    catch-up is then part of the draft's own rounds (`Adaptive.record`)."""
     both = LookupFirstDraft(lookup(min_match=1), ModelDraft(SlotModel(tiny_target, VOCAB, 64)))
     drafted, looked_up = recorded(both.model), recorded(both.lookup)
     dec = decoder(tiny_target, both, ROUTINGS["adaptive"], max_batch=6)
@@ -218,6 +220,9 @@ def test_a_drafts_probe_behind_lookup_leaves_lookup_every_sequence(
     assert len(drafted) == 2  # two of the three the draft would propose for
     assert sorted(s.draft_length > 0 for s in seqs[:3]) == [False, True, True]
     assert all(s.draft_length == 0 for s in seqs[3:])
+    monkeypatch.setattr(draft_arm, "speculating", lambda batch: True)
+    dec.step()
+    assert all(s.draft_length == 0 for s in seqs[3:])  # lookup served them again: no catch-up
 
 
 def sequential(tiny_target, routing: RoutingPolicy, history: int = 0) -> SpeculativeDecoder:
