@@ -175,21 +175,18 @@ class LookupFirstDraft(Draft):
 
     def catch_up(self, seqs: list[Sequence], ks: list[int], then: list[int] | None = None) -> None:
         """The draft's catch-up, for the sequences it will draft for: where lookup finds nothing."""
-        then = ks if then is None else then
-        found = self.lookup.continuations(seqs, ks)
-        rest = [i for i, (tokens, k) in enumerate(zip(found, then, strict=True)) if k and not tokens]
-        self.model.catch_up([seqs[i] for i in rest], [then[i] for i in rest])
+        left = _left(self.lookup.continuations(seqs, ks), ks, then)
+        self.model.catch_up([seqs[i] for i, _ in left], [k for _, k in left])
 
     def propose(
         self, seqs: list[Sequence], ks: list[int], threshold: float | None, then: list[int] | None = None
     ) -> list[Proposal]:
         """Lookup's proposals, up to `ks`; the draft's where it found none, up to `then` (None: `ks`)."""
-        then = ks if then is None else then
         proposals = self.lookup.propose(seqs, ks, None)
-        rest = [i for i, (p, k) in enumerate(zip(proposals, then, strict=True)) if k and not p.tokens]
-        if rest:
-            made = self.model.propose([seqs[i] for i in rest], [then[i] for i in rest], threshold)
-            for i, proposal in zip(rest, made, strict=True):
+        left = _left([p.tokens for p in proposals], ks, then)
+        if left:
+            made = self.model.propose([seqs[i] for i, _ in left], [k for _, k in left], threshold)
+            for (i, _), proposal in zip(left, made, strict=True):
                 proposals[i] = proposal
         return proposals
 
@@ -208,3 +205,10 @@ class LookupFirstDraft(Draft):
 
     def clear(self, slot: int) -> None:
         self.model.clear(slot)
+
+
+def _left(found: list[list[int]], ks: list[int], then: list[int] | None) -> list[tuple[int, int]]:
+    """(index, limit) of each sequence the draft behind lookup proposes for: where lookup `found` nothing
+    and its limit (`then`, None: `ks`) allows."""
+    limits = ks if then is None else then
+    return [(i, k) for i, (tokens, k) in enumerate(zip(found, limits, strict=True)) if k and not tokens]
