@@ -211,7 +211,7 @@ class BatchDecoder:
         batch = list(self.running)
         drafting, limits = self._drafting(batch, self._ks(len(batch)))
         before, captured = time.perf_counter(), self._capture_seconds()
-        if self.adaptive is not None and self.draft is not None:  # a probe's one-time cost (`Adaptive.record`)
+        if self.adaptive is not None and self.draft is not None:  # timed apart: see `Adaptive.record`
             self.draft.catch_up(drafting, *limits)
         start, caught_up = time.perf_counter(), self._capture_seconds()
         proposals = self._propose(batch, drafting, limits)
