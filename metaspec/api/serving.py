@@ -84,8 +84,8 @@ class Routing(Model):
         "it costs its probes, each with the draft's catch-up on the request so far, held to about 1% of the "
         "decoding time. With `promptLookup` in front of a draft, each proposer is measured and decided apart, "
         "so lookup can speculate while a draft that does not pay stays off. `first-token`: speculate for the "
-        "whole request if the draft's first-token confidence ≥ threshold (0.7 was the seed's choice), else target only; costs one "
-        "draft prefill per request. `per-token`: each round drafts while confidence ≥ threshold; costs at "
+        "whole request if the draft's first-token confidence ≥ threshold (0.7 was the seed's choice), else "
+        "target only; costs one draft prefill per request. `per-token`: each round drafts while confidence ≥ threshold; costs at "
         "least one draft step per round, even when it stops at once. `always`: k draft steps and a "
         "(k+1)-token verify per round; pays only when the draft's acceptance covers them. `never`: target "
         "only, no draft cost. None changes the output distribution.",
