@@ -68,6 +68,7 @@ class SpeculativeEngine:
         self._token_chars: int | None = None
         self._inbox: deque[_Request] = deque()
         self._wake = threading.Condition()
+        self._outbox = _Outbox()
         self._worker: threading.Thread | None = None
         self._closed = False
         self.on_step: Callable[[int, bool], None] | None = None
@@ -264,12 +265,7 @@ class SpeculativeEngine:
         self.check_request(prompt_ids, params)
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue[Any] = asyncio.Queue()
-
-        def post(item: Any) -> None:
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(inbox.put_nowait, item)
-
-        request = self._submit(prompt_ids, params, post)
+        request = self._submit(prompt_ids, params, lambda item: self._outbox.post(loop, inbox, item))
         try:
             while (item := await inbox.get()) is not _DONE:
                 if isinstance(item, BaseException):
@@ -355,6 +351,7 @@ class SpeculativeEngine:
                 if self._closed:
                     for request in [*active, *self._inbox]:
                         request.fail(RuntimeError("the engine was closed"))
+                    self._outbox.send()
                     return
                 limit = 1 if self.sequential is not None else self.max_batch
                 joining = [self._inbox.popleft() for _ in range(min(len(self._inbox), limit - len(active)))]
@@ -365,6 +362,7 @@ class SpeculativeEngine:
                 for request in active:
                     request.fail(error)
                 active.clear()
+            self._outbox.send()
 
     def _advance(self, active: list[_Request], joining: list[_Request]) -> None:
         """Admit `joining`, run one step (or, sequentially, one whole request), finish who is done."""
@@ -375,7 +373,7 @@ class SpeculativeEngine:
         active.extend(joining)
         if self.sequential is not None:
             for request in joining:
-                request.decode_alone(self.sequential)
+                request.decode_alone(self.sequential, self._outbox.send)
         else:
             if joining:
                 self.decoder.add([r.seq for r in joining])
@@ -395,6 +393,30 @@ class SpeculativeEngine:
             worker = self._worker
         if worker is not None and worker is not threading.current_thread():
             worker.join()
+
+
+class _Outbox:
+    """What the worker posts to requests on event loops during a step, sent at its end with one
+    `call_soon_threadsafe` a loop: each call writes to the loop's self-pipe and wakes its thread, which
+    then takes the GIL from the worker (between the torch ops of a step's settling, which release it).
+    Worker thread only."""
+
+    def __init__(self) -> None:
+        self._items: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Any], Any]]] = {}
+
+    def post(self, loop: asyncio.AbstractEventLoop, inbox: asyncio.Queue[Any], item: Any) -> None:
+        self._items.setdefault(loop, []).append((inbox, item))
+
+    def send(self) -> None:
+        items, self._items = self._items, {}
+        for loop, posted in items.items():
+            if not loop.is_closed():  # its server stopped: nobody is waiting
+                loop.call_soon_threadsafe(_deliver, posted)
+
+
+def _deliver(posted: list[tuple[asyncio.Queue[Any], Any]]) -> None:
+    for inbox, item in posted:
+        inbox.put_nowait(item)
 
 
 class _Request:
@@ -440,14 +462,17 @@ class _Request:
             self.post(Delta(piece, kept, scores))
         return self.stopped
 
-    def decode_alone(self, decoder: SpeculativeDecoder) -> None:
-        """Decode the whole request through the sequential (compiled) decoder."""
+    def decode_alone(self, decoder: SpeculativeDecoder, send: Callable[[], None]) -> None:
+        """Decode the whole request through the sequential (compiled) decoder, `send`ing each round's
+        Delta as it comes."""
         seq = self.seq
         rounds = decoder.decode(seq.prompt, seq.proc, seq.budget, self.stats, seq.generator, seq.logprobs)
         try:
             for tokens in rounds:
                 seq.tokens.extend(tokens)
-                if self.add(tokens) or seq.cancelled:
+                stop = self.add(tokens)
+                send()
+                if stop or seq.cancelled:
                     break
         except Exception as error:  # this request's alone, as a failing sequence in a batch
             log.warning("sequence failed: %r", error, exc_info=True)

@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from metaspec.server.engine import RoutingPolicy, SamplingParams, SpeculativeEngine
+from metaspec.server.engine.engine import _Outbox
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +150,39 @@ async def test_concurrent_requests_decode_as_they_would_alone(engine: Speculativ
         assert many[-1].finish_reason == one[-1].finish_reason
         if sampling.temperature == 0:
             assert [t for d in many for t in d.token_ids] == [t for d in one for t in d.token_ids]
+
+
+async def test_a_batch_wakes_the_event_loop_once_a_step(engine: SpeculativeEngine, monkeypatch) -> None:
+    """Each step posts a Delta to every request in its batch; they reach the event loop in one wake-up
+    (a `call_soon_threadsafe`, counted by a spy that passes every call through), in order for each
+    request. One wake-up per Delta would give as many wake-ups as Deltas."""
+    loop = asyncio.get_running_loop()
+    wakes = []
+    call_soon_threadsafe = loop.call_soon_threadsafe
+    monkeypatch.setattr(loop, "call_soon_threadsafe", lambda *a: wakes.append(a) or call_soon_threadsafe(*a))
+    prompts = [engine.encode_prompt(t) for t in ["Hi", "Once upon a time", "Count to ten", "Tell me about the sea"]]
+    greedy = SamplingParams(max_tokens=16, ignore_eos=True)
+    together = await asyncio.gather(*(collect(engine, p, greedy) for p in prompts))
+    monkeypatch.undo()
+    deltas = sum(len(d) for d in together)
+    assert 0 < len(wakes) <= deltas / 2, (len(wakes), deltas)
+    for prompt, many in zip(prompts, together, strict=True):
+        alone = await collect(engine, prompt, greedy)
+        assert [t for d in many for t in d.token_ids] == [t for d in alone for t in d.token_ids]
+        assert many[-1].finish_reason == "length" and many[-1].stats is not None
+
+
+def test_posts_to_a_closed_event_loop_are_dropped() -> None:
+    """A client's loop that has closed (its server stopped) takes nothing more: sending the worker's
+    posts to it neither raises nor keeps them."""
+    loop = asyncio.new_event_loop()
+    outbox = _Outbox()
+    inbox: asyncio.Queue[int] = asyncio.Queue()
+    outbox.post(loop, inbox, 1)
+    loop.close()
+    outbox.send()
+    outbox.send()
+    assert inbox.empty()
 
 
 @pytest.mark.parametrize("max_batch", [1, 4])  # the sequential decoder, the batch decoder
