@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import DynamicCache, StaticCache
@@ -58,7 +59,15 @@ class CausalLM:
 
     `draft_rounds` (default: when compiled): as a draft, propose a greedy round's tokens in one call
     (`propose`), compiled into one CUDA graph, instead of one call per token.
+
+    `capture_seconds`: the time compiled calls spent compiling and recording rather than replaying, which
+    `adaptive` leaves out of its step times (a shape's first probe on an H100 compiled for seconds, and
+    counted as a step, it held speculation off for good). torch.compile's CUDA-graph trees run a compiled
+    function's first call as a warm-up, after compiling it, and record its graph at the second
+    (`WARM_CALLS`); a call is timed on the host, where compiling and recording take their time.
     """
+
+    WARM_CALLS = 2
 
     def __init__(
         self,
@@ -84,6 +93,8 @@ class CausalLM:
                 # older static layers keep a length tensor that nothing can rewind after a rejection
                 raise ValueError(f"a static KV cache needs transformers >= 5.24 (StaticCache.crop): {_VERSION}")
         self._compiled = self._round = None
+        self.capture_seconds = 0.0
+        self._calls: Counter[tuple[str, int]] = Counter()
         if compile:
             if self._static is None:
                 raise ValueError("torch.compile needs a static cache (static_cache_len)")
@@ -119,8 +130,8 @@ class CausalLM:
             rows = length - n + keep  # the kept positions and the padding after them
             out = self.model(input_ids=ids, use_cache=True, logits_to_keep=rows, **{self._cache_arg: cache})
             return out.logits[0, :keep, : self.vocab], length - n  # (keep, V)
-        torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs may be overwritten
-        out = self._compiled(input_ids=ids, use_cache=True, logits_to_keep=length, **{self._cache_arg: cache})
+        kwargs = {"input_ids": ids, "use_cache": True, "logits_to_keep": length, self._cache_arg: cache}
+        out = self._call(("forward", length), self._compiled, **kwargs)
         return out.logits[0, n - keep : n, : self.vocab].clone(), length - n  # (keep, V), outliving the graph
 
     def propose(
@@ -129,8 +140,19 @@ class CausalLM:
         """A greedy draft round in one call: see `_greedy_round`."""
         if self._round is None:
             return self._greedy_round(cache, last, seen, penalty, k)
-        torch.compiler.cudagraph_mark_step_begin()
-        return self._round(cache, last, seen, penalty, k).clone()  # outliving the graph
+        return self._call(("round", k), self._round, cache, last, seen, penalty, k).clone()  # outliving the graph
+
+    def _call(self, shape: tuple[str, int], compiled: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """A compiled function's call, its time counted in `capture_seconds` while the shape is warming."""
+        if self._calls[shape] >= self.WARM_CALLS:
+            torch.compiler.cudagraph_mark_step_begin()  # the previous call's outputs may be overwritten
+            return compiled(*args, **kwargs)
+        start = time.perf_counter()
+        torch.compiler.cudagraph_mark_step_begin()  # its first call imports the compiler: a second here
+        out = compiled(*args, **kwargs)
+        self._calls[shape] += 1
+        self.capture_seconds += time.perf_counter() - start
+        return out
 
     def _greedy_round(
         self, cache: object, last: torch.Tensor, seen: torch.Tensor, penalty: torch.Tensor, k: int
@@ -342,19 +364,24 @@ class _Run:
         while produced < max_new_tokens:
             k = self._k()
             k = min(k, max_new_tokens - produced - 1)  # leave room for the token every round ends with
-            start = time.perf_counter()
+            before, captured = time.perf_counter(), self._capture_seconds()
             if k and self.adaptive is not None:
                 self._catch_up()
-            caught_up = time.perf_counter()
+            start, caught_up = time.perf_counter(), self._capture_seconds()
             propose = self._propose_round if k and self.whole_rounds else self._propose
             proposals, q = propose(k)
             new = self._verify(proposals, q)
             if self.adaptive is not None and produced:  # the first round is the prompt's prefill: no step
                 j, accepted = proposals.shape[0], len(new) - 1
-                seconds = time.perf_counter() - caught_up
-                self.adaptive.record(1, 1, self.width, j, accepted, int(accepted < j), seconds, caught_up - start)
+                seconds = time.perf_counter() - start - (self._capture_seconds() - caught_up)
+                overhead = start - before - (caught_up - captured)
+                self.adaptive.record(1, 1, self.width, j, accepted, int(accepted < j), seconds, overhead)
             produced += len(new)
             yield new
+
+    def _capture_seconds(self) -> float:
+        """Seconds both models' compiled calls spent compiling and recording so far (`CausalLM`)."""
+        return self.target.lm.capture_seconds + (self.draft.lm.capture_seconds if self.draft is not None else 0.0)
 
     def _k(self) -> int:
         if not self.speculate:

@@ -8,6 +8,7 @@ pass the G-test against the target's exact distribution, and a broken rejection 
 from __future__ import annotations
 
 import itertools
+import time
 from collections import Counter
 
 import pytest
@@ -261,6 +262,39 @@ def test_sampling_with_lookup_one_at_a_time_matches_target_distribution(tiny_tar
         counts[tuple(tokens)] += 1
     assert 0 < total.accepted_tokens < total.proposed_tokens
     assert g_test_p_value(counts, exact_distribution(tiny_target, proc, PROMPT)) >= ALPHA
+
+
+def test_adaptive_leaves_compiling_out_of_its_step_times(tiny_target, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under `compile` a shape's first calls compile and record a CUDA graph instead of replaying it:
+    seconds on a GPU, which as a step's time held `adaptive` off. Here torch.compile is stood in for by
+    the eager forward over the same static cache, stalled on each shape's first `WARM_CALLS` calls (a
+    real compile takes minutes on this CPU; `test_compiled_cuda.py` compiles for real). No step time
+    and no probe's overhead that `adaptive` records holds a stall; `capture_seconds` holds them all."""
+    stall = 0.2
+    lm = CausalLM(tiny_target, VOCAB, static_cache_len=64)
+    calls: Counter[int] = Counter()
+
+    def compiled(**kwargs: object) -> object:
+        length = kwargs["input_ids"].shape[1]  # type: ignore[attr-defined]
+        calls[length] += 1
+        if calls[length] <= CausalLM.WARM_CALLS:
+            time.sleep(stall)
+        return tiny_target(**kwargs)
+
+    lm._compiled = compiled
+    settings = PromptLookup(min_match=1, max_match=3)
+    dec = SpeculativeDecoder(lm, None, ROUTINGS["adaptive"], Lookup(settings, VOCAB, torch.device("cpu")))
+    assert dec.adaptive is not None
+    timed: list[float] = []
+    record = dec.adaptive.record
+    monkeypatch.setattr(dec.adaptive, "record", lambda *a: timed.extend(a[-2:]) or record(*a))
+    stats = RequestStats()
+    for prompt in ([*PROMPT, *p] for p in itertools.islice(itertools.permutations(range(VOCAB), 2), 4)):
+        for _ in dec.decode(prompt, Processing(), 10, stats, None):
+            pass
+    assert stats.proposed_tokens > 0 and sorted(calls) == [1, lm.compile_max_tokens]  # steps and probes
+    assert lm.capture_seconds >= stall * sum(min(n, CausalLM.WARM_CALLS) for n in calls.values())
+    assert timed and max(timed) < stall / 2
 
 
 def test_one_at_a_time_history_keeps_finished_and_stopped_requests_not_failed_ones(
