@@ -134,7 +134,9 @@ def run_hf(
         assistant.generation_config.num_assistant_tokens_schedule = "constant"
         assistant.generation_config.assistant_confidence_threshold = 0.0
         extra["assistant_model"] = assistant
-    if args.compile and assistant is None:  # transformers' assisted generation refuses a static cache
+    # transformers' assisted generation refuses a static cache with a draft; with prompt lookup it takes
+    # one, and its compiled forward then hit a device-side index assert on the H100 (transformers 5.25)
+    if args.compile and assistant is None and not lookup:
         extra["cache_implementation"] = "static"
     if args.temperature:  # the distribution ours samples from: temperature alone, no top-k/top-p cut
         extra |= {"do_sample": True, "temperature": args.temperature, "top_k": 0, "top_p": 1.0}
