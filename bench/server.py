@@ -83,18 +83,24 @@ ARCHS = {
     "llama-1b": dict(
         hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32, tie_word_embeddings=True
     ),
-    "llama-160m": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
+    "llama-160m": dict(
+        hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=4
+    ),
+    # one 16-wide layer: next to the host's work per step, its compute is nothing
+    "host": dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1),
 }
 
 
 def random_llama(name: str, device: str, dtype: torch.dtype) -> LlamaForCausalLM:
     config = LlamaConfig(
-        vocab_size=128256,
-        num_key_value_heads=8 if name != "llama-160m" else 4,
-        max_position_embeddings=131072,
-        rope_theta=500000.0,
-        eos_token_id=None,
-        **ARCHS[name],
+        **{
+            "vocab_size": 128256,
+            "num_key_value_heads": 8,
+            "max_position_embeddings": 131072,
+            "rope_theta": 500000.0,
+            "eos_token_id": None,
+            **ARCHS[name],
+        }
     )
     with torch.device(device):
         model = LlamaForCausalLM(config).to(dtype)

@@ -1,12 +1,12 @@
 """Serving under load: aggregate throughput and latency with 1, 4, 16 and 64 concurrent clients.
 
 Closed-loop clients (each sends its next request as soon as the previous one ends) draw from one fixed
-mix of `builtin://eval` prompts, alternately greedy and sampled (temperature 0.7, top-p 0.9, seeded),
-for a bounded time per cell, after `--warm-up` seconds of the same load unmeasured. Per cell:
-aggregate output tokens/s (tokens streamed before the deadline over the cell's time), p50/p95 time to
-first token and inter-token latency (a round's tokens share its time). A request still waiting for its
-first token at the deadline counts with its wait so far (a lower bound), so a queue that never drains
-shows in the TTFT tail rather than vanishing from it.
+mix of `builtin://eval` prompts, alternately greedy and sampled (temperature 0.7, top-p 0.9, seeded;
+`--greedy`: all greedy), for a bounded time per cell, after `--warm-up` seconds of the same load
+unmeasured. Per cell: aggregate output tokens/s (tokens streamed before the deadline over the cell's
+time), p50/p95 time to first token and inter-token latency (a round's tokens share its time). A request
+still waiting for its first token at the deadline counts with its wait so far (a lower bound), so a
+queue that never drains shows in the TTFT tail rather than vanishing from it.
 
 Systems, each with a fresh engine per cell over the same loaded models:
 - `metaspec:<policy>`: the continuous-batching engine, batch up to the number of clients (`adaptive` is
@@ -28,6 +28,7 @@ Systems, each with a fresh engine per cell over the same loaded models:
     python bench/serving_load.py --draft DRAFT --systems lookup lookup-draft --policies adaptive --lookup 1 5
     python bench/serving_load.py --device cuda --dtype bfloat16 --arch llama-8b --arch-draft llama-160m
     python bench/serving_load.py --device cuda --dtype bfloat16 --compile   # what `compile: true` serves
+    python bench/serving_load.py --arch host --arch-draft host --greedy --systems metaspec --policies never
 
 `--compile` (CUDA) is what `SpecServe.spec.compile` turns on: batches replay their decode steps from CUDA
 graphs, `batch-1` runs on a static cache and torch.compile; every cache holds `--cache-len` positions.
@@ -260,12 +261,12 @@ def row(system: str, clients: int, cell: Cell, elapsed: float) -> dict[str, Any]
     }
 
 
-def request_mix(tokenizer: Any, n: int, max_tokens: int) -> list[Request]:
+def request_mix(tokenizer: Any, n: int, max_tokens: int, greedy: bool = False) -> list[Request]:
     inputs = [r.input for r in records("eval")]
     chosen = inputs[:: max(1, len(inputs) // n)][:n]
     mix = []
     for i, text in enumerate(chosen):
-        sampled = i % 2 == 1
+        sampled = i % 2 == 1 and not greedy
         params = SamplingParams(max_tokens, temperature=0.7 if sampled else 0.0, top_p=0.9 if sampled else 1.0, seed=i)
         mix.append(Request(chat_prompt_ids(tokenizer, text), params))
     return mix
@@ -318,14 +319,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", help="target model URI (default: the bundled SmolLM2-135M-Instruct)")
     parser.add_argument("--draft", help="draft model URI (default: derived from the target, untrained)")
     parser.add_argument("--draft-layers", type=int, default=4, help="layers of a derived draft")
-    parser.add_argument("--arch", choices=["llama-8b"], help="random-init target architecture (no download)")
-    parser.add_argument("--arch-draft", default="llama-1b", choices=["llama-1b", "llama-160m"])
+    parser.add_argument(
+        "--arch",
+        choices=["llama-8b", "host"],
+        help="random-init target architecture (no download); `host`: one 16-wide layer, the host's work alone",
+    )
+    parser.add_argument("--arch-draft", default="llama-1b", choices=["llama-1b", "llama-160m", "host"])
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--seconds", type=float, default=25.0, help="time per cell")
     parser.add_argument("--warm-up", type=float, default=5.0, help="unmeasured seconds of each cell's load first")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each cell, systems alternating (pooled)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--mix", type=int, default=64, help="distinct requests in the mix")
+    parser.add_argument(
+        "--greedy",
+        action="store_true",
+        help="every request greedy (a random model's flat distribution makes top-p sort the whole vocabulary)",
+    )
     parser.add_argument("--policies", nargs="+", default=list(POLICIES))
     parser.add_argument("--systems", nargs="+", default=["metaspec", "batch-1", "hf-batched"])
     parser.add_argument(
@@ -348,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     # thread is the process's only OpenMP pool while it runs, as in a server (`off_main`)
     target, draft, tokenizer, label = off_main(lambda: models(args, dtype))
     ours, ours_draft = off_main(lambda: (served(target), served(draft)))  # hf-batched runs the models as loaded
-    mix = request_mix(tokenizer, args.mix, args.max_tokens)
+    mix = request_mix(tokenizer, args.mix, args.max_tokens, args.greedy)
     base = off_main(
         lambda: SpeculativeEngine.from_models(
             ours, ours_draft, tokenizer, POLICIES["never"], max_batch=1, compile=args.compile, **static(args)
