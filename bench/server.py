@@ -87,7 +87,9 @@ ARCHS = {
         hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=4
     ),
     # one 16-wide layer: next to the host's work per step, its compute is nothing
-    "host": dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1),
+    "host": dict(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1
+    ),
 }
 
 
