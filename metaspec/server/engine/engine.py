@@ -15,6 +15,7 @@ serves.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import random
@@ -410,7 +411,7 @@ class _Outbox:
     def send(self) -> None:
         items, self._items = self._items, {}
         for loop, posted in items.items():
-            if not loop.is_closed():  # its server stopped: nobody is waiting
+            with contextlib.suppress(RuntimeError):  # the loop closed (its server stopped): nobody is waiting
                 loop.call_soon_threadsafe(_deliver, posted)
 
 

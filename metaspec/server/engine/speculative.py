@@ -148,7 +148,7 @@ class CausalLM:
             torch.compiler.cudagraph_mark_step_begin()  # the previous call's outputs may be overwritten
             return compiled(*args, **kwargs)
         start = time.perf_counter()
-        torch.compiler.cudagraph_mark_step_begin()  # its first call imports the compiler: a second here
+        torch.compiler.cudagraph_mark_step_begin()  # its first call imports the compiler (about a second)
         out = compiled(*args, **kwargs)
         self._calls[shape] += 1
         self.capture_seconds += time.perf_counter() - start
