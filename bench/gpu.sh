@@ -205,7 +205,7 @@ eagle-rounds)
   S="$PY bench/server.py --device cuda --dtype bfloat16 --compile --passes 2 --draft $D --prompts 8 --max-tokens 128"
   timeout 280 $S -k 3 --also-k 2 4 --policies never always adaptive \
     --out bench/results/server-cuda-eagle3-graphs.json || true
-  timeout 200 $S -k 3 --policies never --lookup 1 5 --lookup-history 16384 --lookup-first \
+  timeout 200 $S -k 3 --policies never --lookup 1 5 --lookup-first \
     --out bench/results/server-cuda-eagle3-behind-lookup.json || true
   timeout 100 $PY bench/round_profile.py --device cuda --dtype bfloat16 --compile --draft "$D" -k 3 || true
   save ;;
