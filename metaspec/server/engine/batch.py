@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import itertools
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from .protocol import RequestStats, TokenLogprob
-from .routing import Adaptive, AdaptiveChain, RoutingPolicy, Tally
+from .routing import Adaptive, AdaptiveChain, RoutingPolicy, StepClock, Tally
 from .sampling import NO_DISTRIBUTION, History, Processing, draw_rows, greedy_tokens, probabilities
 from .slots import Chunk, SlotModel
 from .speculative import record_logprobs, speculative_accept
@@ -210,10 +209,10 @@ class BatchDecoder:
             return 0, False
         batch = list(self.running)
         drafting, limits = self._drafting(batch, self._ks(len(batch)))
-        before, captured = time.perf_counter(), self._capture_seconds()
+        clock = StepClock(self._capture_seconds)
         if self.adaptive is not None and self.draft is not None:  # timed apart: see `Adaptive.record`
             self.draft.catch_up(drafting, *limits)
-        start, caught_up = time.perf_counter(), self._capture_seconds()
+        clock.caught_up()
         proposals = self._propose(batch, drafting, limits)
         speculative = any(p.tokens for p in proposals)
         width = 1 + max(len(p.tokens) for p in proposals)  # tokens a row in the target's pass
@@ -240,9 +239,8 @@ class BatchDecoder:
         chosen, finite = self._choices(batch, proposals, logits, offsets)
         for i, (seq, proposal, lo, hi) in enumerate(zip(batch, proposals, offsets, offsets[1:], strict=False)):
             self._settle_safely(seq, logits[lo:hi], proposal, finite[i], chosen[i])
-        if self.adaptive is not None:  # CUDA graph captures left out of both: once a shape, never a step's
-            seconds = time.perf_counter() - start - (self._capture_seconds() - caught_up)
-            self._record(batch, width, proposals, seconds, start - before - (caught_up - captured))
+        if self.adaptive is not None:
+            self._record(batch, width, proposals, *clock.stop())
         self._drop_finished()
         return len(batch), speculative
 

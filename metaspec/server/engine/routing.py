@@ -32,6 +32,8 @@ that point by itself (its cost estimates are per batch size); the cut-off still 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from math import ceil
 from typing import Literal
@@ -422,6 +424,29 @@ class Tally:
     proposed: int = 0
     accepted: int = 0
     rejected: int = 0
+
+
+class StepClock:
+    """Times a step for `Adaptive.record`: the draft's catch-up before it (`overhead`), then the step
+    itself (`seconds`), each without what compiling and capturing CUDA graphs took within it (`captured`:
+    the models' seconds of that so far), a cost once a shape that says nothing of a step's."""
+
+    def __init__(self, captured: Callable[[], float]) -> None:
+        self._captured = captured
+        self._begun = self._now()
+        self._caught_up = self._begun
+
+    def _now(self) -> tuple[float, float]:
+        return time.perf_counter(), self._captured()
+
+    def caught_up(self) -> None:
+        """The catch-up is over; the step starts."""
+        self._caught_up = self._now()
+
+    def stop(self) -> tuple[float, float]:
+        """(seconds, overhead): the step's and the catch-up's, captures left out."""
+        (begun, before), (caught_up, then), (now, after) = self._begun, self._caught_up, self._now()
+        return now - caught_up - (after - then), caught_up - begun - (then - before)
 
 
 def _ema(old: float | None, new: float, weight: float) -> float:

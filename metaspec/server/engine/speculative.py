@@ -33,7 +33,7 @@ from transformers import DynamicCache, StaticCache
 from transformers import __version__ as _VERSION
 
 from .protocol import RequestStats, TokenLogprob
-from .routing import Adaptive, RoutingPolicy
+from .routing import Adaptive, RoutingPolicy, StepClock
 from .sampling import History, Processing, confidence, draw, greedy_tokens, logprobs, penalize, probabilities
 
 if TYPE_CHECKING:
@@ -364,18 +364,16 @@ class _Run:
         while produced < max_new_tokens:
             k = self._k()
             k = min(k, max_new_tokens - produced - 1)  # leave room for the token every round ends with
-            before, captured = time.perf_counter(), self._capture_seconds()
+            clock = StepClock(self._capture_seconds)
             if k and self.adaptive is not None:
                 self._catch_up()
-            start, caught_up = time.perf_counter(), self._capture_seconds()
+            clock.caught_up()
             propose = self._propose_round if k and self.whole_rounds else self._propose
             proposals, q = propose(k)
             new = self._verify(proposals, q)
             if self.adaptive is not None and produced:  # the first round is the prompt's prefill: no step
                 j, accepted = proposals.shape[0], len(new) - 1
-                seconds = time.perf_counter() - start - (self._capture_seconds() - caught_up)
-                overhead = start - before - (caught_up - captured)
-                self.adaptive.record(1, 1, self.width, j, accepted, int(accepted < j), seconds, overhead)
+                self.adaptive.record(1, 1, self.width, j, accepted, int(accepted < j), *clock.stop())
             produced += len(new)
             yield new
 
