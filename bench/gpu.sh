@@ -28,8 +28,9 @@
 #                             with `compile`, SmolLM2: where a step's time goes. py-spy (a 3 MB wheel: `pip download
 #                             py-spy`) goes into its own folder, /tmp/spy (`pip install --target /tmp/spy`): setup's
 #                             upgrade of /tmp/site would drop its binary
-#   bench/gpu.sh step-compile padded decode steps captured from the eager body (what `compile` serves) and from the
-#                             body compiled by torch.compile first: step time, one replay's GPU time, compile time
+#   bench/gpu.sh step-compile padded decode steps captured from the eager body with transformers' kernels and with
+#                             Liger's fused ones (what `compile` serves; carry the liger-kernel wheel in .whl/):
+#                             step time, one replay's GPU time
 #   bench/gpu.sh costs        draft/target cost ratio and verify cost: random-init Llama-3.1-8B, 1B and 160M drafts
 #   bench/gpu.sh eagle        EAGLE-3 (feature-level) drafts with full and 8192-token heads and a pruned 4-layer
 #                             draft, trained on `draft`'s teacher outputs (run `draft` first; re-run to resume)
@@ -168,7 +169,8 @@ serving-graphs)   # `compile` in batches (decode steps from CUDA graphs) against
   timeout 150 $S --clients 16 --systems metaspec batch-1 --out bench/results/serving_load-cuda-smollm2-eager.json || true
   save ;;
 step-compile)
-  $PY bench/step_compile.py --device cuda --dtype bfloat16 --batch 16 64; save ;;
+  $PY bench/step_compile.py --device cuda --dtype bfloat16 --batch 1 4 16 64 --modes graphs fused
+  save ;;
 serving-profile)   # py-spy --format raw: one line a stack (thread;frames count); grep the decode thread's
   mkdir -p "${OUT:-/tmp/out}"
   timeout 200 /tmp/spy/bin/py-spy record -r 250 --nonblocking --threads --idle --format raw \

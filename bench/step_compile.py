@@ -36,10 +36,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import add_common_args, machine, setup, sync, write_result
 
 from metaspec.causal_lm import load_causal_lm
+from metaspec.server.engine import kernels
 from metaspec.server.engine.slots import Chunk, SlotModel
 from metaspec_testing.models import random_llama
 
-MODES = ("graphs", "body")
+MODES = ("graphs", "fused", "body")
 
 
 def run(model: Any, args: argparse.Namespace, mode: str, batch: int) -> tuple[list[list[int]], dict[str, Any]]:
@@ -48,6 +49,9 @@ def run(model: Any, args: argparse.Namespace, mode: str, batch: int) -> tuple[li
     lm = SlotModel(model, model.config.vocab_size, 1024 if not args.smoke else 64, graphs=True)
     padded = lm.padded
     assert padded is not None
+    padded.fused = mode == "fused" and kernels.fuse(model)
+    if mode == "fused" and not padded.fused:
+        raise SystemExit("fused: Liger-Kernel is not installed (the `cuda` extra), or the device is not CUDA")
     if mode == "body":
         padded._step = torch.compile(padded._step, backend=args.backend, dynamic=True)  # type: ignore[method-assign]
     graphs_before = counters["stats"]["unique_graphs"]
@@ -98,11 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--steps", type=int, default=48, help="decode steps after the prefill")
     parser.add_argument("--prompt", type=int, default=40, help="prompt tokens of the first row (up to 6 more)")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES[:2]), help="first: the reference")
     parser.add_argument("--backend", default="inductor", help="torch.compile's backend for `body`")
     add_common_args(parser, "step_compile")
     args = parser.parse_args(argv)
     if args.smoke:
         args.batch, args.steps, args.prompt, args.backend = [2], 10, 8, "aot_eager"
+        args.modes = ["graphs", "body"]
     device, dtype = setup(args)
     if args.smoke:
         model = random_llama(args.seed, 64, 2, positions=64)
@@ -118,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|")
     for batch in args.batch:
         reference = None
-        for mode in MODES:
+        for mode in args.modes:
             tokens, row = run(model, args, mode, batch)
             if reference is None:
                 reference = tokens

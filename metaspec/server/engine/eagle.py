@@ -56,7 +56,7 @@ class FeatureModel:
         """slot -> (entry position, the draft's output feature (H,) there) of the last entry written."""
         self.target_based: dict[int, int] = {}
         """slot -> tokens whose entries were all made from target features."""
-        self.padded = PaddedSteps(self.cache, self._body, draft.config.hidden_size) if graphs else None
+        self.padded = PaddedSteps(self.cache, self._body, draft, draft.config.hidden_size) if graphs else None
 
     @property
     def capture_seconds(self) -> float:

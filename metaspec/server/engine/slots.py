@@ -33,6 +33,8 @@ from dataclasses import dataclass
 import torch
 from transformers import Cache
 
+from metaspec.server.engine import kernels
+
 log = logging.getLogger(__name__)
 
 
@@ -176,7 +178,7 @@ class SlotModel:
         self._head = model.get_output_embeddings()
         forward = inspect.signature(model.base_model.forward).parameters
         self._cache_arg = "cache" if "cache" in forward else "past_key_values"
-        self.padded = PaddedSteps(self.cache, self._body) if graphs else None
+        self.padded = PaddedSteps(self.cache, self._body, model) if graphs else None
 
     @property
     def capture_seconds(self) -> float:
@@ -284,9 +286,11 @@ class PaddedSteps:
     runs eagerly: the same code, which the CPU tests check against the ragged path.
     """
 
-    def __init__(self, cache: SlotCache, body: Body, inputs: int = 0) -> None:
+    def __init__(self, cache: SlotCache, body: Body, model: torch.nn.Module, inputs: int = 0) -> None:
         self.cache, self.body = cache, body
         self.capture = cache.device.type == "cuda"
+        self.fused = self.capture and kernels.fuse(model)
+        """The body runs Liger's fused norm, rotary embedding and SwiGLU kernels (`kernels`)."""
         self.shapes: set[tuple[int, int, int]] = set()
         """Every (b, t, w) run so far."""
         self._runs: dict[_Shape, Callable[[], tuple[torch.Tensor, torch.Tensor | None]]] = {}
@@ -375,7 +379,8 @@ class PaddedSteps:
         cache._writes, cache._positions, cache._width = writes, positions, w
         cache._rows = None if packed else self._inputs[5, :b]
         vectors = self._vectors[: b * t].view(b, t, -1) if self._vectors is not None else None
-        return self.body(ids, positions, w, layers, vectors)
+        with kernels.fused(self.fused):
+            return self.body(ids, positions, w, layers, vectors)
 
     def _prepare(
         self, b: int, t: int, w: int, layers: tuple[int, ...], packed: bool

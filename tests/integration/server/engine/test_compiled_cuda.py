@@ -1,6 +1,6 @@
 """The compiled CUDA paths decode what the eager paths decode: at batch 1 static caches, CUDA graphs and
 a draft round in one graph; in batches decode steps and verify passes replayed from CUDA graphs
-(`PaddedSteps`).
+(`PaddedSteps`), with Liger's fused kernels where liger-kernel is installed.
 SmolLM2-135M-Instruct with its 4-layer cut or an EAGLE-3 draft (started from the target, perturbed),
 float32 on the GPU, greedy with and without a repetition
 penalty. Skipped without a CUDA GPU (the `gpu` marker): CUDA graphs exist only there; the CPU tests run
@@ -9,6 +9,7 @@ the same round, and the same padded steps, eagerly."""
 from __future__ import annotations
 
 import copy
+import importlib.util
 import itertools
 
 import pytest
@@ -111,3 +112,5 @@ def test_batched_graphs_decode_like_eager(policy: str, kind: str | None, cuda_mo
     assert got == expected
     for lm in (decoders[1].target, *([decoders[1].draft.lm] if kind else [])):
         assert lm.padded is not None and lm.padded.capture and lm.padded.shapes  # captured, not fallen back
+        # Liger's fused kernels in the graphs wherever it is installed (the `cuda` extra), and still exact
+        assert lm.padded.fused == (importlib.util.find_spec("liger_kernel") is not None)
