@@ -70,7 +70,8 @@ wheels)   # 24 MB: with the 98 MB GGUF, two calls' carry (64 MiB each) only with
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
     transformers==5.25.0 huggingface_hub==2.4.0 kernels==0.19.1 httpx2==2.17.0 httpcore2==2.17.0 truststore \
     anyio idna h11 click tomlkit typing_extensions regex peft==0.21.2 pydantic pydantic_core annotated-types \
-    typing-inspection fastapi starlette uvicorn gguf opentelemetry-api python-json-logger pytest-asyncio ;;
+    typing-inspection fastapi starlette uvicorn gguf opentelemetry-api python-json-logger pytest-asyncio \
+    liger-kernel==0.8.5 ;;
 setup)
   if [ -d .whl ]; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 _ON: contextvars.ContextVar[bool] = contextvars.ContextVar("metaspec_fused_kernels", default=False)
 _ROPE = "apply_rotary_pos_emb"
+_SILU = ("SiLU", "SiLUActivation")  # torch's, transformers' (`ACT2FN["silu"]`)
 
 
 @contextlib.contextmanager
@@ -75,14 +76,18 @@ def plan(model: torch.nn.Module) -> tuple[list[torch.nn.Module], list[torch.nn.M
     for sub in model.modules():
         if type(sub).__name__.endswith("RMSNorm") and hasattr(sub, "variance_epsilon") and _plain(sub, "weight"):
             norms.append(sub)
-        elif all(hasattr(sub, p) for p in ("gate_proj", "up_proj", "down_proj")) and isinstance(
-            getattr(sub, "act_fn", None), torch.nn.SiLU
-        ):
+        elif _gated(sub):
             mlps.append(sub)
         module = sys.modules.get(type(sub).__module__)
         if module is not None and callable(getattr(module, _ROPE, None)) and module not in modules:
             modules.append(module)
     return norms, mlps, modules
+
+
+def _gated(module: torch.nn.Module) -> bool:
+    """`down(silu(gate(x)) * up(x))`: the Llama MLP."""
+    projections = all(hasattr(module, p) for p in ("gate_proj", "up_proj", "down_proj"))
+    return projections and type(getattr(module, "act_fn", None)).__name__ in _SILU
 
 
 def _plain(module: torch.nn.Module, name: str) -> bool:
