@@ -1,10 +1,13 @@
-"""Padded decode steps (`PaddedSteps`) with the model's body eager or compiled by `torch.compile` before capture.
+"""Padded decode steps (`PaddedSteps`): graphs of the eager body with transformers' kernels, with Liger's
+fused kernels, or of the body compiled by `torch.compile` first.
 
 `compile` in batches replays each padded step from a CUDA graph captured from the eager body: launching a
 small model's kernels costs nothing then, but each kernel still runs on its own (a norm, the rotary
-embedding, an activation: several kernels each). Compiling the body first fuses that element-wise work.
-This measures what it would buy and what it costs: `graphs` is what `compile` serves; `body` wraps the
-padded step (the whole body, every layer) in `torch.compile(dynamic=True)` before the same capture.
+embedding, an activation: several kernels each). This measures what fusing that element-wise work buys
+and what it costs: `graphs` captures transformers' own kernels; `fused` the same body with Liger-Kernel's
+norm, rotary embedding and SwiGLU (`metaspec/server/engine/kernels.py`: what `compile` serves on CUDA
+where liger-kernel is installed); `body` wraps the padded step (the whole body, every layer) in
+`torch.compile(dynamic=True)` before the same capture (minutes of compiling a shape).
 
 Per mode, over the same prompts (random ids, 40 to 46 tokens a row) on a target of its own: the prefill
 of `--batch` prompts together, then `--steps` decode steps of one token a row fed with the step's
@@ -16,7 +19,7 @@ per shape class it specialised on). The share of greedy tokens where the two mod
 bf16 rounding of fused kernels moves the argmax of a random-id prompt (a divergence carries through the
 rest of its row).
 
-    python bench/step_compile.py --device cuda --dtype bfloat16 --batch 16 64
+    python bench/step_compile.py --device cuda --dtype bfloat16 --batch 1 4 16 64 --modes graphs fused body
     python bench/step_compile.py --smoke    # a tiny random Llama on the CPU, `aot_eager`: the script's path
 """
 
