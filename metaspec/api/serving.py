@@ -328,7 +328,9 @@ class SpecServeSpec(WorkloadSpec):
         True,
         description="On GPU, CUDA graphs. In batches (`sampling.maxConcurrency` above 1) the decode steps and "
         "verify passes of the target and the steps of a draft (separate or `eagle3`) are captured at padded batch sizes "
-        "and lengths as they come and replayed, and so is the prefill of prompts up to 256 tokens. At "
+        "and lengths as they come and replayed, and so is the prefill of prompts up to 256 tokens; where the image "
+        "has Liger-Kernel (the `cuda` extra), its fused RMSNorm, rotary embedding and SwiGLU run inside those "
+        "graphs. At "
         "`maxConcurrency` 1 with no draft, a separate draft or `promptLookup`: a static KV cache + "
         "`torch.compile`; that cache holds "
         "`sampling.maxPromptTokens + sampling.maxTokensLimit + k + 1` positions and every attention reads "
