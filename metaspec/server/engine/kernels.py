@@ -65,7 +65,8 @@ def fuse(model: torch.nn.Module) -> bool:
         original = getattr(module, _ROPE)
         if not getattr(original, "_metaspec_fused", False):
             setattr(module, _ROPE, _rope(liger_rope, original))
-    log.info("fused kernels (Liger): %d norms, %d MLPs, rotary embedding of %s", len(norms), len(mlps), modules)
+    names = ", ".join(m.__name__ for m in modules) or "none"
+    log.info("fused kernels (Liger): %d norms, %d MLPs, the rotary embedding of %s", len(norms), len(mlps), names)
     return bool(norms or mlps or modules)
 
 
