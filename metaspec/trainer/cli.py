@@ -87,7 +87,7 @@ def _leave(code: int) -> None:
 
     With gloo (CPU), a worker that finished its run can still abort in the C++ destructors that run
     after Python's last line (`terminate called without an active exception`, exit -6: seen in about
-    one two-process FSDP run in 25), and the launcher would then fail a run that succeeded."""
+    one two-process FSDP test run in 30), and the launcher would then fail a run that succeeded."""
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
