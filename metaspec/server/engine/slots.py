@@ -381,14 +381,17 @@ class PaddedSteps:
         cache._writes, cache._positions, cache._width = writes, positions, w
         cache._rows = None if packed else self._inputs[5, :b]
         vectors = self._vectors[: b * t].view(b, t, -1) if self._vectors is not None else None
-        with kernels.fused(self.fused):
-            return self.body(ids, positions, w, layers, vectors)
+        return self.body(ids, positions, w, layers, vectors)
 
     def _prepare(
         self, b: int, t: int, w: int, layers: tuple[int, ...], packed: bool
     ) -> Callable[[], tuple[torch.Tensor, torch.Tensor | None]]:
         """How shape (b, t, w) runs: a graph's replay on CUDA, else the step itself."""
-        step = lambda: self._step(b, t, w, layers, packed)  # noqa: E731
+
+        def step() -> tuple[torch.Tensor, torch.Tensor | None]:
+            with kernels.fused(self.fused):
+                return self._step(b, t, w, layers, packed)
+
         if not self.capture:
             return step
         device = self.cache.device
