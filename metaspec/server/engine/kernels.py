@@ -10,9 +10,9 @@ embedding of queries and keys ten, the SwiGLU activation two. Liger-Kernel (Trit
 `fuse(model)` swaps the forwards of the model's own RMSNorm and SiLU-gated MLP modules (where they are
 the Llama forms: `weight * x / rms(x)` with `variance_epsilon`, `down(silu(gate(x)) * up(x))`) and the
 `apply_rotary_pos_emb` of the modeling modules its classes come from (process-wide, as Liger itself
-patches it). Each new forward runs Liger's kernel only inside `fused()` (the fused model's own passes:
-`SlotModel` and `FeatureModel` enter it around their body) on CUDA tensors and never while
-`torch.compile` traces (inductor fuses the original itself); everywhere else it is the original forward.
+patches it). Each new forward runs Liger's kernel only inside `fused()` (`PaddedSteps` enters it around
+each padded step of the target or draft it fused), on CUDA tensors, and never while `torch.compile`
+traces (inductor fuses the original itself); everywhere else it is the original forward.
 """
 
 from __future__ import annotations
