@@ -39,7 +39,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import add_common_args, machine, setup, sync, write_result
 
 from metaspec.causal_lm import load_causal_lm
-from metaspec.server.engine import kernels
 from metaspec.server.engine.slots import Chunk, SlotModel
 from metaspec_testing.models import random_llama
 
@@ -52,7 +51,7 @@ def run(model: Any, args: argparse.Namespace, mode: str, batch: int) -> tuple[li
     lm = SlotModel(model, model.config.vocab_size, 1024 if not args.smoke else 64, graphs=True)
     padded = lm.padded
     assert padded is not None
-    padded.fused = mode == "fused" and kernels.fuse(model)
+    padded.fused = padded.fused and mode == "fused"  # `PaddedSteps` fused the model on CUDA where it could
     if mode == "fused" and not padded.fused:
         raise SystemExit("fused: Liger-Kernel is not installed (the `cuda` extra), or the device is not CUDA")
     if mode == "body":

@@ -75,7 +75,7 @@ def plan(model: torch.nn.Module) -> tuple[list[torch.nn.Module], list[torch.nn.M
     (Python modules) whose `apply_rotary_pos_emb` the model's attention calls."""
     norms, mlps, modules = [], [], []
     for sub in model.modules():
-        if type(sub).__name__.endswith("RMSNorm") and hasattr(sub, "variance_epsilon") and _plain(sub, "weight"):
+        if type(sub).__name__.endswith("RMSNorm") and hasattr(sub, "variance_epsilon") and _plain(sub):
             norms.append(sub)
         elif _gated(sub):
             mlps.append(sub)
@@ -91,8 +91,9 @@ def _gated(module: torch.nn.Module) -> bool:
     return projections and type(getattr(module, "act_fn", None)).__name__ in _SILU
 
 
-def _plain(module: torch.nn.Module, name: str) -> bool:
-    weight = getattr(module, name, None)
+def _plain(module: torch.nn.Module) -> bool:
+    """A norm scaled by its weight alone (no offset such as Gemma's 1 + weight)."""
+    weight = getattr(module, "weight", None)
     return isinstance(weight, torch.nn.Parameter) and weight.ndim == 1 and not hasattr(module, "offset")
 
 
