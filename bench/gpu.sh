@@ -34,15 +34,17 @@
 #   bench/gpu.sh costs        draft/target cost ratio and verify cost: random-init Llama-3.1-8B, 1B and 160M drafts
 #   bench/gpu.sh eagle        EAGLE-3 (feature-level) drafts with full and 8192-token heads and a pruned 4-layer
 #                             draft, trained on `draft`'s teacher outputs (run `draft` first; re-run to resume)
+#   bench/gpu.sh eagle-draft  `eagle`'s 8192-token EAGLE-3 draft alone, its teacher outputs first (≈ 4 min)
 #   bench/gpu.sh eagle-serve  serving with the 4-layer, pruned 4-layer and both EAGLE-3 drafts, greedy, SmolLM2
 #   bench/gpu.sh eagle-load   the 8192-token EAGLE-3 draft of `eagle` under 4 and 16 clients with `compile` (its
 #                             verify passes replayed from CUDA graphs), each policy
 #   bench/gpu.sh eagle-costs  c and v of EAGLE-3 drafts (full and pruned heads) next to separate drafts:
 #                             SmolLM2 and random-init Llama-3.1-8B
 #   bench/gpu.sh eagle-rounds an EAGLE-3 draft (EAGLE_DRAFT, default `eagle`'s 8192-token one) at batch 1 with
-#                             `compile`, the second pass timed: each policy at k = 3 (`always` also at 2 and 4),
-#                             then behind prompt lookup (`adaptive` deciding per proposer); then where a round's
-#                             time goes (bench/round_profile.py)
+#                             `compile`, the second pass timed: each policy at k = 3 (`always` also at 2 and 4,
+#                             and with the draft stepping one call a token), then behind prompt lookup (`adaptive`
+#                             deciding per proposer); then where a round's time goes (bench/round_profile.py),
+#                             the draft's steps in one call and one call a token
 #   bench/gpu.sh trainer-span the ANIL step with the head adapting in the support set's span against the (V, D)
 #                             delta (anil-nospan) and SFT, Llama-3.1-8B architecture, compiled and checkpointed
 #   bench/gpu.sh lookup       prompt lookup at batch 1, SmolLM2, bf16: the sequential decoder compiled and eager,
@@ -190,6 +192,9 @@ costs)   # random-init Llama-3.1-8B with 1B and 160M drafts: cost ratio and veri
 eagle)   # feature-level drafts and a pruned separate draft on the teacher outputs of `draft`
   timeout 470 $PY bench/draft.py $EAGLE --serve || true
   save ;;
+eagle-draft)   # the 8192-token EAGLE-3 draft alone, with its teacher outputs: what eagle-rounds serves (≈ 4 min)
+  timeout 470 $PY bench/draft.py ${EAGLE/4@8192 eagle3 eagle3@8192/eagle3@8192} || true
+  save ;;
 eagle-serve)   # each draft served next to target-only and (separate drafts) transformers' assisted generation
   timeout 470 $PY bench/draft.py $EAGLE --serve 4 4@8192 eagle3 eagle3@8192 --prompts 12 || true
   save ;;
@@ -206,11 +211,14 @@ eagle-costs)   # per-token costs through the engine that serves each kind
 eagle-rounds)
   D="${EAGLE_DRAFT:-$HOME/draft-work/draft-eagle3-v8192/model}"
   S="$PY bench/server.py --device cuda --dtype bfloat16 --compile --passes 2 --draft $D --prompts 8 --max-tokens 128"
-  timeout 280 $S -k 3 --also-k 2 4 --policies never always adaptive \
+  timeout 300 $S -k 3 --also-k 2 4 --policies never always adaptive --stepwise \
     --out bench/results/server-cuda-eagle3-graphs.json || true
   timeout 200 $S -k 3 --policies never --lookup 1 5 --lookup-first \
     --out bench/results/server-cuda-eagle3-behind-lookup.json || true
-  timeout 100 $PY bench/round_profile.py --device cuda --dtype bfloat16 --compile --draft "$D" -k 3 || true
+  for steps in chained stepwise; do
+    timeout 100 $PY bench/round_profile.py --device cuda --dtype bfloat16 --compile --draft "$D" -k 3 \
+      $([ $steps = stepwise ] && echo --stepwise) --out "bench/results/round_profile-cuda-$steps.json" || true
+  done
   save ;;
 *)
   sed -n '2,/^# Results land/p' "$0"; exit 2 ;;

@@ -8,7 +8,10 @@ second pass is timed, with each part wrapped in a device synchronisation so that
 one measures replays. A draft model behind the engine is served by the batch decoder when it is an
 EAGLE-3 draft (any other draft at batch 1 would take the sequential decoder, which this does not time).
 
-    python bench/round_profile.py --device cuda --dtype bfloat16 --compile --draft DRAFT -k 4
+    python bench/round_profile.py --device cuda --dtype bfloat16 --compile --draft DRAFT -k 4 [--stepwise]
+
+A greedy round's draft steps run in one call (`ModelDraft.chained`: one CUDA graph with `--compile`);
+`--stepwise` times the draft stepping one call a token instead.
 
 Results: a table on stdout and JSON in bench/results/.
 """
@@ -36,6 +39,7 @@ PARTS = (
     "draft: k steps",
     "draft: one step",
     "draft: one step's body",
+    "draft: k steps in one call",
     "draft: takes the target's features",
 )
 
@@ -49,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("-k", type=int, default=4, help="maxSpeculativeTokens")
     parser.add_argument("--compile", action="store_true", help="CUDA graphs of the batch decoder's steps")
+    parser.add_argument(
+        "--stepwise", action="store_true", help="the draft steps one call a token (`ModelDraft.chained` off)"
+    )
     args = parser.parse_args(argv)
     device, dtype = setup(args)
     if args.smoke:
@@ -61,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = SpeculativeEngine.from_models(target, draft, tokenizer, routing, compile=args.compile, max_batch=1)
     if engine.sequential is not None:
         parser.error("this draft is decoded by the sequential decoder at batch 1: give an EAGLE-3 draft")
+    engine.decoder.draft.chained = not args.stepwise
     for prompt in prompts:  # the first pass: warm-up, and a CUDA graph for each new shape
         run_ours(engine, prompt, args)
     decoder = engine.decoder
@@ -89,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
     draft = decoder.draft
     parts = [(decoder, "step"), (decoder.target, "forward"), (draft, "propose"), (draft.lm, "forward")]
-    parts += [(draft.lm.padded, "run"), (draft, "observe")]
+    parts += [(draft.lm.padded, "run"), (draft.lm.padded, "chain"), (draft, "observe")]
     for (owner, name), part in zip(parts, PARTS, strict=True):
         if owner is not None:  # no padded steps without --compile on CUDA
             timed(owner, name, part)

@@ -58,6 +58,7 @@ from metaspec.drafts import Eagle3Draft, is_eagle3, load_eagle3
 from metaspec.local.bundled import bundled_model_dir
 from metaspec.prompts import chat_prompt_ids
 from metaspec.server.engine import LookupFirst, RoutingPolicy, SamplingParams, SpeculativeEngine
+from metaspec.server.engine.drafts import ModelDraft
 from metaspec_testing.models import cut_draft
 
 RESULTS = Path(__file__).parent / "results"
@@ -247,6 +248,12 @@ def main(argv: list[str] | None = None) -> int:
         "--also-k", type=int, nargs="*", default=[], help="more k for `always`: rows ours-always-k<K> (one run)"
     )
     parser.add_argument(
+        "--stepwise",
+        action="store_true",
+        help="also row ours-always-stepwise: `always` with the batch decoder's draft stepping one call a token "
+        "instead of proposing a greedy round in one call (`ModelDraft.chained`)",
+    )
+    parser.add_argument(
         "--policies", nargs="+", default=list(POLICIES), choices=[*POLICIES, "adaptive"], help="policies to run"
     )
     parser.add_argument("--threshold", type=float, default=0.7, help="confidenceThreshold")
@@ -316,6 +323,12 @@ def main(argv: list[str] | None = None) -> int:
             compile=args.compile,
             max_batch=1,
         )
+    if args.stepwise:  # what a round in one call saves (a draft at batch 1 in the batch decoder: EAGLE-3)
+        engine = first.with_routing(RoutingPolicy("always", args.threshold, args.k))
+        if engine.decoder is None or not isinstance(engine.decoder.draft, ModelDraft):
+            parser.error("--stepwise needs a draft that the batch decoder serves at batch 1 (an EAGLE-3 draft)")
+        engine.decoder.draft.chained = False
+        engines["always-stepwise"] = engine
     for k in args.also_k:  # another k is another verify length: an engine of its own over the same models
         routing = RoutingPolicy("always", args.threshold, k)
         engines[f"always-k{k}"] = SpeculativeEngine.from_models(
@@ -397,13 +410,13 @@ def main(argv: list[str] | None = None) -> int:
 def report(rows: list[dict[str, Any]], args: argparse.Namespace, label: str) -> None:
     decode = f"sampled (temperature {args.temperature})" if args.temperature else "greedy"
     print(f"\nbatch-1 {decode} decode, {args.device} {args.dtype}, {label}, k={args.k}, threshold={args.threshold}")
-    header = f"{'method':<18}{'tok/s':>9}{'ms/tok':>9}{'×gen':>7}{'×never':>8}{'×assist':>8}{'accept':>8}{'spec':>6}{'tok/rnd':>8}{'mism':>6}"
+    header = f"{'method':<22}{'tok/s':>9}{'ms/tok':>9}{'×gen':>7}{'×never':>8}{'×assist':>8}{'accept':>8}{'spec':>6}{'tok/rnd':>8}{'mism':>6}"
     print(header)
     print("-" * len(header))
     for r in rows:
         fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
         print(
-            f"{r['method']:<18}{r['tokens_per_second']:>9.2f}{r['ms_per_token']:>9.2f}"
+            f"{r['method']:<22}{r['tokens_per_second']:>9.2f}{r['ms_per_token']:>9.2f}"
             f"{r['speedup_vs_hf_generate']:>7.2f}{r['speedup_vs_ours_never']:>8.2f}"
             f"{fmt(r['speedup_vs_hf_assisted'], '.2f'):>8}"
             f"{fmt(r.get('acceptance_rate'), '.2f'):>8}{fmt(r.get('speculation_rate'), '.2f'):>6}"

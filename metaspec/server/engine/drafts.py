@@ -20,6 +20,10 @@ class ModelDraft(Draft):
     def __init__(self, lm: SlotModel) -> None:
         self.lm = lm
         self.max_length = lm.max_length
+        self.chained = True
+        """Propose a round whose sequences all decode greedily (no context-dependent transforms, no
+        `per-token` threshold) in one call (`SlotModel.chain`): with `graphs`, its k steps replay as one
+        CUDA graph, with one host sync for the round instead of one a step."""
 
     @property
     def capture_seconds(self) -> float:  # type: ignore[override]
@@ -41,7 +45,15 @@ class ModelDraft(Draft):
     def propose(
         self, seqs: list[Sequence], ks: list[int], threshold: float | None, then: list[int] | None = None
     ) -> list[Proposal]:
-        logits, _ = self.lm.forward([Chunk(s.slot, s.draft_length, s.tokens[s.draft_length :]) for s in seqs])
+        chunks = [Chunk(s.slot, s.draft_length, s.tokens[s.draft_length :]) for s in seqs]
+        plain = all(s.proc.greedy and not s.proc.contextual for s in seqs)  # each step's token is the argmax
+        if self.chained and plain and threshold is None and min(ks) > 0:
+            chained = self.lm.chain(chunks, ks)
+            if chained is not None:
+                for seq, k in zip(seqs, ks, strict=True):
+                    seq.draft_length = len(seq.tokens) + k - 1
+                return [Proposal(row[:k]) for row, k in zip(chained.tolist(), ks, strict=True)]
+        logits, _ = self.lm.forward(chunks)
         for seq in seqs:
             seq.draft_length = len(seq.tokens)
         out = [Proposal() for _ in seqs]

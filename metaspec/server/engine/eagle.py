@@ -100,6 +100,28 @@ class FeatureModel:
         logits[live] = spread
         return logits, None
 
+    def chain(self, chunks: list[Chunk], ks: list[int]) -> torch.Tensor | None:
+        """Greedy proposals (B, max(ks)) after each chunk in one padded call (`PaddedSteps.chain`): after the
+        chunk, each step takes the draft's own output feature and its greedy token; None where padded steps
+        do not run them (`graphs` off, a chunk too long, or holding only a sequence's first token). The
+        cache takes all but the last of them; each row's `outputs` entry is its `ks[i]`-th step's."""
+        entries = [self._entry(c) for c in chunks]
+        if self.padded is None or None in entries:
+            return None
+        shifted = [entry[0] for entry in entries]  # type: ignore[index]
+        if not self.padded.fits(shifted, max(ks) - 1):
+            return None
+        features = [entry[1] for entry in entries]  # type: ignore[index]
+        tokens, outputs = self.padded.chain(shifted, max(ks), self._greedy, features)
+        for row, (c, k) in enumerate(zip(shifted, ks, strict=True)):
+            self.outputs[c.slot] = (c.start + len(c.ids) + k - 2, outputs[row, k - 1])
+        return tokens
+
+    def _greedy(self, out: torch.Tensor) -> torch.Tensor:
+        """The target id of the draft's top token after each output feature (B, H) -> (B,): the argmax of
+        `forward`'s logits, the draft's ids ascending as the target's."""
+        return self.targets[self.draft.logits(out).argmax(-1)]
+
     def _body(
         self, ids: torch.Tensor, positions: torch.Tensor, width: int, layers: tuple[int, ...], features: torch.Tensor
     ) -> tuple[torch.Tensor, None]:

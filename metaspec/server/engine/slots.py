@@ -29,6 +29,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 from transformers import Cache
@@ -213,6 +214,16 @@ class SlotModel:
         valid = torch.arange(length)[None, :] < torch.tensor([len(c.ids) for c in chunks])[:, None]  # (B, T)
         return logits, features[valid.flatten().to(self.device)]
 
+    def chain(self, chunks: list[Chunk], ks: list[int]) -> torch.Tensor | None:
+        """Greedy proposals (B, max(ks)) after each chunk, each step taking the previous one's argmax, in one
+        padded call (`PaddedSteps.chain`); None where padded steps do not run them (`graphs` off, a chunk
+        too long). The cache takes all but the last of them."""
+        k = max(ks)
+        if self.padded is None or not self.padded.fits(chunks, k - 1):
+            return None
+        tokens, _ = self.padded.chain(chunks, k, lambda out: self._head(out)[:, : self.vocab].argmax(-1))
+        return tokens
+
     def _body(
         self, ids: torch.Tensor, positions: torch.Tensor, width: int, layers: tuple[int, ...], inputs: None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -249,7 +260,7 @@ def _pow2(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
 
-_Shape = tuple[int, int, int, tuple[int, ...], bool]
+_Out = TypeVar("_Out")
 
 Body = Callable[
     [torch.Tensor, torch.Tensor, int, tuple[int, ...], torch.Tensor | None], tuple[torch.Tensor, torch.Tensor | None]
@@ -295,8 +306,9 @@ class PaddedSteps:
         """The body runs Liger's fused norm, rotary embedding and SwiGLU kernels (`kernels`)."""
         self.shapes: set[tuple[int, int, int]] = set()
         """Every (b, t, w) run so far."""
-        self._runs: dict[_Shape, Callable[[], tuple[torch.Tensor, torch.Tensor | None]]] = {}
-        """How each shape runs: (b, t, w, layers returned, packed) -> its graph's replay (or the step)."""
+        self._runs: dict[tuple, Callable[[], Any]] = {}
+        """How each shape runs: (b, t, w, layers returned, packed), or ("chain", b, t, w, k, packed) ->
+        its graph's replay (or the step)."""
         self._pool: object = None
         self._allocations = -1
         self.capture_seconds = 0.0
@@ -336,9 +348,49 @@ class PaddedSteps:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`forward` for chunks that fit one step: rows of `tokens` (no chunk longer), padded up to a
         power of two."""
+        b, t, w, packed = self._load(chunks, tokens, inputs)
+        hidden, features = self._replay((b, t, w, layers, packed), lambda: self._step(b, t, w, layers, packed))
+        # indexing copies: what is returned outlives the next replay
+        states = hidden.index_select(0, self._inputs[3, : sum(c.keep for c in chunks)])
+        if features is None:
+            return states, None
+        return states, features.index_select(0, self._inputs[4, : sum(len(c.ids) for c in chunks)])
+
+    def chain(
+        self,
+        chunks: list[Chunk],
+        k: int,
+        head: Callable[[torch.Tensor], torch.Tensor],
+        inputs: list[torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """k greedy steps in one call, with no host sync between them (one CUDA graph on a GPU): the step
+        over `chunks` (one step's worth, keeping their last token), then k − 1 steps of one token a row,
+        each taking the token `head` picks from the row's last output (E,) -> id at the position after
+        it, and, when the body takes vectors, that output as its vector. Returns each row's k tokens
+        (B, k) and the output each step ended with (B, k, E). The cache takes every step's tokens;
+        callers keep the positions their rows need (`ModelDraft.propose`)."""
+        assert all(c.keep == 1 for c in chunks), "a chain continues from each chunk's last token"
+        b, t, w, packed = self._load(chunks, 1, inputs, reach=k - 1)
+        tokens, outputs = self._replay(("chain", b, t, w, k, packed), lambda: self._chain(b, t, w, packed, k, head))
+        return tokens[: len(chunks)].clone(), outputs[: len(chunks)].clone()  # outlive the next replay
+
+    def fits(self, chunks: list[Chunk], reach: int = 0) -> bool:
+        """Whether `chunks` run as one padded step (`run`), and `reach` positions more after each fit
+        the cache (`chain`)."""
+        longest = max(len(c.ids) for c in chunks)
+        if longest > MAX_TOKENS or len(chunks) > MAX_STEP_TOKENS // _pow2(longest):
+            return False
+        return max(c.start + len(c.ids) for c in chunks) + reach <= self.cache.max_length
+
+    def _load(
+        self, chunks: list[Chunk], tokens: int, inputs: list[torch.Tensor] | None, reach: int = 0
+    ) -> tuple[int, int, int, bool]:
+        """Set the input buffers for a step over `chunks` (rows of at least `tokens`) attending to `reach`
+        positions more after each row's tokens; return its padded shape (b, t, w) and whether its rows
+        are the cache's first b."""
         n, cache = len(chunks), self.cache
-        b, t = _pow2(n), _pow2(tokens)
-        w = min(max(MIN_WIDTH, _pow2(max(c.start + len(c.ids) for c in chunks))), cache.max_length)
+        b, t = _pow2(n), _pow2(max(tokens, *(len(c.ids) for c in chunks)))
+        w = min(max(MIN_WIDTH, _pow2(max(c.start + len(c.ids) for c in chunks) + reach)), cache.max_length)
         packed = all(c.slot == row for row, c in enumerate(chunks))
         cache.reserve(b if packed else max(c.slot for c in chunks) + 1, w)
         if cache.allocations != self._allocations:  # new tensors: every graph read the old ones
@@ -360,17 +412,19 @@ class PaddedSteps:
         if self._vectors is not None:
             assert inputs is not None, "this body takes a vector a token"
             self._vectors.index_copy_(0, self._inputs[4, : len(valid)], torch.cat(inputs).to(cache.dtype))
-        key = (b, t, w, layers, packed)
+        self.shapes.add((b, t, w))
+        return b, t, w, packed
+
+    def _replay(self, key: tuple, step: Callable[[], _Out]) -> _Out:
+        """Run `step` (a function of the input buffers) for shape `key`: its graph's replay on CUDA, captured
+        the first time the shape comes; else the step itself."""
         run = self._runs.get(key)
         if run is None:
-            run = self._runs[key] = self._prepare(*key)
-        self.shapes.add((b, t, w))
-        hidden, features = run()
-        # indexing copies: what is returned outlives the next replay
-        states = hidden.index_select(0, self._inputs[3, : len(keep)])
-        if features is None:
-            return states, None
-        return states, features.index_select(0, self._inputs[4, : len(valid)])
+            start = self.capture_seconds
+            run = self._runs[key] = self._prepare(step)
+            if self.capture:
+                log.info("captured a CUDA graph of %s, %.0f ms", _describe(key), 1000 * (self.capture_seconds - start))
+        return run()
 
     def _step(
         self, b: int, t: int, w: int, layers: tuple[int, ...], packed: bool
@@ -383,14 +437,34 @@ class PaddedSteps:
         vectors = self._vectors[: b * t].view(b, t, -1) if self._vectors is not None else None
         return self.body(ids, positions, w, layers, vectors)
 
-    def _prepare(
-        self, b: int, t: int, w: int, layers: tuple[int, ...], packed: bool
-    ) -> Callable[[], tuple[torch.Tensor, torch.Tensor | None]]:
-        """How shape (b, t, w) runs: a graph's replay on CUDA, else the step itself."""
+    def _chain(
+        self, b: int, t: int, w: int, packed: bool, k: int, head: Callable[[torch.Tensor], torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`chain`'s k steps over the input buffers: (b, k) tokens, (b, k, E) outputs."""
+        hidden, _ = self._step(b, t, w, (), packed)
+        ends = self._inputs[3, :b]  # each row's last token (a padding row: any of the step's)
+        out = hidden.index_select(0, ends)  # (b, E)
+        position = self._inputs[1, : b * t].index_select(0, ends)[:, None]  # (b, 1)
+        slots = self._inputs[5, :b]
+        cache = self.cache
+        tokens, outputs = [head(out)], [out]
+        for _ in range(k - 1):
+            position = (position + 1).clamp(max=w - 1)  # a padding row's only: `fits` holds the real ones
+            cache._writes, cache._positions, cache._width = slots[:, None], position, w
+            cache._rows = None if packed else slots
+            vectors = out[:, None] if self._vectors is not None else None
+            out, _ = self.body(tokens[-1][:, None], position, w, (), vectors)
+            tokens.append(head(out))
+            outputs.append(out)
+        return torch.stack(tokens, 1), torch.stack(outputs, 1)
 
-        def step() -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _prepare(self, body: Callable[[], _Out]) -> Callable[[], _Out]:
+        """How a step (`body`, a function of the input buffers) runs: a graph's replay on CUDA, else the step
+        itself; inside `kernels.fused` either way."""
+
+        def step() -> _Out:
             with kernels.fused(self.fused):
-                return self._step(b, t, w, layers, packed)
+                return body()
 
         if not self.capture:
             return step
@@ -412,10 +486,18 @@ class PaddedSteps:
         self._pool = graph.pool()
         took = time.perf_counter() - start
         self.capture_seconds += took
-        log.info("captured a CUDA graph: %d rows of %d tokens over %d positions, %.0f ms", b, t, w, 1000 * took)
 
-        def replay() -> tuple[torch.Tensor, torch.Tensor | None]:
+        def replay() -> _Out:
             graph.replay()
             return out
 
         return replay
+
+
+def _describe(key: tuple) -> str:
+    """A step's shape as the log names it."""
+    if key[0] == "chain":
+        _, b, t, w, k, _ = key
+        return f"{k} chained steps, {b} rows of {t} tokens then of 1, over {w} positions"
+    b, t, w = key[:3]
+    return f"{b} rows of {t} tokens over {w} positions"

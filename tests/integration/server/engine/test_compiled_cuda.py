@@ -93,12 +93,23 @@ def eagle3(target: torch.nn.Module) -> Eagle3Draft:
     return draft.eval()
 
 
-@pytest.mark.parametrize(("policy", "kind"), [("never", None), ("always", "cut"), ("always", "eagle3")])
-def test_batched_graphs_decode_like_eager(policy: str, kind: str | None, cuda_models) -> None:
+@pytest.mark.parametrize(
+    ("policy", "kind", "penalty"),
+    [
+        ("never", None, 1.3),
+        ("always", "cut", 1.3),
+        ("always", "eagle3", 1.3),
+        ("always", "cut", 1.0),
+        ("always", "eagle3", 1.0),
+    ],
+)
+def test_batched_graphs_decode_like_eager(policy: str, kind: str | None, penalty: float, cuda_models) -> None:
+    """Half the prompts with a repetition penalty (the draft steps one call a token), or none (the draft
+    proposes each round in one graph: `PaddedSteps.chain`)."""
     target, draft, tokenizer, vocab = cuda_models
     routing = RoutingPolicy(policy, 0.5, K)
     prompts = [chat_prompt_ids(tokenizer, r.input) for r in builtin.records("prompts")[:10]]
-    procs = [Processing(0.0, 1.0, 1.3 if i % 2 else 1.0) for i in range(len(prompts))]
+    procs = [Processing(0.0, 1.0, penalty if i % 2 else 1.0) for i in range(len(prompts))]
     features = eagle3(target) if kind == "eagle3" else None
     decoders = []
     for graphs in (False, True):
@@ -114,3 +125,6 @@ def test_batched_graphs_decode_like_eager(policy: str, kind: str | None, cuda_mo
         assert lm.padded is not None and lm.padded.capture and lm.padded.shapes  # captured, not fallen back
         # Liger's fused kernels in the graphs wherever it is installed (the `cuda` extra), and still exact
         assert lm.padded.fused == (importlib.util.find_spec("liger_kernel") is not None)
+    if kind:
+        chained = any(key[0] == "chain" for key in decoders[1].draft.lm.padded._runs)
+        assert chained == (penalty == 1.0)

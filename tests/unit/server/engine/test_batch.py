@@ -24,7 +24,7 @@ from metaspec.server.engine import slots, speculative
 from metaspec.server.engine.batch import BatchDecoder, Draft, Proposal, Sequence, SequenceFailed, read_rows
 from metaspec.server.engine.drafts import ModelDraft
 from metaspec.server.engine.routing import Adaptive, RoutingPolicy
-from metaspec.server.engine.sampling import Processing
+from metaspec.server.engine.sampling import History, Processing
 from metaspec.server.engine.slots import Chunk, SlotModel
 
 VOCAB = 8
@@ -244,6 +244,35 @@ def test_padded_steps_split_what_one_step_cannot_take(tiny_target, monkeypatch: 
     assert padded.padded is not None and padded.padded.shapes == {(4, 16, 64), (1, 16, 64)}
     torch.testing.assert_close(logits, expected)
     torch.testing.assert_close(features, expected_features)
+
+
+@pytest.mark.parametrize("slots_", [[0, 1, 2], [1, 3, 4]], ids=["packed", "gathered"])
+def test_a_round_in_one_call_proposes_what_a_call_a_token_proposes(slots_: list[int], tiny_draft) -> None:
+    """`ModelDraft` proposes a greedy round in one call (`PaddedSteps.chain`: one CUDA graph on a GPU, run
+    eagerly here), each row with its own k, after 1 to 3 tokens it has not taken yet: the proposals, the
+    draft's bookkeeping and what its cache holds below it are those of one call a token."""
+    drafts = [ModelDraft(SlotModel(tiny_draft, VOCAB, 64, graphs=True)) for _ in range(2)]
+    drafts[1].chained = False
+    made, kept = [], []
+    for draft in drafts:
+        seqs = []
+        for slot in range(5):
+            seq = Sequence([1 + slot, 2, 3, 4, 5][: 3 + slot % 3], Processing(), 20, lambda tokens: False)
+            seq.slot, seq.history = slot, History(seq.proc, VOCAB, torch.tensor(seq.prompt))
+            seqs.append(seq)
+        draft.admit(seqs)
+        proposing = [seqs[s] for s in slots_]
+        for behind, seq in enumerate(proposing):  # emitted since: the last token, or two or three more
+            seq.tokens += [6, 7, 1][: behind + 1]
+        proposals = draft.propose(proposing, [3, 1, 2], None)
+        made.append([(p.tokens, s.draft_length) for p, s in zip(proposals, proposing, strict=True)])
+        cache = draft.lm.cache
+        kept.append([cache.keys[0][s.slot, :, : s.draft_length].clone() for s in proposing])
+    assert made[0] == made[1] and [len(tokens) for tokens, _ in made[0]] == [3, 1, 2]
+    for mine, theirs in zip(*kept, strict=True):
+        torch.testing.assert_close(mine, theirs)
+    assert {key[0] for key in drafts[0].lm.padded._runs} == {"chain", 8}  # the prompts' prefill, then the round
+    assert not any(key[0] == "chain" for key in drafts[1].lm.padded._runs)
 
 
 def longer(model, positions: int):

@@ -23,7 +23,7 @@ from metaspec.server.engine.eagle import FeatureDraft, FeatureModel
 from metaspec.server.engine.lookup import LookupDraft, LookupFirstDraft
 from metaspec.server.engine.routing import RoutingPolicy
 from metaspec.server.engine.sampling import Processing
-from metaspec.server.engine.slots import Chunk, SlotModel
+from metaspec.server.engine.slots import Chunk, PaddedSteps, SlotModel
 
 VOCAB = 8
 #: a pruned draft vocabulary holding both edges of the target's (0 and V − 1) and skipping the middle
@@ -92,21 +92,33 @@ def test_greedy_in_a_batch_equals_target_greedy(name: str, head: str, target, re
         assert emitted & outside, "the target's own choices outside the draft vocabulary must be emitted"
 
 
+@pytest.mark.parametrize("head", ["full", "pruned"])
 @pytest.mark.parametrize("name", ["always", "per-token"])
-def test_padded_steps_hand_the_draft_the_same_features(name: str, target, full) -> None:
+def test_padded_steps_hand_the_draft_the_same_features(name: str, head: str, target, request, monkeypatch) -> None:
     """With `graphs` the target's steps and the draft's run padded (replayed from CUDA graphs on a GPU) and
     the target hands the draft its features from there: output, proposals and acceptances are those of
-    unpadded steps."""
+    unpadded steps, whether the draft steps one call a token or proposes a greedy round in one call
+    (`FeatureModel.chain`, chaining its own output features; not under `per-token`'s threshold)."""
     routing = ROUTINGS[name]
-    outcomes, dec = [], None
-    for graphs in (False, True):
+    chains: list[int] = []
+    chain = PaddedSteps.chain
+
+    def counted(self, chunks, k, head, inputs=None):
+        chains.append(k)
+        return chain(self, chunks, k, head, inputs)
+
+    monkeypatch.setattr(PaddedSteps, "chain", counted)
+    draft, outcomes, dec = request.getfixturevalue(head), [], None
+    for graphs, chained in ((False, True), (True, False), (True, True)):
         dec = BatchDecoder(
-            SlotModel(target, VOCAB, 64, graphs), FeatureDraft(FeatureModel(full, VOCAB, 64, graphs)), routing, 5
+            SlotModel(target, VOCAB, 64, graphs), FeatureDraft(FeatureModel(draft, VOCAB, 64, graphs)), routing, 5
         )
+        dec.draft.chained = chained
         jobs = greedy_jobs(1.0)
         run(dec, jobs)
         outcomes.append([(j.out, j.seq.stats.proposed_tokens, j.seq.stats.accepted_tokens) for j in jobs if j.seq])
-    assert outcomes[0] == outcomes[1] and sum(o[1] for o in outcomes[1]) > 0
+    assert outcomes[0] == outcomes[1] == outcomes[2] and sum(o[1] for o in outcomes[1]) > 0
+    assert (len(chains) > 10) == (name == "always")  # the last run's rounds only
     assert dec is not None and dec.target.padded is not None and dec.draft.lm.padded is not None
     assert {t for _, t, _ in dec.target.padded.shapes} >= {1, 4}
     assert {t for _, t, _ in dec.draft.lm.padded.shapes} >= {1, 2}  # drafting steps, and catch-ups after a round
