@@ -34,7 +34,8 @@
 #   bench/gpu.sh costs        draft/target cost ratio and verify cost: random-init Llama-3.1-8B, 1B and 160M drafts
 #   bench/gpu.sh eagle        EAGLE-3 (feature-level) drafts with full and 8192-token heads and a pruned 4-layer
 #                             draft, trained on `draft`'s teacher outputs (run `draft` first; re-run to resume)
-#   bench/gpu.sh eagle-draft  `eagle`'s 8192-token EAGLE-3 draft alone, its teacher outputs first (≈ 4 min)
+#   bench/gpu.sh eagle-draft  an EAGLE-3 draft with a 4096-token head alone (the one eagle-rounds was measured with,
+#                             $HOME/draft-work/draft-eagle3-v4096/model), its teacher outputs first (≈ 5 min)
 #   bench/gpu.sh eagle-serve  serving with the 4-layer, pruned 4-layer and both EAGLE-3 drafts, greedy, SmolLM2
 #   bench/gpu.sh eagle-load   the 8192-token EAGLE-3 draft of `eagle` under 4 and 16 clients with `compile` (its
 #                             verify passes replayed from CUDA graphs), each policy
@@ -192,8 +193,8 @@ costs)   # random-init Llama-3.1-8B with 1B and 160M drafts: cost ratio and veri
 eagle)   # feature-level drafts and a pruned separate draft on the teacher outputs of `draft`
   timeout 470 $PY bench/draft.py $EAGLE --serve || true
   save ;;
-eagle-draft)   # the 8192-token EAGLE-3 draft alone, with its teacher outputs: what eagle-rounds serves (≈ 4 min)
-  timeout 470 $PY bench/draft.py ${EAGLE/4@8192 eagle3 eagle3@8192/eagle3@8192} || true
+eagle-draft)   # an EAGLE-3 draft with a 4096-token head alone, its teacher outputs first (≈ 5 min on an H100)
+  timeout 570 $PY bench/draft.py ${EAGLE/4@8192 eagle3 eagle3@8192/eagle3@4096} || true
   save ;;
 eagle-serve)   # each draft served next to target-only and (separate drafts) transformers' assisted generation
   timeout 470 $PY bench/draft.py $EAGLE --serve 4 4@8192 eagle3 eagle3@8192 --prompts 12 || true
