@@ -194,7 +194,7 @@ eagle)   # feature-level drafts and a pruned separate draft on the teacher outpu
   timeout 470 $PY bench/draft.py $EAGLE --serve || true
   save ;;
 eagle-draft)   # an EAGLE-3 draft with a 4096-token head alone, its teacher outputs first (≈ 5 min on an H100)
-  timeout 570 $PY bench/draft.py ${EAGLE/4@8192 eagle3 eagle3@8192/eagle3@4096} || true
+  timeout 570 $PY bench/draft.py ${EAGLE/4@8192 eagle3 eagle3@8192/eagle3@4096} --serve || true
   save ;;
 eagle-serve)   # each draft served next to target-only and (separate drafts) transformers' assisted generation
   timeout 470 $PY bench/draft.py $EAGLE --serve 4 4@8192 eagle3 eagle3@8192 --prompts 12 || true
