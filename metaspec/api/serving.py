@@ -150,7 +150,7 @@ class ServeSampling(Model):
         ge=1,
         le=1024,
         description="Requests decoded at once per replica: the batch of the metaspec engine's continuous "
-        "batching (1: one request at a time through the sequential decoder), `--max-num-seqs` of vLLM. More "
+        "batching (1: one request at a time), `--max-num-seqs` of vLLM. More "
         "raises throughput until a step is compute-bound, and each sequence holds its KV cache.",
     )
     max_queue: int = Field(64, ge=0, le=100000, description="Requests waiting beyond that; more get 429.")
@@ -331,8 +331,9 @@ class SpecServeSpec(WorkloadSpec):
         "and lengths as they come and replayed, and so is the prefill of prompts up to 256 tokens; where the image "
         "has Liger-Kernel (the `cuda` extra), its fused RMSNorm, rotary embedding and SwiGLU run inside those "
         "graphs. At "
-        "`maxConcurrency` 1 with no draft, a separate draft or `promptLookup`: a static KV cache + "
-        "`torch.compile`; that cache holds "
+        "`maxConcurrency` 1 with no draft, the same graphs where Liger-Kernel is there (faster at a batch of one "
+        "than the static cache below); with a separate draft or `promptLookup`, or with no draft and no "
+        "Liger-Kernel: a static KV cache + `torch.compile`; that cache holds "
         "`sampling.maxPromptTokens + sampling.maxTokensLimit + k + 1` positions and every attention reads "
         "all of them: keep those limits tight, or the verify pass eats the speculation's gain. An `eagle3` "
         "draft, and a draft behind `promptLookup`, are served in batches at any `maxConcurrency`, graphs "

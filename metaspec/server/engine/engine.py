@@ -9,7 +9,8 @@ slot. At a batch of one (maxConcurrency 1) the worker decodes requests one at a 
 graphs (they need one owner and fixed shapes). In batches, `compile` on CUDA replays the decode steps
 and verify passes of the target, and the steps of a draft (token-level or EAGLE-3), from CUDA graphs
 (`slots.PaddedSteps`); so it does at a batch of one with an EAGLE-3 draft, which the batch decoder
-serves.
+serves, and with no draft where Liger-Kernel fuses the target's kernels, which is faster there than the
+sequential decoder's compiled steps (`_sequential`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from metaspec.devices import resolve_device
 from metaspec.drafts import Eagle3Draft
 from metaspec.prompts import encode_chat, end_of_turn_ids
 
+from . import kernels
 from .batch import BatchDecoder, Draft, Sequence
 from .detokenize import IncrementalDetokenizer, StopStrings
 from .drafts import ModelDraft
@@ -110,7 +112,7 @@ class SpeculativeEngine:
         engine = SpeculativeEngine(self.model_name, max_batch or self.max_batch)
         engine.tokenizer, engine.served, engine._stop_ids = self.tokenizer, self.served, self._stop_ids
         target, draft = self.decoder.target, self.decoder.draft
-        sequential = engine.max_batch == 1 and not isinstance(draft, FeatureDraft | LookupFirstDraft)
+        sequential = engine.max_batch == 1 and _sequential(draft, target.model, self.compiled)
         graphs = self.compiled and not sequential  # the batch decoder serves
         engine.compiled = self.compiled
         engine.decoder = BatchDecoder(
@@ -148,7 +150,7 @@ class SpeculativeEngine:
         if draft and spec.prompt_lookup:
             proposer = LookupFirst(spec.prompt_lookup, draft.model)
         compile = spec.compile and device.type == "cuda"
-        static = compile and self.max_batch == 1 and _sequential(proposer)
+        static = compile and self.max_batch == 1 and _sequential(proposer, target.model, compile)
         if static:
             # every attention reads the whole static cache: a verify pass at 6150 positions costs 2.2 steps
             # on an H100 (docs/benchmarks.md), so tight limits make speculation pay
@@ -174,13 +176,14 @@ class SpeculativeEngine:
         static caches in the sequential decoder, CUDA graphs of the batch decoder's steps (`PaddedSteps`)."""
         vocab = shared_vocab(target, _token_model(draft), tokenizer)
         length = cache_length or static_cache_len or 1 << 20  # SlotModel caps it at max_position_embeddings
-        graphs = compile and not (self.max_batch == 1 and _sequential(draft))  # the batch decoder serves
+        sequential = self.max_batch == 1 and _sequential(draft, target, compile)
+        graphs = compile and not sequential  # the batch decoder serves
         target_lm = SlotModel(target, vocab, length, graphs)
         self.compiled = compile
         self.decoder = BatchDecoder(
             target_lm, _draft(draft, vocab, length, target_lm.device, graphs), routing, self.max_batch
         )
-        if self.max_batch == 1 and _sequential(draft):
+        if sequential:
             options = {"static_cache_len": static_cache_len, "compile": compile}
             options["compile_max_tokens"] = routing.max_speculative_tokens + 1  # verify: 1 pending + k proposals
             draft_lm = CausalLM(draft, vocab, **options) if _token_model(draft) is not None else None
@@ -518,11 +521,17 @@ def _token_model(draft: Any | None) -> Any | None:
     return None if isinstance(draft, Eagle3Draft | PromptLookup) else draft
 
 
-def _sequential(draft: Any | None) -> bool:
-    """Whether the sequential (compilable) path can decode with `draft` at maxConcurrency 1: no draft, a
-    causal LM, or prompt lookup. An EAGLE-3 draft reads the target's features, which only the batch
+def _sequential(draft: Any | None, target: torch.nn.Module, compile: bool) -> bool:
+    """Whether requests at maxConcurrency 1 decode one at a time through the sequential decoder: with a
+    causal-LM draft or prompt lookup (as given to `_build`, or as the batch decoder's `Draft`), and with no
+    draft unless `compile` can fuse the target's kernels (`kernels.fusible`). There the batch decoder's
+    padded steps, replayed from CUDA graphs of the fused body, ran target-only 1.26–1.78× faster than the
+    sequential decoder's `torch.compile` on an H100 (docs/benchmarks.md, 2026-12-07); without the fused
+    kernels they ran 0.69× as fast. An EAGLE-3 draft reads the target's features, which only the batch
     decoder's passes hand out; a draft behind prompt lookup also runs in the batch decoder."""
-    return not isinstance(draft, Eagle3Draft | LookupFirst)
+    if draft is None:
+        return not (compile and kernels.fusible(target))
+    return not isinstance(draft, Eagle3Draft | LookupFirst | FeatureDraft | LookupFirstDraft)
 
 
 def _draft(model: Any | None, vocab: int, length: int, device: torch.device, graphs: bool = False) -> Draft | None:

@@ -51,11 +51,10 @@ def _active(x: torch.Tensor) -> bool:
 def fuse(model: torch.nn.Module) -> bool:
     """Give `model`'s Llama-form norms, MLPs and rotary embedding Liger's kernels under `fused()` (see the
     module doc). False, and the model untouched, where Liger-Kernel is not installed or nothing matched."""
-    try:
-        from liger_kernel.transformers.functional import liger_rms_norm, liger_rope, liger_swiglu
-    except ImportError as error:  # liger-kernel (or Triton) missing: the `cuda` extra
-        log.info("fused kernels off: %s", error)
+    liger = _liger()
+    if liger is None:
         return False
+    liger_rms_norm, liger_rope, liger_swiglu = liger
     norms, mlps, modules = plan(model)
     for norm in norms:
         norm.forward = MethodType(_norm_forward(liger_rms_norm, type(norm).forward), norm)
@@ -68,6 +67,24 @@ def fuse(model: torch.nn.Module) -> bool:
     names = ", ".join(m.__name__ for m in modules) or "none"
     log.info("fused kernels (Liger): %d norms, %d MLPs, the rotary embedding of %s", len(norms), len(mlps), names)
     return bool(norms or mlps or modules)
+
+
+def fusible(model: torch.nn.Module) -> bool:
+    """Whether `fuse` would give `model` fused kernels that run: Liger-Kernel installed, something of the
+    model's to swap, and the model on a CUDA device (Triton's kernels need one)."""
+    on_cuda = next(model.parameters()).is_cuda
+    return on_cuda and _liger() is not None and any(plan(model))
+
+
+def _liger() -> tuple[Callable[..., Any], ...] | None:
+    """Liger-Kernel's functional RMSNorm, rotary embedding and SwiGLU, or None where it (or Triton) is missing:
+    the `cuda` extra."""
+    try:
+        from liger_kernel.transformers.functional import liger_rms_norm, liger_rope, liger_swiglu
+    except ImportError as error:
+        log.info("fused kernels off: %s", error)
+        return None
+    return liger_rms_norm, liger_rope, liger_swiglu
 
 
 def plan(model: torch.nn.Module) -> tuple[list[torch.nn.Module], list[torch.nn.Module], list[Any]]:

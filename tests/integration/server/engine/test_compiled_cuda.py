@@ -18,6 +18,7 @@ import torch
 from metaspec import builtin
 from metaspec.drafts import Eagle3Draft
 from metaspec.prompts import chat_prompt_ids
+from metaspec.server.engine import SamplingParams, SpeculativeEngine
 from metaspec.server.engine.batch import BatchDecoder, Sequence
 from metaspec.server.engine.drafts import ModelDraft
 from metaspec.server.engine.eagle import FeatureDraft, FeatureModel
@@ -128,3 +129,24 @@ def test_batched_graphs_decode_like_eager(policy: str, kind: str | None, penalty
     if kind:
         chained = any(key[0] == "chain" for key in decoders[1].draft.lm.padded._runs)
         assert chained == (penalty == 1.0)
+
+
+def test_target_only_at_a_batch_of_one_replays_fused_graphs_where_liger_is(cuda_models) -> None:
+    """`compile` with no draft at maxConcurrency 1: where liger-kernel is installed the engine serves through
+    the batch decoder's fused graphs (faster there than the sequential decoder), and decodes what the eager
+    engine decodes."""
+    target, _, tokenizer, _ = cuda_models
+    never = RoutingPolicy("never", 0.5, K)
+    engines = [
+        SpeculativeEngine.from_models(
+            target, None, tokenizer, never, static_cache_len=512, compile=compile, max_batch=1
+        )
+        for compile in (False, True)
+    ]
+    liger = importlib.util.find_spec("liger_kernel") is not None
+    assert (engines[1].sequential is None) == liger
+    params = SamplingParams(max_tokens=TOKENS)
+    for record in builtin.records("prompts")[:4]:
+        prompt = chat_prompt_ids(tokenizer, record.input)
+        expected, got = ([t for d in engine.generate_here(prompt, params) for t in d.token_ids] for engine in engines)
+        assert got == expected

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from metaspec.server.engine import RoutingPolicy, SamplingParams, SpeculativeEngine
+from metaspec.server.engine import RoutingPolicy, SamplingParams, SpeculativeEngine, kernels
 from metaspec.server.engine.engine import _Outbox
 
 
@@ -206,3 +206,26 @@ def test_generate_here_decodes_on_the_callers_thread_as_the_worker_does(tiny_lla
     with pytest.raises(ValueError):  # checked as every request is
         engine.generate_here([], params)
     engine.close()
+
+
+@pytest.mark.parametrize("fusible", [False, True])
+def test_target_only_at_a_batch_of_one_takes_the_batch_decoder_where_its_kernels_fuse(
+    tiny_llama: Path, fusible: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With `compile` and no draft at maxConcurrency 1, requests decode through the sequential decoder, or
+    through the batch decoder's padded steps where Liger-Kernel fuses the target's kernels (faster there on
+    a GPU). Liger's kernels need a GPU, so `kernels.fusible` is mocked here (the CUDA tests check the real
+    one); with a separate draft the sequential decoder serves either way. Both decode the same tokens."""
+    monkeypatch.setattr(kernels, "fusible", lambda model: fusible)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    target = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    never, options = RoutingPolicy("never", 0.5, 3), {"static_cache_len": 64, "compile": True, "max_batch": 1}
+    alone = SpeculativeEngine.from_models(target, None, tokenizer, never, **options)
+    assert (alone.sequential is None) == fusible == (alone.decoder.target.padded is not None)
+    assert (alone.with_routing(never).sequential is None) == fusible
+    assert SpeculativeEngine.from_models(target, target, tokenizer, never, **options).sequential is not None
+    if fusible:  # (the sequential decoder would torch.compile on its first request: slow on a CPU)
+        eager = SpeculativeEngine.from_models(target, None, tokenizer, never, max_batch=1)
+        prompt, params = alone.encode_prompt("Once upon a time"), SamplingParams(max_tokens=10)
+        tokens = [[d.token_ids for d in engine.generate_here(prompt, params)] for engine in (alone, eager)]
+        assert tokens[0] == tokens[1] and eager.sequential is not None

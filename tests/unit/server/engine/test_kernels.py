@@ -51,6 +51,13 @@ def test_other_forms_are_left_alone() -> None:
 @pytest.mark.skipif(importlib.util.find_spec("liger_kernel") is not None, reason="liger-kernel is installed here")
 def test_without_liger_the_model_is_untouched() -> None:
     model = random_llama(0, 64, 2)
-    assert kernels.fuse(model) is False
+    assert kernels.fuse(model) is False and kernels.fusible(model) is False
     assert all("forward" not in vars(m) for m in model.modules())
     assert not getattr(modeling_llama.apply_rotary_pos_emb, "_metaspec_fused", False)
+
+
+def test_fused_kernels_run_on_cuda_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Triton's kernels need a CUDA device: a model elsewhere is not `fusible` even with Liger-Kernel (its
+    functions mocked here, since it is not installed without a GPU)."""
+    monkeypatch.setattr(kernels, "_liger", lambda: (None, None, None))
+    assert not kernels.fusible(random_llama(0, 64, 2))
