@@ -293,8 +293,11 @@ class PaddedSteps:
     graphs share one memory pool (one runs at a time, and each output is copied out at once). A step's
     token inputs, and the indices that pick its outputs, go to the device in one copy. A graph reads the
     cache at the addresses it was captured with, so when the cache grows (doubling: a few times in a
-    replica's life) the graphs are dropped and captured again as shapes come. Where liger-kernel is
-    installed the captured body runs its fused norm, rotary embedding and SwiGLU kernels (`kernels`).
+    replica's life) the graphs are dropped and captured again as shapes come. A draft's greedy round runs
+    as one call (`chain`): its step over each sequence's new tokens, then k − 1 one-token steps each fed
+    the pick of the step before, captured together, so the host reads the round's tokens once. Where
+    liger-kernel is installed the captured body runs its fused norm, rotary embedding and SwiGLU kernels
+    (`kernels`).
     Elsewhere the padded step runs eagerly: the same code, which the CPU tests check against the ragged
     path.
     """
