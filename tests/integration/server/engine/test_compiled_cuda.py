@@ -1,6 +1,7 @@
 """The compiled CUDA paths decode what the eager paths decode: at batch 1 static caches, CUDA graphs and
-a draft round in one graph; in batches decode steps and verify passes replayed from CUDA graphs
-(`PaddedSteps`), with Liger's fused kernels where liger-kernel is installed.
+a draft round in one graph; in batches decode steps, verify passes and a draft's greedy rounds replayed
+from CUDA graphs (`PaddedSteps`), with Liger's fused kernels where liger-kernel is installed (and then
+target-only at batch 1 too).
 SmolLM2-135M-Instruct with its 4-layer cut or an EAGLE-3 draft (started from the target, perturbed),
 float32 on the GPU, greedy with and without a repetition
 penalty. Skipped without a CUDA GPU (the `gpu` marker): CUDA graphs exist only there; the CPU tests run

@@ -103,9 +103,9 @@ def test_padded_steps_hand_the_draft_the_same_features(name: str, head: str, tar
     chains: list[int] = []
     chain = PaddedSteps.chain
 
-    def counted(self, chunks, k, head, inputs=None):
+    def counted(self, chunks, k, pick, inputs=None):
         chains.append(k)
-        return chain(self, chunks, k, head, inputs)
+        return chain(self, chunks, k, pick, inputs)
 
     monkeypatch.setattr(PaddedSteps, "chain", counted)
     draft, outcomes, dec = request.getfixturevalue(head), [], None
