@@ -432,9 +432,10 @@ class Draft:
         raise NotImplementedError
 
     def catch_up(self, seqs: list[Sequence], ks: list[int], then: list[int] | None = None) -> None:
-        """Take in what `seqs` emitted while the draft sat out, but for their last one or two tokens (a
-        proposal round's own catch-up), so that the round itself costs what it does in steady state: for
-        those of them that `propose` with the same limits will draft for."""
+        """Take in what `seqs` emitted while the draft sat out, but for what a round takes in itself in
+        steady state (a token draft's last one or two tokens, a feature-level draft's up to k + 1:
+        `ModelDraft.lag`), so that the round itself costs what it does in steady state: for those of them
+        that `propose` with the same limits will draft for."""
 
     def propose(
         self, seqs: list[Sequence], ks: list[int], threshold: float | None, then: list[int] | None = None

@@ -36,11 +36,17 @@ class ModelDraft(Draft):
         return torch.softmax(logits.float(), dim=-1).amax(-1).tolist()
 
     def catch_up(self, seqs: list[Sequence], ks: list[int], then: list[int] | None = None) -> None:
-        behind = [s for s, k in zip(seqs, ks, strict=True) if k and len(s.tokens) - s.draft_length > 2]
+        behind = [s for s, k in zip(seqs, ks, strict=True) if k and len(s.tokens) - s.draft_length > self.lag(k)]
         if behind:
             self.lm.forward([Chunk(s.slot, s.draft_length, s.tokens[s.draft_length : -1]) for s in behind])
             for seq in behind:
                 seq.draft_length = len(seq.tokens) - 1
+
+    def lag(self, k: int) -> int:
+        """Tokens a sequence can be behind when a round of k proposals starts in steady state: the round's
+        own catch-up, which `catch_up` leaves to the round. Two: a fully accepted round leaves the draft
+        two tokens behind (it takes its proposals but the last)."""
+        return 2
 
     def propose(
         self, seqs: list[Sequence], ks: list[int], threshold: float | None, then: list[int] | None = None

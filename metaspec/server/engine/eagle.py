@@ -188,6 +188,12 @@ class FeatureDraft(ModelDraft):
                 self.lm.observe(chunk.slot, chunk.start, fused[offset : offset + n])
             offset += n
 
+    def lag(self, k: int) -> int:
+        """k + 1: a round's entries made from the draft's own features are made again from the target's
+        (`rewind`), so after a fully accepted round the draft is behind by its k proposals and the token
+        after them, all of which the next round takes in its first step."""
+        return k + 1
+
     def rewind(self, seq: Sequence, length: int) -> None:
         """Back to the accepted prefix, and further back to the first entry made from a draft feature."""
         seq.draft_length = min(seq.draft_length, length, self.lm.target_based.get(seq.slot, 0))

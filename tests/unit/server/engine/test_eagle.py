@@ -13,12 +13,12 @@ from collections import Counter
 
 import pytest
 import torch
-from test_batch import ROUTINGS, Job, greedy_jobs, recorded, run, target_greedy
+from test_batch import ROUTINGS, Job, greedy_jobs, recorded, run, sink, target_greedy
 from test_speculative_sampling import ALPHA, LENGTH, PROMPT, exact_distribution, g_test_p_value
 
 from metaspec.api.serving import PromptLookup
 from metaspec.drafts import Eagle3Draft
-from metaspec.server.engine.batch import BatchDecoder
+from metaspec.server.engine.batch import BatchDecoder, Sequence
 from metaspec.server.engine.eagle import FeatureDraft, FeatureModel
 from metaspec.server.engine.lookup import LookupDraft, LookupFirstDraft
 from metaspec.server.engine.routing import RoutingPolicy
@@ -38,12 +38,12 @@ def target(deep_target) -> torch.nn.Module:
     return deep_target
 
 
-def eagle(target: torch.nn.Module, vocabulary: torch.Tensor | None) -> Eagle3Draft:
+def eagle(target: torch.nn.Module, vocabulary: torch.Tensor | None, noise: float = 0.3) -> Eagle3Draft:
     draft = Eagle3Draft.init_from_target(target, vocabulary)
     generator = torch.Generator().manual_seed(11)
     with torch.no_grad():
         for weight in draft.parameters():
-            weight.add_(torch.randn(weight.shape, generator=generator) * 0.3)
+            weight.add_(torch.randn(weight.shape, generator=generator) * noise)
     return draft.eval()
 
 
@@ -123,6 +123,35 @@ def test_padded_steps_hand_the_draft_the_same_features(name: str, head: str, tar
     assert {t for _, t, _ in dec.target.padded.shapes} >= {1, 4}
     assert {t for _, t, _ in dec.draft.lm.padded.shapes} >= {1, 2}  # drafting steps, and catch-ups after a round
     assert {b for b, _, _ in dec.draft.lm.padded.shapes} >= {1, 2, 4}
+
+
+def test_a_round_takes_in_what_the_last_one_accepted_itself(target) -> None:
+    """A feature-level draft makes again, from the target's features, the entries its last round made from
+    its own (`FeatureDraft.rewind`), so in steady state a round starts up to k + 1 tokens behind.
+    `catch_up` (which `adaptive` runs before a round, timed apart) leaves those to the round's first step
+    and takes in, in a call of its own, only what a sequence emitted while the draft sat out: here while
+    two sequences ran, above `maxSpeculativeBatch`."""
+    draft = eagle(target, None, noise=0.0)  # the target's logit lens, unperturbed: most proposals accepted
+    dec = decoder(target, draft, RoutingPolicy("always", 0.5, 3, max_speculative_batch=1), max_batch=2)
+    calls: list[list[int]] = []
+    forward = dec.draft.lm.forward
+    dec.draft.lm.forward = lambda chunks: calls.append([len(c.ids) for c in chunks]) or forward(chunks)  # type: ignore[method-assign]
+    jobs = [Job(0, [1, 2, 3, 4], Processing(), 10), Job(0, [5, 6, 7], Processing(), 40)]
+    for job in jobs:
+        job.seq = Sequence(job.prompt, job.proc, job.budget, sink(job))
+    dec.add([job.seq for job in jobs])
+    seq, behind, caught = jobs[1].seq, [], []
+    while dec.running:
+        if dec.running == [seq]:  # alone: it speculates
+            calls.clear()
+            behind.append(len(seq.tokens) - seq.draft_length)
+            with torch.inference_mode():  # as in `BatchDecoder.step`
+                dec.draft.catch_up([seq], [3])
+            caught.append(calls[:])
+        dec.step()
+    assert behind[0] > 4 and caught[0] == [[behind[0] - 1]]  # what it emitted while the draft sat out
+    assert max(behind[1:]) > 2 and not any(caught[1:])  # a round's own: left to the round
+    assert jobs[1].out == target_greedy(target, jobs[1])[: len(jobs[1].out)] and len(jobs[1].out) == 40
 
 
 def test_sampling_in_a_batch_matches_target_distribution(target, pruned) -> None:
