@@ -444,17 +444,16 @@ class PaddedSteps:
         self, b: int, t: int, w: int, packed: bool, k: int, head: Callable[[torch.Tensor], torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`chain`'s k steps over the input buffers: (b, k) tokens, (b, k, E) outputs."""
-        hidden, _ = self._step(b, t, w, (), packed)
+        hidden, _ = self._step(b, t, w, (), packed)  # sets the rows read and the width for every step
         ends = self._inputs[3, :b]  # each row's last token (a padding row: any of the step's)
         out = hidden.index_select(0, ends)  # (b, E)
         position = self._inputs[1, : b * t].index_select(0, ends)[:, None]  # (b, 1)
-        slots = self._inputs[5, :b]
+        writes = self._inputs[5, :b, None]  # each row's slot (a padding row: the scratch row)
         cache = self.cache
         tokens, outputs = [head(out)], [out]
         for _ in range(k - 1):
             position = (position + 1).clamp(max=w - 1)  # a padding row's only: `fits` holds the real ones
-            cache._writes, cache._positions, cache._width = slots[:, None], position, w
-            cache._rows = None if packed else slots
+            cache._writes, cache._positions = writes, position
             vectors = out[:, None] if self._vectors is not None else None
             out, _ = self.body(tokens[-1][:, None], position, w, (), vectors)
             tokens.append(head(out))
