@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import logging
 import sys
 from collections.abc import Callable, Iterator
@@ -76,9 +77,10 @@ def fusible(model: torch.nn.Module) -> bool:
     return on_cuda and _liger() is not None and any(plan(model))
 
 
+@functools.cache
 def _liger() -> tuple[Callable[..., Any], ...] | None:
     """Liger-Kernel's functional RMSNorm, rotary embedding and SwiGLU, or None where it (or Triton) is missing:
-    the `cuda` extra."""
+    the `cuda` extra. Looked up once a process: `fusible` and `fuse` ask for each model the engine loads."""
     try:
         from liger_kernel.transformers.functional import liger_rms_norm, liger_rope, liger_swiglu
     except ImportError as error:
