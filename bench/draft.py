@@ -1,17 +1,18 @@
 """Train drafts the way the pipeline does, then measure them with bench/server.py.
 
-The pipeline's draft (examples/pipeline.yaml) learns from teacher outputs: here the target's own greedy completions
-of built-in inputs (a `TeacherGeneration`, transformers engine), because greedy serving accepts a
-proposal exactly when it is the target's greedy token. The inputs are `--inputs`, by default
-`builtin://distill` (3936 training-side inputs, none of them in `builtin://prompts` or `builtin://eval`);
-the runs recorded before 2026-11-26 used the 600 of `builtin://train` (`--inputs builtin://train`), too
-few: the draft trained on them accepted only about half of its proposals on held-out prompts. Each draft is a `TrainingRun` with
-`method: causal-lm`, cut from the target (`initFrom: target`, `numLayers: N`) and trained with
-`objective: distill` (KL to the target's logits along those outputs); an `eagle3` draft is a feature-level
-draft over the target (`draft.architecture: eagle3`), and `@V` limits a draft's head to V tokens
-(`draft.vocabulary`). Both stages run through the real
-`metaspec generate` / `metaspec train` commands with the configs the operator would render; serving is
-then measured on the held-out `builtin://prompts` split.
+The pipeline's draft (examples/pipeline.yaml) learns from teacher outputs: here the target's own greedy
+completions of built-in inputs (a `TeacherGeneration`, transformers engine), because greedy serving accepts a
+proposal exactly when it is the target's greedy token; or, with `--samples N --temperature T`, N sampled
+completions of each (`sampling.n`), N times the text to learn the target's distribution along. The inputs are
+`--inputs`, by default `builtin://distill` (3936 training-side inputs, none of them in `builtin://prompts` or
+`builtin://eval`); the runs recorded before 2026-11-26 used the 600 of `builtin://train` (`--inputs
+builtin://train`), too few: the draft trained on them accepted only about half of its proposals on held-out
+prompts. Each draft is a `TrainingRun` with `method: causal-lm`, cut from the target (`initFrom: target`,
+`numLayers: N`) and trained with `objective: distill` (KL to the target's logits along those outputs); an
+`eagle3` draft is a feature-level draft over the target (`draft.architecture: eagle3`), and `@V` limits a
+draft's head to V tokens (`draft.vocabulary`). Both stages run through the real `metaspec generate` /
+`metaspec train` commands with the configs the operator would render; serving is then measured on the held-out
+`builtin://prompts` split.
 
     python bench/draft.py --device cuda --layers 2 4 8 --work ~/draft-work      # the GPU machine
     python bench/draft.py --device cuda --layers 4 4@8192 eagle3 eagle3@8192     # separate vs feature-level
@@ -48,7 +49,12 @@ def teacher_config(target: str, out: Path, args: argparse.Namespace) -> dict[str
             "dataset": {"uri": args.inputs, "maxExamples": args.examples},
             "output": {"uri": str(out)},
             "engine": "transformers",
-            "sampling": {"temperature": 0, "maxTokens": args.max_tokens, "repetitionPenalty": 1.0},
+            "sampling": {
+                "temperature": args.temperature,
+                "maxTokens": args.max_tokens,
+                "repetitionPenalty": 1.0,
+                "n": args.samples,
+            },
             "batchSize": args.batch_size,
             "quality": {"minNaturalStopRate": 0},
         },
@@ -136,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--examples", type=int, default=None, help="the first N of --inputs (default: all)")
     parser.add_argument("--max-tokens", type=int, default=256, help="teacher output length limit")
     parser.add_argument("--batch-size", type=int, default=64, help="teacher generation batch")
+    parser.add_argument("--temperature", type=float, default=0.0, help="teacher sampling temperature (0: greedy)")
+    parser.add_argument(
+        "--samples", type=int, default=1, help="teacher outputs per input (`sampling.n`; needs --temperature > 0)"
+    )
+    parser.add_argument("--tag", help="result files end in -TAG (runs side by side)")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-4, help="draft learning rate (full fine-tuning)")
     parser.add_argument("--eagle-lr", type=float, default=1e-3, help="learning rate of eagle3 drafts")
@@ -151,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="CPU check of the plumbing: eager, 2 prompts")
     args = parser.parse_args(argv)
     target = args.target or str(bundled_model_dir())
+    suffix = f"-{args.tag}" if args.tag else ""
     args.work.mkdir(parents=True, exist_ok=True)
     teacher = args.work / "teacher"
     stages = []
@@ -162,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         if not reusable(config := draft_config(target, teacher, out, spec, args), out, args.work):
             stages.append(run_stage("train", config, args.work, args.device))
     if stages:  # before serving, which a time limit may cut short
-        (RESULTS / f"draft-{args.device}-training.json").write_text(json.dumps({"stages": stages}, indent=1) + "\n")
+        (RESULTS / f"draft-{args.device}-training{suffix}.json").write_text(
+            json.dumps({"stages": stages}, indent=1) + "\n"
+        )
     for stage in stages:
         print(json.dumps(stage))
     for spec in args.layers if args.serve is None else args.serve:
@@ -179,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         serve += ["--max-tokens", str(16 if args.smoke else args.serve_tokens)]
         serve += [] if args.smoke or args.device != "cuda" else ["--compile"]
         label = f"{spec}layers" if spec.isdigit() else draft_name(spec).removeprefix("draft-")
-        serve += ["--out", str(RESULTS / f"draft-{args.device}-{label}.json")]
+        serve += ["--out", str(RESULTS / f"draft-{args.device}-{label}{suffix}.json")]
         subprocess.run(serve, check=False)  # exits 1 on a bf16 mismatch; the JSON records it
     return 0
 

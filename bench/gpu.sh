@@ -36,6 +36,9 @@
 #                             draft, trained on `draft`'s teacher outputs (run `draft` first; re-run to resume)
 #   bench/gpu.sh eagle-draft  an EAGLE-3 draft with a 4096-token head alone (the one eagle-rounds was measured with,
 #                             $HOME/draft-work/draft-eagle3-v4096/model), its teacher outputs first (≈ 5 min)
+#   bench/gpu.sh eagle-data   the draft of eagle-draft next to one trained on four sampled teacher outputs per input
+#                             (temperature 0.7, 3 epochs; $HOME/draft-work-n4), both trained at once, then each
+#                             served as in eagle-rounds (≈ 20 min: start it in the background and poll)
 #   bench/gpu.sh eagle-serve  serving with the 4-layer, pruned 4-layer and both EAGLE-3 drafts, greedy, SmolLM2
 #   bench/gpu.sh eagle-load   the 8192-token EAGLE-3 draft of `eagle` under 4 and 16 clients with `compile` (its
 #                             verify passes replayed from CUDA graphs), each policy
@@ -195,6 +198,19 @@ eagle)   # feature-level drafts and a pruned separate draft on the teacher outpu
   save ;;
 eagle-draft)   # an EAGLE-3 draft with a 4096-token head alone, its teacher outputs first (≈ 5 min on an H100)
   timeout 570 $PY bench/draft.py ${EAGLE/4@8192 eagle3 eagle3@8192/eagle3@4096} --serve || true
+  save ;;
+eagle-data)   # the same draft on greedy and on sampled teacher outputs, side by side
+  V4096="${EAGLE/4@8192 eagle3 eagle3@8192/eagle3@4096}"
+  timeout 1500 $PY bench/draft.py $V4096 --serve --tag greedy > "$HOME/eagle-greedy.log" 2>&1 &
+  timeout 1500 $PY bench/draft.py $V4096 --serve --tag n4 --samples 4 --temperature 0.7 --epochs 3 \
+    --batch-size 1024 --work "$HOME/draft-work-n4" > "$HOME/eagle-n4.log" 2>&1 &
+  wait
+  for data in greedy n4; do
+    work="$HOME/draft-work$([ $data = n4 ] && echo -n4)"
+    timeout 300 $PY bench/server.py --device cuda --dtype bfloat16 --compile --passes 2 --prompts 8 --max-tokens 128 \
+      --draft "$work/draft-eagle3-v4096/model" -k 3 --also-k 2 4 5 --policies never always adaptive \
+      --out "bench/results/server-cuda-eagle3-$data.json" || true
+  done
   save ;;
 eagle-serve)   # each draft served next to target-only and (separate drafts) transformers' assisted generation
   timeout 470 $PY bench/draft.py $EAGLE --serve 4 4@8192 eagle3 eagle3@8192 --prompts 12 || true

@@ -27,6 +27,9 @@ DOMAINS = (
     "common_sense",
 )
 
+#: Most characters of a record's `id`.
+ID_LENGTH = 256
+
 
 class Message(BaseModel):
     """One turn of a chat record, as OpenAI's and TRL's chat datasets write it."""
@@ -52,7 +55,7 @@ class Record(BaseModel):
 
     model_config = ConfigDict(extra="allow")  # teacher outputs carry `metadata`
 
-    id: str = Field(min_length=1, max_length=256)
+    id: str = Field(min_length=1, max_length=ID_LENGTH)
     input: str | None = Field(default=None, min_length=1)
     messages: list[Message] | None = Field(default=None, min_length=1)
     output: str | None = None

@@ -32,10 +32,23 @@ class Sampling(Model):
         description="Strings that end an output (not included in it). The model's EOS/end-of-turn tokens always stop.",
     )
     seed: int = Field(0, ge=0, description="Sampling seed; the same seed gives the same outputs.")
+    n: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Outputs per prompt, each drawn with a seed of its own. With n > 1 each input `id` gives "
+        "the records `<id>#0` … `<id>#<n-1>`.",
+    )
 
     @property
     def greedy(self) -> bool:
         return self.temperature < GREEDY_BELOW
+
+    @model_validator(mode="after")
+    def _draws(self) -> Sampling:
+        if self.n > 1 and self.greedy:
+            raise ValueError("`n` > 1 needs `temperature` > 0: greedy outputs of one prompt are all the same")
+        return self
 
 
 class GenerationDataset(Model):
@@ -106,7 +119,7 @@ class ShardCounts(Model):
 
 class GenerationStats(Model):
     examples_done: int | None = Field(None, description="Outputs written.")
-    examples_total: int | None = Field(None, description="Inputs to answer.")
+    examples_total: int | None = Field(None, description="Outputs to write: inputs × `sampling.n`.")
     natural_stop_rate: float | None = Field(None, description="Share of outputs ending naturally.")
     truncated_rate: float | None = Field(None, description="Share of outputs cut at `maxTokens`.")
     mean_output_tokens: float | None = Field(None, description="Mean generated tokens per output.")

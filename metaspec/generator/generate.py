@@ -19,7 +19,7 @@ from metaspec.api.generation import TeacherGenerationSpec
 from metaspec.artifacts import NotFound, Uri, is_complete, materialize, read_manifest, store_for, write_bytes
 from metaspec.datasets import read_records
 from metaspec.prompts import record_prompt_ids
-from metaspec.records import InvalidData, Record
+from metaspec.records import ID_LENGTH, InvalidData, Record
 from metaspec.runtime import PermanentError, check_provenance, provenance, to_json
 
 from .engines import Completion, Engine, Prompt, load_engine, prompt_seed
@@ -81,13 +81,25 @@ def run_shard(spec: TeacherGenerationSpec, index: int, count: int, options: Opti
 
 
 def load_inputs(spec: TeacherGenerationSpec) -> list[Record]:
+    """The outputs to write, one record each: the inputs, or with `sampling.n` > 1 each input n times as
+    `<id>#<i>`. Shards, resume, the exact-ID checks and the per-output seed (`prompt_seed`) then work per
+    output, whichever engine runs."""
     try:
         records, _ = read_records(spec.dataset.uri, require_output=False, max_examples=spec.dataset.max_examples)
     except InvalidData as e:
         raise PermanentError(f"spec.dataset.uri: {e}") from None
     if not records:
         raise PermanentError(f"spec.dataset.uri: {spec.dataset.uri} holds no records")
-    return records
+    n = spec.sampling.n
+    if n == 1:
+        return records
+    longest = max(records, key=lambda r: len(r.id))
+    if len(f"{longest.id}#{n - 1}") > ID_LENGTH:
+        raise PermanentError(
+            f"spec.dataset.uri: record {longest.id!r}: with sampling.n = {n} its outputs' ids `<id>#<i>` exceed "
+            f"{ID_LENGTH} characters; shorten the input ids"
+        )
+    return [r.model_copy(update={"id": f"{r.id}#{i}"}) for r in records for i in range(n)]
 
 
 def _finished(final_uri: Uri, mine: Sequence[Record]) -> list[Body] | None:

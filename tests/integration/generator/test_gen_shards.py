@@ -108,3 +108,29 @@ def test_shards_resume_merge_and_read_back(
     )
     alone = run_shard(load_config(single, TeacherGeneration).spec, 0, 1, options)
     assert {r["id"]: r["output"] for r in alone.records} == {r.id: r.output for r in records}
+
+
+def test_n_outputs_per_prompt_each_with_its_own_draw(tmp_path, s3_prefix, tiny_llama, make_config, write_prompts):
+    """`sampling.n` writes `<id>#<i>` records, spread over the shards like any other output; each draws
+    with its own seed, so raising n adds outputs and keeps the ones a smaller n wrote."""
+    ids = write_prompts(tmp_path / "prompts.jsonl", 5)
+    options = Options(tmp_path / "work", tmp_path / "cache", device="cpu", upload_every=0, progress=False)
+    sampling = {"temperature": 1.0, "maxTokens": 8, "repetitionPenalty": 1.0}
+
+    def generate(n: int, shards: int) -> dict[str, str]:
+        prefix = f"{s3_prefix}-n{n}"
+        config = make_config(
+            tiny_llama, tmp_path / "prompts.jsonl", prefix, shards=shards, batchSize=4, sampling={**sampling, "n": n}
+        )
+        spec = load_config(config, TeacherGeneration).spec
+        for index in range(shards):
+            last = run_shard(spec, index, shards, options)
+        assert last.merged is not None and last.merged["examplesDone"] == last.merged["examplesTotal"] == 5 * n
+        records, _ = read_records(prefix)  # the trainer's reader
+        return {r.id: r.output for r in records}
+
+    three = generate(3, shards=2)
+    assert sorted(three) == sorted(f"{i}#{s}" for i in ids for s in range(3))
+    assert all(len({three[f"{i}#{s}"] for s in range(3)}) > 1 for i in ids)  # draws, not copies
+    two = generate(2, shards=1)
+    assert two == {key: three[key] for key in two}

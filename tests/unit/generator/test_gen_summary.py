@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from pydantic import ValidationError
 
 from metaspec.api import TeacherGenerationSpec
 from metaspec.generator import ShardResult, compute_stats
@@ -62,3 +63,14 @@ def test_a_bad_dataset_line_is_a_permanent_error_naming_the_line(tmp_path) -> No
     )
     with pytest.raises(PermanentError, match=r"spec.dataset.uri: .*line 2: field `input`"):
         load_inputs(spec)
+
+
+def test_n_outputs_need_sampling_and_ids_that_stay_in_bounds(tmp_path) -> None:
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(json.dumps({"id": "x" * 254, "input": "hi"}) + "\n")
+    spec = {"model": {"uri": "/m"}, "dataset": {"uri": str(path)}, "output": {"uri": "/o"}, "engine": "transformers"}
+    with pytest.raises(ValidationError, match=r"sampling[\s\S]*`n` > 1 needs `temperature` > 0"):
+        TeacherGenerationSpec.model_validate({**spec, "sampling": {"temperature": 0, "n": 2}})
+    assert len(load_inputs(TeacherGenerationSpec.model_validate({**spec, "sampling": {"n": 10}}))) == 10
+    with pytest.raises(PermanentError, match=r"spec.dataset.uri: record 'xxx.*sampling.n = 11 .* exceed 256"):
+        load_inputs(TeacherGenerationSpec.model_validate({**spec, "sampling": {"n": 11}}))
