@@ -38,7 +38,7 @@
 #                             $HOME/draft-work/draft-eagle3-v4096/model), its teacher outputs first (≈ 5 min)
 #   bench/gpu.sh eagle-data   the draft of eagle-draft next to one trained on four sampled teacher outputs per input
 #                             (temperature 0.7, 3 epochs; $HOME/draft-work-n4), both trained at once, then each
-#                             served as in eagle-rounds (≈ 20 min: start it in the background and poll)
+#                             served on 48 prompts (≈ 15 min: start it in the background and poll)
 #   bench/gpu.sh eagle-serve  serving with the 4-layer, pruned 4-layer and both EAGLE-3 drafts, greedy, SmolLM2
 #   bench/gpu.sh eagle-load   the 8192-token EAGLE-3 draft of `eagle` under 4 and 16 clients with `compile` (its
 #                             verify passes replayed from CUDA graphs), each policy
@@ -67,7 +67,7 @@ PY=${PY:-python3}
 DRAFT="--device cuda --layers 4 8 --epochs 6 --max-tokens 192 --batch-size 256 --work $HOME/draft-work"
 EAGLE="--device cuda --layers 4@8192 eagle3 eagle3@8192 --epochs 6 --max-tokens 192 --batch-size 256 --work $HOME/draft-work"
 
-save() { mkdir -p "${OUT:-/tmp/out}"; find bench/results -name "*.json" -mmin -12 -exec cp -f {} "${OUT:-/tmp/out}/" \; ; }
+save() { mkdir -p "${OUT:-/tmp/out}"; find bench/results -name "*.json" -mmin -"${1:-12}" -exec cp -f {} "${OUT:-/tmp/out}/" \; ; }
 
 case "${1:-}" in
 wheels)   # 24 MB: with the 98 MB GGUF, two calls' carry (64 MiB each) only with 45 MB parts (split -b 45000000):
@@ -207,11 +207,11 @@ eagle-data)   # the same draft on greedy and on sampled teacher outputs, side by
   wait
   for data in greedy n4; do
     work="$HOME/draft-work$([ $data = n4 ] && echo -n4)"
-    timeout 300 $PY bench/server.py --device cuda --dtype bfloat16 --compile --passes 2 --prompts 8 --max-tokens 128 \
-      --draft "$work/draft-eagle3-v4096/model" -k 3 --also-k 2 4 5 --policies never always adaptive \
-      --out "bench/results/server-cuda-eagle3-$data.json" || true
+    timeout 280 $PY bench/server.py --device cuda --dtype bfloat16 --compile --passes 2 --prompts 48 --max-tokens 128 \
+      --draft "$work/draft-eagle3-v4096/model" -k 3 --also-k 4 --policies never always adaptive \
+      --out "bench/results/server-cuda-eagle3-$data-48.json" || true
   done
-  save ;;
+  save 40 ;;
 eagle-serve)   # each draft served next to target-only and (separate drafts) transformers' assisted generation
   timeout 470 $PY bench/draft.py $EAGLE --serve 4 4@8192 eagle3 eagle3@8192 --prompts 12 || true
   save ;;

@@ -21,8 +21,9 @@ uses a dozen everyday questions outside that distribution instead.
 
 An EAGLE-3 draft (and a draft behind prompt lookup) is served by the batch decoder even at batch 1, so
 `ours-never` is that decoder's target-only path; row `ours-never-alone` is then our target-only path
-without the draft, the sequential decoder (compiled with `--compile`), and `speedup_vs_ours_never_alone`
-the gain over it.
+without the draft, as SpecServe serves it at `maxConcurrency` 1 (the batch decoder where Liger-Kernel fuses
+its graphs, else the sequential decoder, compiled with `--compile`), and `speedup_vs_ours_never_alone` the
+gain over it.
 
 A derived draft (the target's first layers, untrained) agrees with the target on few tokens: it measures
 the machinery's overhead, not the speedup a trained draft gives. Results: a table on stdout and JSON in
