@@ -11,8 +11,9 @@ queue that never drains shows in the TTFT tail rather than vanishing from it.
 Systems, each with a fresh engine per cell over the same loaded models:
 - `metaspec:<policy>`: the continuous-batching engine, batch up to the number of clients (`adaptive` is
   the shipped default; `default` measures whatever `Routing()` is);
-- `batch-1`: the engine at maxConcurrency 1 (one request at a time through the sequential decoder,
-  target-only: the fastest policy of the one-at-a-time engine on CPU);
+- `batch-1`: the engine at maxConcurrency 1 without a draft, one request at a time, as SpecServe serves
+  it: the batch decoder at one row where `--compile` replays graphs of Liger-Kernel's fused body
+  (`kernels.fusible`), else the sequential decoder (on a static cache, torch.compiled with `--compile`);
 - `lookup:<policy>` (with `--lookup`): the engine with prompt lookup in place of the draft
   (`promptLookup`, `--lookup-history`, k = `--lookup-k`);
 - `lookup-draft:<policy>` (with `--lookup`): the draft behind prompt lookup (`draft` and `promptLookup`
@@ -274,13 +275,15 @@ def request_mix(tokenizer: Any, n: int, max_tokens: int, greedy: bool = False) -
 
 def systems(
     args: argparse.Namespace,
-    base: SpeculativeEngine,
+    engines: tuple[SpeculativeEngine, SpeculativeEngine],
     target: Any,
     ours: tuple[Any, Any],
     tokenizer: Any,
     clients: int,
 ) -> dict:
-    """Factories of each system for a cell of `clients`; `ours`: the target and the draft as served."""
+    """Factories of each system for a cell of `clients`; `engines`: ours with the draft and without it,
+    `ours`: the target and the draft as served."""
+    base, alone = engines
     policies = {name: POLICIES[name] for name in args.policies if name in POLICIES}
     if "default" in args.policies:
         policies["default"] = RoutingPolicy.of(Routing())
@@ -288,7 +291,7 @@ def systems(
         f"metaspec:{name}": (lambda p=policy: Metaspec(base.with_routing(p, max_batch=clients)))
         for name, policy in policies.items()
     }
-    made["batch-1"] = lambda: Metaspec(base.with_routing(POLICIES["never"], max_batch=1))
+    made["batch-1"] = lambda: Metaspec(alone.with_routing(POLICIES["never"], max_batch=1))
     if args.lookup:  # prompt lookup in place of the draft, or in front of it, at its own k
         lookup = PromptLookup(min_match=args.lookup[0], max_match=args.lookup[1], history=args.lookup_history)
         proposers = {"lookup": lookup, "lookup-draft": LookupFirst(lookup, ours[1])}
@@ -359,14 +362,17 @@ def main(argv: list[str] | None = None) -> int:
     target, draft, tokenizer, label = off_main(lambda: models(args, dtype))
     ours, ours_draft = off_main(lambda: (served(target), served(draft)))  # hf-batched runs the models as loaded
     mix = request_mix(tokenizer, args.mix, args.max_tokens, args.greedy)
-    base = off_main(
-        lambda: SpeculativeEngine.from_models(
-            ours, ours_draft, tokenizer, POLICIES["never"], max_batch=1, compile=args.compile, **static(args)
+    engines = tuple(
+        off_main(
+            lambda d=d: SpeculativeEngine.from_models(
+                ours, d, tokenizer, POLICIES["never"], max_batch=1, compile=args.compile, **static(args)
+            )
         )
+        for d in (ours_draft, None)
     )
     rows: list[dict[str, Any]] = []
     for clients in args.clients:
-        made = systems(args, base, target, (ours, ours_draft), tokenizer, clients)
+        made = systems(args, engines, target, (ours, ours_draft), tokenizer, clients)
         pooled = {name: (Cell(), 0.0) for name in made}
         # systems take turns, in reverse order every other turn: drift in a shared machine's load hits all alike
         for turn in range(args.repeat):

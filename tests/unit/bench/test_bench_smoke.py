@@ -118,17 +118,29 @@ def test_lookup_settings_decode_exactly(tiny_llama: Path, tmp_path: Path) -> Non
     assert all(row["mismatches"] == 0 and row["tokens_per_pass"] >= 1 for row in rows.values())
 
 
-def test_serving_load_runs_lookup_systems_beside_the_engine(tiny_llama: Path, tiny_draft_llama: Path, tmp_path: Path):
+def test_serving_load_runs_batch_1_and_lookup_systems_beside_the_engine(
+    tiny_llama: Path, tiny_draft_llama: Path, tmp_path: Path
+):
     out = tmp_path / "load.json"
     argv = ["--target", str(tiny_llama), "--draft", str(tiny_draft_llama), "--clients", "2", "--seconds", "1"]
-    argv += ["--systems", "metaspec", "lookup", "lookup-draft", "--policies", "never", "adaptive", "per-token"]
+    argv += [
+        "--systems",
+        "metaspec",
+        "batch-1",
+        "lookup",
+        "lookup-draft",
+        "--policies",
+        "never",
+        "adaptive",
+        "per-token",
+    ]
     argv += ["--lookup", "1", "3"]
     argv += ["--mix", "4", "--max-tokens", "6", "--threads", "1", "--warm-up", "0.5", "--out", str(out)]
     assert script("serving_load").main(argv) == 0
 
     rows = {row["system"]: row for row in json.loads(out.read_text())["rows"]}
     # per-token reads a draft model's confidence: no lookup system for it
-    assert set(rows) == {f"metaspec:{p}" for p in ("never", "adaptive", "per-token")} | {
+    assert set(rows) == {"batch-1"} | {f"metaspec:{p}" for p in ("never", "adaptive", "per-token")} | {
         f"{system}:{p}" for system in ("lookup", "lookup-draft") for p in ("never", "adaptive")
     }
     assert all(row["tokens_per_second"] > 0 for row in rows.values())
