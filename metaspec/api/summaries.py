@@ -98,7 +98,7 @@ class ProgressReport(Model):
     eval_loss: float | None = Field(None, allow_inf_nan=False, description="Best evaluation loss so far.")
     tokens_per_second: float | None = Field(None, ge=0, allow_inf_nan=False, description="Throughput.")
     examples_done: int | None = Field(None, ge=0, description="Outputs written by this shard.")
-    examples_total: int | None = Field(None, ge=0, description="Inputs of this shard.")
+    examples_total: int | None = Field(None, ge=0, description="Outputs this shard writes (inputs × `sampling.n`).")
     examples_per_second: float | None = Field(None, ge=0, allow_inf_nan=False, description="Throughput.")
     eta_seconds: float | None = Field(None, ge=0, allow_inf_nan=False, description="Estimated seconds left.")
     target: ServedModel | None = Field(None, description="A serving pod's target, as loaded: URI and digest.")
