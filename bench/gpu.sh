@@ -36,9 +36,10 @@
 #                             draft, trained on `draft`'s teacher outputs (run `draft` first; re-run to resume)
 #   bench/gpu.sh eagle-draft  an EAGLE-3 draft with a 4096-token head alone (the one eagle-rounds was measured with,
 #                             $HOME/draft-work/draft-eagle3-v4096/model), its teacher outputs first (≈ 5 min)
-#   bench/gpu.sh eagle-data   the draft of eagle-draft next to one trained on four sampled teacher outputs per input
-#                             (temperature 0.7, 3 epochs; $HOME/draft-work-n4), both trained at once, then each
-#                             served on 48 prompts (≈ 15 min: start it in the background and poll)
+#   bench/gpu.sh eagle-data   the draft of eagle-draft next to one trained on SAMPLES (default 4) sampled teacher
+#                             outputs per input (temperature 0.7, EPOCHS epochs, default 3; $HOME/draft-work-n4),
+#                             both trained at once (a finished one is reused), then each served on 48 prompts
+#                             (≈ 15 min at 4 samples: start it in the background and poll)
 #   bench/gpu.sh eagle-serve  serving with the 4-layer, pruned 4-layer and both EAGLE-3 drafts, greedy, SmolLM2
 #   bench/gpu.sh eagle-load   the 8192-token EAGLE-3 draft of `eagle` under 4 and 16 clients with `compile` (its
 #                             verify passes replayed from CUDA graphs), each policy
@@ -200,13 +201,13 @@ eagle-draft)   # an EAGLE-3 draft with a 4096-token head alone, its teacher outp
   timeout 570 $PY bench/draft.py ${EAGLE/4@8192 eagle3 eagle3@8192/eagle3@4096} --serve || true
   save ;;
 eagle-data)   # the same draft on greedy and on sampled teacher outputs, side by side
-  V4096="${EAGLE/4@8192 eagle3 eagle3@8192/eagle3@4096}"
+  V4096="${EAGLE/4@8192 eagle3 eagle3@8192/eagle3@4096}" N="${SAMPLES:-4}"
   timeout 1500 $PY bench/draft.py $V4096 --serve --tag greedy > "$HOME/eagle-greedy.log" 2>&1 &
-  timeout 1500 $PY bench/draft.py $V4096 --serve --tag n4 --samples 4 --temperature 0.7 --epochs 3 \
-    --batch-size 1024 --work "$HOME/draft-work-n4" > "$HOME/eagle-n4.log" 2>&1 &
+  timeout 1500 $PY bench/draft.py $V4096 --serve --tag "n$N" --samples "$N" --temperature 0.7 \
+    --epochs "${EPOCHS:-3}" --batch-size 1024 --work "$HOME/draft-work-n$N" > "$HOME/eagle-n$N.log" 2>&1 &
   wait
-  for data in greedy n4; do
-    work="$HOME/draft-work$([ $data = n4 ] && echo -n4)"
+  for data in greedy "n$N"; do
+    work="$HOME/draft-work$([ "$data" = greedy ] || echo "-$data")"
     timeout 280 $PY bench/server.py --device cuda --dtype bfloat16 --compile --passes 2 --prompts 48 --max-tokens 128 \
       --draft "$work/draft-eagle3-v4096/model" -k 3 --also-k 4 --policies never always adaptive \
       --out "bench/results/server-cuda-eagle3-$data-48.json" || true
