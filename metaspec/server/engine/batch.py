@@ -32,8 +32,9 @@ from .speculative import record_logprobs, speculative_accept
 log = logging.getLogger(__name__)
 
 
-def read_rows(logits: torch.Tensor) -> tuple[list[bool], list[int]]:
-    """Whether each row of `logits` (N, V) is all finite, and its argmax, in one read for the whole batch.
+def read_rows(logits: torch.Tensor, drawn: torch.Tensor | None = None) -> tuple[list[bool], list[int], list[int]]:
+    """Whether each row of `logits` (N, V) is all finite, its argmax, and the tokens `drawn` (D,) long, in
+    one read for the whole batch.
 
     NaN and infinities carry through a sum, so a row's float32 sum is finite exactly when its entries
     are, barring an overflow that takes logits beyond 1e33. On a CPU the sum costs a twentieth of
@@ -42,8 +43,10 @@ def read_rows(logits: torch.Tensor) -> tuple[list[bool], list[int]]:
     (`Processing.contextual`), so such rows settle without a read of their own (on a GPU, a host round
     trip each)."""
     finite = torch.isfinite(logits.sum(-1, dtype=torch.float32))
-    rows = torch.stack([finite.long(), logits.argmax(-1)]).tolist()
-    return [bool(f) for f in rows[0]], rows[1]
+    parts = [finite.long(), logits.argmax(-1)] + ([] if drawn is None else [drawn])
+    flat = torch.cat(parts).tolist()
+    n = logits.shape[0]
+    return [bool(f) for f in flat[:n]], flat[n : 2 * n], flat[2 * n :]
 
 
 def draws_together(device: torch.device) -> bool:
@@ -310,29 +313,31 @@ class BatchDecoder:
         A greedy sequence whose processing reads no context (`Processing.contextual`) takes each row's
         argmax, read with the finiteness for the whole batch. On an accelerator (`draws_together`), a
         sampled one without proposals and without context draws its token together with every such row
-        of the same processing: one distribution for them all and one read (`draw_rows`), each from its
-        own generator. The rest (None) choose in `_settle` (on a GPU, a host round trip or more each)."""
-        finite_all, best = read_rows(logits)
-        finite = [all(finite_all[lo:hi]) for lo, hi in itertools.pairwise(offsets)]
-        chosen: list[list[int] | None] = [None] * len(seqs)
+        of the same processing, each from its own generator (`draw_rows`), and the draws are read with the
+        rest: one host round trip for the whole step. The rest (None) choose in `_settle` (on a GPU, a host
+        round trip or more each). A row with non-finite logits draws too (its sequence then fails in
+        `_settle_safely`); the uniform it takes from its generator is its last."""
         together: dict[Processing, list[int]] = {}
-        drawing = draws_together(logits.device)
-        for i, (seq, proposal, lo, hi) in enumerate(zip(seqs, proposals, offsets, offsets[1:], strict=False)):
-            if seq.proc.contextual or not finite[i]:
-                continue
-            if seq.proc.greedy:
-                chosen[i] = best[lo:hi]
-            elif drawing and not proposal.tokens:
-                together.setdefault(seq.proc, []).append(i)
+        if draws_together(logits.device):
+            for i, (seq, proposal) in enumerate(zip(seqs, proposals, strict=True)):
+                if not (seq.proc.greedy or seq.proc.contextual or proposal.tokens):
+                    together.setdefault(seq.proc, []).append(i)
+        drawn: dict[Processing, torch.Tensor] = {}
         for proc, members in together.items():
             rows = logits[torch.tensor([offsets[i] for i in members], device=logits.device)]  # (R, V)
             try:
-                tokens = draw_rows(probabilities(rows, None, proc), [seqs[i].generator for i in members])
+                drawn[proc] = draw_rows(probabilities(rows, None, proc), [seqs[i].generator for i in members])
             except Exception:  # left to `_settle`, where what fails fails its own sequence only
                 log.warning("drawing %d rows together failed; each draws alone", len(members), exc_info=True)
-                continue
-            for i, token in zip(members, tokens, strict=True):
-                chosen[i] = [token]
+        finite_all, best, tokens = read_rows(logits, torch.cat(list(drawn.values())) if drawn else None)
+        finite = [all(finite_all[lo:hi]) for lo, hi in itertools.pairwise(offsets)]
+        chosen: list[list[int] | None] = [None] * len(seqs)
+        for i, (seq, lo, hi) in enumerate(zip(seqs, offsets, offsets[1:], strict=False)):
+            if seq.proc.greedy and not seq.proc.contextual and finite[i]:
+                chosen[i] = best[lo:hi]
+        members = [i for proc in drawn for i in together[proc]]  # in the order of `tokens`
+        for i, token in zip(members, tokens, strict=True):
+            chosen[i] = [token]
         return chosen, finite
 
     def _settle_safely(

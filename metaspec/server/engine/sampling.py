@@ -274,15 +274,15 @@ def draw(dist: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     return _inverse_cdf(dist.reshape(1, -1), cdf, u)
 
 
-def draw_rows(dists: torch.Tensor, generators: list[torch.Generator | None]) -> list[int]:
-    """`draw` for every row of `dists` (R, V), each with its own generator, in one read of the device: a
-    row takes the one uniform from its generator that `draw` takes, so it draws what `draw` would draw
-    from it alone. −1 for a row without a distribution (`NO_DISTRIBUTION`)."""
+def draw_rows(dists: torch.Tensor, generators: list[torch.Generator | None]) -> torch.Tensor:
+    """`draw` for every row of `dists` (R, V), each with its own generator, without reading the device:
+    (R,) long on its device. A row takes the one uniform from its generator that `draw` takes, so it draws
+    what `draw` would draw from it alone. −1 for a row without a distribution (`NO_DISTRIBUTION`)."""
     cdf = dists.double().cumsum(-1)  # (R, V)
     u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64, device=dists.device) for g in generators])
     total = cdf[:, -1]
     tokens = _inverse_cdf(dists, cdf, u)
-    return torch.where((total > 0) & total.isfinite(), tokens, -1).tolist()
+    return torch.where((total > 0) & total.isfinite(), tokens, -1)
 
 
 def _inverse_cdf(weights: torch.Tensor, cdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

@@ -354,9 +354,9 @@ def test_read_rows_finds_every_non_finite_row_and_each_argmax(dtype: torch.dtype
     nan, inf = float("nan"), float("inf")
     logits = torch.tensor([[0.0, 1.0, -2.0], [nan, 0.0, 1.0], [0.0, inf, 1.0], [-inf, 0.0, 1.0], [inf, -inf, 0.0]])
     large = torch.full((1, 49152), min(1e30, torch.finfo(dtype).max))  # beyond any model's logits, summed finitely
-    finite, best = read_rows(logits.to(dtype))
-    assert finite == [True, False, False, False, False] and best[0] == 1 and best[3] == 2
-    assert read_rows(large.to(dtype))[0] == [True]
+    finite, best, drawn = read_rows(logits.to(dtype), torch.tensor([7, -1]))
+    assert finite == [True, False, False, False, False] and best[0] == 1 and best[3] == 2 and drawn == [7, -1]
+    assert read_rows(large.to(dtype)) == ([True], [0], [])
 
 
 @pytest.mark.parametrize("policy", ["always", "never"])
@@ -397,13 +397,18 @@ def test_a_failing_sequence_fails_alone_and_leaves_its_slot_clean(policy: str, t
 
 
 def test_sampled_rows_drawn_together_draw_what_each_draws_alone(tiny_target, monkeypatch) -> None:
-    """Sampled sequences without proposals or context draw their tokens together, per processing, in one
-    read (`BatchDecoder._choices`; on accelerators only, switched on here): each from its own generator,
-    so a sequence draws the tokens it draws when it decodes alone."""
+    """Sampled sequences without proposals or context draw their tokens together, per processing, read
+    with the batch's argmax in one read (`BatchDecoder._choices`; on accelerators only, switched on here):
+    each from its own generator, so a sequence draws the tokens it draws when it decodes alone."""
     monkeypatch.setattr(batch_module, "draws_together", lambda device: True)
     group_sizes: list[int] = []
     draw_rows = batch_module.draw_rows
     monkeypatch.setattr(batch_module, "draw_rows", lambda d, g: group_sizes.append(len(g)) or draw_rows(d, g))
+    read_sizes: list[int] = []
+    read_rows = batch_module.read_rows
+    monkeypatch.setattr(
+        batch_module, "read_rows", lambda x, d=None: read_sizes.append(0 if d is None else len(d)) or read_rows(x, d)
+    )
     procs = [Processing(0.7, 0.9), Processing(1.2), Processing(), Processing(0.7, 0.9, 1.3)]  # 2 plain, greedy, penalty
 
     def jobs() -> list[Job]:
@@ -411,7 +416,8 @@ def test_sampled_rows_drawn_together_draw_what_each_draws_alone(tiny_target, mon
 
     together, alone = jobs(), jobs()
     run(decoder(tiny_target, None, RoutingPolicy("never"), max_batch=12), together)
-    assert max(group_sizes) == 3  # the 3 jobs of each plain processing, in one read
+    assert max(group_sizes) == 3  # the 3 jobs of each plain processing drawn together
+    assert max(read_sizes) == 6  # both processings' draws read with the argmax, in one read
     run(decoder(tiny_target, None, RoutingPolicy("never"), max_batch=1), alone)
     assert [j.out for j in together] == [j.out for j in alone]
 

@@ -234,7 +234,7 @@ def test_draw_rows_draws_what_draw_draws_from_each_row() -> None:
     rows[2] = 0.0
     rows[4, 7] = float("nan")
     for step in range(20):
-        together = sampling.draw_rows(rows, [torch.Generator().manual_seed(10 * i + step) for i in range(6)])
+        together = sampling.draw_rows(rows, [torch.Generator().manual_seed(10 * i + step) for i in range(6)]).tolist()
         alone = [
             int(draw(rows[i : i + 1], torch.Generator().manual_seed(10 * i + step))) if i not in (2, 4) else -1
             for i in range(6)
