@@ -45,6 +45,7 @@ import signal
 import tempfile
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from metaspec.runtime import (
     ERROR_KINDS,
@@ -55,6 +56,9 @@ from metaspec.runtime import (
     write_summary,
 )
 from metaspec.status import FAIL_FAST_CODES
+
+if TYPE_CHECKING:
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +84,18 @@ def rank_summary(path: Path, rank: int) -> Path:
 def _rank_summaries(path: Path) -> list[Path]:
     """The workers' summaries written so far (`rank_summary`)."""
     return list(path.parent.glob(f"{path.name}.rank-*"))
+
+
+def _cause(error: ChildFailedError) -> tuple[int, ProcessFailure]:
+    """The (rank, `ProcessFailure`) that failed the group (`error`: torch's `ChildFailedError`): the first
+    rank a signal killed, else the first to fail. A killed rank leaves no error file, so torch stamps its
+    failure when the agent notices it, after its peers' collectives have failed over it and written theirs:
+    `get_first_failure` would name a peer's exit 1, not the SIGKILL (137) or OOM kill that caused it."""
+    killed = {rank: failure for rank, failure in error.failures.items() if failure.exitcode < 0}
+    if killed:
+        rank = min(killed, key=lambda r: killed[r].timestamp)
+        return rank, killed[rank]
+    return error.get_first_failure()
 
 
 def launch(cli_argv: list[str], nproc_per_node: int, nnodes: int, max_restarts: int = 0) -> int:
@@ -113,7 +129,7 @@ def launch(cli_argv: list[str], nproc_per_node: int, nnodes: int, max_restarts: 
                 fail_fast.stop()  # a SIGTERM it sent is raised by now, and it sends none after
             rank, code = None, 0
         except ChildFailedError as e:
-            rank, failure = e.get_first_failure()
+            rank, failure = _cause(e)
             code = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode  # -9: killed, 137
             if nnodes > 1 and code not in FAIL_FAST_CODES:
                 message = _restarts_spent(max_restarts, rank, code)

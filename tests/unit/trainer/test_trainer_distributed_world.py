@@ -53,3 +53,21 @@ def test_the_strategy_is_never_automatic_on_the_cpu_or_for_one_process_and_a_req
     assert choose_strategy(None, model, World(rank=0, size=2))[0] == "ddp"
     assert choose_strategy(None, model, World(device=torch.device("cuda", 0)))[0] == "ddp"
     assert choose_strategy("fsdp", model, World(rank=0, size=2)) == ("fsdp", "spec.distributed.strategy")
+
+
+def test_a_rank_a_signal_killed_is_the_cause_not_the_peers_it_took_down(tmp_path):
+    """torch stamps a killed rank's failure when its agent notices it, after its peers' collectives failed
+    and wrote their error files: the launcher names the killed rank (exit 137), not a peer's exit 1."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from metaspec.trainer.launcher import _cause
+
+    def failure(rank: int, exitcode: int, timestamp: int) -> ProcessFailure:
+        found = ProcessFailure(local_rank=rank, pid=100 + rank, exitcode=exitcode, error_file=str(tmp_path / "none"))
+        found.timestamp = timestamp
+        return found
+
+    peer, killed = failure(0, 1, timestamp=10), failure(1, -9, timestamp=12)
+    assert _cause(ChildFailedError("train", {0: peer, 1: killed})) == (1, killed)
+    errors = {0: failure(0, 1, timestamp=11), 1: failure(1, 3, timestamp=10)}  # no signal: the first to fail
+    assert _cause(ChildFailedError("train", errors)) == (1, errors[1])
