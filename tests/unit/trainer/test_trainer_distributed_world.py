@@ -1,5 +1,5 @@
-"""How a global batch is shared among training processes, and how the strategy is chosen (no
-process group needed)."""
+"""How a global batch is shared among training processes, how the strategy is chosen, and which failed
+rank the launcher reports (no process group needed)."""
 
 from __future__ import annotations
 
