@@ -275,14 +275,14 @@ def request_mix(tokenizer: Any, n: int, max_tokens: int, greedy: bool = False) -
 
 def systems(
     args: argparse.Namespace,
-    engines: tuple[SpeculativeEngine, SpeculativeEngine],
+    engines: tuple[SpeculativeEngine, SpeculativeEngine | None],
     target: Any,
     ours: tuple[Any, Any],
     tokenizer: Any,
     clients: int,
 ) -> dict:
-    """Factories of each system for a cell of `clients`; `engines`: ours with the draft and without it,
-    `ours`: the target and the draft as served."""
+    """Factories of each system for a cell of `clients`; `engines`: ours with the draft and without it
+    (None where `batch-1` does not run), `ours`: the target and the draft as served."""
     base, alone = engines
     policies = {name: POLICIES[name] for name in args.policies if name in POLICIES}
     if "default" in args.policies:
@@ -291,7 +291,8 @@ def systems(
         f"metaspec:{name}": (lambda p=policy: Metaspec(base.with_routing(p, max_batch=clients)))
         for name, policy in policies.items()
     }
-    made["batch-1"] = lambda: Metaspec(alone.with_routing(POLICIES["never"], max_batch=1))
+    if alone is not None:
+        made["batch-1"] = lambda: Metaspec(alone.with_routing(POLICIES["never"], max_batch=1))
     if args.lookup:  # prompt lookup in place of the draft, or in front of it, at its own k
         lookup = PromptLookup(min_match=args.lookup[0], max_match=args.lookup[1], history=args.lookup_history)
         proposers = {"lookup": lookup, "lookup-draft": LookupFirst(lookup, ours[1])}
@@ -362,17 +363,19 @@ def main(argv: list[str] | None = None) -> int:
     target, draft, tokenizer, label = off_main(lambda: models(args, dtype))
     ours, ours_draft = off_main(lambda: (served(target), served(draft)))  # hf-batched runs the models as loaded
     mix = request_mix(tokenizer, args.mix, args.max_tokens, args.greedy)
-    engines = tuple(
-        off_main(
-            lambda d=d: SpeculativeEngine.from_models(
-                ours, d, tokenizer, POLICIES["never"], max_batch=1, compile=args.compile, **static(args)
+
+    def engine(proposer: Any | None) -> SpeculativeEngine:
+        return off_main(
+            lambda: SpeculativeEngine.from_models(
+                ours, proposer, tokenizer, POLICIES["never"], max_batch=1, compile=args.compile, **static(args)
             )
         )
-        for d in (ours_draft, None)
-    )
+
+    base = engine(ours_draft)
+    alone = engine(None) if "batch-1" in args.systems else None  # batch-1's: only when it runs
     rows: list[dict[str, Any]] = []
     for clients in args.clients:
-        made = systems(args, engines, target, (ours, ours_draft), tokenizer, clients)
+        made = systems(args, (base, alone), target, (ours, ours_draft), tokenizer, clients)
         pooled = {name: (Cell(), 0.0) for name in made}
         # systems take turns, in reverse order every other turn: drift in a shared machine's load hits all alike
         for turn in range(args.repeat):
