@@ -87,14 +87,24 @@ def _rank_summaries(path: Path) -> list[Path]:
 
 
 def _cause(error: ChildFailedError) -> tuple[int, ProcessFailure]:
-    """The (rank, `ProcessFailure`) that failed the group (`error`: torch's `ChildFailedError`): the first
-    rank a signal killed, else the first to fail. A killed rank leaves no error file, so torch stamps its
-    failure when the agent notices it, after its peers' collectives have failed over it and written theirs:
-    `get_first_failure` would name a peer's exit 1, not the SIGKILL (137) or OOM kill that caused it."""
-    killed = {rank: failure for rank, failure in error.failures.items() if failure.exitcode < 0}
-    if killed:
-        rank = min(killed, key=lambda r: killed[r].timestamp)
-        return rank, killed[rank]
+    """The (rank, `ProcessFailure`) that failed the group (`error`: torch's `ChildFailedError`), the first of:
+
+    - a worker's own verdict that the Job must fail (`FAIL_FAST_CODES`);
+    - a worker killed by a signal other than SIGTERM: SIGKILL from the OOM killer or a preemption, a crash;
+    - the first failure by torch's stamps (`get_first_failure`).
+
+    torch lists, besides the workers that failed, the peers its agent then stopped (SIGTERM, escalating to
+    SIGKILL after a grace period), so a stopped peer must never outrank a verdict. And a killed worker leaves
+    no error file: torch stamps its failure when the agent notices it, after its peers' collectives have
+    failed over it and written theirs, so by stamps alone a peer's exit 1 would hide the SIGKILL (137)."""
+    failures = error.failures
+    for chosen in (
+        [rank for rank, failure in failures.items() if failure.exitcode in FAIL_FAST_CODES],
+        [rank for rank, failure in failures.items() if failure.exitcode < 0 and -failure.exitcode != signal.SIGTERM],
+    ):
+        if chosen:
+            rank = min(chosen, key=lambda r: failures[r].timestamp)
+            return rank, failures[rank]
     return error.get_first_failure()
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from metaspec.runtime import PermanentError
+from metaspec.runtime import EXIT_PERMANENT, PermanentError
 from metaspec.trainer.distributed import FIT_SHARE, World, choose_strategy, training_bytes
 
 
@@ -57,7 +57,9 @@ def test_the_strategy_is_never_automatic_on_the_cpu_or_for_one_process_and_a_req
 
 def test_a_rank_a_signal_killed_is_the_cause_not_the_peers_it_took_down(tmp_path):
     """torch stamps a killed rank's failure when its agent notices it, after its peers' collectives failed
-    and wrote their error files: the launcher names the killed rank (exit 137), not a peer's exit 1."""
+    and wrote their error files: the launcher names the killed rank (exit 137), not a peer's exit 1. A
+    worker's permanent verdict still outranks the peers the agent then stopped (SIGTERM, or SIGKILL after
+    the grace period)."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
     from metaspec.trainer.launcher import _cause
@@ -69,5 +71,10 @@ def test_a_rank_a_signal_killed_is_the_cause_not_the_peers_it_took_down(tmp_path
 
     peer, killed = failure(0, 1, timestamp=10), failure(1, -9, timestamp=12)
     assert _cause(ChildFailedError("train", {0: peer, 1: killed})) == (1, killed)
-    errors = {0: failure(0, 1, timestamp=11), 1: failure(1, 3, timestamp=10)}  # no signal: the first to fail
+    verdict = failure(0, EXIT_PERMANENT, timestamp=10)
+    for stopped in (failure(1, -15, timestamp=9), failure(1, -9, timestamp=9)):
+        assert _cause(ChildFailedError("train", {0: verdict, 1: stopped})) == (0, verdict)
+    crash, stopped = failure(0, 1, timestamp=10), failure(1, -15, timestamp=12)  # stopped after the crash
+    assert _cause(ChildFailedError("train", {0: crash, 1: stopped})) == (0, crash)
+    errors = {0: failure(0, 1, timestamp=11), 1: failure(1, 75, timestamp=10)}  # no signal: the first to fail
     assert _cause(ChildFailedError("train", errors)) == (1, errors[1])
