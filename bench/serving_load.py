@@ -11,9 +11,6 @@ queue that never drains shows in the TTFT tail rather than vanishing from it.
 Systems, each with a fresh engine per cell over the same loaded models:
 - `metaspec:<policy>`: the continuous-batching engine, batch up to the number of clients (`adaptive` is
   the shipped default; `default` measures whatever `Routing()` is);
-- `prefill-<n>:<policy>` (with `--prefill-chunks`): the same engine with joining prompts taken in n tokens
-  a step (`BatchDecoder.prefill_chunk`; 0: each join prefills in a pass of its own), where the engine's own
-  choice (chunked where its steps replay CUDA graphs) is `metaspec:<policy>`;
 - `batch-1`: the engine at maxConcurrency 1 without a draft, one request at a time, as SpecServe serves
   it: the batch decoder at one row where `--compile` replays graphs of Liger-Kernel's fused body
   (`kernels.fusible`), else the sequential decoder (on a static cache, torch.compiled with `--compile`);
@@ -294,11 +291,6 @@ def systems(
         f"metaspec:{name}": (lambda p=policy: Metaspec(base.with_routing(p, max_batch=clients)))
         for name, policy in policies.items()
     }
-    for n in args.prefill_chunks:
-        for name, policy in policies.items():
-            made[f"prefill-{n}:{name}"] = lambda p=policy, n=n: Metaspec(
-                chunked(base.with_routing(p, max_batch=clients), n)
-            )
     if alone is not None:
         made["batch-1"] = lambda: Metaspec(alone.with_routing(POLICIES["never"], max_batch=1))
     if args.lookup:  # prompt lookup in place of the draft, or in front of it, at its own k
@@ -316,15 +308,7 @@ def systems(
                 )
     eos = set(base._stop_ids)
     made["hf-batched"] = lambda: HFBatched(target, tokenizer, clients, args.max_tokens, eos)
-    wanted = [*args.systems, *(f"prefill-{n}" for n in args.prefill_chunks)]
-    return {name: make for name, make in made.items() if name.split(":")[0] in wanted or name in wanted}
-
-
-def chunked(engine: SpeculativeEngine, tokens: int) -> SpeculativeEngine:
-    """`engine` with joining prompts taken in `tokens` tokens a step (0: whole, in a pass of their own)."""
-    assert engine.decoder is not None
-    engine.decoder.prefill_chunk = tokens
-    return engine
+    return {name: make for name, make in made.items() if name.split(":")[0] in args.systems or name in args.systems}
 
 
 def static(args: argparse.Namespace) -> dict[str, Any]:
@@ -366,13 +350,6 @@ def main(argv: list[str] | None = None) -> int:
         help="systems lookup:<policy> and lookup-draft:<policy> (add `lookup`, `lookup-draft` to --systems): "
         "promptLookup with these minMatch and maxMatch instead of the draft, or in front of it, under each of "
         "--policies that needs no draft confidence",
-    )
-    parser.add_argument(
-        "--prefill-chunks",
-        type=int,
-        nargs="*",
-        default=[],
-        help="systems prefill-<n>:<policy>: the engine with chunked prefill at n tokens a step (0: off)",
     )
     parser.add_argument("--lookup-history", type=int, default=0, help="promptLookup.history of the lookup systems")
     parser.add_argument("--lookup-k", type=int, default=2, help="maxSpeculativeTokens of the lookup systems")

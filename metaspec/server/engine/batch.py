@@ -11,12 +11,7 @@ and greedy output equals target-only greedy output (up to float rounding of batc
 
 Requests join between steps: the prompts of those joining are prefilled together (target and, when
 routing needs it, draft) and their first tokens sampled from that pass, so a time to first token is
-one prefill plus the step in progress. Where the target's steps replay CUDA graphs and no draft runs,
-a prompt joining a running batch is instead taken in `prefill_chunk` tokens a step, as rows of the
-batch's own steps (chunked prefill, as vLLM schedules it): at a small model's sizes a pass costs its
-kernel launches whatever it computes, so a prefill pass of its own costs the running sequences about
-a whole step each time a request joins, where a chunk riding in their step costs little. A sequence
-leaves when it finishes, is cancelled, or fails (non-finite logits fail that sequence only).
+one prefill plus the step in progress. It leaves when it finishes, is cancelled, or fails (non-finite logits fail that sequence only).
 """
 
 from __future__ import annotations
@@ -59,10 +54,6 @@ def draws_together(device: torch.device) -> bool:
     each row drawn alone costs host round trips; not on a CPU, where a row alone stays in cache: drawing
     16 and 64 rows together measured 1.3–1.6× slower there (docs/benchmarks.md)."""
     return device.type != "cpu"
-
-
-PREFILL_CHUNK = 16
-"""Prompt tokens a joining sequence takes in per step under chunked prefill (`BatchDecoder.prefill_chunk`)."""
 
 
 class SequenceFailed(RuntimeError):
@@ -135,11 +126,6 @@ class BatchDecoder:
         self.max_batch = max_batch
         self.running: list[Sequence] = []
         self.adaptive: AdaptiveChain | None = None
-        padded = target.padded
-        self.prefill_chunk = PREFILL_CHUNK if padded is not None and padded.capture else 0
-        """Prompt tokens a sequence joining a running batch takes in per step, as a row of the batch's steps,
-        until its prompt is in (the module doc); 0: each join prefills in a pass of its own. On where the
-        target's steps replay CUDA graphs; a draft that routing runs always takes the whole prompt at once."""
         if routing.adaptive and draft is not None:  # one `Adaptive` a proposer (`Draft.arms`)
             self.adaptive = AdaptiveChain([Adaptive(routing.max_speculative_tokens) for _ in draft.arms])
 
@@ -156,19 +142,13 @@ class BatchDecoder:
     @torch.inference_mode()
     def add(self, seqs: list[Sequence]) -> None:
         """Prefill `seqs` together (one target pass, one draft pass), route them, emit their first tokens;
-        they join the next step. Under chunked prefill (`prefill_chunk`, a batch running) they join the
-        next step at once, their prompts still to take in."""
-        chunked = self.prefill_chunk > 0 and bool(self.running)
+        they join the next step."""
         for seq in seqs:
             seq.slot = len(self.running)
             self.running.append(seq)
             prompt = torch.tensor(seq.prompt, dtype=torch.long, device=self.target.device)
             seq.history = History(seq.proc, self.target.vocab, prompt)
         drafting = self.draft is not None and self.routing.uses_draft
-        if chunked and not drafting:
-            for seq in seqs:
-                seq.stats.route = "target-only"
-            return
         chunks = [Chunk(seq.slot, 0, seq.prompt) for seq in seqs]
         try:
             logits, features = self.target.forward(chunks, self.draft.feature_layers if drafting else ())
@@ -242,7 +222,10 @@ class BatchDecoder:
         if speculative and self.adaptive is not None:
             timed = max(self._arm(p) for p in proposals if p.tokens)  # the step is the last proposer's
             width = self.adaptive.width(len(batch), width, timed)
-        chunks = [self._chunk(s, p) for s, p in zip(batch, proposals, strict=True)]
+        chunks = [
+            Chunk(s.slot, s.target_length, s.tokens[s.target_length :] + p.tokens, keep=len(p.tokens) + 1)
+            for s, p in zip(batch, proposals, strict=True)
+        ]
         try:
             layers = self.draft.feature_layers if self.draft is not None and self.routing.uses_draft else ()
             logits, features = self.target.forward(chunks, layers, tokens=width)
@@ -258,23 +241,11 @@ class BatchDecoder:
             offsets.append(offsets[-1] + chunk.keep)
         chosen, finite = self._choices(batch, proposals, logits, offsets)
         for i, (seq, proposal, lo, hi) in enumerate(zip(batch, proposals, offsets, offsets[1:], strict=False)):
-            if lo == hi:  # a chunk of a prompt with more to come: nothing to choose yet
-                seq.target_length += len(chunks[i].ids)
-                continue
             self._settle_safely(seq, logits[lo:hi], proposal, finite[i], chosen[i])
         if self.adaptive is not None:
             self._record(batch, width, proposals, *clock.stop())
         self._drop_finished()
         return len(batch), speculative
-
-    def _chunk(self, seq: Sequence, proposal: Proposal) -> Chunk:
-        """The sequence's row of the step: its pending tokens and proposals, the logits of each wanted; for
-        a sequence still taking in its prompt (`prefill_chunk`), the next `prefill_chunk` tokens of it,
-        logits wanted only after the last."""
-        pending = seq.tokens[seq.target_length :]
-        if seq.produced or not self.prefill_chunk or len(pending) <= self.prefill_chunk:
-            return Chunk(seq.slot, seq.target_length, pending + proposal.tokens, keep=len(proposal.tokens) + 1)
-        return Chunk(seq.slot, seq.target_length, pending[: self.prefill_chunk], keep=0)
 
     def _capture_seconds(self) -> float:
         """Seconds the target and the draft spent capturing CUDA graphs so far."""
@@ -349,8 +320,6 @@ class BatchDecoder:
         together: dict[Processing, list[int]] = {}
         if draws_together(logits.device):
             for i, (seq, proposal) in enumerate(zip(seqs, proposals, strict=True)):
-                if offsets[i] == offsets[i + 1]:  # no logits: a chunk of a prompt (`_chunk`)
-                    continue
                 if not (seq.proc.greedy or seq.proc.contextual or proposal.tokens):
                     together.setdefault(seq.proc, []).append(i)
         drawn: dict[Processing, torch.Tensor] = {}

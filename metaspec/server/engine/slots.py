@@ -207,7 +207,7 @@ class SlotModel:
         hidden, features = self._body(ids.to(self.device), self.cache._positions, width, layers, None)
         kept = [b * length + len(c.ids) - c.keep + i for b, c in enumerate(chunks) for i in range(c.keep)]
         padding = kept[-1:] * (tokens - len(kept))  # rows whose logits are dropped
-        states = hidden.index_select(0, torch.tensor(kept + padding, dtype=torch.long).to(self.device))
+        states = hidden.index_select(0, torch.tensor(kept + padding).to(self.device))
         logits = self._head(states)[: len(kept), : self.vocab]  # (N, V)
         if features is None:
             return logits, None

@@ -422,69 +422,6 @@ def test_sampled_rows_drawn_together_draw_what_each_draws_alone(tiny_target, mon
     assert [j.out for j in together] == [j.out for j in alone]
 
 
-@pytest.mark.parametrize("name", ["never", "always"])
-def test_prompts_joining_a_running_batch_prefill_in_chunks_of_its_steps(
-    name: str, tiny_target, tiny_draft, monkeypatch
-) -> None:
-    """Chunked prefill (`BatchDecoder.prefill_chunk`: on where the target's steps replay CUDA graphs; here 3
-    tokens, the padded steps run eagerly, sampled rows drawn together as on a GPU): a prompt joining a
-    running batch is taken in 3 tokens a step as a row of the batch's steps, without a pass of its own,
-    and every sequence decodes what it decodes with whole-prompt prefills: greedy ones the target's own
-    completion, sampled ones the same tokens from the same seeds. A draft that routing runs takes each
-    prompt whole, so with one the prompts prefill whole."""
-    monkeypatch.setattr(batch_module, "draws_together", lambda device: True)
-    routing = ROUTINGS[name]
-    procs = [Processing(), Processing(0.7, 0.9), Processing(0.0, 1.0, 1.3), Processing(1.1)]
-
-    def jobs() -> list[Job]:
-        return [
-            Job(i // 2, [1 + (i * j) % 7 for j in range(1 + i % 8)], procs[i % 4], 5 + i % 6, seed=i) for i in range(16)
-        ]
-
-    def decode(prefill_chunk: int, made: list[Job], graphs: bool = True) -> list[tuple[bool, list[Chunk]]]:
-        """Each target pass: whether it ran for `add` while others decoded, and its chunks."""
-        dec = decoder(tiny_target, tiny_draft if routing.uses_draft else None, routing, 4, graphs=graphs)
-        dec.prefill_chunk = prefill_chunk
-        passes: list[tuple[bool, list[Chunk]]] = []
-        forward, add = dec.target.forward, dec.add
-        joining = [False]
-
-        def spy_forward(chunks: list[Chunk], *args, **kwargs):
-            passes.append((joining[0], list(chunks)))
-            return forward(chunks, *args, **kwargs)
-
-        def spy_add(seqs: list[Sequence]) -> None:
-            joining[0] = bool(dec.running)
-            add(seqs)
-            joining[0] = False
-
-        dec.target.forward, dec.add = spy_forward, spy_add  # type: ignore[method-assign]
-        run(dec, made)
-        return passes
-
-    chunked, whole = jobs(), jobs()
-    passes = decode(3, chunked)
-    decode(0, whole)
-    assert [j.out for j in chunked] == [j.out for j in whole]
-    for job in chunked:
-        if job.proc.greedy:
-            assert job.out[: len(expected := target_greedy(tiny_target, job))] == expected
-    prompt_chunks = [c for _, chunks in passes for c in chunks if c.keep == 0]
-    if routing.uses_draft:
-        assert not prompt_chunks
-    else:
-        assert not any(joined for joined, _ in passes)  # no prefill pass while others decode
-        assert prompt_chunks and all(len(c.ids) == 3 for c in prompt_chunks)
-    for graphs in (True, False):  # the batch it joined finishes while a prompt is still coming in
-        lone, alone = (
-            [Job(0, [1, 2], Processing(), 3), Job(1, [3, 1, 4, 1, 5, 2, 6, 5], Processing(), 4)] for _ in "ab"
-        )
-        passes = decode(3, lone, graphs)
-        decode(0, alone, graphs)
-        assert [j.out for j in lone] == [j.out for j in alone]
-        assert routing.uses_draft or [c.keep for c in passes[3][1]] == [0]  # a step of one prompt's chunk alone
-
-
 @pytest.mark.parametrize("policy", ["always", "never"])
 def test_a_sequence_whose_choice_raises_fails_alone(policy: str, tiny_target, tiny_draft) -> None:
     """A sampled sequence that bans every token (`min_tokens`, every token an end token) has no
