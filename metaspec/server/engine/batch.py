@@ -49,6 +49,15 @@ def read_rows(logits: torch.Tensor, drawn: torch.Tensor | None = None) -> tuple[
     return [bool(f) for f in flat[:n]], flat[n : 2 * n], flat[2 * n :]
 
 
+def upload(values: list[int], device: torch.device) -> torch.Tensor:
+    """`values` as a long tensor on `device`, queued behind the work already there. A copy to a GPU from
+    pageable memory synchronises the stream (torch waits for it to finish), so after a step's pass
+    the host would wait for the whole pass before launching its sampling; from pinned memory the copy
+    is queued like a kernel, and the host goes on launching while the pass runs."""
+    host = torch.tensor(values, dtype=torch.long)
+    return host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host.to(device)
+
+
 def draws_together(device: torch.device) -> bool:
     """Whether sampled rows draw their tokens together (`BatchDecoder._choices`): on an accelerator, where
     each row drawn alone costs host round trips; not on a CPU, where a row alone stays in cache: drawing
@@ -324,7 +333,7 @@ class BatchDecoder:
                     together.setdefault(seq.proc, []).append(i)
         drawn: dict[Processing, torch.Tensor] = {}
         for proc, members in together.items():
-            rows = logits[torch.tensor([offsets[i] for i in members], device=logits.device)]  # (R, V)
+            rows = logits[upload([offsets[i] for i in members], logits.device)]  # (R, V)
             try:
                 drawn[proc] = draw_rows(probabilities(rows, None, proc), [seqs[i].generator for i in members])
             except Exception:  # left to `_settle`, where what fails fails its own sequence only
