@@ -14,6 +14,9 @@ Systems, each with a fresh engine per cell over the same loaded models:
 - `batch-1`: the engine at maxConcurrency 1 without a draft, one request at a time, as SpecServe serves
   it: the batch decoder at one row where `--compile` replays graphs of Liger-Kernel's fused body
   (`kernels.fusible`), else the sequential decoder (on a static cache, torch.compiled with `--compile`);
+- with `--serial`, each `metaspec:<policy>` and `batch-1` next to its `-serial` twin
+  (`metaspec-serial:<policy>`, `batch-1-serial`): the same engine with the batch decoder's `overlap` off,
+  every step read by the host before the next one is launched (what a CPU runs);
 - `lookup:<policy>` (with `--lookup`): the engine with prompt lookup in place of the draft
   (`promptLookup`, `--lookup-history`, k = `--lookup-k`);
 - `lookup-draft:<policy>` (with `--lookup`): the draft behind prompt lookup (`draft` and `promptLookup`
@@ -308,7 +311,19 @@ def systems(
                 )
     eos = set(base._stop_ids)
     made["hf-batched"] = lambda: HFBatched(target, tokenizer, clients, args.max_tokens, eos)
-    return {name: make for name, make in made.items() if name.split(":")[0] in args.systems or name in args.systems}
+    made = {name: make for name, make in made.items() if name.split(":")[0] in args.systems or name in args.systems}
+    if args.serial:
+        for name in [n for n in made if n.split(":")[0] in ("metaspec", "batch-1")]:
+            kind, _, policy = name.partition(":")
+            made[f"{kind}-serial" + (f":{policy}" if policy else "")] = lambda make=made[name]: serial(make())
+    return made
+
+
+def serial(system: Metaspec) -> Metaspec:
+    """`system` with every step read before the next is launched (`BatchDecoder.overlap` off)."""
+    if system.engine.decoder is not None:
+        system.engine.decoder.overlap = False
+    return system
 
 
 def static(args: argparse.Namespace) -> dict[str, Any]:
@@ -353,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--lookup-history", type=int, default=0, help="promptLookup.history of the lookup systems")
     parser.add_argument("--lookup-k", type=int, default=2, help="maxSpeculativeTokens of the lookup systems")
+    parser.add_argument("--serial", action="store_true", help="each metaspec system next to its -serial twin")
     parser.add_argument("--compile", action="store_true", help="CUDA graphs in batches, torch.compile at batch 1")
     parser.add_argument("--cache-len", type=int, default=1024, help="positions per sequence with --compile")
     args = parser.parse_args(argv)

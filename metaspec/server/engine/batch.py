@@ -12,6 +12,11 @@ and greedy output equals target-only greedy output (up to float rounding of batc
 Requests join between steps: the prompts of those joining are prefilled together (target and, when
 routing needs it, draft) and their first tokens sampled from that pass, so a time to first token is
 one prefill plus the step in progress. It leaves when it finishes, is cancelled, or fails (non-finite logits fail that sequence only).
+
+On a GPU, a step in which no sequence proposes and none reads its context is launched before the step
+before it is read (`BatchDecoder.overlap`): its input tokens are the ones the step before drew, still on
+the device, so the host settles one step (emitting its tokens, admitting and dropping sequences) while
+the GPU runs the next, instead of each waiting for the other.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import torch
 from .protocol import RequestStats, TokenLogprob
 from .routing import Adaptive, AdaptiveChain, RoutingPolicy, StepClock, Tally
 from .sampling import NO_DISTRIBUTION, History, Processing, draw_rows, greedy_tokens, probabilities
-from .slots import Chunk, SlotModel
+from .slots import Chunk, SlotModel, upload
 from .speculative import record_logprobs, speculative_accept
 
 log = logging.getLogger(__name__)
@@ -47,15 +52,6 @@ def read_rows(logits: torch.Tensor, drawn: torch.Tensor | None = None) -> tuple[
     flat = torch.cat(parts).tolist()
     n = logits.shape[0]
     return [bool(f) for f in flat[:n]], flat[n : 2 * n], flat[2 * n :]
-
-
-def upload(values: list[int], device: torch.device) -> torch.Tensor:
-    """`values` as a long tensor on `device`, queued behind the work already there. A copy to a GPU from
-    pageable memory synchronises the stream (torch waits for it to finish), so after a step's pass
-    the host would wait for the whole pass before launching its sampling; from pinned memory the copy
-    is queued like a kernel, and the host goes on launching while the pass runs."""
-    host = torch.tensor(values, dtype=torch.long)
-    return host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host.to(device)
 
 
 def draws_together(device: torch.device) -> bool:
@@ -120,10 +116,53 @@ class Proposal:
     """Proposed by prompt lookup (not by a draft model): counted apart in `RequestStats`."""
 
 
+@dataclass
+class _InFlight:
+    """A target-only step launched and not read yet (`BatchDecoder.overlap`)."""
+
+    batch: list[Sequence]
+    logits: torch.Tensor
+    """(B, V): each row's."""
+    tokens: torch.Tensor
+    """(B,) long on the device: each row's token, argmax or drawn (-1: no distribution to draw from)."""
+    host: torch.Tensor
+    """(2, B) long on the host: whether each row's logits are finite, and `tokens`, once `ready` has passed."""
+    ready: torch.cuda.Event | None
+    """Recorded after the copy to `host` (None on a CPU, where `host` is ready at once)."""
+
+    @classmethod
+    def launch(
+        cls, batch: list[Sequence], logits: torch.Tensor, members: list[int], drawn: torch.Tensor | None
+    ) -> _InFlight:
+        """A launched step's tokens: each row's argmax, but the rows `members` drew (`drawn`); and the copy
+        of them and of the rows' finiteness to the host started, behind the work queued so far."""
+        tokens = logits.argmax(-1)
+        if drawn is not None:
+            tokens[upload(members, logits.device)] = drawn
+        finite = torch.isfinite(logits.sum(-1, dtype=torch.float32))  # as `read_rows` tests it
+        host = torch.stack([finite.long(), tokens])
+        if host.device.type != "cuda":
+            return cls(batch, logits, tokens, host, None)
+        ready = torch.cuda.Event()
+        host = host.to("cpu", non_blocking=True)
+        ready.record()
+        return cls(batch, logits, tokens, host, ready)
+
+
 class BatchDecoder:
     """Target + optional draft + routing over a batch of at most `max_batch` sequences.
 
     Sequences occupy slots `0..n-1` of both caches, in `running` order (packed: see `slots.py`).
+
+    `overlap` (on a GPU): a step where no sequence proposes, none reads its context
+    (`Processing.contextual`) or asks for log-probabilities, and no feature-level draft observes the
+    pass, is launched before the previous such step is read: its rows' inputs are the previous step's
+    tokens on the device (`SlotModel.forward`'s `last`), and the previous step is settled while it runs.
+    A sequence's tokens therefore reach the host one step later than they are drawn, and a sequence
+    that ended (an end token) runs one step more than it needs, its row thrown away. Anything that
+    needs what the host has not read yet (a draft's proposals, an `adaptive` probe, a request that reads
+    its context) first settles the step in flight. Each sequence draws what it draws step by step:
+    the same pass, the same generator, one draw a step.
     """
 
     def __init__(self, target: SlotModel, draft: Draft | None, routing: RoutingPolicy, max_batch: int) -> None:
@@ -134,6 +173,8 @@ class BatchDecoder:
         self.routing = routing
         self.max_batch = max_batch
         self.running: list[Sequence] = []
+        self.overlap = target.device.type == "cuda"
+        self._in_flight: _InFlight | None = None
         self.adaptive: AdaptiveChain | None = None
         if routing.adaptive and draft is not None:  # one `Adaptive` a proposer (`Draft.arms`)
             self.adaptive = AdaptiveChain([Adaptive(routing.max_speculative_tokens) for _ in draft.arms])
@@ -155,12 +196,14 @@ class BatchDecoder:
         for seq in seqs:
             seq.slot = len(self.running)
             self.running.append(seq)
-            prompt = torch.tensor(seq.prompt, dtype=torch.long, device=self.target.device)
+            prompt = upload(seq.prompt, self.target.device)  # no wait for the step in flight
             seq.history = History(seq.proc, self.target.vocab, prompt)
         drafting = self.draft is not None and self.routing.uses_draft
         chunks = [Chunk(seq.slot, 0, seq.prompt) for seq in seqs]
         try:
             logits, features = self.target.forward(chunks, self.draft.feature_layers if drafting else ())
+            for seq in seqs:
+                seq.target_length = len(seq.prompt)
             if self.draft is not None and drafting:  # after the target: a feature-level draft reads its pass
                 if features is not None:
                     self.draft.observe(seqs, chunks, features)
@@ -218,9 +261,20 @@ class BatchDecoder:
         """One round for every running sequence: (batch size, whether the draft proposed)."""
         self._drop_finished()
         if not self.running:
+            self._in_flight = None  # none of its rows is running: nothing to read
             return 0, False
         batch = list(self.running)
-        drafting, limits = self._drafting(batch, self._ks(len(batch)))
+        ks = self._ks(len(batch))
+        if self.overlap and not any(ks) and self._overlaps(batch):
+            return self._overlapped(batch)
+        if self._in_flight is not None:  # what follows reads what the host has not: settle it first
+            self._land(self._in_flight)
+            self._in_flight = None
+            self._drop_finished()
+            batch = list(self.running)
+            if not batch:
+                return 0, False
+        drafting, limits = self._drafting(batch, ks)
         clock = StepClock(self._capture_seconds)
         if self.adaptive is not None and self.draft is not None:  # timed apart: see `Adaptive.record`
             self.draft.catch_up(drafting, *limits)
@@ -243,6 +297,8 @@ class BatchDecoder:
                 self._fail(seq, error)
             self._drop_finished()
             return len(batch), speculative
+        for seq, chunk in zip(batch, chunks, strict=True):
+            seq.target_length += len(chunk.ids)  # what is rejected is taken back as the round settles
         if features is not None and self.draft is not None:
             self.draft.observe(batch, chunks, features)
         offsets = [0]
@@ -255,6 +311,70 @@ class BatchDecoder:
             self._record(batch, width, proposals, *clock.stop())
         self._drop_finished()
         return len(batch), speculative
+
+    def _overlaps(self, batch: list[Sequence]) -> bool:
+        """Whether a target-only step over `batch` may run before the host has read the step before
+        (`overlap`): none of its sequences reads its context or asks for log-probabilities, and no
+        feature-level draft observes the pass."""
+        if self.draft is not None and self.routing.uses_draft and self.draft.feature_layers:
+            return False
+        return not any(seq.proc.contextual or seq.logprobs is not None for seq in batch)
+
+    def _overlapped(self, batch: list[Sequence]) -> tuple[int, bool]:
+        """A target-only step over `batch` launched on the tokens of the step in flight, still on the device
+        (those that joined since bring theirs from the host); then the step in flight is settled while
+        this one runs, and this one is in flight."""
+        clock = StepClock(self._capture_seconds)
+        previous, device = self._in_flight, self.target.device
+        # a sequence that the step in flight takes to its budget runs once more (its row thrown away) at
+        # its last position, not past it: the step attends to no more positions than its live rows need
+        chunks = [
+            Chunk(s.slot, min(s.target_length, len(s.prompt) + s.budget - 2), s.tokens[s.target_length :] or [0])
+            for s in batch
+        ]
+        last = None
+        if previous is not None:
+            rows = {id(seq): row for row, seq in enumerate(previous.batch)}
+            sources = upload([[rows.get(id(s), -1) for s in batch], [c.ids[-1] for c in chunks]], device)
+            drawn = previous.tokens.clamp(min=0)[sources[0].clamp(min=0)]  # a row without a draw: any id
+            last = torch.where(sources[0] >= 0, drawn, sources[1])
+        self._in_flight = None
+        proposals = [Proposal() for _ in batch]
+        try:
+            logits, _ = self.target.forward(chunks, last=last)
+        except Exception as error:  # the pass as a whole failed: nothing to attribute to one sequence
+            if previous is not None:
+                self._land(previous)
+            for seq in batch:
+                self._fail(seq, error)
+            self._drop_finished()
+            return len(batch), False
+        for seq in batch:
+            seq.target_length += 1
+        offsets = list(range(len(batch) + 1))
+        draws = self._draws(batch, proposals, logits, offsets)
+        if len(draws[0]) == sum(not seq.proc.greedy for seq in batch):  # every row's token is on the device
+            self._in_flight = _InFlight.launch(batch, logits, *draws)
+        if previous is not None:
+            self._land(previous)
+        if self._in_flight is None:  # a sampled row draws alone: read this step now (`_choices`)
+            chosen, finite = self._choices(batch, proposals, logits, offsets, draws)
+            for i, seq in enumerate(batch):
+                self._settle_safely(seq, logits[i : i + 1], proposals[i], finite[i], chosen[i])
+        if self.adaptive is not None and previous is not None:  # a step's time once steps overlap: launch to read
+            self._record(batch, 1, proposals, *clock.stop())
+        self._drop_finished()
+        return len(batch), False
+
+    def _land(self, step: _InFlight) -> None:
+        """Settle a step launched by `_overlapped`: its rows whose sequences are still running and not
+        done (one that ended in the step before ran once more; one cancelled meanwhile has left)."""
+        if step.ready is not None:
+            step.ready.synchronize()  # this step's copy, not the step launched after it
+        finite, tokens = step.host.tolist()
+        for row, seq in enumerate(step.batch):
+            if seq.slot >= 0 and not seq.done:
+                self._settle_safely(seq, step.logits[row : row + 1], Proposal(), bool(finite[row]), [tokens[row]])
 
     def _capture_seconds(self) -> float:
         """Seconds the target and the draft spent capturing CUDA graphs so far."""
@@ -314,7 +434,12 @@ class BatchDecoder:
         self.adaptive.record(len(batch), rows, width, tallies, seconds, catch_up)
 
     def _choices(
-        self, seqs: list[Sequence], proposals: list[Proposal], logits: torch.Tensor, offsets: list[int]
+        self,
+        seqs: list[Sequence],
+        proposals: list[Proposal],
+        logits: torch.Tensor,
+        offsets: list[int],
+        draws: tuple[list[int], torch.Tensor | None] | None = None,
     ) -> tuple[list[list[int] | None], list[bool]]:
         """What the batch can choose for its sequences at once, sequence i's rows being
         `logits[offsets[i]:offsets[i+1]]`, and whether those rows are all finite (`read_rows`).
@@ -322,32 +447,46 @@ class BatchDecoder:
         A greedy sequence whose processing reads no context (`Processing.contextual`) takes each row's
         argmax, read with the finiteness for the whole batch. On an accelerator (`draws_together`), a
         sampled one without proposals and without context draws its token together with every such row
-        of the same processing, each from its own generator (`draw_rows`), and the draws are read with the
-        rest: one host round trip for the whole step. The rest (None) choose in `_settle` (on a GPU, a host
-        round trip or more each). A row with non-finite logits draws too (its sequence then fails in
-        `_settle_safely`); the uniform it takes from its generator is its last."""
-        together: dict[Processing, list[int]] = {}
-        if draws_together(logits.device):
-            for i, (seq, proposal) in enumerate(zip(seqs, proposals, strict=True)):
-                if not (seq.proc.greedy or seq.proc.contextual or proposal.tokens):
-                    together.setdefault(seq.proc, []).append(i)
-        drawn: dict[Processing, torch.Tensor] = {}
-        for proc, members in together.items():
-            rows = logits[upload([offsets[i] for i in members], logits.device)]  # (R, V)
-            try:
-                drawn[proc] = draw_rows(probabilities(rows, None, proc), [seqs[i].generator for i in members])
-            except Exception:  # left to `_settle`, where what fails fails its own sequence only
-                log.warning("drawing %d rows together failed; each draws alone", len(members), exc_info=True)
-        finite_all, best, tokens = read_rows(logits, torch.cat(list(drawn.values())) if drawn else None)
+        of the same processing (`_draws`), and the draws are read with the rest: one host round trip for
+        the whole step (`draws`: those draws, when made already). The rest (None) choose in `_settle` (on a
+        GPU, a host round trip or more each)."""
+        if draws is None:
+            draws = self._draws(seqs, proposals, logits, offsets) if draws_together(logits.device) else ([], None)
+        members, drawn = draws
+        finite_all, best, tokens = read_rows(logits, drawn)
         finite = [all(finite_all[lo:hi]) for lo, hi in itertools.pairwise(offsets)]
         chosen: list[list[int] | None] = [None] * len(seqs)
         for i, (seq, lo, hi) in enumerate(zip(seqs, offsets, offsets[1:], strict=False)):
             if seq.proc.greedy and not seq.proc.contextual and finite[i]:
                 chosen[i] = best[lo:hi]
-        members = [i for proc in drawn for i in together[proc]]  # in the order of `tokens`
         for i, token in zip(members, tokens, strict=True):
             chosen[i] = [token]
         return chosen, finite
+
+    def _draws(
+        self, seqs: list[Sequence], proposals: list[Proposal], logits: torch.Tensor, offsets: list[int]
+    ) -> tuple[list[int], torch.Tensor | None]:
+        """Tokens drawn together for the sampled sequences without proposals and without context: each
+        processing's rows at once (`draw_rows`), each row from its own generator. Returns the sequences
+        drawn for and their tokens on the device, in that order. A row with non-finite logits draws too
+        (its sequence then fails in `_settle_safely`); the uniform it takes from its generator is its
+        last. A processing whose draw fails is left out (its sequences choose in `_settle`, where what
+        fails fails its own sequence only)."""
+        together: dict[Processing, list[int]] = {}
+        for i, (seq, proposal) in enumerate(zip(seqs, proposals, strict=True)):
+            if not (seq.proc.greedy or seq.proc.contextual or proposal.tokens):
+                together.setdefault(seq.proc, []).append(i)
+        members: list[int] = []
+        drawn: list[torch.Tensor] = []
+        for proc, group in together.items():
+            rows = logits[upload([offsets[i] for i in group], logits.device)]  # (R, V)
+            try:
+                drawn.append(draw_rows(probabilities(rows, None, proc), [seqs[i].generator for i in group]))
+            except Exception:
+                log.warning("drawing %d rows together failed; each draws alone", len(group), exc_info=True)
+                continue
+            members += group
+        return members, torch.cat(drawn) if drawn else None
 
     def _settle_safely(
         self, seq: Sequence, logits: torch.Tensor, proposal: Proposal, finite: bool, chosen: list[int] | None
@@ -403,7 +542,7 @@ class BatchDecoder:
         new = [*proposal.tokens[:accepted], token]
         base = len(seq.tokens)
         seq.tokens.extend(new)
-        seq.target_length = base + accepted
+        seq.target_length -= j - accepted  # the rejected proposals (the pass wrote every one)
         if self.draft is not None and seq.speculate:
             self.draft.rewind(seq, base + accepted)
         seq.history.extend(new)

@@ -39,6 +39,15 @@ from metaspec.server.engine import kernels
 log = logging.getLogger(__name__)
 
 
+def upload(values: list[int] | list[list[int]], device: torch.device) -> torch.Tensor:
+    """`values` as a long tensor on `device`, queued behind the work already there. A copy to a GPU from
+    pageable memory synchronises the stream (torch waits for it to finish), so the host would wait for
+    every pass already launched (the step in flight, `BatchDecoder.overlap`; the pass whose tokens are
+    about to be drawn); from pinned memory the copy is queued like a kernel, and the host goes on."""
+    host = torch.tensor(values, dtype=torch.long)
+    return host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host.to(device)
+
+
 @dataclass(frozen=True)
 class Chunk:
     """One row of a batched forward: write `ids` into `slot` from position `start` on."""
@@ -187,16 +196,18 @@ class SlotModel:
         return self.padded.capture_seconds if self.padded is not None else 0.0
 
     def forward(
-        self, chunks: list[Chunk], layers: tuple[int, ...] = (), tokens: int = 1
+        self, chunks: list[Chunk], layers: tuple[int, ...] = (), tokens: int = 1, last: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (N, V) of every chunk's last `keep` positions, rows in chunk order (N = Σ keep), and with
         `layers` the input of each of those layers (the residual stream) at *every* position of every
         chunk, concatenated per position: (Σ len(ids), len(layers)·E) in chunk order. Rows are padded to
         the longest chunk and to at least `tokens`; a ragged pass also runs the head over at least `tokens`
-        rows: on some CPUs a matrix product of 2 or 3 rows costs more than one of 5 (`Adaptive.width`)."""
+        rows: on some CPUs a matrix product of 2 or 3 rows costs more than one of 5 (`Adaptive.width`).
+        `last` (len(chunks),) long on the device: each chunk's last token, in place of its `ids[-1]` (a
+        token the pass before drew and the host has not read yet)."""
         length = max(tokens, *(len(c.ids) for c in chunks))
         if self.padded is not None and length <= MAX_TOKENS:
-            states, features = self.padded.forward(chunks, layers, length)
+            states, features = self.padded.forward(chunks, layers, length, last=last)
             return self._head(states)[:, : self.vocab], features
         width = max(c.start + length for c in chunks)
         self.cache.prepare(chunks, width, length)
@@ -204,7 +215,10 @@ class SlotModel:
         for b, c in enumerate(chunks):
             ids[b, : len(c.ids)] = torch.tensor(c.ids)
             ids[b, len(c.ids) :] = c.ids[-1]  # padding: any valid id; its positions are never attended
-        hidden, features = self._body(ids.to(self.device), self.cache._positions, width, layers, None)
+        ids = ids.to(self.device)
+        if last is not None:
+            ids[torch.arange(len(chunks)), torch.tensor([len(c.ids) - 1 for c in chunks])] = last
+        hidden, features = self._body(ids, self.cache._positions, width, layers, None)
         kept = [b * length + len(c.ids) - c.keep + i for b, c in enumerate(chunks) for i in range(c.keep)]
         padding = kept[-1:] * (tokens - len(kept))  # rows whose logits are dropped
         states = hidden.index_select(0, torch.tensor(kept + padding).to(self.device))
@@ -329,29 +343,42 @@ class PaddedSteps:
         layers: tuple[int, ...] = (),
         tokens: int = 1,
         inputs: list[torch.Tensor] | None = None,
+        last: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The body's output (Σ keep, E) at each chunk's last `keep` tokens, and with `layers` those layers'
         inputs at every token (Σ len(ids), len(layers)·E), in chunk order, for chunks of at most
         `MAX_TOKENS` tokens (rows of at least `tokens`; `inputs`: each chunk's input vectors (len(ids), D)
-        when the body takes them): one padded step, or several when the padded rows would take more than
+        when the body takes them; `last`: each chunk's last token on the device, as `SlotModel.forward`
+        takes it): one padded step, or several when the padded rows would take more than
         `MAX_STEP_TOKENS` (many prompts joining at once)."""
         tokens = max(tokens, *(len(c.ids) for c in chunks))
         rows = MAX_STEP_TOKENS // _pow2(tokens)  # a power of two
         if len(chunks) <= rows:
-            return self.run(chunks, layers, tokens, inputs)
+            return self.run(chunks, layers, tokens, inputs, last)
         parts = [
-            self.run(chunks[i : i + rows], layers, tokens, inputs[i : i + rows] if inputs is not None else None)
+            self.run(
+                chunks[i : i + rows],
+                layers,
+                tokens,
+                inputs[i : i + rows] if inputs is not None else None,
+                last[i : i + rows] if last is not None else None,
+            )
             for i in range(0, len(chunks), rows)
         ]
         states = torch.cat([states for states, _ in parts])
         return states, torch.cat([features for _, features in parts]) if layers else None  # type: ignore[misc]
 
     def run(
-        self, chunks: list[Chunk], layers: tuple[int, ...], tokens: int, inputs: list[torch.Tensor] | None = None
+        self,
+        chunks: list[Chunk],
+        layers: tuple[int, ...],
+        tokens: int,
+        inputs: list[torch.Tensor] | None = None,
+        last: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`forward` for chunks that fit one step: rows of `tokens` (no chunk longer), padded up to a
         power of two."""
-        b, t, w, packed = self._load(chunks, tokens, inputs)
+        b, t, w, packed = self._load(chunks, tokens, inputs, last=last)
         hidden, features = self._replay((b, t, w, layers, packed), lambda: self._step(b, t, w, layers, packed))
         # indexing copies: what is returned outlives the next replay
         states = hidden.index_select(0, self._inputs[3, : sum(c.keep for c in chunks)])
@@ -386,11 +413,16 @@ class PaddedSteps:
         return max(c.start + len(c.ids) for c in chunks) + reach <= self.cache.max_length
 
     def _load(
-        self, chunks: list[Chunk], tokens: int, inputs: list[torch.Tensor] | None, reach: int = 0
+        self,
+        chunks: list[Chunk],
+        tokens: int,
+        inputs: list[torch.Tensor] | None,
+        reach: int = 0,
+        last: torch.Tensor | None = None,
     ) -> tuple[int, int, int, bool]:
         """Set the input buffers for a step over `chunks` (rows of at least `tokens`) attending to `reach`
-        positions more after each row's tokens; return its padded shape (b, t, w) and whether its rows
-        are the cache's first b."""
+        positions more after each row's tokens (`last`: each one's last token, on the device); return its
+        padded shape (b, t, w) and whether its rows are the cache's first b."""
         n, cache = len(chunks), self.cache
         b, t = _pow2(n), _pow2(max(tokens, *(len(c.ids) for c in chunks)))
         w = min(max(MIN_WIDTH, _pow2(max(c.start + len(c.ids) for c in chunks) + reach)), cache.max_length)
@@ -400,7 +432,7 @@ class PaddedSteps:
             self._runs.clear()
             self._pool = None
             self._allocations = cache.allocations
-        ids, positions, writes, keep, valid = [], [], [], [], []
+        ids, positions, writes, keep, valid, ends = [], [], [], [], [], []
         for row in range(b):
             c = chunks[row] if row < n else Chunk(cache.scratch, 0, [])
             ids += c.ids + [0] * (t - len(c.ids))
@@ -409,9 +441,12 @@ class PaddedSteps:
             if row < n:
                 keep += [row * t + i for i in range(len(c.ids) - c.keep, len(c.ids))]
                 valid += [row * t + i for i in range(len(c.ids))]
+                ends.append(row * t + len(c.ids) - 1)
         slots = [c.slot for c in chunks] + [cache.scratch] * (b - n)
         rows = [ids, positions, writes, keep, valid, slots]
-        self._inputs[:, : b * t].copy_(torch.tensor([r + [0] * (b * t - len(r)) for r in rows]))
+        self._inputs[:, : b * t].copy_(upload([r + [0] * (b * t - len(r)) for r in rows], cache.device))
+        if last is not None:
+            self._inputs[0].index_copy_(0, upload(ends, cache.device), last)
         if self._vectors is not None:
             assert inputs is not None, "this body takes a vector a token"
             self._vectors.index_copy_(0, self._inputs[4, : len(valid)], torch.cat(inputs).to(cache.dtype))

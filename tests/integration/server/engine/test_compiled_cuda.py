@@ -132,6 +132,37 @@ def test_batched_graphs_decode_like_eager(policy: str, kind: str | None, penalty
         assert chained == (penalty == 1.0)
 
 
+def test_overlapped_steps_decode_what_steps_read_one_at_a_time_decode(cuda_models) -> None:
+    """`BatchDecoder.overlap` (a GPU's default): each target-only step launched on the step before's tokens
+    while they are still on the GPU, read through pinned memory behind an event. Greedy and seeded sampled
+    requests (each its own CUDA generator), joining as others leave, decode token for token what they
+    decode with every step read before the next."""
+    target, _, tokenizer, vocab = cuda_models
+    prompts = [chat_prompt_ids(tokenizer, r.input) for r in builtin.records("prompts")[:10]]
+    procs = [Processing(0.8, 0.9) if i % 2 else Processing() for i in range(len(prompts))]
+    outs = []
+    for overlap in (True, False):
+        dec = BatchDecoder(SlotModel(target, vocab, 1024, True), None, RoutingPolicy("never"), max_batch=8)
+        assert dec.overlap
+        dec.overlap = overlap
+        seeds = iter(range(len(prompts)))
+        add = dec.add
+
+        def seeded(seqs: list[Sequence], add=add, seeds=seeds) -> None:
+            for seq in seqs:
+                seq.generator = torch.Generator(target.device).manual_seed(next(seeds))
+            add(seqs)
+
+        dec.add = seeded  # type: ignore[method-assign]
+        landed: list[int] = []
+        land = dec._land
+        dec._land = lambda step, land=land, landed=landed: landed.append(len(step.batch)) or land(step)  # type: ignore[method-assign]
+        outs.append(decode_batch(dec, prompts, procs))
+        assert bool(landed) == overlap and max(landed, default=8) >= 3
+    assert outs[0] == outs[1]
+    assert all(len(out) == TOKENS for out in outs[0])
+
+
 def test_target_only_at_a_batch_of_one_replays_fused_graphs_where_liger_is(cuda_models) -> None:
     """`compile` with no draft at maxConcurrency 1: where liger-kernel is installed the engine serves through
     the batch decoder's fused graphs (faster there than the sequential decoder), and decodes what the eager

@@ -34,12 +34,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def decoder(
-    target, draft, routing: RoutingPolicy, max_batch: int, length: int = 64, graphs: bool = False
+    target, draft, routing: RoutingPolicy, max_batch: int, length: int = 64, graphs: bool = False, overlap: bool = False
 ) -> BatchDecoder:
-    """`draft`: a causal LM (drafting through `ModelDraft`), another kind of `Draft`, or None."""
+    """`draft`: a causal LM (drafting through `ModelDraft`), another kind of `Draft`, or None. `overlap`:
+    `BatchDecoder.overlap`, a GPU's default, switched on here on the CPU."""
     if draft is not None and not isinstance(draft, Draft):
         draft = ModelDraft(SlotModel(draft, VOCAB, length, graphs))
-    return BatchDecoder(SlotModel(target, VOCAB, length, graphs), draft, routing, max_batch)
+    dec = BatchDecoder(SlotModel(target, VOCAB, length, graphs), draft, routing, max_batch)
+    dec.overlap = overlap
+    return dec
 
 
 @dataclass
@@ -50,6 +53,9 @@ class Job:
     proc: Processing
     budget: int
     seed: int = 0
+    stop: int | None = None
+    """A token that ends the request (its sink says stop) when it comes."""
+    logprobs: bool = False
     out: list[int] = field(default_factory=list)
     seq: Sequence | None = None
 
@@ -63,6 +69,8 @@ def run(dec: BatchDecoder, jobs: list[Job]) -> None:
         while waiting and waiting[0].arrival <= step and len(dec.running) + len(joining) < dec.max_batch:
             joining.append(job := waiting.pop(0))
             job.seq = Sequence(job.prompt, job.proc, job.budget, sink(job), torch.Generator().manual_seed(job.seed))
+            if job.logprobs:
+                job.seq.logprobs = (2, [])
         if joining:
             dec.add([job.seq for job in joining])
         dec.step()
@@ -70,7 +78,11 @@ def run(dec: BatchDecoder, jobs: list[Job]) -> None:
 
 
 def sink(job: Job):
-    return lambda tokens: job.out.extend(tokens) and False
+    def take(tokens: list[int]) -> bool:
+        job.out.extend(tokens)
+        return job.stop is not None and job.stop in tokens
+
+    return take
 
 
 def recorded(draft: Draft) -> list[Proposal]:
@@ -359,12 +371,15 @@ def test_read_rows_finds_every_non_finite_row_and_each_argmax(dtype: torch.dtype
     assert read_rows(large.to(dtype)) == ([True], [0], [])
 
 
-@pytest.mark.parametrize("policy", ["always", "never"])
-def test_a_failing_sequence_fails_alone_and_leaves_its_slot_clean(policy: str, tiny_target, tiny_draft) -> None:
+@pytest.mark.parametrize(("policy", "overlap"), [("always", False), ("never", False), ("never", True)])
+def test_a_failing_sequence_fails_alone_and_leaves_its_slot_clean(
+    policy: str, overlap: bool, tiny_target, tiny_draft
+) -> None:
     """Non-finite values in one sequence's rows (here: its embeddings, so its keys and values in the cache
     are NaN too) fail that sequence; the batch decodes on, and the next sequence in its slot is exact.
-    `never`: target-only rows, no proposals."""
-    dec = decoder(tiny_target, tiny_draft, RoutingPolicy(policy, 0.5, 3), max_batch=3)
+    `never`: target-only rows, no proposals; with `overlap`, the step is read while the next one runs
+    (which the failing sequence's row is in, on whatever token it drew)."""
+    dec = decoder(tiny_target, tiny_draft, RoutingPolicy(policy, 0.5, 3), max_batch=3, overlap=overlap)
     jobs = [
         Job(0, [1, 2, 3, 4], Processing(), 12),
         Job(0, [5, 6], Processing(), 12),
@@ -386,6 +401,9 @@ def test_a_failing_sequence_fails_alone_and_leaves_its_slot_clean(policy: str, t
         dec.step()
     finally:
         hook.remove()
+    if overlap:
+        assert victim.error is None  # its step is in flight
+        dec.step()
     assert isinstance(victim.error, SequenceFailed) and victim.slot == -1
     late = Job(0, [3, 3, 1], Processing(), 10)
     run(dec, [late])
@@ -435,8 +453,62 @@ def test_a_sequence_whose_choice_raises_fails_alone(policy: str, tiny_target, ti
         assert job.out == target_greedy(tiny_target, job)
 
 
-def test_a_cancelled_sequence_leaves_at_the_next_step(tiny_target, tiny_draft) -> None:
-    dec = decoder(tiny_target, tiny_draft, RoutingPolicy("always", 0.5, 3), max_batch=2)
+@pytest.mark.parametrize("graphs", [False, True])
+@pytest.mark.parametrize("name", ["never", "adaptive"])
+@pytest.mark.usefixtures("any_k")
+def test_overlapped_steps_decode_what_steps_read_one_at_a_time_decode(
+    name: str, graphs: bool, tiny_target, tiny_draft, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`BatchDecoder.overlap`: a target-only step launched on the step before's tokens, still on the device,
+    before the host reads them. Greedy and seeded sampled requests of two processings, ending by their
+    budget or by a stop token (so a step runs with rows that ended in the step in flight), joining as
+    others leave, decode exactly what they decode with every step read before the next, token for token
+    and draw for draw. A request that reads its context (a repetition penalty) or asks for
+    log-probabilities, and `adaptive`'s draft rounds (k chosen at random each step, `any_k`), need what the
+    host has not read: the step in flight settles first, and the overlap resumes after them."""
+    landed: list[int] = []
+    land = BatchDecoder._land
+    monkeypatch.setattr(BatchDecoder, "_land", lambda self, step: landed.append(len(step.batch)) or land(self, step))
+    procs = [Processing(), Processing(0.8, 0.9), Processing(1.1)]
+
+    def jobs() -> list[Job]:
+        made = [
+            Job(i // 4, [1 + i % 7, 2, 3, 4][: 1 + i % 4], procs[i % 3], 5 + i % 7, seed=i,
+                stop=(i % 5) + 1 if i % 4 == 0 else None, logprobs=i == 21)
+            for i in range(28)
+        ]  # fmt: skip
+        made[6].proc = Processing(0.0, 1.0, 1.3)
+        return made
+
+    routing = ROUTINGS[name]
+    overlapped, one_at_a_time = jobs(), jobs()
+    dec = decoder(tiny_target, tiny_draft, routing, 6, graphs=graphs, overlap=True)
+    forward = dec.target.forward
+
+    def bounded(chunks: list[Chunk], *args, **kwargs):
+        for chunk in chunks:  # a row thrown away too: the pass is as wide as the sequences' own positions
+            seq = dec.running[chunk.slot]
+            assert chunk.start + len(chunk.ids) <= len(seq.prompt) + seq.budget - 1
+        return forward(chunks, *args, **kwargs)
+
+    monkeypatch.setattr(dec.target, "forward", bounded)
+    run(dec, overlapped)
+    assert landed and max(landed) >= 4  # steps of several rows were read while the next one ran
+    run(decoder(tiny_target, tiny_draft, routing, 6, graphs=graphs), one_at_a_time)
+    # under `adaptive`, which steps draft (and so what a sampled request's draws are spent on) depends on
+    # when each joined: its greedy requests only are the same token for token
+    compared = [i for i, j in enumerate(overlapped) if name == "never" or j.proc.greedy]
+    assert [overlapped[i].out for i in compared] == [one_at_a_time[i].out for i in compared]
+    stopped = [j for j in overlapped if j.stop is not None and j.stop in j.out]
+    assert stopped and all(j.out[-1] == j.stop for j in stopped if name == "never")  # nothing after a stop
+    asked = [j for j in overlapped if j.logprobs]
+    assert asked and all(j.seq and j.seq.logprobs and len(j.seq.logprobs[1]) == len(j.out) for j in asked)
+
+
+@pytest.mark.parametrize(("policy", "overlap"), [("always", False), ("never", True)])
+def test_a_cancelled_sequence_leaves_at_the_next_step(policy: str, overlap: bool, tiny_target, tiny_draft) -> None:
+    """With `overlap`, the step in flight when it is cancelled emits nothing to it."""
+    dec = decoder(tiny_target, tiny_draft, RoutingPolicy(policy, 0.5, 3), max_batch=2, overlap=overlap)
     a, b = Job(0, [1, 2], Processing(), 30), Job(0, [4, 5, 6], Processing(), 12)
     for job in (a, b):
         job.seq = Sequence(job.prompt, job.proc, job.budget, sink(job))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from metaspec.server.engine import RoutingPolicy, SamplingParams, SpeculativeEngine, kernels
-from metaspec.server.engine.engine import _Outbox
+from metaspec.server.engine.engine import SWITCH_INTERVAL, _Outbox
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +188,10 @@ def test_posts_to_a_closed_event_loop_are_dropped() -> None:
 
 @pytest.mark.parametrize("max_batch", [1, 4])  # the sequential decoder, the batch decoder
 def test_generate_here_decodes_on_the_callers_thread_as_the_worker_does(tiny_llama: Path, max_batch: int) -> None:
-    """Seeded sampling and stats as through the decode thread; refused once that thread runs."""
+    """Seeded sampling and stats as through the decode thread; refused once that thread runs. The decode
+    thread, as it starts, has the interpreter switch threads at least every `SWITCH_INTERVAL`."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.005)  # the interpreter's default
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     target = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
     torch.manual_seed(3)
@@ -199,6 +203,8 @@ def test_generate_here_decodes_on_the_callers_thread_as_the_worker_does(tiny_lla
     here = engine.generate_here(prompt, params)
     assert engine._worker is None  # nothing started a thread
     there = list(engine.generate_sync(prompt, params))
+    assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL)
+    sys.setswitchinterval(interval)
     assert [(d.text, d.token_ids) for d in here] == [(d.text, d.token_ids) for d in there]
     assert here[-1].finish_reason == there[-1].finish_reason and here[-1].stats.proposed_tokens > 0
     with pytest.raises(RuntimeError, match="its own thread"):
