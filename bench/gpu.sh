@@ -24,6 +24,8 @@
 #   bench/gpu.sh serving-load-8b  the same with the Llama-3.1-8B architecture + a 160M draft (random init)
 #   bench/gpu.sh serving-graphs   SmolLM2 at 16 and 64 clients with `compile` (CUDA graphs in batches, torch.compile
 #                             at batch 1), then the eager engine at 16 clients
+#   bench/gpu.sh serving-overlap  SmolLM2 at 16 clients (with batch-1) and 64, `compile`, each system next to its serial
+#                             twin (`--serial`: steps read one at a time, not overlapped), two cells a system
 #   bench/gpu.sh serving-profile  py-spy's samples of the engine's threads (wall time, idle included) at 16 clients
 #                             with `compile`, SmolLM2: where a step's time goes. py-spy (a 3 MB wheel: `pip download
 #                             py-spy`) goes into its own folder, /tmp/spy (`pip install --target /tmp/spy`): setup's
@@ -175,6 +177,13 @@ serving-graphs)   # `compile` in batches (decode steps from CUDA graphs) against
   timeout 280 $S --compile --clients 16 64 --systems metaspec batch-1 hf-batched \
     --out bench/results/serving_load-cuda-smollm2-graphs.json || true
   timeout 150 $S --clients 16 --systems metaspec batch-1 --out bench/results/serving_load-cuda-smollm2-eager.json || true
+  save ;;
+serving-overlap)   # overlapped steps against serial twins (every step read before the next), 16 and 64 clients
+  S="$PY bench/serving_load.py --device cuda --dtype bfloat16 --compile --warm-up 3 --policies never --serial"
+  timeout 150 $S --seconds 8 --repeat 2 --clients 16 --systems metaspec batch-1 \
+    --out bench/results/serving_load-cuda-smollm2-16-overlap.json || true
+  timeout 80 $S --seconds 6 --repeat 2 --clients 64 --systems metaspec \
+    --out bench/results/serving_load-cuda-smollm2-64-overlap.json || true
   save ;;
 step-compile)
   $PY bench/step_compile.py --device cuda --dtype bfloat16 --batch 1 4 16 64 --modes graphs fused

@@ -65,6 +65,7 @@ from metaspec.api.serving import THRESHOLD_POLICIES, PromptLookup, Routing
 from metaspec.builtin import records
 from metaspec.prompts import chat_prompt_ids
 from metaspec.server.engine import RoutingPolicy, SamplingParams, SpeculativeEngine
+from metaspec.server.engine import engine as engine_module
 from metaspec.server.engine.engine import LookupFirst
 
 POLICIES = {
@@ -369,9 +370,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lookup-history", type=int, default=0, help="promptLookup.history of the lookup systems")
     parser.add_argument("--lookup-k", type=int, default=2, help="maxSpeculativeTokens of the lookup systems")
     parser.add_argument("--serial", action="store_true", help="each metaspec system next to its -serial twin")
+    parser.add_argument(
+        "--switch-interval",
+        type=float,
+        help="the engine's SWITCH_INTERVAL in seconds (the interpreter's default is 0.005)",
+    )
     parser.add_argument("--compile", action="store_true", help="CUDA graphs in batches, torch.compile at batch 1")
     parser.add_argument("--cache-len", type=int, default=1024, help="positions per sequence with --compile")
     args = parser.parse_args(argv)
+    if args.switch_interval is not None:
+        engine_module.SWITCH_INTERVAL = args.switch_interval
     device, dtype = setup(args)
     args.device = device.type
     # models and systems are built off the main thread, which then runs no torch: each system's worker

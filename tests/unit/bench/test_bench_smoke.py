@@ -1,5 +1,5 @@
 """The method benchmarks (`bench/method.py`, `teacher.py`, `routing.py`), prompt lookup's settings
-(`bench/lookup.py`), serving under load (`bench/serving_load.py`, its lookup systems), a batched step's
+(`bench/lookup.py`), serving under load (`bench/serving_load.py`, its lookup and serial systems), a batched step's
 time (`bench/batch_step.py`, eager and padded), a verify pass's time by width (`bench/verify_width.py`), padded steps with a compiled body
 (`bench/step_compile.py`), where a batch-1 round's time goes (`bench/round_profile.py`) and the trainer's scaling (`bench/trainer.py --nproc`) end to end on tiny
 random Llamas.
@@ -143,6 +143,27 @@ def test_serving_load_runs_batch_1_and_lookup_systems_beside_the_engine(
     assert set(rows) == {"batch-1"} | {f"metaspec:{p}" for p in ("never", "adaptive", "per-token")} | {
         f"{system}:{p}" for system in ("lookup", "lookup-draft") for p in ("never", "adaptive")
     }
+    assert all(row["tokens_per_second"] > 0 for row in rows.values())
+
+
+def test_serving_load_runs_each_engine_next_to_its_serial_twin(
+    tiny_llama: Path, tiny_draft_llama: Path, tmp_path: Path
+) -> None:
+    """`--serial`: each metaspec system and batch-1 beside the same engine with `BatchDecoder.overlap` off
+    (here, on the CPU, off in both); `--switch-interval`: the interval the engines' decode thread sets."""
+    out = tmp_path / "load.json"
+    argv = ["--target", str(tiny_llama), "--draft", str(tiny_draft_llama), "--clients", "2", "--seconds", "0.5"]
+    argv += ["--systems", "metaspec", "batch-1", "--policies", "never", "--serial", "--switch-interval", "0.004"]
+    argv += ["--mix", "4", "--max-tokens", "4", "--threads", "1", "--warm-up", "0.2", "--out", str(out)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.005)
+    try:
+        assert script("serving_load").main(argv) == 0
+        assert sys.getswitchinterval() == pytest.approx(0.004)
+    finally:
+        sys.setswitchinterval(interval)
+    rows = {row["system"]: row for row in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"metaspec:never", "metaspec-serial:never", "batch-1", "batch-1-serial"}
     assert all(row["tokens_per_second"] > 0 for row in rows.values())
 
 
