@@ -77,10 +77,11 @@ class Sequence:
     generator: torch.Generator | None = None
     stats: RequestStats = field(default_factory=RequestStats)
     tokens: list[int] = field(init=False)
-    """Prompt and every emitted token; the last one is not in the target's cache yet."""
+    """Prompt and every emitted token."""
     slot: int = -1
     target_length: int = 0
-    """Positions of `tokens` in the target's cache."""
+    """Positions of `tokens` in the target's cache: all but the last, or all of them while a step that
+    takes the last one in is in flight (`BatchDecoder.overlap`)."""
     draft_length: int = 0
     """Positions of `tokens` the draft holds (the draft's own bookkeeping)."""
     speculate: bool = False
@@ -334,8 +335,8 @@ class BatchDecoder:
         ]
         last = None
         if previous is not None:
-            rows = {id(seq): row for row, seq in enumerate(previous.batch)}
-            sources = upload([[rows.get(id(s), -1) for s in batch], [c.ids[-1] for c in chunks]], device)
+            rows = {seq: row for row, seq in enumerate(previous.batch)}
+            sources = upload([[rows.get(s, -1) for s in batch], [c.ids[-1] for c in chunks]], device)
             drawn = previous.tokens.clamp(min=0)[sources[0].clamp(min=0)]  # a row without a draw: any id
             last = torch.where(sources[0] >= 0, drawn, sources[1])
         self._in_flight = None
