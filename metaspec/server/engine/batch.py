@@ -122,8 +122,13 @@ class _InFlight:
     """A target-only step launched and not read yet (`BatchDecoder.overlap`)."""
 
     batch: list[Sequence]
+    starts: list[int]
+    """The position each row took in."""
     logits: torch.Tensor
     """(B, V): each row's."""
+    features: torch.Tensor | None
+    """(B, ·): the target's inputs of the draft's `feature_layers` at each row, for `Draft.observe` when
+    the step is read (a feature-level draft's state follows what the host has read)."""
     tokens: torch.Tensor
     """(B,) long on the device: each row's token, argmax or drawn (-1: no distribution to draw from)."""
     host: torch.Tensor
@@ -133,21 +138,28 @@ class _InFlight:
 
     @classmethod
     def launch(
-        cls, batch: list[Sequence], logits: torch.Tensor, members: list[int], drawn: torch.Tensor | None
+        cls,
+        batch: list[Sequence],
+        chunks: list[Chunk],
+        logits: torch.Tensor,
+        features: torch.Tensor | None,
+        draws: tuple[list[int], torch.Tensor | None],
     ) -> _InFlight:
-        """A launched step's tokens: each row's argmax, but the rows `members` drew (`drawn`); and the copy
-        of them and of the rows' finiteness to the host started, behind the work queued so far."""
+        """A launched step's tokens: each row's argmax, but the rows that drew (`draws`: rows, tokens); and the
+        copy of them and of the rows' finiteness to the host started, behind the work queued so far."""
         tokens = logits.argmax(-1)
+        members, drawn = draws
         if drawn is not None:
             tokens[upload(members, logits.device)] = drawn
         finite = torch.isfinite(logits.sum(-1, dtype=torch.float32))  # as `read_rows` tests it
         host = torch.stack([finite.long(), tokens])
+        starts = [c.start for c in chunks]
         if host.device.type != "cuda":
-            return cls(batch, logits, tokens, host, None)
+            return cls(batch, starts, logits, features, tokens, host, None)
         ready = torch.cuda.Event()
         host = host.to("cpu", non_blocking=True)
         ready.record()
-        return cls(batch, logits, tokens, host, ready)
+        return cls(batch, starts, logits, features, tokens, host, ready)
 
 
 class BatchDecoder:
@@ -155,10 +167,10 @@ class BatchDecoder:
 
     Sequences occupy slots `0..n-1` of both caches, in `running` order (packed: see `slots.py`).
 
-    `overlap` (on a GPU): a step where no sequence proposes, none reads its context
-    (`Processing.contextual`) or asks for log-probabilities, and no feature-level draft observes the
-    pass, is launched before the previous such step is read: its rows' inputs are the previous step's
-    tokens on the device (`SlotModel.forward`'s `last`), and the previous step is settled while it runs.
+    `overlap` (on a GPU): a step where no sequence proposes and none reads its context
+    (`Processing.contextual`) or asks for log-probabilities is launched before the previous such step is
+    read: its rows' inputs are the previous step's tokens on the device (`SlotModel.forward`'s `last`),
+    and the previous step is settled (a feature-level draft observing its pass then) while it runs.
     A sequence's tokens therefore reach the host one step later than they are drawn, and a sequence
     that ended (an end token) runs one step more than it needs, its row thrown away. Anything that
     needs what the host has not read yet (a draft's proposals, an `adaptive` probe, a request that reads
@@ -291,8 +303,7 @@ class BatchDecoder:
             for s, p in zip(batch, proposals, strict=True)
         ]
         try:
-            layers = self.draft.feature_layers if self.draft is not None and self.routing.uses_draft else ()
-            logits, features = self.target.forward(chunks, layers, tokens=width)
+            logits, features = self.target.forward(chunks, self._layers(), tokens=width)
         except Exception as error:  # the pass as a whole failed: nothing to attribute to one sequence
             for seq in batch:
                 self._fail(seq, error)
@@ -315,11 +326,12 @@ class BatchDecoder:
 
     def _overlaps(self, batch: list[Sequence]) -> bool:
         """Whether a target-only step over `batch` may run before the host has read the step before
-        (`overlap`): none of its sequences reads its context or asks for log-probabilities, and no
-        feature-level draft observes the pass."""
-        if self.draft is not None and self.routing.uses_draft and self.draft.feature_layers:
-            return False
+        (`overlap`): none of its sequences reads its context or asks for log-probabilities."""
         return not any(seq.proc.contextual or seq.logprobs is not None for seq in batch)
+
+    def _layers(self) -> tuple[int, ...]:
+        """The target layers whose inputs a pass hands the draft (`Draft.feature_layers`), when it drafts."""
+        return self.draft.feature_layers if self.draft is not None and self.routing.uses_draft else ()
 
     def _overlapped(self, batch: list[Sequence]) -> tuple[int, bool]:
         """A target-only step over `batch` launched on the tokens of the step in flight, still on the device
@@ -342,7 +354,7 @@ class BatchDecoder:
         self._in_flight = None
         proposals = [Proposal() for _ in batch]
         try:
-            logits, _ = self.target.forward(chunks, last=last)
+            logits, features = self.target.forward(chunks, self._layers(), last=last)
         except Exception as error:  # the pass as a whole failed: nothing to attribute to one sequence
             if previous is not None:
                 self._land(previous)
@@ -355,10 +367,12 @@ class BatchDecoder:
         offsets = list(range(len(batch) + 1))
         draws = self._draws(batch, proposals, logits, offsets)
         if len(draws[0]) == sum(not seq.proc.greedy for seq in batch):  # every row's token is on the device
-            self._in_flight = _InFlight.launch(batch, logits, *draws)
+            self._in_flight = _InFlight.launch(batch, chunks, logits, features, draws)
         if previous is not None:
             self._land(previous)
         if self._in_flight is None:  # a sampled row draws alone: read this step now (`_choices`)
+            if features is not None and self.draft is not None:
+                self.draft.observe(batch, chunks, features)
             chosen, finite = self._choices(batch, proposals, logits, offsets, draws)
             for i, seq in enumerate(batch):
                 self._settle_safely(seq, logits[i : i + 1], proposals[i], finite[i], chosen[i])
@@ -373,9 +387,17 @@ class BatchDecoder:
         if step.ready is not None:
             step.ready.synchronize()  # this step's copy, not the step launched after it
         finite, tokens = step.host.tolist()
-        for row, seq in enumerate(step.batch):
-            if seq.slot >= 0 and not seq.done:
-                self._settle_safely(seq, step.logits[row : row + 1], Proposal(), bool(finite[row]), [tokens[row]])
+        live = [row for row, seq in enumerate(step.batch) if seq.slot >= 0 and not seq.done]
+        if step.features is not None and self.draft is not None and live:  # in the slots they hold now
+            seqs = [step.batch[row] for row in live]
+            starts = [step.starts[row] for row in live]
+            chunks = [
+                Chunk(seq.slot, start, seq.tokens[start : start + 1]) for seq, start in zip(seqs, starts, strict=True)
+            ]
+            self.draft.observe(seqs, chunks, step.features[upload(live, step.features.device)])
+        for row in live:
+            seq = step.batch[row]
+            self._settle_safely(seq, step.logits[row : row + 1], Proposal(), bool(finite[row]), [tokens[row]])
 
     def _capture_seconds(self) -> float:
         """Seconds the target and the draft spent capturing CUDA graphs so far."""

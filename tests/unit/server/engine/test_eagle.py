@@ -57,8 +57,12 @@ def pruned(target) -> Eagle3Draft:
     return eagle(target, PRUNED)
 
 
-def decoder(target, draft: Eagle3Draft, routing: RoutingPolicy, max_batch: int) -> BatchDecoder:
-    return BatchDecoder(SlotModel(target, VOCAB, 64), FeatureDraft(FeatureModel(draft, VOCAB, 64)), routing, max_batch)
+def decoder(target, draft: Eagle3Draft, routing: RoutingPolicy, max_batch: int, overlap: bool = False) -> BatchDecoder:
+    """`overlap`: `BatchDecoder.overlap` (a GPU's default), on here on the CPU."""
+    lm = FeatureDraft(FeatureModel(draft, VOCAB, 64))
+    dec = BatchDecoder(SlotModel(target, VOCAB, 64), lm, routing, max_batch)
+    dec.overlap = overlap
+    return dec
 
 
 @pytest.mark.parametrize("head", ["full", "pruned"])
@@ -90,6 +94,51 @@ def test_greedy_in_a_batch_equals_target_greedy(name: str, head: str, target, re
         outside = set(range(VOCAB)) - set(PRUNED.tolist())
         assert not set(proposed) & outside, "a token outside the draft vocabulary was proposed"
         assert emitted & outside, "the target's own choices outside the draft vocabulary must be emitted"
+
+
+def test_overlapped_steps_hand_the_draft_the_features_it_reads(target, full, monkeypatch) -> None:
+    """`adaptive` between rounds of the draft runs target-only steps, which overlap (`BatchDecoder.overlap`):
+    the draft observes each one's features when the host reads it, in the slots its sequences hold then
+    (a sequence leaving moves the last one into its slot). So each round (every fourth step here) starts
+    from the target features it starts from when every step is read in turn, to float rounding (the
+    steps' batches differ by the rows thrown away), proposes the same tokens, and every completion is
+    the target's own greedy one."""
+    moved: list[bool] = []  # whether a row's sequence changed slots between the step's launch and its read
+    land = BatchDecoder._land
+
+    def spy(self, step) -> None:
+        moved.append(any(seq.slot not in (row, -1) for row, seq in enumerate(step.batch)))
+        land(self, step)
+
+    monkeypatch.setattr(BatchDecoder, "_land", spy)
+    outs, proposals, features = [], [], []
+    for overlap in (True, False):
+        dec = decoder(target, full, ROUTINGS["adaptive"], max_batch=5, overlap=overlap)
+        assert dec.adaptive is not None
+        steps = iter(range(1000))
+        monkeypatch.setattr(dec.adaptive, "choose", lambda batch, steps=steps: [3 * (next(steps) % 4 == 3)])
+        made = recorded(dec.draft)
+        seen: list[tuple[int, list[float]]] = []  # the target features each round starts from
+        propose = dec.draft.propose
+
+        def snapshot(seqs, *args, propose=propose, seen=seen, lm=dec.draft.lm):
+            seen.extend((lm.features[s.slot][0], lm.features[s.slot][1].sum(-1).tolist()) for s in seqs)
+            return propose(seqs, *args)
+
+        dec.draft.propose = snapshot
+        jobs = [Job(0, [1 + i, 2, 3, 4][: 2 + i % 3], Processing(), 10 + 4 * i) for i in range(5)]
+        run(dec, jobs)
+        features.append(seen)
+        for job in jobs:
+            expected = target_greedy(target, job)
+            assert job.out[: len(expected)] == expected and len(job.out) == job.budget
+        outs.append([job.out for job in jobs])
+        proposals.append([(p.tokens, p.accepted) for p in made])
+    assert any(moved)
+    assert [first for first, _ in features[0]] == [first for first, _ in features[1]]
+    for (_, mine), (_, theirs) in zip(*features, strict=True):  # the same positions' features, to rounding
+        torch.testing.assert_close(torch.tensor(mine), torch.tensor(theirs), rtol=1e-4, atol=1e-3)
+    assert proposals[0] == proposals[1] and sum(accepted for _, accepted in proposals[0]) > 0
 
 
 @pytest.mark.parametrize("head", ["full", "pruned"])
