@@ -53,11 +53,12 @@ log = logging.getLogger(__name__)
 _DONE = object()
 #: Sequences decoded together when nothing says otherwise (tests, benchmarks); servers use maxConcurrency.
 DEFAULT_BATCH = 16
-#: The interpreter's switch interval (seconds) once an engine decodes, at most. The worker shares the
-#: interpreter lock with the thread that serves requests (an event loop streaming each step's tokens and
-#: taking new requests), and a thread waiting for the lock gets it when its holder waits (for the GPU, a
-#: lock) or after the switch interval, 5 ms by default: a worker that seldom waits for the GPU (its steps
-#: overlap, `BatchDecoder.overlap`) would stream every step's tokens, and take requests, that late.
+#: The interpreter's switch interval (seconds) once an engine whose steps overlap decodes, at most. The
+#: worker shares the interpreter lock with the thread that serves requests (an event loop streaming each
+#: step's tokens and taking new requests), and a thread waiting for the lock gets it when its holder
+#: waits (for the GPU, a lock) or after the switch interval, 5 ms by default: a worker that seldom waits
+#: for the GPU (its steps overlap, `BatchDecoder.overlap`) would stream every step's tokens, and take
+#: requests, that late.
 SWITCH_INTERVAL = 0.0005
 
 
@@ -341,7 +342,8 @@ class SpeculativeEngine:
                 raise RuntimeError("the engine is closed")
             self._inbox.append(request)
             if self._worker is None:
-                sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
+                if self.decoder is not None and self.decoder.overlap:
+                    sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
                 self._worker = threading.Thread(target=self._work, name="metaspec-decode", daemon=True)
                 self._worker.start()
             self._wake.notify()

@@ -147,21 +147,20 @@ def test_serving_load_runs_batch_1_and_lookup_systems_beside_the_engine(
 
 
 def test_serving_load_runs_each_engine_next_to_its_serial_twin(
-    tiny_llama: Path, tiny_draft_llama: Path, tmp_path: Path
+    tiny_llama: Path, tiny_draft_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`--serial`: each metaspec system and batch-1 beside the same engine with `BatchDecoder.overlap` off
-    (here, on the CPU, off in both); `--switch-interval`: the interval the engines' decode thread sets."""
+    (here, on the CPU, off in both); `--switch-interval`: the interval the engines' decode thread sets
+    where steps overlap (`engine.SWITCH_INTERVAL`)."""
+    from metaspec.server.engine import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "SWITCH_INTERVAL", engine_module.SWITCH_INTERVAL)  # restored after
     out = tmp_path / "load.json"
     argv = ["--target", str(tiny_llama), "--draft", str(tiny_draft_llama), "--clients", "2", "--seconds", "0.5"]
     argv += ["--systems", "metaspec", "batch-1", "--policies", "never", "--serial", "--switch-interval", "0.004"]
     argv += ["--mix", "4", "--max-tokens", "4", "--threads", "1", "--warm-up", "0.2", "--out", str(out)]
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(0.005)
-    try:
-        assert script("serving_load").main(argv) == 0
-        assert sys.getswitchinterval() == pytest.approx(0.004)
-    finally:
-        sys.setswitchinterval(interval)
+    assert script("serving_load").main(argv) == 0
+    assert engine_module.SWITCH_INTERVAL == 0.004
     rows = {row["system"]: row for row in json.loads(out.read_text())["rows"]}
     assert set(rows) == {"metaspec:never", "metaspec-serial:never", "batch-1", "batch-1-serial"}
     assert all(row["tokens_per_second"] > 0 for row in rows.values())

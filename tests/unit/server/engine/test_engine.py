@@ -189,7 +189,8 @@ def test_posts_to_a_closed_event_loop_are_dropped() -> None:
 @pytest.mark.parametrize("max_batch", [1, 4])  # the sequential decoder, the batch decoder
 def test_generate_here_decodes_on_the_callers_thread_as_the_worker_does(tiny_llama: Path, max_batch: int) -> None:
     """Seeded sampling and stats as through the decode thread; refused once that thread runs. The decode
-    thread, as it starts, has the interpreter switch threads at least every `SWITCH_INTERVAL`."""
+    thread of a decoder whose steps overlap (a GPU's; switched on here), as it starts, has the interpreter
+    switch threads at least every `SWITCH_INTERVAL`."""
     interval = sys.getswitchinterval()
     sys.setswitchinterval(0.005)  # the interpreter's default
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
@@ -202,6 +203,8 @@ def test_generate_here_decodes_on_the_callers_thread_as_the_worker_does(tiny_lla
     params = SamplingParams(max_tokens=10, temperature=0.8, seed=5)
     here = engine.generate_here(prompt, params)
     assert engine._worker is None  # nothing started a thread
+    assert engine.decoder is not None
+    engine.decoder.overlap = True
     there = list(engine.generate_sync(prompt, params))
     assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL)
     sys.setswitchinterval(interval)
