@@ -37,18 +37,20 @@ from .speculative import record_logprobs, speculative_accept
 log = logging.getLogger(__name__)
 
 
-def read_rows(logits: torch.Tensor, drawn: torch.Tensor | None = None) -> tuple[list[bool], list[int], list[int]]:
-    """Whether each row of `logits` (N, V) is all finite, its argmax, and the tokens `drawn` (D,) long, in
-    one read for the whole batch.
+def finite_rows(logits: torch.Tensor) -> torch.Tensor:
+    """(N,) bool on the device: whether each row of `logits` (N, V) is all finite. NaN and infinities
+    carry through a sum, so a row's float32 sum is finite exactly when its entries are, barring an
+    overflow that takes logits beyond 1e33. On a CPU the sum costs a twentieth of testing each entry
+    (float32), a test that was most of settling a greedy batch (docs/benchmarks.md)."""
+    return torch.isfinite(logits.sum(-1, dtype=torch.float32))
 
-    NaN and infinities carry through a sum, so a row's float32 sum is finite exactly when its entries
-    are, barring an overflow that takes logits beyond 1e33. On a CPU the sum costs a twentieth of
-    testing each entry (float32), a test that was most of settling a greedy batch (docs/benchmarks.md).
-    The argmax is a greedy row's token whenever its processing reads no context
-    (`Processing.contextual`), so such rows settle without a read of their own (on a GPU, a host round
-    trip each)."""
-    finite = torch.isfinite(logits.sum(-1, dtype=torch.float32))
-    parts = [finite.long(), logits.argmax(-1)] + ([] if drawn is None else [drawn])
+
+def read_rows(logits: torch.Tensor, drawn: torch.Tensor | None = None) -> tuple[list[bool], list[int], list[int]]:
+    """Whether each row of `logits` (N, V) is all finite (`finite_rows`), its argmax, and the tokens
+    `drawn` (D,) long, in one read for the whole batch. The argmax is a greedy row's token whenever its
+    processing reads no context (`Processing.contextual`), so such rows settle without a read of their
+    own (on a GPU, a host round trip each)."""
+    parts = [finite_rows(logits).long(), logits.argmax(-1)] + ([] if drawn is None else [drawn])
     flat = torch.cat(parts).tolist()
     n = logits.shape[0]
     return [bool(f) for f in flat[:n]], flat[n : 2 * n], flat[2 * n :]
@@ -151,8 +153,7 @@ class _InFlight:
         members, drawn = draws
         if drawn is not None:
             tokens[upload(members, logits.device)] = drawn
-        finite = torch.isfinite(logits.sum(-1, dtype=torch.float32))  # as `read_rows` tests it
-        host = torch.stack([finite.long(), tokens])
+        host = torch.stack([finite_rows(logits).long(), tokens])
         starts = [c.start for c in chunks]
         if host.device.type != "cuda":
             return cls(batch, starts, logits, features, tokens, host, None)
@@ -214,7 +215,7 @@ class BatchDecoder:
         drafting = self.draft is not None and self.routing.uses_draft
         chunks = [Chunk(seq.slot, 0, seq.prompt) for seq in seqs]
         try:
-            logits, features = self.target.forward(chunks, self.draft.feature_layers if drafting else ())
+            logits, features = self.target.forward(chunks, self._layers())
             for seq in seqs:
                 seq.target_length = len(seq.prompt)
             if self.draft is not None and drafting:  # after the target: a feature-level draft reads its pass
