@@ -255,6 +255,13 @@ def main(argv: list[str] | None = None) -> int:
         "instead of proposing a greedy round in one call (`ModelDraft.chained`)",
     )
     parser.add_argument(
+        "--serial",
+        action="store_true",
+        help="also rows ours-never-serial, the batch decoder's target-only steps read one at a time "
+        "(`BatchDecoder.overlap` off), and ours-always-read-first, `always` with the host reading each round's "
+        "proposals before the target's pass over them (`ModelDraft.left_on_device` off)",
+    )
+    parser.add_argument(
         "--policies", nargs="+", default=list(POLICIES), choices=[*POLICIES, "adaptive"], help="policies to run"
     )
     parser.add_argument("--threshold", type=float, default=0.7, help="confidenceThreshold")
@@ -330,6 +337,12 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--stepwise needs a draft that the batch decoder serves at batch 1 (an EAGLE-3 draft)")
         engine.decoder.draft.chained = False
         engines["always-stepwise"] = engine
+    if args.serial:  # what overlapped steps and rounds read once save (the batch decoder at batch 1: EAGLE-3)
+        serial, read_first = (first.with_routing(RoutingPolicy(p, args.threshold, args.k)) for p in ("never", "always"))
+        if first.sequential is not None or not isinstance(read_first.decoder.draft, ModelDraft):
+            parser.error("--serial needs a draft that the batch decoder serves at batch 1 (an EAGLE-3 draft)")
+        serial.decoder.overlap, read_first.decoder.draft.left_on_device = False, False
+        engines |= {"never-serial": serial, "always-read-first": read_first}
     for k in args.also_k:  # another k is another verify length: an engine of its own over the same models
         routing = RoutingPolicy("always", args.threshold, k)
         engines[f"always-k{k}"] = SpeculativeEngine.from_models(

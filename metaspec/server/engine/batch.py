@@ -293,7 +293,7 @@ class BatchDecoder:
         if self.adaptive is not None and self.draft is not None:  # timed apart: see `Adaptive.record`
             self.draft.catch_up(drafting, *limits)
         clock.caught_up()
-        proposals = self._propose(batch, drafting, limits)
+        proposals, pending = self._propose(batch, drafting, limits)
         speculative = any(p.tokens for p in proposals)
         width = 1 + max(len(p.tokens) for p in proposals)  # tokens a row in the target's pass
         if speculative and self.adaptive is not None:
@@ -304,7 +304,7 @@ class BatchDecoder:
             for s, p in zip(batch, proposals, strict=True)
         ]
         try:
-            logits, features = self.target.forward(chunks, self._layers(), tokens=width)
+            logits, features = self.target.forward(chunks, self._layers(), tokens=width, last=pending)
         except Exception as error:  # the pass as a whole failed: nothing to attribute to one sequence
             for seq in batch:
                 self._fail(seq, error)
@@ -317,7 +317,7 @@ class BatchDecoder:
         offsets = [0]
         for chunk in chunks:
             offsets.append(offsets[-1] + chunk.keep)
-        chosen, finite = self._choices(batch, proposals, logits, offsets)
+        chosen, finite = self._choices(batch, proposals, logits, offsets, pending=pending)
         for i, (seq, proposal, lo, hi) in enumerate(zip(batch, proposals, offsets, offsets[1:], strict=False)):
             self._settle_safely(seq, logits[lo:hi], proposal, finite[i], chosen[i])
         if self.adaptive is not None:
@@ -355,7 +355,7 @@ class BatchDecoder:
         self._in_flight = None
         proposals = [Proposal() for _ in batch]
         try:
-            logits, features = self.target.forward(chunks, self._layers(), last=last)
+            logits, features = self.target.forward(chunks, self._layers(), last=None if last is None else last[:, None])
         except Exception as error:  # the pass as a whole failed: nothing to attribute to one sequence
             if previous is not None:
                 self._land(previous)
@@ -464,6 +464,7 @@ class BatchDecoder:
         logits: torch.Tensor,
         offsets: list[int],
         draws: tuple[list[int], torch.Tensor | None] | None = None,
+        pending: torch.Tensor | None = None,
     ) -> tuple[list[list[int] | None], list[bool]]:
         """What the batch can choose for its sequences at once, sequence i's rows being
         `logits[offsets[i]:offsets[i+1]]`, and whether those rows are all finite (`read_rows`).
@@ -473,11 +474,18 @@ class BatchDecoder:
         sampled one without proposals and without context draws its token together with every such row
         of the same processing (`_draws`), and the draws are read with the rest: one host round trip for
         the whole step (`draws`: those draws, when made already). The rest (None) choose in `_settle` (on a
-        GPU, a host round trip or more each)."""
+        GPU, a host round trip or more each). Proposals still on the device (`pending`, `_propose`) are
+        read in the same read, into the proposals' placeholders."""
         if draws is None:
             draws = self._draws(seqs, proposals, logits, offsets) if draws_together(logits.device) else ([], None)
         members, drawn = draws
-        finite_all, best, tokens = read_rows(logits, drawn)
+        extra = [t for t in (drawn, None if pending is None else pending.flatten()) if t is not None]
+        finite_all, best, tokens = read_rows(logits, torch.cat(extra) if extra else None)
+        if pending is not None:
+            k, proposed = pending.shape[1], tokens[len(members) :]
+            for i, proposal in enumerate(proposals):
+                proposal.tokens = proposed[i * k : (i + 1) * k]
+            tokens = tokens[: len(members)]
         finite = [all(finite_all[lo:hi]) for lo, hi in itertools.pairwise(offsets)]
         chosen: list[list[int] | None] = [None] * len(seqs)
         for i, (seq, lo, hi) in enumerate(zip(seqs, offsets, offsets[1:], strict=False)):
@@ -523,21 +531,32 @@ class BatchDecoder:
         except Exception as error:  # this sequence only
             self._fail(seq, error)
 
-    def _propose(self, batch: list[Sequence], drafting: list[Sequence], limits: list[list[int]]) -> list[Proposal]:
+    def _propose(
+        self, batch: list[Sequence], drafting: list[Sequence], limits: list[list[int]]
+    ) -> tuple[list[Proposal], torch.Tensor | None]:
         """Proposals for each sequence of `drafting`, up to its `limits` for each proposer (`_drafting`);
-        none for the others."""
+        none for the others. When every sequence of the batch proposes k tokens, greedily, from one
+        proposer, the draft may leave them on the device (`Draft.greedy_round`): then each proposal holds
+        k placeholders, and the device tokens (B, k) come too, for the target's pass to take in and
+        `_choices` to read with its own tokens. The host does not wait for the draft's round before it
+        sets up and launches that pass."""
         proposals = [Proposal() for _ in batch]
         if self.draft is None or not drafting:
-            return proposals
+            return proposals, None
         threshold = self.routing.threshold if self.routing.checks_each_token else None
         try:
+            k = limits[0][0]
+            if len(limits) == 1 and len(drafting) == len(batch) and threshold is None and set(limits[0]) == {k}:
+                pending = self.draft.greedy_round(drafting, k)
+                if pending is not None:
+                    return [Proposal([0] * k) for _ in batch], pending
             made = self.draft.propose(drafting, limits[0], threshold, *limits[1:])
         except Exception as error:  # a draft failure costs speed, never output: decode target-only
             log.warning("draft proposal failed, decoding this step without it: %s", error)
-            return proposals
+            return proposals, None
         for seq, proposal in zip(drafting, made, strict=True):
             proposals[seq.slot] = proposal  # slots are the batch's rows (packed)
-        return proposals
+        return proposals, None
 
     def _settle(self, seq: Sequence, logits: torch.Tensor, proposal: Proposal, chosen: list[int] | None) -> None:
         """Accept a prefix of `proposal` from the target's logits (J+1, V), emit, and rewind the caches.
@@ -621,6 +640,12 @@ class Draft:
         the first position where the draft's confidence is below it (read before drawing that token).
         A draft of two proposers (`arms`) takes the second one's limits as `then` (None: `ks`)."""
         raise NotImplementedError
+
+    def greedy_round(self, seqs: list[Sequence], k: int) -> torch.Tensor | None:
+        """k greedy proposals after each of `seqs` (all decoding greedily, without context-dependent
+        transforms), left on the device (len(seqs), k): the host reads them with the target's pass over
+        them, which takes them in from there. None where this draft proposes otherwise (then `propose`)."""
+        return None
 
     def observe(self, seqs: list[Sequence], chunks: list[Chunk], features: torch.Tensor) -> None:
         """The target's `feature_layers` inputs (Σ len(ids), len(layers)·E) of every position the pass

@@ -24,6 +24,9 @@ class ModelDraft(Draft):
         """Propose a round whose sequences all decode greedily (no context-dependent transforms, no
         `per-token` threshold) in one call (`SlotModel.chain`): with `graphs`, its k steps replay as one
         CUDA graph, with one host sync for the round instead of one a step."""
+        self.left_on_device = True
+        """Leave such a round's proposals on the device when the batch decoder can take them from there
+        (`greedy_round`): the host reads them with the target's pass over them, one read a round, not two."""
 
     @property
     def capture_seconds(self) -> float:  # type: ignore[override]
@@ -48,17 +51,28 @@ class ModelDraft(Draft):
         two tokens behind (it takes its proposals but the last)."""
         return 2
 
+    def greedy_round(self, seqs: list[Sequence], k: int) -> torch.Tensor | None:
+        return self._chain(seqs, [k] * len(seqs)) if self.left_on_device else None
+
+    def _chain(self, seqs: list[Sequence], ks: list[int]) -> torch.Tensor | None:
+        """A greedy round of `ks[i]` proposals after each of `seqs` in one call (`chained`), on the device
+        (len(seqs), max(ks)): None where one call does not run it."""
+        plain = all(s.proc.greedy and not s.proc.contextual for s in seqs)  # each step's token is the argmax
+        if not (self.chained and plain and min(ks) > 0):
+            return None
+        chained = self.lm.chain([Chunk(s.slot, s.draft_length, s.tokens[s.draft_length :]) for s in seqs], ks)
+        if chained is not None:
+            for seq, k in zip(seqs, ks, strict=True):
+                seq.draft_length = len(seq.tokens) + k - 1
+        return chained
+
     def propose(
         self, seqs: list[Sequence], ks: list[int], threshold: float | None, then: list[int] | None = None
     ) -> list[Proposal]:
+        chained = self._chain(seqs, ks) if threshold is None else None
+        if chained is not None:
+            return [Proposal(row[:k]) for row, k in zip(chained.tolist(), ks, strict=True)]
         chunks = [Chunk(s.slot, s.draft_length, s.tokens[s.draft_length :]) for s in seqs]
-        plain = all(s.proc.greedy and not s.proc.contextual for s in seqs)  # each step's token is the argmax
-        if self.chained and plain and threshold is None and min(ks) > 0:
-            chained = self.lm.chain(chunks, ks)
-            if chained is not None:
-                for seq, k in zip(seqs, ks, strict=True):
-                    seq.draft_length = len(seq.tokens) + k - 1
-                return [Proposal(row[:k]) for row, k in zip(chained.tolist(), ks, strict=True)]
         logits, _ = self.lm.forward(chunks)
         for seq in seqs:
             seq.draft_length = len(seq.tokens)

@@ -203,8 +203,8 @@ class SlotModel:
         chunk, concatenated per position: (Σ len(ids), len(layers)·E) in chunk order. Rows are padded to
         the longest chunk and to at least `tokens`; a ragged pass also runs the head over at least `tokens`
         rows: on some CPUs a matrix product of 2 or 3 rows costs more than one of 5 (`Adaptive.width`).
-        `last` (len(chunks),) long on the device: each chunk's last token, in place of its `ids[-1]` (a
-        token the pass before drew and the host has not read yet)."""
+        `last` (len(chunks), n) long on the device: each chunk's last n tokens, in place of its `ids[-n:]`
+        (tokens drawn or proposed on the device that the host has not read yet)."""
         length = max(tokens, *(len(c.ids) for c in chunks))
         if self.padded is not None and length <= MAX_TOKENS:
             states, features = self.padded.forward(chunks, layers, length, last=last)
@@ -217,7 +217,7 @@ class SlotModel:
             ids[b, len(c.ids) :] = c.ids[-1]  # padding: any valid id; its positions are never attended
         ids = ids.to(self.device)
         if last is not None:
-            ids[torch.arange(len(chunks)), torch.tensor([len(c.ids) - 1 for c in chunks])] = last
+            ids.view(-1)[torch.tensor(_tails(chunks, last.shape[1], length)).to(self.device)] = last.flatten()
         hidden, features = self._body(ids, self.cache._positions, width, layers, None)
         kept = [b * length + len(c.ids) - c.keep + i for b, c in enumerate(chunks) for i in range(c.keep)]
         padding = kept[-1:] * (tokens - len(kept))  # rows whose logits are dropped
@@ -267,6 +267,11 @@ MAX_TOKENS = 256
 #: Most tokens a padded step takes in all (rows × tokens a row, after padding): more rows than that
 #: fit run as several steps.
 MAX_STEP_TOKENS = 2048
+
+
+def _tails(chunks: list[Chunk], n: int, t: int) -> list[int]:
+    """Where each chunk's last n tokens sit in a (len(chunks), t) batch of ids, flattened, in chunk order."""
+    return [row * t + len(c.ids) - n + i for row, c in enumerate(chunks) for i in range(n)]
 
 
 def _pow2(n: int) -> int:
@@ -348,8 +353,8 @@ class PaddedSteps:
         """The body's output (Σ keep, E) at each chunk's last `keep` tokens, and with `layers` those layers'
         inputs at every token (Σ len(ids), len(layers)·E), in chunk order, for chunks of at most
         `MAX_TOKENS` tokens (rows of at least `tokens`; `inputs`: each chunk's input vectors (len(ids), D)
-        when the body takes them; `last`: each chunk's last token on the device, as `SlotModel.forward`
-        takes it): one padded step, or several when the padded rows would take more than
+        when the body takes them; `last`: each chunk's last tokens on the device, as `SlotModel.forward`
+        takes them): one padded step, or several when the padded rows would take more than
         `MAX_STEP_TOKENS` (many prompts joining at once)."""
         tokens = max(tokens, *(len(c.ids) for c in chunks))
         rows = MAX_STEP_TOKENS // _pow2(tokens)  # a power of two
@@ -421,7 +426,7 @@ class PaddedSteps:
         last: torch.Tensor | None = None,
     ) -> tuple[int, int, int, bool]:
         """Set the input buffers for a step over `chunks` (rows of at least `tokens`) attending to `reach`
-        positions more after each row's tokens (`last`: each one's last token, on the device); return its
+        positions more after each row's tokens (`last`: each one's last n tokens, on the device); return its
         padded shape (b, t, w) and whether its rows are the cache's first b."""
         n, cache = len(chunks), self.cache
         b, t = _pow2(n), _pow2(max(tokens, *(len(c.ids) for c in chunks)))
@@ -432,7 +437,7 @@ class PaddedSteps:
             self._runs.clear()
             self._pool = None
             self._allocations = cache.allocations
-        ids, positions, writes, keep, valid, ends = [], [], [], [], [], []
+        ids, positions, writes, keep, valid = [], [], [], [], []
         for row in range(b):
             c = chunks[row] if row < n else Chunk(cache.scratch, 0, [])
             ids += c.ids + [0] * (t - len(c.ids))
@@ -441,12 +446,14 @@ class PaddedSteps:
             if row < n:
                 keep += [row * t + i for i in range(len(c.ids) - c.keep, len(c.ids))]
                 valid += [row * t + i for i in range(len(c.ids))]
-                ends.append(row * t + len(c.ids) - 1)
         slots = [c.slot for c in chunks] + [cache.scratch] * (b - n)
-        rows = [ids, positions, writes, keep, valid, slots]
-        self._inputs[:, : b * t].copy_(upload([r + [0] * (b * t - len(r)) for r in rows], cache.device))
-        if last is not None:
-            self._inputs[0].index_copy_(0, upload(ends, cache.device), last)
+        rows = [ids, positions, writes, keep, valid, slots] + (
+            [_tails(chunks, last.shape[1], t)] if last is not None else []
+        )
+        loaded = upload([r + [0] * (b * t - len(r)) for r in rows], cache.device)
+        self._inputs[:, : b * t].copy_(loaded[:6])
+        if last is not None:  # written where the ids of the tokens it stands for are
+            self._inputs[0].index_copy_(0, loaded[6, : last.numel()], last.flatten())
         if self._vectors is not None:
             assert inputs is not None, "this body takes a vector a token"
             self._vectors.index_copy_(0, self._inputs[4, : len(valid)], torch.cat(inputs).to(cache.dtype))

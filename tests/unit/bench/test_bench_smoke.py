@@ -217,20 +217,36 @@ def test_server_samples_with_lookup_beside_transformers(tiny_llama: Path, tiny_d
     assert rows["ours-lookup-always"]["speculation_rate"] == 1.0
 
 
-def test_round_profile_times_the_parts_of_eagle3_rounds(tiny_llama: Path, tmp_path: Path) -> None:
-    """`bench/round_profile.py`: the parts are timed within rounds only, and the draft's k steps hold its steps."""
+def eagle3_draft(target_folder: Path, folder: Path) -> Path:
+    """An untrained EAGLE-3 draft of the model in `target_folder`, saved as an artifact in `folder`."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from metaspec.artifacts import upload_dir
     from metaspec.drafts import Eagle3Draft, save_eagle3
 
-    folder, out = tmp_path / "eagle", tmp_path / "profile.json"
-    target = AutoModelForCausalLM.from_pretrained(tiny_llama)
-    save_eagle3(
-        Eagle3Draft.init_from_target(target, None), folder, torch.float32, AutoTokenizer.from_pretrained(tiny_llama)
-    )
+    target = AutoModelForCausalLM.from_pretrained(target_folder)
+    tokenizer = AutoTokenizer.from_pretrained(target_folder)
+    save_eagle3(Eagle3Draft.init_from_target(target, None), folder, torch.float32, tokenizer)
     upload_dir(folder, folder)
+    return folder
+
+
+def test_server_times_serial_twins_of_the_batch_decoders_paths(tiny_llama: Path, tmp_path: Path) -> None:
+    """`bench/server.py --serial` with an EAGLE-3 draft (served by the batch decoder at batch 1): target-only
+    steps read one at a time and rounds whose proposals the host reads first, next to the default rows,
+    all decoding the target's greedy output (the exit code counts mismatches)."""
+    out, folder = tmp_path / "server.json", eagle3_draft(tiny_llama, tmp_path / "eagle")
+    argv = ["--target", str(tiny_llama), "--draft", str(folder), "--prompts", "2", "--max-tokens", "6", "-k", "2"]
+    assert script("server").main([*argv, "--policies", "never", "always", "--serial", "--out", str(out)]) == 0
+    rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
+    assert {"ours-never", "ours-never-serial", "ours-always", "ours-always-read-first"} <= set(rows)
+    assert rows["ours-always-read-first"]["speculation_rate"] == rows["ours-always"]["speculation_rate"] > 0
+
+
+def test_round_profile_times_the_parts_of_eagle3_rounds(tiny_llama: Path, tmp_path: Path) -> None:
+    """`bench/round_profile.py`: the parts are timed within rounds only, and the draft's k steps hold its steps."""
+    folder, out = eagle3_draft(tiny_llama, tmp_path / "eagle"), tmp_path / "profile.json"
     argv = ["--target", str(tiny_llama), "--draft", str(folder), "--prompts", "2", "--max-tokens", "8", "-k", "3"]
     assert script("round_profile").main([*argv, "--out", str(out)]) == 0
     rows = {r["part"]: r for r in json.loads(out.read_text())["rows"]}

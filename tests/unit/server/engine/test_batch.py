@@ -287,6 +287,34 @@ def test_a_round_in_one_call_proposes_what_a_call_a_token_proposes(slots_: list[
     assert not any(key[0] == "chain" for key in drafts[1].lm.padded._runs)
 
 
+def test_a_round_left_on_the_device_decodes_what_a_round_read_first_decodes(tiny_target, tiny_draft) -> None:
+    """Where every sequence of the batch proposes k tokens greedily, the draft leaves its round on the
+    device (`Draft.greedy_round`), the target's pass takes the proposals in from there, and the host reads
+    them with the pass's own tokens: completions stay the target's greedy ones, and every sequence's
+    proposals and acceptances are those of rounds the host reads before the pass (`ModelDraft.propose`)."""
+    outcomes, rounds = [], []
+    for left_on_device in (True, False):
+        dec = decoder(tiny_target, tiny_draft, ROUTINGS["always"], max_batch=5, graphs=True)
+        greedy_round = dec.draft.greedy_round
+        made: list[int] = []
+
+        def counted(seqs: list[Sequence], k: int, greedy_round=greedy_round, made=made) -> torch.Tensor | None:
+            out = greedy_round(seqs, k)
+            made += [len(seqs)] if out is not None else []
+            return out
+
+        dec.draft.greedy_round, dec.draft.left_on_device = counted, left_on_device  # type: ignore[method-assign]
+        jobs = greedy_jobs(1.0)
+        for job in jobs:
+            job.budget += 12  # room for k proposals in every row, most rounds
+        jobs.append(Job(40, [3, 1, 4, 1, 5], Processing(), 30))  # alone at the end: a batch of one
+        check_greedy(tiny_target, dec, 1.0, jobs)
+        outcomes.append([(j.out, j.seq.stats.proposed_tokens, j.seq.stats.accepted_tokens) for j in jobs if j.seq])
+        rounds.append(made)
+    assert outcomes[0] == outcomes[1]
+    assert len(rounds[0]) > 10 and {1, 5} <= set(rounds[0]) and not rounds[1]
+
+
 def longer(model, positions: int):
     """`model` with room for `positions` positions (the tiny models are configured for 64)."""
     model = copy.deepcopy(model)
