@@ -375,11 +375,19 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="the engine's SWITCH_INTERVAL in seconds (the interpreter's default is 0.005)",
     )
+    parser.add_argument(
+        "--cache-share",
+        type=float,
+        help="the engine's CACHE_SHARE: the share of free GPU memory its batch caches take up front (0: none, "
+        "they grow as steps need)",
+    )
     parser.add_argument("--compile", action="store_true", help="CUDA graphs in batches, torch.compile at batch 1")
     parser.add_argument("--cache-len", type=int, default=1024, help="positions per sequence with --compile")
     args = parser.parse_args(argv)
     if args.switch_interval is not None:
         engine_module.SWITCH_INTERVAL = args.switch_interval
+    if args.cache_share is not None:
+        engine_module.CACHE_SHARE = args.cache_share
     device, dtype = setup(args)
     args.device = device.type
     # models and systems are built off the main thread, which then runs no torch: each system's worker

@@ -31,7 +31,7 @@ import torch
 from .protocol import RequestStats, TokenLogprob
 from .routing import Adaptive, AdaptiveChain, RoutingPolicy, StepClock, Tally
 from .sampling import NO_DISTRIBUTION, History, Processing, draw_rows, greedy_tokens, probabilities
-from .slots import Chunk, SlotModel, upload
+from .slots import MIN_WIDTH, Chunk, SlotCache, SlotModel, pow2, upload
 from .speculative import record_logprobs, speculative_accept
 
 log = logging.getLogger(__name__)
@@ -200,6 +200,22 @@ class BatchDecoder:
         if self.draft is not None and self.routing.uses_draft:
             lengths.append(self.draft.max_length)
         return min(lengths) - self.routing.max_speculative_tokens - 1
+
+    def reserve(self, positions: int, budget: int) -> int:
+        """Allocate the caches for `max_batch` sequences of `positions` positions each (the padded steps'
+        rows: the next power of two), or of as many positions as fit in `budget` bytes (a power of two, at
+        least `MIN_WIDTH`), so that serving does not grow them: on a GPU every growth drops the CUDA graphs,
+        each captured again as its shape comes (under load, a stall of hundreds of milliseconds). A
+        sequence longer than that still grows them. Returns the positions reserved a sequence."""
+        caches = [self.target.cache] + (
+            self.draft.caches() if self.draft is not None and self.routing.uses_draft else []
+        )
+        slots, width = pow2(self.max_batch), min(pow2(positions), max(c.max_length for c in caches))
+        while width > MIN_WIDTH and sum(c.nbytes(slots, min(width, c.max_length)) for c in caches) > budget:
+            width //= 2
+        for cache in caches:
+            cache.reserve(slots, min(width, cache.max_length))
+        return width
 
     # joining and leaving
 
@@ -657,6 +673,10 @@ class Draft:
 
     def move(self, source: int, target: int) -> None:
         """The sequence in slot `source` now lives in slot `target`."""
+
+    def caches(self) -> list[SlotCache]:
+        """The per-sequence caches it keeps (`BatchDecoder.reserve` sizes them)."""
+        return []
 
     def finish(self, seq: Sequence) -> None:
         """`seq` leaves the batch, finished or cancelled (not failed), its tokens final."""

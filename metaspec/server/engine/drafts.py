@@ -6,7 +6,7 @@ import torch
 
 from .batch import Draft, Proposal, Sequence
 from .sampling import draw, greedy_tokens, probabilities
-from .slots import Chunk, SlotModel
+from .slots import Chunk, SlotCache, SlotModel
 
 
 class ModelDraft(Draft):
@@ -115,6 +115,9 @@ class ModelDraft(Draft):
 
     def move(self, source: int, target: int) -> None:
         self.lm.cache.move(source, target)
+
+    def caches(self) -> list[SlotCache]:
+        return [self.lm.cache]
 
     def clear(self, slot: int) -> None:
         self.lm.cache.clear(slot)

@@ -60,6 +60,10 @@ DEFAULT_BATCH = 16
 #: for the GPU (its steps overlap, `BatchDecoder.overlap`) would stream every step's tokens, and take
 #: requests, that late.
 SWITCH_INTERVAL = 0.0005
+#: Share of the GPU memory free when a batch decoder is built that its caches may take up front
+#: (`BatchDecoder.reserve`); the rest is for the CUDA graphs' memory and each step's activations. 0: none
+#: (they grow as steps need).
+CACHE_SHARE = 0.5
 
 
 class SpeculativeEngine:
@@ -129,6 +133,7 @@ class SpeculativeEngine:
             routing,
             engine.max_batch,
         )
+        _reserve(engine.decoder)
         if sequential:  # token models, lookup
             if self.sequential is not None:  # its compiled graphs, if any, serve every policy
                 target, draft_lm = self.sequential.target, self.sequential.draft
@@ -191,6 +196,7 @@ class SpeculativeEngine:
         self.decoder = BatchDecoder(
             target_lm, _draft(draft, vocab, length, target_lm.device, graphs), routing, self.max_batch
         )
+        _reserve(self.decoder)
         if sequential:
             options = {"static_cache_len": static_cache_len, "compile": compile}
             options["compile_max_tokens"] = routing.max_speculative_tokens + 1  # verify: 1 pending + k proposals
@@ -588,3 +594,14 @@ def _drain(text: IncrementalDetokenizer, stops: StopStrings) -> tuple[str, bool]
     """The text still held back at the end of a completion, and whether it completed a stop string."""
     piece, stopped = stops.add(text.flush())
     return (piece if stopped else piece + stops.flush()), stopped
+
+
+def _reserve(decoder: BatchDecoder) -> None:
+    """Where its steps replay from CUDA graphs, allocate `decoder`'s caches for its longest sequences up
+    front, within `CACHE_SHARE` of the free GPU memory (`BatchDecoder.reserve`)."""
+    target = decoder.target
+    if target.padded is None or not target.padded.capture or CACHE_SHARE <= 0:
+        return
+    budget = int(CACHE_SHARE * torch.cuda.mem_get_info(target.device)[0])
+    positions = decoder.reserve(target.max_length, budget)
+    log.info("batch caches reserved for %d sequences of %d positions", decoder.max_batch, positions)

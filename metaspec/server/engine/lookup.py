@@ -34,7 +34,7 @@ from metaspec.api.serving import PromptLookup
 
 from .batch import Draft, Proposal, Sequence
 from .drafts import ModelDraft
-from .slots import Chunk
+from .slots import Chunk, SlotCache
 
 #: Ends each finished request in the shared history: no n-gram crosses it, no proposal runs past it.
 _END = -1
@@ -198,6 +198,9 @@ class LookupFirstDraft(Draft):
 
     def move(self, source: int, target: int) -> None:
         self.model.move(source, target)
+
+    def caches(self) -> list[SlotCache]:
+        return self.model.caches()
 
     def finish(self, seq: Sequence) -> None:
         self.lookup.finish(seq)

@@ -91,6 +91,11 @@ class SlotCache(Cache):
         """A row after the slots that no sequence owns: where padding writes (`PaddedSteps`)."""
         return self.capacity[0]
 
+    def nbytes(self, slots: int, width: int) -> int:
+        """Bytes the keys and values of `slots` slots (and the scratch row) of `width` positions take."""
+        heads, dim = self.shape
+        return 2 * self.num_layers * (slots + 1) * heads * width * dim * self.dtype.itemsize
+
     def reserve(self, slots: int, width: int) -> None:
         """Make room for slots `0..slots-1` and positions `0..width-1` (doubling, up to max_length)."""
         if width > self.max_length:
@@ -274,7 +279,7 @@ def _tails(chunks: list[Chunk], n: int, t: int) -> list[int]:
     return [row * t + len(c.ids) - n + i for row, c in enumerate(chunks) for i in range(n)]
 
 
-def _pow2(n: int) -> int:
+def pow2(n: int) -> int:
     """The least power of two ≥ n (n ≥ 1)."""
     return 1 << (n - 1).bit_length()
 
@@ -357,7 +362,7 @@ class PaddedSteps:
         takes them): one padded step, or several when the padded rows would take more than
         `MAX_STEP_TOKENS` (many prompts joining at once)."""
         tokens = max(tokens, *(len(c.ids) for c in chunks))
-        rows = MAX_STEP_TOKENS // _pow2(tokens)  # a power of two
+        rows = MAX_STEP_TOKENS // pow2(tokens)  # a power of two
         if len(chunks) <= rows:
             return self.run(chunks, layers, tokens, inputs, last)
         parts = [
@@ -413,7 +418,7 @@ class PaddedSteps:
         """Whether `chunks` run as one padded step (`run`), and `reach` positions more after each fit
         the cache (`chain`)."""
         longest = max(len(c.ids) for c in chunks)
-        if longest > MAX_TOKENS or len(chunks) > MAX_STEP_TOKENS // _pow2(longest):
+        if longest > MAX_TOKENS or len(chunks) > MAX_STEP_TOKENS // pow2(longest):
             return False
         return max(c.start + len(c.ids) for c in chunks) + reach <= self.cache.max_length
 
@@ -429,8 +434,8 @@ class PaddedSteps:
         positions more after each row's tokens (`last`: each one's last n tokens, on the device); return its
         padded shape (b, t, w) and whether its rows are the cache's first b."""
         n, cache = len(chunks), self.cache
-        b, t = _pow2(n), _pow2(max(tokens, *(len(c.ids) for c in chunks)))
-        w = min(max(MIN_WIDTH, _pow2(max(c.start + len(c.ids) for c in chunks) + reach)), cache.max_length)
+        b, t = pow2(n), pow2(max(tokens, *(len(c.ids) for c in chunks)))
+        w = min(max(MIN_WIDTH, pow2(max(c.start + len(c.ids) for c in chunks) + reach)), cache.max_length)
         packed = all(c.slot == row for row, c in enumerate(chunks))
         cache.reserve(b if packed else max(c.slot for c in chunks) + 1, w)
         if cache.allocations != self._allocations:  # new tensors: every graph read the old ones

@@ -151,16 +151,19 @@ def test_serving_load_runs_each_engine_next_to_its_serial_twin(
 ) -> None:
     """`--serial`: each metaspec system and batch-1 beside the same engine with `BatchDecoder.overlap` off
     (here, on the CPU, off in both); `--switch-interval`: the interval the engines' decode thread sets
-    where steps overlap (`engine.SWITCH_INTERVAL`)."""
+    where steps overlap (`engine.SWITCH_INTERVAL`); `--cache-share`: what the engines' caches take up front on
+    a GPU (`engine.CACHE_SHARE`)."""
     from metaspec.server.engine import engine as engine_module
 
     monkeypatch.setattr(engine_module, "SWITCH_INTERVAL", engine_module.SWITCH_INTERVAL)  # restored after
+    monkeypatch.setattr(engine_module, "CACHE_SHARE", engine_module.CACHE_SHARE)
     out = tmp_path / "load.json"
     argv = ["--target", str(tiny_llama), "--draft", str(tiny_draft_llama), "--clients", "2", "--seconds", "0.5"]
     argv += ["--systems", "metaspec", "batch-1", "--policies", "never", "--serial", "--switch-interval", "0.004"]
+    argv += ["--cache-share", "0.25"]
     argv += ["--mix", "4", "--max-tokens", "4", "--threads", "1", "--warm-up", "0.2", "--out", str(out)]
     assert script("serving_load").main(argv) == 0
-    assert engine_module.SWITCH_INTERVAL == 0.004
+    assert engine_module.SWITCH_INTERVAL == 0.004 and engine_module.CACHE_SHARE == 0.25
     rows = {row["system"]: row for row in json.loads(out.read_text())["rows"]}
     assert set(rows) == {"metaspec:never", "metaspec-serial:never", "batch-1", "batch-1-serial"}
     assert all(row["tokens_per_second"] > 0 for row in rows.values())

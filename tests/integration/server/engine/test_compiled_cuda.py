@@ -182,3 +182,5 @@ def test_target_only_at_a_batch_of_one_replays_fused_graphs_where_liger_is(cuda_
         prompt = chat_prompt_ids(tokenizer, record.input)
         expected, got = ([t for d in engine.generate_here(prompt, params) for t in d.token_ids] for engine in engines)
         assert got == expected
+    if liger:  # the batch decoder served: its cache was allocated once, up front (`BatchDecoder.reserve`)
+        assert engines[1].decoder is not None and engines[1].decoder.target.cache.allocations == 1

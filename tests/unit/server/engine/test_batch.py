@@ -315,6 +315,30 @@ def test_a_round_left_on_the_device_decodes_what_a_round_read_first_decodes(tiny
     assert len(rounds[0]) > 10 and {1, 5} <= set(rounds[0]) and not rounds[1]
 
 
+def test_caches_reserved_up_front_take_every_step_without_growing(tiny_target, tiny_draft) -> None:
+    """`BatchDecoder.reserve` allocates both caches once, for `max_batch` sequences (a padded step's rows: the
+    next power of two) of the longest length, and nothing grows them after (on a GPU a growth drops every
+    CUDA graph); they decode what caches grown as steps need decode. A budget too small for that length
+    reserves the most positions, a power of two, that fit in it."""
+    outcomes = []
+    for reserved in (True, False):
+        dec = decoder(tiny_target, tiny_draft, ROUTINGS["always"], max_batch=5, graphs=True)
+        caches = [dec.target.cache, dec.draft.lm.cache]
+        if reserved:
+            assert dec.reserve(64, sum(c.nbytes(8, 64) for c in caches)) == 64
+            assert [(c.capacity, c.allocations) for c in caches] == [((8, 64), 1)] * 2
+        jobs = greedy_jobs(1.0)
+        check_greedy(tiny_target, dec, 1.0, jobs)
+        outcomes.append([(j.out, j.seq.stats.proposed_tokens, j.seq.stats.accepted_tokens) for j in jobs if j.seq])
+        assert all(c.allocations == 1 for c in caches) == reserved
+    assert outcomes[0] == outcomes[1]
+    target, draft = longer(tiny_target, 256), longer(tiny_draft, 256)
+    dec = decoder(target, draft, ROUTINGS["always"], max_batch=5, length=256, graphs=True)
+    caches = [dec.target.cache, dec.draft.lm.cache]
+    assert dec.reserve(200, sum(c.nbytes(8, 256) for c in caches) - 1) == 128  # 256 for 200, if they fit
+    assert [c.capacity for c in caches] == [(8, 128)] * 2
+
+
 def longer(model, positions: int):
     """`model` with room for `positions` positions (the tiny models are configured for 64)."""
     model = copy.deepcopy(model)
