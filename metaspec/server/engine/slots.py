@@ -13,7 +13,8 @@ runs unchanged on the mask.
 
 Rows of a batch are slots `0..B-1` in order whenever the caller keeps its sequences packed (the engine
 does: a finished sequence's slot takes the last one's), so reading the cache is a view, not a copy.
-Both dimensions grow on demand (doubling, up to `max_length`), so memory follows what is in flight.
+Both dimensions grow on demand (doubling, up to `max_length`), so memory follows what is in flight;
+where steps replay from CUDA graphs the engine allocates them once, up front (`BatchDecoder.reserve`).
 
 A decode step (one new token for every sequence), a verify pass (a few) or the prefill of a short
 prompt is the same kernels time after time, and for a small model on a GPU launching them costs more
@@ -316,10 +317,11 @@ class PaddedSteps:
     step's own inputs, which writes to the cache what the step writes) and replayed after that; the
     graphs share one memory pool (one runs at a time, and each output is copied out at once). A step's
     token inputs, and the indices that pick its outputs, go to the device in one copy. A graph reads the
-    cache at the addresses it was captured with, so when the cache grows (doubling: a few times in a
-    replica's life) the graphs are dropped and captured again as shapes come. A draft's greedy round runs
+    cache at the addresses it was captured with, so when the cache grows (a sequence longer than the
+    engine reserved) the graphs are dropped and captured again as shapes come. A draft's greedy round runs
     as one call (`chain`): its step over each sequence's new tokens, then k − 1 one-token steps each fed
-    the pick of the step before, captured together, so the host reads the round's tokens once. Where
+    the pick of the step before, captured together; the target's pass over the proposals takes them from
+    the device (`forward`'s `last`), and the host reads them with that pass's tokens. Where
     liger-kernel is installed the captured body runs its fused norm, rotary embedding and SwiGLU kernels
     (`kernels`).
     Elsewhere the padded step runs eagerly: the same code, which the CPU tests check against the ragged
