@@ -26,6 +26,8 @@
 #                             at batch 1), then the eager engine at 16 clients
 #   bench/gpu.sh serving-overlap  SmolLM2 at 16 clients (with batch-1) and 64, `compile`, each system next to its serial
 #                             twin (`--serial`: steps read one at a time, not overlapped), two cells a system
+#   bench/gpu.sh serving-reserve  SmolLM2 at 64 clients with the batch caches allocated at start (the default) and
+#                             grown as steps need (`--cache-share 0`), `compile`, two cells each
 #   bench/gpu.sh serving-profile  py-spy's samples of the engine's threads (wall time, idle included) at 16 clients
 #                             with `compile`, SmolLM2: where a step's time goes. py-spy (a 3 MB wheel: `pip download
 #                             py-spy`) goes into its own folder, /tmp/spy (`pip install --target /tmp/spy`): setup's
@@ -52,6 +54,10 @@
 #                             and with the draft stepping one call a token), then behind prompt lookup (`adaptive`
 #                             deciding per proposer); then where a round's time goes (bench/round_profile.py),
 #                             the draft's steps in one call and one call a token
+#   bench/gpu.sh round-reads  an EAGLE-3 draft (EAGLE_DRAFT, default `eagle-draft`'s) at batch 1 on 48 prompts with
+#                             `compile`: `always` k = 3 with each round's proposals left on the device and read with the
+#                             target's pass, next to rounds read before it (ours-always-read-first), and target-only
+#                             steps overlapped next to steps read one at a time (ours-never-serial)
 #   bench/gpu.sh trainer-span the ANIL step with the head adapting in the support set's span against the (V, D)
 #                             delta (anil-nospan) and SFT, Llama-3.1-8B architecture, compiled and checkpointed
 #   bench/gpu.sh lookup       prompt lookup at batch 1, SmolLM2, bf16: the sequential decoder compiled and eager,
@@ -185,6 +191,13 @@ serving-overlap)   # overlapped steps against serial twins (every step read befo
   timeout 80 $S --seconds 6 --repeat 2 --clients 64 --systems metaspec \
     --out bench/results/serving_load-cuda-smollm2-64-overlap.json || true
   save ;;
+serving-reserve)   # batch caches allocated at start against caches grown as steps need, 64 clients
+  S="$PY bench/serving_load.py --device cuda --dtype bfloat16 --compile --warm-up 3 --policies never --clients 64"
+  for share in 0.5 0; do
+    timeout 80 $S --seconds 6 --repeat 2 --systems metaspec --cache-share $share \
+      --out "bench/results/serving_load-cuda-smollm2-64-share$share.json" || true
+  done
+  save ;;
 step-compile)
   $PY bench/step_compile.py --device cuda --dtype bfloat16 --batch 1 4 16 64 --modes graphs fused
   save ;;
@@ -246,6 +259,11 @@ eagle-rounds)
     timeout 100 $PY bench/round_profile.py --device cuda --dtype bfloat16 --compile --draft "$D" -k 3 \
       $([ $steps = stepwise ] && echo --stepwise) --out "bench/results/round_profile-cuda-$steps.json" || true
   done
+  save ;;
+round-reads)   # a round's proposals read with the target's pass against read before it; overlapped target-only
+  D="${EAGLE_DRAFT:-$HOME/draft-work/draft-eagle3-v4096/model}"
+  timeout 300 $PY bench/server.py --device cuda --dtype bfloat16 --compile --passes 2 --prompts 48 --max-tokens 128 \
+    --draft "$D" -k 3 --policies never always --serial --out bench/results/server-cuda-eagle3-read-once-48.json || true
   save ;;
 *)
   sed -n '2,/^# Results land/p' "$0"; exit 2 ;;
