@@ -202,20 +202,21 @@ class BatchDecoder:
         return min(lengths) - self.routing.max_speculative_tokens - 1
 
     def reserve(self, positions: int, budget: int) -> int:
-        """Allocate the caches for `max_batch` sequences of `positions` positions each (the padded steps'
-        rows: the next power of two), or of as many positions as fit in `budget` bytes (a power of two, at
-        least `MIN_WIDTH`), so that serving does not grow them: on a GPU every growth drops the CUDA graphs,
-        each captured again as its shape comes (under load, a stall of hundreds of milliseconds). A
-        sequence longer than that still grows them. Returns the positions reserved a sequence."""
+        """Allocate the caches for `max_batch` sequences (the padded steps' rows: the next power of two) of
+        `positions` positions each (the next power of two, at most each cache's `max_length`), or of as many
+        as fit in `budget` bytes (a power of two, at least `MIN_WIDTH`), so that serving does not grow
+        them: on a GPU every growth drops the CUDA graphs, each captured again as its shape comes (under
+        load, a stall of hundreds of milliseconds). A sequence longer than that still grows them. Returns
+        the positions reserved a sequence."""
         caches = [self.target.cache] + (
             self.draft.caches() if self.draft is not None and self.routing.uses_draft else []
         )
-        slots, width = pow2(self.max_batch), min(pow2(positions), max(c.max_length for c in caches))
+        slots, width = pow2(self.max_batch), pow2(positions)
         while width > MIN_WIDTH and sum(c.nbytes(slots, min(width, c.max_length)) for c in caches) > budget:
             width //= 2
         for cache in caches:
             cache.reserve(slots, min(width, cache.max_length))
-        return width
+        return min(width, max(c.max_length for c in caches))
 
     # joining and leaving
 

@@ -319,7 +319,7 @@ def test_caches_reserved_up_front_take_every_step_without_growing(tiny_target, t
     """`BatchDecoder.reserve` allocates both caches once, for `max_batch` sequences (a padded step's rows: the
     next power of two) of the longest length, and nothing grows them after (on a GPU a growth drops every
     CUDA graph); they decode what caches grown as steps need decode. A budget too small for that length
-    reserves the most positions, a power of two, that fit in it."""
+    reserves the most positions, a power of two, that fit in it; a model's own limit caps them."""
     outcomes = []
     for reserved in (True, False):
         dec = decoder(tiny_target, tiny_draft, ROUTINGS["always"], max_batch=5, graphs=True)
@@ -332,11 +332,14 @@ def test_caches_reserved_up_front_take_every_step_without_growing(tiny_target, t
         outcomes.append([(j.out, j.seq.stats.proposed_tokens, j.seq.stats.accepted_tokens) for j in jobs if j.seq])
         assert all(c.allocations == 1 for c in caches) == reserved
     assert outcomes[0] == outcomes[1]
-    target, draft = longer(tiny_target, 256), longer(tiny_draft, 256)
-    dec = decoder(target, draft, ROUTINGS["always"], max_batch=5, length=256, graphs=True)
-    caches = [dec.target.cache, dec.draft.lm.cache]
-    assert dec.reserve(200, sum(c.nbytes(8, 256) for c in caches) - 1) == 128  # 256 for 200, if they fit
-    assert [c.capacity for c in caches] == [(8, 128)] * 2
+    # (the models' positions, positions asked for, the positions whose bytes the budget falls short of, reserved)
+    for length, positions, short, expected in ((256, 200, 256, 128), (100, 90, 0, 100), (100, 90, 100, 64)):
+        target, draft = longer(tiny_target, length), longer(tiny_draft, length)
+        dec = decoder(target, draft, ROUTINGS["always"], max_batch=5, length=length, graphs=True)
+        caches = [dec.target.cache, dec.draft.lm.cache]
+        budget = sum(c.nbytes(8, short) for c in caches) - 1 if short else 1 << 40
+        assert dec.reserve(positions, budget) == expected
+        assert [c.capacity for c in caches] == [(8, expected)] * 2
 
 
 def longer(model, positions: int):
