@@ -368,11 +368,11 @@ class BatchDecoder:
             rows = {seq: row for row, seq in enumerate(previous.batch)}
             sources = upload([[rows.get(s, -1) for s in batch], [c.ids[-1] for c in chunks]], device)
             drawn = previous.tokens.clamp(min=0)[sources[0].clamp(min=0)]  # a row without a draw: any id
-            last = torch.where(sources[0] >= 0, drawn, sources[1])
+            last = torch.where(sources[0] >= 0, drawn, sources[1])[:, None]  # (B, 1): each row's last token
         self._in_flight = None
         proposals = [Proposal() for _ in batch]
         try:
-            logits, features = self.target.forward(chunks, self._layers(), last=None if last is None else last[:, None])
+            logits, features = self.target.forward(chunks, self._layers(), last=last)
         except Exception as error:  # the pass as a whole failed: nothing to attribute to one sequence
             if previous is not None:
                 self._land(previous)

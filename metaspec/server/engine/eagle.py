@@ -105,8 +105,10 @@ class FeatureModel:
         chunk, each step takes the draft's own output feature and its greedy token; None where padded steps
         do not run them (`graphs` off, a chunk too long, or holding only a sequence's first token). The
         cache takes all but the last of them; each row's `outputs` entry is its `ks[i]`-th step's."""
+        if self.padded is None:  # before the entries: the step that follows makes them again
+            return None
         entries = [self._entry(c) for c in chunks]
-        if self.padded is None or None in entries:
+        if None in entries:
             return None
         shifted = [entry[0] for entry in entries]  # type: ignore[index]
         if not self.padded.fits(shifted, max(ks) - 1):
